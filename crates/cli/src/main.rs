@@ -1,0 +1,53 @@
+//! The `ferrotune` binary: argument parsing and wiring; the work lives in the library crates.
+
+mod bench;
+mod models;
+mod textgen;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ferrotune", version, about = "Fine-tune, evaluate and serve LLaMA-family models from your own examples")]
+#[command(after_help = "State (installed models, keys, registry) lives in $FERROTUNE_HOME (default ~/.ferrotune).\n\
+CPU threads: set RAYON_NUM_THREADS (default: all cores).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install, list, verify and export models.
+    Models(models::ModelsArgs),
+    /// Generate text from a prompt or a chat message, streamed to stdout.
+    Generate(textgen::GenerateArgs),
+    /// Print the token ids of a text as a JSON array (or decode ids with --decode).
+    Tokenize(textgen::TokenizeArgs),
+    /// Benchmarks, printed as ratios against the named peer measured in the same run.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERROTUNE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Models(a) => models::run(a),
+        Command::Generate(a) => textgen::generate(a),
+        Command::Tokenize(a) => textgen::tokenize(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Text generation for one sequence: prefill, then decode with the KV cache, streaming text as
+//! soon as it is valid UTF-8, stopping on EOS, stop strings or the token limit.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::llama::{KvCache, Llama, Logits};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends when the text contains one of these; the stop string is not returned.
+    pub stop: Vec<String>,
+    /// Token ids that end generation (the model's EOS set).
+    pub eos_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS token or stop string.
+    Stop,
+    /// `max_tokens` reached, or the model's context is full.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+/// Turns a growing token list into text pieces without splitting multi-byte characters
+/// (the prefix/read-offset scheme of HF text-generation-inference).
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    tokens: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        Self { tok, tokens: Vec::new(), prefix: 0, read: 0 }
+    }
+
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.tokens.push(id);
+        let before = self.tok.decode(&self.tokens[self.prefix..self.read], true)?;
+        let now = self.tok.decode(&self.tokens[self.prefix..], true)?;
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') {
+            let piece = now.get(before.len()..).map(str::to_string);
+            self.prefix = self.read;
+            self.read = self.tokens.len();
+            Ok(piece)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Holds back text that might be the start of a stop string.
+struct StopFilter {
+    stops: Vec<String>,
+    text: String,
+    emitted: usize,
+}
+
+impl StopFilter {
+    /// Add text; returns (text safe to emit now, whether a stop string was hit).
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.text.push_str(piece);
+        let search_from = self.emitted.saturating_sub(self.stops.iter().map(String::len).max().unwrap_or(0));
+        let search_from = floor_char_boundary(&self.text, search_from);
+        let hit = self.stops.iter().filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i)).min();
+        if let Some(at) = hit {
+            self.text.truncate(at);
+            let out = self.text[self.emitted.min(at)..].to_string();
+            self.emitted = at;
+            return (out, true);
+        }
+        // Longest suffix of the text that is a proper prefix of a stop string stays held back.
+        let mut hold = 0;
+        for s in &self.stops {
+            for n in (1..s.len()).rev() {
+                if n > hold && s.is_char_boundary(n) && self.text.ends_with(&s[..n]) {
+                    hold = n;
+                    break;
+                }
+            }
+        }
+        let safe = floor_char_boundary(&self.text, self.text.len() - hold).max(self.emitted);
+        let out = self.text[self.emitted..safe].to_string();
+        self.emitted = safe;
+        (out, false)
+    }
+
+    fn flush(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Generate from `prompt` token ids; `on_text` receives each piece of text as it is ready.
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(ModelError::InvalidSetting { field: "prompt", reason: "is empty".into() });
+    }
+    let ctx = model.config().max_position_embeddings;
+    if prompt.len() >= ctx {
+        return Err(ModelError::InvalidSetting {
+            field: "prompt",
+            reason: format!("{} tokens leave no room in the model's {ctx}-token context", prompt.len()),
+        });
+    }
+    let max_tokens = params.max_tokens.min(ctx - prompt.len());
+    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut cache = KvCache::new(model.config(), prompt.len() + max_tokens);
+    let device = model.device().clone();
+    let mut context = prompt.to_vec();
+    let mut stream = TextStream::new(tok);
+    let mut stop = StopFilter { stops: params.stop.iter().filter(|s| !s.is_empty()).cloned().collect(), text: String::new(), emitted: 0 };
+    let mut generated = Vec::new();
+    let mut finish = FinishReason::Length;
+
+    let t0 = Instant::now();
+    let ids = Tensor::new(prompt, &device)?.unsqueeze(0)?;
+    let mut logits = model.forward(&ids, None, Some(&mut cache), Logits::Last)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for step in 0..max_tokens {
+        let row: Vec<f32> = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+        let next = sampler.sample(&row, &context);
+        if params.eos_ids.contains(&next) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        generated.push(next);
+        context.push(next);
+        if let Some(piece) = stream.push(next)? {
+            let (out, hit) = stop.push(&piece);
+            if !out.is_empty() {
+                on_text(&out);
+            }
+            if hit {
+                finish = FinishReason::Stop;
+                break;
+            }
+        }
+        if step + 1 == max_tokens {
+            break;
+        }
+        let ids = Tensor::new(&[next], &device)?.unsqueeze(0)?;
+        logits = model.forward(&ids, None, Some(&mut cache), Logits::Last)?;
+    }
+    let rest = stop.flush();
+    if !rest.is_empty() {
+        on_text(&rest);
+    }
+    Ok(Generation {
+        text: stop.text,
+        tokens: generated,
+        finish,
+        prompt_tokens: prompt.len(),
+        prefill_secs,
+        decode_secs: t1.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool, String) {
+        let mut f = StopFilter { stops: stops.iter().map(|s| s.to_string()).collect(), text: String::new(), emitted: 0 };
+        let mut out = String::new();
+        for p in pieces {
+            let (o, hit) = f.push(p);
+            out.push_str(&o);
+            if hit {
+                return (out, true, f.text);
+            }
+        }
+        out.push_str(&f.flush());
+        (out, false, f.text)
+    }
+
+    #[test]
+    fn stop_string_split_across_pieces_is_cut_and_not_emitted() {
+        let (out, hit, text) = run(&["\nUser:"], &["Hello", " there\nUs", "er: more"]);
+        assert!(hit);
+        assert_eq!(out, "Hello there");
+        assert_eq!(text, "Hello there");
+    }
+
+    #[test]
+    fn held_back_prefix_is_released_when_it_is_not_a_stop() {
+        let (out, hit, _) = run(&["STOP"], &["ab ST", "AR"]);
+        assert!(!hit);
+        assert_eq!(out, "ab STAR");
+    }
+}

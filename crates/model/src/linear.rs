@@ -1,0 +1,147 @@
+//! The linear layer seam. Every projection of the model is a [`Linear`]: a frozen base weight
+//! (dense f32 for training, or quantized GGUF blocks for the fast inference path) plus an optional
+//! [`LinearAdapter`] whose output is added to the base output — this is where LoRA plugs in.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{Module, Result, Tensor};
+
+/// Something that adds a learned delta to a linear layer's output: `y = W x + b + delta(x)`.
+/// LoRA implements it as `scale · B(A(dropout(x)))`.
+pub trait LinearAdapter: Debug + Send + Sync {
+    fn delta(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+#[derive(Debug, Clone)]
+pub enum BaseWeight {
+    /// `[out, in]` f32 (or any float dtype), differentiable.
+    Dense(Tensor),
+    /// GGUF quantized blocks, inference only (candle's `QMatMul` has no backward).
+    Quantized(Arc<QMatMul>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: BaseWeight,
+    bias: Option<Tensor>,
+    in_features: usize,
+    out_features: usize,
+    adapter: Option<Arc<dyn LinearAdapter>>,
+}
+
+impl Linear {
+    pub fn new(weight: BaseWeight, bias: Option<Tensor>, in_features: usize, out_features: usize) -> Self {
+        Self { weight, bias, in_features, out_features, adapter: None }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn weight(&self) -> &BaseWeight {
+        &self.weight
+    }
+
+    /// Replace the base weight (e.g. with a trainable `Var`'s tensor for full fine-tuning).
+    pub fn set_weight(&mut self, weight: BaseWeight) {
+        self.weight = weight;
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn adapter(&self) -> Option<&Arc<dyn LinearAdapter>> {
+        self.adapter.as_ref()
+    }
+
+    pub fn set_adapter(&mut self, adapter: Option<Arc<dyn LinearAdapter>>) {
+        self.adapter = adapter;
+    }
+
+    /// The base weight as a dense `[out, in]` tensor (dequantizing if needed).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            BaseWeight::Dense(w) => Ok(w.clone()),
+            BaseWeight::Quantized(q) => match q.as_ref() {
+                QMatMul::QTensor(t) => t.dequantize(&t.device()),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
+            },
+        }
+    }
+
+    /// `x: [.., in] -> [.., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            BaseWeight::Dense(w) => {
+                // Flatten leading dims into one matmul: one gemm call instead of a batched one.
+                let lead = x.elem_count() / self.in_features;
+                let y = x.reshape((lead, self.in_features))?.matmul(&w.t()?)?;
+                let mut out_dims = x.dims().to_vec();
+                if let Some(last) = out_dims.last_mut() {
+                    *last = self.out_features;
+                }
+                y.reshape(out_dims)?
+            }
+            BaseWeight::Quantized(q) => q.forward(x)?,
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match &self.adapter {
+            Some(a) => y + a.delta(x)?,
+            None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[derive(Debug)]
+    struct Doubling;
+    impl LinearAdapter for Doubling {
+        fn delta(&self, x: &Tensor) -> Result<Tensor> {
+            x.affine(2.0, 0.0)
+        }
+    }
+
+    #[test]
+    fn adapter_output_is_added_to_the_base_output() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::eye(3, DType::F32, &dev)?;
+        let mut lin = Linear::new(BaseWeight::Dense(w), None, 3, 3);
+        let x = Tensor::new(&[[1f32, 2., 3.]], &dev)?;
+        assert_eq!(lin.forward(&x)?.to_vec2::<f32>()?, vec![vec![1., 2., 3.]]);
+        lin.set_adapter(Some(Arc::new(Doubling)));
+        assert_eq!(lin.forward(&x)?.to_vec2::<f32>()?, vec![vec![3., 6., 9.]]);
+        Ok(())
+    }
+
+    #[test]
+    fn quantized_and_dense_weights_agree_within_quantization_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (64, 256), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 256), &dev)?;
+        let dense = Linear::new(BaseWeight::Dense(w.clone()), None, 256, 64);
+        let q = candle_core::quantized::QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0)?;
+        let quant = Linear::new(BaseWeight::Quantized(Arc::new(QMatMul::from_qtensor(q)?)), None, 256, 64);
+        let a = dense.forward(&x)?;
+        let b = quant.forward(&x)?;
+        assert_eq!(a.dims(), &[2, 5, 64]);
+        let rel = ((a.clone() - b)?.sqr()?.mean_all()?.to_scalar::<f32>()?
+            / a.sqr()?.mean_all()?.to_scalar::<f32>()?)
+        .sqrt();
+        assert!(rel < 0.02, "relative error {rel}");
+        Ok(())
+    }
+}

@@ -1,0 +1,379 @@
+//! One LLaMA-family decoder (llama / mistral / qwen2 shapes) for training and inference:
+//! GQA attention with RoPE, RMSNorm, SwiGLU MLP, tied or untied head, optional KV cache, and
+//! per-row left padding for batched generation. Order follows HF's `modeling_llama.py`.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+use crate::config::ModelConfig;
+use crate::linear::{BaseWeight, Linear};
+use crate::rope::{self, Positions, Rope};
+use crate::weights::{WeightMode, Weights};
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &Weights, name: &str, dim: usize, eps: f64) -> crate::Result<Self> {
+        Ok(Self { weight: w.dense(name, &[dim])?, eps })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        if differentiable {
+            candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)
+        } else {
+            candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)
+        }
+    }
+}
+
+fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if differentiable { candle_nn::ops::softmax(x, D::Minus1) } else { candle_nn::ops::softmax_last_dim(x) }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Per-call context shared by all layers: rope tables, the attention mask, the op flavour.
+struct Ctx {
+    cos: Tensor,
+    sin: Tensor,
+    /// Additive mask `[b, 1, 1, t, total]`, `None` when plain causal attention over the whole
+    /// cache is right (a single new token, or no padding and no window in a full prefill
+    /// would still need causality — see `build_mask`).
+    mask: Option<Tensor>,
+    differentiable: bool,
+}
+
+impl Attention {
+    fn load(w: &Weights, p: &str, cfg: &ModelConfig, mode: WeightMode) -> crate::Result<Self> {
+        let (h, kv, d, hid) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size);
+        let proj = |name: &str, out: usize, inp: usize, bias: bool| -> crate::Result<Linear> {
+            let full = format!("{p}.{name}");
+            let weight = w.linear(&format!("{full}.weight"), out, inp, mode)?;
+            let b = if bias { Some(w.dense(&format!("{full}.bias"), &[out])?) } else { None };
+            Ok(Linear::new(weight, b, inp, out))
+        };
+        Ok(Self {
+            q_proj: proj("q_proj", h * d, hid, cfg.attention_bias)?,
+            k_proj: proj("k_proj", kv * d, hid, cfg.attention_bias)?,
+            v_proj: proj("v_proj", kv * d, hid, cfg.attention_bias)?,
+            // HF llama's `attention_bias` also covers o_proj; qwen2 has no o_proj bias.
+            o_proj: proj("o_proj", hid, h * d, cfg.attention_bias && cfg.family == crate::Family::Llama)?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &Ctx, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous() };
+        let q = heads(self.q_proj.forward(x)?, h)?;
+        let k = heads(self.k_proj.forward(x)?, kvh)?;
+        let v = heads(self.v_proj.forward(x)?, kvh)?;
+        let q = rope::apply(&q, &ctx.cos, &ctx.sin, ctx.differentiable)?;
+        let k = rope::apply(&k, &ctx.cos, &ctx.sin, ctx.differentiable)?;
+        let (k, v) = match cache {
+            Some(c) => {
+                let (k, v) = c.append(&k, &v)?;
+                (k.contiguous()?, v.contiguous()?)
+            }
+            None => (k, v),
+        };
+        let total = k.dim(2)?;
+        let rep = h / kvh;
+        // GQA without copying K/V: fold the `rep` query heads that share a KV head into the
+        // query-length axis, so one batched matmul serves them all.
+        let q = q.reshape((b, kvh, rep * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match &ctx.mask {
+            Some(m) => att.reshape((b, kvh, rep, t, total))?.broadcast_add(m)?.reshape((b, kvh, rep * t, total))?,
+            None => att,
+        };
+        let att = softmax(&att, ctx.differentiable)?;
+        let y = att.matmul(&v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(w: &Weights, p: &str, cfg: &ModelConfig, mode: WeightMode) -> crate::Result<Self> {
+        let (hid, ffn) = (cfg.hidden_size, cfg.intermediate_size);
+        let proj = |name: &str, out: usize, inp: usize| -> crate::Result<Linear> {
+            let full = format!("{p}.{name}");
+            let weight = w.linear(&format!("{full}.weight"), out, inp, mode)?;
+            let b = if cfg.mlp_bias { Some(w.dense(&format!("{full}.bias"), &[out])?) } else { None };
+            Ok(Linear::new(weight, b, inp, out))
+        };
+        Ok(Self { gate_proj: proj("gate_proj", ffn, hid)?, up_proj: proj("up_proj", ffn, hid)?, down_proj: proj("down_proj", hid, ffn)? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, ctx: &Ctx, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x, ctx.differentiable)?;
+        let x = (x + self.self_attn.forward(&h, ctx, cache)?)?;
+        let h = self.post_attention_layernorm.forward(&x, ctx.differentiable)?;
+        &x + self.mlp.forward(&h)?
+    }
+}
+
+/// Which positions to compute logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// `[b, t, vocab]` — training and scoring.
+    All,
+    /// `[b, vocab]` — generation only needs the last position; skips the head elsewhere.
+    Last,
+}
+
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    pub lm_head: Linear,
+    rope: Rope,
+    cfg: ModelConfig,
+    differentiable: bool,
+}
+
+type LayerCache = candle_nn::kv_cache::KvCache;
+
+/// Keys and values of every layer for a batch of sequences, plus each row's left padding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    left_pad: Vec<usize>,
+}
+
+impl KvCache {
+    /// `capacity` is a hint (tokens per sequence preallocated); the cache grows past it.
+    pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
+        Self { layers: (0..cfg.num_layers).map(|_| LayerCache::new(2, capacity.max(1))).collect(), left_pad: Vec::new() }
+    }
+
+    /// Tokens held per sequence (padding included).
+    pub fn len(&self) -> usize {
+        self.layers.first().map(|c| c.current_seq_len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(LayerCache::reset);
+        self.left_pad.clear();
+    }
+}
+
+impl Llama {
+    /// Build the model from HF-named weights; `mode` picks f32 or quantized linear layers.
+    pub fn load(w: &Weights, cfg: &ModelConfig, mode: WeightMode, freq_factors: Option<&[f32]>) -> crate::Result<Self> {
+        let embed_tokens = w.dense("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                self_attn: Attention::load(w, &format!("{p}.self_attn"), cfg, mode)?,
+                mlp: Mlp::load(w, &format!("{p}.mlp"), cfg, mode)?,
+                input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), cfg.hidden_size, cfg.rms_norm_eps)?,
+                post_attention_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                )?,
+            });
+        }
+        let norm = RmsNorm::load(w, "model.norm.weight", cfg.hidden_size, cfg.rms_norm_eps)?;
+        // A checkpoint may ship `lm_head.weight` even when tied (it is then equal to the
+        // embedding); prefer it when present, as transformers' loading does for untied models.
+        let head_name = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let head = match (mode, head_name == "model.embed_tokens.weight") {
+            (WeightMode::F32, true) => BaseWeight::Dense(embed_tokens.clone()),
+            _ => w.linear(head_name, cfg.vocab_size, cfg.hidden_size, mode)?,
+        };
+        let lm_head = Linear::new(head, None, cfg.hidden_size, cfg.vocab_size);
+        let rope = Rope::new(cfg, freq_factors, w.device())?;
+        Ok(Self { embed_tokens, layers, norm, lm_head, rope, cfg: cfg.clone(), differentiable: false })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Use only ops with a backward pass (training); the default uses candle's fused kernels.
+    pub fn set_differentiable(&mut self, on: bool) {
+        self.differentiable = on;
+    }
+
+    /// Every linear layer with its HF module name (`model.layers.3.self_attn.q_proj`), for
+    /// attaching adapters by target-module name.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut l.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            let m = &mut l.mlp;
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out
+    }
+
+    /// Run the decoder. `ids: [b, t]` u32. `left_pad[i]` is the number of padding tokens at the
+    /// start of row `i` (over the whole sequence, cache included); pass `None` when no row is
+    /// padded. With a cache, `ids` continue the cached sequences.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        left_pad: Option<&[usize]>,
+        mut cache: Option<&mut KvCache>,
+        which: Logits,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if let Some(c) = cache.as_deref_mut() {
+            match left_pad {
+                Some(p) if offset == 0 => c.left_pad = p.to_vec(),
+                Some(p) if p != c.left_pad.as_slice() => candle_core::bail!("left padding changed mid-sequence"),
+                None if offset == 0 => c.left_pad.clear(),
+                _ => {}
+            }
+        }
+        let pads: Vec<usize> = match (left_pad, cache.as_deref()) {
+            (Some(p), _) => p.to_vec(),
+            (None, Some(c)) => c.left_pad.clone(),
+            (None, None) => Vec::new(),
+        };
+        if !pads.is_empty() && pads.len() != b {
+            candle_core::bail!("left_pad has {} entries for a batch of {b}", pads.len())
+        }
+        let padded = pads.iter().any(|&p| p > 0);
+        let total = offset + t;
+        if total > self.rope.max_positions() {
+            candle_core::bail!("sequence of {total} tokens exceeds the model's {} positions", self.rope.max_positions())
+        }
+        let positions = if padded {
+            let mut v = Vec::with_capacity(b * t);
+            for &p in &pads {
+                v.extend((offset..total).map(|j| j.saturating_sub(p) as u32));
+            }
+            rope::positions_tensor(&v, b, t, self.device())?
+        } else {
+            Positions::Range { start: offset, len: t }
+        };
+        let (cos, sin) = self.rope.tables(&positions)?;
+        let mask = build_mask(b, t, offset, &pads, self.cfg.sliding_window, self.device())?;
+        let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable };
+
+        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let c = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &ctx, c)?;
+        }
+        let x = match which {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, t - 1, 1)?.contiguous()?,
+        };
+        let x = self.norm.forward(&x, self.differentiable)?;
+        let logits = self.lm_head.forward(&x)?;
+        match which {
+            Logits::All => Ok(logits),
+            Logits::Last => logits.squeeze(1),
+        }
+    }
+}
+
+/// Additive attention mask `[b, 1, 1, t, offset + t]`: causal, hides each row's left padding,
+/// and applies a sliding window when the config has one. `None` when nothing is hidden (one new
+/// token, no padding, inside the window).
+fn build_mask(
+    b: usize,
+    t: usize,
+    offset: usize,
+    pads: &[usize],
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let total = offset + t;
+    let padded = pads.iter().any(|&p| p > 0);
+    let windowed = window.is_some_and(|w| total > w);
+    if t == 1 && !padded && !windowed {
+        return Ok(None);
+    }
+    let rows = if padded { b } else { 1 };
+    let mut m = vec![0f32; rows * t * total];
+    for r in 0..rows {
+        let pad = pads.get(r).copied().unwrap_or(0);
+        for s in 0..t {
+            let q = offset + s;
+            for k in 0..total {
+                let visible = if q < pad {
+                    // A padding query sees only itself, so its softmax row is not all -inf (NaN);
+                    // its output is never used.
+                    k == q
+                } else {
+                    k <= q && k >= pad && window.is_none_or(|w| q - k < w)
+                };
+                if !visible {
+                    m[(r * t + s) * total + k] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    let m = Tensor::from_vec(m, (rows, 1, 1, t, total), device)?.to_dtype(DType::F32)?;
+    Ok(Some(m))
+}

@@ -1,0 +1,126 @@
+//! Decoder invariants on tiny random models: cache, padding, op flavours, gradients.
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use ferrotune_model::testing::random_weights;
+use ferrotune_model::{Family, KvCache, Llama, Logits, ModelConfig, WeightMode};
+
+fn tiny(family: Family) -> anyhow::Result<Llama> {
+    let cfg = ModelConfig::tiny(family);
+    let w = random_weights(&cfg, &Device::Cpu)?;
+    Ok(Llama::load(&w, &cfg, WeightMode::F32, None)?)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+#[test]
+fn kv_cache_decode_equals_full_sequence_recompute() -> anyhow::Result<()> {
+    for family in [Family::Llama, Family::Qwen2] {
+        let m = tiny(family)?;
+        let ids: Vec<u32> = vec![5, 17, 3, 99, 42, 7, 64, 1];
+        let full = m.forward(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?, None, None, Logits::All)?;
+        let mut cache = KvCache::new(m.config(), 4);
+        // Prefill 3 tokens, then decode one at a time (the cache grows past its capacity hint).
+        let first = m.forward(&Tensor::new(&ids[..3], &Device::Cpu)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+        assert!(max_diff(&first, &full.get(0)?.get(2)?.unsqueeze(0)?)? < 1e-4);
+        for (i, &id) in ids.iter().enumerate().skip(3) {
+            let step = m.forward(&Tensor::new(&[id], &Device::Cpu)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+            let d = max_diff(&step, &full.get(0)?.get(i)?.unsqueeze(0)?)?;
+            assert!(d < 1e-4, "{family:?} position {i}: {d}");
+        }
+        assert_eq!(cache.len(), ids.len());
+    }
+    Ok(())
+}
+
+#[test]
+fn left_padded_batch_of_two_equals_each_alone() -> anyhow::Result<()> {
+    let m = tiny(Family::Llama)?;
+    let dev = Device::Cpu;
+    let long: Vec<u32> = vec![3, 8, 21, 34, 55, 89];
+    let short: Vec<u32> = vec![13, 8, 2];
+    let pad = long.len() - short.len();
+    let mut padded = vec![0u32; pad];
+    padded.extend(&short);
+    let batch = Tensor::new(vec![long.clone(), padded].concat().as_slice(), &dev)?.reshape((2, long.len()))?;
+    let mut cache = KvCache::new(m.config(), 16);
+    let both = m.forward(&batch, Some(&[0, pad]), Some(&mut cache), Logits::Last)?;
+    let alone_long = m.forward(&Tensor::new(long.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+    let alone_short = m.forward(&Tensor::new(short.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+    assert!(max_diff(&both.get(0)?, &alone_long.get(0)?)? < 1e-4);
+    assert!(max_diff(&both.get(1)?, &alone_short.get(0)?)? < 1e-4);
+    // One decode step for both rows continues each sequence as if alone.
+    let next = Tensor::new(&[[7u32], [9u32]], &dev)?;
+    let step = m.forward(&next, None, Some(&mut cache), Logits::Last)?;
+    let long2 = [long.as_slice(), &[7]].concat();
+    let short2 = [short.as_slice(), &[9]].concat();
+    let a = m.forward(&Tensor::new(long2.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+    let b = m.forward(&Tensor::new(short2.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+    assert!(max_diff(&step.get(0)?, &a.get(0)?)? < 1e-4);
+    assert!(max_diff(&step.get(1)?, &b.get(0)?)? < 1e-4);
+    Ok(())
+}
+
+#[test]
+fn differentiable_ops_give_the_same_logits_as_fused_ones() -> anyhow::Result<()> {
+    let mut m = tiny(Family::Llama)?;
+    let ids = Tensor::new(&[[4u32, 9, 16, 25, 36]], &Device::Cpu)?;
+    let fused = m.forward(&ids, None, None, Logits::All)?;
+    m.set_differentiable(true);
+    let diff = m.forward(&ids, None, None, Logits::All)?;
+    assert!(max_diff(&fused, &diff)? < 1e-4);
+    Ok(())
+}
+
+#[test]
+fn gradients_reach_every_linear_layer_through_the_differentiable_path() -> anyhow::Result<()> {
+    let mut m = tiny(Family::Llama)?;
+    m.set_differentiable(true);
+    // Make every projection weight a Var (as full fine-tuning will).
+    let mut vars = Vec::new();
+    for (name, lin) in m.linears_mut() {
+        let v = Var::from_tensor(&lin.dense_weight()?)?;
+        lin.set_weight(ferrotune_model::BaseWeight::Dense(v.as_tensor().clone()));
+        vars.push((name, v));
+    }
+    let ids = Tensor::new(&[[4u32, 9, 16, 25, 36]], &Device::Cpu)?;
+    let logits = m.forward(&ids, None, None, Logits::All)?;
+    let targets = Tensor::new(&[9u32, 16, 25, 36, 49], &Device::Cpu)?;
+    let loss = candle_nn::loss::cross_entropy(&logits.squeeze(0)?, &targets)?;
+    let grads = loss.backward()?;
+    for (name, v) in &vars {
+        let g = grads.get(v.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient for {name}"))?;
+        let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn logits_last_equals_the_last_row_of_logits_all() -> anyhow::Result<()> {
+    let m = tiny(Family::Mistral)?;
+    let ids = Tensor::new(&[[1u32, 2, 3], [4, 5, 6]], &Device::Cpu)?;
+    let all = m.forward(&ids, None, None, Logits::All)?;
+    let last = m.forward(&ids, None, None, Logits::Last)?;
+    assert!(max_diff(&all.narrow(1, 2, 1)?.squeeze(1)?, &last)? < 1e-5);
+    assert_eq!(last.dtype(), DType::F32);
+    assert_eq!(last.dim(D::Minus1)?, 128);
+    Ok(())
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_named() -> anyhow::Result<()> {
+    let cfg = ModelConfig::tiny(Family::Llama);
+    let mut bad = cfg.clone();
+    bad.intermediate_size = 100;
+    let w = random_weights(&cfg, &Device::Cpu)?;
+    let err = Llama::load(&w, &bad, WeightMode::F32, None).expect_err("shape mismatch");
+    assert!(err.to_string().contains("model.layers.0.mlp.gate_proj.weight"), "{err}");
+    assert!(err.to_string().contains("[100, 64]"), "{err}");
+    let mut more = cfg.clone();
+    more.num_layers = 3;
+    let err = Llama::load(&w, &more, WeightMode::F32, None).expect_err("missing");
+    assert!(err.to_string().contains("missing tensor `model.layers.2."), "{err}");
+    Ok(())
+}
