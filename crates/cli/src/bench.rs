@@ -62,27 +62,27 @@ fn prompt_ids(m: &LoadedModel, n: usize) -> anyhow::Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn measure(m: &LoadedModel, prompt: &[u32], gen: usize) -> anyhow::Result<Speed> {
+fn measure(m: &LoadedModel, prompt: &[u32], n_gen: usize) -> anyhow::Result<Speed> {
     let dev = Device::Cpu;
     // Warm-up: allocations, rayon pool, rope tables in cache.
     let mut cache = KvCache::new(m.config(), 8);
     m.model.forward(&Tensor::new(&prompt[..8.min(prompt.len())], &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
 
-    let mut cache = KvCache::new(m.config(), prompt.len() + gen + 1);
+    let mut cache = KvCache::new(m.config(), prompt.len() + n_gen + 1);
     let t0 = Instant::now();
     let mut logits = m.model.forward(&Tensor::new(prompt, &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    for _ in 0..gen {
+    for _ in 0..n_gen {
         let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
         let next = ferrotune_model::sampling::argmax(&row);
         logits = m.model.forward(&Tensor::new(&[next], &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
     }
     let decode = t1.elapsed().as_secs_f64();
-    Ok(Speed { prefill_tok_s: prompt.len() as f64 / prefill, decode_tok_s: gen as f64 / decode })
+    Ok(Speed { prefill_tok_s: prompt.len() as f64 / prefill, decode_tok_s: n_gen as f64 / decode })
 }
 
-fn llama_cpp(python: &PathBuf, gguf: &std::path::Path, prompt: &[u32], gen: usize, threads: usize) -> anyhow::Result<Speed> {
+fn llama_cpp(python: &PathBuf, gguf: &std::path::Path, prompt: &[u32], n_gen: usize, threads: usize) -> anyhow::Result<Speed> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/llamacpp_speed.py");
     let out = Command::new(python)
         .arg(script)
@@ -91,7 +91,7 @@ fn llama_cpp(python: &PathBuf, gguf: &std::path::Path, prompt: &[u32], gen: usiz
         .arg("--tokens")
         .arg(serde_json::to_string(prompt)?)
         .arg("--gen")
-        .arg(gen.to_string())
+        .arg(n_gen.to_string())
         .arg("--threads")
         .arg(threads.to_string())
         .output()

@@ -9,27 +9,24 @@ use ferrotune_model::{Format, GenerateParams, LoadedModel, Message, SamplingPara
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum WeightsArg {
-    /// Quantized for GGUF files (fast), f32 for HF directories.
-    Auto,
-    /// Dequantize everything to f32 (the training path).
+    /// Dequantize everything to f32: the path training and evaluation use (the default).
     F32,
-    /// Keep the GGUF's quantized blocks (candle quantized matmul).
+    /// Keep a GGUF's quantized blocks (candle's quantized matmul, like llama.cpp): faster decode,
+    /// activations quantized to 8 bits per block. HF directories always load in f32.
     Quantized,
 }
 
 impl WeightsArg {
-    pub fn mode(self, spec: &str) -> WeightMode {
+    pub fn mode(self) -> WeightMode {
         match self {
             Self::F32 => WeightMode::F32,
             Self::Quantized => WeightMode::Quantized,
-            Self::Auto if spec.ends_with(".gguf") || ferrotune_model::store::known(spec).is_some() => WeightMode::Quantized,
-            Self::Auto => WeightMode::F32,
         }
     }
 }
 
 pub fn load(spec: &str, weights: WeightsArg) -> anyhow::Result<LoadedModel> {
-    ferrotune_model::load(spec, weights.mode(spec), &candle_core::Device::Cpu).with_context(|| format!("loading model {spec}"))
+    ferrotune_model::load(spec, weights.mode(), &candle_core::Device::Cpu).with_context(|| format!("loading model {spec}"))
 }
 
 #[derive(Args)]
@@ -70,8 +67,8 @@ pub struct GenerateArgs {
     /// Keep generating after EOS tokens (until --max-tokens).
     #[arg(long)]
     ignore_eos: bool,
-    /// Weight path: auto, f32 or quantized.
-    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
+    /// Weight path: f32 (reference, default) or quantized (GGUF blocks, faster).
+    #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
     weights: WeightsArg,
     /// Print token counts and speeds to stderr at the end.
     #[arg(long)]
@@ -120,7 +117,7 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             n,
             n.saturating_sub(1) as f64 / g.decode_secs.max(1e-9),
             g.finish.as_str(),
-            a.weights.mode(&a.model),
+            a.weights.mode(),
             if m.format == Format::Gguf { ", from GGUF" } else { "" },
         );
     }
