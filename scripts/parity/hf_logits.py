@@ -25,7 +25,7 @@ def main():
     ap.add_argument("--model", required=True)
     args = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager")
     model.eval()
 
     corpus = json.loads((ROOT / "fixtures/llamacpp/tokenize.json").read_text())["cases"]

@@ -19,11 +19,11 @@ fn templates_render_like_jinja2() {
         let src = fx["templates"][name].as_str().expect("template source");
         let t = ChatTemplate::new(src, bos, eos).expect("template compiles");
         let conv = &convs[c["conversation"].as_u64().expect("index") as usize];
-        let gen = c["add_generation_prompt"].as_bool().expect("flag");
-        let got = t.render(conv, gen).expect("renders");
+        let add_gen = c["add_generation_prompt"].as_bool().expect("flag");
+        let got = t.render(conv, add_gen).expect("renders");
         let want = c["expected"].as_str().expect("expected");
         if got != want {
-            failures.push(format!("{name} conv {} gen {gen}:\n--- jinja2\n{want:?}\n--- ours\n{got:?}", c["conversation"]));
+            failures.push(format!("{name} conv {} gen {add_gen}:\n--- jinja2\n{want:?}\n--- ours\n{got:?}", c["conversation"]));
         }
     }
     assert!(cases.len() >= 24);
