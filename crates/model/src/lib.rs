@@ -3,6 +3,7 @@
 //! - [`config`]: HF `config.json` → validated [`ModelConfig`].
 //! - [`llama`]: the decoder (GQA, RoPE, RMSNorm, SwiGLU, KV cache, left padding); [`linear`] is
 //!   the seam where LoRA attaches; [`rope`] holds the rotary tables.
+//! - [`qkernels`]: Q4_1 / Q8_0 SIMD kernels for the quantized path (candle has none for Q4_1).
 //! - [`weights`], [`gguf`], [`hf`]: reading checkpoints into HF-named tensors.
 //! - [`tokenizer`], [`chat`]: HF tokenizers (also built from GGUF metadata) and Jinja chat
 //!   templates via minijinja.
@@ -21,6 +22,7 @@ pub mod hf;
 pub mod linear;
 pub mod llama;
 pub mod loaded;
+pub mod qkernels;
 pub mod rope;
 pub mod sampling;
 pub mod store;

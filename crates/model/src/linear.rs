@@ -8,6 +8,8 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Result, Tensor};
 
+use crate::qkernels::QWeight;
+
 /// Something that adds a learned delta to a linear layer's output: `y = W x + b + delta(x)`.
 /// LoRA implements it as `scale · B(A(dropout(x)))`.
 pub trait LinearAdapter: Debug + Send + Sync {
@@ -20,6 +22,8 @@ pub enum BaseWeight {
     Dense(Tensor),
     /// GGUF quantized blocks, inference only (candle's `QMatMul` has no backward).
     Quantized(Arc<QMatMul>),
+    /// Q4_1 / Q8_0 blocks with our own SIMD kernels (see `qkernels`), inference only.
+    Kernel(Arc<QWeight>),
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +77,7 @@ impl Linear {
                 QMatMul::QTensor(t) => t.dequantize(&t.device()),
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
             },
+            BaseWeight::Kernel(q) => q.dequantize(&candle_core::Device::Cpu),
         }
     }
 
@@ -90,6 +95,7 @@ impl Linear {
                 y.reshape(out_dims)?
             }
             BaseWeight::Quantized(q) => q.forward(x)?,
+            BaseWeight::Kernel(q) => q.forward(x)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::linear::BaseWeight;
+use crate::qkernels::QWeight;
 
 #[derive(Debug, Clone)]
 pub enum WeightTensor {
@@ -102,6 +103,14 @@ impl Weights {
     pub fn linear(&self, name: &str, out: usize, inp: usize, mode: WeightMode) -> Result<BaseWeight> {
         let (file, t) = self.lookup(name, &[out, inp])?;
         match (mode, t) {
+            (WeightMode::Quantized, WeightTensor::Quantized(q)) if QWeight::supports(q.dtype()) => {
+                let k = QWeight::from_qtensor(q).map_err(|e| ModelError::BadTensor {
+                    path: file.clone(),
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                })?;
+                Ok(BaseWeight::Kernel(Arc::new(k)))
+            }
             (WeightMode::Quantized, WeightTensor::Quantized(q)) => {
                 let qm = QMatMul::from_arc(q.clone()).map_err(|e| ModelError::BadTensor {
                     path: file.clone(),
