@@ -150,12 +150,32 @@ impl QWeight {
                 let (flat, ref mut o) = *guard;
                 let (i, start) = (flat / self.rows, flat % self.rows);
                 let xrow = &xq[i * nb..(i + 1) * nb];
-                for (j, v) in o.iter_mut().enumerate() {
-                    let r = start + j;
-                    *v = match &self.blocks {
-                        Blocks::Q4_1(b) => dot_q4_1(&b[r * nb..(r + 1) * nb], xrow),
-                        Blocks::Q8_0(b) => dot_q8_0(&b[r * nb..(r + 1) * nb], xrow),
-                    };
+                let row = |r: usize| r * nb..(r + 1) * nb;
+                match &self.blocks {
+                    Blocks::Q4_1(b) => {
+                        let mut quads = o.chunks_exact_mut(4);
+                        let mut r = start;
+                        for q in &mut quads {
+                            q.copy_from_slice(&dot4_q4_1([&b[row(r)], &b[row(r + 1)], &b[row(r + 2)], &b[row(r + 3)]], xrow));
+                            r += 4;
+                        }
+                        for v in quads.into_remainder() {
+                            *v = dot_q4_1(&b[row(r)], xrow);
+                            r += 1;
+                        }
+                    }
+                    Blocks::Q8_0(b) => {
+                        let mut quads = o.chunks_exact_mut(4);
+                        let mut r = start;
+                        for q in &mut quads {
+                            q.copy_from_slice(&dot4_q8_0([&b[row(r)], &b[row(r + 1)], &b[row(r + 2)], &b[row(r + 3)]], xrow));
+                            r += 4;
+                        }
+                        for v in quads.into_remainder() {
+                            *v = dot_q8_0(&b[row(r)], xrow);
+                            r += 1;
+                        }
+                    }
                 }
             }
         });
@@ -190,6 +210,17 @@ fn dot_q4_1(w: &[Block4], x: &[BlockQ8]) -> f32 {
     scalar::dot_q4_1(w, x)
 }
 
+fn dot4_q4_1(w: [&[Block4]; 4], x: &[BlockQ8]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        // SAFETY: as in `dot_q4_1`.
+        #[allow(unsafe_code)]
+        return unsafe { simd::dot4_q4_1(w, x) };
+    }
+    #[allow(unreachable_code)]
+    w.map(|w| scalar::dot_q4_1(w, x))
+}
+
 fn dot_q8_0(w: &[Block8], x: &[BlockQ8]) -> f32 {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     {
@@ -199,6 +230,17 @@ fn dot_q8_0(w: &[Block8], x: &[BlockQ8]) -> f32 {
     }
     #[allow(unreachable_code)]
     scalar::dot_q8_0(w, x)
+}
+
+fn dot4_q8_0(w: [&[Block8]; 4], x: &[BlockQ8]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        // SAFETY: as in `dot_q4_1`.
+        #[allow(unsafe_code)]
+        return unsafe { simd::dot4_q8_0(w, x) };
+    }
+    #[allow(unreachable_code)]
+    w.map(|w| scalar::dot_q8_0(w, x))
 }
 
 /// Reference implementations (and the fallback on CPUs without AVX2).
@@ -275,6 +317,25 @@ mod simd {
         hsum(_mm256_add_ps(acc0, acc1)) + m0 + m1
     }
 
+    /// Four weight rows against one activation row: four independent load streams keep more
+    /// memory requests in flight (decode is bound by reading the weights) and each activation
+    /// block is loaded once for four rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn dot4_q4_1(w: [&[Block4]; 4], x: &[BlockQ8]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        for (i, y) in x.iter().enumerate() {
+            acc[0] = block_q4_1(&w[0][i], y, acc[0]);
+            acc[1] = block_q4_1(&w[1][i], y, acc[1]);
+            acc[2] = block_q4_1(&w[2][i], y, acc[2]);
+            acc[3] = block_q4_1(&w[3][i], y, acc[3]);
+            for r in 0..4 {
+                mins[r] += w[r][i].m.to_f32() * y.s;
+            }
+        }
+        [hsum(acc[0]) + mins[0], hsum(acc[1]) + mins[1], hsum(acc[2]) + mins[2], hsum(acc[3]) + mins[3]]
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn block_q8_0(b: &Block8, y: &BlockQ8, acc: __m256) -> __m256 {
@@ -287,6 +348,18 @@ mod simd {
             _mm256_set1_epi16(1),
         );
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(b.d.to_f32() * y.d), acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn dot4_q8_0(w: [&[Block8]; 4], x: &[BlockQ8]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, y) in x.iter().enumerate() {
+            acc[0] = block_q8_0(&w[0][i], y, acc[0]);
+            acc[1] = block_q8_0(&w[1][i], y, acc[1]);
+            acc[2] = block_q8_0(&w[2][i], y, acc[2]);
+            acc[3] = block_q8_0(&w[3][i], y, acc[3]);
+        }
+        acc.map(hsum)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -341,7 +414,12 @@ mod tests {
         let (Blocks::Q4_1(b4), Blocks::Q8_0(b8)) = (&q4.blocks, &q8.blocks) else {
             candle_core::bail!("unexpected block types")
         };
+        let rows = |r: usize| r * 8..(r + 1) * 8;
+        let four4 = dot4_q4_1([&b4[rows(0)], &b4[rows(1)], &b4[rows(2)], &b4[rows(3)]], &xq);
+        let four8 = dot4_q8_0([&b8[rows(0)], &b8[rows(1)], &b8[rows(2)], &b8[rows(3)]], &xq);
         for r in 0..4 {
+            assert!((four4[r] - dot_q4_1(&b4[rows(r)], &xq)).abs() <= 1e-4 * four4[r].abs().max(1.0));
+            assert!((four8[r] - dot_q8_0(&b8[rows(r)], &xq)).abs() <= 1e-4 * four8[r].abs().max(1.0));
             let rows = r * 8..(r + 1) * 8;
             let (a, s) = (dot_q4_1(&b4[rows.clone()], &xq), scalar::dot_q4_1(&b4[rows.clone()], &xq));
             assert!((a - s).abs() <= 1e-3 * s.abs().max(1.0), "q4_1 {a} vs {s}");
