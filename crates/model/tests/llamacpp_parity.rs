@@ -39,14 +39,29 @@ struct Stats {
     mean_abs: f64,
 }
 
-fn compare(m: &LoadedModel) -> Stats {
+/// Our logits for every position: one forward over the whole sequence (prefill), or token by
+/// token through the KV cache (`stepwise`, the decode path, which is where the quantized kernels run).
+fn our_logits(m: &LoadedModel, ids: &[u32], stepwise: bool) -> Vec<Vec<f32>> {
+    let tensor = |ids: &[u32]| Tensor::new(ids, &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids tensor");
+    if !stepwise {
+        let logits = m.model.forward(&tensor(ids), None, None, Logits::All).expect("forward");
+        return logits.squeeze(0).and_then(|l| l.to_vec2()).expect("logits");
+    }
+    let mut cache = ferrotune_model::KvCache::new(m.config(), ids.len());
+    ids.iter()
+        .map(|&id| {
+            let l = m.model.forward(&tensor(&[id]), None, Some(&mut cache), Logits::Last).expect("forward");
+            l.squeeze(0).and_then(|l| l.to_vec1()).expect("logits")
+        })
+        .collect()
+}
+
+fn compare(m: &LoadedModel, stepwise: bool) -> Stats {
     let fx = common_real::fixture("llamacpp/logits.json");
     let (mut positions, mut agree, mut max_abs, mut sum, mut n) = (0, 0, 0f32, 0f64, 0usize);
     for c in fx["cases"].as_array().expect("cases") {
         let ids: Vec<u32> = serde_json::from_value(c["ids"].clone()).expect("ids");
-        let x = Tensor::new(ids.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids tensor");
-        let logits = m.model.forward(&x, None, None, Logits::All).expect("forward");
-        let rows: Vec<Vec<f32>> = logits.squeeze(0).and_then(|l| l.to_vec2()).expect("logits");
+        let rows = our_logits(m, &ids, stepwise);
         for (row, p) in rows.iter().zip(c["positions"].as_array().expect("positions")) {
             let top: Vec<u32> = serde_json::from_value(p["top_ids"].clone()).expect("top ids");
             let vals: Vec<f32> = serde_json::from_value(p["top_logits"].clone()).expect("top logits");
@@ -80,16 +95,18 @@ fn assert_close(label: &str, s: &Stats) {
     assert!(s.max_abs < 2.5 && s.mean_abs < 0.30, "{label}: max {} mean {}", s.max_abs, s.mean_abs);
 }
 
+/// Token by token, so every matmul runs the Q4_1/Q8_0 kernels with 8-bit activations, as
+/// llama.cpp computes.
 #[test]
-fn quantized_logits_match_llama_cpp() {
+fn quantized_decode_logits_match_llama_cpp() {
     let Some(m) = load(WeightMode::Quantized) else { return };
-    assert_close("quantized", &compare(&m));
+    assert_close("quantized decode", &compare(&m, true));
 }
 
 #[test]
 fn f32_logits_match_llama_cpp() {
     let Some(m) = load(WeightMode::F32) else { return };
-    assert_close("f32", &compare(&m));
+    assert_close("f32 prefill", &compare(&m, false));
 }
 
 #[test]
