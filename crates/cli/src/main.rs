@@ -1,6 +1,7 @@
 //! The `ferrotune` binary: argument parsing and wiring; the work lives in the library crates.
 
 mod bench;
+mod data;
 mod models;
 mod textgen;
 
@@ -27,6 +28,8 @@ enum Command {
     Tokenize(textgen::TokenizeArgs),
     /// Benchmarks, printed as ratios against the named peer measured in the same run.
     Bench(bench::BenchArgs),
+    /// Check, clean, split and render training data.
+    Data(data::DataArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => textgen::generate(a),
         Command::Tokenize(a) => textgen::tokenize(a),
         Command::Bench(a) => bench::run(a),
+        Command::Data(a) => data::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,299 @@
+//! `ferrotune data validate | prepare | render`: the data stage (`ferrotune-data`) on the command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use ferrotune_data::prepare::DedupMode;
+use ferrotune_data::reader::RowReader;
+use ferrotune_data::scan::{ScanConfig, Scanner};
+use ferrotune_data::{Format, IGNORE_INDEX, PrepareOptions, RenderOptions, Renderer, ValidateOptions};
+use ferrotune_model::store::DEFAULT_MODEL;
+use ferrotune_model::WeightMode;
+
+#[derive(Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Check data files: format errors, duplicates, PII, lengths, coverage, agreement. Exit 0 when
+    /// there are no errors (warnings allowed), 1 when there are, 2 on usage errors.
+    Validate(ValidateArgs),
+    /// Drop bad and duplicate rows, redact PII, split into train.jsonl / eval.jsonl + report.json.
+    Prepare(PrepareArgs),
+    /// Show what the model sees: the chat template applied, token counts, and which tokens carry loss.
+    Render(RenderArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum FormatArg {
+    Auto,
+    Chat,
+    Alpaca,
+    Completion,
+    Text,
+}
+
+impl FormatArg {
+    fn format(self) -> Option<Format> {
+        match self {
+            Self::Auto => None,
+            Self::Chat => Some(Format::Chat),
+            Self::Alpaca => Some(Format::Alpaca),
+            Self::Completion => Some(Format::Completion),
+            Self::Text => Some(Format::Text),
+        }
+    }
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// JSONL or CSV files (one dataset; duplicates are found across them).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Record format; `auto` detects it per file.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    format: FormatArg,
+    /// Model (name or path) whose tokenizer and chat template count tokens and check lengths.
+    #[arg(long)]
+    model: Option<String>,
+    /// Longest allowed example in tokens after rendering (with --model).
+    #[arg(long, default_value_t = 2048)]
+    max_seq_len: usize,
+    /// Held-out file checked for rows that duplicate or nearly duplicate training rows (repeatable).
+    #[arg(long = "eval")]
+    eval: Vec<PathBuf>,
+    /// Jaccard similarity (word 3-grams, MinHash estimate) at or above which rows are near duplicates.
+    #[arg(long, default_value_t = 0.85)]
+    near_dup_threshold: f64,
+    /// Skip the near-duplicate check.
+    #[arg(long)]
+    no_near_dup: bool,
+    /// Epochs for the billed-token estimate.
+    #[arg(long, default_value_t = 3)]
+    epochs: u32,
+    /// Count loss on prompts too (as `--train-on-inputs` in training).
+    #[arg(long)]
+    train_on_inputs: bool,
+    /// Skip the PII scan.
+    #[arg(long)]
+    no_pii: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Findings listed per code in the JSON report (all are counted).
+    #[arg(long, default_value_t = 1000)]
+    max_findings: usize,
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// Input JSONL or CSV file (never modified).
+    input: PathBuf,
+    /// Output folder for train.jsonl, eval.jsonl and report.json (must not exist or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = DedupArg::Exact)]
+    dedup: DedupArg,
+    /// Jaccard threshold for --dedup near.
+    #[arg(long, default_value_t = 0.85)]
+    near_dup_threshold: f64,
+    /// Replace e-mails, phones, card numbers, IBANs, SSNs and IP addresses with placeholders.
+    #[arg(long)]
+    redact_pii: bool,
+    /// Fraction of the kept rows that go to eval.jsonl.
+    #[arg(long, default_value_t = 0.1)]
+    eval_fraction: f64,
+    /// Metadata field to stratify the split by (each value split in the same proportion).
+    #[arg(long)]
+    stratify_by: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    format: FormatArg,
+    /// With a model, rows longer than --max-seq-len tokens after rendering are dropped too.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, default_value_t = 2048)]
+    max_seq_len: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum DedupArg {
+    Off,
+    Exact,
+    Near,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    file: PathBuf,
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// How many examples to show.
+    #[arg(long, default_value_t = 3)]
+    n: usize,
+    #[arg(long)]
+    train_on_inputs: bool,
+    /// Mark loss spans with [[ ]] instead of colour (the default when stdout is not a terminal).
+    #[arg(long)]
+    plain: bool,
+    /// Also print the input_ids and labels as JSON.
+    #[arg(long)]
+    ids: bool,
+}
+
+/// Exit 2 with a usage message, as clap does for bad arguments.
+fn usage_error(msg: String) -> ! {
+    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n")).exit()
+}
+
+fn require_files<'a>(files: impl IntoIterator<Item = &'a PathBuf>) {
+    for f in files {
+        if !f.is_file() {
+            usage_error(format!("{}: no such file", f.display()));
+        }
+    }
+}
+
+fn renderer(spec: &str) -> anyhow::Result<Arc<Renderer>> {
+    let m = ferrotune_model::load(spec, WeightMode::Quantized, &candle_core::Device::Cpu).with_context(|| format!("loading model {spec}"))?;
+    Ok(Arc::new(Renderer::from_model(&m)?))
+}
+
+pub fn run(a: DataArgs) -> anyhow::Result<()> {
+    match a.command {
+        DataCommand::Validate(v) => validate(v),
+        DataCommand::Prepare(p) => prepare(p),
+        DataCommand::Render(r) => render(r),
+    }
+}
+
+fn validate(a: ValidateArgs) -> anyhow::Result<()> {
+    require_files(a.files.iter().chain(&a.eval));
+    if !(0.0..=1.0).contains(&a.near_dup_threshold) || a.near_dup_threshold == 0.0 {
+        usage_error(format!("--near-dup-threshold {} is not in (0, 1]", a.near_dup_threshold));
+    }
+    let renderer = a.model.as_deref().map(renderer).transpose()?;
+    let opts = ValidateOptions {
+        format: a.format.format(),
+        renderer,
+        model_name: a.model.clone(),
+        render_opts: RenderOptions { train_on_inputs: a.train_on_inputs },
+        max_seq_len: a.max_seq_len,
+        near_dup_threshold: (!a.no_near_dup).then_some(a.near_dup_threshold),
+        epochs: a.epochs,
+        eval_files: a.eval.clone(),
+        pii: !a.no_pii,
+        max_findings_per_code: a.max_findings,
+        ..ValidateOptions::default()
+    };
+    let report = ferrotune_data::validate(&a.files, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if !report.ok {
+        bail!("{} error(s) in the data", report.errors);
+    }
+    Ok(())
+}
+
+fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
+    require_files([&a.input]);
+    if !(0.0..1.0).contains(&a.eval_fraction) {
+        usage_error(format!("--eval-fraction {} is not in [0, 1)", a.eval_fraction));
+    }
+    let renderer = a.model.as_deref().map(renderer).transpose()?;
+    let opts = PrepareOptions {
+        format: a.format.format(),
+        dedup: match a.dedup {
+            DedupArg::Off => DedupMode::Off,
+            DedupArg::Exact => DedupMode::Exact,
+            DedupArg::Near => DedupMode::Near,
+        },
+        near_dup_threshold: a.near_dup_threshold,
+        redact_pii: a.redact_pii,
+        eval_fraction: a.eval_fraction,
+        stratify_by: a.stratify_by.clone(),
+        seed: a.seed,
+        renderer,
+        max_seq_len: a.max_seq_len,
+        ..PrepareOptions::default()
+    };
+    let r = ferrotune_data::prepare(&a.input, &a.out, &opts)?;
+    println!(
+        "{}: {} rows read, {} dropped, {} changed; wrote {} train + {} eval rows to {} (details in report.json)",
+        r.input,
+        r.rows_read,
+        r.dropped.len(),
+        r.changed.len(),
+        r.train_rows,
+        r.eval_rows,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn render(a: RenderArgs) -> anyhow::Result<()> {
+    require_files([&a.file]);
+    let renderer = renderer(&a.model)?;
+    let opts = RenderOptions { train_on_inputs: a.train_on_inputs };
+    let colour = !a.plain && std::io::stdout().is_terminal();
+    let scanner = Scanner::new(ScanConfig::default());
+    let file: Arc<str> = a.file.display().to_string().into();
+    let mut shown = 0usize;
+    for raw in RowReader::open(&a.file)? {
+        if shown >= a.n {
+            break;
+        }
+        let row = scanner.analyze(&file, raw?);
+        let Some(rec) = row.record else {
+            for f in row.findings.iter().filter(|f| f.is_error()) {
+                eprintln!("{f}");
+            }
+            continue;
+        };
+        shown += 1;
+        let out = ferrotune_data::render_for_training(&rec, &renderer, &opts)?;
+        println!("── example {shown}: {}:{} — {} tokens, {} with loss ──", rec.origin.file, rec.origin.line, out.len(), out.target_tokens());
+        print_spans(&renderer, &out.input_ids, &out.labels, colour);
+        if a.ids {
+            println!("{}", serde_json::json!({"input_ids": out.input_ids, "labels": out.labels}));
+        }
+        println!();
+    }
+    if shown == 0 {
+        bail!("{}: no valid example to render (run `ferrotune data validate` on it)", a.file.display());
+    }
+    let legend = if colour { "\x1b[1;32mgreen\x1b[0m = loss, \x1b[2mdim\x1b[0m = masked" } else { "[[ ]] = loss, the rest is masked" };
+    println!("{legend}");
+    Ok(())
+}
+
+/// Print the tokens run by run: loss runs highlighted, masked runs dimmed.
+fn print_spans(r: &Renderer, ids: &[u32], labels: &[i64], colour: bool) {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let loss = labels[i] != IGNORE_INDEX;
+        let start = i;
+        while i < ids.len() && (labels[i] != IGNORE_INDEX) == loss {
+            i += 1;
+        }
+        let text = r.tokenizer().decode(&ids[start..i], false).unwrap_or_else(|_| "�".into());
+        match (loss, colour) {
+            (true, true) => out.push_str(&format!("\x1b[1;32m{text}\x1b[0m")),
+            (false, true) => out.push_str(&format!("\x1b[2m{text}\x1b[0m")),
+            (true, false) => out.push_str(&format!("[[{text}]]")),
+            (false, false) => out.push_str(&text),
+        }
+    }
+    println!("{out}");
+}

@@ -1,0 +1,267 @@
+//! `ferrotune data prepare`: drop unusable and duplicate rows, optionally redact personal data,
+//! split into train and eval (stratified by a metadata field), and publish `train.jsonl`,
+//! `eval.jsonl` and `report.json` atomically.
+//!
+//! Two streaming passes over the input, never modified: the first checks every row and decides
+//! which to drop (remembering only their line numbers) and counts rows per stratum; the second
+//! re-reads the kept rows, redacts, and sends exactly round(F·n) of each stratum to eval by
+//! sequential random selection ([`crate::split`]). Outputs go to a temporary folder beside
+//! `--out` that is renamed into place at the end, so a failed run leaves nothing half-written.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+
+use crate::dedup::{DupIndex, RowRef};
+use crate::error::{DataError, Result};
+use crate::finding::Code;
+use crate::minhash::MinHasher;
+use crate::pii::PiiKind;
+use crate::reader::RowReader;
+use crate::record::{Format, Record};
+use crate::render::{RenderOptions, Renderer};
+use crate::scan::{ScanConfig, Scanner};
+use crate::split::{Selector, eval_count};
+use crate::stats::class_of;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupMode {
+    Off,
+    Exact,
+    Near,
+}
+
+#[derive(Clone)]
+pub struct PrepareOptions {
+    pub format: Option<Format>,
+    pub dedup: DedupMode,
+    pub near_dup_threshold: f64,
+    pub num_perm: usize,
+    pub redact_pii: bool,
+    pub eval_fraction: f64,
+    /// Metadata field whose values are split in proportion.
+    pub stratify_by: Option<String>,
+    pub seed: u64,
+    /// With a model, rows over `max_seq_len` tokens after rendering are dropped too.
+    pub renderer: Option<Arc<Renderer>>,
+    pub max_seq_len: usize,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        Self {
+            format: None,
+            dedup: DedupMode::Exact,
+            near_dup_threshold: 0.85,
+            num_perm: 128,
+            redact_pii: false,
+            eval_fraction: 0.1,
+            stratify_by: None,
+            seed: 0,
+            renderer: None,
+            max_seq_len: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Dropped {
+    pub line: u64,
+    pub reason: Code,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Changed {
+    pub line: u64,
+    pub reason: &'static str,
+    /// (field, kind of personal data replaced), never the data itself.
+    pub redacted: Vec<(String, PiiKind)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StratumCounts {
+    pub train: u64,
+    pub eval: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrepareReport {
+    pub input: String,
+    pub out: String,
+    pub seed: u64,
+    pub dedup: DedupMode,
+    pub near_dup_threshold: Option<f64>,
+    pub redact_pii: bool,
+    pub eval_fraction: f64,
+    pub stratify_by: Option<String>,
+    pub rows_read: u64,
+    pub rows_kept: u64,
+    pub train_rows: u64,
+    pub eval_rows: u64,
+    pub strata: BTreeMap<String, StratumCounts>,
+    pub dropped: Vec<Dropped>,
+    pub changed: Vec<Changed>,
+}
+
+/// Stratum of a record: the value of `field` in its metadata, or `(missing)`.
+fn stratum(rec: &Record, field: Option<&str>) -> String {
+    let Some(field) = field else { return "(all)".into() };
+    rec.metadata.as_ref().and_then(|m| m.get(field)).and_then(class_of).unwrap_or_else(|| "(missing)".into())
+}
+
+pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<PrepareReport> {
+    if !(0.0..1.0).contains(&opts.eval_fraction) {
+        return Err(DataError::InvalidOption { option: "--eval-fraction", reason: format!("{} is not in [0, 1)", opts.eval_fraction) });
+    }
+    if !input.is_file() {
+        return Err(DataError::InvalidFile { path: input.to_path_buf(), reason: "no such file".into() });
+    }
+    if out.exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some() {
+        return Err(DataError::InvalidFile { path: out.to_path_buf(), reason: "exists and is not empty; choose a new --out".into() });
+    }
+    let near = (opts.dedup == DedupMode::Near).then_some((opts.near_dup_threshold, opts.num_perm));
+    let scanner = Scanner::new(ScanConfig {
+        format: opts.format,
+        renderer: opts.renderer.clone(),
+        render_opts: RenderOptions::default(),
+        max_seq_len: opts.renderer.as_ref().map(|_| opts.max_seq_len),
+        minhasher: near.map(|(_, p)| Arc::new(MinHasher::new(p, opts.seed ^ 0x5eed))),
+        pii: false,
+        fingerprints: opts.dedup != DedupMode::Off,
+    });
+    let strat = opts.stratify_by.as_deref();
+
+    // Pass 1: decide what to drop; count each stratum's kept rows.
+    let mut index = DupIndex::new(near);
+    let mut dropped: Vec<Dropped> = Vec::new();
+    let mut strata_n: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rows_read = 0u64;
+    scanner.scan_file(input, |row| {
+        rows_read += 1;
+        let Some(rec) = &row.record else {
+            let mut errs = row.findings.iter().filter(|f| f.is_error());
+            if let Some(first) = errs.next() {
+                let more = errs.count();
+                let detail = if more > 0 { format!("{} (+{more} more errors)", first.message) } else { first.message.clone() };
+                dropped.push(Dropped { line: row.line, reason: first.code, detail });
+            }
+            return Ok(());
+        };
+        if let Some(fp) = &row.fingerprint {
+            let c = index.check(fp);
+            index.insert(fp, RowRef::new(0, row.line), &c);
+            if let Some(r) = c.exact_of {
+                dropped.push(Dropped { line: row.line, reason: Code::ExactDuplicate, detail: format!("duplicate of line {}", r.line()) });
+                return Ok(());
+            }
+            if let Some((r, j)) = c.near_of {
+                dropped.push(Dropped { line: row.line, reason: Code::NearDuplicate, detail: format!("near duplicate of line {} (Jaccard {j:.2})", r.line()) });
+                return Ok(());
+            }
+        }
+        *strata_n.entry(stratum(rec, strat)).or_default() += 1;
+        Ok(())
+    })?;
+
+    // Pass 2: write the kept rows to a temporary folder beside `out`.
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    std::fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
+    let tmp = tempfile::Builder::new().prefix(".ferrotune-prepare-").tempdir_in(&parent).map_err(|e| DataError::io(&parent, e))?;
+    let create = |name: &str| -> Result<BufWriter<File>> {
+        let p = tmp.path().join(name);
+        Ok(BufWriter::new(File::create(&p).map_err(|e| DataError::io(p, e))?))
+    };
+    let (mut train_w, mut eval_w) = (create("train.jsonl")?, create("eval.jsonl")?);
+    let mut selectors: BTreeMap<String, Selector> =
+        strata_n.iter().map(|(k, &n)| (k.clone(), Selector::new(n, eval_count(n, opts.eval_fraction)))).collect();
+    let mut strata: BTreeMap<String, StratumCounts> = BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut changed = Vec::new();
+    let light = Scanner::new(ScanConfig { format: opts.format, ..ScanConfig::default() });
+    let file: Arc<str> = input.display().to_string().into();
+    let mut drop_lines = dropped.iter().map(|d| d.line).peekable();
+    for raw in RowReader::open(input)? {
+        let raw = raw?;
+        while drop_lines.peek().is_some_and(|&l| l < raw.line) {
+            drop_lines.next();
+        }
+        if drop_lines.peek() == Some(&raw.line) {
+            continue;
+        }
+        let line = raw.line;
+        let Some(mut rec) = light.analyze(&file, raw).record else {
+            return Err(DataError::InvalidFile { path: input.to_path_buf(), reason: format!("line {line} changed while preparing") });
+        };
+        if opts.redact_pii {
+            let mut redacted = Vec::new();
+            let det = scanner.pii_detector();
+            let fields: Vec<String> = rec.texts().into_iter().map(|(f, _)| f).collect();
+            let mut i = 0;
+            rec.map_texts(|text| {
+                let (new, matches) = det.redact(text);
+                for m in &matches {
+                    redacted.push((fields.get(i).cloned().unwrap_or_default(), m.kind));
+                }
+                i += 1;
+                (!matches.is_empty()).then_some(new)
+            });
+            if !redacted.is_empty() {
+                changed.push(Changed { line, reason: "pii_redacted", redacted });
+            }
+        }
+        let key = stratum(&rec, strat);
+        let to_eval = selectors.get_mut(&key).is_some_and(|s| s.pick(&mut rng));
+        let counts = strata.entry(key).or_default();
+        let w = if to_eval {
+            counts.eval += 1;
+            &mut eval_w
+        } else {
+            counts.train += 1;
+            &mut train_w
+        };
+        let mut json = serde_json::to_string(&rec.to_json()).map_err(|e| DataError::InvalidFile { path: input.to_path_buf(), reason: e.to_string() })?;
+        json.push('\n');
+        w.write_all(json.as_bytes()).map_err(|e| DataError::io(tmp.path(), e))?;
+    }
+    for mut w in [train_w, eval_w] {
+        w.flush().map_err(|e| DataError::io(tmp.path(), e))?;
+    }
+    let (train_rows, eval_rows) = strata.values().fold((0, 0), |(t, e), c| (t + c.train, e + c.eval));
+    let report = PrepareReport {
+        input: input.display().to_string(),
+        out: out.display().to_string(),
+        seed: opts.seed,
+        dedup: opts.dedup,
+        near_dup_threshold: near.map(|n| n.0),
+        redact_pii: opts.redact_pii,
+        eval_fraction: opts.eval_fraction,
+        stratify_by: opts.stratify_by.clone(),
+        rows_read,
+        rows_kept: train_rows + eval_rows,
+        train_rows,
+        eval_rows,
+        strata,
+        dropped,
+        changed,
+    };
+    let report_path = tmp.path().join("report.json");
+    let text = serde_json::to_string_pretty(&report).map_err(|e| DataError::InvalidFile { path: report_path.clone(), reason: e.to_string() })?;
+    std::fs::write(&report_path, text + "\n").map_err(|e| DataError::io(&report_path, e))?;
+    if out.exists() {
+        std::fs::remove_dir(out).map_err(|e| DataError::io(out, e))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, out).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&kept);
+        DataError::io(out, e)
+    })?;
+    Ok(report)
+}

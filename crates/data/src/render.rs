@@ -1,0 +1,310 @@
+//! Records → `input_ids` + `labels` for training, with the model's own chat template.
+//!
+//! Targets are found by rendering prefixes of the conversation: for assistant turn `i`, the text
+//! of `messages[..i]` with the generation prompt is what comes before the answer, and the text of
+//! `messages[..=i]` ends right after it, so the answer is the difference. Both must be prefixes
+//! of the whole render (true of every well-behaved template; a template that rewrites earlier
+//! turns is refused with the turn named). The whole text is tokenized once and tokens are
+//! assigned to spans by their byte offsets, so tokenization at span edges matches the full render.
+//!
+//! Labels are aligned with `input_ids` (HF convention: the loss shifts by one) and are
+//! [`IGNORE_INDEX`] where masked. Loss covers assistant turns (not those with `weight: 0`), or
+//! everything with `train_on_inputs` (still not `weight: 0` turns). EOS belongs to every target
+//! and is never masked: when the template ends a turn with an EOS token (ChatML's `<|im_end|>`,
+//! Llama 3's `<|eot_id|>`) the target runs through it and what follows it in the turn (the
+//! newline) is masked; when a turn's text holds no EOS token, one is inserted after it. Text
+//! records are trained on every token, with BOS when the model wants it and EOS appended.
+
+use std::sync::Arc;
+
+use ferrotune_model::{ChatTemplate, LoadedModel, Message, Tokenizer};
+use serde::Serialize;
+
+use crate::error::{DataError, Result};
+use crate::record::{Body, Record, Role};
+
+/// Label value of positions without loss (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
+pub const IGNORE_INDEX: i64 = -100;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenderOptions {
+    /// Loss on prompts too (system and user turns, template markup), not only on answers.
+    pub train_on_inputs: bool,
+}
+
+/// A rendered record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rendered {
+    pub input_ids: Vec<u32>,
+    /// Same length as `input_ids`; `IGNORE_INDEX` where masked, else the token id.
+    pub labels: Vec<i64>,
+    /// The template's text (without EOS tokens that were inserted).
+    pub text: String,
+}
+
+impl Rendered {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    /// Positions that carry loss.
+    pub fn target_tokens(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+}
+
+/// What rendering needs of a model: its tokenizer, chat template and EOS ids.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    tokenizer: Tokenizer,
+    template: Option<Arc<ChatTemplate>>,
+    eos_ids: Vec<u32>,
+    /// The EOS token appended to text records and inserted after turns without one.
+    eos: u32,
+}
+
+impl Renderer {
+    /// `eos_ids` are the ids that end a turn (the tokenizer's EOS token is added to them); the
+    /// first of the tokenizer's EOS token or `eos_ids` is the one inserted where needed.
+    pub fn new(tokenizer: Tokenizer, template: Option<Arc<ChatTemplate>>, mut eos_ids: Vec<u32>) -> Result<Self> {
+        let tok_eos = tokenizer.eos_token().and_then(|t| tokenizer.token_to_id(t));
+        let eos = tok_eos.or_else(|| eos_ids.first().copied()).ok_or(DataError::InvalidOption {
+            option: "model",
+            reason: "the tokenizer has no EOS token and none was given: targets cannot end with EOS".into(),
+        })?;
+        eos_ids.extend(tok_eos);
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        Ok(Self { tokenizer, template, eos_ids, eos })
+    }
+
+    pub fn from_model(m: &LoadedModel) -> Result<Self> {
+        Self::new(m.tokenizer.clone(), m.chat_template.clone(), m.eos_ids.clone())
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.eos
+    }
+
+    fn err(record: &Record, field: impl Into<String>, reason: impl Into<String>) -> DataError {
+        DataError::InvalidRecord { file: record.origin.file.to_string(), line: record.origin.line, field: field.into(), reason: reason.into() }
+    }
+
+    /// Render `record` for training.
+    pub fn render(&self, record: &Record, opts: &RenderOptions) -> Result<Rendered> {
+        if let Body::Text(text) = &record.body {
+            let mut input_ids = self.tokenizer.encode(text, true)?;
+            if input_ids.last() != Some(&self.eos) {
+                input_ids.push(self.eos);
+            }
+            let labels = input_ids.iter().map(|&i| i64::from(i)).collect();
+            return Ok(Rendered { input_ids, labels, text: text.clone() });
+        }
+        let template = self.template.as_ref().ok_or_else(|| {
+            Self::err(record, "", "the model has no chat template; use text records or a model with a template")
+        })?;
+        let turns = record.turns();
+        let messages: Vec<Message> = turns.iter().map(|t| Message::new(t.role.as_str(), t.content.clone())).collect();
+        let full = template.render(&messages, false).map_err(|e| Self::err(record, "messages", e.to_string()))?;
+
+        // Byte spans of the assistant turns in `full`, and whether each is trained on.
+        let mut spans: Vec<(usize, usize, bool)> = Vec::new();
+        for (i, t) in turns.iter().enumerate() {
+            if t.role != Role::Assistant {
+                continue;
+            }
+            let field = || format!("messages[{i}]");
+            let before = template.render(&messages[..i], true).map_err(|e| Self::err(record, field(), e.to_string()))?;
+            let through = template.render(&messages[..=i], false).map_err(|e| Self::err(record, field(), e.to_string()))?;
+            if !through.starts_with(&before) || !full.starts_with(&through) {
+                return Err(Self::err(
+                    record,
+                    field(),
+                    "the chat template does not render this conversation's prefixes as prefixes of the whole \
+                     (it changes earlier text when later turns are added, e.g. a default system prompt before \
+                     a leading assistant turn), so the answer cannot be located; start the conversation with a \
+                     system or user message",
+                ));
+            }
+            spans.push((before.len(), through.len(), t.is_target()));
+        }
+
+        let enc = self.tokenizer.inner().encode(full.as_str(), false).map_err(|e| Self::err(record, "", format!("tokenizer: {e}")))?;
+        let ids = enc.get_ids();
+        let offsets = enc.get_offsets();
+        // Which span each token falls in (a token overlapping a span's bytes belongs to it).
+        let span_of = |k: usize| -> Option<usize> {
+            let (s, e) = offsets[k];
+            spans.iter().position(|&(a, b, _)| s < b && a < e.max(s + 1))
+        };
+        let mut input_ids = Vec::with_capacity(ids.len() + spans.len());
+        let mut labels = Vec::with_capacity(ids.len() + spans.len());
+        let mut k = 0;
+        while k < ids.len() {
+            let Some(si) = span_of(k) else {
+                input_ids.push(ids[k]);
+                labels.push(if opts.train_on_inputs { i64::from(ids[k]) } else { IGNORE_INDEX });
+                k += 1;
+                continue;
+            };
+            let start = k;
+            while k < ids.len() && span_of(k) == Some(si) {
+                k += 1;
+            }
+            let toks = &ids[start..k];
+            let trained = spans[si].2;
+            match toks.iter().rposition(|t| self.eos_ids.contains(t)) {
+                Some(last_eos) => {
+                    for (j, &t) in toks.iter().enumerate() {
+                        input_ids.push(t);
+                        let in_target = j <= last_eos || opts.train_on_inputs;
+                        labels.push(if trained && in_target { i64::from(t) } else { IGNORE_INDEX });
+                    }
+                }
+                None => {
+                    for &t in toks {
+                        input_ids.push(t);
+                        labels.push(if trained { i64::from(t) } else { IGNORE_INDEX });
+                    }
+                    input_ids.push(self.eos);
+                    labels.push(if trained { i64::from(self.eos) } else { IGNORE_INDEX });
+                }
+            }
+        }
+        Ok(Rendered { input_ids, labels, text: full })
+    }
+}
+
+/// Render one record for training: the trainer's entry point (see the module docs for the rules).
+pub fn render_for_training(record: &Record, renderer: &Renderer, opts: &RenderOptions) -> Result<Rendered> {
+    renderer.render(record, opts)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::record::Turn;
+    use ferrotune_model::tokenizer::{GgufVocab, tokenizer_json_from_gguf};
+
+    pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    /// A byte-level BPE over single characters (every printable ASCII character is a token) with
+    /// ChatML's specials: 0 `<|endoftext|>`, 1 `<|im_start|>`, 2 `<|im_end|>`.
+    pub fn tiny_tokenizer() -> Tokenizer {
+        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+        let mut types = vec![3i64, 3, 3];
+        for b in 33u8..127 {
+            tokens.push((b as char).to_string());
+            types.push(1);
+        }
+        tokens.extend(["Ġ", "Ċ"].map(String::from));
+        types.extend([1, 1]);
+        let v = GgufVocab { model: "gpt2", pre: "smollm", tokens, token_types: types, merges: vec![] };
+        #[allow(clippy::expect_used)]
+        let json = tokenizer_json_from_gguf(&v).expect("tokenizer json");
+        #[allow(clippy::expect_used)]
+        Tokenizer::from_json(&json).expect("tokenizer").with_special(None, Some("<|im_end|>".into()), false)
+    }
+
+    pub fn renderer(template: &str, eos: &str) -> Renderer {
+        let tok = tiny_tokenizer();
+        #[allow(clippy::expect_used)]
+        let t = ChatTemplate::new(template, "", eos).expect("template");
+        #[allow(clippy::expect_used)]
+        Renderer::new(tok, Some(Arc::new(t)), vec![]).expect("renderer")
+    }
+
+    /// The text of the labelled tokens, with masked runs shown as `_`.
+    fn loss_text(r: &Renderer, out: &Rendered) -> String {
+        let mut s = String::new();
+        for (&id, &l) in out.input_ids.iter().zip(&out.labels) {
+            if l == IGNORE_INDEX {
+                if !s.ends_with('_') {
+                    s.push('_');
+                }
+            } else {
+                s.push_str(&r.tokenizer().decode(&[id], false).unwrap_or_default());
+            }
+        }
+        s
+    }
+
+    fn convo() -> Record {
+        Record::chat(vec![
+            Turn::new(Role::System, "S"),
+            Turn::new(Role::User, "q1"),
+            Turn::new(Role::Assistant, "a1"),
+            Turn::new(Role::User, "q2"),
+            Turn::new(Role::Assistant, "a2"),
+        ])
+    }
+
+    #[test]
+    fn loss_covers_each_assistant_answer_through_its_eos_only() {
+        let r = renderer(CHATML, "<|im_end|>");
+        let out = r.render(&convo(), &RenderOptions::default()).expect("render");
+        assert_eq!(out.input_ids.len(), out.labels.len());
+        assert_eq!(loss_text(&r, &out), "_a1<|im_end|>_a2<|im_end|>_");
+        // ChatML already ends the turn with EOS: nothing is inserted.
+        assert_eq!(r.tokenizer().encode(&out.text, false).expect("encode"), out.input_ids);
+        assert_eq!(out.labels.iter().filter(|&&l| l == 2).count(), 2);
+    }
+
+    #[test]
+    fn weight_zero_turns_are_masked_and_train_on_inputs_unmasks_the_rest() {
+        let r = renderer(CHATML, "<|im_end|>");
+        let mut rec = convo();
+        if let Body::Chat(t) = &mut rec.body {
+            t[2].weight = Some(0);
+        }
+        let out = r.render(&rec, &RenderOptions::default()).expect("render");
+        assert_eq!(loss_text(&r, &out), "_a2<|im_end|>_");
+        let all = r.render(&rec, &RenderOptions { train_on_inputs: true }).expect("render");
+        let text = loss_text(&r, &all);
+        assert!(text.starts_with("<|im_start|>system") && text.contains("_") && text.ends_with("a2<|im_end|>\n"), "{text}");
+        assert!(!text.contains("a1"), "weight-0 turn must stay masked: {text}");
+    }
+
+    #[test]
+    fn eos_is_inserted_after_turns_whose_template_has_none_even_when_pad_is_eos() {
+        // A template that ends turns with a newline only; EOS must still close each target.
+        let plain = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}";
+        let r = renderer(plain, "<|im_end|>");
+        let out = r.render(&convo(), &RenderOptions::default()).expect("render");
+        assert_eq!(loss_text(&r, &out), "_a1\n<|im_end|>_a2\n<|im_end|>");
+        let eos_positions: Vec<usize> = out.input_ids.iter().enumerate().filter(|(_, t)| **t == r.eos_id()).map(|(i, _)| i).collect();
+        assert_eq!(eos_positions.len(), 2);
+        assert!(eos_positions.iter().all(|&p| out.labels[p] == i64::from(r.eos_id())));
+    }
+
+    #[test]
+    fn text_records_train_on_everything_and_end_with_eos() {
+        let r = renderer(CHATML, "<|im_end|>");
+        let out = r.render(&Record::new(Body::Text("abc".into())), &RenderOptions::default()).expect("render");
+        assert_eq!(out.input_ids.last(), Some(&2));
+        assert!(out.labels.iter().all(|&l| l != IGNORE_INDEX));
+    }
+
+    #[test]
+    fn a_template_that_rewrites_earlier_turns_is_refused_naming_the_turn() {
+        // SmolLM2's template adds a default system prompt, so a leading assistant turn cannot be
+        // located by prefixes.
+        let smol = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nDefault<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        let r = renderer(smol, "<|im_end|>");
+        let mut rec = Record::chat(vec![Turn::new(Role::Assistant, "a")]);
+        rec.origin.line = 4;
+        let err = r.render(&rec, &RenderOptions::default()).expect_err("must fail");
+        assert!(err.to_string().contains(":4: `messages[0]`"), "{err}");
+        // With a user turn first the same template works, default system prompt masked.
+        let ok = r.render(&Record::chat(vec![Turn::new(Role::User, "q"), Turn::new(Role::Assistant, "a")]), &RenderOptions::default()).expect("render");
+        assert_eq!(loss_text(&r, &ok), "_a<|im_end|>_");
+    }
+}

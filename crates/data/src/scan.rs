@@ -1,0 +1,208 @@
+//! The streaming pipeline shared by `validate` and `prepare`. Rows are read in chunks; within a
+//! chunk each row is analysed in parallel (JSON parse, format checks, PII, fingerprint, render
+//! and token count) — the expensive, order-free part — and then handed to the caller's sink in
+//! file order for the checks that depend on earlier rows (mixed formats, duplicates).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::dedup::Fingerprint;
+use crate::error::Result;
+use crate::finding::{Code, Finding};
+use crate::minhash::MinHasher;
+use crate::parse::{Parsed, parse_value};
+use crate::pii::{PiiDetector, PiiKind};
+use crate::reader::{Payload, RawRow, RowReader, parse_json};
+use crate::record::{Format, Record};
+use crate::render::{RenderOptions, Renderer};
+
+/// Rows analysed together; bounds the memory held at once.
+const CHUNK: usize = 4096;
+
+#[derive(Clone, Default)]
+pub struct ScanConfig {
+    /// Require this format instead of detecting it per file.
+    pub format: Option<Format>,
+    /// Render and count tokens (and check `max_seq_len`) when given.
+    pub renderer: Option<Arc<Renderer>>,
+    pub render_opts: RenderOptions,
+    pub max_seq_len: Option<usize>,
+    /// Compute MinHash signatures for near-duplicate detection when given.
+    pub minhasher: Option<Arc<MinHasher>>,
+    /// Look for personal data.
+    pub pii: bool,
+    /// Compute fingerprints (exact duplicates, conflicting answers).
+    pub fingerprints: bool,
+}
+
+/// One analysed row.
+#[derive(Debug)]
+pub struct Row {
+    pub line: u64,
+    /// `Some` when the row has no error.
+    pub record: Option<Record>,
+    pub findings: Vec<Finding>,
+    pub fingerprint: Option<Fingerprint>,
+    /// (all tokens, tokens with loss) after rendering.
+    pub tokens: Option<(usize, usize)>,
+    /// Kinds of personal data found, with the field.
+    pub pii: Vec<(String, PiiKind)>,
+}
+
+impl Row {
+    pub fn has_error(&self) -> bool {
+        self.findings.iter().any(Finding::is_error)
+    }
+}
+
+pub struct Scanner {
+    cfg: ScanConfig,
+    pii: PiiDetector,
+}
+
+/// A short, non-identifying preview of a match: its first two characters.
+fn preview(s: &str) -> String {
+    let head: String = s.chars().take(2).collect();
+    format!("{head}…")
+}
+
+impl Scanner {
+    pub fn new(cfg: ScanConfig) -> Self {
+        Self { cfg, pii: PiiDetector::new() }
+    }
+
+    pub fn config(&self) -> &ScanConfig {
+        &self.cfg
+    }
+
+    pub fn pii_detector(&self) -> &PiiDetector {
+        &self.pii
+    }
+
+    /// Analyse one row on its own (no cross-row checks).
+    pub fn analyze(&self, file: &Arc<str>, raw: RawRow) -> Row {
+        let line = raw.line;
+        let value = match raw.payload {
+            Payload::Json(text) => parse_json(&text),
+            Payload::Value(v) => Ok(v),
+            Payload::Bad { csv, field, column, message } => {
+                let (code, hint) = if csv {
+                    (Code::BadCsv, "make every row have the header's number of cells, quoted where they hold commas or quotes")
+                } else {
+                    (Code::BadJson, "fix the JSON at that column (a JSON validator shows the exact spot)")
+                };
+                let msg = match column {
+                    Some(c) => format!("{message} (column {c})"),
+                    None => message,
+                };
+                let f = Finding::new(code, file, Some(line), field, msg, hint);
+                return Row { line, record: None, findings: vec![f], fingerprint: None, tokens: None, pii: Vec::new() };
+            }
+        };
+        let Parsed { record, mut findings } = match value {
+            Ok(v) => parse_value(v, file, line, self.cfg.format),
+            Err((column, message)) => Parsed {
+                record: None,
+                findings: vec![Finding::new(
+                    Code::BadJson,
+                    file,
+                    Some(line),
+                    "",
+                    format!("invalid JSON at column {column}: {message}"),
+                    "fix the JSON at that column; each line must be one complete JSON object",
+                )],
+            },
+        };
+        let mut row = Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new() };
+        if let Some(rec) = &record {
+            if self.cfg.pii {
+                for (field, text) in rec.texts() {
+                    for m in self.pii.find(text) {
+                        findings.push(Finding::new(
+                            Code::Pii,
+                            file,
+                            Some(line),
+                            field.clone(),
+                            format!("possible {} ({}) at byte {}", m.kind.as_str(), preview(&text[m.start..m.end]), m.start),
+                            "remove or anonymise it, or run `ferrotune data prepare --redact-pii`",
+                        ));
+                        row.pii.push((field.clone(), m.kind));
+                    }
+                }
+            }
+            if self.cfg.fingerprints {
+                row.fingerprint = Some(Fingerprint::of(rec, self.cfg.minhasher.as_deref()));
+            }
+            if let Some(r) = &self.cfg.renderer {
+                match r.render(rec, &self.cfg.render_opts) {
+                    Ok(out) => {
+                        let (n, t) = (out.len(), out.target_tokens());
+                        row.tokens = Some((n, t));
+                        if let Some(max) = self.cfg.max_seq_len
+                            && n > max
+                        {
+                            findings.push(Finding::new(
+                                Code::TooLong,
+                                file,
+                                Some(line),
+                                "",
+                                format!("{n} tokens after rendering with the chat template, over --max-seq-len {max}"),
+                                "shorten or split the conversation, or raise --max-seq-len",
+                            ));
+                        }
+                    }
+                    Err(e) => findings.push(Finding::new(Code::RenderFailed, file, Some(line), "", e.to_string(), "fix the record so the model's chat template accepts it")),
+                }
+            }
+        }
+        row.findings = findings;
+        if !row.has_error() {
+            row.record = record;
+        }
+        row
+    }
+
+    /// Stream `path` through [`Scanner::analyze`] and hand each row, in order, to `sink`.
+    /// Rows whose format differs from the file's first valid row get a `mixed_formats` error.
+    /// Returns the file's format (of its first valid row).
+    pub fn scan_file(&self, path: &Path, mut sink: impl FnMut(Row) -> Result<()>) -> Result<Option<Format>> {
+        let file: Arc<str> = path.display().to_string().into();
+        let mut reader = RowReader::open(path)?;
+        let mut file_format: Option<Format> = None;
+        let mut chunk: Vec<RawRow> = Vec::with_capacity(CHUNK);
+        loop {
+            chunk.clear();
+            for raw in reader.by_ref().take(CHUNK) {
+                chunk.push(raw?);
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let rows: Vec<Row> = std::mem::take(&mut chunk).into_par_iter().map(|raw| self.analyze(&file, raw)).collect();
+            for mut row in rows {
+                if let Some(rec) = &row.record {
+                    let f = rec.format();
+                    match file_format {
+                        None => file_format = Some(f),
+                        Some(ff) if ff != f => {
+                            row.findings.push(Finding::new(
+                                Code::MixedFormats,
+                                &file,
+                                Some(row.line),
+                                "",
+                                format!("a {} record in a file of {} records", f.as_str(), ff.as_str()),
+                                "keep one format per file (split the file, or convert the rows)",
+                            ));
+                            row.record = None;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                sink(row)?;
+            }
+        }
+        Ok(file_format)
+    }
+}
