@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use crate::minhash::{LshIndex, MinHasher, Signature, shingles};
-use crate::record::{Body, Record};
+use crate::record::{Body, Record, Role};
 
 /// A row's position packed into one word: file index (16 bits) and line (48 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +33,7 @@ impl RowRef {
 pub struct Fingerprint {
     pub exact: u128,
     /// Hash of everything before the final target, and of the final target.
+    /// (Near-duplicate signatures cover the user and assistant text, not system prompts.)
     pub prompt_answer: Option<(u64, u64)>,
     pub signature: Option<Signature>,
 }
@@ -50,8 +51,11 @@ impl Fingerprint {
                 canon.push('\u{1f}');
                 canon.push_str(t.content.trim());
                 canon.push('\u{1e}');
-                plain.push_str(&t.content);
-                plain.push('\n');
+                // A system prompt shared by every row would make all rows look alike.
+                if t.role != Role::System {
+                    plain.push_str(&t.content);
+                    plain.push('\n');
+                }
             }
         }
         let prompt_answer = record.prompt_and_answer().map(|(p, a)| (xxh3_64(p.as_bytes()), xxh3_64(a.trim().as_bytes())));
@@ -116,7 +120,7 @@ impl DupIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Role, Turn};
+    use crate::record::Turn;
 
     fn chat(q: &str, a: &str) -> Record {
         Record::chat(vec![Turn::new(Role::User, q), Turn::new(Role::Assistant, a)])

@@ -6,9 +6,9 @@
 //! one byte per permutation (b-bit minwise hashing, Li & König 2010) to confirm candidates,
 //! plus one bucket entry per band. Hashes are `h_i(x) = (a_i·x + b_i) mod (2^61 − 1)` over
 //! xxh3 hashes of word 3-gram shingles, the same universal family datasketch uses; the band /
-//! row split is chosen by datasketch's rule (minimise the integrated false-positive plus
-//! false-negative probability at the threshold), checked against it in
-//! `tests/parity.rs`.
+//! row split is chosen by datasketch's rule (minimise the weighted integrated false-positive plus
+//! false-negative probability at the threshold; weights in [`LSH_WEIGHTS`]), checked against it
+//! in `tests/parity.rs`.
 
 use std::collections::HashMap;
 
@@ -143,16 +143,24 @@ fn integrate(f: impl Fn(f64) -> f64, a: f64, b: f64) -> f64 {
     sum * h / 3.0
 }
 
-/// (bands, rows per band) minimising the false-positive plus false-negative probability mass
-/// around `threshold` with equal weights — datasketch `MinHashLSH`'s `_optimal_param`.
-pub fn optimal_param(threshold: f64, num_perm: usize) -> (usize, usize) {
+/// Weights of the false-positive and false-negative probability mass when choosing bands. Unlike
+/// datasketch's default (0.5, 0.5), which finds only ≈ 46% of pairs at J = 0.85 with 128
+/// permutations (8 bands × 16), we favour recall: every candidate is confirmed with its estimated
+/// Jaccard, so a false candidate costs one comparison, while a missed one is a missed duplicate.
+/// (12 × 10 at 0.85: 93% of pairs at the threshold, 98% at 0.88.)
+pub const LSH_WEIGHTS: (f64, f64) = (0.05, 0.95);
+
+/// (bands, rows per band) minimising `fp_weight`·(false-positive probability mass below
+/// `threshold`) + `fn_weight`·(false-negative mass above it) — datasketch `MinHashLSH`'s
+/// `_optimal_param`.
+pub fn optimal_param(threshold: f64, num_perm: usize, fp_weight: f64, fn_weight: f64) -> (usize, usize) {
     let mut best = (f64::INFINITY, (1, 1));
     for b in 1..=num_perm {
         for r in 1..=num_perm / b {
             let (bf, rf) = (b as f64, r as f64);
             let fp = integrate(|s| 1.0 - (1.0 - s.powf(rf)).powf(bf), 0.0, threshold);
             let fneg = integrate(|s| (1.0 - s.powf(rf)).powf(bf), threshold, 1.0);
-            let err = 0.5 * fp + 0.5 * fneg;
+            let err = fp_weight * fp + fn_weight * fneg;
             if err < best.0 {
                 best = (err, (b, r));
             }
@@ -175,7 +183,7 @@ pub struct LshIndex {
 
 impl LshIndex {
     pub fn new(threshold: f64, num_perm: usize) -> Self {
-        let (bands, rows) = optimal_param(threshold, num_perm);
+        let (bands, rows) = optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1);
         Self { threshold, bands, rows, num_perm, tables: vec![HashMap::new(); bands], sigs: Vec::new(), refs: Vec::new() }
     }
 

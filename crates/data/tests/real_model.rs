@@ -1,0 +1,80 @@
+//! With the real default model (SmolLM2-135M-Instruct, ChatML, EOS `<|im_end|>` = 2): the
+//! rendered ids are exactly the template text's tokenization, loss covers each answer through its
+//! `<|im_end|>` and nothing else, and the bundled example validates cleanly. Skipped (with a
+//! message) when the model is not installed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferrotune_data::{IGNORE_INDEX, Record, RenderOptions, Renderer, Role, Turn, ValidateOptions, render_for_training, validate};
+use ferrotune_model::{LoadedModel, WeightMode};
+
+fn model() -> Option<LoadedModel> {
+    let store = ferrotune_model::store::Store::open(&ferrotune_model::store::home());
+    match store.path_of(ferrotune_model::store::DEFAULT_MODEL) {
+        Ok(Some(p)) => Some(ferrotune_model::load_path(&p, WeightMode::Quantized, &candle_core::Device::Cpu).expect("model loads")),
+        _ => {
+            eprintln!("SKIPPED: {} is not installed in {}", ferrotune_model::store::DEFAULT_MODEL, ferrotune_model::store::home().display());
+            None
+        }
+    }
+}
+
+#[test]
+fn smollm2_labels_are_exactly_the_answers_with_their_im_end() {
+    let Some(m) = model() else { return };
+    let r = Renderer::from_model(&m).expect("renderer");
+    assert_eq!(r.eos_id(), 2);
+    let rec = Record::chat(vec![
+        Turn::new(Role::System, "You are terse."),
+        Turn::new(Role::User, "Capital of France?"),
+        Turn::new(Role::Assistant, "Paris."),
+        Turn::new(Role::User, "And of Italy? Answer with one word, then a newline and 'é😀'."),
+        Turn::new(Role::Assistant, " Rome\né😀"),
+    ]);
+    let out = render_for_training(&rec, &r, &RenderOptions::default()).expect("render");
+    assert_eq!(out.input_ids, m.tokenizer.encode(&out.text, false).expect("encode"), "ids must be the template text's tokens");
+    assert_eq!(out.text, m.render_chat(&[
+        ferrotune_model::Message::new("system", "You are terse."),
+        ferrotune_model::Message::new("user", "Capital of France?"),
+        ferrotune_model::Message::new("assistant", "Paris."),
+        ferrotune_model::Message::new("user", "And of Italy? Answer with one word, then a newline and 'é😀'."),
+        ferrotune_model::Message::new("assistant", " Rome\né😀"),
+    ], false).expect("render_chat"));
+    // Runs of labelled tokens decode to the two answers, each ending in <|im_end|>.
+    let mut runs = Vec::new();
+    let mut cur = Vec::new();
+    for (&id, &l) in out.input_ids.iter().zip(&out.labels) {
+        if l == IGNORE_INDEX {
+            if !cur.is_empty() {
+                runs.push(std::mem::take(&mut cur));
+            }
+        } else {
+            assert_eq!(l, i64::from(id));
+            cur.push(id);
+        }
+    }
+    assert!(cur.is_empty(), "the trailing newline after the last <|im_end|> is masked");
+    let texts: Vec<String> = runs.iter().map(|r| m.tokenizer.decode(r, false).expect("decode")).collect();
+    assert_eq!(texts, vec!["Paris.<|im_end|>".to_string(), " Rome\né😀<|im_end|>".to_string()]);
+    assert_eq!(out.labels.iter().filter(|&&l| l == 2).count(), 2, "each EOS carries loss");
+}
+
+#[test]
+fn the_bundled_support_example_validates_cleanly_with_token_statistics() {
+    let Some(m) = model() else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/support");
+    let opts = ValidateOptions {
+        renderer: Some(Arc::new(Renderer::from_model(&m).expect("renderer"))),
+        model_name: Some("smollm2".into()),
+        eval_files: vec![root.join("eval.jsonl")],
+        ..ValidateOptions::default()
+    };
+    let r = validate(&[root.join("train.jsonl")], &opts).expect("validate");
+    assert!(r.ok && r.warnings == 0, "{r}");
+    assert!(r.stats.valid_rows >= 300 && r.stats.eval_rows >= 50);
+    let t = r.stats.target_tokens.as_ref().expect("token stats");
+    let all = r.stats.total_tokens.as_ref().expect("token stats");
+    assert!(t.min > 0 && t.max < all.max && all.max < 2048);
+    assert_eq!(r.stats.billed_training_tokens, Some(all.sum * 3));
+}
