@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: HF `config.json` → validated [`ModelConfig`].
 //! - [`llama`]: the decoder (GQA, RoPE, RMSNorm, SwiGLU, KV cache, left padding); [`linear`] is
-//!   the seam where LoRA attaches; [`rope`] holds the rotary tables.
+//!   the seam where LoRA attaches ([`lora`]: PEFT-format adapters); [`rope`] holds the rotary tables.
 //! - [`qkernels`]: Q4_1 / Q8_0 SIMD kernels for the quantized path (candle has none for Q4_1).
 //! - [`weights`], [`gguf`], [`hf`]: reading checkpoints into HF-named tensors.
 //! - [`tokenizer`], [`chat`]: HF tokenizers (also built from GGUF metadata) and Jinja chat
@@ -22,6 +22,7 @@ pub mod hf;
 pub mod linear;
 pub mod llama;
 pub mod loaded;
+pub mod lora;
 pub mod qkernels;
 pub mod rope;
 pub mod sampling;
@@ -37,6 +38,7 @@ pub use generate::{FinishReason, GenerateParams, Generation, generate};
 pub use linear::{BaseWeight, Linear, LinearAdapter};
 pub use llama::{KvCache, Llama, Logits};
 pub use loaded::{Format, LoadedModel, load, load_path};
+pub use lora::{Adapter, LoraSpec, TargetModules};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 pub use weights::{WeightMode, Weights};

@@ -61,6 +61,10 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    pub fn set_bias(&mut self, bias: Option<Tensor>) {
+        self.bias = bias;
+    }
+
     pub fn adapter(&self) -> Option<&Arc<dyn LinearAdapter>> {
         self.adapter.as_ref()
     }
@@ -87,7 +91,12 @@ impl Linear {
             BaseWeight::Dense(w) => {
                 // Flatten leading dims into one matmul: one gemm call instead of a batched one.
                 let lead = x.elem_count() / self.in_features;
-                let y = x.reshape((lead, self.in_features))?.matmul(&w.t()?)?;
+                let x2 = x.reshape((lead, self.in_features))?;
+                let y = if x2.track_op() && !w.track_op() {
+                    frozen_matmul(&x2, w)?
+                } else {
+                    x2.matmul(&w.t()?)?
+                };
                 let mut out_dims = x.dims().to_vec();
                 if let Some(last) = out_dims.last_mut() {
                     *last = self.out_features;
@@ -105,6 +114,44 @@ impl Linear {
             Some(a) => y + a.delta(x)?,
             None => Ok(y),
         }
+    }
+}
+
+/// `x·Wᵀ` for a frozen `W` whose input needs a gradient (LoRA training). candle's matmul
+/// backward computes the gradient of both operands, so a frozen weight would cost a second
+/// full-size matmul and a weight-shaped buffer per layer per step (the LM head alone: 28M
+/// floats). Here the product is computed off the graph and attached to `x` by an op whose
+/// backward returns only `∂L/∂x = ∂L/∂y · W`.
+fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().matmul(&w.t()?)?;
+    x.apply_op1(FrozenMatmulGrad { y, w: w.clone() })
+}
+
+struct FrozenMatmulGrad {
+    /// The product, already computed.
+    y: Tensor,
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmulGrad {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &candle_core::CpuStorage,
+        _layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (storage, layout) = self.y.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), self.y.shape().clone())),
+            _ => candle_core::bail!("frozen-matmul: product not a contiguous CPU tensor"),
+        }
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 
@@ -130,6 +177,23 @@ mod tests {
         assert_eq!(lin.forward(&x)?.to_vec2::<f32>()?, vec![vec![1., 2., 3.]]);
         lin.set_adapter(Some(Arc::new(Doubling)));
         assert_eq!(lin.forward(&x)?.to_vec2::<f32>()?, vec![vec![3., 6., 9.]]);
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_weight_gets_no_gradient_and_input_gradient_is_exact() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 3), &dev)?;
+        let lin = Linear::new(BaseWeight::Dense(w.clone()), None, 3, 5);
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3), &dev)?)?;
+        let y = lin.forward(x.as_tensor())?;
+        assert_eq!(y.to_vec2::<f32>()?, x.as_tensor().matmul(&w.t()?)?.to_vec2::<f32>()?);
+        let grads = y.sum_all()?.backward()?;
+        // d(sum(x·Wᵀ))/dx = 1·W: every row of the gradient is the column sums of W.
+        let want = Tensor::ones((2, 5), DType::F32, &dev)?.matmul(&w)?;
+        let got = grads.get(x.as_tensor()).expect("x has a gradient");
+        assert_eq!(got.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
+        assert!(grads.get(&w).is_none(), "the frozen weight must get no gradient");
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! GQA attention with RoPE, RMSNorm, SwiGLU MLP, tied or untied head, optional KV cache, and
 //! per-row left padding for batched generation. Order follows HF's `modeling_llama.py`.
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor, Var};
 
 use crate::config::ModelConfig;
 use crate::linear::{BaseWeight, Linear};
@@ -157,10 +157,13 @@ impl Block {
 /// Which positions to compute logits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
-    /// `[b, t, vocab]` — training and scoring.
+    /// `[b, t, vocab]` — scoring.
     All,
     /// `[b, vocab]` — generation only needs the last position; skips the head elsewhere.
     Last,
+    /// No head: the final-normed hidden states `[b, t, hidden]`. Training applies the head to the
+    /// target positions only (see `Llama::head`), so logits of masked positions never exist.
+    Hidden,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +256,41 @@ impl Llama {
         self.differentiable = on;
     }
 
+    /// Full fine-tuning: make every base weight a trainable `Var` (embedding, projections and
+    /// their biases, norms, untied head), returned by HF tensor name. A tied head keeps sharing
+    /// the embedding's variable.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+        let mut vars = Vec::new();
+        let mut var = |name: String, t: &Tensor| -> Result<Tensor> {
+            let v = Var::from_tensor(t)?;
+            let out = v.as_tensor().clone();
+            vars.push((name, v));
+            Ok(out)
+        };
+        self.embed_tokens = var("model.embed_tokens.weight".into(), &self.embed_tokens)?;
+        if self.cfg.tie_word_embeddings && matches!(self.lm_head.weight(), BaseWeight::Dense(_)) {
+            self.lm_head.set_weight(BaseWeight::Dense(self.embed_tokens.clone()));
+        } else {
+            let w = var("lm_head.weight".into(), &self.lm_head.dense_weight()?)?;
+            self.lm_head.set_weight(BaseWeight::Dense(w));
+        }
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            l.input_layernorm.weight = var(format!("{p}.input_layernorm.weight"), &l.input_layernorm.weight)?;
+            l.post_attention_layernorm.weight =
+                var(format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm.weight)?;
+        }
+        self.norm.weight = var("model.norm.weight".into(), &self.norm.weight)?;
+        for (name, lin) in self.linears_mut() {
+            let w = var(format!("{name}.weight"), &lin.dense_weight()?)?;
+            lin.set_weight(BaseWeight::Dense(w));
+            if let Some(b) = lin.bias().cloned() {
+                lin.set_bias(Some(var(format!("{name}.bias"), &b)?));
+            }
+        }
+        Ok(vars)
+    }
+
     /// Every linear layer with its HF module name (`model.layers.3.self_attn.q_proj`), for
     /// attaching adapters by target-module name.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
@@ -319,20 +357,30 @@ impl Llama {
         let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable };
 
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        if !self.embed_tokens.track_op() {
+            // A frozen embedding needs no gradient: cut the graph here, or backward would
+            // scatter into a zero buffer the size of the vocabulary every step.
+            x = x.detach();
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, &ctx, c)?;
         }
         let x = match which {
-            Logits::All => x,
+            Logits::All | Logits::Hidden => x,
             Logits::Last => x.narrow(1, t - 1, 1)?.contiguous()?,
         };
         let x = self.norm.forward(&x, self.differentiable)?;
-        let logits = self.lm_head.forward(&x)?;
         match which {
-            Logits::All => Ok(logits),
-            Logits::Last => logits.squeeze(1),
+            Logits::Hidden => Ok(x),
+            Logits::All => self.lm_head.forward(&x),
+            Logits::Last => self.lm_head.forward(&x)?.squeeze(1),
         }
+    }
+
+    /// The LM head on final-normed hidden states `[.., hidden]` → `[.., vocab]`.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
     }
 }
 

@@ -1,0 +1,193 @@
+//! `ferrotune train` and `ferrotune merge`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use ferrotune_train::schedule::Scheduler;
+use ferrotune_train::{Method, RunOptions, TrainConfig};
+
+/// Flags override the TOML file (`--config`), which overrides the defaults shown here.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Base model: installed name or path (GGUF file / HF directory). [default: smollm2-135m-instruct]
+    #[arg(long)]
+    model: Option<String>,
+    /// Training data (JSONL/CSV; chat, alpaca, completion or text records).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out data for eval loss, best-checkpoint selection and early stopping.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// TOML file with any of these settings (keys as the flags, with underscores).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run folder. [default: runs/<model>-<unix time>]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint (with its saved config).
+    #[arg(long)]
+    resume: bool,
+    /// `lora` or `full`. [default: lora]
+    #[arg(long)]
+    method: Option<Method>,
+    /// LoRA rank r. [default: 16]
+    #[arg(long)]
+    lora_r: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha/r (alpha/√r with --rslora). [default: 32]
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Dropout probability on the LoRA input. [default: 0.05]
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// Modules to adapt, comma-separated (q_proj,k_proj,...), or `all-linear`.
+    /// [default: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]
+    #[arg(long, value_delimiter = ',')]
+    target_modules: Option<Vec<String>>,
+    /// Rank-stabilised LoRA scaling (alpha/√r).
+    #[arg(long)]
+    rslora: bool,
+    /// Passes over the training data (fractions allowed). [default: 3]
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Optimizer steps to run (overrides --epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Examples per micro-batch. [default: 4]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step. [default: 1]
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Peak learning rate. [default: 2e-4]
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Decoupled (AdamW) weight decay. [default: 0]
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Warmup length in optimizer steps (overrides --warmup-ratio).
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Warmup as a fraction of all steps. [default: 0]
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// Learning-rate schedule after warmup: constant, linear or cosine. [default: linear]
+    #[arg(long)]
+    scheduler: Option<Scheduler>,
+    /// Clip the global gradient norm to this (0 = off). [default: 1.0]
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Longest example in tokens; longer ones are skipped with a warning. [default: min(model context, 2048)]
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// Put loss on prompts too, not only on assistant answers.
+    #[arg(long)]
+    train_on_inputs: bool,
+    /// Evaluate every N optimizer steps. [default: once per epoch]
+    #[arg(long)]
+    eval_steps: Option<usize>,
+    /// Checkpoint every N optimizer steps. [default: as --eval-steps]
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// Keep at most N checkpoints (the best one is always kept). [default: all]
+    #[arg(long)]
+    save_total_limit: Option<usize>,
+    /// Stop after N evaluations without improvement (needs --eval-data).
+    #[arg(long)]
+    early_stopping_patience: Option<usize>,
+    /// Minimum eval-loss decrease that counts as an improvement. [default: 0]
+    #[arg(long)]
+    early_stopping_threshold: Option<f64>,
+    /// Log train metrics every N steps. [default: 1]
+    #[arg(long)]
+    logging_steps: Option<usize>,
+    /// Seed for adapter init, data order and dropout. [default: 42]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+macro_rules! overlay {
+    ($cfg:ident, $args:ident, $($field:ident),*) => {
+        $( if let Some(v) = $args.$field.clone() { $cfg.$field = v; } )*
+    };
+}
+
+pub fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::from_toml_file(p)?,
+        None => TrainConfig::default(),
+    };
+    overlay!(cfg, a, model, data, method, lora_r, lora_alpha, lora_dropout, target_modules, epochs, batch_size, grad_accum, lr,
+        weight_decay, warmup_ratio, scheduler, max_grad_norm, early_stopping_threshold, logging_steps, seed);
+    if a.eval_data.is_some() {
+        cfg.eval_data = a.eval_data.clone();
+    }
+    if a.out.is_some() {
+        cfg.out = a.out.clone();
+    }
+    for (flag, field) in [
+        (a.max_steps, &mut cfg.max_steps),
+        (a.warmup_steps, &mut cfg.warmup_steps),
+        (a.max_seq_len, &mut cfg.max_seq_len),
+        (a.eval_steps, &mut cfg.eval_steps),
+        (a.save_steps, &mut cfg.save_steps),
+        (a.save_total_limit, &mut cfg.save_total_limit),
+        (a.early_stopping_patience, &mut cfg.early_stopping_patience),
+    ] {
+        if flag.is_some() {
+            *field = flag;
+        }
+    }
+    cfg.rslora |= a.rslora;
+    cfg.train_on_inputs |= a.train_on_inputs;
+    Ok(cfg)
+}
+
+pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let cfg = config_from(&a)?;
+    if a.resume && cfg.out.is_none() {
+        anyhow::bail!("--resume needs --out RUN_DIR (the run to continue)");
+    }
+    let opts = RunOptions {
+        resume: a.resume,
+        progress: !a.quiet,
+        stop_after: std::env::var("FERROTUNE_STOP_AFTER_STEP").ok().and_then(|s| s.parse().ok()),
+    };
+    let s = ferrotune_train::run(cfg, &opts)?;
+    println!("run folder: {}", s.run_dir.display());
+    println!("trained weights: {}", s.output.display());
+    if let Some(l) = s.final_loss {
+        println!("final train loss: {l:.4}");
+    }
+    if let (Some(first), Some(best), Some(step)) = (s.first_eval_loss, s.best_eval_loss, s.best_step) {
+        println!("eval loss: {first:.4} before training -> {best:.4} best (step {step})");
+    }
+    println!("{} steps, {:.0} train tokens/s{}", s.steps, s.train_tokens_per_sec, if s.stopped_early { ", stopped early" } else { "" });
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// Base model: installed name or path.
+    #[arg(long, default_value = ferrotune_model::store::DEFAULT_MODEL)]
+    model: String,
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Output HF directory (must not exist or be empty).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn merge(a: MergeArgs) -> anyhow::Result<()> {
+    let mut m = ferrotune_model::load(&a.model, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading {}", a.model))?;
+    let adapter = ferrotune_model::Adapter::load(&a.adapter, &mut m.model)?;
+    adapter.merge_into(&mut m.model)?;
+    ferrotune_model::export::export_hf(&m, &a.out)?;
+    println!("merged {} into {} -> {}", a.adapter.display(), m.path.display(), a.out.display());
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Batches of rendered examples, and the loss over their target tokens.
+//!
+//! Rows are right-padded (pad = EOS is safe: padding never carries loss, and causal attention
+//! keeps pads from influencing earlier positions). The loss follows HF's shift — position `p`
+//! predicts `labels[p + 1]` — and the LM head runs only on positions whose next label is a
+//! target, so logits of masked positions are never materialised.
+
+use candle_core::{D, DType, Device, Tensor};
+use ferrotune_data::IGNORE_INDEX;
+use ferrotune_model::{Llama, Logits};
+
+use crate::error::Result;
+
+/// One rendered training example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub input_ids: Vec<u32>,
+    /// Same length as `input_ids`; `IGNORE_INDEX` where masked.
+    pub labels: Vec<i64>,
+}
+
+impl Example {
+    /// Tokens that carry loss after the shift (every label but the first).
+    pub fn target_tokens(&self) -> usize {
+        self.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count()
+    }
+}
+
+pub struct Batch {
+    /// `[b, t]` u32
+    pub ids: Tensor,
+    /// Flat `b·t` indices of positions whose next token is a target.
+    pub positions: Tensor,
+    /// The target token of each of those positions.
+    pub targets: Tensor,
+    pub n_targets: usize,
+    /// Real (non-pad) tokens in the batch.
+    pub n_tokens: usize,
+}
+
+pub fn make_batch(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Batch> {
+    let b = examples.len();
+    let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![pad_id; b * t];
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    let mut n_tokens = 0;
+    for (row, e) in examples.iter().enumerate() {
+        ids[row * t..row * t + e.input_ids.len()].copy_from_slice(&e.input_ids);
+        n_tokens += e.input_ids.len();
+        for p in 0..e.labels.len().saturating_sub(1) {
+            let l = e.labels[p + 1];
+            if l != IGNORE_INDEX {
+                positions.push((row * t + p) as u32);
+                targets.push(l as u32);
+            }
+        }
+    }
+    let n_targets = targets.len();
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, (b, t), device)?,
+        positions: Tensor::from_vec(positions, n_targets, device)?,
+        targets: Tensor::from_vec(targets, n_targets, device)?,
+        n_targets,
+        n_tokens,
+    })
+}
+
+/// Sum (not mean) of the cross-entropy over the batch's targets, as a scalar tensor; callers
+/// divide by the target count of the whole optimizer step, so gradient accumulation weighs every
+/// token equally (transformers' `num_items_in_batch` behaviour).
+pub fn loss_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
+    if batch.n_targets == 0 {
+        return Ok(Tensor::zeros((), DType::F32, model.device())?);
+    }
+    let hidden = model.forward(&batch.ids, None, None, Logits::Hidden)?;
+    let (b, t, h) = hidden.dims3()?;
+    let picked = hidden.reshape((b * t, h))?.index_select(&batch.positions, 0)?;
+    let logits = model.head(&picked)?;
+    let lse = logits.log_sum_exp(D::Minus1)?;
+    let target_logit = logits.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    Ok((lse - target_logit)?.sum_all()?)
+}

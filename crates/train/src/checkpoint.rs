@@ -1,0 +1,112 @@
+//! Checkpoints: `checkpoints/step-N/` holding the trainable weights (a PEFT adapter, or the
+//! full model's tensors), the optimizer moments and `trainer_state.json`. Each is written to a
+//! temp folder and renamed, so a checkpoint is complete or absent — also after `kill -9`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Var;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Where training stands; with the seed this fixes the data order and dropout masks to come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub total_steps: usize,
+    /// Micro-batches consumed (the data position: epoch = micro / batches_per_epoch).
+    pub micro_batches: usize,
+    pub epoch: f64,
+    pub best_eval_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    /// Evaluations in a row without improvement (early stopping).
+    pub evals_without_improvement: usize,
+    pub tokens_seen: usize,
+    pub seed: u64,
+}
+
+pub fn dir_for(run: &Path, step: usize) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step}"))
+}
+
+/// Steps of the complete checkpoints in `run`, ascending.
+pub fn list(run: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// Write a directory atomically: fill a temp sibling, then rename it into place.
+pub fn write_atomically(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| TrainError::file(parent, e))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| TrainError::file(dest, e))?;
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| TrainError::file(dest, e))
+}
+
+/// Save full-model variables as one safetensors file.
+pub fn save_vars(vars: &[(String, Var)], path: &Path) -> Result<()> {
+    let map: HashMap<String, candle_core::Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    candle_core::safetensors::save(&map, path).map_err(|e| TrainError::file(path, e))
+}
+
+/// Restore variables saved by `save_vars` (or an adapter's A/B tensors keyed the same way).
+pub fn load_vars(vars: &[(String, Var)], path: &Path, key: impl Fn(&str) -> String) -> Result<()> {
+    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| TrainError::file(path, e))?;
+    for (name, var) in vars {
+        let k = key(name);
+        let t = map.get(&k).ok_or_else(|| TrainError::file(path, format!("missing tensor `{k}`")))?;
+        if t.dims() != var.as_tensor().dims() {
+            return Err(TrainError::file(path, format!("tensor `{k}` has shape {:?}, expected {:?}", t.dims(), var.as_tensor().dims())));
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
+pub fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| TrainError::file(path, e))?;
+    std::fs::write(path, text + "\n").map_err(|e| TrainError::file(path, e))
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::file(path, e))
+}
+
+/// Delete the oldest checkpoints beyond `limit`, never the one at `keep` (the best).
+pub fn prune(run: &Path, limit: usize, keep: Option<usize>) -> Result<()> {
+    let steps = list(run);
+    let mut excess = steps.len().saturating_sub(limit);
+    for s in steps {
+        if excess == 0 {
+            break;
+        }
+        if Some(s) == keep {
+            continue;
+        }
+        let d = dir_for(run, s);
+        std::fs::remove_dir_all(&d).map_err(|e| TrainError::file(&d, e))?;
+        excess -= 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! `ferrotune-train`: LoRA and full fine-tuning of the model crate's LLaMA on candle.
+//!
+//! - [`config`]: `TrainConfig`, mirrored by the TOML file and the CLI flags, validated up front.
+//! - [`trainer`]: `run(config)` — the loop, readable top to bottom (eval, checkpoints, resume,
+//!   early stopping, best adapter, metrics.jsonl, loss curve, lineage).
+//! - [`batch`]: padding rendered examples into batches; the loss on target tokens only.
+//! - [`optim`]: AdamW (decoupled decay) with saveable state, global-norm clipping.
+//! - [`schedule`]: learning-rate schedules as pure functions.
+//! - [`checkpoint`]: atomic checkpoint folders, pruning, trainer state.
+//! - [`lineage`], [`plot`]: `lineage.json` and `loss.svg`.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod lineage;
+pub mod optim;
+pub mod plot;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{Method, TrainConfig};
+pub use error::{Result, TrainError};
+pub use trainer::{RunOptions, RunSummary, run};

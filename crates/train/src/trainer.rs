@@ -1,0 +1,475 @@
+//! The training loop, readable top to bottom: load model and data → check the config against
+//! them → (resume) → loop { forward, loss, backward, clip, AdamW step, schedule, log, eval,
+//! checkpoint } → write the adapter, the loss curve and the lineage record.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use ferrotune_data::{RenderOptions, Renderer};
+use ferrotune_model::{Adapter, LoadedModel, WeightMode};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::batch::{Example, loss_sum, make_batch};
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{Method, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::lineage;
+use crate::optim::{AdamW, AdamWParams, clip_global_norm, collect_grads};
+use crate::schedule::lr_at;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Metrics {
+    pub step: usize,
+    pub epoch: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    pub lr: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    pub tokens_per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    /// `adapter/` (LoRA) or `model/` (full fine-tuning).
+    pub output: PathBuf,
+    pub steps: usize,
+    pub final_loss: Option<f64>,
+    pub first_eval_loss: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    pub stopped_early: bool,
+    pub train_tokens_per_sec: f64,
+}
+
+/// Options for how the run reports, not what it computes.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub resume: bool,
+    pub progress: bool,
+    /// Stop (as if killed) after this many optimizer steps; for tests of `--resume`.
+    pub stop_after: Option<usize>,
+}
+
+/// Read and render a data file: every invalid record is an error naming file and line.
+pub fn load_examples(path: &Path, renderer: &Renderer, opts: RenderOptions, max_len: usize) -> Result<(Vec<Example>, usize)> {
+    let scanner = ferrotune_data::scan::Scanner::new(ferrotune_data::scan::ScanConfig::default());
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    scanner.scan_file(path, |row| {
+        if row.has_error() {
+            errors.extend(row.findings.iter().filter(|f| f.is_error()).map(|f| f.to_string()));
+        } else if let Some(r) = row.record {
+            records.push(r);
+        }
+        Ok(())
+    })?;
+    if !errors.is_empty() {
+        let shown: Vec<String> = errors.iter().take(5).cloned().collect();
+        return Err(TrainError::file(
+            path,
+            format!(
+                "{} invalid record(s); run `ferrotune data validate` for the full report:\n  {}",
+                errors.len(),
+                shown.join("\n  ")
+            ),
+        ));
+    }
+    let mut examples = Vec::with_capacity(records.len());
+    let mut too_long = 0;
+    for r in &records {
+        let rendered = ferrotune_data::render_for_training(r, renderer, &opts)?;
+        if rendered.len() > max_len {
+            too_long += 1;
+            continue;
+        }
+        examples.push(Example { input_ids: rendered.input_ids, labels: rendered.labels });
+    }
+    Ok((examples, too_long))
+}
+
+/// The trainable variables and, for LoRA, the adapter they belong to.
+enum Trainable {
+    Lora(Adapter),
+    Full(Vec<(String, Var)>),
+}
+
+impl Trainable {
+    fn vars(&self) -> Vec<(String, Var)> {
+        match self {
+            Self::Lora(a) => a.vars.clone(),
+            Self::Full(v) => v.clone(),
+        }
+    }
+
+    fn set_training(&self, training: bool, seed: u64, step: u64) {
+        if let Self::Lora(a) = self {
+            a.control.set(training, seed, step);
+        }
+    }
+
+    /// Write the trained weights as a deliverable into `dir`.
+    fn save(&self, m: &LoadedModel, base: &str, dir: &Path) -> Result<()> {
+        match self {
+            Self::Lora(a) => Ok(a.save(dir, base)?),
+            Self::Full(_) => Ok(ferrotune_model::export::export_hf(m, dir)?),
+        }
+    }
+}
+
+fn mean_eval_loss(m: &LoadedModel, examples: &[Example], batch_size: usize, pad: u32) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for chunk in examples.chunks(batch_size) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = make_batch(&refs, pad, m.model.device())?;
+        sum += loss_sum(&m.model, &batch)?.to_scalar::<f32>()? as f64;
+        n += batch.n_targets;
+    }
+    Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+}
+
+fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let name = Path::new(&cfg.model).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    PathBuf::from("runs").join(format!("{name}-{secs}"))
+}
+
+pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    // ---- resolve the run folder and config (a resumed run uses its saved config) ----
+    let run_dir = cfg.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
+    let cfg = if opts.resume {
+        let saved = run_dir.join("config.json");
+        if !saved.exists() {
+            return Err(TrainError::file(&saved, "nothing to resume: no config.json in the run folder"));
+        }
+        checkpoint::read_json::<TrainConfig>(&saved)?
+    } else {
+        cfg
+    };
+    cfg.validate()?;
+    let started = lineage::now_rfc3339();
+
+    // ---- model and data ----
+    let device = Device::Cpu;
+    let mut m = ferrotune_model::load(&cfg.model, WeightMode::F32, &device)?;
+    let ctx = m.config().max_position_embeddings;
+    let max_len = cfg.max_seq_len.unwrap_or(ctx.min(2048));
+    if max_len > ctx {
+        return Err(TrainError::config("max_seq_len", format!("{max_len} exceeds the model's context of {ctx} tokens")));
+    }
+    let renderer = Renderer::from_model(&m)?;
+    let pad = renderer.eos_id();
+    let render_opts = RenderOptions { train_on_inputs: cfg.train_on_inputs };
+    let (train, dropped) = load_examples(&cfg.data, &renderer, render_opts, max_len)?;
+    if dropped > 0 {
+        eprintln!("warning: skipped {dropped} training example(s) longer than max_seq_len={max_len} tokens");
+    }
+    if train.is_empty() {
+        return Err(TrainError::file(&cfg.data, "no usable training examples"));
+    }
+    let eval = match &cfg.eval_data {
+        Some(p) => load_examples(p, &renderer, render_opts, max_len)?.0,
+        None => Vec::new(),
+    };
+
+    // ---- trainable parameters ----
+    m.model.set_differentiable(true);
+    let trainable = match cfg.method {
+        Method::Lora => {
+            let spec = cfg.lora_spec();
+            let adapter = Adapter::init(&mut m.model, &spec, cfg.seed).map_err(|e| match e {
+                ferrotune_model::ModelError::InvalidSetting { field, reason } => TrainError::config(field, reason),
+                other => other.into(),
+            })?;
+            adapter.attach(&mut m.model);
+            Trainable::Lora(adapter)
+        }
+        Method::Full => Trainable::Full(m.model.make_trainable()?),
+    };
+    let vars = trainable.vars();
+    eprintln!("DEBUG rss after model+adapter: {} MB", rss_mb());
+    let n_params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = AdamW::new(vars.clone(), AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
+
+    // ---- schedule ----
+    let batches_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let total_steps = match cfg.max_steps {
+        Some(s) => s,
+        None => ((cfg.epochs * batches_per_epoch as f64) / cfg.grad_accum as f64).ceil().max(1.0) as usize,
+    };
+    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum).max(1);
+    let warmup = cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total_steps as f64).round() as usize);
+    let eval_every = cfg.eval_steps.unwrap_or(steps_per_epoch);
+    let save_every = cfg.save_steps.unwrap_or(eval_every);
+
+    // ---- run folder, resume ----
+    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::file(&run_dir, e))?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut state = TrainerState {
+        step: 0,
+        total_steps,
+        micro_batches: 0,
+        epoch: 0.0,
+        best_eval_loss: None,
+        best_step: None,
+        evals_without_improvement: 0,
+        tokens_seen: 0,
+        seed: cfg.seed,
+    };
+    let mut history: Vec<Metrics> = Vec::new();
+    if opts.resume {
+        let Some(&last) = checkpoint::list(&run_dir).last() else {
+            return Err(TrainError::file(run_dir.join("checkpoints"), "no checkpoint to resume from"));
+        };
+        let dir = checkpoint::dir_for(&run_dir, last);
+        state = checkpoint::read_json(&dir.join("trainer_state.json"))?;
+        match &trainable {
+            Trainable::Lora(_) => checkpoint::load_vars(&vars, &dir.join("adapter/adapter_model.safetensors"), |n| format!("base_model.model.{n}"))?,
+            Trainable::Full(_) => checkpoint::load_vars(&vars, &dir.join("model.safetensors"), str::to_string)?,
+        }
+        opt.load(&dir.join("optimizer.safetensors"), state.step as u64)?;
+        // Lines logged after the checkpoint (a run killed mid-interval) are dropped: the resumed
+        // run logs those steps again.
+        if metrics_path.exists() {
+            let text = std::fs::read_to_string(&metrics_path).map_err(|e| TrainError::file(&metrics_path, e))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match serde_json::from_str::<Metrics>(line) {
+                    Ok(mt) if mt.step <= state.step => history.push(mt),
+                    Ok(_) => {}
+                    Err(e) => return Err(TrainError::file(&metrics_path, e)),
+                }
+            }
+        }
+        eprintln!("resuming {} at step {}/{}", run_dir.display(), state.step, total_steps);
+    } else {
+        if checkpoint::dir_for(&run_dir, 0).parent().is_some_and(|p| p.exists()) || metrics_path.exists() {
+            return Err(TrainError::file(&run_dir, "already holds a run; pass --resume to continue it, or choose another --out"));
+        }
+        checkpoint::write_json(&run_dir.join("config.json"), &cfg)?;
+    }
+    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| TrainError::file(&metrics_path, e))?;
+    for mt in &history {
+        writeln!(metrics_file, "{}", serde_json::to_string(mt).map_err(|e| TrainError::file(&metrics_path, e))?)
+            .map_err(|e| TrainError::file(&metrics_path, e))?;
+    }
+    let mut log = |mt: &Metrics, history: &mut Vec<Metrics>| -> Result<()> {
+        let line = serde_json::to_string(mt).map_err(|e| TrainError::file(&metrics_path, e))?;
+        writeln!(metrics_file, "{line}").and_then(|_| metrics_file.flush()).map_err(|e| TrainError::file(&metrics_path, e))?;
+        history.push(mt.clone());
+        Ok(())
+    };
+
+    let target_desc = match &trainable {
+        Trainable::Lora(a) => format!("LoRA r={} α={} on {} modules", a.spec.r, a.spec.alpha, a.layers.len()),
+        Trainable::Full(_) => "full fine-tuning".into(),
+    };
+    eprintln!(
+        "training {} ({target_desc}, {n_params} trainable parameters) on {} examples ({} eval), {} steps of {}×{} rows, lr {} {:?}",
+        cfg.model,
+        train.len(),
+        eval.len(),
+        total_steps,
+        cfg.batch_size,
+        cfg.grad_accum,
+        cfg.lr,
+        cfg.scheduler
+    );
+
+    // Eval before the first step: the base model's loss, the point the curve starts from.
+    let evaluate = |m: &mut LoadedModel, trainable: &Trainable, step: usize| -> Result<f64> {
+        trainable.set_training(false, cfg.seed, step as u64);
+        m.model.set_differentiable(false);
+        let l = mean_eval_loss(m, &eval, cfg.batch_size, pad);
+        m.model.set_differentiable(true);
+        l
+    };
+    if !eval.is_empty() && state.step == 0 && history.is_empty() {
+        let l = evaluate(&mut m, &trainable, 0)?;
+        log(&Metrics { step: 0, epoch: 0.0, loss: None, lr: 0.0, grad_norm: None, tokens_per_sec: 0.0, eval_loss: Some(l) }, &mut history)?;
+        state.best_eval_loss = Some(l);
+        state.best_step = Some(0);
+    }
+
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(total_steps as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_position(state.step as u64);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    // ---- the loop ----
+    let order_for_epoch = |epoch: usize| -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..train.len()).collect();
+        idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
+        idx
+    };
+    let mut cached_order: Option<(usize, Vec<usize>)> = None;
+    let mut stopped_early = false;
+    let run_start = Instant::now();
+    let tokens_at_start = state.tokens_seen;
+    let mut last_loss = history.iter().rev().find_map(|h| h.loss);
+    while state.step < total_steps {
+        if opts.stop_after.is_some_and(|s| state.step >= s) {
+            bar.abandon();
+            return Err(TrainError::config("stop_after", format!("stopped after step {} as asked", state.step)));
+        }
+        let t0 = Instant::now();
+        let lr = lr_at(cfg.scheduler, cfg.lr, state.step, warmup, total_steps);
+        trainable.set_training(true, cfg.seed, state.step as u64);
+        // Gather the step's micro-batches first: the loss is normalised by the step's target count.
+        let mut micro = Vec::with_capacity(cfg.grad_accum);
+        for _ in 0..cfg.grad_accum {
+            let epoch = state.micro_batches / batches_per_epoch;
+            let within = state.micro_batches % batches_per_epoch;
+            if cached_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                cached_order = Some((epoch, order_for_epoch(epoch)));
+            }
+            let order = &cached_order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
+            let rows: Vec<&Example> =
+                order[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(order.len())].iter().map(|&i| &train[i]).collect();
+            micro.push(make_batch(&rows, pad, &device)?);
+            state.micro_batches += 1;
+        }
+        let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
+        let mut grads: Option<Vec<Tensor>> = None;
+        let mut loss_total = 0f64;
+        for batch in &micro {
+            let l = loss_sum(&m.model, batch)?;
+            loss_total += l.to_scalar::<f32>()? as f64;
+            let scaled = (l / step_targets.max(1) as f64)?;
+            let g = collect_grads(&vars, &scaled.backward()?)?;
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
+            });
+            state.tokens_seen += batch.n_tokens;
+        }
+        eprintln!("DEBUG rss after backward: {} MB", rss_mb());
+        let mut grads = grads.unwrap_or_default();
+        let grad_norm = clip_global_norm(&mut grads, cfg.max_grad_norm)?;
+        opt.step(&grads, lr)?;
+        state.step += 1;
+        state.epoch = state.micro_batches as f64 / batches_per_epoch as f64;
+        let loss = loss_total / step_targets.max(1) as f64;
+        last_loss = Some(loss);
+        let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
+        let tps = step_tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+
+        let mut mt = Metrics { step: state.step, epoch: state.epoch, loss: Some(loss), lr, grad_norm: Some(grad_norm), tokens_per_sec: tps, eval_loss: None };
+        let last_step = state.step == total_steps;
+        if !eval.is_empty() && (state.step % eval_every == 0 || last_step) {
+            let l = evaluate(&mut m, &trainable, state.step)?;
+            mt.eval_loss = Some(l);
+            bar.println(format!("step {}: eval loss {l:.4}", state.step));
+            let improved = state.best_eval_loss.is_none_or(|b| l < b - cfg.early_stopping_threshold);
+            if improved {
+                state.best_eval_loss = Some(l);
+                state.best_step = Some(state.step);
+                state.evals_without_improvement = 0;
+                checkpoint::write_atomically(&run_dir.join("best"), |d| trainable.save(&m, &cfg.model, d))?;
+            } else {
+                state.evals_without_improvement += 1;
+            }
+        }
+        if state.step % cfg.logging_steps == 0 || mt.eval_loss.is_some() || last_step {
+            log(&mt, &mut history)?;
+        }
+        let stop = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
+        if state.step % save_every == 0 || last_step || stop {
+            let dir = checkpoint::dir_for(&run_dir, state.step);
+            checkpoint::write_atomically(&dir, |d| {
+                match &trainable {
+                    Trainable::Lora(a) => a.save(&d.join("adapter"), &cfg.model)?,
+                    Trainable::Full(v) => checkpoint::save_vars(v, &d.join("model.safetensors"))?,
+                }
+                opt.save(&d.join("optimizer.safetensors"))?;
+                checkpoint::write_json(&d.join("trainer_state.json"), &state)
+            })?;
+            if let Some(limit) = cfg.save_total_limit {
+                checkpoint::prune(&run_dir, limit, state.best_step)?;
+            }
+        }
+        if stop {
+            bar.println(format!(
+                "early stopping: eval loss has not improved by more than {} for {} evaluations",
+                cfg.early_stopping_threshold,
+                state.evals_without_improvement
+            ));
+            stopped_early = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = run_start.elapsed().as_secs_f64();
+
+    // ---- deliverables: adapter (best by eval loss, else final), loss curve, lineage ----
+    let output = run_dir.join(match cfg.method {
+        Method::Lora => "adapter",
+        Method::Full => "model",
+    });
+    let best_dir = run_dir.join("best");
+    if best_dir.exists() && state.best_step.is_some_and(|s| s > 0) {
+        checkpoint::write_atomically(&output, |d| copy_dir(&best_dir, d))?;
+    } else {
+        checkpoint::write_atomically(&output, |d| trainable.save(&m, &cfg.model, d))?;
+    }
+    let train_pts: Vec<(f64, f64)> = history.iter().filter_map(|h| h.loss.map(|l| (h.step as f64, l))).collect();
+    let eval_pts: Vec<(f64, f64)> = history.iter().filter_map(|h| h.eval_loss.map(|l| (h.step as f64, l))).collect();
+    crate::plot::loss_curve(&run_dir.join("loss.svg"), &format!("{} — {}", cfg.model, target_desc), &train_pts, &eval_pts)?;
+    let summary = RunSummary {
+        run_dir: run_dir.clone(),
+        output: output.clone(),
+        steps: state.step,
+        final_loss: last_loss,
+        first_eval_loss: eval_pts.first().map(|p| p.1),
+        best_eval_loss: state.best_eval_loss,
+        best_step: state.best_step,
+        stopped_early,
+        train_tokens_per_sec: (state.tokens_seen - tokens_at_start) as f64 / elapsed.max(1e-9),
+    };
+    let mut data_files = vec![cfg.data.clone()];
+    data_files.extend(cfg.eval_data.clone());
+    lineage::write(&run_dir.join("lineage.json"), &lineage::Inputs {
+        config: &cfg,
+        data_files: &data_files,
+        model_files: &m.files,
+        output: &output,
+        started: &started,
+        summary: &summary,
+    })?;
+    Ok(summary)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    for e in std::fs::read_dir(from).map_err(|e| TrainError::file(from, e))? {
+        let e = e.map_err(|e| TrainError::file(from, e))?;
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|err| TrainError::file(&dest, err))?;
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), &dest).map_err(|err| TrainError::file(&dest, err))?;
+        }
+    }
+    Ok(())
+}
+
+fn rss_mb() -> usize {
+    std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok()).unwrap_or(0) * 4096 / 1_000_000
+}
