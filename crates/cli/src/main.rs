@@ -10,10 +10,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc keeps freed pages for reuse: with glibc's allocator, every large tensor of a training
-/// step came from fresh mmap'd pages, and zeroing them (page faults) took a quarter of the step.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "ferrotune", version, about = "Fine-tune, evaluate and serve LLaMA-family models from your own examples")]
@@ -50,6 +46,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Train(_)) && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Training is dominated by gemm, which runs on rayon's pool; candle's second (spinning)
+        // pool for elementwise ops competed with it for the cores (a fifth of a step spent
+        // spin-waiting, measured). One thread for that pool means no second pool at all.
+        // SAFETY: no other thread exists yet (argument parsing is single-threaded).
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", "1")
+        };
+    }
     let result = match cli.command {
         Command::Models(a) => models::run(a),
         Command::Generate(a) => textgen::generate(a),

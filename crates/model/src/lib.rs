@@ -12,6 +12,7 @@
 //! - [`export`]: writing a standard HF directory.
 //! - [`testing`]: tiny random models for tests.
 
+pub mod attn_softmax;
 pub mod chat;
 pub mod config;
 pub mod error;

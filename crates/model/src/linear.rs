@@ -124,12 +124,13 @@ impl Linear {
 /// backward returns only `∂L/∂x = ∂L/∂y · W`.
 fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let y = x.detach().matmul(&w.t()?)?;
-    x.apply_op1(FrozenMatmulGrad { y, w: w.clone() })
+    x.apply_op1(FrozenMatmulGrad { y: std::sync::Mutex::new(Some(y)), w: w.clone() })
 }
 
 struct FrozenMatmulGrad {
-    /// The product, already computed.
-    y: Tensor,
+    /// The product, already computed; handed over by `cpu_fwd` (the op lives in the graph until
+    /// backward, and keeping a second copy of every projection's output there doubled them).
+    y: std::sync::Mutex<Option<Tensor>>,
     w: Tensor,
 }
 
@@ -143,9 +144,11 @@ impl candle_core::CustomOp1 for FrozenMatmulGrad {
         _x: &candle_core::CpuStorage,
         _layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (storage, layout) = self.y.storage_and_layout();
+        let y = self.y.lock().ok().and_then(|mut g| g.take());
+        let Some(y) = y else { candle_core::bail!("frozen-matmul: forward ran twice") };
+        let (storage, layout) = y.storage_and_layout();
         match (&*storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), self.y.shape().clone())),
+            (candle_core::Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), y.shape().clone())),
             _ => candle_core::bail!("frozen-matmul: product not a contiguous CPU tensor"),
         }
     }

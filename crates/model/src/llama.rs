@@ -57,6 +57,9 @@ struct Ctx {
     /// would still need causality — see `build_mask`).
     mask: Option<Tensor>,
     differentiable: bool,
+    /// Plain causal attention over exactly the new tokens (no cache, padding or window) in
+    /// differentiable mode: use the fused causal softmax with its own backward.
+    causal_op: bool,
 }
 
 impl Attention {
@@ -101,12 +104,17 @@ impl Attention {
         // query-length axis, so one batched matmul serves them all.
         let q = q.reshape((b, kvh, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = match &ctx.mask {
-            Some(m) => att.reshape((b, kvh, rep, t, total))?.broadcast_add(m)?.reshape((b, kvh, rep * t, total))?,
-            None => att,
+        let att = if ctx.causal_op {
+            // Training: scale, causal mask and softmax in one op that keeps only its output.
+            crate::attn_softmax::causal_softmax(&q.matmul(&k.t()?)?, t, scale)?
+        } else {
+            let att = (q.matmul(&k.t()?)? * scale)?;
+            let att = match &ctx.mask {
+                Some(m) => att.reshape((b, kvh, rep, t, total))?.broadcast_add(m)?.reshape((b, kvh, rep * t, total))?,
+                None => att,
+            };
+            softmax(&att, ctx.differentiable)?
         };
-        let att = softmax(&att, ctx.differentiable)?;
         let y = att.matmul(&v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }
@@ -354,7 +362,8 @@ impl Llama {
         };
         let (cos, sin) = self.rope.tables(&positions)?;
         let mask = build_mask(b, t, offset, &pads, self.cfg.sliding_window, self.device())?;
-        let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable };
+        let causal_op = self.differentiable && offset == 0 && !padded && !self.cfg.sliding_window.is_some_and(|w| t > w);
+        let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable, causal_op };
 
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         if !self.embed_tokens.track_op() {

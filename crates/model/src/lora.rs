@@ -186,12 +186,13 @@ impl LinearAdapter for LoraLayer {
     fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let inp = self.a.dim(1)?;
         let lead = x.elem_count() / inp;
-        let h = self.dropout(x)?.reshape((lead, inp))?.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?;
+        // Scale the small `[lead, r]` intermediate, not the `[lead, out]` result.
+        let h = (self.dropout(x)?.reshape((lead, inp))?.matmul(&self.a.t()?)? * self.scale)?.matmul(&self.b.t()?)?;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = self.b.dim(0)?;
         }
-        (h * self.scale)?.reshape(dims)
+        h.reshape(dims)
     }
 }
 

@@ -40,3 +40,59 @@ pub fn random_weights(cfg: &ModelConfig, device: &Device) -> candle_core::Result
     }
     Ok(w)
 }
+
+/// GPT-2's byte → printable-character map (`bytes_to_unicode`), so a byte-level BPE vocabulary
+/// without merges can tokenize any text.
+fn byte_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = (u32::from('!')..=u32::from('~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut out = vec!['?'; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        out[*b as usize] = char::from_u32(c).unwrap_or('?');
+    }
+    out
+}
+
+pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A tiny random LLaMA with a byte-level tokenizer (3 specials + 256 bytes, ChatML template,
+/// EOS `<|im_end|>`), written as an HF directory: a real model for end-to-end tests of
+/// training and serving, in milliseconds.
+pub fn write_tiny_model(dir: &std::path::Path) -> crate::Result<()> {
+    let device = Device::Cpu;
+    let mut cfg = ModelConfig::tiny(crate::Family::Llama);
+    cfg.vocab_size = 259;
+    cfg.max_position_embeddings = 512;
+    cfg.bos_token_id = Some(1);
+    cfg.eos_token_ids = vec![2];
+    let w = random_weights(&cfg, &device)?;
+    let model = crate::Llama::load(&w, &cfg, crate::WeightMode::F32, None)?;
+    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    tokens.extend(byte_chars().into_iter().map(String::from));
+    let mut types = vec![3i64; 3];
+    types.extend(std::iter::repeat_n(1, 256));
+    let vocab = crate::tokenizer::GgufVocab { model: "gpt2", pre: "gpt2", tokens, token_types: types, merges: vec![] };
+    let tokenizer = crate::Tokenizer::from_json(&crate::tokenizer::tokenizer_json_from_gguf(&vocab)?)?.with_special(
+        Some("<|im_start|>".into()),
+        Some("<|im_end|>".into()),
+        false,
+    );
+    let m = crate::LoadedModel {
+        model,
+        tokenizer,
+        chat_template: Some(std::sync::Arc::new(crate::ChatTemplate::new(CHATML, "<|im_start|>", "<|im_end|>")?)),
+        eos_ids: vec![2],
+        path: dir.to_path_buf(),
+        format: crate::Format::HfDir,
+        files: vec![],
+    };
+    crate::export::export_hf(&m, dir)
+}

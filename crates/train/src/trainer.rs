@@ -196,7 +196,6 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         Method::Full => Trainable::Full(m.model.make_trainable()?),
     };
     let vars = trainable.vars();
-    eprintln!("DEBUG rss after model+adapter: {} MB", rss_mb());
     let n_params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(vars.clone(), AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
 
@@ -358,7 +357,6 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             });
             state.tokens_seen += batch.n_tokens;
         }
-        eprintln!("DEBUG rss after backward: {} MB", rss_mb());
         let mut grads = grads.unwrap_or_default();
         let grad_norm = clip_global_norm(&mut grads, cfg.max_grad_norm)?;
         opt.step(&grads, lr)?;
@@ -470,6 +468,3 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn rss_mb() -> usize {
-    std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok()).unwrap_or(0) * 4096 / 1_000_000
-}
