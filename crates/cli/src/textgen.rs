@@ -73,10 +73,18 @@ pub struct GenerateArgs {
     /// Print token counts and speeds to stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// LoRA adapter directory (PEFT format: adapter_config.json + adapter_model.safetensors),
+    /// e.g. runs/NAME/adapter.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
 }
 
 pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
-    let m = load(&a.model, a.weights)?;
+    let mut m = load(&a.model, a.weights)?;
+    if let Some(dir) = &a.adapter {
+        let adapter = ferrotune_model::Adapter::load(dir, &mut m.model).with_context(|| format!("loading adapter {}", dir.display()))?;
+        adapter.attach(&mut m.model);
+    }
     let prompt_ids = match (&a.prompt, &a.chat) {
         (Some(p), _) => m.tokenizer.encode(p, true)?,
         (None, Some(c)) => {
