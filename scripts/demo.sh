@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${STEPS:-30}
-bin=./target/release/ferrotune
+bin="${CARGO_TARGET_DIR:-target}/release/ferrotune"
 scripts/install-models.sh
 echo
 echo "== 1. validate the data"

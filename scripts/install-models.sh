@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p ferrotune-cli
-exec ./target/release/ferrotune models pull "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/ferrotune" models pull "$@"

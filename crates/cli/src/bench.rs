@@ -17,10 +17,129 @@ pub struct BenchArgs {
     command: BenchCommand,
 }
 
+impl BenchArgs {
+    /// Whether this is a training benchmark (which wants the training thread setup).
+    pub fn is_train(&self) -> bool {
+        matches!(self.command, BenchCommand::Train(_))
+    }
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Prefill tokens/s (one forward over the prompt) and single-stream decode tokens/s.
     Generate(GenerateBench),
+    /// LoRA training tokens/s and peak memory on SmolLM2-135M's shape (random weights), against
+    /// HF PEFT on PyTorch CPU with the same setup.
+    Train(TrainBench),
+}
+
+#[derive(Args)]
+struct TrainBench {
+    /// Rows per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per row (every token carries loss).
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Timed optimizer steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Python with torch, transformers and peft (several GB; not needed by CI); the peer is
+    /// skipped when not given.
+    #[arg(long, env = "FERROTUNE_PEFT_PYTHON")]
+    peft_python: Option<PathBuf>,
+}
+
+fn peak_rss_gib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / (1024.0 * 1024.0))
+        .unwrap_or(f64::NAN)
+}
+
+fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
+    use ferrotune_model::{Adapter, Family, Llama, LoraSpec, ModelConfig};
+    let threads = candle_core::utils::get_num_threads();
+    println!("bench train: SmolLM2-135M shape, random weights, f32, LoRA r=16 on 7 projections, AdamW, batch {}x{} tokens, {threads} threads", b.batch, b.seq);
+    let cfg = ModelConfig {
+        family: Family::Llama,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        vocab_size: 49152,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        mlp_bias: false,
+        sliding_window: None,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        pad_token_id: None,
+    };
+    let w = ferrotune_model::testing::random_weights(&cfg, &Device::Cpu)?;
+    let mut model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
+    drop(w);
+    model.set_differentiable(true);
+    let adapter = Adapter::init(&mut model, &LoraSpec::default(), 0)?;
+    adapter.attach(&mut model);
+    adapter.control.set(true, 0, 0);
+    let mut opt = ferrotune_train::optim::AdamW::new(adapter.vars.clone(), Default::default())?;
+    let mut rng = 12345u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % cfg.vocab_size as u64) as u32
+    };
+    let examples: Vec<ferrotune_train::batch::Example> = (0..b.batch)
+        .map(|_| {
+            let ids: Vec<u32> = (0..b.seq).map(|_| next()).collect();
+            ferrotune_train::batch::Example { labels: ids.iter().map(|&i| i as i64).collect(), input_ids: ids }
+        })
+        .collect();
+    let refs: Vec<&ferrotune_train::batch::Example> = examples.iter().collect();
+    let batch = ferrotune_train::batch::make_batch(&refs, 0, &Device::Cpu)?;
+    ferrotune_train::optimizer_step(&model, &mut opt, std::slice::from_ref(&batch), 2e-4, 1.0)?;
+    let t0 = Instant::now();
+    for _ in 0..b.steps {
+        ferrotune_train::optimizer_step(&model, &mut opt, std::slice::from_ref(&batch), 2e-4, 1.0)?;
+    }
+    let ours_tps = (b.batch * b.seq * b.steps) as f64 / t0.elapsed().as_secs_f64();
+    let ours_rss = peak_rss_gib();
+    let peer = match &b.peft_python {
+        Some(py) => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/peft_train_speed.py");
+            let out = Command::new(py)
+                .arg(script)
+                .args(["--batch", &b.batch.to_string(), "--seq", &b.seq.to_string(), "--steps", &b.steps.to_string()])
+                .args(["--threads", &threads.to_string()])
+                .output()
+                .with_context(|| format!("running {}", py.display()))?;
+            if !out.status.success() {
+                bail!("PEFT benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
+            Some((v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN), v["peak_rss_gib"].as_f64().unwrap_or(f64::NAN)))
+        }
+        None => None,
+    };
+    println!("{:<22} {:>12} {:>14} {:>12} {:>12}", "engine", "tokens/s", "peak RSS GiB", "speed ratio", "memory ratio");
+    if let Some((tps, rss)) = peer {
+        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", "HF PEFT (torch CPU)", tps, rss, "1.00x", "1.00x");
+        println!("{:<22} {:>12.1} {:>14.2} {:>11.2}x {:>11.2}x", "ferrotune", ours_tps, ours_rss, ours_tps / tps, ours_rss / rss);
+    } else {
+        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", "ferrotune", ours_tps, ours_rss, "-", "-");
+        println!("(PEFT not measured: pass --peft-python or set FERROTUNE_PEFT_PYTHON)");
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -105,7 +224,10 @@ fn llama_cpp(python: &PathBuf, gguf: &std::path::Path, prompt: &[u32], n_gen: us
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Generate(b) = a.command;
+    let b = match a.command {
+        BenchCommand::Generate(b) => b,
+        BenchCommand::Train(t) => return bench_train(&t),
+    };
     let threads = candle_core::utils::get_num_threads();
     let path = ferrotune_model::store::resolve(&b.model)?;
     println!("bench generate: {} | prompt {} tokens | decode {} tokens | {threads} threads", path.display(), b.prompt_tokens, b.gen_tokens);

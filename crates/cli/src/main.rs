@@ -46,7 +46,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Train(_)) && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    let trains = match &cli.command {
+        Command::Train(_) => true,
+        Command::Bench(b) => b.is_train(),
+        _ => false,
+    };
+    if trains && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Training is dominated by gemm, which runs on rayon's pool; candle's second (spinning)
         // pool for elementwise ops competed with it for the cores (a fifth of a step spent
         // spin-waiting, measured). One thread for that pool means no second pool at all.

@@ -21,4 +21,4 @@ pub mod trainer;
 
 pub use config::{Method, TrainConfig};
 pub use error::{Result, TrainError};
-pub use trainer::{RunOptions, RunSummary, run};
+pub use trainer::{RunOptions, RunSummary, optimizer_step, run};

@@ -343,26 +343,10 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             micro.push(make_batch(&rows, pad, &device)?);
             state.micro_batches += 1;
         }
-        let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
-        let mut grads: Option<Vec<Tensor>> = None;
-        let mut loss_total = 0f64;
-        for batch in &micro {
-            let l = loss_sum(&m.model, batch)?;
-            loss_total += l.to_scalar::<f32>()? as f64;
-            let scaled = (l / step_targets.max(1) as f64)?;
-            let g = collect_grads(&vars, &scaled.backward()?)?;
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
-            });
-            state.tokens_seen += batch.n_tokens;
-        }
-        let mut grads = grads.unwrap_or_default();
-        let grad_norm = clip_global_norm(&mut grads, cfg.max_grad_norm)?;
-        opt.step(&grads, lr)?;
+        let (loss, grad_norm) = optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?;
+        state.tokens_seen += micro.iter().map(|b| b.n_tokens).sum::<usize>();
         state.step += 1;
         state.epoch = state.micro_batches as f64 / batches_per_epoch as f64;
-        let loss = loss_total / step_targets.max(1) as f64;
         last_loss = Some(loss);
         let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
         let tps = step_tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
@@ -452,6 +436,30 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         summary: &summary,
     })?;
     Ok(summary)
+}
+
+/// One optimizer step over `micro` batches: loss on their target tokens (averaged over all the
+/// step's targets, so accumulation weighs every token equally), backward, global-norm clipping,
+/// AdamW. Returns (mean loss, gradient norm before clipping).
+pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<(f64, f64)> {
+    let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
+    let vars = opt.vars().to_vec();
+    let mut grads: Option<Vec<Tensor>> = None;
+    let mut loss_total = 0f64;
+    for batch in micro {
+        let l = loss_sum(model, batch)?;
+        loss_total += l.to_scalar::<f32>()? as f64;
+        let scaled = (l / step_targets.max(1) as f64)?;
+        let g = collect_grads(&vars, &scaled.backward()?)?;
+        grads = Some(match grads {
+            None => g,
+            Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
+        });
+    }
+    let mut grads = grads.unwrap_or_default();
+    let grad_norm = clip_global_norm(&mut grads, max_grad_norm)?;
+    opt.step(&grads, lr)?;
+    Ok((loss_total / step_targets.max(1) as f64, grad_norm))
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
