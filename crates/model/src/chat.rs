@@ -130,12 +130,7 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out
 /// `strftime_now(fmt)` for templates that stamp today's date (Llama 3.1). Supports the codes
 /// those templates use: %d %m %Y %y %b %B %H %M %S %%.
 fn strftime_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let tod = secs.rem_euclid(86_400);
+    let (y, m, d, tod) = crate::clock::utc_now();
     const MONTHS: [&str; 12] =
         ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
     let month = MONTHS[(m - 1) as usize];
@@ -167,19 +162,6 @@ fn strftime_now(fmt: &str) -> String {
     out
 }
 
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,11 +187,5 @@ mod tests {
         let t = ChatTemplate::new("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}", "", "").expect("compiles");
         let s = t.render(&[Message::new("user", "<é>")], false).expect("renders");
         assert_eq!(s, "[{\"role\": \"user\", \"content\": \"<é>\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<é>\"\n}");
-    }
-
-    #[test]
-    fn civil_dates_are_right() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_787), (2026, 11, 30));
     }
 }

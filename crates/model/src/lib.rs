@@ -14,6 +14,7 @@
 
 pub mod attn_softmax;
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod export;

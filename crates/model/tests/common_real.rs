@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+#[allow(dead_code)]
 pub fn default_model_path() -> Option<PathBuf> {
     let store = ferrotune_model::store::Store::open(&ferrotune_model::store::home());
     match store.path_of(ferrotune_model::store::DEFAULT_MODEL) {

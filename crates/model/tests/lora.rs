@@ -139,7 +139,7 @@ fn lora_gradients_match_finite_differences() -> anyhow::Result<()> {
         let base = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
         for &i in &[0usize, 7, base.len() - 1] {
             let eps = 1e-2f32;
-            let mut probe = |delta: f32| -> anyhow::Result<f64> {
+            let probe = |delta: f32| -> anyhow::Result<f64> {
                 let mut v = base.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
