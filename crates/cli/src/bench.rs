@@ -62,6 +62,26 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     use ferrotune_model::{Adapter, Family, Llama, LoraSpec, ModelConfig};
     let threads = candle_core::utils::get_num_threads();
     println!("bench train: SmolLM2-135M shape, random weights, f32, LoRA r=16 on 7 projections, AdamW, batch {}x{} tokens, {threads} threads", b.batch, b.seq);
+    // The peer runs first, while this process is small: a child's peak-RSS counter starts from
+    // its parent's at fork.
+    let peer = match &b.peft_python {
+        Some(py) => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/peft_train_speed.py");
+            let out = Command::new(py)
+                .arg(script)
+                .args(["--batch", &b.batch.to_string(), "--seq", &b.seq.to_string(), "--steps", &b.steps.to_string()])
+                .args(["--threads", &threads.to_string()])
+                .output()
+                .with_context(|| format!("running {}", py.display()))?;
+            if !out.status.success() {
+                bail!("PEFT benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
+            Some((v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN), v["peak_rss_gib"].as_f64().unwrap_or(f64::NAN)))
+        }
+        None => None,
+    };
     let cfg = ModelConfig {
         family: Family::Llama,
         hidden_size: 576,
@@ -113,24 +133,6 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     }
     let ours_tps = (b.batch * b.seq * b.steps) as f64 / t0.elapsed().as_secs_f64();
     let ours_rss = peak_rss_gib();
-    let peer = match &b.peft_python {
-        Some(py) => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/peft_train_speed.py");
-            let out = Command::new(py)
-                .arg(script)
-                .args(["--batch", &b.batch.to_string(), "--seq", &b.seq.to_string(), "--steps", &b.steps.to_string()])
-                .args(["--threads", &threads.to_string()])
-                .output()
-                .with_context(|| format!("running {}", py.display()))?;
-            if !out.status.success() {
-                bail!("PEFT benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
-            Some((v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN), v["peak_rss_gib"].as_f64().unwrap_or(f64::NAN)))
-        }
-        None => None,
-    };
     println!("{:<22} {:>12} {:>14} {:>12} {:>12}", "engine", "tokens/s", "peak RSS GiB", "speed ratio", "memory ratio");
     if let Some((tps, rss)) = peer {
         println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", "HF PEFT (torch CPU)", tps, rss, "1.00x", "1.00x");
