@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -412,14 +412,5 @@ impl Adapter {
             return Err(ModelError::InvalidFile { path: st, what: "adapter".into(), reason: "holds no LoRA weights".into() });
         }
         Ok(Self { spec, layers, vars: Vec::new(), control })
-    }
-
-    /// Number of trainable parameters.
-    pub fn num_params(&self) -> usize {
-        self.layers.values().map(|l| l.a.elem_count() + l.b.elem_count()).sum()
-    }
-
-    pub fn device(&self) -> Option<Device> {
-        self.layers.values().next().map(|l| l.a.device().clone())
     }
 }

@@ -94,10 +94,6 @@ impl QWeight {
         Ok(Self { rows, cols, blocks })
     }
 
-    pub fn dims(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-
     /// `[rows, cols]` f32, exactly the GGUF's values.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
         let mut out = vec![0f32; self.rows * self.cols];

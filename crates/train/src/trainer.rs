@@ -250,7 +250,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         eprintln!("resuming {} at step {}/{}", run_dir.display(), state.step, total_steps);
     } else {
-        if checkpoint::dir_for(&run_dir, 0).parent().is_some_and(|p| p.exists()) || metrics_path.exists() {
+        if run_dir.join("checkpoints").exists() || metrics_path.exists() {
             return Err(TrainError::file(&run_dir, "already holds a run; pass --resume to continue it, or choose another --out"));
         }
         checkpoint::write_json(&run_dir.join("config.json"), &cfg)?;
