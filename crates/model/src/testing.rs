@@ -1,20 +1,30 @@
 //! Tiny random models for tests (no real weights needed).
 
 use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::config::ModelConfig;
 use crate::weights::{WeightTensor, Weights};
+
+/// One standard-normal sample (Box–Muller); `rand_distr` is not worth a dependency for tests.
+fn standard_normal(rng: &mut StdRng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
 
 /// Random HF-named weights for `cfg` (normal, std 0.1 for matrices; norms around 1).
 pub fn random_weights(cfg: &ModelConfig, device: &Device) -> candle_core::Result<Weights> {
     let mut w = Weights::new("<random>", device.clone());
     let here = std::path::Path::new("<random>");
+    // Seeded, so a test sees the same weights on every machine and every run.
+    let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut put = |name: String, shape: &[usize]| -> candle_core::Result<()> {
-        let t = if shape.len() == 1 {
-            (Tensor::randn(0f32, 0.1, shape, device)? + 1.0)?
-        } else {
-            Tensor::randn(0f32, 0.1, shape, device)?
-        };
+        let n: usize = shape.iter().product();
+        let offset = if shape.len() == 1 { 1.0 } else { 0.0 };
+        let values: Vec<f32> = (0..n).map(|_| offset + 0.1 * standard_normal(&mut rng)).collect();
+        let t = Tensor::from_vec(values, shape, device)?;
         w.insert(name, here, WeightTensor::Dense(t));
         Ok(())
     };

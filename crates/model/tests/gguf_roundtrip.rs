@@ -137,7 +137,10 @@ fn converter_permuted_gguf_loads_as_the_hf_layout_model() -> anyhow::Result<()> 
     let q_model = load_path(&path, WeightMode::Quantized, &Device::Cpu)?;
     let got_q = q_model.model.forward(&ids, None, None, Logits::All)?;
     let d = max_diff(&got_q, &want)?;
-    assert!(d < 0.05, "quantized path differs by {d}");
+    // Q8_0 activations cost a few percent of the logit range; a wrong Q/K un-permutation on the
+    // quantized rows would cost far more.
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    assert!(d < 0.05 * scale, "quantized path differs by {d} (logit scale {scale})");
 
     let tok = &f32_model.tokenizer;
     assert_eq!(tok.encode("<|im_start|>", false)?, vec![1]);
