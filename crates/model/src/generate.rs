@@ -231,3 +231,110 @@ mod tests {
         assert_eq!(out, "ab STAR");
     }
 }
+
+/// One row of a batched generation in progress.
+struct Row<'a> {
+    sampler: Sampler,
+    context: Vec<u32>,
+    stream: TextStream<'a>,
+    stop: StopFilter,
+    generated: Vec<u32>,
+    finish: Option<FinishReason>,
+}
+
+/// Generate for several prompts at once: the prompts are left-padded into one batch, prefilled in
+/// one forward pass, and decoded together with one KV cache (one `[b, 1]` step per token) until
+/// every row has stopped. Each row gets its own sampler (same seed), stop strings and EOS check;
+/// greedy output equals [`generate`] on the row alone (left padding is masked and RoPE positions
+/// start after it). Time is shared: every row reports the batch's prefill and decode seconds.
+pub fn generate_batch(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], params: &GenerateParams) -> Result<Vec<Generation>> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = model.config().max_position_embeddings;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(ModelError::InvalidSetting { field: "prompt", reason: format!("prompt {i} of the batch is empty") });
+    }
+    if longest >= ctx {
+        return Err(ModelError::InvalidSetting {
+            field: "prompt",
+            reason: format!("a {longest}-token prompt leaves no room in the model's {ctx}-token context"),
+        });
+    }
+    let max_tokens = params.max_tokens.min(ctx - longest);
+    let pad_id = params.eos_ids.first().copied().unwrap_or(0);
+    let b = prompts.len();
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut flat = Vec::with_capacity(b * longest);
+    for (p, &n) in prompts.iter().zip(&pads) {
+        flat.extend(std::iter::repeat_n(pad_id, n));
+        flat.extend_from_slice(p);
+    }
+    let stops: Vec<String> = params.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
+    let mut rows = prompts
+        .iter()
+        .map(|p| {
+            Ok(Row {
+                sampler: Sampler::new(params.sampling.clone())?,
+                context: p.clone(),
+                stream: TextStream::new(tok),
+                stop: StopFilter { stops: stops.clone(), text: String::new(), emitted: 0 },
+                generated: Vec::new(),
+                finish: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let device = model.device().clone();
+    let mut cache = KvCache::new(model.config(), longest + max_tokens);
+    let t0 = Instant::now();
+    let ids = Tensor::from_vec(flat, (b, longest), &device)?;
+    let mut logits = model.forward(&ids, Some(&pads), Some(&mut cache), Logits::Last)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for step in 0..max_tokens {
+        let all: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let mut next_ids = vec![pad_id; b];
+        for (r, (row, logits_row)) in rows.iter_mut().zip(&all).enumerate() {
+            if row.finish.is_some() {
+                continue;
+            }
+            let next = row.sampler.sample(logits_row, &row.context);
+            if params.eos_ids.contains(&next) {
+                row.finish = Some(FinishReason::Stop);
+                continue;
+            }
+            row.generated.push(next);
+            row.context.push(next);
+            next_ids[r] = next;
+            if let Some(piece) = row.stream.push(next)? {
+                let (_, hit) = row.stop.push(&piece);
+                if hit {
+                    row.finish = Some(FinishReason::Stop);
+                }
+            }
+        }
+        if step + 1 == max_tokens || rows.iter().all(|r| r.finish.is_some()) {
+            break;
+        }
+        let ids = Tensor::from_vec(next_ids, (b, 1), &device)?;
+        logits = model.forward(&ids, None, Some(&mut cache), Logits::Last)?;
+    }
+    let decode_secs = t1.elapsed().as_secs_f64();
+    Ok(rows
+        .into_iter()
+        .zip(prompts)
+        .map(|(mut row, p)| {
+            row.stop.flush();
+            Generation {
+                text: row.stop.text,
+                tokens: row.generated,
+                finish: row.finish.unwrap_or(FinishReason::Length),
+                prompt_tokens: p.len(),
+                prefill_secs,
+                decode_secs,
+            }
+        })
+        .collect())
+}

@@ -36,7 +36,7 @@ pub mod weights;
 pub use chat::{ChatTemplate, Message};
 pub use config::{Family, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generate::{FinishReason, GenerateParams, Generation, generate};
+pub use generate::{FinishReason, GenerateParams, Generation, generate, generate_batch};
 pub use linear::{BaseWeight, Linear, LinearAdapter};
 pub use llama::{KvCache, Llama, Logits};
 pub use loaded::{Format, LoadedModel, load, load_path};

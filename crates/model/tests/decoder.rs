@@ -124,3 +124,31 @@ fn missing_and_misshaped_tensors_are_named() -> anyhow::Result<()> {
     assert!(err.to_string().contains("missing tensor `model.layers.2."), "{err}");
     Ok(())
 }
+
+#[test]
+fn batched_generation_equals_each_prompt_alone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    ferrotune_model::testing::write_tiny_model(dir.path())?;
+    let m = ferrotune_model::load_path(dir.path(), WeightMode::F32, &Device::Cpu)?;
+    let prompts: Vec<Vec<u32>> = ["hi", "a much longer prompt than the first one", "mid length"]
+        .iter()
+        .map(|p| m.tokenizer.encode(p, false))
+        .collect::<Result<_, _>>()?;
+    // Random weights rarely pick EOS; a stop string on a common byte ends some rows early.
+    let params = ferrotune_model::GenerateParams {
+        max_tokens: 12,
+        sampling: ferrotune_model::SamplingParams { temperature: 0.0, ..Default::default() },
+        stop: vec!["e".into()],
+        eos_ids: m.eos_ids.clone(),
+    };
+    let batch = ferrotune_model::generate_batch(&m.model, &m.tokenizer, &prompts, &params)?;
+    assert_eq!(batch.len(), prompts.len());
+    for (p, got) in prompts.iter().zip(&batch) {
+        let alone = ferrotune_model::generate(&m.model, &m.tokenizer, p, &params, |_| {})?;
+        assert_eq!(got.tokens, alone.tokens);
+        assert_eq!(got.text, alone.text);
+        assert_eq!(got.finish, alone.finish);
+        assert_eq!(got.prompt_tokens, p.len());
+    }
+    Ok(())
+}
