@@ -1,0 +1,296 @@
+//! [`KnowledgeBase`]: the read side. `open` once, then `query` from any number of threads
+//! (`KnowledgeBase: Send + Sync`; queries take `&self`). A folder holds:
+//!
+//! ```text
+//! kb.json       settings, documents, generation            (manifest.rs)
+//! bm25/         tantivy index: chunk text, spans, BM25      (bm25.rs)
+//! vectors.bin   chunk embeddings, exact cosine search       (vectors.rs)
+//! ```
+//!
+//! Readers never block on a writer: tantivy readers see the last commit, and `vectors.bin` /
+//! `kb.json` are replaced by rename. An open reader keeps the snapshot it loaded until
+//! [`KnowledgeBase::reload`]. A writer changes the three parts in the order BM25 → vectors →
+//! manifest; a reader that opens in between may briefly see a vector hit whose chunk BM25 no
+//! longer has, and such hits are dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bm25::Bm25Index;
+use crate::embedder::Embedder;
+use crate::error::{RagError, Result};
+use crate::fusion::{RRF_K, reciprocal_rank_fusion};
+use crate::manifest::{DocEntry, Manifest};
+use crate::source::DocKind;
+use crate::vectors::VectorIndex;
+
+pub const BM25_DIR: &str = "bm25";
+pub const VECTORS_FILE: &str = "vectors.bin";
+
+/// Retrieval mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// BM25 and vector rankings fused with Reciprocal Rank Fusion (k = 60).
+    Hybrid,
+    /// Lexical only (BM25 over stemmed terms).
+    Bm25,
+    /// Embedding cosine only.
+    Vector,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Bm25, Mode::Vector, Mode::Hybrid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Hybrid => "hybrid",
+            Mode::Bm25 => "bm25",
+            Mode::Vector => "vector",
+        }
+    }
+}
+
+/// One retrieved chunk: a citation into a document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    /// 1-based.
+    pub rank: usize,
+    /// Mode-dependent: BM25 score, cosine similarity, or the RRF sum.
+    pub score: f64,
+    pub doc_id: String,
+    pub chunk_id: u64,
+    /// 0-based position of the chunk in its document.
+    pub chunk_index: u64,
+    /// Char (Unicode scalar) offsets into the document's indexed text, end exclusive.
+    pub start_char: u64,
+    pub end_char: u64,
+    pub text: String,
+    /// Ranks in the two lists that were fused (hybrid), 1-based; `None` = not in that list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bm25_rank: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector_rank: Option<usize>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A document as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DocumentInfo {
+    pub id: String,
+    pub origin: String,
+    pub kind: DocKind,
+    pub chars: usize,
+    pub chunks: usize,
+    pub hash: String,
+    pub ingested_unix: u64,
+}
+
+impl DocumentInfo {
+    pub(crate) fn from_entry(id: &str, d: &DocEntry) -> Self {
+        Self {
+            id: id.to_string(),
+            origin: d.origin.clone(),
+            kind: d.kind,
+            chars: d.chars,
+            chunks: d.chunk_ids.len(),
+            hash: d.hash.clone(),
+            ingested_unix: d.ingested_unix,
+        }
+    }
+}
+
+struct Snapshot {
+    manifest: Manifest,
+    vectors: VectorIndex,
+}
+
+pub struct KnowledgeBase {
+    dir: PathBuf,
+    bm25: Bm25Index,
+    snapshot: RwLock<Arc<Snapshot>>,
+    embedder: Mutex<Option<Arc<Embedder>>>,
+}
+
+/// Reads the manifest and vectors, retrying briefly while a writer is between its steps.
+fn load_snapshot(dir: &Path, bm25: &Bm25Index) -> Result<Snapshot> {
+    let mut attempt = 0;
+    loop {
+        let manifest = Manifest::read(dir)?;
+        let vpath = dir.join(VECTORS_FILE);
+        let vectors = if vpath.exists() { VectorIndex::read(&vpath)? } else { VectorIndex::new(manifest.dim) };
+        let consistent = vectors.generation == manifest.generation
+            && bm25.generation()?.unwrap_or(0) == manifest.generation;
+        attempt += 1;
+        if consistent || attempt >= 20 {
+            if vectors.dim != manifest.dim {
+                return Err(RagError::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: format!("vectors.bin has {} dimensions, kb.json says {}", vectors.dim, manifest.dim),
+                });
+            }
+            return Ok(Snapshot { manifest, vectors });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        bm25.reload()?;
+    }
+}
+
+impl KnowledgeBase {
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.join(crate::manifest::FILE).exists() {
+            return Err(RagError::NoKnowledgeBase { path: dir.to_path_buf() });
+        }
+        let bm25 = Bm25Index::open(&dir.join(BM25_DIR), false)?;
+        let snapshot = load_snapshot(dir, &bm25)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            bm25,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            embedder: Mutex::new(None),
+        })
+    }
+
+    /// Uses an embedder already in memory (a server, or tests) instead of loading the recorded one.
+    pub fn with_embedder(self, embedder: Arc<Embedder>) -> Self {
+        if let Ok(mut e) = self.embedder.lock() {
+            *e = Some(embedder);
+        }
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Picks up changes written since `open` (or the last reload).
+    pub fn reload(&self) -> Result<()> {
+        self.bm25.reload()?;
+        let s = load_snapshot(&self.dir, &self.bm25)?;
+        if let Ok(mut w) = self.snapshot.write() {
+            *w = Arc::new(s);
+        }
+        Ok(())
+    }
+
+    fn snap(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn settings(&self) -> crate::manifest::KbSettings {
+        self.snap().manifest.settings.clone()
+    }
+
+    pub fn documents(&self) -> Vec<DocumentInfo> {
+        self.snap().manifest.documents.iter().map(|(id, d)| DocumentInfo::from_entry(id, d)).collect()
+    }
+
+    pub fn num_chunks(&self) -> usize {
+        self.snap().manifest.num_chunks()
+    }
+
+    /// The embedder named in `kb.json`, loaded on first use and shared afterwards.
+    pub fn embedder(&self) -> Result<Arc<Embedder>> {
+        let mut slot = match self.embedder.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let snap = self.snap();
+        let e = Arc::new(Embedder::load_named(&snap.manifest.settings.embedder)?);
+        if e.dim() != snap.manifest.dim {
+            return Err(RagError::Embedder {
+                path: e.dir().to_path_buf(),
+                reason: format!("{} dimensions; the knowledge base holds {}", e.dim(), snap.manifest.dim),
+            });
+        }
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    pub fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
+        let e = self.embedder()?;
+        e.embed(&[text])?.pop().ok_or_else(|| RagError::Query { query: text.into(), reason: "no embedding".into() })
+    }
+
+    /// The `k` best chunks for `question`.
+    pub fn query(&self, question: &str, k: usize, mode: Mode) -> Result<Vec<Hit>> {
+        let qvec = match mode {
+            Mode::Bm25 => None,
+            Mode::Vector | Mode::Hybrid => Some(self.embed_query(question)?),
+        };
+        self.query_with_vector(question, qvec.as_deref(), k, mode)
+    }
+
+    /// As [`Self::query`] with the question's embedding given (computed once for several modes).
+    pub fn query_with_vector(&self, question: &str, qvec: Option<&[f32]>, k: usize, mode: Mode) -> Result<Vec<Hit>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let snap = self.snap();
+        // Hybrid fuses deeper lists than it returns: a chunk ranked 30th by both lists can beat one
+        // ranked 1st by one list only.
+        let depth = match mode {
+            Mode::Hybrid => (4 * k).max(50),
+            _ => k + 10,
+        };
+        let need_vec = || {
+            qvec.ok_or_else(|| RagError::Query { query: question.into(), reason: "no query embedding given".into() })
+        };
+        let bm = if mode == Mode::Vector { Vec::new() } else { self.bm25.search(question, depth)? };
+        let vh = if mode == Mode::Bm25 { Vec::new() } else { snap.vectors.search(need_vec()?, depth) };
+        let ranked: Vec<(u64, f64)> = match mode {
+            Mode::Bm25 => bm.iter().map(|&(id, s)| (id, f64::from(s))).collect(),
+            Mode::Vector => vh.iter().map(|&(id, s)| (id, f64::from(s))).collect(),
+            Mode::Hybrid => {
+                let lists = [bm.iter().map(|h| h.0).collect::<Vec<_>>(), vh.iter().map(|h| h.0).collect()];
+                reciprocal_rank_fusion(&lists, RRF_K)
+            }
+        };
+        let candidates: Vec<u64> = ranked.iter().map(|r| r.0).take(k + 10).collect();
+        let stored = self.bm25.fetch(&candidates)?;
+        let rank_in = |list: &[(u64, f32)], id: u64| list.iter().position(|h| h.0 == id).map(|p| p + 1);
+        let mut hits = Vec::with_capacity(k);
+        for (id, score) in ranked {
+            let Some(c) = stored.get(&id) else { continue };
+            let metadata = snap.manifest.documents.get(&c.doc_id).map(|d| d.metadata.clone()).unwrap_or_default();
+            hits.push(Hit {
+                rank: hits.len() + 1,
+                score,
+                doc_id: c.doc_id.clone(),
+                chunk_id: id,
+                chunk_index: c.ordinal,
+                start_char: c.start_char,
+                end_char: c.end_char,
+                text: c.text.clone(),
+                bm25_rank: if mode == Mode::Hybrid { rank_in(&bm, id) } else { None },
+                vector_rank: if mode == Mode::Hybrid { rank_in(&vh, id) } else { None },
+                metadata,
+            });
+            if hits.len() == k {
+                break;
+            }
+        }
+        Ok(hits)
+    }
+}
+
+/// Where knowledge base `name` lives: `<root>/<name>`, `root` defaulting to `$FERROTUNE_HOME/kb`.
+pub fn kb_path(name: &str, root: Option<&Path>) -> Result<PathBuf> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(RagError::InvalidName(name.to_string()));
+    }
+    let root = root.map_or_else(|| ferrotune_model::store::home().join("kb"), Path::to_path_buf);
+    Ok(root.join(name))
+}

@@ -1,0 +1,33 @@
+//! `ferrotune-rag`: knowledge bases for retrieval-augmented answers — hybrid search (BM25 +
+//! embeddings) over a company's documents, with citations (document id + char span).
+//!
+//! - [`source`]: reading text / Markdown / HTML ([`html`]) files and JSONL records, stable ids.
+//! - [`chunk`]: token-window chunks cut at paragraph, then sentence boundaries, with overlap.
+//! - [`bert`], [`embedder`]: all-MiniLM-L6-v2 on our own candle BERT, matching sentence-transformers.
+//! - [`bm25`] (tantivy), [`vectors`] (exact cosine over an on-disk f32 matrix), [`fusion`] (RRF).
+//! - [`kb`]: [`KnowledgeBase`] — open once, `query` concurrently from many threads;
+//!   [`writer`]: [`Writer`] — ingest / replace / delete, one writer at a time; [`manifest`]: `kb.json`.
+//! - [`metrics`], [`eval`]: recall@k, MRR@10, nDCG@10 over labelled queries.
+
+pub mod bert;
+pub mod bm25;
+pub mod chunk;
+pub mod embedder;
+pub mod error;
+pub mod eval;
+pub mod fusion;
+pub mod html;
+pub mod kb;
+pub mod manifest;
+pub mod metrics;
+pub mod source;
+pub mod vectors;
+pub mod writer;
+
+pub use chunk::{Chunk, ChunkConfig};
+pub use embedder::Embedder;
+pub use error::{RagError, Result};
+pub use kb::{DocumentInfo, Hit, KnowledgeBase, Mode, kb_path};
+pub use manifest::KbSettings;
+pub use source::{DocKind, SourceDoc};
+pub use writer::{IngestReport, Progress, Writer};

@@ -1,0 +1,62 @@
+//! Bad input is reported with file and line, before anything is written (no model needed).
+
+use ferrotune_rag::RagError;
+use ferrotune_rag::source::collect;
+
+#[test]
+fn bad_jsonl_line_names_file_and_line() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let f = tmp.path().join("kb.jsonl");
+    std::fs::write(&f, "{\"id\": \"a\", \"text\": \"fine\"}\n\n{\"id\": \"b\", \"txt\": \"typo\"}\n")?;
+    let err = collect(&[tmp.path().to_path_buf()]).expect_err("line 3 lacks `text`");
+    assert!(matches!(err, RagError::InvalidRecord { line: 3, .. }));
+    assert_eq!(err.to_string(), format!("{}:3: missing field `text`", f.display()));
+
+    std::fs::write(&f, "{\"id\": \"a\", \"text\": \"fine\"}\nnot json\n")?;
+    let err = collect(&[f.clone()]).expect_err("line 2 is not JSON").to_string();
+    assert!(err.starts_with(&format!("{}:2: not a JSON object", f.display())), "{err}");
+    Ok(())
+}
+
+#[test]
+fn unreadable_inputs_name_the_file() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let missing = tmp.path().join("missing.md");
+    let err = collect(&[missing.clone()]).expect_err("missing file").to_string();
+    assert!(err.starts_with(&missing.display().to_string()), "{err}");
+
+    let latin1 = tmp.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9")?;
+    let err = collect(&[latin1.clone()]).expect_err("not UTF-8").to_string();
+    assert_eq!(err, format!("{}: not valid UTF-8 text (byte 3); convert it to UTF-8 first", latin1.display()));
+
+    let pdf = tmp.path().join("manual.pdf");
+    std::fs::write(&pdf, b"%PDF")?;
+    assert!(matches!(collect(&[pdf]), Err(RagError::UnsupportedFile { .. })));
+    Ok(())
+}
+
+#[test]
+fn the_same_id_twice_is_an_error() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(tmp.path().join("a.jsonl"), "{\"id\": \"x\", \"text\": \"1\"}\n{\"id\": \"x\", \"text\": \"2\"}\n")?;
+    let err = collect(&[tmp.path().to_path_buf()]).expect_err("duplicate id");
+    assert!(matches!(err, RagError::DuplicateDocument { .. }), "{err}");
+    Ok(())
+}
+
+#[test]
+fn ids_are_paths_relative_to_the_given_folder() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::create_dir_all(tmp.path().join("docs/sub"))?;
+    std::fs::create_dir_all(tmp.path().join("docs/.git"))?;
+    std::fs::write(tmp.path().join("docs/sub/a.md"), "A")?;
+    std::fs::write(tmp.path().join("docs/b.txt"), "B")?;
+    std::fs::write(tmp.path().join("docs/.git/c.txt"), "hidden")?;
+    let c = collect(&[tmp.path().join("docs")])?;
+    let ids: Vec<&str> = c.docs.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["b.txt", "sub/a.md"]);
+    let c = collect(&[tmp.path().join("docs/sub/a.md")])?;
+    assert_eq!(c.docs[0].id, "a.md");
+    Ok(())
+}
