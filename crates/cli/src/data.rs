@@ -53,7 +53,7 @@ impl FormatArg {
 
 #[derive(Args)]
 struct ValidateArgs {
-    /// JSONL or CSV files (one dataset; duplicates are found across them).
+    /// JSONL, CSV or Parquet files (one dataset; duplicates are found across them).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Record format; `auto` detects it per file.
@@ -93,7 +93,7 @@ struct ValidateArgs {
 
 #[derive(Args)]
 struct PrepareArgs {
-    /// Input JSONL or CSV file (never modified).
+    /// Input JSONL, CSV or Parquet file (never modified).
     input: PathBuf,
     /// Output folder for train.jsonl, eval.jsonl and report.json (must not exist or be empty).
     #[arg(long)]
@@ -262,7 +262,8 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
         };
         shown += 1;
         let out = ferrotune_data::render_for_training(&rec, &renderer, &opts)?;
-        println!("── example {shown}: {}:{} — {} tokens, {} with loss ──", rec.origin.file, rec.origin.line, out.len(), out.target_tokens());
+        let at = ferrotune_data::finding::locate(&rec.origin.file, rec.origin.line);
+        println!("── example {shown}: {at} — {} tokens, {} with loss ──", out.len(), out.target_tokens());
         print_spans(&renderer, &out.input_ids, &out.labels, colour);
         if a.ids {
             println!("{}", serde_json::json!({"input_ids": out.input_ids, "labels": out.labels}));

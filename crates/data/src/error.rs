@@ -1,4 +1,4 @@
-//! Errors of the data crate. Every variant names the file (and line and field) a user can fix.
+//! Errors of the data crate. Every variant names the file (and line or row, and field) a user can fix.
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
 
     /// A record that cannot be used (rendering, or a library caller handing in a bad row).
-    #[error("{file}:{line}: `{field}`: {reason}")]
+    #[error("{}: `{field}`: {reason}", crate::finding::locate(file, *line))]
     InvalidRecord { file: String, line: u64, field: String, reason: String },
 
     #[error("{path}: {reason}")]

@@ -1,8 +1,11 @@
 //! A finding: one problem in one row (or in the whole dataset), with where it is and how to fix it.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
+
+use crate::reader::FileKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,13 +96,49 @@ impl Code {
     }
 }
 
+/// What a row's position counts: lines of a text file (JSONL, CSV) or rows of a Parquet file,
+/// which has no lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    Line,
+    Row,
+}
+
+impl Unit {
+    /// The unit of positions in `file`, by its extension (the rule [`FileKind::of`] reads by).
+    pub fn of_file(file: &str) -> Unit {
+        match FileKind::of(Path::new(file)) {
+            FileKind::Parquet => Unit::Row,
+            FileKind::Jsonl | FileKind::Csv => Unit::Line,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Line => "line",
+            Unit::Row => "row",
+        }
+    }
+}
+
+/// Where row `n` of `file` is, as messages show it: `data.jsonl:12`, `data.parquet row 12`.
+pub fn locate(file: &str, n: u64) -> String {
+    match Unit::of_file(file) {
+        Unit::Line => format!("{file}:{n}"),
+        Unit::Row => format!("{file} row {n}"),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     pub severity: Severity,
     pub code: Code,
     #[serde(serialize_with = "serialize_str")]
     pub file: Arc<str>,
-    /// 1-based line (JSONL) or record line (CSV); `None` for dataset-level findings.
+    /// What `line` counts: `line` (JSONL, CSV) or `row` (Parquet).
+    pub unit: Unit,
+    /// 1-based line (JSONL), record line (CSV) or row (Parquet); `None` for dataset-level findings.
     pub line: Option<u64>,
     /// JSON path of the offending field, like `messages[2].content`; empty for the whole row.
     pub field: String,
@@ -114,7 +153,8 @@ fn serialize_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S:
 
 impl Finding {
     pub fn new(code: Code, file: &Arc<str>, line: Option<u64>, field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self { severity: code.severity(), code, file: file.clone(), line, field: field.into(), message: message.into(), hint: hint.into() }
+        let unit = Unit::of_file(file);
+        Self { severity: code.severity(), code, file: file.clone(), unit, line, field: field.into(), message: message.into(), hint: hint.into() }
     }
 
     pub fn is_error(&self) -> bool {
@@ -128,9 +168,9 @@ impl std::fmt::Display for Finding {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}", self.file)?;
-        if let Some(l) = self.line {
-            write!(f, ":{l}")?;
+        match self.line {
+            Some(l) => write!(f, "{}", locate(&self.file, l))?,
+            None => write!(f, "{}", self.file)?,
         }
         if !self.field.is_empty() {
             write!(f, " {}", self.field)?;

@@ -35,10 +35,10 @@ impl Display for Report {
                 writeln!(f, "  {} ({n})", code.as_str())?;
                 let shown: Vec<_> = self.findings.iter().filter(|x| x.code == *code).take(SHOWN_PER_CODE).collect();
                 for x in &shown {
-                    let mut at = x.file.to_string();
-                    if let Some(l) = x.line {
-                        let _ = write!(at, ":{l}");
-                    }
+                    let mut at = match x.line {
+                        Some(l) => crate::finding::locate(&x.file, l),
+                        None => x.file.to_string(),
+                    };
                     if !x.field.is_empty() {
                         let _ = write!(at, " {}", x.field);
                     }

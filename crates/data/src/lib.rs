@@ -1,7 +1,8 @@
 //! `ferrotune-data`: the data stage — read a company's examples, check them, clean and split them,
 //! and turn each one into the token ids and loss labels the trainer consumes.
 //!
-//! - [`reader`]: streaming rows out of JSONL and CSV files (memory flat in the row count).
+//! - [`reader`]: streaming rows out of JSONL, CSV and Parquet files (memory flat in the row
+//!   count); [`parquet_rows`] turns Parquet rows into the records' JSON objects.
 //! - [`record`], [`parse`]: the four record formats (chat, alpaca, completion, text) and the
 //!   parser that checks a JSON object against them, reporting every problem as a [`Finding`].
 //! - [`pii`]: e-mail, phone, credit card (Luhn), IBAN (mod-97), US SSN and IP address detection
@@ -23,6 +24,7 @@ pub mod error;
 pub mod finding;
 pub mod human;
 pub mod minhash;
+pub mod parquet_rows;
 pub mod parse;
 pub mod pii;
 pub mod prepare;
@@ -35,7 +37,7 @@ pub mod stats;
 pub mod validate;
 
 pub use error::{DataError, Result};
-pub use finding::{Code, Finding, Severity};
+pub use finding::{Code, Finding, Severity, Unit};
 pub use prepare::{DedupMode, PrepareOptions, PrepareReport, prepare};
 pub use record::{Body, Format, Origin, Record, Role, Turn};
 pub use render::{IGNORE_INDEX, RenderOptions, Rendered, Renderer, render_for_training};

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::dedup::{DupIndex, RowRef};
 use crate::error::{DataError, Result};
-use crate::finding::Code;
+use crate::finding::{Code, Unit};
 use crate::minhash::MinHasher;
 use crate::pii::PiiKind;
 use crate::reader::RowReader;
@@ -73,6 +73,7 @@ impl Default for PrepareOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Dropped {
+    /// Line (JSONL, CSV) or row (Parquet) of the input; see [`PrepareReport::unit`].
     pub line: u64,
     pub reason: Code,
     pub detail: String,
@@ -95,6 +96,8 @@ pub struct StratumCounts {
 #[derive(Debug, Clone, Serialize)]
 pub struct PrepareReport {
     pub input: String,
+    /// What `line` in `dropped` and `changed` counts: `line` (JSONL, CSV) or `row` (Parquet).
+    pub unit: Unit,
     pub out: String,
     pub seed: u64,
     pub dedup: DedupMode,
@@ -138,6 +141,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         fingerprints: opts.dedup != DedupMode::Off,
     });
     let strat = opts.stratify_by.as_deref();
+    let unit = Unit::of_file(&input.display().to_string());
 
     // Pass 1: decide what to drop; count each stratum's kept rows.
     let mut index = DupIndex::new(near);
@@ -159,11 +163,11 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
             let c = index.check(fp);
             index.insert(fp, RowRef::new(0, row.line), &c);
             if let Some(r) = c.exact_of {
-                dropped.push(Dropped { line: row.line, reason: Code::ExactDuplicate, detail: format!("duplicate of line {}", r.line()) });
+                dropped.push(Dropped { line: row.line, reason: Code::ExactDuplicate, detail: format!("duplicate of {} {}", unit.as_str(), r.line()) });
                 return Ok(());
             }
             if let Some((r, j)) = c.near_of {
-                dropped.push(Dropped { line: row.line, reason: Code::NearDuplicate, detail: format!("near duplicate of line {} (Jaccard {j:.2})", r.line()) });
+                dropped.push(Dropped { line: row.line, reason: Code::NearDuplicate, detail: format!("near duplicate of {} {} (Jaccard {j:.2})", unit.as_str(), r.line()) });
                 return Ok(());
             }
         }
@@ -198,7 +202,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         }
         let line = raw.line;
         let Some(mut rec) = light.analyze(&file, raw).record else {
-            return Err(DataError::InvalidFile { path: input.to_path_buf(), reason: format!("line {line} changed while preparing") });
+            return Err(DataError::InvalidFile { path: input.to_path_buf(), reason: format!("{} {line} changed while preparing", unit.as_str()) });
         };
         if opts.redact_pii {
             let mut redacted = Vec::new();
@@ -237,6 +241,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     let (train_rows, eval_rows) = strata.values().fold((0, 0), |(t, e), c| (t + c.train, e + c.eval));
     let report = PrepareReport {
         input: input.display().to_string(),
+        unit,
         out: out.display().to_string(),
         seed: opts.seed,
         dedup: opts.dedup,

@@ -1,6 +1,7 @@
-//! Streaming rows out of a file: JSONL (one object per line) or CSV (a header row with the same
-//! field names; `messages` and `metadata` cells hold JSON). One row in memory at a time, so
-//! memory stays flat as files grow. JSON text is parsed later (in parallel) by the scanner.
+//! Streaming rows out of a file: JSONL (one object per line), CSV (a header row with the same
+//! field names; `messages` and `metadata` cells hold JSON) or Parquet (the same field names as
+//! columns, see [`crate::parquet_rows`]). One row in memory at a time, so memory stays flat as
+//! files grow. JSON text is parsed later (in parallel) by the scanner.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -9,11 +10,13 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::error::{DataError, Result};
+use crate::parquet_rows::ParquetRows;
 
 /// A row as read, before its record is checked.
 #[derive(Debug, Clone)]
 pub struct RawRow {
-    /// 1-based line of the row in the file (for CSV: the line the record starts on).
+    /// 1-based line of the row in the file (for CSV: the line the record starts on; for
+    /// Parquet: the row number).
     pub line: u64,
     pub payload: Payload,
 }
@@ -22,9 +25,10 @@ pub struct RawRow {
 pub enum Payload {
     /// One JSONL line, not parsed yet.
     Json(String),
-    /// A CSV row already turned into a JSON object.
+    /// A CSV or Parquet row already turned into a JSON object.
     Value(Value),
-    /// A row that could not be read as text or CSV, or a JSON cell that did not parse.
+    /// A row that could not be read as text or CSV, a JSON cell that did not parse, or a
+    /// Parquet cell of binary data that is not text.
     Bad { csv: bool, field: String, column: Option<u64>, message: String },
 }
 
@@ -42,17 +46,17 @@ pub fn parse_json(text: &str) -> std::result::Result<Value, (u64, String)> {
 pub enum FileKind {
     Jsonl,
     Csv,
+    Parquet,
 }
 
 impl FileKind {
-    pub fn of(path: &Path) -> Result<Self> {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-            Some("csv") => Ok(FileKind::Csv),
-            Some("parquet") => Err(DataError::InvalidFile {
-                path: path.to_path_buf(),
-                reason: "Parquet input is not supported yet; convert it to JSONL or CSV with the same column names".into(),
-            }),
-            _ => Ok(FileKind::Jsonl),
+    /// By extension: `.csv`, `.parquet` (or `.pq`); anything else is read as JSONL.
+    pub fn of(path: &Path) -> Self {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("csv") => FileKind::Csv,
+            Some("parquet" | "pq") => FileKind::Parquet,
+            _ => FileKind::Jsonl,
         }
     }
 }
@@ -65,11 +69,12 @@ pub struct RowReader {
 enum Inner {
     Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8> },
     Csv { reader: csv::Reader<File>, headers: Vec<String>, record: csv::ByteRecord },
+    Parquet(ParquetRows),
 }
 
 impl RowReader {
     pub fn open(path: &Path) -> Result<Self> {
-        let kind = FileKind::of(path)?;
+        let kind = FileKind::of(path);
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let inner = match kind {
             FileKind::Jsonl => Inner::Jsonl { reader: BufReader::with_capacity(1 << 20, file), line: 0, buf: Vec::new() },
@@ -83,6 +88,7 @@ impl RowReader {
                     .collect();
                 Inner::Csv { reader, headers, record: csv::ByteRecord::new() }
             }
+            FileKind::Parquet => Inner::Parquet(ParquetRows::open(path, file)?),
         };
         Ok(Self { path: path.to_path_buf(), inner })
     }
@@ -136,6 +142,7 @@ impl Iterator for RowReader {
                     Some(Ok(RawRow { line, payload: Payload::Bad { csv: true, field: String::new(), column: None, message: e.to_string() } }))
                 }
             },
+            Inner::Parquet(rows) => rows.next(),
         }
     }
 }

@@ -200,11 +200,11 @@ impl Record {
     pub fn map_texts(&mut self, mut f: impl FnMut(&str) -> Option<String>) -> bool {
         let mut changed = false;
         let mut apply = |s: &mut String| {
-            if let Some(new) = f(s) {
-                if new != *s {
-                    *s = new;
-                    changed = true;
-                }
+            if let Some(new) = f(s)
+                && new != *s
+            {
+                *s = new;
+                changed = true;
             }
         };
         match &mut self.body {

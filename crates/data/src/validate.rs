@@ -146,7 +146,7 @@ impl Collector {
 
 fn where_(files: &[Arc<str>], r: RowRef) -> String {
     let file = files.get(r.file()).map(|f| f.to_string()).unwrap_or_default();
-    format!("{file}:{}", r.line())
+    crate::finding::locate(&file, r.line())
 }
 
 pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {

@@ -49,7 +49,7 @@ fn each_error_and_warning_is_reported_at_its_line_and_field() {
     rows.push(json!({"messages": [{"role": "user", "content": "mail me at ann@corp.example"}, {"role": "assistant", "content": "ok"}]}).to_string()); // 16
     rows.push(json!({"prompt": "p", "completion": "c"}).to_string()); // 17: mixed formats
     let p = write(d.path(), "t.jsonl", &rows);
-    let r = validate(&[p.clone()], &ValidateOptions::default()).expect("validate");
+    let r = validate(std::slice::from_ref(&p), &ValidateOptions::default()).expect("validate");
     assert!(!r.ok);
     assert_eq!(at(&r, Code::BadJson), vec![(Some(13), String::new())]);
     assert!(r.findings.iter().any(|f| f.code == Code::BadJson && f.message.contains("column")));
