@@ -83,6 +83,12 @@ pub struct TrainArgs {
     /// Put loss on prompts too, not only on assistant answers.
     #[arg(long)]
     train_on_inputs: bool,
+    /// Pack several examples into each sequence of up to --max-seq-len tokens (fewer pad
+    /// tokens per step). Positions run on across a pack and an example can attend to the ones
+    /// before it in its pack (no block-diagonal mask yet), as TRL's packing does without
+    /// flash-attention; the first token of each example carries no loss.
+    #[arg(long)]
+    packing: bool,
     /// Evaluate every N optimizer steps. [default: once per epoch]
     #[arg(long)]
     eval_steps: Option<usize>,
@@ -143,6 +149,7 @@ pub fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     cfg.rslora |= a.rslora;
     cfg.train_on_inputs |= a.train_on_inputs;
+    cfg.packing |= a.packing;
     Ok(cfg)
 }
 

@@ -26,6 +26,32 @@ impl Example {
     }
 }
 
+/// Pack `examples` (in a seeded shuffled order) greedily into sequences of at most `max_len`
+/// tokens; an example never straddles two packs. The first label of every example in a pack is
+/// masked so no token is trained to predict the start of an unrelated example.
+pub fn pack(examples: Vec<Example>, max_len: usize, seed: u64) -> Vec<Example> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut examples = examples;
+    examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x7061_636b));
+    let mut packs: Vec<Example> = Vec::new();
+    let mut current = Example { input_ids: Vec::new(), labels: Vec::new() };
+    for mut e in examples {
+        if !current.input_ids.is_empty() && current.input_ids.len() + e.input_ids.len() > max_len {
+            packs.push(std::mem::replace(&mut current, Example { input_ids: Vec::new(), labels: Vec::new() }));
+        }
+        if let Some(first) = e.labels.first_mut() {
+            *first = IGNORE_INDEX;
+        }
+        current.input_ids.extend_from_slice(&e.input_ids);
+        current.labels.append(&mut e.labels);
+    }
+    if !current.input_ids.is_empty() {
+        packs.push(current);
+    }
+    packs
+}
+
 pub struct Batch {
     /// `[b, t]` u32
     pub ids: Tensor,
@@ -80,4 +106,40 @@ pub fn loss_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
     let lse = logits.log_sum_exp(D::Minus1)?;
     let target_logit = logits.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?;
     Ok((lse - target_logit)?.sum_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(n: usize, tag: u32) -> Example {
+        Example { input_ids: vec![tag; n], labels: (0..n).map(|i| if i < n / 2 { IGNORE_INDEX } else { i64::from(tag) }).collect() }
+    }
+
+    #[test]
+    fn packing_fills_sequences_without_splitting_or_losing_examples() {
+        let examples: Vec<Example> = (1..=10).map(|t| ex(3 + t as usize, t)).collect();
+        let targets: usize = examples.iter().map(|e| e.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()).sum();
+        let packs = pack(examples.clone(), 20, 0);
+        assert!(packs.len() < examples.len());
+        assert!(packs.iter().all(|p| p.input_ids.len() <= 20 && p.input_ids.len() == p.labels.len()));
+        let tokens: usize = packs.iter().map(|p| p.input_ids.len()).sum();
+        assert_eq!(tokens, examples.iter().map(|e| e.input_ids.len()).sum::<usize>());
+        // Example starts are masked (here they were already prompt tokens): targets unchanged.
+        let packed_targets: usize = packs.iter().map(|p| p.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()).sum();
+        assert_eq!(packed_targets, targets);
+        // Every example is whole inside one pack: each run of a tag has the example's length.
+        for p in &packs {
+            let mut i = 0;
+            while i < p.input_ids.len() {
+                let t = p.input_ids[i];
+                let run = p.input_ids[i..].iter().take_while(|&&x| x == t).count();
+                assert_eq!(run, 3 + t as usize);
+                assert_eq!(p.labels[i], IGNORE_INDEX, "first token of an example carries no loss");
+                i += run;
+            }
+        }
+        // An example longer than max_len stays alone (the loader has already dropped over-long ones).
+        assert_eq!(pack(vec![ex(30, 1), ex(2, 2)], 20, 0).len(), 2);
+    }
 }

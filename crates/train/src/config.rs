@@ -54,6 +54,8 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     pub max_seq_len: Option<usize>,
     pub train_on_inputs: bool,
+    /// Concatenate examples into sequences of up to `max_seq_len` tokens (fewer pad tokens).
+    pub packing: bool,
     pub eval_steps: Option<usize>,
     pub save_steps: Option<usize>,
     pub save_total_limit: Option<usize>,
@@ -88,6 +90,7 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             max_seq_len: None,
             train_on_inputs: false,
+            packing: false,
             eval_steps: None,
             save_steps: None,
             save_total_limit: None,

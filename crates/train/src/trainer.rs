@@ -176,6 +176,14 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     if train.is_empty() {
         return Err(TrainError::file(&cfg.data, "no usable training examples"));
     }
+    let train = if cfg.packing {
+        let n = train.len();
+        let packed = crate::batch::pack(train, max_len, cfg.seed);
+        eprintln!("packing: {n} examples into {} sequences of at most {max_len} tokens", packed.len());
+        packed
+    } else {
+        train
+    };
     let eval = match &cfg.eval_data {
         Some(p) => load_examples(p, &renderer, render_opts, max_len)?.0,
         None => Vec::new(),

@@ -148,3 +148,19 @@ fn loss_covers_exactly_the_target_tokens() -> anyhow::Result<()> {
     assert!((ours - want).abs() < 1e-4, "ours {ours} vs hand {want}");
     Ok(())
 }
+
+#[test]
+fn packed_training_takes_fewer_longer_sequences_and_still_learns() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (model, data) = setup(dir.path())?;
+    let out = dir.path().join("packed");
+    let cfg = TrainConfig { packing: true, max_seq_len: Some(256), batch_size: 2, epochs: 4.0, max_steps: None, ..config(&model, &data, &out) };
+    let s = ferrotune_train::run(cfg, &RunOptions::default())?;
+    // 24 rows of ~40 tokens pack into ~4-5 sequences of ≤ 256: 2-3 steps per epoch, not 12.
+    assert!(s.steps <= 12, "{} steps for 4 epochs", s.steps);
+    let (first, best) = (s.first_eval_loss.expect("eval"), s.best_eval_loss.expect("best"));
+    assert!(best < first * 0.9, "eval loss {first} -> {best}");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json"))?)?;
+    assert_eq!(saved["packing"], true);
+    Ok(())
+}
