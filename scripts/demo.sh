@@ -2,7 +2,8 @@
 # The main job on the default model and the bundled example (examples/support, a fictional
 # shop's support answers in a fixed house format with policy rules):
 #   install the models -> validate the data -> fine-tune a LoRA (~5-10 min on 2 cores, with
-#   progress) -> eval loss of base vs tuned on the held-out split -> answers of both side by side.
+#   progress) -> `ferrotune eval` of base vs tuned on the held-out split (ROUGE-L, BLEU, chrF,
+#   exact match, F1, loss, with 95% intervals; report in runs/demo/eval) -> answers side by side.
 # Writes runs/demo (replaced on each run). Set STEPS to train longer (default 30 steps of 4 rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,23 +19,21 @@ rm -rf runs/demo
 $bin train --data examples/support/train.jsonl --eval-data examples/support/eval.jsonl \
   --max-steps "$steps" --lr 1e-3 --eval-steps "$steps" --out runs/demo
 echo
-echo "== 3. base vs tuned on held-out questions (greedy)"
-python3 - "$bin" <<'PY'
-import json, subprocess, sys
-bin = sys.argv[1]
-rows = [json.loads(l) for l in open("examples/support/eval.jsonl")][:3]
-for r in rows:
-    msgs = r["messages"]
-    system = next(m["content"] for m in msgs if m["role"] == "system")
-    question = next(m["content"] for m in msgs if m["role"] == "user")
-    reference = msgs[-1]["content"]
+echo "== 3. evaluate base vs tuned on all held-out rows (greedy, batched; metrics with 95% intervals)"
+$bin eval --data examples/support/eval.jsonl --adapter runs/demo/adapter --max-tokens 160 --out runs/demo/eval
+echo
+echo "== 4. three held-out questions, side by side"
+python3 - <<'PY'
+import json
+ev = json.load(open("runs/demo/eval/eval.json"))
+for r in ev["rows"][:3]:
     print("-" * 78)
-    print("QUESTION :", question)
-    print("REFERENCE:", reference.replace("\n", "\n           "))
-    for label, extra in (("BASE", []), ("TUNED", ["--adapter", "runs/demo/adapter"])):
-        out = subprocess.run([bin, "generate", "--system", system, "--chat", question, "--max-tokens", "90", *extra],
-                             check=True, capture_output=True, text=True).stdout.strip()
-        print(f"{label:<9}:", out.replace("\n", "\n           "))
+    print("QUESTION :", r["question"])
+    print("REFERENCE:", r["reference"].replace("\n", "\n           "))
+    for o in r["outputs"]:
+        label = "BASE" if o["system"] == "base" else "TUNED"
+        print(f"{label:<9}:", o["prediction"].strip().replace("\n", "\n           "))
 print("-" * 78)
 PY
-echo "loss curve: runs/demo/loss.svg   metrics: runs/demo/metrics.jsonl   adapter: runs/demo/adapter   lineage: runs/demo/lineage.json"
+echo "report: runs/demo/eval/report.md (chart metrics.svg)   loss curve: runs/demo/loss.svg"
+echo "metrics: runs/demo/metrics.jsonl   adapter: runs/demo/adapter   lineage: runs/demo/lineage.json"

@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod eval;
 mod models;
 mod textgen;
 mod train;
@@ -36,6 +37,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check, clean, split and render training data.
     Data(data::DataArgs),
+    /// Compare the base model with tuned adapters on test rows (metrics with 95% intervals,
+    /// report, regression gate), or score given predictions (`eval score`).
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,9 +73,14 @@ fn main() -> ExitCode {
         Command::Train(a) => train::train(a),
         Command::Merge(a) => train::merge(a),
         Command::Data(a) => data::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<eval::GateFailed>().is_some() => {
+            eprintln!("gate failed: {e:#}");
+            ExitCode::from(eval::GATE_FAILED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
