@@ -29,10 +29,15 @@ impl FromStr for Gate {
         let metric: MetricSpec = name.parse()?;
         let tolerance = match tol {
             None => 0.0,
-            Some(t) => t.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| EvalError::InvalidOption {
-                option: "--fail-if-worse",
-                reason: format!("tolerance `{t}` in `{s}` is not a non-negative number"),
-            })?,
+            Some(t) => t
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| EvalError::InvalidOption {
+                    option: "--fail-if-worse",
+                    reason: format!("tolerance `{t}` in `{s}` is not a non-negative number"),
+                })?,
         };
         Ok(Gate { metric, tolerance })
     }
@@ -52,7 +57,11 @@ pub struct GateOutcome {
 
 /// Check every gate. `baseline`: a stored evaluation and the name of its system to compare
 /// with (`None` = its last system, normally the released adapter).
-pub fn check(run: &EvalFile, gates: &[Gate], baseline: Option<(&EvalFile, Option<&str>)>) -> Result<Vec<GateOutcome>> {
+pub fn check(
+    run: &EvalFile,
+    gates: &[Gate],
+    baseline: Option<(&EvalFile, Option<&str>)>,
+) -> Result<Vec<GateOutcome>> {
     let mut out = Vec::new();
     for g in gates {
         let name = g.metric.name();
@@ -65,12 +74,17 @@ pub fn check(run: &EvalFile, gates: &[Gate], baseline: Option<(&EvalFile, Option
                 if run.systems.len() < 2 {
                     return Err(EvalError::InvalidOption {
                         option: "--fail-if-worse",
-                        reason: "needs an --adapter to compare with the base, or --baseline FILE".into(),
+                        reason: "needs an --adapter to compare with the base, or --baseline FILE"
+                            .into(),
                     });
                 }
                 let base = &run.systems[0].name;
                 let value = m.score_of(base).map(|s| s.value).unwrap_or(f64::NAN);
-                (run.systems[1..].iter().map(|s| s.name.as_str()).collect(), value, "base".into())
+                (
+                    run.systems[1..].iter().map(|s| s.name.as_str()).collect(),
+                    value,
+                    "base".into(),
+                )
             }
             Some((b, which)) => {
                 let bm = b.metric(name).ok_or_else(|| EvalError::InvalidOption {
@@ -81,17 +95,35 @@ pub fn check(run: &EvalFile, gates: &[Gate], baseline: Option<(&EvalFile, Option
                     Some(w) => w.to_string(),
                     None => b.systems.last().map(|s| s.name.clone()).unwrap_or_default(),
                 };
-                let value = bm.score_of(&sys).map(|s| s.value).ok_or_else(|| EvalError::InvalidOption {
-                    option: "--baseline",
-                    reason: format!("the baseline has no system `{sys}` (it has: {})", b.systems.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")),
-                })?;
-                let c: Vec<&str> = if run.systems.len() > 1 { run.systems[1..].iter().map(|s| s.name.as_str()).collect() } else { run.systems.iter().map(|s| s.name.as_str()).collect() };
+                let value =
+                    bm.score_of(&sys)
+                        .map(|s| s.value)
+                        .ok_or_else(|| EvalError::InvalidOption {
+                            option: "--baseline",
+                            reason: format!(
+                                "the baseline has no system `{sys}` (it has: {})",
+                                b.systems
+                                    .iter()
+                                    .map(|s| s.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        })?;
+                let c: Vec<&str> = if run.systems.len() > 1 {
+                    run.systems[1..].iter().map(|s| s.name.as_str()).collect()
+                } else {
+                    run.systems.iter().map(|s| s.name.as_str()).collect()
+                };
                 (c, value, format!("baseline:{sys}"))
             }
         };
         for sys in candidates {
             let value = m.score_of(sys).map(|s| s.value).unwrap_or(f64::NAN);
-            let worse = if m.higher_is_better { value < reference - g.tolerance } else { value > reference + g.tolerance };
+            let worse = if m.higher_is_better {
+                value < reference - g.tolerance
+            } else {
+                value > reference + g.tolerance
+            };
             out.push(GateOutcome {
                 metric: name.into(),
                 system: sys.into(),

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrotune_data::{Record, RenderOptions, Renderer, Role, Turn, render_for_training};
-use ferrotune_model::{Adapter, FinishReason, GenerateParams, LoadedModel, Message, SamplingParams, generate_batch};
+use ferrotune_model::{
+    Adapter, FinishReason, GenerateParams, LoadedModel, Message, SamplingParams, generate_batch,
+};
 use ferrotune_train::batch::{Example, loss_sum, make_batch};
 
 use crate::error::{EvalError, Result};
@@ -27,6 +29,8 @@ pub struct RunSettings {
     pub batch_size: usize,
     /// Also compute the teacher-forced loss of every reference.
     pub loss: bool,
+    /// Decoding; the default (temperature 0) is greedy.
+    pub sampling: SamplingParams,
 }
 
 /// What one system produced.
@@ -52,12 +56,21 @@ impl SystemOutput {
 /// Progress of a run, for a progress bar.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
-    Start { system: &'a str, phase: &'static str, total: usize },
-    Advance { done: usize },
+    Start {
+        system: &'a str,
+        phase: &'static str,
+        total: usize,
+    },
+    Advance {
+        done: usize,
+    },
 }
 
 fn messages(turns: &[Turn]) -> Vec<Message> {
-    turns.iter().map(|t| Message::new(t.role.as_str(), t.content.clone())).collect()
+    turns
+        .iter()
+        .map(|t| Message::new(t.role.as_str(), t.content.clone()))
+        .collect()
 }
 
 /// The prompt token ids of every row (chat template with the generation prompt).
@@ -81,19 +94,29 @@ pub fn run_systems(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Vec<SystemOutput>> {
     if settings.batch_size == 0 {
-        return Err(EvalError::InvalidOption { option: "--batch-size", reason: "must be at least 1".into() });
+        return Err(EvalError::InvalidOption {
+            option: "--batch-size",
+            reason: "must be at least 1".into(),
+        });
     }
     if settings.max_tokens == 0 {
-        return Err(EvalError::InvalidOption { option: "--max-tokens", reason: "must be at least 1".into() });
+        return Err(EvalError::InvalidOption {
+            option: "--max-tokens",
+            reason: "must be at least 1".into(),
+        });
     }
     let prompts = prompt_ids(m, rows)?;
     // Similar lengths batch together: less padding to compute.
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
-    let examples = if settings.loss { Some(loss_examples(m, file, rows)?) } else { None };
+    let examples = if settings.loss {
+        Some(loss_examples(m, file, rows)?)
+    } else {
+        None
+    };
     let params = GenerateParams {
         max_tokens: settings.max_tokens,
-        sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+        sampling: settings.sampling.clone(),
         stop: Vec::new(),
         eos_ids: m.eos_ids.clone(),
     };
@@ -101,10 +124,17 @@ pub fn run_systems(
     for spec in systems {
         Adapter::detach(&mut m.model);
         if let Some(dir) = &spec.adapter {
-            let adapter = Adapter::load(dir, &mut m.model).map_err(|e| EvalError::InvalidFile { path: dir.clone(), reason: format!("loading the adapter: {e}") })?;
+            let adapter = Adapter::load(dir, &mut m.model).map_err(|e| EvalError::InvalidFile {
+                path: dir.clone(),
+                reason: format!("loading the adapter: {e}"),
+            })?;
             adapter.attach(&mut m.model);
         }
-        progress(Progress::Start { system: &spec.name, phase: "generate", total: rows.len() });
+        progress(Progress::Start {
+            system: &spec.name,
+            phase: "generate",
+            total: rows.len(),
+        });
         let mut predictions = vec![String::new(); rows.len()];
         let mut finish = vec![FinishReason::Length; rows.len()];
         let mut generated_tokens = 0;
@@ -124,10 +154,18 @@ pub fn run_systems(
         let generation_secs = t0.elapsed().as_secs_f64();
         let loss = match &examples {
             Some(ex) => {
-                progress(Progress::Start { system: &spec.name, phase: "loss", total: rows.len() });
+                progress(Progress::Start {
+                    system: &spec.name,
+                    phase: "loss",
+                    total: rows.len(),
+                });
                 let mut per_row = Vec::with_capacity(ex.len());
                 for (i, e) in ex.iter().enumerate() {
-                    let batch = make_batch(&[e], m.eos_ids.first().copied().unwrap_or(0), m.model.device())?;
+                    let batch = make_batch(
+                        &[e],
+                        m.eos_ids.first().copied().unwrap_or(0),
+                        m.model.device(),
+                    )?;
                     let nll = loss_sum(&m.model, &batch)?;
                     per_row.push((nll.to_scalar::<f32>()? as f64, batch.n_targets));
                     progress(Progress::Advance { done: i + 1 });
@@ -136,7 +174,14 @@ pub fn run_systems(
             }
             None => None,
         };
-        out.push(SystemOutput { spec: spec.clone(), predictions, finish, generated_tokens, generation_secs, loss });
+        out.push(SystemOutput {
+            spec: spec.clone(),
+            predictions,
+            finish,
+            generated_tokens,
+            generation_secs,
+            loss,
+        });
     }
     Adapter::detach(&mut m.model);
     Ok(out)
@@ -152,19 +197,34 @@ fn loss_examples(m: &LoadedModel, file: &str, rows: &[EvalRow]) -> Result<Vec<Ex
             let mut turns: Vec<Turn> = r
                 .prompt
                 .iter()
-                .map(|t| Turn { weight: (t.role == Role::Assistant).then_some(0), ..t.clone() })
+                .map(|t| Turn {
+                    weight: (t.role == Role::Assistant).then_some(0),
+                    ..t.clone()
+                })
                 .collect();
             turns.push(Turn::new(Role::Assistant, r.reference.clone()));
-            let rendered = render_for_training(&Record::chat(turns), &renderer, &RenderOptions { train_on_inputs: false })?;
+            let rendered = render_for_training(
+                &Record::chat(turns),
+                &renderer,
+                &RenderOptions {
+                    train_on_inputs: false,
+                },
+            )?;
             if rendered.input_ids.len() > ctx {
                 return Err(EvalError::InvalidRow {
                     file: file.to_string(),
                     line: r.line,
                     field: String::new(),
-                    reason: format!("{} tokens with the reference exceed the model's {ctx}-token context", rendered.input_ids.len()),
+                    reason: format!(
+                        "{} tokens with the reference exceed the model's {ctx}-token context",
+                        rendered.input_ids.len()
+                    ),
                 });
             }
-            Ok(Example { input_ids: rendered.input_ids, labels: rendered.labels })
+            Ok(Example {
+                input_ids: rendered.input_ids,
+                labels: rendered.labels,
+            })
         })
         .collect()
 }

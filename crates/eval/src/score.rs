@@ -6,7 +6,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{Interval, confidence_interval, paired_difference_interval, percentile_interval};
+use crate::bootstrap::{
+    Interval, confidence_interval, paired_difference_interval, percentile_interval,
+};
 use crate::error::{EvalError, Result};
 use crate::metrics::{Metric, RowStats, aggregate, row_stats};
 
@@ -54,7 +56,10 @@ impl MetricSpec {
             }
         }
         if out.is_empty() {
-            return Err(EvalError::InvalidOption { option: "--metrics", reason: "no metric given".into() });
+            return Err(EvalError::InvalidOption {
+                option: "--metrics",
+                reason: "no metric given".into(),
+            });
         }
         Ok(out)
     }
@@ -72,10 +77,13 @@ impl FromStr for MetricSpec {
         match s.trim().to_ascii_lowercase().as_str() {
             "loss" => Ok(Self::Loss),
             "perplexity" | "ppl" => Ok(Self::Perplexity),
-            _ => s.parse::<Metric>().map(Self::Text).map_err(|e| EvalError::InvalidOption {
-                option: "--metrics",
-                reason: format!("{e}, loss, perplexity"),
-            }),
+            _ => s
+                .parse::<Metric>()
+                .map(Self::Text)
+                .map_err(|e| EvalError::InvalidOption {
+                    option: "--metrics",
+                    reason: format!("{e}, loss, perplexity"),
+                }),
         }
     }
 }
@@ -83,7 +91,15 @@ impl FromStr for MetricSpec {
 /// The metrics used when `--metrics` is not given: the generation metrics that suit free text,
 /// plus `json_match` when every reference is JSON, plus loss and perplexity when a model runs.
 pub fn default_metrics(all_structured: bool, with_model: bool) -> Vec<MetricSpec> {
-    let mut v: Vec<MetricSpec> = [Metric::ExactMatch, Metric::F1, Metric::RougeL, Metric::Bleu, Metric::Chrf].map(MetricSpec::Text).to_vec();
+    let mut v: Vec<MetricSpec> = [
+        Metric::ExactMatch,
+        Metric::F1,
+        Metric::RougeL,
+        Metric::Bleu,
+        Metric::Chrf,
+    ]
+    .map(MetricSpec::Text)
+    .to_vec();
     if all_structured {
         v.insert(0, MetricSpec::Text(Metric::JsonMatch));
     }
@@ -102,7 +118,10 @@ pub struct Score {
 
 impl Score {
     fn new(value: f64, i: Interval) -> Self {
-        Self { value, ci95: [i.low, i.high] }
+        Self {
+            value,
+            ci95: [i.low, i.high],
+        }
     }
 }
 
@@ -126,7 +145,10 @@ pub struct MetricResult {
 
 impl MetricResult {
     pub fn score_of(&self, system: &str) -> Option<Score> {
-        self.scores.iter().find(|s| s.system == system).map(|s| s.score)
+        self.scores
+            .iter()
+            .find(|s| s.system == system)
+            .map(|s| s.score)
     }
 }
 
@@ -158,7 +180,9 @@ impl RowTable {
 }
 
 fn loss_of(rows: &[&RowStats]) -> f64 {
-    let (nll, n) = rows.iter().fold((0.0, 0.0), |(a, b), r| (a + r.0[0], b + r.0[1]));
+    let (nll, n) = rows
+        .iter()
+        .fold((0.0, 0.0), |(a, b), r| (a + r.0[0], b + r.0[1]));
     if n == 0.0 { 0.0 } else { nll / n }
 }
 
@@ -182,18 +206,35 @@ pub fn score_systems(
     let mut stats: Vec<Vec<Vec<RowStats>>> = Vec::with_capacity(systems.len());
     for s in systems {
         if s.predictions.len() != references.len() {
-            return Err(EvalError::InvalidOption { option: "predictions", reason: format!("{}: {} predictions for {} references", s.system, s.predictions.len(), references.len()) });
+            return Err(EvalError::InvalidOption {
+                option: "predictions",
+                reason: format!(
+                    "{}: {} predictions for {} references",
+                    s.system,
+                    s.predictions.len(),
+                    references.len()
+                ),
+            });
         }
         let mut per_metric: Vec<Vec<RowStats>> = Vec::with_capacity(metrics.len());
         for &m in metrics {
             per_metric.push(match m {
-                MetricSpec::Text(t) => s.predictions.iter().zip(references).map(|(p, r)| row_stats(t, p, r)).collect(),
+                MetricSpec::Text(t) => s
+                    .predictions
+                    .iter()
+                    .zip(references)
+                    .map(|(p, r)| row_stats(t, p, r))
+                    .collect(),
                 MetricSpec::Loss | MetricSpec::Perplexity => {
                     let loss = s.loss.ok_or_else(|| EvalError::InvalidOption {
                         option: "--metrics",
-                        reason: format!("`{m}` needs a model run (teacher-forced), not only predictions"),
+                        reason: format!(
+                            "`{m}` needs a model run (teacher-forced), not only predictions"
+                        ),
                     })?;
-                    loss.iter().map(|&(nll, n)| RowStats(vec![nll, n as f64])).collect()
+                    loss.iter()
+                        .map(|&(nll, n)| RowStats(vec![nll, n as f64]))
+                        .collect()
                 }
             });
         }
@@ -209,22 +250,46 @@ pub fn score_systems(
             let value = corpus(m, &refs);
             let ci = match m {
                 MetricSpec::Text(t) => confidence_interval(t, rows, resamples, seed),
-                _ => percentile_interval(rows.len(), resamples, seed, |idx| pick_corpus(m, rows, idx)),
+                _ => percentile_interval(rows.len(), resamples, seed, |idx| {
+                    pick_corpus(m, rows, idx)
+                }),
             };
-            scores.push(SystemScore { system: s.system.to_string(), score: Score::new(value, ci) });
+            scores.push(SystemScore {
+                system: s.system.to_string(),
+                score: Score::new(value, ci),
+            });
             if si > 0 {
                 let base = &stats[0][mi];
                 let base_value = corpus(m, &base.iter().collect::<Vec<_>>());
                 let ci = match m {
-                    MetricSpec::Text(t) => paired_difference_interval(t, base, rows, resamples, seed),
-                    _ => percentile_interval(rows.len(), resamples, seed, |idx| pick_corpus(m, rows, idx) - pick_corpus(m, base, idx)),
+                    MetricSpec::Text(t) => {
+                        paired_difference_interval(t, base, rows, resamples, seed)
+                    }
+                    _ => percentile_interval(rows.len(), resamples, seed, |idx| {
+                        pick_corpus(m, rows, idx) - pick_corpus(m, base, idx)
+                    }),
                 };
-                vs_base.push(SystemScore { system: s.system.to_string(), score: Score::new(value - base_value, ci) });
+                vs_base.push(SystemScore {
+                    system: s.system.to_string(),
+                    score: Score::new(value - base_value, ci),
+                });
             }
         }
-        results.push(MetricResult { name: m.name().into(), higher_is_better: m.higher_is_better(), scale: m.scale(), scores, vs_base });
+        results.push(MetricResult {
+            name: m.name().into(),
+            higher_is_better: m.higher_is_better(),
+            scale: m.scale(),
+            scores,
+            vs_base,
+        });
     }
-    Ok((results, RowTable { metrics: metrics.to_vec(), stats }))
+    Ok((
+        results,
+        RowTable {
+            metrics: metrics.to_vec(),
+            stats,
+        },
+    ))
 }
 
 fn pick_corpus(m: MetricSpec, rows: &[RowStats], idx: Option<&[usize]>) -> f64 {
@@ -242,8 +307,18 @@ mod tests {
     #[test]
     fn metric_lists_parse_and_reject_unknown_names() {
         let v = MetricSpec::parse_list("rougeL, bleu,loss,ppl,bleu").unwrap();
-        assert_eq!(v, vec![MetricSpec::Text(Metric::RougeL), MetricSpec::Text(Metric::Bleu), MetricSpec::Loss, MetricSpec::Perplexity]);
-        let e = MetricSpec::parse_list("rougeL,blue").unwrap_err().to_string();
+        assert_eq!(
+            v,
+            vec![
+                MetricSpec::Text(Metric::RougeL),
+                MetricSpec::Text(Metric::Bleu),
+                MetricSpec::Loss,
+                MetricSpec::Perplexity
+            ]
+        );
+        let e = MetricSpec::parse_list("rougeL,blue")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("blue") && e.contains("perplexity"), "{e}");
         assert!(MetricSpec::parse_list(" , ").is_err());
     }
@@ -255,10 +330,29 @@ mod tests {
         let base_loss = [(4.0, 2), (2.0, 2)]; // 6 nats over 4 tokens
         let tuned_loss = [(2.0, 2), (1.0, 2)]; // 3 nats over 4 tokens
         let systems = [
-            Answers { system: "base", predictions: &preds, loss: Some(&base_loss) },
-            Answers { system: "tuned", predictions: &preds, loss: Some(&tuned_loss) },
+            Answers {
+                system: "base",
+                predictions: &preds,
+                loss: Some(&base_loss),
+            },
+            Answers {
+                system: "tuned",
+                predictions: &preds,
+                loss: Some(&tuned_loss),
+            },
         ];
-        let (res, table) = score_systems(&refs, &systems, &[MetricSpec::Loss, MetricSpec::Perplexity, MetricSpec::Text(Metric::ExactMatch)], 200, 1).unwrap();
+        let (res, table) = score_systems(
+            &refs,
+            &systems,
+            &[
+                MetricSpec::Loss,
+                MetricSpec::Perplexity,
+                MetricSpec::Text(Metric::ExactMatch),
+            ],
+            200,
+            1,
+        )
+        .unwrap();
         assert!((res[0].scores[0].score.value - 1.5).abs() < 1e-12);
         assert!((res[0].vs_base[0].score.value + 0.75).abs() < 1e-12);
         assert!((res[1].scores[1].score.value - 0.75f64.exp()).abs() < 1e-12);
@@ -271,8 +365,15 @@ mod tests {
     #[test]
     fn loss_needs_a_model_run() {
         let refs = vec!["a".to_string()];
-        let systems = [Answers { system: "x", predictions: &refs, loss: None }];
-        let e = score_systems(&refs, &systems, &[MetricSpec::Loss], 10, 1).err().unwrap().to_string();
+        let systems = [Answers {
+            system: "x",
+            predictions: &refs,
+            loss: None,
+        }];
+        let e = score_systems(&refs, &systems, &[MetricSpec::Loss], 10, 1)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("teacher-forced"), "{e}");
     }
 }
