@@ -160,3 +160,26 @@ fn corrupt_parquet_files_are_errors_naming_the_file() {
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(d.path()).expect("ls").count(), 0, "no temporary folder left behind");
 }
+
+#[test]
+fn damage_anywhere_in_a_parquet_file_is_an_error_or_a_finding_never_a_crash() {
+    let good = std::fs::read(fixture("chat_json.parquet")).expect("read");
+    let d = tempfile::tempdir().expect("tmp");
+    let p = d.path().join("damaged.parquet");
+    let (mut failed, mut read) = (0, 0);
+    // 16-byte windows of 0xFF every 61 bytes: page headers, compressed pages, the footer.
+    for start in (4..good.len().saturating_sub(8)).step_by(61) {
+        let mut bad = good.clone();
+        let end = (start + 16).min(good.len() - 8);
+        bad[start..end].fill(0xFF);
+        std::fs::write(&p, &bad).expect("write");
+        match validate(std::slice::from_ref(&p), &ValidateOptions::default()) {
+            Ok(_) => read += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("damaged.parquet"), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "damage must be noticed somewhere ({read} read fine)");
+}
