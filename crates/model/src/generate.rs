@@ -77,15 +77,30 @@ impl<'a> TextStream<'a> {
 }
 
 /// Holds back text that might be the start of a stop string.
-struct StopFilter {
+pub struct StopFilter {
     stops: Vec<String>,
     text: String,
     emitted: usize,
 }
 
 impl StopFilter {
+    /// Empty stop strings are ignored.
+    pub fn new(stops: &[String]) -> Self {
+        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), text: String::new(), emitted: 0 }
+    }
+
+    /// The text so far, cut at a stop string once one was hit.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether some text is held back (a possible start of a stop string).
+    pub fn holding(&self) -> bool {
+        self.emitted < self.text.len()
+    }
+
     /// Add text; returns (text safe to emit now, whether a stop string was hit).
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
         let search_from = self.emitted.saturating_sub(self.stops.iter().map(String::len).max().unwrap_or(0));
         let search_from = floor_char_boundary(&self.text, search_from);
@@ -112,7 +127,8 @@ impl StopFilter {
         (out, false)
     }
 
-    fn flush(&mut self) -> String {
+    /// Release whatever is held back (the sequence ended without a stop string).
+    pub fn flush(&mut self) -> String {
         let out = self.text[self.emitted..].to_string();
         self.emitted = self.text.len();
         out

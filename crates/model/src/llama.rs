@@ -118,6 +118,37 @@ impl Attention {
         let y = att.matmul(&v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }
+
+    /// One new token for each of `b` independent sequences (`x: [b, 1, hidden]`): the projections
+    /// run batched over the rows, attention runs per row against that row's own cache (rows hold
+    /// different lengths, so they cannot share one `[b, kv, total, d]` tensor without padding).
+    /// `cos`/`sin` are per-row tables `[b, 1, d/2]`; `layer` picks each cache's layer.
+    fn decode(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, caches: &mut [&mut KvCache], layer: usize, window: Option<usize>) -> Result<Tensor> {
+        let (b, _, _) = x.dims3()?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // With one token per row, `[b, 1, n·d]` is already `[b, n, 1, d]` in memory.
+        let q = self.q_proj.forward(x)?.reshape((b, h, 1, d))?;
+        let k = self.k_proj.forward(x)?.reshape((b, kvh, 1, d))?;
+        let v = self.v_proj.forward(x)?.reshape((b, kvh, 1, d))?;
+        let q = rope::apply(&q, cos, sin, false)?;
+        let k = rope::apply(&k, cos, sin, false)?;
+        let rep = h / kvh;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut ys = Vec::with_capacity(b);
+        for (r, cache) in caches.iter_mut().enumerate() {
+            let pad = cache.left_pad.first().copied().unwrap_or(0);
+            let (kc, vc) = cache.layers[layer].append(&k.narrow(0, r, 1)?, &v.narrow(0, r, 1)?)?;
+            let total = kc.dim(2)?;
+            // The one query sees keys from the end of the row's padding and inside the window:
+            // a contiguous range, so a narrow replaces the mask.
+            let start = pad.max(window.map_or(0, |w| total.saturating_sub(w)));
+            let (kc, vc) = (kc.narrow(2, start, total - start)?, vc.narrow(2, start, total - start)?);
+            let qr = q.narrow(0, r, 1)?.reshape((1, kvh, rep, d))?;
+            let att = candle_nn::ops::softmax_last_dim(&(qr.matmul(&kc.t()?)? * scale)?)?;
+            ys.push(att.matmul(&vc)?.reshape((1, 1, h * d))?);
+        }
+        self.o_proj.forward(&Tensor::cat(&ys, 0)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -385,6 +416,44 @@ impl Llama {
             Logits::All => self.lm_head.forward(&x),
             Logits::Last => self.lm_head.forward(&x)?.squeeze(1),
         }
+    }
+
+    /// One decode step for `ids.len()` independent sequences, each with its own cache (one
+    /// sequence per cache, any lengths): the linear layers — the cost of a step — run once over
+    /// all rows as a `[b, 1, hidden]` input, attention per row against its own cache, RoPE at each
+    /// row's own position. Returns the next-token logits `[b, vocab]`; each cache grows by one.
+    /// This is what a continuous-batching server needs: sequences of different lengths that
+    /// joined at different times advance together.
+    pub fn decode_step(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let b = ids.len();
+        if b == 0 || caches.len() != b {
+            candle_core::bail!("decode_step: {b} ids for {} caches", caches.len())
+        }
+        if self.differentiable {
+            candle_core::bail!("decode_step is inference only (the model is in differentiable mode)")
+        }
+        let mut positions = Vec::with_capacity(b);
+        for c in caches.iter() {
+            if c.left_pad.len() > 1 {
+                candle_core::bail!("decode_step: a cache holds a batch of {} sequences; it takes one per cache", c.left_pad.len())
+            }
+            let offset = c.len();
+            if offset + 1 > self.rope.max_positions() {
+                candle_core::bail!("sequence of {} tokens exceeds the model's {} positions", offset + 1, self.rope.max_positions())
+            }
+            positions.push(offset.saturating_sub(c.left_pad.first().copied().unwrap_or(0)) as u32);
+        }
+        let (cos, sin) = self.rope.tables(&rope::positions_tensor(&positions, b, 1, self.device())?)?;
+        let ids = Tensor::from_slice(ids, b, self.device())?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?.reshape((b, 1, self.cfg.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x, false)?;
+            x = (&x + layer.self_attn.decode(&h, &cos, &sin, caches, i, self.cfg.sliding_window)?)?;
+            let h = layer.post_attention_layernorm.forward(&x, false)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        let x = self.norm.forward(&x, false)?;
+        self.lm_head.forward(&x)?.squeeze(1)
     }
 
     /// The LM head on final-normed hidden states `[.., hidden]` → `[.., vocab]`.

@@ -1,0 +1,266 @@
+//! The serving engine: one thread owns the model and runs the loop; the HTTP layer talks to it
+//! through a cheap, cloneable [`EngineHandle`].
+//!
+//! - `api`: the interface (requests, events, errors, stats, config).
+//! - `worker`: the loop — admission from the bounded queue under the batch and KV budgets,
+//!   prefill, one batched decode step per adapter group, cancellation, adapter loading.
+//! - `sequence`: one sequence in flight — its KV cache, sampler, detokenizer, stop strings,
+//!   logprobs and the events it sends.
+//!
+//! Requests wait in a `Mutex<VecDeque>` + `Condvar` rather than a channel: the loop must look at
+//! the head of the queue (does its KV reservation fit?) without taking it, and `/metrics` wants the
+//! exact number waiting.
+
+mod api;
+mod sequence;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use api::*;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use ferrotune_model::{Adapter, ChatTemplate, LoadedModel, Message, ModelError, Tokenizer};
+
+/// What the API layer needs to know about the served model (no tensors).
+pub struct ModelInfo {
+    /// The base model's name as clients address it (`model` field).
+    pub name: String,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<Arc<ChatTemplate>>,
+    /// Token ids that end a generation (unless `ignore_eos`).
+    pub eos_ids: Vec<u32>,
+    /// The model's context in tokens (prompt + completion at most).
+    pub context_len: usize,
+    /// Token ids must be below this (token-id prompts are checked against it).
+    pub vocab_size: usize,
+    /// The limits the engine runs under.
+    pub config: EngineConfig,
+}
+
+impl ModelInfo {
+    /// Render a chat with the model's template, ready for generation; encode the result with
+    /// [`ModelInfo::encode`]`(text, false)` (the template carries its own special tokens).
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ModelError> {
+        let t = self.chat_template.as_ref().ok_or_else(|| {
+            ModelError::Template(format!("{} has no chat template; use a plain prompt", self.name))
+        })?;
+        t.render(messages, add_generation_prompt)
+    }
+
+    /// Text → token ids; `add_bos` for plain prompts (BOS is added only if the model wants it).
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, ModelError> {
+        self.tokenizer.encode(text, add_bos)
+    }
+
+    /// Token ids → text (special tokens skipped), e.g. for `echo` of a token-id prompt.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer.decode(ids, true)
+    }
+
+    /// The text of one token as it appears in the output (for logprob listings).
+    pub fn token_text(&self, id: u32) -> String {
+        self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+}
+
+/// A PEFT adapter loaded for serving. Sequences hold an `Arc` to it, so unloading (which only
+/// removes it from the name table) never pulls the weights from under a sequence in flight.
+pub(crate) struct ServedAdapter {
+    /// Unique for the engine's lifetime (a name may be unloaded and loaded again).
+    pub(crate) id: u64,
+    pub(crate) adapter: Adapter,
+}
+
+/// A request accepted by `submit`, waiting for a slot.
+pub(crate) struct Queued {
+    pub(crate) req: GenRequest,
+    pub(crate) adapter: Option<Arc<ServedAdapter>>,
+}
+
+impl Queued {
+    /// KV tokens this sequence reserves while it runs.
+    pub(crate) fn reservation(&self) -> usize {
+        self.req.prompt.len() + self.req.max_tokens
+    }
+}
+
+pub(crate) struct LoadCommand {
+    pub(crate) name: String,
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) waiting: VecDeque<Queued>,
+    pub(crate) loads: Vec<LoadCommand>,
+}
+
+/// State shared by the handles and the engine thread.
+pub(crate) struct Shared {
+    pub(crate) cfg: EngineConfig,
+    pub(crate) queue: Mutex<Queue>,
+    /// Signalled on every submit and command (the loop sleeps on it when nothing runs).
+    pub(crate) wake: Condvar,
+    pub(crate) adapters: Mutex<BTreeMap<String, Arc<ServedAdapter>>>,
+    pub(crate) running: AtomicUsize,
+    pub(crate) kv_used: AtomicUsize,
+    pub(crate) shutting_down: AtomicBool,
+    /// False once the engine thread has exited.
+    pub(crate) alive: AtomicBool,
+    /// `true` when nothing runs or waits. `submit` sets it false under the queue lock; only the
+    /// loop sets it true, after seeing both empty under that lock — so `drained` never resolves
+    /// while an accepted request is still pending.
+    pub(crate) idle: tokio::sync::watch::Sender<bool>,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (a queue, a
+/// name table) stays consistent, so serving goes on.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Cheap to clone; all clones talk to the same engine thread. The thread exits when the last
+/// handle is dropped (or after `begin_shutdown` once drained).
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+    info: Arc<ModelInfo>,
+}
+
+/// Spawn the engine thread that owns `model`; `name` is the base model's name for clients.
+pub fn start(model: LoadedModel, name: String, cfg: EngineConfig) -> EngineHandle {
+    let info = Arc::new(ModelInfo {
+        name,
+        tokenizer: model.tokenizer.clone(),
+        chat_template: model.chat_template.clone(),
+        eos_ids: model.eos_ids.clone(),
+        context_len: model.config().max_position_embeddings,
+        vocab_size: model.config().vocab_size,
+        config: cfg.clone(),
+    });
+    let (idle, _) = tokio::sync::watch::channel(true);
+    let shared = Arc::new(Shared {
+        cfg,
+        queue: Mutex::new(Queue::default()),
+        wake: Condvar::new(),
+        adapters: Mutex::new(BTreeMap::new()),
+        running: AtomicUsize::new(0),
+        kv_used: AtomicUsize::new(0),
+        shutting_down: AtomicBool::new(false),
+        alive: AtomicBool::new(true),
+        idle,
+    });
+    let (s, i) = (shared.clone(), info.clone());
+    let spawned = std::thread::Builder::new().name("ferrotune-engine".into()).spawn(move || worker::run(model, i, s));
+    if let Err(e) = spawned {
+        tracing::error!("could not start the engine thread: {e}");
+        shared.alive.store(false, Ordering::SeqCst);
+    }
+    EngineHandle { shared, info }
+}
+
+impl EngineHandle {
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Queue a request (never blocks). Events arrive on `req.events`.
+    pub fn submit(&self, mut req: GenRequest) -> Result<(), SubmitError> {
+        let s = &self.shared;
+        if s.shutting_down.load(Ordering::SeqCst) || !s.alive.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let adapter = match req.adapter.as_deref() {
+            None => None,
+            Some(name) if name == self.info.name => {
+                req.adapter = None;
+                None
+            }
+            Some(name) => Some(
+                lock(&s.adapters).get(name).cloned().ok_or_else(|| SubmitError::UnknownAdapter(name.to_string()))?,
+            ),
+        };
+        // Both limits bound one sequence: the KV budget (shared) and the model's context.
+        let budget = s.cfg.kv_token_budget.min(self.info.context_len);
+        if req.prompt.len() + req.max_tokens > budget {
+            return Err(SubmitError::TooLarge { prompt: req.prompt.len(), max_tokens: req.max_tokens, budget });
+        }
+        let mut q = lock(&s.queue);
+        if q.waiting.len() >= s.cfg.queue_capacity {
+            return Err(SubmitError::QueueFull);
+        }
+        q.waiting.push_back(Queued { req, adapter });
+        s.idle.send_replace(false);
+        drop(q);
+        s.wake.notify_one();
+        Ok(())
+    }
+
+    /// Load or unload a LoRA adapter. Loading runs on the engine thread between steps (it needs
+    /// the model's layer shapes). Unloading removes the name at once — new requests for it get
+    /// `UnknownAdapter` — while sequences already running or queued with it finish normally
+    /// (they hold the adapter); its memory is freed when the last one ends.
+    pub async fn adapter(&self, cmd: AdapterCommand) -> Result<(), String> {
+        match cmd {
+            AdapterCommand::Unload { name } => match lock(&self.shared.adapters).remove(&name) {
+                Some(_) => Ok(()),
+                None => Err(format!("no adapter `{name}` is loaded")),
+            },
+            AdapterCommand::Load { name, dir } => {
+                if name.is_empty() || name == self.info.name {
+                    return Err(format!("`{name}` cannot name an adapter (empty, or the base model's name)"));
+                }
+                if lock(&self.shared.adapters).contains_key(&name) {
+                    return Err(format!("an adapter named `{name}` is already loaded"));
+                }
+                if !self.shared.alive.load(Ordering::SeqCst) {
+                    return Err("the engine has stopped".into());
+                }
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                lock(&self.shared.queue).loads.push(LoadCommand { name, dir, reply });
+                self.shared.wake.notify_one();
+                rx.await.unwrap_or_else(|_| Err("the engine stopped before loading the adapter".into()))
+            }
+        }
+    }
+
+    /// Names of the loaded adapters, sorted.
+    pub fn adapters(&self) -> Vec<String> {
+        lock(&self.shared.adapters).keys().cloned().collect()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.shared;
+        EngineStats {
+            running: s.running.load(Ordering::Relaxed),
+            waiting: lock(&s.queue).waiting.len(),
+            kv_used: s.kv_used.load(Ordering::Relaxed),
+            kv_budget: s.cfg.kv_token_budget,
+            adapters: self.adapters(),
+        }
+    }
+
+    /// Refuse new requests (`ShuttingDown`); running and queued ones finish.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    /// Resolves when nothing is running or waiting (at once if the engine is idle).
+    pub async fn drained(&self) {
+        let mut rx = self.shared.idle.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` holds `shared`.
+        let _ = rx.wait_for(|idle| *idle).await;
+    }
+
+    /// Whether the engine thread is running (for `/ready`).
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+}

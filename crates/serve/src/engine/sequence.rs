@@ -1,0 +1,200 @@
+//! One sequence in flight: its own KV cache, sampler, incremental detokenizer and stop strings,
+//! and the events it sends. Text handling is `ferrotune_model::generate`'s (same `TextStream`,
+//! same `StopFilter`), so a request served here produces what `generate` produces alone.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use ferrotune_model::generate::{StopFilter, TextStream};
+use ferrotune_model::{FinishReason, KvCache, LoadedModel, Logits, Sampler};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Event, ModelInfo, Queued, ServedAdapter, TokenLogprob};
+
+pub(crate) struct Sequence<'t> {
+    events: UnboundedSender<Event>,
+    pub(crate) adapter: Option<Arc<ServedAdapter>>,
+    pub(crate) cache: KvCache,
+    /// The token to feed at the next decode step.
+    pub(crate) next: u32,
+    /// KV tokens reserved (prompt + max_tokens), returned to the budget when the sequence ends.
+    pub(crate) reserved: usize,
+    pub(crate) finished: bool,
+    sampler: Sampler,
+    /// Prompt and generated tokens (the repetition penalty looks at both).
+    context: Vec<u32>,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    generated: usize,
+    stream: TextStream<'t>,
+    stop: StopFilter,
+    eos_ids: &'t [u32],
+    ignore_eos: bool,
+    logprobs: Option<usize>,
+    /// A token event held back while the stop filter holds its text: if the sequence then ends
+    /// on EOS, the held text is released in this event (the API has no text-only event).
+    held: Option<(u32, String, Option<TokenLogprob>)>,
+}
+
+impl<'t> Sequence<'t> {
+    /// Prefill the prompt (the adapter, if any, is already attached), send `Started` (and the
+    /// prompt logprobs), and pick the first token. Errors are messages for `Event::Error`.
+    pub(crate) fn start(model: &LoadedModel, info: &'t ModelInfo, q: Queued) -> Result<Self, String> {
+        let Queued { req, adapter } = q;
+        let reserved = req.prompt.len() + req.max_tokens;
+        if req.prompt.is_empty() {
+            return Err("the prompt is empty".into());
+        }
+        if let Some(bad) = req.prompt.iter().find(|&&id| id as usize >= info.vocab_size) {
+            return Err(format!("token id {bad} is outside the vocabulary of {} tokens", info.vocab_size));
+        }
+        let sampler = Sampler::new(req.sampling.clone()).map_err(|e| e.to_string())?;
+        let mut cache = KvCache::new(model.config(), reserved);
+        let ids = Tensor::new(req.prompt.as_slice(), &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(|e| e.to_string())?;
+        let which = if req.prompt_logprobs { Logits::All } else { Logits::Last };
+        let logits = model.model.forward(&ids, None, Some(&mut cache), which).map_err(|e| e.to_string())?;
+        let queue_secs = req.received.elapsed().as_secs_f64();
+        let (last, prompt_lp) = if req.prompt_logprobs {
+            let all = logits.squeeze(0).map_err(|e| e.to_string())?;
+            let k = req.logprobs.unwrap_or(0);
+            let mut lps = Vec::with_capacity(req.prompt.len().saturating_sub(1));
+            let mut last = Vec::new();
+            // One row at a time: the whole `[t, vocab]` block as one Vec would double the peak.
+            for i in 0..req.prompt.len() {
+                let row = row_vec(&all, i)?;
+                match req.prompt.get(i + 1) {
+                    Some(&id) => lps.push(token_logprob(&row, id, k)),
+                    None => last = row,
+                }
+            }
+            (last, Some(lps))
+        } else {
+            (row_vec(&logits, 0)?, None)
+        };
+        let mut seq = Sequence {
+            events: req.events,
+            adapter,
+            cache,
+            next: 0,
+            reserved,
+            finished: false,
+            sampler,
+            context: req.prompt.clone(),
+            prompt_tokens: req.prompt.len(),
+            max_tokens: req.max_tokens,
+            generated: 0,
+            stream: TextStream::new(&info.tokenizer),
+            stop: StopFilter::new(&req.stop),
+            eos_ids: &info.eos_ids,
+            ignore_eos: req.ignore_eos,
+            logprobs: req.logprobs,
+            held: None,
+        };
+        seq.send(Event::Started { queue_secs, prompt_tokens: seq.prompt_tokens });
+        if let Some(lps) = prompt_lp {
+            seq.send(Event::PromptLogprobs(lps));
+        }
+        if seq.max_tokens == 0 {
+            seq.finish(FinishReason::Length);
+        } else {
+            seq.accept(&last);
+        }
+        Ok(seq)
+    }
+
+    /// The client is gone (its receiver was dropped).
+    pub(crate) fn cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Take one row of next-token logits: sample, emit, and decide whether the sequence ends.
+    pub(crate) fn accept(&mut self, logits: &[f32]) {
+        let id = self.sampler.sample(logits, &self.context);
+        let lp = self.logprobs.map(|k| token_logprob(logits, id, k));
+        if !self.ignore_eos && self.eos_ids.contains(&id) {
+            self.finish(FinishReason::Stop);
+            return;
+        }
+        self.generated += 1;
+        self.context.push(id);
+        let (mut text, hit) = match self.stream.push(id) {
+            Ok(Some(piece)) => self.stop.push(&piece),
+            Ok(None) => (String::new(), false),
+            Err(e) => return self.fail(format!("detokenizing: {e}")),
+        };
+        if hit {
+            self.emit(id, text, lp, false);
+            self.finish(FinishReason::Stop);
+        } else if self.generated >= self.max_tokens {
+            text.push_str(&self.stop.flush());
+            self.emit(id, text, lp, false);
+            self.finish(FinishReason::Length);
+        } else {
+            self.emit(id, text, lp, self.stop.holding());
+            self.next = id;
+        }
+    }
+
+    /// Send a token event (after any held one); keep it back instead when `hold`.
+    fn emit(&mut self, id: u32, text: String, lp: Option<TokenLogprob>, hold: bool) {
+        if let Some((id, text, logprob)) = self.held.take() {
+            self.send(Event::Token { id, text, logprob });
+        }
+        if hold {
+            self.held = Some((id, text, lp));
+        } else {
+            self.send(Event::Token { id, text, logprob: lp });
+        }
+    }
+
+    fn finish(&mut self, finish: FinishReason) {
+        let rest = self.stop.flush();
+        if let Some((id, mut text, logprob)) = self.held.take() {
+            text.push_str(&rest);
+            self.send(Event::Token { id, text, logprob });
+        }
+        self.send(Event::Done { finish, prompt_tokens: self.prompt_tokens, completion_tokens: self.generated });
+        self.finished = true;
+    }
+
+    pub(crate) fn fail(&mut self, message: String) {
+        self.send(Event::Error(message));
+        self.finished = true;
+    }
+
+    fn send(&mut self, e: Event) {
+        if self.events.send(e).is_err() {
+            // Receiver gone: nobody to generate for.
+            self.finished = true;
+        }
+    }
+}
+
+/// Row `i` of `[n, vocab]` logits as f32.
+pub(crate) fn row_vec(logits: &Tensor, i: usize) -> Result<Vec<f32>, String> {
+    logits.get(i).and_then(|r| r.to_dtype(DType::F32)).and_then(|r| r.to_vec1()).map_err(|e| e.to_string())
+}
+
+/// Log-probability of `id` under `softmax(logits)` (the model's distribution, before sampling
+/// settings — as OpenAI and vLLM report it), with the `k` most likely tokens.
+pub(crate) fn token_logprob(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let lp = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |&l| l - lse);
+    let mut top = Vec::new();
+    if k > 0 {
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        let k = k.min(idx.len());
+        let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, by_logit);
+            idx.truncate(k);
+        }
+        idx.sort_by(by_logit);
+        top = idx.into_iter().map(|i| (i as u32, lp(i))).collect();
+    }
+    TokenLogprob { id, logprob: lp(id as usize), top }
+}

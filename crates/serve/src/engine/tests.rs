@@ -1,0 +1,437 @@
+//! Engine tests on the tiny random model: outputs equal `ferrotune_model::generate` alone (one
+//! request, five in a continuous batch, with an adapter), limits, cancellation, runtime
+//! adapters, logprobs, shutdown.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use ferrotune_model::{
+    Adapter, FinishReason, GenerateParams, LoadedModel, Logits, LoraSpec, SamplingParams, WeightMode, generate,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn tiny() -> (tempfile::TempDir, LoadedModel) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    ferrotune_model::testing::write_tiny_model(dir.path()).expect("tiny model");
+    let m = ferrotune_model::load_path(dir.path(), WeightMode::F32, &Device::Cpu).expect("load tiny model");
+    (dir, m)
+}
+
+fn request(prompt: &[u32], max_tokens: usize) -> (GenRequest, UnboundedReceiver<Event>) {
+    let (tx, rx) = unbounded_channel();
+    let req = GenRequest {
+        adapter: None,
+        prompt: prompt.to_vec(),
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop: Vec::new(),
+        logprobs: None,
+        prompt_logprobs: false,
+        ignore_eos: false,
+        received: Instant::now(),
+        events: tx,
+    };
+    (req, rx)
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    started: bool,
+    tokens: Vec<u32>,
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    prompt_logprobs: Option<Vec<TokenLogprob>>,
+    finish: Option<FinishReason>,
+    completion_tokens: usize,
+    error: Option<String>,
+}
+
+async fn collect(mut rx: UnboundedReceiver<Event>) -> Outcome {
+    let mut out = Outcome::default();
+    let run = async {
+        while let Some(e) = rx.recv().await {
+            match e {
+                Event::Started { .. } => out.started = true,
+                Event::PromptLogprobs(l) => out.prompt_logprobs = Some(l),
+                Event::Token { id, text, logprob } => {
+                    out.tokens.push(id);
+                    out.text.push_str(&text);
+                    out.logprobs.extend(logprob);
+                }
+                Event::Done { finish, completion_tokens, .. } => {
+                    out.finish = Some(finish);
+                    out.completion_tokens = completion_tokens;
+                    break;
+                }
+                Event::Error(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, run).await.expect("the sequence finished in time");
+    out
+}
+
+fn alone(m: &LoadedModel, prompt: &[u32], max_tokens: usize, stop: &[String], sampling: SamplingParams) -> ferrotune_model::Generation {
+    let params = GenerateParams { max_tokens, sampling, stop: stop.to_vec(), eos_ids: m.eos_ids.clone() };
+    generate(&m.model, &m.tokenizer, prompt, &params, |_| {}).expect("generate")
+}
+
+fn assert_same(got: &Outcome, want: &ferrotune_model::Generation, what: &str) {
+    assert_eq!(got.error, None, "{what}");
+    assert_eq!(got.tokens, want.tokens, "{what}: tokens");
+    assert_eq!(got.text, want.text, "{what}: text");
+    assert_eq!(got.finish, Some(want.finish), "{what}: finish");
+    assert_eq!(got.completion_tokens, want.tokens.len(), "{what}: usage");
+}
+
+fn prompt(m: &LoadedModel, text: &str) -> Vec<u32> {
+    m.tokenizer.encode(text, true).expect("encode")
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < WAIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn greedy_output_through_the_engine_equals_generate_alone() {
+    let (_dir, m) = tiny();
+    let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
+    let p = prompt(&m, "Hello there, engine");
+    let want = alone(&m, &p, 40, &[], SamplingParams::default());
+    let (req, rx) = request(&p, 40);
+    engine.submit(req).expect("submit");
+    let got = collect(rx).await;
+    assert!(got.started);
+    assert_same(&got, &want, "greedy");
+
+    // A stop string taken from the middle of that text: cut there, as generate does.
+    if want.text.chars().count() > 8 {
+        let stop: String = want.text.chars().skip(5).take(3).collect();
+        let want = alone(&m, &p, 40, std::slice::from_ref(&stop), SamplingParams::default());
+        let (mut req, rx) = request(&p, 40);
+        req.stop = vec![stop];
+        engine.submit(req).expect("submit");
+        assert_same(&collect(rx).await, &want, "stop string");
+    }
+
+    // Seeded sampling follows the same random stream.
+    let sampling = SamplingParams { temperature: 0.9, top_p: 0.95, seed: 11, ..Default::default() };
+    let want = alone(&m, &p, 30, &[], sampling.clone());
+    let (mut req, rx) = request(&p, 30);
+    req.sampling = sampling;
+    engine.submit(req).expect("submit");
+    assert_same(&collect(rx).await, &want, "seeded sampling");
+}
+
+#[tokio::test]
+async fn five_concurrent_requests_in_a_continuous_batch_each_equal_generate_alone() {
+    let (_dir, m) = tiny();
+    // Batch of 3 for 5 requests: two wait and join the running batch as others finish.
+    let cfg = EngineConfig { max_batch: 3, ..Default::default() };
+    let engine = start(m.clone(), "tiny".into(), cfg);
+    let cases: Vec<(Vec<u32>, usize)> = vec![
+        (prompt(&m, "a"), 7),
+        (prompt(&m, "The quick brown fox jumps"), 33),
+        (prompt(&m, "Lorem ipsum dolor sit amet, consectetur"), 12),
+        (prompt(&m, "xyz"), 50),
+        (prompt(&m, "Serving with continuous batching"), 21),
+    ];
+    let mut rxs = Vec::new();
+    for (p, n) in &cases {
+        let (mut req, rx) = request(p, *n);
+        req.ignore_eos = true;
+        engine.submit(req).expect("submit");
+        rxs.push(rx);
+    }
+    let outs = futures_join(rxs).await;
+    for ((p, n), got) in cases.iter().zip(&outs) {
+        let params = GenerateParams { max_tokens: *n, sampling: SamplingParams::default(), stop: vec![], eos_ids: vec![] };
+        let want = generate(&m.model, &m.tokenizer, p, &params, |_| {}).expect("generate");
+        assert_same(got, &want, &format!("prompt of {} tokens, max_tokens {n}", p.len()));
+        assert_eq!(got.tokens.len(), *n);
+    }
+    wait_until("the engine is idle", || engine.stats().running == 0).await;
+    assert_eq!(engine.stats().kv_used, 0);
+}
+
+async fn futures_join(rxs: Vec<UnboundedReceiver<Event>>) -> Vec<Outcome> {
+    let handles: Vec<_> = rxs.into_iter().map(|rx| tokio::spawn(collect(rx))).collect();
+    let mut outs = Vec::new();
+    for h in handles {
+        outs.push(h.await.expect("collector task"));
+    }
+    outs
+}
+
+#[tokio::test]
+async fn full_queue_too_large_unknown_adapter_and_shutdown_are_refused() {
+    let (_dir, m) = tiny();
+    let cfg = EngineConfig { max_batch: 1, kv_token_budget: 300, queue_capacity: 2 };
+    let engine = start(m.clone(), "tiny".into(), cfg);
+    let p = prompt(&m, "hi");
+    let (req, _rx) = request(&p, 299);
+    assert_eq!(
+        engine.submit(req).err(),
+        Some(SubmitError::TooLarge { prompt: p.len(), max_tokens: 299, budget: 300 })
+    );
+    let (mut req, _rx) = request(&p, 5);
+    req.adapter = Some("nope".into());
+    assert_eq!(engine.submit(req).err(), Some(SubmitError::UnknownAdapter("nope".into())));
+    // One runs (batch of 1), two wait, the rest find the queue full.
+    let mut results = Vec::new();
+    let mut keep = Vec::new();
+    for _ in 0..6 {
+        let (mut req, rx) = request(&p, 250);
+        req.ignore_eos = true;
+        results.push(engine.submit(req));
+        keep.push(rx);
+    }
+    assert!(results.iter().any(|r| r == &Err(SubmitError::QueueFull)), "{results:?}");
+    // Two fit in the queue; a third only if the loop took the first one out in between.
+    assert!((2..=3).contains(&results.iter().filter(|r| r.is_ok()).count()), "{results:?}");
+    engine.begin_shutdown();
+    let (req, _rx) = request(&p, 5);
+    assert_eq!(engine.submit(req).err(), Some(SubmitError::ShuttingDown));
+    drop(keep);
+    tokio::time::timeout(WAIT, engine.drained()).await.expect("drained");
+}
+
+#[tokio::test]
+async fn closing_the_receiver_cancels_and_frees_the_kv_reservation() {
+    let (_dir, m) = tiny();
+    let cfg = EngineConfig { max_batch: 1, ..Default::default() };
+    let engine = start(m.clone(), "tiny".into(), cfg);
+    let p = prompt(&m, "cancel me");
+    let (mut req, mut rx) = request(&p, 500 - p.len());
+    req.ignore_eos = true;
+    engine.submit(req).expect("submit");
+    // A second one waits behind it (batch of 1); its client leaves while it is queued.
+    let (mut req2, rx2) = request(&p, 100);
+    req2.ignore_eos = true;
+    engine.submit(req2).expect("submit");
+    let first = tokio::time::timeout(WAIT, rx.recv()).await.expect("event");
+    assert!(matches!(first, Some(Event::Started { .. })), "{first:?}");
+    assert_eq!(engine.stats().kv_used, 500);
+    drop(rx2);
+    drop(rx);
+    wait_until("the cancelled sequences are gone", || {
+        let s = engine.stats();
+        s.running == 0 && s.waiting == 0 && s.kv_used == 0
+    })
+    .await;
+    // The engine still serves.
+    let (req, rx) = request(&p, 3);
+    engine.submit(req).expect("submit");
+    assert_eq!(collect(rx).await.error, None);
+}
+
+/// A LoRA adapter with random (nonzero) B, saved in PEFT format.
+fn make_adapter(m: &mut LoadedModel, dir: &std::path::Path) -> Adapter {
+    let a = Adapter::init(&mut m.model, &LoraSpec { dropout: 0.0, r: 4, alpha: 8.0, ..Default::default() }, 9).expect("init");
+    for (name, v) in &a.vars {
+        if name.ends_with("lora_B.weight") {
+            v.set(&Tensor::randn(0f32, 0.5, v.shape(), &Device::Cpu).expect("randn")).expect("set");
+        }
+    }
+    a.save(dir, "tiny").expect("save adapter");
+    a
+}
+
+#[tokio::test]
+async fn runtime_adapter_matches_the_attached_model_and_leaves_base_requests_alone() {
+    let (dir, mut m) = tiny();
+    let adir = dir.path().join("adapter");
+    let adapter = make_adapter(&mut m, &adir);
+    let mut with = m.clone();
+    adapter.attach(&mut with.model);
+    let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
+    engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir.clone() }).await.expect("load");
+    assert_eq!(engine.adapters(), vec!["support".to_string()]);
+    assert!(engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir.clone() }).await.is_err());
+
+    let p = prompt(&m, "Where is my order?");
+    let n = 40;
+    let no_eos = |m: &LoadedModel| {
+        let params = GenerateParams { max_tokens: n, sampling: SamplingParams::default(), stop: vec![], eos_ids: vec![] };
+        generate(&m.model, &m.tokenizer, &p, &params, |_| {}).expect("generate")
+    };
+    let want_base = no_eos(&m);
+    let want_adapter = no_eos(&with);
+    assert_ne!(want_base.tokens, want_adapter.tokens, "the adapter must change the output");
+
+    // Base and adapter requests in flight together (grouped steps in the same iterations).
+    let (mut ra, rxa) = request(&p, n);
+    ra.adapter = Some("support".into());
+    ra.ignore_eos = true;
+    let (mut rb, rxb) = request(&p, n);
+    rb.ignore_eos = true;
+    engine.submit(ra).expect("submit adapter request");
+    engine.submit(rb).expect("submit base request");
+    let outs = futures_join(vec![rxa, rxb]).await;
+    assert_same(&outs[0], &want_adapter, "adapter request");
+    assert_same(&outs[1], &want_base, "base request in the same batch");
+
+    // Unload while a request with the adapter is in flight: it finishes, unchanged.
+    let (mut ra, mut rxa) = request(&p, n);
+    ra.adapter = Some("support".into());
+    ra.ignore_eos = true;
+    engine.submit(ra).expect("submit");
+    let first = tokio::time::timeout(WAIT, rxa.recv()).await.expect("event");
+    assert!(matches!(first, Some(Event::Started { .. })), "{first:?}");
+    engine.adapter(AdapterCommand::Unload { name: "support".into() }).await.expect("unload");
+    assert!(engine.adapters().is_empty());
+    let mut got = collect(rxa).await;
+    got.started = true;
+    assert_same(&got, &want_adapter, "request in flight during unload");
+    let (mut late, _rx) = request(&p, 5);
+    late.adapter = Some("support".into());
+    assert_eq!(engine.submit(late).err(), Some(SubmitError::UnknownAdapter("support".into())));
+    assert!(engine.adapter(AdapterCommand::Unload { name: "support".into() }).await.is_err());
+    // Loading it again (new id) works.
+    engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir }).await.expect("reload");
+    let bad = engine.adapter(AdapterCommand::Load { name: "x".into(), dir: dir.path().join("missing") }).await;
+    assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn logprobs_are_the_model_log_softmax_and_prompt_logprobs_come_from_a_full_prefill() {
+    let (_dir, m) = tiny();
+    let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
+    let p = prompt(&m, "score this");
+    let (mut req, rx) = request(&p, 0);
+    req.prompt_logprobs = true;
+    req.logprobs = Some(2);
+    engine.submit(req).expect("submit");
+    let got = collect(rx).await;
+    assert_eq!((got.finish, got.completion_tokens), (Some(FinishReason::Length), 0));
+    let lps = got.prompt_logprobs.expect("prompt logprobs");
+    assert_eq!(lps.len(), p.len() - 1);
+    let ids = Tensor::new(p.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids");
+    let logits = m.model.forward(&ids, None, None, Logits::All).expect("forward");
+    let lsm = log_softmax_rows(&logits.squeeze(0).expect("squeeze"));
+    for (i, lp) in lps.iter().enumerate() {
+        assert_eq!(lp.id, p[i + 1]);
+        let want = lsm[i][p[i + 1] as usize];
+        assert!((lp.logprob - want).abs() < 1e-4, "position {i}: {} vs {want}", lp.logprob);
+        assert_eq!(lp.top.len(), 2);
+        assert!(lp.top[0].1 >= lp.top[1].1);
+    }
+
+    let (mut req, rx) = request(&p, 5);
+    req.logprobs = Some(3);
+    req.ignore_eos = true;
+    engine.submit(req).expect("submit");
+    let got = collect(rx).await;
+    assert_eq!(got.logprobs.len(), 5);
+    for (lp, &id) in got.logprobs.iter().zip(&got.tokens) {
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!((lp.id, lp.top[0].0), (id, id));
+        assert!((lp.logprob - lp.top[0].1).abs() < 1e-6 && lp.logprob <= 0.0);
+    }
+}
+
+fn log_softmax_rows(logits: &Tensor) -> Vec<Vec<f32>> {
+    let rows: Vec<Vec<f32>> = logits.to_vec2().expect("rows");
+    rows.into_iter()
+        .map(|r| {
+            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + r.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+            r.into_iter().map(|l| l - lse).collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_requests_fail_alone_and_the_loop_goes_on() {
+    let (_dir, m) = tiny();
+    let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
+    let (req, rx_empty) = request(&[], 5);
+    engine.submit(req).expect("submit");
+    let (req, rx_oov) = request(&[1, 100_000], 5);
+    engine.submit(req).expect("submit");
+    let (mut req, rx_bad_sampling) = request(&[1, 2], 5);
+    req.sampling.top_p = 0.0;
+    engine.submit(req).expect("submit");
+    let p = prompt(&m, "fine");
+    let (req, rx_ok) = request(&p, 5);
+    engine.submit(req).expect("submit");
+    let outs = futures_join(vec![rx_empty, rx_oov, rx_bad_sampling, rx_ok]).await;
+    assert!(outs[0].error.as_deref().is_some_and(|e| e.contains("empty")), "{:?}", outs[0]);
+    assert!(outs[1].error.as_deref().is_some_and(|e| e.contains("100000")), "{:?}", outs[1]);
+    assert!(outs[2].error.as_deref().is_some_and(|e| e.contains("top_p")), "{:?}", outs[2]);
+    assert_eq!(outs[3].error, None);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_running_and_queued_requests() {
+    let (_dir, m) = tiny();
+    let cfg = EngineConfig { max_batch: 2, ..Default::default() };
+    let engine = start(m.clone(), "tiny".into(), cfg);
+    let p = prompt(&m, "drain");
+    let mut rxs = Vec::new();
+    for n in [30, 40, 50, 60] {
+        let (mut req, rx) = request(&p, n);
+        req.ignore_eos = true;
+        engine.submit(req).expect("submit");
+        rxs.push(rx);
+    }
+    engine.begin_shutdown();
+    let (req, _rx) = request(&p, 5);
+    assert_eq!(engine.submit(req).err(), Some(SubmitError::ShuttingDown));
+    let collectors: Vec<_> = rxs.into_iter().map(|rx| tokio::spawn(collect(rx))).collect();
+    tokio::time::timeout(WAIT, engine.drained()).await.expect("drained in time");
+    for (c, n) in collectors.into_iter().zip([30, 40, 50, 60]) {
+        let out = c.await.expect("collector");
+        assert_eq!((out.finish, out.completion_tokens), (Some(FinishReason::Length), n));
+    }
+    let s = engine.stats();
+    assert_eq!((s.running, s.waiting, s.kv_used), (0, 0, 0));
+}
+
+/// Not a test: aggregate generated tokens/s on the real default model for 1, 8 and 32 concurrent
+/// greedy requests of 64 tokens, both weight modes. Run with
+/// `cargo test --release -p ferrotune-serve --lib engine::tests::throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement on the real model; minutes"]
+async fn throughput() {
+    let Ok(m0) = ferrotune_model::load("smollm2-135m-instruct", WeightMode::F32, &Device::Cpu) else {
+        eprintln!("skipped: smollm2-135m-instruct is not installed (set FERROTUNE_HOME)");
+        return;
+    };
+    let modes: Vec<(&str, LoadedModel)> = vec![
+        ("f32", m0),
+        ("q4_1", ferrotune_model::load("smollm2-135m-instruct", WeightMode::Quantized, &Device::Cpu).expect("load")),
+    ];
+    let topics = ["the sea", "bread", "a robot", "winter", "trains", "music", "a cat", "gardens"];
+    for (mode, m) in modes {
+        let engine = start(m.clone(), "smollm2".into(), EngineConfig::default());
+        for n in [1usize, 8, 32] {
+            let mut rxs = Vec::new();
+            let t0 = Instant::now();
+            for i in 0..n {
+                let msg = ferrotune_model::Message::new("user", format!("Write a short story about {} number {i}.", topics[i % topics.len()]));
+                let text = engine.info().render_chat(&[msg], true).expect("template");
+                let p = engine.info().encode(&text, false).expect("encode");
+                let (mut req, rx) = request(&p, 64);
+                req.ignore_eos = true;
+                engine.submit(req).expect("submit");
+                rxs.push(rx);
+            }
+            let outs = futures_join(rxs).await;
+            let secs = t0.elapsed().as_secs_f64();
+            let tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
+            eprintln!("{mode}: {n:>2} concurrent x 64 tokens: {tokens} tokens in {secs:.2}s = {:.1} tokens/s aggregate", tokens as f64 / secs);
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The engine loop. Each iteration: load requested adapters; drop queued requests whose client
+//! left; admit from the head of the queue while the batch has room and the KV budget covers the
+//! request's prompt + max_tokens; prefill the admitted ones; then one decode step for every
+//! running sequence; retire finished ones. Sequences join and leave between decode steps
+//! (continuous batching).
+//!
+//! Multi-LoRA: our `LinearAdapter` is attached per layer, not per row, so one forward pass runs
+//! under one adapter. The running sequences are therefore grouped by adapter and each group gets
+//! its own batched step (attach → step → detach): a base request and an adapter request still
+//! advance in the same iteration, at the price of one pass over the base weights per group.
+//! (Per-row LoRA — S-LoRA/Punica-style gathered B·A per row — would fold the groups into one
+//! step; with few adapters in use at once the grouping costs little.)
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferrotune_model::{Adapter, KvCache, LoadedModel};
+
+use super::sequence::{Sequence, row_vec};
+use super::{LoadCommand, ModelInfo, Queued, ServedAdapter, Shared, lock};
+
+/// Prompt tokens prefilled per iteration at most (one request always goes in): a burst of long
+/// prompts must not stall the running sequences' next token for too long.
+const PREFILL_TOKENS_PER_ITERATION: usize = 2048;
+
+/// How often an idle loop looks whether every handle is gone.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Marks the engine stopped however the thread ends, failing whatever still waits, so callers
+/// never hang on a dead engine.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.alive.store(false, Ordering::SeqCst);
+        let mut q = lock(&s.queue);
+        for w in q.waiting.drain(..) {
+            let _ = w.req.events.send(super::Event::Error("the engine stopped".into()));
+        }
+        for l in q.loads.drain(..) {
+            let _ = l.reply.send(Err("the engine stopped".into()));
+        }
+        s.running.store(0, Ordering::SeqCst);
+        s.kv_used.store(0, Ordering::SeqCst);
+        s.idle.send_replace(true);
+    }
+}
+
+/// Which adapter is plugged into the model now (`None` = the base), so consecutive steps of one
+/// group do not re-attach.
+struct Attached(Option<u64>);
+
+impl Attached {
+    fn set(&mut self, model: &mut LoadedModel, want: Option<&Arc<ServedAdapter>>) {
+        let id = want.map(|a| a.id);
+        if self.0 == id {
+            return;
+        }
+        // Detach first: `attach` only replaces the layers the new adapter targets.
+        Adapter::detach(&mut model.model);
+        if let Some(a) = want {
+            a.adapter.attach(&mut model.model);
+        }
+        self.0 = id;
+    }
+}
+
+pub(crate) fn run(mut model: LoadedModel, info: Arc<ModelInfo>, shared: Arc<Shared>) {
+    let guard = ExitGuard(shared);
+    let s = &guard.0;
+    let info: &ModelInfo = &info;
+    let mut running: Vec<Sequence<'_>> = Vec::new();
+    let mut attached = Attached(None);
+    let mut next_adapter_id = 0u64;
+    loop {
+        let Some((loads, admitted)) = take_work(s, running.len(), running_kv(&running)) else { return };
+        for cmd in loads {
+            attached.set(&mut model, None);
+            next_adapter_id += 1;
+            let result = load_adapter(&mut model, s, next_adapter_id, &cmd);
+            let _ = cmd.reply.send(result);
+        }
+        let iteration = catch_unwind(AssertUnwindSafe(|| {
+            for q in admitted {
+                attached.set(&mut model, q.adapter.as_ref());
+                let events = q.req.events.clone();
+                match Sequence::start(&model, info, q) {
+                    Ok(seq) => running.push(seq),
+                    Err(e) => {
+                        let _ = events.send(super::Event::Error(e));
+                    }
+                }
+                publish(s, &running);
+            }
+            decode(&mut model, &mut attached, &mut running);
+        }));
+        if iteration.is_err() {
+            // A bug, not a request's fault — but the loop must go on: fail what was in flight
+            // (their caches may be half-updated) and start clean.
+            tracing::error!("engine iteration panicked; failing {} running sequences", running.len());
+            for seq in running.iter_mut() {
+                seq.fail("internal error in the engine".into());
+            }
+            running.clear();
+            attached = Attached(Some(u64::MAX));
+            attached.set(&mut model, None);
+        }
+        running.retain(|seq| !seq.finished);
+        publish(s, &running);
+    }
+}
+
+fn running_kv(running: &[Sequence<'_>]) -> usize {
+    running.iter().map(|s| s.reserved).sum()
+}
+
+/// Wait for work when idle; then take adapter loads and the requests that fit. `None` = exit
+/// (every handle dropped, or shutting down with nothing left).
+fn take_work(s: &Arc<Shared>, running: usize, mut kv_used: usize) -> Option<(Vec<LoadCommand>, Vec<Queued>)> {
+    let mut q = lock(&s.queue);
+    // Clients that left while queued: drop them before they cost a prefill.
+    q.waiting.retain(|w| !w.req.events.is_closed());
+    if running == 0 {
+        while q.waiting.is_empty() && q.loads.is_empty() {
+            s.running.store(0, Ordering::Relaxed);
+            s.kv_used.store(0, Ordering::Relaxed);
+            s.idle.send_replace(true);
+            // The loop's own Arc is the last one: no handle can submit anything again.
+            if Arc::strong_count(s) == 1 || s.shutting_down.load(Ordering::SeqCst) {
+                return None;
+            }
+            q = s.wake.wait_timeout(q, IDLE_POLL).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            q.waiting.retain(|w| !w.req.events.is_closed());
+        }
+    }
+    let loads = std::mem::take(&mut q.loads);
+    let mut admitted = Vec::new();
+    let mut prefill = 0;
+    while let Some(head) = q.waiting.front() {
+        let need = head.reservation();
+        let room = running + admitted.len() < s.cfg.max_batch;
+        let fits = kv_used + need <= s.cfg.kv_token_budget;
+        let burst = !admitted.is_empty() && prefill + head.req.prompt.len() > PREFILL_TOKENS_PER_ITERATION;
+        if !room || !fits || burst {
+            break;
+        }
+        let Some(w) = q.waiting.pop_front() else { break };
+        kv_used += need;
+        prefill += w.req.prompt.len();
+        admitted.push(w);
+    }
+    Some((loads, admitted))
+}
+
+fn load_adapter(model: &mut LoadedModel, s: &Shared, id: u64, cmd: &LoadCommand) -> Result<(), String> {
+    if lock(&s.adapters).contains_key(&cmd.name) {
+        return Err(format!("an adapter named `{}` is already loaded", cmd.name));
+    }
+    let adapter = Adapter::load(&cmd.dir, &mut model.model).map_err(|e| e.to_string())?;
+    let served = Arc::new(ServedAdapter { id, adapter });
+    lock(&s.adapters).insert(cmd.name.clone(), served);
+    tracing::info!(adapter = %cmd.name, dir = %cmd.dir.display(), "adapter loaded");
+    Ok(())
+}
+
+/// One decode step for every running sequence, one batched step per adapter group.
+fn decode(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequence<'_>]) {
+    for seq in running.iter_mut() {
+        if !seq.finished && seq.cancelled() {
+            seq.finished = true;
+        }
+    }
+    // Group by adapter id (base = 0, adapters count from 1), in a stable order.
+    let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, seq) in running.iter().enumerate() {
+        if !seq.finished {
+            groups.entry(seq.adapter.as_ref().map_or(0, |a| a.id)).or_default().push(i);
+        }
+    }
+    for rows in groups.values() {
+        let Some(&first) = rows.first() else { continue };
+        let adapter = running[first].adapter.clone();
+        attached.set(model, adapter.as_ref());
+        let ids: Vec<u32> = rows.iter().map(|&i| running[i].next).collect();
+        let result = {
+            let mut caches: Vec<&mut KvCache> = Vec::with_capacity(rows.len());
+            // `rows` is increasing, so walking `running` once hands out disjoint borrows.
+            let mut want = rows.iter().peekable();
+            for (i, seq) in running.iter_mut().enumerate() {
+                if want.peek() == Some(&&i) {
+                    want.next();
+                    caches.push(&mut seq.cache);
+                }
+            }
+            model.model.decode_step(&ids, &mut caches)
+        };
+        match result {
+            Ok(logits) => {
+                for (r, &i) in rows.iter().enumerate() {
+                    match row_vec(&logits, r) {
+                        Ok(row) => running[i].accept(&row),
+                        Err(e) => running[i].fail(e),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("decode step failed for {} sequences: {e}", rows.len());
+                for &i in rows {
+                    running[i].fail(format!("decode step failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Update the counters `/metrics` reads.
+fn publish(s: &Shared, running: &[Sequence<'_>]) {
+    let live: Vec<&Sequence<'_>> = running.iter().filter(|q| !q.finished).collect();
+    s.running.store(live.len(), Ordering::Relaxed);
+    s.kv_used.store(live.iter().map(|q| q.reserved).sum(), Ordering::Relaxed);
+}
