@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod eval;
 mod models;
+mod rag;
 mod textgen;
 mod train;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Compare the base model with tuned adapters on test rows (metrics with 95% intervals,
     /// report, regression gate), or score given predictions (`eval score`).
     Eval(eval::EvalArgs),
+    /// Knowledge bases: ingest documents, hybrid retrieval (BM25 + embeddings) with citations,
+    /// retrieval metrics on labelled queries.
+    Rag(rag::RagArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => train::merge(a),
         Command::Data(a) => data::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Rag(a) => rag::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

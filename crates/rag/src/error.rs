@@ -6,8 +6,9 @@ pub type Result<T, E = RagError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RagError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // The io::Error is shown in the message, not chained as a source (it would print twice).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: not valid UTF-8 text (byte {valid_up_to}); convert it to UTF-8 first", path.display())]
     NotUtf8 { path: PathBuf, valid_up_to: usize },
     #[error("{}:{line}: {reason}", path.display())]
@@ -30,22 +31,41 @@ pub enum RagError {
     SettingsMismatch { path: PathBuf, existing: String, requested: String },
     #[error("embedder {}: {reason}", path.display())]
     Embedder { path: PathBuf, reason: String },
+    // Wrapped errors are part of the message, not chained sources (`{:#}` would print them twice).
     #[error("embedding model: {0}")]
-    Model(#[from] ferrotune_model::ModelError),
+    Model(ferrotune_model::ModelError),
     #[error("tensor op: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     #[error("search index: {0}")]
-    Index(#[from] tantivy::TantivyError),
+    Index(tantivy::TantivyError),
     #[error("query {query:?}: {reason}")]
     Query { query: String, reason: String },
 }
 
 impl RagError {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        RagError::Io { path: path.as_ref().to_path_buf(), source }
+        RagError::Io { path: path.as_ref().to_path_buf(), error: source }
     }
 
     pub fn record(path: impl AsRef<Path>, line: usize, reason: impl Into<String>) -> Self {
         RagError::InvalidRecord { path: path.as_ref().to_path_buf(), line, reason: reason.into() }
+    }
+}
+
+impl From<ferrotune_model::ModelError> for RagError {
+    fn from(e: ferrotune_model::ModelError) -> Self {
+        RagError::Model(e)
+    }
+}
+
+impl From<candle_core::Error> for RagError {
+    fn from(e: candle_core::Error) -> Self {
+        RagError::Candle(e)
+    }
+}
+
+impl From<tantivy::TantivyError> for RagError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        RagError::Index(e)
     }
 }

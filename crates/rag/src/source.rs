@@ -202,15 +202,15 @@ mod tests {
     fn jsonl_errors_name_the_line_and_field() {
         let p = Path::new("kb.jsonl");
         let ok = "{\"id\": \"a\", \"text\": \"x\"}\n\n";
-        let e = parse_jsonl(p, &format!("{ok}{{\"text\": \"y\"}}\n")).unwrap_err().to_string();
+        let e = parse_jsonl(p, &format!("{ok}{{\"text\": \"y\"}}\n")).expect_err("invalid record").to_string();
         assert_eq!(e, "kb.jsonl:3: missing field `id`");
-        let e = parse_jsonl(p, &format!("{ok}{{\"id\": \"b\"}}\n")).unwrap_err().to_string();
+        let e = parse_jsonl(p, &format!("{ok}{{\"id\": \"b\"}}\n")).expect_err("invalid record").to_string();
         assert_eq!(e, "kb.jsonl:3: missing field `text`");
-        let e = parse_jsonl(p, "{\"id\": \"b\", \"text\": 3}").unwrap_err().to_string();
+        let e = parse_jsonl(p, "{\"id\": \"b\", \"text\": 3}").expect_err("invalid record").to_string();
         assert_eq!(e, "kb.jsonl:1: field `text` must be a string");
-        let e = parse_jsonl(p, "{\"id\": \"b\", \"text\": \"t\", \"metadata\": [1]}").unwrap_err().to_string();
+        let e = parse_jsonl(p, "{\"id\": \"b\", \"text\": \"t\", \"metadata\": [1]}").expect_err("invalid record").to_string();
         assert_eq!(e, "kb.jsonl:1: field `metadata` must be an object");
-        assert!(parse_jsonl(p, "{oops").unwrap_err().to_string().starts_with("kb.jsonl:1: not a JSON object"));
+        assert!(parse_jsonl(p, "{oops").expect_err("invalid record").to_string().starts_with("kb.jsonl:1: not a JSON object"));
     }
 
     #[test]

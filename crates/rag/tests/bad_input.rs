@@ -13,7 +13,7 @@ fn bad_jsonl_line_names_file_and_line() -> anyhow::Result<()> {
     assert_eq!(err.to_string(), format!("{}:3: missing field `text`", f.display()));
 
     std::fs::write(&f, "{\"id\": \"a\", \"text\": \"fine\"}\nnot json\n")?;
-    let err = collect(&[f.clone()]).expect_err("line 2 is not JSON").to_string();
+    let err = collect(std::slice::from_ref(&f)).expect_err("line 2 is not JSON").to_string();
     assert!(err.starts_with(&format!("{}:2: not a JSON object", f.display())), "{err}");
     Ok(())
 }
@@ -22,12 +22,12 @@ fn bad_jsonl_line_names_file_and_line() -> anyhow::Result<()> {
 fn unreadable_inputs_name_the_file() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let missing = tmp.path().join("missing.md");
-    let err = collect(&[missing.clone()]).expect_err("missing file").to_string();
+    let err = collect(std::slice::from_ref(&missing)).expect_err("missing file").to_string();
     assert!(err.starts_with(&missing.display().to_string()), "{err}");
 
     let latin1 = tmp.path().join("latin1.txt");
     std::fs::write(&latin1, b"caf\xe9")?;
-    let err = collect(&[latin1.clone()]).expect_err("not UTF-8").to_string();
+    let err = collect(std::slice::from_ref(&latin1)).expect_err("not UTF-8").to_string();
     assert_eq!(err, format!("{}: not valid UTF-8 text (byte 3); convert it to UTF-8 first", latin1.display()));
 
     let pdf = tmp.path().join("manual.pdf");
