@@ -68,6 +68,23 @@ impl ModelInfo {
     }
 }
 
+impl std::fmt::Debug for ModelInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelInfo")
+            .field("name", &self.name)
+            .field("context_len", &self.context_len)
+            .field("vocab_size", &self.vocab_size)
+            .field("eos_ids", &self.eos_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").field("model", &self.info.name).field("stats", &self.stats()).finish()
+    }
+}
+
 /// A PEFT adapter loaded for serving. Sequences hold an `Arc` to it, so unloading (which only
 /// removes it from the name table) never pulls the weights from under a sequence in flight.
 pub(crate) struct ServedAdapter {

@@ -11,6 +11,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Event, ModelInfo, Queued, ServedAdapter, TokenLogprob};
 
+/// Output tokens a new sequence's KV cache has room for before it first grows.
+const INITIAL_OUTPUT_CAPACITY: usize = 256;
+
 pub(crate) struct Sequence<'t> {
     events: UnboundedSender<Event>,
     pub(crate) adapter: Option<Arc<ServedAdapter>>,
@@ -49,7 +52,9 @@ impl<'t> Sequence<'t> {
             return Err(format!("token id {bad} is outside the vocabulary of {} tokens", info.vocab_size));
         }
         let sampler = Sampler::new(req.sampling.clone()).map_err(|e| e.to_string())?;
-        let mut cache = KvCache::new(model.config(), reserved);
+        // Preallocate for the prompt and a first stretch of output, not the whole reservation:
+        // clients often ask for far more tokens than they get (the cache grows when needed).
+        let mut cache = KvCache::new(model.config(), req.prompt.len() + req.max_tokens.min(INITIAL_OUTPUT_CAPACITY));
         let ids = Tensor::new(req.prompt.as_slice(), &Device::Cpu)
             .and_then(|t| t.unsqueeze(0))
             .map_err(|e| e.to_string())?;

@@ -415,6 +415,14 @@ async fn throughput() {
     ];
     let topics = ["the sea", "bread", "a robot", "winter", "trains", "music", "a cat", "gardens"];
     for (mode, m) in modes {
+        // Reference: `generate` alone on the first prompt, same process and moment.
+        let msg = ferrotune_model::Message::new("user", "Write a short story about the sea number 0.");
+        let p = m.tokenizer.encode(&m.render_chat(&[msg], true).expect("template"), false).expect("encode");
+        let params = GenerateParams { max_tokens: 64, sampling: SamplingParams::default(), stop: vec![], eos_ids: vec![] };
+        let t0 = Instant::now();
+        let g = generate(&m.model, &m.tokenizer, &p, &params, |_| {}).expect("generate");
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("{mode}: generate() alone: {} tokens in {secs:.2}s = {:.1} tokens/s", g.tokens.len(), g.tokens.len() as f64 / secs);
         let engine = start(m.clone(), "smollm2".into(), EngineConfig::default());
         for n in [1usize, 8, 32] {
             let mut rxs = Vec::new();
