@@ -1,0 +1,144 @@
+//! The shared state, the router (`app`, separate from the listener so tests drive it directly),
+//! and `serve`: run until a shutdown signal, then stop accepting, let in-flight requests finish
+//! (the engine refuses new ones), wait for the engine to drain, and return.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::cache::ResponseCache;
+use crate::config::ServeConfig;
+use crate::engine::EngineHandle;
+use crate::error::ApiError;
+use crate::keys::KeyStore;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
+use crate::routes::embeddings::EmbeddingModel;
+use crate::routes::{chat, completions, embeddings, health, models};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub cfg: Arc<ServeConfig>,
+    /// `None` when auth is off.
+    pub keys: Option<Arc<KeyStore>>,
+    pub limiter: Arc<RateLimiter>,
+    pub cache: ResponseCache,
+    pub metrics: Arc<Metrics>,
+    pub embedder: Option<Arc<EmbeddingModel>>,
+    pub started_unix: u64,
+    adapter_epoch: Arc<AtomicU64>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// `keys` must be `Some` exactly when `cfg.auth` is on.
+    pub fn new(engine: EngineHandle, cfg: ServeConfig, keys: Option<KeyStore>, embedder: Option<EmbeddingModel>) -> Self {
+        let metrics = Arc::new(Metrics::new(&engine.info().name));
+        Self {
+            cache: ResponseCache::new(&cfg.cache),
+            cfg: Arc::new(cfg),
+            keys: keys.map(Arc::new),
+            limiter: Arc::new(RateLimiter::new()),
+            metrics,
+            embedder: embedder.map(Arc::new),
+            started_unix: crate::generation::now_unix(),
+            adapter_epoch: Arc::new(AtomicU64::new(0)),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            engine,
+        }
+    }
+
+    /// The name clients use for the base model.
+    pub fn model_name(&self) -> &str {
+        &self.engine.info().name
+    }
+
+    pub fn adapter_epoch(&self) -> u64 {
+        self.adapter_epoch.load(Ordering::SeqCst)
+    }
+
+    pub fn bump_adapter_epoch(&self) {
+        self.adapter_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// `/ready` turns 503 and the engine refuses new requests; running ones finish.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.engine.begin_shutdown();
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::Internal.into_response()
+}
+
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/models", get(models::list))
+        .route("/v1/load_lora_adapter", post(models::load_adapter))
+        .route("/v1/unload_lora_adapter", post(models::unload_adapter))
+        .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .merge(api)
+        .fallback(health::not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn_with_state(state.clone(), crate::record::request_log))
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves, then shut down gracefully: in-flight requests (streams
+/// included) finish, new connections are refused, and the engine drains. After `timeout` the
+/// remaining connections are abandoned.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        st.begin_shutdown();
+        let _ = fired_tx.send(());
+    };
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(signal).into_future();
+    let deadline = async move {
+        if fired_rx.await.is_ok() {
+            tokio::time::sleep(timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r?,
+        () = deadline => tracing::warn!("shutdown timeout: abandoning open connections"),
+    }
+    if tokio::time::timeout(timeout, state.engine.drained()).await.is_err() {
+        tracing::warn!("shutdown timeout: the engine did not drain");
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Bearer-key authentication and per-key rate limits, as a middleware on the `/v1` routes.
+//! Model scope is checked by the handlers (only they know which model a body names).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::keys::{ApiKey, KEY_PREFIX};
+use crate::metrics::ReasonLabels;
+use crate::record::RequestRecord;
+
+/// Who is calling: a key, or nobody when auth is off (then everything is allowed).
+#[derive(Clone, Debug)]
+pub struct Caller(pub Option<Arc<ApiKey>>);
+
+impl Caller {
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(k) if !k.may_use(model) => Err(ApiError::ModelNotPermitted(model.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn check_admin(&self) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(k) if !k.admin => Err(ApiError::AdminOnly),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let Some(keys) = state.keys.clone() else {
+        req.extensions_mut().insert(Caller(None));
+        return Ok(next.run(req).await);
+    };
+    let secret = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("missing API key: send `Authorization: Bearer <key>`".into()))?
+        .to_string();
+    let invalid = || ApiError::Unauthorized("invalid API key".into());
+    if !secret.starts_with(KEY_PREFIX) {
+        return Err(invalid());
+    }
+    let key = tokio::task::spawn_blocking(move || keys.lookup(&secret))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            tracing::error!("API key lookup failed: {e}");
+            ApiError::Unavailable("the key database is unavailable".into())
+        })?
+        .ok_or_else(invalid)?;
+    if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
+        record.set_key(&key);
+    }
+    if let Err(e) = state.limiter.admit(&key, Instant::now()) {
+        if let ApiError::RateLimited { what, .. } = &e {
+            state.metrics.rate_limited.get_or_create(&ReasonLabels { reason: (*what).into() }).inc();
+        }
+        return Err(e);
+    }
+    req.extensions_mut().insert(Caller(Some(Arc::new(key))));
+    Ok(next.run(req).await)
+}

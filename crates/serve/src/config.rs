@@ -1,0 +1,202 @@
+//! `serve.toml`: the wire struct mirrors the file (every key documented in `examples/serve.toml`),
+//! `validate` checks it once at start-up; command-line flags are applied on top by the binary.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Installed model name or path to a GGUF file / HF directory.
+    pub model: String,
+    /// The name clients put in `model`; default: the installed name, or the file / folder stem.
+    pub served_model_name: Option<String>,
+    pub weights: WeightsSetting,
+    pub host: String,
+    pub port: u16,
+    /// Require `Authorization: Bearer <key>` on the API (keys from `ferrotune keys create`).
+    pub auth: bool,
+    /// Default: `$FERROTUNE_HOME/serve/keys.db`.
+    pub keys_db: Option<PathBuf>,
+    /// Put prompt text in the request log (off: only sizes, for privacy).
+    pub log_prompts: bool,
+    pub max_body_bytes: usize,
+    /// Largest `n` (choices per request).
+    pub max_n: usize,
+    /// `max_tokens` when a request leaves it out; unset = the rest of the model's context.
+    /// (The engine reserves KV room for prompt + max_tokens, so a smaller default lets more
+    /// requests run at once.)
+    pub default_max_tokens: Option<usize>,
+    /// Seconds to wait for in-flight requests on SIGINT/SIGTERM before exiting anyway.
+    pub shutdown_timeout_secs: u64,
+    /// LoRA adapters loaded at start-up: name → PEFT directory.
+    pub adapters: BTreeMap<String, PathBuf>,
+    pub engine: EngineConfig,
+    pub cache: CacheConfig,
+    pub embeddings: EmbeddingsConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model: ferrotune_model::store::DEFAULT_MODEL.to_string(),
+            served_model_name: None,
+            weights: WeightsSetting::F32,
+            host: "127.0.0.1".into(),
+            port: 8000,
+            auth: true,
+            keys_db: None,
+            log_prompts: false,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_n: 16,
+            default_max_tokens: None,
+            shutdown_timeout_secs: 60,
+            adapters: BTreeMap::new(),
+            engine: EngineConfig::default(),
+            cache: CacheConfig::default(),
+            embeddings: EmbeddingsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsSetting {
+    /// Everything in f32 (the reference path).
+    F32,
+    /// Keep a GGUF's quantized blocks (faster decode; HF directories load in f32 anyway).
+    Quantized,
+}
+
+impl WeightsSetting {
+    pub fn mode(self) -> ferrotune_model::WeightMode {
+        match self {
+            Self::F32 => ferrotune_model::WeightMode::F32,
+            Self::Quantized => ferrotune_model::WeightMode::Quantized,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Cache responses to deterministic requests (temperature 0 or a seed; not streamed).
+    pub enabled: bool,
+    pub max_entries: u64,
+    pub ttl_secs: u64,
+    /// Not implemented yet: setting it is refused at start-up rather than silently ignored.
+    pub redis_url: Option<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_entries: 4096, ttl_secs: 600, redis_url: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingsConfig {
+    /// Sentence embedder for `/v1/embeddings` (installed name or directory); "" turns it off.
+    /// The default embedder is used when installed and skipped with a warning when not.
+    pub model: String,
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        Self { model: ferrotune_model::store::DEFAULT_EMBEDDER.to_string() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("invalid setting `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl ServeConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        if self.model.is_empty() {
+            return bad("model", "must name a model");
+        }
+        if self.host.parse::<IpAddr>().is_err() && self.host != "localhost" {
+            return bad("host", "must be an IP address (or localhost)");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes", "must be at least 1024");
+        }
+        if self.default_max_tokens == Some(0) {
+            return bad("default_max_tokens", "must be at least 1 (leave it out for the rest of the context)");
+        }
+        if self.max_n == 0 {
+            return bad("max_n", "must be at least 1");
+        }
+        let e = &self.engine;
+        if e.max_batch == 0 || e.kv_token_budget == 0 || e.queue_capacity == 0 {
+            return bad("engine", "max_batch, kv_token_budget and queue_capacity must be positive");
+        }
+        if self.cache.enabled && (self.cache.max_entries == 0 || self.cache.ttl_secs == 0) {
+            return bad("cache", "max_entries and ttl_secs must be positive when the cache is on");
+        }
+        if self.cache.redis_url.as_deref().is_some_and(|u| !u.is_empty()) {
+            return bad("cache.redis_url", "the Redis cache is not implemented yet; remove the key");
+        }
+        for name in self.adapters.keys() {
+            crate::routes::models::check_adapter_name(name).map_err(|reason| ConfigError::Invalid { field: "adapters", reason })?;
+        }
+        Ok(())
+    }
+
+    /// True when `host` only accepts connections from this machine.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    pub fn keys_db_path(&self) -> PathBuf {
+        self.keys_db.clone().unwrap_or_else(crate::keys::default_db_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/serve.toml");
+        let cfg = ServeConfig::from_file(&path).expect("examples/serve.toml");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg, ServeConfig::default(), "examples/serve.toml should document the defaults");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<ServeConfig>("prot = 1").is_err());
+        assert!(toml::from_str::<ServeConfig>("[cache]\nttl = 1").is_err());
+    }
+
+    #[test]
+    fn loopback_detection() {
+        let mut c = ServeConfig::default();
+        assert!(c.is_loopback());
+        c.host = "0.0.0.0".into();
+        assert!(!c.is_loopback());
+        c.host = "::1".into();
+        assert!(c.is_loopback());
+    }
+}

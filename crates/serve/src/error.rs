@@ -1,0 +1,194 @@
+//! Every way a request can fail, mapped exhaustively to an HTTP status and OpenAI's error body
+//! `{"error":{"message","type","code","param"}}`. Internal details never reach the client: engine
+//! failures are logged and answered with a generic message.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::engine::SubmitError;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// A field has a bad value (400); `param` names it as a JSON path (`messages[0].content`).
+    #[error("{message}")]
+    InvalidField { param: String, message: String },
+    /// The body is not JSON at all, or not an object (400).
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("this API key may not use `{0}`")]
+    ModelNotPermitted(String),
+    #[error("this endpoint needs an API key with admin scope")]
+    AdminOnly,
+    #[error("the model `{0}` does not exist")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this endpoint does not take that HTTP method")]
+    MethodNotAllowed,
+    #[error("rate limit reached ({what} per minute); retry after {} s", retry_after.as_secs().max(1))]
+    RateLimited { what: &'static str, retry_after: Duration },
+    #[error("the server is busy (request queue full); retry later")]
+    QueueFull,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Unavailable(String),
+    /// Logged in full where it happens; the client sees only this generic text.
+    #[error("internal error while generating; see the server log (request id in x-request-id)")]
+    Internal,
+}
+
+/// Put on error responses so the request log and the failure counter know why a request failed.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureReason(pub &'static str);
+
+impl ApiError {
+    pub fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField { param: param.into(), message: message.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::ModelNotPermitted(_) | Self::AdminOnly => StatusCode::FORBIDDEN,
+            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull | Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// (OpenAI `type`, `code`): the type groups errors the way OpenAI's clients expect.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::InvalidField { .. } => ("invalid_request_error", "invalid_value"),
+            Self::InvalidJson(_) => ("invalid_request_error", "invalid_json"),
+            Self::BodyTooLarge { .. } => ("invalid_request_error", "body_too_large"),
+            Self::Unauthorized(_) => ("invalid_request_error", "invalid_api_key"),
+            Self::ModelNotPermitted(_) => ("permission_error", "model_not_permitted"),
+            Self::AdminOnly => ("permission_error", "admin_required"),
+            Self::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            Self::NotFound(_) => ("invalid_request_error", "not_found"),
+            Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
+            Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::QueueFull => ("server_error", "queue_full"),
+            Self::ShuttingDown => ("server_error", "shutting_down"),
+            Self::Unavailable(_) => ("server_error", "unavailable"),
+            Self::Internal => ("server_error", "internal_error"),
+        }
+    }
+
+    /// The label of the failed-requests counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. } | Self::InvalidJson(_) | Self::BodyTooLarge { .. } | Self::MethodNotAllowed => {
+                "invalid_request"
+            }
+            Self::Unauthorized(_) => "unauthorized",
+            Self::ModelNotPermitted(_) | Self::AdminOnly => "forbidden",
+            Self::ModelNotFound(_) | Self::NotFound(_) => "not_found",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::QueueFull => "queue_full",
+            Self::ShuttingDown => "shutting_down",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { param, .. } => Some(param),
+            Self::ModelNotFound(_) | Self::ModelNotPermitted(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Self::QueueFull => Some(1),
+            Self::ShuttingDown => Some(5),
+            _ => None,
+        }
+    }
+
+    /// The JSON body (also sent as an SSE event when a stream fails after it started).
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = self.kind();
+        json!({"error": {"message": self.to_string(), "type": kind, "code": code, "param": self.param()}})
+    }
+
+    /// Map an engine refusal; `model` is the name the client asked for.
+    pub fn from_submit(e: SubmitError, model: &str) -> Self {
+        match e {
+            SubmitError::QueueFull => Self::QueueFull,
+            SubmitError::UnknownAdapter(_) => Self::ModelNotFound(model.to_string()),
+            e @ SubmitError::TooLarge { .. } => Self::field("max_tokens", e.to_string()),
+            SubmitError::ShuttingDown => Self::ShuttingDown,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, Self::Unauthorized(_)) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp.extensions_mut().insert(FailureReason(self.reason()));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_body_has_the_openai_shape() {
+        let all = [
+            ApiError::field("messages[0].role", "bad"),
+            ApiError::InvalidJson("x".into()),
+            ApiError::BodyTooLarge { limit: 1 },
+            ApiError::Unauthorized("no key".into()),
+            ApiError::ModelNotPermitted("m".into()),
+            ApiError::AdminOnly,
+            ApiError::ModelNotFound("m".into()),
+            ApiError::NotFound("x".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::RateLimited { what: "requests", retry_after: Duration::from_millis(1500) },
+            ApiError::QueueFull,
+            ApiError::ShuttingDown,
+            ApiError::Unavailable("x".into()),
+            ApiError::Internal,
+        ];
+        for e in all {
+            let b = e.body();
+            let err = &b["error"];
+            assert!(err["message"].is_string() && err["type"].is_string() && err["code"].is_string(), "{b}");
+            assert!(err.get("param").is_some(), "{b}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_rounds_retry_after_up() {
+        let e = ApiError::RateLimited { what: "requests", retry_after: Duration::from_millis(1500) };
+        assert_eq!(e.retry_after(), Some(2));
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+}

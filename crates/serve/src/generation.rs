@@ -1,0 +1,355 @@
+//! What chat and completions share: validated sampling parameters, the model / adapter a request
+//! names, submitting one engine request per (prompt, choice), and reading the events back while
+//! recording the latency metrics. Receivers are owned by whoever reads them; dropping one (the
+//! handler future or the SSE stream going away with the client) tells the engine to cancel.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferrotune_model::{FinishReason, SamplingParams};
+use futures_util::future::join_all;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::engine::{Event, GenRequest, TokenLogprob};
+use crate::error::ApiError;
+use crate::metrics::{FinishLabels, Metrics, ModelLabels};
+use crate::openai::{MAX_LOGPROBS, SamplingFields, Stop};
+
+/// The model a request resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// As the client named it (echoed in responses).
+    pub name: String,
+    /// `None` = the base model.
+    pub adapter: Option<String>,
+}
+
+/// Resolve `model` to the base or a loaded adapter (404 otherwise), then check the key's scope.
+pub fn resolve_model(state: &AppState, caller: &Caller, model: &str) -> Result<Target, ApiError> {
+    let target = if model == state.model_name() {
+        Target { name: model.to_string(), adapter: None }
+    } else if state.engine.adapters().iter().any(|a| a == model) {
+        Target { name: model.to_string(), adapter: Some(model.to_string()) }
+    } else {
+        return Err(ApiError::ModelNotFound(model.to_string()));
+    };
+    caller.check_model(model)?;
+    Ok(target)
+}
+
+/// Sampling settings after validation.
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub seed_given: bool,
+    pub stop: Vec<String>,
+    pub n: usize,
+    pub ignore_eos: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl GenParams {
+    pub fn from_fields(f: &SamplingFields, max_tokens: Option<u32>, max_n: usize) -> Result<Self, ApiError> {
+        let temperature = f.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::field("temperature", "must be between 0 and 2"));
+        }
+        let top_p = f.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::field("top_p", "must be in (0, 1]"));
+        }
+        let repetition_penalty = f.repetition_penalty.unwrap_or(1.0);
+        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite() && repetition_penalty <= 10.0) {
+            return Err(ApiError::field("repetition_penalty", "must be in (0, 10]"));
+        }
+        for (name, v) in [("presence_penalty", f.presence_penalty), ("frequency_penalty", f.frequency_penalty)] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::field(name, "is not supported (use repetition_penalty)"));
+            }
+        }
+        let n = f.n.unwrap_or(1) as usize;
+        if n == 0 || n > max_n {
+            return Err(ApiError::field("n", format!("must be between 1 and {max_n}")));
+        }
+        let stop = match &f.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > 16 {
+            return Err(ApiError::field("stop", "at most 16 stop strings"));
+        }
+        if stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+            return Err(ApiError::field("stop", "stop strings must be 1 to 256 bytes"));
+        }
+        let seed_given = f.seed.is_some();
+        let seed = f.seed.unwrap_or_else(rand::random);
+        let stream = f.stream.unwrap_or(false);
+        Ok(Self {
+            max_tokens: max_tokens.map(|m| m as usize),
+            sampling: SamplingParams {
+                temperature,
+                top_p,
+                top_k: f.top_k.filter(|&k| k > 0).map_or(0, |k| k as usize),
+                repetition_penalty,
+                seed,
+            },
+            seed_given,
+            stop,
+            n,
+            ignore_eos: f.ignore_eos.unwrap_or(false),
+            stream,
+            include_usage: stream && f.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        })
+    }
+
+    /// Same request, same answer: greedy, or sampled from a fixed seed.
+    pub fn deterministic(&self) -> bool {
+        self.sampling.temperature == 0.0 || self.seed_given
+    }
+
+    /// New tokens for a prompt of `prompt_len`: the request's `max_tokens` if it fits the
+    /// context, else the rest of the context (or the server's default, if smaller).
+    pub fn budget(&self, prompt_len: usize, context: usize, default: Option<usize>, prompt_field: &str) -> Result<usize, ApiError> {
+        if prompt_len == 0 {
+            return Err(ApiError::field(prompt_field, "the prompt is empty"));
+        }
+        if prompt_len > context || (prompt_len == context && self.max_tokens != Some(0)) {
+            return Err(ApiError::field(
+                prompt_field,
+                format!("the prompt is {prompt_len} tokens; the model's context holds {context}"),
+            ));
+        }
+        let rest = context - prompt_len;
+        match self.max_tokens {
+            Some(m) if m > rest => Err(ApiError::field(
+                "max_tokens",
+                format!("max_tokens {m} + {prompt_len} prompt tokens exceeds the context of {context} tokens"),
+            )),
+            Some(m) => Ok(m),
+            None => Ok(default.map_or(rest, |d| d.min(rest))),
+        }
+    }
+}
+
+/// One engine request to make.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub logprobs: Option<usize>,
+    pub prompt_logprobs: bool,
+}
+
+/// Submit `n` choices for each job; choice `j` of a seeded request uses seed + j, so the choices
+/// differ yet the whole answer is reproducible. On a refusal the receivers made so far are
+/// dropped, which cancels their sequences.
+pub fn submit(
+    state: &AppState,
+    target: &Target,
+    params: &GenParams,
+    jobs: &[Job],
+    received: Instant,
+) -> Result<Vec<UnboundedReceiver<Event>>, ApiError> {
+    let mut out = Vec::with_capacity(jobs.len() * params.n);
+    for job in jobs {
+        for j in 0..params.n {
+            let (tx, rx) = unbounded_channel();
+            let mut sampling = params.sampling.clone();
+            sampling.seed = sampling.seed.wrapping_add(j as u64);
+            let req = GenRequest {
+                adapter: target.adapter.clone(),
+                prompt: job.prompt.clone(),
+                max_tokens: job.max_tokens,
+                sampling,
+                stop: params.stop.clone(),
+                logprobs: job.logprobs,
+                prompt_logprobs: job.prompt_logprobs,
+                ignore_eos: params.ignore_eos,
+                received,
+                events: tx,
+            };
+            state.engine.submit(req).map_err(|e| ApiError::from_submit(e, &target.name))?;
+            out.push(rx);
+        }
+    }
+    Ok(out)
+}
+
+/// Records the latency metrics of one sequence as its events go by.
+pub struct Tracker {
+    metrics: Arc<Metrics>,
+    labels: ModelLabels,
+    received: Instant,
+    last_token: Option<Instant>,
+}
+
+impl Tracker {
+    pub fn new(state: &AppState, target: &Target, received: Instant) -> Self {
+        Self { metrics: state.metrics.clone(), labels: state.metrics.labels(target.adapter.as_deref()), received, last_token: None }
+    }
+
+    pub fn observe(&mut self, ev: &Event) {
+        let m = &self.metrics;
+        match ev {
+            Event::Started { queue_secs, prompt_tokens } => {
+                m.queue_time.get_or_create(&self.labels).observe(*queue_secs);
+                m.prompt_tokens.get_or_create(&self.labels).inc_by(*prompt_tokens as u64);
+            }
+            Event::PromptLogprobs(_) => {}
+            Event::Token { .. } => {
+                let now = Instant::now();
+                match self.last_token {
+                    None => m.ttft.get_or_create(&self.labels).observe((now - self.received).as_secs_f64()),
+                    Some(t) => m.inter_token.get_or_create(&self.labels).observe((now - t).as_secs_f64()),
+                }
+                self.last_token = Some(now);
+                m.generation_tokens.get_or_create(&self.labels).inc();
+            }
+            Event::Done { finish, .. } => {
+                m.e2e.get_or_create(&self.labels).observe(self.received.elapsed().as_secs_f64());
+                let labels = FinishLabels {
+                    model: self.labels.model.clone(),
+                    adapter: self.labels.adapter.clone(),
+                    finished_reason: finish.as_str().into(),
+                };
+                m.success.get_or_create(&labels).inc();
+            }
+            Event::Error(msg) => {
+                tracing::error!("generation failed: {msg}");
+            }
+        }
+    }
+}
+
+/// One generated token with its text piece.
+#[derive(Debug, Clone)]
+pub struct GenToken {
+    pub id: u32,
+    pub text: String,
+    pub logprob: Option<TokenLogprob>,
+}
+
+/// A finished choice.
+#[derive(Debug, Clone)]
+pub struct ChoiceOut {
+    pub text: String,
+    pub tokens: Vec<GenToken>,
+    pub prompt_logprobs: Option<Vec<TokenLogprob>>,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+pub async fn collect_one(mut rx: UnboundedReceiver<Event>, mut tracker: Tracker) -> Result<ChoiceOut, ApiError> {
+    let mut out = ChoiceOut {
+        text: String::new(),
+        tokens: vec![],
+        prompt_logprobs: None,
+        finish: FinishReason::Stop,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    };
+    while let Some(ev) = rx.recv().await {
+        tracker.observe(&ev);
+        match ev {
+            Event::Started { .. } => {}
+            Event::PromptLogprobs(p) => out.prompt_logprobs = Some(p),
+            Event::Token { id, text, logprob } => {
+                out.text.push_str(&text);
+                out.tokens.push(GenToken { id, text, logprob });
+            }
+            Event::Done { finish, prompt_tokens, completion_tokens } => {
+                out.finish = finish;
+                out.prompt_tokens = prompt_tokens;
+                out.completion_tokens = completion_tokens;
+                return Ok(out);
+            }
+            Event::Error(_) => return Err(ApiError::Internal),
+        }
+    }
+    tracing::error!("the engine closed a sequence without a Done event");
+    Err(ApiError::Internal)
+}
+
+/// Read every choice to the end, concurrently (so each one's timings are its own).
+pub async fn collect_all(
+    state: &AppState,
+    target: &Target,
+    rxs: Vec<UnboundedReceiver<Event>>,
+    received: Instant,
+) -> Result<Vec<ChoiceOut>, ApiError> {
+    let futs = rxs.into_iter().map(|rx| collect_one(rx, Tracker::new(state, target, received)));
+    join_all(futs).await.into_iter().collect()
+}
+
+/// The text of a single token, for logprob listings.
+pub fn token_text(tok: &ferrotune_model::Tokenizer, id: u32) -> String {
+    tok.decode(&[id], false).unwrap_or_default()
+}
+
+/// `logprobs` / `top_logprobs` as asked, checked against [`MAX_LOGPROBS`].
+pub fn check_logprobs(field: &str, k: u32) -> Result<usize, ApiError> {
+    if k > MAX_LOGPROBS {
+        return Err(ApiError::field(field, format!("at most {MAX_LOGPROBS}")));
+    }
+    Ok(k as usize)
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(json: serde_json::Value) -> SamplingFields {
+        serde_json::from_value(json).expect("fields")
+    }
+
+    #[test]
+    fn budget_defaults_to_the_rest_of_the_context_and_refuses_overflow() {
+        let p = GenParams::from_fields(&fields(serde_json::json!({})), None, 4).expect("params");
+        assert_eq!(p.budget(10, 100, None, "prompt").ok(), Some(90));
+        assert_eq!(p.budget(10, 100, Some(16), "prompt").ok(), Some(16));
+        let p = GenParams::from_fields(&fields(serde_json::json!({})), Some(91), 4).expect("params");
+        assert!(matches!(p.budget(10, 100, None, "prompt"), Err(ApiError::InvalidField { param, .. }) if param == "max_tokens"));
+        assert!(matches!(p.budget(100, 100, None, "prompt"), Err(ApiError::InvalidField { param, .. }) if param == "prompt"));
+        let zero = GenParams::from_fields(&fields(serde_json::json!({})), Some(0), 4).expect("params");
+        assert_eq!(zero.budget(100, 100, None, "prompt").ok(), Some(0), "echo scoring of a full context");
+    }
+
+    #[test]
+    fn bad_sampling_values_name_their_field() {
+        for (body, field) in [
+            (serde_json::json!({"temperature": 3.0}), "temperature"),
+            (serde_json::json!({"top_p": 0.0}), "top_p"),
+            (serde_json::json!({"n": 0}), "n"),
+            (serde_json::json!({"n": 99}), "n"),
+            (serde_json::json!({"stop": [""]}), "stop"),
+            (serde_json::json!({"presence_penalty": 0.5}), "presence_penalty"),
+        ] {
+            match GenParams::from_fields(&fields(body.clone()), None, 4) {
+                Err(ApiError::InvalidField { param, .. }) => assert_eq!(param, field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn determinism_means_greedy_or_seeded() {
+        let greedy = GenParams::from_fields(&fields(serde_json::json!({"temperature": 0})), None, 1).expect("p");
+        let seeded = GenParams::from_fields(&fields(serde_json::json!({"seed": 3})), None, 1).expect("p");
+        let random = GenParams::from_fields(&fields(serde_json::json!({})), None, 1).expect("p");
+        assert!(greedy.deterministic() && seeded.deterministic() && !random.deterministic());
+    }
+}

@@ -1,0 +1,131 @@
+//! `POST /v1/chat/completions`: messages rendered with the model's own chat template.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use ferrotune_model::{Message, Tokenizer};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::engine::TokenLogprob;
+use crate::error::ApiError;
+use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_model, submit, token_text};
+use crate::json::{self, JsonBody};
+use crate::openai::{ChatRequest, SamplingFields};
+use crate::record::RequestRecord;
+use crate::routes::{CacheKey, cache_lookup};
+use crate::stream::{ChunkKind, StreamSpec, sse_response};
+
+/// A token in the chat logprobs format (`{"token","logprob","bytes","top_logprobs"}`).
+pub fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let s = token_text(tok, id);
+        json!({"token": s, "logprob": logprob, "bytes": s.as_bytes()})
+    };
+    let mut v = entry(lp.id, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+    v
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(record): Extension<Arc<RequestRecord>>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let req: ChatRequest = json::parse(&body)?;
+    let fields: SamplingFields = json::parse(&body)?;
+    record.set_model(&req.model);
+    let target = resolve_model(&state, &caller, &req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::field("messages", "at least one message is needed"));
+    }
+    let mut msgs = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if m.role.is_empty() {
+            return Err(ApiError::field(format!("messages[{i}].role"), "empty role"));
+        }
+        msgs.push(Message::new(m.role.clone(), m.text(i)?));
+    }
+    let info = state.engine.info();
+    let rendered = info
+        .render_chat(&msgs, true)
+        .map_err(|e| ApiError::field("messages", format!("the model's chat template refused these messages: {e}")))?;
+    record.set_prompt(|| rendered.clone());
+    // The template writes any BOS itself (as transformers' apply_chat_template does).
+    let prompt = info
+        .tokenizer
+        .encode(&rendered, false)
+        .map_err(|e| ApiError::field("messages", format!("could not tokenize the rendered chat: {e}")))?;
+    let params = GenParams::from_fields(&fields, req.max_completion_tokens.or(fields.max_tokens), state.cfg.max_n)?;
+    if params.max_tokens == Some(0) {
+        return Err(ApiError::field("max_tokens", "must be at least 1"));
+    }
+    let max_tokens = params.budget(prompt.len(), info.context_len, state.cfg.default_max_tokens, "messages")?;
+    let logprobs = match (req.logprobs, req.top_logprobs) {
+        (Some(true), k) => Some(check_logprobs("top_logprobs", k.unwrap_or(0))?),
+        (_, Some(k)) if k > 0 => return Err(ApiError::field("top_logprobs", "needs `logprobs: true`")),
+        _ => None,
+    };
+    let jobs = [Job { prompt, max_tokens, logprobs, prompt_logprobs: false }];
+
+    let cache_key = (!params.stream && params.deterministic() && state.cache.enabled())
+        .then(|| crate::cache::key_of(&CacheKey::new("chat", &target, state.adapter_epoch(), &params, &jobs)));
+    if let Some(hit) = cache_lookup(&state, &record, &target, cache_key.as_deref(), "chatcmpl") {
+        return Ok(hit);
+    }
+
+    let rxs = submit(&state, &target, &params, &jobs, received)?;
+    let id = new_id("chatcmpl");
+    let created = now_unix();
+    if params.stream {
+        let spec = StreamSpec {
+            kind: ChunkKind::Chat,
+            id,
+            created,
+            model: target.name.clone(),
+            n: params.n,
+            logprobs: logprobs.is_some(),
+            include_usage: params.include_usage,
+            echo: None,
+        };
+        let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received)).collect();
+        return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));
+    }
+    let outs = collect_all(&state, &target, rxs, received).await?;
+    let prompt_tokens = outs.first().map_or(0, |o| o.prompt_tokens);
+    let completion_tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
+    record.add_tokens(prompt_tokens, completion_tokens);
+    let choices: Vec<Value> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let lp = logprobs.map(|_| {
+                json!({"content": o.tokens.iter().filter_map(|t| t.logprob.as_ref().map(|lp| chat_logprob(&info.tokenizer, lp))).collect::<Vec<_>>()})
+            });
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": o.text},
+                "logprobs": lp,
+                "finish_reason": o.finish.as_str(),
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "object": "chat.completion",
+        "model": target.name,
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    });
+    if let Some(k) = cache_key {
+        state.cache.put(k, body.clone());
+    }
+    body["id"] = id.into();
+    body["created"] = created.into();
+    Ok(Json(body).into_response())
+}

@@ -1,0 +1,105 @@
+//! From a validated config to a running [`AppState`]: load the model, start the engine, load the
+//! start-up adapters, open the key database, load the embedder. Also the exposure rule: a
+//! server without auth only binds to loopback unless the operator insists.
+
+use candle_core::Device;
+
+use crate::app::AppState;
+use crate::config::{ConfigError, ServeConfig};
+use crate::engine::{self, AdapterCommand};
+use crate::keys::{KeyError, KeyStore};
+use crate::routes::embeddings::EmbeddingModel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("loading model {spec}: {source}")]
+    Model { spec: String, source: ferrotune_model::ModelError },
+    #[error("loading adapter `{name}` from {dir}: {reason}")]
+    Adapter { name: String, dir: String, reason: String },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("loading the embedder {spec}: {reason}")]
+    Embedder { spec: String, reason: String },
+    #[error(
+        "refusing to serve {host} without authentication: auth is off and the address is reachable from \
+         other machines; turn auth on, bind to 127.0.0.1, or pass --insecure-no-auth"
+    )]
+    Exposed { host: String },
+}
+
+/// Auth off is for local development: only on loopback, unless `insecure_no_auth`.
+pub fn check_exposure(cfg: &ServeConfig, insecure_no_auth: bool) -> Result<(), StartError> {
+    if !cfg.auth && !cfg.is_loopback() && !insecure_no_auth {
+        return Err(StartError::Exposed { host: cfg.host.clone() });
+    }
+    Ok(())
+}
+
+/// The name clients use for the base: `served_model_name`, else the installed name, else the
+/// file or folder stem.
+pub fn served_name(cfg: &ServeConfig) -> String {
+    if let Some(n) = cfg.served_model_name.as_ref().filter(|n| !n.is_empty()) {
+        return n.clone();
+    }
+    if ferrotune_model::store::known(&cfg.model).is_some() {
+        return cfg.model.clone();
+    }
+    let p = std::path::Path::new(&cfg.model);
+    p.file_stem().and_then(|s| s.to_str()).map_or_else(|| cfg.model.clone(), str::to_string)
+}
+
+pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
+    cfg.validate()?;
+    let spec = cfg.model.clone();
+    let mode = cfg.weights.mode();
+    let model = tokio::task::spawn_blocking(move || ferrotune_model::load(&spec, mode, &Device::Cpu))
+        .await
+        .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })?
+        .map_err(|source| StartError::Model { spec: cfg.model.clone(), source })?;
+    let name = served_name(&cfg);
+    let engine = engine::start(model, name.clone(), cfg.engine.clone());
+    for (adapter, dir) in &cfg.adapters {
+        engine
+            .adapter(AdapterCommand::Load { name: adapter.clone(), dir: dir.clone() })
+            .await
+            .map_err(|reason| StartError::Adapter { name: adapter.clone(), dir: dir.display().to_string(), reason })?;
+    }
+    let keys = if cfg.auth {
+        let store = KeyStore::open(&cfg.keys_db_path())?;
+        if store.live_count()? == 0 {
+            tracing::warn!(
+                "auth is on and {} holds no keys: every API request will get 401; create one with `ferrotune keys create --name NAME`",
+                cfg.keys_db_path().display()
+            );
+        }
+        Some(store)
+    } else {
+        None
+    };
+    let embedder = load_embedder(&cfg).await?;
+    Ok(AppState::new(engine, cfg, keys, embedder))
+}
+
+async fn load_embedder(cfg: &ServeConfig) -> Result<Option<EmbeddingModel>, StartError> {
+    let spec = cfg.embeddings.model.clone();
+    if spec.is_empty() {
+        return Ok(None);
+    }
+    let s = spec.clone();
+    let loaded = tokio::task::spawn_blocking(move || ferrotune_rag::Embedder::load_named(&s))
+        .await
+        .map_err(|e| StartError::Embedder { spec: spec.clone(), reason: e.to_string() })?;
+    match loaded {
+        Ok(e) => {
+            let name = std::path::Path::new(&spec).file_name().and_then(|n| n.to_str()).unwrap_or(&spec).to_string();
+            Ok(Some(EmbeddingModel::new(name, e)))
+        }
+        Err(e) if spec == ferrotune_model::store::DEFAULT_EMBEDDER => {
+            tracing::warn!("/v1/embeddings is off: the default embedder is not available ({e}); `ferrotune models pull {spec}` installs it");
+            Ok(None)
+        }
+        Err(e) => Err(StartError::Embedder { spec, reason: e.to_string() }),
+    }
+}

@@ -1,0 +1,153 @@
+//! A real server on 127.0.0.1:0 over the tiny random model, with keys of every kind.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use candle_core::Device;
+use ferrotune_model::{WeightMode, load_path};
+use ferrotune_serve::ServeConfig;
+use ferrotune_serve::engine::{self, EngineConfig};
+use ferrotune_serve::keys::{ApiKey, KeyStore};
+use ferrotune_serve::{AppState, serve};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const MODEL: &str = "tiny";
+
+pub struct Keys {
+    pub admin: String,
+    pub user: String,
+    /// Scoped to another model only.
+    pub other: String,
+    /// 2 requests per minute.
+    pub limited: String,
+}
+
+pub struct Server {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub keys: Keys,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct Opts {
+    pub auth: bool,
+    pub engine: EngineConfig,
+    pub cache: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self { auth: true, engine: EngineConfig::default(), cache: true }
+    }
+}
+
+pub async fn start(opts: Opts) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_dir = dir.path().join("model");
+    ferrotune_model::testing::write_tiny_model(&model_dir).expect("tiny model");
+    let model = load_path(&model_dir, WeightMode::F32, &Device::Cpu).expect("load");
+    let handle = engine::start(model, MODEL.to_string(), opts.engine.clone());
+    let mut cfg = ServeConfig { auth: opts.auth, keys_db: Some(dir.path().join("keys.db")), engine: opts.engine, ..Default::default() };
+    cfg.embeddings.model = String::new();
+    cfg.cache.enabled = opts.cache;
+    cfg.max_body_bytes = 64 * 1024;
+    let store = KeyStore::open(&dir.path().join("keys.db")).expect("keys");
+    let mk = |name: &str, models: &[&str], admin: bool, rpm: Option<u32>| {
+        store
+            .create(&ApiKey { name: name.into(), models: models.iter().map(|s| s.to_string()).collect(), admin, rpm, tpm: None })
+            .expect("create key")
+    };
+    let keys = Keys {
+        admin: mk("admin", &[], true, None),
+        user: mk("user", &[MODEL], false, None),
+        other: mk("other", &["something-else"], false, None),
+        limited: mk("limited", &[], false, Some(2)),
+    };
+    let state = AppState::new(handle, cfg, opts.auth.then_some(store), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel();
+    let st = state.clone();
+    let handle = tokio::spawn(async move {
+        serve(
+            listener,
+            st,
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(30),
+        )
+        .await
+    });
+    Server {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        state,
+        keys,
+        dir,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl Server {
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut r = self.client.post(format!("{}{path}", self.base)).json(body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send().await.expect("send")
+    }
+
+    pub async fn post_json(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+        let resp = self.post(path, key, body).await;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut r = self.client.get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        let resp = r.send().await.expect("send");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics", None).await.1
+    }
+
+    /// Fire the shutdown signal (the server task keeps running until it has drained).
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+/// The value of a metric line `name{labels} value` (first match), or 0.
+pub fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Parse an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_string()).collect()
+}
