@@ -2,7 +2,7 @@
 //! that parse HTML properly (html5ever and what wraps it) add ~40 dependencies and a code-generating
 //! build, while indexing only needs the visible text with block boundaries kept as paragraph
 //! breaks (so chunking can respect them). Handles comments, `<!DOCTYPE>`, CDATA, quoted attributes
-//! containing `>`, skipped elements (`script`, `style`, `noscript`, `template`, `svg`), `<pre>`
+//! containing `>`, skipped elements (`script`, `style`, `noscript`, `template`, `svg`, `title`), `<pre>`
 //! whitespace, and named / numeric character references. Malformed input never fails: a stray
 //! `<` that opens no tag is kept as text.
 
@@ -14,8 +14,9 @@ const BLOCK: &[&str] = &[
 ];
 /// Elements that end a line.
 const LINE: &[&str] = &["br", "li", "tr", "caption", "option"];
-/// Elements whose content is not visible text.
-const SKIP: &[&str] = &["script", "style", "noscript", "template", "svg", "iframe", "object"];
+/// Elements whose content is not visible text. `title` too: pages repeat it as their `h1`, and a
+/// duplicated heading would only skew BM25 term frequencies.
+const SKIP: &[&str] = &["script", "style", "noscript", "template", "svg", "iframe", "object", "title"];
 
 /// The visible text of an HTML document; paragraphs separated by blank lines.
 pub fn html_to_text(html: &str) -> String {
@@ -284,7 +285,7 @@ mod tests {
                     <ul><li>Free label</li><li>Refund in 5 days</li></ul><script>alert('x<y')</script></body></html>";
         assert_eq!(
             html_to_text(html),
-            "Returns\n\nReturns policy\n\nSend it back within 30 days.\n\nFree label\nRefund in 5 days"
+            "Returns policy\n\nSend it back within 30 days.\n\nFree label\nRefund in 5 days"
         );
     }
 
