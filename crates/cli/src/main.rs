@@ -3,8 +3,10 @@
 mod bench;
 mod data;
 mod eval;
+mod keys;
 mod models;
 mod rag;
+mod serve;
 mod textgen;
 mod train;
 
@@ -44,12 +46,17 @@ enum Command {
     /// Knowledge bases: ingest documents, hybrid retrieval (BM25 + embeddings) with citations,
     /// retrieval metrics on labelled queries.
     Rag(rag::RagArgs),
+    /// Serve a model (and its LoRA adapters) behind an OpenAI-compatible API with keys, rate
+    /// limits, a response cache and Prometheus metrics.
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke API keys for `serve` (stored hashed in $FERROTUNE_HOME/serve).
+    Keys(keys::KeysArgs),
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERROTUNE_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FERROTUNE_LOG").unwrap_or_else(|_| "warn,ferrotune_serve=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -79,6 +86,8 @@ fn main() -> ExitCode {
         Command::Data(a) => data::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Rag(a) => rag::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Keys(a) => keys::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
