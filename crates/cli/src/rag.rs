@@ -46,7 +46,7 @@ enum RagCommand {
 
 #[derive(Args)]
 struct IngestArgs {
-    /// Knowledge base name (created on first ingest).
+    /// Knowledge base name (a folder in $FERROTUNE_HOME/kb, or in --kb-dir); created on first ingest.
     #[arg(long)]
     kb: String,
     /// Files or folders. Document ids are paths relative to the folder given (for a file given
@@ -93,13 +93,15 @@ impl From<ModeArg> for Mode {
 
 #[derive(Args)]
 struct QueryArgs {
+    /// Knowledge base name (a folder in $FERROTUNE_HOME/kb, or in --kb-dir).
     #[arg(long)]
     kb: String,
     /// The question (plain text; no query syntax).
     question: String,
-    /// Number of chunks to return.
+    /// Number of chunks to return (chunks, not documents: one document can give several).
     #[arg(long, default_value_t = 5)]
     k: usize,
+    /// Retrieval mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Hybrid)]
     mode: ModeArg,
     /// One JSON object: {"query", "mode", "hits": [{rank, score, doc_id, chunk_index, start_char,
@@ -110,6 +112,7 @@ struct QueryArgs {
 
 #[derive(Args)]
 struct ListArgs {
+    /// Knowledge base name (a folder in $FERROTUNE_HOME/kb, or in --kb-dir).
     #[arg(long)]
     kb: String,
     #[arg(long)]
@@ -118,6 +121,7 @@ struct ListArgs {
 
 #[derive(Args)]
 struct DeleteArgs {
+    /// Knowledge base name (a folder in $FERROTUNE_HOME/kb, or in --kb-dir).
     #[arg(long)]
     kb: String,
     /// Document id, as `ferrotune rag list` shows it.
@@ -126,6 +130,7 @@ struct DeleteArgs {
 
 #[derive(Args)]
 struct EvalArgs {
+    /// Knowledge base name (a folder in $FERROTUNE_HOME/kb, or in --kb-dir).
     #[arg(long)]
     kb: String,
     /// JSONL file, one {"query": "...", "relevant": ["doc id", ...]} per line.
