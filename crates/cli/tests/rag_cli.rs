@@ -1,0 +1,82 @@
+//! `ferrotune rag` as a user runs it on the bundled knowledge base: ingest, query with
+//! citations, re-ingest (skipped), delete, eval table for the three modes, and bad input.
+//! Needs the MiniLM embedder installed (CI installs it); prints SKIPPED otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ferrotune() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferrotune"))
+}
+
+fn run(kb_dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(ferrotune().arg("rag").arg("--kb-dir").arg(kb_dir).args(args).output()?)
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn embedder_installed() -> bool {
+    let ok = ferrotune_model::store::home().join("models/all-minilm-l6-v2/manifest.json").is_file();
+    if !ok {
+        eprintln!("SKIPPED: all-minilm-l6-v2 not installed in $FERROTUNE_HOME (scripts/install-models.sh)");
+    }
+    ok
+}
+
+#[test]
+fn ingest_query_delete_and_eval_the_bundled_knowledge_base() -> anyhow::Result<()> {
+    if !embedder_installed() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let kb = dir.path();
+    let docs = repo().join("examples/kb/docs");
+    let o = run(kb, &["ingest", "--kb", "bw", &docs.display().to_string()])?;
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = run(kb, &["query", "--kb", "bw", "How many days do I have to return an item?", "--k", "3", "--json"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let hits = v["hits"].as_array().expect("a list of hits");
+    assert!(!hits.is_empty() && hits.len() <= 3);
+    assert_eq!(hits[0]["doc_id"], "policies/returns.md", "{v}");
+    let span = (hits[0]["start_char"].as_u64().unwrap_or(0), hits[0]["end_char"].as_u64().unwrap_or(0));
+    assert!(span.0 < span.1, "{v}");
+
+    // Unchanged documents are skipped on a second ingest.
+    let o = run(kb, &["ingest", "--kb", "bw", &docs.display().to_string()])?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("0 added, 0 replaced,"), "{}", text(&o));
+
+    let o = run(kb, &["eval", "--kb", "bw", "--queries", &repo().join("examples/kb/queries.jsonl").display().to_string()])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    for mode in ["bm25", "vector", "hybrid"] {
+        assert!(t.contains(mode), "{t}");
+    }
+
+    let o = run(kb, &["list", "--kb", "bw"])?;
+    assert!(o.status.success() && text(&o).contains("policies/returns.md"), "{}", text(&o));
+    let o = run(kb, &["delete", "--kb", "bw", "policies/returns.md"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(kb, &["list", "--kb", "bw"])?;
+    assert!(!text(&o).contains("policies/returns.md"), "{}", text(&o));
+
+    // A bad JSONL record: exit 1, file and line named, the knowledge base untouched.
+    let before = std::fs::read(kb.join("bw/kb.json"))?;
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\": \"a\", \"text\": \"fine\"}\n{\"id\": \"b\"}\n")?;
+    let o = run(kb, &["ingest", "--kb", "bw", &bad.display().to_string()])?;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("bad.jsonl:2"), "{}", text(&o));
+    assert_eq!(std::fs::read(kb.join("bw/kb.json"))?, before);
+    let o = run(kb, &["query", "--kb", "nope", "x"])?;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    Ok(())
+}
