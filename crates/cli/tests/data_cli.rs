@@ -29,7 +29,7 @@ fn chat(i: usize, system: bool) -> Value {
     if system {
         m.insert(0, json!({"role": "system", "content": "You are the parcel support bot."}));
     }
-    json!({"messages": m, "metadata": {"topic": if i % 2 == 0 { "a" } else { "b" }}})
+    json!({"messages": m, "metadata": {"topic": if i.is_multiple_of(2) { "a" } else { "b" }}})
 }
 
 fn write_rows(dir: &Path, name: &str, rows: &[Value]) -> PathBuf {
