@@ -59,7 +59,7 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
             println!("{secret}");
         }
         KeysCommand::List => {
-            println!("{:<20} {:<12} {:<24} {:>5} {:>6} {:>8} {:<16} {}", "NAME", "KEY", "MODELS", "ADMIN", "RPM", "TPM", "CREATED", "REVOKED");
+            println!("{:<20} {:<12} {:<24} {:>5} {:>6} {:>8} {:<16} REVOKED", "NAME", "KEY", "MODELS", "ADMIN", "RPM", "TPM", "CREATED");
             for r in store.list()? {
                 let k = &r.key;
                 let models = if k.models.is_empty() { "*".to_string() } else { k.models.join(",") };

@@ -88,7 +88,8 @@ impl Drop for RequestRecord {
             path = %self.path,
             key = f.key.as_ref().map_or("-", |k| k.name.as_str()),
             model = f.model.as_deref().unwrap_or("-"),
-            status = f.status,
+            // 499 (nginx's "client closed request"): the client left before the response.
+            status = if f.status == 0 { 499 } else { f.status },
             failure = f.failure.unwrap_or("-"),
             prompt_tokens = f.prompt_tokens,
             completion_tokens = f.completion_tokens,

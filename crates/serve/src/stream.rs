@@ -157,7 +157,7 @@ impl Ctx {
                 self.push(v);
             }
             Event::Done { finish, prompt_tokens, completion_tokens } => {
-                if i % self.spec.n == 0 {
+                if i.is_multiple_of(self.spec.n) {
                     self.prompt_tokens += prompt_tokens;
                     self.record.add_tokens(prompt_tokens, 0);
                 }

@@ -161,7 +161,7 @@ pub async fn completions(
     let mut choices = Vec::with_capacity(outs.len());
     for (i, o) in outs.into_iter().enumerate() {
         let pj = &jobs[i / params.n];
-        if i % params.n == 0 {
+        if i.is_multiple_of(params.n) {
             prompt_tokens += pj.job.prompt.len();
         }
         // A scoring request (max_tokens 0) returns no generated token even if one was made.
