@@ -57,6 +57,11 @@ impl AppState {
         }
     }
 
+    /// Replace the response cache (the Redis one needs an async connect first).
+    pub fn set_cache(&mut self, cache: ResponseCache) {
+        self.cache = cache;
+    }
+
     /// The name clients use for the base model.
     pub fn model_name(&self) -> &str {
         &self.engine.info().name

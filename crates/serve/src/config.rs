@@ -89,7 +89,8 @@ pub struct CacheConfig {
     pub enabled: bool,
     pub max_entries: u64,
     pub ttl_secs: u64,
-    /// Not implemented yet: setting it is refused at start-up rather than silently ignored.
+    /// Keep the cache in Redis instead (shared by replicas); `max_entries` is then Redis's
+    /// business (set its `maxmemory-policy allkeys-lru`), `ttl_secs` still applies.
     pub redis_url: Option<String>,
 }
 
@@ -153,8 +154,10 @@ impl ServeConfig {
         if self.cache.enabled && (self.cache.max_entries == 0 || self.cache.ttl_secs == 0) {
             return bad("cache", "max_entries and ttl_secs must be positive when the cache is on");
         }
-        if self.cache.redis_url.as_deref().is_some_and(|u| !u.is_empty()) {
-            return bad("cache.redis_url", "the Redis cache is not implemented yet; remove the key");
+        if let Some(u) = self.cache.redis_url.as_deref().filter(|u| !u.is_empty())
+            && !(u.starts_with("redis://") || u.starts_with("redis+unix://") || u.starts_with("unix://"))
+        {
+            return bad("cache.redis_url", "must be a redis:// (or redis+unix://) URL");
         }
         for name in self.adapters.keys() {
             crate::routes::models::check_adapter_name(name).map_err(|reason| ConfigError::Invalid { field: "adapters", reason })?;

@@ -20,6 +20,8 @@ pub enum StartError {
     Adapter { name: String, dir: String, reason: String },
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("response cache: {0}")]
+    Cache(String),
     #[error("loading the embedder {spec}: {reason}")]
     Embedder { spec: String, reason: String },
     #[error(
@@ -79,7 +81,10 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
         None
     };
     let embedder = load_embedder(&cfg).await?;
-    Ok(AppState::new(engine, cfg, keys, embedder))
+    let cache = crate::cache::ResponseCache::connect(&cfg.cache).await.map_err(StartError::Cache)?;
+    let mut state = AppState::new(engine, cfg, keys, embedder);
+    state.set_cache(cache);
+    Ok(state)
 }
 
 async fn load_embedder(cfg: &ServeConfig) -> Result<Option<EmbeddingModel>, StartError> {

@@ -76,7 +76,7 @@ pub async fn chat_completions(
 
     let cache_key = (!params.stream && params.deterministic() && state.cache.enabled())
         .then(|| crate::cache::key_of(&CacheKey::new("chat", &target, state.adapter_epoch(), &params, &jobs)));
-    if let Some(hit) = cache_lookup(&state, &record, &target, cache_key.as_deref(), "chatcmpl") {
+    if let Some(hit) = cache_lookup(&state, &record, &target, cache_key.as_deref(), "chatcmpl").await {
         return Ok(hit);
     }
 

@@ -113,7 +113,7 @@ pub async fn completions(
         k.echo = echo;
         crate::cache::key_of(&k)
     });
-    if let Some(hit) = cache_lookup(&state, &record, &target, cache_key.as_deref(), "cmpl") {
+    if let Some(hit) = cache_lookup(&state, &record, &target, cache_key.as_deref(), "cmpl").await {
         return Ok(hit);
     }
 

@@ -63,7 +63,7 @@ impl<'a> CacheKey<'a> {
 
 /// Answer from the cache when the request is cacheable and its answer is there; counts the hit
 /// or miss. The stored body gets a fresh `id` and `created`.
-pub(crate) fn cache_lookup(
+pub(crate) async fn cache_lookup(
     state: &crate::app::AppState,
     record: &crate::record::RequestRecord,
     target: &crate::generation::Target,
@@ -73,7 +73,7 @@ pub(crate) fn cache_lookup(
     use axum::response::IntoResponse;
     let key = key?;
     let labels = state.metrics.labels(target.adapter.as_deref());
-    match state.cache.get(key) {
+    match state.cache.get(key).await {
         Some(v) => {
             state.metrics.cache_hits.get_or_create(&labels).inc();
             record.set_cached();

@@ -40,11 +40,12 @@ pub struct Opts {
     pub auth: bool,
     pub engine: EngineConfig,
     pub cache: bool,
+    pub redis_url: Option<String>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { auth: true, engine: EngineConfig::default(), cache: true }
+        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None }
     }
 }
 
@@ -57,6 +58,7 @@ pub async fn start(opts: Opts) -> Server {
     let mut cfg = ServeConfig { auth: opts.auth, keys_db: Some(dir.path().join("keys.db")), engine: opts.engine, ..Default::default() };
     cfg.embeddings.model = String::new();
     cfg.cache.enabled = opts.cache;
+    cfg.cache.redis_url = opts.redis_url;
     cfg.max_body_bytes = 64 * 1024;
     let store = KeyStore::open(&dir.path().join("keys.db")).expect("keys");
     let mk = |name: &str, models: &[&str], admin: bool, rpm: Option<u32>| {
@@ -70,7 +72,9 @@ pub async fn start(opts: Opts) -> Server {
         other: mk("other", &["something-else"], false, None),
         limited: mk("limited", &[], false, Some(2)),
     };
-    let state = AppState::new(handle, cfg, opts.auth.then_some(store), None);
+    let cache = ferrotune_serve::cache::ResponseCache::connect(&cfg.cache).await.expect("cache");
+    let mut state = AppState::new(handle, cfg, opts.auth.then_some(store), None);
+    state.set_cache(cache);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
