@@ -34,6 +34,8 @@ pub struct AppState {
     pub cache: ResponseCache,
     pub metrics: Arc<Metrics>,
     pub embedder: Option<Arc<EmbeddingModel>>,
+    /// Knowledge bases for grounded chat (`[rag]`), opened on first use.
+    pub knowledge: Arc<crate::grounding::Knowledge>,
     pub started_unix: u64,
     adapter_epoch: Arc<AtomicU64>,
     shutting_down: Arc<AtomicBool>,
@@ -44,6 +46,7 @@ impl AppState {
     pub fn new(engine: EngineHandle, cfg: ServeConfig, keys: Option<KeyStore>, embedder: Option<EmbeddingModel>) -> Self {
         let metrics = Arc::new(Metrics::new(&engine.info().name));
         Self {
+            knowledge: Arc::new(crate::grounding::Knowledge::new(cfg.rag.clone())),
             cache: ResponseCache::new(&cfg.cache),
             cfg: Arc::new(cfg),
             keys: keys.map(Arc::new),

@@ -39,6 +39,7 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     pub cache: CacheConfig,
     pub embeddings: EmbeddingsConfig,
+    pub rag: RagConfig,
 }
 
 impl Default for ServeConfig {
@@ -60,7 +61,31 @@ impl Default for ServeConfig {
             engine: EngineConfig::default(),
             cache: CacheConfig::default(),
             embeddings: EmbeddingsConfig::default(),
+            rag: RagConfig::default(),
         }
+    }
+}
+
+/// Grounding chat requests in a knowledge base (`ferrotune rag`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RagConfig {
+    /// Folder of the knowledge bases (as `ferrotune rag --kb-dir`); default `$FERROTUNE_HOME/kb`.
+    pub kb_dir: Option<PathBuf>,
+    /// Model or adapter name → knowledge base used for every chat request to it (a request's
+    /// own `"knowledge_base"` field wins).
+    pub attach: BTreeMap<String, String>,
+    /// Chunks retrieved per request.
+    pub k: usize,
+    /// Model tokens of retrieved text put into the prompt at most.
+    pub context_tokens: usize,
+    /// `hybrid`, `bm25` or `vector`.
+    pub mode: String,
+}
+
+impl Default for RagConfig {
+    fn default() -> Self {
+        Self { kb_dir: None, attach: BTreeMap::new(), k: 5, context_tokens: 1024, mode: "hybrid".into() }
     }
 }
 
@@ -158,6 +183,17 @@ impl ServeConfig {
             && !(u.starts_with("redis://") || u.starts_with("redis+unix://") || u.starts_with("unix://"))
         {
             return bad("cache.redis_url", "must be a redis:// (or redis+unix://) URL");
+        }
+        if !matches!(self.rag.mode.as_str(), "hybrid" | "bm25" | "vector") {
+            return bad("rag.mode", "must be hybrid, bm25 or vector");
+        }
+        if self.rag.k == 0 || self.rag.context_tokens == 0 {
+            return bad("rag", "k and context_tokens must be positive");
+        }
+        for kb in self.rag.attach.values() {
+            if ferrotune_rag::kb_path(kb, None).is_err() {
+                return bad("rag.attach", "knowledge base names are letters, digits, '-', '_' and '.'");
+            }
         }
         for name in self.adapters.keys() {
             crate::routes::models::check_adapter_name(name).map_err(|reason| ConfigError::Invalid { field: "adapters", reason })?;

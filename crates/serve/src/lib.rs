@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generation;
+pub mod grounding;
 pub mod json;
 pub mod keys;
 pub mod limits;

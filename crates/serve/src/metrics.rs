@@ -43,6 +43,16 @@ type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
 fn ttft_histogram() -> Histogram {
     Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0])
 }
+fn retrieval_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0])
+}
+
+/// Label of the retrieval histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KbLabels {
+    pub knowledge_base: String,
+}
+
 fn itl_histogram() -> Histogram {
     Histogram::new([0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0])
 }
@@ -57,6 +67,8 @@ pub struct Metrics {
     pub inter_token: Hist,
     pub e2e: Hist,
     pub queue_time: Hist,
+    /// Retrieval time of grounded requests, by knowledge base.
+    pub retrieval: Family<KbLabels, Histogram, fn() -> Histogram>,
     pub prompt_tokens: Family<ModelLabels, Counter>,
     pub generation_tokens: Family<ModelLabels, Counter>,
     pub success: Family<FinishLabels, Counter>,
@@ -79,6 +91,7 @@ impl Metrics {
             inter_token: hist(itl_histogram),
             e2e: hist(latency_histogram),
             queue_time: hist(latency_histogram),
+            retrieval: Family::new_with_constructor(retrieval_histogram),
             prompt_tokens: Family::default(),
             generation_tokens: Family::default(),
             success: Family::default(),
@@ -96,6 +109,7 @@ impl Metrics {
         r.register("ferrotune:inter_token_latency_seconds", "Time between consecutive generated tokens", m.inter_token.clone());
         r.register("ferrotune:e2e_request_latency_seconds", "Request latency from arrival to the last token", m.e2e.clone());
         r.register("ferrotune:request_queue_time_seconds", "Time a request waited in the engine queue", m.queue_time.clone());
+        r.register("ferrotune:retrieval_seconds", "Knowledge-base retrieval time of grounded requests", m.retrieval.clone());
         r.register("ferrotune:prompt_tokens", "Prefilled prompt tokens", m.prompt_tokens.clone());
         r.register("ferrotune:generation_tokens", "Generated tokens", m.generation_tokens.clone());
         r.register("ferrotune:request_success", "Finished generations by finish reason", m.success.clone());

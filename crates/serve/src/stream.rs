@@ -36,6 +36,8 @@ pub struct StreamSpec {
     pub include_usage: bool,
     /// Completions with `echo`: the prompt text per prompt, sent as each choice's first chunk.
     pub echo: Option<Vec<String>>,
+    /// Grounded chat: `knowledge_base` and `sources`, put on each choice's opening chunk.
+    pub grounding: Option<(String, Value)>,
 }
 
 struct Ctx {
@@ -112,7 +114,11 @@ impl Ctx {
         match self.spec.kind {
             ChunkKind::Chat => {
                 let c = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-                let v = self.chunk(c);
+                let mut v = self.chunk(c);
+                if let Some((kb, sources)) = &self.spec.grounding {
+                    v["knowledge_base"] = kb.clone().into();
+                    v["sources"] = sources.clone();
+                }
                 self.push(v);
             }
             ChunkKind::Completion => {

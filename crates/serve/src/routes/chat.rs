@@ -53,6 +53,19 @@ pub async fn chat_completions(
         msgs.push(Message::new(m.role.clone(), m.text(i)?));
     }
     let info = state.engine.info();
+    let raw: Value = json::parse(&body)?;
+    let grounded = match state.knowledge.pick(&raw, &req.model)? {
+        Some(kb) => {
+            let g = state.knowledge.ground(kb, &mut msgs, &info.tokenizer).await?;
+            state
+                .metrics
+                .retrieval
+                .get_or_create(&crate::metrics::KbLabels { knowledge_base: g.knowledge_base.clone() })
+                .observe(g.retrieval_secs);
+            Some(g)
+        }
+        None => None,
+    };
     let rendered = info
         .render_chat(&msgs, true)
         .map_err(|e| ApiError::field("messages", format!("the model's chat template refused these messages: {e}")))?;
@@ -93,6 +106,7 @@ pub async fn chat_completions(
             logprobs: logprobs.is_some(),
             include_usage: params.include_usage,
             echo: None,
+            grounding: grounded.as_ref().map(|g| (g.knowledge_base.clone(), Value::from(g.sources.clone()))),
         };
         let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received)).collect();
         return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));
@@ -122,6 +136,10 @@ pub async fn chat_completions(
         "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     });
+    if let Some(g) = &grounded {
+        body["knowledge_base"] = g.knowledge_base.clone().into();
+        body["sources"] = g.sources.clone().into();
+    }
     if let Some(k) = cache_key {
         state.cache.put(k, body.clone());
     }

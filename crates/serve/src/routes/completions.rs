@@ -149,6 +149,7 @@ pub async fn completions(
                 logprobs: logprobs.is_some(),
                 include_usage: params.include_usage,
                 echo: echo.then(|| jobs.iter().map(|j| j.text.clone()).collect()),
+                grounding: None,
             };
             let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received)).collect();
             return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));

@@ -41,11 +41,12 @@ pub struct Opts {
     pub engine: EngineConfig,
     pub cache: bool,
     pub redis_url: Option<String>,
+    pub rag: Option<ferrotune_serve::config::RagConfig>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None }
+        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None, rag: None }
     }
 }
 
@@ -60,6 +61,9 @@ pub async fn start(opts: Opts) -> Server {
     cfg.cache.enabled = opts.cache;
     cfg.cache.redis_url = opts.redis_url;
     cfg.max_body_bytes = 64 * 1024;
+    if let Some(r) = opts.rag {
+        cfg.rag = r;
+    }
     let store = KeyStore::open(&dir.path().join("keys.db")).expect("keys");
     let mk = |name: &str, models: &[&str], admin: bool, rpm: Option<u32>| {
         store

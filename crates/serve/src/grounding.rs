@@ -1,0 +1,157 @@
+//! Retrieval in the server: a chat request to a model or adapter with an attached knowledge base
+//! (`[rag.attach]` in serve.toml), or one naming `"knowledge_base"` in its body, is grounded:
+//! the last user message is the query, the best chunks that fit `rag.context_tokens` go into the
+//! system message with an instruction to answer from them and cite them as `[n]`, and the
+//! response carries `sources` (document id, char span, score) so clients can show citations.
+//!
+//! Order in the prompt: models use the start and the end of a long context best and the middle
+//! worst ("lost in the middle", Liu et al. 2023), so ranks are laid out 1, 3, 5, … , 4, 2 — the
+//! most relevant chunks at both ends.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ferrotune_model::{Message, Tokenizer};
+use ferrotune_rag::{Hit, KnowledgeBase, Mode, kb_path};
+use serde_json::{Value, json};
+
+use crate::config::RagConfig;
+use crate::error::ApiError;
+
+/// Open knowledge bases, shared by requests (each is `Send + Sync`; queries take `&self`).
+pub struct Knowledge {
+    cfg: RagConfig,
+    open: Mutex<HashMap<String, Arc<KnowledgeBase>>>,
+}
+
+/// Logged in full; the client sees a generic 500.
+fn internal(detail: String) -> ApiError {
+    tracing::error!("{detail}");
+    ApiError::Internal
+}
+
+/// What grounding added to a request.
+pub struct Grounded {
+    pub knowledge_base: String,
+    /// `sources` of the response: `[{"index","doc_id","start_char","end_char","score"}]`.
+    pub sources: Vec<Value>,
+    pub retrieval_secs: f64,
+}
+
+impl Knowledge {
+    pub fn new(cfg: RagConfig) -> Self {
+        Self { cfg, open: Mutex::new(HashMap::new()) }
+    }
+
+    fn mode(&self) -> Mode {
+        match self.cfg.mode.as_str() {
+            "bm25" => Mode::Bm25,
+            "vector" => Mode::Vector,
+            _ => Mode::Hybrid,
+        }
+    }
+
+    /// The knowledge base a request uses: its own `knowledge_base` field, else the one attached
+    /// to the model / adapter it names.
+    pub fn pick(&self, body: &Value, model: &str) -> Result<Option<String>, ApiError> {
+        match body.get("knowledge_base") {
+            None | Some(Value::Null) => Ok(self.cfg.attach.get(model).cloned()),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::field("knowledge_base", "must be the name of a knowledge base (a string)")),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<KnowledgeBase>, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kb) = open.get(name) {
+            // Pick up documents ingested since it was opened (cheap when nothing changed).
+            kb.reload().map_err(|e| internal(format!("knowledge base `{name}`: {e}")))?;
+            return Ok(kb.clone());
+        }
+        let dir: PathBuf = kb_path(name, self.cfg.kb_dir.as_deref()).map_err(|e| ApiError::field("knowledge_base", e.to_string()))?;
+        if !dir.is_dir() {
+            return Err(ApiError::NotFound(format!("knowledge base `{name}` does not exist (create it with `ferrotune rag ingest --kb {name} ...`)")));
+        }
+        let kb = Arc::new(KnowledgeBase::open(&dir).map_err(|e| internal(format!("knowledge base `{name}`: {e}")))?);
+        open.insert(name.to_string(), kb.clone());
+        Ok(kb)
+    }
+
+    /// Retrieve for the last user message and put the chunks into the conversation.
+    pub async fn ground(self: &Arc<Self>, name: String, msgs: &mut Vec<Message>, tok: &Tokenizer) -> Result<Grounded, ApiError> {
+        let question = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        if question.trim().is_empty() {
+            return Err(ApiError::field("messages", "grounding needs a user message to search the knowledge base with"));
+        }
+        let kb = self.get(&name)?;
+        let (k, mode) = (self.cfg.k, self.mode());
+        let t0 = Instant::now();
+        let hits = tokio::task::spawn_blocking(move || kb.query(&question, k, mode))
+            .await
+            .map_err(|e| internal(format!("retrieval task: {e}")))?
+            .map_err(|e| internal(format!("retrieval in `{name}`: {e}")))?;
+        let retrieval_secs = t0.elapsed().as_secs_f64();
+        let chosen = within_budget(hits, tok, self.cfg.context_tokens);
+        let sources = chosen
+            .iter()
+            .enumerate()
+            .map(|(i, h)| json!({"index": i + 1, "doc_id": h.doc_id, "start_char": h.start_char, "end_char": h.end_char, "score": h.score}))
+            .collect();
+        let block = prompt_block(&chosen);
+        match msgs.first_mut() {
+            Some(m) if m.role == "system" => m.content = format!("{}\n\n{block}", m.content),
+            _ => msgs.insert(0, Message::new("system", block)),
+        }
+        Ok(Grounded { knowledge_base: name, sources, retrieval_secs })
+    }
+}
+
+/// The best hits (in rank order) whose text fits `budget` model tokens together.
+fn within_budget(hits: Vec<Hit>, tok: &Tokenizer, budget: usize) -> Vec<Hit> {
+    let mut used = 0;
+    let mut out = Vec::new();
+    for h in hits {
+        let n = tok.encode(&h.text, false).map(|ids| ids.len()).unwrap_or(usize::MAX / 4);
+        if used + n > budget {
+            continue;
+        }
+        used += n;
+        out.push(h);
+    }
+    out
+}
+
+/// Rank order 1..n laid out as 1, 3, 5, …, 4, 2 (best at both ends).
+fn edges_first(n: usize) -> Vec<usize> {
+    let mut front: Vec<usize> = (0..n).step_by(2).collect();
+    let back: Vec<usize> = (1..n).step_by(2).rev().collect();
+    front.extend(back);
+    front
+}
+
+fn prompt_block(chosen: &[Hit]) -> String {
+    let mut s = String::from(
+        "Answer the user's question using only the sources below. Cite the sources you use as [n]. \
+         If the sources do not contain the answer, say that you do not know.\n",
+    );
+    for i in edges_first(chosen.len()) {
+        let h = &chosen[i];
+        s.push_str(&format!("\n[{}] ({})\n{}\n", i + 1, h.doc_id, h.text.trim()));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_relevant_chunks_sit_at_both_ends() {
+        assert_eq!(edges_first(5), vec![0, 2, 4, 3, 1]);
+        assert_eq!(edges_first(4), vec![0, 2, 3, 1]);
+        assert_eq!(edges_first(1), vec![0]);
+        assert!(edges_first(0).is_empty());
+    }
+}
