@@ -71,7 +71,7 @@ struct RunArgs {
     /// when every reference is JSON).
     #[arg(long)]
     metrics: Option<String>,
-    /// New tokens per answer at most (greedy decoding).
+    /// New tokens per answer at most (a token is ~4 characters of English).
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 = greedy (the default, reproducible).
