@@ -1,5 +1,7 @@
 //! `ferrotune bench generate`: prefill and decode speed of the f32 and quantized paths, next to
 //! llama.cpp (through llama-cpp-python) on the same GGUF, prompt and thread count, in one run.
+//! `ferrotune bench train`: LoRA training speed against HF PEFT. `ferrotune bench rag`: knowledge-base
+//! ingest throughput and query latency (`ferrotune_rag::bench`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,6 +33,49 @@ enum BenchCommand {
     /// LoRA training tokens/s and peak memory on SmolLM2-135M's shape (random weights), against
     /// HF PEFT on PyTorch CPU with the same setup.
     Train(TrainBench),
+    /// Knowledge-base ingest throughput (real embedder) and query latency p50/p99 per mode at each
+    /// index size. The latency indexes hold generated text with SYNTHETIC random vectors (exact
+    /// search costs the same whatever the vectors hold; embedding 100k chunks would take hours).
+    Rag(RagBench),
+}
+
+#[derive(Args)]
+struct RagBench {
+    /// Chunks in each latency index.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    sizes: Vec<usize>,
+    /// Generated chunks ingested through the real path (chunk, MiniLM embed, write); 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    ingest_chunks: usize,
+    /// Timed queries per mode and size.
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Hits per query.
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+    /// Seed for the generated text, questions and vectors.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn bench_rag(b: &RagBench) -> anyhow::Result<()> {
+    use ferrotune_rag::bench::{BenchConfig, run};
+    let threads = candle_core::utils::get_num_threads();
+    println!(
+        "bench rag: sizes {:?} | ingest {} chunks | {} queries | k = {} | seed {} | {threads} threads",
+        b.sizes, b.ingest_chunks, b.queries, b.k, b.seed
+    );
+    let embedder = match ferrotune_rag::Embedder::load_default() {
+        Ok(e) => Some(std::sync::Arc::new(e)),
+        Err(e) => {
+            println!("SKIPPED: ingest and vector/hybrid latency need the embedder ({e}); run `ferrotune models pull all-minilm-l6-v2`");
+            None
+        }
+    };
+    let cfg = BenchConfig { sizes: b.sizes.clone(), ingest_chunks: b.ingest_chunks, queries: b.queries, k: b.k, seed: b.seed };
+    let report = run(&cfg, embedder)?;
+    print!("{report}");
+    Ok(())
 }
 
 #[derive(Args)]
@@ -229,6 +274,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let b = match a.command {
         BenchCommand::Generate(b) => b,
         BenchCommand::Train(t) => return bench_train(&t),
+        BenchCommand::Rag(r) => return bench_rag(&r),
     };
     let threads = candle_core::utils::get_num_threads();
     let path = ferrotune_model::store::resolve(&b.model)?;

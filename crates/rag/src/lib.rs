@@ -8,7 +8,9 @@
 //! - [`kb`]: [`KnowledgeBase`] — open once, `query` concurrently from many threads;
 //!   [`writer`]: [`Writer`] — ingest / replace / delete, one writer at a time; [`manifest`]: `kb.json`.
 //! - [`metrics`], [`eval`]: recall@k, MRR@10, nDCG@10 over labelled queries.
+//! - [`bench`]: the retrieval benchmark (`ferrotune bench rag`): ingest throughput, query latency.
 
+pub mod bench;
 pub mod bert;
 pub mod bm25;
 pub mod chunk;

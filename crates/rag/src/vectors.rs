@@ -97,7 +97,7 @@ impl VectorIndex {
         }
         let mut heap: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(k + 1);
         for (r, row) in self.data.chunks_exact(self.dim).enumerate() {
-            let s: f32 = row.iter().zip(query).map(|(a, b)| a * b).sum();
+            let s = dot(row, query);
             let item = Scored(s, r);
             if heap.len() < k {
                 heap.push(Reverse(item));
@@ -154,6 +154,20 @@ impl VectorIndex {
         }
         write_atomic(path, &buf)
     }
+}
+
+/// Dot product over 8 independent partial sums: a single running `f32` sum cannot be reordered,
+/// so the compiler keeps it scalar; eight lanes let it use SIMD (several times faster exact search).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Writes `bytes` to `path` through a synced temporary file in the same folder and a rename.

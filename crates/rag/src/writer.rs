@@ -191,11 +191,57 @@ impl Writer {
         report.embed_seconds = t0.elapsed().as_secs_f64();
         progress(Progress::Writing);
 
+        self.apply(&todo, embeddings, &mut report)?;
+        Ok(report)
+    }
+
+    /// **Benchmarks only** (`ferrotune bench rag`): adds `docs` as one chunk each (the whole text,
+    /// no tokenizer) with vectors from `vector` instead of the knowledge base's embedder, so that
+    /// a 100k-chunk index can be built in seconds rather than hours of embedding. BM25 sees the
+    /// real text; vector and hybrid *rankings* over such an index are meaningless, but their
+    /// latency is real (exact search costs the same whatever the vectors hold). Never use it for
+    /// a knowledge base anyone will query for answers.
+    pub fn ingest_with_vectors(
+        &mut self,
+        docs: &[SourceDoc],
+        vector: &mut dyn FnMut(&str) -> Vec<f32>,
+    ) -> Result<IngestReport> {
+        let mut report = IngestReport::default();
+        let mut todo = Vec::with_capacity(docs.len());
+        let mut embeddings = Vec::with_capacity(docs.len());
+        for d in docs {
+            if self.manifest.documents.get(&d.id).is_some_and(|e| e.hash == d.hash) {
+                report.unchanged.push(d.id.clone());
+                continue;
+            }
+            if self.manifest.documents.contains_key(&d.id) {
+                report.replaced.push(d.id.clone());
+            } else {
+                report.added.push(d.id.clone());
+            }
+            let chunk = Chunk { start_char: 0, end_char: d.text.chars().count(), n_tokens: 0, text: d.text.clone() };
+            embeddings.push(vector(&d.text));
+            todo.push((d, vec![chunk]));
+        }
+        if !todo.is_empty() {
+            self.apply(&todo, embeddings, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Writes chunked and embedded documents (one vector per chunk, in order) to both indexes and
+    /// the manifest, replacing earlier versions of the same documents.
+    fn apply(
+        &mut self,
+        todo: &[(&SourceDoc, Vec<Chunk>)],
+        embeddings: Vec<Vec<f32>>,
+        report: &mut IngestReport,
+    ) -> Result<()> {
         // Nothing has been written so far; from here on the three parts change.
         let mut removed: HashSet<u64> = HashSet::new();
         let mut emb = embeddings.into_iter();
         let now = now_unix();
-        for (d, chunks) in &todo {
+        for (d, chunks) in todo {
             if let Some(old) = self.manifest.documents.get(&d.id) {
                 removed.extend(old.chunk_ids.iter().copied());
                 self.bm25.delete_document(&self.iw, &d.id);
@@ -239,8 +285,7 @@ impl Writer {
         // New chunk ids are fresh, so this drops exactly the replaced documents' rows.
         self.vectors.retain(|c| !removed.contains(&c));
         report.chunks_removed = removed.len();
-        self.publish()?;
-        Ok(report)
+        self.publish()
     }
 
     /// Removes one document and its chunks.
