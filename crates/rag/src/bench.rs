@@ -181,7 +181,7 @@ impl Drop for ScratchDir {
 /// synthetic random unit vectors of `dim` dimensions (see the module docs).
 pub fn build_synthetic_kb(dir: &Path, n: usize, dim: usize, seed: u64) -> Result<()> {
     let docs = generated_docs(n, seed);
-    let mut vecs = TextGen::new(seed ^ 0x5EED_0F_7EC7);
+    let mut vecs = TextGen::new(seed ^ 0x5EED_F00D_7EC7);
     let mut w = Writer::open(dir, None, dim)?;
     w.ingest_with_vectors(&docs, &mut |_| vecs.unit_vector(dim))?;
     Ok(())
@@ -229,6 +229,9 @@ pub struct BenchReport {
     pub config: BenchConfig,
     /// `None` when the embedder is not installed or `ingest_chunks` is 0.
     pub ingest: Option<IngestSpeed>,
+    /// `KnowledgeBase::embed_query` alone (the part of vector / hybrid latency that does not grow
+    /// with the index); `None` without the embedder.
+    pub query_embedding: Option<Latency>,
     pub sizes: Vec<SizeReport>,
 }
 
@@ -264,13 +267,17 @@ pub fn measure_ingest(dir: &Path, n: usize, embedder: &Embedder, seed: u64) -> R
 
 /// Times `kb.query` over `questions` (after two untimed warm-up queries).
 pub fn measure_latency(kb: &KnowledgeBase, questions: &[String], k: usize, mode: Mode) -> Result<Latency> {
+    time_each(questions, |q| kb.query(q, k, mode).map(|h| h.len()))
+}
+
+fn time_each<T>(questions: &[String], mut f: impl FnMut(&str) -> Result<T>) -> Result<Latency> {
     for q in questions.iter().take(2) {
-        kb.query(q, k, mode)?;
+        f(q)?;
     }
     let mut ms = Vec::with_capacity(questions.len());
     for q in questions {
         let t = Instant::now();
-        std::hint::black_box(kb.query(q, k, mode)?);
+        std::hint::black_box(f(q)?);
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);
@@ -291,6 +298,10 @@ pub fn run(cfg: &BenchConfig, embedder: Option<Arc<Embedder>>) -> Result<BenchRe
     let mut g = TextGen::new(cfg.seed ^ 0xA5A5_0000_0000_0001);
     let questions: Vec<String> = (0..cfg.queries).map(|_| g.question()).collect();
     let dim = embedder.as_ref().map_or(MINILM_DIM, |e| e.dim());
+    let query_embedding = match &embedder {
+        Some(e) => Some(time_each(&questions, |q| e.embed(&[q]))?),
+        None => None,
+    };
     let mut sizes = Vec::new();
     for &n in &cfg.sizes {
         let dir = ScratchDir::new(&format!("n{n}"))?;
@@ -311,7 +322,7 @@ pub fn run(cfg: &BenchConfig, embedder: Option<Arc<Embedder>>) -> Result<BenchRe
         }
         sizes.push(SizeReport { chunks: n, build_seconds, modes });
     }
-    Ok(BenchReport { config: cfg.clone(), ingest, sizes })
+    Ok(BenchReport { config: cfg.clone(), ingest, query_embedding, sizes })
 }
 
 impl fmt::Display for BenchReport {
@@ -341,11 +352,15 @@ impl fmt::Display for BenchReport {
             "query latency, KnowledgeBase::query (query embedding included), k = {}, {} queries per cell",
             c.k, c.queries
         )?;
+        writeln!(f, "(`embed`: the question's MiniLM embedding alone, included in vector and hybrid)")?;
         writeln!(
             f,
             "indexes: BM25 over real generated text; vectors SYNTHETIC (random unit vectors, {MINILM_DIM}-d, not from the model)"
         )?;
         writeln!(f, "{:>9} {:>8} {:>9} {:>9} {:>9}", "chunks", "mode", "p50 ms", "p99 ms", "mean ms")?;
+        if let Some(l) = &self.query_embedding {
+            writeln!(f, "{:>9} {:>8} {:>9.2} {:>9.2} {:>9.2}", "-", "embed", l.p50_ms, l.p99_ms, l.mean_ms)?;
+        }
         for s in &self.sizes {
             for (mode, lat) in &s.modes {
                 match lat {
