@@ -80,6 +80,11 @@ fn bench_rag(b: &RagBench) -> anyhow::Result<()> {
 
 #[derive(Args)]
 struct TrainBench {
+    /// Model shape (random weights, initialised as transformers does): smollm2-135m
+    /// (576 hidden, 30 layers, 9/3 heads, vocab 49152) or llama-1b (Llama-3.2-1B: 2048 hidden,
+    /// 16 layers, 32/8 heads, FFN 8192, vocab 128256).
+    #[arg(long, default_value = "smollm2-135m")]
+    shape: String,
     /// Rows per batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -89,10 +94,22 @@ struct TrainBench {
     /// Timed optimizer steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// cpu, cuda or cuda:N (CUDA needs the GPU build, scripts/gpu/build-cuda.sh).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// auto (f32 on the CPU, bf16 on a GPU), f32 or bf16; LoRA variables and AdamW state are f32.
+    #[arg(long, default_value = "auto")]
+    dtype: ferrotune_train::config::Precision,
+    /// LoRA dropout, the same for both engines.
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
     /// Python with torch, transformers and peft (several GB; not needed by CI); the peer is
     /// skipped when not given.
     #[arg(long, env = "FERROTUNE_PEFT_PYTHON")]
     peft_python: Option<PathBuf>,
+    /// Write the results as JSON here (with both loss trajectories).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 fn peak_rss_gib() -> f64 {
@@ -103,31 +120,50 @@ fn peak_rss_gib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
-    use ferrotune_model::{Adapter, Family, Llama, LoraSpec, ModelConfig};
-    let threads = candle_core::utils::get_num_threads();
-    println!("bench train: SmolLM2-135M shape, random weights, f32, LoRA r=16 on 7 projections, AdamW, batch {}x{} tokens, {threads} threads", b.batch, b.seq);
-    // The peer runs first, while this process is small: a child's peak-RSS counter starts from
-    // its parent's at fork.
-    let peer = match &b.peft_python {
-        Some(py) => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/peft_train_speed.py");
-            let out = Command::new(py)
-                .arg(script)
-                .args(["--batch", &b.batch.to_string(), "--seq", &b.seq.to_string(), "--steps", &b.steps.to_string()])
-                .args(["--threads", &threads.to_string()])
-                .output()
-                .with_context(|| format!("running {}", py.display()))?;
-            if !out.status.success() {
-                bail!("PEFT benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+/// The largest `memory.used` nvidia-smi reports for one GPU while it runs (sampled every 20 ms):
+/// the whole device's use, CUDA context included — the same measure for both engines.
+struct GpuMemSampler {
+    child: std::process::Child,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GpuMemSampler {
+    fn start(gpu: usize) -> Option<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new("nvidia-smi")
+            .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", &gpu.to_string(), "-lms", "20"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let out = child.stdout.take()?;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let p = peak.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mib) = line.trim().parse::<u64>() {
+                    p.fetch_max(mib, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            let text = String::from_utf8_lossy(&out.stdout);
-            let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
-            Some((v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN), v["peak_rss_gib"].as_f64().unwrap_or(f64::NAN)))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        Some(Self { child, peak, reader: Some(reader) })
+    }
+
+    fn stop(mut self) -> f64 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
-        None => None,
-    };
-    let cfg = ModelConfig {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+fn bench_shape(name: &str) -> anyhow::Result<ferrotune_model::ModelConfig> {
+    use ferrotune_model::{Family, ModelConfig};
+    let base = ModelConfig {
         family: Family::Llama,
         hidden_size: 576,
         intermediate_size: 1536,
@@ -148,13 +184,97 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         eos_token_ids: vec![2],
         pad_token_id: None,
     };
-    let w = ferrotune_model::testing::random_weights(&cfg, &Device::Cpu)?;
-    let mut model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
+    match name {
+        "smollm2-135m" => Ok(base),
+        "llama-1b" => Ok(ModelConfig {
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_layers: 16,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 64,
+            vocab_size: 128_256,
+            rope_theta: 500_000.0,
+            max_position_embeddings: 131_072,
+            ..base
+        }),
+        other => bail!("unknown --shape `{other}` (smollm2-135m, llama-1b)"),
+    }
+}
+
+struct TrainSpeed {
+    tokens_per_sec: f64,
+    /// GiB: peak RSS on the CPU, peak device memory (nvidia-smi) on a GPU.
+    peak_gib: f64,
+    losses: Vec<f64>,
+}
+
+fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
+    use ferrotune_model::{Adapter, Llama, LoraSpec};
+    let cfg = bench_shape(&b.shape)?;
+    let device = ferrotune_train::config::open_device(&b.device)?;
+    let gpu = match ferrotune_train::config::parse_device(&b.device)? {
+        ferrotune_train::config::DeviceSpec::Cuda(n) => Some(n),
+        ferrotune_train::config::DeviceSpec::Cpu => None,
+    };
+    let tc = ferrotune_train::TrainConfig { dtype: b.dtype, ..Default::default() };
+    let dtype = tc.resolved_dtype(&device);
+    let dtype_name = if dtype == candle_core::DType::BF16 { "bf16" } else { "f32" };
+    let threads = candle_core::utils::get_num_threads();
+    let mem_name = if gpu.is_some() { "peak GPU GiB" } else { "peak RSS GiB" };
+    println!(
+        "bench train: {} shape, random weights (std 0.02), {dtype_name} on {}, LoRA r=16 α=32 dropout {} on 7 projections, AdamW lr 2e-4, batch {}x{} tokens, {} timed steps{}",
+        b.shape,
+        b.device,
+        b.lora_dropout,
+        b.batch,
+        b.seq,
+        b.steps,
+        if gpu.is_none() { format!(", {threads} threads") } else { String::new() }
+    );
+    // The peer runs first, while this process is small: a child's peak-RSS counter starts from
+    // its parent's at fork.
+    let peer = match &b.peft_python {
+        Some(py) => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/peft_train_speed.py");
+            let script = std::env::var("FERROTUNE_PEFT_SCRIPT").unwrap_or_else(|_| script.to_string());
+            let sampler = gpu.and_then(GpuMemSampler::start);
+            let out = Command::new(py)
+                .arg(&script)
+                .args(["--shape", &b.shape, "--batch", &b.batch.to_string(), "--seq", &b.seq.to_string()])
+                .args(["--steps", &b.steps.to_string(), "--threads", &threads.to_string(), "--dtype", dtype_name])
+                .args(["--dropout", &b.lora_dropout.to_string()])
+                .args(["--device", &gpu.map_or("cpu".to_string(), |n| format!("cuda:{n}"))])
+                .output()
+                .with_context(|| format!("running {}", py.display()))?;
+            let gpu_peak = sampler.map(GpuMemSampler::stop);
+            if !out.status.success() {
+                bail!("PEFT benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
+            let losses = v["losses"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+            if let Some(alloc) = v["torch_max_allocated_gib"].as_f64() {
+                println!("(PEFT: torch's own peak allocation {alloc:.2} GiB, reserved {:.2} GiB)", v["torch_max_reserved_gib"].as_f64().unwrap_or(f64::NAN));
+            }
+            Some(TrainSpeed {
+                tokens_per_sec: v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN),
+                peak_gib: gpu_peak.unwrap_or_else(|| v["peak_rss_gib"].as_f64().unwrap_or(f64::NAN)),
+                losses,
+            })
+        }
+        None => None,
+    };
+
+    let sampler = gpu.and_then(GpuMemSampler::start);
+    let w = ferrotune_model::testing::hf_init_random_weights(&cfg, &device, 0)?;
+    let model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
     drop(w);
+    let mut model = if dtype == candle_core::DType::F32 { model } else { model.cast(&device, dtype)? };
     model.set_differentiable(true);
-    let adapter = Adapter::init(&mut model, &LoraSpec::default(), 0)?;
+    let spec = LoraSpec { dropout: b.lora_dropout, ..LoraSpec::default() };
+    let adapter = Adapter::init(&mut model, &spec, 0)?;
     adapter.attach(&mut model);
-    adapter.control.set(true, 0, 0);
     let mut opt = ferrotune_train::optim::AdamW::new(adapter.vars.clone(), Default::default())?;
     let mut rng = 12345u64;
     let mut next = || {
@@ -170,21 +290,56 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         })
         .collect();
     let refs: Vec<&ferrotune_train::batch::Example> = examples.iter().collect();
-    let batch = ferrotune_train::batch::make_batch(&refs, 0, &Device::Cpu)?;
-    ferrotune_train::optimizer_step(&model, &mut opt, std::slice::from_ref(&batch), 2e-4, 1.0)?;
+    let batch = ferrotune_train::batch::make_batch(&refs, 0, &device)?;
+    let mut losses = Vec::new();
+    adapter.control.set(true, 0, 0);
+    losses.push(ferrotune_train::optimizer_step(&model, &mut opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0);
     let t0 = Instant::now();
-    for _ in 0..b.steps {
-        ferrotune_train::optimizer_step(&model, &mut opt, std::slice::from_ref(&batch), 2e-4, 1.0)?;
+    for s in 0..b.steps {
+        adapter.control.set(true, 0, s as u64 + 1);
+        // The loss read back each step synchronises the device, so the clock sees finished work.
+        losses.push(ferrotune_train::optimizer_step(&model, &mut opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0);
     }
-    let ours_tps = (b.batch * b.seq * b.steps) as f64 / t0.elapsed().as_secs_f64();
-    let ours_rss = peak_rss_gib();
-    println!("{:<22} {:>12} {:>14} {:>12} {:>12}", "engine", "tokens/s", "peak RSS GiB", "speed ratio", "memory ratio");
-    if let Some((tps, rss)) = peer {
-        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", "HF PEFT (torch CPU)", tps, rss, "1.00x", "1.00x");
-        println!("{:<22} {:>12.1} {:>14.2} {:>11.2}x {:>11.2}x", "ferrotune", ours_tps, ours_rss, ours_tps / tps, ours_rss / rss);
+    let ours = TrainSpeed {
+        tokens_per_sec: (b.batch * b.seq * b.steps) as f64 / t0.elapsed().as_secs_f64(),
+        peak_gib: match sampler {
+            Some(s) => s.stop(),
+            None => peak_rss_gib(),
+        },
+        losses,
+    };
+
+    println!("{:<22} {:>12} {:>14} {:>12} {:>12}", "engine", "tokens/s", mem_name, "speed ratio", "memory ratio");
+    let fmt_losses = |l: &[f64]| format!("{:.3} -> {:.3}", l.first().copied().unwrap_or(f64::NAN), l.last().copied().unwrap_or(f64::NAN));
+    let peer_name = if gpu.is_some() { "HF PEFT (torch CUDA)" } else { "HF PEFT (torch CPU)" };
+    if let Some(p) = &peer {
+        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", peer_name, p.tokens_per_sec, p.peak_gib, "1.00x", "1.00x");
+        println!(
+            "{:<22} {:>12.1} {:>14.2} {:>11.2}x {:>11.2}x",
+            "ferrotune",
+            ours.tokens_per_sec,
+            ours.peak_gib,
+            ours.tokens_per_sec / p.tokens_per_sec,
+            ours.peak_gib / p.peak_gib
+        );
+        println!("loss over the {} steps (same batch each step): PEFT {}, ferrotune {}", p.losses.len(), fmt_losses(&p.losses), fmt_losses(&ours.losses));
+        let drop = |l: &[f64]| l.first().zip(l.last()).map(|(a, z)| a - z).unwrap_or(f64::NAN);
+        let (dp, du) = (drop(&p.losses), drop(&ours.losses));
+        let alike = dp > 0.0 && du > 0.0 && (du / dp) > 0.5 && (du / dp) < 2.0;
+        println!("losses fall alike: {} (decrease PEFT {dp:.3}, ferrotune {du:.3})", if alike { "yes" } else { "NO" });
     } else {
-        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", "ferrotune", ours_tps, ours_rss, "-", "-");
+        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", "ferrotune", ours.tokens_per_sec, ours.peak_gib, "-", "-");
+        println!("loss: {}", fmt_losses(&ours.losses));
         println!("(PEFT not measured: pass --peft-python or set FERROTUNE_PEFT_PYTHON)");
+    }
+    if let Some(path) = &b.json {
+        let side = |s: &TrainSpeed| serde_json::json!({"tokens_per_sec": s.tokens_per_sec, "peak_gib": s.peak_gib, "losses": s.losses});
+        let v = serde_json::json!({
+            "shape": b.shape, "device": b.device, "dtype": dtype_name, "batch": b.batch, "seq": b.seq, "steps": b.steps,
+            "lora_dropout": b.lora_dropout, "memory": mem_name,
+            "ferrotune": side(&ours), "peft": peer.as_ref().map(side),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -110,6 +110,14 @@ pub struct TrainArgs {
     /// Seed for adapter init, data order and dropout. [default: 42]
     #[arg(long)]
     seed: Option<u64>,
+    /// Where to train: cpu, cuda or cuda:N (CUDA needs the GPU build, scripts/gpu/build-cuda.sh).
+    /// [default: cpu]
+    #[arg(long)]
+    device: Option<String>,
+    /// Weights and activations: auto (f32 on the CPU, bf16 on a GPU), f32 or bf16. LoRA
+    /// variables and optimizer state are f32 in every case. [default: auto]
+    #[arg(long)]
+    dtype: Option<ferrotune_train::config::Precision>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -127,7 +135,7 @@ pub fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     overlay!(cfg, a, model, data, method, lora_r, lora_alpha, lora_dropout, target_modules, epochs, batch_size, grad_accum, lr,
-        weight_decay, warmup_ratio, scheduler, max_grad_norm, early_stopping_threshold, logging_steps, seed);
+        weight_decay, warmup_ratio, scheduler, max_grad_norm, early_stopping_threshold, logging_steps, seed, device, dtype);
     if a.eval_data.is_some() {
         cfg.eval_data = a.eval_data.clone();
     }

@@ -13,6 +13,7 @@
 //! - [`testing`]: tiny random models for tests.
 
 pub mod attn_softmax;
+pub mod handoff;
 pub mod chat;
 pub mod clock;
 pub mod config;

@@ -93,7 +93,7 @@ impl Linear {
                 let lead = x.elem_count() / self.in_features;
                 let x2 = x.reshape((lead, self.in_features))?;
                 let y = if x2.track_op() && !w.track_op() {
-                    frozen_matmul(&x2, w)?
+                    crate::handoff::frozen_matmul(&x2, w)?
                 } else {
                     x2.matmul(&w.t()?)?
                 };
@@ -114,47 +114,6 @@ impl Linear {
             Some(a) => y + a.delta(x)?,
             None => Ok(y),
         }
-    }
-}
-
-/// `x·Wᵀ` for a frozen `W` whose input needs a gradient (LoRA training). candle's matmul
-/// backward computes the gradient of both operands, so a frozen weight would cost a second
-/// full-size matmul and a weight-shaped buffer per layer per step (the LM head alone: 28M
-/// floats). Here the product is computed off the graph and attached to `x` by an op whose
-/// backward returns only `∂L/∂x = ∂L/∂y · W`.
-fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().matmul(&w.t()?)?;
-    x.apply_op1(FrozenMatmulGrad { y: std::sync::Mutex::new(Some(y)), w: w.clone() })
-}
-
-struct FrozenMatmulGrad {
-    /// The product, already computed; handed over by `cpu_fwd` (the op lives in the graph until
-    /// backward, and keeping a second copy of every projection's output there doubled them).
-    y: std::sync::Mutex<Option<Tensor>>,
-    w: Tensor,
-}
-
-impl candle_core::CustomOp1 for FrozenMatmulGrad {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _x: &candle_core::CpuStorage,
-        _layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let y = self.y.lock().ok().and_then(|mut g| g.take());
-        let Some(y) = y else { candle_core::bail!("frozen-matmul: forward ran twice") };
-        let (storage, layout) = y.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), y.shape().clone())),
-            _ => candle_core::bail!("frozen-matmul: product not a contiguous CPU tensor"),
-        }
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
     }
 }
 

@@ -58,8 +58,10 @@ struct Ctx {
     mask: Option<Tensor>,
     differentiable: bool,
     /// Plain causal attention over exactly the new tokens (no cache, padding or window) in
-    /// differentiable mode: use the fused causal softmax with its own backward.
+    /// differentiable mode: attention probabilities from `handoff::causal_attention_probs`.
     causal_op: bool,
+    /// `[t, t]` additive causal mask for `causal_op` off the CPU (the CPU kernel masks itself).
+    causal_mask: Option<Tensor>,
 }
 
 impl Attention {
@@ -105,8 +107,9 @@ impl Attention {
         let q = q.reshape((b, kvh, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
         let att = if ctx.causal_op {
-            // Training: scale, causal mask and softmax in one op that keeps only its output.
-            crate::attn_softmax::causal_softmax(&q.matmul(&k.t()?)?, t, scale)?
+            // Training: the probabilities enter the graph as a function of q and k; the scores
+            // are never kept.
+            crate::handoff::causal_attention_probs(&q, &k, t, scale, ctx.causal_mask.as_ref())?
         } else {
             let att = (q.matmul(&k.t()?)? * scale)?;
             let att = match &ctx.mask {
@@ -290,6 +293,62 @@ impl Llama {
         self.embed_tokens.device()
     }
 
+    /// The dtype activations run in (the embedding's; f32 unless [`Self::cast`] changed it).
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// The model on `device` with its weights in `dtype` (e.g. bf16 on a GPU for training; LoRA
+    /// adapters keep f32 variables and run in the activations' dtype). Quantized layers are
+    /// dequantized. A tied head keeps sharing the embedding. RoPE tables stay f32 and are cast
+    /// at use.
+    pub fn cast(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let mv = |t: &Tensor| -> Result<Tensor> { t.to_device(device)?.to_dtype(dtype) };
+        let lin = |l: &Linear| -> Result<Linear> {
+            let w = mv(&l.dense_weight()?)?;
+            let b = l.bias().map(mv).transpose()?;
+            let mut out = Linear::new(BaseWeight::Dense(w), b, l.in_features(), l.out_features());
+            out.set_adapter(l.adapter().cloned());
+            Ok(out)
+        };
+        let norm = |n: &RmsNorm| -> Result<RmsNorm> { Ok(RmsNorm { weight: mv(&n.weight)?, eps: n.eps }) };
+        let embed_tokens = mv(&self.embed_tokens)?;
+        let tied = matches!(self.lm_head.weight(), BaseWeight::Dense(w) if w.id() == self.embed_tokens.id());
+        let lm_head = if tied {
+            Linear::new(BaseWeight::Dense(embed_tokens.clone()), None, self.cfg.hidden_size, self.cfg.vocab_size)
+        } else {
+            lin(&self.lm_head)?
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            layers.push(Block {
+                self_attn: Attention {
+                    q_proj: lin(&a.q_proj)?,
+                    k_proj: lin(&a.k_proj)?,
+                    v_proj: lin(&a.v_proj)?,
+                    o_proj: lin(&a.o_proj)?,
+                    num_heads: a.num_heads,
+                    num_kv_heads: a.num_kv_heads,
+                    head_dim: a.head_dim,
+                },
+                mlp: Mlp { gate_proj: lin(&m.gate_proj)?, up_proj: lin(&m.up_proj)?, down_proj: lin(&m.down_proj)? },
+                input_layernorm: norm(&l.input_layernorm)?,
+                post_attention_layernorm: norm(&l.post_attention_layernorm)?,
+            });
+        }
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: norm(&self.norm)?,
+            lm_head,
+            rope: self.rope.to_device(device)?,
+            cfg: self.cfg.clone(),
+            differentiable: self.differentiable,
+        })
+    }
+
     /// Use only ops with a backward pass (training); the default uses candle's fused kernels.
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;
@@ -391,10 +450,16 @@ impl Llama {
         } else {
             Positions::Range { start: offset, len: t }
         };
+        let dtype = self.dtype();
         let (cos, sin) = self.rope.tables(&positions)?;
-        let mask = build_mask(b, t, offset, &pads, self.cfg.sliding_window, self.device())?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let mask = build_mask(b, t, offset, &pads, self.cfg.sliding_window, self.device(), dtype)?;
         let causal_op = self.differentiable && offset == 0 && !padded && !self.cfg.sliding_window.is_some_and(|w| t > w);
-        let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable, causal_op };
+        let causal_mask = match (causal_op, self.device()) {
+            (true, Device::Cpu) | (false, _) => None,
+            (true, dev) => build_mask(1, t, 0, &[], None, dev, dtype)?.map(|m| m.reshape((t, t))).transpose()?,
+        };
+        let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable, causal_op, causal_mask };
 
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         if !self.embed_tokens.track_op() {
@@ -444,6 +509,7 @@ impl Llama {
             positions.push(offset.saturating_sub(c.left_pad.first().copied().unwrap_or(0)) as u32);
         }
         let (cos, sin) = self.rope.tables(&rope::positions_tensor(&positions, b, 1, self.device())?)?;
+        let (cos, sin) = (cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?);
         let ids = Tensor::from_slice(ids, b, self.device())?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?.reshape((b, 1, self.cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -472,6 +538,7 @@ fn build_mask(
     pads: &[usize],
     window: Option<usize>,
     device: &Device,
+    dtype: DType,
 ) -> Result<Option<Tensor>> {
     let total = offset + t;
     let padded = pads.iter().any(|&p| p > 0);
@@ -499,6 +566,6 @@ fn build_mask(
             }
         }
     }
-    let m = Tensor::from_vec(m, (rows, 1, 1, t, total), device)?.to_dtype(DType::F32)?;
+    let m = Tensor::from_vec(m, (rows, 1, 1, t, total), device)?.to_dtype(dtype)?;
     Ok(Some(m))
 }

@@ -171,10 +171,16 @@ impl LoraLayer {
         }
         let seed = self.control.seed.load(Ordering::Relaxed);
         let step = self.control.step.load(Ordering::Relaxed);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
-            seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03),
-        );
+        let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
+        if !x.device().is_cpu() {
+            // On a GPU the mask is drawn there (host RNG over millions of elements per layer would
+            // dominate the step); reseeding per (seed, step, layer) keeps resumed runs identical.
+            x.device().set_seed(mix)?;
+            let mask = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.lt(keep)?.to_dtype(x.dtype())?;
+            return (x * mask)?.affine(1.0 / keep, 0.0);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
         let scale = (1.0 / keep) as f32;
         let mask: Vec<f32> =
             (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
@@ -187,7 +193,10 @@ impl LinearAdapter for LoraLayer {
         let inp = self.a.dim(1)?;
         let lead = x.elem_count() / inp;
         // Scale the small `[lead, r]` intermediate, not the `[lead, out]` result.
-        let h = (self.dropout(x)?.reshape((lead, inp))?.matmul(&self.a.t()?)? * self.scale)?.matmul(&self.b.t()?)?;
+        // f32 variables, run in the activations' dtype (a no-op for f32; bf16 on a GPU, where
+        // the cast's backward brings the gradients back to the f32 variables).
+        let (a, b) = (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?);
+        let h = (self.dropout(x)?.reshape((lead, inp))?.matmul(&a.t()?)? * self.scale)?.matmul(&b.t()?)?;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = self.b.dim(0)?;

@@ -73,6 +73,10 @@ impl Rope {
         })
     }
 
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self { cos: self.cos.to_device(device)?, sin: self.sin.to_device(device)?, max_positions: self.max_positions })
+    }
+
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }

@@ -16,16 +16,46 @@ fn standard_normal(rng: &mut StdRng) -> f32 {
 
 /// Random HF-named weights for `cfg` (normal, std 0.1 for matrices; norms around 1).
 pub fn random_weights(cfg: &ModelConfig, device: &Device) -> candle_core::Result<Weights> {
-    let mut w = Weights::new("<random>", device.clone());
-    let here = std::path::Path::new("<random>");
     // Seeded, so a test sees the same weights on every machine and every run.
     let mut rng = StdRng::seed_from_u64(0x5eed);
-    let mut put = |name: String, shape: &[usize]| -> candle_core::Result<()> {
+    fill_weights(cfg, device, |shape| {
         let n: usize = shape.iter().product();
         let offset = if shape.len() == 1 { 1.0 } else { 0.0 };
         let values: Vec<f32> = (0..n).map(|_| offset + 0.1 * standard_normal(&mut rng)).collect();
-        let t = Tensor::from_vec(values, shape, device)?;
-        w.insert(name, here, WeightTensor::Dense(t));
+        Tensor::from_vec(values, shape, device)
+    })
+}
+
+/// Random weights initialised as transformers initialises a fresh `LlamaForCausalLM`
+/// (matrices normal with std 0.02, norms one), generated on `device` (its own RNG, seeded; the
+/// host RNG on the CPU): benchmarks against PEFT start from the same distribution, and a 1B
+/// model is generated in a moment on a GPU.
+pub fn hf_init_random_weights(cfg: &ModelConfig, device: &Device, seed: u64) -> candle_core::Result<Weights> {
+    if device.is_cpu() {
+        let mut rng = StdRng::seed_from_u64(seed);
+        return fill_weights(cfg, device, |shape| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> =
+                if shape.len() == 1 { vec![1.0; n] } else { (0..n).map(|_| 0.02 * standard_normal(&mut rng)).collect() };
+            Tensor::from_vec(v, shape, device)
+        });
+    }
+    device.set_seed(seed)?;
+    fill_weights(cfg, device, |shape| {
+        if shape.len() == 1 { Tensor::ones(shape, candle_core::DType::F32, device) } else { Tensor::randn(0f32, 0.02, shape, device) }
+    })
+}
+
+/// Every tensor a LLaMA of shape `cfg` needs, each made by `make(shape)`.
+fn fill_weights(
+    cfg: &ModelConfig,
+    device: &Device,
+    mut make: impl FnMut(&[usize]) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Weights> {
+    let mut w = Weights::new("<random>", device.clone());
+    let here = std::path::Path::new("<random>");
+    let mut put = |name: String, shape: &[usize]| -> candle_core::Result<()> {
+        w.insert(name, here, WeightTensor::Dense(make(shape)?));
         Ok(())
     };
     let (h, kv, d, hid, ffn) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size);

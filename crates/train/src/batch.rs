@@ -102,7 +102,8 @@ pub fn loss_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
     let hidden = model.forward(&batch.ids, None, None, Logits::Hidden)?;
     let (b, t, h) = hidden.dims3()?;
     let picked = hidden.reshape((b * t, h))?.index_select(&batch.positions, 0)?;
-    let logits = model.head(&picked)?;
+    // Log-softmax in f32 whatever the model's dtype (bf16 logits lose the small probabilities).
+    let logits = model.head(&picked)?.to_dtype(DType::F32)?;
     let lse = logits.log_sum_exp(D::Minus1)?;
     let target_logit = logits.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?;
     Ok((lse - target_logit)?.sum_all()?)

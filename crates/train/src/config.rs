@@ -28,6 +28,30 @@ impl std::str::FromStr for Method {
     }
 }
 
+/// The dtype weights and activations run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 on the CPU, bf16 on a GPU.
+    #[default]
+    Auto,
+    F32,
+    /// bf16 base weights and activations; LoRA variables and optimizer state stay f32.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype `{other}` (auto, f32, bf16)")),
+        }
+    }
+}
+
 /// Every training setting, with the defaults `ferrotune train --help` states.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,6 +87,9 @@ pub struct TrainConfig {
     pub early_stopping_threshold: f64,
     pub logging_steps: usize,
     pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N` (a CUDA build: scripts/gpu/build-cuda.sh).
+    pub device: String,
+    pub dtype: Precision,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +125,8 @@ impl Default for TrainConfig {
             early_stopping_threshold: 0.0,
             logging_steps: 1,
             seed: 42,
+            device: "cpu".into(),
+            dtype: Precision::Auto,
         }
     }
 }
@@ -155,7 +184,21 @@ impl TrainConfig {
         if self.method == Method::Lora {
             self.lora_spec().validate()?;
         }
+        parse_device(&self.device)?;
+        if self.method == Method::Full && self.dtype == Precision::Bf16 {
+            return bad("dtype", "full fine-tuning keeps f32 weights (bf16 master weights lose small updates); use --dtype f32 or --method lora");
+        }
         Ok(())
+    }
+
+    /// The dtype to run in on `device` (`auto`: bf16 on a GPU for LoRA, else f32).
+    pub fn resolved_dtype(&self, device: &candle_core::Device) -> candle_core::DType {
+        match self.dtype {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::Auto if !device.is_cpu() && self.method == Method::Lora => candle_core::DType::BF16,
+            Precision::Auto => candle_core::DType::F32,
+        }
     }
 
     pub fn lora_spec(&self) -> ferrotune_model::LoraSpec {
@@ -165,6 +208,40 @@ impl TrainConfig {
             dropout: self.lora_dropout,
             targets: ferrotune_model::TargetModules::parse(&self.target_modules),
             use_rslora: self.rslora,
+        }
+    }
+}
+
+/// Where a device name points: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`; checked before use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(s: &str) -> Result<DeviceSpec> {
+    match s.trim() {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+            _ => Err(TrainError::config("device", format!("`{other}` is not a device (cpu, cuda, cuda:N)"))),
+        },
+    }
+}
+
+/// Opens the device; a CUDA device in a CPU-only build is an error saying how to get one.
+pub fn open_device(s: &str) -> Result<candle_core::Device> {
+    match parse_device(s)? {
+        DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceSpec::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(TrainError::config(
+                    "device",
+                    format!("`{s}`: this ferrotune was built without CUDA (build one with scripts/gpu/build-cuda.sh)"),
+                ));
+            }
+            candle_core::Device::new_cuda(n).map_err(|e| TrainError::config("device", format!("`{s}`: {e}")))
         }
     }
 }

@@ -159,8 +159,12 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = lineage::now_rfc3339();
 
     // ---- model and data ----
-    let device = Device::Cpu;
-    let mut m = ferrotune_model::load(&cfg.model, WeightMode::F32, &device)?;
+    let device = crate::config::open_device(&cfg.device)?;
+    let mut m = ferrotune_model::load(&cfg.model, WeightMode::F32, &Device::Cpu)?;
+    let dtype = cfg.resolved_dtype(&device);
+    if !device.is_cpu() || dtype != candle_core::DType::F32 {
+        m.model = m.model.cast(&device, dtype)?;
+    }
     let ctx = m.config().max_position_embeddings;
     let max_len = cfg.max_seq_len.unwrap_or(ctx.min(2048));
     if max_len > ctx {
