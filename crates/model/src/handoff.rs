@@ -132,6 +132,151 @@ impl CustomOp2 for CausalProbs {
     }
 }
 
+/// RMSNorm `x · rsqrt(mean(x²) + ε) · w` with candle's fused kernel forward, differentiable:
+/// only `x` (kept anyway: it is the residual stream) stays in the graph, instead of the five
+/// f32 intermediates of the composed form. `∂x = r·(∂y⊙w) − x·r³·mean((∂y⊙w)⊙x)`,
+/// `∂w = Σ_rows ∂y⊙x·r` (only when `w` is trained), computed in f32.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let y = candle_nn::ops::rms_norm(&x.detach().contiguous()?, &w.detach(), eps)?;
+    x.apply_op2(w, RmsNormGrad { y: Slot::new(y), eps: f64::from(eps) })
+}
+
+struct RmsNormGrad {
+    y: Slot,
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.y.cpu(self.name())
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.y.cuda(self.name())
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let f32 = candle_core::DType::F32;
+        let x32 = x.to_dtype(f32)?;
+        let g32 = grad.to_dtype(f32)?;
+        let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let gw = g32.broadcast_mul(&w.to_dtype(f32)?)?;
+        let dot = (&gw * &x32)?.mean_keepdim(D::Minus1)?;
+        let dx = (gw.broadcast_mul(&r)? - x32.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?.to_dtype(x.dtype())?;
+        let dw = if w.track_op() {
+            let hidden = w.dim(0)?;
+            let xr = x32.broadcast_mul(&r)?;
+            Some((g32 * xr)?.reshape(((), hidden))?.sum(0)?.to_dtype(w.dtype())?)
+        } else {
+            None
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
+/// RoPE (rotate-half layout) with candle's fused kernel forward, differentiable: the rotation is
+/// orthogonal, so its backward is the same kernel with `−sin`. `x: [b, heads, t, d]` contiguous;
+/// `cos`/`sin`: `[t, d/2]` or `[b, t, d/2]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::rotary_emb::rope(&x.detach().contiguous()?, cos, sin)?;
+    x.apply_op1(RopeGrad { y: Slot::new(y), cos: cos.clone(), sin: sin.clone() })
+}
+
+struct RopeGrad {
+    y: Slot,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl CustomOp1 for RopeGrad {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.y.cpu(self.name())
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.y.cuda(self.name())
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(candle_nn::rotary_emb::rope(&grad.contiguous()?, &self.cos, &self.sin.neg()?)?))
+    }
+}
+
+/// Rows of logits per chunk: about 64M f32 values (256 MB) at a time.
+fn ce_chunk_rows(vocab: usize) -> usize {
+    ((64usize << 20) / vocab.max(1)).max(1)
+}
+
+/// `Σ_i logsumexp(h_i·Wᵀ) − (h_i·Wᵀ)[target_i]` — the summed cross-entropy of a frozen LM head
+/// `W: [vocab, hidden]` over `h: [n, hidden]` — computed in row chunks with f32 logits that are
+/// never kept: the full `[n, vocab]` logits (and their f32 copy, exponentials and gradient) never
+/// exist at once. Backward recomputes each chunk's logits (one more head matmul) and returns
+/// `∂h = Σ (softmax − onehot)·W`. Returns an f32 scalar.
+pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, _) = h.dims2()?;
+    let chunk = ce_chunk_rows(w.dim(0)?);
+    let hd = h.detach();
+    let mut total = Tensor::zeros((), candle_core::DType::F32, h.device())?;
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let logits = hd.narrow(0, start, len)?.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?;
+        let lse = logits.log_sum_exp(D::Minus1)?;
+        let tgt = logits.gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?.squeeze(1)?;
+        total = (total + (lse - tgt)?.sum_all()?)?;
+        start += len;
+    }
+    h.apply_op1(HeadCrossEntropy { y: Slot::new(total), w: w.clone(), targets: targets.clone(), chunk })
+}
+
+struct HeadCrossEntropy {
+    y: Slot,
+    w: Tensor,
+    targets: Tensor,
+    chunk: usize,
+}
+
+impl CustomOp1 for HeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.y.cpu(self.name())
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.y.cuda(self.name())
+    }
+
+    fn bwd(&self, h: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let f32 = candle_core::DType::F32;
+        let g = grad.to_dtype(f32)?.to_scalar::<f32>()? as f64;
+        let (n, _) = h.dims2()?;
+        let mut parts = Vec::with_capacity(n.div_ceil(self.chunk));
+        let mut start = 0;
+        while start < n {
+            let len = self.chunk.min(n - start);
+            let logits = h.narrow(0, start, len)?.matmul(&self.w.t()?)?.to_dtype(f32)?;
+            let p = candle_nn::ops::softmax_last_dim(&logits)?;
+            let idx = self.targets.narrow(0, start, len)?.unsqueeze(1)?;
+            let minus_one = Tensor::full(-1f32, (len, 1), h.device())?;
+            let dlogits = p.scatter_add(&idx, &minus_one, 1)?.affine(g, 0.0)?;
+            parts.push(dlogits.to_dtype(h.dtype())?.matmul(&self.w)?);
+            start += len;
+        }
+        Ok(Some(Tensor::cat(&parts, 0)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +340,75 @@ mod tests {
         let gr = r.sum_all()?.backward()?;
         let diff = (g.get(&x).expect("grad") - gr.get(&x).expect("grad"))?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6);
+        Ok(())
+    }
+
+    fn grads_agree(ours: &Tensor, reference: &Tensor, vars: &[&Var], tol: f32) -> Result<()> {
+        let fwd = (ours - reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(fwd < tol, "forward differs by {fwd}");
+        let w = Tensor::randn(0f32, 1.0, ours.shape(), ours.device())?;
+        let g1 = (ours * &w)?.sum_all()?.backward()?;
+        let g2 = (reference * &w)?.sum_all()?.backward()?;
+        for v in vars {
+            let (a, r) = (g1.get(v).expect("grad"), g2.get(v).expect("grad"));
+            let diff = (a - r)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(diff < tol, "gradient differs by {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composed_form_for_input_and_weight() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev)?)?;
+        let w = Var::from_tensor(&(Tensor::randn(0f32, 0.1, 8, &dev)? + 1.0)?)?;
+        let ours = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)?;
+        let reference = candle_nn::ops::rms_norm_slow(x.as_tensor(), w.as_tensor(), 1e-5)?;
+        grads_agree(&ours, &reference, &[&x, &w], 1e-5)
+    }
+
+    #[test]
+    fn rope_matches_the_composed_form_with_shared_and_per_row_positions() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?)?;
+        for per_row in [false, true] {
+            let shape: &[usize] = if per_row { &[2, 5, 4] } else { &[5, 4] };
+            let angles = Tensor::randn(0f32, 2.0, shape, &dev)?;
+            let (cos, sin) = (angles.cos()?, angles.sin()?);
+            let ours = rope(x.as_tensor(), &cos, &sin)?;
+            // The composed rotate-half form.
+            let expand = |c: &Tensor| -> Result<Tensor> {
+                let c = Tensor::cat(&[c, c], D::Minus1)?;
+                if per_row { c.unsqueeze(1) } else { c.unsqueeze(0)?.unsqueeze(0) }
+            };
+            let xt = x.as_tensor();
+            let (x1, x2) = (xt.narrow(D::Minus1, 0, 4)?, xt.narrow(D::Minus1, 4, 4)?);
+            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            let reference = (xt.broadcast_mul(&expand(&cos)?)? + rotated.broadcast_mul(&expand(&sin)?)?)?;
+            grads_agree(&ours, &reference, &[&x], 1e-5)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn chunked_head_cross_entropy_matches_full_logits() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, hidden, vocab) = (7, 6, 11);
+        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, hidden), &dev)?)?;
+        let w = Tensor::randn(0f32, 1.0, (vocab, hidden), &dev)?;
+        let targets = Tensor::new(&[0u32, 3, 10, 3, 5, 1, 9], &dev)?;
+        let ours = frozen_head_cross_entropy_sum(h.as_tensor(), &w, &targets)?;
+        let logits = h.as_tensor().matmul(&w.t()?)?;
+        let reference = (logits.log_sum_exp(D::Minus1)? - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?.sum_all()?;
+        let diff = (&ours - &reference)?.abs()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "loss differs by {diff}");
+        let g1 = (ours * 3.0)?.backward()?;
+        let g2 = (reference * 3.0)?.backward()?;
+        let diff = (g1.get(&h).expect("grad") - g2.get(&h).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "gradient differs by {diff}");
+        // Several chunks: the same sum.
+        let big_vocab = (64usize << 20) / 3 + 1;
+        assert_eq!(ce_chunk_rows(big_vocab), 2);
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         if differentiable {
-            candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)
+            crate::handoff::rms_norm(x, &self.weight, self.eps as f32)
         } else {
             candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)
         }
@@ -520,6 +520,15 @@ impl Llama {
         }
         let x = self.norm.forward(&x, false)?;
         self.lm_head.forward(&x)?.squeeze(1)
+    }
+
+    /// The head's weight when it is a plain frozen matrix (no bias, no adapter, not trained):
+    /// training can then fuse it into the loss (`handoff::frozen_head_cross_entropy_sum`).
+    pub fn frozen_head_weight(&self) -> Option<&Tensor> {
+        match self.lm_head.weight() {
+            BaseWeight::Dense(w) if !w.track_op() && self.lm_head.bias().is_none() && self.lm_head.adapter().is_none() => Some(w),
+            _ => None,
+        }
     }
 
     /// The LM head on final-normed hidden states `[.., hidden]` → `[.., vocab]`.

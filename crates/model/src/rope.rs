@@ -1,7 +1,7 @@
 //! Rotary position embeddings in HF's "rotate half" layout (`LlamaRotaryEmbedding`), with the
 //! config's θ and scaling. Tables are computed once per model.
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use crate::config::{ModelConfig, RopeScaling};
 
@@ -108,26 +108,10 @@ pub enum Positions {
     PerRow { ids: Tensor, b: usize, t: usize },
 }
 
-/// Apply RoPE to `x: [b, heads, t, d]`. The fused kernel has no backward, so training uses the
-/// composed (differentiable) form.
+/// Apply RoPE to `x: [b, heads, t, d]` with candle's fused kernel; `differentiable` attaches
+/// its backward (the inverse rotation, `handoff::rope`).
 pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
-    if !differentiable {
-        return candle_nn::rotary_emb::rope(x, cos, sin);
-    }
-    // [t, d/2] -> [1, 1, t, d]; [b, t, d/2] -> [b, 1, t, d]
-    let expand = |c: &Tensor| -> Result<Tensor> {
-        let c = Tensor::cat(&[c, c], D::Minus1)?;
-        match c.rank() {
-            2 => c.unsqueeze(0)?.unsqueeze(0),
-            _ => c.unsqueeze(1),
-        }
-    };
-    let (cos, sin) = (expand(cos)?, expand(sin)?);
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    if differentiable { crate::handoff::rope(x, cos, sin) } else { candle_nn::rotary_emb::rope(x, cos, sin) }
 }
 
 pub fn positions_tensor(per_row: &[u32], b: usize, t: usize, device: &Device) -> Result<Positions> {
@@ -141,14 +125,14 @@ mod tests {
     use crate::config::Family;
 
     #[test]
-    fn fused_and_differentiable_rope_agree() -> Result<()> {
+    fn fused_rope_matches_the_composed_form() -> Result<()> {
         let dev = Device::Cpu;
         let cfg = ModelConfig::tiny(Family::Llama);
         let rope = Rope::new(&cfg, None, &dev)?;
         let x = Tensor::randn(0f32, 1.0, (2, 4, 5, cfg.head_dim), &dev)?;
         let (c, s) = rope.tables(&Positions::Range { start: 3, len: 5 })?;
         let a = apply(&x, &c, &s, false)?;
-        let b = apply(&x, &c, &s, true)?;
+        let b = candle_nn::rotary_emb::rope_slow(&x, &c, &s)?;
         let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
         Ok(())

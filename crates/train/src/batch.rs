@@ -102,7 +102,11 @@ pub fn loss_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
     let hidden = model.forward(&batch.ids, None, None, Logits::Hidden)?;
     let (b, t, h) = hidden.dims3()?;
     let picked = hidden.reshape((b * t, h))?.index_select(&batch.positions, 0)?;
-    // Log-softmax in f32 whatever the model's dtype (bf16 logits lose the small probabilities).
+    // A frozen dense head (LoRA): chunked cross-entropy, the `[targets, vocab]` logits never
+    // exist at once. Log-softmax in f32 whatever the model's dtype either way.
+    if let Some(w) = model.frozen_head_weight() {
+        return Ok(ferrotune_model::handoff::frozen_head_cross_entropy_sum(&picked, w, &batch.targets)?);
+    }
     let logits = model.head(&picked)?.to_dtype(DType::F32)?;
     let lse = logits.log_sum_exp(D::Minus1)?;
     let target_logit = logits.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?;
