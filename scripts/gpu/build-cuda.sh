@@ -62,10 +62,10 @@ export LIBRARY_PATH=$cuda_root/lib64:$cuda_root/lib64/stubs${LIBRARY_PATH:+:$LIB
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export NVCC_APPEND_FLAGS=${NVCC_APPEND_FLAGS:---compress-mode=size}
 echo "building: nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute cap $CUDA_COMPUTE_CAP"
-cargo build --release -p ferrotune-cli --features cuda --target-dir target-cuda
+cargo build --release -p ferrotune-cli --features cuda --target-dir "${CUDA_TARGET_DIR:-target-cuda}"
 
 mkdir -p dist
-strip -o dist/ferrotune-cuda target-cuda/release/ferrotune
+strip -o dist/ferrotune-cuda "${CUDA_TARGET_DIR:-target-cuda}"/release/ferrotune
 xz -T2 -9 -k -f dist/ferrotune-cuda
 ls -l dist/ferrotune-cuda dist/ferrotune-cuda.xz
 echo "built dist/ferrotune-cuda.xz — run it on the GPU machine with scripts/gpu/run.sh"

@@ -236,8 +236,14 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     // its parent's at fork.
     let peer = match &b.peft_python {
         Some(py) => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/peft_train_speed.py");
-            let script = std::env::var("FERROTUNE_PEFT_SCRIPT").unwrap_or_else(|_| script.to_string());
+            // The repo's script: from the working directory (a binary carried to another machine),
+            // else where this binary was built.
+            let rel = "scripts/bench/peft_train_speed.py";
+            let script = if std::path::Path::new(rel).exists() {
+                rel.to_string()
+            } else {
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/peft_train_speed.py").to_string()
+            };
             let sampler = gpu.and_then(GpuMemSampler::start);
             let out = Command::new(py)
                 .arg(&script)
@@ -300,8 +306,50 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         // The loss read back each step synchronises the device, so the clock sees finished work.
         losses.push(ferrotune_train::optimizer_step(&model, &mut opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0);
     }
+    let step_time = t0.elapsed().as_secs_f64() / b.steps.max(1) as f64;
+    if gpu.is_some() {
+        // Where a step's time goes: each phase ends with the device synchronised.
+        let reps = 3;
+        let sync = |d: &Device| -> anyhow::Result<()> { Ok(d.synchronize()?) };
+        let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+            f()?;
+            sync(&device)?;
+            let t = Instant::now();
+            for _ in 0..reps {
+                f()?;
+            }
+            sync(&device)?;
+            Ok(t.elapsed().as_secs_f64() * 1e3 / reps as f64)
+        };
+        let fwd = time(&mut || {
+            ferrotune_train::batch::loss_sum(&model, &batch)?.to_scalar::<f32>()?;
+            Ok(())
+        })?;
+        let fwd_bwd = time(&mut || {
+            ferrotune_train::batch::loss_sum(&model, &batch)?.backward()?;
+            Ok(())
+        })?;
+        adapter.control.set(false, 0, 0);
+        let fwd_bwd_nodrop = time(&mut || {
+            ferrotune_train::batch::loss_sum(&model, &batch)?.backward()?;
+            Ok(())
+        })?;
+        let (m, k, n) = (b.batch * b.seq, cfg.hidden_size, cfg.intermediate_size);
+        let x = Tensor::ones((m, k), dtype, &device)?;
+        let w = Tensor::ones((n, k), dtype, &device)?;
+        let mm = time(&mut || {
+            x.matmul(&w.t()?)?;
+            Ok(())
+        })?;
+        println!(
+            "ferrotune phases (ms): step {:.1} | forward {fwd:.1} | forward+backward {fwd_bwd:.1} (without dropout {fwd_bwd_nodrop:.1}) | optimizer ≈ {:.1} | one {m}x{k}x{n} matmul {mm:.2} ms = {:.0} TFLOP/s",
+            step_time * 1e3,
+            step_time * 1e3 - fwd_bwd,
+            2.0 * (m * k * n) as f64 / (mm * 1e-3) / 1e12
+        );
+    }
     let ours = TrainSpeed {
-        tokens_per_sec: (b.batch * b.seq * b.steps) as f64 / t0.elapsed().as_secs_f64(),
+        tokens_per_sec: (b.batch * b.seq) as f64 / step_time,
         peak_gib: match sampler {
             Some(s) => s.stop(),
             None => peak_rss_gib(),

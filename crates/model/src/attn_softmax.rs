@@ -4,8 +4,8 @@
 //! per head (scaled scores, masked scores, shifted, exponentials, output), which — kept for the
 //! backward pass — made attention most of a training step's memory (measured: ~1.2 GB per
 //! 200-token example over 30 layers). This kernel is forward-only; training attaches its output
-//! to the graph with its own backward (`handoff::causal_attention_probs`), so neither the
-//! scores nor any intermediate is kept.
+//! to the graph with its own backward (`handoff::causal_attention`), which recomputes
+//! the probabilities in backward rather than keep them.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

@@ -6,7 +6,7 @@
 //! attention scores (`q·kᵀ`, `[b, heads, t, t]`, kept alive by the softmax that reads them). Here
 //! the result is computed with ordinary (no-grad) tensor ops — candle's fused kernels on the CPU
 //! or the GPU — and a custom op attaches it to the graph as a function of the inputs whose
-//! gradients are wanted, with a backward of our own. The op's forward only hands the stored
+//! gradients are wanted, with a backward of our own (some recompute what they need instead). The op's forward only hands the stored
 //! result over (a copy on the device; the original is dropped at once).
 
 use std::sync::Mutex;
@@ -79,56 +79,111 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
-/// Causal attention probabilities `softmax(scale · q·kᵀ)` for training, as a function of `q`
-/// and `k` only: the `t × t` scores never enter the graph (only the probabilities, which the
-/// following `·v` needs anyway). `q: [b, kv, rep·t, d]` (the `rep` query heads sharing a KV head
-/// folded into the row axis; row `r` is query position `r % t`), `k: [b, kv, t, d]`.
-///
-/// `mask` is the additive causal mask `[t, t]` (0 / −∞) in `q`'s dtype, used off the CPU; the
-/// CPU computes scale, mask and softmax in one pass of its own kernel instead.
-/// Backward: `∂S = scale · P ⊙ (∂P − Σ ∂P ⊙ P)`, `∂q = ∂S·k`, `∂k = ∂Sᵀ·q`.
-pub fn causal_attention_probs(q: &Tensor, k: &Tensor, t: usize, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let scores = q.detach().matmul(&k.detach().t()?)?;
-    let p = match (q.device(), mask) {
-        (candle_core::Device::Cpu, _) => crate::attn_softmax::causal_softmax_no_grad(&scores, t, scale)?,
+/// Causal attention `softmax(scale · q·kᵀ)·v` for training, with only `q`, `k`, `v` kept for
+/// backward: the `[b, heads, t, t]` probabilities are recomputed there (one more `q·kᵀ` and
+/// softmax per layer) instead of being held from forward to backward — at 8×1024 tokens and 32
+/// heads they are 0.5 GB per layer in bf16. `q: [b, kv, rep·t, d]` (the `rep` query heads sharing a
+/// KV head folded into the row axis; row `r` is query position `r % t`), `k`, `v: [b, kv, t, d]`,
+/// output `[b, kv, rep·t, d]`. `mask`: the additive causal mask `[t, t]` in `q`'s dtype, used off
+/// the CPU (the CPU kernel masks itself). Backward: `∂v = Pᵀ·∂o`, `∂P = ∂o·vᵀ`, then as the probabilities'.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, t: usize, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let p = probs_no_grad(&q.detach(), &k.detach(), t, scale, mask)?;
+    let out = p.matmul(&v.detach())?;
+    drop(p);
+    q.apply_op3(k, v, CausalAttention { out: Slot::new(out), t, scale, mask: mask.cloned() })
+}
+
+fn probs_no_grad(q: &Tensor, k: &Tensor, t: usize, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let scores = q.matmul(&k.t()?)?;
+    match (q.device(), mask) {
+        (candle_core::Device::Cpu, _) => crate::attn_softmax::causal_softmax_no_grad(&scores, t, scale),
         (_, Some(mask)) => {
             let (b, kv, rows, keys) = scores.dims4()?;
             let rep = rows / t;
             let masked = (scores * scale)?.reshape((b, kv, rep, t, keys))?.broadcast_add(mask)?.reshape((b, kv, rows, keys))?;
-            candle_nn::ops::softmax_last_dim(&masked)?
+            candle_nn::ops::softmax_last_dim(&masked)
         }
         // One position: nothing to hide.
-        (_, None) if t == 1 => candle_nn::ops::softmax_last_dim(&(scores * scale)?)?,
-        (_, None) => candle_core::bail!("causal-attention-probs: a {t}×{t} mask is needed off the CPU"),
-    };
-    q.apply_op2(k, CausalProbs { p: Slot::new(p), scale })
+        (_, None) if t == 1 => candle_nn::ops::softmax_last_dim(&(scores * scale)?),
+        (_, None) => candle_core::bail!("causal attention: a {t}×{t} mask is needed off the CPU"),
+    }
 }
 
-struct CausalProbs {
-    p: Slot,
+struct CausalAttention {
+    out: Slot,
+    t: usize,
     scale: f64,
+    mask: Option<Tensor>,
 }
 
-impl CustomOp2 for CausalProbs {
+impl candle_core::CustomOp3 for CausalAttention {
     fn name(&self) -> &'static str {
-        "causal-attention-probs"
+        "causal-attention"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.out.cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.out.cuda(self.name())
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let p = probs_no_grad(&q, &k, self.t, self.scale, self.mask.as_ref())?;
+        let grad = grad.contiguous()?;
+        let dv = p.t()?.matmul(&grad)?;
+        let dp = grad.matmul(&v.t()?)?;
+        // Masked entries have p = 0, so they get no gradient without special handling.
+        let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+        let ds = (p * dp.broadcast_sub(&dot)?)?.affine(self.scale, 0.0)?;
+        let dq = ds.matmul(&k.contiguous()?)?;
+        let dk = ds.t()?.matmul(&q.contiguous()?)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// `(x ⊙ m)·Aᵀ` — LoRA's first product on a dropped-out input — keeping only the mask `m`
+/// (`{0, 1/keep}`, shaped like `x: [n, in]`) for backward; `A: [r, in]`. Composed, the graph
+/// would hold the mask, `x ⊙ m` and its rescaled copy for each adapted projection.
+/// Backward: `∂x = (∂y·A) ⊙ m`, `∂A = ∂yᵀ·(x ⊙ m)` (the product recomputed).
+pub fn masked_matmul(x: &Tensor, mask: &Tensor, a: &Tensor) -> Result<Tensor> {
+    let y = (x.detach() * mask)?.matmul(&a.detach().t()?)?;
+    x.apply_op2(a, MaskedMatmul { y: Slot::new(y), mask: mask.clone() })
+}
+
+struct MaskedMatmul {
+    y: Slot,
+    mask: Tensor,
+}
+
+impl CustomOp2 for MaskedMatmul {
+    fn name(&self) -> &'static str {
+        "masked-matmul"
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.p.cpu(self.name())
+        self.y.cpu(self.name())
     }
 
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.p.cuda(self.name())
+        self.y.cuda(self.name())
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, p: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // Masked entries have p = 0, so they get no gradient without special handling.
-        let dot = (grad * p)?.sum_keepdim(D::Minus1)?;
-        let ds = (p * grad.broadcast_sub(&dot)?)?.affine(self.scale, 0.0)?;
-        let dq = ds.matmul(&k.contiguous()?)?;
-        let dk = ds.t()?.matmul(&q.contiguous()?)?;
-        Ok((Some(dq), Some(dk)))
+    fn bwd(&self, x: &Tensor, a: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() { Some((grad.matmul(&a.detach())? * &self.mask)?) } else { None };
+        let xm = (x.detach() * &self.mask)?;
+        let da = grad.t()?.matmul(&xm)?;
+        Ok((dx, Some(da)))
     }
 }
 
@@ -298,37 +353,6 @@ mod tests {
     }
 
     #[test]
-    fn causal_probs_match_the_composed_ops_forward_and_backward() -> Result<()> {
-        let dev = Device::Cpu;
-        let (b, kv, rep, t, d) = (2, 2, 3, 5, 4);
-        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, rep * t, d), &dev)?)?;
-        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, t, d), &dev)?)?;
-        let w = Tensor::randn(0f32, 1.0, (b, kv, rep * t, t), &dev)?;
-        let scale = 0.5;
-        let ours = causal_attention_probs(q.as_tensor(), k.as_tensor(), t, scale, None)?;
-        let refp = reference(q.as_tensor(), k.as_tensor(), t, scale)?;
-        let diff = (&ours - &refp)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-6, "forward differs by {diff}");
-        let g1 = (ours * &w)?.sum_all()?.backward()?;
-        let g2 = (refp * &w)?.sum_all()?.backward()?;
-        for v in [&q, &k] {
-            let (a, r) = (g1.get(v).expect("grad"), g2.get(v).expect("grad"));
-            let diff = (a - r)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-5, "gradient differs by {diff}");
-        }
-        // With an explicit mask (the non-CPU path's formula, run here on the CPU tensors).
-        let mut m = vec![0f32; t * t];
-        (0..t).for_each(|s| (s + 1..t).for_each(|j| m[s * t + j] = f32::NEG_INFINITY));
-        let mask = Tensor::from_vec(m, (t, t), &dev)?.to_dtype(DType::F32)?;
-        let scores = q.as_tensor().matmul(&k.as_tensor().t()?)?;
-        let masked = (scores * scale)?.reshape((b, kv, rep, t, t))?.broadcast_add(&mask)?.reshape((b, kv, rep * t, t))?;
-        let p2 = candle_nn::ops::softmax_last_dim(&masked)?;
-        let diff = (p2 - reference(q.as_tensor(), k.as_tensor(), t, scale)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-6, "masked softmax differs by {diff}");
-        Ok(())
-    }
-
-    #[test]
     fn frozen_matmul_gives_the_input_gradient_only() -> Result<()> {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4), &dev)?)?;
@@ -410,5 +434,28 @@ mod tests {
         let big_vocab = (64usize << 20) / 3 + 1;
         assert_eq!(ce_chunk_rows(big_vocab), 2);
         Ok(())
+    }
+
+    #[test]
+    fn causal_attention_matches_the_composed_form() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, kv, rep, t, d) = (2, 2, 3, 5, 4);
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, rep * t, d), &dev)?)?;
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, t, d), &dev)?)?;
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, t, d), &dev)?)?;
+        let ours = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), t, 0.5, None)?;
+        let reference = reference(q.as_tensor(), k.as_tensor(), t, 0.5)?.matmul(v.as_tensor())?;
+        grads_agree(&ours, &reference, &[&q, &k, &v], 1e-5)
+    }
+
+    #[test]
+    fn masked_matmul_matches_the_composed_form() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev)?)?;
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 8), &dev)?)?;
+        let keep = Tensor::rand(0f32, 1.0, (6, 8), &dev)?.lt(0.7)?.to_dtype(DType::F32)?.affine(1.0 / 0.7, 0.0)?;
+        let ours = masked_matmul(x.as_tensor(), &keep, a.as_tensor())?;
+        let reference = (x.as_tensor() * &keep)?.matmul(&a.as_tensor().t()?)?;
+        grads_agree(&ours, &reference, &[&x, &a], 1e-5)
     }
 }

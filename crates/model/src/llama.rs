@@ -58,7 +58,7 @@ struct Ctx {
     mask: Option<Tensor>,
     differentiable: bool,
     /// Plain causal attention over exactly the new tokens (no cache, padding or window) in
-    /// differentiable mode: attention probabilities from `handoff::causal_attention_probs`.
+    /// differentiable mode: `handoff::causal_attention` (probabilities recomputed in backward).
     causal_op: bool,
     /// `[t, t]` additive causal mask for `causal_op` off the CPU (the CPU kernel masks itself).
     causal_mask: Option<Tensor>,
@@ -106,19 +106,19 @@ impl Attention {
         // query-length axis, so one batched matmul serves them all.
         let q = q.reshape((b, kvh, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let att = if ctx.causal_op {
-            // Training: the probabilities enter the graph as a function of q and k; the scores
-            // are never kept.
-            crate::handoff::causal_attention_probs(&q, &k, t, scale, ctx.causal_mask.as_ref())?
+        let y = if ctx.causal_op {
+            // Training: attention as one op over q, k, v; the scores and probabilities are
+            // recomputed in backward instead of kept.
+            crate::handoff::causal_attention(&q, &k, &v, t, scale, ctx.causal_mask.as_ref())?
         } else {
             let att = (q.matmul(&k.t()?)? * scale)?;
             let att = match &ctx.mask {
                 Some(m) => att.reshape((b, kvh, rep, t, total))?.broadcast_add(m)?.reshape((b, kvh, rep * t, total))?,
                 None => att,
             };
-            softmax(&att, ctx.differentiable)?
+            softmax(&att, ctx.differentiable)?.matmul(&v)?
         };
-        let y = att.matmul(&v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
+        let y = y.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }
 

@@ -165,9 +165,10 @@ pub struct LoraLayer {
 }
 
 impl LoraLayer {
-    fn dropout(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The dropout mask for `x` (`{0, 1/keep}`, x's dtype), or `None` when dropout is off.
+    fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         if self.dropout == 0.0 || !self.control.training.load(Ordering::Relaxed) {
-            return Ok(x.clone());
+            return Ok(None);
         }
         let seed = self.control.seed.load(Ordering::Relaxed);
         let step = self.control.step.load(Ordering::Relaxed);
@@ -178,13 +179,13 @@ impl LoraLayer {
             // dominate the step); reseeding per (seed, step, layer) keeps resumed runs identical.
             x.device().set_seed(mix)?;
             let mask = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.lt(keep)?.to_dtype(x.dtype())?;
-            return (x * mask)?.affine(1.0 / keep, 0.0);
+            return mask.affine(1.0 / keep, 0.0).map(Some);
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
         let scale = (1.0 / keep) as f32;
         let mask: Vec<f32> =
             (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
-        x * Tensor::from_vec(mask, x.shape(), x.device())?
+        Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype()).map(Some)
     }
 }
 
@@ -196,7 +197,12 @@ impl LinearAdapter for LoraLayer {
         // f32 variables, run in the activations' dtype (a no-op for f32; bf16 on a GPU, where
         // the cast's backward brings the gradients back to the f32 variables).
         let (a, b) = (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?);
-        let h = (self.dropout(x)?.reshape((lead, inp))?.matmul(&a.t()?)? * self.scale)?.matmul(&b.t()?)?;
+        let x2 = x.reshape((lead, inp))?;
+        let h = match self.dropout_mask(x)? {
+            Some(m) => crate::handoff::masked_matmul(&x2, &m.reshape((lead, inp))?, &a)?,
+            None => x2.matmul(&a.t()?)?,
+        };
+        let h = (h * self.scale)?.matmul(&b.t()?)?;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = self.b.dim(0)?;
