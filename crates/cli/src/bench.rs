@@ -107,6 +107,9 @@ struct TrainBench {
     /// skipped when not given.
     #[arg(long, env = "FERROTUNE_PEFT_PYTHON")]
     peft_python: Option<PathBuf>,
+    /// On a GPU: also time the pieces of a layer one by one (device synchronised around each).
+    #[arg(long)]
+    profile: bool,
     /// Write the results as JSON here (with both loss trajectories).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -200,6 +203,88 @@ fn bench_shape(name: &str) -> anyhow::Result<ferrotune_model::ModelConfig> {
         }),
         other => bail!("unknown --shape `{other}` (smollm2-135m, llama-1b)"),
     }
+}
+
+/// Milliseconds per call of each piece of a training layer, at the benchmark's shapes, with the
+/// device synchronised around each (`bench train --profile`): where a GPU step's time goes.
+fn profile_ops(
+    model: &ferrotune_model::Llama,
+    cfg: &ferrotune_model::ModelConfig,
+    device: &Device,
+    dtype: candle_core::DType,
+    n: usize,
+    adapter: &ferrotune_model::Adapter,
+) -> anyhow::Result<()> {
+    use ferrotune_model::handoff;
+    use ferrotune_model::linear::LinearAdapter;
+    let reps = 10;
+    let time = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<Tensor>| -> anyhow::Result<()> {
+        f()?;
+        device.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        device.synchronize()?;
+        println!("  {name:<44} {:>9.3} ms", t.elapsed().as_secs_f64() * 1e3 / reps as f64);
+        Ok(())
+    };
+    let (hid, ffn, h, kv, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let t = n / 8;
+    let var = |shape: &[usize]| -> anyhow::Result<candle_core::Var> {
+        Ok(candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?)?)
+    };
+    let x = var(&[n, hid])?;
+    let xt = x.as_tensor();
+    let wq = Tensor::randn(0f32, 0.02, (h * d, hid), device)?.to_dtype(dtype)?;
+    let norm_w = Tensor::ones(hid, dtype, device)?;
+    println!("profile ({n} tokens, {dtype:?}):");
+    time("set_seed", &mut || {
+        device.set_seed(7)?;
+        Ok(xt.clone())
+    })?;
+    time("rand f32 [n, hidden]", &mut || Ok(Tensor::rand(0f32, 1f32, (n, hid), device)?))?;
+    time("dropout mask [n, hidden] (rand, lt, cast, affine)", &mut || {
+        Ok(Tensor::rand(0f32, 1f32, (n, hid), device)?.lt(0.95)?.to_dtype(dtype)?.affine(1.0 / 0.95, 0.0)?)
+    })?;
+    time("copy [n, hidden]", &mut || Ok(xt.copy()?))?;
+    time("mul [n, hidden]", &mut || Ok((xt * xt)?))?;
+    time("matmul x·Wqᵀ (no graph)", &mut || Ok(xt.detach().matmul(&wq.t()?)?))?;
+    time("frozen_matmul x·Wqᵀ", &mut || Ok(handoff::frozen_matmul(xt, &wq)?))?;
+    let q_proj = &model.layers[0].self_attn.q_proj;
+    time("q_proj Linear (base + LoRA, dropout on)", &mut || Ok(q_proj.forward(xt)?))?;
+    if let Some(l) = adapter.layers.values().next() {
+        time("LoRA delta alone", &mut || Ok(l.delta(xt)?))?;
+    }
+    time("rms_norm (handoff)", &mut || Ok(handoff::rms_norm(xt, &norm_w, 1e-5)?))?;
+    let q = var(&[8, h, t, d])?;
+    let k = var(&[8, kv, t, d])?;
+    let v = var(&[8, kv, t, d])?;
+    let ang = Tensor::randn(0f32, 1.0, (t, d / 2), device)?.to_dtype(dtype)?;
+    let (cos, sin) = (ang.cos()?, ang.sin()?);
+    time("rope q (handoff)", &mut || Ok(handoff::rope(q.as_tensor(), &cos, &sin)?))?;
+    let mut m = vec![0f32; t * t];
+    (0..t).for_each(|s| (s + 1..t).for_each(|j| m[s * t + j] = f32::NEG_INFINITY));
+    let mask = Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)?;
+    let qf = q.as_tensor().reshape((8, kv, (h / kv) * t, d))?;
+    time("causal_attention forward", &mut || Ok(handoff::causal_attention(&qf, k.as_tensor(), v.as_tensor(), t, 0.125, Some(&mask))?))?;
+    time("causal_attention forward+backward", &mut || {
+        let o = handoff::causal_attention(&qf, k.as_tensor(), v.as_tensor(), t, 0.125, Some(&mask))?;
+        o.sum_all()?.backward()?;
+        Ok(o)
+    })?;
+    let g = var(&[n, ffn])?;
+    time("silu·up [n, ffn]", &mut || Ok((g.as_tensor().silu()? * g.as_tensor())?))?;
+    let targets = Tensor::zeros(n, candle_core::DType::U32, device)?;
+    if let Some(w) = model.frozen_head_weight() {
+        time("head cross-entropy forward", &mut || Ok(handoff::frozen_head_cross_entropy_sum(xt, w, &targets)?))?;
+        time("head cross-entropy forward+backward", &mut || {
+            let l = handoff::frozen_head_cross_entropy_sum(xt, w, &targets)?;
+            l.backward()?;
+            Ok(l)
+        })?;
+    }
+    Ok(())
 }
 
 struct TrainSpeed {
@@ -341,6 +426,9 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
             x.matmul(&w.t()?)?;
             Ok(())
         })?;
+        if b.profile {
+            profile_ops(&model, &cfg, &device, dtype, b.batch * b.seq, &adapter)?;
+        }
         println!(
             "ferrotune phases (ms): step {:.1} | forward {fwd:.1} | forward+backward {fwd_bwd:.1} (without dropout {fwd_bwd_nodrop:.1}) | optimizer ≈ {:.1} | one {m}x{k}x{n} matmul {mm:.2} ms = {:.0} TFLOP/s",
             step_time * 1e3,

@@ -142,6 +142,8 @@ pub struct DropoutControl {
     training: AtomicBool,
     step: AtomicU64,
     seed: AtomicU64,
+    /// Whether the device RNG has been seeded for the current (seed, step) (GPU masks).
+    device_seeded: AtomicBool,
 }
 
 impl DropoutControl {
@@ -149,6 +151,7 @@ impl DropoutControl {
         self.training.store(training, Ordering::Relaxed);
         self.seed.store(seed, Ordering::Relaxed);
         self.step.store(step, Ordering::Relaxed);
+        self.device_seeded.store(false, Ordering::Relaxed);
     }
 }
 
@@ -175,9 +178,12 @@ impl LoraLayer {
         let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
         if !x.device().is_cpu() {
-            // On a GPU the mask is drawn there (host RNG over millions of elements per layer would
-            // dominate the step); reseeding per (seed, step, layer) keeps resumed runs identical.
-            x.device().set_seed(mix)?;
+            // On a GPU the masks are drawn there (host RNG over millions of elements per layer
+            // would dominate the step) from one stream seeded per (seed, step) at the step's first
+            // mask; layers draw in a fixed order, so resumed runs stay identical.
+            if !self.control.device_seeded.swap(true, Ordering::Relaxed) {
+                x.device().set_seed(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
+            }
             let mask = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.lt(keep)?.to_dtype(x.dtype())?;
             return mask.affine(1.0 / keep, 0.0).map(Some);
         }
