@@ -241,10 +241,28 @@ pub fn open_device(s: &str) -> Result<candle_core::Device> {
                     format!("`{s}`: this ferrotune was built without CUDA (build one with scripts/gpu/build-cuda.sh)"),
                 ));
             }
-            candle_core::Device::new_cuda(n).map_err(|e| TrainError::config("device", format!("`{s}`: {e}")))
+            let dev = candle_core::Device::new_cuda(n).map_err(|e| TrainError::config("device", format!("`{s}`: {e}")))?;
+            single_stream(&dev);
+            Ok(dev)
         }
     }
 }
+
+/// Everything ferrotune runs on a CUDA device goes through candle's one stream, so cudarc's
+/// cross-stream event tracking (an event recorded and waited on for every buffer of every kernel
+/// launch) only costs driver calls: turn it off.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+fn single_stream(dev: &candle_core::Device) {
+    if let candle_core::Device::Cuda(d) = dev {
+        // SAFETY: cudarc requires that no other stream touch these buffers concurrently; candle
+        // and ferrotune use the device's single default stream only.
+        unsafe { d.disable_event_tracking() }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn single_stream(_: &candle_core::Device) {}
 
 #[cfg(test)]
 mod tests {
