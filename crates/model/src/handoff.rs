@@ -95,6 +95,9 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, t: usize, scale: f64
 
 fn probs_no_grad(q: &Tensor, k: &Tensor, t: usize, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
     let scores = q.matmul(&k.t()?)?;
+    if crate::cuda_kernels::available(&scores) {
+        return crate::cuda_kernels::causal_softmax(&scores, t, scale);
+    }
     match (q.device(), mask) {
         (candle_core::Device::Cpu, _) => crate::attn_softmax::causal_softmax_no_grad(&scores, t, scale),
         (_, Some(mask)) => {
@@ -144,8 +147,12 @@ impl candle_core::CustomOp3 for CausalAttention {
         let dv = p.t()?.matmul(&grad)?;
         let dp = grad.matmul(&v.t()?)?;
         // Masked entries have p = 0, so they get no gradient without special handling.
-        let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-        let ds = (p * dp.broadcast_sub(&dot)?)?.affine(self.scale, 0.0)?;
+        let ds = if crate::cuda_kernels::available(&p) {
+            crate::cuda_kernels::causal_softmax_backward(&p, &dp, self.t, self.scale)?
+        } else {
+            let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
+            (p * dp.broadcast_sub(&dot)?)?.affine(self.scale, 0.0)?
+        };
         let dq = ds.matmul(&k.contiguous()?)?;
         let dk = ds.t()?.matmul(&q.contiguous()?)?;
         Ok((Some(dq), Some(dk), Some(dv)))
@@ -279,17 +286,28 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
     let (n, _) = h.dims2()?;
     let chunk = ce_chunk_rows(w.dim(0)?);
     let hd = h.detach();
+    let fused = crate::cuda_kernels::available(h);
     let mut total = Tensor::zeros((), candle_core::DType::F32, h.device())?;
+    let mut stats = Vec::new();
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
-        let logits = hd.narrow(0, start, len)?.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?;
-        let lse = logits.log_sum_exp(D::Minus1)?;
-        let tgt = logits.gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?.squeeze(1)?;
-        total = (total + (lse - tgt)?.sum_all()?)?;
+        let logits = hd.narrow(0, start, len)?.matmul(&w.t()?)?;
+        let tg = targets.narrow(0, start, len)?;
+        if fused {
+            // One pass per row over the logits as they are (bf16 on a GPU), f32 inside.
+            let st = crate::cuda_kernels::cross_entropy_rows(&logits, &tg)?;
+            total = (total + st.narrow(1, 0, 1)?.sum_all()?)?;
+            stats.push(st);
+        } else {
+            let logits = logits.to_dtype(candle_core::DType::F32)?;
+            let lse = logits.log_sum_exp(D::Minus1)?;
+            let tgt = logits.gather(&tg.unsqueeze(1)?, 1)?.squeeze(1)?;
+            total = (total + (lse - tgt)?.sum_all()?)?;
+        }
         start += len;
     }
-    h.apply_op1(HeadCrossEntropy { y: Slot::new(total), w: w.clone(), targets: targets.clone(), chunk })
+    h.apply_op1(HeadCrossEntropy { y: Slot::new(total), w: w.clone(), targets: targets.clone(), chunk, stats })
 }
 
 struct HeadCrossEntropy {
@@ -297,6 +315,8 @@ struct HeadCrossEntropy {
     w: Tensor,
     targets: Tensor,
     chunk: usize,
+    /// Per chunk `[rows, 2]` (loss, logsumexp) from the fused CUDA kernel; empty elsewhere.
+    stats: Vec<Tensor>,
 }
 
 impl CustomOp1 for HeadCrossEntropy {
@@ -320,12 +340,17 @@ impl CustomOp1 for HeadCrossEntropy {
         let mut start = 0;
         while start < n {
             let len = self.chunk.min(n - start);
-            let logits = h.narrow(0, start, len)?.matmul(&self.w.t()?)?.to_dtype(f32)?;
-            let p = candle_nn::ops::softmax_last_dim(&logits)?;
-            let idx = self.targets.narrow(0, start, len)?.unsqueeze(1)?;
-            let minus_one = Tensor::full(-1f32, (len, 1), h.device())?;
-            let dlogits = p.scatter_add(&idx, &minus_one, 1)?.affine(g, 0.0)?;
-            parts.push(dlogits.to_dtype(h.dtype())?.matmul(&self.w)?);
+            let logits = h.narrow(0, start, len)?.matmul(&self.w.t()?)?;
+            let tg = self.targets.narrow(0, start, len)?;
+            let dlogits = match self.stats.get(parts.len()) {
+                Some(st) => crate::cuda_kernels::cross_entropy_backward(&logits, &tg, st, g)?,
+                None => {
+                    let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(f32)?)?;
+                    let minus_one = Tensor::full(-1f32, (len, 1), h.device())?;
+                    p.scatter_add(&tg.unsqueeze(1)?, &minus_one, 1)?.affine(g, 0.0)?.to_dtype(h.dtype())?
+                }
+            };
+            parts.push(dlogits.matmul(&self.w)?);
             start += len;
         }
         Ok(Some(Tensor::cat(&parts, 0)?))

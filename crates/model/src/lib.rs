@@ -17,6 +17,7 @@ pub mod handoff;
 pub mod chat;
 pub mod clock;
 pub mod config;
+pub mod cuda_kernels;
 pub mod error;
 pub mod export;
 pub mod generate;
