@@ -253,7 +253,7 @@ fn profile_ops(
     time("frozen_matmul x·Wqᵀ", &mut || Ok(handoff::frozen_matmul(xt, &wq)?))?;
     let q_proj = &model.layers[0].self_attn.q_proj;
     time("q_proj Linear (base + LoRA, dropout on)", &mut || Ok(q_proj.forward(xt)?))?;
-    if let Some(l) = adapter.layers.values().next() {
+    if let Some(l) = adapter.layers.get("model.layers.0.self_attn.q_proj") {
         time("LoRA delta alone", &mut || Ok(l.delta(xt)?))?;
     }
     time("rms_norm (handoff)", &mut || Ok(handoff::rms_norm(xt, &norm_w, 1e-5)?))?;
