@@ -40,6 +40,32 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, stats: &Tensor,
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// A dropout mask shaped like `x` in its dtype: `1/keep` where a counter-based hash of
+/// (`seed`, element index) falls below `keep`, else 0 — one kernel, deterministic for a seed.
+pub fn dropout_mask(x: &Tensor, seed: u64, keep: f64) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&DropoutMask { seed, keep: keep as f32 })
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct DropoutMask {
+    seed: u64,
+    keep: f32,
+}
+
+impl CustomOp1 for DropoutMask {
+    fn name(&self) -> &'static str {
+        "ft-dropout-mask"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        imp::dropout_mask(s, l, self.seed, self.keep)
+    }
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct CausalSoftmax {
     t: usize,
     scale: f32,
@@ -232,7 +258,19 @@ __device__ void ce_bwd(const T* logits, const unsigned int* targets, const float
   unsigned int tg = targets[row];
   for (int j = threadIdx.x; j < v; j += blockDim.x) st(out, j, (__expf(ld(lr, j) - lse) - (j == (int)tg ? 1.f : 0.f)) * g);
 }
+template <typename T>
+__device__ void dropout_mask(T* out, long n, unsigned long long seed, float keep) {
+  long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  unsigned long long z = seed + (unsigned long long)i * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+  st(out, i, u < keep ? 1.0f / keep : 0.f);
+}
 #define KERNELS(T, S) \
+extern "C" __global__ void dropout_mask_##S(T* out, long n, unsigned long long seed, float keep) { dropout_mask(out, n, seed, keep); } \
 extern "C" __global__ void causal_softmax_##S(const T* x, T* y, int t, int cols, float scale) { causal_softmax(x, y, t, cols, scale); } \
 extern "C" __global__ void causal_softmax_bwd_##S(const T* p, const T* dp, T* ds, int t, int cols, float scale) { causal_softmax_bwd(p, dp, ds, t, cols, scale); } \
 extern "C" __global__ void ce_fwd_##S(const T* l, const unsigned int* tg, float* st_, int v) { ce_fwd(l, tg, st_, v); } \
@@ -276,6 +314,28 @@ KERNELS(bf16_t, bf16)
             let (a, b) = $l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("input not contiguous".into()))?;
             $s.as_cuda_slice::<$t>()?.slice(a..b)
         }};
+    }
+
+    pub fn dropout_mask(s: &CudaStorage, l: &Layout, seed: u64, keep: f32) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let n = l.shape().elem_count();
+        let func = dev.get_or_load_custom_func(&format!("dropout_mask_{}", suffix(s.dtype())?), MODULE, ptx()?)?;
+        let n_i = n as i64;
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        macro_rules! go {
+            ($ty:ty) => {{
+                let y = unsafe { dev.alloc::<$ty>(n)? };
+                let mut b = func.builder();
+                b.arg(&y);
+                b.arg(&n_i);
+                b.arg(&seed);
+                b.arg(&keep);
+                unsafe { b.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if s.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
+        Ok((out, l.shape().clone()))
     }
 
     pub fn causal_softmax(s: &CudaStorage, l: &Layout, t: usize, scale: f32) -> Result<(CudaStorage, Shape)> {

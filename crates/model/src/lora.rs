@@ -177,6 +177,10 @@ impl LoraLayer {
         let step = self.control.step.load(Ordering::Relaxed);
         let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
+        if crate::cuda_kernels::available(x) {
+            // One kernel: a counter-based hash of (seed, step, layer, element) — no RNG state.
+            return crate::cuda_kernels::dropout_mask(x, mix, keep).map(Some);
+        }
         if !x.device().is_cpu() {
             // On a GPU the masks are drawn there (host RNG over millions of elements per layer
             // would dominate the step) from one stream seeded per (seed, step) at the step's first
