@@ -278,6 +278,36 @@ mod tests {
     }
 
     #[test]
+    fn devices_parse_and_a_cpu_build_says_how_to_get_cuda() {
+        assert_eq!(parse_device("cpu").expect("cpu"), DeviceSpec::Cpu);
+        assert_eq!(parse_device("cuda").expect("cuda"), DeviceSpec::Cuda(0));
+        assert_eq!(parse_device("cuda:3").expect("cuda:3"), DeviceSpec::Cuda(3));
+        for bad in ["tpu", "cuda:x", "cuda:"] {
+            let err = parse_device(bad).expect_err(bad).to_string();
+            assert!(err.contains("device") && err.contains(bad), "{err}");
+        }
+        if !candle_core::utils::cuda_is_available() {
+            let err = open_device("cuda").expect_err("no CUDA in this build").to_string();
+            assert!(err.contains("scripts/gpu/build-cuda.sh"), "{err}");
+        }
+        assert!(open_device("cpu").expect("cpu").is_cpu());
+    }
+
+    #[test]
+    fn dtype_defaults_to_f32_on_the_cpu_and_full_bf16_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = dir.path().join("d.jsonl");
+        std::fs::write(&data, "{}\n").expect("write");
+        let c = TrainConfig { data: data.clone(), ..Default::default() };
+        assert_eq!(c.resolved_dtype(&candle_core::Device::Cpu), candle_core::DType::F32);
+        let c = TrainConfig { data, method: Method::Full, dtype: Precision::Bf16, ..Default::default() };
+        let err = c.validate().expect_err("full bf16").to_string();
+        assert!(err.contains("dtype"), "{err}");
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("fp8".parse::<Precision>().is_err());
+    }
+
+    #[test]
     fn rank_zero_is_refused_before_training() {
         let dir = tempfile::tempdir().expect("tmp");
         let data = dir.path().join("d.jsonl");
