@@ -170,11 +170,24 @@ impl Bm25Index {
             .collect();
         let q = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
+        // tantivy sizes its top-k buffer by the limit: a huge `k` from a user would overflow it.
+        let k = k.min(usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX));
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         let top = searcher.search(&q, &TopDocs::with_limit(k).order_by_score())?;
+        // Chunk ids from the fast-field column, not the stored document: loading a stored
+        // document decompresses its doc-store block, tens of µs each, and hybrid asks for 50 hits.
+        let mut columns = HashMap::new();
         let mut out = Vec::with_capacity(top.len());
         for (score, addr) in top {
-            let d: TantivyDocument = searcher.doc(addr)?;
-            if let Some(id) = d.get_first(self.fields.chunk_id).and_then(|v| v.as_u64()) {
+            let col = match columns.entry(addr.segment_ord) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64("chunk_id")?)
+                }
+            };
+            if let Some(id) = col.first(addr.doc_id) {
                 out.push((id, score));
             }
         }

@@ -223,30 +223,47 @@ impl KnowledgeBase {
 
     /// The `k` best chunks for `question`.
     pub fn query(&self, question: &str, k: usize, mode: Mode) -> Result<Vec<Hit>> {
-        let qvec = match mode {
-            Mode::Bm25 => None,
-            Mode::Vector | Mode::Hybrid => Some(self.embed_query(question)?),
-        };
-        self.query_with_vector(question, qvec.as_deref(), k, mode)
+        self.rank(question, k, mode, |snap, depth| Ok(snap.vectors.search(&self.embed_query(question)?, depth)))
     }
 
     /// As [`Self::query`] with the question's embedding given (computed once for several modes).
     pub fn query_with_vector(&self, question: &str, qvec: Option<&[f32]>, k: usize, mode: Mode) -> Result<Vec<Hit>> {
+        self.rank(question, k, mode, |snap, depth| {
+            let qvec = qvec
+                .ok_or_else(|| RagError::Query { query: question.into(), reason: "no query embedding given".into() })?;
+            Ok(snap.vectors.search(qvec, depth))
+        })
+    }
+
+    /// The rankings `mode` needs, then the hits. `vector_side(snapshot, depth)` gives the vector
+    /// ranking (embedding the question when `query` calls). Hybrid runs BM25 on one thread while
+    /// another does the vector side (`rayon::join`): BM25 costs a few ms at 100k chunks, which
+    /// then hides behind the embedding instead of adding to it.
+    fn rank(
+        &self,
+        question: &str,
+        k: usize,
+        mode: Mode,
+        vector_side: impl FnOnce(&Snapshot, usize) -> Result<Vec<(u64, f32)>> + Send,
+    ) -> Result<Vec<Hit>> {
         if k == 0 {
             return Ok(Vec::new());
         }
         let snap = self.snap();
-        // Hybrid fuses deeper lists than it returns: a chunk ranked 30th by both lists can beat one
-        // ranked 1st by one list only.
-        let depth = match mode {
-            Mode::Hybrid => (4 * k).max(50),
-            _ => k + 10,
+        let depth = depth(k, mode);
+        let (bm, vh) = match mode {
+            Mode::Bm25 => (self.bm25.search(question, depth)?, Vec::new()),
+            Mode::Vector => (Vec::new(), vector_side(&snap, depth)?),
+            Mode::Hybrid => {
+                let (bm, vh) = rayon::join(|| self.bm25.search(question, depth), || vector_side(&snap, depth));
+                (bm?, vh?)
+            }
         };
-        let need_vec = || {
-            qvec.ok_or_else(|| RagError::Query { query: question.into(), reason: "no query embedding given".into() })
-        };
-        let bm = if mode == Mode::Vector { Vec::new() } else { self.bm25.search(question, depth)? };
-        let vh = if mode == Mode::Bm25 { Vec::new() } else { snap.vectors.search(need_vec()?, depth) };
+        self.hits(&snap, k, mode, bm, vh)
+    }
+
+    /// Fuses (hybrid) or takes the one ranking, then fetches the chunks' text and spans.
+    fn hits(&self, snap: &Snapshot, k: usize, mode: Mode, bm: Vec<(u64, f32)>, vh: Vec<(u64, f32)>) -> Result<Vec<Hit>> {
         let ranked: Vec<(u64, f64)> = match mode {
             Mode::Bm25 => bm.iter().map(|&(id, s)| (id, f64::from(s))).collect(),
             Mode::Vector => vh.iter().map(|&(id, s)| (id, f64::from(s))).collect(),
@@ -258,7 +275,7 @@ impl KnowledgeBase {
         let candidates: Vec<u64> = ranked.iter().map(|r| r.0).take(k + 10).collect();
         let stored = self.bm25.fetch(&candidates)?;
         let rank_in = |list: &[(u64, f32)], id: u64| list.iter().position(|h| h.0 == id).map(|p| p + 1);
-        let mut hits = Vec::with_capacity(k);
+        let mut hits = Vec::with_capacity(k.min(ranked.len()));
         for (id, score) in ranked {
             let Some(c) = stored.get(&id) else { continue };
             let metadata = snap.manifest.documents.get(&c.doc_id).map(|d| d.metadata.clone()).unwrap_or_default();
@@ -280,6 +297,15 @@ impl KnowledgeBase {
             }
         }
         Ok(hits)
+    }
+}
+
+/// How deep each ranking goes. Hybrid fuses deeper lists than it returns: a chunk ranked 30th by
+/// both lists can beat one ranked 1st by one list only.
+fn depth(k: usize, mode: Mode) -> usize {
+    match mode {
+        Mode::Hybrid => k.saturating_mul(4).max(50),
+        _ => k.saturating_add(10),
     }
 }
 

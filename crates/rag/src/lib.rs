@@ -4,7 +4,9 @@
 //! - [`source`]: reading text / Markdown / HTML ([`html`]) files and JSONL records, stable ids.
 //! - [`chunk`]: token-window chunks cut at paragraph, then sentence boundaries, with overlap.
 //! - [`bert`], [`embedder`]: all-MiniLM-L6-v2 on our own candle BERT, matching sentence-transformers.
-//! - [`bm25`] (tantivy), [`vectors`] (exact cosine over an on-disk f32 matrix), [`fusion`] (RRF).
+//! - [`bm25`] (tantivy), [`vectors`] (exact cosine over an on-disk f32 matrix: an 8-bit pass
+//!   ([`int8`]) picks candidates, an f32 rerank and an error bound make the result exact),
+//!   [`fusion`] (RRF).
 //! - [`kb`]: [`KnowledgeBase`] — open once, `query` concurrently from many threads;
 //!   [`writer`]: [`Writer`] — ingest / replace / delete, one writer at a time; [`manifest`]: `kb.json`.
 //! - [`metrics`], [`eval`]: recall@k, MRR@10, nDCG@10 over labelled queries.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod eval;
 pub mod fusion;
 pub mod html;
+pub mod int8;
 pub mod kb;
 pub mod manifest;
 pub mod metrics;

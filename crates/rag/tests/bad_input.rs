@@ -60,3 +60,20 @@ fn ids_are_paths_relative_to_the_given_folder() -> anyhow::Result<()> {
     assert_eq!(c.docs[0].id, "a.md");
     Ok(())
 }
+
+#[test]
+fn a_huge_k_returns_every_chunk_instead_of_panicking() -> anyhow::Result<()> {
+    // Regression: a user's `k` sized heaps and vectors up front (`with_capacity(k + 1)`), so
+    // `--k 18446744073709551615` aborted instead of returning what there is.
+    let tmp = tempfile::tempdir()?;
+    ferrotune_rag::bench::build_synthetic_kb(tmp.path(), 300, 16, 3)?;
+    let kb = ferrotune_rag::KnowledgeBase::open(tmp.path())?;
+    let q = ferrotune_rag::bench::TextGen::new(4).unit_vector(16);
+    for mode in ferrotune_rag::Mode::ALL {
+        for k in [usize::MAX, usize::MAX / 4, 1 << 40] {
+            let hits = kb.query_with_vector("order refund battery", Some(&q), k, mode)?;
+            assert!(!hits.is_empty() && hits.len() <= 300, "{mode:?} k {k}: {} hits", hits.len());
+        }
+    }
+    Ok(())
+}
