@@ -14,6 +14,12 @@ use crate::qkernels::QWeight;
 /// LoRA implements it as `scale · B(A(dropout(x)))`.
 pub trait LinearAdapter: Debug + Send + Sync {
     fn delta(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Training a frozen dense layer: `x·Wᵀ + delta(x)` as one op with its own backward, when
+    /// the adapter can (`x: [n, in]`, `w: [out, in]`). `None`: use `x·Wᵀ` and [`Self::delta`].
+    fn fused_with_frozen(&self, _x: &Tensor, _w: &Tensor) -> Option<Result<Tensor>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,15 +98,26 @@ impl Linear {
                 // Flatten leading dims into one matmul: one gemm call instead of a batched one.
                 let lead = x.elem_count() / self.in_features;
                 let x2 = x.reshape((lead, self.in_features))?;
-                let y = if x2.track_op() && !w.track_op() {
-                    crate::handoff::frozen_matmul(&x2, w)?
-                } else {
-                    x2.matmul(&w.t()?)?
+                let fused = match &self.adapter {
+                    Some(a) if !w.track_op() => a.fused_with_frozen(&x2, w).transpose()?,
+                    _ => None,
                 };
                 let mut out_dims = x.dims().to_vec();
                 if let Some(last) = out_dims.last_mut() {
                     *last = self.out_features;
                 }
+                if let Some(y) = fused {
+                    let y = y.reshape(out_dims)?;
+                    return match &self.bias {
+                        Some(b) => y.broadcast_add(b),
+                        None => Ok(y),
+                    };
+                }
+                let y = if x2.track_op() && !w.track_op() {
+                    crate::handoff::frozen_matmul(&x2, w)?
+                } else {
+                    x2.matmul(&w.t()?)?
+                };
                 y.reshape(out_dims)?
             }
             BaseWeight::Quantized(q) => q.forward(x)?,

@@ -219,6 +219,19 @@ impl LinearAdapter for LoraLayer {
         }
         h.reshape(dims)
     }
+
+    fn fused_with_frozen(&self, x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
+        // Only while training the adapter (its variables in the graph); inference keeps the plain path.
+        if !self.a.track_op() {
+            return None;
+        }
+        let run = || -> candle_core::Result<Tensor> {
+            let (a, b) = (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?);
+            let mask = self.dropout_mask(x)?;
+            crate::handoff::lora_linear(x, w, &a, &b, self.scale, mask.as_ref())
+        };
+        Some(run())
+    }
 }
 
 /// A set of LoRA layers keyed by HF module name (`model.layers.0.self_attn.q_proj`).
