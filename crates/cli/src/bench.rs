@@ -205,6 +205,19 @@ fn bench_shape(name: &str) -> anyhow::Result<ferrotune_model::ModelConfig> {
     }
 }
 
+/// Milliseconds per call of `f` over `reps` calls after one warm-up, the device synchronised
+/// before and after (GPU work is asynchronous).
+fn synced_ms(device: &Device, reps: usize, f: &mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    device.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3 / reps as f64)
+}
+
 /// Milliseconds per call of each piece of a training layer, at the benchmark's shapes, with the
 /// device synchronised around each (`bench train --profile`): where a GPU step's time goes.
 fn profile_ops(
@@ -217,16 +230,9 @@ fn profile_ops(
 ) -> anyhow::Result<()> {
     use ferrotune_model::handoff;
     use ferrotune_model::linear::LinearAdapter;
-    let reps = 10;
     let time = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<Tensor>| -> anyhow::Result<()> {
-        f()?;
-        device.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..reps {
-            f()?;
-        }
-        device.synchronize()?;
-        println!("  {name:<44} {:>9.3} ms", t.elapsed().as_secs_f64() * 1e3 / reps as f64);
+        let ms = synced_ms(device, 10, &mut || f().map(drop))?;
+        println!("  {name:<44} {ms:>9.3} ms");
         Ok(())
     };
     let (hid, ffn, h, kv, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -239,14 +245,9 @@ fn profile_ops(
     let wq = Tensor::randn(0f32, 0.02, (h * d, hid), device)?.to_dtype(dtype)?;
     let norm_w = Tensor::ones(hid, dtype, device)?;
     println!("profile ({n} tokens, {dtype:?}):");
-    time("set_seed", &mut || {
-        device.set_seed(7)?;
-        Ok(xt.clone())
-    })?;
-    time("rand f32 [n, hidden]", &mut || Ok(Tensor::rand(0f32, 1f32, (n, hid), device)?))?;
-    time("dropout mask [n, hidden] (rand, lt, cast, affine)", &mut || {
-        Ok(Tensor::rand(0f32, 1f32, (n, hid), device)?.lt(0.95)?.to_dtype(dtype)?.affine(1.0 / 0.95, 0.0)?)
-    })?;
+    if ferrotune_model::cuda_kernels::available(xt) {
+        time("dropout mask [n, hidden] (hash kernel)", &mut || Ok(ferrotune_model::cuda_kernels::dropout_mask(xt, 7, 0.95)?))?;
+    }
     time("copy [n, hidden]", &mut || Ok(xt.copy()?))?;
     time("mul [n, hidden]", &mut || Ok((xt * xt)?))?;
     time("matmul x·Wqᵀ (no graph)", &mut || Ok(xt.detach().matmul(&wq.t()?)?))?;
@@ -394,18 +395,7 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     let step_time = t0.elapsed().as_secs_f64() / b.steps.max(1) as f64;
     if gpu.is_some() {
         // Where a step's time goes: each phase ends with the device synchronised.
-        let reps = 3;
-        let sync = |d: &Device| -> anyhow::Result<()> { Ok(d.synchronize()?) };
-        let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
-            f()?;
-            sync(&device)?;
-            let t = Instant::now();
-            for _ in 0..reps {
-                f()?;
-            }
-            sync(&device)?;
-            Ok(t.elapsed().as_secs_f64() * 1e3 / reps as f64)
-        };
+        let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| synced_ms(&device, 3, f);
         let fwd = time(&mut || {
             ferrotune_train::batch::loss_sum(&model, &batch)?.to_scalar::<f32>()?;
             Ok(())

@@ -47,6 +47,45 @@ impl Slot {
     }
 }
 
+/// `name`, `cpu_fwd` and `cuda_fwd` of an op whose result waits in `self.$slot` (arity 1–3).
+macro_rules! handed_over {
+    ($name:literal, $slot:ident, 1) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            self.$slot.cpu($name)
+        }
+        fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+            self.$slot.cuda($name)
+        }
+    };
+    ($name:literal, $slot:ident, 2) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            self.$slot.cpu($name)
+        }
+        fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+            self.$slot.cuda($name)
+        }
+    };
+    ($name:literal, $slot:ident, 3) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        #[rustfmt::skip]
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            self.$slot.cpu($name)
+        }
+        #[rustfmt::skip]
+        fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+            self.$slot.cuda($name)
+        }
+    };
+}
+
 /// `x·Wᵀ` for a frozen `W` whose input needs a gradient (LoRA training). candle's matmul
 /// backward computes the gradient of both operands, so a frozen weight would cost a second
 /// full-size matmul and a weight-shaped buffer per layer per step (the LM head alone: 28M
@@ -62,17 +101,7 @@ struct FrozenMatmul {
 }
 
 impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.y.cpu(self.name())
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.y.cuda(self.name())
-    }
+    handed_over!("frozen-matmul", y, 1);
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.w)?))
@@ -120,25 +149,7 @@ struct CausalAttention {
 }
 
 impl candle_core::CustomOp3 for CausalAttention {
-    fn name(&self) -> &'static str {
-        "causal-attention"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.out.cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.out.cuda(self.name())
-    }
+    handed_over!("causal-attention", out, 3);
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, k, v) = (q.detach(), k.detach(), v.detach());
@@ -156,41 +167,6 @@ impl candle_core::CustomOp3 for CausalAttention {
         let dq = ds.matmul(&k.contiguous()?)?;
         let dk = ds.t()?.matmul(&q.contiguous()?)?;
         Ok((Some(dq), Some(dk), Some(dv)))
-    }
-}
-
-/// `(x ⊙ m)·Aᵀ` — LoRA's first product on a dropped-out input — keeping only the mask `m`
-/// (`{0, 1/keep}`, shaped like `x: [n, in]`) for backward; `A: [r, in]`. Composed, the graph
-/// would hold the mask, `x ⊙ m` and its rescaled copy for each adapted projection.
-/// Backward: `∂x = (∂y·A) ⊙ m`, `∂A = ∂yᵀ·(x ⊙ m)` (the product recomputed).
-pub fn masked_matmul(x: &Tensor, mask: &Tensor, a: &Tensor) -> Result<Tensor> {
-    let y = (x.detach() * mask)?.matmul(&a.detach().t()?)?;
-    x.apply_op2(a, MaskedMatmul { y: Slot::new(y), mask: mask.clone() })
-}
-
-struct MaskedMatmul {
-    y: Slot,
-    mask: Tensor,
-}
-
-impl CustomOp2 for MaskedMatmul {
-    fn name(&self) -> &'static str {
-        "masked-matmul"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.y.cpu(self.name())
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.y.cuda(self.name())
-    }
-
-    fn bwd(&self, x: &Tensor, a: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = if x.track_op() { Some((grad.matmul(&a.detach())? * &self.mask)?) } else { None };
-        let xm = (x.detach() * &self.mask)?;
-        let da = grad.t()?.matmul(&xm)?;
-        Ok((dx, Some(da)))
     }
 }
 
@@ -219,25 +195,7 @@ struct LoraLinear {
 }
 
 impl candle_core::CustomOp3 for LoraLinear {
-    fn name(&self) -> &'static str {
-        "lora-linear"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.y.cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.y.cuda(self.name())
-    }
+    handed_over!("lora-linear", y, 3);
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
@@ -278,17 +236,7 @@ struct RmsNormGrad {
 }
 
 impl CustomOp2 for RmsNormGrad {
-    fn name(&self) -> &'static str {
-        "rms-norm"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.y.cpu(self.name())
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.y.cuda(self.name())
-    }
+    handed_over!("rms-norm", y, 2);
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let f32 = candle_core::DType::F32;
@@ -324,17 +272,7 @@ struct RopeGrad {
 }
 
 impl CustomOp1 for RopeGrad {
-    fn name(&self) -> &'static str {
-        "rope"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.y.cpu(self.name())
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.y.cuda(self.name())
-    }
+    handed_over!("rope", y, 1);
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(candle_nn::rotary_emb::rope(&grad.contiguous()?, &self.cos, &self.sin.neg()?)?))
@@ -389,17 +327,7 @@ struct HeadCrossEntropy {
 }
 
 impl CustomOp1 for HeadCrossEntropy {
-    fn name(&self) -> &'static str {
-        "head-cross-entropy"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.y.cpu(self.name())
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.y.cuda(self.name())
-    }
+    handed_over!("head-cross-entropy", y, 1);
 
     fn bwd(&self, h: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let f32 = candle_core::DType::F32;
@@ -540,17 +468,6 @@ mod tests {
         let ours = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), t, 0.5, None)?;
         let reference = reference(q.as_tensor(), k.as_tensor(), t, 0.5)?.matmul(v.as_tensor())?;
         grads_agree(&ours, &reference, &[&q, &k, &v], 1e-5)
-    }
-
-    #[test]
-    fn masked_matmul_matches_the_composed_form() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev)?)?;
-        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 8), &dev)?)?;
-        let keep = Tensor::rand(0f32, 1.0, (6, 8), &dev)?.lt(0.7)?.to_dtype(DType::F32)?.affine(1.0 / 0.7, 0.0)?;
-        let ours = masked_matmul(x.as_tensor(), &keep, a.as_tensor())?;
-        let reference = (x.as_tensor() * &keep)?.matmul(&a.as_tensor().t()?)?;
-        grads_agree(&ours, &reference, &[&x, &a], 1e-5)
     }
 
     #[test]

@@ -93,7 +93,8 @@ impl Linear {
 
     /// `x: [.., in] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
+        // `adapted`: the adapter's delta is already in `y` (fused with a frozen base for training).
+        let (y, adapted) = match &self.weight {
             BaseWeight::Dense(w) => {
                 // Flatten leading dims into one matmul: one gemm call instead of a batched one.
                 let lead = x.elem_count() / self.in_features;
@@ -102,34 +103,27 @@ impl Linear {
                     Some(a) if !w.track_op() => a.fused_with_frozen(&x2, w).transpose()?,
                     _ => None,
                 };
+                let (y, adapted) = match fused {
+                    Some(y) => (y, true),
+                    None if x2.track_op() && !w.track_op() => (crate::handoff::frozen_matmul(&x2, w)?, false),
+                    None => (x2.matmul(&w.t()?)?, false),
+                };
                 let mut out_dims = x.dims().to_vec();
                 if let Some(last) = out_dims.last_mut() {
                     *last = self.out_features;
                 }
-                if let Some(y) = fused {
-                    let y = y.reshape(out_dims)?;
-                    return match &self.bias {
-                        Some(b) => y.broadcast_add(b),
-                        None => Ok(y),
-                    };
-                }
-                let y = if x2.track_op() && !w.track_op() {
-                    crate::handoff::frozen_matmul(&x2, w)?
-                } else {
-                    x2.matmul(&w.t()?)?
-                };
-                y.reshape(out_dims)?
+                (y.reshape(out_dims)?, adapted)
             }
-            BaseWeight::Quantized(q) => q.forward(x)?,
-            BaseWeight::Kernel(q) => q.forward(x)?,
+            BaseWeight::Quantized(q) => (q.forward(x)?, false),
+            BaseWeight::Kernel(q) => (q.forward(x)?, false),
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         match &self.adapter {
-            Some(a) => y + a.delta(x)?,
-            None => Ok(y),
+            Some(a) if !adapted => y + a.delta(x)?,
+            _ => Ok(y),
         }
     }
 }

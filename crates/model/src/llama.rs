@@ -60,7 +60,8 @@ struct Ctx {
     /// Plain causal attention over exactly the new tokens (no cache, padding or window) in
     /// differentiable mode: `handoff::causal_attention` (probabilities recomputed in backward).
     causal_op: bool,
-    /// `[t, t]` additive causal mask for `causal_op` off the CPU (the CPU kernel masks itself).
+    /// `[t, t]` additive causal mask for `causal_op` on a device without a fused causal-softmax
+    /// kernel (the CPU's and the CUDA kernels mask themselves).
     causal_mask: Option<Tensor>,
 }
 
@@ -455,9 +456,11 @@ impl Llama {
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let mask = build_mask(b, t, offset, &pads, self.cfg.sliding_window, self.device(), dtype)?;
         let causal_op = self.differentiable && offset == 0 && !padded && !self.cfg.sliding_window.is_some_and(|w| t > w);
-        let causal_mask = match (causal_op, self.device()) {
-            (true, Device::Cpu) | (false, _) => None,
-            (true, dev) => build_mask(1, t, 0, &[], None, dev, dtype)?.map(|m| m.reshape((t, t))).transpose()?,
+        // Off the CPU, a `[t, t]` mask only for devices without the fused causal-softmax kernel.
+        let causal_mask = if causal_op && !self.device().is_cpu() && !crate::cuda_kernels::available(&self.embed_tokens) {
+            build_mask(1, t, 0, &[], None, self.device(), dtype)?.map(|m| m.reshape((t, t))).transpose()?
+        } else {
+            None
         };
         let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable, causal_op, causal_mask };
 

@@ -142,8 +142,6 @@ pub struct DropoutControl {
     training: AtomicBool,
     step: AtomicU64,
     seed: AtomicU64,
-    /// Whether the device RNG has been seeded for the current (seed, step) (GPU masks).
-    device_seeded: AtomicBool,
 }
 
 impl DropoutControl {
@@ -151,7 +149,6 @@ impl DropoutControl {
         self.training.store(training, Ordering::Relaxed);
         self.seed.store(seed, Ordering::Relaxed);
         self.step.store(step, Ordering::Relaxed);
-        self.device_seeded.store(false, Ordering::Relaxed);
     }
 }
 
@@ -178,18 +175,9 @@ impl LoraLayer {
         let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
         if crate::cuda_kernels::available(x) {
-            // One kernel: a counter-based hash of (seed, step, layer, element) — no RNG state.
+            // On a GPU, one kernel: a counter-based hash of (seed, step, layer, element) — the
+            // host RNG over millions of elements per layer would dominate the step.
             return crate::cuda_kernels::dropout_mask(x, mix, keep).map(Some);
-        }
-        if !x.device().is_cpu() {
-            // On a GPU the masks are drawn there (host RNG over millions of elements per layer
-            // would dominate the step) from one stream seeded per (seed, step) at the step's first
-            // mask; layers draw in a fixed order, so resumed runs stay identical.
-            if !self.control.device_seeded.swap(true, Ordering::Relaxed) {
-                x.device().set_seed(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
-            }
-            let mask = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.lt(keep)?.to_dtype(x.dtype())?;
-            return mask.affine(1.0 / keep, 0.0).map(Some);
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
         let scale = (1.0 / keep) as f32;
@@ -209,7 +197,9 @@ impl LinearAdapter for LoraLayer {
         let (a, b) = (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?);
         let x2 = x.reshape((lead, inp))?;
         let h = match self.dropout_mask(x)? {
-            Some(m) => crate::handoff::masked_matmul(&x2, &m.reshape((lead, inp))?, &a)?,
+            // (Training goes through `fused_with_frozen`; this path runs dropout only when called
+            // directly.)
+            Some(m) => (x2 * m.reshape((lead, inp))?)?.matmul(&a.t()?)?,
             None => x2.matmul(&a.t()?)?,
         };
         let h = (h * self.scale)?.matmul(&b.t()?)?;
