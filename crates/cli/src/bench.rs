@@ -276,6 +276,47 @@ fn profile_ops(
     })?;
     let g = var(&[n, ffn])?;
     time("silu·up [n, ffn]", &mut || Ok((g.as_tensor().silu()? * g.as_tensor())?))?;
+    // Forward + backward of the pieces of a layer, as training runs them (graph on, the backward
+    // starting from a sum: subtract the baseline line for the gradient's broadcast).
+    let fb = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<Tensor>| -> anyhow::Result<()> {
+        let ms = synced_ms(device, 5, &mut || {
+            f()?.sum_all()?.backward()?;
+            Ok(())
+        })?;
+        println!("  fwd+bwd {name:<36} {ms:>9.3} ms");
+        Ok(())
+    };
+    fb("baseline: sum of x [n, hidden]", &mut || Ok(xt.clone()))?;
+    fb("baseline: sum of g [n, ffn]", &mut || Ok(g.as_tensor().clone()))?;
+    let l0 = &model.layers[0];
+    let xf = var(&[n, ffn])?;
+    for (name, lin, input) in [
+        ("q_proj (lora_linear)", &l0.self_attn.q_proj, xt),
+        ("k_proj (lora_linear)", &l0.self_attn.k_proj, xt),
+        ("gate_proj (lora_linear)", &l0.mlp.gate_proj, xt),
+        ("down_proj (lora_linear)", &l0.mlp.down_proj, xf.as_tensor()),
+    ] {
+        fb(name, &mut || Ok(lin.forward(input)?))?;
+    }
+    fb("rms_norm", &mut || Ok(handoff::rms_norm(xt, &norm_w, 1e-5)?))?;
+    fb("silu(g)·g", &mut || Ok((g.as_tensor().silu()? * g.as_tensor())?))?;
+    fb("x + x (residual)", &mut || Ok((xt + xt)?))?;
+    fb("heads: reshape·transpose·contiguous", &mut || Ok(xt.reshape((8, t, h, d))?.transpose(1, 2)?.contiguous()?))?;
+    fb("rope q", &mut || Ok(handoff::rope(q.as_tensor(), &cos, &sin)?))?;
+    // Attention's parts, no graph.
+    let (qd, kd, vd) = (qf.detach(), k.as_tensor().detach(), v.as_tensor().detach());
+    time("attn: scores q·kᵀ", &mut || Ok(qd.matmul(&kd.t()?)?))?;
+    let scores = qd.matmul(&kd.t()?)?;
+    if ferrotune_model::cuda_kernels::available(&scores) {
+        time("attn: causal softmax kernel", &mut || Ok(ferrotune_model::cuda_kernels::causal_softmax(&scores, t, 0.125)?))?;
+        let p = ferrotune_model::cuda_kernels::causal_softmax(&scores, t, 0.125)?;
+        time("attn: p·v", &mut || Ok(p.matmul(&vd)?))?;
+        time("attn: pᵀ·dO", &mut || Ok(p.t()?.matmul(&qd)?))?;
+        time("attn: dO·vᵀ", &mut || Ok(qd.matmul(&vd.t()?)?))?;
+        time("attn: softmax backward kernel", &mut || Ok(ferrotune_model::cuda_kernels::causal_softmax_backward(&p, &scores, t, 0.125)?))?;
+        time("attn: dS·k", &mut || Ok(p.matmul(&kd)?))?;
+        time("attn: dSᵀ·q", &mut || Ok(p.t()?.matmul(&qd)?))?;
+    }
     let targets = Tensor::zeros(n, candle_core::DType::U32, device)?;
     if let Some(w) = model.frozen_head_weight() {
         time("head cross-entropy forward", &mut || Ok(handoff::frozen_head_cross_entropy_sum(xt, w, &targets)?))?;
@@ -418,6 +459,27 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         })?;
         if b.profile {
             profile_ops(&model, &cfg, &device, dtype, b.batch * b.seq, &adapter)?;
+            // A step's cost per decoder layer: the same shape with 1 and 2 layers.
+            for layers in [1usize, 2] {
+                let c = ferrotune_model::ModelConfig { num_layers: layers, ..cfg.clone() };
+                let w = ferrotune_model::testing::hf_init_random_weights(&c, &device, 0)?;
+                let m = Llama::load(&w, &c, WeightMode::F32, None)?;
+                drop(w);
+                let mut m = if dtype == candle_core::DType::F32 { m } else { m.cast(&device, dtype)? };
+                m.set_differentiable(true);
+                let a = Adapter::init(&mut m, &spec, 0)?;
+                a.attach(&mut m);
+                a.control.set(true, 0, 1);
+                let f = time(&mut || {
+                    ferrotune_train::batch::loss_sum(&m, &batch)?.to_scalar::<f32>()?;
+                    Ok(())
+                })?;
+                let fb = time(&mut || {
+                    ferrotune_train::batch::loss_sum(&m, &batch)?.backward()?;
+                    Ok(())
+                })?;
+                println!("  {layers} layer(s): forward {f:.2} ms, forward+backward {fb:.2} ms");
+            }
         }
         println!(
             "ferrotune phases (ms): step {:.1} | forward {fwd:.1} | forward+backward {fwd_bwd:.1} (without dropout {fwd_bwd_nodrop:.1}) | optimizer ≈ {:.1} | one {m}x{k}x{n} matmul {mm:.2} ms = {:.0} TFLOP/s",
