@@ -111,6 +111,9 @@ impl Attention {
             // Training: attention as one op over q, k, v; the scores and probabilities are
             // recomputed in backward instead of kept.
             crate::handoff::causal_attention(&q, &k, &v, t, scale, ctx.causal_mask.as_ref())?
+        } else if t == 1 && ctx.mask.is_none() && !ctx.differentiable && crate::decode_attn::applies(&q, &k) {
+            // Single-stream decode: one fused op reading the cache in place.
+            crate::decode_attn::attend(&q, &k, &v, scale as f32)?
         } else {
             let att = (q.matmul(&k.t()?)? * scale)?;
             let att = match &ctx.mask {
