@@ -112,9 +112,16 @@ impl Pool {
             }
         }
         task.work();
-        // Only items a worker has claimed can be outstanding here.
+        // Only items a worker has claimed can be outstanding here. If that worker was
+        // descheduled mid-item, spinning would hold the core it needs: yield after a short spin.
+        let mut spins = 0u32;
         while task.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            spins = spins.saturating_add(1);
+            if spins < 256 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         drop(guard);
@@ -146,7 +153,9 @@ fn worker_loop(shared: &Shared, me: &Worker) {
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() < SPIN {
-                std::hint::spin_loop();
+                // Give the core away now and then: on a busy machine the caller (or another
+                // process) may be waiting for it.
+                std::thread::yield_now();
                 continue;
             }
             // Sleep. The caller bumps the generation before it looks at `sleeping`, and this

@@ -254,14 +254,8 @@ fn quantize_row(x: &[f32]) -> XRow {
     let nb = x.len() / QK;
     let mut row = XRow { qs: vec![0i8; nb * QK], pairs: vec![0i8; (nb / 2) * 2 * QK], d: vec![0f32; nb], s: vec![0f32; nb] };
     for (b, xb) in x.chunks_exact(QK).enumerate() {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let (amax, sum) = quantize_block(xb, &mut row.qs[b * QK..(b + 1) * QK]);
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in row.qs[b * QK..(b + 1) * QK].iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
         // llama.cpp stores d and s as f16; round through f16 to compute with the same numbers.
         row.d[b] = f16::from_f32(d).to_f32();
         row.s[b] = f16::from_f32(sum as f32 * d).to_f32();
@@ -275,6 +269,19 @@ fn quantize_row(x: &[f32]) -> XRow {
         out[48..].copy_from_slice(&b[16..]);
     }
     row
+}
+
+/// One block of 32 activations to 8 bits as llama.cpp's AVX2 `quantize_row_q8_1` does
+/// (`q = round(x·127/amax)`, ties to even); returns `(amax, Σq)`.
+fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    {
+        // SAFETY: as in `dot4_q4_1`.
+        #[allow(unsafe_code)]
+        return unsafe { simd::quantize_block(x, q) };
+    }
+    #[allow(unreachable_code)]
+    scalar::quantize_block(x, q)
 }
 
 fn dot4_q4_1(w: [Q4Row; 4], x: &XRow) -> [f32; 4] {
@@ -304,6 +311,17 @@ fn dot4_q8_0(w: [Q8Row; 4], x: &XRow) -> [f32; 4] {
 /// Reference implementations (and the fallback on CPUs without AVX2).
 mod scalar {
     use super::{Q4Row, Q8Row, XRow, h2f};
+
+    pub fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in q.iter_mut().zip(x) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        (amax, sum)
+    }
 
     pub fn dot_q4_1(w: Q4Row, x: &XRow) -> f32 {
         let mut sum = 0f32;
@@ -347,6 +365,28 @@ mod simd {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        let v: [__m256; 4] = std::array::from_fn(|i| f32x8(&x[8 * i..]));
+        let sign = _mm256_set1_ps(-0.0);
+        let m = v.iter().fold(_mm256_setzero_ps(), |m, &v| _mm256_max_ps(m, _mm256_andnot_ps(sign, v)));
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let i: [__m256i; 4] = std::array::from_fn(|k| {
+            _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let lanes: [i32; 8] = bytemuck::cast(s);
+        // i32 → i16 → i8 packs interleave 128-bit halves; the permute restores element order.
+        let p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let out: [i8; 32] = bytemuck::cast(p);
+        q[..32].copy_from_slice(&out);
+        (amax, lanes.iter().sum())
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn bytes32<T: bytemuck::Pod>(s: &[T]) -> __m256i {
@@ -366,13 +406,6 @@ mod simd {
     fn f32x8(s: &[f32]) -> __m256 {
         let a: [f32; 8] = s[..8].try_into().expect("8 lanes");
         bytemuck::cast(a)
-    }
-
-    /// Eight f16 scales → f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn h2f8(s: &[u16]) -> __m256 {
-        _mm256_cvtph_ps(bytes16(s))
     }
 
     /// Two Q4_1 blocks (32 bytes of nibbles) times their activations in `pairs` order: eight i32
@@ -398,28 +431,41 @@ mod simd {
             _mm256_setr_epi32(a, a, a, a, b, b, b, b)
         });
         let groups = nb / 8;
+        for r in 0..4 {
+            assert!(w[r].qs.len() >= nb * 16 && w[r].d.len() >= nb && w[r].m.len() >= nb, "Q4_1 row shorter than the activation");
+        }
+        assert!(x.s.len() >= nb && x.pairs.len() >= (nb / 2) * 64, "activation row malformed");
+        // The bounds-checked loads of the tail below cost as much as the arithmetic in this loop
+        // (two compares and branches per load): raw pointers within the lengths asserted above.
+        let (qs, ds, ms) = (w.map(|w| w.qs.as_ptr()), w.map(|w| w.d.as_ptr()), w.map(|w| w.m.as_ptr()));
+        let (xd, xs, xp) = (x.d.as_ptr(), x.s.as_ptr(), x.pairs.as_ptr());
         for g in 0..groups {
             let (b0, p0) = (8 * g, 4 * g);
-            let dx = f32x8(&x.d[b0..]);
-            let sx = f32x8(&x.s[b0..]);
-            let mut sc = [_mm256_setzero_ps(); 4];
-            for r in 0..4 {
-                sc[r] = _mm256_mul_ps(h2f8(&w[r].d[b0..]), dx);
-                // The `m·s` terms of the eight blocks, added lane-wise (summed at the end).
-                acc[r] = _mm256_fmadd_ps(h2f8(&w[r].m[b0..]), sx, acc[r]);
-            }
-            for j in 0..4 {
-                let p = p0 + j;
-                let xlo = bytes32(&x.pairs[64 * p..]);
-                let xhi = bytes32(&x.pairs[64 * p + 32..]);
+            // SAFETY: blocks b0..b0+8 ≤ nb and pairs p0..p0+4 ≤ nb/2 are inside every slice
+            // (asserted above); loads are unaligned.
+            #[allow(unsafe_code)]
+            unsafe {
+                let dx = _mm256_loadu_ps(xd.add(b0));
+                let sx = _mm256_loadu_ps(xs.add(b0));
+                let mut sc = [_mm256_setzero_ps(); 4];
                 for r in 0..4 {
-                    let f = pair_q4(bytes32(&w[r].qs[32 * p..]), xlo, xhi);
-                    acc[r] = _mm256_fmadd_ps(f, _mm256_permutevar8x32_ps(sc[r], spread[j]), acc[r]);
+                    sc[r] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(ds[r].add(b0).cast())), dx);
+                    // The `m·s` terms of the eight blocks, added lane-wise (summed at the end).
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(ms[r].add(b0).cast())), sx, acc[r]);
+                }
+                for j in 0..4 {
+                    let p = p0 + j;
+                    let xlo = _mm256_loadu_si256(xp.add(64 * p).cast());
+                    let xhi = _mm256_loadu_si256(xp.add(64 * p + 32).cast());
+                    for r in 0..4 {
+                        let f = pair_q4(_mm256_loadu_si256(qs[r].add(32 * p).cast()), xlo, xhi);
+                        acc[r] = _mm256_fmadd_ps(f, _mm256_permutevar8x32_ps(sc[r], spread[j]), acc[r]);
+                    }
                 }
             }
         }
-        let mut out = acc.map(|a| hsum(a));
         // Tail: the remaining pairs with scales built in scalar code, then an odd last block.
+        let mut mins = [0f32; 4];
         let mut b = 8 * groups;
         while b + 2 <= nb {
             let p = b / 2;
@@ -429,9 +475,8 @@ mod simd {
                 let sa = _mm_set1_ps(h2f(w[r].d[b]) * x.d[b]);
                 let sb = _mm_set1_ps(h2f(w[r].d[b + 1]) * x.d[b + 1]);
                 let f = pair_q4(bytes32(&w[r].qs[32 * p..]), xlo, xhi);
-                out[r] += hsum(_mm256_mul_ps(f, _mm256_set_m128(sb, sa)))
-                    + h2f(w[r].m[b]) * x.s[b]
-                    + h2f(w[r].m[b + 1]) * x.s[b + 1];
+                acc[r] = _mm256_fmadd_ps(f, _mm256_set_m128(sb, sa), acc[r]);
+                mins[r] += h2f(w[r].m[b]) * x.s[b] + h2f(w[r].m[b + 1]) * x.s[b + 1];
             }
             b += 2;
         }
@@ -442,10 +487,11 @@ mod simd {
                 let low = _mm_set1_epi8(0x0F);
                 let wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low), _mm_and_si128(q, low));
                 let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, y), _mm256_set1_epi16(1));
-                out[r] += hsum(_mm256_cvtepi32_ps(prod)) * (h2f(w[r].d[b]) * x.d[b]) + h2f(w[r].m[b]) * x.s[b];
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(h2f(w[r].d[b]) * x.d[b]), acc[r]);
+                mins[r] += h2f(w[r].m[b]) * x.s[b];
             }
         }
-        out
+        [hsum(acc[0]) + mins[0], hsum(acc[1]) + mins[1], hsum(acc[2]) + mins[2], hsum(acc[3]) + mins[3]]
     }
 
     /// One Q8_0 block times one activation block: eight i32 lanes as f32.
@@ -464,16 +510,27 @@ mod simd {
         let mut acc = [_mm256_setzero_ps(); 4];
         let lane: [__m256i; 8] = std::array::from_fn(|j| _mm256_set1_epi32(j as i32));
         let groups = nb / 8;
+        for r in 0..4 {
+            assert!(w[r].qs.len() >= nb * 32 && w[r].d.len() >= nb, "Q8_0 row shorter than the activation");
+        }
+        assert!(x.qs.len() >= nb * 32, "activation row malformed");
+        // Raw pointers within the asserted lengths, as in `dot4_q4_1`.
+        let (qs, ds) = (w.map(|w| w.qs.as_ptr()), w.map(|w| w.d.as_ptr()));
+        let (xd, xq) = (x.d.as_ptr(), x.qs.as_ptr());
         for g in 0..groups {
             let b0 = 8 * g;
-            let dx = f32x8(&x.d[b0..]);
-            let sc: [__m256; 4] = std::array::from_fn(|r| _mm256_mul_ps(h2f8(&w[r].d[b0..]), dx));
-            for j in 0..8 {
-                let b = b0 + j;
-                let y = bytes32(&x.qs[32 * b..]);
-                for r in 0..4 {
-                    let f = block_q8(bytes32(&w[r].qs[32 * b..]), y);
-                    acc[r] = _mm256_fmadd_ps(f, _mm256_permutevar8x32_ps(sc[r], lane[j]), acc[r]);
+            // SAFETY: blocks b0..b0+8 ≤ nb are inside every slice (asserted above).
+            #[allow(unsafe_code)]
+            unsafe {
+                let dx = _mm256_loadu_ps(xd.add(b0));
+                let sc: [__m256; 4] = std::array::from_fn(|r| _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(ds[r].add(b0).cast())), dx));
+                for j in 0..8 {
+                    let b = b0 + j;
+                    let y = _mm256_loadu_si256(xq.add(32 * b).cast());
+                    for r in 0..4 {
+                        let f = block_q8(_mm256_loadu_si256(qs[r].add(32 * b).cast()), y);
+                        acc[r] = _mm256_fmadd_ps(f, _mm256_permutevar8x32_ps(sc[r], lane[j]), acc[r]);
+                    }
                 }
             }
         }
@@ -514,6 +571,20 @@ mod tests {
     }
 
     #[test]
+    fn simd_and_scalar_quantization_agree() -> Result<()> {
+        let x: Vec<f32> = Tensor::randn(0f32, 3.0, 32 * 40, &Device::Cpu)?.to_vec1()?;
+        for (i, b) in x.chunks_exact(32).enumerate() {
+            // Exact ties too: values on a grid of 127/amax halves.
+            let tie: Vec<f32> = (0..32).map(|j| (j as f32 - 16.0) * 0.5).collect();
+            let b = if i == 0 { &tie[..] } else { b };
+            let (mut q1, mut q2) = ([0i8; 32], [0i8; 32]);
+            assert_eq!(quantize_block(b, &mut q1), scalar::quantize_block(b, &mut q2));
+            assert_eq!(q1, q2);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn simd_and_scalar_dots_agree() -> Result<()> {
         let dev = Device::Cpu;
         // Block counts with whole groups of eight, leftover pairs and an odd last block.
@@ -538,3 +609,4 @@ mod tests {
         Ok(())
     }
 }
+
