@@ -2,6 +2,9 @@
 # Build the CUDA binary of ferrotune on this (GPU-less) machine, for the lent H200 machine.
 #
 #   scripts/gpu/build-cuda.sh            # -> dist/ferrotune-cuda.xz (stripped, compressed)
+#   scripts/gpu/build-cuda.sh --tests    # also dist/model-tests-cuda.xz: the model crate's unit
+#                                        # tests with the CUDA kernels (run there with
+#                                        # scripts/gpu/test-kernels.sh)
 #
 # What it does, and why (facts measured on the H200 machine, issue #8):
 # - nvcc must be 13.0: the driver there (580) rejects PTX from newer compilers. The CUDA 13.0
@@ -69,3 +72,12 @@ strip -o dist/ferrotune-cuda "${CUDA_TARGET_DIR:-target-cuda}"/release/ferrotune
 xz -T2 -9 -k -f dist/ferrotune-cuda
 ls -l dist/ferrotune-cuda dist/ferrotune-cuda.xz
 echo "built dist/ferrotune-cuda.xz — run it on the GPU machine with scripts/gpu/run.sh"
+if [ "${1:-}" = "--tests" ]; then
+  tests=$(cargo test --release -p ferrotune-model --lib --features cuda --target-dir "${CUDA_TARGET_DIR:-target-cuda}" --no-run 2>&1 |
+    tee /dev/stderr | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))/\1/p' | tail -1)
+  [ -n "$tests" ] || { echo "error: no test binary found" >&2; exit 1; }
+  strip -o dist/model-tests-cuda "$tests"
+  xz -T2 -9 -k -f dist/model-tests-cuda
+  ls -l dist/model-tests-cuda.xz
+  echo "built dist/model-tests-cuda.xz — run it on the GPU machine with scripts/gpu/test-kernels.sh"
+fi

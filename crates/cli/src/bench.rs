@@ -247,6 +247,7 @@ fn profile_ops(
     println!("profile ({n} tokens, {dtype:?}):");
     if ferrotune_model::cuda_kernels::available(xt) {
         time("dropout mask [n, hidden] (hash kernel)", &mut || Ok(ferrotune_model::cuda_kernels::dropout_mask(xt, 7, 0.95)?))?;
+        time("dropout applied [n, hidden] (hash kernel)", &mut || Ok(ferrotune_model::cuda_kernels::dropout_apply(xt, 7, 0.95)?))?;
     }
     time("copy [n, hidden]", &mut || Ok(xt.copy()?))?;
     time("mul [n, hidden]", &mut || Ok((xt * xt)?))?;

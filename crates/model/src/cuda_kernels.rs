@@ -39,29 +39,157 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, stats: &Tensor,
     logits.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &stats.contiguous()?, &CrossEntropyBwd { g: g as f32 })
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-/// A dropout mask shaped like `x` in its dtype: `1/keep` where a counter-based hash of
-/// (`seed`, element index) falls below `keep`, else 0 — one kernel, deterministic for a seed.
+/// A dropout mask shaped like `x` in its dtype: `1/keep` (rounded to the dtype) where a
+/// counter-based hash of (`seed`, element index) falls below `keep`, else 0 — one kernel,
+/// deterministic for a seed.
 pub fn dropout_mask(x: &Tensor, seed: u64, keep: f64) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&DropoutMask { seed, keep: keep as f32 })
+    x.contiguous()?.apply_op1_no_bwd(&Dropout { seed, keep, apply: false })
+}
+
+/// `x ⊙ dropout_mask(x, seed, keep)` in one kernel, the mask never stored (backward applies the
+/// same seed to the gradient).
+pub fn dropout_apply(x: &Tensor, seed: u64, keep: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Dropout { seed, keep, apply: true })
+}
+
+/// SwiGLU `silu(g) ⊙ u` (same shapes), f32 inside.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SwiGlu)
+}
+
+/// SwiGLU's backward: `[2, ..g's shape]` holding `∂g` then `∂u`.
+pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op3_no_bwd(&u.contiguous()?, &dy.contiguous()?, &SwiGluBwd)
+}
+
+/// RMSNorm's input gradient for a weight that is not trained (`x`, `dy`: `[.., hidden]`,
+/// `w: [hidden]`), one pass per row.
+pub fn rms_norm_backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &dy.contiguous()?, &RmsNormBwd { eps })
+}
+
+/// `x: [B, P, Q, d]` → `[B, Q, P, d]` (axes 1 and 2 swapped, contiguous), rotated by RoPE when
+/// `rope` gives `(cos, sin, pos_axis, sign)`: tables `[positions, d/2]` indexed by axis
+/// `pos_axis` (1 or 2) of `x`, `sign` −1 for the inverse rotation. One kernel.
+pub fn swap12(x: &Tensor, rope: Option<(&Tensor, &Tensor, usize, f32)>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    match rope {
+        Some((c, s, pos_axis, sign)) => x.apply_op3_no_bwd(&c.contiguous()?, &s.contiguous()?, &Swap12 { pos_axis, sign }),
+        None => x.apply_op3_no_bwd(&x, &x, &Swap12 { pos_axis: 0, sign: 0.0 }),
+    }
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-struct DropoutMask {
-    seed: u64,
-    keep: f32,
+struct Swap12 {
+    pos_axis: usize,
+    sign: f32,
 }
 
-impl CustomOp1 for DropoutMask {
+impl CustomOp3 for Swap12 {
     fn name(&self) -> &'static str {
-        "ft-dropout-mask"
+        "ft-swap12"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        c: &candle_core::CudaStorage,
+        cl: &Layout,
+        s: &candle_core::CudaStorage,
+        sl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        imp::swap12(x, xl, c, cl, s, sl, self.pos_axis, self.sign)
+    }
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Dropout {
+    seed: u64,
+    keep: f64,
+    apply: bool,
+}
+struct SwiGlu;
+struct SwiGluBwd;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct RmsNormBwd {
+    eps: f32,
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "ft-dropout"
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         no_cpu(self.name())
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::dropout_mask(s, l, self.seed, self.keep)
+        imp::dropout(s, l, self.seed, self.keep, self.apply)
+    }
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "ft-swiglu"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+        u: &candle_core::CudaStorage,
+        ul: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        imp::swiglu(g, gl, u, ul)
+    }
+}
+
+impl CustomOp3 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "ft-swiglu-bwd"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+        u: &candle_core::CudaStorage,
+        ul: &Layout,
+        dy: &candle_core::CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        imp::swiglu_bwd(g, gl, u, ul, dy, dyl)
+    }
+}
+
+impl CustomOp3 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "ft-rms-norm-bwd"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+        dy: &candle_core::CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        imp::rms_norm_bwd(x, xl, w, wl, dy, dyl, self.eps)
     }
 }
 
@@ -203,6 +331,10 @@ __device__ float block_sum(float v, float* sh) {
   v = lane < nw ? sh[lane] : 0.f;
   return warp_sum(v);
 }
+// The causal softmax and its backward keep a row in registers (up to CACHE values a thread:
+// rows of up to CACHE·blockDim columns, see `row_threads`) and read only the visible columns
+// `0..=q`; longer rows take the looping form.
+#define CACHE 8
 template <typename T>
 __device__ void causal_softmax(const T* x, T* y, int t, int cols, float scale) {
   __shared__ float sh[32];
@@ -211,6 +343,26 @@ __device__ void causal_softmax(const T* x, T* y, int t, int cols, float scale) {
   const T* xr = x + row * cols;
   T* yr = y + row * cols;
   float m = neg_inf();
+  if (cols <= CACHE * (int)blockDim.x) {
+    float v[CACHE];
+#pragma unroll
+    for (int k = 0; k < CACHE; k++) {
+      int j = threadIdx.x + k * blockDim.x;
+      v[k] = j <= q ? ld(xr, j) * scale : neg_inf();
+      m = fmaxf(m, v[k]);
+    }
+    m = block_max(m, sh);
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < CACHE; k++) { v[k] = __expf(v[k] - m); s += v[k]; }
+    float inv = 1.f / block_sum(s, sh);
+#pragma unroll
+    for (int k = 0; k < CACHE; k++) {
+      int j = threadIdx.x + k * blockDim.x;
+      if (j < cols) st(yr, j, v[k] * inv);
+    }
+    return;
+  }
   for (int j = threadIdx.x; j <= q; j += blockDim.x) m = fmaxf(m, ld(xr, j) * scale);
   m = block_max(m, sh);
   float s = 0.f;
@@ -228,6 +380,23 @@ __device__ void causal_softmax_bwd(const T* p, const T* dp, T* ds, int t, int co
   const T* dr = dp + row * cols;
   T* out = ds + row * cols;
   float dot = 0.f;
+  if (cols <= CACHE * (int)blockDim.x) {
+    float pv[CACHE], dv[CACHE];
+#pragma unroll
+    for (int k = 0; k < CACHE; k++) {
+      int j = threadIdx.x + k * blockDim.x;
+      pv[k] = j <= q ? ld(pr, j) : 0.f;
+      dv[k] = j <= q ? ld(dr, j) : 0.f;
+      dot += pv[k] * dv[k];
+    }
+    dot = block_sum(dot, sh);
+#pragma unroll
+    for (int k = 0; k < CACHE; k++) {
+      int j = threadIdx.x + k * blockDim.x;
+      if (j < cols) st(out, j, scale * pv[k] * (dv[k] - dot));
+    }
+    return;
+  }
   for (int j = threadIdx.x; j <= q; j += blockDim.x) dot += ld(pr, j) * ld(dr, j);
   dot = block_sum(dot, sh);
   for (int j = threadIdx.x; j < cols; j += blockDim.x) st(out, j, j <= q ? scale * ld(pr, j) * (ld(dr, j) - dot) : 0.f);
@@ -258,19 +427,95 @@ __device__ void ce_bwd(const T* logits, const unsigned int* targets, const float
   unsigned int tg = targets[row];
   for (int j = threadIdx.x; j < v; j += blockDim.x) st(out, j, (__expf(ld(lr, j) - lse) - (j == (int)tg ? 1.f : 0.f)) * g);
 }
-template <typename T>
-__device__ void dropout_mask(T* out, long n, unsigned long long seed, float keep) {
-  long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
+__device__ __forceinline__ bool keep_elem(unsigned long long seed, long i, float keep) {
   unsigned long long z = seed + (unsigned long long)i * 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;
-  float u = (float)(z >> 40) * (1.0f / 16777216.0f);
-  st(out, i, u < keep ? 1.0f / keep : 0.f);
+  return (float)(z >> 40) * (1.0f / 16777216.0f) < keep;
+}
+template <typename T>
+__device__ void dropout_mask(T* out, long n, unsigned long long seed, float keep, float scale) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+    st(out, i, keep_elem(seed, i, keep) ? scale : 0.f);
+}
+// `x ⊙ mask` with the mask of `dropout_mask` for the same seed, never stored.
+template <typename T>
+__device__ void dropout_apply(const T* x, T* out, long n, unsigned long long seed, float keep, float scale) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+    st(out, i, keep_elem(seed, i, keep) ? ld(x, i) * scale : 0.f);
+}
+// SwiGLU `silu(g)·u` and its backward: out[0..n) = ∂g, out[n..2n) = ∂u.
+template <typename T>
+__device__ void swiglu_fwd(const T* g, const T* u, T* y, long n) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    float a = ld(g, i);
+    st(y, i, a / (1.f + __expf(-a)) * ld(u, i));
+  }
+}
+template <typename T>
+__device__ void swiglu_bwd(const T* g, const T* u, const T* dy, T* out, long n) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    float a = ld(g, i), d = ld(dy, i);
+    float s = 1.f / (1.f + __expf(-a));
+    st(out, i, d * ld(u, i) * s * (1.f + a * (1.f - s)));
+    st(out, n + i, d * a * s);
+  }
+}
+// RMSNorm's input gradient for a frozen weight, one block per row, f32 inside:
+// ∂x = r·(∂y⊙w) − x·r³·mean((∂y⊙w)⊙x), r = rsqrt(mean(x²) + ε).
+template <typename T>
+__device__ void rms_norm_bwd(const T* x, const T* w, const T* dy, T* dx, int cols, float eps) {
+  __shared__ float sh[32];
+  long row = blockIdx.x;
+  const T* xr = x + row * cols;
+  const T* dr = dy + row * cols;
+  T* out = dx + row * cols;
+  float ss = 0.f, dot = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    float xv = ld(xr, j);
+    ss += xv * xv;
+    dot += ld(dr, j) * ld(w, j) * xv;
+  }
+  ss = block_sum(ss, sh);
+  dot = block_sum(dot, sh);
+  float r = rsqrtf(ss / cols + eps);
+  float c = r * r * r * dot / cols;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) st(out, j, r * ld(dr, j) * ld(w, j) - ld(xr, j) * c);
+}
+// Axes 1 and 2 swapped: x `[B, P, Q, d]` → y `[B, Q, P, d]`, optionally rotated (RoPE, rotate-half
+// layout, `cos`/`sin` `[positions, d/2]`) by the position on axis `pos_axis` (1: P, 2: Q) with
+// `sgn` on the sine (−1: the inverse rotation). One thread per pair (i, i + d/2).
+template <typename T>
+__device__ void swap12(const T* x, T* y, const T* cos, const T* sin, int P, int Q, int d, int pos_axis, float sgn, long pairs) {
+  int h = d / 2;
+  for (long idx = (long)blockIdx.x * blockDim.x + threadIdx.x; idx < pairs; idx += (long)gridDim.x * blockDim.x) {
+    int i = (int)(idx % h);
+    long r = idx / h;
+    int p = (int)(r % P);
+    r /= P;
+    int q = (int)(r % Q);
+    long b = r / Q;
+    long src = ((b * P + p) * Q + q) * d, dst = ((b * Q + q) * P + p) * d;
+    float x1 = ld(x, src + i), x2 = ld(x, src + i + h);
+    if (pos_axis > 0) {
+      long at = (long)(pos_axis == 1 ? p : q) * h + i;
+      float c = ld(cos, at), s = sgn * ld(sin, at);
+      st(y, dst + i, x1 * c - x2 * s);
+      st(y, dst + i + h, x2 * c + x1 * s);
+    } else {
+      st(y, dst + i, x1);
+      st(y, dst + i + h, x2);
+    }
+  }
 }
 #define KERNELS(T, S) \
-extern "C" __global__ void dropout_mask_##S(T* out, long n, unsigned long long seed, float keep) { dropout_mask(out, n, seed, keep); } \
+extern "C" __global__ void swap12_##S(const T* x, T* y, const T* c, const T* s, int P, int Q, int d, int pa, float sg, long n) { swap12(x, y, c, s, P, Q, d, pa, sg, n); } \
+extern "C" __global__ void dropout_mask_##S(T* out, long n, unsigned long long seed, float keep, float scale) { dropout_mask(out, n, seed, keep, scale); } \
+extern "C" __global__ void dropout_apply_##S(const T* x, T* out, long n, unsigned long long seed, float keep, float scale) { dropout_apply(x, out, n, seed, keep, scale); } \
+extern "C" __global__ void swiglu_fwd_##S(const T* g, const T* u, T* y, long n) { swiglu_fwd(g, u, y, n); } \
+extern "C" __global__ void swiglu_bwd_##S(const T* g, const T* u, const T* dy, T* out, long n) { swiglu_bwd(g, u, dy, out, n); } \
+extern "C" __global__ void rms_norm_bwd_##S(const T* x, const T* w, const T* dy, T* dx, int cols, float eps) { rms_norm_bwd(x, w, dy, dx, cols, eps); } \
 extern "C" __global__ void causal_softmax_##S(const T* x, T* y, int t, int cols, float scale) { causal_softmax(x, y, t, cols, scale); } \
 extern "C" __global__ void causal_softmax_bwd_##S(const T* p, const T* dp, T* ds, int t, int cols, float scale) { causal_softmax_bwd(p, dp, ds, t, cols, scale); } \
 extern "C" __global__ void ce_fwd_##S(const T* l, const unsigned int* tg, float* st_, int v) { ce_fwd(l, tg, st_, v); } \
@@ -316,26 +561,169 @@ KERNELS(bf16_t, bf16)
         }};
     }
 
-    pub fn dropout_mask(s: &CudaStorage, l: &Layout, seed: u64, keep: f32) -> Result<(CudaStorage, Shape)> {
+    /// Threads for a one-block-per-row kernel over `cols` columns: enough for the softmax
+    /// kernels to keep the row in registers (8 values a thread) up to 8192 columns.
+    fn row_threads(cols: usize) -> u32 {
+        cols.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32
+    }
+
+    /// A grid-stride launch over `n` elements.
+    fn flat(n: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
+        if a.shape() != b.shape() {
+            candle_core::bail!("{op}: shapes {:?} and {:?} differ", a.shape(), b.shape())
+        }
+        Ok(())
+    }
+
+    pub fn dropout(s: &CudaStorage, l: &Layout, seed: u64, keep: f64, apply: bool) -> Result<(CudaStorage, Shape)> {
         let dev = s.device().clone();
         let n = l.shape().elem_count();
-        let func = dev.get_or_load_custom_func(&format!("dropout_mask_{}", suffix(s.dtype())?), MODULE, ptx()?)?;
+        let kind = if apply { "dropout_apply" } else { "dropout_mask" };
+        let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(s.dtype())?), MODULE, ptx()?)?;
         let n_i = n as i64;
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let keep_f = keep as f32;
+        // The kept elements' factor, rounded to the dtype as a stored mask would be.
+        let scale = if s.dtype() == DType::BF16 { bf16::from_f64(1.0 / keep).to_f32() } else { (1.0 / keep) as f32 };
         macro_rules! go {
             ($ty:ty) => {{
+                let x = if apply { Some(view!(s, l, $ty)) } else { None };
                 let y = unsafe { dev.alloc::<$ty>(n)? };
                 let mut b = func.builder();
+                if let Some(x) = &x {
+                    b.arg(x);
+                }
                 b.arg(&y);
                 b.arg(&n_i);
                 b.arg(&seed);
-                b.arg(&keep);
-                unsafe { b.launch(cfg) }.w()?;
+                b.arg(&keep_f);
+                b.arg(&scale);
+                unsafe { b.launch(flat(n)) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }
         let out = if s.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
         Ok((out, l.shape().clone()))
+    }
+
+    pub fn swap12(x: &CudaStorage, xl: &Layout, c: &CudaStorage, cl: &Layout, s: &CudaStorage, sl: &Layout, pos_axis: usize, sign: f32) -> Result<(CudaStorage, Shape)> {
+        let (b, p, q, d) = xl.shape().dims4()?;
+        if d % 2 != 0 {
+            candle_core::bail!("swap12: odd head dim {d}")
+        }
+        if pos_axis > 0 {
+            let positions = if pos_axis == 1 { p } else { q };
+            let want = [positions, d / 2];
+            if cl.dims().len() != 2 || cl.dims()[0] < positions || cl.dims()[1] != d / 2 || cl.shape() != sl.shape() || c.dtype() != x.dtype() {
+                candle_core::bail!("swap12: rope tables {:?}/{:?} {:?} for {want:?}", cl.shape(), sl.shape(), c.dtype())
+            }
+        }
+        let dev = x.device().clone();
+        let n = b * p * q * d;
+        let func = dev.get_or_load_custom_func(&format!("swap12_{}", suffix(x.dtype())?), MODULE, ptx()?)?;
+        let (p_i, q_i, d_i, pa, pairs) = (p as i32, q as i32, d as i32, pos_axis as i32, (n / 2) as i64);
+        macro_rules! go {
+            ($ty:ty) => {{
+                let (xv, cv, sv) = (view!(x, xl, $ty), view!(c, cl, $ty), view!(s, sl, $ty));
+                let y = unsafe { dev.alloc::<$ty>(n)? };
+                let mut bl = func.builder();
+                bl.arg(&xv);
+                bl.arg(&y);
+                bl.arg(&cv);
+                bl.arg(&sv);
+                bl.arg(&p_i);
+                bl.arg(&q_i);
+                bl.arg(&d_i);
+                bl.arg(&pa);
+                bl.arg(&sign);
+                bl.arg(&pairs);
+                unsafe { bl.launch(flat(n / 2)) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if x.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
+        Ok((out, Shape::from((b, q, p, d))))
+    }
+
+    pub fn swiglu(g: &CudaStorage, gl: &Layout, u: &CudaStorage, ul: &Layout) -> Result<(CudaStorage, Shape)> {
+        same_shape("swiglu", gl, ul)?;
+        let dev = g.device().clone();
+        let n = gl.shape().elem_count();
+        let func = dev.get_or_load_custom_func(&format!("swiglu_fwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
+        let n_i = n as i64;
+        macro_rules! go {
+            ($ty:ty) => {{
+                let (gv, uv) = (view!(g, gl, $ty), view!(u, ul, $ty));
+                let y = unsafe { dev.alloc::<$ty>(n)? };
+                let mut b = func.builder();
+                b.arg(&gv);
+                b.arg(&uv);
+                b.arg(&y);
+                b.arg(&n_i);
+                unsafe { b.launch(flat(n)) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if g.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
+        Ok((out, gl.shape().clone()))
+    }
+
+    pub fn swiglu_bwd(g: &CudaStorage, gl: &Layout, u: &CudaStorage, ul: &Layout, dy: &CudaStorage, dyl: &Layout) -> Result<(CudaStorage, Shape)> {
+        same_shape("swiglu backward", gl, ul)?;
+        same_shape("swiglu backward", gl, dyl)?;
+        let dev = g.device().clone();
+        let n = gl.shape().elem_count();
+        let func = dev.get_or_load_custom_func(&format!("swiglu_bwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
+        let n_i = n as i64;
+        macro_rules! go {
+            ($ty:ty) => {{
+                let (gv, uv, dv) = (view!(g, gl, $ty), view!(u, ul, $ty), view!(dy, dyl, $ty));
+                let y = unsafe { dev.alloc::<$ty>(2 * n)? };
+                let mut b = func.builder();
+                b.arg(&gv);
+                b.arg(&uv);
+                b.arg(&dv);
+                b.arg(&y);
+                b.arg(&n_i);
+                unsafe { b.launch(flat(n)) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if g.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
+        let mut dims = vec![2];
+        dims.extend_from_slice(gl.dims());
+        Ok((out, Shape::from(dims)))
+    }
+
+    pub fn rms_norm_bwd(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, dy: &CudaStorage, dyl: &Layout, eps: f32) -> Result<(CudaStorage, Shape)> {
+        same_shape("rms_norm backward", xl, dyl)?;
+        let dev = x.device().clone();
+        let (rows, cols) = rows_cols(xl)?;
+        if wl.shape().elem_count() != cols || w.dtype() != x.dtype() {
+            candle_core::bail!("rms_norm backward: weight {:?} {:?} for rows of {cols} {:?}", wl.shape(), w.dtype(), x.dtype())
+        }
+        let func = dev.get_or_load_custom_func(&format!("rms_norm_bwd_{}", suffix(x.dtype())?), MODULE, ptx()?)?;
+        let cols_i = cols as i32;
+        macro_rules! go {
+            ($ty:ty) => {{
+                let (xv, wv, dv) = (view!(x, xl, $ty), view!(w, wl, $ty), view!(dy, dyl, $ty));
+                let y = unsafe { dev.alloc::<$ty>(rows * cols)? };
+                let mut b = func.builder();
+                b.arg(&xv);
+                b.arg(&wv);
+                b.arg(&dv);
+                b.arg(&y);
+                b.arg(&cols_i);
+                b.arg(&eps);
+                unsafe { b.launch(cfg(rows, row_threads(cols).min(512))) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if x.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
+        Ok((out, xl.shape().clone()))
     }
 
     pub fn causal_softmax(s: &CudaStorage, l: &Layout, t: usize, scale: f32) -> Result<(CudaStorage, Shape)> {
@@ -353,7 +741,7 @@ KERNELS(bf16_t, bf16)
                 b.arg(&t);
                 b.arg(&cols_i);
                 b.arg(&scale);
-                unsafe { b.launch(cfg(rows, 256)) }.w()?;
+                unsafe { b.launch(cfg(rows, row_threads(cols))) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }
@@ -381,7 +769,7 @@ KERNELS(bf16_t, bf16)
                 b.arg(&t);
                 b.arg(&cols_i);
                 b.arg(&scale);
-                unsafe { b.launch(cfg(rows, 256)) }.w()?;
+                unsafe { b.launch(cfg(rows, row_threads(cols))) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }

@@ -170,15 +170,34 @@ impl candle_core::CustomOp3 for CausalAttention {
     }
 }
 
+/// LoRA's dropout on a layer's input: a stored mask (`{0, 1/keep}`, on the CPU) or, on a GPU,
+/// a counter-based hash of (`seed`, element index) applied by one kernel and never stored —
+/// backward applies the same seed to the gradient.
+#[derive(Debug, Clone)]
+pub enum DropoutMask {
+    Stored(Tensor),
+    Hashed { seed: u64, keep: f64 },
+}
+
+impl DropoutMask {
+    /// `x ⊙ mask` (`x` contiguous with the mask's element count).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Stored(m) => x * m.reshape(x.shape())?,
+            Self::Hashed { seed, keep } => crate::cuda_kernels::dropout_apply(x, *seed, *keep),
+        }
+    }
+}
+
 /// A frozen linear layer with its LoRA adapter as one op: `x·Wᵀ + s·((x ⊙ m)·Aᵀ)·Bᵀ` over
-/// (`x: [n, in]`, `A: [r, in]`, `B: [out, r]`), `m` the dropout mask (`{0, 1/keep}`) or none.
+/// (`x: [n, in]`, `A: [r, in]`, `B: [out, r]`), `m` the dropout mask or none.
 /// One graph node instead of about ten (candle's backward allocates and adds a gradient buffer
-/// per node input), keeping only the small `h = s·(x ⊙ m)·Aᵀ` and the mask. Backward:
+/// per node input), keeping only the small `h = s·(x ⊙ m)·Aᵀ` (and a CPU mask). Backward:
 /// `∂B = ∂yᵀ·h`, `∂h = s·∂y·B`, `∂A = ∂hᵀ·(x ⊙ m)`, `∂x = ∂y·W + (∂h·A) ⊙ m`.
-pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&DropoutMask>) -> Result<Tensor> {
     let xd = x.detach();
     let xm = match mask {
-        Some(m) => (&xd * m)?,
+        Some(m) => m.apply(&xd)?,
         None => xd.clone(),
     };
     let h = (xm.matmul(&a.detach().t()?)? * scale)?;
@@ -190,7 +209,7 @@ struct LoraLinear {
     y: Slot,
     w: Tensor,
     h: Tensor,
-    mask: Option<Tensor>,
+    mask: Option<DropoutMask>,
     scale: f64,
 }
 
@@ -203,14 +222,14 @@ impl candle_core::CustomOp3 for LoraLinear {
         let dh = (grad.matmul(&b.detach())? * self.scale)?;
         let xd = x.detach();
         let xm = match &self.mask {
-            Some(m) => (&xd * m)?,
+            Some(m) => m.apply(&xd)?,
             None => xd,
         };
         let da = dh.t()?.matmul(&xm)?;
         let dx = if x.track_op() {
             let dxl = dh.matmul(&a.detach())?;
             let dxl = match &self.mask {
-                Some(m) => (dxl * m)?,
+                Some(m) => m.apply(&dxl)?,
                 None => dxl,
             };
             Some((grad.matmul(&self.w)? + dxl)?)
@@ -218,6 +237,35 @@ impl candle_core::CustomOp3 for LoraLinear {
             None
         };
         Ok((dx, Some(da), Some(db)))
+    }
+}
+
+/// SwiGLU `silu(g) ⊙ u`, differentiable, with only `g` and `u` kept for backward (the composed
+/// form keeps `silu(g)` and builds about ten `[n, ffn]` temporaries in backward). On a GPU one
+/// kernel each way; `∂g = ∂y⊙u⊙σ(g)⊙(1 + g⊙(1 − σ(g)))`, `∂u = ∂y⊙silu(g)`.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let (gd, ud) = (g.detach(), u.detach());
+    let y = if crate::cuda_kernels::available(&gd) { crate::cuda_kernels::swiglu(&gd, &ud)? } else { (gd.silu()? * &ud)? };
+    g.apply_op2(u, SwiGluGrad { y: Slot::new(y) })
+}
+
+struct SwiGluGrad {
+    y: Slot,
+}
+
+impl CustomOp2 for SwiGluGrad {
+    handed_over!("swiglu", y, 2);
+
+    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (g, u) = (g.detach(), u.detach());
+        if crate::cuda_kernels::available(&g) {
+            let both = crate::cuda_kernels::swiglu_backward(&g, &u, grad)?;
+            return Ok((Some(both.get(0)?), Some(both.get(1)?)));
+        }
+        let s = candle_nn::ops::sigmoid(&g)?;
+        let dg = ((grad * &u)? * &s)?.mul(&((&g * (1.0 - &s)?)? + 1.0)?)?;
+        let du = (grad * (&g * &s)?)?;
+        Ok((Some(dg), Some(du)))
     }
 }
 
@@ -239,6 +287,10 @@ impl CustomOp2 for RmsNormGrad {
     handed_over!("rms-norm", y, 2);
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !w.track_op() && crate::cuda_kernels::available(x) {
+            let dx = crate::cuda_kernels::rms_norm_backward(&x.detach(), &w.detach(), grad, self.eps as f32)?;
+            return Ok((Some(dx), None));
+        }
         let f32 = candle_core::DType::F32;
         let x32 = x.to_dtype(f32)?;
         let g32 = grad.to_dtype(f32)?;
@@ -279,6 +331,64 @@ impl CustomOp1 for RopeGrad {
     }
 }
 
+/// `x: [b, t, n·d]` (a projection's output) → the heads `[b, n, t, d]`, RoPE'd when `rope` gives
+/// the `[t, d/2]` tables, differentiable. On a GPU one kernel each way (transpose and rotation
+/// together; backward the inverse rotation and transpose back) instead of a strided copy, the
+/// rotation, and their backward's copies and gradient buffers.
+pub fn split_heads(x: &Tensor, n: usize, d: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    let shared_positions = rope.is_none_or(|(c, _)| c.rank() == 2);
+    if !(crate::cuda_kernels::available(x) && shared_positions) {
+        let y = x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?;
+        return match rope {
+            Some((c, s)) => self::rope(&y, c, s),
+            None => Ok(y),
+        };
+    }
+    let xd = x.detach().reshape((b, t, n, d))?;
+    let y = crate::cuda_kernels::swap12(&xd, rope.map(|(c, s)| (c, s, 1, 1.0)))?;
+    x.apply_op1(SplitHeads { y: Slot::new(y), rope: rope.map(|(c, s)| (c.clone(), s.clone())) })
+}
+
+struct SplitHeads {
+    y: Slot,
+    rope: Option<(Tensor, Tensor)>,
+}
+
+impl CustomOp1 for SplitHeads {
+    handed_over!("split-heads", y, 1);
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // grad `[b, n, t, d]`: positions on axis 2, the inverse rotation.
+        let dx = crate::cuda_kernels::swap12(grad, self.rope.as_ref().map(|(c, s)| (c, s, 2, -1.0)))?;
+        Ok(Some(dx.reshape(x.shape())?))
+    }
+}
+
+/// The heads `y: [b, n, t, d]` → `[b, t, n·d]` (attention's output into `o_proj`), differentiable;
+/// one transpose kernel each way on a GPU.
+pub fn merge_heads(y: &Tensor) -> Result<Tensor> {
+    let (b, n, t, d) = y.dims4()?;
+    if !crate::cuda_kernels::available(y) {
+        return y.transpose(1, 2)?.reshape((b, t, n * d));
+    }
+    let out = crate::cuda_kernels::swap12(&y.detach(), None)?.reshape((b, t, n * d))?;
+    y.apply_op1(MergeHeads { y: Slot::new(out) })
+}
+
+struct MergeHeads {
+    y: Slot,
+}
+
+impl CustomOp1 for MergeHeads {
+    handed_over!("merge-heads", y, 1);
+
+    fn bwd(&self, y: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (b, n, t, d) = y.dims4()?;
+        Ok(Some(crate::cuda_kernels::swap12(&grad.reshape((b, t, n, d))?, None)?))
+    }
+}
+
 /// Rows of logits per chunk: about 64M f32 values (256 MB) at a time.
 fn ce_chunk_rows(vocab: usize) -> usize {
     ((64usize << 20) / vocab.max(1)).max(1)
@@ -287,15 +397,17 @@ fn ce_chunk_rows(vocab: usize) -> usize {
 /// `Σ_i logsumexp(h_i·Wᵀ) − (h_i·Wᵀ)[target_i]` — the summed cross-entropy of a frozen LM head
 /// `W: [vocab, hidden]` over `h: [n, hidden]` — computed in row chunks with f32 logits that are
 /// never kept: the full `[n, vocab]` logits (and their f32 copy, exponentials and gradient) never
-/// exist at once. Backward recomputes each chunk's logits (one more head matmul) and returns
-/// `∂h = Σ (softmax − onehot)·W`. Returns an f32 scalar.
+/// exist at once. When `h` needs a gradient, each chunk's `∂h = (softmax − onehot)·W` is computed
+/// right there, while its logits exist (the loss is a sum, so backward only scales it by the
+/// incoming gradient): no second head matmul in backward. Returns an f32 scalar.
 pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (n, _) = h.dims2()?;
     let chunk = ce_chunk_rows(w.dim(0)?);
     let hd = h.detach();
     let fused = crate::cuda_kernels::available(h);
+    let want_grad = h.track_op();
     let mut total = Tensor::zeros((), candle_core::DType::F32, h.device())?;
-    let mut stats = Vec::new();
+    let mut dh = Vec::new();
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
@@ -305,52 +417,40 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
             // One pass per row over the logits as they are (bf16 on a GPU), f32 inside.
             let st = crate::cuda_kernels::cross_entropy_rows(&logits, &tg)?;
             total = (total + st.narrow(1, 0, 1)?.sum_all()?)?;
-            stats.push(st);
+            if want_grad {
+                dh.push(crate::cuda_kernels::cross_entropy_backward(&logits, &tg, &st, 1.0)?.matmul(w)?);
+            }
         } else {
             let logits = logits.to_dtype(candle_core::DType::F32)?;
             let lse = logits.log_sum_exp(D::Minus1)?;
             let tgt = logits.gather(&tg.unsqueeze(1)?, 1)?.squeeze(1)?;
-            total = (total + (lse - tgt)?.sum_all()?)?;
+            total = (total + (&lse - &tgt)?.sum_all()?)?;
+            if want_grad {
+                let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
+                let minus_one = Tensor::full(-1f32, (len, 1), h.device())?;
+                dh.push(p.scatter_add(&tg.unsqueeze(1)?, &minus_one, 1)?.to_dtype(h.dtype())?.matmul(w)?);
+            }
         }
         start += len;
     }
-    h.apply_op1(HeadCrossEntropy { y: Slot::new(total), w: w.clone(), targets: targets.clone(), chunk, stats })
+    if !want_grad {
+        return Ok(total);
+    }
+    h.apply_op1(HeadCrossEntropy { y: Slot::new(total), dh: Tensor::cat(&dh, 0)? })
 }
 
 struct HeadCrossEntropy {
     y: Slot,
-    w: Tensor,
-    targets: Tensor,
-    chunk: usize,
-    /// Per chunk `[rows, 2]` (loss, logsumexp) from the fused CUDA kernel; empty elsewhere.
-    stats: Vec<Tensor>,
+    /// `∂(loss)/∂h`, computed in forward.
+    dh: Tensor,
 }
 
 impl CustomOp1 for HeadCrossEntropy {
     handed_over!("head-cross-entropy", y, 1);
 
-    fn bwd(&self, h: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let f32 = candle_core::DType::F32;
-        let g = grad.to_dtype(f32)?.to_scalar::<f32>()? as f64;
-        let (n, _) = h.dims2()?;
-        let mut parts = Vec::with_capacity(n.div_ceil(self.chunk));
-        let mut start = 0;
-        while start < n {
-            let len = self.chunk.min(n - start);
-            let logits = h.narrow(0, start, len)?.matmul(&self.w.t()?)?;
-            let tg = self.targets.narrow(0, start, len)?;
-            let dlogits = match self.stats.get(parts.len()) {
-                Some(st) => crate::cuda_kernels::cross_entropy_backward(&logits, &tg, st, g)?,
-                None => {
-                    let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(f32)?)?;
-                    let minus_one = Tensor::full(-1f32, (len, 1), h.device())?;
-                    p.scatter_add(&tg.unsqueeze(1)?, &minus_one, 1)?.affine(g, 0.0)?.to_dtype(h.dtype())?
-                }
-            };
-            parts.push(dlogits.matmul(&self.w)?);
-            start += len;
-        }
-        Ok(Some(Tensor::cat(&parts, 0)?))
+    fn bwd(&self, _h: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // Scaled on the device: no read-back of the incoming gradient.
+        Ok(Some(self.dh.broadcast_mul(&grad.to_dtype(self.dh.dtype())?)?))
     }
 }
 
@@ -374,84 +474,153 @@ mod tests {
         candle_nn::ops::softmax(&s, D::Minus1)
     }
 
+    /// The CPU, and in a CUDA build with a GPU present, GPU 0 (where the fused kernels run).
+    fn devices() -> Vec<Device> {
+        let mut d = vec![Device::Cpu];
+        if cfg!(feature = "cuda") {
+            match Device::new_cuda(0) {
+                Ok(g) => d.push(g),
+                Err(e) => eprintln!("no CUDA device ({e}): the kernel paths are not tested"),
+            }
+        }
+        d
+    }
+
+    fn randn(shape: &[usize], dev: &Device) -> Result<Tensor> {
+        Tensor::randn(0f32, 1.0, shape, dev)
+    }
+
+    fn var(shape: &[usize], dev: &Device) -> Result<Var> {
+        Var::from_tensor(&randn(shape, dev)?)
+    }
+
     #[test]
     fn frozen_matmul_gives_the_input_gradient_only() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4), &dev)?)?;
-        let w = Tensor::randn(0f32, 1.0, (5, 4), &dev)?;
-        let y = frozen_matmul(x.as_tensor(), &w)?;
-        let r = x.as_tensor().matmul(&w.t()?)?;
-        assert!((&y - &r)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6);
-        let g = y.sum_all()?.backward()?;
-        let gr = r.sum_all()?.backward()?;
-        let diff = (g.get(&x).expect("grad") - gr.get(&x).expect("grad"))?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-6);
+        for dev in devices() {
+            let x = var(&[3, 4], &dev)?;
+            let w = randn(&[5, 4], &dev)?;
+            let y = frozen_matmul(x.as_tensor(), &w)?;
+            let r = x.as_tensor().matmul(&w.t()?)?;
+            assert!((&y - &r)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? < 1e-5);
+            let g = y.sum_all()?.backward()?;
+            let gr = r.sum_all()?.backward()?;
+            let diff = (g.get(&x).expect("grad") - gr.get(&x).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5);
+        }
         Ok(())
     }
 
     fn grads_agree(ours: &Tensor, reference: &Tensor, vars: &[&Var], tol: f32) -> Result<()> {
         let fwd = (ours - reference)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert!(fwd < tol, "forward differs by {fwd}");
+        assert!(fwd < tol, "forward differs by {fwd} on {:?}", ours.device());
         let w = Tensor::randn(0f32, 1.0, ours.shape(), ours.device())?;
         let g1 = (ours * &w)?.sum_all()?.backward()?;
         let g2 = (reference * &w)?.sum_all()?.backward()?;
         for v in vars {
             let (a, r) = (g1.get(v).expect("grad"), g2.get(v).expect("grad"));
             let diff = (a - r)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            assert!(diff < tol, "gradient differs by {diff}");
+            assert!(diff < tol, "gradient differs by {diff} on {:?}", ours.device());
         }
         Ok(())
     }
 
     #[test]
     fn rms_norm_matches_the_composed_form_for_input_and_weight() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev)?)?;
-        let w = Var::from_tensor(&(Tensor::randn(0f32, 0.1, 8, &dev)? + 1.0)?)?;
-        let ours = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)?;
-        let reference = candle_nn::ops::rms_norm_slow(x.as_tensor(), w.as_tensor(), 1e-5)?;
-        grads_agree(&ours, &reference, &[&x, &w], 1e-5)
+        for dev in devices() {
+            for cols in [8, 300] {
+                let x = var(&[2, 3, cols], &dev)?;
+                let w = Var::from_tensor(&(Tensor::randn(0f32, 0.1, cols, &dev)? + 1.0)?)?;
+                let ours = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)?;
+                let reference = candle_nn::ops::rms_norm_slow(x.as_tensor(), w.as_tensor(), 1e-5)?;
+                grads_agree(&ours, &reference, &[&x, &w], 1e-4)?;
+                // A frozen weight: the input gradient alone (a kernel on a GPU).
+                let frozen = w.as_tensor().detach();
+                let ours = rms_norm(x.as_tensor(), &frozen, 1e-5)?;
+                let reference = candle_nn::ops::rms_norm_slow(x.as_tensor(), &frozen, 1e-5)?;
+                grads_agree(&ours, &reference, &[&x], 1e-4)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn swiglu_matches_the_composed_form() -> Result<()> {
+        for dev in devices() {
+            let g = var(&[5, 33], &dev)?;
+            let u = var(&[5, 33], &dev)?;
+            let ours = swiglu(g.as_tensor(), u.as_tensor())?;
+            let reference = (g.as_tensor().silu()? * u.as_tensor())?;
+            grads_agree(&ours, &reference, &[&g, &u], 1e-5)?;
+        }
+        Ok(())
     }
 
     #[test]
     fn rope_matches_the_composed_form_with_shared_and_per_row_positions() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?)?;
-        for per_row in [false, true] {
-            let shape: &[usize] = if per_row { &[2, 5, 4] } else { &[5, 4] };
-            let angles = Tensor::randn(0f32, 2.0, shape, &dev)?;
+        for dev in devices() {
+            let x = var(&[2, 3, 5, 8], &dev)?;
+            for per_row in [false, true] {
+                let shape: &[usize] = if per_row { &[2, 5, 4] } else { &[5, 4] };
+                let angles = Tensor::randn(0f32, 2.0, shape, &dev)?;
+                let (cos, sin) = (angles.cos()?, angles.sin()?);
+                let ours = rope(x.as_tensor(), &cos, &sin)?;
+                // The composed rotate-half form.
+                let expand = |c: &Tensor| -> Result<Tensor> {
+                    let c = Tensor::cat(&[c, c], D::Minus1)?;
+                    if per_row { c.unsqueeze(1) } else { c.unsqueeze(0)?.unsqueeze(0) }
+                };
+                let xt = x.as_tensor();
+                let (x1, x2) = (xt.narrow(D::Minus1, 0, 4)?, xt.narrow(D::Minus1, 4, 4)?);
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                let reference = (xt.broadcast_mul(&expand(&cos)?)? + rotated.broadcast_mul(&expand(&sin)?)?)?;
+                grads_agree(&ours, &reference, &[&x], 1e-5)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn split_and_merge_heads_match_the_composed_form() -> Result<()> {
+        for dev in devices() {
+            let (b, t, n, d) = (2, 5, 3, 8);
+            let x = var(&[b, t, n * d], &dev)?;
+            let angles = Tensor::randn(0f32, 2.0, (t, d / 2), &dev)?;
             let (cos, sin) = (angles.cos()?, angles.sin()?);
-            let ours = rope(x.as_tensor(), &cos, &sin)?;
-            // The composed rotate-half form.
-            let expand = |c: &Tensor| -> Result<Tensor> {
-                let c = Tensor::cat(&[c, c], D::Minus1)?;
-                if per_row { c.unsqueeze(1) } else { c.unsqueeze(0)?.unsqueeze(0) }
-            };
-            let xt = x.as_tensor();
-            let (x1, x2) = (xt.narrow(D::Minus1, 0, 4)?, xt.narrow(D::Minus1, 4, 4)?);
-            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-            let reference = (xt.broadcast_mul(&expand(&cos)?)? + rotated.broadcast_mul(&expand(&sin)?)?)?;
+            let heads = x.as_tensor().reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?;
+            let ours = split_heads(x.as_tensor(), n, d, Some((&cos, &sin)))?;
+            let reference = candle_nn::rotary_emb::rope_slow(&heads, &cos, &sin)?;
             grads_agree(&ours, &reference, &[&x], 1e-5)?;
+            let ours = split_heads(x.as_tensor(), n, d, None)?;
+            grads_agree(&ours, &heads, &[&x], 1e-6)?;
+            let y = var(&[b, n, t, d], &dev)?;
+            let ours = merge_heads(y.as_tensor())?;
+            let reference = y.as_tensor().transpose(1, 2)?.reshape((b, t, n * d))?;
+            grads_agree(&ours, &reference, &[&y], 1e-6)?;
         }
         Ok(())
     }
 
     #[test]
     fn chunked_head_cross_entropy_matches_full_logits() -> Result<()> {
-        let dev = Device::Cpu;
-        let (n, hidden, vocab) = (7, 6, 11);
-        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, hidden), &dev)?)?;
-        let w = Tensor::randn(0f32, 1.0, (vocab, hidden), &dev)?;
-        let targets = Tensor::new(&[0u32, 3, 10, 3, 5, 1, 9], &dev)?;
-        let ours = frozen_head_cross_entropy_sum(h.as_tensor(), &w, &targets)?;
-        let logits = h.as_tensor().matmul(&w.t()?)?;
-        let reference = (logits.log_sum_exp(D::Minus1)? - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?.sum_all()?;
-        let diff = (&ours - &reference)?.abs()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-4, "loss differs by {diff}");
-        let g1 = (ours * 3.0)?.backward()?;
-        let g2 = (reference * 3.0)?.backward()?;
-        let diff = (g1.get(&h).expect("grad") - g2.get(&h).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "gradient differs by {diff}");
+        for dev in devices() {
+            let (n, hidden, vocab) = (7, 6, 11);
+            let h = var(&[n, hidden], &dev)?;
+            let w = randn(&[vocab, hidden], &dev)?;
+            let targets = Tensor::new(&[0u32, 3, 10, 3, 5, 1, 9], &dev)?;
+            let ours = frozen_head_cross_entropy_sum(h.as_tensor(), &w, &targets)?;
+            let logits = h.as_tensor().matmul(&w.t()?)?;
+            let reference = (logits.log_sum_exp(D::Minus1)? - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?.sum_all()?;
+            let diff = (&ours - &reference)?.abs()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "loss differs by {diff}");
+            let g1 = (&ours * 3.0)?.backward()?;
+            let g2 = (&reference * 3.0)?.backward()?;
+            let diff = (g1.get(&h).expect("grad") - g2.get(&h).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "gradient differs by {diff} on {dev:?}");
+            // Without a gradient wanted: the same loss, no graph.
+            let plain = frozen_head_cross_entropy_sum(&h.as_tensor().detach(), &w, &targets)?;
+            assert!(!plain.track_op());
+            assert!((plain - &reference)?.abs()?.to_scalar::<f32>()? < 1e-4);
+        }
         // Several chunks: the same sum.
         let big_vocab = (64usize << 20) / 3 + 1;
         assert_eq!(ce_chunk_rows(big_vocab), 2);
@@ -460,32 +629,72 @@ mod tests {
 
     #[test]
     fn causal_attention_matches_the_composed_form() -> Result<()> {
-        let dev = Device::Cpu;
-        let (b, kv, rep, t, d) = (2, 2, 3, 5, 4);
-        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, rep * t, d), &dev)?)?;
-        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, t, d), &dev)?)?;
-        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, kv, t, d), &dev)?)?;
-        let ours = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), t, 0.5, None)?;
-        let reference = reference(q.as_tensor(), k.as_tensor(), t, 0.5)?.matmul(v.as_tensor())?;
-        grads_agree(&ours, &reference, &[&q, &k, &v], 1e-5)
+        for dev in devices() {
+            for (b, kv, rep, t, d) in [(2, 2, 3, 5, 4), (1, 2, 2, 37, 8)] {
+                let q = var(&[b, kv, rep * t, d], &dev)?;
+                let k = var(&[b, kv, t, d], &dev)?;
+                let v = var(&[b, kv, t, d], &dev)?;
+                let ours = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), t, 0.5, None)?;
+                let reference = reference(q.as_tensor(), k.as_tensor(), t, 0.5)?.matmul(v.as_tensor())?;
+                grads_agree(&ours, &reference, &[&q, &k, &v], 1e-4)?;
+            }
+        }
+        Ok(())
     }
 
     #[test]
     fn lora_linear_matches_the_composed_form_with_and_without_dropout() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 8), &dev)?)?;
-        let w = Tensor::randn(0f32, 1.0, (5, 8), &dev)?;
-        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 8), &dev)?)?;
-        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 3), &dev)?)?;
-        let keep = Tensor::rand(0f32, 1.0, (6, 8), &dev)?.lt(0.7)?.to_dtype(DType::F32)?.affine(1.0 / 0.7, 0.0)?;
-        for mask in [None, Some(&keep)] {
-            let ours = lora_linear(x.as_tensor(), &w, a.as_tensor(), b.as_tensor(), 2.0, mask)?;
-            let xm = match mask {
-                Some(m) => (x.as_tensor() * m)?,
-                None => x.as_tensor().clone(),
+        for dev in devices() {
+            let x = var(&[6, 8], &dev)?;
+            let w = randn(&[5, 8], &dev)?;
+            let a = var(&[3, 8], &dev)?;
+            let b = var(&[5, 3], &dev)?;
+            let keep = Tensor::rand(0f32, 1.0, (6, 8), &dev)?.lt(0.7)?.to_dtype(DType::F32)?.affine(1.0 / 0.7, 0.0)?;
+            let mut cases = vec![(None, None), (Some(DropoutMask::Stored(keep.clone())), Some(keep))];
+            if crate::cuda_kernels::available(x.as_tensor()) {
+                // The hashed mask equals the stored mask the same kernel draws for that seed.
+                let drawn = crate::cuda_kernels::dropout_mask(x.as_tensor(), 42, 0.7)?;
+                let kept = drawn.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+                assert!(kept > 10.0 && kept < 47.0, "{kept} of 48 kept at keep 0.7");
+                cases.push((Some(DropoutMask::Hashed { seed: 42, keep: 0.7 }), Some(drawn)));
+            }
+            for (mask, m) in cases {
+                let ours = lora_linear(x.as_tensor(), &w, a.as_tensor(), b.as_tensor(), 2.0, mask.as_ref())?;
+                let xm = match &m {
+                    Some(m) => (x.as_tensor() * m)?,
+                    None => x.as_tensor().clone(),
+                };
+                let reference = (x.as_tensor().matmul(&w.t()?)? + ((xm.matmul(&a.as_tensor().t()?)? * 2.0)?.matmul(&b.as_tensor().t()?))?)?;
+                grads_agree(&ours, &reference, &[&x, &a, &b], 1e-4)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// bf16 on a GPU (what training runs): the kernels against the composed f32 form, to bf16's
+    /// precision.
+    #[test]
+    fn bf16_kernels_match_f32_on_a_gpu() -> Result<()> {
+        for dev in devices().into_iter().filter(|d| d.is_cuda()) {
+            let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+                let diff = (a.to_dtype(DType::F32)? - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+                assert!(diff / scale < 2e-2, "{what}: bf16 differs by {diff} (scale {scale})");
+                Ok(())
             };
-            let reference = (x.as_tensor().matmul(&w.t()?)? + ((xm.matmul(&a.as_tensor().t()?)? * 2.0)?.matmul(&b.as_tensor().t()?))?)?;
-            grads_agree(&ours, &reference, &[&x, &a, &b], 1e-4)?;
+            let bf = |t: &Tensor| t.to_dtype(DType::BF16);
+            let (g, u, dy) = (randn(&[64, 300], &dev)?, randn(&[64, 300], &dev)?, randn(&[64, 300], &dev)?);
+            close(&crate::cuda_kernels::swiglu(&bf(&g)?, &bf(&u)?)?, &(g.silu()? * &u)?, "swiglu")?;
+            let both = crate::cuda_kernels::swiglu_backward(&bf(&g)?, &bf(&u)?, &bf(&dy)?)?;
+            let both32 = crate::cuda_kernels::swiglu_backward(&g, &u, &dy)?;
+            close(&both, &both32, "swiglu backward")?;
+            let w = (Tensor::randn(0f32, 0.1, 300, &dev)? + 1.0)?;
+            let dx = crate::cuda_kernels::rms_norm_backward(&bf(&g)?, &bf(&w)?, &bf(&dy)?, 1e-5)?;
+            close(&dx, &crate::cuda_kernels::rms_norm_backward(&g, &w, &dy, 1e-5)?, "rms_norm backward")?;
+            let t = 300;
+            let scores = randn(&[2, 2 * t, t], &dev)?;
+            let p = crate::cuda_kernels::causal_softmax(&bf(&scores)?, t, 0.3)?;
+            close(&p, &crate::cuda_kernels::causal_softmax(&scores, t, 0.3)?, "causal softmax")?;
         }
         Ok(())
     }

@@ -89,12 +89,18 @@ impl Attention {
     fn forward(&self, x: &Tensor, ctx: &Ctx, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous() };
-        let q = heads(self.q_proj.forward(x)?, h)?;
-        let k = heads(self.k_proj.forward(x)?, kvh)?;
-        let v = heads(self.v_proj.forward(x)?, kvh)?;
-        let q = rope::apply(&q, &ctx.cos, &ctx.sin, ctx.differentiable)?;
-        let k = rope::apply(&k, &ctx.cos, &ctx.sin, ctx.differentiable)?;
+        let (q, k, v) = if ctx.causal_op {
+            // Training: the heads' transpose and the rotation as one op each way (a kernel on a GPU).
+            let rot = Some((&ctx.cos, &ctx.sin));
+            let split = crate::handoff::split_heads;
+            (split(&self.q_proj.forward(x)?, h, d, rot)?, split(&self.k_proj.forward(x)?, kvh, d, rot)?, split(&self.v_proj.forward(x)?, kvh, d, None)?)
+        } else {
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous() };
+            let q = heads(self.q_proj.forward(x)?, h)?;
+            let k = heads(self.k_proj.forward(x)?, kvh)?;
+            let v = heads(self.v_proj.forward(x)?, kvh)?;
+            (rope::apply(&q, &ctx.cos, &ctx.sin, ctx.differentiable)?, rope::apply(&k, &ctx.cos, &ctx.sin, ctx.differentiable)?, v)
+        };
         let (k, v) = match cache {
             // The cache hands back a narrowed view of its preallocated buffer; the matmuls take
             // its strides as they are (copying the whole cache every step was ~2% of decode).
@@ -122,7 +128,11 @@ impl Attention {
             };
             softmax(&att, ctx.differentiable)?.matmul(&v)?
         };
-        let y = y.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
+        let y = if ctx.causal_op {
+            crate::handoff::merge_heads(&y.reshape((b, h, t, d))?)?
+        } else {
+            y.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?
+        };
         self.o_proj.forward(&y)
     }
 
@@ -178,8 +188,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+        let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        // Training: SwiGLU as one op with a hand-written backward (kernels on a GPU).
+        let y = if g.track_op() || u.track_op() { crate::handoff::swiglu(&g, &u)? } else { (g.silu()? * u)? };
+        self.down_proj.forward(&y)
     }
 }
 

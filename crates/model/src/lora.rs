@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::handoff::DropoutMask;
 use crate::linear::{BaseWeight, LinearAdapter};
 use crate::llama::Llama;
 
@@ -165,8 +166,9 @@ pub struct LoraLayer {
 }
 
 impl LoraLayer {
-    /// The dropout mask for `x` (`{0, 1/keep}`, x's dtype), or `None` when dropout is off.
-    fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    /// The dropout mask for `x` (a stored `{0, 1/keep}` tensor in x's dtype on the CPU, a seeded
+    /// hash on a GPU), or `None` when dropout is off.
+    fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<DropoutMask>> {
         if self.dropout == 0.0 || !self.control.training.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -175,15 +177,15 @@ impl LoraLayer {
         let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
         if crate::cuda_kernels::available(x) {
-            // On a GPU, one kernel: a counter-based hash of (seed, step, layer, element) — the
-            // host RNG over millions of elements per layer would dominate the step.
-            return crate::cuda_kernels::dropout_mask(x, mix, keep).map(Some);
+            // On a GPU: a counter-based hash of (seed, step, layer, element), applied in one
+            // kernel — the host RNG over millions of elements per layer would dominate the step.
+            return Ok(Some(DropoutMask::Hashed { seed: mix, keep }));
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
         let scale = (1.0 / keep) as f32;
         let mask: Vec<f32> =
             (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
-        Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype()).map(Some)
+        Ok(Some(DropoutMask::Stored(Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)))
     }
 }
 
@@ -199,7 +201,7 @@ impl LinearAdapter for LoraLayer {
         let h = match self.dropout_mask(x)? {
             // (Training goes through `fused_with_frozen`; this path runs dropout only when called
             // directly.)
-            Some(m) => (x2 * m.reshape((lead, inp))?)?.matmul(&a.t()?)?,
+            Some(m) => m.apply(&x2.contiguous()?)?.matmul(&a.t()?)?,
             None => x2.matmul(&a.t()?)?,
         };
         let h = (h * self.scale)?.matmul(&b.t()?)?;
