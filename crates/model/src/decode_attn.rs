@@ -173,9 +173,9 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// The per-chunk loops. Hand-written AVX2 (the build targets x86-64-v3): written as plain Rust,
-/// each `q·k` ends in a horizontal sum and the reductions are serial chains the compiler may not
-/// reorder, which made this op 4× slower than candle's composed form. `scalar` is the reference
-/// and the fallback elsewhere.
+/// each `q·k` ends in a horizontal sum, the reductions are serial chains the compiler may not
+/// reorder and `exp` stayed scalar, which made this op slower than candle's composed form.
+/// `scalar` is the reference and the fallback elsewhere.
 mod kernels {
     use super::Rows;
 
@@ -204,20 +204,14 @@ mod kernels {
 
     /// `s ← e^(s − max)`, returns `Σ s`.
     pub fn exp_sub_sum(s: &mut [f32], max: f32) -> f32 {
-        let mut acc = [0f32; 8];
-        let mut c = s.chunks_exact_mut(8);
-        for x in &mut c {
-            for i in 0..8 {
-                x[i] = super::exp(x[i] - max);
-                acc[i] += x[i];
-            }
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        {
+            // SAFETY: as in `scores`.
+            #[allow(unsafe_code)]
+            return unsafe { super::simd::exp_sub_sum(s, max) };
         }
-        let mut tail = 0f32;
-        for x in c.into_remainder() {
-            *x = super::exp(*x - max);
-            tail += *x;
-        }
-        acc.iter().sum::<f32>() + tail
+        #[allow(unreachable_code)]
+        scalar::exp_sub_sum(s, max)
     }
 
     /// `acc += Σ_j p[j] · values.row(j)`.
@@ -233,6 +227,15 @@ mod kernels {
 
     pub mod scalar {
         use super::Rows;
+
+        pub fn exp_sub_sum(s: &mut [f32], max: f32) -> f32 {
+            let mut sum = 0f32;
+            for x in s.iter_mut() {
+                *x = super::super::exp(*x - max);
+                sum += *x;
+            }
+            sum
+        }
 
         pub fn scores(q: &[f32], keys: &Rows, scale: f32, out: &mut [f32]) {
             for (j, o) in out.iter_mut().enumerate().take(keys.n) {
@@ -286,24 +289,39 @@ mod simd {
         }
     }
 
+    /// Rows `0..n` lie inside `data` (checked once, so the loops below can load unchecked).
+    fn check(rows: &Rows) {
+        if rows.n > 0 {
+            assert!(rows.start + (rows.n - 1) * rows.stride + rows.d <= rows.data.len(), "cache view out of bounds");
+        }
+    }
+
     /// Eight keys at a time: one accumulator per key, reduced together at the end.
     #[target_feature(enable = "avx2,fma")]
     pub fn scores(q: &[f32], keys: &Rows, scale: f32, out: &mut [f32]) {
         let d = keys.d;
         let n = keys.n.min(out.len());
+        check(keys);
+        assert!(q.len() >= d && d % 8 == 0);
         let sc = _mm256_set1_ps(scale);
+        let base = keys.data[keys.start..].as_ptr();
         let mut j = 0;
-        while j + 8 <= n {
-            let rows: [&[f32]; 8] = std::array::from_fn(|i| keys.row(j + i));
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in (0..d).step_by(8) {
-                let qv = load(&q[c..]);
-                for i in 0..8 {
-                    acc[i] = _mm256_fmadd_ps(qv, load(&rows[i][c..]), acc[i]);
+        // SAFETY: rows j < n start at `base + j·stride` and hold `d` values (`check`); `q`
+        // holds `d`; `out[j..j+8]` is inside `out` (j + 8 ≤ n ≤ out.len()).
+        #[allow(unsafe_code)]
+        unsafe {
+            while j + 8 <= n {
+                let rows: [*const f32; 8] = std::array::from_fn(|i| base.add((j + i) * keys.stride));
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for c in (0..d).step_by(8) {
+                    let qv = _mm256_loadu_ps(q.as_ptr().add(c));
+                    for i in 0..8 {
+                        acc[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(rows[i].add(c)), acc[i]);
+                    }
                 }
+                _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_mul_ps(transpose_sum(acc), sc));
+                j += 8;
             }
-            store(&mut out[j..], _mm256_mul_ps(transpose_sum(acc), sc));
-            j += 8;
         }
         while j < n {
             let row = keys.row(j);
@@ -317,11 +335,49 @@ mod simd {
         }
     }
 
+    /// `e^x` on eight lanes: the same steps as the scalar [`super::exp`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x));
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
+        let pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn exp_sub_sum(s: &mut [f32], max: f32) -> f32 {
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut c = s.chunks_exact_mut(8);
+        for x in &mut c {
+            let e = exp8(_mm256_sub_ps(load(x), m));
+            store(x, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut tail = 0f32;
+        for x in c.into_remainder() {
+            *x = super::exp(*x - max);
+            tail += *x;
+        }
+        let lanes: [f32; 8] = bytemuck::cast(acc);
+        lanes.iter().sum::<f32>() + tail
+    }
+
     /// 64 output dims at a time held in registers across all rows.
     #[target_feature(enable = "avx2,fma")]
     pub fn weighted_sum(p: &[f32], values: &Rows, acc: &mut [f32]) {
         let d = values.d;
         let n = values.n.min(p.len());
+        check(values);
+        assert!(acc.len() >= d && d % 8 == 0);
+        let base = values.data[values.start..].as_ptr();
         let mut c0 = 0;
         while c0 < d {
             let w = (d - c0).min(64) / 8;
@@ -329,11 +385,16 @@ mod simd {
             for i in 0..w {
                 a[i] = load(&acc[c0 + 8 * i..]);
             }
-            for (j, &pj) in p.iter().enumerate().take(n) {
-                let row = &values.row(j)[c0..];
-                let pv = _mm256_set1_ps(pj);
-                for i in 0..w {
-                    a[i] = _mm256_fmadd_ps(pv, load(&row[8 * i..]), a[i]);
+            // SAFETY: rows j < n hold `d` values from `base + j·stride` (`check`), and
+            // c0 + 8·i + 8 ≤ d.
+            #[allow(unsafe_code)]
+            unsafe {
+                for (j, &pj) in p.iter().enumerate().take(n) {
+                    let row = base.add(j * values.stride + c0);
+                    let pv = _mm256_set1_ps(pj);
+                    for i in 0..w {
+                        a[i] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * i)), a[i]);
+                    }
                 }
             }
             for i in 0..w {
@@ -378,6 +439,17 @@ mod tests {
             assert!((a - b).abs() <= 4.0 * f32::EPSILON * b, "{x}: {a} vs {b}");
         }
         assert!(exp(-1e30) >= 0.0 && exp(-1e30) < 1e-37);
+    }
+
+    #[test]
+    fn vector_and_scalar_softmax_numerators_agree() {
+        let x: Vec<f32> = (0..203).map(|i| ((i * 7919) % 1000) as f32 * -0.05).collect();
+        let (mut a, mut b) = (x.clone(), x);
+        let (sa, sb) = (kernels::exp_sub_sum(&mut a, 0.0), kernels::scalar::exp_sub_sum(&mut b, 0.0));
+        assert!((sa - sb).abs() <= 1e-5 * sb);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 4.0 * f32::EPSILON * q, "{p} vs {q}");
+        }
     }
 
     /// Against the composed form, on a view of a larger cache buffer (as the KV cache hands
