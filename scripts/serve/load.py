@@ -2,7 +2,7 @@
 """Load test for `ferrotune serve`: N concurrent streaming clients for a fixed time (stdlib only).
 
     python3 scripts/serve/load.py --base-url http://127.0.0.1:8000 --key ft-... \
-        --clients 32 --seconds 120 --max-tokens 64 [--pid $(pgrep -n ferrotune)]
+        --clients 32 --seconds 180 --max-tokens 64 [--pid $(pgrep -n ferrotune)]
 
 Each client loops: one streaming chat request (temperature 0.7, a distinct seed, so the response
 cache never answers), measuring time to first token and counting streamed chunks. Prints
@@ -37,54 +37,77 @@ def rss_mib(pid):
     return None
 
 
+def stream_chat(base_url, body, key="", timeout=600):
+    """One streaming chat request. Returns a dict: `status` (HTTP status), `ttft` (seconds to
+    the first content chunk, None if none came), `latency`, `text` (the content streamed),
+    `usage_tokens` (completion_tokens from the stream's `usage` chunk; None when the server sent
+    none), `finish_reason`. Network errors raise."""
+    u = urllib.parse.urlparse(base_url)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    t0 = time.time()
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+        resp = conn.getresponse()
+        out = {"status": resp.status, "ttft": None, "text": "", "usage_tokens": None, "finish_reason": None}
+        if resp.status != 200:
+            resp.read()
+            out["latency"] = time.time() - t0
+            return out
+        parts = []
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("usage"):
+                out["usage_tokens"] = chunk["usage"]["completion_tokens"]
+            for c in chunk.get("choices", []):
+                piece = c.get("delta", {}).get("content")
+                if piece:
+                    if out["ttft"] is None:
+                        out["ttft"] = time.time() - t0
+                    parts.append(piece)
+                if c.get("finish_reason"):
+                    out["finish_reason"] = c["finish_reason"]
+        out["text"] = "".join(parts)
+        out["latency"] = time.time() - t0
+        return out
+    finally:
+        conn.close()
+
+
 def client(i, a, deadline, out, lock):
-    u = urllib.parse.urlparse(a.base_url)
     n = 0
     while time.time() < deadline:
         n += 1
-        body = json.dumps({
+        body = {
             "model": a.model, "messages": [{"role": "user", "content": PROMPTS[(i + n) % len(PROMPTS)]}],
             "max_tokens": a.max_tokens, "temperature": 0.7, "seed": i * 100000 + n, "stream": True,
             "stream_options": {"include_usage": True},
-        })
-        t0 = time.time()
+        }
         try:
-            conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=600)
-            conn.request("POST", "/v1/chat/completions", body,
-                         {"Content-Type": "application/json", "Authorization": f"Bearer {a.key}"})
-            resp = conn.getresponse()
-            if resp.status != 200:
-                resp.read()
-                with lock:
-                    out["errors"][resp.status] += 1
-                conn.close()
-                time.sleep(0.2)
-                continue
-            ttft = None
-            tokens = 0
-            for raw in resp:
-                line = raw.decode().strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                for c in chunk.get("choices", []):
-                    if c.get("delta", {}).get("content") and ttft is None:
-                        ttft = time.time() - t0
-            conn.close()
-            with lock:
-                out["tokens"] += tokens
-                out["requests"] += 1
-                if ttft is not None:
-                    out["ttft"].append(ttft)
-                out["latency"].append(time.time() - t0)
+            r = stream_chat(a.base_url, body, a.key)
         except Exception as e:  # noqa: BLE001 - report every failure kind
             with lock:
                 out["errors"][type(e).__name__] += 1
+            continue
+        with lock:
+            if r["status"] != 200:
+                out["errors"][r["status"]] += 1
+            else:
+                out["tokens"] += r["usage_tokens"] or 0
+                out["requests"] += 1
+                if r["ttft"] is not None:
+                    out["ttft"].append(r["ttft"])
+                out["latency"].append(r["latency"])
+        if r["status"] != 200:
+            time.sleep(0.2)
 
 
 def pct(xs, p):
@@ -100,7 +123,7 @@ def main():
     ap.add_argument("--key", default="")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--seconds", type=float, default=180)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--pid", type=int, default=None, help="server pid, for RSS")
     a = ap.parse_args()
