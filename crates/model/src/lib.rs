@@ -14,6 +14,7 @@
 
 pub mod attn_softmax;
 pub mod handoff;
+pub mod batch_attn;
 pub mod chat;
 pub mod clock;
 pub mod config;

@@ -151,7 +151,7 @@ impl Attention {
         let k = rope::apply(&k, cos, sin, false)?;
         let rep = h / kvh;
         let scale = 1.0 / (d as f64).sqrt();
-        let mut ys = Vec::with_capacity(b);
+        let mut kv = Vec::with_capacity(b);
         for (r, cache) in caches.iter_mut().enumerate() {
             let pad = cache.left_pad.first().copied().unwrap_or(0);
             let (kc, vc) = cache.layers[layer].append(&k.narrow(0, r, 1)?, &v.narrow(0, r, 1)?)?;
@@ -159,12 +159,21 @@ impl Attention {
             // The one query sees keys from the end of the row's padding and inside the window:
             // a contiguous range, so a narrow replaces the mask.
             let start = pad.max(window.map_or(0, |w| total.saturating_sub(w)));
-            let (kc, vc) = (kc.narrow(2, start, total - start)?, vc.narrow(2, start, total - start)?);
-            let qr = q.narrow(0, r, 1)?.reshape((1, kvh, rep, d))?;
-            let att = candle_nn::ops::softmax_last_dim(&(qr.matmul(&kc.t()?)? * scale)?)?;
-            ys.push(att.matmul(&vc)?.reshape((1, 1, h * d))?);
+            kv.push((kc.narrow(2, start, total - start)?, vc.narrow(2, start, total - start)?));
         }
-        self.o_proj.forward(&Tensor::cat(&ys, 0)?)
+        let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            // All rows in one call reading the caches in place (see `batch_attn`).
+            crate::batch_attn::attend_rows(&q.reshape((b, h, d))?, &kv, scale as f32)?.reshape((b, 1, h * d))?
+        } else {
+            let mut ys = Vec::with_capacity(b);
+            for (r, (kc, vc)) in kv.iter().enumerate() {
+                let qr = q.narrow(0, r, 1)?.reshape((1, kvh, rep, d))?;
+                let att = candle_nn::ops::softmax_last_dim(&(qr.matmul(&kc.t()?)? * scale)?)?;
+                ys.push(att.matmul(vc)?.reshape((1, 1, h * d))?);
+            }
+            Tensor::cat(&ys, 0)?
+        };
+        self.o_proj.forward(&y)
     }
 }
 
