@@ -28,6 +28,7 @@ pub mod hf;
 pub mod linear;
 pub mod llama;
 pub mod loaded;
+pub mod packed;
 pub mod pool;
 pub mod lora;
 pub mod qkernels;

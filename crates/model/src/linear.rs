@@ -30,6 +30,8 @@ pub enum BaseWeight {
     Quantized(Arc<QMatMul>),
     /// Q4_1 / Q8_0 blocks with our own SIMD kernels (see `qkernels`), inference only.
     Kernel(Arc<QWeight>),
+    /// f32 packed once for products with few rows (see `packed`), inference only.
+    Packed(Arc<crate::packed::PackedF32>),
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +90,7 @@ impl Linear {
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
             },
             BaseWeight::Kernel(q) => q.dequantize(&candle_core::Device::Cpu),
+            BaseWeight::Packed(p) => p.dequantize(&candle_core::Device::Cpu),
         }
     }
 
@@ -116,6 +119,7 @@ impl Linear {
             }
             BaseWeight::Quantized(q) => (q.forward(x)?, false),
             BaseWeight::Kernel(q) => (q.forward(x)?, false),
+            BaseWeight::Packed(p) => (p.forward(x)?, false),
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

@@ -12,6 +12,7 @@
 //! exact number waiting.
 
 mod api;
+mod layout;
 mod sequence;
 mod worker;
 
@@ -19,6 +20,7 @@ mod worker;
 mod tests;
 
 pub use api::*;
+pub use layout::pack_for_decode;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -151,7 +153,13 @@ pub struct EngineHandle {
 }
 
 /// Spawn the engine thread that owns `model`; `name` is the base model's name for clients.
-pub fn start(model: LoadedModel, name: String, cfg: EngineConfig) -> EngineHandle {
+/// Dense f32 weights are packed for few-row products first ([`pack_for_decode`]).
+pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineHandle {
+    match pack_for_decode(&mut model.model) {
+        Ok(n) => tracing::debug!("packed {n} weights for batched decode"),
+        // Unpacked weights still compute the same thing through gemm, only slower.
+        Err(e) => tracing::warn!("could not pack the weights for batched decode ({e}); using gemm"),
+    }
     let info = Arc::new(ModelInfo {
         name,
         tokenizer: model.tokenizer.clone(),
