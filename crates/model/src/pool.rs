@@ -27,6 +27,9 @@ struct Task {
     n: usize,
     next: AtomicUsize,
     done: AtomicUsize,
+    /// A panic in an item on a worker, re-raised in the caller (the item still counts as done,
+    /// so the caller does not wait forever).
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 impl Task {
@@ -36,7 +39,9 @@ impl Task {
             if i >= self.n {
                 return;
             }
-            self.job.run(i);
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.job.run(i))) {
+                self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+            }
             self.done.fetch_add(1, Ordering::Release);
         }
     }
@@ -103,7 +108,7 @@ impl Pool {
             (0..n).for_each(|i| job.run(i));
             return;
         }
-        let task = Arc::new(Task { job, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0) });
+        let task = Arc::new(Task { job, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panic: Mutex::new(None) });
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
         for w in &self.workers {
@@ -125,6 +130,9 @@ impl Pool {
         }
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         drop(guard);
+        if let Some(p) = task.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            std::panic::resume_unwind(p);
+        }
     }
 }
 
@@ -194,6 +202,23 @@ mod tests {
         fn run(&self, i: usize) {
             self.0[i].store((i * i) as u64, Ordering::Relaxed);
         }
+    }
+
+    struct Fails;
+    impl Job for Fails {
+        fn run(&self, i: usize) {
+            assert!(i != 5, "item 5 fails");
+        }
+    }
+
+    #[test]
+    fn a_panicking_item_reaches_the_caller_and_the_pool_keeps_working() {
+        let pool = Pool::new(1);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.run(Arc::new(Fails), 64)));
+        assert!(r.is_err());
+        let job = Arc::new(Squares((0..40).map(|_| AtomicU64::new(0)).collect()));
+        pool.run(job.clone(), 40);
+        assert_eq!(job.0[39].load(Ordering::Relaxed), 39 * 39);
     }
 
     #[test]
