@@ -64,6 +64,7 @@ export PATH=$nv/bin:$PATH
 export LIBRARY_PATH=$cuda_root/lib64:$cuda_root/lib64/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export NVCC_APPEND_FLAGS=${NVCC_APPEND_FLAGS:---compress-mode=size}
+LD_LIBRARY_PATH=$nv/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} python3 scripts/gpu/check-kernels.py
 echo "building: nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute cap $CUDA_COMPUTE_CAP"
 cargo build --release -p ferrotune-cli --features cuda --target-dir "${CUDA_TARGET_DIR:-target-cuda}"
 

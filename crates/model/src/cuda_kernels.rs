@@ -79,6 +79,35 @@ pub fn swap12(x: &Tensor, rope: Option<(&Tensor, &Tensor, usize, f32)>) -> Resul
     }
 }
 
+/// `Σ xᵢ·op(wᵢ)` over 2-D row-major terms (`op` = transpose when the flag is set), summed by
+/// cuBLAS into one output (`β = 1` after the first product) instead of separate products and
+/// adds: `[n, in]·[out, in]ᵀ + [n, r]·[out, r]ᵀ` (a frozen linear plus its LoRA), or
+/// `[n, out]·[out, in] + [n, r]·[r, in]` (its input gradient). All contiguous, one dtype.
+pub fn matmul_sum(terms: &[(&Tensor, &Tensor, bool)]) -> Result<Tensor> {
+    let Some((x0, _, _)) = terms.first() else { candle_core::bail!("matmul_sum: no terms") };
+    let terms: Vec<(Tensor, Tensor, bool)> =
+        terms.iter().map(|(x, w, t)| Ok((x.contiguous()?, w.contiguous()?, *t))).collect::<Result<_>>()?;
+    x0.contiguous()?.apply_op1_no_bwd(&MatmulSum { terms })
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct MatmulSum {
+    terms: Vec<(Tensor, Tensor, bool)>,
+}
+
+impl CustomOp1 for MatmulSum {
+    fn name(&self) -> &'static str {
+        "ft-matmul-sum"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        imp::matmul_sum(&self.terms)
+    }
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Swap12 {
     pos_axis: usize,
@@ -310,6 +339,54 @@ __device__ __forceinline__ void st(bf16_t* p, long i, float v) {
   u += 0x7fffu + ((u >> 16) & 1u);
   p[i] = (bf16_t)(u >> 16);
 }
+// Eight consecutive elements: one 16-byte access for bf16 (two for f32) when `vec` (the caller
+// checked 16-byte alignment), else element by element.
+__device__ __forceinline__ void ld8(const bf16_t* p, long i, float* v, bool vec) {
+  if (vec) {
+    uint4 u = *(const uint4*)(p + i);
+    unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) { v[2 * k] = __uint_as_float(w[k] << 16); v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u); }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = ld(p, i + k);
+  }
+}
+__device__ __forceinline__ void ld8(const float* p, long i, float* v, bool vec) {
+  if (vec) {
+    float4 a = *(const float4*)(p + i), b = *(const float4*)(p + i + 4);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = ld(p, i + k);
+  }
+}
+__device__ __forceinline__ unsigned short to_bf16(float v) {
+  unsigned int u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ void st8(bf16_t* p, long i, const float* v, bool vec) {
+  if (vec) {
+    unsigned int w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) w[k] = (unsigned int)to_bf16(v[2 * k]) | ((unsigned int)to_bf16(v[2 * k + 1]) << 16);
+    *(uint4*)(p + i) = make_uint4(w[0], w[1], w[2], w[3]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) p[i + k] = to_bf16(v[k]);
+  }
+}
+__device__ __forceinline__ void st8(float* p, long i, const float* v, bool vec) {
+  if (vec) {
+    *(float4*)(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    *(float4*)(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) p[i + k] = v[k];
+  }
+}
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 __device__ float warp_max(float v) { for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o)); return v; }
 __device__ float warp_sum(float v) { for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }
@@ -401,66 +478,186 @@ __device__ void causal_softmax_bwd(const T* p, const T* dp, T* ds, int t, int co
   dot = block_sum(dot, sh);
   for (int j = threadIdx.x; j < cols; j += blockDim.x) st(out, j, j <= q ? scale * ld(pr, j) * (ld(dr, j) - dot) : 0.f);
 }
+// The same two kernels with each thread owning 8 adjacent columns (16-byte accesses): rows of a
+// multiple of 8 columns, at most 8·blockDim, 16-byte aligned.
 template <typename T>
-__device__ void ce_fwd(const T* logits, const unsigned int* targets, float* stats, int v) {
+__device__ void causal_softmax_v(const T* x, T* y, int t, int cols, float scale) {
   __shared__ float sh[32];
   long row = blockIdx.x;
-  const T* lr = logits + row * v;
-  float m = neg_inf();
-  for (int j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, ld(lr, j));
+  int q = (int)(row % t);
+  int c0 = threadIdx.x * 8;
+  float v[8], m = neg_inf();
+  if (c0 < cols && c0 <= q) {
+    ld8(x + row * cols, c0, v, true);
+#pragma unroll
+    for (int k = 0; k < 8; k++) { v[k] = c0 + k <= q ? v[k] * scale : neg_inf(); m = fmaxf(m, v[k]); }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = neg_inf();
+  }
   m = block_max(m, sh);
   float s = 0.f;
-  for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(ld(lr, j) - m);
-  s = block_sum(s, sh);
-  if (threadIdx.x == 0) {
-    float lse = m + logf(s);
-    stats[2 * row] = lse - ld(lr, targets[row]);
-    stats[2 * row + 1] = lse;
+#pragma unroll
+  for (int k = 0; k < 8; k++) { v[k] = __expf(v[k] - m); s += v[k]; }
+  float inv = 1.f / block_sum(s, sh);
+  if (c0 < cols) {
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] *= inv;
+    st8(y + row * cols, c0, v, true);
   }
 }
 template <typename T>
-__device__ void ce_bwd(const T* logits, const unsigned int* targets, const float* stats, T* dl, int v, float g) {
+__device__ void causal_softmax_bwd_v(const T* p, const T* dp, T* ds, int t, int cols, float scale) {
+  __shared__ float sh[32];
+  long row = blockIdx.x;
+  int q = (int)(row % t);
+  int c0 = threadIdx.x * 8;
+  float pv[8], dv[8], dot = 0.f;
+  bool live = c0 < cols && c0 <= q;
+  if (live) {
+    ld8(p + row * cols, c0, pv, true);
+    ld8(dp + row * cols, c0, dv, true);
+#pragma unroll
+    for (int k = 0; k < 8; k++) { if (c0 + k > q) { pv[k] = 0.f; dv[k] = 0.f; } dot += pv[k] * dv[k]; }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) { pv[k] = 0.f; dv[k] = 0.f; }
+  }
+  dot = block_sum(dot, sh);
+  if (c0 < cols) {
+#pragma unroll
+    for (int k = 0; k < 8; k++) pv[k] = scale * pv[k] * (dv[k] - dot);
+    st8(ds + row * cols, c0, pv, true);
+  }
+}
+// Cross-entropy rows: one pass with an online max/sum (8-wide reads when `vec`), then the
+// (max, sum) pairs combined across the block.
+__device__ __forceinline__ void ms_add(float& m, float& s, float x) {
+  if (x > m) { s = s * __expf(m - x) + 1.f; m = x; } else { s += __expf(x - m); }
+}
+__device__ __forceinline__ void ms_combine(float& m, float& s, float m2, float s2) {
+  float mx = fmaxf(m, m2);
+  if (mx == neg_inf()) return;
+  s = s * __expf(m - mx) + s2 * __expf(m2 - mx);
+  m = mx;
+}
+template <typename T>
+__device__ void ce_fwd(const T* logits, const unsigned int* targets, float* stats, int v, int vec) {
+  __shared__ float shm[32], shs[32];
+  long row = blockIdx.x;
+  const T* lr = logits + row * v;
+  float m = neg_inf(), s = 0.f;
+  int v8 = vec ? v / 8 : 0;
+  for (int c = threadIdx.x; c < v8; c += blockDim.x) {
+    float x[8];
+    ld8(lr, (long)c * 8, x, true);
+#pragma unroll
+    for (int k = 0; k < 8; k++) ms_add(m, s, x[k]);
+  }
+  for (int j = v8 * 8 + threadIdx.x; j < v; j += blockDim.x) ms_add(m, s, ld(lr, j));
+  for (int o = 16; o > 0; o >>= 1) ms_combine(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  if (lane == 0) { shm[w] = m; shs[w] = s; }
+  __syncthreads();
+  if (w == 0) {
+    m = lane < nw ? shm[lane] : neg_inf();
+    s = lane < nw ? shs[lane] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) ms_combine(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+    if (lane == 0) {
+      float lse = m + logf(s);
+      stats[2 * row] = lse - ld(lr, targets[row]);
+      stats[2 * row + 1] = lse;
+    }
+  }
+}
+template <typename T>
+__device__ void ce_bwd(const T* logits, const unsigned int* targets, const float* stats, T* dl, int v, float g, int vec) {
   long row = blockIdx.x;
   const T* lr = logits + row * v;
   T* out = dl + row * v;
   float lse = stats[2 * row + 1];
-  unsigned int tg = targets[row];
-  for (int j = threadIdx.x; j < v; j += blockDim.x) st(out, j, (__expf(ld(lr, j) - lse) - (j == (int)tg ? 1.f : 0.f)) * g);
+  int tg = (int)targets[row];
+  int v8 = vec ? v / 8 : 0;
+  for (int c = threadIdx.x; c < v8; c += blockDim.x) {
+    float x[8];
+    ld8(lr, (long)c * 8, x, true);
+#pragma unroll
+    for (int k = 0; k < 8; k++) x[k] = (__expf(x[k] - lse) - (c * 8 + k == tg ? 1.f : 0.f)) * g;
+    st8(out, (long)c * 8, x, true);
+  }
+  for (int j = v8 * 8 + threadIdx.x; j < v; j += blockDim.x) st(out, j, (__expf(ld(lr, j) - lse) - (j == tg ? 1.f : 0.f)) * g);
 }
-__device__ __forceinline__ bool keep_elem(unsigned long long seed, long i, float keep) {
-  unsigned long long z = seed + (unsigned long long)i * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return (float)(z >> 40) * (1.0f / 16777216.0f) < keep;
+__device__ __forceinline__ unsigned int mix32(unsigned int x) {
+  x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+  return x;
 }
+// Whether element `i` survives dropout for `seed`: a 32-bit mix of (seed, index) below `keep`.
+__device__ __forceinline__ bool keep_elem(unsigned int s, long i, float keep) {
+  unsigned int h = mix32((unsigned int)i ^ mix32(s ^ (unsigned int)(i >> 32)));
+  return (float)(h >> 8) * (1.0f / 16777216.0f) < keep;
+}
+__device__ __forceinline__ unsigned int seed32(unsigned long long seed) { return mix32((unsigned int)seed ^ mix32((unsigned int)(seed >> 32))); }
 template <typename T>
 __device__ void dropout_mask(T* out, long n, unsigned long long seed, float keep, float scale) {
+  unsigned int s = seed32(seed);
   for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-    st(out, i, keep_elem(seed, i, keep) ? scale : 0.f);
+    st(out, i, keep_elem(s, i, keep) ? scale : 0.f);
 }
 // `x ⊙ mask` with the mask of `dropout_mask` for the same seed, never stored.
 template <typename T>
-__device__ void dropout_apply(const T* x, T* out, long n, unsigned long long seed, float keep, float scale) {
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-    st(out, i, keep_elem(seed, i, keep) ? ld(x, i) * scale : 0.f);
+__device__ void dropout_apply(const T* x, T* out, long n, unsigned long long seed, float keep, float scale, int vec) {
+  unsigned int s = seed32(seed);
+  long n8 = n / 8;
+  for (long c = (long)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (long)gridDim.x * blockDim.x) {
+    float v[8];
+    ld8(x, c * 8, v, vec);
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = keep_elem(s, c * 8 + k, keep) ? v[k] * scale : 0.f;
+    st8(out, c * 8, v, vec);
+  }
+  if (blockIdx.x == 0)
+    for (long i = n8 * 8 + threadIdx.x; i < n; i += blockDim.x) st(out, i, keep_elem(s, i, keep) ? ld(x, i) * scale : 0.f);
 }
 // SwiGLU `silu(g)·u` and its backward: out[0..n) = ∂g, out[n..2n) = ∂u.
 template <typename T>
-__device__ void swiglu_fwd(const T* g, const T* u, T* y, long n) {
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-    float a = ld(g, i);
-    st(y, i, a / (1.f + __expf(-a)) * ld(u, i));
+__device__ void swiglu_fwd(const T* g, const T* u, T* y, long n, int vec) {
+  long n8 = n / 8;
+  for (long c = (long)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (long)gridDim.x * blockDim.x) {
+    float a[8], b[8];
+    ld8(g, c * 8, a, vec);
+    ld8(u, c * 8, b, vec);
+#pragma unroll
+    for (int k = 0; k < 8; k++) a[k] = a[k] / (1.f + __expf(-a[k])) * b[k];
+    st8(y, c * 8, a, vec);
   }
+  if (blockIdx.x == 0)
+    for (long i = n8 * 8 + threadIdx.x; i < n; i += blockDim.x) { float a = ld(g, i); st(y, i, a / (1.f + __expf(-a)) * ld(u, i)); }
 }
 template <typename T>
-__device__ void swiglu_bwd(const T* g, const T* u, const T* dy, T* out, long n) {
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-    float a = ld(g, i), d = ld(dy, i);
-    float s = 1.f / (1.f + __expf(-a));
-    st(out, i, d * ld(u, i) * s * (1.f + a * (1.f - s)));
-    st(out, n + i, d * a * s);
+__device__ void swiglu_bwd(const T* g, const T* u, const T* dy, T* out, long n, int vec) {
+  long n8 = n / 8;
+  for (long c = (long)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (long)gridDim.x * blockDim.x) {
+    float a[8], b[8], d[8];
+    ld8(g, c * 8, a, vec);
+    ld8(u, c * 8, b, vec);
+    ld8(dy, c * 8, d, vec);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float s = 1.f / (1.f + __expf(-a[k]));
+      float dg = d[k] * b[k] * s * (1.f + a[k] * (1.f - s));
+      b[k] = d[k] * a[k] * s;
+      a[k] = dg;
+    }
+    st8(out, c * 8, a, vec);
+    st8(out, n + c * 8, b, vec && n % 8 == 0);
   }
+  if (blockIdx.x == 0)
+    for (long i = n8 * 8 + threadIdx.x; i < n; i += blockDim.x) {
+      float a = ld(g, i), d = ld(dy, i);
+      float s = 1.f / (1.f + __expf(-a));
+      st(out, i, d * ld(u, i) * s * (1.f + a * (1.f - s)));
+      st(out, n + i, d * a * s);
+    }
 }
 // RMSNorm's input gradient for a frozen weight, one block per row, f32 inside:
 // ∂x = r·(∂y⊙w) − x·r³·mean((∂y⊙w)⊙x), r = rsqrt(mean(x²) + ε).
@@ -512,14 +709,16 @@ __device__ void swap12(const T* x, T* y, const T* cos, const T* sin, int P, int 
 #define KERNELS(T, S) \
 extern "C" __global__ void swap12_##S(const T* x, T* y, const T* c, const T* s, int P, int Q, int d, int pa, float sg, long n) { swap12(x, y, c, s, P, Q, d, pa, sg, n); } \
 extern "C" __global__ void dropout_mask_##S(T* out, long n, unsigned long long seed, float keep, float scale) { dropout_mask(out, n, seed, keep, scale); } \
-extern "C" __global__ void dropout_apply_##S(const T* x, T* out, long n, unsigned long long seed, float keep, float scale) { dropout_apply(x, out, n, seed, keep, scale); } \
-extern "C" __global__ void swiglu_fwd_##S(const T* g, const T* u, T* y, long n) { swiglu_fwd(g, u, y, n); } \
-extern "C" __global__ void swiglu_bwd_##S(const T* g, const T* u, const T* dy, T* out, long n) { swiglu_bwd(g, u, dy, out, n); } \
+extern "C" __global__ void dropout_apply_##S(const T* x, T* out, long n, unsigned long long seed, float keep, float scale, int vec) { dropout_apply(x, out, n, seed, keep, scale, vec); } \
+extern "C" __global__ void swiglu_fwd_##S(const T* g, const T* u, T* y, long n, int vec) { swiglu_fwd(g, u, y, n, vec); } \
+extern "C" __global__ void swiglu_bwd_##S(const T* g, const T* u, const T* dy, T* out, long n, int vec) { swiglu_bwd(g, u, dy, out, n, vec); } \
+extern "C" __global__ void causal_softmax_v_##S(const T* x, T* y, int t, int cols, float scale) { causal_softmax_v(x, y, t, cols, scale); } \
+extern "C" __global__ void causal_softmax_bwd_v_##S(const T* p, const T* dp, T* ds, int t, int cols, float scale) { causal_softmax_bwd_v(p, dp, ds, t, cols, scale); } \
 extern "C" __global__ void rms_norm_bwd_##S(const T* x, const T* w, const T* dy, T* dx, int cols, float eps) { rms_norm_bwd(x, w, dy, dx, cols, eps); } \
 extern "C" __global__ void causal_softmax_##S(const T* x, T* y, int t, int cols, float scale) { causal_softmax(x, y, t, cols, scale); } \
 extern "C" __global__ void causal_softmax_bwd_##S(const T* p, const T* dp, T* ds, int t, int cols, float scale) { causal_softmax_bwd(p, dp, ds, t, cols, scale); } \
-extern "C" __global__ void ce_fwd_##S(const T* l, const unsigned int* tg, float* st_, int v) { ce_fwd(l, tg, st_, v); } \
-extern "C" __global__ void ce_bwd_##S(const T* l, const unsigned int* tg, const float* st_, T* dl, int v, float g) { ce_bwd(l, tg, st_, dl, v, g); }
+extern "C" __global__ void ce_fwd_##S(const T* l, const unsigned int* tg, float* st_, int v, int vec) { ce_fwd(l, tg, st_, v, vec); } \
+extern "C" __global__ void ce_bwd_##S(const T* l, const unsigned int* tg, const float* st_, T* dl, int v, float g, int vec) { ce_bwd(l, tg, st_, dl, v, g, vec); }
 KERNELS(float, f32)
 KERNELS(bf16_t, bf16)
 "#;
@@ -572,6 +771,12 @@ KERNELS(bf16_t, bf16)
         LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     }
 
+    /// Whether a contiguous view starts on a 16-byte boundary for 8-element accesses (candle's
+    /// buffers do; a narrowed view may not).
+    fn aligned8(l: &Layout) -> bool {
+        l.contiguous_offsets().is_some_and(|(a, _)| a % 8 == 0)
+    }
+
     fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
         if a.shape() != b.shape() {
             candle_core::bail!("{op}: shapes {:?} and {:?} differ", a.shape(), b.shape())
@@ -588,6 +793,7 @@ KERNELS(bf16_t, bf16)
         let keep_f = keep as f32;
         // The kept elements' factor, rounded to the dtype as a stored mask would be.
         let scale = if s.dtype() == DType::BF16 { bf16::from_f64(1.0 / keep).to_f32() } else { (1.0 / keep) as f32 };
+        let vec = i32::from(aligned8(l));
         macro_rules! go {
             ($ty:ty) => {{
                 let x = if apply { Some(view!(s, l, $ty)) } else { None };
@@ -601,12 +807,84 @@ KERNELS(bf16_t, bf16)
                 b.arg(&seed);
                 b.arg(&keep_f);
                 b.arg(&scale);
-                unsafe { b.launch(flat(n)) }.w()?;
+                if apply {
+                    b.arg(&vec);
+                }
+                unsafe { b.launch(flat(n.div_ceil(8))) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }
         let out = if s.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
         Ok((out, l.shape().clone()))
+    }
+
+    pub fn matmul_sum(terms: &[(candle_core::Tensor, candle_core::Tensor, bool)]) -> Result<(CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::cublas::{result as blas, sys as bsys};
+        use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+        let (x0, w0, t0) = &terms[0];
+        let dt = x0.dtype();
+        let rows = x0.dim(0)?;
+        let cols = if *t0 { w0.dim(0)? } else { w0.dim(1)? };
+        let candle_core::Device::Cuda(dev) = x0.device() else { candle_core::bail!("matmul_sum: not on a CUDA device") };
+        let (cuda_dt, _) = match dt {
+            DType::BF16 => (bsys::cudaDataType_t::CUDA_R_16BF, 2),
+            DType::F32 => (bsys::cudaDataType_t::CUDA_R_32F, 4),
+            other => candle_core::bail!("matmul_sum: {other:?}"),
+        };
+        macro_rules! go {
+            ($ty:ty) => {{
+                let mut out = unsafe { dev.alloc::<$ty>(rows * cols)? };
+                let handle = dev.cublas_handle();
+                for (i, (x, w, transposed)) in terms.iter().enumerate() {
+                    let (xr, k) = x.dims2()?;
+                    let (wk, wn) = if *transposed { (w.dim(1)?, w.dim(0)?) } else { w.dims2()? };
+                    if xr != rows || wk != k || wn != cols || x.dtype() != dt || w.dtype() != dt {
+                        candle_core::bail!("matmul_sum: term {i} is {:?}·{:?}{} for [{rows}, {cols}]", x.shape(), w.shape(), if *transposed { "ᵀ" } else { "" })
+                    }
+                    let (xs, xl) = x.storage_and_layout();
+                    let (ws, wl) = w.storage_and_layout();
+                    let (candle_core::Storage::Cuda(xs), candle_core::Storage::Cuda(ws)) = (&*xs, &*ws) else {
+                        candle_core::bail!("matmul_sum: not on a CUDA device")
+                    };
+                    let xv = view!(xs, xl, $ty);
+                    let wv = view!(ws, wl, $ty);
+                    let stream = out.stream().clone();
+                    let (xp, _gx) = xv.device_ptr(&stream);
+                    let (wp, _gw) = wv.device_ptr(&stream);
+                    let (op, _go) = out.device_ptr_mut(&stream);
+                    let (alpha, beta) = (1f32, if i == 0 { 0f32 } else { 1f32 });
+                    // Row-major out[rows, cols] is column-major [cols, rows]: out = op(w)ᵀ-side first.
+                    let (transa, lda) = if *transposed { (bsys::cublasOperation_t::CUBLAS_OP_T, k) } else { (bsys::cublasOperation_t::CUBLAS_OP_N, cols) };
+                    unsafe {
+                        blas::gemm_ex(
+                            *handle.handle(),
+                            transa,
+                            bsys::cublasOperation_t::CUBLAS_OP_N,
+                            cols as i32,
+                            rows as i32,
+                            k as i32,
+                            (&alpha) as *const f32 as *const _,
+                            wp as *const _,
+                            cuda_dt,
+                            lda as i32,
+                            xp as *const _,
+                            cuda_dt,
+                            k as i32,
+                            (&beta) as *const f32 as *const _,
+                            op as *mut _,
+                            cuda_dt,
+                            cols as i32,
+                            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                        )
+                    }
+                    .map_err(|e| candle_core::Error::Msg(format!("matmul_sum: cuBLAS {e:?}")))?;
+                }
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let out = if dt == DType::BF16 { go!(bf16) } else { go!(f32) };
+        Ok((out, Shape::from((rows, cols))))
     }
 
     pub fn swap12(x: &CudaStorage, xl: &Layout, c: &CudaStorage, cl: &Layout, s: &CudaStorage, sl: &Layout, pos_axis: usize, sign: f32) -> Result<(CudaStorage, Shape)> {
@@ -654,6 +932,7 @@ KERNELS(bf16_t, bf16)
         let n = gl.shape().elem_count();
         let func = dev.get_or_load_custom_func(&format!("swiglu_fwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
         let n_i = n as i64;
+        let vec = i32::from(aligned8(gl) && aligned8(ul));
         macro_rules! go {
             ($ty:ty) => {{
                 let (gv, uv) = (view!(g, gl, $ty), view!(u, ul, $ty));
@@ -663,7 +942,8 @@ KERNELS(bf16_t, bf16)
                 b.arg(&uv);
                 b.arg(&y);
                 b.arg(&n_i);
-                unsafe { b.launch(flat(n)) }.w()?;
+                b.arg(&vec);
+                unsafe { b.launch(flat(n.div_ceil(8))) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }
@@ -678,6 +958,7 @@ KERNELS(bf16_t, bf16)
         let n = gl.shape().elem_count();
         let func = dev.get_or_load_custom_func(&format!("swiglu_bwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
         let n_i = n as i64;
+        let vec = i32::from(aligned8(gl) && aligned8(ul) && aligned8(dyl));
         macro_rules! go {
             ($ty:ty) => {{
                 let (gv, uv, dv) = (view!(g, gl, $ty), view!(u, ul, $ty), view!(dy, dyl, $ty));
@@ -688,7 +969,8 @@ KERNELS(bf16_t, bf16)
                 b.arg(&dv);
                 b.arg(&y);
                 b.arg(&n_i);
-                unsafe { b.launch(flat(n)) }.w()?;
+                b.arg(&vec);
+                unsafe { b.launch(flat(n.div_ceil(8))) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }
@@ -729,7 +1011,10 @@ KERNELS(bf16_t, bf16)
     pub fn causal_softmax(s: &CudaStorage, l: &Layout, t: usize, scale: f32) -> Result<(CudaStorage, Shape)> {
         let dev = s.device().clone();
         let (rows, cols) = rows_cols(l)?;
-        let func = dev.get_or_load_custom_func(&format!("causal_softmax_{}", suffix(s.dtype())?), MODULE, ptx()?)?;
+        let vec = cols % 8 == 0 && cols <= 8 * 1024 && aligned8(l);
+        let kind = if vec { "causal_softmax_v" } else { "causal_softmax" };
+        let threads = if vec { (cols / 8).next_multiple_of(32) as u32 } else { row_threads(cols) };
+        let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(s.dtype())?), MODULE, ptx()?)?;
         let (t, cols_i) = (t as i32, cols as i32);
         macro_rules! go {
             ($ty:ty) => {{
@@ -741,7 +1026,7 @@ KERNELS(bf16_t, bf16)
                 b.arg(&t);
                 b.arg(&cols_i);
                 b.arg(&scale);
-                unsafe { b.launch(cfg(rows, row_threads(cols))) }.w()?;
+                unsafe { b.launch(cfg(rows, threads)) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }
@@ -755,7 +1040,10 @@ KERNELS(bf16_t, bf16)
         if pl.shape() != dpl.shape() || p.dtype() != dp.dtype() {
             candle_core::bail!("causal softmax backward: p {:?} and dp {:?} differ", pl.shape(), dpl.shape())
         }
-        let func = dev.get_or_load_custom_func(&format!("causal_softmax_bwd_{}", suffix(p.dtype())?), MODULE, ptx()?)?;
+        let vec = cols % 8 == 0 && cols <= 8 * 1024 && aligned8(pl) && aligned8(dpl);
+        let kind = if vec { "causal_softmax_bwd_v" } else { "causal_softmax_bwd" };
+        let threads = if vec { (cols / 8).next_multiple_of(32) as u32 } else { row_threads(cols) };
+        let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(p.dtype())?), MODULE, ptx()?)?;
         let (t, cols_i) = (t as i32, cols as i32);
         macro_rules! go {
             ($ty:ty) => {{
@@ -769,7 +1057,7 @@ KERNELS(bf16_t, bf16)
                 b.arg(&t);
                 b.arg(&cols_i);
                 b.arg(&scale);
-                unsafe { b.launch(cfg(rows, row_threads(cols))) }.w()?;
+                unsafe { b.launch(cfg(rows, threads)) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};
         }
@@ -787,6 +1075,7 @@ KERNELS(bf16_t, bf16)
         let tv = view!(t, tl, u32);
         let stats = unsafe { dev.alloc::<f32>(rows * 2)? };
         let v = cols as i32;
+        let vec = i32::from(cols % 8 == 0 && aligned8(xl));
         macro_rules! go {
             ($ty:ty) => {{
                 let xv = view!(x, xl, $ty);
@@ -795,6 +1084,7 @@ KERNELS(bf16_t, bf16)
                 b.arg(&tv);
                 b.arg(&stats);
                 b.arg(&v);
+                b.arg(&vec);
                 unsafe { b.launch(cfg(rows, 1024)) }.w()?;
             }};
         }
@@ -812,6 +1102,7 @@ KERNELS(bf16_t, bf16)
         let tv = view!(t, tl, u32);
         let sv = view!(s, sl, f32);
         let v = cols as i32;
+        let vec = i32::from(cols % 8 == 0 && aligned8(xl));
         macro_rules! go {
             ($ty:ty) => {{
                 let xv = view!(x, xl, $ty);
@@ -823,6 +1114,7 @@ KERNELS(bf16_t, bf16)
                 b.arg(&y);
                 b.arg(&v);
                 b.arg(&g);
+                b.arg(&vec);
                 unsafe { b.launch(cfg(rows, 1024)) }.w()?;
                 CudaStorage::wrap_cuda_slice(y, dev.clone())
             }};

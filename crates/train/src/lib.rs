@@ -5,6 +5,7 @@
 //!   early stopping, best adapter, metrics.jsonl, loss curve, lineage).
 //! - [`batch`]: padding rendered examples into batches; the loss on target tokens only.
 //! - [`optim`]: AdamW (decoupled decay) with saveable state, global-norm clipping.
+//! - [`parallel`]: data-parallel LoRA over several GPUs (`--devices 0,1`).
 //! - [`schedule`]: learning-rate schedules as pure functions.
 //! - [`checkpoint`]: atomic checkpoint folders, pruning, trainer state.
 //! - [`lineage`], [`plot`]: `lineage.json` and `loss.svg`.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod lineage;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod schedule;
 pub mod trainer;

@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Compile ferrotune's runtime CUDA kernels (the NVRTC source in crates/model/src/cuda_kernels.rs)
+with the NVRTC of .venv-cuda, here on the GPU-less machine: the CPU build never compiles them and
+the GPU machine would only find a syntax error at the first training step.
+Usage (build-cuda.sh runs it): LD_LIBRARY_PATH=<cu13 lib> python3 scripts/gpu/check-kernels.py"""
+import ctypes
+import glob
+import os
+import sys
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+rs = open(os.path.join(root, "crates/model/src/cuda_kernels.rs"), encoding="utf-8").read()
+start = rs.index('const SRC: &str = r#"') + len('const SRC: &str = r#"')
+src = rs[start:rs.index('"#;', start)].encode()
+libs = glob.glob(os.path.join(root, ".venv-cuda/lib/python3*/site-packages/nvidia/cu13/lib/libnvrtc.so.13"))
+if not libs:
+    sys.exit("error: no libnvrtc.so.13 under .venv-cuda (run scripts/gpu/build-cuda.sh once)")
+nvrtc = ctypes.CDLL(libs[0])
+prog = ctypes.c_void_p()
+if nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src, b"ferrotune_rows.cu", 0, None, None) != 0:
+    sys.exit("error: nvrtcCreateProgram failed")
+opts = (ctypes.c_char_p * 1)(b"--gpu-architecture=compute_90")
+rc = nvrtc.nvrtcCompileProgram(prog, 1, opts)
+size = ctypes.c_size_t()
+nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+log = ctypes.create_string_buffer(size.value)
+nvrtc.nvrtcGetProgramLog(prog, log)
+if rc != 0:
+    sys.exit(f"error: NVRTC rejected the kernels (code {rc}):\n{log.value.decode()}")
+print(f"NVRTC compiled the runtime kernels ({len(src)} bytes of source)")
