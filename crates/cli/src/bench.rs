@@ -110,10 +110,6 @@ struct TrainBench {
     /// On a GPU: also time the pieces of a layer one by one (device synchronised around each).
     #[arg(long)]
     profile: bool,
-    /// Data parallel over these GPUs (e.g. `0,1`; replaces --device): the batch's rows split
-    /// across them, as `ferrotune train --devices`. Memory is the first GPU's peak.
-    #[arg(long)]
-    devices: Option<String>,
     /// Write the results as JSON here (with both loss trajectories).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -344,17 +340,8 @@ struct TrainSpeed {
 fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     use ferrotune_model::{Adapter, Llama, LoraSpec};
     let cfg = bench_shape(&b.shape)?;
-    let gpus = b.devices.as_deref().map(ferrotune_train::parallel::parse_devices).transpose()?;
-    let device_name = match &gpus {
-        Some(list) => format!("cuda:{}", list[0]),
-        None => b.device.clone(),
-    };
-    let others: Vec<Device> = match &gpus {
-        Some(list) => list[1..].iter().map(|n| ferrotune_train::config::open_device(&format!("cuda:{n}"))).collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
-    let device = ferrotune_train::config::open_device(&device_name)?;
-    let gpu = match ferrotune_train::config::parse_device(&device_name)? {
+    let device = ferrotune_train::config::open_device(&b.device)?;
+    let gpu = match ferrotune_train::config::parse_device(&b.device)? {
         ferrotune_train::config::DeviceSpec::Cuda(n) => Some(n),
         ferrotune_train::config::DeviceSpec::Cpu => None,
     };
@@ -366,7 +353,7 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     println!(
         "bench train: {} shape, random weights (std 0.02), {dtype_name} on {}, LoRA r=16 α=32 dropout {} on 7 projections, AdamW lr 2e-4, batch {}x{} tokens, {} timed steps{}",
         b.shape,
-        b.devices.as_deref().map_or(b.device.clone(), |d| format!("GPUs {d} (data parallel)")),
+        b.device,
         b.lora_dropout,
         b.batch,
         b.seq,
@@ -420,7 +407,6 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     let mut model = if dtype == candle_core::DType::F32 { model } else { model.cast(&device, dtype)? };
     model.set_differentiable(true);
     let spec = LoraSpec { dropout: b.lora_dropout, ..LoraSpec::default() };
-    let replicas = if others.is_empty() { None } else { Some(ferrotune_train::parallel::Replicas::lora(&model, &others, &spec, 0)?) };
     let adapter = Adapter::init(&mut model, &spec, 0)?;
     adapter.attach(&mut model);
     let mut opt = ferrotune_train::optim::AdamW::new(adapter.vars.clone(), Default::default())?;
@@ -439,27 +425,9 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         .collect();
     let refs: Vec<&ferrotune_train::batch::Example> = examples.iter().collect();
     let batch = ferrotune_train::batch::make_batch(&refs, 0, &device)?;
-    // Data parallel: each device its share of the rows.
-    let shared: Vec<Vec<ferrotune_train::batch::Batch>> = match &replicas {
-        Some(r) => {
-            let devs: Vec<&Device> = std::iter::once(&device).chain(r.models.iter().map(|m| m.device())).collect();
-            let parts = ferrotune_train::parallel::shares(&refs, devs.len());
-            parts.iter().zip(&devs).map(|(p, d)| Ok(vec![ferrotune_train::batch::make_batch(p, 0, d)?])).collect::<anyhow::Result<_>>()?
-        }
-        None => Vec::new(),
-    };
     let step = |opt: &mut ferrotune_train::optim::AdamW, s: u64| -> anyhow::Result<f64> {
         adapter.control.set(true, 0, s);
-        Ok(match &replicas {
-            Some(r) => {
-                r.set_training(true, 0, s);
-                let models: Vec<&Llama> = std::iter::once(&model).chain(&r.models).collect();
-                let vars: Vec<&[(String, candle_core::Var)]> =
-                    std::iter::once(adapter.vars.as_slice()).chain(r.adapters.iter().map(|a| a.vars.as_slice())).collect();
-                ferrotune_train::parallel::optimizer_step(&models, &vars, &shared, opt, r, 2e-4, 1.0)?.0
-            }
-            None => ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0,
-        })
+        Ok(ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0)
     };
     let mut losses = vec![step(&mut opt, 0)?];
     let t0 = Instant::now();
@@ -468,7 +436,7 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         losses.push(step(&mut opt, s as u64 + 1)?);
     }
     let step_time = t0.elapsed().as_secs_f64() / b.steps.max(1) as f64;
-    if gpu.is_some() && replicas.is_none() {
+    if gpu.is_some() {
         // Where a step's time goes: each phase ends with the device synchronised.
         let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| synced_ms(&device, 3, f);
         let fwd = time(&mut || {

@@ -89,8 +89,6 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N` (a CUDA build: scripts/gpu/build-cuda.sh).
     pub device: String,
-    /// Several GPUs of this host for data-parallel LoRA (`"0,1"`); replaces `device`.
-    pub devices: Option<String>,
     pub dtype: Precision,
 }
 
@@ -128,7 +126,6 @@ impl Default for TrainConfig {
             logging_steps: 1,
             seed: 42,
             device: "cpu".into(),
-            devices: None,
             dtype: Precision::Auto,
         }
     }
@@ -188,12 +185,6 @@ impl TrainConfig {
             self.lora_spec().validate()?;
         }
         parse_device(&self.device)?;
-        if let Some(list) = &self.devices {
-            crate::parallel::parse_devices(list)?;
-            if self.method != Method::Lora {
-                return bad("devices", "data parallel over several GPUs trains LoRA adapters only");
-            }
-        }
         if self.method == Method::Full && self.dtype == Precision::Bf16 {
             return bad("dtype", "full fine-tuning keeps f32 weights (bf16 master weights lose small updates); use --dtype f32 or --method lora");
         }

@@ -5,7 +5,7 @@
 //!   early stopping, best adapter, metrics.jsonl, loss curve, lineage).
 //! - [`batch`]: padding rendered examples into batches; the loss on target tokens only.
 //! - [`optim`]: AdamW (decoupled decay) with saveable state, global-norm clipping.
-//! - [`parallel`]: data-parallel LoRA over several GPUs (`--devices 0,1`).
+//! - [`parallel`]: data-parallel LoRA over several GPUs (not wired into the CLI yet: see its docs).
 //! - [`schedule`]: learning-rate schedules as pure functions.
 //! - [`checkpoint`]: atomic checkpoint folders, pruning, trainer state.
 //! - [`lineage`], [`plot`]: `lineage.json` and `loss.svg`.

@@ -1,15 +1,19 @@
-//! Data parallelism for LoRA over several GPUs of one host (`--devices 0,1`): one replica of the
-//! frozen model with its own copy of the adapter per device; each micro-batch's rows are split
-//! across the devices; each replica runs forward and backward on its rows; the gradients are
-//! summed on the first device, which clips and takes the one optimizer step; the updated adapter
-//! weights are copied back out to the other replicas.
+//! Data parallelism for LoRA over several GPUs of one host — **not wired into the CLI**: on two
+//! H200s (2026-11-30) the summed gradients were intermittently wrong (gradient norms of
+//! 250–1000 against ~1 on one GPU, SmolLM2 shape; the 1B shape matched one GPU's losses to four
+//! decimals). The CPU test below (two replicas = one model on the whole batch) passes; the GPU
+//! fault is not found yet (candidates: cross-device copies with cudarc's events off, the
+//! per-thread CUDA context around ferrotune's own cuBLAS and NVRTC launches).
 //!
-//! The reduction goes through the host as one flat buffer per device and direction (LoRA
-//! gradients are small: 45 MB in f32 for the 1B shape at r=16 on seven projections, against a
-//! step of a quarter second), not through NCCL: candle's `nccl` feature needs NCCL's libraries
-//! at build and run time, which the build script does not install. All replicas are driven from
-//! one thread — GPU work is queued asynchronously, so the devices compute concurrently and the
-//! only waits are the transfers.
+//! Design: one replica of the frozen model with its own copy of the adapter per device; each
+//! micro-batch's rows are split across the devices; each replica runs forward and backward on
+//! its rows; the gradients are summed on the first device, which clips and takes the one
+//! optimizer step; the updated adapter weights are copied back out to the other replicas. The
+//! reduction goes through one flat buffer per device and direction (LoRA gradients are small:
+//! 45 MB in f32 for the 1B shape at r=16 on seven projections, against a step of a quarter
+//! second), not through NCCL (candle's `nccl` feature needs NCCL's libraries at build and run
+//! time, which the build script does not install). Each device's forward and backward are
+//! queued from a thread of their own.
 
 use candle_core::{Device, Tensor, Var};
 use ferrotune_model::{Adapter, Llama, LoraSpec};
@@ -29,14 +33,14 @@ pub fn parse_devices(s: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let n = part.strip_prefix("cuda:").unwrap_or(part);
-        let n: usize = n.parse().map_err(|_| TrainError::config("devices", format!("`{part}` is not a GPU index (e.g. --devices 0,1)")))?;
+        let n: usize = n.parse().map_err(|_| TrainError::config("devices", format!("`{part}` is not a GPU index (e.g. 0,1)")))?;
         if out.contains(&n) {
             return Err(TrainError::config("devices", format!("GPU {n} is listed twice")));
         }
         out.push(n);
     }
     if out.is_empty() {
-        return Err(TrainError::config("devices", "no GPU given (e.g. --devices 0,1)"));
+        return Err(TrainError::config("devices", "no GPU given (e.g. 0,1)"));
     }
     Ok(out)
 }
@@ -74,13 +78,24 @@ impl Replicas {
             if a.vars.len() != primary.len() {
                 return Err(TrainError::config("devices", "replica adapters differ from the first device's"));
             }
-            let here = flat.to_device(a.vars[0].1.device())?;
+            let here = transfer(&flat, a.vars[0].1.device())?;
             for ((_, v), t) in a.vars.iter().zip(unflatten(&here, &values)?) {
                 v.set(&t)?;
             }
         }
         Ok(())
     }
+}
+
+/// `t` on `dst`, both devices idle around the copy. candle copies between GPUs on the
+/// destination's stream, and with cudarc's cross-stream events off (`config::open_device`)
+/// nothing else orders that copy after the source's pending kernels, or the source's release
+/// after the copy.
+fn transfer(t: &Tensor, dst: &Device) -> Result<Tensor> {
+    t.device().synchronize()?;
+    let out = t.to_device(dst)?;
+    dst.synchronize()?;
+    Ok(out)
 }
 
 /// All tensors as one 1-D tensor (same dtype and device).
@@ -124,27 +139,44 @@ pub fn optimizer_step(
     max_grad_norm: f64,
 ) -> Result<(f64, f64)> {
     let step_targets: usize = micro.iter().flatten().map(|b| b.n_targets).sum();
+    // One thread per device: queuing a step's few thousand kernels costs the CPU about as long
+    // as the GPU takes to run them, so one thread feeding every device would serialise them.
+    let per_device: Vec<Result<(Vec<Tensor>, Option<Tensor>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = models
+            .iter()
+            .zip(vars)
+            .zip(micro)
+            .map(|((model, vs), batches)| {
+                scope.spawn(move || -> Result<(Vec<Tensor>, Option<Tensor>)> {
+                    let mut losses = Vec::new();
+                    let mut acc: Option<Vec<Tensor>> = None;
+                    for batch in batches {
+                        let l = loss_sum(model, batch)?;
+                        let g = collect_grads(vs, &(&l / step_targets.max(1) as f64)?.backward()?)?;
+                        losses.push(l);
+                        acc = Some(match acc {
+                            None => g,
+                            Some(a) => a.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
+                        });
+                    }
+                    Ok((losses, acc.map(|g| flatten(&g)).transpose()?))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainError::config("devices", "a device's thread panicked")))).collect()
+    });
     let mut losses = Vec::new();
-    let mut per_device: Vec<Option<Tensor>> = Vec::with_capacity(models.len());
-    // Queue every device's work before waiting on any.
-    for ((model, vs), batches) in models.iter().zip(vars).zip(micro) {
-        let mut acc: Option<Vec<Tensor>> = None;
-        for batch in batches {
-            let l = loss_sum(model, batch)?;
-            let g = collect_grads(vs, &(&l / step_targets.max(1) as f64)?.backward()?)?;
-            losses.push(l);
-            acc = Some(match acc {
-                None => g,
-                Some(a) => a.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
-            });
-        }
-        per_device.push(acc.map(|g| flatten(&g)).transpose()?);
+    let mut flats = Vec::new();
+    for r in per_device {
+        let (l, g) = r?;
+        losses.extend(l);
+        flats.extend(g);
     }
     let primary = models[0].device();
     let shapes: Vec<Tensor> = vars[0].iter().map(|(_, v)| v.as_tensor().clone()).collect();
     let mut sum: Option<Tensor> = None;
-    for flat in per_device.into_iter().flatten() {
-        let flat = flat.to_device(primary)?;
+    for flat in flats {
+        let flat = transfer(&flat, primary)?;
         sum = Some(match sum {
             None => flat,
             Some(s) => (s + flat)?,

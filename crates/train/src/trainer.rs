@@ -159,16 +159,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = lineage::now_rfc3339();
 
     // ---- model and data ----
-    // `--devices 0,1`: the first GPU holds the trainer's model; replicas go on the others.
-    let gpus = cfg.devices.as_deref().map(crate::parallel::parse_devices).transpose()?;
-    let device = match &gpus {
-        Some(list) => crate::config::open_device(&format!("cuda:{}", list[0]))?,
-        None => crate::config::open_device(&cfg.device)?,
-    };
-    let others: Vec<Device> = match &gpus {
-        Some(list) => list[1..].iter().map(|n| crate::config::open_device(&format!("cuda:{n}"))).collect::<Result<_>>()?,
-        None => Vec::new(),
-    };
+    let device = crate::config::open_device(&cfg.device)?;
     let mut m = ferrotune_model::load(&cfg.model, WeightMode::F32, &Device::Cpu)?;
     let dtype = cfg.resolved_dtype(&device);
     if !device.is_cpu() || dtype != candle_core::DType::F32 {
@@ -204,13 +195,9 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     // ---- trainable parameters ----
     m.model.set_differentiable(true);
-    let mut replicas: Option<crate::parallel::Replicas> = None;
     let trainable = match cfg.method {
         Method::Lora => {
             let spec = cfg.lora_spec();
-            if !others.is_empty() {
-                replicas = Some(crate::parallel::Replicas::lora(&m.model, &others, &spec, cfg.seed)?);
-            }
             let adapter = Adapter::init(&mut m.model, &spec, cfg.seed).map_err(|e| match e {
                 ferrotune_model::ModelError::InvalidSetting { field, reason } => TrainError::config(field, reason),
                 other => other.into(),
@@ -261,9 +248,6 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             Trainable::Full(_) => checkpoint::load_vars(&vars, &dir.join("model.safetensors"), str::to_string)?,
         }
         opt.load(&dir.join("optimizer.safetensors"), state.step as u64)?;
-        if let Some(r) = &replicas {
-            r.broadcast(&vars)?;
-        }
         // Lines logged after the checkpoint (a run killed mid-interval) are dropped: the resumed
         // run logs those steps again.
         if metrics_path.exists() {
@@ -357,12 +341,8 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let t0 = Instant::now();
         let lr = lr_at(cfg.scheduler, cfg.lr, state.step, warmup, total_steps);
         trainable.set_training(true, cfg.seed, state.step as u64);
-        if let Some(r) = &replicas {
-            r.set_training(true, cfg.seed, state.step as u64);
-        }
         // Gather the step's micro-batches first: the loss is normalised by the step's target count.
         let mut micro = Vec::with_capacity(cfg.grad_accum);
-        let mut shared: Vec<Vec<crate::batch::Batch>> = (0..=replicas.as_ref().map_or(0, |r| r.models.len())).map(|_| Vec::new()).collect();
         for _ in 0..cfg.grad_accum {
             let epoch = state.micro_batches / batches_per_epoch;
             let within = state.micro_batches % batches_per_epoch;
@@ -372,30 +352,10 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let order = &cached_order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
             let rows: Vec<&Example> =
                 order[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(order.len())].iter().map(|&i| &train[i]).collect();
-            match &replicas {
-                // Each device its share of the rows.
-                Some(r) => {
-                    let devs: Vec<&Device> = std::iter::once(&device).chain(r.models.iter().map(|m| m.device())).collect();
-                    for (d, share) in crate::parallel::shares(&rows, devs.len()).into_iter().enumerate() {
-                        if !share.is_empty() {
-                            shared[d].push(make_batch(share, pad, devs[d])?);
-                        }
-                    }
-                }
-                None => micro.push(make_batch(&rows, pad, &device)?),
-            }
+            micro.push(make_batch(&rows, pad, &device)?);
             state.micro_batches += 1;
         }
-        let (loss, grad_norm) = match &replicas {
-            Some(r) => {
-                let models: Vec<&ferrotune_model::Llama> = std::iter::once(&m.model).chain(&r.models).collect();
-                let rvars: Vec<&[(String, candle_core::Var)]> = std::iter::once(vars.as_slice()).chain(r.adapters.iter().map(|a| a.vars.as_slice())).collect();
-                let out = crate::parallel::optimizer_step(&models, &rvars, &shared, &mut opt, r, lr, cfg.max_grad_norm)?;
-                micro = shared.iter_mut().flat_map(std::mem::take).collect();
-                out
-            }
-            None => optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?,
-        };
+        let (loss, grad_norm) = optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?;
         state.tokens_seen += micro.iter().map(|b| b.n_tokens).sum::<usize>();
         state.step += 1;
         state.epoch = state.micro_batches as f64 / batches_per_epoch as f64;
