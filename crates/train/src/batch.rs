@@ -96,12 +96,23 @@ pub fn make_batch(examples: &[&Example], pad_id: u32, device: &Device) -> Result
 /// divide by the target count of the whole optimizer step, so gradient accumulation weighs every
 /// token equally (transformers' `num_items_in_batch` behaviour).
 pub fn loss_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
+    loss_sum_with(model, batch, true)
+}
+
+/// [`loss_sum`] for evaluation: the head's cross-entropy gets a detached input, so it does not
+/// take `∂h` (one head matmul per chunk) for a backward that never runs.
+pub fn eval_loss_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
+    loss_sum_with(model, batch, false)
+}
+
+fn loss_sum_with(model: &Llama, batch: &Batch, for_backward: bool) -> Result<Tensor> {
     if batch.n_targets == 0 {
         return Ok(Tensor::zeros((), DType::F32, model.device())?);
     }
     let hidden = model.forward(&batch.ids, None, None, Logits::Hidden)?;
     let (b, t, h) = hidden.dims3()?;
     let picked = hidden.reshape((b * t, h))?.index_select(&batch.positions, 0)?;
+    let picked = if for_backward { picked } else { picked.detach() };
     // A frozen dense head (LoRA): chunked cross-entropy, the `[targets, vocab]` logits never
     // exist at once. Log-softmax in f32 whatever the model's dtype either way.
     if let Some(w) = model.frozen_head_weight() {
@@ -116,6 +127,28 @@ pub fn loss_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Evaluation's loss equals training's, without a graph behind it (with a LoRA adapter the
+    /// training loss tracks the adapter's variables).
+    #[test]
+    fn eval_loss_equals_the_training_loss_without_a_graph() -> Result<()> {
+        use ferrotune_model::config::{Family, ModelConfig};
+        let dev = candle_core::Device::Cpu;
+        let cfg = ModelConfig::tiny(Family::Llama);
+        let w = ferrotune_model::testing::hf_init_random_weights(&cfg, &dev, 1)?;
+        let mut model = Llama::load(&w, &cfg, ferrotune_model::WeightMode::F32, None)?;
+        model.set_differentiable(true);
+        let adapter = ferrotune_model::Adapter::init(&mut model, &ferrotune_model::LoraSpec::default(), 0)?;
+        adapter.attach(&mut model);
+        let e = ex(9, 3);
+        let batch = make_batch(&[&e], 0, &dev)?;
+        let train = loss_sum(&model, &batch)?;
+        let eval = eval_loss_sum(&model, &batch)?;
+        assert!(train.track_op() && !eval.track_op());
+        let (a, b) = (train.to_scalar::<f32>()?, eval.to_scalar::<f32>()?);
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        Ok(())
+    }
 
     fn ex(n: usize, tag: u32) -> Example {
         Example { input_ids: vec![tag; n], labels: (0..n).map(|i| if i < n / 2 { IGNORE_INDEX } else { i64::from(tag) }).collect() }

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::batch::{Example, loss_sum, make_batch};
+use crate::batch::{Example, eval_loss_sum, loss_sum, make_batch};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
@@ -131,7 +131,7 @@ fn mean_eval_loss(m: &LoadedModel, examples: &[Example], batch_size: usize, pad:
     for chunk in examples.chunks(batch_size) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = make_batch(&refs, pad, m.model.device())?;
-        sum += loss_sum(&m.model, &batch)?.to_scalar::<f32>()? as f64;
+        sum += eval_loss_sum(&m.model, &batch)?.to_scalar::<f32>()? as f64;
         n += batch.n_targets;
     }
     Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
