@@ -439,19 +439,22 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     if gpu.is_some() {
         // Where a step's time goes: each phase ends with the device synchronised.
         let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| synced_ms(&device, 3, f);
-        let fwd = time(&mut || {
-            ferrotune_train::batch::loss_sum(&model, &batch)?.to_scalar::<f32>()?;
-            Ok(())
-        })?;
-        let fwd_bwd = time(&mut || {
-            ferrotune_train::batch::loss_sum(&model, &batch)?.backward()?;
-            Ok(())
-        })?;
+        // The loss alone, or the loss and its backward, of `m` on the batch.
+        let loss_ms = |m: &Llama, backward: bool| {
+            time(&mut || {
+                let l = ferrotune_train::batch::loss_sum(m, &batch)?;
+                if backward {
+                    l.backward()?;
+                } else {
+                    l.to_scalar::<f32>()?;
+                }
+                Ok(())
+            })
+        };
+        let fwd = loss_ms(&model, false)?;
+        let fwd_bwd = loss_ms(&model, true)?;
         adapter.control.set(false, 0, 0);
-        let fwd_bwd_nodrop = time(&mut || {
-            ferrotune_train::batch::loss_sum(&model, &batch)?.backward()?;
-            Ok(())
-        })?;
+        let fwd_bwd_nodrop = loss_ms(&model, true)?;
         let (m, k, n) = (b.batch * b.seq, cfg.hidden_size, cfg.intermediate_size);
         let x = Tensor::ones((m, k), dtype, &device)?;
         let w = Tensor::ones((n, k), dtype, &device)?;
@@ -472,14 +475,7 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
                 let a = Adapter::init(&mut m, &spec, 0)?;
                 a.attach(&mut m);
                 a.control.set(true, 0, 1);
-                let f = time(&mut || {
-                    ferrotune_train::batch::loss_sum(&m, &batch)?.to_scalar::<f32>()?;
-                    Ok(())
-                })?;
-                let fb = time(&mut || {
-                    ferrotune_train::batch::loss_sum(&m, &batch)?.backward()?;
-                    Ok(())
-                })?;
+                let (f, fb) = (loss_ms(&m, false)?, loss_ms(&m, true)?);
                 println!("  {layers} layer(s): forward {f:.2} ms, forward+backward {fb:.2} ms");
             }
         }

@@ -11,6 +11,56 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+/// A candle op that only runs on a CUDA device (an `imp::` launch); the CPU path composes
+/// candle's ops instead, so `cpu_fwd` is an error.
+macro_rules! gpu_only {
+    ($op:ty, 1, $name:literal, |$s:tt, $a:tt, $al:tt| $body:expr) => {
+        impl CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+                no_cpu($name)
+            }
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(&$s, $a: &candle_core::CudaStorage, $al: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+                $body
+            }
+        }
+    };
+    ($op:ty, 2, $name:literal, |$s:tt, $a:tt, $al:tt, $b:tt, $bl:tt| $body:expr) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+                no_cpu($name)
+            }
+            #[cfg(feature = "cuda")]
+            #[rustfmt::skip]
+            fn cuda_fwd(&$s, $a: &candle_core::CudaStorage, $al: &Layout, $b: &candle_core::CudaStorage, $bl: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+                $body
+            }
+        }
+    };
+    ($op:ty, 3, $name:literal, |$s:tt, $a:tt, $al:tt, $b:tt, $bl:tt, $c:tt, $cl:tt| $body:expr) => {
+        impl CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            #[rustfmt::skip]
+            fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+                no_cpu($name)
+            }
+            #[cfg(feature = "cuda")]
+            #[rustfmt::skip]
+            fn cuda_fwd(&$s, $a: &candle_core::CudaStorage, $al: &Layout, $b: &candle_core::CudaStorage, $bl: &Layout, $c: &candle_core::CudaStorage, $cl: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+                $body
+            }
+        }
+    };
+}
+
 /// Whether the fused kernels run on `t`'s device (a CUDA device in a CUDA build, f32 or bf16).
 pub fn available(t: &Tensor) -> bool {
     cfg!(feature = "cuda") && t.device().is_cuda() && matches!(t.dtype(), candle_core::DType::BF16 | candle_core::DType::F32)
@@ -95,18 +145,7 @@ struct MatmulSum {
     terms: Vec<(Tensor, Tensor, bool)>,
 }
 
-impl CustomOp1 for MatmulSum {
-    fn name(&self) -> &'static str {
-        "ft-matmul-sum"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::matmul_sum(&self.terms)
-    }
-}
+gpu_only!(MatmulSum, 1, "ft-matmul-sum", |self, _, _| imp::matmul_sum(&self.terms));
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Swap12 {
@@ -114,26 +153,7 @@ struct Swap12 {
     sign: f32,
 }
 
-impl CustomOp3 for Swap12 {
-    fn name(&self) -> &'static str {
-        "ft-swap12"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
-        c: &candle_core::CudaStorage,
-        cl: &Layout,
-        s: &candle_core::CudaStorage,
-        sl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::swap12(x, xl, c, cl, s, sl, self.pos_axis, self.sign)
-    }
-}
+gpu_only!(Swap12, 3, "ft-swap12", |self, x, xl, c, cl, s, sl| imp::swap12(x, xl, c, cl, s, sl, self.pos_axis, self.sign));
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Dropout {
@@ -148,79 +168,13 @@ struct RmsNormBwd {
     eps: f32,
 }
 
-impl CustomOp1 for Dropout {
-    fn name(&self) -> &'static str {
-        "ft-dropout"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::dropout(s, l, self.seed, self.keep, self.apply)
-    }
-}
+gpu_only!(Dropout, 1, "ft-dropout", |self, s, l| imp::dropout(s, l, self.seed, self.keep, self.apply));
 
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "ft-swiglu"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        g: &candle_core::CudaStorage,
-        gl: &Layout,
-        u: &candle_core::CudaStorage,
-        ul: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::swiglu(g, gl, u, ul)
-    }
-}
+gpu_only!(SwiGlu, 2, "ft-swiglu", |self, g, gl, u, ul| imp::swiglu(g, gl, u, ul));
 
-impl CustomOp3 for SwiGluBwd {
-    fn name(&self) -> &'static str {
-        "ft-swiglu-bwd"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        g: &candle_core::CudaStorage,
-        gl: &Layout,
-        u: &candle_core::CudaStorage,
-        ul: &Layout,
-        dy: &candle_core::CudaStorage,
-        dyl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::swiglu_bwd(g, gl, u, ul, dy, dyl)
-    }
-}
+gpu_only!(SwiGluBwd, 3, "ft-swiglu-bwd", |self, g, gl, u, ul, dy, dyl| imp::swiglu_bwd(g, gl, u, ul, dy, dyl));
 
-impl CustomOp3 for RmsNormBwd {
-    fn name(&self) -> &'static str {
-        "ft-rms-norm-bwd"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
-        w: &candle_core::CudaStorage,
-        wl: &Layout,
-        dy: &candle_core::CudaStorage,
-        dyl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::rms_norm_bwd(x, xl, w, wl, dy, dyl, self.eps)
-    }
-}
+gpu_only!(RmsNormBwd, 3, "ft-rms-norm-bwd", |self, x, xl, w, wl, dy, dyl| imp::rms_norm_bwd(x, xl, w, wl, dy, dyl, self.eps));
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct CausalSoftmax {
@@ -242,77 +196,13 @@ fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
     candle_core::bail!("{name}: a CUDA kernel; the CPU path uses candle's ops")
 }
 
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "ft-causal-softmax"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::causal_softmax(s, l, self.t, self.scale)
-    }
-}
+gpu_only!(CausalSoftmax, 1, "ft-causal-softmax", |self, s, l| imp::causal_softmax(s, l, self.t, self.scale));
 
-impl CustomOp2 for CausalSoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "ft-causal-softmax-bwd"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        p: &candle_core::CudaStorage,
-        pl: &Layout,
-        dp: &candle_core::CudaStorage,
-        dpl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::causal_softmax_bwd(p, pl, dp, dpl, self.t, self.scale)
-    }
-}
+gpu_only!(CausalSoftmaxBwd, 2, "ft-causal-softmax-bwd", |self, p, pl, dp, dpl| imp::causal_softmax_bwd(p, pl, dp, dpl, self.t, self.scale));
 
-impl CustomOp2 for CrossEntropyFwd {
-    fn name(&self) -> &'static str {
-        "ft-cross-entropy"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
-        t: &candle_core::CudaStorage,
-        tl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::ce_fwd(x, xl, t, tl)
-    }
-}
+gpu_only!(CrossEntropyFwd, 2, "ft-cross-entropy", |self, x, xl, t, tl| imp::ce_fwd(x, xl, t, tl));
 
-impl CustomOp3 for CrossEntropyBwd {
-    fn name(&self) -> &'static str {
-        "ft-cross-entropy-bwd"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        no_cpu(self.name())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
-        t: &candle_core::CudaStorage,
-        tl: &Layout,
-        s: &candle_core::CudaStorage,
-        sl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        imp::ce_bwd(x, xl, t, tl, s, sl, self.g)
-    }
-}
+gpu_only!(CrossEntropyBwd, 3, "ft-cross-entropy-bwd", |self, x, xl, t, tl, s, sl| imp::ce_bwd(x, xl, t, tl, s, sl, self.g));
 
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
