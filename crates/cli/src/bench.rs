@@ -107,7 +107,7 @@ struct TrainBench {
     /// skipped when not given.
     #[arg(long, env = "FERROTUNE_PEFT_PYTHON")]
     peft_python: Option<PathBuf>,
-    /// On a GPU: also time the pieces of a layer one by one (device synchronised around each).
+    /// Also time the phases of a step and the pieces of a layer one by one (on a GPU, the device synchronised around each); a GPU run prints the phases anyway.
     #[arg(long)]
     profile: bool,
     /// Write the results as JSON here (with both loss trajectories).
@@ -436,7 +436,7 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         losses.push(step(&mut opt, s as u64 + 1)?);
     }
     let step_time = t0.elapsed().as_secs_f64() / b.steps.max(1) as f64;
-    if gpu.is_some() {
+    if gpu.is_some() || b.profile {
         // Where a step's time goes: each phase ends with the device synchronised.
         let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| synced_ms(&device, 3, f);
         // The loss alone, or the loss and its backward, of `m` on the batch.

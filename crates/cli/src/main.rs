@@ -53,6 +53,32 @@ enum Command {
     Keys(keys::KeysArgs),
 }
 
+/// Training frees and reallocates the same activation-sized buffers on every op. glibc, left
+/// alone, gives them back to the kernel (blocks over its mmap threshold, and free memory at the
+/// top of a heap beyond its trim threshold) and the next allocation page-faults in fresh zeroed
+/// pages; rayon's threads each get an arena of their own whose heaps are trimmed the same way.
+/// Measured on a CPU LoRA step (SmolLM2 shape, 2 threads, `perf stat`): ~290k page faults a step
+/// and a quarter of its CPU time in the kernel clearing pages. One arena, blocks up to 32 MiB
+/// (glibc's largest mmap threshold) from the heap, and up to 1 GiB of free heap kept: the
+/// buffers are reused and a step's page faults fall to a few thousand, at the same peak RSS.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        // Older glibc refuses thresholds over 32 MiB: keep what it takes.
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 0 {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        }
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -75,6 +101,9 @@ fn main() -> ExitCode {
         unsafe {
             std::env::set_var("CANDLE_NUM_THREADS", "1")
         };
+    }
+    if trains {
+        keep_freed_memory();
     }
     let result = match cli.command {
         Command::Models(a) => models::run(a),

@@ -41,16 +41,50 @@ impl CustomOp1 for CausalSoftmax {
         y.par_chunks_mut(t).zip(x.par_chunks(t)).enumerate().for_each(|(row, (out, inp))| {
             let s = row % t;
             let valid = &inp[..=s];
-            let max = valid.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
-            let mut sum = 0f32;
+            let max = crate::fastmath::max(valid) * self.scale;
             for (o, &v) in out[..=s].iter_mut().zip(valid) {
-                *o = (v * self.scale - max).exp();
-                sum += *o;
+                *o = crate::fastmath::exp(v * self.scale - max);
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / crate::fastmath::sum(&out[..=s]);
             out[..=s].iter_mut().for_each(|o| *o *= inv);
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+}
+
+/// The causal softmax's backward on the CPU in one pass per row: `scale · p ⊙ (dp − Σ dp ⊙ p)`
+/// over the visible columns, 0 beyond (the composed form makes four full `t × t` temporaries).
+/// `p` (the forward's probabilities) and `dp` share the layout of [`causal_softmax_no_grad`].
+pub fn causal_softmax_backward(p: &Tensor, dp: &Tensor, t: usize, scale: f64) -> Result<Tensor> {
+    p.contiguous()?.apply_op2_no_bwd(&dp.contiguous()?, &CausalSoftmaxBwd { t, scale: scale as f32 })
+}
+
+struct CausalSoftmaxBwd {
+    t: usize,
+    scale: f32,
+}
+
+impl candle_core::CustomOp2 for CausalSoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "causal-softmax-backward"
+    }
+
+    fn cpu_fwd(&self, ps: &CpuStorage, pl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((p0, p1)), Some((d0, d1))) = (pl.contiguous_offsets(), dl.contiguous_offsets()) else {
+            candle_core::bail!("causal-softmax-backward: inputs must be contiguous")
+        };
+        let (p, dp) = (&ps.as_slice::<f32>()?[p0..p1], &ds.as_slice::<f32>()?[d0..d1]);
+        let t = self.t;
+        if pl.dims() != dl.dims() || pl.dims().last() != Some(&t) {
+            candle_core::bail!("causal-softmax-backward: shapes {:?} and {:?} for t {t}", pl.dims(), dl.dims())
+        }
+        let mut out = vec![0f32; p.len()];
+        out.par_chunks_mut(t).zip(p.par_chunks(t).zip(dp.par_chunks(t))).enumerate().for_each(|(row, (o, (p, dp)))| {
+            let s = row % t;
+            let dot = crate::fastmath::dot(&p[..=s], &dp[..=s]);
+            o[..=s].iter_mut().zip(p[..=s].iter().zip(&dp[..=s])).for_each(|(o, (&p, &d))| *o = self.scale * p * (d - dot));
+        });
+        Ok((CpuStorage::F32(out), pl.shape().clone()))
     }
 }
 

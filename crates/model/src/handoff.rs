@@ -122,13 +122,19 @@ impl CustomOp1 for FrozenMatmul {
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, t: usize, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
     let p = probs_no_grad(&q.detach(), &k.detach(), t, scale, mask)?;
     let out = p.matmul(&v.detach())?;
-    let kept = (t <= KEEP_PROBS_MAX_T && !q.device().is_cpu()).then_some(p);
+    let keep = if q.device().is_cpu() { p.elem_count() * p.dtype().size_in_bytes() <= KEEP_PROBS_MAX_BYTES_CPU } else { t <= KEEP_PROBS_MAX_T };
+    let kept = keep.then_some(p);
     q.apply_op3(k, v, CausalAttention { out: Slot::new(out), t, scale, mask: mask.cloned(), probs: kept })
 }
 
 /// The longest sequence whose attention probabilities training keeps from forward to backward
 /// on a GPU (their memory grows with the square of the length; longer ones are recomputed).
 pub const KEEP_PROBS_MAX_T: usize = 1024;
+
+/// On the CPU: the largest attention probabilities (bytes per layer call) kept for backward.
+/// A SmolLM2 row share of 2×256 tokens holds 4.7 MB a layer (140 MB over 30 layers) and saves
+/// a `q·kᵀ` and a softmax per layer in backward; long sequences still recompute.
+pub const KEEP_PROBS_MAX_BYTES_CPU: usize = 16 << 20;
 
 fn probs_no_grad(q: &Tensor, k: &Tensor, t: usize, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
     let scores = q.matmul(&k.t()?)?;
@@ -172,6 +178,8 @@ impl candle_core::CustomOp3 for CausalAttention {
         // Masked entries have p = 0, so they get no gradient without special handling.
         let ds = if crate::cuda_kernels::available(&p) {
             crate::cuda_kernels::causal_softmax_backward(&p, &dp, self.t, self.scale)?
+        } else if p.device().is_cpu() && p.dtype() == candle_core::DType::F32 {
+            crate::attn_softmax::causal_softmax_backward(&p, &dp, self.t, self.scale)?
         } else {
             let dot = (&dp * &p)?.sum_keepdim(D::Minus1)?;
             (p * dp.broadcast_sub(&dot)?)?.affine(self.scale, 0.0)?
@@ -182,22 +190,27 @@ impl candle_core::CustomOp3 for CausalAttention {
     }
 }
 
-/// LoRA's dropout on a layer's input: a stored mask (`{0, 1/keep}`, on the CPU) or, on a GPU,
-/// a counter-based hash of (`seed`, element index) applied by one kernel and never stored —
-/// backward applies the same seed to the gradient.
+/// LoRA's dropout on a layer's input: a counter-based hash of (`seed`, element index) applied
+/// in one pass and never stored — backward applies the same seed to the gradient (see
+/// [`crate::dropout`]). `offset`: the index of the first element of `x` within the whole batch
+/// (non-zero for a row share of it, on the CPU).
 #[derive(Debug, Clone)]
-pub enum DropoutMask {
-    Stored(Tensor),
-    Hashed { seed: u64, keep: f64 },
+pub struct DropoutMask {
+    pub seed: u64,
+    pub keep: f64,
+    pub offset: u64,
 }
 
 impl DropoutMask {
     /// `x ⊙ mask` (`x` contiguous with the mask's element count).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Stored(m) => x * m.reshape(x.shape())?,
-            Self::Hashed { seed, keep } => crate::cuda_kernels::dropout_apply(x, *seed, *keep),
+        if x.device().is_cpu() {
+            return crate::dropout::apply(x, self.seed, self.keep, self.offset);
         }
+        if self.offset != 0 {
+            candle_core::bail!("dropout: the GPU kernel draws whole batches only (element offset {})", self.offset);
+        }
+        crate::cuda_kernels::dropout_apply(x, self.seed, self.keep)
     }
 }
 
@@ -438,6 +451,14 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
             if want_grad {
                 dh.push(crate::cuda_kernels::cross_entropy_backward(&logits, &tg, &st, 1.0)?.matmul(w)?);
             }
+        } else if hd.device().is_cpu() {
+            // Two passes per row (fastmath): loss and softmax − onehot, exponentials vectorised.
+            let logits = logits.to_dtype(candle_core::DType::F32)?;
+            let (loss, d) = crate::fastmath::cross_entropy_rows(&logits, &tg.to_vec1::<u32>()?, want_grad)?;
+            total = (total + loss)?;
+            if let Some(d) = d {
+                dh.push(d.to_dtype(h.dtype())?.matmul(w)?);
+            }
         } else {
             let logits = logits.to_dtype(candle_core::DType::F32)?;
             let lse = logits.log_sum_exp(D::Minus1)?;
@@ -671,14 +692,18 @@ mod tests {
             let w = randn(&[5, 8], &dev)?;
             let a = var(&[3, 8], &dev)?;
             let b = var(&[5, 3], &dev)?;
-            let keep = Tensor::rand(0f32, 1.0, (6, 8), &dev)?.lt(0.7)?.to_dtype(DType::F32)?.affine(1.0 / 0.7, 0.0)?;
-            let mut cases = vec![(None, None), (Some(DropoutMask::Stored(keep.clone())), Some(keep))];
+            // The mask the CPU hash draws; a GPU kernel must draw the same one for the seed.
+            let drawn = |offset: u64| crate::dropout::mask(&x.as_tensor().to_device(&Device::Cpu)?, 42, 0.7, offset)?.to_device(&dev);
+            let kept = drawn(0)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            assert!(kept > 10.0 && kept < 47.0, "{kept} of 48 kept at keep 0.7");
+            let hashed = |offset: u64| Some(DropoutMask { seed: 42, keep: 0.7, offset });
+            let mut cases = vec![(None, None), (hashed(0), Some(drawn(0)?))];
             if crate::cuda_kernels::available(x.as_tensor()) {
-                // The hashed mask equals the stored mask the same kernel draws for that seed.
-                let drawn = crate::cuda_kernels::dropout_mask(x.as_tensor(), 42, 0.7)?;
-                let kept = drawn.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-                assert!(kept > 10.0 && kept < 47.0, "{kept} of 48 kept at keep 0.7");
-                cases.push((Some(DropoutMask::Hashed { seed: 42, keep: 0.7 }), Some(drawn)));
+                let gpu = crate::cuda_kernels::dropout_mask(x.as_tensor(), 42, 0.7)?;
+                let diff = (gpu - drawn(0)?)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+                assert_eq!(diff, 0.0, "the GPU kernel and the CPU hash drop different elements");
+            } else {
+                cases.push((hashed(16), Some(drawn(16)?)));
             }
             for (mask, m) in cases {
                 let ours = lora_linear(x.as_tensor(), &w, a.as_tensor(), b.as_tensor(), 2.0, mask.as_ref())?;

@@ -166,8 +166,8 @@ pub struct LoraLayer {
 }
 
 impl LoraLayer {
-    /// The dropout mask for `x` (a stored `{0, 1/keep}` tensor in x's dtype on the CPU, a seeded
-    /// hash on a GPU), or `None` when dropout is off.
+    /// The dropout mask for `x` (a seeded hash, never stored: [`crate::dropout`]), or `None`
+    /// when dropout is off.
     fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<DropoutMask>> {
         if self.dropout == 0.0 || !self.control.training.load(Ordering::Relaxed) {
             return Ok(None);
@@ -176,17 +176,26 @@ impl LoraLayer {
         let step = self.control.step.load(Ordering::Relaxed);
         let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
-        if crate::cuda_kernels::available(x) {
-            // On a GPU: a counter-based hash of (seed, step, layer, element), applied in one
-            // kernel — the host RNG over millions of elements per layer would dominate the step.
-            return Ok(Some(DropoutMask::Hashed { seed: mix, keep }));
-        }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
-        let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> =
-            (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
-        Ok(Some(DropoutMask::Stored(Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)))
+        // Element `i` of this call's input is element `offset + i` of the whole batch's.
+        let cols = x.dims().last().copied().unwrap_or(1) as u64;
+        let offset = TOKEN_OFFSET.with(|o| o.get()) * cols;
+        Ok(Some(DropoutMask { seed: mix, keep, offset }))
     }
+}
+
+thread_local! {
+    /// Tokens of the batch before the rows this thread is running (see [`with_token_offset`]).
+    static TOKEN_OFFSET: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` (a forward over a share of a batch's rows) with LoRA dropout drawing the masks of the
+/// whole batch's tokens from `tokens_before` on, so splitting a batch into row shares changes
+/// nothing. Restores the previous offset afterwards (shares may nest on one thread under rayon).
+pub fn with_token_offset<R>(tokens_before: u64, f: impl FnOnce() -> R) -> R {
+    let previous = TOKEN_OFFSET.with(|o| o.replace(tokens_before));
+    let r = f();
+    TOKEN_OFFSET.with(|o| o.set(previous));
+    r
 }
 
 impl LinearAdapter for LoraLayer {

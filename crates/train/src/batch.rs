@@ -64,6 +64,29 @@ pub struct Batch {
     pub n_tokens: usize,
 }
 
+impl Batch {
+    /// Rows `r0..r1` as a batch of their own (target positions re-based), for running a batch's
+    /// row shares on several threads. `n_tokens` of a share is its padded size (rows × length):
+    /// the per-row counts are not kept.
+    pub fn rows(&self, r0: usize, r1: usize) -> Result<Batch> {
+        let (_, t) = self.ids.dims2()?;
+        let (lo, hi) = ((r0 * t) as u32, (r1 * t) as u32);
+        let positions: Vec<u32> = self.positions.to_vec1()?;
+        let targets: Vec<u32> = self.targets.to_vec1()?;
+        let (positions, targets): (Vec<u32>, Vec<u32>) =
+            positions.iter().zip(&targets).filter(|(p, _)| (lo..hi).contains(*p)).map(|(p, tg)| (p - lo, *tg)).unzip();
+        let n_targets = targets.len();
+        let device = self.ids.device();
+        Ok(Batch {
+            ids: self.ids.narrow(0, r0, r1 - r0)?,
+            positions: Tensor::from_vec(positions, n_targets, device)?,
+            targets: Tensor::from_vec(targets, n_targets, device)?,
+            n_targets,
+            n_tokens: (r1 - r0) * t,
+        })
+    }
+}
+
 pub fn make_batch(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Batch> {
     let b = examples.len();
     let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0).max(1);

@@ -450,28 +450,62 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-/// One optimizer step over `micro` batches: loss on their target tokens (averaged over all the
-/// step's targets, so accumulation weighs every token equally), backward, global-norm clipping,
-/// AdamW. Returns (mean loss, gradient norm before clipping).
+/// One optimizer step over `micro` (gradient accumulation): each micro-batch's loss summed over
+/// its targets and divided by the step's target count, gradients summed, clipped, AdamW.
+///
+/// On the CPU each micro-batch's rows are cut into one share per rayon thread and the shares run
+/// at once, each forward+backward on its own thread (their matmuls still share the pool when a
+/// thread waits): one thread per share keeps both cores busy through the element-wise work and
+/// the small products that one big forward runs on a single core. LoRA dropout draws every share
+/// the masks its tokens have in the whole batch ([`ferrotune_model::lora::with_token_offset`]),
+/// so the step is the unsplit step up to float summation order. Successive micro-batches draw
+/// distinct masks on the CPU; on a GPU (whose dropout kernel takes no offset) they repeat the
+/// first's. Returns (mean loss, gradient norm before clipping).
 pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<(f64, f64)> {
     let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
+    let norm = step_targets.max(1) as f64;
     let vars = opt.vars().to_vec();
+    let cpu = model.device().is_cpu();
     let mut grads: Option<Vec<Tensor>> = None;
     let mut loss_total = 0f64;
+    let mut tokens_before = 0u64;
     for batch in micro {
-        let l = loss_sum(model, batch)?;
-        loss_total += l.to_scalar::<f32>()? as f64;
-        let scaled = (l / step_targets.max(1) as f64)?;
-        let g = collect_grads(&vars, &scaled.backward()?)?;
-        grads = Some(match grads {
-            None => g,
-            Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
-        });
+        let (rows, t) = batch.ids.dims2()?;
+        let shares = if cpu { rayon::current_num_threads().min(rows).max(1) } else { 1 };
+        let offset = |r0: usize| if cpu { tokens_before + (r0 * t) as u64 } else { 0 };
+        let parts: Vec<Result<(f64, Vec<Tensor>)>> = if shares == 1 {
+            vec![share_grads(model, &vars, batch, offset(0), norm)]
+        } else {
+            use rayon::prelude::*;
+            let bounds: Vec<(usize, usize)> = (0..shares).map(|i| (rows * i / shares, rows * (i + 1) / shares)).collect();
+            let subs = bounds.iter().map(|&(a, b)| batch.rows(a, b)).collect::<Result<Vec<_>>>()?;
+            subs.par_iter().zip(&bounds).map(|(sub, &(r0, _))| share_grads(model, &vars, sub, offset(r0), norm)).collect()
+        };
+        for part in parts {
+            let (loss, g) = part?;
+            loss_total += loss;
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
+            });
+        }
+        tokens_before += (rows * t) as u64;
     }
     let mut grads = grads.unwrap_or_default();
     let grad_norm = clip_global_norm(&mut grads, max_grad_norm)?;
     opt.step(&grads, lr)?;
-    Ok((loss_total / step_targets.max(1) as f64, grad_norm))
+    Ok((loss_total / norm, grad_norm))
+}
+
+/// The summed loss of `batch` and the gradients of `loss / norm` for `vars`, LoRA dropout drawing
+/// the masks of the step's tokens from `tokens_before` on.
+fn share_grads(model: &ferrotune_model::Llama, vars: &[(String, Var)], batch: &crate::batch::Batch, tokens_before: u64, norm: f64) -> Result<(f64, Vec<Tensor>)> {
+    ferrotune_model::lora::with_token_offset(tokens_before, || {
+        let l = loss_sum(model, batch)?;
+        let loss = l.to_scalar::<f32>()? as f64;
+        let g = collect_grads(vars, &(l / norm)?.backward()?)?;
+        Ok((loss, g))
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
