@@ -388,7 +388,6 @@ pub fn agreement(models: &[&Llama], vars: &[&[(String, Var)]], rows: &[&Example]
 /// queued on that device's stream (the one every thread uses, [`open_devices`]) inside one NCCL
 /// group, so one thread drives every device and no host synchronisation is needed.
 #[cfg(feature = "nccl")]
-#[allow(unsafe_code)]
 mod nccl {
     use candle_core::cuda_backend::cudarc::nccl::safe::{self as nc, ReduceOp};
     use candle_core::{CpuStorage, CudaStorage, DType, Device, InplaceOp1, Layout, Tensor};
