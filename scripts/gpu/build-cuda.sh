@@ -16,6 +16,9 @@
 #   link the wheels' versioned libraries under unversioned names, in .cuda-root/lib64.
 # - CUDA_COMPUTE_CAP=90 (H200; becomes sm_90a). NVCC_APPEND_FLAGS=--compress-mode=size keeps
 #   candle's kernels small (set before the first build: it is part of the kernels' cache key).
+# - NCCL (`--devices 0,1`: gradients summed and weights broadcast between GPUs) comes from the
+#   nvidia-nccl-cu13 wheel (pinned, ≈340 MB), linked as lib64/libnccl.so; at run time the GPU
+#   machine's PyTorch has its own (scripts/gpu/run.sh points the loader at it).
 # - A separate target dir (target-cuda/) keeps the CPU build's cache intact.
 # Cold build ≈ 25 min on 2 cores (mostly candle-kernels' quantized-matmul kernels); later
 # builds recompile only ferrotune's crates.
@@ -36,6 +39,11 @@ if [ ! -x "$nv/bin/nvcc" ] || ! "$nv/bin/nvcc" --version | grep -q "release 13.0
     nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 \
     nvidia-curand==10.4.0.35 nvidia-cublas==13.0.0.19
 fi
+nccl_lib=$(dirname "$nv")/nccl/lib
+if [ ! -f "$nccl_lib/libnccl.so.2" ]; then
+  echo "installing NCCL into $venv (≈340 MB)"
+  "$venv/bin/pip" install --quiet --no-deps nvidia-nccl-cu13==2.32.3
+fi
 
 # The CUDA root cudarc and candle-kernels look in: include/, bin/, nvvm/ from the wheels;
 # lib64/ with unversioned names; lib64/stubs/libcuda.so.
@@ -47,6 +55,7 @@ for f in "$nv"/lib/lib*.so.*; do
   ln -sf "$f" "$cuda_root/lib64/$base"
   ln -sf "$f" "$cuda_root/lib64/${base%%.so.*}.so"
 done
+ln -sf "$nccl_lib/libnccl.so.2" "$cuda_root/lib64/libnccl.so"
 registry=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -1)
 cargo fetch --quiet
 cudarc_src=$(ls -d "$registry"cudarc-0.19.* | tail -1)
@@ -66,7 +75,7 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export NVCC_APPEND_FLAGS=${NVCC_APPEND_FLAGS:---compress-mode=size}
 LD_LIBRARY_PATH=$nv/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} python3 scripts/gpu/check-kernels.py
 echo "building: nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute cap $CUDA_COMPUTE_CAP"
-cargo build --release -p ferrotune-cli --features cuda --target-dir "${CUDA_TARGET_DIR:-target-cuda}"
+cargo build --release -p ferrotune-cli --features cuda,nccl --target-dir "${CUDA_TARGET_DIR:-target-cuda}"
 
 mkdir -p dist
 strip -o dist/ferrotune-cuda "${CUDA_TARGET_DIR:-target-cuda}"/release/ferrotune

@@ -7,7 +7,8 @@
 #       --peft-python /opt/torch/.venv/bin/python
 #
 # It unpacks the binary once (again when the archive is newer) and points the loader at the
-# CUDA 13 libraries of the machine's PyTorch (cuBLAS, cuRAND, NVRTC) and at the driver.
+# CUDA 13 libraries of the machine's PyTorch (cuBLAS, cuRAND, NVRTC, NCCL) and at the driver.
+# NVLink multicast stays off in NCCL (the machine's rule: it can take the host's GPUs down).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 archive=${FERROTUNE_CUDA_ARCHIVE:-dist/ferrotune-cuda.xz}
@@ -23,5 +24,7 @@ if [ ! -x "$bin" ] || [ "$archive" -nt "$bin" ]; then
   chmod +x "$bin.tmp" && mv "$bin.tmp" "$bin"
 fi
 libs=${FERROTUNE_CUDA_LIBS:-$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)}
-export LD_LIBRARY_PATH=$libs:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+nccl=${FERROTUNE_NCCL_LIBS:-$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/nccl/lib 2>/dev/null | head -1)}
+export LD_LIBRARY_PATH=$libs${nccl:+:$nccl}:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export NCCL_NVLS_ENABLE=0
 exec "$bin" "$@"

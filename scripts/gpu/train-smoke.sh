@@ -18,7 +18,10 @@ transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(dst)
 for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"]:
     shutil.copy(f"dist/smol-hf/{f}", dst)
 PY
-scripts/gpu/run.sh train --device cuda --model "$model" --data examples/support/train.jsonl \
+# DEVICES=0,1: data parallel over those GPUs (--devices), each batch's rows split across them.
+where=(--device cuda)
+if [ -n "${DEVICES:-}" ]; then where+=(--devices "$DEVICES"); fi
+scripts/gpu/run.sh train "${where[@]}" --model "$model" --data examples/support/train.jsonl \
   --eval-data examples/support/eval.jsonl --max-steps "${STEPS:-60}" --batch-size 8 --lr 1e-3 \
   --eval-steps 20 --save-total-limit 2 --out "$out/run" --quiet
 ls -R "$out/run" | head -30

@@ -110,6 +110,11 @@ struct TrainBench {
     /// Also time the phases of a step and the pieces of a layer one by one (on a GPU, the device synchronised around each); a GPU run prints the phases anyway.
     #[arg(long)]
     profile: bool,
+    /// Data parallel over these GPUs (e.g. `--device cuda --devices 0,1`), as `ferrotune train
+    /// --devices`: the batch's rows split across them. Also checks the split's gradients against
+    /// the first GPU alone on the whole batch, and each GPU alone against the first.
+    #[arg(long)]
+    devices: Option<String>,
     /// Write the results as JSON here (with both loss trajectories).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -339,13 +344,23 @@ struct TrainSpeed {
 
 fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     use ferrotune_model::{Adapter, Llama, LoraSpec};
+    use ferrotune_train::parallel;
     let cfg = bench_shape(&b.shape)?;
-    let device = ferrotune_train::config::open_device(&b.device)?;
-    let gpu = match ferrotune_train::config::parse_device(&b.device)? {
-        ferrotune_train::config::DeviceSpec::Cuda(n) => Some(n),
-        ferrotune_train::config::DeviceSpec::Cpu => None,
-    };
     let tc = ferrotune_train::TrainConfig { dtype: b.dtype, ..Default::default() };
+    let gpus = b.devices.as_deref().map(|list| parallel::gpu_list(&b.device, list)).transpose()?;
+    let mut devices = match &gpus {
+        Some(list) => parallel::open_devices(list)?,
+        None => vec![ferrotune_train::config::open_device(&b.device)?],
+    };
+    let others = devices.split_off(1);
+    let device = devices.remove(0);
+    let gpu = match &gpus {
+        Some(list) => Some(list[0]),
+        None => match ferrotune_train::config::parse_device(&b.device)? {
+            ferrotune_train::config::DeviceSpec::Cuda(n) => Some(n),
+            ferrotune_train::config::DeviceSpec::Cpu => None,
+        },
+    };
     let dtype = tc.resolved_dtype(&device);
     let dtype_name = if dtype == candle_core::DType::BF16 { "bf16" } else { "f32" };
     let threads = candle_core::utils::get_num_threads();
@@ -353,7 +368,7 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     println!(
         "bench train: {} shape, random weights (std 0.02), {dtype_name} on {}, LoRA r=16 α=32 dropout {} on 7 projections, AdamW lr 2e-4, batch {}x{} tokens, {} timed steps{}",
         b.shape,
-        b.device,
+        b.devices.as_deref().map_or(b.device.clone(), |d| format!("GPUs {d} (data parallel)")),
         b.lora_dropout,
         b.batch,
         b.seq,
@@ -400,15 +415,24 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         None => None,
     };
 
-    let sampler = gpu.and_then(GpuMemSampler::start);
+    // One memory sampler per GPU.
+    let samplers: Vec<(usize, Option<GpuMemSampler>)> = match (&gpus, gpu) {
+        (Some(list), _) => list.iter().map(|&n| (n, GpuMemSampler::start(n))).collect(),
+        (None, Some(n)) => vec![(n, GpuMemSampler::start(n))],
+        (None, None) => Vec::new(),
+    };
     let w = ferrotune_model::testing::hf_init_random_weights(&cfg, &device, 0)?;
     let model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
     drop(w);
     let mut model = if dtype == candle_core::DType::F32 { model } else { model.cast(&device, dtype)? };
     model.set_differentiable(true);
     let spec = LoraSpec { dropout: b.lora_dropout, ..LoraSpec::default() };
+    let replicas = if others.is_empty() { None } else { Some(parallel::Replicas::lora(&model, &others, &spec, 0)?) };
     let adapter = Adapter::init(&mut model, &spec, 0)?;
     adapter.attach(&mut model);
+    if let Some(r) = &replicas {
+        r.broadcast(&adapter.vars)?;
+    }
     let mut opt = ferrotune_train::optim::AdamW::new(adapter.vars.clone(), Default::default())?;
     let mut rng = 12345u64;
     let mut next = || {
@@ -425,9 +449,24 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         .collect();
     let refs: Vec<&ferrotune_train::batch::Example> = examples.iter().collect();
     let batch = ferrotune_train::batch::make_batch(&refs, 0, &device)?;
+    // Data parallel: the first GPU's model and the replicas', each with its share of the rows.
+    let models: Vec<&Llama> = std::iter::once(&model).chain(replicas.iter().flat_map(|r| &r.models)).collect();
+    let vars: Vec<&[(String, candle_core::Var)]> =
+        std::iter::once(adapter.vars.as_slice()).chain(replicas.iter().flat_map(|r| r.adapters.iter().map(|a| a.vars.as_slice()))).collect();
+    let shared = parallel::shares(&refs, models.len())
+        .iter()
+        .zip(&models)
+        .map(|(p, m)| Ok(if p.is_empty() { Vec::new() } else { vec![ferrotune_train::batch::make_batch(p, 0, m.device())?] }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let step = |opt: &mut ferrotune_train::optim::AdamW, s: u64| -> anyhow::Result<f64> {
         adapter.control.set(true, 0, s);
-        Ok(ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0)
+        Ok(match &replicas {
+            Some(r) => {
+                r.set_training(true, 0, s);
+                parallel::optimizer_step(&models, &vars, &shared, opt, r, 2e-4, 1.0)?.0
+            }
+            None => ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0,
+        })
     };
     let mut losses = vec![step(&mut opt, 0)?];
     let t0 = Instant::now();
@@ -436,7 +475,7 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         losses.push(step(&mut opt, s as u64 + 1)?);
     }
     let step_time = t0.elapsed().as_secs_f64() / b.steps.max(1) as f64;
-    if gpu.is_some() || b.profile {
+    if (gpu.is_some() || b.profile) && replicas.is_none() {
         // Where a step's time goes: each phase ends with the device synchronised.
         let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| synced_ms(&device, 3, f);
         // The loss alone, or the loss and its backward, of `m` on the batch.
@@ -486,14 +525,41 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
             2.0 * (m * k * n) as f64 / (mm * 1e-3) / 1e12
         );
     }
+    // Per-GPU peaks of the run itself (before the check below, which runs the whole batch on every GPU).
+    let peaks: Vec<(usize, f64)> = samplers.into_iter().filter_map(|(n, s)| Some((n, s?.stop()))).collect();
+    let agreement = match &replicas {
+        Some(r) => {
+            // Same weights everywhere (the last step broadcast them), dropout off: the split must
+            // give the first GPU's gradients to bf16 rounding, and each GPU alone the first's.
+            adapter.control.set(false, 0, 0);
+            r.set_training(false, 0, 0);
+            let a = parallel::agreement(&models, &vars, &refs, 0, r)?;
+            println!(
+                "data parallel vs GPU {} alone on the whole batch (same weights, no dropout): loss {:.6} vs {:.6}; gradients: relative L2 error {:.2e} (worst parameter {} {:.2e})",
+                gpu.unwrap_or(0),
+                a.loss_split,
+                a.loss_one,
+                a.split_rel,
+                a.worst.0,
+                a.worst.1
+            );
+            println!("  the split against its shares run one after the other on GPU {} and added there: relative L2 error {:.2e}", gpu.unwrap_or(0), a.exchange_rel);
+            for (k, e) in a.alone_rel.iter().enumerate() {
+                println!("  GPU {} alone vs GPU {} alone, same batch: gradients' relative L2 error {e:.2e}", gpus.as_ref().map_or(k + 1, |l| l[k + 1]), gpu.unwrap_or(0));
+            }
+            Some(a)
+        }
+        None => None,
+    };
     let ours = TrainSpeed {
         tokens_per_sec: (b.batch * b.seq) as f64 / step_time,
-        peak_gib: match sampler {
-            Some(s) => s.stop(),
-            None => peak_rss_gib(),
-        },
+        peak_gib: if gpu.is_some() { peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max) } else { peak_rss_gib() },
         losses,
     };
+    if peaks.len() > 1 {
+        let each: Vec<String> = peaks.iter().map(|(n, g)| format!("GPU {n} {g:.2} GiB")).collect();
+        println!("peak memory per GPU: {} (the table shows the largest)", each.join(", "));
+    }
 
     println!("{:<22} {:>12} {:>14} {:>12} {:>12}", "engine", "tokens/s", mem_name, "speed ratio", "memory ratio");
     let fmt_losses = |l: &[f64]| format!("{:.3} -> {:.3}", l.first().copied().unwrap_or(f64::NAN), l.last().copied().unwrap_or(f64::NAN));
@@ -521,9 +587,14 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     if let Some(path) = &b.json {
         let side = |s: &TrainSpeed| serde_json::json!({"tokens_per_sec": s.tokens_per_sec, "peak_gib": s.peak_gib, "losses": s.losses});
         let v = serde_json::json!({
-            "shape": b.shape, "device": b.device, "dtype": dtype_name, "batch": b.batch, "seq": b.seq, "steps": b.steps,
+            "shape": b.shape, "device": b.device, "devices": b.devices, "dtype": dtype_name, "batch": b.batch, "seq": b.seq, "steps": b.steps,
             "lora_dropout": b.lora_dropout, "memory": mem_name,
             "ferrotune": side(&ours), "peft": peer.as_ref().map(side),
+            "peak_gib_per_gpu": peaks.iter().map(|(n, g)| serde_json::json!({"gpu": n, "peak_gib": g})).collect::<Vec<_>>(),
+            "data_parallel_check": agreement.as_ref().map(|a| serde_json::json!({
+                "loss_one_gpu": a.loss_one, "loss_split": a.loss_split, "gradient_rel_l2": a.split_rel,
+                "worst_parameter": a.worst.0, "worst_rel_l2": a.worst.1, "exchange_rel_l2": a.exchange_rel, "each_gpu_alone_vs_first_rel_l2": a.alone_rel,
+            })),
         });
         std::fs::write(path, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", path.display()))?;
     }

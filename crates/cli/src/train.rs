@@ -114,6 +114,11 @@ pub struct TrainArgs {
     /// [default: cpu]
     #[arg(long)]
     device: Option<String>,
+    /// Data-parallel LoRA over several GPUs of this host, e.g. `--device cuda --devices 0,1`:
+    /// each batch's rows are split across them, gradients summed on the first (NCCL in the
+    /// GPU build). CUDA build only.
+    #[arg(long)]
+    devices: Option<String>,
     /// Weights and activations: auto (f32 on the CPU, bf16 on a GPU), f32 or bf16. LoRA
     /// variables and optimizer state are f32 in every case. [default: auto]
     #[arg(long)]
@@ -138,6 +143,9 @@ pub fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         weight_decay, warmup_ratio, scheduler, max_grad_norm, early_stopping_threshold, logging_steps, seed, device, dtype);
     if a.eval_data.is_some() {
         cfg.eval_data = a.eval_data.clone();
+    }
+    if a.devices.is_some() {
+        cfg.devices = a.devices.clone();
     }
     if a.out.is_some() {
         cfg.out = a.out.clone();

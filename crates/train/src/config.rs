@@ -89,6 +89,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N` (a CUDA build: scripts/gpu/build-cuda.sh).
     pub device: String,
+    /// Data-parallel LoRA over these GPUs of the host (`"0,1"`, with `device = "cuda"`): each
+    /// batch's rows split across them (`parallel`).
+    pub devices: Option<String>,
     pub dtype: Precision,
 }
 
@@ -126,6 +129,7 @@ impl Default for TrainConfig {
             logging_steps: 1,
             seed: 42,
             device: "cpu".into(),
+            devices: None,
             dtype: Precision::Auto,
         }
     }
@@ -185,6 +189,12 @@ impl TrainConfig {
             self.lora_spec().validate()?;
         }
         parse_device(&self.device)?;
+        if let Some(list) = &self.devices {
+            crate::parallel::gpu_list(&self.device, list)?;
+            if self.method != Method::Lora {
+                return bad("devices", "data parallel over several GPUs trains LoRA adapters only");
+            }
+        }
         if self.method == Method::Full && self.dtype == Precision::Bf16 {
             return bad("dtype", "full fine-tuning keeps f32 weights (bf16 master weights lose small updates); use --dtype f32 or --method lora");
         }
@@ -248,21 +258,24 @@ pub fn open_device(s: &str) -> Result<candle_core::Device> {
     }
 }
 
-/// Everything ferrotune runs on a CUDA device goes through candle's one stream, so cudarc's
-/// cross-stream event tracking (an event recorded and waited on for every buffer of every kernel
-/// launch) only costs driver calls: turn it off.
+/// Everything ferrotune runs on a CUDA device goes through one stream (candle's per-thread
+/// default stream of the one thread that drives a single GPU; with `--devices`, a stream of the
+/// device's own shared by its threads, `parallel::open_devices`), so cudarc's cross-stream event
+/// tracking (an event recorded and waited on for every buffer of every kernel launch) only
+/// costs driver calls: turn it off.
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
-fn single_stream(dev: &candle_core::Device) {
+pub(crate) fn single_stream(dev: &candle_core::Device) {
     if let candle_core::Device::Cuda(d) = dev {
         // SAFETY: cudarc requires that no other stream touch these buffers concurrently; candle
-        // and ferrotune use the device's single default stream only.
+        // and ferrotune queue a device's work on one stream only (see above); copies between
+        // devices synchronise both (`parallel`).
         unsafe { d.disable_event_tracking() }
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn single_stream(_: &candle_core::Device) {}
+pub(crate) fn single_stream(_: &candle_core::Device) {}
 
 #[cfg(test)]
 mod tests {
@@ -315,5 +328,25 @@ mod tests {
         let c = TrainConfig { data, lora_r: 0, ..Default::default() };
         let err = c.validate().expect_err("rank 0");
         assert!(err.to_string().contains("lora_r"), "{err}");
+    }
+
+    #[test]
+    fn devices_need_cuda_lora_and_distinct_gpus() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = dir.path().join("d.jsonl");
+        std::fs::write(&data, "{}\n").expect("write");
+        let gpus = |device: &str, list: &str, method: Method| TrainConfig {
+            data: data.clone(),
+            device: device.into(),
+            devices: Some(list.into()),
+            method,
+            ..Default::default()
+        };
+        assert!(gpus("cuda", "0,1", Method::Lora).validate().is_ok());
+        assert!(gpus("cuda:1", "1,0", Method::Lora).validate().is_ok());
+        for (device, list, method) in [("cpu", "0,1", Method::Lora), ("cuda:1", "0,1", Method::Lora), ("cuda", "0,0", Method::Lora), ("cuda", "0,1", Method::Full)] {
+            let err = gpus(device, list, method).validate().expect_err(list).to_string();
+            assert!(err.contains("devices"), "{device} {list}: {err}");
+        }
     }
 }

@@ -159,7 +159,12 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = lineage::now_rfc3339();
 
     // ---- model and data ----
-    let device = crate::config::open_device(&cfg.device)?;
+    // `--devices 0,1`: the first GPU holds the trainer's model; replicas go on the others.
+    let gpus = cfg.devices.as_deref().map(|l| crate::parallel::open_devices(&crate::parallel::gpu_list(&cfg.device, l)?)).transpose()?;
+    let device = match &gpus {
+        Some(g) => g[0].clone(),
+        None => crate::config::open_device(&cfg.device)?,
+    };
     let mut m = ferrotune_model::load(&cfg.model, WeightMode::F32, &Device::Cpu)?;
     let dtype = cfg.resolved_dtype(&device);
     if !device.is_cpu() || dtype != candle_core::DType::F32 {
@@ -195,14 +200,21 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     // ---- trainable parameters ----
     m.model.set_differentiable(true);
+    let mut replicas: Option<crate::parallel::Replicas> = None;
     let trainable = match cfg.method {
         Method::Lora => {
             let spec = cfg.lora_spec();
+            if let Some(g) = gpus.as_ref().filter(|g| g.len() > 1) {
+                replicas = Some(crate::parallel::Replicas::lora(&m.model, &g[1..], &spec, cfg.seed)?);
+            }
             let adapter = Adapter::init(&mut m.model, &spec, cfg.seed).map_err(|e| match e {
                 ferrotune_model::ModelError::InvalidSetting { field, reason } => TrainError::config(field, reason),
                 other => other.into(),
             })?;
             adapter.attach(&mut m.model);
+            if let Some(r) = &replicas {
+                r.broadcast(&adapter.vars)?;
+            }
             Trainable::Lora(adapter)
         }
         Method::Full => Trainable::Full(m.model.make_trainable()?),
@@ -248,6 +260,9 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             Trainable::Full(_) => checkpoint::load_vars(&vars, &dir.join("model.safetensors"), str::to_string)?,
         }
         opt.load(&dir.join("optimizer.safetensors"), state.step as u64)?;
+        if let Some(r) = &replicas {
+            r.broadcast(&vars)?;
+        }
         // Lines logged after the checkpoint (a run killed mid-interval) are dropped: the resumed
         // run logs those steps again.
         if metrics_path.exists() {
@@ -341,8 +356,13 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let t0 = Instant::now();
         let lr = lr_at(cfg.scheduler, cfg.lr, state.step, warmup, total_steps);
         trainable.set_training(true, cfg.seed, state.step as u64);
+        if let Some(r) = &replicas {
+            r.set_training(true, cfg.seed, state.step as u64);
+        }
         // Gather the step's micro-batches first: the loss is normalised by the step's target count.
         let mut micro = Vec::with_capacity(cfg.grad_accum);
+        // Data parallel: each device's share of every micro-batch.
+        let mut shared: Vec<Vec<crate::batch::Batch>> = (0..replicas.as_ref().map_or(0, |r| r.models.len() + 1)).map(|_| Vec::new()).collect();
         for _ in 0..cfg.grad_accum {
             let epoch = state.micro_batches / batches_per_epoch;
             let within = state.micro_batches % batches_per_epoch;
@@ -352,10 +372,29 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let order = &cached_order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
             let rows: Vec<&Example> =
                 order[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(order.len())].iter().map(|&i| &train[i]).collect();
-            micro.push(make_batch(&rows, pad, &device)?);
+            match &replicas {
+                Some(r) => {
+                    let devs: Vec<&Device> = std::iter::once(&device).chain(r.models.iter().map(|m| m.device())).collect();
+                    for (d, share) in crate::parallel::shares(&rows, devs.len()).into_iter().enumerate() {
+                        if !share.is_empty() {
+                            shared[d].push(make_batch(share, pad, devs[d])?);
+                        }
+                    }
+                }
+                None => micro.push(make_batch(&rows, pad, &device)?),
+            }
             state.micro_batches += 1;
         }
-        let (loss, grad_norm) = optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?;
+        let (loss, grad_norm) = match &replicas {
+            Some(r) => {
+                let models: Vec<&ferrotune_model::Llama> = std::iter::once(&m.model).chain(&r.models).collect();
+                let rvars: Vec<&[(String, candle_core::Var)]> = std::iter::once(vars.as_slice()).chain(r.adapters.iter().map(|a| a.vars.as_slice())).collect();
+                let out = crate::parallel::optimizer_step(&models, &rvars, &shared, &mut opt, r, lr, cfg.max_grad_norm)?;
+                micro = shared.into_iter().flatten().collect();
+                out
+            }
+            None => optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?,
+        };
         state.tokens_seen += micro.iter().map(|b| b.n_tokens).sum::<usize>();
         state.step += 1;
         state.epoch = state.micro_batches as f64 / batches_per_epoch as f64;
