@@ -561,3 +561,80 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrotune_model::config::{Family, ModelConfig};
+    use ferrotune_model::{Llama, LoraSpec};
+
+    /// A tiny model with a LoRA adapter (B nudged off zero so A gets gradients), dropout on.
+    fn tuned(seed: u64) -> Result<(Llama, Adapter)> {
+        let cfg = ModelConfig::tiny(Family::Llama);
+        let w = ferrotune_model::testing::hf_init_random_weights(&cfg, &Device::Cpu, 3)?;
+        let mut model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
+        model.set_differentiable(true);
+        let adapter = Adapter::init(&mut model, &LoraSpec { dropout: 0.3, ..LoraSpec::default() }, seed)?;
+        adapter.attach(&mut model);
+        for (_, v) in &adapter.vars {
+            v.set(&(v.as_tensor() + 0.01)?)?;
+        }
+        adapter.control.set(true, 11, 4);
+        Ok((model, adapter))
+    }
+
+    /// The CPU's row shares (one per thread, here 1 vs 3 threads over 4 rows of different
+    /// lengths, two micro-batches) take the step a single thread takes, dropout included:
+    /// same loss, gradient norm and weights after, to f32 summation order.
+    #[test]
+    fn row_shares_on_threads_take_the_single_thread_step() -> Result<()> {
+        let rows = |tag: u32| -> Vec<Example> {
+            (0..4u32)
+                .map(|r| {
+                    let ids: Vec<u32> = (0..5 + 2 * r).map(|i| (tag * 13 + r * 7 + i * 3) % 60).collect();
+                    Example { labels: ids.iter().map(|&i| i64::from(i)).collect(), input_ids: ids }
+                })
+                .collect()
+        };
+        let (a, b) = (rows(1), rows(2));
+        let micro = [make_batch(&a.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?, make_batch(&b.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?];
+        let step = |threads: usize| -> Result<(f64, f64, Vec<Tensor>)> {
+            let (model, adapter) = tuned(5)?;
+            let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| TrainError::config("threads", e.to_string()))?;
+            let (loss, norm) = pool.install(|| optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0))?;
+            Ok((loss, norm, adapter.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect()))
+        };
+        let (l1, n1, w1) = step(1)?;
+        let (l3, n3, w3) = step(3)?;
+        assert!((l1 - l3).abs() < 1e-5 * l1.abs().max(1.0), "loss {l1} vs {l3}");
+        assert!((n1 - n3).abs() < 1e-4 * n1.max(1.0), "grad norm {n1} vs {n3}");
+        for (x, y) in w1.iter().zip(&w3) {
+            let d = (x - y)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "weights differ by {d} after the step");
+        }
+        // Dropout is on: a step with other masks (another seed) differs.
+        let (model, adapter) = tuned(5)?;
+        adapter.control.set(true, 12, 4);
+        let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
+        let (l_other, _) = optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0)?;
+        assert!((l_other - l1).abs() > 1e-6, "dropout masks had no effect ({l_other} vs {l1})");
+        Ok(())
+    }
+
+    #[test]
+    fn a_batchs_row_share_keeps_its_targets() -> Result<()> {
+        let ex = |n: usize, tag: u32| Example { input_ids: vec![tag; n], labels: (0..n).map(|i| if i < 2 { ferrotune_data::IGNORE_INDEX } else { i64::from(tag) }).collect() };
+        let (a, b, c) = (ex(5, 1), ex(3, 2), ex(6, 3));
+        let whole = make_batch(&[&a, &b, &c], 0, &Device::Cpu)?;
+        let share = whole.rows(1, 3)?;
+        let direct = make_batch(&[&b, &c], 0, &Device::Cpu)?;
+        assert_eq!(share.n_targets, direct.n_targets);
+        // Same padded length (the whole batch's), so the positions agree with a batch of b, c
+        // padded to 6.
+        assert_eq!(share.ids.to_vec2::<u32>()?, direct.ids.to_vec2::<u32>()?);
+        assert_eq!(share.positions.to_vec1::<u32>()?, direct.positions.to_vec1::<u32>()?);
+        assert_eq!(share.targets.to_vec1::<u32>()?, direct.targets.to_vec1::<u32>()?);
+        Ok(())
+    }
+}
