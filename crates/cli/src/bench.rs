@@ -363,7 +363,8 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     };
     let dtype = tc.resolved_dtype(&device);
     let dtype_name = if dtype == candle_core::DType::BF16 { "bf16" } else { "f32" };
-    let threads = candle_core::utils::get_num_threads();
+    // The pool's threads (main sets RAYON_NUM_THREADS=1 for candle's matmuls when training).
+    let threads = rayon::current_num_threads();
     let mem_name = if gpu.is_some() { "peak GPU GiB" } else { "peak RSS GiB" };
     println!(
         "bench train: {} shape, random weights (std 0.02), {dtype_name} on {}, LoRA r=16 α=32 dropout {} on 7 projections, AdamW lr 2e-4, batch {}x{} tokens, {} timed steps{}",

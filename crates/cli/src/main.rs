@@ -103,6 +103,25 @@ fn main() -> ExitCode {
         };
     }
     if trains {
+        // A CPU training step runs one share of the batch's rows per rayon thread, each share's
+        // matmuls on its own thread (`ferrotune_train::optimizer_step`). candle reads
+        // RAYON_NUM_THREADS on every matmul to choose gemm's parallelism: the pool is built
+        // with the threads asked for (or the cores), then the variable tells candle 1 — gemm
+        // splitting each share's products over threads that are busy with the other shares cost
+        // ~9% of the step's speed (bench train, 2 threads). GPU matmuls do not read it.
+        let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
+        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // SAFETY: no other thread exists yet; the pool is built after the variable is set.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", "1")
+        };
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+            eprintln!("error: could not start {threads} worker threads: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if trains {
         keep_freed_memory();
     }
     let result = match cli.command {

@@ -131,10 +131,24 @@ fn mean_eval_loss(m: &LoadedModel, examples: &[Example], batch_size: usize, pad:
     for chunk in examples.chunks(batch_size) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = make_batch(&refs, pad, m.model.device())?;
-        sum += eval_loss_sum(&m.model, &batch)?.to_scalar::<f32>()? as f64;
+        sum += summed_eval_loss(&m.model, &batch)?;
         n += batch.n_targets;
     }
     Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+}
+
+/// `eval_loss_sum` of `batch`; on the CPU its rows in one share per rayon thread, run at once
+/// (as training's steps: matmuls inside a share are single-threaded in the `train` command).
+fn summed_eval_loss(model: &ferrotune_model::Llama, batch: &crate::batch::Batch) -> Result<f64> {
+    use rayon::prelude::*;
+    let rows = batch.ids.dim(0)?;
+    let k = rayon::current_num_threads().min(rows).max(1);
+    if !model.device().is_cpu() || k == 1 {
+        return Ok(eval_loss_sum(model, batch)?.to_scalar::<f32>()? as f64);
+    }
+    let shares = (0..k).map(|i| batch.rows(rows * i / k, rows * (i + 1) / k)).collect::<Result<Vec<_>>>()?;
+    let sums: Vec<Result<f64>> = shares.par_iter().map(|s| Ok(eval_loss_sum(model, s)?.to_scalar::<f32>()? as f64)).collect();
+    sums.into_iter().sum()
 }
 
 fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
@@ -492,43 +506,49 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 /// One optimizer step over `micro` (gradient accumulation): each micro-batch's loss summed over
 /// its targets and divided by the step's target count, gradients summed, clipped, AdamW.
 ///
-/// On the CPU each micro-batch's rows are cut into one share per rayon thread and the shares run
-/// at once, each forward+backward on its own thread (their matmuls still share the pool when a
-/// thread waits): one thread per share keeps both cores busy through the element-wise work and
-/// the small products that one big forward runs on a single core. LoRA dropout draws every share
-/// the masks its tokens have in the whole batch ([`ferrotune_model::lora::with_token_offset`]),
-/// so the step is the unsplit step up to float summation order. Successive micro-batches draw
-/// distinct masks on the CPU; on a GPU (whose dropout kernel takes no offset) they repeat the
-/// first's. Returns (mean loss, gradient norm before clipping).
+/// On the CPU the step's rows are cut into shares — each micro-batch into one per rayon thread
+/// (or one per row when it has fewer rows) — and the shares run on the pool's threads at once,
+/// each forward+backward on one thread (the `train` command runs candle's matmuls single-threaded
+/// for this; see the CLI's `main`). One thread per share keeps every core busy through the
+/// element-wise work and small products that one big forward runs on a single core, with no
+/// synchronisation inside a share; at most one share per thread is in flight, so memory stays
+/// that of `threads` shares. LoRA dropout draws every share the masks its tokens have in the
+/// whole step ([`ferrotune_model::lora::with_token_offset`]), so the result is the unsplit step's
+/// up to float summation order; successive micro-batches draw distinct masks. On a GPU the
+/// micro-batches run one after another, whole, and repeat the first's masks (its dropout kernel
+/// takes no offset). Returns (mean loss, gradient norm before clipping).
 pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<(f64, f64)> {
     let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
     let norm = step_targets.max(1) as f64;
     let vars = opt.vars().to_vec();
-    let cpu = model.device().is_cpu();
+    let parts: Vec<Result<(f64, Vec<Tensor>)>> = if model.device().is_cpu() {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads();
+        let mut shares = Vec::new();
+        let mut tokens_before = 0u64;
+        for batch in micro {
+            let (rows, t) = batch.ids.dims2()?;
+            let k = threads.min(rows).max(1);
+            for i in 0..k {
+                let (r0, r1) = (rows * i / k, rows * (i + 1) / k);
+                let share = if k == 1 { None } else { Some(batch.rows(r0, r1)?) };
+                shares.push((batch, share, tokens_before + (r0 * t) as u64));
+            }
+            tokens_before += (rows * t) as u64;
+        }
+        shares.par_iter().map(|(whole, share, offset)| share_grads(model, &vars, share.as_ref().unwrap_or(whole), *offset, norm)).collect()
+    } else {
+        micro.iter().map(|b| share_grads(model, &vars, b, 0, norm)).collect()
+    };
     let mut grads: Option<Vec<Tensor>> = None;
     let mut loss_total = 0f64;
-    let mut tokens_before = 0u64;
-    for batch in micro {
-        let (rows, t) = batch.ids.dims2()?;
-        let shares = if cpu { rayon::current_num_threads().min(rows).max(1) } else { 1 };
-        let offset = |r0: usize| if cpu { tokens_before + (r0 * t) as u64 } else { 0 };
-        let parts: Vec<Result<(f64, Vec<Tensor>)>> = if shares == 1 {
-            vec![share_grads(model, &vars, batch, offset(0), norm)]
-        } else {
-            use rayon::prelude::*;
-            let bounds: Vec<(usize, usize)> = (0..shares).map(|i| (rows * i / shares, rows * (i + 1) / shares)).collect();
-            let subs = bounds.iter().map(|&(a, b)| batch.rows(a, b)).collect::<Result<Vec<_>>>()?;
-            subs.par_iter().zip(&bounds).map(|(sub, &(r0, _))| share_grads(model, &vars, sub, offset(r0), norm)).collect()
-        };
-        for part in parts {
-            let (loss, g) = part?;
-            loss_total += loss;
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
-            });
-        }
-        tokens_before += (rows * t) as u64;
+    for part in parts {
+        let (loss, g) = part?;
+        loss_total += loss;
+        grads = Some(match grads {
+            None => g,
+            Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
+        });
     }
     let mut grads = grads.unwrap_or_default();
     let grad_norm = clip_global_norm(&mut grads, max_grad_norm)?;
