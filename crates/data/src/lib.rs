@@ -19,8 +19,10 @@
 //! - [`prepare`]: `ferrotune data prepare` — dedup, redaction, stratified split, atomic output.
 
 pub mod agreement;
+pub mod chatml;
 pub mod dedup;
 pub mod error;
+pub mod fast_bpe;
 pub mod finding;
 pub mod human;
 pub mod minhash;

@@ -30,6 +30,51 @@ fn mod_p(x: u128) -> u64 {
 pub struct MinHasher {
     a: Vec<u64>,
     b: Vec<u64>,
+    /// `a` split into 32-bit halves, and `b`, padded to whole lanes (see [`mul_add_mod_p`]).
+    a_hi: Vec<u64>,
+    a_lo: Vec<u64>,
+    b_pad: Vec<u64>,
+}
+
+/// Permutations computed together: two AVX-512 registers, four AVX2 ones.
+const LANES: usize = 16;
+
+/// `(a·x + b) mod (2^61 − 1)` for `a, x, b < 2^61`, given `a`'s and `x`'s 32-bit halves, with
+/// only 32×32→64-bit products so that it vectorises (`vpmuludq`); equal to `mod_p` of the
+/// 128-bit product (tested). With 2^64 ≡ 8 and 2^61 ≡ 1 (mod p):
+/// a·x = a₁x₁·2^64 + (a₁x₀ + a₀x₁)·2^32 + a₀x₀, and the middle term m·2^32 with
+/// m = m_h·2^29 + m_l is ≡ m_h + m_l·2^32.
+#[inline(always)]
+fn mul_add_mod_p(a_hi: u64, a_lo: u64, x_hi: u64, x_lo: u64, b: u64) -> u64 {
+    let hh = a_hi * x_hi; // < 2^58
+    let mid = a_hi * x_lo + a_lo * x_hi; // < 2^62
+    let ll = a_lo * x_lo; // < 2^64
+    let sum = (hh << 3) + (mid >> 29) + ((mid & ((1 << 29) - 1)) << 32) + (ll & P) + (ll >> 61) + b; // < 2^63
+    let r = (sum & P) + (sum >> 61);
+    if r >= P { r - P } else { r }
+}
+
+/// The minima over `xs` (hashes reduced mod p, as (high, low) halves) of 16 permutations.
+#[inline(always)]
+fn min_lanes(a_hi: &[u64; LANES], a_lo: &[u64; LANES], b: &[u64; LANES], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+    let mut m = [P; LANES];
+    for &(x_hi, x_lo) in xs {
+        for l in 0..LANES {
+            let v = mul_add_mod_p(a_hi[l], a_lo[l], x_hi, x_lo, b[l]);
+            m[l] = m[l].min(v);
+        }
+    }
+    *out = m;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+fn min_lanes_avx512(a_hi: &[u64; LANES], a_lo: &[u64; LANES], b: &[u64; LANES], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+    min_lanes(a_hi, a_lo, b, xs, out)
+}
+
+fn lanes(v: &[u64], at: usize) -> &[u64; LANES] {
+    v[at..at + LANES].try_into().unwrap_or(&[0; LANES])
 }
 
 /// The minimum of each permuted hash over a set's elements.
@@ -39,9 +84,14 @@ pub struct Signature(pub Vec<u64>);
 impl MinHasher {
     pub fn new(num_perm: usize, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let a = (0..num_perm).map(|_| rng.random_range(1..P)).collect();
-        let b = (0..num_perm).map(|_| rng.random_range(0..P)).collect();
-        Self { a, b }
+        let a: Vec<u64> = (0..num_perm).map(|_| rng.random_range(1..P)).collect();
+        let b: Vec<u64> = (0..num_perm).map(|_| rng.random_range(0..P)).collect();
+        let padded = num_perm.div_ceil(LANES) * LANES;
+        let pad = |v: Vec<u64>| -> Vec<u64> { v.into_iter().chain(std::iter::repeat(0)).take(padded).collect() };
+        let a_hi = pad(a.iter().map(|x| x >> 32).collect());
+        let a_lo = pad(a.iter().map(|x| x & 0xffff_ffff).collect());
+        let b_pad = pad(b.clone());
+        Self { a, b, a_hi, a_lo, b_pad }
     }
 
     pub fn num_perm(&self) -> usize {
@@ -50,6 +100,45 @@ impl MinHasher {
 
     /// Signature of the set of `hashes` (an empty set gives all-`u64::MAX`).
     pub fn signature(&self, hashes: &[u64]) -> Signature {
+        if hashes.is_empty() {
+            return Signature(vec![u64::MAX; self.a.len()]);
+        }
+        // (a·h + b) mod p = (a·(h mod p) + b) mod p.
+        let xs: Vec<(u64, u64)> = hashes
+            .iter()
+            .map(|&h| {
+                let x = (h & P) + (h >> 61);
+                let x = if x >= P { x - P } else { x };
+                (x >> 32, x & 0xffff_ffff)
+            })
+            .collect();
+        let mut mins = vec![0u64; self.a_hi.len()];
+        #[cfg(target_arch = "x86_64")]
+        let wide = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl");
+        for at in (0..self.a_hi.len()).step_by(LANES) {
+            let (ah, al, b) = (lanes(&self.a_hi, at), lanes(&self.a_lo, at), lanes(&self.b_pad, at));
+            let mut out = [0u64; LANES];
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: the CPU has the features the function is compiled for (checked above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    min_lanes_avx512(ah, al, b, &xs, &mut out)
+                };
+            } else {
+                min_lanes(ah, al, b, &xs, &mut out);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            min_lanes(ah, al, b, &xs, &mut out);
+            mins[at..at + LANES].copy_from_slice(&out);
+        }
+        mins.truncate(self.a.len());
+        Signature(mins)
+    }
+
+    /// The signature by 128-bit arithmetic, one permutation at a time: the reference the
+    /// vectorised [`MinHasher::signature`] is tested against.
+    pub fn signature_reference(&self, hashes: &[u64]) -> Signature {
         let mut mins = vec![u64::MAX; self.a.len()];
         for &h in hashes {
             for ((m, &a), &b) in mins.iter_mut().zip(&self.a).zip(&self.b) {
@@ -95,6 +184,72 @@ pub fn compact_jaccard(a: &[u8], b: &[u8]) -> f64 {
 /// The shingles of a text: xxh3 hashes of lowercase word 3-grams (words = runs of alphanumeric
 /// characters), or of the words themselves when there are fewer than three. Sorted, unique.
 pub fn shingles(text: &str) -> Vec<u64> {
+    // The lowercase words joined by single spaces, so each 3-gram is one slice of `buf`.
+    let mut buf = String::with_capacity(text.len());
+    let mut words: Vec<(usize, usize)> = Vec::with_capacity(text.len() / 4 + 1);
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        // Skip separators.
+        while i < b.len() {
+            if b[i] < 128 {
+                if b[i].is_ascii_alphanumeric() {
+                    break;
+                }
+                i += 1;
+            } else {
+                let c = text[i..].chars().next().unwrap_or(' ');
+                if c.is_alphanumeric() {
+                    break;
+                }
+                i += c.len_utf8();
+            }
+        }
+        let start = i;
+        let mut ascii = true;
+        while i < b.len() {
+            if b[i] < 128 {
+                if !b[i].is_ascii_alphanumeric() {
+                    break;
+                }
+                i += 1;
+            } else {
+                let c = text[i..].chars().next().unwrap_or(' ');
+                if !c.is_alphanumeric() {
+                    break;
+                }
+                ascii = false;
+                i += c.len_utf8();
+            }
+        }
+        if start == i {
+            continue;
+        }
+        if !words.is_empty() {
+            buf.push(' ');
+        }
+        let at = buf.len();
+        let word = &text[start..i];
+        if ascii {
+            buf.extend(word.bytes().map(|c| char::from(c.to_ascii_lowercase())));
+        } else {
+            // `str::to_lowercase` (not per character): a final sigma lowers to `ς`.
+            buf.push_str(&word.to_lowercase());
+        }
+        words.push((at, buf.len()));
+    }
+    let mut out: Vec<u64> = if words.len() < 3 {
+        words.iter().map(|&(s, e)| xxh3_64(&buf.as_bytes()[s..e])).collect()
+    } else {
+        words.windows(3).map(|w| xxh3_64(&buf.as_bytes()[w[0].0..w[2].1])).collect()
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// [`shingles`] by the obvious allocating route: the reference it is tested against.
+pub fn shingles_reference(text: &str) -> Vec<u64> {
     let words: Vec<String> = text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -103,19 +258,7 @@ pub fn shingles(text: &str) -> Vec<u64> {
     let mut out: Vec<u64> = if words.len() < 3 {
         words.iter().map(|w| xxh3_64(w.as_bytes())).collect()
     } else {
-        let mut buf = String::new();
-        words
-            .windows(3)
-            .map(|w| {
-                buf.clear();
-                buf.push_str(&w[0]);
-                buf.push(' ');
-                buf.push_str(&w[1]);
-                buf.push(' ');
-                buf.push_str(&w[2]);
-                xxh3_64(buf.as_bytes())
-            })
-            .collect()
+        words.windows(3).map(|w| xxh3_64(w.join(" ").as_bytes())).collect()
     };
     out.sort_unstable();
     out.dedup();
@@ -257,6 +400,52 @@ mod tests {
     fn mersenne_reduction_matches_the_remainder() {
         for x in [0u128, 1, P as u128, P as u128 + 5, u128::from(u64::MAX) * u128::from(P - 1) + 12345, (1u128 << 125) - 1] {
             assert_eq!(u128::from(mod_p(x)), x % u128::from(P), "{x}");
+        }
+    }
+
+    #[test]
+    fn the_vectorised_product_matches_128_bit_arithmetic() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let edge = [0, 1, 2, P - 1, P - 2, (1 << 32) - 1, 1 << 32, (1 << 60) + 12345];
+        for i in 0..200_000 {
+            let (a, x, b) = if i < 512 {
+                (edge[i % 8].max(1), edge[(i / 8) % 8], edge[(i / 64) % 8])
+            } else {
+                (rng.random_range(1..P), rng.random_range(0..P), rng.random_range(0..P))
+            };
+            let want = mod_p(u128::from(a) * u128::from(x) + u128::from(b));
+            assert_eq!(mul_add_mod_p(a >> 32, a & 0xffff_ffff, x >> 32, x & 0xffff_ffff, b), want, "{a} {x} {b}");
+        }
+    }
+
+    #[test]
+    fn signatures_equal_the_reference_for_any_hashes_and_permutation_count() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for num_perm in [1, 7, 16, 64, 100, 128, 256] {
+            let h = MinHasher::new(num_perm, 11);
+            for n in [0usize, 1, 2, 5, 100, 1000] {
+                let mut hashes: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+                if n > 2 {
+                    hashes[0] = u64::MAX;
+                    hashes[1] = P;
+                    hashes[2] = P - 1;
+                }
+                assert_eq!(h.signature(&hashes), h.signature_reference(&hashes), "{num_perm} perms, {n} hashes");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shingles_equal_the_allocating_reference(t in "(\\PC|[ a-zA-Z0-9ΣσςİK.,'-]){0,80}") {
+            proptest::prop_assert_eq!(shingles(&t), shingles_reference(&t));
+        }
+    }
+
+    #[test]
+    fn shingles_of_fixed_strings_equal_the_reference() {
+        for t in ["", "one", "one two", "The quick, brown fox!", "ΣΑΣ σας ΟΔΟΣ", "İstanbul KELVIN 1st 2nd", "a--b__c  d\ne", "中文 字 😀 x y z"] {
+            assert_eq!(shingles(t), shingles_reference(t), "{t:?}");
         }
     }
 
