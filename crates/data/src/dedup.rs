@@ -3,11 +3,10 @@
 //! is the only state that grows with the row count (≈ 60 B/row without, ≈ 250 B/row with the
 //! near-duplicate index at 128 permutations).
 
-use std::collections::HashMap;
-
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
-use crate::minhash::{LshIndex, MinHasher, Signature, shingles};
+use crate::minhash::{LshIndex, MinHasher, Signature, shingle_hashes};
+use crate::prehashed::KeyMap;
 use crate::record::{Body, Record, Role};
 
 /// A row's position packed into one word: file index (16 bits) and line (48 bits).
@@ -59,7 +58,7 @@ impl Fingerprint {
             }
         }
         let prompt_answer = record.prompt_and_answer().map(|(p, a)| (xxh3_64(p.as_bytes()), xxh3_64(a.trim().as_bytes())));
-        let signature = hasher.map(|h| h.signature(&shingles(&plain)));
+        let signature = hasher.map(|h| h.signature(&shingle_hashes(&plain)));
         Self { exact: xxh3_128(canon.as_bytes()), prompt_answer, signature }
     }
 }
@@ -72,15 +71,15 @@ pub struct DupCheck {
 }
 
 pub struct DupIndex {
-    exact: HashMap<u128, RowRef>,
-    prompts: HashMap<u64, (u64, RowRef)>,
+    exact: KeyMap<u128, RowRef>,
+    prompts: KeyMap<u64, (u64, RowRef)>,
     lsh: Option<LshIndex>,
 }
 
 impl DupIndex {
     /// `near`: the Jaccard threshold and number of permutations, or `None` for exact only.
     pub fn new(near: Option<(f64, usize)>) -> Self {
-        Self { exact: HashMap::new(), prompts: HashMap::new(), lsh: near.map(|(t, p)| LshIndex::new(t, p)) }
+        Self { exact: KeyMap::default(), prompts: KeyMap::default(), lsh: near.map(|(t, p)| LshIndex::new(t, p)) }
     }
 
     pub fn lsh_params(&self) -> Option<(usize, usize)> {

@@ -29,6 +29,7 @@ pub mod minhash;
 pub mod parquet_rows;
 pub mod parse;
 pub mod pii;
+pub mod prehashed;
 pub mod prepare;
 pub mod reader;
 pub mod record;

@@ -10,11 +10,11 @@
 //! false-negative probability at the threshold; weights in [`LSH_WEIGHTS`]), checked against it
 //! in `tests/parity.rs`.
 
-use std::collections::HashMap;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::prehashed::KeyMap;
 
 const P: u64 = (1 << 61) - 1;
 
@@ -32,6 +32,7 @@ pub struct MinHasher {
     b: Vec<u64>,
     /// `a` split into 32-bit halves, and `b`, padded to whole lanes (see [`mul_add_mod_p`]).
     a_hi: Vec<u64>,
+    a_hi8: Vec<u64>,
     a_lo: Vec<u64>,
     b_pad: Vec<u64>,
 }
@@ -39,28 +40,32 @@ pub struct MinHasher {
 /// Permutations computed together: two AVX-512 registers, four AVX2 ones.
 const LANES: usize = 16;
 
-/// `(a·x + b) mod (2^61 − 1)` for `a, x, b < 2^61`, given `a`'s and `x`'s 32-bit halves, with
+/// `(a·x + b) mod (2^61 − 1)` for `a, x, b < 2^61`, given `a`'s and `x`'s 32-bit halves (and
+/// `8·a₁`, which still fits 32 bits, so the `2^64 ≡ 8` term is one multiply), with
 /// only 32×32→64-bit products so that it vectorises (`vpmuludq`); equal to `mod_p` of the
 /// 128-bit product (tested). With 2^64 ≡ 8 and 2^61 ≡ 1 (mod p):
 /// a·x = a₁x₁·2^64 + (a₁x₀ + a₀x₁)·2^32 + a₀x₀, and the middle term m·2^32 with
 /// m = m_h·2^29 + m_l is ≡ m_h + m_l·2^32.
 #[inline(always)]
-fn mul_add_mod_p(a_hi: u64, a_lo: u64, x_hi: u64, x_lo: u64, b: u64) -> u64 {
-    let hh = a_hi * x_hi; // < 2^58
-    let mid = a_hi * x_lo + a_lo * x_hi; // < 2^62
-    let ll = a_lo * x_lo; // < 2^64
-    let sum = (hh << 3) + (mid >> 29) + ((mid & ((1 << 29) - 1)) << 32) + (ll & P) + (ll >> 61) + b; // < 2^63
+fn mul_add_mod_p(a_hi: u64, a_hi8: u64, a_lo: u64, x_hi: u64, x_lo: u64, b: u64) -> u64 {
+    // The casts make each product 32×32→64 for the compiler (`vpmuludq`, not `vpmullq`).
+    let mul = |u: u64, v: u64| u64::from(u as u32) * u64::from(v as u32);
+    let hh8 = mul(a_hi8, x_hi); // 8·a₁x₁ < 2^61
+    let mid = mul(a_hi, x_lo) + mul(a_lo, x_hi); // < 2^62
+    let ll = mul(a_lo, x_lo); // < 2^64
+    let sum = hh8 + (mid >> 29) + ((mid & ((1 << 29) - 1)) << 32) + (ll & P) + (ll >> 61) + b; // < 2^63
     let r = (sum & P) + (sum >> 61);
     if r >= P { r - P } else { r }
 }
 
 /// The minima over `xs` (hashes reduced mod p, as (high, low) halves) of 16 permutations.
 #[inline(always)]
-fn min_lanes(a_hi: &[u64; LANES], a_lo: &[u64; LANES], b: &[u64; LANES], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+fn min_lanes(a: [&[u64; LANES]; 4], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+    let [a_hi, a_hi8, a_lo, b] = a;
     let mut m = [P; LANES];
     for &(x_hi, x_lo) in xs {
         for l in 0..LANES {
-            let v = mul_add_mod_p(a_hi[l], a_lo[l], x_hi, x_lo, b[l]);
+            let v = mul_add_mod_p(a_hi[l], a_hi8[l], a_lo[l], x_hi, x_lo, b[l]);
             m[l] = m[l].min(v);
         }
     }
@@ -69,8 +74,8 @@ fn min_lanes(a_hi: &[u64; LANES], a_lo: &[u64; LANES], b: &[u64; LANES], xs: &[(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-fn min_lanes_avx512(a_hi: &[u64; LANES], a_lo: &[u64; LANES], b: &[u64; LANES], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
-    min_lanes(a_hi, a_lo, b, xs, out)
+fn min_lanes_avx512(a: [&[u64; LANES]; 4], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+    min_lanes(a, xs, out)
 }
 
 fn lanes(v: &[u64], at: usize) -> &[u64; LANES] {
@@ -89,9 +94,10 @@ impl MinHasher {
         let padded = num_perm.div_ceil(LANES) * LANES;
         let pad = |v: Vec<u64>| -> Vec<u64> { v.into_iter().chain(std::iter::repeat(0)).take(padded).collect() };
         let a_hi = pad(a.iter().map(|x| x >> 32).collect());
+        let a_hi8 = pad(a.iter().map(|x| (x >> 32) << 3).collect());
         let a_lo = pad(a.iter().map(|x| x & 0xffff_ffff).collect());
         let b_pad = pad(b.clone());
-        Self { a, b, a_hi, a_lo, b_pad }
+        Self { a, b, a_hi, a_hi8, a_lo, b_pad }
     }
 
     pub fn num_perm(&self) -> usize {
@@ -116,20 +122,20 @@ impl MinHasher {
         #[cfg(target_arch = "x86_64")]
         let wide = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl");
         for at in (0..self.a_hi.len()).step_by(LANES) {
-            let (ah, al, b) = (lanes(&self.a_hi, at), lanes(&self.a_lo, at), lanes(&self.b_pad, at));
+            let coef = [lanes(&self.a_hi, at), lanes(&self.a_hi8, at), lanes(&self.a_lo, at), lanes(&self.b_pad, at)];
             let mut out = [0u64; LANES];
             #[cfg(target_arch = "x86_64")]
             if wide {
                 // SAFETY: the CPU has the features the function is compiled for (checked above).
                 #[allow(unsafe_code)]
                 unsafe {
-                    min_lanes_avx512(ah, al, b, &xs, &mut out)
+                    min_lanes_avx512(coef, &xs, &mut out)
                 };
             } else {
-                min_lanes(ah, al, b, &xs, &mut out);
+                min_lanes(coef, &xs, &mut out);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            min_lanes(ah, al, b, &xs, &mut out);
+            min_lanes(coef, &xs, &mut out);
             mins[at..at + LANES].copy_from_slice(&out);
         }
         mins.truncate(self.a.len());
@@ -184,6 +190,15 @@ pub fn compact_jaccard(a: &[u8], b: &[u8]) -> f64 {
 /// The shingles of a text: xxh3 hashes of lowercase word 3-grams (words = runs of alphanumeric
 /// characters), or of the words themselves when there are fewer than three. Sorted, unique.
 pub fn shingles(text: &str) -> Vec<u64> {
+    let mut out = shingle_hashes(text);
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The hashes of [`shingles`] in text order, with repeats: enough for a signature (a minimum
+/// does not care about order or repeats), without the sort.
+pub fn shingle_hashes(text: &str) -> Vec<u64> {
     // The lowercase words joined by single spaces, so each 3-gram is one slice of `buf`.
     let mut buf = String::with_capacity(text.len());
     let mut words: Vec<(usize, usize)> = Vec::with_capacity(text.len() / 4 + 1);
@@ -238,14 +253,11 @@ pub fn shingles(text: &str) -> Vec<u64> {
         }
         words.push((at, buf.len()));
     }
-    let mut out: Vec<u64> = if words.len() < 3 {
+    if words.len() < 3 {
         words.iter().map(|&(s, e)| xxh3_64(&buf.as_bytes()[s..e])).collect()
     } else {
         words.windows(3).map(|w| xxh3_64(&buf.as_bytes()[w[0].0..w[2].1])).collect()
-    };
-    out.sort_unstable();
-    out.dedup();
-    out
+    }
 }
 
 /// [`shingles`] by the obvious allocating route: the reference it is tested against.
@@ -319,7 +331,7 @@ pub struct LshIndex {
     bands: usize,
     rows: usize,
     num_perm: usize,
-    tables: Vec<HashMap<u64, u32>>,
+    tables: Vec<KeyMap<u64, u32>>,
     sigs: Vec<u8>,
     refs: Vec<u64>,
 }
@@ -327,7 +339,7 @@ pub struct LshIndex {
 impl LshIndex {
     pub fn new(threshold: f64, num_perm: usize) -> Self {
         let (bands, rows) = optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1);
-        Self { threshold, bands, rows, num_perm, tables: vec![HashMap::new(); bands], sigs: Vec::new(), refs: Vec::new() }
+        Self { threshold, bands, rows, num_perm, tables: vec![KeyMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
     }
 
     pub fn params(&self) -> (usize, usize) {
@@ -414,7 +426,7 @@ mod tests {
                 (rng.random_range(1..P), rng.random_range(0..P), rng.random_range(0..P))
             };
             let want = mod_p(u128::from(a) * u128::from(x) + u128::from(b));
-            assert_eq!(mul_add_mod_p(a >> 32, a & 0xffff_ffff, x >> 32, x & 0xffff_ffff, b), want, "{a} {x} {b}");
+            assert_eq!(mul_add_mod_p(a >> 32, (a >> 32) << 3, a & 0xffff_ffff, x >> 32, x & 0xffff_ffff, b), want, "{a} {x} {b}");
         }
     }
 
@@ -439,6 +451,8 @@ mod tests {
         #[test]
         fn shingles_equal_the_allocating_reference(t in "(\\PC|[ a-zA-Z0-9ΣσςİK.,'-]){0,80}") {
             proptest::prop_assert_eq!(shingles(&t), shingles_reference(&t));
+            let h = MinHasher::new(32, 2);
+            proptest::prop_assert_eq!(h.signature(&shingle_hashes(&t)), h.signature(&shingles(&t)));
         }
     }
 

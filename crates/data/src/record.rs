@@ -196,6 +196,16 @@ impl Record {
         }
     }
 
+    /// Whether `pred` holds for some free-text field ([`Record::texts`] without the field paths).
+    pub fn any_text(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
+        match &self.body {
+            Body::Chat(t) => t.iter().any(|t| pred(&t.content)),
+            Body::Alpaca { instruction, input, output } => pred(instruction) || input.as_deref().is_some_and(&mut pred) || pred(output),
+            Body::Completion { prompt, completion } => pred(prompt) || pred(completion),
+            Body::Text(t) => pred(t),
+        }
+    }
+
     /// Apply `f` to every free-text field (PII redaction); returns whether anything changed.
     pub fn map_texts(&mut self, mut f: impl FnMut(&str) -> Option<String>) -> bool {
         let mut changed = false;
