@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use ferrotune_model::loaded::TextModel;
 use ferrotune_model::{ChatTemplate, LoadedModel, Message, Tokenizer};
 use serde::Serialize;
 
@@ -127,6 +128,12 @@ impl Renderer {
     }
 
     pub fn from_model(m: &LoadedModel) -> Result<Self> {
+        Self::new(m.tokenizer.clone(), m.chat_template.clone(), m.eos_ids.clone())
+    }
+
+    /// From a model's tokenizer and template alone (`ferrotune_model::loaded::load_text`: no
+    /// weights are read).
+    pub fn from_text_model(m: &TextModel) -> Result<Self> {
         Self::new(m.tokenizer.clone(), m.chat_template.clone(), m.eos_ids.clone())
     }
 

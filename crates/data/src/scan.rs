@@ -12,7 +12,7 @@ use crate::dedup::Fingerprint;
 use crate::error::Result;
 use crate::finding::{Code, Finding};
 use crate::minhash::MinHasher;
-use crate::parse::{Parsed, parse_value};
+use crate::parse::{Parsed, parse_clean_chat, parse_value};
 use crate::pii::{PiiDetector, PiiKind};
 use crate::reader::{Payload, RawRow, RowReader, parse_json};
 use crate::record::{Format, Record};
@@ -85,8 +85,11 @@ impl Scanner {
     pub fn analyze(&self, file: &Arc<str>, raw: RawRow) -> Row {
         let line = raw.line;
         let value = match raw.payload {
-            Payload::Json(text) => parse_json(&text),
-            Payload::Value(v) => Ok(v),
+            Payload::Json(text) => match parse_clean_chat(&text, file, line, self.cfg.format) {
+                Some(parsed) => Ok(parsed),
+                None => parse_json(&text).map(|v| parse_value(v, file, line, self.cfg.format)),
+            },
+            Payload::Value(v) => Ok(parse_value(v, file, line, self.cfg.format)),
             Payload::Bad { csv, field, column, message } => {
                 let (code, hint) = if csv {
                     (Code::BadCsv, "make every row have the header's number of cells, quoted where they hold commas or quotes")
@@ -102,7 +105,7 @@ impl Scanner {
             }
         };
         let Parsed { record, mut findings } = match value {
-            Ok(v) => parse_value(v, file, line, self.cfg.format),
+            Ok(parsed) => parsed,
             Err((column, message)) => Parsed {
                 record: None,
                 findings: vec![Finding::new(

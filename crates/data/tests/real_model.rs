@@ -106,3 +106,15 @@ fn smollm2_takes_both_fast_paths_and_they_render_exactly_as_minijinja_and_hf() {
     }
     assert!(n > 200);
 }
+
+#[test]
+fn the_text_only_load_renders_exactly_as_the_full_model() {
+    let Some(m) = model() else { return };
+    let t = ferrotune_model::loaded::load_text_path(&m.path).expect("text-only load");
+    assert_eq!(t.eos_ids, m.eos_ids);
+    assert_eq!(t.chat_template.as_ref().map(|c| c.source().to_string()), m.chat_template.as_ref().map(|c| c.source().to_string()));
+    let (full, text) = (Renderer::from_model(&m).expect("renderer"), Renderer::from_text_model(&t).expect("renderer"));
+    let rec = Record::chat(vec![Turn::new(Role::User, "Capital of France? 12 é😀"), Turn::new(Role::Assistant, "  Paris.")]);
+    let opts = RenderOptions::default();
+    assert_eq!(render_for_training(&rec, &full, &opts).expect("render"), render_for_training(&rec, &text, &opts).expect("render"));
+}
