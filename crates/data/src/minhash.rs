@@ -37,8 +37,8 @@ pub struct MinHasher {
     b_pad: Vec<u64>,
 }
 
-/// Permutations computed together: two AVX-512 registers, four AVX2 ones.
-const LANES: usize = 16;
+/// Permutations computed together: four AVX-512 registers, eight AVX2 ones.
+const LANES: usize = 32;
 
 /// `(a·x + b) mod (2^61 − 1)` for `a, x, b < 2^61`, given `a`'s and `x`'s 32-bit halves (and
 /// `8·a₁`, which still fits 32 bits, so the `2^64 ≡ 8` term is one multiply), with
@@ -58,7 +58,7 @@ fn mul_add_mod_p(a_hi: u64, a_hi8: u64, a_lo: u64, x_hi: u64, x_lo: u64, b: u64)
     if r >= P { r - P } else { r }
 }
 
-/// The minima over `xs` (hashes reduced mod p, as (high, low) halves) of 16 permutations.
+/// The minima over `xs` (hashes reduced mod p, as (high, low) halves) of `LANES` permutations.
 #[inline(always)]
 fn min_lanes(a: [&[u64; LANES]; 4], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
     let [a_hi, a_hi8, a_lo, b] = a;
@@ -354,16 +354,18 @@ impl LshIndex {
         self.refs.is_empty()
     }
 
-    fn band_keys<'a>(&'a self, sig: &'a Signature) -> impl Iterator<Item = u64> + 'a {
-        (0..self.bands).map(move |i| {
-            let mut bytes = [0u8; 8 * 64];
+    /// Each band's key: xxh3 of its (first 64) minima as little-endian bytes.
+    fn band_keys(&self, sig: &Signature, out: &mut Vec<u64>) {
+        let mut bytes = [0u8; 8 * 64];
+        out.clear();
+        for i in 0..self.bands {
             let band = &sig.0[i * self.rows..(i + 1) * self.rows];
             let n = band.len().min(64);
             for (j, v) in band[..n].iter().enumerate() {
                 bytes[j * 8..j * 8 + 8].copy_from_slice(&v.to_le_bytes());
             }
-            xxh3_64(&bytes[..n * 8])
-        })
+            out.push(xxh3_64(&bytes[..n * 8]));
+        }
     }
 
     /// The earlier row most similar to `sig` among the LSH candidates, if its estimated Jaccard
@@ -372,17 +374,23 @@ impl LshIndex {
         if sig.0.len() != self.num_perm {
             return None;
         }
-        let compact = sig.compact();
+        let mut keys = Vec::with_capacity(self.bands);
+        self.band_keys(sig, &mut keys);
         let mut best: Option<(u64, f64)> = None;
-        let mut seen: Vec<u32> = Vec::new();
-        for (band, key) in self.band_keys(sig).enumerate() {
-            let Some(&id) = self.tables[band].get(&key) else { continue };
-            if seen.contains(&id) {
+        // Candidates already confirmed: a few, on the stack unless there are many bands.
+        let mut seen = [u32::MAX; 32];
+        let mut seen_more: Vec<u32> = Vec::new();
+        for (band, key) in keys.iter().enumerate() {
+            let Some(&id) = self.tables[band].get(key) else { continue };
+            if seen.contains(&id) || seen_more.contains(&id) {
                 continue;
             }
-            seen.push(id);
+            match seen.iter_mut().find(|s| **s == u32::MAX) {
+                Some(slot) => *slot = id,
+                None => seen_more.push(id),
+            }
             let stored = &self.sigs[id as usize * self.num_perm..(id as usize + 1) * self.num_perm];
-            let j = compact_jaccard(&compact, stored);
+            let j = compact_jaccard_of(sig, stored);
             if j >= self.threshold && best.is_none_or(|b| j > b.1) {
                 best = Some((self.refs[id as usize], j));
             }
@@ -395,13 +403,25 @@ impl LshIndex {
             return;
         }
         let id = self.refs.len() as u32;
-        let keys: Vec<u64> = self.band_keys(sig).collect();
+        let mut keys = Vec::with_capacity(self.bands);
+        self.band_keys(sig, &mut keys);
         for (band, key) in keys.into_iter().enumerate() {
             self.tables[band].entry(key).or_insert(id);
         }
-        self.sigs.extend(sig.compact());
+        self.sigs.extend(sig.0.iter().map(|m| *m as u8));
         self.refs.push(reference);
     }
+}
+
+/// [`compact_jaccard`] of `sig`'s compact form and `stored`, without building the former.
+fn compact_jaccard_of(sig: &Signature, stored: &[u8]) -> f64 {
+    let n = sig.0.len().min(stored.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let m = sig.0.iter().zip(stored).filter(|(x, y)| **x as u8 == **y).count() as f64 / n as f64;
+    let c = 1.0 / 256.0;
+    ((m - c) / (1.0 - c)).max(0.0)
 }
 
 #[cfg(test)]
@@ -480,7 +500,9 @@ mod tests {
         let near = base.replace("word40 ", "changed ");
         let far: String = (0..80).map(|i| format!("other{i} ")).collect();
         let mut idx = LshIndex::new(0.85, 128);
-        idx.insert(&h.signature(&shingles(&base)), 7);
+        let (sb, sn) = (h.signature(&shingles(&base)), h.signature(&shingles(&near)));
+        assert_eq!(compact_jaccard_of(&sn, &sb.compact()), compact_jaccard(&sn.compact(), &sb.compact()));
+        idx.insert(&sb, 7);
         let hit = idx.query(&h.signature(&shingles(&near))).expect("near duplicate found");
         assert_eq!(hit.0, 7);
         assert!(hit.1 > 0.85);
