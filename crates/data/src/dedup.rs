@@ -39,8 +39,12 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     pub fn of(record: &Record, hasher: Option<&MinHasher>) -> Self {
-        let mut canon = String::new();
-        let mut plain = String::new();
+        let len: usize = match &record.body {
+            Body::Text(t) => t.len(),
+            _ => record.turns().iter().map(|t| t.content.len() + 12).sum(),
+        };
+        let mut canon = String::with_capacity(len);
+        let mut plain = String::with_capacity(len);
         if let Body::Text(t) = &record.body {
             canon.push_str(t.trim());
             plain.push_str(t);

@@ -252,7 +252,7 @@ impl FastBpe {
     pub fn encode(&self, text: &str) -> Option<(Vec<u32>, Vec<(usize, usize)>)> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 8);
         let mut ranges = Vec::with_capacity(text.len() / 3 + 8);
-        let mut pieces = Vec::new();
+        let mut pieces = Vec::with_capacity(text.len() / 4 + 8);
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != self.id {

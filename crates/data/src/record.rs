@@ -243,7 +243,7 @@ impl Record {
         }
         let turns = self.turns();
         let last = turns.iter().rposition(|t| t.role == Role::Assistant)?;
-        let mut prompt = String::new();
+        let mut prompt = String::with_capacity(turns[..last].iter().map(|t| t.content.len() + 12).sum());
         for t in &turns[..last] {
             prompt.push_str(t.role.as_str());
             prompt.push('\u{1f}');

@@ -166,7 +166,7 @@ impl Renderer {
         let full = self.render_chat(template, &turns, false).map_err(|e| Self::err(record, "messages", e.to_string()))?;
 
         // Byte spans of the assistant turns in `full`, and whether each is trained on.
-        let mut spans: Vec<(usize, usize, bool)> = Vec::new();
+        let mut spans: Vec<(usize, usize, bool)> = Vec::with_capacity(turns.len());
         for (i, t) in turns.iter().enumerate() {
             if t.role != Role::Assistant {
                 continue;
