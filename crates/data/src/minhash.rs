@@ -30,9 +30,8 @@ fn mod_p(x: u128) -> u64 {
 pub struct MinHasher {
     a: Vec<u64>,
     b: Vec<u64>,
-    /// `a` split into 32-bit halves, and `b`, padded to whole lanes (see [`mul_add_mod_p`]).
-    a_hi: Vec<u64>,
-    a_hi8: Vec<u64>,
+    /// `a` as 31-bit limbs (`2a₁`, `a₀`) and `b`, padded to whole lanes (see [`mul_add_mod_p`]).
+    a_hi2: Vec<u64>,
     a_lo: Vec<u64>,
     b_pad: Vec<u64>,
 }
@@ -40,32 +39,33 @@ pub struct MinHasher {
 /// Permutations computed together: four AVX-512 registers, eight AVX2 ones.
 const LANES: usize = 32;
 
-/// `(a·x + b) mod (2^61 − 1)` for `a, x, b < 2^61`, given `a`'s and `x`'s 32-bit halves (and
-/// `8·a₁`, which still fits 32 bits, so the `2^64 ≡ 8` term is one multiply), with
-/// only 32×32→64-bit products so that it vectorises (`vpmuludq`); equal to `mod_p` of the
-/// 128-bit product (tested). With 2^64 ≡ 8 and 2^61 ≡ 1 (mod p):
-/// a·x = a₁x₁·2^64 + (a₁x₀ + a₀x₁)·2^32 + a₀x₀, and the middle term m·2^32 with
-/// m = m_h·2^29 + m_l is ≡ m_h + m_l·2^32.
+/// `(a·x + b) mod (2^61 − 1)` for `a, x, b < 2^61`, from 31-bit limbs `a = a₁·2^31 + a₀`,
+/// `x = x₁·2^31 + x₀` (given as `2a₁`, `a₀`, `x₁`, `x₀`, each below 2^32) with only 32×32→64-bit
+/// products, so that it vectorises (`vpmuludq`); equal to `mod_p` of the 128-bit product
+/// (tested). With 2^62 ≡ 2 and 2^61 ≡ 1 (mod p): a·x = a₁x₁·2^62 + (a₁x₀ + a₀x₁)·2^31 + a₀x₀,
+/// and the middle term m·2^31 with m = m_h·2^30 + m_l is ≡ m_h + m_l·2^31. Every partial sum
+/// stays below 2^64 without reducing the low product (a₀x₀ < 2^62).
 #[inline(always)]
-fn mul_add_mod_p(a_hi: u64, a_hi8: u64, a_lo: u64, x_hi: u64, x_lo: u64, b: u64) -> u64 {
+fn mul_add_mod_p(a_hi2: u64, a_lo: u64, x_hi: u64, x_lo: u64, b: u64) -> u64 {
     // The casts make each product 32×32→64 for the compiler (`vpmuludq`, not `vpmullq`).
     let mul = |u: u64, v: u64| u64::from(u as u32) * u64::from(v as u32);
-    let hh8 = mul(a_hi8, x_hi); // 8·a₁x₁ < 2^61
+    let a_hi = a_hi2 >> 1;
+    let hh2 = mul(a_hi2, x_hi); // 2·a₁x₁ < 2^61
     let mid = mul(a_hi, x_lo) + mul(a_lo, x_hi); // < 2^62
-    let ll = mul(a_lo, x_lo); // < 2^64
-    let sum = hh8 + (mid >> 29) + ((mid & ((1 << 29) - 1)) << 32) + (ll & P) + (ll >> 61) + b; // < 2^63
+    let ll = mul(a_lo, x_lo); // < 2^62
+    let sum = hh2 + ll + (mid >> 30) + ((mid & ((1 << 30) - 1)) << 31) + b; // < 5·2^61 + 2^32
     let r = (sum & P) + (sum >> 61);
     if r >= P { r - P } else { r }
 }
 
-/// The minima over `xs` (hashes reduced mod p, as (high, low) halves) of `LANES` permutations.
+/// The minima over `xs` (hashes reduced mod p, as 31-bit limbs) of `LANES` permutations.
 #[inline(always)]
-fn min_lanes(a: [&[u64; LANES]; 4], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
-    let [a_hi, a_hi8, a_lo, b] = a;
+fn min_lanes(a: [&[u64; LANES]; 3], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+    let [a_hi2, a_lo, b] = a;
     let mut m = [P; LANES];
     for &(x_hi, x_lo) in xs {
         for l in 0..LANES {
-            let v = mul_add_mod_p(a_hi[l], a_hi8[l], a_lo[l], x_hi, x_lo, b[l]);
+            let v = mul_add_mod_p(a_hi2[l], a_lo[l], x_hi, x_lo, b[l]);
             m[l] = m[l].min(v);
         }
     }
@@ -74,7 +74,7 @@ fn min_lanes(a: [&[u64; LANES]; 4], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-fn min_lanes_avx512(a: [&[u64; LANES]; 4], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+fn min_lanes_avx512(a: [&[u64; LANES]; 3], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
     min_lanes(a, xs, out)
 }
 
@@ -93,11 +93,10 @@ impl MinHasher {
         let b: Vec<u64> = (0..num_perm).map(|_| rng.random_range(0..P)).collect();
         let padded = num_perm.div_ceil(LANES) * LANES;
         let pad = |v: Vec<u64>| -> Vec<u64> { v.into_iter().chain(std::iter::repeat(0)).take(padded).collect() };
-        let a_hi = pad(a.iter().map(|x| x >> 32).collect());
-        let a_hi8 = pad(a.iter().map(|x| (x >> 32) << 3).collect());
-        let a_lo = pad(a.iter().map(|x| x & 0xffff_ffff).collect());
+        let a_hi2 = pad(a.iter().map(|x| (x >> 31) << 1).collect());
+        let a_lo = pad(a.iter().map(|x| x & 0x7fff_ffff).collect());
         let b_pad = pad(b.clone());
-        Self { a, b, a_hi, a_hi8, a_lo, b_pad }
+        Self { a, b, a_hi2, a_lo, b_pad }
     }
 
     pub fn num_perm(&self) -> usize {
@@ -115,14 +114,14 @@ impl MinHasher {
             .map(|&h| {
                 let x = (h & P) + (h >> 61);
                 let x = if x >= P { x - P } else { x };
-                (x >> 32, x & 0xffff_ffff)
+                (x >> 31, x & 0x7fff_ffff)
             })
             .collect();
-        let mut mins = vec![0u64; self.a_hi.len()];
+        let mut mins = vec![0u64; self.a_hi2.len()];
         #[cfg(target_arch = "x86_64")]
         let wide = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl");
-        for at in (0..self.a_hi.len()).step_by(LANES) {
-            let coef = [lanes(&self.a_hi, at), lanes(&self.a_hi8, at), lanes(&self.a_lo, at), lanes(&self.b_pad, at)];
+        for at in (0..self.a_hi2.len()).step_by(LANES) {
+            let coef = [lanes(&self.a_hi2, at), lanes(&self.a_lo, at), lanes(&self.b_pad, at)];
             let mut out = [0u64; LANES];
             #[cfg(target_arch = "x86_64")]
             if wide {
@@ -446,7 +445,7 @@ mod tests {
                 (rng.random_range(1..P), rng.random_range(0..P), rng.random_range(0..P))
             };
             let want = mod_p(u128::from(a) * u128::from(x) + u128::from(b));
-            assert_eq!(mul_add_mod_p(a >> 32, (a >> 32) << 3, a & 0xffff_ffff, x >> 32, x & 0xffff_ffff, b), want, "{a} {x} {b}");
+            assert_eq!(mul_add_mod_p((a >> 31) << 1, a & 0x7fff_ffff, x >> 31, x & 0x7fff_ffff, b), want, "{a} {x} {b}");
         }
     }
 
