@@ -1,7 +1,10 @@
 //! Dataset-wide indexes over row fingerprints: exact duplicates (xxh3-128 of the canonical
 //! conversation), near duplicates (MinHash + LSH), and one prompt with conflicting answers. This
-//! is the only state that grows with the row count (≈ 60 B/row without, ≈ 250 B/row with the
-//! near-duplicate index at 128 permutations).
+//! is the only state that grows with the row count: per row, a 32-byte exact entry plus a 24-byte
+//! prompt entry, and with the near-duplicate index at 128 permutations a 128-byte compact
+//! signature and one 16-byte bucket entry per band (12 at J = 0.85) — ≈ 400 B/row of payload;
+//! hash-table slack and resizes make the measured peak ≈ 0.7 KB/row (776 MiB RSS at 1M bench rows,
+//! 168 MiB at 200k).
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
