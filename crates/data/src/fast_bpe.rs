@@ -30,6 +30,9 @@ const CACHE_CAP: usize = 1 << 17;
 /// Pieces longer than this (bytes) are not cached.
 const CACHE_MAX_LEN: usize = 64;
 
+/// Token ids, and for each a byte range of the text that contains it.
+pub type IdsAndRanges = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A byte-level BPE tokenizer's encoder, for tokenizers whose pipeline is recognised.
 pub struct FastBpe {
     id: u64,
@@ -66,7 +69,7 @@ impl AddedSet {
             }
         }
         for v in &mut by_first {
-            v.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            v.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
         }
         Self { by_first, any }
     }
@@ -249,7 +252,7 @@ impl FastBpe {
     /// `text`'s ids, and for each id the byte range of the piece it came from (an added token,
     /// or a pre-tokenizer piece: every token of a piece lies within it). `None` if the BPE model
     /// fails on a piece (HF would report the error).
-    pub fn encode(&self, text: &str) -> Option<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode(&self, text: &str) -> Option<IdsAndRanges> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 8);
         let mut ranges = Vec::with_capacity(text.len() / 3 + 8);
         let mut pieces = Vec::with_capacity(text.len() / 4 + 8);

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::error::{DataError, Result};
 use crate::chatml::ChatMl;
-use crate::fast_bpe::FastBpe;
+use crate::fast_bpe::{FastBpe, IdsAndRanges};
 use crate::record::{Body, Record, Role, Turn};
 
 /// Label value of positions without loss (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
@@ -106,7 +106,7 @@ impl Renderer {
     /// the range of the pre-tokenizer piece the token came from. A token belongs to a span when
     /// its range overlaps it, which is the same for a piece's tokens and the piece unless the
     /// piece straddles a span edge; then HF's own offsets are used.
-    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)]) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)]) -> Result<IdsAndRanges> {
         if let Some((ids, ranges)) = self.fast_bpe.as_ref().and_then(|f| f.encode(text)) {
             let straddles = |&(s, e): &(usize, usize)| spans.iter().any(|&(a, b, _)| (s < a && a < e) || (s < b && b < e));
             if !ranges.iter().any(straddles) {
