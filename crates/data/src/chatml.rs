@@ -17,6 +17,10 @@ pub struct ChatMl {
     default_system: Option<String>,
 }
 
+const START: &str = "<|im_start|>";
+const END: &str = "<|im_end|>\n";
+const SYS_OPEN: &str = "<|im_start|>system\n";
+const GENERATION: &str = "<|im_start|>assistant\n";
 const LOOP: &str = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 const PLAIN_HEAD: &str = "{% for message in messages %}";
 const SMOL_HEAD: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n";
@@ -60,6 +64,29 @@ impl ChatMl {
         })
     }
 
+    /// The byte span of assistant message `i` in the rendering of `messages` as [`crate::render`]
+    /// finds it — from the end of the rendering of `messages[..i]` with the generation prompt to
+    /// the end of that of `messages[..=i]` — by arithmetic instead of two more renders; `None`
+    /// where those renders are not prefixes of the whole (a leading assistant message under a
+    /// default system prompt). For `i > 0` both prefix conditions hold by construction: the
+    /// generation prompt is how an assistant message starts, and the default system prompt
+    /// depends on `messages[0]` only.
+    pub fn assistant_span(&self, messages: &[(&str, &str)], i: usize) -> Option<(usize, usize)> {
+        if i == 0 && self.default_system.is_some() {
+            return None;
+        }
+        let mut len = match &self.default_system {
+            Some(sys) if messages.first().is_some_and(|m| m.0 != "system") && i > 0 => SYS_OPEN.len() + sys.len() + END.len(),
+            _ => 0,
+        };
+        for (role, content) in &messages[..i] {
+            len += START.len() + role.len() + 1 + content.len() + END.len();
+        }
+        let before = len + GENERATION.len();
+        let (role, content) = messages.get(i)?;
+        Some((before, len + START.len() + role.len() + 1 + content.len() + END.len()))
+    }
+
     /// Append the rendering of `messages` (role, content) to `out`.
     pub fn render_into<'a>(&self, messages: impl Iterator<Item = (&'a str, &'a str)>, add_generation_prompt: bool, out: &mut String) {
         for (i, (role, content)) in messages.enumerate() {
@@ -67,18 +94,18 @@ impl ChatMl {
                 && role != "system"
                 && let Some(sys) = &self.default_system
             {
-                out.push_str("<|im_start|>system\n");
+                out.push_str(SYS_OPEN);
                 out.push_str(sys);
-                out.push_str("<|im_end|>\n");
+                out.push_str(END);
             }
-            out.push_str("<|im_start|>");
+            out.push_str(START);
             out.push_str(role);
             out.push('\n');
             out.push_str(content);
-            out.push_str("<|im_end|>\n");
+            out.push_str(END);
         }
         if add_generation_prompt {
-            out.push_str("<|im_start|>assistant\n");
+            out.push_str(GENERATION);
         }
     }
 }

@@ -199,7 +199,7 @@ pub fn shingles(text: &str) -> Vec<u64> {
 /// does not care about order or repeats), without the sort.
 pub fn shingle_hashes(text: &str) -> Vec<u64> {
     // The lowercase words joined by single spaces, so each 3-gram is one slice of `buf`.
-    let mut buf = String::with_capacity(text.len());
+    let mut buf: Vec<u8> = Vec::with_capacity(text.len());
     let mut words: Vec<(usize, usize)> = Vec::with_capacity(text.len() / 4 + 1);
     let b = text.as_bytes();
     let mut i = 0;
@@ -240,22 +240,22 @@ pub fn shingle_hashes(text: &str) -> Vec<u64> {
             continue;
         }
         if !words.is_empty() {
-            buf.push(' ');
+            buf.push(b' ');
         }
         let at = buf.len();
         let word = &text[start..i];
         if ascii {
-            buf.extend(word.bytes().map(|c| char::from(c.to_ascii_lowercase())));
+            buf.extend(word.bytes().map(|c| c.to_ascii_lowercase()));
         } else {
             // `str::to_lowercase` (not per character): a final sigma lowers to `ς`.
-            buf.push_str(&word.to_lowercase());
+            buf.extend_from_slice(word.to_lowercase().as_bytes());
         }
         words.push((at, buf.len()));
     }
     if words.len() < 3 {
-        words.iter().map(|&(s, e)| xxh3_64(&buf.as_bytes()[s..e])).collect()
+        words.iter().map(|&(s, e)| xxh3_64(&buf[s..e])).collect()
     } else {
-        words.windows(3).map(|w| xxh3_64(&buf.as_bytes()[w[0].0..w[2].1])).collect()
+        words.windows(3).map(|w| xxh3_64(&buf[w[0].0..w[2].1])).collect()
     }
 }
 

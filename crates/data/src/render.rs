@@ -167,14 +167,25 @@ impl Renderer {
 
         // Byte spans of the assistant turns in `full`, and whether each is trained on.
         let mut spans: Vec<(usize, usize, bool)> = Vec::with_capacity(turns.len());
+        let pairs: Vec<(&str, &str)> = match &self.chatml {
+            Some(_) => turns.iter().map(|t| (t.role.as_str(), t.content.as_str())).collect(),
+            None => Vec::new(),
+        };
         for (i, t) in turns.iter().enumerate() {
             if t.role != Role::Assistant {
                 continue;
             }
             let field = || format!("messages[{i}]");
-            let before = self.render_chat(template, &turns[..i], true).map_err(|e| Self::err(record, field(), e.to_string()))?;
-            let through = self.render_chat(template, &turns[..=i], false).map_err(|e| Self::err(record, field(), e.to_string()))?;
-            if !through.starts_with(&before) || !full.starts_with(&through) {
+            let fast = self.chatml.as_ref().map(|c| c.assistant_span(&pairs, i));
+            let span = match fast {
+                Some(span) => span,
+                None => {
+                    let before = self.render_chat(template, &turns[..i], true).map_err(|e| Self::err(record, field(), e.to_string()))?;
+                    let through = self.render_chat(template, &turns[..=i], false).map_err(|e| Self::err(record, field(), e.to_string()))?;
+                    (through.starts_with(&before) && full.starts_with(&through)).then_some((before.len(), through.len()))
+                }
+            };
+            let Some((before, through)) = span else {
                 return Err(Self::err(
                     record,
                     field(),
@@ -183,8 +194,8 @@ impl Renderer {
                      a leading assistant turn), so the answer cannot be located; start the conversation with a \
                      system or user message",
                 ));
-            }
-            spans.push((before.len(), through.len(), t.is_target()));
+            };
+            spans.push((before, through, t.is_target()));
         }
 
         let (ids, offsets) = self.encode_with_ranges(record, &full, &spans)?;
