@@ -5,7 +5,9 @@ Python reference in the same run: the OpenAI cookbook's format checks + datasket
 permutations) + MinHashLSH at the same threshold. Prints rows/s, peak RSS and the ratio.
 
 The Python reference does NOT count tokens (the cookbook uses tiktoken, whose encodings are
-downloaded at run time and are not available here), so it does less work than we do.
+downloaded at run time and are not available here), so it does less work than we do. ferrotune
+reads only the model's tokenizer and chat template (no weights), so its peak RSS is the scan's
+working set plus the dedup index, which grows with the row count (exact, prompt and LSH tables).
 
     /work/datavenv/bin/python scripts/bench/data_bench.py --rows 1000000 --python-rows 20000
 """

@@ -11,7 +11,6 @@ use ferrotune_data::reader::RowReader;
 use ferrotune_data::scan::{ScanConfig, Scanner};
 use ferrotune_data::{Format, IGNORE_INDEX, PrepareOptions, RenderOptions, Renderer, ValidateOptions};
 use ferrotune_model::store::DEFAULT_MODEL;
-use ferrotune_model::WeightMode;
 
 #[derive(Args)]
 pub struct DataArgs {
@@ -162,8 +161,9 @@ fn require_files<'a>(files: impl IntoIterator<Item = &'a PathBuf>) {
 }
 
 fn renderer(spec: &str) -> anyhow::Result<Arc<Renderer>> {
-    let m = ferrotune_model::load(spec, WeightMode::Quantized, &candle_core::Device::Cpu).with_context(|| format!("loading model {spec}"))?;
-    Ok(Arc::new(Renderer::from_model(&m)?))
+    // Tokenizer and template only: the data commands never run the model.
+    let m = ferrotune_model::loaded::load_text(spec).with_context(|| format!("loading model {spec}"))?;
+    Ok(Arc::new(Renderer::from_text_model(&m)?))
 }
 
 pub fn run(a: DataArgs) -> anyhow::Result<()> {

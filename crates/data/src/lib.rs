@@ -19,14 +19,17 @@
 //! - [`prepare`]: `ferrotune data prepare` — dedup, redaction, stratified split, atomic output.
 
 pub mod agreement;
+pub mod chatml;
 pub mod dedup;
 pub mod error;
+pub mod fast_bpe;
 pub mod finding;
 pub mod human;
 pub mod minhash;
 pub mod parquet_rows;
 pub mod parse;
 pub mod pii;
+pub mod prehashed;
 pub mod prepare;
 pub mod reader;
 pub mod record;

@@ -10,11 +10,11 @@
 //! false-negative probability at the threshold; weights in [`LSH_WEIGHTS`]), checked against it
 //! in `tests/parity.rs`.
 
-use std::collections::HashMap;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::prehashed::KeyMap;
 
 const P: u64 = (1 << 61) - 1;
 
@@ -30,6 +30,56 @@ fn mod_p(x: u128) -> u64 {
 pub struct MinHasher {
     a: Vec<u64>,
     b: Vec<u64>,
+    /// `a` as 31-bit limbs (`2a₁`, `a₀`) and `b`, padded to whole lanes (see [`mul_add_mod_p`]).
+    a_hi2: Vec<u64>,
+    a_lo: Vec<u64>,
+    b_pad: Vec<u64>,
+}
+
+/// Permutations computed together: four AVX-512 registers, eight AVX2 ones.
+const LANES: usize = 32;
+
+/// `(a·x + b) mod (2^61 − 1)` for `a, x, b < 2^61`, from 31-bit limbs `a = a₁·2^31 + a₀`,
+/// `x = x₁·2^31 + x₀` (given as `2a₁`, `a₀`, `x₁`, `x₀`, each below 2^32) with only 32×32→64-bit
+/// products, so that it vectorises (`vpmuludq`); equal to `mod_p` of the 128-bit product
+/// (tested). With 2^62 ≡ 2 and 2^61 ≡ 1 (mod p): a·x = a₁x₁·2^62 + (a₁x₀ + a₀x₁)·2^31 + a₀x₀,
+/// and the middle term m·2^31 with m = m_h·2^30 + m_l is ≡ m_h + m_l·2^31. Every partial sum
+/// stays below 2^64 without reducing the low product (a₀x₀ < 2^62).
+#[inline(always)]
+fn mul_add_mod_p(a_hi2: u64, a_lo: u64, x_hi: u64, x_lo: u64, b: u64) -> u64 {
+    // The casts make each product 32×32→64 for the compiler (`vpmuludq`, not `vpmullq`).
+    let mul = |u: u64, v: u64| u64::from(u as u32) * u64::from(v as u32);
+    let a_hi = a_hi2 >> 1;
+    let hh2 = mul(a_hi2, x_hi); // 2·a₁x₁ < 2^61
+    let mid = mul(a_hi, x_lo) + mul(a_lo, x_hi); // < 2^62
+    let ll = mul(a_lo, x_lo); // < 2^62
+    let sum = hh2 + ll + (mid >> 30) + ((mid & ((1 << 30) - 1)) << 31) + b; // < 5·2^61 + 2^32
+    let r = (sum & P) + (sum >> 61);
+    if r >= P { r - P } else { r }
+}
+
+/// The minima over `xs` (hashes reduced mod p, as 31-bit limbs) of `LANES` permutations.
+#[inline(always)]
+fn min_lanes(a: [&[u64; LANES]; 3], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+    let [a_hi2, a_lo, b] = a;
+    let mut m = [P; LANES];
+    for &(x_hi, x_lo) in xs {
+        for l in 0..LANES {
+            let v = mul_add_mod_p(a_hi2[l], a_lo[l], x_hi, x_lo, b[l]);
+            m[l] = m[l].min(v);
+        }
+    }
+    *out = m;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+fn min_lanes_avx512(a: [&[u64; LANES]; 3], xs: &[(u64, u64)], out: &mut [u64; LANES]) {
+    min_lanes(a, xs, out)
+}
+
+fn lanes(v: &[u64], at: usize) -> &[u64; LANES] {
+    v[at..at + LANES].try_into().unwrap_or(&[0; LANES])
 }
 
 /// The minimum of each permuted hash over a set's elements.
@@ -39,9 +89,14 @@ pub struct Signature(pub Vec<u64>);
 impl MinHasher {
     pub fn new(num_perm: usize, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let a = (0..num_perm).map(|_| rng.random_range(1..P)).collect();
-        let b = (0..num_perm).map(|_| rng.random_range(0..P)).collect();
-        Self { a, b }
+        let a: Vec<u64> = (0..num_perm).map(|_| rng.random_range(1..P)).collect();
+        let b: Vec<u64> = (0..num_perm).map(|_| rng.random_range(0..P)).collect();
+        let padded = num_perm.div_ceil(LANES) * LANES;
+        let pad = |v: Vec<u64>| -> Vec<u64> { v.into_iter().chain(std::iter::repeat(0)).take(padded).collect() };
+        let a_hi2 = pad(a.iter().map(|x| (x >> 31) << 1).collect());
+        let a_lo = pad(a.iter().map(|x| x & 0x7fff_ffff).collect());
+        let b_pad = pad(b.clone());
+        Self { a, b, a_hi2, a_lo, b_pad }
     }
 
     pub fn num_perm(&self) -> usize {
@@ -50,6 +105,45 @@ impl MinHasher {
 
     /// Signature of the set of `hashes` (an empty set gives all-`u64::MAX`).
     pub fn signature(&self, hashes: &[u64]) -> Signature {
+        if hashes.is_empty() {
+            return Signature(vec![u64::MAX; self.a.len()]);
+        }
+        // (a·h + b) mod p = (a·(h mod p) + b) mod p.
+        let xs: Vec<(u64, u64)> = hashes
+            .iter()
+            .map(|&h| {
+                let x = (h & P) + (h >> 61);
+                let x = if x >= P { x - P } else { x };
+                (x >> 31, x & 0x7fff_ffff)
+            })
+            .collect();
+        let mut mins = vec![0u64; self.a_hi2.len()];
+        #[cfg(target_arch = "x86_64")]
+        let wide = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl");
+        for at in (0..self.a_hi2.len()).step_by(LANES) {
+            let coef = [lanes(&self.a_hi2, at), lanes(&self.a_lo, at), lanes(&self.b_pad, at)];
+            let mut out = [0u64; LANES];
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: the CPU has the features the function is compiled for (checked above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    min_lanes_avx512(coef, &xs, &mut out)
+                };
+            } else {
+                min_lanes(coef, &xs, &mut out);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            min_lanes(coef, &xs, &mut out);
+            mins[at..at + LANES].copy_from_slice(&out);
+        }
+        mins.truncate(self.a.len());
+        Signature(mins)
+    }
+
+    /// The signature by 128-bit arithmetic, one permutation at a time: the reference the
+    /// vectorised [`MinHasher::signature`] is tested against.
+    pub fn signature_reference(&self, hashes: &[u64]) -> Signature {
         let mut mins = vec![u64::MAX; self.a.len()];
         for &h in hashes {
             for ((m, &a), &b) in mins.iter_mut().zip(&self.a).zip(&self.b) {
@@ -95,6 +189,78 @@ pub fn compact_jaccard(a: &[u8], b: &[u8]) -> f64 {
 /// The shingles of a text: xxh3 hashes of lowercase word 3-grams (words = runs of alphanumeric
 /// characters), or of the words themselves when there are fewer than three. Sorted, unique.
 pub fn shingles(text: &str) -> Vec<u64> {
+    let mut out = shingle_hashes(text);
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The hashes of [`shingles`] in text order, with repeats: enough for a signature (a minimum
+/// does not care about order or repeats), without the sort.
+pub fn shingle_hashes(text: &str) -> Vec<u64> {
+    // The lowercase words joined by single spaces, so each 3-gram is one slice of `buf`.
+    let mut buf: Vec<u8> = Vec::with_capacity(text.len());
+    let mut words: Vec<(usize, usize)> = Vec::with_capacity(text.len() / 4 + 1);
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        // Skip separators.
+        while i < b.len() {
+            if b[i] < 128 {
+                if b[i].is_ascii_alphanumeric() {
+                    break;
+                }
+                i += 1;
+            } else {
+                let c = text[i..].chars().next().unwrap_or(' ');
+                if c.is_alphanumeric() {
+                    break;
+                }
+                i += c.len_utf8();
+            }
+        }
+        let start = i;
+        let mut ascii = true;
+        while i < b.len() {
+            if b[i] < 128 {
+                if !b[i].is_ascii_alphanumeric() {
+                    break;
+                }
+                i += 1;
+            } else {
+                let c = text[i..].chars().next().unwrap_or(' ');
+                if !c.is_alphanumeric() {
+                    break;
+                }
+                ascii = false;
+                i += c.len_utf8();
+            }
+        }
+        if start == i {
+            continue;
+        }
+        if !words.is_empty() {
+            buf.push(b' ');
+        }
+        let at = buf.len();
+        let word = &text[start..i];
+        if ascii {
+            buf.extend(word.bytes().map(|c| c.to_ascii_lowercase()));
+        } else {
+            // `str::to_lowercase` (not per character): a final sigma lowers to `ς`.
+            buf.extend_from_slice(word.to_lowercase().as_bytes());
+        }
+        words.push((at, buf.len()));
+    }
+    if words.len() < 3 {
+        words.iter().map(|&(s, e)| xxh3_64(&buf[s..e])).collect()
+    } else {
+        words.windows(3).map(|w| xxh3_64(&buf[w[0].0..w[2].1])).collect()
+    }
+}
+
+/// [`shingles`] by the obvious allocating route: the reference it is tested against.
+pub fn shingles_reference(text: &str) -> Vec<u64> {
     let words: Vec<String> = text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -103,19 +269,7 @@ pub fn shingles(text: &str) -> Vec<u64> {
     let mut out: Vec<u64> = if words.len() < 3 {
         words.iter().map(|w| xxh3_64(w.as_bytes())).collect()
     } else {
-        let mut buf = String::new();
-        words
-            .windows(3)
-            .map(|w| {
-                buf.clear();
-                buf.push_str(&w[0]);
-                buf.push(' ');
-                buf.push_str(&w[1]);
-                buf.push(' ');
-                buf.push_str(&w[2]);
-                xxh3_64(buf.as_bytes())
-            })
-            .collect()
+        words.windows(3).map(|w| xxh3_64(w.join(" ").as_bytes())).collect()
     };
     out.sort_unstable();
     out.dedup();
@@ -176,7 +330,7 @@ pub struct LshIndex {
     bands: usize,
     rows: usize,
     num_perm: usize,
-    tables: Vec<HashMap<u64, u32>>,
+    tables: Vec<KeyMap<u64, u32>>,
     sigs: Vec<u8>,
     refs: Vec<u64>,
 }
@@ -184,7 +338,7 @@ pub struct LshIndex {
 impl LshIndex {
     pub fn new(threshold: f64, num_perm: usize) -> Self {
         let (bands, rows) = optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1);
-        Self { threshold, bands, rows, num_perm, tables: vec![HashMap::new(); bands], sigs: Vec::new(), refs: Vec::new() }
+        Self { threshold, bands, rows, num_perm, tables: vec![KeyMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
     }
 
     pub fn params(&self) -> (usize, usize) {
@@ -199,16 +353,18 @@ impl LshIndex {
         self.refs.is_empty()
     }
 
-    fn band_keys<'a>(&'a self, sig: &'a Signature) -> impl Iterator<Item = u64> + 'a {
-        (0..self.bands).map(move |i| {
-            let mut bytes = [0u8; 8 * 64];
+    /// Each band's key: xxh3 of its (first 64) minima as little-endian bytes.
+    fn band_keys(&self, sig: &Signature, out: &mut Vec<u64>) {
+        let mut bytes = [0u8; 8 * 64];
+        out.clear();
+        for i in 0..self.bands {
             let band = &sig.0[i * self.rows..(i + 1) * self.rows];
             let n = band.len().min(64);
             for (j, v) in band[..n].iter().enumerate() {
                 bytes[j * 8..j * 8 + 8].copy_from_slice(&v.to_le_bytes());
             }
-            xxh3_64(&bytes[..n * 8])
-        })
+            out.push(xxh3_64(&bytes[..n * 8]));
+        }
     }
 
     /// The earlier row most similar to `sig` among the LSH candidates, if its estimated Jaccard
@@ -217,17 +373,23 @@ impl LshIndex {
         if sig.0.len() != self.num_perm {
             return None;
         }
-        let compact = sig.compact();
+        let mut keys = Vec::with_capacity(self.bands);
+        self.band_keys(sig, &mut keys);
         let mut best: Option<(u64, f64)> = None;
-        let mut seen: Vec<u32> = Vec::new();
-        for (band, key) in self.band_keys(sig).enumerate() {
-            let Some(&id) = self.tables[band].get(&key) else { continue };
-            if seen.contains(&id) {
+        // Candidates already confirmed: a few, on the stack unless there are many bands.
+        let mut seen = [u32::MAX; 32];
+        let mut seen_more: Vec<u32> = Vec::new();
+        for (band, key) in keys.iter().enumerate() {
+            let Some(&id) = self.tables[band].get(key) else { continue };
+            if seen.contains(&id) || seen_more.contains(&id) {
                 continue;
             }
-            seen.push(id);
+            match seen.iter_mut().find(|s| **s == u32::MAX) {
+                Some(slot) => *slot = id,
+                None => seen_more.push(id),
+            }
             let stored = &self.sigs[id as usize * self.num_perm..(id as usize + 1) * self.num_perm];
-            let j = compact_jaccard(&compact, stored);
+            let j = compact_jaccard_of(sig, stored);
             if j >= self.threshold && best.is_none_or(|b| j > b.1) {
                 best = Some((self.refs[id as usize], j));
             }
@@ -240,13 +402,25 @@ impl LshIndex {
             return;
         }
         let id = self.refs.len() as u32;
-        let keys: Vec<u64> = self.band_keys(sig).collect();
+        let mut keys = Vec::with_capacity(self.bands);
+        self.band_keys(sig, &mut keys);
         for (band, key) in keys.into_iter().enumerate() {
             self.tables[band].entry(key).or_insert(id);
         }
-        self.sigs.extend(sig.compact());
+        self.sigs.extend(sig.0.iter().map(|m| *m as u8));
         self.refs.push(reference);
     }
+}
+
+/// [`compact_jaccard`] of `sig`'s compact form and `stored`, without building the former.
+fn compact_jaccard_of(sig: &Signature, stored: &[u8]) -> f64 {
+    let n = sig.0.len().min(stored.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let m = sig.0.iter().zip(stored).filter(|(x, y)| **x as u8 == **y).count() as f64 / n as f64;
+    let c = 1.0 / 256.0;
+    ((m - c) / (1.0 - c)).max(0.0)
 }
 
 #[cfg(test)]
@@ -257,6 +431,54 @@ mod tests {
     fn mersenne_reduction_matches_the_remainder() {
         for x in [0u128, 1, P as u128, P as u128 + 5, u128::from(u64::MAX) * u128::from(P - 1) + 12345, (1u128 << 125) - 1] {
             assert_eq!(u128::from(mod_p(x)), x % u128::from(P), "{x}");
+        }
+    }
+
+    #[test]
+    fn the_vectorised_product_matches_128_bit_arithmetic() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let edge = [0, 1, 2, P - 1, P - 2, (1 << 32) - 1, 1 << 32, (1 << 60) + 12345];
+        for i in 0..200_000 {
+            let (a, x, b) = if i < 512 {
+                (edge[i % 8].max(1), edge[(i / 8) % 8], edge[(i / 64) % 8])
+            } else {
+                (rng.random_range(1..P), rng.random_range(0..P), rng.random_range(0..P))
+            };
+            let want = mod_p(u128::from(a) * u128::from(x) + u128::from(b));
+            assert_eq!(mul_add_mod_p((a >> 31) << 1, a & 0x7fff_ffff, x >> 31, x & 0x7fff_ffff, b), want, "{a} {x} {b}");
+        }
+    }
+
+    #[test]
+    fn signatures_equal_the_reference_for_any_hashes_and_permutation_count() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for num_perm in [1, 7, 16, 64, 100, 128, 256] {
+            let h = MinHasher::new(num_perm, 11);
+            for n in [0usize, 1, 2, 5, 100, 1000] {
+                let mut hashes: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+                if n > 2 {
+                    hashes[0] = u64::MAX;
+                    hashes[1] = P;
+                    hashes[2] = P - 1;
+                }
+                assert_eq!(h.signature(&hashes), h.signature_reference(&hashes), "{num_perm} perms, {n} hashes");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shingles_equal_the_allocating_reference(t in "(\\PC|[ a-zA-Z0-9ΣσςİK.,'-]){0,80}") {
+            proptest::prop_assert_eq!(shingles(&t), shingles_reference(&t));
+            let h = MinHasher::new(32, 2);
+            proptest::prop_assert_eq!(h.signature(&shingle_hashes(&t)), h.signature(&shingles(&t)));
+        }
+    }
+
+    #[test]
+    fn shingles_of_fixed_strings_equal_the_reference() {
+        for t in ["", "one", "one two", "The quick, brown fox!", "ΣΑΣ σας ΟΔΟΣ", "İstanbul KELVIN 1st 2nd", "a--b__c  d\ne", "中文 字 😀 x y z"] {
+            assert_eq!(shingles(t), shingles_reference(t), "{t:?}");
         }
     }
 
@@ -277,7 +499,9 @@ mod tests {
         let near = base.replace("word40 ", "changed ");
         let far: String = (0..80).map(|i| format!("other{i} ")).collect();
         let mut idx = LshIndex::new(0.85, 128);
-        idx.insert(&h.signature(&shingles(&base)), 7);
+        let (sb, sn) = (h.signature(&shingles(&base)), h.signature(&shingles(&near)));
+        assert_eq!(compact_jaccard_of(&sn, &sb.compact()), compact_jaccard(&sn.compact(), &sb.compact()));
+        idx.insert(&sb, 7);
         let hit = idx.query(&h.signature(&shingles(&near))).expect("near duplicate found");
         assert_eq!(hit.0, 7);
         assert!(hit.1 > 0.85);

@@ -2,8 +2,10 @@
 //! only the first), each with its field path and a fix hint; a [`Record`] comes back only when the
 //! row has no error. The checks are the OpenAI fine-tuning cookbook's format checks plus ours.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::finding::{Code, Finding};
@@ -101,6 +103,47 @@ pub fn parse_value(value: Value, file: &Arc<str>, line: u64, expected: Option<Fo
         _ => None,
     };
     Parsed { record, findings: cx.findings }
+}
+
+/// The common clean chat row, read straight from the JSON text: only `messages` (each with
+/// exactly `role` and `content`, both strings) and an optional `metadata` object. Any other
+/// shape (a `weight`, an unknown key, a duplicate key, a wrong type, bad JSON) fails to
+/// deserialize and the row goes through [`parse_value`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanChat<'a> {
+    #[serde(borrow)]
+    messages: Vec<CleanMessage<'a>>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanMessage<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+}
+
+/// [`parse_value`] of the parsed `text` for rows of the common clean chat shape, without
+/// building the JSON tree (a map per message and a `String` per key); `None` for any other row
+/// (the caller then parses it in full). The conversation checks are the same function, so the
+/// findings are the same (tested against `parse_value` on generated rows).
+pub fn parse_clean_chat(text: &str, file: &Arc<str>, line: u64, expected: Option<Format>) -> Option<Parsed> {
+    if expected.is_some_and(|f| f != Format::Chat) {
+        return None;
+    }
+    let row: CleanChat<'_> = serde_json::from_str(text).ok()?;
+    let mut turns = Vec::with_capacity(row.messages.len());
+    for m in row.messages {
+        turns.push(Turn { role: Role::parse(&m.role)?, content: m.content.into_owned(), weight: None });
+    }
+    let mut cx = Ctx { file, line, findings: Vec::new() };
+    check_conversation(&mut cx, &turns);
+    let record = (!cx.has_errors()).then(|| Record { origin: Origin { file: file.clone(), line }, body: Body::Chat(turns), metadata: row.metadata });
+    Some(Parsed { record, findings: cx.findings })
 }
 
 fn required_string(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>, key: &str, missing_hint: &str) -> Option<String> {
@@ -317,6 +360,91 @@ mod tests {
         let c = codes(&p);
         assert!(c.contains(&(Code::BadWeight, "messages[0].weight".into())), "{c:?}");
         assert!(c.contains(&(Code::BadWeight, "messages[1].weight".into())), "{c:?}");
+    }
+
+    /// Chat rows of many shapes, clean and not, as JSON text.
+    fn chat_rows() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let role = proptest::sample::select(vec!["system", "user", "assistant", "robot", ""]).prop_map(|r| serde_json::json!(r));
+        let value = prop_oneof![
+            Just(serde_json::json!("text")),
+            Just(serde_json::json!("  ")),
+            Just(serde_json::json!("")),
+            Just(serde_json::json!("esc \" \\ \n \u{e9}")),
+            Just(serde_json::json!(5)),
+            Just(serde_json::json!(null)),
+        ];
+        let message = (proptest::option::of(role), proptest::option::of(value.clone()), proptest::option::of(0..3u8), any::<bool>()).prop_map(|(r, c, w, extra)| {
+            let mut m = serde_json::Map::new();
+            if let Some(r) = r {
+                m.insert("role".into(), r);
+            }
+            if let Some(c) = c {
+                m.insert("content".into(), c);
+            }
+            if let Some(w) = w {
+                m.insert("weight".into(), serde_json::json!(w));
+            }
+            if extra {
+                m.insert("name".into(), serde_json::json!("x"));
+            }
+            Value::Object(m)
+        });
+        let clean = (proptest::sample::select(vec!["system", "user", "assistant"]), proptest::sample::select(vec!["text", "  ", "", "esc \" \\ \n \u{e9}", "😀"]))
+            .prop_map(|(r, c)| serde_json::json!({"role": r, "content": c}));
+        let message = prop_oneof![4 => clean, 1 => message];
+        let meta = prop_oneof![Just(None), Just(Some(serde_json::json!(null))), Just(Some(serde_json::json!({"topic": "a", "n": 1}))), Just(Some(serde_json::json!(3)))];
+        (proptest::collection::vec(message, 0..5), meta, proptest::bool::weighted(0.1), proptest::bool::weighted(0.1)).prop_map(|(msgs, meta, extra, dup)| {
+            let mut s = format!("{{\"messages\": {}", Value::Array(msgs));
+            if let Some(m) = meta {
+                s.push_str(&format!(", \"metadata\": {m}"));
+            }
+            if extra {
+                s.push_str(", \"extra\": 1");
+            }
+            if dup {
+                s.push_str(", \"messages\": []");
+            }
+            s.push('}');
+            s
+        })
+    }
+
+    thread_local! {
+        static CLEAN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..proptest::prelude::ProptestConfig::default() })]
+        #[test]
+        fn the_clean_chat_path_gives_what_the_full_parse_gives(text in chat_rows(), forced in proptest::bool::ANY) {
+            let file: Arc<str> = "t.jsonl".into();
+            let expected = forced.then_some(Format::Chat);
+            if let Some(fast) = parse_clean_chat(&text, &file, 3, expected) {
+                CLEAN.with(|n| n.set(n.get() + 1));
+                let slow = parse_value(serde_json::from_str(&text).expect("valid json"), &file, 3, expected);
+                proptest::prop_assert_eq!(fast.record, slow.record);
+                proptest::prop_assert_eq!(fast.findings, slow.findings);
+            }
+        }
+    }
+
+    #[test]
+    fn the_generated_rows_exercise_the_clean_path() {
+        // Re-run the property here to count how many rows took the clean path.
+        the_clean_chat_path_gives_what_the_full_parse_gives();
+        assert!(CLEAN.with(std::cell::Cell::get) > 500, "{}", CLEAN.with(std::cell::Cell::get));
+    }
+
+    #[test]
+    fn the_clean_chat_path_takes_clean_rows_and_leaves_the_rest() {
+        let file: Arc<str> = "t.jsonl".into();
+        let clean = r#"{"messages":[{"role":"user","content":"q\u00e9"},{"role":"assistant","content":"a"}],"metadata":{"k":1}}"#;
+        assert!(parse_clean_chat(clean, &file, 1, None).is_some_and(|p| p.record.is_some()));
+        assert!(parse_clean_chat(clean, &file, 1, Some(Format::Text)).is_none());
+        for other in [r#"{"messages":[{"role":"user","content":"q","weight":1}]}"#, r#"{"messages":[],"x":1}"#, r#"{"messages":[{"role":"robot","content":"q"}]}"#, "[1]", "{bad"] {
+            assert!(parse_clean_chat(other, &file, 1, None).is_none(), "{other}");
+        }
     }
 
     #[test]

@@ -118,7 +118,12 @@ impl Iterator for RowReader {
                     continue; // blank lines separate nothing in JSONL; skip them
                 }
                 let payload = match std::str::from_utf8(buf) {
-                    Ok(s) => Payload::Json(s.to_string()),
+                    // Hand the line's buffer over instead of copying it (a new one is needed
+                    // either way, the row keeps its text).
+                    Ok(_) => {
+                        let cap = buf.capacity();
+                        Payload::Json(String::from_utf8(std::mem::replace(buf, Vec::with_capacity(cap))).unwrap_or_default())
+                    }
                     Err(e) => Payload::Bad {
                         csv: false,
                         field: String::new(),

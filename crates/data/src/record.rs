@@ -196,6 +196,16 @@ impl Record {
         }
     }
 
+    /// Whether `pred` holds for some free-text field ([`Record::texts`] without the field paths).
+    pub fn any_text(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
+        match &self.body {
+            Body::Chat(t) => t.iter().any(|t| pred(&t.content)),
+            Body::Alpaca { instruction, input, output } => pred(instruction) || input.as_deref().is_some_and(&mut pred) || pred(output),
+            Body::Completion { prompt, completion } => pred(prompt) || pred(completion),
+            Body::Text(t) => pred(t),
+        }
+    }
+
     /// Apply `f` to every free-text field (PII redaction); returns whether anything changed.
     pub fn map_texts(&mut self, mut f: impl FnMut(&str) -> Option<String>) -> bool {
         let mut changed = false;
@@ -233,7 +243,7 @@ impl Record {
         }
         let turns = self.turns();
         let last = turns.iter().rposition(|t| t.role == Role::Assistant)?;
-        let mut prompt = String::new();
+        let mut prompt = String::with_capacity(turns[..last].iter().map(|t| t.content.len() + 12).sum());
         for t in &turns[..last] {
             prompt.push_str(t.role.as_str());
             prompt.push('\u{1f}');

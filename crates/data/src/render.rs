@@ -17,11 +17,14 @@
 
 use std::sync::Arc;
 
+use ferrotune_model::loaded::TextModel;
 use ferrotune_model::{ChatTemplate, LoadedModel, Message, Tokenizer};
 use serde::Serialize;
 
 use crate::error::{DataError, Result};
-use crate::record::{Body, Record, Role};
+use crate::chatml::ChatMl;
+use crate::fast_bpe::{FastBpe, IdsAndRanges};
+use crate::record::{Body, Record, Role, Turn};
 
 /// Label value of positions without loss (PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -65,6 +68,9 @@ pub struct Renderer {
     eos_ids: Vec<u32>,
     /// The EOS token appended to text records and inserted after turns without one.
     eos: u32,
+    /// Exact fast paths (tested equal to the general ones); `None` where not recognised.
+    fast_bpe: Option<Arc<FastBpe>>,
+    chatml: Option<ChatMl>,
 }
 
 impl Renderer {
@@ -79,10 +85,55 @@ impl Renderer {
         eos_ids.extend(tok_eos);
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        Ok(Self { tokenizer, template, eos_ids, eos })
+        let fast_bpe = FastBpe::new(tokenizer.inner()).map(Arc::new);
+        let chatml = template.as_deref().and_then(ChatMl::recognise);
+        Ok(Self { tokenizer, template, eos_ids, eos, fast_bpe, chatml })
+    }
+
+    /// The same renderer without its fast paths (the reference they are tested against).
+    pub fn without_fast_paths(mut self) -> Self {
+        self.fast_bpe = None;
+        self.chatml = None;
+        self
+    }
+
+    /// Whether the fast tokenizer and the fast template are in use.
+    pub fn fast_paths(&self) -> (bool, bool) {
+        (self.fast_bpe.is_some(), self.chatml.is_some())
+    }
+
+    /// `text`'s ids and, per id, a byte range containing the token: HF's offsets, or (fast path)
+    /// the range of the pre-tokenizer piece the token came from. A token belongs to a span when
+    /// its range overlaps it, which is the same for a piece's tokens and the piece unless the
+    /// piece straddles a span edge; then HF's own offsets are used.
+    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)]) -> Result<IdsAndRanges> {
+        if let Some((ids, ranges)) = self.fast_bpe.as_ref().and_then(|f| f.encode(text)) {
+            let straddles = |&(s, e): &(usize, usize)| spans.iter().any(|&(a, b, _)| (s < a && a < e) || (s < b && b < e));
+            if !ranges.iter().any(straddles) {
+                return Ok((ids, ranges));
+            }
+        }
+        let enc = self.tokenizer.inner().encode(text, false).map_err(|e| Self::err(record, "", format!("tokenizer: {e}")))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    fn render_chat(&self, template: &ChatTemplate, turns: &[Turn], generation: bool) -> ferrotune_model::Result<String> {
+        if let Some(fast) = &self.chatml {
+            let mut out = String::with_capacity(turns.iter().map(|t| t.content.len() + 24).sum::<usize>() + 64);
+            fast.render_into(turns.iter().map(|t| (t.role.as_str(), t.content.as_str())), generation, &mut out);
+            return Ok(out);
+        }
+        let messages: Vec<Message> = turns.iter().map(|t| Message::new(t.role.as_str(), t.content.clone())).collect();
+        template.render(&messages, generation)
     }
 
     pub fn from_model(m: &LoadedModel) -> Result<Self> {
+        Self::new(m.tokenizer.clone(), m.chat_template.clone(), m.eos_ids.clone())
+    }
+
+    /// From a model's tokenizer and template alone (`ferrotune_model::loaded::load_text`: no
+    /// weights are read).
+    pub fn from_text_model(m: &TextModel) -> Result<Self> {
         Self::new(m.tokenizer.clone(), m.chat_template.clone(), m.eos_ids.clone())
     }
 
@@ -112,19 +163,29 @@ impl Renderer {
             Self::err(record, "", "the model has no chat template; use text records or a model with a template")
         })?;
         let turns = record.turns();
-        let messages: Vec<Message> = turns.iter().map(|t| Message::new(t.role.as_str(), t.content.clone())).collect();
-        let full = template.render(&messages, false).map_err(|e| Self::err(record, "messages", e.to_string()))?;
+        let full = self.render_chat(template, &turns, false).map_err(|e| Self::err(record, "messages", e.to_string()))?;
 
         // Byte spans of the assistant turns in `full`, and whether each is trained on.
-        let mut spans: Vec<(usize, usize, bool)> = Vec::new();
+        let mut spans: Vec<(usize, usize, bool)> = Vec::with_capacity(turns.len());
+        let pairs: Vec<(&str, &str)> = match &self.chatml {
+            Some(_) => turns.iter().map(|t| (t.role.as_str(), t.content.as_str())).collect(),
+            None => Vec::new(),
+        };
         for (i, t) in turns.iter().enumerate() {
             if t.role != Role::Assistant {
                 continue;
             }
             let field = || format!("messages[{i}]");
-            let before = template.render(&messages[..i], true).map_err(|e| Self::err(record, field(), e.to_string()))?;
-            let through = template.render(&messages[..=i], false).map_err(|e| Self::err(record, field(), e.to_string()))?;
-            if !through.starts_with(&before) || !full.starts_with(&through) {
+            let fast = self.chatml.as_ref().map(|c| c.assistant_span(&pairs, i));
+            let span = match fast {
+                Some(span) => span,
+                None => {
+                    let before = self.render_chat(template, &turns[..i], true).map_err(|e| Self::err(record, field(), e.to_string()))?;
+                    let through = self.render_chat(template, &turns[..=i], false).map_err(|e| Self::err(record, field(), e.to_string()))?;
+                    (through.starts_with(&before) && full.starts_with(&through)).then_some((before.len(), through.len()))
+                }
+            };
+            let Some((before, through)) = span else {
                 return Err(Self::err(
                     record,
                     field(),
@@ -133,13 +194,11 @@ impl Renderer {
                      a leading assistant turn), so the answer cannot be located; start the conversation with a \
                      system or user message",
                 ));
-            }
-            spans.push((before.len(), through.len(), t.is_target()));
+            };
+            spans.push((before, through, t.is_target()));
         }
 
-        let enc = self.tokenizer.inner().encode(full.as_str(), false).map_err(|e| Self::err(record, "", format!("tokenizer: {e}")))?;
-        let ids = enc.get_ids();
-        let offsets = enc.get_offsets();
+        let (ids, offsets) = self.encode_with_ranges(record, &full, &spans)?;
         // Which span each token falls in (a token overlapping a span's bytes belongs to it).
         let span_of = |k: usize| -> Option<usize> {
             let (s, e) = offsets[k];
@@ -191,7 +250,6 @@ pub fn render_for_training(record: &Record, renderer: &Renderer, opts: &RenderOp
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::record::Turn;
     use ferrotune_model::tokenizer::{GgufVocab, tokenizer_json_from_gguf};
 
     pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -245,6 +303,66 @@ pub(crate) mod tests {
             Turn::new(Role::User, "q2"),
             Turn::new(Role::Assistant, "a2"),
         ])
+    }
+
+    const SMOL: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    /// A renderer over the BPE with merges across pre-tokenizer splits (see `fast_bpe`).
+    fn merged_renderer(template: &str) -> Renderer {
+        let json = crate::fast_bpe::tests::merged_tokenizer_json("smollm");
+        #[allow(clippy::expect_used)]
+        let tok = Tokenizer::from_json(&json).expect("tokenizer").with_special(None, Some("<|im_end|>".into()), false);
+        #[allow(clippy::expect_used)]
+        let t = ChatTemplate::new(template, "", "<|im_end|>").expect("template");
+        #[allow(clippy::expect_used)]
+        Renderer::new(tok, Some(Arc::new(t)), vec![]).expect("renderer")
+    }
+
+    #[test]
+    fn chatml_and_smollm2_templates_and_the_bpe_take_the_fast_paths() {
+        for t in [CHATML, SMOL] {
+            assert_eq!(merged_renderer(t).fast_paths(), (true, true), "{t}");
+        }
+        let plain = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% endfor %}";
+        assert_eq!(merged_renderer(plain).fast_paths(), (true, false));
+    }
+
+    const PIECES: &[&str] = &["a", "hi", " the", "  ", "   ", "\n", "\n\n", " \n", "\t", "'s", "12", " 3", "é😀", "中", "<|im_end|>", "<|im_start|>", "x", "?!", "\u{a0}"];
+
+    fn conversation() -> impl proptest::strategy::Strategy<Value = Record> {
+        use proptest::prelude::*;
+        let content = proptest::collection::vec(0..PIECES.len(), 0..8).prop_map(|ix| ix.into_iter().map(|i| PIECES[i]).collect::<String>());
+        let turn = (0..3u8, content, proptest::option::of(0..2u8)).prop_map(|(r, c, w)| {
+            let role = [Role::System, Role::User, Role::Assistant][r as usize];
+            let mut t = Turn::new(role, c);
+            if role == Role::Assistant {
+                t.weight = w;
+            }
+            t
+        });
+        proptest::collection::vec(turn, 0..6).prop_map(Record::chat)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1500, ..proptest::prelude::ProptestConfig::default() })]
+        #[test]
+        fn the_fast_paths_render_exactly_what_minijinja_and_hf_give(rec in conversation(), train_on_inputs in proptest::bool::ANY, smol in proptest::bool::ANY) {
+            thread_local! {
+                static R: [(Renderer, Renderer); 2] = [CHATML, SMOL].map(|t| {
+                    let r = merged_renderer(t);
+                    (r.clone(), r.without_fast_paths())
+                });
+            }
+            let opts = RenderOptions { train_on_inputs };
+            R.with(|rs| {
+                let (fast, slow) = &rs[usize::from(smol)];
+                match (fast.render(&rec, &opts), slow.render(&rec, &opts)) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => panic!("fast {a:?} vs slow {b:?}"),
+                }
+            });
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! file order for the checks that depend on earlier rows (mixed formats, duplicates).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use rayon::prelude::*;
 
@@ -12,7 +12,7 @@ use crate::dedup::Fingerprint;
 use crate::error::Result;
 use crate::finding::{Code, Finding};
 use crate::minhash::MinHasher;
-use crate::parse::{Parsed, parse_value};
+use crate::parse::{Parsed, parse_clean_chat, parse_value};
 use crate::pii::{PiiDetector, PiiKind};
 use crate::reader::{Payload, RawRow, RowReader, parse_json};
 use crate::record::{Format, Record};
@@ -85,8 +85,11 @@ impl Scanner {
     pub fn analyze(&self, file: &Arc<str>, raw: RawRow) -> Row {
         let line = raw.line;
         let value = match raw.payload {
-            Payload::Json(text) => parse_json(&text),
-            Payload::Value(v) => Ok(v),
+            Payload::Json(text) => match parse_clean_chat(&text, file, line, self.cfg.format) {
+                Some(parsed) => Ok(parsed),
+                None => parse_json(&text).map(|v| parse_value(v, file, line, self.cfg.format)),
+            },
+            Payload::Value(v) => Ok(parse_value(v, file, line, self.cfg.format)),
             Payload::Bad { csv, field, column, message } => {
                 let (code, hint) = if csv {
                     (Code::BadCsv, "make every row have the header's number of cells, quoted where they hold commas or quotes")
@@ -102,7 +105,7 @@ impl Scanner {
             }
         };
         let Parsed { record, mut findings } = match value {
-            Ok(v) => parse_value(v, file, line, self.cfg.format),
+            Ok(parsed) => parsed,
             Err((column, message)) => Parsed {
                 record: None,
                 findings: vec![Finding::new(
@@ -117,7 +120,7 @@ impl Scanner {
         };
         let mut row = Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new() };
         if let Some(rec) = &record {
-            if self.cfg.pii {
+            if self.cfg.pii && rec.any_text(|t| self.pii.may_contain(t)) {
                 for (field, text) in rec.texts() {
                     for m in self.pii.find(text) {
                         findings.push(Finding::new(
@@ -167,20 +170,22 @@ impl Scanner {
     /// Stream `path` through [`Scanner::analyze`] and hand each row, in order, to `sink`.
     /// Rows whose format differs from the file's first valid row get a `mixed_formats` error.
     /// Returns the file's format (of its first valid row).
+    ///
+    /// A pipeline of three stages: this thread reads chunk k+1 while the rayon pool analyses
+    /// chunk k and, once that is done, this thread hands chunk k to `sink` while the pool
+    /// analyses chunk k+1. At most three chunks are in memory (read, in analysis, in the sink).
     pub fn scan_file(&self, path: &Path, mut sink: impl FnMut(Row) -> Result<()>) -> Result<Option<Format>> {
         let file: Arc<str> = path.display().to_string().into();
         let mut reader = RowReader::open(path)?;
         let mut file_format: Option<Format> = None;
-        let mut chunk: Vec<RawRow> = Vec::with_capacity(CHUNK);
-        loop {
-            chunk.clear();
+        let read_chunk = |reader: &mut RowReader| -> Result<Vec<RawRow>> {
+            let mut chunk = Vec::with_capacity(CHUNK);
             for raw in reader.by_ref().take(CHUNK) {
                 chunk.push(raw?);
             }
-            if chunk.is_empty() {
-                break;
-            }
-            let rows: Vec<Row> = std::mem::take(&mut chunk).into_par_iter().map(|raw| self.analyze(&file, raw)).collect();
+            Ok(chunk)
+        };
+        let mut deliver = |rows: Vec<Row>| -> Result<()> {
             for mut row in rows {
                 if let Some(rec) = &row.record {
                     let f = rec.format();
@@ -202,7 +207,34 @@ impl Scanner {
                 }
                 sink(row)?;
             }
-        }
+            Ok(())
+        };
+        let analyse = |chunk: Vec<RawRow>| -> Vec<Row> { chunk.into_par_iter().map(|raw| self.analyze(&file, raw)).collect() };
+        rayon::in_place_scope(|scope| -> Result<()> {
+            let mut in_flight: Option<mpsc::Receiver<Vec<Row>>> = None;
+            loop {
+                let chunk = read_chunk(&mut reader)?;
+                let next = (!chunk.is_empty()).then(|| {
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    let analyse = &analyse;
+                    scope.spawn(move |_| {
+                        let _ = tx.send(analyse(chunk));
+                    });
+                    rx
+                });
+                if let Some(rx) = in_flight.take() {
+                    // The sender is dropped only after sending, unless the analysis panicked;
+                    // then the scope re-raises the panic when it ends.
+                    if let Ok(rows) = rx.recv() {
+                        deliver(rows)?;
+                    }
+                }
+                match next {
+                    Some(rx) => in_flight = Some(rx),
+                    None => return Ok(()),
+                }
+            }
+        })?;
         Ok(file_format)
     }
 }

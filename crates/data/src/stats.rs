@@ -100,18 +100,31 @@ pub fn class_of(v: &Value) -> Option<String> {
 impl Coverage {
     pub fn add(&mut self, metadata: &serde_json::Map<String, Value>) {
         for (k, v) in metadata {
-            let Some(class) = class_of(v) else { continue };
-            let f = self.fields.entry(k.clone()).or_default();
+            // Strings are borrowed for the lookups; a key or class is copied only when new
+            // (this runs once per row on the sequential path).
+            let class: std::borrow::Cow<'_, str> = match v {
+                Value::String(s) => s.as_str().into(),
+                Value::Bool(_) | Value::Number(_) => v.to_string().into(),
+                _ => continue,
+            };
+            if !self.fields.contains_key(k.as_str()) {
+                self.fields.insert(k.clone(), FieldCoverage::default());
+            }
+            let Some(f) = self.fields.get_mut(k.as_str()) else { continue };
             f.rows += 1;
             if f.high_cardinality {
                 continue;
             }
-            if f.counts.len() >= MAX_CLASSES && !f.counts.contains_key(&class) {
+            if let Some(n) = f.counts.get_mut(class.as_ref()) {
+                *n += 1;
+                continue;
+            }
+            if f.counts.len() >= MAX_CLASSES {
                 f.high_cardinality = true;
                 f.counts.clear();
                 continue;
             }
-            *f.counts.entry(class).or_default() += 1;
+            f.counts.insert(class.into_owned(), 1);
         }
     }
 

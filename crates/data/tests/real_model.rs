@@ -78,3 +78,43 @@ fn the_bundled_support_example_validates_cleanly_with_token_statistics() {
     assert!(t.min > 0 && t.max < all.max && all.max < 2048);
     assert_eq!(r.stats.billed_training_tokens, Some(all.sum * 3));
 }
+
+#[test]
+fn smollm2_takes_both_fast_paths_and_they_render_exactly_as_minijinja_and_hf() {
+    let Some(m) = model() else { return };
+    let fast = Renderer::from_model(&m).expect("renderer");
+    assert_eq!(fast.fast_paths(), (true, true), "SmolLM2's tokenizer and ChatML template must be recognised");
+    let slow = fast.clone().without_fast_paths();
+    let pieces = [
+        "Hi, question 12: refund", " window?", "  two spaces", "\n\nnew paragraph", "don't it's we'll", "é😀 中文 ½ Ⅻ ٣", "\u{a0}nbsp",
+        "tabs\t\there", "<|im_end|>", "<|im_start|>", "<|endoftext|>", "1234567.89", "   ", "CAPS'S", "e\u{301}", "?!...", "\r\n",
+    ];
+    let mut n = 0;
+    for i in 0..pieces.len() {
+        for j in 0..pieces.len() {
+            let rec = Record::chat(vec![
+                Turn::new(Role::System, pieces[(i + j) % pieces.len()]),
+                Turn::new(Role::User, format!("{}{}", pieces[i], pieces[j])),
+                Turn::new(Role::Assistant, format!("{}{}", pieces[j], pieces[i])),
+            ]);
+            for train_on_inputs in [false, true] {
+                let opts = RenderOptions { train_on_inputs };
+                assert_eq!(render_for_training(&rec, &fast, &opts).expect("fast"), render_for_training(&rec, &slow, &opts).expect("slow"), "{rec:?}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 200);
+}
+
+#[test]
+fn the_text_only_load_renders_exactly_as_the_full_model() {
+    let Some(m) = model() else { return };
+    let t = ferrotune_model::loaded::load_text_path(&m.path).expect("text-only load");
+    assert_eq!(t.eos_ids, m.eos_ids);
+    assert_eq!(t.chat_template.as_ref().map(|c| c.source().to_string()), m.chat_template.as_ref().map(|c| c.source().to_string()));
+    let (full, text) = (Renderer::from_model(&m).expect("renderer"), Renderer::from_text_model(&t).expect("renderer"));
+    let rec = Record::chat(vec![Turn::new(Role::User, "Capital of France? 12 é😀"), Turn::new(Role::Assistant, "  Paris.")]);
+    let opts = RenderOptions::default();
+    assert_eq!(render_for_training(&rec, &full, &opts).expect("render"), render_for_training(&rec, &text, &opts).expect("render"));
+}

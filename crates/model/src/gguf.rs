@@ -187,7 +187,6 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let vocab_size = meta.uint(&key("vocab_size"))?.map(|v| v as usize).unwrap_or(tokens.len());
     let head_dim = meta.uint(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(hidden / num_heads.max(1));
-    let token_str = |id: Option<u64>| id.and_then(|i| tokens.get(i as usize).cloned());
     let bos_id = meta.uint("tokenizer.ggml.bos_token_id")?;
     let eos_id = meta.uint("tokenizer.ggml.eos_token_id")?;
     let rope_scaling = match (meta.string(&key("rope.scaling.type"))?, meta.float(&key("rope.scaling.factor"))?) {
@@ -253,25 +252,65 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         weights.insert(hf, path, WeightTensor::Quantized(Arc::new(q)));
     }
 
+    let text = text_parts(&meta, tokens)?;
+    Ok(GgufModel {
+        config,
+        weights,
+        tokenizer_json: text.tokenizer_json,
+        chat_template: text.chat_template,
+        bos_token: text.bos_token,
+        eos_token: text.eos_token,
+        add_bos: text.add_bos,
+        rope_freq_factors,
+    })
+}
+
+/// What a GGUF says about text: tokenizer, chat template, special tokens (no weights).
+pub struct GgufText {
+    pub tokenizer_json: serde_json::Value,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub add_bos: bool,
+    pub eos_ids: Vec<u32>,
+}
+
+fn text_parts(meta: &Meta<'_>, tokens: Vec<String>) -> Result<GgufText> {
+    let bos_id = meta.uint("tokenizer.ggml.bos_token_id")?;
+    let eos_id = meta.uint("tokenizer.ggml.eos_token_id")?;
+    let token_str = |id: Option<u64>| id.and_then(|i| tokens.get(i as usize).cloned());
+    let (bos_token, eos_token) = (token_str(bos_id), token_str(eos_id));
     let vocab = GgufVocab {
         model: meta.string("tokenizer.ggml.model")?.unwrap_or("gpt2"),
         pre: meta.string("tokenizer.ggml.pre")?.unwrap_or("default"),
-        tokens: tokens.clone(),
+        tokens,
         token_types: meta.ints("tokenizer.ggml.token_type")?,
         merges: meta.strings("tokenizer.ggml.merges")?,
     };
     let tokenizer_json = tokenizer_json_from_gguf(&vocab)
-        .map_err(|e| ModelError::InvalidFile { path: path.to_path_buf(), what: "tokenizer metadata".into(), reason: e.to_string() })?;
-    Ok(GgufModel {
-        config,
-        weights,
+        .map_err(|e| ModelError::InvalidFile { path: meta.path.to_path_buf(), what: "tokenizer metadata".into(), reason: e.to_string() })?;
+    Ok(GgufText {
         tokenizer_json,
         chat_template: meta.string("tokenizer.chat_template")?.map(str::to_string),
-        bos_token: token_str(bos_id),
-        eos_token: token_str(eos_id),
+        bos_token,
+        eos_token,
         add_bos: meta.bool("tokenizer.ggml.add_bos_token").unwrap_or(false),
-        rope_freq_factors,
+        eos_ids: eos_id.map(|v| vec![v as u32]).unwrap_or_default(),
     })
+}
+
+/// The tokenizer, chat template and special tokens of a GGUF, reading only its header (the
+/// data stage needs no weights; loading them cost ~0.7 s and ~300 MB for SmolLM2-135M).
+pub fn load_text(path: &Path) -> Result<GgufText> {
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| ModelError::InvalidFile {
+        path: path.to_path_buf(),
+        what: "GGUF header".into(),
+        reason: e.to_string(),
+    })?;
+    let meta = Meta { path, map: &content.metadata };
+    text_parts(&meta, meta.strings("tokenizer.ggml.tokens")?)
 }
 
 #[cfg(test)]

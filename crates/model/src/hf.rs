@@ -88,10 +88,19 @@ fn chat_template_field(v: &Value) -> Option<String> {
 }
 
 pub fn load(dir: &Path, device: &Device) -> Result<HfModel> {
+    load_with(dir, device, true)
+}
+
+/// Everything but the weights (the weight map is empty): what tokenizing and templating need.
+pub fn load_text(dir: &Path) -> Result<HfModel> {
+    load_with(dir, &Device::Cpu, false)
+}
+
+fn load_with(dir: &Path, device: &Device, with_weights: bool) -> Result<HfModel> {
     let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
     let files = safetensors_files(dir)?;
     let mut weights = Weights::new(dir, device.clone());
-    for file in &files {
+    for file in files.iter().filter(|_| with_weights) {
         let tensors = candle_core::safetensors::load(file, device).map_err(|e| ModelError::InvalidFile {
             path: file.clone(),
             what: "safetensors".into(),

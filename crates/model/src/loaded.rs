@@ -94,6 +94,49 @@ pub fn load_path(path: &Path, mode: WeightMode, device: &Device) -> Result<Loade
     }
 }
 
+/// What the data stage needs of a model: tokenizer, chat template and the EOS set — without
+/// the weights.
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<Arc<ChatTemplate>>,
+    /// As [`LoadedModel::eos_ids`].
+    pub eos_ids: Vec<u32>,
+}
+
+/// Load a model's [`TextModel`] by name (installed) or path, reading no weights.
+pub fn load_text(spec: &str) -> Result<TextModel> {
+    let path = store::resolve(spec)?;
+    load_text_path(&path)
+}
+
+pub fn load_text_path(path: &Path) -> Result<TextModel> {
+    if path.is_dir() {
+        let m = hf::load_text(path)?;
+        let tokenizer = Tokenizer::from_file(&m.tokenizer_file)?.with_special(m.bos_token.clone(), m.eos_token.clone(), m.add_bos);
+        let mut eos_ids = m.config.eos_token_ids.clone();
+        eos_ids.extend(m.generation_eos.iter().copied());
+        if let Some(id) = m.eos_token.as_deref().and_then(|e| tokenizer.token_to_id(e)) {
+            eos_ids.push(id);
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        let chat_template = template(m.chat_template.as_deref(), &m.bos_token, &m.eos_token)?;
+        Ok(TextModel { tokenizer, chat_template, eos_ids })
+    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let g = gguf::load_text(path)?;
+        let tokenizer = Tokenizer::from_json(&g.tokenizer_json)?.with_special(g.bos_token.clone(), g.eos_token.clone(), g.add_bos);
+        let chat_template = template(g.chat_template.as_deref(), &g.bos_token, &g.eos_token)?;
+        Ok(TextModel { tokenizer, chat_template, eos_ids: g.eos_ids })
+    } else {
+        Err(ModelError::InvalidFile {
+            path: path.to_path_buf(),
+            what: "model".into(),
+            reason: "expected a .gguf file or an HF directory with config.json".into(),
+        })
+    }
+}
+
 fn template(src: Option<&str>, bos: &Option<String>, eos: &Option<String>) -> Result<Option<Arc<ChatTemplate>>> {
     src.map(|s| ChatTemplate::new(s, bos.as_deref().unwrap_or(""), eos.as_deref().unwrap_or("")).map(Arc::new))
         .transpose()
