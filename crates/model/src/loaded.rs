@@ -61,15 +61,7 @@ pub fn load_path(path: &Path, mode: WeightMode, device: &Device) -> Result<Loade
             tracing::info!("{} holds unquantized weights; the quantized path needs a GGUF, using f32", path.display());
         }
         let model = Llama::load(&m.weights, &m.config, WeightMode::F32, None)?;
-        let tokenizer = Tokenizer::from_file(&m.tokenizer_file)?.with_special(m.bos_token.clone(), m.eos_token.clone(), m.add_bos);
-        let mut eos_ids = m.config.eos_token_ids.clone();
-        eos_ids.extend(m.generation_eos.iter().copied());
-        if let Some(id) = m.eos_token.as_deref().and_then(|e| tokenizer.token_to_id(e)) {
-            eos_ids.push(id);
-        }
-        eos_ids.sort_unstable();
-        eos_ids.dedup();
-        let chat_template = template(m.chat_template.as_deref(), &m.bos_token, &m.eos_token)?;
+        let TextModel { tokenizer, chat_template, eos_ids } = hf_text(&m)?;
         Ok(LoadedModel { model, tokenizer, chat_template, eos_ids, path: path.to_path_buf(), format: Format::HfDir, files: m.files })
     } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         let g = gguf::load(path, device)?;
@@ -104,6 +96,21 @@ pub struct TextModel {
     pub eos_ids: Vec<u32>,
 }
 
+/// Tokenizer, chat template and EOS set (config, generation config and the EOS token's id) of
+/// an HF directory.
+fn hf_text(m: &hf::HfModel) -> Result<TextModel> {
+    let tokenizer = Tokenizer::from_file(&m.tokenizer_file)?.with_special(m.bos_token.clone(), m.eos_token.clone(), m.add_bos);
+    let mut eos_ids = m.config.eos_token_ids.clone();
+    eos_ids.extend(m.generation_eos.iter().copied());
+    if let Some(id) = m.eos_token.as_deref().and_then(|e| tokenizer.token_to_id(e)) {
+        eos_ids.push(id);
+    }
+    eos_ids.sort_unstable();
+    eos_ids.dedup();
+    let chat_template = template(m.chat_template.as_deref(), &m.bos_token, &m.eos_token)?;
+    Ok(TextModel { tokenizer, chat_template, eos_ids })
+}
+
 /// Load a model's [`TextModel`] by name (installed) or path, reading no weights.
 pub fn load_text(spec: &str) -> Result<TextModel> {
     let path = store::resolve(spec)?;
@@ -112,17 +119,7 @@ pub fn load_text(spec: &str) -> Result<TextModel> {
 
 pub fn load_text_path(path: &Path) -> Result<TextModel> {
     if path.is_dir() {
-        let m = hf::load_text(path)?;
-        let tokenizer = Tokenizer::from_file(&m.tokenizer_file)?.with_special(m.bos_token.clone(), m.eos_token.clone(), m.add_bos);
-        let mut eos_ids = m.config.eos_token_ids.clone();
-        eos_ids.extend(m.generation_eos.iter().copied());
-        if let Some(id) = m.eos_token.as_deref().and_then(|e| tokenizer.token_to_id(e)) {
-            eos_ids.push(id);
-        }
-        eos_ids.sort_unstable();
-        eos_ids.dedup();
-        let chat_template = template(m.chat_template.as_deref(), &m.bos_token, &m.eos_token)?;
-        Ok(TextModel { tokenizer, chat_template, eos_ids })
+        hf_text(&hf::load_text(path)?)
     } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         let g = gguf::load_text(path)?;
         let tokenizer = Tokenizer::from_json(&g.tokenizer_json)?.with_special(g.bos_token.clone(), g.eos_token.clone(), g.add_bos);
