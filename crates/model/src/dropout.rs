@@ -64,37 +64,64 @@ struct HashDropout {
     apply: bool,
 }
 
+/// `h >> 8 < threshold` is `(h >> 8) · 2⁻²⁴ < keep` as an integer compare (both sides exact).
+fn threshold(keep: f32) -> u32 {
+    (keep as f64 * 16_777_216.0).ceil().min(u32::MAX as f64) as u32
+}
+
+/// The keep flags of elements `base..base + flags.len()` for `s = seed32(seed)`: those of
+/// [`keep_elem`]. Within a chunk that does not cross a multiple of 2³² the index's high half is
+/// the same: one mix for it, then a 32-bit loop the compiler vectorises.
+#[inline(always)]
+fn chunk_flags(s: u32, keep: f32, threshold: u32, base: u64, flags: &mut [bool]) {
+    let lo = base as u32;
+    if lo.checked_add(flags.len() as u32).is_some() {
+        let hi = mix32(s ^ (base >> 32) as u32);
+        for (k, f) in flags.iter_mut().enumerate() {
+            *f = mix32(lo.wrapping_add(k as u32) ^ hi) >> 8 < threshold;
+        }
+    } else {
+        for (k, f) in flags.iter_mut().enumerate() {
+            *f = keep_elem(s, base + k as u64, keep);
+        }
+    }
+}
+
+/// Elements per chunk of flags.
+const CHUNK: usize = 64;
+
+/// `x ⊙ mask` in place for f32 (what [`apply`] computes), element `i` of `x` being element
+/// `offset + i` of the whole batch.
+pub fn apply_in_place(x: &mut [f32], seed: u64, keep: f64, offset: u64) {
+    let (s, scale, keep) = (seed32(seed), kept_scale(DType::F32, keep), keep as f32);
+    let threshold = threshold(keep);
+    let mut flags = [false; CHUNK];
+    for (c, chunk) in x.chunks_mut(CHUNK).enumerate() {
+        let flags = &mut flags[..chunk.len()];
+        chunk_flags(s, keep, threshold, offset + (c * CHUNK) as u64, flags);
+        for (v, &on) in chunk.iter_mut().zip(flags.iter()) {
+            *v = if on { *v * scale } else { 0.0 };
+        }
+    }
+}
+
 impl HashDropout {
     fn run<T: Copy>(&self, x: &[T], scale: f32, to: impl Fn(f32) -> T, from: impl Fn(T) -> f32) -> Vec<T> {
         let s = seed32(self.seed);
         let keep = self.keep as f32;
-        // `(h >> 8) · 2⁻²⁴ < keep` as an integer compare (both sides exact): `h >> 8 < threshold`.
-        let threshold = (keep as f64 * 16_777_216.0).ceil().min(u32::MAX as f64) as u32;
+        let threshold = threshold(keep);
         let (zero, kept_value) = (to(0.0), to(scale));
         let mut out = vec![zero; x.len()];
-        for (c, (o, chunk)) in out.chunks_mut(64).zip(x.chunks(64)).enumerate() {
-            let base = self.offset + (c * 64) as u64;
-            let lo = base as u32;
-            if lo.checked_add(chunk.len() as u32).is_some() {
-                // The index's high half is the same across the chunk: one mix for it, then a
-                // 32-bit loop the compiler vectorises.
-                let hi = mix32(s ^ (base >> 32) as u32);
-                for (k, (o, &v)) in o.iter_mut().zip(chunk).enumerate() {
-                    let on = mix32(lo.wrapping_add(k as u32) ^ hi) >> 8 < threshold;
-                    *o = match (on, self.apply) {
-                        (false, _) => zero,
-                        (true, true) => to(from(v) * scale),
-                        (true, false) => kept_value,
-                    };
-                }
-            } else {
-                for (k, (o, &v)) in o.iter_mut().zip(chunk).enumerate() {
-                    *o = match (keep_elem(s, base + k as u64, keep), self.apply) {
-                        (false, _) => zero,
-                        (true, true) => to(from(v) * scale),
-                        (true, false) => kept_value,
-                    };
-                }
+        let mut flags = [false; CHUNK];
+        for (c, (o, chunk)) in out.chunks_mut(CHUNK).zip(x.chunks(CHUNK)).enumerate() {
+            let flags = &mut flags[..chunk.len()];
+            chunk_flags(s, keep, threshold, self.offset + (c * CHUNK) as u64, flags);
+            for ((o, &v), &on) in o.iter_mut().zip(chunk).zip(flags.iter()) {
+                *o = match (on, self.apply) {
+                    (false, _) => zero,
+                    (true, true) => to(from(v) * scale),
+                    (true, false) => kept_value,
+                };
             }
         }
         out
@@ -157,6 +184,13 @@ mod tests {
         let share = apply(&x.narrow(0, 2, 3)?, 42, 0.7, 2 * 5 * 33)?;
         let diff = (whole.narrow(0, 2, 3)? - share)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
+        // In place = out of place, also across the 32-bit index boundary.
+        for offset in [2 * 5 * 33, (1u64 << 32) - 70] {
+            let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            apply_in_place(&mut v, 42, 0.7, offset);
+            let out: Vec<f32> = apply(&x, 42, 0.7, offset)?.flatten_all()?.to_vec1()?;
+            assert_eq!(v, out);
+        }
         // apply = x ⊙ mask
         let m = mask(&x, 42, 0.7, 0)?;
         let diff = ((&x * &m)? - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -14,16 +14,31 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Storage, Tensor};
 
 /// A result waiting to be handed to the graph by the op's forward (which runs once).
-struct Slot(Mutex<Option<Tensor>>);
+struct Slot(Mutex<Option<Handed>>);
+
+enum Handed {
+    /// A tensor: handed over as a copy of its storage.
+    Tensor(Tensor),
+    /// A CPU buffer of our own (see [`crate::cpu_train`]): moved, never copied.
+    Cpu(CpuStorage, Shape),
+}
 
 impl Slot {
     fn new(y: Tensor) -> Self {
-        Self(Mutex::new(Some(y)))
+        Self(Mutex::new(Some(Handed::Tensor(y))))
+    }
+
+    fn cpu_buffer((storage, shape): (CpuStorage, Shape)) -> Self {
+        Self(Mutex::new(Some(Handed::Cpu(storage, shape))))
     }
 
     fn take(&self, op: &str) -> Result<(Storage, Shape)> {
         let y = self.0.lock().ok().and_then(|mut g| g.take());
-        let Some(y) = y else { candle_core::bail!("{op}: forward ran twice") };
+        let y = match y {
+            None => candle_core::bail!("{op}: forward ran twice"),
+            Some(Handed::Cpu(storage, shape)) => return Ok((Storage::Cpu(storage), shape)),
+            Some(Handed::Tensor(y)) => y,
+        };
         let y = y.contiguous()?;
         let (storage, layout) = y.storage_and_layout();
         if layout.start_offset() != 0 {
@@ -226,6 +241,16 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, m
         None => xd.clone(),
     };
     let h = (xm.matmul(&a.detach().t()?)? * scale)?;
+    if crate::cpu_train::applies(&xd) && w.dtype() == candle_core::DType::F32 {
+        // One buffer: the frozen product written, the adapter's accumulated onto it, moved to
+        // the graph without a copy.
+        let (rows, out) = (xd.elem_count() / xd.dim(D::Minus1)?, w.dim(0)?);
+        let mut dims = xd.dims().to_vec();
+        *dims.last_mut().expect("x has a last axis") = out;
+        let (y, _) = crate::cpu_train::lora_forward(&xd.contiguous()?.reshape((rows, ()))?, w, &h.reshape((rows, ()))?, &b.detach())?;
+        let y = Slot::cpu_buffer((y, Shape::from(dims)));
+        return x.apply_op3(a, b, LoraLinear { y, w: w.clone(), h, mask: mask.cloned(), scale });
+    }
     let y = if crate::cuda_kernels::available(&xd) {
         // One output buffer: cuBLAS adds the adapter's product onto the base's.
         crate::cuda_kernels::matmul_sum(&[(&xd, w, true), (&h, &b.detach(), true)])?
@@ -258,6 +283,13 @@ impl candle_core::CustomOp3 for LoraLinear {
         let da = dh.t()?.matmul(&xm)?;
         let dx = if x.track_op() {
             let a = a.detach();
+            if crate::cpu_train::applies(&grad) && self.w.dtype() == candle_core::DType::F32 {
+                // `∂y·W` accumulated onto the masked rank-r product, one buffer.
+                let rows = grad.elem_count() / grad.dim(D::Minus1)?;
+                let mask = self.mask.as_ref().map(|m| (m.seed, m.keep, m.offset));
+                let dx = crate::cpu_train::lora_input_grad(&grad.reshape((rows, ()))?, &self.w, &dh.contiguous()?.reshape((rows, ()))?, &a, mask)?;
+                return Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)));
+            }
             match &self.mask {
                 // Without dropout both products go into one buffer on a GPU.
                 None if crate::cuda_kernels::available(&grad) => Some(crate::cuda_kernels::matmul_sum(&[(&grad, &self.w, false), (&dh, &a, false)])?),
@@ -276,6 +308,9 @@ impl candle_core::CustomOp3 for LoraLinear {
 /// kernel each way; `∂g = ∂y⊙u⊙σ(g)⊙(1 + g⊙(1 − σ(g)))`, `∂u = ∂y⊙silu(g)`.
 pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     let (gd, ud) = (g.detach(), u.detach());
+    if crate::cpu_train::applies(&gd) {
+        return g.apply_op2(u, SwiGluGrad { y: Slot::cpu_buffer(crate::cpu_train::swiglu_forward(&gd, &ud)?) });
+    }
     let y = if crate::cuda_kernels::available(&gd) { crate::cuda_kernels::swiglu(&gd, &ud)? } else { (gd.silu()? * &ud)? };
     g.apply_op2(u, SwiGluGrad { y: Slot::new(y) })
 }
@@ -292,6 +327,10 @@ impl CustomOp2 for SwiGluGrad {
         if crate::cuda_kernels::available(&g) {
             let both = crate::cuda_kernels::swiglu_backward(&g, &u, grad)?;
             return Ok((Some(both.get(0)?), Some(both.get(1)?)));
+        }
+        if crate::cpu_train::applies(&g) {
+            let (dg, du) = crate::cpu_train::swiglu_backward(&g, &u, grad)?;
+            return Ok((Some(dg), Some(du)));
         }
         let s = candle_nn::ops::sigmoid(&g)?;
         let dg = ((grad * &u)? * &s)?.mul(&((&g * (1.0 - &s)?)? + 1.0)?)?;

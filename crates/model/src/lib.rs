@@ -18,6 +18,7 @@ pub mod batch_attn;
 pub mod chat;
 pub mod clock;
 pub mod config;
+pub mod cpu_train;
 pub mod cuda_kernels;
 pub mod decode_attn;
 pub mod dropout;
