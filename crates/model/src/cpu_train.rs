@@ -88,9 +88,10 @@ unsafe fn gemm_raw(dst: *mut f32, accumulate: bool, lhs: &Tensor, rhs: &Tensor, 
     })
 }
 
-/// `lhs·rhs` into a new row-major buffer, never zero-filled.
+/// `beta · lhs·rhs` (`lhs: [m, k]`, `rhs: [k, n]`, any strides) into a new row-major buffer,
+/// never zero-filled.
 #[allow(unsafe_code)]
-fn product(lhs: &Tensor, rhs: &Tensor, beta: f32) -> Result<Vec<f32>> {
+pub fn product(lhs: &Tensor, rhs: &Tensor, beta: f32) -> Result<Vec<f32>> {
     let (m, n) = (lhs.dim(0)?, rhs.dim(1)?);
     let mut out = Vec::<f32>::with_capacity(m * n);
     // SAFETY: the spare capacity holds m·n f32; gemm writes every one (no read: accumulate is
@@ -178,6 +179,58 @@ pub fn swiglu_backward(g: &Tensor, u: &Tensor, grad: &Tensor) -> Result<(Tensor,
     Ok((Tensor::from_vec(dg, g.shape(), g.device())?, Tensor::from_vec(du, g.shape(), g.device())?))
 }
 
+/// `1/√(mean(x²) + ε)` of a row.
+#[inline]
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    1.0 / (crate::fastmath::dot(row, row) / row.len() as f32 + eps).sqrt()
+}
+
+/// The weight of an RMSNorm as an f32 slice for `f` (`[hidden]`).
+fn with_weight<R>(w: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let w = w.flatten_all()?;
+    with_slices(&[&w], |s| f(s[0]))
+}
+
+/// RMSNorm forward `x · rsqrt(mean(x²) + ε) · w` over the last axis, one pass per row.
+pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f32) -> Result<(CpuStorage, Shape)> {
+    let hidden = w.elem_count();
+    let y = with_weight(w, |w| {
+        with_slices(&[x], |s| {
+            let mut y = Vec::with_capacity(s[0].len());
+            for row in s[0].chunks_exact(hidden) {
+                let r = inv_rms(row, eps);
+                y.extend(row.iter().zip(w).map(|(&x, &w)| x * r * w));
+            }
+            Ok(y)
+        })
+    })?;
+    Ok((CpuStorage::F32(y), x.shape().clone()))
+}
+
+/// RMSNorm's input gradient for a frozen weight, one pass per row:
+/// `∂x = r·(∂y⊙w) − x·r³·mean((∂y⊙w)⊙x)`.
+pub fn rms_norm_input_grad(x: &Tensor, w: &Tensor, grad: &Tensor, eps: f32) -> Result<Tensor> {
+    let hidden = w.elem_count();
+    let mut dx = vec![0f32; x.elem_count()];
+    with_weight(w, |w| {
+        with_slices(&[x, grad], |s| {
+            let mut gw = vec![0f32; hidden];
+            for ((dx, x), g) in dx.chunks_exact_mut(hidden).zip(s[0].chunks_exact(hidden)).zip(s[1].chunks_exact(hidden)) {
+                let r = inv_rms(x, eps);
+                for ((gw, &g), &w) in gw.iter_mut().zip(g).zip(w) {
+                    *gw = g * w;
+                }
+                let c = r * r * r * crate::fastmath::dot(&gw, x) / hidden as f32;
+                for ((dx, &gw), &x) in dx.iter_mut().zip(&gw).zip(x) {
+                    *dx = r * gw - x * c;
+                }
+            }
+            Ok(())
+        })
+    })?;
+    Tensor::from_vec(dx, x.shape(), x.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +266,28 @@ mod tests {
         assert!(max_diff(&masked, &reference)? < 1e-5);
         assert!(max_diff(&masked, &plain)? > 1e-3, "the mask changed nothing");
         assert!(lora_forward(&x, &w.t()?, &h, &b).is_err(), "mismatched inner dimensions");
+        Ok(())
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composed_form() -> Result<()> {
+        let dev = Device::Cpu;
+        let (rows, hidden) = (5, 70);
+        let x = (Tensor::from_vec(values(rows * hidden, 1), (1, rows, hidden), &dev)? * 3.0)?;
+        let w = (Tensor::from_vec(values(hidden, 2), hidden, &dev)? + 1.0)?;
+        let d = Tensor::from_vec(values(rows * hidden, 3), (1, rows, hidden), &dev)?;
+        let eps = 1e-5;
+        let (y, shape) = rms_norm_forward(&x, &w, eps)?;
+        let CpuStorage::F32(y) = y else { panic!("f32 storage") };
+        let y = Tensor::from_vec(y, shape, &dev)?;
+        assert!(max_diff(&y, &candle_nn::ops::rms_norm(&x, &w, eps)?)? < 1e-5);
+        // The gradient against the composed form differentiated by candle.
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let r = (xv.sqr()?.mean_keepdim(candle_core::D::Minus1)? + f64::from(eps))?.sqrt()?.recip()?;
+        let composed = xv.broadcast_mul(&r)?.broadcast_mul(&w)?;
+        let grads = (composed * &d)?.sum_all()?.backward()?;
+        let reference = grads.get(&xv).expect("x's gradient");
+        assert!(max_diff(&rms_norm_input_grad(&x, &w, &d, eps)?, reference)? < 1e-5);
         Ok(())
     }
 

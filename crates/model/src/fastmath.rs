@@ -96,6 +96,36 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32], grad: bool) -> Resul
     Ok((loss, grad.then_some(out)))
 }
 
+/// `logsumexp(row)`: the max, then the sum of exponentials shifted by it.
+fn logsumexp(row: &[f32]) -> f32 {
+    let m = max(row);
+    m + sum_exp(row, m).ln()
+}
+
+/// [`cross_entropy_rows`] over a buffer of our own, `logits: [n, vocab]` row-major: returns the
+/// summed loss and, when `grad`, overwrites each row with `softmax(row) − onehot(target)` (no
+/// second buffer).
+pub fn cross_entropy_rows_in_place(logits: &mut [f32], vocab: usize, targets: &[u32], grad: bool) -> Result<f64> {
+    if vocab == 0 || logits.len() != targets.len() * vocab {
+        candle_core::bail!("cross-entropy: {} logits for {} targets over a vocabulary of {vocab}", logits.len(), targets.len());
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross-entropy: target {bad} outside the vocabulary of {vocab}");
+    }
+    let mut total = 0f64;
+    for (row, &tg) in logits.chunks_exact_mut(vocab).zip(targets) {
+        let lse = logsumexp(row);
+        total += f64::from(lse - row[tg as usize]);
+        if grad {
+            for a in row.iter_mut() {
+                *a = exp(*a - lse);
+            }
+            row[tg as usize] -= 1.0;
+        }
+    }
+    Ok(total)
+}
+
 struct CeRows {
     targets: Vec<u32>,
     grad: bool,
@@ -120,8 +150,7 @@ impl CustomOp1 for CeRows {
         let mut out = vec![0f32; if self.grad { n * v } else { 0 }];
         let mut total = 0f64;
         for (i, row) in x.chunks_exact(v).enumerate() {
-            let max = max(row);
-            let lse = max + sum_exp(row, max).ln();
+            let lse = logsumexp(row);
             let tg = self.targets[i] as usize;
             total += (lse - row[tg]) as f64;
             if self.grad {
@@ -187,10 +216,16 @@ mod tests {
         assert!((loss - reference).abs() < 1e-4 * reference.abs().max(1.0), "{loss} vs {reference}");
         let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
         let onehot = Tensor::zeros((7, 301), candle_core::DType::F32, &dev)?.scatter_add(&tg.unsqueeze(1)?, &Tensor::ones((7, 1), candle_core::DType::F32, &dev)?, 1)?;
-        let diff = (d.expect("gradient asked for") - (p - onehot)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d = d.expect("gradient asked for");
+        let diff = (&d - (p - onehot)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         // Both sides round `logit - lse` in f32 (|lse| ≈ 12 here), so probabilities agree to a few ulps of
         // that difference (~1e-6), not to 1e-6 of themselves: 1e-5 still catches any wrong term.
         assert!(diff < 1e-5, "gradient differs by {diff}");
+        let mut buffer: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let in_place = cross_entropy_rows_in_place(&mut buffer, 301, &targets, true)?;
+        assert_eq!(in_place, loss);
+        assert_eq!(buffer, d.flatten_all()?.to_vec1::<f32>()?);
+        assert!(cross_entropy_rows_in_place(&mut buffer, 301, &targets[..6], true).is_err());
         let (no_grad_loss, none) = cross_entropy_rows(&logits, &targets, false)?;
         assert!(none.is_none() && no_grad_loss == loss);
         assert!(cross_entropy_rows(&logits, &[0, 1], false).is_err());

@@ -344,6 +344,10 @@ impl CustomOp2 for SwiGluGrad {
 /// f32 intermediates of the composed form. `∂x = r·(∂y⊙w) − x·r³·mean((∂y⊙w)⊙x)`,
 /// `∂w = Σ_rows ∂y⊙x·r` (only when `w` is trained), computed in f32.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if crate::cpu_train::applies(x) && w.dtype() == candle_core::DType::F32 {
+        let y = Slot::cpu_buffer(crate::cpu_train::rms_norm_forward(&x.detach(), &w.detach(), eps)?);
+        return x.apply_op2(w, RmsNormGrad { y, eps: f64::from(eps) });
+    }
     let y = candle_nn::ops::rms_norm(&x.detach().contiguous()?, &w.detach(), eps)?;
     x.apply_op2(w, RmsNormGrad { y: Slot::new(y), eps: f64::from(eps) })
 }
@@ -360,6 +364,9 @@ impl CustomOp2 for RmsNormGrad {
         if !w.track_op() && crate::cuda_kernels::available(x) {
             let dx = crate::cuda_kernels::rms_norm_backward(&x.detach(), &w.detach(), grad, self.eps as f32)?;
             return Ok((Some(dx), None));
+        }
+        if !w.track_op() && crate::cpu_train::applies(x) && w.dtype() == candle_core::DType::F32 {
+            return Ok((Some(crate::cpu_train::rms_norm_input_grad(&x.detach(), &w.detach(), grad, self.eps as f32)?), None));
         }
         let f32 = candle_core::DType::F32;
         let x32 = x.to_dtype(f32)?;
@@ -481,8 +488,20 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
-        let logits = hd.narrow(0, start, len)?.matmul(&w.t()?)?;
         let tg = targets.narrow(0, start, len)?;
+        if crate::cpu_train::applies(&hd) && w.dtype() == candle_core::DType::F32 {
+            // Logits into a buffer of our own, turned into their gradient in place.
+            let vocab = w.dim(0)?;
+            let mut logits = crate::cpu_train::product(&hd.narrow(0, start, len)?, &w.t()?, 1.0)?;
+            let loss = crate::fastmath::cross_entropy_rows_in_place(&mut logits, vocab, &tg.to_vec1::<u32>()?, want_grad)?;
+            total = (total + loss)?;
+            if want_grad {
+                dh.push(Tensor::from_vec(logits, (len, vocab), h.device())?.matmul(w)?);
+            }
+            start += len;
+            continue;
+        }
+        let logits = hd.narrow(0, start, len)?.matmul(&w.t()?)?;
         if fused {
             // One pass per row over the logits as they are (bf16 on a GPU), f32 inside.
             let st = crate::cuda_kernels::cross_entropy_rows(&logits, &tg)?;
