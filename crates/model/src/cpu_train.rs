@@ -231,6 +231,42 @@ pub fn rms_norm_input_grad(x: &Tensor, w: &Tensor, grad: &Tensor, eps: f32) -> R
     Tensor::from_vec(dx, x.shape(), x.device())
 }
 
+/// `x: [B, P, Q, d]` (row-major) → `[B, Q, P, d]`, each `d`-row rotated by RoPE (rotate-half)
+/// when `rope` gives `(cos, sin, pos_axis, sign)`: tables `[positions, d/2]` indexed by axis
+/// `pos_axis` (1 or 2) of `x`, `sign` −1 for the inverse rotation. The CPU's `cuda_kernels::swap12`:
+/// splitting a projection into heads (and back) as one graph node instead of a reshape, a
+/// transpose, a copy and the rotation, each with a gradient buffer in backward.
+pub fn swap12(x: &[f32], (b, p, q, d): (usize, usize, usize, usize), rope: Option<(&[f32], &[f32], usize, f32)>) -> Result<Vec<f32>> {
+    let half = d / 2;
+    if x.len() != b * p * q * d {
+        candle_core::bail!("swap12: {} elements for [{b}, {p}, {q}, {d}]", x.len());
+    }
+    if let Some((c, s, axis, _)) = rope {
+        let positions = if axis == 1 { p } else { q };
+        if d % 2 != 0 || !(axis == 1 || axis == 2) || c.len() < positions * half || s.len() < positions * half {
+            candle_core::bail!("swap12: rope tables of {} values for {positions} positions of {d}/2 (axis {axis})", c.len());
+        }
+    }
+    let mut out = Vec::with_capacity(x.len());
+    for bi in 0..b {
+        for qi in 0..q {
+            for pi in 0..p {
+                let src = &x[((bi * p + pi) * q + qi) * d..][..d];
+                let Some((c, s, axis, sign)) = rope else {
+                    out.extend_from_slice(src);
+                    continue;
+                };
+                let pos = if axis == 1 { pi } else { qi };
+                let (c, s) = (&c[pos * half..][..half], &s[pos * half..][..half]);
+                let (x1, x2) = src.split_at(half);
+                out.extend(x1.iter().zip(x2).zip(c.iter().zip(s)).map(|((&a, &b), (&c, &s))| a * c - sign * b * s));
+                out.extend(x1.iter().zip(x2).zip(c.iter().zip(s)).map(|((&a, &b), (&c, &s))| b * c + sign * a * s));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

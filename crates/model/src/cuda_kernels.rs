@@ -147,13 +147,36 @@ struct MatmulSum {
 
 gpu_only!(MatmulSum, 1, "ft-matmul-sum", |self, _, _| imp::matmul_sum(&self.terms));
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Swap12 {
     pos_axis: usize,
     sign: f32,
 }
 
-gpu_only!(Swap12, 3, "ft-swap12", |self, x, xl, c, cl, s, sl| imp::swap12(x, xl, c, cl, s, sl, self.pos_axis, self.sign));
+fn swap12_slice<'a>(st: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("swap12: input not contiguous".into()))?;
+    Ok(&st.as_slice::<f32>()?[start..end])
+}
+
+// The CPU runs this op too (f32 training, `crate::cpu_train::swap12`).
+impl CustomOp3 for Swap12 {
+    fn name(&self) -> &'static str {
+        "ft-swap12"
+    }
+
+    #[rustfmt::skip]
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, c: &CpuStorage, cl: &Layout, s: &CpuStorage, sl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let rope = if self.sign == 0.0 { None } else { Some((swap12_slice(c, cl)?, swap12_slice(s, sl)?, self.pos_axis, self.sign)) };
+        let out = crate::cpu_train::swap12(swap12_slice(x, xl)?, xl.shape().dims4()?, rope)?;
+        let (b, p, q, d) = xl.shape().dims4()?;
+        Ok((CpuStorage::F32(out), Shape::from((b, q, p, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    #[rustfmt::skip]
+    fn cuda_fwd(&self, x: &candle_core::CudaStorage, xl: &Layout, c: &candle_core::CudaStorage, cl: &Layout, s: &candle_core::CudaStorage, sl: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        imp::swap12(x, xl, c, cl, s, sl, self.pos_axis, self.sign)
+    }
+}
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Dropout {

@@ -415,13 +415,13 @@ impl CustomOp1 for RopeGrad {
 }
 
 /// `x: [b, t, n·d]` (a projection's output) → the heads `[b, n, t, d]`, RoPE'd when `rope` gives
-/// the `[t, d/2]` tables, differentiable. On a GPU one kernel each way (transpose and rotation
+/// the `[t, d/2]` tables, differentiable. On a GPU (and in f32 on the CPU) one kernel each way (transpose and rotation
 /// together; backward the inverse rotation and transpose back) instead of a strided copy, the
 /// rotation, and their backward's copies and gradient buffers.
 pub fn split_heads(x: &Tensor, n: usize, d: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
     let (b, t, _) = x.dims3()?;
     let shared_positions = rope.is_none_or(|(c, _)| c.rank() == 2);
-    if !(crate::cuda_kernels::available(x) && shared_positions) {
+    if !((crate::cuda_kernels::available(x) || crate::cpu_train::applies(x)) && shared_positions) {
         let y = x.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?;
         return match rope {
             Some((c, s)) => self::rope(&y, c, s),
@@ -452,7 +452,7 @@ impl CustomOp1 for SplitHeads {
 /// one transpose kernel each way on a GPU.
 pub fn merge_heads(y: &Tensor) -> Result<Tensor> {
     let (b, n, t, d) = y.dims4()?;
-    if !crate::cuda_kernels::available(y) {
+    if !(crate::cuda_kernels::available(y) || crate::cpu_train::applies(y)) {
         return y.transpose(1, 2)?.reshape((b, t, n * d));
     }
     let out = crate::cuda_kernels::swap12(&y.detach(), None)?.reshape((b, t, n * d))?;
