@@ -191,15 +191,18 @@ fn with_weight<R>(w: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> 
     with_slices(&[&w], |s| f(s[0]))
 }
 
-/// RMSNorm forward `x · rsqrt(mean(x²) + ε) · w` over the last axis, one pass per row.
+/// RMSNorm forward `x / √(mean(x²) + ε) · w` over the last axis, one pass per row, rounded
+/// exactly as candle's kernel (the one inference uses): a sequential sum of squares, then
+/// `x / m · w`. Training and inference then give the same logits to the last bit (a fresh adapter
+/// changes none).
 pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f32) -> Result<(CpuStorage, Shape)> {
     let hidden = w.elem_count();
     let y = with_weight(w, |w| {
         with_slices(&[x], |s| {
             let mut y = Vec::with_capacity(s[0].len());
             for row in s[0].chunks_exact(hidden) {
-                let r = inv_rms(row, eps);
-                y.extend(row.iter().zip(w).map(|(&x, &w)| x * r * w));
+                let m = (row.iter().map(|&v| v * v).sum::<f32>() / hidden as f32 + eps).sqrt();
+                y.extend(row.iter().zip(w).map(|(&x, &w)| x / m * w));
             }
             Ok(y)
         })
@@ -316,7 +319,7 @@ mod tests {
         let (y, shape) = rms_norm_forward(&x, &w, eps)?;
         let CpuStorage::F32(y) = y else { panic!("f32 storage") };
         let y = Tensor::from_vec(y, shape, &dev)?;
-        assert!(max_diff(&y, &candle_nn::ops::rms_norm(&x, &w, eps)?)? < 1e-5);
+        assert_eq!(max_diff(&y, &candle_nn::ops::rms_norm(&x, &w, eps)?)?, 0.0);
         // The gradient against the composed form differentiated by candle.
         let xv = candle_core::Var::from_tensor(&x)?;
         let r = (xv.sqr()?.mean_keepdim(candle_core::D::Minus1)? + f64::from(eps))?.sqrt()?.recip()?;
