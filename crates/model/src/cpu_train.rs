@@ -135,6 +135,19 @@ pub fn lora_input_grad(grad: &Tensor, w: &Tensor, dh: &Tensor, a: &Tensor, mask:
     Tensor::from_vec(dx, (grad.dim(0)?, w.dim(1)?), grad.device())
 }
 
+/// `dst += x` for an f32 CPU tensor `x` of `dst`'s element count.
+pub fn add_into(dst: &mut [f32], x: &Tensor) -> Result<()> {
+    if x.elem_count() != dst.len() {
+        candle_core::bail!("cpu_train: adding {} elements into {}", x.elem_count(), dst.len());
+    }
+    with_slices(&[x], |s| {
+        for (d, &v) in dst.iter_mut().zip(s[0]) {
+            *d += v;
+        }
+        Ok(())
+    })
+}
+
 /// `σ(x) = 1/(1 + e^(−x))` with the vectorisable exp.
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {

@@ -263,6 +263,128 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, m
     x.apply_op3(a, b, LoraLinear { y: Slot::new(y), w: w.clone(), h, mask: mask.cloned(), masked_input: None, scale })
 }
 
+/// What a LoRA projection's CPU backward needs (f32): the frozen weight, the adapter's
+/// variables, `h = s·(x ⊙ m)·Aᵀ` and `x ⊙ m` from forward.
+struct LoraSaved {
+    w: Tensor,
+    a: Tensor,
+    b: Tensor,
+    h: Tensor,
+    masked_input: Tensor,
+    mask: Option<DropoutMask>,
+    scale: f64,
+}
+
+impl LoraSaved {
+    /// The forward of a LoRA projection on the CPU (`x: [n, in]`): `x·Wᵀ + h·Bᵀ` as our own buffer.
+    fn forward(p: &LoraParts, x: &Tensor) -> Result<(Self, Vec<f32>)> {
+        let xm = match &p.mask {
+            Some(m) => m.apply(x)?,
+            None => x.clone(),
+        };
+        let (a, b) = (p.a.detach(), p.b.detach());
+        let h = (xm.matmul(&a.t()?)? * p.scale)?;
+        let (CpuStorage::F32(y), _) = crate::cpu_train::lora_forward(x, &p.w, &h, &b)? else {
+            candle_core::bail!("lora: expected an f32 result")
+        };
+        Ok((Self { w: p.w.clone(), a, b, h, masked_input: xm, mask: p.mask.clone(), scale: p.scale }, y))
+    }
+
+    /// `(∂x, ∂A, ∂B)` for the gradient `grad: [n, out]` of the output (`∂x` when `want_dx`).
+    fn backward(&self, grad: &Tensor, want_dx: bool) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        let db = grad.t()?.matmul(&self.h)?;
+        let dh = (grad.matmul(&self.b)? * self.scale)?;
+        let da = dh.t()?.matmul(&self.masked_input)?;
+        let dx = if want_dx {
+            let mask = self.mask.as_ref().map(|m| (m.seed, m.keep, m.offset));
+            Some(crate::cpu_train::lora_input_grad(grad, &self.w, &dh, &self.a, mask)?)
+        } else {
+            None
+        };
+        Ok((dx, da, db))
+    }
+}
+
+/// A frozen dense layer's weight with its training LoRA adapter's parts, for fused ops.
+#[derive(Debug, Clone)]
+pub struct LoraParts {
+    /// `[out, in]`, frozen.
+    pub w: Tensor,
+    /// `[r, in]` and `[out, r]`: the adapter's variables (in the graph).
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub mask: Option<DropoutMask>,
+}
+
+/// An adapter's `(A, B, scale, dropout mask)` (see `LinearAdapter::lora_parts`).
+pub type LoraVars = (Tensor, Tensor, f64, Option<DropoutMask>);
+
+/// `x + down(silu(gate(h)) ⊙ up(h))`, `h = RMSNorm(x)` — a decoder layer's MLP half with its
+/// residual, all three projections frozen with training LoRA adapters — as one graph node on the
+/// CPU (f32): the adapters' six variables enter packed into one vector, and backward is written
+/// out here. Through separate ops every intermediate (`h` twice, gate, up, their product) gets a
+/// zero-filled gradient buffer plus an add in candle's backward, ~4% of a SmolLM2 step.
+/// `None` when it does not apply (another device or dtype): compose the separate ops.
+pub fn lora_mlp_residual(x: &Tensor, norm_w: &Tensor, eps: f32, gate: &LoraParts, up: &LoraParts, down: &LoraParts) -> Result<Option<Tensor>> {
+    let f32 = candle_core::DType::F32;
+    if !crate::cpu_train::applies(x) || norm_w.dtype() != f32 || [gate, up, down].iter().any(|p| p.w.dtype() != f32 || p.a.dtype() != f32) {
+        return Ok(None);
+    }
+    let hidden = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / hidden;
+    let xd = x.detach().contiguous()?.reshape((rows, hidden))?;
+    let norm_w = norm_w.detach();
+    let (h, _) = crate::cpu_train::rms_norm_forward(&xd, &norm_w, eps)?;
+    let CpuStorage::F32(h) = h else { candle_core::bail!("rms-norm: expected f32") };
+    let h = Tensor::from_vec(h, (rows, hidden), x.device())?;
+    let (gate_saved, g) = LoraSaved::forward(gate, &h)?;
+    let (up_saved, u) = LoraSaved::forward(up, &h)?;
+    let ffn = gate.w.dim(0)?;
+    let (g, u) = (Tensor::from_vec(g, (rows, ffn), x.device())?, Tensor::from_vec(u, (rows, ffn), x.device())?);
+    let (s, _) = crate::cpu_train::swiglu_forward(&g, &u)?;
+    let CpuStorage::F32(s) = s else { candle_core::bail!("swiglu: expected f32") };
+    let s = Tensor::from_vec(s, (rows, ffn), x.device())?;
+    let (down_saved, mut y) = LoraSaved::forward(down, &s)?;
+    drop(s);
+    // The residual, added into the down projection's buffer.
+    crate::cpu_train::add_into(&mut y, &xd)?;
+    let pieces = [gate, up, down].iter().flat_map(|p| [p.a.flatten_all(), p.b.flatten_all()]).collect::<Result<Vec<_>>>()?;
+    let packed = Tensor::cat(&pieces, 0)?;
+    let y = Slot::cpu_buffer((CpuStorage::F32(y), x.shape().clone()));
+    let op = LoraMlp { y, xd, norm_w, eps, g, u, saved: [gate_saved, up_saved, down_saved] };
+    x.apply_op2(&packed, op).map(Some)
+}
+
+struct LoraMlp {
+    y: Slot,
+    xd: Tensor,
+    norm_w: Tensor,
+    eps: f32,
+    g: Tensor,
+    u: Tensor,
+    /// gate, up, down.
+    saved: [LoraSaved; 3],
+}
+
+impl CustomOp2 for LoraMlp {
+    handed_over!("lora-mlp", y, 2);
+
+    fn bwd(&self, x: &Tensor, _packed: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, hidden) = self.xd.dims2()?;
+        let grad = grad.contiguous()?.reshape((rows, hidden))?;
+        let [gate, up, down] = &self.saved;
+        let (ds, da_d, db_d) = down.backward(&grad, true)?;
+        let (dg, du) = crate::cpu_train::swiglu_backward(&self.g, &self.u, &ds.expect("asked for"))?;
+        let (dh_g, da_g, db_g) = gate.backward(&dg, true)?;
+        let (dh_u, da_u, db_u) = up.backward(&du, true)?;
+        let dh = (dh_g.expect("asked for") + dh_u.expect("asked for"))?;
+        let dx = (crate::cpu_train::rms_norm_input_grad(&self.xd, &self.norm_w, &dh, self.eps)? + &grad)?;
+        let pieces = [da_g, db_g, da_u, db_u, da_d, db_d].iter().map(Tensor::flatten_all).collect::<Result<Vec<_>>>()?;
+        Ok((Some(dx.reshape(x.shape())?), Some(Tensor::cat(&pieces, 0)?)))
+    }
+}
+
 struct LoraLinear {
     y: Slot,
     w: Tensor,
@@ -745,6 +867,32 @@ mod tests {
                 let reference = reference(q.as_tensor(), k.as_tensor(), t, 0.5)?.matmul(v.as_tensor())?;
                 grads_agree(&ours, &reference, &[&q, &k, &v], 1e-4)?;
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_lora_mlp_matches_the_separate_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (rows, hidden, ffn, r) = (7, 12, 20, 4);
+        for mask in [false, true] {
+            let x = var(&[1, rows, hidden], &dev)?;
+            let norm_w = (randn(&[hidden], &dev)? + 1.0)?;
+            let parts = |out: usize, inp: usize, index: u64| -> Result<(LoraParts, Var, Var)> {
+                let (a, b) = (var(&[r, inp], &dev)?, var(&[out, r], &dev)?);
+                let mask = mask.then(|| DropoutMask { seed: 11 + index, keep: 0.8, offset: 5 * inp as u64 });
+                let p = LoraParts { w: randn(&[out, inp], &dev)?, a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: 1.7, mask };
+                Ok((p, a, b))
+            };
+            let (gate, ga, gb) = parts(ffn, hidden, 0)?;
+            let (up, ua, ub) = parts(ffn, hidden, 1)?;
+            let (down, da, db) = parts(hidden, ffn, 2)?;
+            let fused = lora_mlp_residual(x.as_tensor(), &norm_w, 1e-5, &gate, &up, &down)?.expect("applies on the CPU in f32");
+            let lin = |p: &LoraParts, t: &Tensor| lora_linear(t, &p.w, &p.a, &p.b, p.scale, p.mask.as_ref());
+            let h = rms_norm(&x.as_tensor().reshape((rows, hidden))?, &norm_w, 1e-5)?;
+            let s = swiglu(&lin(&gate, &h)?, &lin(&up, &h)?)?;
+            let separate = (x.as_tensor() + lin(&down, &s)?.reshape((1, rows, hidden))?)?;
+            grads_agree(&fused, &separate, &[&x, &ga, &gb, &ua, &ub, &da, &db], 1e-4)?;
         }
         Ok(())
     }

@@ -20,6 +20,13 @@ pub trait LinearAdapter: Debug + Send + Sync {
     fn fused_with_frozen(&self, _x: &Tensor, _w: &Tensor) -> Option<Result<Tensor>> {
         None
     }
+
+    /// While training, a LoRA adapter's variables (in the activations' dtype), scale and dropout
+    /// mask for an input with `in_features` columns, for ops that fuse several layers
+    /// (`handoff::lora_mlp_residual`). `None` for other adapters or outside training.
+    fn lora_parts(&self, _in_features: usize, _dtype: candle_core::DType) -> Option<Result<crate::handoff::LoraVars>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +78,17 @@ impl Linear {
 
     pub fn set_bias(&mut self, bias: Option<Tensor>) {
         self.bias = bias;
+    }
+
+    /// A frozen dense layer without bias whose LoRA adapter is training: its weight and the
+    /// adapter's parts (see [`LinearAdapter::lora_parts`]).
+    pub fn training_lora(&self, dtype: candle_core::DType) -> Option<Result<crate::handoff::LoraParts>> {
+        let BaseWeight::Dense(w) = &self.weight else { return None };
+        if self.bias.is_some() || w.track_op() || w.dtype() != dtype {
+            return None;
+        }
+        let parts = self.adapter.as_ref()?.lora_parts(self.in_features, dtype)?;
+        Some(parts.map(|(a, b, scale, mask)| crate::handoff::LoraParts { w: w.clone(), a, b, scale, mask }))
     }
 
     pub fn adapter(&self) -> Option<&Arc<dyn LinearAdapter>> {

@@ -216,8 +216,25 @@ impl Block {
     fn forward(&self, x: &Tensor, ctx: &Ctx, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x, ctx.differentiable)?;
         let x = (x + self.self_attn.forward(&h, ctx, cache)?)?;
+        if let Some(y) = self.fused_mlp(&x, ctx)? {
+            return Ok(y);
+        }
         let h = self.post_attention_layernorm.forward(&x, ctx.differentiable)?;
         &x + self.mlp.forward(&h)?
+    }
+
+    /// LoRA training on the CPU with adapters on all three MLP projections: the MLP half and its
+    /// residual as one op (`handoff::lora_mlp_residual`).
+    fn fused_mlp(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        if !ctx.differentiable || !crate::cpu_train::applies(x) || self.post_attention_layernorm.weight.track_op() {
+            return Ok(None);
+        }
+        let parts = |l: &Linear| l.training_lora(x.dtype()).transpose();
+        let (Some(gate), Some(up), Some(down)) = (parts(&self.mlp.gate_proj)?, parts(&self.mlp.up_proj)?, parts(&self.mlp.down_proj)?) else {
+            return Ok(None);
+        };
+        let norm = &self.post_attention_layernorm;
+        crate::handoff::lora_mlp_residual(x, &norm.weight, norm.eps as f32, &gate, &up, &down)
     }
 }
 

@@ -169,17 +169,21 @@ impl LoraLayer {
     /// The dropout mask for `x` (a seeded hash, never stored: [`crate::dropout`]), or `None`
     /// when dropout is off.
     fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<DropoutMask>> {
+        Ok(self.dropout_mask_for(x.dims().last().copied().unwrap_or(1) as u64))
+    }
+
+    /// [`Self::dropout_mask`] for an input of `cols` columns.
+    fn dropout_mask_for(&self, cols: u64) -> Option<DropoutMask> {
         if self.dropout == 0.0 || !self.control.training.load(Ordering::Relaxed) {
-            return Ok(None);
+            return None;
         }
         let seed = self.control.seed.load(Ordering::Relaxed);
         let step = self.control.step.load(Ordering::Relaxed);
         let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
         // Element `i` of this call's input is element `offset + i` of the whole batch's.
-        let cols = x.dims().last().copied().unwrap_or(1) as u64;
         let offset = TOKEN_OFFSET.with(|o| o.get()) * cols;
-        Ok(Some(DropoutMask { seed: mix, keep, offset }))
+        Some(DropoutMask { seed: mix, keep, offset })
     }
 }
 
@@ -230,6 +234,16 @@ impl LinearAdapter for LoraLayer {
             let (a, b) = (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?);
             let mask = self.dropout_mask(x)?;
             crate::handoff::lora_linear(x, w, &a, &b, self.scale, mask.as_ref())
+        };
+        Some(run())
+    }
+
+    fn lora_parts(&self, in_features: usize, dtype: candle_core::DType) -> Option<candle_core::Result<crate::handoff::LoraVars>> {
+        if !self.a.track_op() {
+            return None;
+        }
+        let run = || -> candle_core::Result<crate::handoff::LoraVars> {
+            Ok((self.a.to_dtype(dtype)?, self.b.to_dtype(dtype)?, self.scale, self.dropout_mask_for(in_features as u64)))
         };
         Some(run())
     }
