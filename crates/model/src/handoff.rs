@@ -385,6 +385,136 @@ impl CustomOp2 for LoraMlp {
     }
 }
 
+/// The shape of attention for [`lora_attention_residual`]: `b` rows of `t` tokens, `heads`
+/// query heads sharing `kv_heads` key/value heads of `head_dim`, RoPE tables `[t, head_dim/2]`.
+pub struct AttentionShape<'a> {
+    pub b: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+}
+
+/// `x + o(attention(rope(q(h)), rope(k(h)), v(h)))`, `h = RMSNorm(x)` — a decoder layer's causal
+/// self-attention half with its residual, the four projections frozen with training LoRA adapters
+/// (q, k, v, o) — as one graph node on the CPU (f32), like [`lora_mlp_residual`]: the eight adapter
+/// variables packed into one vector, backward written out (the heads' split and RoPE, attention's
+/// softmax and products, the projections). `None` when it does not apply.
+pub fn lora_attention_residual(x: &Tensor, norm_w: &Tensor, eps: f32, shape: &AttentionShape<'_>, proj: [&LoraParts; 4]) -> Result<Option<Tensor>> {
+    let f32 = candle_core::DType::F32;
+    let &AttentionShape { b, t, heads, kv_heads, head_dim: d, cos, sin } = shape;
+    if !crate::cpu_train::applies(x) || norm_w.dtype() != f32 || proj.iter().any(|p| p.w.dtype() != f32 || p.a.dtype() != f32) || cos.rank() != 2 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Ok(None);
+    }
+    let hidden = x.dim(D::Minus1)?;
+    let rows = b * t;
+    let dev = x.device();
+    let xd = x.detach().contiguous()?.reshape((rows, hidden))?;
+    let norm_w = norm_w.detach();
+    let (h, _) = crate::cpu_train::rms_norm_forward(&xd, &norm_w, eps)?;
+    let CpuStorage::F32(h) = h else { candle_core::bail!("rms-norm: expected f32") };
+    let h = Tensor::from_vec(h, (rows, hidden), dev)?;
+    let [qp, kp, vp, op] = proj;
+    let (q_saved, q) = LoraSaved::forward(qp, &h)?;
+    let (k_saved, k) = LoraSaved::forward(kp, &h)?;
+    let (v_saved, v) = LoraSaved::forward(vp, &h)?;
+    drop(h);
+    let rot = Some((cos, sin, 1, 1.0));
+    let swap = crate::cuda_kernels::swap12;
+    let rep = heads / kv_heads;
+    // [b, t, n, d] → [b, n, t, d]; the rep query heads of a KV head folded into the rows.
+    let q = swap(&Tensor::from_vec(q, (b, t, heads, d), dev)?, rot)?.reshape((b, kv_heads, rep * t, d))?;
+    let k = swap(&Tensor::from_vec(k, (b, t, kv_heads, d), dev)?, rot)?;
+    let v = swap(&Tensor::from_vec(v, (b, t, kv_heads, d), dev)?, None)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let p = probs_no_grad(&q, &k, t, scale, None)?;
+    let att = p.matmul(&v)?.reshape((b, heads, t, d))?;
+    let merged = swap(&att, None)?.reshape((rows, heads * d))?;
+    drop(att);
+    let (o_saved, mut y) = LoraSaved::forward(op, &merged)?;
+    drop(merged);
+    crate::cpu_train::add_into(&mut y, &xd)?;
+    let probs = (p.elem_count() * 4 <= KEEP_PROBS_MAX_BYTES_CPU).then_some(p);
+    let pieces = proj.iter().flat_map(|p| [p.a.flatten_all(), p.b.flatten_all()]).collect::<Result<Vec<_>>>()?;
+    let packed = Tensor::cat(&pieces, 0)?;
+    let op = LoraAttention {
+        y: Slot::cpu_buffer((CpuStorage::F32(y), x.shape().clone())),
+        xd,
+        norm_w,
+        eps,
+        dims: (b, t, heads, kv_heads, d),
+        cos: cos.clone(),
+        sin: sin.clone(),
+        q,
+        k,
+        v,
+        probs,
+        saved: [q_saved, k_saved, v_saved, o_saved],
+    };
+    x.apply_op2(&packed, op).map(Some)
+}
+
+struct LoraAttention {
+    y: Slot,
+    xd: Tensor,
+    norm_w: Tensor,
+    eps: f32,
+    /// b, t, heads, kv heads, head dim.
+    dims: (usize, usize, usize, usize, usize),
+    cos: Tensor,
+    sin: Tensor,
+    /// The heads after RoPE: `q: [b, kv, rep·t, d]`, `k`, `v: [b, kv, t, d]`.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// Attention probabilities when small enough to keep, else recomputed.
+    probs: Option<Tensor>,
+    /// q, k, v, o.
+    saved: [LoraSaved; 4],
+}
+
+impl CustomOp2 for LoraAttention {
+    handed_over!("lora-attention", y, 2);
+
+    fn bwd(&self, x: &Tensor, _packed: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, t, heads, kv_heads, d) = self.dims;
+        let (rows, hidden) = self.xd.dims2()?;
+        let grad = grad.contiguous()?.reshape((rows, hidden))?;
+        let [qs, ks, vs, os] = &self.saved;
+        let swap = crate::cuda_kernels::swap12;
+        let (dm, da_o, db_o) = os.backward(&grad, true)?;
+        let rep = heads / kv_heads;
+        let dout = swap(&dm.expect("asked for").reshape((b, t, heads, d))?, None)?.reshape((b, kv_heads, rep * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let p = match &self.probs {
+            Some(p) => p.clone(),
+            None => probs_no_grad(&self.q, &self.k, t, scale, None)?,
+        };
+        let dv = p.t()?.matmul(&dout)?;
+        let dp = dout.matmul(&self.v.t()?)?;
+        drop(dout);
+        let ds = crate::attn_softmax::causal_softmax_backward(&p, &dp, t, scale)?;
+        drop((p, dp));
+        let dq = ds.matmul(&self.k)?.reshape((b, heads, t, d))?;
+        let dk = ds.t()?.matmul(&self.q)?;
+        drop(ds);
+        // Back to [b, t, n, d] (= [rows, n·d]) with the inverse rotation (positions on axis 2).
+        let inv = Some((&self.cos, &self.sin, 2, -1.0));
+        let dq = swap(&dq, inv)?.reshape((rows, heads * d))?;
+        let dk = swap(&dk, inv)?.reshape((rows, kv_heads * d))?;
+        let dv = swap(&dv, None)?.reshape((rows, kv_heads * d))?;
+        let (dh_q, da_q, db_q) = qs.backward(&dq, true)?;
+        let (dh_k, da_k, db_k) = ks.backward(&dk, true)?;
+        let (dh_v, da_v, db_v) = vs.backward(&dv, true)?;
+        let dh = ((dh_q.expect("asked for") + dh_k.expect("asked for"))? + dh_v.expect("asked for"))?;
+        let dx = (crate::cpu_train::rms_norm_input_grad(&self.xd, &self.norm_w, &dh, self.eps)? + &grad)?;
+        let pieces = [da_q, db_q, da_k, db_k, da_v, db_v, da_o, db_o].iter().map(Tensor::flatten_all).collect::<Result<Vec<_>>>()?;
+        Ok((Some(dx.reshape(x.shape())?), Some(Tensor::cat(&pieces, 0)?)))
+    }
+}
+
 struct LoraLinear {
     y: Slot,
     w: Tensor,
@@ -893,6 +1023,44 @@ mod tests {
             let s = swiglu(&lin(&gate, &h)?, &lin(&up, &h)?)?;
             let separate = (x.as_tensor() + lin(&down, &s)?.reshape((1, rows, hidden))?)?;
             grads_agree(&fused, &separate, &[&x, &ga, &gb, &ua, &ub, &da, &db], 1e-4)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_lora_attention_matches_the_separate_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, t, heads, kv, d, r) = (2, 5, 4, 2, 6, 3);
+        let hidden = 10;
+        let angles = Tensor::randn(0f32, 2.0, (t, d / 2), &dev)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        for mask in [false, true] {
+            let x = var(&[b, t, hidden], &dev)?;
+            let norm_w = (randn(&[hidden], &dev)? + 1.0)?;
+            let mut vars = vec![];
+            let mut parts = |out: usize, inp: usize, index: u64| -> Result<LoraParts> {
+                let (a, bv) = (var(&[r, inp], &dev)?, var(&[out, r], &dev)?);
+                let mask = mask.then(|| DropoutMask { seed: 3 + index, keep: 0.7, offset: 9 * inp as u64 });
+                let p = LoraParts { w: randn(&[out, inp], &dev)?, a: a.as_tensor().clone(), b: bv.as_tensor().clone(), scale: 0.9, mask };
+                vars.extend([a, bv]);
+                Ok(p)
+            };
+            let proj = [parts(heads * d, hidden, 0)?, parts(kv * d, hidden, 1)?, parts(kv * d, hidden, 2)?, parts(hidden, heads * d, 3)?];
+            let shape = AttentionShape { b, t, heads, kv_heads: kv, head_dim: d, cos: &cos, sin: &sin };
+            let fused = lora_attention_residual(x.as_tensor(), &norm_w, 1e-5, &shape, [&proj[0], &proj[1], &proj[2], &proj[3]])?.expect("applies on the CPU in f32");
+            // The separate ops, as `Attention::forward` composes them.
+            let lin = |p: &LoraParts, t: &Tensor| lora_linear(t, &p.w, &p.a, &p.b, p.scale, p.mask.as_ref());
+            let h = rms_norm(&x.as_tensor().reshape((b * t, hidden))?, &norm_w, 1e-5)?;
+            let q = split_heads(&lin(&proj[0], &h)?.reshape((b, t, heads * d))?, heads, d, Some((&cos, &sin)))?;
+            let k = split_heads(&lin(&proj[1], &h)?.reshape((b, t, kv * d))?, kv, d, Some((&cos, &sin)))?;
+            let v = split_heads(&lin(&proj[2], &h)?.reshape((b, t, kv * d))?, kv, d, None)?;
+            let q = q.reshape((b, kv, heads / kv * t, d))?;
+            let y = causal_attention(&q, &k, &v, t, 1.0 / (d as f64).sqrt(), None)?;
+            let y = merge_heads(&y.reshape((b, heads, t, d))?)?.reshape((b * t, heads * d))?;
+            let separate = (x.as_tensor() + lin(&proj[3], &y)?.reshape((b, t, hidden))?)?;
+            let mut all: Vec<&Var> = vec![&x];
+            all.extend(vars.iter());
+            grads_agree(&fused, &separate, &all, 1e-4)?;
         }
         Ok(())
     }

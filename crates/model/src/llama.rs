@@ -214,13 +214,36 @@ pub struct Block {
 
 impl Block {
     fn forward(&self, x: &Tensor, ctx: &Ctx, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x, ctx.differentiable)?;
-        let x = (x + self.self_attn.forward(&h, ctx, cache)?)?;
+        let fused = if cache.is_none() { self.fused_attention(x, ctx)? } else { None };
+        let x = match fused {
+            Some(y) => y,
+            None => {
+                let h = self.input_layernorm.forward(x, ctx.differentiable)?;
+                (x + self.self_attn.forward(&h, ctx, cache)?)?
+            }
+        };
         if let Some(y) = self.fused_mlp(&x, ctx)? {
             return Ok(y);
         }
         let h = self.post_attention_layernorm.forward(&x, ctx.differentiable)?;
         &x + self.mlp.forward(&h)?
+    }
+
+    /// LoRA training on the CPU with adapters on all four attention projections, plain causal
+    /// attention: the attention half and its residual as one op (`handoff::lora_attention_residual`).
+    fn fused_attention(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        if !ctx.causal_op || !crate::cpu_train::applies(x) || self.input_layernorm.weight.track_op() {
+            return Ok(None);
+        }
+        let a = &self.self_attn;
+        let parts = |l: &Linear| l.training_lora(x.dtype()).transpose();
+        let (Some(q), Some(k), Some(v), Some(o)) = (parts(&a.q_proj)?, parts(&a.k_proj)?, parts(&a.v_proj)?, parts(&a.o_proj)?) else {
+            return Ok(None);
+        };
+        let (b, t, _) = x.dims3()?;
+        let shape = crate::handoff::AttentionShape { b, t, heads: a.num_heads, kv_heads: a.num_kv_heads, head_dim: a.head_dim, cos: &ctx.cos, sin: &ctx.sin };
+        let norm = &self.input_layernorm;
+        crate::handoff::lora_attention_residual(x, &norm.weight, norm.eps as f32, &shape, [&q, &k, &v, &o])
     }
 
     /// LoRA training on the CPU with adapters on all three MLP projections: the MLP half and its
