@@ -29,3 +29,20 @@ impl Hasher for KeyHasher {
 }
 
 pub type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
+/// A 128-bit hash as two 64-bit halves: 8-byte aligned, so a map entry with a 64-bit value is
+/// 24 bytes instead of a `u128`'s 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key128([u64; 2]);
+
+impl Key128 {
+    pub fn new(k: u128) -> Self {
+        Self([k as u64, (k >> 64) as u64])
+    }
+}
+
+impl std::hash::Hash for Key128 {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0] ^ self.0[1]);
+    }
+}

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::dedup::{DupIndex, RowRef};
 use crate::error::{DataError, Result};
 use crate::finding::{Code, Unit};
-use crate::minhash::MinHasher;
+use crate::minhash::Sketcher;
 use crate::pii::PiiKind;
 use crate::reader::RowReader;
 use crate::record::{Format, Record};
@@ -136,7 +136,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         renderer: opts.renderer.clone(),
         render_opts: RenderOptions::default(),
         max_seq_len: opts.renderer.as_ref().map(|_| opts.max_seq_len),
-        minhasher: near.map(|(_, p)| Arc::new(MinHasher::new(p, opts.seed ^ 0x5eed))),
+        sketcher: near.map(|(t, p)| Arc::new(Sketcher::new(t, p, opts.seed ^ 0x5eed))),
         pii: false,
         fingerprints: opts.dedup != DedupMode::Off,
     });
@@ -160,8 +160,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
             return Ok(());
         };
         if let Some(fp) = &row.fingerprint {
-            let c = index.check(fp);
-            index.insert(fp, RowRef::new(0, row.line), &c);
+            let c = index.check_insert(fp, RowRef::new(0, row.line));
             if let Some(r) = c.exact_of {
                 dropped.push(Dropped { line: row.line, reason: Code::ExactDuplicate, detail: format!("duplicate of {} {}", unit.as_str(), r.line()) });
                 return Ok(());

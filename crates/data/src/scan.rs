@@ -11,10 +11,10 @@ use rayon::prelude::*;
 use crate::dedup::Fingerprint;
 use crate::error::Result;
 use crate::finding::{Code, Finding};
-use crate::minhash::MinHasher;
+use crate::minhash::Sketcher;
 use crate::parse::{Parsed, parse_clean_chat, parse_value};
 use crate::pii::{PiiDetector, PiiKind};
-use crate::reader::{Payload, RawRow, RowReader, parse_json};
+use crate::reader::{Chunk, ChunkPayload, Payload, RawRow, RowReader, bad_utf8, parse_json};
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
 
@@ -29,8 +29,8 @@ pub struct ScanConfig {
     pub renderer: Option<Arc<Renderer>>,
     pub render_opts: RenderOptions,
     pub max_seq_len: Option<usize>,
-    /// Compute MinHash signatures for near-duplicate detection when given.
-    pub minhasher: Option<Arc<MinHasher>>,
+    /// Compute MinHash sketches for near-duplicate detection when given.
+    pub sketcher: Option<Arc<Sketcher>>,
     /// Look for personal data.
     pub pii: bool,
     /// Compute fingerprints (exact duplicates, conflicting answers).
@@ -84,12 +84,9 @@ impl Scanner {
     /// Analyse one row on its own (no cross-row checks).
     pub fn analyze(&self, file: &Arc<str>, raw: RawRow) -> Row {
         let line = raw.line;
-        let value = match raw.payload {
-            Payload::Json(text) => match parse_clean_chat(&text, file, line, self.cfg.format) {
-                Some(parsed) => Ok(parsed),
-                None => parse_json(&text).map(|v| parse_value(v, file, line, self.cfg.format)),
-            },
-            Payload::Value(v) => Ok(parse_value(v, file, line, self.cfg.format)),
+        match raw.payload {
+            Payload::Json(text) => self.analyze_json(file, line, &text),
+            Payload::Value(v) => self.analyze_parsed(file, line, parse_value(v, file, line, self.cfg.format)),
             Payload::Bad { csv, field, column, message } => {
                 let (code, hint) = if csv {
                     (Code::BadCsv, "make every row have the header's number of cells, quoted where they hold commas or quotes")
@@ -101,23 +98,43 @@ impl Scanner {
                     None => message,
                 };
                 let f = Finding::new(code, file, Some(line), field, msg, hint);
-                return Row { line, record: None, findings: vec![f], fingerprint: None, tokens: None, pii: Vec::new() };
+                Row { line, record: None, findings: vec![f], fingerprint: None, tokens: None, pii: Vec::new() }
             }
-        };
-        let Parsed { record, mut findings } = match value {
-            Ok(parsed) => parsed,
-            Err((column, message)) => Parsed {
-                record: None,
-                findings: vec![Finding::new(
-                    Code::BadJson,
-                    file,
-                    Some(line),
-                    "",
-                    format!("invalid JSON at column {column}: {message}"),
-                    "fix the JSON at that column; each line must be one complete JSON object",
-                )],
+        }
+    }
+
+    /// [`Scanner::analyze`] of a JSONL line given as bytes (not yet checked for UTF-8).
+    fn analyze_line(&self, file: &Arc<str>, line: u64, bytes: &[u8]) -> Row {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.analyze_json(file, line, text),
+            Err(e) => self.analyze(file, RawRow { line, payload: bad_utf8(e) }),
+        }
+    }
+
+    fn analyze_json(&self, file: &Arc<str>, line: u64, text: &str) -> Row {
+        let parsed = match parse_clean_chat(text, file, line, self.cfg.format) {
+            Some(parsed) => parsed,
+            None => match parse_json(text) {
+                Ok(v) => parse_value(v, file, line, self.cfg.format),
+                Err((column, message)) => Parsed {
+                    record: None,
+                    findings: vec![Finding::new(
+                        Code::BadJson,
+                        file,
+                        Some(line),
+                        "",
+                        format!("invalid JSON at column {column}: {message}"),
+                        "fix the JSON at that column; each line must be one complete JSON object",
+                    )],
+                },
             },
         };
+        self.analyze_parsed(file, line, parsed)
+    }
+
+    /// PII, fingerprint and rendering of a parsed row.
+    fn analyze_parsed(&self, file: &Arc<str>, line: u64, parsed: Parsed) -> Row {
+        let Parsed { record, mut findings } = parsed;
         let mut row = Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new() };
         if let Some(rec) = &record {
             if self.cfg.pii && rec.any_text(|t| self.pii.may_contain(t)) {
@@ -136,7 +153,7 @@ impl Scanner {
                 }
             }
             if self.cfg.fingerprints {
-                row.fingerprint = Some(Fingerprint::of(rec, self.cfg.minhasher.as_deref()));
+                row.fingerprint = Some(Fingerprint::of(rec, self.cfg.sketcher.as_deref()));
             }
             if let Some(r) = &self.cfg.renderer {
                 match r.render(rec, &self.cfg.render_opts) {
@@ -178,13 +195,7 @@ impl Scanner {
         let file: Arc<str> = path.display().to_string().into();
         let mut reader = RowReader::open(path)?;
         let mut file_format: Option<Format> = None;
-        let read_chunk = |reader: &mut RowReader| -> Result<Vec<RawRow>> {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            for raw in reader.by_ref().take(CHUNK) {
-                chunk.push(raw?);
-            }
-            Ok(chunk)
-        };
+        let read_chunk = |reader: &mut RowReader| -> Result<Chunk> { reader.read_chunk(CHUNK) };
         let mut deliver = |rows: Vec<Row>| -> Result<()> {
             for mut row in rows {
                 if let Some(rec) = &row.record {
@@ -209,12 +220,20 @@ impl Scanner {
             }
             Ok(())
         };
-        let analyse = |chunk: Vec<RawRow>| -> Vec<Row> { chunk.into_par_iter().map(|raw| self.analyze(&file, raw)).collect() };
+        let analyse = |chunk: Chunk| -> Vec<Row> {
+            let Chunk { bytes, rows } = chunk;
+            rows.into_par_iter()
+                .map(|r| match r.payload {
+                    ChunkPayload::Line(range) => self.analyze_line(&file, r.line, &bytes[range]),
+                    ChunkPayload::Row(payload) => self.analyze(&file, RawRow { line: r.line, payload }),
+                })
+                .collect()
+        };
         rayon::in_place_scope(|scope| -> Result<()> {
             let mut in_flight: Option<mpsc::Receiver<Vec<Row>>> = None;
             loop {
                 let chunk = read_chunk(&mut reader)?;
-                let next = (!chunk.is_empty()).then(|| {
+                let next = (!chunk.rows.is_empty()).then(|| {
                     let (tx, rx) = mpsc::sync_channel(1);
                     let analyse = &analyse;
                     scope.spawn(move |_| {
