@@ -156,9 +156,8 @@ impl Scanner {
                 row.fingerprint = Some(Fingerprint::of(rec, self.cfg.sketcher.as_deref()));
             }
             if let Some(r) = &self.cfg.renderer {
-                match r.render(rec, &self.cfg.render_opts) {
-                    Ok(out) => {
-                        let (n, t) = (out.len(), out.target_tokens());
+                match r.count(rec, &self.cfg.render_opts) {
+                    Ok((n, t)) => {
                         row.tokens = Some((n, t));
                         if let Some(max) = self.cfg.max_seq_len
                             && n > max
