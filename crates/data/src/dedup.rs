@@ -137,7 +137,12 @@ pub struct DupIndex {
 impl DupIndex {
     /// `near`: the Jaccard threshold and number of permutations, or `None` for exact only.
     pub fn new(near: Option<(f64, usize)>) -> Self {
-        Self { exact: KeyMap::default(), prompts: KeyMap::default(), lsh: near.map(|(t, p)| LshIndex::new(t, p)) }
+        Self::with_lsh(near.map(|(t, p)| LshIndex::new(t, p)))
+    }
+
+    /// With this near-duplicate index (e.g. [`Sketcher::index`], whose banding it shares).
+    pub fn with_lsh(lsh: Option<LshIndex>) -> Self {
+        Self { exact: KeyMap::default(), prompts: KeyMap::default(), lsh }
     }
 
     pub fn lsh_params(&self) -> Option<(usize, usize)> {

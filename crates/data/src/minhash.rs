@@ -205,6 +205,7 @@ pub struct Sketch {
 #[derive(Debug, Clone)]
 pub struct Sketcher {
     hasher: MinHasher,
+    threshold: f64,
     bands: usize,
     rows: usize,
 }
@@ -212,11 +213,16 @@ pub struct Sketcher {
 impl Sketcher {
     pub fn new(threshold: f64, num_perm: usize, seed: u64) -> Self {
         let (bands, rows) = optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1);
-        Self { hasher: MinHasher::new(num_perm, seed), bands, rows }
+        Self { hasher: MinHasher::new(num_perm, seed), threshold, bands, rows }
     }
 
     pub fn hasher(&self) -> &MinHasher {
         &self.hasher
+    }
+
+    /// An empty index for this sketcher's sketches (the same banding, not chosen again).
+    pub fn index(&self) -> LshIndex {
+        LshIndex::with_params(self.threshold, self.hasher.num_perm(), (self.bands, self.rows))
     }
 
     pub fn sketch(&self, hashes: &[u64]) -> Sketch {
@@ -422,7 +428,10 @@ pub struct LshIndex {
 
 impl LshIndex {
     pub fn new(threshold: f64, num_perm: usize) -> Self {
-        let (bands, rows) = optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1);
+        Self::with_params(threshold, num_perm, optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1))
+    }
+
+    fn with_params(threshold: f64, num_perm: usize, (bands, rows): (usize, usize)) -> Self {
         Self { threshold, bands, rows, num_perm, tables: vec![KeyMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
     }
 
@@ -605,7 +614,7 @@ mod tests {
         let near = base.replace("word40 ", "changed ");
         let far: String = (0..80).map(|i| format!("other{i} ")).collect();
         let mut idx = LshIndex::new(0.85, 128);
-        assert_eq!(idx.params(), (s.bands, s.rows));
+        assert_eq!(idx.params(), s.index().params());
         idx.insert(&s.sketch(&shingles(&base)), 7);
         let hit = idx.query(&s.sketch(&shingles(&near))).expect("near duplicate found");
         assert_eq!(hit.0, 7);

@@ -131,12 +131,13 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         return Err(DataError::InvalidFile { path: out.to_path_buf(), reason: "exists and is not empty; choose a new --out".into() });
     }
     let near = (opts.dedup == DedupMode::Near).then_some((opts.near_dup_threshold, opts.num_perm));
+    let sketcher = near.map(|(t, p)| Arc::new(Sketcher::new(t, p, opts.seed ^ 0x5eed)));
     let scanner = Scanner::new(ScanConfig {
         format: opts.format,
         renderer: opts.renderer.clone(),
         render_opts: RenderOptions::default(),
         max_seq_len: opts.renderer.as_ref().map(|_| opts.max_seq_len),
-        sketcher: near.map(|(t, p)| Arc::new(Sketcher::new(t, p, opts.seed ^ 0x5eed))),
+        sketcher: sketcher.clone(),
         pii: false,
         fingerprints: opts.dedup != DedupMode::Off,
     });
@@ -144,7 +145,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     let unit = Unit::of_file(&input.display().to_string());
 
     // Pass 1: decide what to drop; count each stratum's kept rows.
-    let mut index = DupIndex::new(near);
+    let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
     let mut dropped: Vec<Dropped> = Vec::new();
     let mut strata_n: BTreeMap<String, u64> = BTreeMap::new();
     let mut rows_read = 0u64;

@@ -50,6 +50,7 @@ const READ_BLOCK: usize = 1 << 20;
 /// analyses them, in parallel).
 #[derive(Debug, Default)]
 pub struct Chunk {
+    /// The lines' bytes (past the last line: scratch).
     pub bytes: Vec<u8>,
     pub rows: Vec<ChunkRow>,
 }
@@ -119,7 +120,8 @@ pub struct RowReader {
 
 enum Inner {
     /// `carry`: the start of a line that the last chunk read but did not hold.
-    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize },
+    /// `spare`: chunk buffers handed back ([`RowReader::recycle`]).
+    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize, spare: Vec<Vec<u8>> },
     Csv { reader: csv::Reader<File>, headers: Vec<String>, record: csv::ByteRecord },
     Parquet(ParquetRows),
 }
@@ -136,6 +138,7 @@ impl RowReader {
                 carry: Vec::new(),
                 eof: false,
                 block: READ_BLOCK,
+                spare: Vec::new(),
             },
             FileKind::Csv => {
                 let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
@@ -160,7 +163,7 @@ impl RowReader {
     /// rows, in the same order, as the iterator gives. Read a file either by chunks or by the
     /// iterator, not both.
     pub fn read_chunk(&mut self, max_rows: usize) -> Result<Chunk> {
-        let Inner::Jsonl { reader, line, carry, eof, block, .. } = &mut self.inner else {
+        let Inner::Jsonl { reader, line, carry, eof, block, spare, .. } = &mut self.inner else {
             let mut rows = Vec::with_capacity(max_rows.min(4096));
             for raw in self.by_ref().take(max_rows) {
                 let raw = raw?;
@@ -168,46 +171,62 @@ impl RowReader {
             }
             return Ok(Chunk { bytes: Vec::new(), rows });
         };
-        let mut bytes = std::mem::take(carry);
-        bytes.reserve(CHUNK_BYTES.max(*block) + *block);
+        // `bytes[..filled]` holds file data; what lies past it is scratch from an earlier chunk
+        // (so a reused buffer is not zeroed again).
+        let mut bytes = spare.pop().unwrap_or_default();
+        let mut filled = carry.len();
+        if bytes.len() < filled {
+            bytes.resize(filled, 0);
+        }
+        bytes[..filled].copy_from_slice(carry);
+        carry.clear();
         let mut rows = Vec::new();
         // `start`: where the first line not yet split off begins.
         let mut start = 0;
         loop {
             let base = start;
-            let mut ends = memchr::memchr_iter(b'\n', &bytes[base..]).map(move |i| base + i);
+            let mut ends = memchr::memchr_iter(b'\n', &bytes[base..filled]).map(move |i| base + i);
             while rows.len() < max_rows {
                 let Some(end) = ends.next() else { break };
                 *line += 1;
                 push_line(&bytes, start..end, *line, &mut rows);
                 start = end + 1;
             }
-            if rows.len() >= max_rows || (!rows.is_empty() && bytes.len() >= CHUNK_BYTES) {
+            if rows.len() >= max_rows || (!rows.is_empty() && filled >= CHUNK_BYTES) {
                 break;
             }
             if *eof {
-                if start < bytes.len() {
+                if start < filled {
                     *line += 1;
-                    push_line(&bytes, start..bytes.len(), *line, &mut rows);
-                    start = bytes.len();
+                    push_line(&bytes, start..filled, *line, &mut rows);
+                    start = filled;
                 }
                 break;
             }
-            let old = bytes.len();
-            bytes.resize(old + *block, 0);
+            if bytes.len() < filled + *block {
+                bytes.resize(filled + *block, 0);
+            }
             let n = loop {
-                match reader.read(&mut bytes[old..]) {
+                match reader.read(&mut bytes[filled..filled + *block]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(DataError::io(&self.path, e)),
                 }
             };
-            bytes.truncate(old + n);
+            filled += n;
             *eof = n == 0;
         }
-        carry.extend_from_slice(&bytes[start..]);
-        bytes.truncate(start);
+        carry.extend_from_slice(&bytes[start..filled]);
         Ok(Chunk { bytes, rows })
+    }
+
+    /// Hands a chunk's buffer back for a later chunk to read into.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        if let Inner::Jsonl { spare, .. } = &mut self.inner
+            && spare.len() < 2
+        {
+            spare.push(bytes);
+        }
     }
 }
 
@@ -366,6 +385,7 @@ mod tests {
                     break;
                 }
                 got.extend(chunk.rows.into_iter().map(|r| format!("{:?}", r.into_raw(&chunk.bytes))));
+                reader.recycle(chunk.bytes);
             }
             proptest::prop_assert_eq!(got, want);
         }

@@ -219,17 +219,20 @@ impl Scanner {
             }
             Ok(())
         };
-        let analyse = |chunk: Chunk| -> Vec<Row> {
+        // The rows, and the chunk's buffer back for the reader to reuse.
+        let analyse = |chunk: Chunk| -> (Vec<Row>, Vec<u8>) {
             let Chunk { bytes, rows } = chunk;
-            rows.into_par_iter()
+            let rows = rows
+                .into_par_iter()
                 .map(|r| match r.payload {
                     ChunkPayload::Line(range) => self.analyze_line(&file, r.line, &bytes[range]),
                     ChunkPayload::Row(payload) => self.analyze(&file, RawRow { line: r.line, payload }),
                 })
-                .collect()
+                .collect();
+            (rows, bytes)
         };
         rayon::in_place_scope(|scope| -> Result<()> {
-            let mut in_flight: Option<mpsc::Receiver<Vec<Row>>> = None;
+            let mut in_flight: Option<mpsc::Receiver<(Vec<Row>, Vec<u8>)>> = None;
             loop {
                 let chunk = read_chunk(&mut reader)?;
                 let next = (!chunk.rows.is_empty()).then(|| {
@@ -243,7 +246,8 @@ impl Scanner {
                 if let Some(rx) = in_flight.take() {
                     // The sender is dropped only after sending, unless the analysis panicked;
                     // then the scope re-raises the panic when it ends.
-                    if let Ok(rows) = rx.recv() {
+                    if let Ok((rows, bytes)) = rx.recv() {
+                        reader.recycle(bytes);
                         deliver(rows)?;
                     }
                 }

@@ -165,11 +165,11 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
         renderer: opts.renderer.clone(),
         render_opts: opts.render_opts,
         max_seq_len: opts.renderer.as_ref().map(|_| opts.max_seq_len),
-        sketcher,
+        sketcher: sketcher.clone(),
         pii: opts.pii,
         fingerprints: true,
     });
-    let mut index = DupIndex::new(near);
+    let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
     let mut out = Collector { max_per_code: opts.max_findings_per_code, counts: BTreeMap::new(), findings: Vec::new(), truncated: false };
     let mut stats = Stats { epochs: opts.epochs, ..Stats::default() };
     let mut msgs = Histogram::default();
