@@ -7,16 +7,15 @@
 //! 168 MiB at 200k).
 
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use crate::minhash::{LshIndex, Sketch, Sketcher, shingle_hashes_into};
-use crate::prehashed::{Key128, KeyMap};
+use crate::prehashed::{Key128, OpenMap};
 use crate::record::{Body, Record, Role};
 
 /// A row's position packed into one word: file index (16 bits) and line (48 bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RowRef(pub u64);
 
 impl RowRef {
@@ -129,8 +128,8 @@ pub struct DupCheck {
 }
 
 pub struct DupIndex {
-    exact: KeyMap<Key128, RowRef>,
-    prompts: KeyMap<u64, (u64, RowRef)>,
+    exact: OpenMap<Key128, RowRef>,
+    prompts: OpenMap<u64, (u64, RowRef)>,
     lsh: Option<LshIndex>,
 }
 
@@ -142,11 +141,23 @@ impl DupIndex {
 
     /// With this near-duplicate index (e.g. [`Sketcher::index`], whose banding it shares).
     pub fn with_lsh(lsh: Option<LshIndex>) -> Self {
-        Self { exact: KeyMap::default(), prompts: KeyMap::default(), lsh }
+        Self { exact: OpenMap::default(), prompts: OpenMap::default(), lsh }
     }
 
     pub fn lsh_params(&self) -> Option<(usize, usize)> {
         self.lsh.as_ref().map(LshIndex::params)
+    }
+
+    /// Starts loading what [`DupIndex::check_insert`] will look up for `fp` (a hint, for a row a
+    /// few rows ahead; no effect on results).
+    pub fn prefetch(&self, fp: &Fingerprint) {
+        self.exact.prefetch(&Key128::new(fp.exact));
+        if let Some((p, _)) = fp.prompt_answer {
+            self.prompts.prefetch(&p);
+        }
+        if let (Some(lsh), Some(sk)) = (&self.lsh, &fp.sketch) {
+            lsh.prefetch(sk);
+        }
     }
 
     /// Compare a row with every row entered before it (without entering it).
@@ -167,23 +178,11 @@ impl DupIndex {
     /// a conversation or prompt stands for it; rows that duplicate an earlier one are left out of
     /// the near-duplicate index (the earlier row already stands for them).
     pub fn check_insert(&mut self, fp: &Fingerprint, at: RowRef) -> DupCheck {
-        let exact_of = match self.exact.entry(Key128::new(fp.exact)) {
-            Entry::Occupied(e) => Some(*e.get()),
-            Entry::Vacant(e) => {
-                e.insert(at);
-                None
-            }
-        };
+        let exact_of = self.exact.get_or_insert(Key128::new(fp.exact), at);
         let conflict_with = match fp.prompt_answer {
-            Some((p, a)) => match self.prompts.entry(p) {
-                Entry::Occupied(e) => {
-                    let (other, r) = *e.get();
-                    (exact_of.is_none() && other != a).then_some(r)
-                }
-                Entry::Vacant(e) => {
-                    e.insert((a, at));
-                    None
-                }
+            Some((p, a)) => match self.prompts.get_or_insert(p, (a, at)) {
+                Some((other, r)) => (exact_of.is_none() && other != a).then_some(r),
+                None => None,
             },
             None => None,
         };

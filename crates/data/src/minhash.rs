@@ -14,7 +14,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::prehashed::KeyMap;
+use crate::prehashed::{Key64, OpenMap};
+
 
 const P: u64 = (1 << 61) - 1;
 
@@ -396,23 +397,6 @@ pub fn optimal_param(threshold: f64, num_perm: usize, fp_weight: f64, fn_weight:
     best.1
 }
 
-/// A band key (a 64-bit xxh3 value) in two halves: a table entry with its row id is 12 bytes,
-/// not 16 (the tables hold one entry per band per row, most of the index's memory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BandKey([u32; 2]);
-
-impl BandKey {
-    fn new(k: u64) -> Self {
-        Self([k as u32, (k >> 32) as u32])
-    }
-}
-
-impl std::hash::Hash for BandKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(u64::from(self.0[0]) | (u64::from(self.0[1]) << 32));
-    }
-}
-
 /// Streaming LSH index: `query` a row against everything inserted before, then `insert` it
 /// (or both at once, [`LshIndex::query_insert`]). Each band bucket keeps the first row that
 /// landed in it.
@@ -421,7 +405,8 @@ pub struct LshIndex {
     bands: usize,
     rows: usize,
     num_perm: usize,
-    tables: Vec<KeyMap<BandKey, u32>>,
+    /// Per band: band key → the first row id with it.
+    tables: Vec<OpenMap<Key64, u32>>,
     sigs: Vec<u8>,
     refs: Vec<u64>,
 }
@@ -432,7 +417,7 @@ impl LshIndex {
     }
 
     fn with_params(threshold: f64, num_perm: usize, (bands, rows): (usize, usize)) -> Self {
-        Self { threshold, bands, rows, num_perm, tables: vec![KeyMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
+        Self { threshold, bands, rows, num_perm, tables: vec![OpenMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
     }
 
     pub fn params(&self) -> (usize, usize) {
@@ -466,6 +451,15 @@ impl LshIndex {
         }
     }
 
+    /// Starts loading the buckets `sk` will be looked up in (a hint; no effect on results).
+    pub fn prefetch(&self, sk: &Sketch) {
+        if self.fits(sk) {
+            for (table, &key) in self.tables.iter().zip(sk.bands.iter()) {
+                table.prefetch(&Key64::new(key));
+            }
+        }
+    }
+
     /// The earlier row most similar to `sk` among the LSH candidates, if its estimated Jaccard
     /// similarity reaches the threshold: (its reference, the estimate).
     pub fn query(&self, sk: &Sketch) -> Option<(u64, f64)> {
@@ -475,7 +469,7 @@ impl LshIndex {
         let mut best = None;
         let mut seen = Vec::new();
         for (table, &key) in self.tables.iter().zip(sk.bands.iter()) {
-            if let Some(&id) = table.get(&BandKey::new(key)) {
+            if let Some(&id) = table.get(&Key64::new(key)) {
                 self.consider(sk, id, &mut seen, &mut best);
             }
         }
@@ -488,15 +482,14 @@ impl LshIndex {
         }
         let id = self.refs.len() as u32;
         for (table, &key) in self.tables.iter_mut().zip(sk.bands.iter()) {
-            table.entry(BandKey::new(key)).or_insert(id);
+            table.get_or_insert(Key64::new(key), id);
         }
         self.sigs.extend_from_slice(&sk.compact);
         self.refs.push(reference);
     }
 
     /// [`LshIndex::query`], then [`LshIndex::insert`] when it found nothing, with one lookup
-    /// per band: the row is entered in the buckets it finds empty as it goes, and taken out of
-    /// them again when it turns out to be a near duplicate.
+    /// per band (the empty slots found are filled afterwards).
     pub fn query_insert(&mut self, sk: &Sketch, reference: u64) -> Option<(u64, f64)> {
         if !self.fits(sk) {
             return None;
@@ -507,29 +500,31 @@ impl LshIndex {
         let id = self.refs.len() as u32;
         let mut best = None;
         let mut seen = Vec::new();
-        // Bands whose bucket this row took (a bit each; more than 64 bands are rare, a Vec then).
-        let mut took: u64 = 0;
-        let mut took_more: Vec<usize> = Vec::new();
+        // Per band, the empty slot this row would take (usize::MAX: the key is there already).
+        let mut vacant = [usize::MAX; 32];
+        let mut vacant_more: Vec<usize> = Vec::new();
         let mut tables = std::mem::take(&mut self.tables);
         for (band, (table, &key)) in tables.iter_mut().zip(sk.bands.iter()).enumerate() {
-            match table.entry(BandKey::new(key)) {
-                std::collections::hash_map::Entry::Occupied(e) => self.consider(sk, *e.get(), &mut seen, &mut best),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(id);
-                    if band < 64 {
-                        took |= 1 << band;
-                    } else {
-                        took_more.push(band);
-                    }
+            table.reserve_one();
+            let slot = match table.probe(&Key64::new(key)) {
+                Ok(at) => {
+                    self.consider(sk, *table.value(at), &mut seen, &mut best);
+                    usize::MAX
                 }
+                Err(slot) => slot,
+            };
+            match vacant.get_mut(band) {
+                Some(v) => *v = slot,
+                None => vacant_more.push(slot),
             }
         }
-        if best.is_some() {
-            let bands = (0..64).filter(|b| took & (1 << b) != 0).chain(took_more);
-            for band in bands {
-                tables[band].remove(&BandKey::new(sk.bands[band]));
+        if best.is_none() {
+            let slots = vacant.iter().chain(&vacant_more);
+            for ((table, &key), &slot) in tables.iter_mut().zip(sk.bands.iter()).zip(slots) {
+                if slot != usize::MAX {
+                    table.fill(slot, Key64::new(key), id);
+                }
             }
-        } else {
             self.sigs.extend_from_slice(&sk.compact);
             self.refs.push(reference);
         }

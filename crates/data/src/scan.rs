@@ -21,6 +21,9 @@ use crate::render::{RenderOptions, Renderer};
 /// Rows analysed together; bounds the memory held at once.
 const CHUNK: usize = 4096;
 
+/// How far ahead [`Scanner::scan_file_ahead`] shows the sink the rows to come.
+pub const AHEAD: usize = 8;
+
 #[derive(Clone, Default)]
 pub struct ScanConfig {
     /// Require this format instead of detecting it per file.
@@ -52,6 +55,10 @@ pub struct Row {
 }
 
 impl Row {
+    fn empty(line: u64) -> Self {
+        Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new() }
+    }
+
     pub fn has_error(&self) -> bool {
         self.findings.iter().any(Finding::is_error)
     }
@@ -98,7 +105,7 @@ impl Scanner {
                     None => message,
                 };
                 let f = Finding::new(code, file, Some(line), field, msg, hint);
-                Row { line, record: None, findings: vec![f], fingerprint: None, tokens: None, pii: Vec::new() }
+                Row { findings: vec![f], ..Row::empty(line) }
             }
         }
     }
@@ -135,7 +142,7 @@ impl Scanner {
     /// PII, fingerprint and rendering of a parsed row.
     fn analyze_parsed(&self, file: &Arc<str>, line: u64, parsed: Parsed) -> Row {
         let Parsed { record, mut findings } = parsed;
-        let mut row = Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new() };
+        let mut row = Row::empty(line);
         if let Some(rec) = &record {
             if self.cfg.pii && rec.any_text(|t| self.pii.may_contain(t)) {
                 for (field, text) in rec.texts() {
@@ -191,12 +198,20 @@ impl Scanner {
     /// chunk k and, once that is done, this thread hands chunk k to `sink` while the pool
     /// analyses chunk k+1. At most three chunks are in memory (read, in analysis, in the sink).
     pub fn scan_file(&self, path: &Path, mut sink: impl FnMut(Row) -> Result<()>) -> Result<Option<Format>> {
+        self.scan_file_ahead(path, |row, _| sink(row))
+    }
+
+    /// [`Scanner::scan_file`], handing `sink` each row together with the one [`AHEAD`] rows
+    /// later when that is already analysed: a sink whose lookups miss the cache (the dedup
+    /// index) can prefetch for it.
+    pub fn scan_file_ahead(&self, path: &Path, mut sink: impl FnMut(Row, Option<&Row>) -> Result<()>) -> Result<Option<Format>> {
         let file: Arc<str> = path.display().to_string().into();
         let mut reader = RowReader::open(path)?;
         let mut file_format: Option<Format> = None;
         let read_chunk = |reader: &mut RowReader| -> Result<Chunk> { reader.read_chunk(CHUNK) };
-        let mut deliver = |rows: Vec<Row>| -> Result<()> {
-            for mut row in rows {
+        let mut deliver = |mut rows: Vec<Row>| -> Result<()> {
+            for i in 0..rows.len() {
+                let mut row = std::mem::replace(&mut rows[i], Row::empty(0));
                 if let Some(rec) = &row.record {
                     let f = rec.format();
                     match file_format {
@@ -215,7 +230,7 @@ impl Scanner {
                         Some(_) => {}
                     }
                 }
-                sink(row)?;
+                sink(row, rows.get(i + AHEAD))?;
             }
             Ok(())
         };

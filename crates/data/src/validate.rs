@@ -188,8 +188,11 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     for (fi, path) in files.iter().enumerate() {
         let name = names[fi].clone();
         let (mut rows, mut valid) = (0u64, 0u64);
-        let format = scanner.scan_file(path, |row: Row| {
+        let format = scanner.scan_file_ahead(path, |row: Row, ahead: Option<&Row>| {
             rows += 1;
+            if let Some(fp) = ahead.and_then(|r| r.fingerprint.as_ref()) {
+                index.prefetch(fp);
+            }
             let Row { line, record, findings, fingerprint, tokens, pii } = row;
             findings.into_iter().for_each(|f| out.push(f));
             let Some(rec) = record else { return Ok(()) };
