@@ -200,8 +200,9 @@ impl Hasher for Xxh {
 type PieceCache = HashMap<Box<[u8]>, Box<[u32]>, BuildHasherDefault<Xxh>>;
 
 thread_local! {
-    /// (encoder id, piece bytes → ids). One encoder at a time per thread; another empties it.
-    static CACHE: RefCell<(u64, PieceCache)> = RefCell::new((0, PieceCache::default()));
+    /// (encoder id, piece bytes → ids, scratch for a text's pieces). One encoder at a time per
+    /// thread; another empties it.
+    static CACHE: RefCell<(u64, PieceCache, Vec<(usize, usize)>)> = RefCell::new((0, PieceCache::default(), Vec::new()));
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -272,13 +273,20 @@ impl FastBpe {
     pub fn encode(&self, text: &str) -> Option<IdsAndRanges> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 8);
         let mut ranges = Vec::with_capacity(text.len() / 3 + 8);
-        let mut pieces = Vec::with_capacity(text.len() / 4 + 8);
+        self.encode_into(text, &mut ids, &mut ranges).then_some((ids, ranges))
+    }
+
+    /// [`FastBpe::encode`] into `ids` and `ranges` (cleared first; buffers reused across rows);
+    /// false where `encode` gives `None`.
+    pub fn encode_into(&self, text: &str, ids: &mut Vec<u32>, ranges: &mut Vec<(usize, usize)>) -> bool {
+        ids.clear();
+        ranges.clear();
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != self.id {
-                *c = (self.id, PieceCache::default());
+                *c = (self.id, PieceCache::default(), Vec::new());
             }
-            let cache = &mut c.1;
+            let (_, cache, pieces) = &mut *c;
             let mut fail = false;
             self.split_added(text, &self.raw_added, 0, &mut |start, end, added| {
                 if fail {
@@ -299,9 +307,9 @@ impl FastBpe {
                         return;
                     }
                     pieces.clear();
-                    self.pre_tokenize(&text[s..e], s, &mut pieces);
-                    for &(ps, pe) in &pieces {
-                        if !self.piece_ids(cache, &text.as_bytes()[ps..pe], &mut ids) {
+                    self.pre_tokenize(&text[s..e], s, pieces);
+                    for &(ps, pe) in pieces.iter() {
+                        if !self.piece_ids(cache, &text.as_bytes()[ps..pe], ids) {
                             fail = true;
                             return;
                         }
@@ -309,9 +317,8 @@ impl FastBpe {
                     }
                 });
             });
-            (!fail).then_some(())
-        })?;
-        Some((ids, ranges))
+            !fail
+        })
     }
 
     /// Calls `f(start, end, Some(id))` for each added token of `set` in `s` and

@@ -106,15 +106,19 @@ impl Renderer {
     /// the range of the pre-tokenizer piece the token came from. A token belongs to a span when
     /// its range overlaps it, which is the same for a piece's tokens and the piece unless the
     /// piece straddles a span edge; then HF's own offsets are used.
-    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)]) -> Result<IdsAndRanges> {
-        if let Some((ids, ranges)) = self.fast_bpe.as_ref().and_then(|f| f.encode(text)) {
+    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)], (ids, ranges): &mut IdsAndRanges) -> Result<()> {
+        if self.fast_bpe.as_ref().is_some_and(|f| f.encode_into(text, ids, ranges)) {
             let straddles = |&(s, e): &(usize, usize)| spans.iter().any(|&(a, b, _)| (s < a && a < e) || (s < b && b < e));
             if !ranges.iter().any(straddles) {
-                return Ok((ids, ranges));
+                return Ok(());
             }
         }
         let enc = self.tokenizer.inner().encode(text, false).map_err(|e| Self::err(record, "", format!("tokenizer: {e}")))?;
-        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+        ids.clear();
+        ids.extend_from_slice(enc.get_ids());
+        ranges.clear();
+        ranges.extend_from_slice(enc.get_offsets());
+        Ok(())
     }
 
     fn render_chat(&self, template: &ChatTemplate, turns: &[Turn], generation: bool) -> ferrotune_model::Result<String> {
@@ -214,7 +218,19 @@ impl Renderer {
             spans.push((before, through, t.is_target()));
         }
 
-        let (ids, offsets) = self.encode_with_ranges(record, &full, &spans)?;
+        // The ids and their byte ranges, in per-thread buffers reused from row to row.
+        let mut scratch = TOKENS.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let done = self.encode_with_ranges(record, &full, &spans, &mut scratch).map(|()| self.assign(&scratch, &spans, opts, out));
+        if scratch.0.capacity() > 1 << 20 {
+            scratch = IdsAndRanges::default(); // a huge row's buffers are not kept
+        }
+        TOKENS.with(|t| *t.borrow_mut() = scratch);
+        done?;
+        Ok(full)
+    }
+
+    /// Hands `out` each token of `full`'s encoding, with its loss flag (see the module docs).
+    fn assign(&self, (ids, offsets): &IdsAndRanges, spans: &[(usize, usize, bool)], opts: &RenderOptions, out: &mut impl TokenSink) {
         // Which span each token falls in (a token overlapping a span's bytes belongs to it).
         let span_of = |k: usize| -> Option<usize> {
             let (s, e) = offsets[k];
@@ -249,8 +265,11 @@ impl Renderer {
                 }
             }
         }
-        Ok(full)
     }
+}
+
+thread_local! {
+    static TOKENS: std::cell::RefCell<IdsAndRanges> = std::cell::RefCell::default();
 }
 
 /// Where [`Renderer::render_into`] puts each token and whether it carries loss.
