@@ -1,10 +1,11 @@
 //! Dataset-wide indexes over row fingerprints: exact duplicates (xxh3-128 of the canonical
 //! conversation), near duplicates (MinHash + LSH), and one prompt with conflicting answers. This
-//! is the only state that grows with the row count: per row, a 32-byte exact entry plus a 24-byte
+//! is the only state that grows with the row count: per row, a 24-byte exact entry plus a 24-byte
 //! prompt entry, and with the near-duplicate index at 128 permutations a 128-byte compact
-//! signature and one 16-byte bucket entry per band (12 at J = 0.85) — ≈ 400 B/row of payload;
-//! hash-table slack and resizes make the measured peak ≈ 0.7 KB/row (776 MiB RSS at 1M bench rows,
-//! 168 MiB at 200k).
+//! signature, an 8-byte reference and one 12-byte bucket entry per band (12 at J = 0.85), each
+//! entry with a tag byte — ≈ 340 B/row of payload in tables 3/8 to 3/4 full
+//! ([`crate::prehashed::OpenMap`]); the measured peak is 660–710 MiB RSS at 1M bench rows (the
+//! tables, the process and the chunks in flight), 175 MiB at 200k.
 
 use std::cell::RefCell;
 

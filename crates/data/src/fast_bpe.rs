@@ -199,10 +199,12 @@ impl Hasher for Xxh {
 
 type PieceCache = HashMap<Box<[u8]>, Box<[u32]>, BuildHasherDefault<Xxh>>;
 
+/// (encoder id, piece bytes → ids, scratch for a text's pieces). One encoder at a time per
+/// thread; another empties it.
+type ThreadCache = (u64, PieceCache, Vec<(usize, usize)>);
+
 thread_local! {
-    /// (encoder id, piece bytes → ids, scratch for a text's pieces). One encoder at a time per
-    /// thread; another empties it.
-    static CACHE: RefCell<(u64, PieceCache, Vec<(usize, usize)>)> = RefCell::new((0, PieceCache::default(), Vec::new()));
+    static CACHE: RefCell<ThreadCache> = RefCell::new((0, PieceCache::default(), Vec::new()));
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
