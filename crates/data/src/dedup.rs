@@ -1,19 +1,22 @@
 //! Dataset-wide indexes over row fingerprints: exact duplicates (xxh3-128 of the canonical
 //! conversation), near duplicates (MinHash + LSH), and one prompt with conflicting answers. This
-//! is the only state that grows with the row count: per row, a 32-byte exact entry plus a 24-byte
+//! is the only state that grows with the row count: per row, a 24-byte exact entry plus a 24-byte
 //! prompt entry, and with the near-duplicate index at 128 permutations a 128-byte compact
-//! signature and one 16-byte bucket entry per band (12 at J = 0.85) — ≈ 400 B/row of payload;
-//! hash-table slack and resizes make the measured peak ≈ 0.7 KB/row (776 MiB RSS at 1M bench rows,
-//! 168 MiB at 200k).
+//! signature, an 8-byte reference and one 12-byte bucket entry per band (12 at J = 0.85), each
+//! entry with a tag byte — ≈ 340 B/row of payload in tables 3/8 to 3/4 full
+//! ([`crate::prehashed::OpenMap`]); the measured peak is 660–710 MiB RSS at 1M bench rows (the
+//! tables, the process and the chunks in flight), 175 MiB at 200k.
+
+use std::cell::RefCell;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
-use crate::minhash::{LshIndex, MinHasher, Signature, shingle_hashes};
-use crate::prehashed::KeyMap;
+use crate::minhash::{LshIndex, Sketch, Sketcher, shingle_hashes_into};
+use crate::prehashed::{Key128, OpenMap};
 use crate::record::{Body, Record, Role};
 
 /// A row's position packed into one word: file index (16 bits) and line (48 bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RowRef(pub u64);
 
 impl RowRef {
@@ -37,17 +40,62 @@ pub struct Fingerprint {
     /// Hash of everything before the final target, and of the final target.
     /// (Near-duplicate signatures cover the user and assistant text, not system prompts.)
     pub prompt_answer: Option<(u64, u64)>,
-    pub signature: Option<Signature>,
+    pub sketch: Option<Sketch>,
+}
+
+/// Per-thread buffers for [`Fingerprint::of`], reused from row to row.
+#[derive(Default)]
+struct Scratch {
+    canon: String,
+    plain: String,
+    prompt: String,
+    lower: Vec<u8>,
+    words: Vec<(usize, usize)>,
+    shingles: Vec<u64>,
+    xs: Vec<(u64, u64)>,
+    mins: Vec<u64>,
+}
+
+impl Scratch {
+    /// Buffers grown past this by a huge row are given back after it.
+    const KEEP: usize = 1 << 20;
+
+    fn trim(&mut self) {
+        fn fit<T>(v: &mut Vec<T>) {
+            if v.capacity() * std::mem::size_of::<T>() > Scratch::KEEP {
+                *v = Vec::new();
+            }
+        }
+        for s in [&mut self.canon, &mut self.plain, &mut self.prompt] {
+            if s.capacity() > Self::KEEP {
+                *s = String::new();
+            }
+        }
+        fit(&mut self.lower);
+        fit(&mut self.words);
+        fit(&mut self.shingles);
+        fit(&mut self.xs);
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
 impl Fingerprint {
-    pub fn of(record: &Record, hasher: Option<&MinHasher>) -> Self {
-        let len: usize = match &record.body {
-            Body::Text(t) => t.len(),
-            _ => record.turns().iter().map(|t| t.content.len() + 12).sum(),
-        };
-        let mut canon = String::with_capacity(len);
-        let mut plain = String::with_capacity(len);
+    pub fn of(record: &Record, sketcher: Option<&Sketcher>) -> Self {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let fp = Self::of_with(record, sketcher, &mut s);
+            s.trim();
+            fp
+        })
+    }
+
+    fn of_with(record: &Record, sketcher: Option<&Sketcher>, s: &mut Scratch) -> Self {
+        let Scratch { canon, plain, prompt, lower, words, shingles, xs, mins } = s;
+        canon.clear();
+        plain.clear();
         if let Body::Text(t) = &record.body {
             canon.push_str(t.trim());
             plain.push_str(t);
@@ -64,9 +112,12 @@ impl Fingerprint {
                 }
             }
         }
-        let prompt_answer = record.prompt_and_answer().map(|(p, a)| (xxh3_64(p.as_bytes()), xxh3_64(a.trim().as_bytes())));
-        let signature = hasher.map(|h| h.signature(&shingle_hashes(&plain)));
-        Self { exact: xxh3_128(canon.as_bytes()), prompt_answer, signature }
+        let prompt_answer = record.prompt_and_answer_into(prompt).map(|a| (xxh3_64(prompt.as_bytes()), xxh3_64(a.trim().as_bytes())));
+        let sketch = sketcher.map(|h| {
+            shingle_hashes_into(plain, lower, words, shingles);
+            h.sketch_with(shingles, xs, mins)
+        });
+        Self { exact: xxh3_128(canon.as_bytes()), prompt_answer, sketch }
     }
 }
 
@@ -78,26 +129,43 @@ pub struct DupCheck {
 }
 
 pub struct DupIndex {
-    exact: KeyMap<u128, RowRef>,
-    prompts: KeyMap<u64, (u64, RowRef)>,
+    exact: OpenMap<Key128, RowRef>,
+    prompts: OpenMap<u64, (u64, RowRef)>,
     lsh: Option<LshIndex>,
 }
 
 impl DupIndex {
     /// `near`: the Jaccard threshold and number of permutations, or `None` for exact only.
     pub fn new(near: Option<(f64, usize)>) -> Self {
-        Self { exact: KeyMap::default(), prompts: KeyMap::default(), lsh: near.map(|(t, p)| LshIndex::new(t, p)) }
+        Self::with_lsh(near.map(|(t, p)| LshIndex::new(t, p)))
+    }
+
+    /// With this near-duplicate index (e.g. [`Sketcher::index`], whose banding it shares).
+    pub fn with_lsh(lsh: Option<LshIndex>) -> Self {
+        Self { exact: OpenMap::default(), prompts: OpenMap::default(), lsh }
     }
 
     pub fn lsh_params(&self) -> Option<(usize, usize)> {
         self.lsh.as_ref().map(LshIndex::params)
     }
 
-    /// Compare a row with every row inserted before it.
+    /// Starts loading what [`DupIndex::check_insert`] will look up for `fp` (a hint, for a row a
+    /// few rows ahead; no effect on results).
+    pub fn prefetch(&self, fp: &Fingerprint) {
+        self.exact.prefetch(&Key128::new(fp.exact));
+        if let Some((p, _)) = fp.prompt_answer {
+            self.prompts.prefetch(&p);
+        }
+        if let (Some(lsh), Some(sk)) = (&self.lsh, &fp.sketch) {
+            lsh.prefetch(sk);
+        }
+    }
+
+    /// Compare a row with every row entered before it (without entering it).
     pub fn check(&self, fp: &Fingerprint) -> DupCheck {
-        let exact_of = self.exact.get(&fp.exact).copied();
-        let near_of = match (&self.lsh, &fp.signature, exact_of) {
-            (Some(lsh), Some(sig), None) => lsh.query(sig).map(|(r, j)| (RowRef(r), j)),
+        let exact_of = self.exact.get(&Key128::new(fp.exact)).copied();
+        let near_of = match (&self.lsh, &fp.sketch, exact_of) {
+            (Some(lsh), Some(sk), None) => lsh.query(sk).map(|(r, j)| (RowRef(r), j)),
             _ => None,
         };
         let conflict_with = match (exact_of, fp.prompt_answer) {
@@ -107,19 +175,23 @@ impl DupIndex {
         DupCheck { exact_of, near_of, conflict_with }
     }
 
-    /// Remember a row. Rows that duplicate an earlier one are left out of the near-duplicate
-    /// index (the earlier row already stands for them).
-    pub fn insert(&mut self, fp: &Fingerprint, at: RowRef, check: &DupCheck) {
-        self.exact.entry(fp.exact).or_insert(at);
-        if let Some((p, a)) = fp.prompt_answer {
-            self.prompts.entry(p).or_insert((a, at));
-        }
-        if check.exact_of.is_none()
-            && check.near_of.is_none()
-            && let (Some(lsh), Some(sig)) = (&mut self.lsh, &fp.signature)
-        {
-            lsh.insert(sig, at.0);
-        }
+    /// [`DupIndex::check`] the row, then enter it, with one lookup per table. The first row with
+    /// a conversation or prompt stands for it; rows that duplicate an earlier one are left out of
+    /// the near-duplicate index (the earlier row already stands for them).
+    pub fn check_insert(&mut self, fp: &Fingerprint, at: RowRef) -> DupCheck {
+        let exact_of = self.exact.get_or_insert(Key128::new(fp.exact), at);
+        let conflict_with = match fp.prompt_answer {
+            Some((p, a)) => match self.prompts.get_or_insert(p, (a, at)) {
+                Some((other, r)) => (exact_of.is_none() && other != a).then_some(r),
+                None => None,
+            },
+            None => None,
+        };
+        let near_of = match (&mut self.lsh, &fp.sketch, exact_of) {
+            (Some(lsh), Some(sk), None) => lsh.query_insert(sk, at.0).map(|(r, j)| (RowRef(r), j)),
+            _ => None,
+        };
+        DupCheck { exact_of, near_of, conflict_with }
     }
 }
 
@@ -134,7 +206,7 @@ mod tests {
 
     #[test]
     fn exact_near_and_conflicting_rows_are_told_apart() {
-        let h = MinHasher::new(128, 1);
+        let h = Sketcher::new(0.8, 128, 1);
         let long: String = (0..60).map(|i| format!("token{i} ")).collect();
         let mut idx = DupIndex::new(Some((0.8, 128)));
         let rows = [
@@ -150,7 +222,7 @@ mod tests {
             .map(|(i, r)| {
                 let fp = Fingerprint::of(r, Some(&h));
                 let c = idx.check(&fp);
-                idx.insert(&fp, RowRef::new(0, i as u64 + 1), &c);
+                assert_eq!(idx.check_insert(&fp, RowRef::new(0, i as u64 + 1)), c, "row {i}");
                 c
             })
             .collect();

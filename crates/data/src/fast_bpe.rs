@@ -57,6 +57,8 @@ impl std::fmt::Debug for FastBpe {
 struct AddedSet {
     by_first: Vec<Vec<(Box<[u8]>, u32)>>,
     any: bool,
+    /// The bytes that start an added token (`<` for ChatML's), to skip to with `memchr`.
+    firsts: Vec<u8>,
 }
 
 impl AddedSet {
@@ -71,7 +73,22 @@ impl AddedSet {
         for v in &mut by_first {
             v.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
         }
-        Self { by_first, any }
+        let firsts = (0..=255u8).filter(|&b| !by_first[b as usize].is_empty()).collect();
+        Self { by_first, any, firsts }
+    }
+
+    /// The first position at or after `i` where an added token may start.
+    #[inline]
+    fn next_start(&self, bytes: &[u8], i: usize) -> Option<usize> {
+        let rest = &bytes[i..];
+        let k = match *self.firsts.as_slice() {
+            [] => None,
+            [a] => memchr::memchr(a, rest),
+            [a, b] => memchr::memchr2(a, b, rest),
+            [a, b, c] => memchr::memchr3(a, b, c, rest),
+            _ => rest.iter().position(|&b| !self.by_first[b as usize].is_empty()),
+        };
+        k.map(|k| i + k)
     }
 
     /// The added token at `i`, longest first: (its length, id).
@@ -182,9 +199,12 @@ impl Hasher for Xxh {
 
 type PieceCache = HashMap<Box<[u8]>, Box<[u32]>, BuildHasherDefault<Xxh>>;
 
+/// (encoder id, piece bytes → ids, scratch for a text's pieces). One encoder at a time per
+/// thread; another empties it.
+type ThreadCache = (u64, PieceCache, Vec<(usize, usize)>);
+
 thread_local! {
-    /// (encoder id, piece bytes → ids). One encoder at a time per thread; another empties it.
-    static CACHE: RefCell<(u64, PieceCache)> = RefCell::new((0, PieceCache::default()));
+    static CACHE: RefCell<ThreadCache> = RefCell::new((0, PieceCache::default(), Vec::new()));
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -255,13 +275,20 @@ impl FastBpe {
     pub fn encode(&self, text: &str) -> Option<IdsAndRanges> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 8);
         let mut ranges = Vec::with_capacity(text.len() / 3 + 8);
-        let mut pieces = Vec::with_capacity(text.len() / 4 + 8);
+        self.encode_into(text, &mut ids, &mut ranges).then_some((ids, ranges))
+    }
+
+    /// [`FastBpe::encode`] into `ids` and `ranges` (cleared first; buffers reused across rows);
+    /// false where `encode` gives `None`.
+    pub fn encode_into(&self, text: &str, ids: &mut Vec<u32>, ranges: &mut Vec<(usize, usize)>) -> bool {
+        ids.clear();
+        ranges.clear();
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != self.id {
-                *c = (self.id, PieceCache::default());
+                *c = (self.id, PieceCache::default(), Vec::new());
             }
-            let cache = &mut c.1;
+            let (_, cache, pieces) = &mut *c;
             let mut fail = false;
             self.split_added(text, &self.raw_added, 0, &mut |start, end, added| {
                 if fail {
@@ -282,9 +309,9 @@ impl FastBpe {
                         return;
                     }
                     pieces.clear();
-                    self.pre_tokenize(&text[s..e], s, &mut pieces);
-                    for &(ps, pe) in &pieces {
-                        if !self.piece_ids(cache, &text.as_bytes()[ps..pe], &mut ids) {
+                    self.pre_tokenize(&text[s..e], s, pieces);
+                    for &(ps, pe) in pieces.iter() {
+                        if !self.piece_ids(cache, &text.as_bytes()[ps..pe], ids) {
                             fail = true;
                             return;
                         }
@@ -292,9 +319,8 @@ impl FastBpe {
                     }
                 });
             });
-            (!fail).then_some(())
-        })?;
-        Some((ids, ranges))
+            !fail
+        })
     }
 
     /// Calls `f(start, end, Some(id))` for each added token of `set` in `s` and
@@ -309,6 +335,8 @@ impl FastBpe {
         }
         let (mut at, mut i) = (0, 0);
         while i < bytes.len() {
+            let Some(next) = set.next_start(bytes, i) else { break };
+            i = next;
             match set.match_at(bytes, i) {
                 Some((len, id)) => {
                     if at < i {
@@ -332,13 +360,20 @@ impl FastBpe {
             self.gpt2_split(s, base, out);
             return;
         }
-        let mut at = 0;
-        for (i, c) in s.char_indices() {
-            if c.is_numeric() {
+        let b = s.as_bytes();
+        let (mut at, mut i) = (0, 0);
+        while i < b.len() {
+            // `char::is_numeric` is `is_ascii_digit` below 128.
+            let (numeric, len) = match b[i] {
+                c if c < 128 => (c.is_ascii_digit(), 1),
+                _ => char_at(s, i).map_or((false, 1), |c| (c.is_numeric(), c.len_utf8())),
+            };
+            if numeric {
                 self.gpt2_split(&s[at..i], base + at, out);
-                out.push((base + i, base + i + c.len_utf8()));
-                at = i + c.len_utf8();
+                out.push((base + i, base + i + len));
+                at = i + len;
             }
+            i += len;
         }
         self.gpt2_split(&s[at..], base + at, out);
     }

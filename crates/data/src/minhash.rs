@@ -14,7 +14,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::prehashed::KeyMap;
+use crate::prehashed::{Key64, OpenMap};
+
 
 const P: u64 = (1 << 61) - 1;
 
@@ -105,19 +106,26 @@ impl MinHasher {
 
     /// Signature of the set of `hashes` (an empty set gives all-`u64::MAX`).
     pub fn signature(&self, hashes: &[u64]) -> Signature {
+        let mut mins = Vec::new();
+        self.signature_into(hashes, &mut Vec::new(), &mut mins);
+        Signature(mins)
+    }
+
+    /// [`MinHasher::signature`] into `mins`, with `xs` as scratch (buffers reused across rows).
+    pub fn signature_into(&self, hashes: &[u64], xs: &mut Vec<(u64, u64)>, mins: &mut Vec<u64>) {
+        mins.clear();
         if hashes.is_empty() {
-            return Signature(vec![u64::MAX; self.a.len()]);
+            mins.resize(self.a.len(), u64::MAX);
+            return;
         }
         // (a·h + b) mod p = (a·(h mod p) + b) mod p.
-        let xs: Vec<(u64, u64)> = hashes
-            .iter()
-            .map(|&h| {
-                let x = (h & P) + (h >> 61);
-                let x = if x >= P { x - P } else { x };
-                (x >> 31, x & 0x7fff_ffff)
-            })
-            .collect();
-        let mut mins = vec![0u64; self.a_hi2.len()];
+        xs.clear();
+        xs.extend(hashes.iter().map(|&h| {
+            let x = (h & P) + (h >> 61);
+            let x = if x >= P { x - P } else { x };
+            (x >> 31, x & 0x7fff_ffff)
+        }));
+        mins.resize(self.a_hi2.len(), 0);
         #[cfg(target_arch = "x86_64")]
         let wide = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl");
         for at in (0..self.a_hi2.len()).step_by(LANES) {
@@ -128,17 +136,16 @@ impl MinHasher {
                 // SAFETY: the CPU has the features the function is compiled for (checked above).
                 #[allow(unsafe_code)]
                 unsafe {
-                    min_lanes_avx512(coef, &xs, &mut out)
+                    min_lanes_avx512(coef, xs, &mut out)
                 };
             } else {
-                min_lanes(coef, &xs, &mut out);
+                min_lanes(coef, xs, &mut out);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            min_lanes(coef, &xs, &mut out);
+            min_lanes(coef, xs, &mut out);
             mins[at..at + LANES].copy_from_slice(&out);
         }
         mins.truncate(self.a.len());
-        Signature(mins)
     }
 
     /// The signature by 128-bit arithmetic, one permutation at a time: the reference the
@@ -186,6 +193,65 @@ pub fn compact_jaccard(a: &[u8], b: &[u8]) -> f64 {
     ((m - c) / (1.0 - c)).max(0.0)
 }
 
+/// What the streaming [`LshIndex`] needs of a row's signature: each band's key and one byte per
+/// permutation. Computed with the signature (in parallel), so the index's sequential pass only
+/// looks keys up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sketch {
+    pub bands: Box<[u64]>,
+    pub compact: Box<[u8]>,
+}
+
+/// A [`MinHasher`] with the LSH banding chosen for a threshold (as [`LshIndex::new`] chooses it).
+#[derive(Debug, Clone)]
+pub struct Sketcher {
+    hasher: MinHasher,
+    threshold: f64,
+    bands: usize,
+    rows: usize,
+}
+
+impl Sketcher {
+    pub fn new(threshold: f64, num_perm: usize, seed: u64) -> Self {
+        let (bands, rows) = optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1);
+        Self { hasher: MinHasher::new(num_perm, seed), threshold, bands, rows }
+    }
+
+    pub fn hasher(&self) -> &MinHasher {
+        &self.hasher
+    }
+
+    /// An empty index for this sketcher's sketches (the same banding, not chosen again).
+    pub fn index(&self) -> LshIndex {
+        LshIndex::with_params(self.threshold, self.hasher.num_perm(), (self.bands, self.rows))
+    }
+
+    pub fn sketch(&self, hashes: &[u64]) -> Sketch {
+        self.sketch_with(hashes, &mut Vec::new(), &mut Vec::new())
+    }
+
+    /// [`Sketcher::sketch`] with scratch buffers reused across rows.
+    pub fn sketch_with(&self, hashes: &[u64], xs: &mut Vec<(u64, u64)>, mins: &mut Vec<u64>) -> Sketch {
+        self.hasher.signature_into(hashes, xs, mins);
+        Sketch { bands: band_keys(mins, self.bands, self.rows), compact: mins.iter().map(|m| *m as u8).collect() }
+    }
+}
+
+/// Each band's key: xxh3 of its (first 64) minima as little-endian bytes.
+fn band_keys(sig: &[u64], bands: usize, rows: usize) -> Box<[u64]> {
+    let mut bytes = [0u8; 8 * 64];
+    (0..bands)
+        .map(|i| {
+            let band = &sig[i * rows..(i + 1) * rows];
+            let n = band.len().min(64);
+            for (j, v) in band[..n].iter().enumerate() {
+                bytes[j * 8..j * 8 + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            xxh3_64(&bytes[..n * 8])
+        })
+        .collect()
+}
+
 /// The shingles of a text: xxh3 hashes of lowercase word 3-grams (words = runs of alphanumeric
 /// characters), or of the words themselves when there are fewer than three. Sorted, unique.
 pub fn shingles(text: &str) -> Vec<u64> {
@@ -198,9 +264,17 @@ pub fn shingles(text: &str) -> Vec<u64> {
 /// The hashes of [`shingles`] in text order, with repeats: enough for a signature (a minimum
 /// does not care about order or repeats), without the sort.
 pub fn shingle_hashes(text: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    shingle_hashes_into(text, &mut Vec::new(), &mut Vec::new(), &mut out);
+    out
+}
+
+/// [`shingle_hashes`] into `out`, with `buf` and `words` as scratch (buffers reused across rows).
+pub fn shingle_hashes_into(text: &str, buf: &mut Vec<u8>, words: &mut Vec<(usize, usize)>, out: &mut Vec<u64>) {
     // The lowercase words joined by single spaces, so each 3-gram is one slice of `buf`.
-    let mut buf: Vec<u8> = Vec::with_capacity(text.len());
-    let mut words: Vec<(usize, usize)> = Vec::with_capacity(text.len() / 4 + 1);
+    buf.clear();
+    words.clear();
+    out.clear();
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -253,9 +327,9 @@ pub fn shingle_hashes(text: &str) -> Vec<u64> {
         words.push((at, buf.len()));
     }
     if words.len() < 3 {
-        words.iter().map(|&(s, e)| xxh3_64(&buf[s..e])).collect()
+        out.extend(words.iter().map(|&(s, e)| xxh3_64(&buf[s..e])));
     } else {
-        words.windows(3).map(|w| xxh3_64(&buf[w[0].0..w[2].1])).collect()
+        out.extend(words.windows(3).map(|w| xxh3_64(&buf[w[0].0..w[2].1])));
     }
 }
 
@@ -323,22 +397,27 @@ pub fn optimal_param(threshold: f64, num_perm: usize, fp_weight: f64, fn_weight:
     best.1
 }
 
-/// Streaming LSH index: `query` a row against everything inserted before, then `insert` it.
-/// Each band bucket keeps the first row that landed in it.
+/// Streaming LSH index: `query` a row against everything inserted before, then `insert` it
+/// (or both at once, [`LshIndex::query_insert`]). Each band bucket keeps the first row that
+/// landed in it.
 pub struct LshIndex {
     threshold: f64,
     bands: usize,
     rows: usize,
     num_perm: usize,
-    tables: Vec<KeyMap<u64, u32>>,
+    /// Per band: band key → the first row id with it.
+    tables: Vec<OpenMap<Key64, u32>>,
     sigs: Vec<u8>,
     refs: Vec<u64>,
 }
 
 impl LshIndex {
     pub fn new(threshold: f64, num_perm: usize) -> Self {
-        let (bands, rows) = optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1);
-        Self { threshold, bands, rows, num_perm, tables: vec![KeyMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
+        Self::with_params(threshold, num_perm, optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1))
+    }
+
+    fn with_params(threshold: f64, num_perm: usize, (bands, rows): (usize, usize)) -> Self {
+        Self { threshold, bands, rows, num_perm, tables: vec![OpenMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
     }
 
     pub fn params(&self) -> (usize, usize) {
@@ -353,74 +432,105 @@ impl LshIndex {
         self.refs.is_empty()
     }
 
-    /// Each band's key: xxh3 of its (first 64) minima as little-endian bytes.
-    fn band_keys(&self, sig: &Signature, out: &mut Vec<u64>) {
-        let mut bytes = [0u8; 8 * 64];
-        out.clear();
-        for i in 0..self.bands {
-            let band = &sig.0[i * self.rows..(i + 1) * self.rows];
-            let n = band.len().min(64);
-            for (j, v) in band[..n].iter().enumerate() {
-                bytes[j * 8..j * 8 + 8].copy_from_slice(&v.to_le_bytes());
-            }
-            out.push(xxh3_64(&bytes[..n * 8]));
+    /// Whether `sk` was made with this index's banding and permutation count.
+    fn fits(&self, sk: &Sketch) -> bool {
+        sk.bands.len() == self.bands && sk.compact.len() == self.num_perm
+    }
+
+    /// Confirms candidate `id` (skipping those already seen) and keeps the best above the
+    /// threshold.
+    fn consider(&self, sk: &Sketch, id: u32, seen: &mut Vec<u32>, best: &mut Option<(u64, f64)>) {
+        if seen.contains(&id) {
+            return;
+        }
+        seen.push(id);
+        let stored = &self.sigs[id as usize * self.num_perm..(id as usize + 1) * self.num_perm];
+        let j = compact_jaccard(&sk.compact, stored);
+        if j >= self.threshold && best.is_none_or(|b| j > b.1) {
+            *best = Some((self.refs[id as usize], j));
         }
     }
 
-    /// The earlier row most similar to `sig` among the LSH candidates, if its estimated Jaccard
+    /// Starts loading the buckets `sk` will be looked up in (a hint; no effect on results).
+    pub fn prefetch(&self, sk: &Sketch) {
+        if self.fits(sk) {
+            for (table, &key) in self.tables.iter().zip(sk.bands.iter()) {
+                table.prefetch(&Key64::new(key));
+            }
+        }
+    }
+
+    /// The earlier row most similar to `sk` among the LSH candidates, if its estimated Jaccard
     /// similarity reaches the threshold: (its reference, the estimate).
-    pub fn query(&self, sig: &Signature) -> Option<(u64, f64)> {
-        if sig.0.len() != self.num_perm {
+    pub fn query(&self, sk: &Sketch) -> Option<(u64, f64)> {
+        if !self.fits(sk) {
             return None;
         }
-        let mut keys = Vec::with_capacity(self.bands);
-        self.band_keys(sig, &mut keys);
-        let mut best: Option<(u64, f64)> = None;
-        // Candidates already confirmed: a few, on the stack unless there are many bands.
-        let mut seen = [u32::MAX; 32];
-        let mut seen_more: Vec<u32> = Vec::new();
-        for (band, key) in keys.iter().enumerate() {
-            let Some(&id) = self.tables[band].get(key) else { continue };
-            if seen.contains(&id) || seen_more.contains(&id) {
-                continue;
-            }
-            match seen.iter_mut().find(|s| **s == u32::MAX) {
-                Some(slot) => *slot = id,
-                None => seen_more.push(id),
-            }
-            let stored = &self.sigs[id as usize * self.num_perm..(id as usize + 1) * self.num_perm];
-            let j = compact_jaccard_of(sig, stored);
-            if j >= self.threshold && best.is_none_or(|b| j > b.1) {
-                best = Some((self.refs[id as usize], j));
+        let mut best = None;
+        let mut seen = Vec::new();
+        for (table, &key) in self.tables.iter().zip(sk.bands.iter()) {
+            if let Some(&id) = table.get(&Key64::new(key)) {
+                self.consider(sk, id, &mut seen, &mut best);
             }
         }
         best
     }
 
-    pub fn insert(&mut self, sig: &Signature, reference: u64) {
-        if sig.0.len() != self.num_perm || self.refs.len() >= u32::MAX as usize {
+    pub fn insert(&mut self, sk: &Sketch, reference: u64) {
+        if !self.fits(sk) || self.refs.len() >= u32::MAX as usize {
             return;
         }
         let id = self.refs.len() as u32;
-        let mut keys = Vec::with_capacity(self.bands);
-        self.band_keys(sig, &mut keys);
-        for (band, key) in keys.into_iter().enumerate() {
-            self.tables[band].entry(key).or_insert(id);
+        for (table, &key) in self.tables.iter_mut().zip(sk.bands.iter()) {
+            table.get_or_insert(Key64::new(key), id);
         }
-        self.sigs.extend(sig.0.iter().map(|m| *m as u8));
+        self.sigs.extend_from_slice(&sk.compact);
         self.refs.push(reference);
     }
-}
 
-/// [`compact_jaccard`] of `sig`'s compact form and `stored`, without building the former.
-fn compact_jaccard_of(sig: &Signature, stored: &[u8]) -> f64 {
-    let n = sig.0.len().min(stored.len());
-    if n == 0 {
-        return 0.0;
+    /// [`LshIndex::query`], then [`LshIndex::insert`] when it found nothing, with one lookup
+    /// per band (the empty slots found are filled afterwards).
+    pub fn query_insert(&mut self, sk: &Sketch, reference: u64) -> Option<(u64, f64)> {
+        if !self.fits(sk) {
+            return None;
+        }
+        if self.refs.len() >= u32::MAX as usize {
+            return self.query(sk);
+        }
+        let id = self.refs.len() as u32;
+        let mut best = None;
+        let mut seen = Vec::new();
+        // Per band, the empty slot this row would take (usize::MAX: the key is there already).
+        let mut vacant = [usize::MAX; 32];
+        let mut vacant_more: Vec<usize> = Vec::new();
+        let mut tables = std::mem::take(&mut self.tables);
+        for (band, (table, &key)) in tables.iter_mut().zip(sk.bands.iter()).enumerate() {
+            table.reserve_one();
+            let slot = match table.probe(&Key64::new(key)) {
+                Ok(at) => {
+                    self.consider(sk, *table.value(at), &mut seen, &mut best);
+                    usize::MAX
+                }
+                Err(slot) => slot,
+            };
+            match vacant.get_mut(band) {
+                Some(v) => *v = slot,
+                None => vacant_more.push(slot),
+            }
+        }
+        if best.is_none() {
+            let slots = vacant.iter().chain(&vacant_more);
+            for ((table, &key), &slot) in tables.iter_mut().zip(sk.bands.iter()).zip(slots) {
+                if slot != usize::MAX {
+                    table.fill(slot, Key64::new(key), id);
+                }
+            }
+            self.sigs.extend_from_slice(&sk.compact);
+            self.refs.push(reference);
+        }
+        self.tables = tables;
+        best
     }
-    let m = sig.0.iter().zip(stored).filter(|(x, y)| **x as u8 == **y).count() as f64 / n as f64;
-    let c = 1.0 / 256.0;
-    ((m - c) / (1.0 - c)).max(0.0)
 }
 
 #[cfg(test)]
@@ -494,17 +604,53 @@ mod tests {
 
     #[test]
     fn the_index_finds_a_near_duplicate_and_not_an_unrelated_row() {
-        let h = MinHasher::new(128, 1);
+        let s = Sketcher::new(0.85, 128, 1);
         let base: String = (0..80).map(|i| format!("word{i} ")).collect();
         let near = base.replace("word40 ", "changed ");
         let far: String = (0..80).map(|i| format!("other{i} ")).collect();
         let mut idx = LshIndex::new(0.85, 128);
-        let (sb, sn) = (h.signature(&shingles(&base)), h.signature(&shingles(&near)));
-        assert_eq!(compact_jaccard_of(&sn, &sb.compact()), compact_jaccard(&sn.compact(), &sb.compact()));
-        idx.insert(&sb, 7);
-        let hit = idx.query(&h.signature(&shingles(&near))).expect("near duplicate found");
+        assert_eq!(idx.params(), s.index().params());
+        idx.insert(&s.sketch(&shingles(&base)), 7);
+        let hit = idx.query(&s.sketch(&shingles(&near))).expect("near duplicate found");
         assert_eq!(hit.0, 7);
         assert!(hit.1 > 0.85);
-        assert!(idx.query(&h.signature(&shingles(&far))).is_none());
+        assert!(idx.query(&s.sketch(&shingles(&far))).is_none());
+    }
+
+    #[test]
+    fn a_sketch_holds_the_signatures_band_keys_and_low_bytes() {
+        let s = Sketcher::new(0.85, 128, 1);
+        let hashes = shingles("the quick brown fox jumps over the lazy dog again and again");
+        let sig = s.hasher().signature(&hashes);
+        let sk = s.sketch(&hashes);
+        assert_eq!(&sk.compact[..], &sig.compact()[..]);
+        let keys: Vec<u64> = sig.0.chunks(s.rows).take(s.bands).map(|band| xxh3_64(&band.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())).collect();
+        assert_eq!(&sk.bands[..], &keys[..]);
+    }
+
+    #[test]
+    fn query_insert_equals_query_then_insert() {
+        let s = Sketcher::new(0.85, 128, 1);
+        let mut rng = StdRng::seed_from_u64(9);
+        let bases: Vec<Vec<String>> = (0..5).map(|b| (0..60).map(|i| format!("w{b}x{i}")).collect()).collect();
+        let (mut a, mut b) = (LshIndex::new(0.85, 128), LshIndex::new(0.85, 128));
+        let mut found = 0;
+        for r in 0..600u64 {
+            let mut words = bases[rng.random_range(0..5)].clone();
+            for _ in 0..rng.random_range(0..10) {
+                let i = rng.random_range(0..words.len());
+                words[i] = format!("y{}", rng.random_range(0..1000));
+            }
+            let sk = s.sketch(&shingles(&words.join(" ")));
+            let want = a.query(&sk);
+            if want.is_none() {
+                a.insert(&sk, r);
+            }
+            found += usize::from(want.is_some());
+            assert_eq!(b.query_insert(&sk, r), want, "row {r}");
+        }
+        assert!(found > 100 && a.len() > 50, "{found} found, {} kept", a.len());
+        assert_eq!((&a.sigs, &a.refs), (&b.sigs, &b.refs));
+        assert_eq!(a.tables, b.tables);
     }
 }

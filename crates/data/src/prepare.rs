@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::dedup::{DupIndex, RowRef};
 use crate::error::{DataError, Result};
 use crate::finding::{Code, Unit};
-use crate::minhash::MinHasher;
+use crate::minhash::Sketcher;
 use crate::pii::PiiKind;
 use crate::reader::RowReader;
 use crate::record::{Format, Record};
@@ -131,12 +131,13 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         return Err(DataError::InvalidFile { path: out.to_path_buf(), reason: "exists and is not empty; choose a new --out".into() });
     }
     let near = (opts.dedup == DedupMode::Near).then_some((opts.near_dup_threshold, opts.num_perm));
+    let sketcher = near.map(|(t, p)| Arc::new(Sketcher::new(t, p, opts.seed ^ 0x5eed)));
     let scanner = Scanner::new(ScanConfig {
         format: opts.format,
         renderer: opts.renderer.clone(),
         render_opts: RenderOptions::default(),
         max_seq_len: opts.renderer.as_ref().map(|_| opts.max_seq_len),
-        minhasher: near.map(|(_, p)| Arc::new(MinHasher::new(p, opts.seed ^ 0x5eed))),
+        sketcher: sketcher.clone(),
         pii: false,
         fingerprints: opts.dedup != DedupMode::Off,
     });
@@ -144,7 +145,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     let unit = Unit::of_file(&input.display().to_string());
 
     // Pass 1: decide what to drop; count each stratum's kept rows.
-    let mut index = DupIndex::new(near);
+    let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
     let mut dropped: Vec<Dropped> = Vec::new();
     let mut strata_n: BTreeMap<String, u64> = BTreeMap::new();
     let mut rows_read = 0u64;
@@ -160,8 +161,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
             return Ok(());
         };
         if let Some(fp) = &row.fingerprint {
-            let c = index.check(fp);
-            index.insert(fp, RowRef::new(0, row.line), &c);
+            let c = index.check_insert(fp, RowRef::new(0, row.line));
             if let Some(r) = c.exact_of {
                 dropped.push(Dropped { line: row.line, reason: Code::ExactDuplicate, detail: format!("duplicate of {} {}", unit.as_str(), r.line()) });
                 return Ok(());

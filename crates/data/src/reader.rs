@@ -1,10 +1,12 @@
 //! Streaming rows out of a file: JSONL (one object per line), CSV (a header row with the same
 //! field names; `messages` and `metadata` cells hold JSON) or Parquet (the same field names as
-//! columns, see [`crate::parquet_rows`]). One row in memory at a time, so memory stays flat as
-//! files grow. JSON text is parsed later (in parallel) by the scanner.
+//! columns, see [`crate::parquet_rows`]). One row in memory at a time (or one chunk of rows, see
+//! [`RowReader::read_chunk`]), so memory stays flat as files grow. JSON text is parsed later (in
+//! parallel) by the scanner.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -30,6 +32,56 @@ pub enum Payload {
     /// A row that could not be read as text or CSV, a JSON cell that did not parse, or a
     /// Parquet cell of binary data that is not text.
     Bad { csv: bool, field: String, column: Option<u64>, message: String },
+}
+
+/// A JSONL line that is not UTF-8, with the column of its first bad byte.
+pub fn bad_utf8(e: std::str::Utf8Error) -> Payload {
+    Payload::Bad { csv: false, field: String::new(), column: Some(e.valid_up_to() as u64 + 1), message: "the line is not valid UTF-8".into() }
+}
+
+/// JSONL bytes a chunk reads before it stops at a line end (it may hold more rows' worth when
+/// one line is longer).
+const CHUNK_BYTES: usize = 2 << 20;
+/// Bytes asked of the file per read (bypasses `BufReader`'s buffer: no second copy).
+const READ_BLOCK: usize = 1 << 20;
+
+/// Rows read together ([`RowReader::read_chunk`]): JSONL lines are byte ranges of one buffer,
+/// so reading allocates per chunk, not per row (and the lines are checked for UTF-8 by whoever
+/// analyses them, in parallel).
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// The lines' bytes (past the last line: scratch).
+    pub bytes: Vec<u8>,
+    pub rows: Vec<ChunkRow>,
+}
+
+#[derive(Debug)]
+pub struct ChunkRow {
+    /// As [`RawRow::line`].
+    pub line: u64,
+    pub payload: ChunkPayload,
+}
+
+#[derive(Debug)]
+pub enum ChunkPayload {
+    /// A JSONL line without its line end: `chunk.bytes[range]`, not yet checked for UTF-8.
+    Line(Range<usize>),
+    /// A row of any other kind.
+    Row(Payload),
+}
+
+impl ChunkRow {
+    /// The row as [`RowReader`]'s iterator gives it.
+    pub fn into_raw(self, bytes: &[u8]) -> RawRow {
+        let payload = match self.payload {
+            ChunkPayload::Line(r) => match std::str::from_utf8(&bytes[r]) {
+                Ok(text) => Payload::Json(text.to_string()),
+                Err(e) => bad_utf8(e),
+            },
+            ChunkPayload::Row(p) => p,
+        };
+        RawRow { line: self.line, payload }
+    }
 }
 
 /// Parse one JSONL line; on failure, the 1-based column and serde's message.
@@ -67,7 +119,9 @@ pub struct RowReader {
 }
 
 enum Inner {
-    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8> },
+    /// `carry`: the start of a line that the last chunk read but did not hold.
+    /// `spare`: chunk buffers handed back ([`RowReader::recycle`]).
+    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize, spare: Vec<Vec<u8>> },
     Csv { reader: csv::Reader<File>, headers: Vec<String>, record: csv::ByteRecord },
     Parquet(ParquetRows),
 }
@@ -77,7 +131,15 @@ impl RowReader {
         let kind = FileKind::of(path);
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         let inner = match kind {
-            FileKind::Jsonl => Inner::Jsonl { reader: BufReader::with_capacity(1 << 20, file), line: 0, buf: Vec::new() },
+            FileKind::Jsonl => Inner::Jsonl {
+                reader: BufReader::with_capacity(1 << 20, file),
+                line: 0,
+                buf: Vec::new(),
+                carry: Vec::new(),
+                eof: false,
+                block: READ_BLOCK,
+                spare: Vec::new(),
+            },
             FileKind::Csv => {
                 let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
                 let headers = reader
@@ -96,6 +158,87 @@ impl RowReader {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The next rows, at most `max_rows` (fewer at the end of the file; none after it): the same
+    /// rows, in the same order, as the iterator gives. Read a file either by chunks or by the
+    /// iterator, not both.
+    pub fn read_chunk(&mut self, max_rows: usize) -> Result<Chunk> {
+        let Inner::Jsonl { reader, line, carry, eof, block, spare, .. } = &mut self.inner else {
+            let mut rows = Vec::with_capacity(max_rows.min(4096));
+            for raw in self.by_ref().take(max_rows) {
+                let raw = raw?;
+                rows.push(ChunkRow { line: raw.line, payload: ChunkPayload::Row(raw.payload) });
+            }
+            return Ok(Chunk { bytes: Vec::new(), rows });
+        };
+        // `bytes[..filled]` holds file data; what lies past it is scratch from an earlier chunk
+        // (so a reused buffer is not zeroed again).
+        let mut bytes = spare.pop().unwrap_or_default();
+        let mut filled = carry.len();
+        if bytes.len() < filled {
+            bytes.resize(filled, 0);
+        }
+        bytes[..filled].copy_from_slice(carry);
+        carry.clear();
+        let mut rows = Vec::new();
+        // `start`: where the first line not yet split off begins.
+        let mut start = 0;
+        loop {
+            let base = start;
+            let mut ends = memchr::memchr_iter(b'\n', &bytes[base..filled]).map(move |i| base + i);
+            while rows.len() < max_rows {
+                let Some(end) = ends.next() else { break };
+                *line += 1;
+                push_line(&bytes, start..end, *line, &mut rows);
+                start = end + 1;
+            }
+            if rows.len() >= max_rows || (!rows.is_empty() && filled >= CHUNK_BYTES) {
+                break;
+            }
+            if *eof {
+                if start < filled {
+                    *line += 1;
+                    push_line(&bytes, start..filled, *line, &mut rows);
+                    start = filled;
+                }
+                break;
+            }
+            if bytes.len() < filled + *block {
+                bytes.resize(filled + *block, 0);
+            }
+            let n = loop {
+                match reader.read(&mut bytes[filled..filled + *block]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(DataError::io(&self.path, e)),
+                }
+            };
+            filled += n;
+            *eof = n == 0;
+        }
+        carry.extend_from_slice(&bytes[start..filled]);
+        Ok(Chunk { bytes, rows })
+    }
+
+    /// Hands a chunk's buffer back for a later chunk to read into.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        if let Inner::Jsonl { spare, .. } = &mut self.inner
+            && spare.len() < 2
+        {
+            spare.push(bytes);
+        }
+    }
+}
+
+/// One JSONL line of a chunk, as the iterator treats it: line ends stripped, blank lines skipped.
+fn push_line(bytes: &[u8], mut r: Range<usize>, line: u64, rows: &mut Vec<ChunkRow>) {
+    while r.end > r.start && matches!(bytes[r.end - 1], b'\n' | b'\r') {
+        r.end -= 1;
+    }
+    if bytes[r.clone()].iter().all(u8::is_ascii_whitespace) {
+        return; // blank lines separate nothing in JSONL; skip them
+    }
+    rows.push(ChunkRow { line, payload: ChunkPayload::Line(r) });
 }
 
 impl Iterator for RowReader {
@@ -103,7 +246,7 @@ impl Iterator for RowReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.inner {
-            Inner::Jsonl { reader, line, buf } => loop {
+            Inner::Jsonl { reader, line, buf, .. } => loop {
                 buf.clear();
                 match reader.read_until(b'\n', buf) {
                     Ok(0) => return None,
@@ -124,12 +267,7 @@ impl Iterator for RowReader {
                         let cap = buf.capacity();
                         Payload::Json(String::from_utf8(std::mem::replace(buf, Vec::with_capacity(cap))).unwrap_or_default())
                     }
-                    Err(e) => Payload::Bad {
-                        csv: false,
-                        field: String::new(),
-                        column: Some(e.valid_up_to() as u64 + 1),
-                        message: "the line is not valid UTF-8".into(),
-                    },
+                    Err(e) => bad_utf8(e),
                 };
                 return Some(Ok(RawRow { line: *line, payload }));
             },
@@ -208,6 +346,65 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(&rows[1].payload, Payload::Value(v) if v == &serde_json::json!({"prompt":"x"})));
+    }
+
+    fn set_block(r: &mut RowReader, n: usize) {
+        if let Inner::Jsonl { block, .. } = &mut r.inner {
+            *block = n;
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunks_hold_the_rows_the_iterator_gives(
+            text in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b"{\"text\":\"a\"}".to_vec()),
+                proptest::strategy::Just(b"\n".to_vec()),
+                proptest::strategy::Just(b"\r\n".to_vec()),
+                proptest::strategy::Just(b"\r".to_vec()),
+                proptest::strategy::Just(b"  \t".to_vec()),
+                proptest::strategy::Just(vec![0xff, b'x']),
+                proptest::strategy::Just("é".as_bytes().to_vec()),
+                proptest::strategy::Just(b"[1, 2]".to_vec()),
+            ], 0..40),
+            block in 1usize..20,
+            max_rows in 1usize..6,
+        ) {
+            let text: Vec<u8> = text.concat();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("a.jsonl");
+            std::fs::write(&path, &text).expect("write");
+            let want: Vec<String> = RowReader::open(&path).expect("open").map(|r| format!("{:?}", r.expect("row"))).collect();
+            let mut reader = RowReader::open(&path).expect("open");
+            set_block(&mut reader, block);
+            let mut got = Vec::new();
+            loop {
+                let chunk = reader.read_chunk(max_rows).expect("chunk");
+                proptest::prop_assert!(chunk.rows.len() <= max_rows);
+                if chunk.rows.is_empty() {
+                    break;
+                }
+                got.extend(chunk.rows.into_iter().map(|r| format!("{:?}", r.into_raw(&chunk.bytes))));
+                reader.recycle(chunk.bytes);
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn csv_chunks_hold_the_rows_the_iterator_gives() {
+        let (_d, p) = write("a.csv", "prompt,completion\na,b\nc,d\ne,f\n");
+        let want: Vec<String> = RowReader::open(&p).expect("open").map(|r| format!("{:?}", r.expect("row"))).collect();
+        let mut reader = RowReader::open(&p).expect("open");
+        let mut got = Vec::new();
+        loop {
+            let chunk = reader.read_chunk(2).expect("chunk");
+            if chunk.rows.is_empty() {
+                break;
+            }
+            got.extend(chunk.rows.into_iter().map(|r| format!("{:?}", r.into_raw(&chunk.bytes))));
+        }
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -238,25 +238,32 @@ impl Record {
     /// The text before the final target (the "prompt") and the final target itself, for the
     /// conflicting-answers check. Text records have neither.
     pub fn prompt_and_answer(&self) -> Option<(String, &str)> {
+        let mut prompt = String::new();
+        let answer = self.prompt_and_answer_into(&mut prompt)?;
+        Some((prompt, answer))
+    }
+
+    /// [`Record::prompt_and_answer`] with the prompt written into `prompt` (cleared first).
+    pub fn prompt_and_answer_into(&self, prompt: &mut String) -> Option<&str> {
+        prompt.clear();
         if let Body::Text(_) = self.body {
             return None;
         }
         let turns = self.turns();
         let last = turns.iter().rposition(|t| t.role == Role::Assistant)?;
-        let mut prompt = String::with_capacity(turns[..last].iter().map(|t| t.content.len() + 12).sum());
+        prompt.reserve(turns[..last].iter().map(|t| t.content.len() + 12).sum());
         for t in &turns[..last] {
             prompt.push_str(t.role.as_str());
             prompt.push('\u{1f}');
             prompt.push_str(&t.content);
             prompt.push('\u{1e}');
         }
-        let answer = match &self.body {
-            Body::Chat(t) => t[last].content.as_str(),
-            Body::Alpaca { output, .. } => output.as_str(),
-            Body::Completion { completion, .. } => completion.as_str(),
-            Body::Text(_) => return None,
-        };
-        Some((prompt, answer))
+        match &self.body {
+            Body::Chat(t) => Some(t[last].content.as_str()),
+            Body::Alpaca { output, .. } => Some(output.as_str()),
+            Body::Completion { completion, .. } => Some(completion.as_str()),
+            Body::Text(_) => None,
+        }
     }
 
     /// The record in its own format as a JSON object (what `prepare` writes).

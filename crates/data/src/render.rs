@@ -106,15 +106,19 @@ impl Renderer {
     /// the range of the pre-tokenizer piece the token came from. A token belongs to a span when
     /// its range overlaps it, which is the same for a piece's tokens and the piece unless the
     /// piece straddles a span edge; then HF's own offsets are used.
-    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)]) -> Result<IdsAndRanges> {
-        if let Some((ids, ranges)) = self.fast_bpe.as_ref().and_then(|f| f.encode(text)) {
+    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)], (ids, ranges): &mut IdsAndRanges) -> Result<()> {
+        if self.fast_bpe.as_ref().is_some_and(|f| f.encode_into(text, ids, ranges)) {
             let straddles = |&(s, e): &(usize, usize)| spans.iter().any(|&(a, b, _)| (s < a && a < e) || (s < b && b < e));
             if !ranges.iter().any(straddles) {
-                return Ok((ids, ranges));
+                return Ok(());
             }
         }
         let enc = self.tokenizer.inner().encode(text, false).map_err(|e| Self::err(record, "", format!("tokenizer: {e}")))?;
-        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+        ids.clear();
+        ids.extend_from_slice(enc.get_ids());
+        ranges.clear();
+        ranges.extend_from_slice(enc.get_offsets());
+        Ok(())
     }
 
     fn render_chat(&self, template: &ChatTemplate, turns: &[Turn], generation: bool) -> ferrotune_model::Result<String> {
@@ -151,13 +155,29 @@ impl Renderer {
 
     /// Render `record` for training.
     pub fn render(&self, record: &Record, opts: &RenderOptions) -> Result<Rendered> {
+        let mut out = (Vec::new(), Vec::new());
+        let text = self.render_into(record, opts, &mut out)?;
+        Ok(Rendered { input_ids: out.0, labels: out.1, text })
+    }
+
+    /// The number of tokens of [`Renderer::render`]'s output and of those with loss, without
+    /// building it (what the validator counts).
+    pub fn count(&self, record: &Record, opts: &RenderOptions) -> Result<(usize, usize)> {
+        let mut n = Count::default();
+        self.render_into(record, opts, &mut n)?;
+        Ok((n.tokens, n.targets))
+    }
+
+    /// Renders `record` token by token into `out`; returns the template's text.
+    fn render_into(&self, record: &Record, opts: &RenderOptions, out: &mut impl TokenSink) -> Result<String> {
         if let Body::Text(text) = &record.body {
-            let mut input_ids = self.tokenizer.encode(text, true)?;
-            if input_ids.last() != Some(&self.eos) {
-                input_ids.push(self.eos);
+            let ids = self.tokenizer.encode(text, true)?;
+            out.reserve(ids.len() + 1);
+            ids.iter().for_each(|&i| out.push(i, true));
+            if ids.last() != Some(&self.eos) {
+                out.push(self.eos, true);
             }
-            let labels = input_ids.iter().map(|&i| i64::from(i)).collect();
-            return Ok(Rendered { input_ids, labels, text: text.clone() });
+            return Ok(text.clone());
         }
         let template = self.template.as_ref().ok_or_else(|| {
             Self::err(record, "", "the model has no chat template; use text records or a model with a template")
@@ -198,19 +218,29 @@ impl Renderer {
             spans.push((before, through, t.is_target()));
         }
 
-        let (ids, offsets) = self.encode_with_ranges(record, &full, &spans)?;
+        // The ids and their byte ranges, in per-thread buffers reused from row to row.
+        let mut scratch = TOKENS.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let done = self.encode_with_ranges(record, &full, &spans, &mut scratch).map(|()| self.assign(&scratch, &spans, opts, out));
+        if scratch.0.capacity() > 1 << 20 {
+            scratch = IdsAndRanges::default(); // a huge row's buffers are not kept
+        }
+        TOKENS.with(|t| *t.borrow_mut() = scratch);
+        done?;
+        Ok(full)
+    }
+
+    /// Hands `out` each token of `full`'s encoding, with its loss flag (see the module docs).
+    fn assign(&self, (ids, offsets): &IdsAndRanges, spans: &[(usize, usize, bool)], opts: &RenderOptions, out: &mut impl TokenSink) {
         // Which span each token falls in (a token overlapping a span's bytes belongs to it).
         let span_of = |k: usize| -> Option<usize> {
             let (s, e) = offsets[k];
             spans.iter().position(|&(a, b, _)| s < b && a < e.max(s + 1))
         };
-        let mut input_ids = Vec::with_capacity(ids.len() + spans.len());
-        let mut labels = Vec::with_capacity(ids.len() + spans.len());
+        out.reserve(ids.len() + spans.len());
         let mut k = 0;
         while k < ids.len() {
             let Some(si) = span_of(k) else {
-                input_ids.push(ids[k]);
-                labels.push(if opts.train_on_inputs { i64::from(ids[k]) } else { IGNORE_INDEX });
+                out.push(ids[k], opts.train_on_inputs);
                 k += 1;
                 continue;
             };
@@ -223,24 +253,59 @@ impl Renderer {
             match toks.iter().rposition(|t| self.eos_ids.contains(t)) {
                 Some(last_eos) => {
                     for (j, &t) in toks.iter().enumerate() {
-                        input_ids.push(t);
                         let in_target = j <= last_eos || opts.train_on_inputs;
-                        labels.push(if trained && in_target { i64::from(t) } else { IGNORE_INDEX });
+                        out.push(t, trained && in_target);
                     }
                 }
                 None => {
                     for &t in toks {
-                        input_ids.push(t);
-                        labels.push(if trained { i64::from(t) } else { IGNORE_INDEX });
+                        out.push(t, trained);
                     }
-                    input_ids.push(self.eos);
-                    labels.push(if trained { i64::from(self.eos) } else { IGNORE_INDEX });
+                    out.push(self.eos, trained);
                 }
             }
         }
-        Ok(Rendered { input_ids, labels, text: full })
     }
 }
+
+thread_local! {
+    static TOKENS: std::cell::RefCell<IdsAndRanges> = std::cell::RefCell::default();
+}
+
+/// Where [`Renderer::render_into`] puts each token and whether it carries loss.
+trait TokenSink {
+    fn reserve(&mut self, n: usize);
+    fn push(&mut self, id: u32, loss: bool);
+}
+
+/// `input_ids` and `labels`.
+impl TokenSink for (Vec<u32>, Vec<i64>) {
+    fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+        self.1.reserve(n);
+    }
+
+    fn push(&mut self, id: u32, loss: bool) {
+        self.0.push(id);
+        self.1.push(if loss { i64::from(id) } else { IGNORE_INDEX });
+    }
+}
+
+#[derive(Default)]
+struct Count {
+    tokens: usize,
+    targets: usize,
+}
+
+impl TokenSink for Count {
+    fn reserve(&mut self, _: usize) {}
+
+    fn push(&mut self, _: u32, loss: bool) {
+        self.tokens += 1;
+        self.targets += usize::from(loss);
+    }
+}
+
 
 /// Render one record for training: the trainer's entry point (see the module docs for the rules).
 pub fn render_for_training(record: &Record, renderer: &Renderer, opts: &RenderOptions) -> Result<Rendered> {
@@ -356,6 +421,13 @@ pub(crate) mod tests {
             let opts = RenderOptions { train_on_inputs };
             R.with(|rs| {
                 let (fast, slow) = &rs[usize::from(smol)];
+                for r in [fast, slow] {
+                    match (r.render(&rec, &opts), r.count(&rec, &opts)) {
+                        (Ok(a), Ok(n)) => assert_eq!((a.len(), a.target_tokens()), n),
+                        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                        (a, b) => panic!("render {a:?} vs count {b:?}"),
+                    }
+                }
                 match (fast.render(&rec, &opts), slow.render(&rec, &opts)) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b),
                     (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
@@ -406,7 +478,9 @@ pub(crate) mod tests {
     #[test]
     fn text_records_train_on_everything_and_end_with_eos() {
         let r = renderer(CHATML, "<|im_end|>");
-        let out = r.render(&Record::new(Body::Text("abc".into())), &RenderOptions::default()).expect("render");
+        let rec = Record::new(Body::Text("abc".into()));
+        let out = r.render(&rec, &RenderOptions::default()).expect("render");
+        assert_eq!(r.count(&rec, &RenderOptions::default()).expect("count"), (out.len(), out.target_tokens()));
         assert_eq!(out.input_ids.last(), Some(&2));
         assert!(out.labels.iter().all(|&l| l != IGNORE_INDEX));
     }

@@ -11,15 +11,18 @@ use rayon::prelude::*;
 use crate::dedup::Fingerprint;
 use crate::error::Result;
 use crate::finding::{Code, Finding};
-use crate::minhash::MinHasher;
+use crate::minhash::Sketcher;
 use crate::parse::{Parsed, parse_clean_chat, parse_value};
 use crate::pii::{PiiDetector, PiiKind};
-use crate::reader::{Payload, RawRow, RowReader, parse_json};
+use crate::reader::{Chunk, ChunkPayload, Payload, RawRow, RowReader, bad_utf8, parse_json};
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
 
 /// Rows analysed together; bounds the memory held at once.
 const CHUNK: usize = 4096;
+
+/// How far ahead [`Scanner::scan_file_ahead`] shows the sink the rows to come.
+pub const AHEAD: usize = 8;
 
 #[derive(Clone, Default)]
 pub struct ScanConfig {
@@ -29,8 +32,8 @@ pub struct ScanConfig {
     pub renderer: Option<Arc<Renderer>>,
     pub render_opts: RenderOptions,
     pub max_seq_len: Option<usize>,
-    /// Compute MinHash signatures for near-duplicate detection when given.
-    pub minhasher: Option<Arc<MinHasher>>,
+    /// Compute MinHash sketches for near-duplicate detection when given.
+    pub sketcher: Option<Arc<Sketcher>>,
     /// Look for personal data.
     pub pii: bool,
     /// Compute fingerprints (exact duplicates, conflicting answers).
@@ -52,6 +55,10 @@ pub struct Row {
 }
 
 impl Row {
+    fn empty(line: u64) -> Self {
+        Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new() }
+    }
+
     pub fn has_error(&self) -> bool {
         self.findings.iter().any(Finding::is_error)
     }
@@ -84,12 +91,9 @@ impl Scanner {
     /// Analyse one row on its own (no cross-row checks).
     pub fn analyze(&self, file: &Arc<str>, raw: RawRow) -> Row {
         let line = raw.line;
-        let value = match raw.payload {
-            Payload::Json(text) => match parse_clean_chat(&text, file, line, self.cfg.format) {
-                Some(parsed) => Ok(parsed),
-                None => parse_json(&text).map(|v| parse_value(v, file, line, self.cfg.format)),
-            },
-            Payload::Value(v) => Ok(parse_value(v, file, line, self.cfg.format)),
+        match raw.payload {
+            Payload::Json(text) => self.analyze_json(file, line, &text),
+            Payload::Value(v) => self.analyze_parsed(file, line, parse_value(v, file, line, self.cfg.format)),
             Payload::Bad { csv, field, column, message } => {
                 let (code, hint) = if csv {
                     (Code::BadCsv, "make every row have the header's number of cells, quoted where they hold commas or quotes")
@@ -101,24 +105,44 @@ impl Scanner {
                     None => message,
                 };
                 let f = Finding::new(code, file, Some(line), field, msg, hint);
-                return Row { line, record: None, findings: vec![f], fingerprint: None, tokens: None, pii: Vec::new() };
+                Row { findings: vec![f], ..Row::empty(line) }
             }
-        };
-        let Parsed { record, mut findings } = match value {
-            Ok(parsed) => parsed,
-            Err((column, message)) => Parsed {
-                record: None,
-                findings: vec![Finding::new(
-                    Code::BadJson,
-                    file,
-                    Some(line),
-                    "",
-                    format!("invalid JSON at column {column}: {message}"),
-                    "fix the JSON at that column; each line must be one complete JSON object",
-                )],
+        }
+    }
+
+    /// [`Scanner::analyze`] of a JSONL line given as bytes (not yet checked for UTF-8).
+    fn analyze_line(&self, file: &Arc<str>, line: u64, bytes: &[u8]) -> Row {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.analyze_json(file, line, text),
+            Err(e) => self.analyze(file, RawRow { line, payload: bad_utf8(e) }),
+        }
+    }
+
+    fn analyze_json(&self, file: &Arc<str>, line: u64, text: &str) -> Row {
+        let parsed = match parse_clean_chat(text, file, line, self.cfg.format) {
+            Some(parsed) => parsed,
+            None => match parse_json(text) {
+                Ok(v) => parse_value(v, file, line, self.cfg.format),
+                Err((column, message)) => Parsed {
+                    record: None,
+                    findings: vec![Finding::new(
+                        Code::BadJson,
+                        file,
+                        Some(line),
+                        "",
+                        format!("invalid JSON at column {column}: {message}"),
+                        "fix the JSON at that column; each line must be one complete JSON object",
+                    )],
+                },
             },
         };
-        let mut row = Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new() };
+        self.analyze_parsed(file, line, parsed)
+    }
+
+    /// PII, fingerprint and rendering of a parsed row.
+    fn analyze_parsed(&self, file: &Arc<str>, line: u64, parsed: Parsed) -> Row {
+        let Parsed { record, mut findings } = parsed;
+        let mut row = Row::empty(line);
         if let Some(rec) = &record {
             if self.cfg.pii && rec.any_text(|t| self.pii.may_contain(t)) {
                 for (field, text) in rec.texts() {
@@ -136,12 +160,11 @@ impl Scanner {
                 }
             }
             if self.cfg.fingerprints {
-                row.fingerprint = Some(Fingerprint::of(rec, self.cfg.minhasher.as_deref()));
+                row.fingerprint = Some(Fingerprint::of(rec, self.cfg.sketcher.as_deref()));
             }
             if let Some(r) = &self.cfg.renderer {
-                match r.render(rec, &self.cfg.render_opts) {
-                    Ok(out) => {
-                        let (n, t) = (out.len(), out.target_tokens());
+                match r.count(rec, &self.cfg.render_opts) {
+                    Ok((n, t)) => {
                         row.tokens = Some((n, t));
                         if let Some(max) = self.cfg.max_seq_len
                             && n > max
@@ -175,18 +198,20 @@ impl Scanner {
     /// chunk k and, once that is done, this thread hands chunk k to `sink` while the pool
     /// analyses chunk k+1. At most three chunks are in memory (read, in analysis, in the sink).
     pub fn scan_file(&self, path: &Path, mut sink: impl FnMut(Row) -> Result<()>) -> Result<Option<Format>> {
+        self.scan_file_ahead(path, |row, _| sink(row))
+    }
+
+    /// [`Scanner::scan_file`], handing `sink` each row together with the one [`AHEAD`] rows
+    /// later when that is already analysed: a sink whose lookups miss the cache (the dedup
+    /// index) can prefetch for it.
+    pub fn scan_file_ahead(&self, path: &Path, mut sink: impl FnMut(Row, Option<&Row>) -> Result<()>) -> Result<Option<Format>> {
         let file: Arc<str> = path.display().to_string().into();
         let mut reader = RowReader::open(path)?;
         let mut file_format: Option<Format> = None;
-        let read_chunk = |reader: &mut RowReader| -> Result<Vec<RawRow>> {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            for raw in reader.by_ref().take(CHUNK) {
-                chunk.push(raw?);
-            }
-            Ok(chunk)
-        };
-        let mut deliver = |rows: Vec<Row>| -> Result<()> {
-            for mut row in rows {
+        let read_chunk = |reader: &mut RowReader| -> Result<Chunk> { reader.read_chunk(CHUNK) };
+        let mut deliver = |mut rows: Vec<Row>| -> Result<()> {
+            for i in 0..rows.len() {
+                let mut row = std::mem::replace(&mut rows[i], Row::empty(0));
                 if let Some(rec) = &row.record {
                     let f = rec.format();
                     match file_format {
@@ -205,16 +230,27 @@ impl Scanner {
                         Some(_) => {}
                     }
                 }
-                sink(row)?;
+                sink(row, rows.get(i + AHEAD))?;
             }
             Ok(())
         };
-        let analyse = |chunk: Vec<RawRow>| -> Vec<Row> { chunk.into_par_iter().map(|raw| self.analyze(&file, raw)).collect() };
+        // The rows, and the chunk's buffer back for the reader to reuse.
+        let analyse = |chunk: Chunk| -> (Vec<Row>, Vec<u8>) {
+            let Chunk { bytes, rows } = chunk;
+            let rows = rows
+                .into_par_iter()
+                .map(|r| match r.payload {
+                    ChunkPayload::Line(range) => self.analyze_line(&file, r.line, &bytes[range]),
+                    ChunkPayload::Row(payload) => self.analyze(&file, RawRow { line: r.line, payload }),
+                })
+                .collect();
+            (rows, bytes)
+        };
         rayon::in_place_scope(|scope| -> Result<()> {
-            let mut in_flight: Option<mpsc::Receiver<Vec<Row>>> = None;
+            let mut in_flight: Option<mpsc::Receiver<(Vec<Row>, Vec<u8>)>> = None;
             loop {
                 let chunk = read_chunk(&mut reader)?;
-                let next = (!chunk.is_empty()).then(|| {
+                let next = (!chunk.rows.is_empty()).then(|| {
                     let (tx, rx) = mpsc::sync_channel(1);
                     let analyse = &analyse;
                     scope.spawn(move |_| {
@@ -225,7 +261,8 @@ impl Scanner {
                 if let Some(rx) = in_flight.take() {
                     // The sender is dropped only after sending, unless the analysis panicked;
                     // then the scope re-raises the panic when it ends.
-                    if let Ok(rows) = rx.recv() {
+                    if let Ok((rows, bytes)) = rx.recv() {
+                        reader.recycle(bytes);
                         deliver(rows)?;
                     }
                 }

@@ -10,11 +10,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::agreement::{Agreement, AgreementSummary, MIN_ALPHA};
-use crate::dedup::{DupIndex, RowRef};
+use crate::dedup::{DupIndex, Fingerprint, RowRef};
 use crate::error::{DataError, Result};
 use crate::finding::{Code, Finding, Severity};
-use crate::minhash::MinHasher;
-use crate::record::Format;
+use crate::minhash::Sketcher;
+use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
 use crate::scan::{Row, ScanConfig, Scanner};
 use crate::stats::{Coverage, FieldCoverage, Histogram, Summary};
@@ -159,17 +159,17 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
         }
     }
     let near = opts.near_dup_threshold.map(|t| (t, opts.num_perm));
-    let hasher = near.map(|_| Arc::new(MinHasher::new(opts.num_perm, opts.seed)));
+    let sketcher = near.map(|(t, p)| Arc::new(Sketcher::new(t, p, opts.seed)));
     let scanner = Scanner::new(ScanConfig {
         format: opts.format,
         renderer: opts.renderer.clone(),
         render_opts: opts.render_opts,
         max_seq_len: opts.renderer.as_ref().map(|_| opts.max_seq_len),
-        minhasher: hasher,
+        sketcher: sketcher.clone(),
         pii: opts.pii,
         fingerprints: true,
     });
-    let mut index = DupIndex::new(near);
+    let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
     let mut out = Collector { max_per_code: opts.max_findings_per_code, counts: BTreeMap::new(), findings: Vec::new(), truncated: false };
     let mut stats = Stats { epochs: opts.epochs, ..Stats::default() };
     let mut msgs = Histogram::default();
@@ -180,11 +180,19 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     let mut summaries = Vec::new();
     let names: Vec<Arc<str>> = files.iter().chain(&opts.eval_files).map(|p| p.display().to_string().into()).collect();
 
+    // Records and fingerprints are freed on the pool in batches, not on this sequential path
+    // (their memory was allocated by the pool's threads; freeing it here cost as much as the
+    // dedup checks).
+    const TRASH: usize = 4096;
+    let mut trash: Vec<(Record, Option<Fingerprint>)> = Vec::with_capacity(TRASH);
     for (fi, path) in files.iter().enumerate() {
         let name = names[fi].clone();
         let (mut rows, mut valid) = (0u64, 0u64);
-        let format = scanner.scan_file(path, |row: Row| {
+        let format = scanner.scan_file_ahead(path, |row: Row, ahead: Option<&Row>| {
             rows += 1;
+            if let Some(fp) = ahead.and_then(|r| r.fingerprint.as_ref()) {
+                index.prefetch(fp);
+            }
             let Row { line, record, findings, fingerprint, tokens, pii } = row;
             findings.into_iter().for_each(|f| out.push(f));
             let Some(rec) = record else { return Ok(()) };
@@ -204,9 +212,9 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
                     agreement.add_unit(labels);
                 }
             }
-            if let Some(fp) = fingerprint {
+            if let Some(fp) = &fingerprint {
                 let at = RowRef::new(fi, line);
-                let c = index.check(&fp);
+                let c = index.check_insert(fp, at);
                 let push = |out: &mut Collector, code, msg: String, hint: &str| out.push(Finding::new(code, &name, Some(line), "", msg, hint));
                 if let Some(r) = c.exact_of {
                     stats.exact_duplicates += 1;
@@ -219,7 +227,11 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
                     stats.conflicting_answers += 1;
                     push(&mut out, Code::ConflictingAnswers, format!("same prompt as {} with a different answer", where_(&names, r)), "make the answers agree, or make the prompts say what differs");
                 }
-                index.insert(&fp, at, &c);
+            }
+            trash.push((rec, fingerprint));
+            if trash.len() == TRASH {
+                let full = std::mem::replace(&mut trash, Vec::with_capacity(TRASH));
+                rayon::spawn(move || drop(full));
             }
             Ok(())
         })?;
