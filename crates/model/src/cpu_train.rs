@@ -115,11 +115,11 @@ fn accumulate(dst: &mut [f32], lhs: &Tensor, rhs: &Tensor, beta: f32) -> Result<
 }
 
 /// A LoRA projection's forward, `x·Wᵀ + h·Bᵀ` (`x: [n, in]`, `w: [out, in]`, `h: [n, r]` the
-/// scaled adapter input, `b: [out, r]`), as one buffer.
-pub fn lora_forward(x: &Tensor, w: &Tensor, h: &Tensor, b: &Tensor) -> Result<(CpuStorage, Shape)> {
+/// scaled adapter input, `b: [out, r]`), as one row-major `[n, out]` buffer.
+pub fn lora_forward(x: &Tensor, w: &Tensor, h: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
     let mut y = product(x, &w.t()?, 1.0)?;
     accumulate(&mut y, h, &b.t()?, 1.0)?;
-    Ok((CpuStorage::F32(y), Shape::from((x.dim(0)?, w.dim(0)?))))
+    Ok(y)
 }
 
 /// A LoRA projection's input gradient, `∂y·W + ((∂h·A) ⊙ m)` (`grad: [n, out]`, `w: [out, in]`,
@@ -302,9 +302,7 @@ mod tests {
         let (n, inp, out, r) = (37, 50, 29, 4);
         let t = |rows, cols, salt| Tensor::from_vec(values(rows * cols, salt), (rows, cols), &dev);
         let (x, w, h, b) = (t(n, inp, 1)?, t(out, inp, 2)?, t(n, r, 3)?, t(out, r, 4)?);
-        let (y, shape) = lora_forward(&x, &w, &h, &b)?;
-        let CpuStorage::F32(y) = y else { panic!("f32 storage") };
-        let ours = Tensor::from_vec(y, shape, &dev)?;
+        let ours = Tensor::from_vec(lora_forward(&x, &w, &h, &b)?, (n, out), &dev)?;
         let reference = (x.matmul(&w.t()?)? + h.matmul(&b.t()?)?)?;
         assert!(max_diff(&ours, &reference)? < 1e-5);
         // Input gradient, with and without the dropout mask, from a strided (transposed) gradient.

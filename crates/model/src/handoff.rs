@@ -236,31 +236,28 @@ impl DropoutMask {
 /// `∂B = ∂yᵀ·h`, `∂h = s·∂y·B`, `∂A = ∂hᵀ·(x ⊙ m)`, `∂x = ∂y·W + (∂h·A) ⊙ m`.
 pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&DropoutMask>) -> Result<Tensor> {
     let xd = x.detach();
+    if crate::cpu_train::applies(&xd) && w.dtype() == candle_core::DType::F32 {
+        // One buffer: the frozen product written, the adapter's accumulated onto it, moved to
+        // the graph without a copy; `x ⊙ m` kept for `∂A` (see `LoraSaved`).
+        let rows = xd.elem_count() / xd.dim(D::Minus1)?;
+        let mut dims = xd.dims().to_vec();
+        *dims.last_mut().expect("x has a last axis") = w.dim(0)?;
+        let parts = LoraParts { w: w.clone(), a: a.clone(), b: b.clone(), scale, mask: mask.cloned() };
+        let (saved, y) = LoraSaved::forward(&parts, &xd.contiguous()?.reshape((rows, ()))?)?;
+        return x.apply_op3(a, b, LoraLinearCpu { y: Slot::cpu_buffer((CpuStorage::F32(y), Shape::from(dims))), saved });
+    }
     let xm = match mask {
         Some(m) => m.apply(&xd)?,
         None => xd.clone(),
     };
     let h = (xm.matmul(&a.detach().t()?)? * scale)?;
-    if crate::cpu_train::applies(&xd) && w.dtype() == candle_core::DType::F32 {
-        // One buffer: the frozen product written, the adapter's accumulated onto it, moved to
-        // the graph without a copy.
-        let (rows, out) = (xd.elem_count() / xd.dim(D::Minus1)?, w.dim(0)?);
-        let mut dims = xd.dims().to_vec();
-        *dims.last_mut().expect("x has a last axis") = out;
-        let (y, _) = crate::cpu_train::lora_forward(&xd.contiguous()?.reshape((rows, ()))?, w, &h.reshape((rows, ()))?, &b.detach())?;
-        let y = Slot::cpu_buffer((y, Shape::from(dims)));
-        // The masked input is kept for `∂A` (as PEFT's autograd keeps dropout's output): drawing
-        // the mask again in backward cost ~2% of a CPU step.
-        let masked_input = mask.is_some().then_some(xm);
-        return x.apply_op3(a, b, LoraLinear { y, w: w.clone(), h, mask: mask.cloned(), masked_input, scale });
-    }
     let y = if crate::cuda_kernels::available(&xd) {
         // One output buffer: cuBLAS adds the adapter's product onto the base's.
         crate::cuda_kernels::matmul_sum(&[(&xd, w, true), (&h, &b.detach(), true)])?
     } else {
         (xd.matmul(&w.t()?)? + h.matmul(&b.detach().t()?)?)?
     };
-    x.apply_op3(a, b, LoraLinear { y: Slot::new(y), w: w.clone(), h, mask: mask.cloned(), masked_input: None, scale })
+    x.apply_op3(a, b, LoraLinear { y: Slot::new(y), w: w.clone(), h, mask: mask.cloned(), scale })
 }
 
 /// What a LoRA projection's CPU backward needs (f32): the frozen weight, the adapter's
@@ -284,9 +281,7 @@ impl LoraSaved {
         };
         let (a, b) = (p.a.detach(), p.b.detach());
         let h = (xm.matmul(&a.t()?)? * p.scale)?;
-        let (CpuStorage::F32(y), _) = crate::cpu_train::lora_forward(x, &p.w, &h, &b)? else {
-            candle_core::bail!("lora: expected an f32 result")
-        };
+        let y = crate::cpu_train::lora_forward(x, &p.w, &h, &b)?;
         Ok((Self { w: p.w.clone(), a, b, h, masked_input: xm, mask: p.mask.clone(), scale: p.scale }, y))
     }
 
@@ -303,6 +298,12 @@ impl LoraSaved {
         };
         Ok((dx, da, db))
     }
+}
+
+/// A `cpu_train` result as a tensor (no copy).
+fn cpu_tensor((storage, shape): (CpuStorage, Shape), device: &candle_core::Device) -> Result<Tensor> {
+    let CpuStorage::F32(v) = storage else { candle_core::bail!("cpu_train: expected an f32 result") };
+    Tensor::from_vec(v, shape, device)
 }
 
 /// A frozen dense layer's weight with its training LoRA adapter's parts, for fused ops.
@@ -335,16 +336,12 @@ pub fn lora_mlp_residual(x: &Tensor, norm_w: &Tensor, eps: f32, gate: &LoraParts
     let rows = x.elem_count() / hidden;
     let xd = x.detach().contiguous()?.reshape((rows, hidden))?;
     let norm_w = norm_w.detach();
-    let (h, _) = crate::cpu_train::rms_norm_forward(&xd, &norm_w, eps)?;
-    let CpuStorage::F32(h) = h else { candle_core::bail!("rms-norm: expected f32") };
-    let h = Tensor::from_vec(h, (rows, hidden), x.device())?;
+    let h = cpu_tensor(crate::cpu_train::rms_norm_forward(&xd, &norm_w, eps)?, x.device())?;
     let (gate_saved, g) = LoraSaved::forward(gate, &h)?;
     let (up_saved, u) = LoraSaved::forward(up, &h)?;
     let ffn = gate.w.dim(0)?;
     let (g, u) = (Tensor::from_vec(g, (rows, ffn), x.device())?, Tensor::from_vec(u, (rows, ffn), x.device())?);
-    let (s, _) = crate::cpu_train::swiglu_forward(&g, &u)?;
-    let CpuStorage::F32(s) = s else { candle_core::bail!("swiglu: expected f32") };
-    let s = Tensor::from_vec(s, (rows, ffn), x.device())?;
+    let s = cpu_tensor(crate::cpu_train::swiglu_forward(&g, &u)?, x.device())?;
     let (down_saved, mut y) = LoraSaved::forward(down, &s)?;
     drop(s);
     // The residual, added into the down projection's buffer.
@@ -413,9 +410,7 @@ pub fn lora_attention_residual(x: &Tensor, norm_w: &Tensor, eps: f32, shape: &At
     let dev = x.device();
     let xd = x.detach().contiguous()?.reshape((rows, hidden))?;
     let norm_w = norm_w.detach();
-    let (h, _) = crate::cpu_train::rms_norm_forward(&xd, &norm_w, eps)?;
-    let CpuStorage::F32(h) = h else { candle_core::bail!("rms-norm: expected f32") };
-    let h = Tensor::from_vec(h, (rows, hidden), dev)?;
+    let h = cpu_tensor(crate::cpu_train::rms_norm_forward(&xd, &norm_w, eps)?, dev)?;
     let [qp, kp, vp, op] = proj;
     let (q_saved, q) = LoraSaved::forward(qp, &h)?;
     let (k_saved, k) = LoraSaved::forward(kp, &h)?;
@@ -520,9 +515,23 @@ struct LoraLinear {
     w: Tensor,
     h: Tensor,
     mask: Option<DropoutMask>,
-    /// `x ⊙ m` from forward (CPU with dropout); otherwise backward draws it again.
-    masked_input: Option<Tensor>,
     scale: f64,
+}
+
+/// [`lora_linear`] on the CPU in f32.
+struct LoraLinearCpu {
+    y: Slot,
+    saved: LoraSaved,
+}
+
+impl candle_core::CustomOp3 for LoraLinearCpu {
+    handed_over!("lora-linear", y, 3);
+
+    fn bwd(&self, x: &Tensor, _a: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let rows = grad.elem_count() / grad.dim(D::Minus1)?;
+        let (dx, da, db) = self.saved.backward(&grad.contiguous()?.reshape((rows, ()))?, x.track_op())?;
+        Ok((dx.map(|dx| dx.reshape(x.shape())).transpose()?, Some(da), Some(db)))
+    }
 }
 
 impl candle_core::CustomOp3 for LoraLinear {
@@ -533,21 +542,13 @@ impl candle_core::CustomOp3 for LoraLinear {
         let db = grad.t()?.matmul(&self.h)?;
         let dh = (grad.matmul(&b.detach())? * self.scale)?;
         let xd = x.detach();
-        let xm = match (&self.masked_input, &self.mask) {
-            (Some(kept), _) => kept.clone(),
-            (None, Some(m)) => m.apply(&xd)?,
-            (None, None) => xd,
+        let xm = match &self.mask {
+            Some(m) => m.apply(&xd)?,
+            None => xd,
         };
         let da = dh.t()?.matmul(&xm)?;
         let dx = if x.track_op() {
             let a = a.detach();
-            if crate::cpu_train::applies(&grad) && self.w.dtype() == candle_core::DType::F32 {
-                // `∂y·W` accumulated onto the masked rank-r product, one buffer.
-                let rows = grad.elem_count() / grad.dim(D::Minus1)?;
-                let mask = self.mask.as_ref().map(|m| (m.seed, m.keep, m.offset));
-                let dx = crate::cpu_train::lora_input_grad(&grad.reshape((rows, ()))?, &self.w, &dh.contiguous()?.reshape((rows, ()))?, &a, mask)?;
-                return Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)));
-            }
             match &self.mask {
                 // Without dropout both products go into one buffer on a GPU.
                 None if crate::cuda_kernels::available(&grad) => Some(crate::cuda_kernels::matmul_sum(&[(&grad, &self.w, false), (&dh, &a, false)])?),
