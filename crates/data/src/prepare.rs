@@ -146,6 +146,9 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
 
     // Pass 1: decide what to drop; count each stratum's kept rows.
     let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
+    if opts.dedup != DedupMode::Off {
+        index.reserve(crate::validate::expected_rows(std::slice::from_ref(&input.to_path_buf())));
+    }
     let mut dropped: Vec<Dropped> = Vec::new();
     let mut strata_n: BTreeMap<String, u64> = BTreeMap::new();
     let mut rows_read = 0u64;

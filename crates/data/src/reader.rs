@@ -113,6 +113,24 @@ impl FileKind {
     }
 }
 
+/// About how many rows a JSONL or CSV file holds, from the line density of its first MiB (exact
+/// for a file that short; `None` for Parquet or an unreadable file). For sizing tables, not
+/// for reporting: a file whose first rows are unusually short or long is misjudged.
+pub fn estimate_rows(path: &Path) -> Option<u64> {
+    if FileKind::of(path) == FileKind::Parquet {
+        return None;
+    }
+    let mut file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = Vec::with_capacity(READ_BLOCK);
+    (&mut file).take(READ_BLOCK as u64).read_to_end(&mut head).ok()?;
+    let lines = memchr::memchr_iter(b'\n', &head).count() as u64;
+    if head.len() as u64 >= size {
+        return Some(lines + u64::from(head.last().is_some_and(|&b| b != b'\n')));
+    }
+    Some((size as f64 * lines as f64 / head.len() as f64) as u64)
+}
+
 pub struct RowReader {
     path: PathBuf,
     inner: Inner,
@@ -346,6 +364,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(&rows[1].payload, Payload::Value(v) if v == &serde_json::json!({"prompt":"x"})));
+    }
+
+    #[test]
+    fn row_estimates_are_exact_for_short_files_and_close_for_uniform_long_ones() {
+        let (_d, p) = write("a.jsonl", "{}\n{}\n{}");
+        assert_eq!(estimate_rows(&p), Some(3));
+        let (_d, p) = write("b.jsonl", "");
+        assert_eq!(estimate_rows(&p), Some(0));
+        let row = "{\"text\": \"a row of about sixty bytes, give or take a few\"}\n";
+        let n = 3 * READ_BLOCK / row.len();
+        let (_d, p) = write("c.jsonl", &row.repeat(n));
+        let est = estimate_rows(&p).expect("estimate");
+        assert!((est as f64 / n as f64 - 1.0).abs() < 0.01, "{est} vs {n}");
+        assert_eq!(estimate_rows(Path::new("no-such.parquet")), None);
+        assert_eq!(estimate_rows(Path::new("/no/such/file.jsonl")), None);
     }
 
     fn set_block(r: &mut RowReader, n: usize) {

@@ -82,10 +82,16 @@ pub struct Coverage {
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct FieldCoverage {
+    /// Written in key order (a hash map's order would differ from run to run).
+    #[serde(serialize_with = "in_key_order")]
     pub counts: HashMap<String, u64>,
     /// Too many distinct values to be a class; counting stopped.
     pub high_cardinality: bool,
     pub rows: u64,
+}
+
+fn in_key_order<S: serde::Serializer>(counts: &HashMap<String, u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(counts.iter().collect::<BTreeMap<_, _>>())
 }
 
 /// A metadata value as a class name; `None` for values that are not scalars.
@@ -155,5 +161,15 @@ mod tests {
         }
         assert!(c.fields()["id"].high_cardinality && c.fields()["id"].counts.is_empty());
         assert_eq!(c.fields()["topic"].counts.len(), 2);
+    }
+
+    #[test]
+    fn class_counts_serialise_in_key_order() {
+        let mut c = Coverage::default();
+        for t in ["zeta", "alpha", "mid", "beta", "alpha", "omega", "kappa", "delta"] {
+            c.add(serde_json::json!({"topic": t}).as_object().expect("object"));
+        }
+        let json = serde_json::to_string(&c.fields()["topic"]).expect("json");
+        assert!(json.starts_with(r#"{"counts":{"alpha":2,"beta":1,"delta":1,"kappa":1,"mid":1,"omega":1,"zeta":1}"#), "{json}");
     }
 }
