@@ -16,7 +16,7 @@ use crate::finding::{Code, Finding, Severity};
 use crate::minhash::Sketcher;
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
-use crate::scan::{Row, ScanConfig, Scanner};
+use crate::scan::{Row, ScanConfig, Scanner, Trash};
 use crate::stats::{Coverage, FieldCoverage, Histogram, Summary};
 
 /// Fewer valid training rows than this is an error (the OpenAI API's minimum).
@@ -181,11 +181,8 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     let mut summaries = Vec::new();
     let names: Vec<Arc<str>> = files.iter().chain(&opts.eval_files).map(|p| p.display().to_string().into()).collect();
 
-    // Records and fingerprints are freed on the pool in batches, not on this sequential path
-    // (their memory was allocated by the pool's threads; freeing it here cost as much as the
-    // dedup checks).
-    const TRASH: usize = 4096;
-    let mut trash: Vec<(Record, Option<Fingerprint>)> = Vec::with_capacity(TRASH);
+    // Records and fingerprints are freed on the pool, each on the worker that built it.
+    let mut trash: Trash<(Record, Option<Fingerprint>)> = Trash::default();
     for (fi, path) in files.iter().enumerate() {
         let name = names[fi].clone();
         let (mut rows, mut valid) = (0u64, 0u64);
@@ -194,7 +191,7 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
             if let Some(fp) = ahead.and_then(|r| r.fingerprint.as_ref()) {
                 index.prefetch(fp);
             }
-            let Row { line, record, findings, fingerprint, tokens, pii } = row;
+            let Row { line, record, findings, fingerprint, tokens, pii, made_on } = row;
             findings.into_iter().for_each(|f| out.push(f));
             let Some(rec) = record else { return Ok(()) };
             valid += 1;
@@ -229,11 +226,7 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
                     push(&mut out, Code::ConflictingAnswers, format!("same prompt as {} with a different answer", where_(&names, r)), "make the answers agree, or make the prompts say what differs");
                 }
             }
-            trash.push((rec, fingerprint));
-            if trash.len() == TRASH {
-                let full = std::mem::replace(&mut trash, Vec::with_capacity(TRASH));
-                rayon::spawn(move || drop(full));
-            }
+            trash.push((rec, fingerprint), made_on);
             Ok(())
         })?;
         stats.rows += rows;
