@@ -50,7 +50,7 @@ struct Scratch {
     plain: String,
     prompt: String,
     lower: Vec<u8>,
-    words: Vec<(usize, usize)>,
+    words: Vec<u64>,
     shingles: Vec<u64>,
     xs: Vec<u64>,
     mins: Vec<u64>,

@@ -242,8 +242,10 @@ fn band_keys(sig: &[u64], bands: usize, rows: usize) -> Box<[u64]> {
         .collect()
 }
 
-/// The shingles of a text: xxh3 hashes of lowercase word 3-grams (words = runs of alphanumeric
+/// The shingles of a text: hashes of lowercase word 3-grams (words = runs of alphanumeric
 /// characters), or of the words themselves when there are fewer than three. Sorted, unique.
+/// A 3-gram's hash combines its words' xxh3 hashes ([`trigram`]), so each word is hashed
+/// once rather than three times inside three joined strings.
 pub fn shingles(text: &str) -> Vec<u64> {
     let mut out = shingle_hashes(text);
     out.sort_unstable();
@@ -259,10 +261,31 @@ pub fn shingle_hashes(text: &str) -> Vec<u64> {
     out
 }
 
-/// [`shingle_hashes`] into `out`, with `buf` and `words` as scratch (buffers reused across rows).
-pub fn shingle_hashes_into(text: &str, buf: &mut Vec<u8>, words: &mut Vec<(usize, usize)>, out: &mut Vec<u64>) {
-    // The lowercase words joined by single spaces, so each 3-gram is one slice of `buf`.
-    buf.clear();
+/// ASCII `A`–`Z` to `a`–`z` in each byte of `x` (every byte below 0x80): bytes from 0x41
+/// get their top bit set by adding 0x3f, bytes from 0x5b by adding 0x25; the difference marks
+/// the capitals, whose 0x20 bit is then set.
+#[inline]
+fn ascii_lower(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let capital = (x.wrapping_add(0x3f * ONES) & !x.wrapping_add(0x25 * ONES)) & (0x80 * ONES);
+    x | (capital >> 2)
+}
+
+/// A word 3-gram's hash from its words' hashes: each word's hash multiplied by its own odd
+/// constant (so order matters), xored, then murmur3's 64-bit finaliser to spread the bits.
+#[inline]
+fn trigram(a: u64, b: u64, c: u64) -> u64 {
+    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ c.wrapping_mul(0x1656_67b1_9e37_79f9);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// [`shingle_hashes`] into `out`, with `lower` (a word lowercased) and `words` (the words'
+/// hashes) as scratch reused across rows.
+pub fn shingle_hashes_into(text: &str, lower: &mut Vec<u8>, words: &mut Vec<u64>, out: &mut Vec<u64>) {
     words.clear();
     out.clear();
     let b = text.as_bytes();
@@ -303,38 +326,46 @@ pub fn shingle_hashes_into(text: &str, buf: &mut Vec<u8>, words: &mut Vec<(usize
         if start == i {
             continue;
         }
-        if !words.is_empty() {
-            buf.push(b' ');
-        }
-        let at = buf.len();
-        let word = &text[start..i];
-        if ascii {
-            buf.extend(word.bytes().map(|c| c.to_ascii_lowercase()));
+        let word = &b[start..i];
+        let h = if ascii && word.len() <= 16 && start + 16 <= b.len() {
+            // The word's 16 bytes as two words, lowercased and cut to length in registers, then
+            // stored whole (byte-by-byte stores stalled xxh3's wide loads: store forwarding).
+            let mut w = [0u8; 16];
+            w.copy_from_slice(&b[start..start + 16]);
+            let (lo, hi) = (u64::from_le_bytes(w[..8].try_into().unwrap_or_default()), u64::from_le_bytes(w[8..].try_into().unwrap_or_default()));
+            let keep = |n: usize| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+            let lo = ascii_lower(lo) & keep(word.len());
+            let hi = ascii_lower(hi) & keep(word.len().saturating_sub(8));
+            w[..8].copy_from_slice(&lo.to_le_bytes());
+            w[8..].copy_from_slice(&hi.to_le_bytes());
+            xxh3_64(&w[..word.len()])
+        } else if ascii {
+            lower.clear();
+            lower.extend(word.iter().map(u8::to_ascii_lowercase));
+            xxh3_64(lower)
         } else {
+            lower.clear();
             // `str::to_lowercase` (not per character): a final sigma lowers to `ς`.
-            buf.extend_from_slice(word.to_lowercase().as_bytes());
-        }
-        words.push((at, buf.len()));
+            lower.extend_from_slice(text[start..i].to_lowercase().as_bytes());
+            xxh3_64(lower)
+        };
+        words.push(h);
     }
     if words.len() < 3 {
-        out.extend(words.iter().map(|&(s, e)| xxh3_64(&buf[s..e])));
+        out.extend_from_slice(words);
     } else {
-        out.extend(words.windows(3).map(|w| xxh3_64(&buf[w[0].0..w[2].1])));
+        out.extend(words.windows(3).map(|w| trigram(w[0], w[1], w[2])));
     }
 }
 
 /// [`shingles`] by the obvious allocating route: the reference it is tested against.
 pub fn shingles_reference(text: &str) -> Vec<u64> {
-    let words: Vec<String> = text
+    let words: Vec<u64> = text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+        .map(|w| xxh3_64(w.to_lowercase().as_bytes()))
         .collect();
-    let mut out: Vec<u64> = if words.len() < 3 {
-        words.iter().map(|w| xxh3_64(w.as_bytes())).collect()
-    } else {
-        words.windows(3).map(|w| xxh3_64(w.join(" ").as_bytes())).collect()
-    };
+    let mut out: Vec<u64> = if words.len() < 3 { words } else { words.windows(3).map(|w| trigram(w[0], w[1], w[2])).collect() };
     out.sort_unstable();
     out.dedup();
     out
@@ -597,6 +628,35 @@ mod tests {
             proptest::prop_assert_eq!(shingles(&t), shingles_reference(&t));
             let h = MinHasher::new(32, 2);
             proptest::prop_assert_eq!(h.signature(&shingle_hashes(&t)), h.signature(&shingles(&t)));
+        }
+    }
+
+    #[test]
+    fn trigram_hashes_differ_for_every_ordered_triple_of_a_vocabulary() {
+        let words: Vec<u64> = (0..60u32).map(|i| xxh3_64(format!("w{i}").as_bytes())).collect();
+        let mut all = Vec::new();
+        for &a in &words {
+            for &b in &words {
+                for &c in &words {
+                    all.push(trigram(a, b, c));
+                }
+            }
+        }
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "colliding 3-gram hashes");
+        assert_ne!(shingles("red green blue"), shingles("blue green red"));
+    }
+
+    #[test]
+    fn swar_lowercasing_equals_the_bytewise_one_for_every_ascii_byte() {
+        for c in 0u8..128 {
+            for pos in 0..8 {
+                let x = u64::from(c) << (8 * pos) | 0x4161_7a5a_3039_2040u64 & !(0xff << (8 * pos));
+                let want = u64::from_le_bytes(x.to_le_bytes().map(|b| b.to_ascii_lowercase()));
+                assert_eq!(ascii_lower(x), want, "byte {c:#x} at {pos}");
+            }
         }
     }
 
