@@ -181,7 +181,7 @@ fn byte_chars() -> [char; 256] {
     out
 }
 
-/// A byte-slice hasher (xxh3) for the piece cache.
+/// A byte-slice hasher (xxh3) for the piece cache's long pieces.
 #[derive(Default)]
 struct Xxh(u64);
 
@@ -197,7 +197,75 @@ impl Hasher for Xxh {
     }
 }
 
-type PieceCache = HashMap<Box<[u8]>, Box<[u32]>, BuildHasherDefault<Xxh>>;
+/// A piece of at most 16 bytes as two little-endian words (zero past its end) and its length:
+/// compared and hashed as integers, with no pointer to follow (most pieces are a word with its
+/// leading space; a byte-slice key cost a `memcmp` call and an xxh3 pass per lookup).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ShortKey {
+    lo: u64,
+    hi: u64,
+    len: u64,
+}
+
+impl ShortKey {
+    const MAX: usize = 16;
+
+    /// The key of `text[start..end]` (`end - start <= 16`).
+    #[inline]
+    fn new(text: &[u8], start: usize, end: usize) -> Self {
+        let len = end - start;
+        let mut w = [0u8; 16];
+        if start + 16 <= text.len() {
+            w.copy_from_slice(&text[start..start + 16]);
+        } else {
+            w[..len].copy_from_slice(&text[start..end]);
+        }
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let keep = |n: usize| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+        Self { lo: word(&w[..8]) & keep(len), hi: word(&w[8..]) & keep(len.saturating_sub(8)), len: len as u64 }
+    }
+}
+
+impl std::hash::Hash for ShortKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // A folded 128-bit product of the two words (as foldhash / wyhash mix): every input bit
+        // reaches the high bits hashbrown takes its tags from and the low bits of its buckets.
+        let p = u128::from(self.lo ^ 0x243f_6a88_85a3_08d3) * u128::from(self.hi ^ self.len.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1319_8a2e_0370_7344);
+        state.write_u64((p as u64) ^ ((p >> 64) as u64));
+    }
+}
+
+/// Passes a [`ShortKey`]'s finished hash through.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Up to this many ids are kept inline with a short piece; a piece with more goes to the long map.
+const INLINE_IDS: usize = 5;
+
+#[derive(Clone, Copy)]
+struct InlineIds {
+    n: u8,
+    ids: [u32; INLINE_IDS],
+}
+
+/// Piece bytes → ids: short pieces keyed by value with their ids inline, longer ones by bytes.
+#[derive(Default)]
+struct PieceCache {
+    short: HashMap<ShortKey, InlineIds, BuildHasherDefault<Passthrough>>,
+    long: HashMap<Box<[u8]>, Box<[u32]>, BuildHasherDefault<Xxh>>,
+}
 
 /// (encoder id, piece bytes → ids, scratch for a text's pieces). One encoder at a time per
 /// thread; another empties it.
@@ -311,7 +379,7 @@ impl FastBpe {
                     pieces.clear();
                     self.pre_tokenize(&text[s..e], s, pieces);
                     for &(ps, pe) in pieces.iter() {
-                        if !self.piece_ids(cache, &text.as_bytes()[ps..pe], ids) {
+                        if !self.piece_ids(cache, text.as_bytes(), ps, pe, ids) {
                             fail = true;
                             return;
                         }
@@ -448,21 +516,39 @@ impl FastBpe {
         }
     }
 
-    /// Appends the ids of one piece; false if the model fails on it.
-    fn piece_ids(&self, cache: &mut PieceCache, piece: &[u8], ids: &mut Vec<u32>) -> bool {
-        if let Some(hit) = cache.get(piece) {
+    /// Appends the ids of the piece `text[start..end]`; false if the model fails on it.
+    fn piece_ids(&self, cache: &mut PieceCache, text: &[u8], start: usize, end: usize, ids: &mut Vec<u32>) -> bool {
+        let piece = &text[start..end];
+        let short = (piece.len() <= ShortKey::MAX).then(|| ShortKey::new(text, start, end));
+        if let Some(hit) = short.as_ref().and_then(|key| cache.short.get(key)) {
+            ids.extend_from_slice(&hit.ids[..usize::from(hit.n)]);
+            return true;
+        }
+        // (A short piece with more than `INLINE_IDS` ids is kept here too.)
+        if let Some(hit) = cache.long.get(piece) {
             ids.extend_from_slice(hit);
             return true;
         }
         let mapped: String = piece.iter().map(|&b| self.byte_chars[b as usize]).collect();
         let Ok(toks) = self.model.tokenize(&mapped) else { return false };
-        let start = ids.len();
+        let from = ids.len();
         ids.extend(toks.iter().map(|t| t.id));
+        let new = &ids[from..];
         if piece.len() <= CACHE_MAX_LEN {
-            if cache.len() >= CACHE_CAP {
-                cache.clear();
+            if cache.short.len() + cache.long.len() >= CACHE_CAP {
+                cache.short.clear();
+                cache.long.clear();
             }
-            cache.insert(piece.into(), ids[start..].into());
+            match short {
+                Some(key) if new.len() <= INLINE_IDS => {
+                    let mut inline = InlineIds { n: new.len() as u8, ids: [0; INLINE_IDS] };
+                    inline.ids[..new.len()].copy_from_slice(new);
+                    cache.short.insert(key, inline);
+                }
+                _ => {
+                    cache.long.insert(piece.into(), new.into());
+                }
+            }
         }
         true
     }
@@ -542,6 +628,19 @@ pub(crate) mod tests {
         }
         // Llama 3's pre-tokenizer is a different regex: not recognised, HF is used.
         assert!(FastBpe::new(&merged_tokenizer("llama-bpe")).is_none());
+    }
+
+    #[test]
+    fn short_keys_depend_on_the_piece_alone() {
+        let text = b"xx hello\0\0 world, and some more text after it";
+        // The same bytes, read through the 16-byte window or copied at the end of a text.
+        assert!(ShortKey::new(text, 2, 8) == ShortKey::new(b" hello", 0, 6));
+        // Zero bytes are part of the piece: the length tells them from padding.
+        assert!(ShortKey::new(text, 2, 8) != ShortKey::new(text, 2, 10));
+        assert!(ShortKey::new(text, 10, 16) != ShortKey::new(text, 2, 8));
+        for end in 11..=27 {
+            assert!(ShortKey::new(text, 11, end) == ShortKey::new(&text[11..end], 0, end - 11), "{end}");
+        }
     }
 
     #[test]

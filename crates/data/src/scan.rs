@@ -89,11 +89,11 @@ impl<T: Send + 'static> Trash<T> {
 
     /// Frees `item` later, on worker `made_on` (any worker when `None`).
     pub fn push(&mut self, item: T, made_on: Option<usize>) {
-        let workers = rayon::current_num_threads().max(1);
-        if self.bins.len() != workers {
-            self.bins.resize_with(workers, Vec::new);
+        if self.bins.is_empty() {
+            self.bins.resize_with(rayon::current_num_threads().max(1), Vec::new);
         }
-        self.bins[made_on.unwrap_or(0) % workers].push(item);
+        let bin = made_on.unwrap_or(0) % self.bins.len();
+        self.bins[bin].push(item);
         self.held += 1;
         if self.held >= Self::BATCH {
             self.flush();
