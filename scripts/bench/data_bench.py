@@ -107,6 +107,9 @@ def main():
             for s in gen_rows(a.rows):
                 f.write(s + "\n")
         size = os.path.getsize(path)
+        # Flush the generated file to disk first, so that the kernel's write-back of it does not
+        # compete with the timed runs (it took a core for seconds after a 700 MB write).
+        os.sync()
         cmd = ["/usr/bin/time", "-f", "%e %M", a.ferrotune, "data", "validate", path, "--model", a.model,
                "--json", "--max-findings", "10", "--near-dup-threshold", str(a.threshold), "--max-seq-len", "100000"]
         p = subprocess.run(cmd, capture_output=True, text=True)

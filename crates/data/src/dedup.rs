@@ -16,7 +16,7 @@ use crate::prehashed::{Key128, OpenMap};
 use crate::record::{Body, Record, Role};
 
 /// A row's position packed into one word: file index (16 bits) and line (48 bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, bytemuck::Zeroable)]
 pub struct RowRef(pub u64);
 
 impl RowRef {

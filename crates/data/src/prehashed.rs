@@ -7,7 +7,7 @@
 
 /// A 128-bit hash as two 64-bit halves: 8-byte aligned, so a map entry with a 64-bit value is
 /// 24 bytes instead of a `u128`'s 32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Zeroable)]
 pub struct Key128([u64; 2]);
 
 impl Key128 {
@@ -17,7 +17,7 @@ impl Key128 {
 }
 
 /// A key that is already a hash: its slot in an [`OpenMap`] comes from these bits.
-pub trait Prehashed: Copy + Eq + Default {
+pub trait Prehashed: Copy + Eq + Default + bytemuck::Zeroable {
     fn bits(&self) -> u64;
 }
 
@@ -35,7 +35,7 @@ impl Prehashed for Key128 {
 
 /// A 64-bit hash in two halves: an entry with a `u32` value is 12 bytes, not 16 (the LSH band
 /// tables hold one entry per band per row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Zeroable)]
 pub struct Key64([u32; 2]);
 
 impl Key64 {
@@ -51,8 +51,8 @@ impl Prehashed for Key64 {
 }
 
 /// Insert-only map over [`Prehashed`] keys: linear probing, at most 3/4 full, a tag byte per
-/// slot (0: empty) beside the entries. Each doubling allocates, fills and re-inserts the whole
-/// table (at a million rows the dedup index's 14 tables spent 0.7–1.2 s of the sequential pass
+/// slot (0: empty) beside the entries. Each doubling allocates and re-inserts the whole table
+/// (at a million rows the dedup index's 14 tables spent 0.7–1.2 s of the sequential pass
 /// growing): [`OpenMap::reserve`] the keys expected when there is an estimate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenMap<K, V> {
@@ -61,13 +61,13 @@ pub struct OpenMap<K, V> {
     len: usize,
 }
 
-impl<K: Prehashed, V: Copy + Default> Default for OpenMap<K, V> {
+impl<K: Prehashed, V: Copy + Default + bytemuck::Zeroable> Default for OpenMap<K, V> {
     fn default() -> Self {
         Self { tags: vec![0; 16], entries: vec![Default::default(); 16], len: 0 }
     }
 }
 
-impl<K: Prehashed, V: Copy + Default> OpenMap<K, V> {
+impl<K: Prehashed, V: Copy + Default + bytemuck::Zeroable> OpenMap<K, V> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -141,7 +141,9 @@ impl<K: Prehashed, V: Copy + Default> OpenMap<K, V> {
 
     fn grow_to(&mut self, n: usize) {
         let tags = std::mem::replace(&mut self.tags, vec![0; n]);
-        let entries = std::mem::replace(&mut self.entries, vec![Default::default(); n]);
+        // Zeroed by the allocator (fresh pages from the OS, not written until used), so that a
+        // table reserved up front costs nothing before the rows arrive.
+        let entries = std::mem::replace(&mut self.entries, bytemuck::zeroed_vec(n));
         for (_, e) in tags.into_iter().zip(entries).filter(|(t, _)| *t != 0) {
             if let Err(i) = self.probe(&e.0) {
                 self.tags[i] = 1;
