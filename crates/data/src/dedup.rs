@@ -4,8 +4,9 @@
 //! prompt entry, and with the near-duplicate index at 128 permutations a 128-byte compact
 //! signature, an 8-byte reference and one 12-byte bucket entry per band (12 at J = 0.85), each
 //! entry with a tag byte — ≈ 340 B/row of payload in tables 3/8 to 3/4 full
-//! ([`crate::prehashed::OpenMap`]); the measured peak is 660–710 MiB RSS at 1M bench rows (the
-//! tables, the process and the chunks in flight), 175 MiB at 200k.
+//! ([`crate::prehashed::OpenMap`], sized once for the expected rows by [`DupIndex::reserve`]);
+//! the measured peak is 623–628 MiB RSS at 1M bench rows (the tables, the process and the chunks
+//! in flight), 165 MiB at 200k.
 
 use std::cell::RefCell;
 
