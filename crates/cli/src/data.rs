@@ -193,7 +193,11 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
         max_findings_per_code: a.max_findings,
         ..ValidateOptions::default()
     };
-    let report = ferrotune_data::validate(&a.files, &opts)?;
+    let (bar, progress) = scan_bar(a.files.iter().chain(&a.eval), "checking");
+    let opts = ValidateOptions { progress, ..opts };
+    let report = ferrotune_data::validate(&a.files, &opts);
+    bar.finish_and_clear();
+    let report = report?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -203,6 +207,40 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
         bail!("{} error(s) in the data", report.errors);
     }
     Ok(())
+}
+
+/// A progress bar over the bytes of `files` (scanned one after another) for the data scan,
+/// on stderr and only when it is a terminal (indicatif hides it otherwise), and the callback
+/// that moves it. Parquet files, whose readers report no byte position, count as done when
+/// their scan moves on.
+fn scan_bar<'a>(files: impl IntoIterator<Item = &'a PathBuf>, what: &str) -> (indicatif::ProgressBar, ferrotune_data::Progress) {
+    let sizes: Vec<(PathBuf, u64)> = files.into_iter().map(|f| (f.clone(), std::fs::metadata(f).map_or(0, |m| m.len()))).collect();
+    let bar = indicatif::ProgressBar::new(sizes.iter().map(|(_, n)| n).sum());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>10} {bar:30} {bytes}/{total_bytes} {msg} [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(what.to_string());
+    // (index of the file being scanned, its rows at the last report, bytes of the files before it)
+    let state = std::sync::Mutex::new((0usize, 0u64, 0u64));
+    let b = bar.clone();
+    let progress = ferrotune_data::Progress::new(move |p| {
+        let mut st = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A report for a later file: the row count starts again (the same file given twice),
+        // or the path is another (files with no rows report nothing).
+        let mut next = p.rows < st.1;
+        while next || sizes.get(st.0).is_some_and(|(f, _)| f != p.file) {
+            let Some((_, n)) = sizes.get(st.0) else { break };
+            st.2 += n;
+            st.0 += 1;
+            next = false;
+        }
+        st.1 = p.rows;
+        let size = sizes.get(st.0).map_or(0, |(_, n)| *n);
+        b.set_position(st.2 + p.bytes.unwrap_or(0).min(size));
+        b.set_message(format!("{} rows ({})", p.rows, p.file.display()));
+    });
+    (bar, progress)
 }
 
 fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
@@ -227,7 +265,11 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
         max_seq_len: a.max_seq_len,
         ..PrepareOptions::default()
     };
-    let r = ferrotune_data::prepare(&a.input, &a.out, &opts)?;
+    let (bar, progress) = scan_bar([&a.input], "checking");
+    let opts = PrepareOptions { progress, ..opts };
+    let r = ferrotune_data::prepare(&a.input, &a.out, &opts);
+    bar.finish_and_clear();
+    let r = r?;
     println!(
         "{}: {} rows read, {} dropped, {} changed; wrote {} train + {} eval rows to {} (details in report.json)",
         r.input,

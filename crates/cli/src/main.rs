@@ -87,6 +87,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Rust ignores SIGPIPE, so printing a report into a pipe that closed early (`| head`)
+        // panicked; with the default action the command just ends, as other tools do. (Not for
+        // `serve`, whose sockets must survive a client going away.)
+        // SAFETY: no other thread exists yet; this only sets a signal's disposition.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let trains = match &cli.command {
         Command::Train(_) => true,
         Command::Bench(b) => b.is_train(),

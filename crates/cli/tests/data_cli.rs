@@ -266,3 +266,26 @@ fn render_marks_the_loss_spans_and_validate_counts_tokens_with_the_model() {
     let report: Value = serde_json::from_slice(&long.stdout).expect("json");
     assert_eq!(report["counts"]["too_long"].as_u64(), Some(12), "{report}");
 }
+
+/// `ferrotune data validate --json | head` — the reader closes the pipe early; the command ends
+/// without a panic message (it used to panic in `println!` on the broken pipe).
+#[test]
+fn a_report_piped_into_a_reader_that_stops_early_ends_quietly() {
+    use std::io::Read;
+    let d = tempfile::tempdir().expect("tmp");
+    let rows: Vec<Value> = (0..3000).map(|i| chat(i, i % 3 != 0)).collect();
+    let p = write_rows(d.path(), "t.jsonl", &rows);
+    let mut child = ferrotune()
+        .args(["data", "validate", p.to_str().expect("utf-8 path"), "--json", "--max-findings", "100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = [0u8; 16];
+    child.stdout.take().expect("stdout").read_exact(&mut first).expect("read the report's start");
+    // The pipe's read end is dropped here, with most of the report unread.
+    let out = child.wait_with_output().expect("wait");
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

@@ -44,4 +44,5 @@ pub use finding::{Code, Finding, Severity, Unit};
 pub use prepare::{DedupMode, PrepareOptions, PrepareReport, prepare};
 pub use record::{Body, Format, Origin, Record, Role, Turn};
 pub use render::{IGNORE_INDEX, RenderOptions, Rendered, Renderer, render_for_training};
+pub use scan::{Progress, ScanProgress};
 pub use validate::{Report, ValidateOptions, validate};

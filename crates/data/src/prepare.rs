@@ -26,7 +26,7 @@ use crate::pii::PiiKind;
 use crate::reader::RowReader;
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
-use crate::scan::{ScanConfig, Scanner};
+use crate::scan::{Progress, ScanConfig, Scanner};
 use crate::split::{Selector, eval_count};
 use crate::stats::class_of;
 
@@ -52,6 +52,8 @@ pub struct PrepareOptions {
     /// With a model, rows over `max_seq_len` tokens after rendering are dropped too.
     pub renderer: Option<Arc<Renderer>>,
     pub max_seq_len: usize,
+    /// Told how far the first pass (the checks) is.
+    pub progress: Progress,
 }
 
 impl Default for PrepareOptions {
@@ -67,6 +69,7 @@ impl Default for PrepareOptions {
             seed: 0,
             renderer: None,
             max_seq_len: 2048,
+            progress: Progress::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         sketcher: sketcher.clone(),
         pii: false,
         fingerprints: opts.dedup != DedupMode::Off,
+        progress: opts.progress.clone(),
     });
     let strat = opts.stratify_by.as_deref();
     let unit = Unit::of_file(&input.display().to_string());

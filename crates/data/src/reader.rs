@@ -139,7 +139,8 @@ pub struct RowReader {
 enum Inner {
     /// `carry`: the start of a line that the last chunk read but did not hold.
     /// `spare`: chunk buffers handed back ([`RowReader::recycle`]).
-    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize, spare: Vec<Vec<u8>> },
+    /// `read`: bytes read from the file so far.
+    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize, spare: Vec<Vec<u8>>, read: u64 },
     Csv { reader: csv::Reader<File>, headers: Vec<String>, record: csv::ByteRecord },
     Parquet(ParquetRows),
 }
@@ -157,6 +158,7 @@ impl RowReader {
                 eof: false,
                 block: READ_BLOCK,
                 spare: Vec::new(),
+                read: 0,
             },
             FileKind::Csv => {
                 let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
@@ -177,11 +179,21 @@ impl RowReader {
         &self.path
     }
 
+    /// How far into the file the chunks read so far reach, in bytes (JSONL and CSV; `None`
+    /// for Parquet, whose reader seeks).
+    pub fn bytes_read(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Jsonl { read, .. } => Some(*read),
+            Inner::Csv { reader, .. } => Some(reader.position().byte()),
+            Inner::Parquet(_) => None,
+        }
+    }
+
     /// The next rows, at most `max_rows` (fewer at the end of the file; none after it): the same
     /// rows, in the same order, as the iterator gives. Read a file either by chunks or by the
     /// iterator, not both.
     pub fn read_chunk(&mut self, max_rows: usize) -> Result<Chunk> {
-        let Inner::Jsonl { reader, line, carry, eof, block, spare, .. } = &mut self.inner else {
+        let Inner::Jsonl { reader, line, carry, eof, block, spare, read, .. } = &mut self.inner else {
             let mut rows = Vec::with_capacity(max_rows.min(4096));
             for raw in self.by_ref().take(max_rows) {
                 let raw = raw?;
@@ -232,6 +244,7 @@ impl RowReader {
                 }
             };
             filled += n;
+            *read += n as u64;
             *eof = n == 0;
         }
         carry.extend_from_slice(&bytes[start..filled]);

@@ -42,6 +42,40 @@ pub struct ScanConfig {
     pub pii: bool,
     /// Compute fingerprints (exact duplicates, conflicting answers).
     pub fingerprints: bool,
+    /// Told how far the scan is after each chunk.
+    pub progress: Progress,
+}
+
+/// Where a scan is: rows handed to the sink so far in `file`, and how many of its bytes have
+/// been read (JSONL and CSV; `None` for Parquet).
+#[derive(Debug, Clone, Copy)]
+pub struct ScanProgress<'a> {
+    pub file: &'a Path,
+    pub rows: u64,
+    pub bytes: Option<u64>,
+}
+
+/// A callback for [`ScanProgress`] (e.g. a progress bar), called on the scanning thread after
+/// each chunk of rows; none by default.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<dyn Fn(ScanProgress<'_>) + Send + Sync>>);
+
+impl Progress {
+    pub fn new(f: impl Fn(ScanProgress<'_>) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    fn report(&self, p: ScanProgress<'_>) {
+        if let Some(f) = &self.0 {
+            f(p);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(callback)" } else { "Progress(none)" })
+    }
 }
 
 /// One analysed row.
@@ -305,6 +339,7 @@ impl Scanner {
         rayon::scope(|scope| -> Result<()> {
             let mut in_flight: VecDeque<mpsc::Receiver<(Vec<Row>, Vec<u8>)>> = VecDeque::with_capacity(IN_FLIGHT);
             let mut eof = false;
+            let mut delivered = 0u64;
             loop {
                 while !eof && in_flight.len() < IN_FLIGHT {
                     let chunk = read_chunk(&mut reader)?;
@@ -333,7 +368,9 @@ impl Scanner {
                 };
                 if let Some((rows, bytes)) = analysed {
                     reader.recycle(bytes);
+                    delivered += rows.len() as u64;
                     deliver(rows)?;
+                    self.cfg.progress.report(ScanProgress { file: path, rows: delivered, bytes: reader.bytes_read() });
                 }
             }
         })?;

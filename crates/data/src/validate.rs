@@ -16,7 +16,7 @@ use crate::finding::{Code, Finding, Severity};
 use crate::minhash::Sketcher;
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
-use crate::scan::{Row, ScanConfig, Scanner, Trash};
+use crate::scan::{Progress, Row, ScanConfig, Scanner, Trash};
 use crate::stats::{Coverage, FieldCoverage, Histogram, Summary};
 
 /// Fewer valid training rows than this is an error (the OpenAI API's minimum).
@@ -45,6 +45,8 @@ pub struct ValidateOptions {
     pub pii: bool,
     /// Findings kept per code in the report (all are counted).
     pub max_findings_per_code: usize,
+    /// Told how far the scan of each file is (training files, then eval files).
+    pub progress: Progress,
 }
 
 impl Default for ValidateOptions {
@@ -62,6 +64,7 @@ impl Default for ValidateOptions {
             eval_files: Vec::new(),
             pii: true,
             max_findings_per_code: 1000,
+            progress: Progress::default(),
         }
     }
 }
@@ -168,6 +171,7 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
         sketcher: sketcher.clone(),
         pii: opts.pii,
         fingerprints: true,
+        progress: opts.progress.clone(),
     });
     let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
     index.reserve(expected_rows(files));

@@ -165,3 +165,27 @@ fn one_pool_thread_gives_the_same_report_as_the_default_pool() {
     assert_eq!(at(&r, Code::BadJson), vec![(Some(5_001), String::new())]);
     assert_eq!(r.stats.valid_rows, 9_999);
 }
+
+/// The progress callback hears each file's rows and bytes as the scan goes, ending at the whole
+/// file (training file, then the eval file).
+#[test]
+fn progress_reports_reach_each_files_rows_and_bytes() {
+    use std::sync::{Arc, Mutex};
+    let d = tempfile::tempdir().expect("tmp");
+    let rows: Vec<String> = (0..9_000).map(|i| chat(i, "a")).collect();
+    let train = write(d.path(), "train.jsonl", &rows);
+    let eval = write(d.path(), "eval.jsonl", &rows[..50]);
+    let seen: Arc<Mutex<Vec<(PathBuf, u64, Option<u64>)>>> = Arc::default();
+    let log = seen.clone();
+    let progress = ferrotune_data::Progress::new(move |p| log.lock().expect("lock").push((p.file.to_path_buf(), p.rows, p.bytes)));
+    let opts = ValidateOptions { eval_files: vec![eval.clone()], progress, ..ValidateOptions::default() };
+    validate(std::slice::from_ref(&train), &opts).expect("validate");
+    let seen = seen.lock().expect("lock");
+    let of = |f: &PathBuf| seen.iter().filter(|s| &s.0 == f).map(|s| (s.1, s.2)).collect::<Vec<_>>();
+    let (t, e) = (of(&train), of(&eval));
+    assert!(t.len() >= 3, "one report a chunk: {t:?}");
+    assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "rows grow: {t:?}");
+    assert_eq!(t.last(), Some(&(9_000, Some(std::fs::metadata(&train).expect("size").len()))));
+    assert_eq!(e, vec![(50, Some(std::fs::metadata(&eval).expect("size").len()))]);
+    assert!(seen.iter().position(|s| s.0 == eval) > seen.iter().rposition(|s| s.0 == train), "train first, then eval");
+}
