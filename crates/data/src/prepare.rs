@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::SeedableRng;
+use rayon::prelude::*;
 use rand::rngs::StdRng;
 use serde::Serialize;
 
@@ -23,10 +24,10 @@ use crate::error::{DataError, Result};
 use crate::finding::{Code, Unit};
 use crate::minhash::Sketcher;
 use crate::pii::PiiKind;
-use crate::reader::RowReader;
+use crate::reader::{Chunk, ChunkRow, RowReader};
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
-use crate::scan::{Progress, ScanConfig, Scanner};
+use crate::scan::{Progress, Row, ScanConfig, Scanner, Trash};
 use crate::split::{Selector, eval_count};
 use crate::stats::class_of;
 
@@ -156,8 +157,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     let mut dropped: Vec<Dropped> = Vec::new();
     let mut strata_n: BTreeMap<String, u64> = BTreeMap::new();
     let mut rows_read = 0u64;
-    scanner.scan_file(input, |row| {
-        rows_read += 1;
+    let mut decide = |row: &Row| {
         let Some(rec) = &row.record else {
             let mut errs = row.findings.iter().filter(|f| f.is_error());
             if let Some(first) = errs.next() {
@@ -165,22 +165,31 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
                 let detail = if more > 0 { format!("{} (+{more} more errors)", first.message) } else { first.message.clone() };
                 dropped.push(Dropped { line: row.line, reason: first.code, detail });
             }
-            return Ok(());
+            return;
         };
         if let Some(fp) = &row.fingerprint {
             let c = index.check_insert(fp, RowRef::new(0, row.line));
             if let Some(r) = c.exact_of {
                 dropped.push(Dropped { line: row.line, reason: Code::ExactDuplicate, detail: format!("duplicate of {} {}", unit.as_str(), r.line()) });
-                return Ok(());
+                return;
             }
             if let Some((r, j)) = c.near_of {
                 dropped.push(Dropped { line: row.line, reason: Code::NearDuplicate, detail: format!("near duplicate of {} {} (Jaccard {j:.2})", unit.as_str(), r.line()) });
-                return Ok(());
+                return;
             }
         }
         *strata_n.entry(stratum(rec, strat)).or_default() += 1;
+    };
+    // Rows are freed on the worker that built them (see `Trash`).
+    let mut trash: Trash<Row> = Trash::default();
+    scanner.scan_file(input, |row| {
+        rows_read += 1;
+        decide(&row);
+        let made_on = row.made_on;
+        trash.push(row, made_on);
         Ok(())
     })?;
+    drop(trash);
 
     // Pass 2: write the kept rows to a temporary folder beside `out`.
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
@@ -198,21 +207,26 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     let mut changed = Vec::new();
     let light = Scanner::new(ScanConfig { format: opts.format, ..ScanConfig::default() });
     let file: Arc<str> = input.display().to_string().into();
-    let mut drop_lines = dropped.iter().map(|d| d.line).peekable();
-    for raw in RowReader::open(input)? {
-        let raw = raw?;
-        while drop_lines.peek().is_some_and(|&l| l < raw.line) {
-            drop_lines.next();
+    // In file order (pass 1 pushed them so).
+    let drop_lines: Vec<u64> = dropped.iter().map(|d| d.line).collect();
+    // A kept row made ready in parallel: its stratum, its JSON line, what was redacted.
+    struct Ready {
+        line: u64,
+        key: String,
+        json: String,
+        redacted: Vec<(String, PiiKind)>,
+        made_on: Option<usize>,
+    }
+    let ready = |r: ChunkRow, bytes: &[u8]| -> Result<Option<Ready>> {
+        let line = r.line;
+        if drop_lines.binary_search(&line).is_ok() {
+            return Ok(None);
         }
-        if drop_lines.peek() == Some(&raw.line) {
-            continue;
-        }
-        let line = raw.line;
-        let Some(mut rec) = light.analyze(&file, raw).record else {
+        let Some(mut rec) = light.analyze(&file, r.into_raw(bytes)).record else {
             return Err(DataError::InvalidFile { path: input.to_path_buf(), reason: format!("{} {line} changed while preparing", unit.as_str()) });
         };
+        let mut redacted = Vec::new();
         if opts.redact_pii {
-            let mut redacted = Vec::new();
             let det = scanner.pii_detector();
             let fields: Vec<String> = rec.texts().into_iter().map(|(f, _)| f).collect();
             let mut i = 0;
@@ -224,24 +238,52 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
                 i += 1;
                 (!matches.is_empty()).then_some(new)
             });
+        }
+        let mut json = serde_json::to_string(&rec.to_json()).map_err(|e| DataError::InvalidFile { path: input.to_path_buf(), reason: e.to_string() })?;
+        json.push('\n');
+        Ok(Some(Ready { line, key: stratum(&rec, strat), json, redacted, made_on: rayon::current_thread_index() }))
+    };
+    // The split (a seeded draw per row, in file order) and the writes, one chunk's rows at a time.
+    let mut write = |done: Vec<Result<Option<Ready>>>, trash: &mut Trash<String>| -> Result<()> {
+        for r in done {
+            let Some(Ready { line, key, json, redacted, made_on }) = r? else { continue };
             if !redacted.is_empty() {
                 changed.push(Changed { line, reason: "pii_redacted", redacted });
             }
+            let to_eval = selectors.get_mut(&key).is_some_and(|s| s.pick(&mut rng));
+            let counts = strata.entry(key).or_default();
+            let w = if to_eval {
+                counts.eval += 1;
+                &mut eval_w
+            } else {
+                counts.train += 1;
+                &mut train_w
+            };
+            w.write_all(json.as_bytes()).map_err(|e| DataError::io(tmp.path(), e))?;
+            trash.push(json, made_on);
         }
-        let key = stratum(&rec, strat);
-        let to_eval = selectors.get_mut(&key).is_some_and(|s| s.pick(&mut rng));
-        let counts = strata.entry(key).or_default();
-        let w = if to_eval {
-            counts.eval += 1;
-            &mut eval_w
-        } else {
-            counts.train += 1;
-            &mut train_w
-        };
-        let mut json = serde_json::to_string(&rec.to_json()).map_err(|e| DataError::InvalidFile { path: input.to_path_buf(), reason: e.to_string() })?;
-        json.push('\n');
-        w.write_all(json.as_bytes()).map_err(|e| DataError::io(tmp.path(), e))?;
+        Ok(())
+    };
+    // Rows are parsed, redacted and serialised in parallel, a chunk at a time, while the chunk
+    // before is written.
+    let mut reader = RowReader::open(input)?;
+    let mut trash: Trash<String> = Trash::default();
+    let mut pending: Vec<Result<Option<Ready>>> = Vec::new();
+    loop {
+        let Chunk { bytes, rows } = reader.read_chunk(4096)?;
+        let last = rows.is_empty();
+        let (wrote, next) = rayon::join(
+            || write(std::mem::take(&mut pending), &mut trash),
+            || rows.into_par_iter().map(|r| ready(r, &bytes)).collect::<Vec<_>>(),
+        );
+        wrote?;
+        reader.recycle(bytes);
+        pending = next;
+        if last {
+            break;
+        }
     }
+    drop(trash);
     for mut w in [train_w, eval_w] {
         w.flush().map_err(|e| DataError::io(tmp.path(), e))?;
     }

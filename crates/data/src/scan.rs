@@ -125,8 +125,14 @@ impl<T: Send + 'static> Trash<T> {
     /// Items held before they are handed to the workers.
     const BATCH: usize = 4096;
 
-    /// Frees `item` later, on worker `made_on` (any worker when `None`).
+    /// Frees `item` later, on worker `made_on` (any worker when `None`), or now when that is
+    /// the calling thread (the sink runs on a pool thread, which analyses rows too; its own
+    /// bin would wait for it to go idle, perhaps not before the scan ends).
     pub fn push(&mut self, item: T, made_on: Option<usize>) {
+        if made_on.is_some() && made_on == rayon::current_thread_index() {
+            drop(item);
+            return;
+        }
         if self.bins.is_empty() {
             self.bins.resize_with(rayon::current_num_threads().max(1), Vec::new);
         }
@@ -410,5 +416,19 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(dropped.load(Ordering::SeqCst), n);
+    }
+
+    #[test]
+    fn trash_made_on_the_calling_worker_is_freed_at_once() {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        pool.install(|| {
+            let mut trash = Trash::default();
+            let here = rayon::current_thread_index();
+            trash.push(Counted(dropped.clone()), here);
+            assert_eq!(dropped.load(Ordering::SeqCst), 1);
+            trash.push(Counted(dropped.clone()), here.map(|i| i + 1));
+            assert_eq!(dropped.load(Ordering::SeqCst), 1, "another worker's item waits for its batch");
+        });
     }
 }
