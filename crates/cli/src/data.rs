@@ -221,23 +221,37 @@ fn scan_bar<'a>(files: impl IntoIterator<Item = &'a PathBuf>, what: &str) -> (in
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix(what.to_string());
-    // (index of the file being scanned, its rows at the last report, bytes of the files before it)
-    let state = std::sync::Mutex::new((0usize, 0u64, 0u64));
+    /// Where the bar is: the stage shown, the file being read (index into `sizes`), its rows at
+    /// the last report, and the bytes of the files before it.
+    struct At {
+        stage: String,
+        file: usize,
+        rows: u64,
+        before: u64,
+    }
+    let at = std::sync::Mutex::new(At { stage: what.to_string(), file: 0, rows: 0, before: 0 });
     let b = bar.clone();
     let progress = ferrotune_data::Progress::new(move |p| {
-        let mut st = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut at = at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if at.stage != p.stage {
+            // A new pass over the files (prepare's writing pass): the bar starts again.
+            *at = At { stage: p.stage.to_string(), file: 0, rows: 0, before: 0 };
+            b.set_prefix(p.stage);
+            b.reset_elapsed();
+            b.reset_eta();
+        }
         // A report for a later file: the row count starts again (the same file given twice),
         // or the path is another (files with no rows report nothing).
-        let mut next = p.rows < st.1;
-        while next || sizes.get(st.0).is_some_and(|(f, _)| f != p.file) {
-            let Some((_, n)) = sizes.get(st.0) else { break };
-            st.2 += n;
-            st.0 += 1;
+        let mut next = p.rows < at.rows;
+        while next || sizes.get(at.file).is_some_and(|(f, _)| f != p.file) {
+            let Some((_, n)) = sizes.get(at.file) else { break };
+            at.before += n;
+            at.file += 1;
             next = false;
         }
-        st.1 = p.rows;
-        let size = sizes.get(st.0).map_or(0, |(_, n)| *n);
-        b.set_position(st.2 + p.bytes.unwrap_or(0).min(size));
+        at.rows = p.rows;
+        let size = sizes.get(at.file).map_or(0, |(_, n)| *n);
+        b.set_position(at.before + p.bytes.unwrap_or(0).min(size));
         b.set_message(format!("{} rows ({})", p.rows, p.file.display()));
     });
     (bar, progress)

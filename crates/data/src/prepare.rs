@@ -27,7 +27,7 @@ use crate::pii::PiiKind;
 use crate::reader::{Chunk, ChunkRow, RowReader};
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
-use crate::scan::{Progress, Row, ScanConfig, Scanner, Trash};
+use crate::scan::{Progress, Row, ScanConfig, ScanProgress, Scanner, Trash};
 use crate::split::{Selector, eval_count};
 use crate::stats::class_of;
 
@@ -53,7 +53,7 @@ pub struct PrepareOptions {
     /// With a model, rows over `max_seq_len` tokens after rendering are dropped too.
     pub renderer: Option<Arc<Renderer>>,
     pub max_seq_len: usize,
-    /// Told how far the first pass (the checks) is.
+    /// Told how far each pass is (`"checking"`, then `"writing"`).
     pub progress: Progress,
 }
 
@@ -269,6 +269,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     let mut reader = RowReader::open(input)?;
     let mut trash: Trash<String> = Trash::default();
     let mut pending: Vec<Result<Option<Ready>>> = Vec::new();
+    let mut read_rows = 0u64;
     loop {
         let Chunk { bytes, rows } = reader.read_chunk(4096)?;
         let last = rows.is_empty();
@@ -282,6 +283,8 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         if last {
             break;
         }
+        read_rows += pending.len() as u64;
+        opts.progress.report(ScanProgress { stage: "writing", file: input, rows: read_rows, bytes: reader.bytes_read() });
     }
     drop(trash);
     for mut w in [train_w, eval_w] {

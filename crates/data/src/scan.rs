@@ -46,10 +46,12 @@ pub struct ScanConfig {
     pub progress: Progress,
 }
 
-/// Where a scan is: rows handed to the sink so far in `file`, and how many of its bytes have
-/// been read (JSONL and CSV; `None` for Parquet).
+/// Where a pass over a file is: its stage (`"checking"` for a scan; `prepare` then reports
+/// `"writing"`), rows done so far in `file`, and how many of its bytes have been read (JSONL and
+/// CSV; `None` for Parquet).
 #[derive(Debug, Clone, Copy)]
 pub struct ScanProgress<'a> {
+    pub stage: &'static str,
     pub file: &'a Path,
     pub rows: u64,
     pub bytes: Option<u64>,
@@ -65,7 +67,7 @@ impl Progress {
         Self(Some(Arc::new(f)))
     }
 
-    fn report(&self, p: ScanProgress<'_>) {
+    pub fn report(&self, p: ScanProgress<'_>) {
         if let Some(f) = &self.0 {
             f(p);
         }
@@ -376,7 +378,7 @@ impl Scanner {
                     reader.recycle(bytes);
                     delivered += rows.len() as u64;
                     deliver(rows)?;
-                    self.cfg.progress.report(ScanProgress { file: path, rows: delivered, bytes: reader.bytes_read() });
+                    self.cfg.progress.report(ScanProgress { stage: "checking", file: path, rows: delivered, bytes: reader.bytes_read() });
                 }
             }
         })?;

@@ -91,3 +91,27 @@ fn a_failed_prepare_leaves_no_output_and_no_temporary_folder() {
     let names: Vec<String> = std::fs::read_dir(d.path()).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.starts_with(".ferrotune-prepare-") || n == "out2"), "{names:?}");
 }
+
+/// Progress comes in two stages, the checks and then the writing, each reaching the whole file
+/// (9 000 rows: several chunks).
+#[test]
+fn progress_covers_both_passes_to_the_end_of_the_file() {
+    use std::sync::{Arc, Mutex};
+    let d = tempfile::tempdir().expect("tmp");
+    let lines: Vec<String> = (0..9_000).map(|i| row(i, ["a", "b", "c"][i % 3], &format!("Answer {i}"))).collect();
+    let input = d.path().join("in.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").expect("write");
+    let seen: Arc<Mutex<Vec<(&'static str, u64, Option<u64>)>>> = Arc::default();
+    let log = seen.clone();
+    let progress = ferrotune_data::Progress::new(move |p| log.lock().expect("lock").push((p.stage, p.rows, p.bytes)));
+    let opts = PrepareOptions { stratify_by: Some("topic".into()), seed: 4, progress, ..PrepareOptions::default() };
+    let r = prepare(&input, &d.path().join("out"), &opts).expect("prepare");
+    assert_eq!(r.rows_kept, 9_000);
+    let seen = seen.lock().expect("lock");
+    let size = std::fs::metadata(&input).expect("size").len();
+    for stage in ["checking", "writing"] {
+        let last = seen.iter().filter(|s| s.0 == stage).last().copied();
+        assert_eq!(last, Some((stage, 9_000, Some(size))), "{stage}: {seen:?}");
+    }
+    assert!(seen.iter().position(|s| s.0 == "writing") > seen.iter().rposition(|s| s.0 == "checking"));
+}
