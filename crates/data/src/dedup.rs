@@ -9,6 +9,7 @@
 //! in flight), 165 MiB at 200k.
 
 use std::cell::RefCell;
+use std::path::Path;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
@@ -155,6 +156,15 @@ impl DupIndex {
         if let Some(lsh) = &mut self.lsh {
             lsh.reserve(rows);
         }
+    }
+
+    /// [`DupIndex::reserve`] for the rows `files` probably hold (see
+    /// [`crate::reader::estimate_rows`]), at most 2^21 (≈ 1.1 GiB of tables at 128 permutations),
+    /// so that a misjudged file (say, sorted by length, short rows first) cannot reserve much
+    /// more than it needs; past that the tables grow as they fill.
+    pub fn reserve_for<'a>(&mut self, files: impl IntoIterator<Item = &'a Path>) {
+        let n: u64 = files.into_iter().filter_map(crate::reader::estimate_rows).sum();
+        self.reserve(n.min(1 << 21) as usize);
     }
 
     pub fn lsh_params(&self) -> Option<(usize, usize)> {

@@ -181,7 +181,8 @@ fn byte_chars() -> [char; 256] {
     out
 }
 
-/// A byte-slice hasher (xxh3) for the piece cache's long pieces.
+/// The piece cache's hasher: xxh3 over a long piece's bytes; a [`ShortKey`]'s own finished
+/// hash (one `write_u64`) is passed through.
 #[derive(Default)]
 struct Xxh(u64);
 
@@ -194,6 +195,9 @@ impl Hasher for Xxh {
     }
     fn write_usize(&mut self, n: usize) {
         self.0 ^= n as u64;
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -235,22 +239,6 @@ impl std::hash::Hash for ShortKey {
     }
 }
 
-/// Passes a [`ShortKey`]'s finished hash through.
-#[derive(Default)]
-struct Passthrough(u64);
-
-impl Hasher for Passthrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// Up to this many ids are kept inline with a short piece; a piece with more goes to the long map.
 const INLINE_IDS: usize = 5;
 
@@ -263,7 +251,7 @@ struct InlineIds {
 /// Piece bytes → ids: short pieces keyed by value with their ids inline, longer ones by bytes.
 #[derive(Default)]
 struct PieceCache {
-    short: HashMap<ShortKey, InlineIds, BuildHasherDefault<Passthrough>>,
+    short: HashMap<ShortKey, InlineIds, BuildHasherDefault<Xxh>>,
     long: HashMap<Box<[u8]>, Box<[u32]>, BuildHasherDefault<Xxh>>,
 }
 

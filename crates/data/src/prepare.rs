@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::SeedableRng;
-use rayon::prelude::*;
 use rand::rngs::StdRng;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::dedup::{DupIndex, RowRef};
@@ -152,7 +152,7 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     // Pass 1: decide what to drop; count each stratum's kept rows.
     let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
     if opts.dedup != DedupMode::Off {
-        index.reserve(crate::validate::expected_rows(std::slice::from_ref(&input.to_path_buf())));
+        index.reserve_for([input]);
     }
     let mut dropped: Vec<Dropped> = Vec::new();
     let mut strata_n: BTreeMap<String, u64> = BTreeMap::new();

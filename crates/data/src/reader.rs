@@ -5,7 +5,7 @@
 //! parallel) by the scanner.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -139,8 +139,7 @@ pub struct RowReader {
 enum Inner {
     /// `carry`: the start of a line that the last chunk read but did not hold.
     /// `spare`: chunk buffers handed back ([`RowReader::recycle`]).
-    /// `read`: bytes read from the file so far.
-    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize, spare: Vec<Vec<u8>>, read: u64 },
+    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize, spare: Vec<Vec<u8>> },
     Csv { reader: csv::Reader<File>, headers: Vec<String>, record: csv::ByteRecord },
     Parquet(ParquetRows),
 }
@@ -158,7 +157,6 @@ impl RowReader {
                 eof: false,
                 block: READ_BLOCK,
                 spare: Vec::new(),
-                read: 0,
             },
             FileKind::Csv => {
                 let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
@@ -179,11 +177,14 @@ impl RowReader {
         &self.path
     }
 
-    /// How far into the file the chunks read so far reach, in bytes (JSONL and CSV; `None`
-    /// for Parquet, whose reader seeks).
+    /// How far into the file reading has got, in bytes (JSONL: the file's position; CSV: the
+    /// parser's; `None` for Parquet, whose reader seeks).
     pub fn bytes_read(&self) -> Option<u64> {
         match &self.inner {
-            Inner::Jsonl { read, .. } => Some(*read),
+            Inner::Jsonl { reader, .. } => {
+                let mut file: &File = reader.get_ref();
+                file.stream_position().ok()
+            }
             Inner::Csv { reader, .. } => Some(reader.position().byte()),
             Inner::Parquet(_) => None,
         }
@@ -193,7 +194,7 @@ impl RowReader {
     /// rows, in the same order, as the iterator gives. Read a file either by chunks or by the
     /// iterator, not both.
     pub fn read_chunk(&mut self, max_rows: usize) -> Result<Chunk> {
-        let Inner::Jsonl { reader, line, carry, eof, block, spare, read, .. } = &mut self.inner else {
+        let Inner::Jsonl { reader, line, carry, eof, block, spare, .. } = &mut self.inner else {
             let mut rows = Vec::with_capacity(max_rows.min(4096));
             for raw in self.by_ref().take(max_rows) {
                 let raw = raw?;
@@ -244,7 +245,6 @@ impl RowReader {
                 }
             };
             filled += n;
-            *read += n as u64;
             *eof = n == 0;
         }
         carry.extend_from_slice(&bytes[start..filled]);

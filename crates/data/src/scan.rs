@@ -74,11 +74,6 @@ impl Progress {
     }
 }
 
-impl std::fmt::Debug for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Progress(callback)" } else { "Progress(none)" })
-    }
-}
 
 /// One analysed row.
 #[derive(Debug)]

@@ -174,7 +174,7 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
         progress: opts.progress.clone(),
     });
     let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
-    index.reserve(expected_rows(files));
+    index.reserve_for(files.iter().map(PathBuf::as_path));
     let mut out = Collector { max_per_code: opts.max_findings_per_code, counts: BTreeMap::new(), findings: Vec::new(), truncated: false };
     let mut stats = Stats { epochs: opts.epochs, ..Stats::default() };
     let mut msgs = Histogram::default();
@@ -296,15 +296,6 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
             lsh_bands_rows: index.lsh_params(),
         },
     })
-}
-
-/// The rows to size the dedup index for: what the files probably hold (see
-/// [`crate::reader::estimate_rows`]), at most 2^21 (≈ 1.1 GiB of tables at 128 permutations),
-/// so that a misjudged file (say, sorted by length, short rows first) cannot reserve much more
-/// than it needs; past that the tables grow as they fill.
-pub(crate) fn expected_rows(files: &[PathBuf]) -> usize {
-    let n: u64 = files.iter().filter_map(|f| crate::reader::estimate_rows(f)).sum();
-    n.min(1 << 21) as usize
 }
 
 fn dataset_checks(file: &Arc<str>, stats: &Stats, coverage: &Coverage, agreement: &Agreement, out: &mut Collector) {
