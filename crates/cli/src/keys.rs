@@ -1,11 +1,11 @@
-//! `ferrotune keys create|list|revoke`: API keys for `ferrotune serve`, stored hashed in
-//! `$FERROTUNE_HOME/serve/keys.db`. A running server sees changes at once (it reads the
-//! database per request).
+//! `ferrotune keys create|list|update|revoke`: API keys for `ferrotune serve`, stored hashed in
+//! `$FERROTUNE_HOME/serve/keys.db`. A running server sees changes at its next request (it looks
+//! the key up in the database on every request).
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use ferrotune_serve::keys::{ApiKey, KeyStore, default_db_path};
+use ferrotune_serve::keys::{ApiKey, KeyStore, KeyUpdate, default_db_path};
 
 #[derive(Args)]
 pub struct KeysArgs {
@@ -35,11 +35,56 @@ enum KeysCommand {
         /// Tokens (prompt + completion) per minute (default: unlimited).
         #[arg(long)]
         tpm: Option<u32>,
+        /// Knowledge bases the key may name in a request, comma-separated; `*` = all (default:
+        /// none; bases attached in serve.toml to a model the key may use always apply).
+        #[arg(long, value_delimiter = ',')]
+        kbs: Vec<String>,
+        /// Sequences (prompts × n) in flight at most (default: serve.toml's limits.max_concurrent).
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+    },
+    /// Change a live key's scopes or limits (the server applies them to its next request).
+    Update {
+        #[arg(long)]
+        name: String,
+        /// Replace the model scope (comma-separated; `--models ''` = all).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Replace the knowledge-base scope (comma-separated; `*` = all; `--kbs ''` = none).
+        #[arg(long, value_delimiter = ',')]
+        kbs: Option<Vec<String>>,
+        /// Requests per minute, or `none` for unlimited.
+        #[arg(long, value_parser = parse_limit)]
+        rpm: Option<Limit>,
+        /// Tokens per minute, or `none` for unlimited.
+        #[arg(long, value_parser = parse_limit)]
+        tpm: Option<Limit>,
+        /// Sequences in flight at most, or `none` for the server default.
+        #[arg(long, value_parser = parse_limit)]
+        max_concurrent: Option<Limit>,
     },
     /// List keys (names, scopes, limits, the first characters of each key; never the secret).
     List,
     /// Revoke a key by name; requests with it get 401 from then on.
     Revoke { name: String },
+}
+
+/// A limit on the command line: a positive number, or `none`.
+#[derive(Clone, Copy)]
+struct Limit(Option<u32>);
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(Limit(Some(n))),
+        _ => Err(format!("expected a positive number or `none`, got `{s}`")),
+    }
+}
+
+fn names(v: Vec<String>) -> Vec<String> {
+    v.into_iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect()
 }
 
 fn date(unix: i64) -> String {
@@ -52,30 +97,50 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
     let path = a.db.unwrap_or_else(default_db_path);
     let store = KeyStore::open(&path)?;
     match a.command {
-        KeysCommand::Create { name, models, admin, rpm, tpm } => {
-            let models = models.into_iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
-            let secret = store.create(&ApiKey { name: name.clone(), models, admin, rpm, tpm })?;
+        KeysCommand::Create { name, models, admin, rpm, tpm, kbs, max_concurrent } => {
+            let key = ApiKey { name: name.clone(), models: names(models), admin, rpm, tpm, kbs: names(kbs), max_concurrent, id: 0 };
+            let secret = store.create(&key)?;
             eprintln!("created key `{name}` in {}; it is shown only now:", path.display());
             println!("{secret}");
         }
         KeysCommand::List => {
-            println!("{:<20} {:<12} {:<24} {:>5} {:>6} {:>8} {:<16} REVOKED", "NAME", "KEY", "MODELS", "ADMIN", "RPM", "TPM", "CREATED");
+            println!(
+                "{:<20} {:<12} {:<24} {:<16} {:>5} {:>6} {:>8} {:>8} {:<16} REVOKED",
+                "NAME", "KEY", "MODELS", "KBS", "ADMIN", "RPM", "TPM", "IN-FLT", "CREATED"
+            );
             for r in store.list()? {
                 let k = &r.key;
                 let models = if k.models.is_empty() { "*".to_string() } else { k.models.join(",") };
+                let kbs = if k.kbs.is_empty() { "-".to_string() } else { k.kbs.join(",") };
                 let lim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 println!(
-                    "{:<20} {:<12} {:<24} {:>5} {:>6} {:>8} {:<16} {}",
+                    "{:<20} {:<12} {:<24} {:<16} {:>5} {:>6} {:>8} {:>8} {:<16} {}",
                     k.name,
                     format!("{}…", r.hint),
                     models,
+                    kbs,
                     if k.admin { "yes" } else { "no" },
                     lim(k.rpm),
                     lim(k.tpm),
+                    lim(k.max_concurrent),
                     date(r.created_unix),
                     r.revoked_unix.map_or("-".to_string(), date),
                 );
             }
+        }
+        KeysCommand::Update { name, models, kbs, rpm, tpm, max_concurrent } => {
+            let u = KeyUpdate {
+                models: models.map(names),
+                kbs: kbs.map(names),
+                rpm: rpm.map(|l| l.0),
+                tpm: tpm.map(|l| l.0),
+                max_concurrent: max_concurrent.map(|l| l.0),
+            };
+            if u == KeyUpdate::default() {
+                anyhow::bail!("nothing to change: give --models, --kbs, --rpm, --tpm or --max-concurrent");
+            }
+            store.update(&name, &u)?;
+            eprintln!("updated key `{name}`");
         }
         KeysCommand::Revoke { name } => {
             store.revoke(&name)?;

@@ -112,6 +112,9 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
+        // Host / Origin / Content-Type before anything else runs (`guard`); CORS headers inside.
+        .layer(crate::guard::cors(&state))
+        .layer(from_fn_with_state(state.clone(), crate::guard::check))
         .layer(from_fn_with_state(state.clone(), crate::record::request_log))
         .with_state(state)
 }

@@ -1,11 +1,11 @@
 //! Bearer-key authentication and per-key rate limits, as a middleware on the `/v1` routes.
-//! Model scope is checked by the handlers (only they know which model a body names).
+//! Model and knowledge-base scope are checked by the handlers (only they know what a body names).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -27,6 +27,15 @@ impl Caller {
         }
     }
 
+    /// A knowledge base a request names: allowed with the key's `kbs` scope, or when it is the one
+    /// serve.toml attaches to the (already permitted) model the request uses.
+    pub fn check_kb(&self, kb: &str, attached_to_model: bool) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(k) if !attached_to_model && !k.may_use_kb(kb) => Err(ApiError::KnowledgeBaseNotPermitted(kb.to_string())),
+            _ => Ok(()),
+        }
+    }
+
     pub fn check_admin(&self) -> Result<(), ApiError> {
         match &self.0 {
             Some(k) if !k.admin => Err(ApiError::AdminOnly),
@@ -35,13 +44,14 @@ impl Caller {
     }
 }
 
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+/// The live key a request presents (looked up in the database every time, so a revoke or a
+/// changed limit applies to the next request): `Ok(None)` when auth is off, 401 when the key is
+/// missing or invalid.
+pub async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Option<ApiKey>, ApiError> {
     let Some(keys) = state.keys.clone() else {
-        req.extensions_mut().insert(Caller(None));
-        return Ok(next.run(req).await);
+        return Ok(None);
     };
-    let secret = req
-        .headers()
+    let secret = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
@@ -60,6 +70,14 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             ApiError::Unavailable("the key database is unavailable".into())
         })?
         .ok_or_else(invalid)?;
+    Ok(Some(key))
+}
+
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let Some(key) = identify(&state, req.headers()).await? else {
+        req.extensions_mut().insert(Caller(None));
+        return Ok(next.run(req).await);
+    };
     if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
         record.set_key(&key);
     }

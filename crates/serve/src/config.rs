@@ -36,6 +36,17 @@ pub struct ServeConfig {
     pub shutdown_timeout_secs: u64,
     /// LoRA adapters loaded at start-up: name → PEFT directory.
     pub adapters: BTreeMap<String, PathBuf>,
+    /// Folders `POST /v1/load_lora_adapter` may load from (after resolving `..` and symlinks);
+    /// empty = runtime loading refused.
+    pub adapter_roots: Vec<PathBuf>,
+    /// Browser origins (`https://app.example.com`) allowed to call the API; any other request
+    /// carrying an `Origin` header is refused.
+    pub cors_allow_origins: Vec<String>,
+    /// With auth off, `Host` values accepted besides localhost / 127.0.0.1 / [::1].
+    pub allowed_hosts: Vec<String>,
+    /// `/metrics` needs a key, and `/ready` lists names only to a key; default: as `auth`.
+    pub metrics_require_key: Option<bool>,
+    pub limits: LimitsConfig,
     pub engine: EngineConfig,
     pub cache: CacheConfig,
     pub embeddings: EmbeddingsConfig,
@@ -58,11 +69,35 @@ impl Default for ServeConfig {
             default_max_tokens: None,
             shutdown_timeout_secs: 60,
             adapters: BTreeMap::new(),
+            adapter_roots: Vec::new(),
+            cors_allow_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            metrics_require_key: None,
+            limits: LimitsConfig::default(),
             engine: EngineConfig::default(),
             cache: CacheConfig::default(),
             embeddings: EmbeddingsConfig::default(),
             rag: RagConfig::default(),
         }
+    }
+}
+
+/// What one key, and one request, may take of the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sequences (prompts × n) in flight per key, for keys without their own `max_concurrent`.
+    pub max_concurrent: u32,
+    /// Sequences (prompts × n) one request may start.
+    pub max_sequences_per_request: usize,
+    /// Seconds from arrival to the last token (queue time included); then a stream ends with an
+    /// error event and a plain request gets 504.
+    pub request_timeout_s: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_concurrent: 64, max_sequences_per_request: 64, request_timeout_s: 600.0 }
     }
 }
 
@@ -195,6 +230,21 @@ impl ServeConfig {
                 return bad("rag.attach", "knowledge base names are letters, digits, '-', '_' and '.'");
             }
         }
+        let l = &self.limits;
+        if l.max_concurrent == 0 || l.max_sequences_per_request == 0 {
+            return bad("limits", "max_concurrent and max_sequences_per_request must be positive");
+        }
+        if !(l.request_timeout_s.is_finite() && l.request_timeout_s > 0.0) {
+            return bad("limits.request_timeout_s", "must be a positive number of seconds");
+        }
+        for o in &self.cors_allow_origins {
+            if !crate::guard::is_origin(o) {
+                return Err(ConfigError::Invalid {
+                    field: "cors_allow_origins",
+                    reason: format!("`{o}` is not an origin (scheme://host[:port], no path or trailing slash)"),
+                });
+            }
+        }
         for name in self.adapters.keys() {
             crate::routes::models::check_adapter_name(name).map_err(|reason| ConfigError::Invalid { field: "adapters", reason })?;
         }
@@ -204,6 +254,11 @@ impl ServeConfig {
     /// True when `host` only accepts connections from this machine.
     pub fn is_loopback(&self) -> bool {
         self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Whether `/metrics` (and the names in `/ready`) need a key.
+    pub fn metrics_need_key(&self) -> bool {
+        self.auth && self.metrics_require_key.unwrap_or(true)
     }
 
     pub fn keys_db_path(&self) -> PathBuf {

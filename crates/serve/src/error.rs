@@ -26,6 +26,13 @@ pub enum ApiError {
     ModelNotPermitted(String),
     #[error("this endpoint needs an API key with admin scope")]
     AdminOnly,
+    #[error("this API key may not use the knowledge base `{0}`")]
+    KnowledgeBaseNotPermitted(String),
+    /// Refused before routing (Host / Origin checks), 403.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("POST bodies must be sent with `Content-Type: application/json`")]
+    UnsupportedMediaType,
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
     #[error("{0}")]
@@ -34,6 +41,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("rate limit reached ({what} per minute); retry after {} s", retry_after.as_secs().max(1))]
     RateLimited { what: &'static str, retry_after: Duration },
+    /// Per-key concurrency or fair-share limit (429, retry soon).
+    #[error("{0}")]
+    TooManyInFlight(String),
+    #[error("the request did not finish within the server's request_timeout_s ({0} s)")]
+    Timeout(f64),
     #[error("the server is busy (request queue full); retry later")]
     QueueFull,
     #[error("the server is shutting down")]
@@ -59,7 +71,10 @@ impl ApiError {
             Self::InvalidField { .. } | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::ModelNotPermitted(_) | Self::AdminOnly => StatusCode::FORBIDDEN,
+            Self::ModelNotPermitted(_) | Self::AdminOnly | Self::KnowledgeBaseNotPermitted(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -77,6 +92,11 @@ impl ApiError {
             Self::Unauthorized(_) => ("invalid_request_error", "invalid_api_key"),
             Self::ModelNotPermitted(_) => ("permission_error", "model_not_permitted"),
             Self::AdminOnly => ("permission_error", "admin_required"),
+            Self::KnowledgeBaseNotPermitted(_) => ("permission_error", "knowledge_base_not_permitted"),
+            Self::Forbidden(_) => ("permission_error", "forbidden"),
+            Self::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type"),
+            Self::TooManyInFlight(_) => ("rate_limit_error", "too_many_in_flight"),
+            Self::Timeout(_) => ("server_error", "timeout"),
             Self::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             Self::NotFound(_) => ("invalid_request_error", "not_found"),
             Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
@@ -91,11 +111,15 @@ impl ApiError {
     /// The label of the failed-requests counter.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidField { .. } | Self::InvalidJson(_) | Self::BodyTooLarge { .. } | Self::MethodNotAllowed => {
-                "invalid_request"
-            }
+            Self::InvalidField { .. }
+            | Self::InvalidJson(_)
+            | Self::BodyTooLarge { .. }
+            | Self::MethodNotAllowed
+            | Self::UnsupportedMediaType => "invalid_request",
             Self::Unauthorized(_) => "unauthorized",
-            Self::ModelNotPermitted(_) | Self::AdminOnly => "forbidden",
+            Self::ModelNotPermitted(_) | Self::AdminOnly | Self::KnowledgeBaseNotPermitted(_) | Self::Forbidden(_) => "forbidden",
+            Self::TooManyInFlight(_) => "rate_limited",
+            Self::Timeout(_) => "timeout",
             Self::ModelNotFound(_) | Self::NotFound(_) => "not_found",
             Self::RateLimited { .. } => "rate_limited",
             Self::QueueFull => "queue_full",
@@ -109,6 +133,7 @@ impl ApiError {
         match self {
             Self::InvalidField { param, .. } => Some(param),
             Self::ModelNotFound(_) | Self::ModelNotPermitted(_) => Some("model"),
+            Self::KnowledgeBaseNotPermitted(_) => Some("knowledge_base"),
             _ => None,
         }
     }
@@ -116,7 +141,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            Self::QueueFull => Some(1),
+            Self::QueueFull | Self::TooManyInFlight(_) => Some(1),
             Self::ShuttingDown => Some(5),
             _ => None,
         }
@@ -166,6 +191,11 @@ mod tests {
             ApiError::Unauthorized("no key".into()),
             ApiError::ModelNotPermitted("m".into()),
             ApiError::AdminOnly,
+            ApiError::KnowledgeBaseNotPermitted("kb".into()),
+            ApiError::Forbidden("x".into()),
+            ApiError::UnsupportedMediaType,
+            ApiError::TooManyInFlight("x".into()),
+            ApiError::Timeout(1.0),
             ApiError::ModelNotFound("m".into()),
             ApiError::NotFound("x".into()),
             ApiError::MethodNotAllowed,

@@ -14,8 +14,10 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::engine::{Event, GenRequest, TokenLogprob};
 use crate::error::ApiError;
+use crate::limits::{Ask, Lease};
 use crate::metrics::{FinishLabels, Metrics, ModelLabels};
 use crate::openai::{MAX_LOGPROBS, SamplingFields, Stop};
+use crate::record::RequestRecord;
 
 /// The model a request resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,13 +150,44 @@ pub struct Job {
 /// Submit `n` choices for each job; choice `j` of a seeded request uses seed + j, so the choices
 /// differ yet the whole answer is reproducible. On a refusal the receivers made so far are
 /// dropped, which cancels their sequences.
+///
+/// First the request's size is checked (`limits.max_sequences_per_request`) and, for a key,
+/// its sequences and tokens are reserved ([`crate::limits`]); the lease lives in the record.
 pub fn submit(
     state: &AppState,
+    caller: &Caller,
+    record: &RequestRecord,
     target: &Target,
     params: &GenParams,
     jobs: &[Job],
     received: Instant,
 ) -> Result<Vec<UnboundedReceiver<Event>>, ApiError> {
+    let sequences = jobs.len() * params.n;
+    let cap = state.cfg.limits.max_sequences_per_request;
+    if sequences > cap {
+        return Err(ApiError::field(
+            if jobs.len() > 1 { "prompt" } else { "n" },
+            format!(
+                "this request starts {sequences} sequences (prompts × n); the server allows {cap} per request (limits.max_sequences_per_request)"
+            ),
+        ));
+    }
+    let prompt_tokens: usize = jobs.iter().map(|j| j.prompt.len()).sum();
+    let lease = match &caller.0 {
+        Some(key) => {
+            let e = &state.engine.info().config;
+            let ask = Ask {
+                sequences,
+                tokens: prompt_tokens + jobs.iter().map(|j| j.max_tokens * params.n).sum::<usize>(),
+                default_max_concurrent: state.cfg.limits.max_concurrent,
+                engine_slots: e.queue_capacity + e.max_batch,
+            };
+            let lease = Arc::new(state.limiter.reserve(key, ask, Instant::now())?);
+            record.set_lease(lease.clone());
+            Some(lease)
+        }
+        None => None,
+    };
     let mut out = Vec::with_capacity(jobs.len() * params.n);
     for job in jobs {
         for j in 0..params.n {
@@ -177,20 +210,32 @@ pub fn submit(
             out.push(rx);
         }
     }
+    // Only now: a refused request is refunded in full when its lease drops.
+    if let Some(l) = lease {
+        l.use_tokens(prompt_tokens);
+    }
     Ok(out)
 }
 
-/// Records the latency metrics of one sequence as its events go by.
+/// Records the latency metrics of one sequence as its events go by, and counts its generated
+/// tokens on the request's lease as they arrive (so a client that leaves still pays for them).
 pub struct Tracker {
     metrics: Arc<Metrics>,
     labels: ModelLabels,
     received: Instant,
     last_token: Option<Instant>,
+    lease: Option<Arc<Lease>>,
 }
 
 impl Tracker {
-    pub fn new(state: &AppState, target: &Target, received: Instant) -> Self {
-        Self { metrics: state.metrics.clone(), labels: state.metrics.labels(target.adapter.as_deref()), received, last_token: None }
+    pub fn new(state: &AppState, target: &Target, received: Instant, record: &RequestRecord) -> Self {
+        Self {
+            metrics: state.metrics.clone(),
+            labels: state.metrics.labels(target.adapter.as_deref()),
+            received,
+            last_token: None,
+            lease: record.lease(),
+        }
     }
 
     pub fn observe(&mut self, ev: &Event) {
@@ -202,6 +247,9 @@ impl Tracker {
             }
             Event::PromptLogprobs(_) => {}
             Event::Token { .. } => {
+                if let Some(l) = &self.lease {
+                    l.use_tokens(1);
+                }
                 let now = Instant::now();
                 match self.last_token {
                     None => m.ttft.get_or_create(&self.labels).observe((now - self.received).as_secs_f64()),
@@ -276,15 +324,20 @@ pub async fn collect_one(mut rx: UnboundedReceiver<Event>, mut tracker: Tracker)
     Err(ApiError::Internal)
 }
 
-/// Read every choice to the end, concurrently (so each one's timings are its own).
+/// Read every choice to the end, concurrently (so each one's timings are its own), until the
+/// request's deadline: then 504, and dropping the receivers cancels the sequences.
 pub async fn collect_all(
     state: &AppState,
     target: &Target,
     rxs: Vec<UnboundedReceiver<Event>>,
     received: Instant,
+    record: &RequestRecord,
 ) -> Result<Vec<ChoiceOut>, ApiError> {
-    let futs = rxs.into_iter().map(|rx| collect_one(rx, Tracker::new(state, target, received)));
-    join_all(futs).await.into_iter().collect()
+    let futs = rxs.into_iter().map(|rx| collect_one(rx, Tracker::new(state, target, received, record)));
+    match tokio::time::timeout_at(record.deadline.into(), join_all(futs)).await {
+        Ok(outs) => outs.into_iter().collect(),
+        Err(_) => Err(ApiError::Timeout(state.cfg.limits.request_timeout_s)),
+    }
 }
 
 /// The text of a single token, for logprob listings.

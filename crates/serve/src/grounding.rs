@@ -17,6 +17,7 @@ use ferrotune_model::{Message, Tokenizer};
 use ferrotune_rag::{Hit, KnowledgeBase, Mode, kb_path};
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use crate::config::RagConfig;
 use crate::error::ApiError;
 
@@ -54,11 +55,17 @@ impl Knowledge {
     }
 
     /// The knowledge base a request uses: its own `knowledge_base` field, else the one attached
-    /// to the model / adapter it names.
-    pub fn pick(&self, body: &Value, model: &str) -> Result<Option<String>, ApiError> {
+    /// to the model / adapter it names (the caller may already use that model). A base named in
+    /// the body needs the key's `kbs` scope unless it is the one attached to the model: 403
+    /// otherwise, before the name is looked at, so a key cannot probe which bases exist.
+    pub fn pick(&self, body: &Value, model: &str, caller: &Caller) -> Result<Option<String>, ApiError> {
+        let attached = self.cfg.attach.get(model);
         match body.get("knowledge_base") {
-            None | Some(Value::Null) => Ok(self.cfg.attach.get(model).cloned()),
-            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            None | Some(Value::Null) => Ok(attached.cloned()),
+            Some(Value::String(s)) if !s.is_empty() => {
+                caller.check_kb(s, attached == Some(s))?;
+                Ok(Some(s.clone()))
+            }
             Some(_) => Err(ApiError::field("knowledge_base", "must be the name of a knowledge base (a string)")),
         }
     }

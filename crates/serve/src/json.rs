@@ -1,6 +1,6 @@
 //! The JSON body extractor: a bad field becomes a 400 that names it by path (`messages[1].role`,
 //! `max_tokens`), via `serde_path_to_error`; an oversized body becomes a 413. The content type is
-//! not checked (curl without `-H` still works).
+//! checked before routing (`guard`: a POST must be `application/json`, 415 otherwise).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};

@@ -2,6 +2,14 @@
 //! server reads while `ferrotune keys` writes). A key is `ft-` + 64 hex digits of OS randomness,
 //! shown once at creation; only its SHA-256 is stored. Revoked keys stay in the table (with the
 //! revocation time) so the record of who had access survives; a name is unique among live keys.
+//!
+//! The server looks every request's key up here, so a revoke, a new key or a changed limit
+//! (`ferrotune keys update`) applies to the next request. Rate-limit buckets are kept per key
+//! `id`, so a key re-created under a revoked name starts with its own buckets.
+//!
+//! Knowledge-base scope (`kbs`) came after the first schema: files without the column get it on
+//! open, with no knowledge base for existing keys (they keep the bases attached to the models
+//! they may use; `ferrotune keys update --name N --kbs ...` grants more).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,8 +21,10 @@ use sha2::{Digest, Sha256};
 pub const KEY_PREFIX: &str = "ft-";
 
 /// What a key may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ApiKey {
+    /// The row id (set by the store; ignored by `create`): the identity limits are kept under.
+    pub id: i64,
     pub name: String,
     /// Model / adapter names this key may use; empty = all.
     pub models: Vec<String>,
@@ -24,12 +34,31 @@ pub struct ApiKey {
     pub rpm: Option<u32>,
     /// Tokens (prompt + completion) per minute; `None` = unlimited.
     pub tpm: Option<u32>,
+    /// Knowledge bases this key may name in a request; `*` = all; empty = none (bases attached
+    /// in serve.toml to a model the key may use still apply to that model).
+    pub kbs: Vec<String>,
+    /// Sequences in flight at most; `None` = the server's `limits.max_concurrent`.
+    pub max_concurrent: Option<u32>,
 }
 
 impl ApiKey {
     pub fn may_use(&self, model: &str) -> bool {
         self.admin || self.models.is_empty() || self.models.iter().any(|m| m == model)
     }
+
+    pub fn may_use_kb(&self, kb: &str) -> bool {
+        self.admin || self.kbs.iter().any(|k| k == "*" || k == kb)
+    }
+}
+
+/// Changes to a live key (`None` = leave as is; `Some(None)` = unlimited).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    pub models: Option<Vec<String>>,
+    pub kbs: Option<Vec<String>>,
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u32>>,
+    pub max_concurrent: Option<Option<u32>>,
 }
 
 /// A row of `ferrotune keys list`.
@@ -87,6 +116,48 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys(name) WHERE revoked IS NULL;
 ";
 
+/// Columns added after the first release, with what existing rows get.
+const ADDED_COLUMNS: [(&str, &str); 2] = [("kbs", "TEXT NOT NULL DEFAULT '[]'"), ("max_concurrent", "INTEGER")];
+
+const COLUMNS: &str = "id, name, models, admin, rpm, tpm, kbs, max_concurrent";
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let have: Vec<String> =
+        conn.prepare("SELECT name FROM pragma_table_info('api_keys')")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for (col, decl) in ADDED_COLUMNS {
+        if have.iter().any(|c| c == col) {
+            continue;
+        }
+        match conn.execute_batch(&format!("ALTER TABLE api_keys ADD COLUMN {col} {decl}")) {
+            // Another process (server and CLI opening at once) added it first.
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("duplicate column") => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+fn check_limits(rpm: Option<u32>, tpm: Option<u32>, max_concurrent: Option<u32>) -> Result<(), KeyError> {
+    if rpm == Some(0) || tpm == Some(0) || max_concurrent == Some(0) {
+        return Err(KeyError::Invalid {
+            field: "rpm/tpm/max_concurrent",
+            reason: "must be positive (leave out for unlimited / the server default)".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_names(field: &'static str, names: &[String]) -> Result<(), KeyError> {
+    if names.iter().any(|m| m.is_empty()) {
+        return Err(KeyError::Invalid { field, reason: "empty name".into() });
+    }
+    Ok(())
+}
+
+fn to_json(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -102,6 +173,7 @@ impl KeyStore {
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(())).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        migrate(&conn).map_err(db)?;
         Ok(Self { conn: Mutex::new(conn), path: path.into() })
     }
 
@@ -122,22 +194,30 @@ impl KeyStore {
         if !name_ok {
             return Err(KeyError::BadName(key.name.clone()));
         }
-        if key.rpm == Some(0) || key.tpm == Some(0) {
-            return Err(KeyError::Invalid { field: "rpm/tpm", reason: "must be positive (leave out for unlimited)".into() });
-        }
-        if key.models.iter().any(|m| m.is_empty()) {
-            return Err(KeyError::Invalid { field: "models", reason: "empty model name".into() });
-        }
+        check_limits(key.rpm, key.tpm, key.max_concurrent)?;
+        check_names("models", &key.models)?;
+        check_names("kbs", &key.kbs)?;
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|e| KeyError::Invalid {
             field: "key",
             reason: format!("no OS randomness: {e}"),
         })?;
         let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
-        let models = serde_json::to_string(&key.models).unwrap_or_else(|_| "[]".into());
         let res = self.conn().execute(
-            "INSERT INTO api_keys (name, hash, hint, models, admin, rpm, tpm, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![key.name, hash_key(&secret), &secret[..9], models, key.admin, key.rpm, key.tpm, now_unix()],
+            "INSERT INTO api_keys (name, hash, hint, models, admin, rpm, tpm, created, kbs, max_concurrent) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                key.name,
+                hash_key(&secret),
+                &secret[..9],
+                to_json(&key.models),
+                key.admin,
+                key.rpm,
+                key.tpm,
+                now_unix(),
+                to_json(&key.kbs),
+                key.max_concurrent
+            ],
         );
         match res {
             Ok(_) => Ok(secret),
@@ -152,7 +232,7 @@ impl KeyStore {
     pub fn lookup(&self, secret: &str) -> Result<Option<ApiKey>, KeyError> {
         let conn = self.conn();
         conn.query_row(
-            "SELECT name, models, admin, rpm, tpm FROM api_keys WHERE hash = ?1 AND revoked IS NULL",
+            &format!("SELECT {COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked IS NULL"),
             params![hash_key(secret)],
             row_to_key,
         )
@@ -162,13 +242,10 @@ impl KeyStore {
 
     pub fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, models, admin, rpm, tpm, hint, created, revoked FROM api_keys ORDER BY id")
-            .map_err(|e| self.db(e))?;
+        let mut stmt =
+            conn.prepare(&format!("SELECT {COLUMNS}, hint, created, revoked FROM api_keys ORDER BY id")).map_err(|e| self.db(e))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(KeyRecord { key: row_to_key(r)?, hint: r.get(5)?, created_unix: r.get(6)?, revoked_unix: r.get(7)? })
-            })
+            .query_map([], |r| Ok(KeyRecord { key: row_to_key(r)?, hint: r.get(8)?, created_unix: r.get(9)?, revoked_unix: r.get(10)? }))
             .map_err(|e| self.db(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
     }
@@ -181,6 +258,42 @@ impl KeyStore {
         if n == 0 { Err(KeyError::NoSuchKey(name.into())) } else { Ok(()) }
     }
 
+    /// Change the scopes or limits of the live key `name`; the server applies them to its next
+    /// request.
+    pub fn update(&self, name: &str, u: &KeyUpdate) -> Result<(), KeyError> {
+        check_limits(u.rpm.flatten(), u.tpm.flatten(), u.max_concurrent.flatten())?;
+        check_names("models", u.models.as_deref().unwrap_or_default())?;
+        check_names("kbs", u.kbs.as_deref().unwrap_or_default())?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let id: Option<i64> = tx
+            .query_row("SELECT id FROM api_keys WHERE name = ?1 AND revoked IS NULL", params![name], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.db(e))?;
+        let id = id.ok_or_else(|| KeyError::NoSuchKey(name.into()))?;
+        let set = |sql: &str, v: &dyn rusqlite::ToSql| tx.execute(sql, params![v, id]).map(|_| ());
+        let r = (|| -> rusqlite::Result<()> {
+            if let Some(m) = &u.models {
+                set("UPDATE api_keys SET models = ?1 WHERE id = ?2", &to_json(m))?;
+            }
+            if let Some(k) = &u.kbs {
+                set("UPDATE api_keys SET kbs = ?1 WHERE id = ?2", &to_json(k))?;
+            }
+            if let Some(v) = u.rpm {
+                set("UPDATE api_keys SET rpm = ?1 WHERE id = ?2", &v)?;
+            }
+            if let Some(v) = u.tpm {
+                set("UPDATE api_keys SET tpm = ?1 WHERE id = ?2", &v)?;
+            }
+            if let Some(v) = u.max_concurrent {
+                set("UPDATE api_keys SET max_concurrent = ?1 WHERE id = ?2", &v)?;
+            }
+            Ok(())
+        })();
+        r.map_err(|e| self.db(e))?;
+        tx.commit().map_err(|e| self.db(e))
+    }
+
     pub fn live_count(&self) -> Result<usize, KeyError> {
         self.conn()
             .query_row("SELECT COUNT(*) FROM api_keys WHERE revoked IS NULL", [], |r| r.get::<_, i64>(0))
@@ -189,14 +302,18 @@ impl KeyStore {
     }
 }
 
+/// Reads [`COLUMNS`] in order.
 fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
-    let models: String = r.get(1)?;
+    let list = |i| -> rusqlite::Result<Vec<String>> { Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or_default()) };
     Ok(ApiKey {
-        name: r.get(0)?,
-        models: serde_json::from_str(&models).unwrap_or_default(),
-        admin: r.get(2)?,
-        rpm: r.get(3)?,
-        tpm: r.get(4)?,
+        id: r.get(0)?,
+        name: r.get(1)?,
+        models: list(2)?,
+        admin: r.get(3)?,
+        rpm: r.get(4)?,
+        tpm: r.get(5)?,
+        kbs: list(6)?,
+        max_concurrent: r.get(7)?,
     })
 }
 
@@ -205,7 +322,12 @@ mod tests {
     use super::*;
 
     fn key(name: &str) -> ApiKey {
-        ApiKey { name: name.into(), models: vec!["a".into()], admin: false, rpm: Some(5), tpm: None }
+        ApiKey { name: name.into(), models: vec!["a".into()], rpm: Some(5), kbs: vec!["docs".into()], ..Default::default() }
+    }
+
+    /// `lookup` fills in the row id; compare the rest.
+    fn without_id(k: Option<ApiKey>) -> Option<ApiKey> {
+        k.map(|k| ApiKey { id: 0, ..k })
     }
 
     #[test]
@@ -215,11 +337,81 @@ mod tests {
         let store = KeyStore::open(&path).expect("open");
         let secret = store.create(&key("alice")).expect("create");
         assert!(secret.starts_with(KEY_PREFIX) && secret.len() == 3 + 64);
-        assert_eq!(store.lookup(&secret).expect("lookup"), Some(key("alice")));
+        assert_eq!(without_id(store.lookup(&secret).expect("lookup")), Some(key("alice")));
         assert_eq!(store.lookup("ft-wrong").expect("lookup"), None);
-        let raw = std::fs::read(&path).expect("db file");
+        // Regression: this read keys.db alone while the new row sat in keys.db-wal, so it passed
+        // with plaintext secrets too. Every file of the folder (db, -wal, -shm) is searched.
         let needle = &secret.as_bytes()[3..];
-        assert!(!raw.windows(needle.len()).any(|w| w == needle), "the secret must not be stored");
+        let mut files = 0;
+        for entry in std::fs::read_dir(path.parent().expect("folder")).expect("folder") {
+            let raw = std::fs::read(entry.expect("entry").path()).expect("file");
+            files += 1;
+            assert!(!raw.windows(needle.len()).any(|w| w == needle), "the secret must not be stored");
+        }
+        assert!(files >= 2, "the WAL file is among those searched");
+    }
+
+    #[test]
+    fn a_plaintext_secret_in_the_wal_would_be_found_by_the_folder_search() {
+        // The check above must be able to fail: a row written the same way, holding the
+        // secret itself, is found in the folder's files although keys.db alone lacks it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.db");
+        let store = KeyStore::open(&path).expect("open");
+        let needle = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        store
+            .conn()
+            .execute("INSERT INTO api_keys (name, hash, hint, models, admin, created) VALUES ('p', ?1, 'ft-', '[]', 0, 0)", params![needle])
+            .expect("insert");
+        let main_file = std::fs::read(&path).expect("keys.db");
+        assert!(!main_file.windows(needle.len()).any(|w| w == needle.as_bytes()), "the row is still in the WAL only");
+        let found = std::fs::read_dir(dir.path())
+            .expect("folder")
+            .map(|e| std::fs::read(e.expect("entry").path()).expect("file"))
+            .any(|raw| raw.windows(needle.len()).any(|w| w == needle.as_bytes()));
+        assert!(found, "a plaintext value must be visible to the folder search");
+    }
+
+    #[test]
+    fn an_old_keys_file_gains_kb_scope_with_no_knowledge_base_for_existing_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(SCHEMA).expect("old schema");
+            c.execute(
+                "INSERT INTO api_keys (name, hash, hint, models, admin, rpm, tpm, created) VALUES ('old', ?1, 'ft-abc', '[]', 0, 7, NULL, 1)",
+                params![hash_key("ft-old")],
+            )
+            .expect("old row");
+        }
+        let store = KeyStore::open(&path).expect("migrates");
+        let k = store.lookup("ft-old").expect("lookup").expect("still there");
+        assert_eq!((k.name.as_str(), k.rpm, k.kbs.len(), k.max_concurrent), ("old", Some(7), 0, None));
+        assert!(!k.may_use_kb("docs"));
+        drop(store);
+        KeyStore::open(&path).expect("opening a migrated file again");
+    }
+
+    #[test]
+    fn updates_change_limits_and_scopes_of_the_live_key_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = KeyStore::open(&dir.path().join("keys.db")).expect("open");
+        let s = store.create(&key("dan")).expect("create");
+        let u = KeyUpdate {
+            rpm: Some(None),
+            tpm: Some(Some(100)),
+            kbs: Some(vec!["*".into()]),
+            max_concurrent: Some(Some(3)),
+            ..Default::default()
+        };
+        store.update("dan", &u).expect("update");
+        let k = store.lookup(&s).expect("lookup").expect("key");
+        assert_eq!((k.rpm, k.tpm, k.max_concurrent), (None, Some(100), Some(3)));
+        assert!(k.may_use_kb("anything") && k.models == ["a"]);
+        assert!(matches!(store.update("nobody", &u), Err(KeyError::NoSuchKey(_))));
+        let zero = KeyUpdate { max_concurrent: Some(Some(0)), ..Default::default() };
+        assert!(matches!(store.update("dan", &zero), Err(KeyError::Invalid { .. })));
     }
 
     #[test]
@@ -245,6 +437,16 @@ mod tests {
         let store = KeyStore::open(&dir.path().join("keys.db")).expect("open");
         assert!(matches!(store.create(&key("")), Err(KeyError::BadName(_))));
         assert!(matches!(store.create(&key("a b")), Err(KeyError::BadName(_))));
+    }
+
+    #[test]
+    fn kb_scope_is_explicit_and_star_means_all() {
+        let mut k = key("e");
+        assert!(k.may_use_kb("docs") && !k.may_use_kb("hr"));
+        k.kbs.clear();
+        assert!(!k.may_use_kb("docs"), "no kbs = none, unlike models");
+        k.kbs = vec!["*".into()];
+        assert!(k.may_use_kb("hr"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! request id, key name, model, token counts, latency and status — never the prompt text unless
 //! `log_prompts` is on. The line is written when the request's record is dropped, which for a
 //! stream is when the stream ends or the client leaves, so latency and token counts are final.
-//! Dropping the record also charges the tokens to the key's per-minute token budget.
+//! Dropping the record also ends the request's [`Lease`] on its key's limits (its sequences
+//! leave the key's count and unused reserved tokens go back); a request answered without the
+//! engine, and so without a lease, is charged its usage then.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -16,7 +18,7 @@ use crate::app::AppState;
 use crate::error::FailureReason;
 use crate::json::BodyLimit;
 use crate::keys::ApiKey;
-use crate::limits::RateLimiter;
+use crate::limits::{Lease, RateLimiter};
 
 #[derive(Debug, Default)]
 struct Fields {
@@ -28,6 +30,7 @@ struct Fields {
     completion_tokens: usize,
     cached: bool,
     prompt: Option<String>,
+    lease: Option<Arc<Lease>>,
 }
 
 pub struct RequestRecord {
@@ -35,6 +38,8 @@ pub struct RequestRecord {
     method: String,
     path: String,
     started: Instant,
+    /// `limits.request_timeout_s` after arrival.
+    pub deadline: Instant,
     log_prompts: bool,
     limiter: Arc<RateLimiter>,
     fields: Mutex<Fields>,
@@ -49,6 +54,10 @@ impl RequestRecord {
         self.with(|f| f.key = Some(key.clone()));
     }
 
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn set_model(&self, model: &str) {
         self.with(|f| f.model = Some(model.to_string()));
     }
@@ -58,6 +67,15 @@ impl RequestRecord {
             f.prompt_tokens += prompt;
             f.completion_tokens += completion;
         });
+    }
+
+    /// Hold the request's lease until the record drops (the request's end, however it ends).
+    pub fn set_lease(&self, lease: Arc<Lease>) {
+        self.with(|f| f.lease = Some(lease));
+    }
+
+    pub fn lease(&self) -> Option<Arc<Lease>> {
+        self.fields.lock().unwrap_or_else(|p| p.into_inner()).lease.clone()
     }
 
     pub fn set_cached(&self) {
@@ -77,8 +95,8 @@ impl Drop for RequestRecord {
     fn drop(&mut self) {
         let f = std::mem::take(&mut *self.fields.lock().unwrap_or_else(|p| p.into_inner()));
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        // A cache hit cost no compute, so it is not charged.
-        if let (Some(key), false) = (&f.key, f.cached) {
+        // A cache hit cost no compute, so it is not charged; a lease settles itself.
+        if let (Some(key), false, None) = (&f.key, f.cached, &f.lease) {
             self.limiter.charge(key, f.prompt_tokens + f.completion_tokens, Instant::now());
         }
         tracing::info!(
@@ -121,6 +139,8 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         started: Instant::now(),
+        // Clamped: a huge setting means "no deadline" without overflowing `Instant`.
+        deadline: Instant::now() + std::time::Duration::from_secs_f64(state.cfg.limits.request_timeout_s.clamp(0.0, 1e9)),
         log_prompts: state.cfg.log_prompts,
         limiter: state.limiter.clone(),
         fields: Mutex::new(Fields::default()),

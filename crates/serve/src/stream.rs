@@ -1,7 +1,8 @@
 //! `stream: true`: the choices' event channels merged into one server-sent-event stream of
 //! OpenAI chunks (`chat.completion.chunk` or `text_completion`), ending with `data: [DONE]`.
 //! The stream owns the receivers, so a client that goes away drops them and the engine cancels
-//! those sequences at its next step.
+//! those sequences at its next step. At the request's deadline (`limits.request_timeout_s`) the
+//! stream sends an error event and `[DONE]`, and drops the receivers the same way.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -87,9 +88,11 @@ pub fn sse_response(
             if ctx.finished {
                 return None;
             }
-            match ctx.merged.next().await {
-                Some((i, ev)) => ctx.on_event(i, ev),
-                None => ctx.closing(),
+            let deadline = ctx.record.deadline;
+            match tokio::time::timeout_at(deadline.into(), ctx.merged.next()).await {
+                Ok(Some((i, ev))) => ctx.on_event(i, ev),
+                Ok(None) => ctx.closing(),
+                Err(_) => ctx.timed_out(),
             }
         }
     });
@@ -181,6 +184,16 @@ impl Ctx {
                 self.push(ApiError::Internal.body());
             }
         }
+    }
+
+    fn timed_out(&mut self) {
+        tracing::warn!(request_id = %self.record.id, "request_timeout_s reached: ending the stream");
+        // Dropping the receivers cancels the sequences at the engine's next step.
+        self.merged = SelectAll::new();
+        let secs = (self.record.deadline - self.record.started()).as_secs_f64();
+        self.push(ApiError::Timeout((secs * 1000.0).round() / 1000.0).body());
+        self.pending.push_back(SseEvent::default().data("[DONE]"));
+        self.finished = true;
     }
 
     fn closing(&mut self) {

@@ -73,13 +73,19 @@ async fn attached_and_requested_knowledge_bases_ground_the_answer_with_sources()
     let first: Value = serde_json::from_str(&sse_data(&text)[0]).expect("chunk");
     assert_eq!(first["sources"][0]["doc_id"], "returns.md", "{first}");
 
-    // Per request, and errors: unknown KB → 404, bad type → 400 naming the field.
+    // Named in the body: the attached base is allowed to a key that may use the model; another
+    // needs the key's kbs scope (403 before the name is looked at); admin keys have every base.
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": "policies"}))).await;
+    assert_eq!(status, 200, "{v}");
     let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": "nope"}))).await;
+    assert_eq!(status, 403, "{v}");
+    // Per request, and errors: unknown KB → 404, bad type → 400 naming the field.
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat(json!({"knowledge_base": "nope"}))).await;
     assert_eq!(status, 404, "{v}");
     let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": 3}))).await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "knowledge_base");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": "../etc"}))).await;
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat(json!({"knowledge_base": "../etc"}))).await;
     assert_eq!(status, 400, "{v}");
 
     // Retrieval time is in the metrics.

@@ -151,7 +151,15 @@ async fn bad_fields_get_400_naming_the_field_and_unknown_models_404() {
     assert_eq!(error_of(&v).1, "model_not_found");
 
     // Not JSON, too large, wrong method, no such path: OpenAI-shaped, never a 500.
-    let raw = s.client.post(format!("{}/v1/chat/completions", s.base)).bearer_auth(&s.keys.user).body("{oops").send().await.expect("send");
+    let raw = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth(&s.keys.user)
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(raw.status().as_u16(), 400);
     let big = json!({"model": MODEL, "prompt": "x".repeat(100 * 1024)});
     let (status, v) = s.post_json("/v1/completions", k, &big).await;
@@ -231,9 +239,10 @@ async fn keys_are_required_scoped_and_rate_limited() {
     assert_eq!(metric_value(&m, "ferrotune:rate_limited_requests_total{reason=\"requests\"}"), 1.0, "{m}");
     assert!(metric_value(&m, "ferrotune:failed_requests_total{reason=\"unauthorized\"}") >= 3.0, "{m}");
 
-    // Health, readiness and metrics need no key.
+    // Health and readiness need no key; metrics do (they name models and adapters).
     assert_eq!(s.get("/health", None).await.0, 200);
     assert_eq!(s.get("/ready", None).await.0, 200);
+    assert_eq!(s.get("/metrics", None).await.0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +250,11 @@ async fn a_full_queue_answers_503_with_retry_after() {
     let engine = ferrotune_serve::engine::EngineConfig { max_batch: 1, kv_token_budget: 512, queue_capacity: 1 };
     let s = start(Opts { engine, cache: false, ..Opts::default() }).await;
     let body = json!({"model": MODEL, "prompt": "slow", "max_tokens": 400, "ignore_eos": true, "temperature": 0});
-    let reqs = (0..8).map(|_| s.post("/v1/completions", Some(&s.keys.user), &body));
+    // One key may hold only its fair share of the engine, so eight keys fill it.
+    let keys: Vec<String> = (0..8)
+        .map(|i| s.store().create(&ferrotune_serve::keys::ApiKey { name: format!("q{i}"), ..Default::default() }).expect("key"))
+        .collect();
+    let reqs = keys.iter().map(|k| s.post("/v1/completions", Some(k), &body));
     let resps = futures_util::future::join_all(reqs).await;
     let mut ok = 0;
     let mut full = 0;

@@ -54,7 +54,7 @@ pub async fn chat_completions(
     }
     let info = state.engine.info();
     let raw: Value = json::parse(&body)?;
-    let grounded = match state.knowledge.pick(&raw, &req.model)? {
+    let grounded = match state.knowledge.pick(&raw, &req.model, &caller)? {
         Some(kb) => {
             let g = state.knowledge.ground(kb, &mut msgs, &info.tokenizer).await?;
             state
@@ -93,7 +93,7 @@ pub async fn chat_completions(
         return Ok(hit);
     }
 
-    let rxs = submit(&state, &target, &params, &jobs, received)?;
+    let rxs = submit(&state, &caller, &record, &target, &params, &jobs, received)?;
     let id = new_id("chatcmpl");
     let created = now_unix();
     if params.stream {
@@ -108,10 +108,10 @@ pub async fn chat_completions(
             echo: None,
             grounding: grounded.as_ref().map(|g| (g.knowledge_base.clone(), Value::from(g.sources.clone()))),
         };
-        let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received)).collect();
+        let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received, &record)).collect();
         return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));
     }
-    let outs = collect_all(&state, &target, rxs, received).await?;
+    let outs = collect_all(&state, &target, rxs, received, &record).await?;
     let prompt_tokens = outs.first().map_or(0, |o| o.prompt_tokens);
     let completion_tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
     record.add_tokens(prompt_tokens, completion_tokens);

@@ -138,7 +138,7 @@ pub async fn completions(
             })
             .collect()
     } else {
-        let rxs = submit(&state, &target, &params, &engine_jobs, received)?;
+        let rxs = submit(&state, &caller, &record, &target, &params, &engine_jobs, received)?;
         if params.stream {
             let spec = StreamSpec {
                 kind: ChunkKind::Completion,
@@ -151,10 +151,10 @@ pub async fn completions(
                 echo: echo.then(|| jobs.iter().map(|j| j.text.clone()).collect()),
                 grounding: None,
             };
-            let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received)).collect();
+            let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received, &record)).collect();
             return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));
         }
-        collect_all(&state, &target, rxs, received).await?
+        collect_all(&state, &target, rxs, received, &record).await?
     };
 
     let mut prompt_tokens = 0;

@@ -1,8 +1,12 @@
 //! `/health` (the process answers), `/ready` (model loaded, not shutting down), `/metrics`
-//! (Prometheus text), and the OpenAI-shaped 404 / 405 for everything else. None needs a key.
+//! (Prometheus text), and the OpenAI-shaped 404 / 405 for everything else.
+//!
+//! Model, adapter and knowledge-base names are not for anyone who can reach the port: when
+//! `metrics_require_key` is on (the default with auth), `/metrics` needs a key and `/ready`
+//! answers without one with counts only (load balancers need no key for it).
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -13,22 +17,31 @@ pub async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-pub async fn ready(State(state): State<AppState>) -> Response {
+pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if state.is_shutting_down() {
         return ApiError::ShuttingDown.into_response();
     }
     let stats = state.engine.stats();
-    axum::Json(json!({
-        "status": "ready",
-        "model": state.model_name(),
-        "adapters": stats.adapters,
-        "running": stats.running,
-        "waiting": stats.waiting,
-    }))
-    .into_response()
+    let mut body = json!({"status": "ready", "running": stats.running, "waiting": stats.waiting, "adapter_count": stats.adapters.len()});
+    let caller = if state.cfg.metrics_need_key() {
+        crate::auth::identify(&state, &headers).await.ok().flatten().map(|k| crate::auth::Caller(Some(k.into())))
+    } else {
+        Some(crate::auth::Caller(None))
+    };
+    if let Some(c) = caller {
+        let visible = |m: &String| c.check_model(m).is_ok();
+        body["model"] = Some(state.model_name().to_string()).filter(visible).into();
+        body["adapters"] = stats.adapters.into_iter().filter(visible).collect::<Vec<_>>().into();
+    }
+    axum::Json(body).into_response()
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.cfg.metrics_need_key()
+        && let Err(e) = crate::auth::identify(&state, &headers).await
+    {
+        return e.into_response();
+    }
     let text = state.metrics.render(&state.engine.stats());
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

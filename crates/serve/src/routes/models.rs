@@ -1,8 +1,9 @@
 //! `GET /v1/models` (the base, its adapters, the embedder) and vLLM's runtime adapter endpoints
 //! `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter` (admin scope; bodies
-//! `{"lora_name","lora_path"}`; plain-text success answers, as vLLM gives).
+//! `{"lora_name","lora_path"}`; plain-text success answers, as vLLM gives). `lora_path` must lie
+//! under one of `adapter_roots` once `..` and symlinks are resolved.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -21,6 +22,18 @@ pub fn check_adapter_name(name: &str) -> Result<(), String> {
         && name.len() <= 128
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
     if ok { Ok(()) } else { Err(format!("adapter name `{name}`: use 1-128 letters, digits, '-', '_', '.', ':' or '/'")) }
+}
+
+/// The adapter directory `lora_path` names, resolved, if it is a PEFT directory inside one of
+/// `roots`. Every refusal is the same `None`, so a client learns nothing about paths outside the
+/// roots (whether they exist, are folders, hold an adapter).
+pub fn resolve_adapter_dir(lora_path: &str, roots: &[PathBuf]) -> Option<PathBuf> {
+    if lora_path.is_empty() || roots.is_empty() {
+        return None;
+    }
+    let dir = std::fs::canonicalize(Path::new(lora_path)).ok()?;
+    let inside = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).any(|root| dir.starts_with(&root));
+    (inside && dir.join("adapter_config.json").is_file()).then_some(dir)
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
@@ -59,10 +72,16 @@ pub async fn load_adapter(
     if state.engine.adapters().contains(&req.lora_name) {
         return Err(ApiError::field("lora_name", format!("an adapter named `{}` is already loaded; unload it first", req.lora_name)));
     }
-    let dir = PathBuf::from(&req.lora_path);
-    if !dir.join("adapter_config.json").is_file() {
-        return Err(ApiError::field("lora_path", "is not a PEFT adapter directory (no adapter_config.json)"));
-    }
+    let roots = state.cfg.adapter_roots.clone();
+    let path = req.lora_path.clone();
+    let dir = tokio::task::spawn_blocking(move || resolve_adapter_dir(&path, &roots)).await.map_err(|_| ApiError::Internal)?;
+    let Some(dir) = dir else {
+        tracing::warn!(path = %req.lora_path, "refused an adapter path outside adapter_roots (or not an adapter)");
+        return Err(ApiError::field(
+            "lora_path",
+            "must be a PEFT adapter directory (with adapter_config.json) inside one of the server's adapter_roots",
+        ));
+    };
     state
         .engine
         .adapter(AdapterCommand::Load { name: req.lora_name.clone(), dir })
@@ -90,4 +109,37 @@ pub async fn unload_adapter(
     state.bump_adapter_epoch();
     tracing::info!(adapter = %req.lora_name, "adapter unloaded");
     Ok(format!("Success: LoRA adapter '{}' removed successfully.", req.lora_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_adapter_folders_inside_a_root_resolve_and_every_refusal_looks_the_same() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("adapters");
+        let good = root.join("a");
+        let outside = tmp.path().join("secret");
+        for d in [&good, &outside, &root.join("empty")] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(good.join("adapter_config.json"), "{}").expect("write");
+        std::fs::write(outside.join("adapter_config.json"), "{}").expect("write");
+        let roots = vec![root.clone()];
+        let s = |p: &Path| p.display().to_string();
+        assert_eq!(resolve_adapter_dir(&s(&good), &roots), Some(std::fs::canonicalize(&good).expect("canon")));
+        // `..` out of the root, a symlink out of the root, a missing path, a folder without an
+        // adapter, the root list empty: all the same refusal.
+        assert_eq!(resolve_adapter_dir(&s(&root.join("../secret")), &roots), None);
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+            assert_eq!(resolve_adapter_dir(&s(&root.join("link")), &roots), None);
+        }
+        assert_eq!(resolve_adapter_dir(&s(&root.join("missing")), &roots), None);
+        assert_eq!(resolve_adapter_dir(&s(&root.join("empty")), &roots), None);
+        assert_eq!(resolve_adapter_dir(&s(&outside), &roots), None);
+        assert_eq!(resolve_adapter_dir(&s(&good), &[]), None);
+    }
 }

@@ -42,11 +42,13 @@ pub struct Opts {
     pub cache: bool,
     pub redis_url: Option<String>,
     pub rag: Option<ferrotune_serve::config::RagConfig>,
+    /// Last word on the config (limits, CORS, ...). `adapter_roots` is the server's temp folder.
+    pub configure: fn(&mut ServeConfig),
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None, rag: None }
+        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None, rag: None, configure: |_| {} }
     }
 }
 
@@ -64,10 +66,12 @@ pub async fn start(opts: Opts) -> Server {
     if let Some(r) = opts.rag {
         cfg.rag = r;
     }
+    cfg.adapter_roots = vec![dir.path().to_path_buf()];
+    (opts.configure)(&mut cfg);
     let store = KeyStore::open(&dir.path().join("keys.db")).expect("keys");
     let mk = |name: &str, models: &[&str], admin: bool, rpm: Option<u32>| {
         store
-            .create(&ApiKey { name: name.into(), models: models.iter().map(|s| s.to_string()).collect(), admin, rpm, tpm: None })
+            .create(&ApiKey { name: name.into(), models: models.iter().map(|s| s.to_string()).collect(), admin, rpm, ..Default::default() })
             .expect("create key")
     };
     let keys = Keys {
@@ -94,15 +98,7 @@ pub async fn start(opts: Opts) -> Server {
         )
         .await
     });
-    Server {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        state,
-        keys,
-        dir,
-        shutdown: Some(tx),
-        handle: Some(handle),
-    }
+    Server { base: format!("http://{addr}"), client: reqwest::Client::new(), state, keys, dir, shutdown: Some(tx), handle: Some(handle) }
 }
 
 impl Server {
@@ -130,8 +126,14 @@ impl Server {
         (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 
+    /// `/metrics` (with the admin key: it needs one when auth is on).
     pub async fn metrics(&self) -> String {
-        self.get("/metrics", None).await.1
+        self.get("/metrics", Some(&self.keys.admin)).await.1
+    }
+
+    /// The key store of a server with auth on (create / update / revoke keys while it runs).
+    pub fn store(&self) -> &KeyStore {
+        self.state.keys.as_deref().expect("auth is on")
     }
 
     /// Fire the shutdown signal (the server task keeps running until it has drained).
