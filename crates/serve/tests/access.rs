@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ferrotune_serve::config::RagConfig;
 use ferrotune_serve::keys::{ApiKey, KeyStore, KeyUpdate};
 use serde_json::{Value, json};
-use support::{MODEL, Opts, Server, sse_data, start};
+use support::{MODEL, Opts, Server, metric_value, sse_data, start};
 
 fn error_code(v: &Value) -> (&str, Option<&str>) {
     assert!(v["error"]["message"].is_string(), "not an OpenAI error body: {v}");
@@ -113,6 +113,8 @@ async fn one_key_cannot_hold_more_than_its_concurrency_or_its_share_of_the_engin
             .await;
     }
     assert_eq!(refused, (true, true), "never refused a request beyond (max_concurrent, fair share)");
+    let m = s.metrics().await;
+    assert!(metric_value(&m, "ferrotune:rate_limited_requests_total{reason=\"sequences\"}") >= 2.0, "{m}");
     // Dropping a held stream frees its sequences.
     wait_until("the held streams are gone", || s.state.limiter.in_flight(two_row.id) + s.state.limiter.in_flight(greedy_row.id) == 0).await;
     let (status, v) = s.post_json("/v1/completions", Some(&two), &json!({"model": MODEL, "prompt": "x", "n": 2, "max_tokens": 1})).await;
@@ -159,6 +161,8 @@ async fn tokens_are_reserved_at_admission_and_an_abandoned_stream_still_pays() {
     assert!(left <= 300.0 - used + 5.0 * t0.elapsed().as_secs_f64() + 0.01, "charged what was used: {left}");
     let (status, v) = s.post_json("/v1/completions", Some(&k), &body(100)).await;
     assert_eq!(status, 429, "{left} tokens left cannot cover 100 + the prompt: {v}");
+    let m = s.metrics().await;
+    assert_eq!(metric_value(&m, "ferrotune:rate_limited_requests_total{reason=\"tokens\"}"), 1.0, "{m}");
 
     // A stream abandoned after its first token pays for what was generated (600 a minute:
     // the reservation is capped at the bucket's 600; 10 a second refill).
