@@ -190,6 +190,23 @@ fn assert_complete(dir: &Path, run: &Path, straight: &Path) -> anyhow::Result<()
     Ok(())
 }
 
+/// Killed between the renames of `name/`: `--resume` first puts the aside copy back (a
+/// resumed run would write a new one anyway; this is what makes the folder usable before that),
+/// seen here by stopping the resume at its first write after the repair.
+fn assert_restored_before_training(dir: &Path, run: &Path, name: &str) -> anyhow::Result<()> {
+    let old = std::fs::read(run.join(format!(".{name}.old/adapter_model.safetensors")))?;
+    let resume = stop_at(&train_args(dir, "killed", &["--resume"]), "metrics-rewrite")?;
+    let restored = std::fs::read(run.join(name).join("adapter_model.safetensors"));
+    let aside_left = run.join(format!(".{name}.old")).exists();
+    kill9(resume)?;
+    assert!(
+        restored.ok().as_ref() == Some(&old),
+        "{name}/ was not restored from its aside copy"
+    );
+    assert!(!aside_left, ".{name}.old left after the repair");
+    Ok(())
+}
+
 fn straight_run(dir: &Path, extra: &[&str]) -> anyhow::Result<PathBuf> {
     run_ok(&train_args(dir, "straight", extra))?;
     Ok(dir.join("straight"))
@@ -249,11 +266,8 @@ fn killed_between_moving_best_aside_and_renaming_the_new_one_in_keeps_a_best() -
         !run.join("best").exists() && run.join(".best.old/adapter_model.safetensors").is_file(),
         "not killed inside the swap"
     );
-    let resumed = run_ok(&train_args(d, "killed", &["--resume"]))?;
-    assert!(
-        resumed.contains("repaired") && resumed.contains("best"),
-        "{resumed}"
-    );
+    assert_restored_before_training(d, &run, "best")?;
+    run_ok(&train_args(d, "killed", &["--resume"]))?;
     assert_complete(d, &run, &straight)?;
     // And `ferrotune eval` takes the repaired run's adapters.
     let eval_out = d.join("eval");
@@ -301,6 +315,7 @@ fn killed_inside_the_final_adapter_swap_of_a_rerun_keeps_an_adapter() -> anyhow:
         !run.join("adapter").exists() && run.join(".adapter.old").is_dir(),
         "not killed inside the swap"
     );
+    assert_restored_before_training(d, &run, "adapter")?;
     run_ok(&train_args(d, "killed", &["--resume"]))?;
     assert_complete(d, &run, &straight)
 }
