@@ -403,3 +403,27 @@ fn a_second_trainer_on_a_run_folder_is_refused_and_a_dead_ones_lock_is_not() -> 
     run_ok(&train_args(d, "killed", &["--resume"]))?;
     assert_complete(d, &run, &straight)
 }
+
+/// Pruning renames a checkpoint to `.step-N.del` before deleting it: a kill midway must not
+/// leave a half-deleted `step-N/` that `--resume` would take for a complete one.
+#[test]
+fn killed_while_pruning_a_checkpoint_leaves_none_half_deleted() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    setup(d)?;
+    let limit = ["--save-total-limit", "1"];
+    let straight = straight_run(d, &limit)?;
+    let run = d.join("killed");
+    crash_at(&train_args(d, "killed", &limit), "remove")?;
+    let left: Vec<String> = std::fs::read_dir(run.join("checkpoints"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        left.iter().any(|n| n.ends_with(".del")),
+        "not killed inside a prune: {left:?}"
+    );
+    let mut resume = limit.to_vec();
+    resume.push("--resume");
+    run_ok(&train_args(d, "killed", &resume))?;
+    assert_complete(d, &run, &straight)
+}

@@ -72,7 +72,13 @@ fn remove_any(p: &Path) -> Result<()> {
 /// not yet in) for the crash tests.
 pub fn write_dir(dest: &Path, point: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = parent_of(dest);
-    std::fs::create_dir_all(parent).map_err(|e| TrainError::file(parent, e))?;
+    if !parent.exists() {
+        std::fs::create_dir_all(parent).map_err(|e| TrainError::file(parent, e))?;
+        // The new folder's own entry (`checkpoints/` in the run folder) must survive too.
+        if let Some(grand) = parent.parent().filter(|g| !g.as_os_str().is_empty()) {
+            sync_dir(grand)?;
+        }
+    }
     recover_dir(dest)?;
     let tmp = sibling(dest, "tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, e))?;
@@ -125,10 +131,20 @@ pub fn write_file(dest: &Path, point: &str, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Delete the folder `dest` so that a kill midway leaves no partial folder under its name (a
+/// half-deleted checkpoint would pass for a complete one): it is renamed to `.NAME.del` first,
+/// which [`recover`] finishes removing.
+pub fn remove_dir(dest: &Path) -> Result<()> {
+    let doomed = sibling(dest, "del");
+    std::fs::rename(dest, &doomed).map_err(|e| TrainError::file(dest, e))?;
+    crash::point("remove");
+    std::fs::remove_dir_all(&doomed).map_err(|e| TrainError::file(&doomed, e))
+}
+
 /// Repair `dest` after a crash inside [`write_dir`]: the aside copy is restored when `dest` is
 /// missing (killed between the two renames) and removed when `dest` is there (killed before the
-/// clean-up); a temp folder is always dropped (its writer died). Returns whether anything was
-/// repaired.
+/// clean-up); a temp folder is always dropped (its writer died), and so is a `.NAME.del` that
+/// [`remove_dir`] did not finish. Returns whether anything was repaired.
 pub fn recover_dir(dest: &Path) -> Result<bool> {
     let aside = sibling(dest, "old");
     let tmp = sibling(dest, "tmp");
@@ -142,9 +158,11 @@ pub fn recover_dir(dest: &Path) -> Result<bool> {
         }
         repaired = true;
     }
-    if tmp.exists() {
-        remove_any(&tmp)?;
-        repaired = true;
+    for leftover in [tmp, sibling(dest, "del")] {
+        if leftover.exists() {
+            remove_any(&leftover)?;
+            repaired = true;
+        }
     }
     Ok(repaired)
 }
@@ -164,9 +182,9 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
         let Some(hidden) = name.strip_prefix('.') else {
             continue;
         };
-        if let Some(base) = hidden
-            .strip_suffix(".old")
-            .or_else(|| hidden.strip_suffix(".tmp"))
+        if let Some(base) = [".old", ".tmp", ".del"]
+            .iter()
+            .find_map(|suffix| hidden.strip_suffix(suffix))
         {
             let dest = dir.join(base);
             if recover_dir(&dest)? {
@@ -258,6 +276,7 @@ mod tests {
             &dir.path().join(".step-4.tmp-1234"),
             "from an older version",
         )?;
+        write(&dir.path().join(".step-2.del"), "pruned, half deleted")?;
         std::fs::write(dir.path().join(".config.json.tmp"), "{")
             .map_err(|e| TrainError::file("w", e))?;
         recover(dir.path())?;

@@ -77,20 +77,40 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| TrainError::file(path, e))
 }
 
-/// Delete the oldest checkpoints beyond `limit`, never the one at `keep` (the best).
+/// Delete the oldest checkpoints beyond `limit`, never the one at `keep` (the best) nor the
+/// newest (what `--resume` continues from; with `limit` 1 and an older best, the newest was
+/// the one deleted). Each goes through `atomic::remove_dir`, so a kill leaves none half-deleted.
 pub fn prune(run: &Path, limit: usize, keep: Option<usize>) -> Result<()> {
     let steps = list(run);
+    let newest = steps.last().copied();
     let mut excess = steps.len().saturating_sub(limit);
     for s in steps {
         if excess == 0 {
             break;
         }
-        if Some(s) == keep {
+        if Some(s) == keep || Some(s) == newest {
             continue;
         }
-        let d = dir_for(run, s);
-        std::fs::remove_dir_all(&d).map_err(|e| TrainError::file(&d, e))?;
+        crate::atomic::remove_dir(&dir_for(run, s))?;
         excess -= 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_to_one_keeps_the_best_and_the_newest() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TrainError::file("tmp", e))?;
+        for s in [2, 4, 6] {
+            std::fs::create_dir_all(dir_for(dir.path(), s)).map_err(|e| TrainError::file("mkdir", e))?;
+        }
+        prune(dir.path(), 1, Some(2))?;
+        assert_eq!(list(dir.path()), vec![2, 6]);
+        prune(dir.path(), 1, Some(6))?;
+        assert_eq!(list(dir.path()), vec![6]);
+        Ok(())
+    }
 }

@@ -6,7 +6,7 @@
 //!
 //! Points: `checkpoint-fill`, `best-fill`, `best-swap`, `adapter-fill`, `adapter-swap`
 //! (`model-…` for full fine-tuning), `trainer_state`, `config`, `metrics-rewrite`, `loss.svg`,
-//! `lineage`. `X-fill`: the new folder is complete in its temp sibling, nothing renamed;
+//! `lineage`, `remove` (a pruned checkpoint renamed to `.step-N.del`, not yet deleted). `X-fill`: the new folder is complete in its temp sibling, nothing renamed;
 //! `X-swap`: the old folder renamed aside, the new one not yet in; a file's point: its temp
 //! written and fsync'ed, not yet renamed.
 
