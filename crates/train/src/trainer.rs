@@ -429,7 +429,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
         let mut mt = Metrics { step: state.step, epoch: state.epoch, loss: Some(loss), lr, grad_norm: Some(grad_norm), tokens_per_sec: tps, eval_loss: None };
         let last_step = state.step == total_steps;
-        if !eval.is_empty() && (state.step % eval_every == 0 || last_step) {
+        if !eval.is_empty() && (state.step.is_multiple_of(eval_every) || last_step) {
             let l = evaluate(&mut m, &trainable, state.step)?;
             mt.eval_loss = Some(l);
             bar.println(format!("step {}: eval loss {l:.4}", state.step));
@@ -443,11 +443,11 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 state.evals_without_improvement += 1;
             }
         }
-        if state.step % cfg.logging_steps == 0 || mt.eval_loss.is_some() || last_step {
+        if state.step.is_multiple_of(cfg.logging_steps) || mt.eval_loss.is_some() || last_step {
             log(&mt, &mut history)?;
         }
         let stop = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
-        if state.step % save_every == 0 || last_step || stop {
+        if state.step.is_multiple_of(save_every) || last_step || stop {
             let dir = checkpoint::dir_for(&run_dir, state.step);
             crate::atomic::write_dir(&dir, "checkpoint", |d| {
                 match &trainable {

@@ -38,7 +38,10 @@ fn config(model: &Path, data: &Path, out: &Path) -> TrainConfig {
     }
 }
 
-fn losses(run: &Path) -> anyhow::Result<Vec<(usize, Option<f64>, Option<f64>)>> {
+/// (step, loss, eval loss) per line of metrics.jsonl.
+type Losses = Vec<(usize, Option<f64>, Option<f64>)>;
+
+fn losses(run: &Path) -> anyhow::Result<Losses> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;
     text.lines()
         .map(|l| {
