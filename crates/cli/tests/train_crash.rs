@@ -158,21 +158,31 @@ fn assert_complete(dir: &Path, run: &Path, straight: &Path) -> anyhow::Result<()
             .next()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .unwrap_or_default();
-        if ["adapter", "best", "checkpoints"].contains(&top.as_str()) {
-            assert!(
-                got.get(p) == Some(bytes),
-                "{} differs from the uninterrupted run's",
-                p.display()
-            );
+        if !["adapter", "model", "best", "checkpoints"].contains(&top.as_str()) {
+            continue;
         }
+        let same = match got.get(p) {
+            // JSON by value: an exported tokenizer_config.json lists its added tokens in hash
+            // order, which differs between processes.
+            Some(g) if p.extension().is_some_and(|e| e == "json") => {
+                serde_json::from_slice::<serde_json::Value>(g)?
+                    == serde_json::from_slice::<serde_json::Value>(bytes)?
+            }
+            g => g == Some(bytes),
+        };
+        assert!(same, "{} differs from the uninterrupted run's", p.display());
     }
     assert_eq!(metrics(run)?, metrics(straight)?);
     let lineage: serde_json::Value = serde_json::from_slice(&got[Path::new("lineage.json")])?;
     let want_lineage: serde_json::Value = serde_json::from_slice(&want[Path::new("lineage.json")])?;
+    // The weights' hashes (JSON files are compared by value above).
     let shas = |v: &serde_json::Value| {
-        v["output"]["files"]
-            .as_array()
-            .map(|f| f.iter().map(|x| x["sha256"].clone()).collect::<Vec<_>>())
+        v["output"]["files"].as_array().map(|f| {
+            f.iter()
+                .filter(|x| x["path"].as_str().is_some_and(|p| !p.ends_with(".json")))
+                .map(|x| x["sha256"].clone())
+                .collect::<Vec<_>>()
+        })
     };
     assert_eq!(shas(&lineage), shas(&want_lineage));
     let mut m = ferrotune_model::load_path(
@@ -180,11 +190,20 @@ fn assert_complete(dir: &Path, run: &Path, straight: &Path) -> anyhow::Result<()
         ferrotune_model::WeightMode::F32,
         &candle_core::Device::Cpu,
     )?;
-    for name in ["adapter", "best"] {
-        if run.join(name).exists() {
-            let a = ferrotune_model::Adapter::load(&run.join(name), &mut m.model)
+    for name in ["adapter", "best", "model"] {
+        let folder = run.join(name);
+        if folder.join("adapter_config.json").exists() {
+            let a = ferrotune_model::Adapter::load(&folder, &mut m.model)
                 .with_context(|| format!("loading {name}/"))?;
             ensure!(!a.layers.is_empty(), "{name}/ has no layers");
+        } else if folder.exists() {
+            // Full fine-tuning: an HF model folder.
+            ferrotune_model::load_path(
+                &folder,
+                ferrotune_model::WeightMode::F32,
+                &candle_core::Device::Cpu,
+            )
+            .with_context(|| format!("loading {name}/"))?;
         }
     }
     Ok(())
@@ -425,5 +444,24 @@ fn killed_while_pruning_a_checkpoint_leaves_none_half_deleted() -> anyhow::Resul
     let mut resume = limit.to_vec();
     resume.push("--resume");
     run_ok(&train_args(d, "killed", &resume))?;
+    assert_complete(d, &run, &straight)
+}
+
+/// Full fine-tuning writes `model/` (and `best/`) as HF folders through the same swaps.
+#[test]
+fn a_full_fine_tuning_run_killed_at_its_model_resumes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    setup(d)?;
+    let full = ["--method", "full"];
+    let straight = straight_run(d, &full)?;
+    let run = d.join("killed");
+    run_ok(&train_args(d, "killed", &full))?;
+    crash_at(&train_args(d, "killed", &["--resume"]), "model-swap")?;
+    assert!(
+        !run.join("model").exists() && run.join(".model.old/model.safetensors").is_file(),
+        "not killed inside the swap"
+    );
+    run_ok(&train_args(d, "killed", &["--resume"]))?;
     assert_complete(d, &run, &straight)
 }
