@@ -95,7 +95,7 @@ pub struct TrainArgs {
     /// Checkpoint every N optimizer steps. [default: as --eval-steps]
     #[arg(long)]
     save_steps: Option<usize>,
-    /// Keep at most N checkpoints (the best one is always kept). [default: all]
+    /// Keep at most N checkpoints (the best and the newest are always kept). [default: all]
     #[arg(long)]
     save_total_limit: Option<usize>,
     /// Stop after N evaluations without improvement (needs --eval-data).

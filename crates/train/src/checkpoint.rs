@@ -1,6 +1,7 @@
 //! Checkpoints: `checkpoints/step-N/` holding the trainable weights (a PEFT adapter, or the
 //! full model's tensors), the optimizer moments and `trainer_state.json`. Each is written to a
-//! temp folder and renamed, so a checkpoint is complete or absent — also after `kill -9`.
+//! temp folder, fsync'ed and renamed (`atomic::write_dir`), so a checkpoint is complete or
+//! absent — also after `kill -9` or a power loss.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,26 +44,6 @@ pub fn list(run: &Path) -> Vec<usize> {
     steps
 }
 
-/// Write a directory atomically: fill a temp sibling, then rename it into place.
-pub fn write_atomically(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| TrainError::file(parent, e))?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, e))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if dest.exists() {
-        std::fs::remove_dir_all(dest).map_err(|e| TrainError::file(dest, e))?;
-    }
-    std::fs::rename(&tmp, dest).map_err(|e| TrainError::file(dest, e))
-}
-
 /// Save full-model variables as one safetensors file.
 pub fn save_vars(vars: &[(String, Var)], path: &Path) -> Result<()> {
     let map: HashMap<String, candle_core::Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
@@ -83,9 +64,12 @@ pub fn load_vars(vars: &[(String, Var)], path: &Path, key: impl Fn(&str) -> Stri
     Ok(())
 }
 
+/// Write JSON through a temp file + fsync + rename: the old file or the new one, never half of
+/// one. The crash tests' point is the file's stem (`config`, `lineage`, `trainer_state`).
 pub fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| TrainError::file(path, e))?;
-    std::fs::write(path, text + "\n").map_err(|e| TrainError::file(path, e))
+    let point = path.file_stem().and_then(|s| s.to_str()).unwrap_or("json");
+    crate::atomic::write_file(path, point, (text + "\n").as_bytes())
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -93,20 +77,40 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| TrainError::file(path, e))
 }
 
-/// Delete the oldest checkpoints beyond `limit`, never the one at `keep` (the best).
+/// Delete the oldest checkpoints beyond `limit`, never the one at `keep` (the best) nor the
+/// newest (what `--resume` continues from; with `limit` 1 and an older best, the newest was
+/// the one deleted). Each goes through `atomic::remove_dir`, so a kill leaves none half-deleted.
 pub fn prune(run: &Path, limit: usize, keep: Option<usize>) -> Result<()> {
     let steps = list(run);
+    let newest = steps.last().copied();
     let mut excess = steps.len().saturating_sub(limit);
     for s in steps {
         if excess == 0 {
             break;
         }
-        if Some(s) == keep {
+        if Some(s) == keep || Some(s) == newest {
             continue;
         }
-        let d = dir_for(run, s);
-        std::fs::remove_dir_all(&d).map_err(|e| TrainError::file(&d, e))?;
+        crate::atomic::remove_dir(&dir_for(run, s))?;
         excess -= 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_to_one_keeps_the_best_and_the_newest() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| TrainError::file("tmp", e))?;
+        for s in [2, 4, 6] {
+            std::fs::create_dir_all(dir_for(dir.path(), s)).map_err(|e| TrainError::file("mkdir", e))?;
+        }
+        prune(dir.path(), 1, Some(2))?;
+        assert_eq!(list(dir.path()), vec![2, 6]);
+        prune(dir.path(), 1, Some(6))?;
+        assert_eq!(list(dir.path()), vec![6]);
+        Ok(())
+    }
 }

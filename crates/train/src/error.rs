@@ -10,6 +10,10 @@ pub enum TrainError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
 
+    /// Another trainer holds the run folder's lock (`runlock.rs`).
+    #[error("{dir}: {holder} is using this run folder; wait for it to finish, or choose another --out", dir = .dir.display(), holder = crate::runlock::holder(.pid))]
+    Locked { dir: PathBuf, pid: Option<u32> },
+
     #[error("{0}")]
     Data(#[from] ferrotune_data::DataError),
 

@@ -7,17 +7,22 @@
 //! - [`optim`]: AdamW (decoupled decay) with saveable state, global-norm clipping.
 //! - [`parallel`]: data-parallel LoRA over several GPUs (not wired into the CLI yet: see its docs).
 //! - [`schedule`]: learning-rate schedules as pure functions.
-//! - [`checkpoint`]: atomic checkpoint folders, pruning, trainer state.
+//! - [`checkpoint`]: checkpoint folders, pruning, trainer state.
+//! - [`atomic`]: crash-safe folder swaps and file writes, and their repair after a crash;
+//!   [`runlock`]: one trainer per run folder; [`crash`]: test-only fault injection.
 //! - [`lineage`], [`plot`]: `lineage.json` and `loss.svg`.
 
+pub mod atomic;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod crash;
 pub mod error;
 pub mod lineage;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+pub mod runlock;
 pub mod schedule;
 pub mod trainer;
 

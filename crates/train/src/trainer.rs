@@ -160,6 +160,9 @@ fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
 pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     // ---- resolve the run folder and config (a resumed run uses its saved config) ----
     let run_dir = cfg.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
+    // One trainer per run folder, locked before anything in it is read; a new folder is locked
+    // when it is made, below.
+    let mut lock = if run_dir.is_dir() { Some(open_run_dir(&run_dir)?) } else { None };
     let cfg = if opts.resume {
         let saved = run_dir.join("config.json");
         if !saved.exists() {
@@ -250,6 +253,10 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     // ---- run folder, resume ----
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::file(&run_dir, e))?;
+    let _lock = match lock.take() {
+        Some(l) => l,
+        None => open_run_dir(&run_dir)?,
+    };
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut state = TrainerState {
         step: 0,
@@ -280,14 +287,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         // Lines logged after the checkpoint (a run killed mid-interval) are dropped: the resumed
         // run logs those steps again.
         if metrics_path.exists() {
-            let text = std::fs::read_to_string(&metrics_path).map_err(|e| TrainError::file(&metrics_path, e))?;
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                match serde_json::from_str::<Metrics>(line) {
-                    Ok(mt) if mt.step <= state.step => history.push(mt),
-                    Ok(_) => {}
-                    Err(e) => return Err(TrainError::file(&metrics_path, e)),
-                }
-            }
+            history = read_metrics(&metrics_path)?.into_iter().filter(|mt| mt.step <= state.step).collect();
         }
         eprintln!("resuming {} at step {}/{}", run_dir.display(), state.step, total_steps);
     } else {
@@ -296,14 +296,21 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         checkpoint::write_json(&run_dir.join("config.json"), &cfg)?;
     }
-    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| TrainError::file(&metrics_path, e))?;
-    for mt in &history {
-        writeln!(metrics_file, "{}", serde_json::to_string(mt).map_err(|e| TrainError::file(&metrics_path, e))?)
-            .map_err(|e| TrainError::file(&metrics_path, e))?;
+    let metrics_line = |mt: &Metrics| serde_json::to_string(mt).map(|l| l + "\n").map_err(|e| TrainError::file(&metrics_path, e));
+    let mut metrics_file = if opts.resume {
+        // The kept lines replace the file whole (temp + fsync + rename): a crash here leaves
+        // the old file, never a truncated one.
+        let kept = history.iter().map(metrics_line).collect::<Result<String>>()?;
+        crate::atomic::write_file(&metrics_path, "metrics-rewrite", kept.as_bytes())?;
+        std::fs::OpenOptions::new().append(true).open(&metrics_path)
+    } else {
+        std::fs::File::create(&metrics_path)
     }
+    .map_err(|e| TrainError::file(&metrics_path, e))?;
     let mut log = |mt: &Metrics, history: &mut Vec<Metrics>| -> Result<()> {
-        let line = serde_json::to_string(mt).map_err(|e| TrainError::file(&metrics_path, e))?;
-        writeln!(metrics_file, "{line}").and_then(|_| metrics_file.flush()).map_err(|e| TrainError::file(&metrics_path, e))?;
+        // One write per line, so a kill leaves whole lines (or a torn last one, which resume
+        // drops).
+        metrics_file.write_all(metrics_line(mt)?.as_bytes()).map_err(|e| TrainError::file(&metrics_path, e))?;
         history.push(mt.clone());
         Ok(())
     };
@@ -358,11 +365,13 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         idx
     };
     let mut cached_order: Option<(usize, Vec<usize>)> = None;
-    let mut stopped_early = false;
+    // A run resumed from the checkpoint written where early stopping ended it (killed while
+    // writing its deliverables) is already done.
+    let mut stopped_early = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
     let run_start = Instant::now();
     let tokens_at_start = state.tokens_seen;
     let mut last_loss = history.iter().rev().find_map(|h| h.loss);
-    while state.step < total_steps {
+    while !stopped_early && state.step < total_steps {
         if opts.stop_after.is_some_and(|s| state.step >= s) {
             bar.abandon();
             return Err(TrainError::config("stop_after", format!("stopped after step {} as asked", state.step)));
@@ -420,7 +429,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
         let mut mt = Metrics { step: state.step, epoch: state.epoch, loss: Some(loss), lr, grad_norm: Some(grad_norm), tokens_per_sec: tps, eval_loss: None };
         let last_step = state.step == total_steps;
-        if !eval.is_empty() && (state.step % eval_every == 0 || last_step) {
+        if !eval.is_empty() && (state.step.is_multiple_of(eval_every) || last_step) {
             let l = evaluate(&mut m, &trainable, state.step)?;
             mt.eval_loss = Some(l);
             bar.println(format!("step {}: eval loss {l:.4}", state.step));
@@ -429,18 +438,18 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 state.best_eval_loss = Some(l);
                 state.best_step = Some(state.step);
                 state.evals_without_improvement = 0;
-                checkpoint::write_atomically(&run_dir.join("best"), |d| trainable.save(&m, &cfg.model, d))?;
+                crate::atomic::write_dir(&run_dir.join("best"), "best", |d| trainable.save(&m, &cfg.model, d))?;
             } else {
                 state.evals_without_improvement += 1;
             }
         }
-        if state.step % cfg.logging_steps == 0 || mt.eval_loss.is_some() || last_step {
+        if state.step.is_multiple_of(cfg.logging_steps) || mt.eval_loss.is_some() || last_step {
             log(&mt, &mut history)?;
         }
         let stop = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
-        if state.step % save_every == 0 || last_step || stop {
+        if state.step.is_multiple_of(save_every) || last_step || stop {
             let dir = checkpoint::dir_for(&run_dir, state.step);
-            checkpoint::write_atomically(&dir, |d| {
+            crate::atomic::write_dir(&dir, "checkpoint", |d| {
                 match &trainable {
                     Trainable::Lora(a) => a.save(&d.join("adapter"), &cfg.model)?,
                     Trainable::Full(v) => checkpoint::save_vars(v, &d.join("model.safetensors"))?,
@@ -466,19 +475,21 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let elapsed = run_start.elapsed().as_secs_f64();
 
     // ---- deliverables: adapter (best by eval loss, else final), loss curve, lineage ----
-    let output = run_dir.join(match cfg.method {
+    let output_name = match cfg.method {
         Method::Lora => "adapter",
         Method::Full => "model",
-    });
+    };
+    let output = run_dir.join(output_name);
     let best_dir = run_dir.join("best");
     if best_dir.exists() && state.best_step.is_some_and(|s| s > 0) {
-        checkpoint::write_atomically(&output, |d| copy_dir(&best_dir, d))?;
+        crate::atomic::write_dir(&output, output_name, |d| copy_dir(&best_dir, d))?;
     } else {
-        checkpoint::write_atomically(&output, |d| trainable.save(&m, &cfg.model, d))?;
+        crate::atomic::write_dir(&output, output_name, |d| trainable.save(&m, &cfg.model, d))?;
     }
     let train_pts: Vec<(f64, f64)> = history.iter().filter_map(|h| h.loss.map(|l| (h.step as f64, l))).collect();
     let eval_pts: Vec<(f64, f64)> = history.iter().filter_map(|h| h.eval_loss.map(|l| (h.step as f64, l))).collect();
-    crate::plot::loss_curve(&run_dir.join("loss.svg"), &format!("{} — {}", cfg.model, target_desc), &train_pts, &eval_pts)?;
+    let title = format!("{} — {}", cfg.model, target_desc);
+    crate::atomic::write_file_with(&run_dir.join("loss.svg"), "loss.svg", |tmp| crate::plot::loss_curve(tmp, &title, &train_pts, &eval_pts))?;
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         output: output.clone(),
@@ -565,6 +576,38 @@ fn share_grads(model: &ferrotune_model::Llama, vars: &[(String, Var)], batch: &c
         let g = collect_grads(vars, &(l / norm)?.backward()?)?;
         Ok((loss, g))
     })
+}
+
+/// Lock the run folder, then repair what a crashed writer left in it (`atomic::recover`).
+fn open_run_dir(run_dir: &Path) -> Result<crate::runlock::RunLock> {
+    let lock = crate::runlock::RunLock::acquire(run_dir)?;
+    for dir in [run_dir.to_path_buf(), run_dir.join("checkpoints")] {
+        for p in crate::atomic::recover(&dir)? {
+            eprintln!("repaired {} (a run was killed while writing it)", p.display());
+        }
+    }
+    Ok(lock)
+}
+
+/// The lines of `metrics.jsonl`. A last line cut short without its newline is what a kill
+/// mid-write leaves; it is dropped (its step is logged again), any other bad line is an error.
+pub fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Metrics>(line) {
+            Ok(mt) => out.push(mt),
+            Err(_) if i + 1 == lines.len() && !line.ends_with('\n') => {
+                eprintln!("{}: dropping the unfinished last line (the run was killed while writing it)", path.display());
+            }
+            Err(e) => return Err(TrainError::file(path, format!("line {}: {e}", i + 1))),
+        }
+    }
+    Ok(out)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {

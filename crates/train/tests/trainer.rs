@@ -38,7 +38,10 @@ fn config(model: &Path, data: &Path, out: &Path) -> TrainConfig {
     }
 }
 
-fn losses(run: &Path) -> anyhow::Result<Vec<(usize, Option<f64>, Option<f64>)>> {
+/// (step, loss, eval loss) per line of metrics.jsonl.
+type Losses = Vec<(usize, Option<f64>, Option<f64>)>;
+
+fn losses(run: &Path) -> anyhow::Result<Losses> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;
     text.lines()
         .map(|l| {
@@ -78,6 +81,32 @@ fn resumed_run_repeats_the_uninterrupted_loss_trajectory() -> anyhow::Result<()>
     let stop = RunOptions { stop_after: Some(5), ..Default::default() };
     assert!(ferrotune_train::run(config(&model, &data, &broken), &stop).is_err());
     ferrotune_train::run(config(&model, &data, &broken), &RunOptions { resume: true, ..Default::default() })?;
+    assert_eq!(losses(&straight)?, losses(&broken)?);
+    Ok(())
+}
+
+/// A kill mid-write can leave metrics.jsonl's last line cut short; `--resume` failed on it. Now
+/// the torn line is dropped (its step is logged again), while a bad line elsewhere is an error
+/// naming its line.
+#[test]
+fn resume_drops_a_torn_last_metrics_line_and_names_a_bad_one() -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let (model, data) = setup(dir.path())?;
+    let straight = dir.path().join("straight");
+    ferrotune_train::run(config(&model, &data, &straight), &RunOptions::default())?;
+    let broken = dir.path().join("broken");
+    let stop = RunOptions { stop_after: Some(5), ..Default::default() };
+    assert!(ferrotune_train::run(config(&model, &data, &broken), &stop).is_err());
+    let metrics = broken.join("metrics.jsonl");
+    let whole = std::fs::read_to_string(&metrics)?;
+    std::fs::write(&metrics, format!("not json\n{whole}"))?;
+    let resume = RunOptions { resume: true, ..Default::default() };
+    let e = ferrotune_train::run(config(&model, &data, &broken), &resume).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
+    std::fs::write(&metrics, &whole)?;
+    std::fs::OpenOptions::new().append(true).open(&metrics)?.write_all(br#"{"step": 6, "epoch": 1.0, "lo"#)?;
+    ferrotune_train::run(config(&model, &data, &broken), &resume)?;
     assert_eq!(losses(&straight)?, losses(&broken)?);
     Ok(())
 }
