@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use ferrotune_eval::bootstrap::DEFAULT_RESAMPLES;
+use ferrotune_eval::bootstrap::{DEFAULT_RESAMPLES, MAX_RESAMPLES};
 use ferrotune_eval::gate::{self, Gate, GateOutcome};
 use ferrotune_eval::metrics::{Metric, json_match_report};
 use ferrotune_eval::report::{
@@ -106,8 +106,8 @@ struct RunArgs {
     /// Which system of --baseline to compare with (default: its last one).
     #[arg(long, requires = "baseline")]
     baseline_system: Option<String>,
-    /// Bootstrap resamples for the 95% intervals.
-    #[arg(long, default_value_t = DEFAULT_RESAMPLES)]
+    /// Bootstrap resamples for the 95% intervals (at most 100000).
+    #[arg(long, default_value_t = DEFAULT_RESAMPLES, value_parser = resamples_arg)]
     resamples: usize,
 }
 
@@ -127,10 +127,22 @@ struct ScoreArgs {
     /// Print eval.json to stdout instead of the table.
     #[arg(long)]
     json: bool,
-    #[arg(long, default_value_t = DEFAULT_RESAMPLES)]
+    /// Bootstrap resamples for the 95% intervals (at most 100000).
+    #[arg(long, default_value_t = DEFAULT_RESAMPLES, value_parser = resamples_arg)]
     resamples: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// `--resamples`, checked while parsing: a bad count is a usage error before any model loads.
+fn resamples_arg(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a resample count: {e}"))?;
+    if n > MAX_RESAMPLES {
+        return Err(format!("at most {MAX_RESAMPLES} resamples are allowed"));
+    }
+    Ok(n)
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -467,25 +479,20 @@ fn finish(
     let outcomes = gate::check(file, gates, baseline)?;
     let failed: Vec<&GateOutcome> = outcomes.iter().filter(|o| !o.passed).collect();
     for o in &outcomes {
-        println!(
-            "gate {}: {} {} = {:.4} vs {} {:.4} (tolerance {}) → {}",
-            o.metric,
-            o.system,
-            o.metric,
-            o.value,
-            o.against,
-            o.reference,
-            o.tolerance,
-            if o.passed { "pass" } else { "FAIL" }
-        );
+        println!("{}", o.describe());
     }
     if failed.is_empty() {
         Ok(())
     } else {
+        let which: Vec<String> = failed
+            .iter()
+            .map(|o| format!("{} of {}", o.metric, o.system))
+            .collect();
         Err(GateFailed(format!(
-            "{} of {} gate check(s) failed",
+            "{} of {} gate check(s) failed ({})",
             failed.len(),
-            outcomes.len()
+            outcomes.len(),
+            which.join(", ")
         ))
         .into())
     }

@@ -61,9 +61,17 @@ enum Command {
 /// and a quarter of its CPU time in the kernel clearing pages. One arena, blocks up to 32 MiB
 /// (glibc's largest mmap threshold) from the heap, and up to 1 GiB of free heap kept: the
 /// buffers are reused and a step's page faults fall to a few thousand, at the same peak RSS.
+///
+/// Called first thing in `main`, before any thread exists: glibc's `mallopt` is not safe to call
+/// while other threads allocate (rayon's pool used to be started before it). Should a thread exist
+/// anyway, it says so and leaves glibc's defaults.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    if let Some(n) = threads_running().filter(|&n| n > 1) {
+        eprintln!("warning: not tuning malloc for training: {n} threads are already running");
+        return;
+    }
+    // SAFETY: mallopt only sets allocator parameters; this process has one thread (checked above).
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
@@ -79,14 +87,32 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// This process's thread count (`Threads:` in /proc/self/status).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn threads_running() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn main() -> ExitCode {
+    // Argument parsing starts no thread, and only training wants malloc tuned: parse, then tune
+    // before anything else can start one (the tracing subscriber, rayon's pool).
+    let cli = Cli::parse();
+    let trains = match &cli.command {
+        Command::Train(_) => true,
+        Command::Bench(b) => b.is_train(),
+        _ => false,
+    };
+    if trains {
+        keep_freed_memory();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERROTUNE_LOG").unwrap_or_else(|_| "warn,ferrotune_serve=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     #[cfg(unix)]
     if !matches!(cli.command, Command::Serve(_)) {
         // Rust ignores SIGPIPE, so printing a report into a pipe that closed early (`| head`)
@@ -98,11 +124,6 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let trains = match &cli.command {
-        Command::Train(_) => true,
-        Command::Bench(b) => b.is_train(),
-        _ => false,
-    };
     if trains && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Training is dominated by gemm, which runs on rayon's pool; candle's second (spinning)
         // pool for elementwise ops competed with it for the cores (a fifth of a step spent
@@ -131,9 +152,6 @@ fn main() -> ExitCode {
             eprintln!("error: could not start {threads} worker threads: {e}");
             return ExitCode::from(1);
         }
-    }
-    if trains {
-        keep_freed_memory();
     }
     let result = match cli.command {
         Command::Models(a) => models::run(a),

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_rag::eval::{evaluate, read_queries};
 use ferrotune_rag::manifest::Manifest;
 use ferrotune_rag::source::collect;
-use ferrotune_rag::{ChunkConfig, Embedder, KbSettings, KnowledgeBase, Mode, Progress, RagError, Writer, kb_path};
+use ferrotune_rag::{ChunkConfig, Embedder, KbSettings, KnowledgeBase, MAX_K, Mode, Progress, RagError, Writer, kb_path};
 
 #[derive(Args)]
 #[command(after_help = "Knowledge bases live in $FERROTUNE_HOME/kb/NAME (default ~/.ferrotune/kb/NAME); \
@@ -98,8 +98,8 @@ struct QueryArgs {
     kb: String,
     /// The question (plain text; no query syntax).
     question: String,
-    /// Number of chunks to return (chunks, not documents: one document can give several).
-    #[arg(long, default_value_t = 5)]
+    /// Number of chunks to return, 1 to 1000 (chunks, not documents: one document can give several).
+    #[arg(long, default_value_t = 5, value_parser = k_arg)]
     k: usize,
     /// Retrieval mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Hybrid)]
@@ -136,8 +136,8 @@ struct EvalArgs {
     /// JSONL file, one {"query": "...", "relevant": ["doc id", ...]} per line.
     #[arg(long)]
     queries: PathBuf,
-    /// Cut-off for recall@k (MRR and nDCG are always @10). A document ranks where its best chunk does.
-    #[arg(long, default_value_t = 5)]
+    /// Cut-off for recall@k, 1 to 1000 (MRR and nDCG are always @10). A document ranks where its best chunk does.
+    #[arg(long, default_value_t = 5, value_parser = k_arg)]
     k: usize,
     /// Print the report (with per-query results) as JSON.
     #[arg(long)]
@@ -255,10 +255,15 @@ fn show_paths(p: &[PathBuf]) -> String {
     p.iter().map(|x| x.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-fn query(a: QueryArgs, root: Option<&Path>) -> anyhow::Result<()> {
-    if a.k == 0 {
-        bail!("--k must be at least 1");
+/// `--k`, checked while parsing (a usage error, before any knowledge base is opened).
+fn k_arg(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(k) if (1..=MAX_K).contains(&k) => Ok(k),
+        _ => Err(format!("`{s}` is not a number of chunks from 1 to {MAX_K}")),
     }
+}
+
+fn query(a: QueryArgs, root: Option<&Path>) -> anyhow::Result<()> {
     let kb = open(&a.kb, root)?;
     let mode: Mode = a.mode.into();
     let hits = kb.query(&a.question, a.k, mode)?;
@@ -328,9 +333,6 @@ fn delete(a: DeleteArgs, root: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn eval(a: EvalArgs, root: Option<&Path>) -> anyhow::Result<()> {
-    if a.k == 0 {
-        bail!("--k must be at least 1");
-    }
     let queries = read_queries(&a.queries)?;
     let kb = open(&a.kb, root)?;
     let report = evaluate(&kb, &queries, a.k)?;

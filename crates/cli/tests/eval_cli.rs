@@ -284,3 +284,92 @@ fn eval_score_scores_given_predictions() -> anyhow::Result<()> {
     assert_eq!(o.status.code(), Some(1));
     Ok(())
 }
+
+#[test]
+fn a_nan_reference_score_fails_the_gate_with_exit_3() -> anyhow::Result<()> {
+    // Regression: every comparison with NaN is false, so a NaN reference passed every system;
+    // and the NaN, written to eval.json as null, made the file unreadable as a --baseline.
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    ferrotune_model::testing::write_tiny_model(&d.join("tiny"))?;
+    std::fs::write(d.join("test.jsonl"), rows(2, 0))?;
+    let preds = d.join("preds.jsonl");
+    std::fs::write(
+        &preds,
+        "{\"prediction\": \"ok 0\", \"reference\": \"ok 0\"}\n{\"prediction\": \"ok 1\", \"reference\": \"ok 1\"}\n",
+    )?;
+    let o = run(&[
+        "eval",
+        "score",
+        "--predictions",
+        &preds.display().to_string(),
+        "--metrics",
+        "rougeL",
+        "--out",
+        &d.join("b").display().to_string(),
+    ])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let mut baseline: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("b/eval.json"))?)?;
+    baseline["metrics"][0]["scores"][0]["value"] = serde_json::Value::Null;
+    std::fs::write(d.join("baseline.json"), baseline.to_string())?;
+    let o = run(&[
+        "eval",
+        "--model",
+        &d.join("tiny").display().to_string(),
+        "--data",
+        &d.join("test.jsonl").display().to_string(),
+        "--max-tokens",
+        "2",
+        "--metrics",
+        "rougeL",
+        "--fail-if-worse",
+        "rougeL",
+        "--baseline",
+        &d.join("baseline.json").display().to_string(),
+        "--out",
+        &d.join("e").display().to_string(),
+        "--resamples",
+        "10",
+    ])?;
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(
+        t.contains("the reference rougeL (baseline:predictions) is not a number"),
+        "{t}"
+    );
+    assert!(t.contains("rougeL of base"), "{t}");
+    Ok(())
+}
+
+#[test]
+fn a_huge_resample_count_is_a_usage_error() -> anyhow::Result<()> {
+    // Regression: 10^13 resamples reached a Vec of that many scores (capacity overflow).
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("preds.jsonl");
+    std::fs::write(&p, "{\"prediction\": \"x\", \"reference\": \"x\"}\n")?;
+    let p = p.display().to_string();
+    for mut args in [
+        vec!["eval", "score", "--predictions", &p],
+        vec!["eval", "--data", &p],
+    ] {
+        args.extend(["--resamples", "10000000000000"]);
+        let o = run(&args)?;
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("--resamples") && t.contains("at most 100000"),
+            "{t}"
+        );
+    }
+    let o = run(&[
+        "eval",
+        "score",
+        "--predictions",
+        &p,
+        "--resamples",
+        "100000",
+    ])?;
+    assert!(o.status.success(), "{}", text(&o));
+    Ok(())
+}

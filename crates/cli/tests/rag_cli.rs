@@ -1,6 +1,7 @@
 //! `ferrotune rag` as a user runs it on the bundled knowledge base: ingest, query with
 //! citations, re-ingest (skipped), delete, eval table for the three modes, and bad input.
-//! Needs the MiniLM embedder installed (CI installs it); prints SKIPPED otherwise.
+//! Needs the MiniLM embedder installed (CI installs it); prints SKIPPED otherwise (fails under
+//! FERROTUNE_REQUIRE_MODELS=1).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,11 +23,7 @@ fn repo() -> PathBuf {
 }
 
 fn embedder_installed() -> bool {
-    let ok = ferrotune_model::store::home().join("models/all-minilm-l6-v2/manifest.json").is_file();
-    if !ok {
-        eprintln!("SKIPPED: all-minilm-l6-v2 not installed in $FERROTUNE_HOME (scripts/install-models.sh)");
-    }
-    ok
+    ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_EMBEDDER).is_some()
 }
 
 #[test]
@@ -78,5 +75,28 @@ fn ingest_query_delete_and_eval_the_bundled_knowledge_base() -> anyhow::Result<(
     assert_eq!(std::fs::read(kb.join("bw/kb.json"))?, before);
     let o = run(kb, &["query", "--kb", "nope", "x"])?;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    Ok(())
+}
+
+#[test]
+fn a_k_beyond_the_limit_is_a_usage_error() -> anyhow::Result<()> {
+    // Regression: `--k 18446744073709551615` wrapped `k + 10` to 9 and printed 9 hits, exit 0.
+    // A BM25 query on synthetic vectors needs no embedder.
+    let dir = tempfile::tempdir()?;
+    let kb = dir.path();
+    ferrotune_rag::bench::build_synthetic_kb(&kb.join("syn"), 30, 8, 1)?;
+    let passage = &ferrotune_rag::bench::generated_docs(30, 1)[0].text;
+    let q: String = passage.split_whitespace().take(12).collect::<Vec<_>>().join(" ");
+    for k in ["18446744073709551615", "1001", "0"] {
+        let o = run(kb, &["query", "--kb", "syn", &q, "--mode", "bm25", "--k", k])?;
+        assert_eq!(o.status.code(), Some(2), "--k {k}: {}", text(&o));
+        assert!(text(&o).contains("from 1 to 1000"), "{}", text(&o));
+    }
+    let o = run(kb, &["eval", "--kb", "syn", "--queries", "/nonexistent.jsonl", "--k", "18446744073709551615"])?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(kb, &["query", "--kb", "syn", &q, "--mode", "bm25", "--k", "1000", "--json"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert!(v["hits"].as_array().is_some_and(|h| h.len() > 10), "{v}");
     Ok(())
 }

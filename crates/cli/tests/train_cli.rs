@@ -88,3 +88,19 @@ fn bad_flags_fail_with_a_clear_message_and_nothing_written() -> anyhow::Result<(
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.jsonl"));
     Ok(())
 }
+
+#[test]
+fn training_tunes_malloc_before_any_thread_starts() -> anyhow::Result<()> {
+    // Regression: `mallopt` ran after rayon's pool had started, against its safety comment; now
+    // the binary checks the thread count first and warns instead of calling it late.
+    let dir = tempfile::tempdir()?;
+    setup(dir.path())?;
+    let mut args = train_args(dir.path(), "m");
+    let steps = args.iter().position(|a| a == "--max-steps").expect("--max-steps") + 1;
+    args[steps] = "2".into();
+    let out = ferrotune().args(&args).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("not tuning malloc"), "{err}");
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! With the real default model (SmolLM2-135M-Instruct, ChatML, EOS `<|im_end|>` = 2): the
 //! rendered ids are exactly the template text's tokenization, loss covers each answer through its
 //! `<|im_end|>` and nothing else, and the bundled example validates cleanly. Skipped (with a
-//! message) when the model is not installed.
+//! message) when the model is not installed, failed instead under FERROTUNE_REQUIRE_MODELS=1.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,15 +9,11 @@ use std::sync::Arc;
 use ferrotune_data::{IGNORE_INDEX, Record, RenderOptions, Renderer, Role, Turn, ValidateOptions, render_for_training, validate};
 use ferrotune_model::{LoadedModel, WeightMode};
 
+/// The installed model, `None` (SKIPPED) only when it is not installed and FERROTUNE_REQUIRE_MODELS
+/// is not set; a model that is installed but fails to load fails the test.
 fn model() -> Option<LoadedModel> {
-    let store = ferrotune_model::store::Store::open(&ferrotune_model::store::home());
-    match store.path_of(ferrotune_model::store::DEFAULT_MODEL) {
-        Ok(Some(p)) => Some(ferrotune_model::load_path(&p, WeightMode::Quantized, &candle_core::Device::Cpu).expect("model loads")),
-        _ => {
-            eprintln!("SKIPPED: {} is not installed in {}", ferrotune_model::store::DEFAULT_MODEL, ferrotune_model::store::home().display());
-            None
-        }
-    }
+    let p = ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_MODEL)?;
+    Some(ferrotune_model::load_path(&p, WeightMode::Quantized, &candle_core::Device::Cpu).expect("the installed model loads"))
 }
 
 #[test]
@@ -117,4 +113,32 @@ fn the_text_only_load_renders_exactly_as_the_full_model() {
     let rec = Record::chat(vec![Turn::new(Role::User, "Capital of France? 12 é😀"), Turn::new(Role::Assistant, "  Paris.")]);
     let opts = RenderOptions::default();
     assert_eq!(render_for_training(&rec, &full, &opts).expect("render"), render_for_training(&rec, &text, &opts).expect("render"));
+}
+
+/// Runs one test of this binary in a child process with `FERROTUNE_HOME` = `home`.
+fn run_alone(test: &str, home: &std::path::Path, require: bool) -> std::process::Output {
+    let mut c = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    c.args(["--exact", test, "--nocapture"]).env("FERROTUNE_HOME", home).env_remove(ferrotune_model::testing::REQUIRE_MODELS);
+    if require {
+        c.env(ferrotune_model::testing::REQUIRE_MODELS, "1");
+    }
+    c.output().expect("run the test binary")
+}
+
+#[test]
+fn a_missing_model_skips_locally_fails_in_ci_and_a_broken_install_always_fails() {
+    // Regression: these tests passed, SKIPPED, in CI when the model was missing, and when its
+    // manifest was corrupt.
+    let test = "smollm2_labels_are_exactly_the_answers_with_their_im_end";
+    let home = tempfile::tempdir().expect("tmp");
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let o = run_alone(test, home.path(), false);
+    assert!(o.status.success() && text(&o).contains("SKIPPED"), "{}", text(&o));
+    let o = run_alone(test, home.path(), true);
+    assert!(!o.status.success() && text(&o).contains("FERROTUNE_REQUIRE_MODELS"), "{}", text(&o));
+    let dir = home.path().join("models").join(ferrotune_model::store::DEFAULT_MODEL);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("manifest.json"), "{ truncated").expect("write");
+    let o = run_alone(test, home.path(), false);
+    assert!(!o.status.success() && text(&o).contains("broken"), "{}", text(&o));
 }

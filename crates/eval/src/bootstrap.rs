@@ -11,10 +11,28 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::error::EvalError;
 use crate::metrics::{Metric, RowStats, aggregate};
 
 /// The usual number of resamples.
 pub const DEFAULT_RESAMPLES: usize = 1000;
+
+/// The most resamples accepted: 100× the usual. Past it the interval's bounds no longer move
+/// (the order statistics at 2.5% / 97.5% are already set to a fraction of a percent) while time
+/// grows with `resamples × rows`, and a typo like `--resamples 10000000000000` must be an error
+/// rather than an allocation of 80 TB of scores.
+pub const MAX_RESAMPLES: usize = 100_000;
+
+/// `resamples` within `0..=MAX_RESAMPLES`, or an error naming `--resamples`.
+pub fn check_resamples(resamples: usize) -> Result<(), EvalError> {
+    if resamples > MAX_RESAMPLES {
+        return Err(EvalError::InvalidOption {
+            option: "--resamples",
+            reason: format!("{resamples} is more than the {MAX_RESAMPLES} resamples allowed"),
+        });
+    }
+    Ok(())
+}
 
 /// A two-sided confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

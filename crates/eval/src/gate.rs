@@ -55,6 +55,39 @@ pub struct GateOutcome {
     pub passed: bool,
 }
 
+impl GateOutcome {
+    /// One line for the terminal, naming the metric and system, and why a check failed when a
+    /// score is not a number.
+    pub fn describe(&self) -> String {
+        let verdict = if self.passed {
+            "pass".to_string()
+        } else {
+            match (self.value.is_finite(), self.reference.is_finite()) {
+                (true, true) => "FAIL".to_string(),
+                (false, true) => format!("FAIL: {}'s {} is not a number", self.system, self.metric),
+                (true, false) => format!(
+                    "FAIL: the reference {} ({}) is not a number",
+                    self.metric, self.against
+                ),
+                (false, false) => format!(
+                    "FAIL: {}'s {} and the reference ({}) are not numbers",
+                    self.system, self.metric, self.against
+                ),
+            }
+        };
+        format!(
+            "gate {}: {} {} = {:.4} vs {} {:.4} (tolerance {}) → {verdict}",
+            self.metric,
+            self.system,
+            self.metric,
+            self.value,
+            self.against,
+            self.reference,
+            self.tolerance
+        )
+    }
+}
+
 /// Check every gate. `baseline`: a stored evaluation and the name of its system to compare
 /// with (`None` = its last system, normally the released adapter).
 pub fn check(
@@ -131,9 +164,105 @@ pub fn check(
                 against: against.clone(),
                 reference,
                 tolerance: g.tolerance,
-                passed: !worse && value.is_finite(),
+                // Every comparison with a NaN is false, so a NaN reference passed every system:
+                // a score that is not a number on either side fails.
+                passed: !worse && value.is_finite() && reference.is_finite(),
             });
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{DataInfo, Settings, SystemInfo};
+    use crate::score::{MetricResult, Score, SystemScore};
+
+    fn system(name: &str) -> SystemInfo {
+        SystemInfo {
+            name: name.into(),
+            adapter: None,
+            run_dir: None,
+            rows_per_sec: None,
+            generated_tokens: None,
+            generation_secs: None,
+        }
+    }
+
+    /// An evaluation of `systems` with these rougeL scores.
+    fn run(scores: &[(&str, f64)]) -> EvalFile {
+        EvalFile {
+            ferrotune_version: "0".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            model: None,
+            data: DataInfo {
+                path: "t.jsonl".into(),
+                sha256: String::new(),
+                rows: 1,
+            },
+            settings: Settings {
+                decoding: "greedy".into(),
+                max_tokens: None,
+                batch_size: None,
+                bootstrap_resamples: 0,
+                seed: 0,
+            },
+            systems: scores.iter().map(|(n, _)| system(n)).collect(),
+            metrics: vec![MetricResult {
+                name: "rougeL".into(),
+                higher_is_better: true,
+                scale: Some(1.0),
+                scores: scores
+                    .iter()
+                    .map(|&(n, v)| SystemScore {
+                        system: n.into(),
+                        score: Score {
+                            value: v,
+                            ci95: [v, v],
+                        },
+                    })
+                    .collect(),
+                vs_base: Vec::new(),
+            }],
+            json_match: None,
+            rows: Vec::new(),
+        }
+    }
+
+    fn gate() -> Vec<Gate> {
+        vec!["rougeL:0.01".parse().expect("gate")]
+    }
+
+    #[test]
+    fn a_nan_base_score_fails_the_gate_naming_metric_and_system() {
+        // Regression: `value < NaN - tol` is false, so a NaN reference passed every adapter.
+        let out = check(&run(&[("base", f64::NAN), ("tuned", 0.5)]), &gate(), None).expect("check");
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].passed);
+        let line = out[0].describe();
+        assert!(
+            line.contains("rougeL") && line.contains("tuned") && line.contains("not a number"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_nan_on_either_side_fails_and_finite_scores_still_compare() {
+        let g = gate();
+        let baseline = run(&[("released", f64::NAN)]);
+        let out = check(&run(&[("base", 0.4)]), &g, Some((&baseline, None))).expect("check");
+        assert!(!out[0].passed, "NaN baseline");
+        assert!(
+            out[0].describe().contains("baseline:released"),
+            "{}",
+            out[0].describe()
+        );
+        let out = check(&run(&[("base", 0.4), ("tuned", f64::NAN)]), &g, None).expect("check");
+        assert!(!out[0].passed, "NaN candidate");
+        let out = check(&run(&[("base", 0.4), ("tuned", 0.395)]), &g, None).expect("check");
+        assert!(out[0].passed, "within the tolerance");
+        let out = check(&run(&[("base", 0.4), ("tuned", 0.38)]), &g, None).expect("check");
+        assert!(!out[0].passed && out[0].describe().ends_with("→ FAIL"));
+    }
 }

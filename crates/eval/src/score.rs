@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{
-    Interval, confidence_interval, paired_difference_interval, percentile_interval,
+    Interval, check_resamples, confidence_interval, paired_difference_interval, percentile_interval,
 };
 use crate::error::{EvalError, Result};
 use crate::metrics::{Metric, RowStats, aggregate, row_stats};
@@ -111,9 +111,22 @@ pub fn default_metrics(all_structured: bool, with_model: bool) -> Vec<MetricSpec
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Score {
+    #[serde(deserialize_with = "nan_if_null")]
     pub value: f64,
     /// 95% percentile bootstrap interval over rows.
+    #[serde(deserialize_with = "nans_if_null")]
     pub ci95: [f64; 2],
+}
+
+/// serde_json writes a NaN score as `null`; read it back as NaN, so that an `eval.json` holding
+/// one still loads as a `--baseline` (and its NaN fails the gate) instead of being refused.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn nans_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<[f64; 2], D::Error> {
+    let [a, b] = <[Option<f64>; 2]>::deserialize(d)?;
+    Ok([a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN)])
 }
 
 impl Score {
@@ -203,6 +216,7 @@ pub fn score_systems(
     resamples: usize,
     seed: u64,
 ) -> Result<(Vec<MetricResult>, RowTable)> {
+    check_resamples(resamples)?;
     let mut stats: Vec<Vec<Vec<RowStats>>> = Vec::with_capacity(systems.len());
     for s in systems {
         if s.predictions.len() != references.len() {
@@ -303,6 +317,42 @@ fn pick_corpus(m: MetricSpec, rows: &[RowStats], idx: Option<&[usize]>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_resample_count_is_an_error_naming_the_option() {
+        // Regression: 10^13 resamples went straight to a Vec of that many scores (capacity
+        // overflow / abort) instead of an error.
+        let refs = vec!["a".to_string()];
+        let preds = vec!["a".to_string()];
+        let answers = [Answers {
+            system: "s",
+            predictions: &preds,
+            loss: None,
+        }];
+        let metrics = [MetricSpec::Text(Metric::ExactMatch)];
+        let err = score_systems(&refs, &answers, &metrics, 10_000_000_000_000, 0)
+            .err()
+            .expect("too many resamples")
+            .to_string();
+        assert!(
+            err.contains("--resamples") && err.contains("100000"),
+            "{err}"
+        );
+        let max = crate::bootstrap::MAX_RESAMPLES;
+        assert!(score_systems(&refs, &answers, &metrics, max, 0).is_ok());
+    }
+
+    #[test]
+    fn a_nan_score_written_as_null_reads_back_as_nan() {
+        let s = Score {
+            value: f64::NAN,
+            ci95: [f64::NAN, 1.0],
+        };
+        let text = serde_json::to_string(&s).expect("serialize");
+        assert_eq!(text, r#"{"value":null,"ci95":[null,1.0]}"#);
+        let back: Score = serde_json::from_str(&text).expect("a NaN score reads back");
+        assert!(back.value.is_nan() && back.ci95[0].is_nan() && back.ci95[1] == 1.0);
+    }
 
     #[test]
     fn metric_lists_parse_and_reject_unknown_names() {

@@ -156,14 +156,21 @@ mod tests {
     }
 
     #[test]
-    fn same_seed_same_samples() {
-        let params = SamplingParams { temperature: 1.0, seed: 42, ..Default::default() };
+    fn one_seed_repeats_its_samples_and_other_seeds_differ() {
+        // run() == run() alone also held for a sampler that ignored the seed (or the logits).
         let logits = [1.0, 1.1, 0.9, 1.2];
-        let run = || {
-            let mut s = Sampler::new(params.clone()).expect("valid");
-            (0..16).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        let run = |seed: u64| {
+            let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed, ..Default::default() }).expect("valid");
+            (0..32).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
-        assert_eq!(run(), run());
+        let a = run(42);
+        assert_eq!(a, run(42), "the same seed must give the same samples");
+        // Near-uniform over 4 tokens, 32 draws: two seeds agree on all of them with chance 4^-32.
+        for seed in [0, 1, 43, u64::MAX] {
+            assert_ne!(a, run(seed), "seed {seed} gave seed 42's samples");
+        }
+        // And the draws really are random: more than one token appears.
+        assert!(a.iter().any(|&t| t != a[0]), "{a:?}");
     }
 
     #[test]

@@ -136,3 +136,107 @@ pub fn write_tiny_model(dir: &std::path::Path) -> crate::Result<()> {
     };
     crate::export::export_hf(&m, dir)
 }
+
+/// Set to `1` (CI's `.ci/run` does) and a test whose real model is not installed fails instead of
+/// printing `SKIPPED` and passing: CI's count of passed tests then means they ran.
+pub const REQUIRE_MODELS: &str = "FERROTUNE_REQUIRE_MODELS";
+
+/// As [`REQUIRE_MODELS`], for the `redis-server` binary the Redis cache test starts.
+pub const REQUIRE_REDIS: &str = "FERROTUNE_REQUIRE_REDIS";
+
+/// Whether the environment variable `var` asks for it (set, and neither empty nor `0`).
+pub fn required(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A test cannot run because something it needs is `missing`: prints `SKIPPED: ...` so that the
+/// caller can return — or, when the environment variable `var` is set, fails the test (panics).
+pub fn skip_or_fail(var: &str, missing: &str) {
+    skip_or_fail_when(required(var), var, missing);
+}
+
+fn skip_or_fail_when(required: bool, var: &str, missing: &str) {
+    assert!(!required, "{missing}, and {var}=1 requires it: this test must run, not skip");
+    eprintln!("SKIPPED: {missing} (with {var}=1 this is a failure)");
+}
+
+/// The entry path of the installed model `name` in `$FERROTUNE_HOME`, for tests that need real
+/// weights. Only a model that is not installed at all (no `models/<name>` folder: installs are
+/// renamed into place whole) may skip, and not under `FERROTUNE_REQUIRE_MODELS=1`; an installed
+/// model that cannot be read — manifest missing or corrupt, entry absent — fails the test
+/// everywhere. (Loading the weights themselves is the caller's, with `expect`.)
+pub fn installed_model(name: &str) -> Option<std::path::PathBuf> {
+    installed_model_in(&crate::store::home(), name, required(REQUIRE_MODELS))
+}
+
+/// [`installed_model`] under `home`, `require` standing for `FERROTUNE_REQUIRE_MODELS=1`.
+pub fn installed_model_in(home: &std::path::Path, name: &str, require: bool) -> Option<std::path::PathBuf> {
+    let store = crate::store::Store::open(home);
+    let dir = store.root().join(name);
+    if !dir.exists() {
+        let missing = format!("{name} is not installed in {} (scripts/install-models.sh)", home.display());
+        skip_or_fail_when(require, REQUIRE_MODELS, &missing);
+        return None;
+    }
+    let why = match store.path_of(name) {
+        Ok(Some(p)) if p.exists() => return Some(p),
+        Ok(Some(p)) => format!("its entry {} is missing", p.display()),
+        Ok(None) => "it has no manifest.json".into(),
+        Err(e) => e.to_string(),
+    };
+    panic!("{name} is installed in {} but broken: {why} (remove the folder and reinstall it)", dir.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
+        let e = std::panic::catch_unwind(f).err()?;
+        Some(e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
+    }
+
+    #[test]
+    fn a_model_not_installed_skips_locally_and_fails_when_required() {
+        let home = tempfile::tempdir().expect("tmp");
+        assert_eq!(installed_model_in(home.path(), "m", false), None);
+        let msg = panic_message(|| {
+            installed_model_in(home.path(), "m", true);
+        })
+        .expect("required: a failure");
+        assert!(msg.contains("m is not installed") && msg.contains(REQUIRE_MODELS), "{msg}");
+    }
+
+    #[test]
+    fn an_installed_but_broken_model_fails_even_when_not_required() {
+        // Regression: a corrupt manifest counted as "not installed" and the tests passed, skipped.
+        let home = tempfile::tempdir().expect("tmp");
+        let dir = home.path().join("models/m");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let no_manifest = panic_message(|| {
+            installed_model_in(home.path(), "m", false);
+        });
+        assert!(no_manifest.is_some_and(|m| m.contains("no manifest.json")));
+        std::fs::write(dir.join("manifest.json"), "{ not json").expect("write");
+        let corrupt = panic_message(|| {
+            installed_model_in(home.path(), "m", false);
+        });
+        assert!(corrupt.is_some_and(|m| m.contains("broken") && m.contains("manifest")));
+        let manifest = serde_json::json!({"name": "m", "kind": "llm", "package": "p", "version": "1",
+            "wheel_sha256": "", "entry": "model.gguf", "files": []});
+        std::fs::write(dir.join("manifest.json"), manifest.to_string()).expect("write");
+        let no_entry = panic_message(|| {
+            installed_model_in(home.path(), "m", false);
+        });
+        assert!(no_entry.is_some_and(|m| m.contains("model.gguf") && m.contains("missing")));
+        std::fs::write(dir.join("model.gguf"), b"GGUF").expect("write");
+        assert_eq!(installed_model_in(home.path(), "m", true), Some(dir.join("model.gguf")));
+    }
+
+    #[test]
+    fn skip_or_fail_fails_only_when_required() {
+        skip_or_fail_when(false, REQUIRE_REDIS, "redis-server is not installed");
+        let msg = panic_message(|| skip_or_fail_when(true, REQUIRE_REDIS, "redis-server is not installed"));
+        assert!(msg.is_some_and(|m| m.contains("redis-server") && m.contains(REQUIRE_REDIS)));
+    }
+}

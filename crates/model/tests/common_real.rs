@@ -1,22 +1,13 @@
 //! Shared by the tests that need the real default model: they run when it is installed in
-//! `$FERROTUNE_HOME` (CI installs it) and say so when skipped.
+//! `$FERROTUNE_HOME` (CI installs it) and say so when skipped; under FERROTUNE_REQUIRE_MODELS=1
+//! (CI) a missing model fails them, and a broken install fails them everywhere
+//! (`ferrotune_model::testing::installed_model`).
 
 use std::path::PathBuf;
 
 #[allow(dead_code)]
 pub fn default_model_path() -> Option<PathBuf> {
-    let store = ferrotune_model::store::Store::open(&ferrotune_model::store::home());
-    match store.path_of(ferrotune_model::store::DEFAULT_MODEL) {
-        Ok(Some(p)) => Some(p),
-        _ => {
-            eprintln!(
-                "SKIPPED: {} is not installed in {} (run `ferrotune models pull`)",
-                ferrotune_model::store::DEFAULT_MODEL,
-                ferrotune_model::store::home().display()
-            );
-            None
-        }
-    }
+    ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_MODEL)
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {

@@ -14,8 +14,9 @@ fn f32_logits_equal_transformers() {
     let fx = common_real::fixture("hf/logits.json");
     let (positions, agree, max_abs) = common_real::compare_with_reference(&m, &fx["cases"]);
     eprintln!("f32 vs transformers: top-1 {agree}/{positions}, max |Δlogit| on its top-20 {max_abs:.2e}");
-    // f32 with different summation orders (gemm vs MKL/oneDNN): differences of a few 1e-4 on logits
-    // of magnitude ~20-40; the fixtures are rounded to 1e-5.
+    // f32 with different summation orders (gemm vs MKL/oneDNN) on logits of magnitude ~20-40; the
+    // fixtures are rounded to 1e-5. Measured 8.6e-5 (any RAYON_NUM_THREADS, AVX-512 gemm); the
+    // bound is about twice that, for other CPUs' kernels, and is the README's.
     assert_eq!(agree, positions);
-    assert!(max_abs < 2e-3, "max |Δlogit| {max_abs}");
+    assert!(max_abs < 2e-4, "max |Δlogit| {max_abs}");
 }

@@ -27,7 +27,9 @@ fn check(adapter: &str, logits: &str) {
         a.layers.len()
     );
     assert_eq!(agree, positions);
-    assert!(max_abs < 2e-3, "max |Δlogit| {max_abs}");
+    // Measured 6.5e-5 (ours in PEFT) and 6.1e-5 (PEFT's in ours); the README's bound, as for
+    // hf_parity: about twice the base model's own f32 difference from transformers.
+    assert!(max_abs < 2e-4, "max |Δlogit| {max_abs}");
     assert!(base_diff > 20.0 * max_abs.max(1e-4), "the adapter must change the logits measurably");
 }
 

@@ -40,6 +40,8 @@ pub enum RagError {
     Index(tantivy::TantivyError),
     #[error("query {query:?}: {reason}")]
     Query { query: String, reason: String },
+    #[error("k = {k}: at most {max} chunks can be asked for")]
+    TooManyHits { k: usize, max: usize },
 }
 
 impl RagError {

@@ -80,6 +80,7 @@ pub struct EvalReport {
 }
 
 pub fn evaluate(kb: &KnowledgeBase, queries: &[EvalQuery], k: usize) -> Result<EvalReport> {
+    crate::kb::check_k(k)?;
     let known: HashSet<String> = kb.documents().into_iter().map(|d| d.id).collect();
     let mut unknown_relevant = Vec::new();
     for q in queries {

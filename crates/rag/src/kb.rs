@@ -246,6 +246,7 @@ impl KnowledgeBase {
         mode: Mode,
         vector_side: impl FnOnce(&Snapshot, usize) -> Result<Vec<(u64, f32)>> + Send,
     ) -> Result<Vec<Hit>> {
+        check_k(k)?;
         if k == 0 {
             return Ok(Vec::new());
         }
@@ -302,6 +303,19 @@ impl KnowledgeBase {
 
 /// How deep each ranking goes. Hybrid fuses deeper lists than it returns: a chunk ranked 30th by
 /// both lists can beat one ranked 1st by one list only.
+/// The most chunks one query may ask for. Each hit carries its chunk's text (~1 KB), hybrid reads
+/// 4·k candidates from both rankings, and a grounded prompt holds a handful; a `k` in the
+/// billions is a mistake to report, not a ranking to size buffers for (`k + 10` wrapped to 9).
+pub const MAX_K: usize = 1000;
+
+/// `k` within `0..=MAX_K`.
+pub fn check_k(k: usize) -> Result<()> {
+    if k > MAX_K {
+        return Err(RagError::TooManyHits { k, max: MAX_K });
+    }
+    Ok(())
+}
+
 fn depth(k: usize, mode: Mode) -> usize {
     match mode {
         Mode::Hybrid => k.saturating_mul(4).max(50),

@@ -32,7 +32,7 @@ pub mod writer;
 pub use chunk::{Chunk, ChunkConfig};
 pub use embedder::Embedder;
 pub use error::{RagError, Result};
-pub use kb::{DocumentInfo, Hit, KnowledgeBase, Mode, kb_path};
+pub use kb::{DocumentInfo, Hit, KnowledgeBase, MAX_K, Mode, kb_path};
 pub use manifest::KbSettings;
 pub use source::{DocKind, SourceDoc};
 pub use writer::{IngestReport, Progress, Writer};

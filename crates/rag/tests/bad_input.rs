@@ -62,18 +62,42 @@ fn ids_are_paths_relative_to_the_given_folder() -> anyhow::Result<()> {
 }
 
 #[test]
-fn a_huge_k_returns_every_chunk_instead_of_panicking() -> anyhow::Result<()> {
-    // Regression: a user's `k` sized heaps and vectors up front (`with_capacity(k + 1)`), so
-    // `--k 18446744073709551615` aborted instead of returning what there is.
+fn the_largest_k_returns_every_chunk_in_every_mode() -> anyhow::Result<()> {
+    // A user's `k` once sized heaps and vectors up front (`with_capacity(k + 1)`); k is now
+    // bounded by MAX_K (a larger one is an error, below), and the bound itself returns what there is.
     let tmp = tempfile::tempdir()?;
     ferrotune_rag::bench::build_synthetic_kb(tmp.path(), 300, 16, 3)?;
     let kb = ferrotune_rag::KnowledgeBase::open(tmp.path())?;
     let q = ferrotune_rag::bench::TextGen::new(4).unit_vector(16);
     for mode in ferrotune_rag::Mode::ALL {
-        for k in [usize::MAX, usize::MAX / 4, 1 << 40] {
-            let hits = kb.query_with_vector("order refund battery", Some(&q), k, mode)?;
-            assert!(!hits.is_empty() && hits.len() <= 300, "{mode:?} k {k}: {} hits", hits.len());
+        let hits = kb.query_with_vector("order refund battery", Some(&q), ferrotune_rag::MAX_K, mode)?;
+        assert!(!hits.is_empty() && hits.len() <= 300, "{mode:?}: {} hits", hits.len());
+        if mode == ferrotune_rag::Mode::Vector {
+            assert_eq!(hits.len(), 300, "every chunk has a vector score");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn a_huge_k_is_an_error_and_the_largest_allowed_k_returns_every_match() -> anyhow::Result<()> {
+    // Regression: `k + 10` wrapped for k = usize::MAX, so the query quietly returned 9 hits.
+    use ferrotune_rag::bench::{build_synthetic_kb, generated_docs};
+    use ferrotune_rag::{KnowledgeBase, MAX_K, Mode};
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("kb");
+    build_synthetic_kb(&dir, 30, 8, 1)?;
+    let kb = KnowledgeBase::open(&dir)?;
+    // Words of the first passage: every passage shares some of them.
+    let text = &generated_docs(30, 1)[0].text;
+    let q: String = text.split_whitespace().take(12).collect::<Vec<_>>().join(" ");
+    for k in [usize::MAX, MAX_K + 1] {
+        let err = kb.query(&q, k, Mode::Bm25).expect_err("k over the limit");
+        assert!(matches!(err, RagError::TooManyHits { .. }), "{err}");
+        assert!(err.to_string().contains(&MAX_K.to_string()), "{err}");
+    }
+    let all = kb.query(&q, MAX_K, Mode::Bm25)?;
+    assert!(all.len() > 10, "{} hits", all.len());
+    assert_eq!(all.len(), kb.query(&q, 100, Mode::Bm25)?.len());
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Our candle BERT + pooling against sentence-transformers on all-MiniLM-L6-v2: the embeddings
-//! recorded by scripts/parity/minilm_fixtures.py (fixtures/minilm/embeddings.json), cosine ≥ 0.999
-//! per sentence. Sentences include > 256-token inputs (truncation), unicode, and near-empty text.
+//! recorded by scripts/parity/minilm_fixtures.py (fixtures/minilm/embeddings.json): cosine above
+//! 1 − 1e-11 per sentence and every element within 1e-6 (measured: 1 − 1.1e-12 and 2.5e-7; the
+//! README states these bounds). Sentences include > 256-token inputs (truncation), unicode, and
+//! near-empty text.
 
 mod common;
 
@@ -37,7 +39,7 @@ fn minilm_embeddings_match_sentence_transformers() -> anyhow::Result<()> {
         let text = row["text"].as_str().unwrap_or_default();
         let norm: f64 = got.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "not unit length: {norm}");
-        assert!(c >= 0.999, "cosine {c} for {:?}", text.chars().take(60).collect::<String>());
+        assert!(1.0 - c < 1e-11, "cosine 1 - {:.1e} for {:?}", 1.0 - c, text.chars().take(60).collect::<String>());
         min = min.min(c);
         max_abs = got.iter().zip(&want).map(|(a, b)| f64::from((a - b).abs())).fold(max_abs, f64::max);
     }
@@ -46,6 +48,7 @@ fn minilm_embeddings_match_sentence_transformers() -> anyhow::Result<()> {
         rows.len(),
         1.0 - min
     );
+    assert!(max_abs < 1e-6, "largest element difference {max_abs:.1e}");
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Grounded chat: a knowledge base attached to the model in the config, or named per request,
 //! puts retrieved chunks into the prompt and returns their sources. Needs the MiniLM embedder
-//! (CI installs it); prints SKIPPED otherwise.
+//! (CI installs it); prints SKIPPED otherwise (fails under FERROTUNE_REQUIRE_MODELS=1).
 
 mod support;
 
@@ -19,10 +19,9 @@ const DOCS: [(&str, &str); 3] = [
 ];
 
 fn build_kb(root: &std::path::Path) -> Option<()> {
-    let Ok(embedder) = Embedder::load_default() else {
-        eprintln!("SKIPPED: all-minilm-l6-v2 not installed in $FERROTUNE_HOME");
-        return None;
-    };
+    // Not installed: skip (fail under FERROTUNE_REQUIRE_MODELS=1); installed but not loading: fail.
+    let dir = ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_EMBEDDER)?;
+    let embedder = Embedder::load(&dir).expect("the installed MiniLM loads");
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs).ok()?;
     for (name, text) in DOCS {

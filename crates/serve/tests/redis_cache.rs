@@ -1,5 +1,7 @@
 //! The Redis response cache against a real `redis-server` (Debian package `redis-server`; CI
-//! starts one per test here). Skipped, saying so, when the binary is not installed.
+//! starts one per test here). Skipped, saying so, when the binary is not installed — a failure
+//! under FERROTUNE_REQUIRE_REDIS=1 (CI) — and a failure everywhere when it is installed but does
+//! not start.
 
 mod support;
 
@@ -22,30 +24,44 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// A fresh `redis-server` and its URL; `None` (SKIPPED) only when the binary is not installed and
+/// FERROTUNE_REQUIRE_REDIS is not set. One that is installed but does not come up fails the test.
 async fn redis_server() -> Option<(Redis, String)> {
     let port = free_port();
-    let child = Command::new("redis-server")
+    let spawned = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let r = Redis(child);
+        .stderr(Stdio::piped())
+        .spawn();
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let missing = "redis-server is not installed (apt-get install redis-server)";
+            ferrotune_model::testing::skip_or_fail(ferrotune_model::testing::REQUIRE_REDIS, missing);
+            return None;
+        }
+        Err(e) => panic!("redis-server did not start: {e}"),
+    };
+    let mut r = Redis(child);
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Some((r, format!("redis://127.0.0.1:{port}/")));
         }
+        if let Ok(Some(status)) = r.0.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = r.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("redis-server exited with {status} before accepting connections: {err}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    None
+    panic!("redis-server did not accept connections on port {port} within 5 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_answers_through_redis() {
-    let Some((_redis, url)) = redis_server().await else {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-        return;
-    };
+    let Some((_redis, url)) = redis_server().await else { return };
     let a = start(Opts { redis_url: Some(url.clone()), ..Opts::default() }).await;
     let b = start(Opts { redis_url: Some(url), ..Opts::default() }).await;
     assert!(a.state.cache.is_redis());
