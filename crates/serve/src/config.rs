@@ -225,6 +225,9 @@ impl ServeConfig {
         if self.rag.k == 0 || self.rag.context_tokens == 0 {
             return bad("rag", "k and context_tokens must be positive");
         }
+        if self.rag.k > ferrotune_rag::MAX_K {
+            return bad("rag.k", &format!("must be at most {}", ferrotune_rag::MAX_K));
+        }
         for kb in self.rag.attach.values() {
             if ferrotune_rag::kb_path(kb, None).is_err() {
                 return bad("rag.attach", "knowledge base names are letters, digits, '-', '_' and '.'");
@@ -282,6 +285,18 @@ mod tests {
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<ServeConfig>("prot = 1").is_err());
         assert!(toml::from_str::<ServeConfig>("[cache]\nttl = 1").is_err());
+    }
+
+    /// Regression: `rag.k` above the knowledge base's limit passed start-up and then failed
+    /// every grounded request.
+    #[test]
+    fn a_rag_k_above_the_knowledge_base_limit_is_refused_at_start_up() {
+        let mut c = ServeConfig::default();
+        c.rag.k = ferrotune_rag::MAX_K;
+        c.validate().expect("the largest k is valid");
+        c.rag.k = ferrotune_rag::MAX_K + 1;
+        let err = c.validate().expect_err("k above the limit").to_string();
+        assert!(err.contains("rag.k"), "{err}");
     }
 
     #[test]
