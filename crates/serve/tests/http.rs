@@ -446,6 +446,11 @@ async fn a_dead_engine_makes_ready_503_and_serve_return_an_error() {
     assert!(r.is_err(), "serve must return an error so the process exits non-zero: {r:?}");
     assert!(!s.state.engine.is_alive());
     assert_eq!(ready_status(&s.state).await, 503);
+    // `/ready` looks at the engine itself, not only at the shutdown the engine's death started.
+    let cfg = ferrotune_serve::ServeConfig { auth: false, ..Default::default() };
+    let fresh = ferrotune_serve::AppState::new(s.state.engine.clone(), cfg, None, None);
+    assert!(!fresh.is_shutting_down());
+    assert_eq!(ready_status(&fresh).await, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
