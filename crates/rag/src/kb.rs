@@ -12,6 +12,11 @@
 //! [`KnowledgeBase::reload`]. A writer changes the three parts in the order BM25 → vectors →
 //! manifest; a reader that opens in between may briefly see a vector hit whose chunk BM25 no
 //! longer has, and such hits are dropped.
+//!
+//! Because `kb.json` is replaced last in every change, a finished change always shows as a new
+//! `kb.json` (another inode, size or modification time): [`KnowledgeBase::changed_on_disk`] is
+//! one `stat`, so a long-lived reader (the server) reloads only when something changed. A
+//! reader that loaded while a change was under way sees that change finish the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -106,6 +111,35 @@ impl DocumentInfo {
 struct Snapshot {
     manifest: Manifest,
     vectors: VectorIndex,
+    /// `kb.json` as it was just before this snapshot read it (`None`: not there).
+    stamp: Option<Stamp>,
+}
+
+/// What identifies one version of `kb.json` without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    /// The file is replaced by rename, so each version is a new inode (unix).
+    inode: (u64, u64),
+}
+
+fn stamp(dir: &Path) -> Result<Option<Stamp>> {
+    let path = dir.join(crate::manifest::FILE);
+    match std::fs::metadata(&path) {
+        Ok(m) => {
+            #[cfg(unix)]
+            let inode = {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            };
+            #[cfg(not(unix))]
+            let inode = (0, 0);
+            Ok(Some(Stamp { len: m.len(), modified: m.modified().ok(), inode }))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RagError::io(&path, e)),
+    }
 }
 
 pub struct KnowledgeBase {
@@ -115,28 +149,25 @@ pub struct KnowledgeBase {
     embedder: Mutex<Option<Arc<Embedder>>>,
 }
 
-/// Reads the manifest and vectors, retrying briefly while a writer is between its steps.
-fn load_snapshot(dir: &Path, bm25: &Bm25Index) -> Result<Snapshot> {
-    let mut attempt = 0;
-    loop {
-        let manifest = Manifest::read(dir)?;
-        let vpath = dir.join(VECTORS_FILE);
-        let vectors = if vpath.exists() { VectorIndex::read(&vpath)? } else { VectorIndex::new(manifest.dim) };
-        let consistent = vectors.generation == manifest.generation
-            && bm25.generation()?.unwrap_or(0) == manifest.generation;
-        attempt += 1;
-        if consistent || attempt >= 20 {
-            if vectors.dim != manifest.dim {
-                return Err(RagError::Corrupt {
-                    path: dir.to_path_buf(),
-                    reason: format!("vectors.bin has {} dimensions, kb.json says {}", vectors.dim, manifest.dim),
-                });
-            }
-            return Ok(Snapshot { manifest, vectors });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        bm25.reload()?;
+/// Reads the manifest and vectors as they are now, without waiting: if a writer is between its
+/// steps the parts may be a generation apart (hits missing from BM25 are dropped), and the
+/// writer's final `kb.json` shows up in [`KnowledgeBase::changed_on_disk`] for the next reload.
+fn load_snapshot(dir: &Path) -> Result<Snapshot> {
+    // Stamped before reading: a change that lands while we read leaves a newer kb.json behind.
+    let stamp = stamp(dir)?;
+    let manifest = Manifest::read(dir)?;
+    let vpath = dir.join(VECTORS_FILE);
+    let vectors = if vpath.exists() { VectorIndex::read(&vpath)? } else { VectorIndex::new(manifest.dim) };
+    if vectors.dim != manifest.dim {
+        return Err(RagError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!("vectors.bin has {} dimensions, kb.json says {}", vectors.dim, manifest.dim),
+        });
     }
+    if vectors.generation != manifest.generation {
+        tracing::debug!(dir = %dir.display(), "read a knowledge base while a change was being written");
+    }
+    Ok(Snapshot { manifest, vectors, stamp })
 }
 
 impl KnowledgeBase {
@@ -145,7 +176,7 @@ impl KnowledgeBase {
             return Err(RagError::NoKnowledgeBase { path: dir.to_path_buf() });
         }
         let bm25 = Bm25Index::open(&dir.join(BM25_DIR), false)?;
-        let snapshot = load_snapshot(dir, &bm25)?;
+        let snapshot = load_snapshot(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             bm25,
@@ -166,14 +197,22 @@ impl KnowledgeBase {
         &self.dir
     }
 
-    /// Picks up changes written since `open` (or the last reload).
+    /// Picks up changes written since `open` (or the last reload). Queries running meanwhile
+    /// keep the snapshot they started with; the new one is swapped in at the end.
     pub fn reload(&self) -> Result<()> {
         self.bm25.reload()?;
-        let s = load_snapshot(&self.dir, &self.bm25)?;
-        if let Ok(mut w) = self.snapshot.write() {
-            *w = Arc::new(s);
+        let s = Arc::new(load_snapshot(&self.dir)?);
+        match self.snapshot.write() {
+            Ok(mut w) => *w = s,
+            Err(poisoned) => *poisoned.into_inner() = s,
         }
         Ok(())
+    }
+
+    /// Whether a change finished since the snapshot was read (so [`Self::reload`] would see
+    /// something new): one `stat` of `kb.json`, no reading.
+    pub fn changed_on_disk(&self) -> Result<bool> {
+        Ok(stamp(&self.dir)? != self.snap().stamp)
     }
 
     fn snap(&self) -> Arc<Snapshot> {
@@ -333,4 +372,35 @@ pub fn kb_path(name: &str, root: Option<&Path>) -> Result<PathBuf> {
     }
     let root = root.map_or_else(|| ferrotune_model::store::home().join("kb"), Path::to_path_buf);
     Ok(root.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{DocKind, SourceDoc};
+    use crate::writer::Writer;
+
+    fn doc(id: &str, text: &str) -> SourceDoc {
+        SourceDoc::new(id.into(), id.into(), DocKind::Text, text.into(), serde_json::Map::new())
+    }
+
+    #[test]
+    fn a_finished_change_shows_on_disk_until_the_reader_reloads() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| RagError::io("tempdir", e))?;
+        let dir = tmp.path().join("kb");
+        let mut w = Writer::open(&dir, None, 2)?;
+        w.ingest_with_vectors(&[doc("a", "refunds take five days")], &mut |_| vec![1.0, 0.0])?;
+        let kb = KnowledgeBase::open(&dir)?;
+        assert!(!kb.changed_on_disk()?, "nothing written since open");
+        assert!(!kb.changed_on_disk()?, "checking does not change the answer");
+        w.ingest_with_vectors(&[doc("b", "express shipping costs extra")], &mut |_| vec![0.0, 1.0])?;
+        assert!(kb.changed_on_disk()?, "an ingest replaced kb.json");
+        assert!(kb.query("express shipping", 3, Mode::Bm25)?.iter().all(|h| h.doc_id != "b"), "old snapshot until reload");
+        kb.reload()?;
+        assert!(!kb.changed_on_disk()?);
+        assert_eq!(kb.query("express shipping", 3, Mode::Bm25)?.first().map(|h| h.doc_id.as_str()), Some("b"));
+        w.delete("b")?;
+        assert!(kb.changed_on_disk()?, "a delete too");
+        Ok(())
+    }
 }

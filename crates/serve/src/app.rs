@@ -4,7 +4,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,15 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::cache::ResponseCache;
+use crate::cache::{ResponseCache, WeightsIdentity};
 use crate::config::ServeConfig;
-use crate::engine::EngineHandle;
+use crate::engine::{AdapterCommand, EngineHandle};
 use crate::error::ApiError;
 use crate::keys::KeyStore;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::routes::embeddings::EmbeddingModel;
-use crate::routes::{chat, completions, embeddings, health, models};
+use crate::routes::{chat, completions, embeddings, health, models, tokenize};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,7 +37,8 @@ pub struct AppState {
     /// Knowledge bases for grounded chat (`[rag]`), opened on first use.
     pub knowledge: Arc<crate::grounding::Knowledge>,
     pub started_unix: u64,
-    adapter_epoch: Arc<AtomicU64>,
+    /// Digests of the served weights, for cache keys.
+    pub weights: Arc<WeightsIdentity>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -54,7 +55,7 @@ impl AppState {
             metrics,
             embedder: embedder.map(Arc::new),
             started_unix: crate::generation::now_unix(),
-            adapter_epoch: Arc::new(AtomicU64::new(0)),
+            weights: Arc::new(WeightsIdentity::unique()),
             shutting_down: Arc::new(AtomicBool::new(false)),
             engine,
         }
@@ -70,12 +71,29 @@ impl AppState {
         &self.engine.info().name
     }
 
-    pub fn adapter_epoch(&self) -> u64 {
-        self.adapter_epoch.load(Ordering::SeqCst)
+    /// Set the base model's identity ([`crate::cache::base_identity`]) before serving; until
+    /// then it is one no other process shares.
+    pub fn set_base_identity(&mut self, identity: String) {
+        self.weights = Arc::new(WeightsIdentity::new(identity));
     }
 
-    pub fn bump_adapter_epoch(&self) {
-        self.adapter_epoch.fetch_add(1, Ordering::SeqCst);
+    /// Load an adapter into the engine, its files' digest (streamed, on the blocking pool) kept
+    /// for cache keys.
+    pub async fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), String> {
+        let files = crate::cache::adapter_files(dir);
+        let digest = tokio::task::spawn_blocking(move || crate::cache::digest_files(&files))
+            .await
+            .map_err(|e| format!("hashing the adapter: {e}"))?
+            .map_err(|e| format!("reading the adapter: {e}"))?;
+        self.engine.adapter(AdapterCommand::Load { name: name.to_string(), dir: dir.to_path_buf() }).await?;
+        self.weights.set_adapter(name, digest);
+        Ok(())
+    }
+
+    pub async fn unload_adapter(&self, name: &str) -> Result<(), String> {
+        let r = self.engine.adapter(AdapterCommand::Unload { name: name.to_string() }).await;
+        self.weights.remove_adapter(name);
+        r
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -102,6 +120,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/load_lora_adapter", post(models::load_adapter))
         .route("/v1/unload_lora_adapter", post(models::unload_adapter))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
     Router::new()
         .route("/health", get(health::health))
@@ -122,6 +142,10 @@ pub fn app(state: AppState) -> Router {
 /// Serve until `shutdown` resolves, then shut down gracefully: in-flight requests (streams
 /// included) finish, new connections are refused, and the engine drains. After `timeout` the
 /// remaining connections are abandoned.
+///
+/// If the engine thread dies first (a bug: every step runs under a panic guard), the server
+/// drains the same way and returns an error, so the process exits non-zero and an orchestrator
+/// restarts it; meanwhile `/ready` answers 503.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -129,10 +153,16 @@ pub async fn serve(
     timeout: Duration,
 ) -> std::io::Result<()> {
     let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
-    let st = state.clone();
+    let engine_died = Arc::new(AtomicBool::new(false));
+    let (st, died) = (state.clone(), engine_died.clone());
     let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing in-flight requests");
+        tokio::select! {
+            () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
+            () = st.engine.stopped() => {
+                died.store(true, Ordering::SeqCst);
+                tracing::error!("the engine thread stopped unexpectedly; draining, then exiting with an error");
+            }
+        }
         st.begin_shutdown();
         let _ = fired_tx.send(());
     };
@@ -150,6 +180,9 @@ pub async fn serve(
     }
     if tokio::time::timeout(timeout, state.engine.drained()).await.is_err() {
         tracing::warn!("shutdown timeout: the engine did not drain");
+    }
+    if engine_died.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("the engine thread stopped unexpectedly (see the log); exiting so the server is restarted"));
     }
     Ok(())
 }

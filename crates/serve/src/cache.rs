@@ -5,8 +5,17 @@
 //! every parameter that changes the output, so two requests share an entry only when the engine
 //! would give them the same answer. Responses are stored without their `id` / `created`, which
 //! are stamped afresh on each hit. A Redis that fails or is slow only costs cache misses.
+//!
+//! "The model and adapter" means their weights, not their names: the key carries the SHA-256 of
+//! the base model's files (with the weight path and this build's version, which change the
+//! numbers) and of the adapter's files ([`WeightsIdentity`]), hashed once when each is loaded.
+//! A name alone would let a replica, or a restart with a retrained adapter under the same name,
+//! answer from another model's entries.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -113,6 +122,99 @@ impl ResponseCache {
     }
 }
 
+/// SHA-256 over files, streamed (a model's weights are not read into memory again): each file
+/// contributes its name and its own SHA-256, in name order, so the digest does not depend on
+/// where the files live (replicas with the model in different folders share entries).
+pub fn digest_files(files: &[PathBuf]) -> std::io::Result<String> {
+    let mut per_file = Vec::with_capacity(files.len());
+    for path in files {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        per_file.push((name, sha256_stream(path)?));
+    }
+    per_file.sort();
+    let mut h = Sha256::new();
+    for (name, digest) in &per_file {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(digest.as_bytes());
+        h.update([0]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn sha256_stream(path: &Path) -> std::io::Result<String> {
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(named)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(named)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The files of a PEFT adapter directory that shape its output.
+pub fn adapter_files(dir: &Path) -> Vec<PathBuf> {
+    vec![dir.join("adapter_config.json"), dir.join("adapter_model.safetensors")]
+}
+
+/// The base model's identity: the digest of its files plus what else changes its numbers (the
+/// weight path — a GGUF's quantized blocks answer differently from the same file in f32 — and
+/// this build's version).
+pub fn base_identity(files_digest: &str, weights: &str) -> String {
+    hex::encode(Sha256::digest(format!("{files_digest}\0{weights}\0ferrotune-serve {}", env!("CARGO_PKG_VERSION"))))
+}
+
+/// What the served weights are, for cache keys: the base's identity, and each loaded adapter's
+/// file digest by name (added after the adapter loads, removed when it unloads; a name without
+/// a digest is not cached).
+#[derive(Debug)]
+pub struct WeightsIdentity {
+    base: String,
+    adapters: RwLock<HashMap<String, String>>,
+}
+
+impl WeightsIdentity {
+    pub fn new(base: String) -> Self {
+        Self { base, adapters: RwLock::new(HashMap::new()) }
+    }
+
+    /// For a state built without its files' digest (tests driving `AppState::new` directly): an
+    /// identity no other process has, so this server never shares entries it cannot vouch for.
+    pub fn unique() -> Self {
+        Self::new(format!("unhashed-{:032x}", rand::random::<u128>()))
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn adapter(&self, name: &str) -> Option<String> {
+        self.adapters.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+
+    pub fn set_adapter(&self, name: &str, digest: String) {
+        self.adapters.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string(), digest);
+    }
+
+    pub fn remove_adapter(&self, name: &str) {
+        self.adapters.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+    }
+
+    /// (base, adapter) digests for a request to `adapter` (`None` = the base); `None` when the
+    /// adapter's digest is not known (loading or unloading right now): such a request is not cached.
+    pub fn of(&self, adapter: Option<&str>) -> Option<(String, Option<String>)> {
+        match adapter {
+            None => Some((self.base.clone(), None)),
+            Some(a) => self.adapter(a).map(|d| (self.base.clone(), Some(d))),
+        }
+    }
+}
+
 /// The cache key of anything serialisable (the caller passes a struct with every input that
 /// shapes the output).
 pub fn key_of<T: Serialize>(parts: &T) -> String {
@@ -123,6 +225,24 @@ pub fn key_of<T: Serialize>(parts: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_digests_follow_content_not_location() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).expect("dir");
+            std::fs::write(d.join("adapter_config.json"), "{}").expect("write");
+            std::fs::write(d.join("adapter_model.safetensors"), [1u8, 2, 3]).expect("write");
+        }
+        let da = digest_files(&adapter_files(&a)).expect("digest");
+        assert_eq!(da, digest_files(&adapter_files(&b)).expect("digest"), "same bytes elsewhere: same digest");
+        std::fs::write(b.join("adapter_model.safetensors"), [1u8, 2, 4]).expect("write");
+        assert_ne!(da, digest_files(&adapter_files(&b)).expect("digest"), "one byte changed");
+        assert!(digest_files(&[tmp.path().join("missing")]).is_err());
+        assert_ne!(base_identity(&da, "F32"), base_identity(&da, "Quantized"));
+        assert_ne!(WeightsIdentity::unique().base(), WeightsIdentity::unique().base());
+    }
 
     #[tokio::test]
     async fn entries_round_trip_and_disabled_caches_hold_nothing() {

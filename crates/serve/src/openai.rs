@@ -1,6 +1,7 @@
 //! OpenAI request bodies (as the official clients, vLLM and lm-evaluation-harness send them) and
-//! their validation into what the engine needs. Unknown fields are ignored, as OpenAI and vLLM
-//! do; fields we accept but cannot honour are refused when set to a non-default value.
+//! their validation into what the engine needs. Fields that are not OpenAI's are ignored, as
+//! OpenAI and vLLM do (clients send extras); OpenAI fields we cannot honour are refused with a
+//! 400 naming them unless absent, null or at their no-op value ([`refuse_unsupported`]).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -58,6 +59,12 @@ pub struct ChatMessage {
     /// A string, a list of `{"type":"text","text":…}` parts, or null (assistant tool turns).
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's tool calls: refused when non-empty (the chat template would drop them).
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    /// The deprecated single-call form of `tool_calls`; refused likewise.
+    #[serde(default)]
+    pub function_call: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,10 +118,131 @@ pub struct UnloadAdapterRequest {
     pub lora_int_id: Option<i64>,
 }
 
+/// vLLM's `/tokenize` body: its `TokenizeCompletionRequest` (`prompt`) or `TokenizeChatRequest`
+/// (`messages`), told apart by which of the two is given.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    /// Optional, as in vLLM; the base and its adapters share one tokenizer.
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Default: true for `prompt` (BOS if the model wants one), false for `messages` (the
+    /// chat template writes its own).
+    pub add_special_tokens: Option<bool>,
+    /// Default true (false when `continue_final_message`).
+    pub add_generation_prompt: Option<bool>,
+    /// Leave the last message open for the model to continue (not with `add_generation_prompt`).
+    pub continue_final_message: Option<bool>,
+    pub return_token_strs: Option<bool>,
+    /// vLLM options we do not offer; refused unless null / empty.
+    pub chat_template: Option<String>,
+    pub chat_template_kwargs: Option<Value>,
+    pub tools: Option<Value>,
+}
+
+/// vLLM's `/detokenize` body.
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    /// Token ids (checked one by one, so a bad one is named as `tokens[i]`).
+    pub tokens: Value,
+}
+
 /// Top alternatives per position at most (vLLM's default cap).
 pub const MAX_LOGPROBS: u32 = 20;
 
+/// An OpenAI request field this server cannot honour: accepted only when null or at a value
+/// that changes nothing (`noop`), refused otherwise with `why`.
+struct Unsupported {
+    field: &'static str,
+    noop: fn(&Value) -> bool,
+    why: &'static str,
+}
+
+fn empty_object(v: &Value) -> bool {
+    v.as_object().is_some_and(serde_json::Map::is_empty)
+}
+
+fn empty_array(v: &Value) -> bool {
+    v.as_array().is_some_and(Vec::is_empty)
+}
+
+/// Chat Completions fields (OpenAI's `CreateChatCompletionRequest`) that would change the answer
+/// or the service and that we cannot honour. Silently dropping them returns something the client
+/// did not ask for (free text where `response_format` asked for JSON, no tool call where `tools`
+/// offered one). Fields that only tag or route a request and leave the answer as it is
+/// (`user`, `metadata`, `safety_identifier`, `prompt_cache_key`, `prediction` — a latency hint)
+/// are accepted and ignored.
+const CHAT_UNSUPPORTED: &[Unsupported] = &[
+    Unsupported { field: "logit_bias", noop: empty_object, why: "logit_bias is not supported" },
+    Unsupported {
+        field: "response_format",
+        noop: |v| v.get("type").and_then(Value::as_str) == Some("text"),
+        why: "structured output is not supported; only {\"type\": \"text\"}",
+    },
+    Unsupported { field: "tools", noop: empty_array, why: "tool calling is not supported" },
+    Unsupported { field: "tool_choice", noop: |v| matches!(v.as_str(), Some("none" | "auto")), why: "tool calling is not supported" },
+    Unsupported { field: "functions", noop: empty_array, why: "function calling is not supported" },
+    Unsupported { field: "function_call", noop: |v| matches!(v.as_str(), Some("none" | "auto")), why: "function calling is not supported" },
+    Unsupported { field: "parallel_tool_calls", noop: |v| v.as_bool() == Some(true), why: "tool calling is not supported" },
+    Unsupported { field: "audio", noop: |_| false, why: "audio output is not supported" },
+    Unsupported {
+        field: "modalities",
+        noop: |v| v.as_array().is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text"))),
+        why: "only the text modality is supported",
+    },
+    Unsupported { field: "reasoning_effort", noop: |v| v.as_str() == Some("none"), why: "this model does not reason; leave reasoning_effort out" },
+    Unsupported { field: "verbosity", noop: |v| v.as_str() == Some("medium"), why: "verbosity is not supported" },
+    Unsupported { field: "web_search_options", noop: |_| false, why: "web search is not supported" },
+    Unsupported { field: "store", noop: |v| v.as_bool() == Some(false), why: "stored completions are not supported" },
+    Unsupported {
+        field: "service_tier",
+        noop: |v| matches!(v.as_str(), Some("auto" | "default")),
+        why: "service tiers are not supported; use \"auto\" or \"default\"",
+    },
+];
+
+/// Legacy Completions fields we cannot honour (`suffix` and `best_of` are checked by the route,
+/// which knows `n`).
+const COMPLETION_UNSUPPORTED: &[Unsupported] =
+    &[Unsupported { field: "logit_bias", noop: empty_object, why: "logit_bias is not supported" }];
+
+/// Which endpoint's field list to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+/// A 400 naming the first OpenAI field in `body` that we cannot honour (null and no-op values
+/// pass); tool calls inside chat `messages` are checked by [`ChatMessage::check_no_tool_calls`].
+pub fn refuse_unsupported(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
+    let list = match endpoint {
+        Endpoint::Chat => CHAT_UNSUPPORTED,
+        Endpoint::Completion => COMPLETION_UNSUPPORTED,
+    };
+    for u in list {
+        match body.get(u.field) {
+            None | Some(Value::Null) => {}
+            Some(v) if (u.noop)(v) => {}
+            Some(_) => return Err(ApiError::field(u.field, format!("`{}`: {}", u.field, u.why))),
+        }
+    }
+    Ok(())
+}
+
 impl ChatMessage {
+    /// Refuse an assistant turn carrying tool calls: its text alone misstates the conversation.
+    pub fn check_no_tool_calls(&self, i: usize) -> Result<(), ApiError> {
+        let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && !empty_array(v));
+        for (name, v) in [("tool_calls", &self.tool_calls), ("function_call", &self.function_call)] {
+            if given(v) {
+                return Err(ApiError::field(format!("messages[{i}].{name}"), "tool calling is not supported"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn text(&self, i: usize) -> Result<String, ApiError> {
         match &self.content {
             None => Ok(String::new()),
@@ -235,6 +363,63 @@ mod tests {
         assert_eq!(param_of(parse_prompts(&json!(5), 10)), "prompt");
         assert_eq!(param_of(parse_prompts(&json!([]), 10)), "prompt");
         assert_eq!(param_of(parse_prompts(&json!([[]]), 10)), "prompt[0]");
+    }
+
+    fn refused(body: Value, endpoint: Endpoint) -> Option<String> {
+        match refuse_unsupported(&body, endpoint) {
+            Ok(()) => None,
+            Err(ApiError::InvalidField { param, .. }) => Some(param),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn openai_fields_we_cannot_honour_are_refused_by_name() {
+        for (field, value) in [
+            ("logit_bias", json!({"50256": -100})),
+            ("response_format", json!({"type": "json_object"})),
+            ("response_format", json!({"type": "json_schema", "json_schema": {"name": "x"}})),
+            ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
+            ("tool_choice", json!("required")),
+            ("tool_choice", json!({"type": "function", "function": {"name": "f"}})),
+            ("functions", json!([{"name": "f"}])),
+            ("function_call", json!({"name": "f"})),
+            ("parallel_tool_calls", json!(false)),
+            ("audio", json!({"voice": "alloy", "format": "wav"})),
+            ("modalities", json!(["text", "audio"])),
+            ("reasoning_effort", json!("high")),
+            ("verbosity", json!("low")),
+            ("web_search_options", json!({})),
+            ("store", json!(true)),
+            ("service_tier", json!("priority")),
+        ] {
+            assert_eq!(refused(json!({ field: value }), Endpoint::Chat).as_deref(), Some(field), "{field}: {value}");
+        }
+        assert_eq!(refused(json!({"logit_bias": {"1": 5}}), Endpoint::Completion).as_deref(), Some("logit_bias"));
+    }
+
+    #[test]
+    fn nulls_and_no_op_defaults_are_accepted_as_sdks_send_them() {
+        let defaults = json!({
+            "logit_bias": {}, "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+            "functions": [], "function_call": "auto", "parallel_tool_calls": true, "audio": null,
+            "modalities": ["text"], "reasoning_effort": null, "verbosity": "medium", "web_search_options": null,
+            "store": false, "service_tier": "auto", "metadata": {"team": "a"}, "user": "u", "prediction": null,
+            "some_vendor_extension": {"x": 1},
+        });
+        assert_eq!(refused(defaults, Endpoint::Chat), None);
+        assert_eq!(refused(json!({"logit_bias": null, "tools": [{"type": "function"}]}), Endpoint::Completion), None);
+    }
+
+    #[test]
+    fn tool_calls_inside_messages_are_refused() {
+        let m: ChatMessage = serde_json::from_value(
+            json!({"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}),
+        )
+        .expect("parse");
+        assert!(matches!(m.check_no_tool_calls(2), Err(ApiError::InvalidField { param, .. }) if param == "messages[2].tool_calls"));
+        let plain: ChatMessage = serde_json::from_value(json!({"role":"assistant","content":"hi","tool_calls":[]})).expect("parse");
+        assert!(plain.check_no_tool_calls(0).is_ok());
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! From a validated config to a running [`AppState`]: load the model, start the engine, load the
-//! start-up adapters, open the key database, load the embedder. Also the exposure rule: a
+//! From a validated config to a running [`AppState`]: load the model (and hash its files for the
+//! response cache's key), start the engine, open the key database, load the embedder, load the
+//! start-up adapters. Also the exposure rule: a
 //! server without auth only binds to loopback unless the operator insists.
 
 use candle_core::Device;
 
 use crate::app::AppState;
 use crate::config::{ConfigError, ServeConfig};
-use crate::engine::{self, AdapterCommand};
+use crate::engine;
 use crate::keys::{KeyError, KeyStore};
 use crate::routes::embeddings::EmbeddingModel;
 
@@ -16,6 +17,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("loading model {spec}: {source}")]
     Model { spec: String, source: ferrotune_model::ModelError },
+    #[error("hashing the files of model {spec} (for the response cache's key): {source}")]
+    Hashing { spec: String, source: std::io::Error },
     #[error("loading adapter `{name}` from {dir}: {reason}")]
     Adapter { name: String, dir: String, reason: String },
     #[error(transparent)]
@@ -56,18 +59,16 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     cfg.validate()?;
     let spec = cfg.model.clone();
     let mode = cfg.weights.mode();
-    let model = tokio::task::spawn_blocking(move || ferrotune_model::load(&spec, mode, &Device::Cpu))
-        .await
-        .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })?
-        .map_err(|source| StartError::Model { spec: cfg.model.clone(), source })?;
+    // The files are hashed once, here, for the cache key (see `cache`): streamed, ~1 s per GB.
+    let (model, identity) = tokio::task::spawn_blocking(move || {
+        let model = ferrotune_model::load(&spec, mode, &Device::Cpu).map_err(|source| StartError::Model { spec: spec.clone(), source })?;
+        let digest = crate::cache::digest_files(&model.files).map_err(|source| StartError::Hashing { spec, source })?;
+        Ok::<_, StartError>((model, crate::cache::base_identity(&digest, &format!("{mode:?}"))))
+    })
+    .await
+    .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })??;
     let name = served_name(&cfg);
     let engine = engine::start(model, name.clone(), cfg.engine.clone());
-    for (adapter, dir) in &cfg.adapters {
-        engine
-            .adapter(AdapterCommand::Load { name: adapter.clone(), dir: dir.clone() })
-            .await
-            .map_err(|reason| StartError::Adapter { name: adapter.clone(), dir: dir.display().to_string(), reason })?;
-    }
     let keys = if cfg.auth {
         let store = KeyStore::open(&cfg.keys_db_path())?;
         if store.live_count()? == 0 {
@@ -82,8 +83,16 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     };
     let embedder = load_embedder(&cfg).await?;
     let cache = crate::cache::ResponseCache::connect(&cfg.cache).await.map_err(StartError::Cache)?;
+    let adapters = cfg.adapters.clone();
     let mut state = AppState::new(engine, cfg, keys, embedder);
     state.set_cache(cache);
+    state.set_base_identity(identity);
+    for (adapter, dir) in &adapters {
+        state
+            .load_adapter(adapter, dir)
+            .await
+            .map_err(|reason| StartError::Adapter { name: adapter.clone(), dir: dir.display().to_string(), reason })?;
+    }
     Ok(state)
 }
 

@@ -91,3 +91,50 @@ async fn attached_and_requested_knowledge_bases_ground_the_answer_with_sources()
     let metrics = s.metrics().await;
     assert!(metric_value(&metrics, "ferrotune:retrieval_seconds_count") >= 3.0, "{metrics}");
 }
+
+fn text_doc(id: &str, text: &str) -> ferrotune_rag::SourceDoc {
+    ferrotune_rag::SourceDoc::new(id.into(), id.into(), ferrotune_rag::DocKind::Text, text.into(), serde_json::Map::new())
+}
+
+/// Regression: every grounded request reloaded the whole knowledge base (~150 MB at 100k
+/// chunks), under a std mutex on an async worker. Now: only after a change finished on disk.
+/// BM25 mode over bench-style vectors, so no embedder is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knowledge_base_is_reloaded_only_after_it_changes_and_then_shows_the_change() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let kb_dir = tmp.path().join("kb/notes");
+    let mut w = Writer::open(&kb_dir, None, 2).expect("writer");
+    w.ingest_with_vectors(&[text_doc("returns.txt", "Returns are accepted within 30 days.")], &mut |_| vec![1.0, 0.0])
+        .expect("ingest");
+    let rag = RagConfig { kb_dir: Some(tmp.path().join("kb")), k: 2, context_tokens: 200, mode: "bm25".into(), ..RagConfig::default() };
+    let s = start(Opts { rag: Some(rag), cache: false, ..Opts::default() }).await;
+    let ask = |q: &str| {
+        json!({"model": MODEL, "knowledge_base": "notes", "messages": [{"role": "user", "content": q}], "max_tokens": 1, "temperature": 0})
+    };
+    let docs = |v: &Value| -> Vec<String> {
+        v["sources"].as_array().map(|a| a.iter().filter_map(|s| s["doc_id"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    for _ in 0..3 {
+        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("scooter speed limit")).await;
+        assert_eq!(status, 200, "{v}");
+        assert!(!docs(&v).contains(&"scooter.txt".to_string()));
+    }
+    assert_eq!(s.state.knowledge.reloads(), 0, "nothing changed: no reload");
+
+    // `rag ingest` in another process, as far as the server can tell.
+    w.ingest_with_vectors(&[text_doc("scooter.txt", "The scooter speed limit is 20 km/h.")], &mut |_| vec![0.0, 1.0])
+        .expect("ingest");
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("scooter speed limit")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(docs(&v).first().map(String::as_str), Some("scooter.txt"), "the next request sees the new chunk: {v}");
+    assert_eq!(s.state.knowledge.reloads(), 1);
+    let (status, _) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("returns")).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.state.knowledge.reloads(), 1, "once per change");
+
+    // A delete shows too.
+    w.delete("scooter.txt").expect("delete");
+    let (_, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("scooter speed limit")).await;
+    assert!(!docs(&v).contains(&"scooter.txt".to_string()), "{v}");
+    assert_eq!(s.state.knowledge.reloads(), 2);
+}

@@ -377,3 +377,209 @@ async fn without_auth_everything_is_open() {
     let (status, _) = s.post_json("/v1/unload_lora_adapter", None, &json!({"lora_name": "none"})).await;
     assert_eq!(status, 404);
 }
+
+/// (hits, misses) of the response cache for requests to `adapter`.
+fn cache_counts(metrics: &str, adapter: &str) -> (f64, f64) {
+    let labels = format!("{{model=\"{MODEL}\",adapter=\"{adapter}\"}}");
+    let hits = metric_value(metrics, &format!("ferrotune:response_cache_hits_total{labels}"));
+    let misses = metric_value(metrics, &format!("ferrotune:response_cache_misses_total{labels}"));
+    (hits, misses)
+}
+
+/// Regression: the key held the adapter's name and a per-process load counter, so a replica
+/// (or a restart) with other weights under the same name was served this one's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_are_never_served_for_other_weights_under_the_same_name() {
+    let a = start(Opts::default()).await;
+    let b = start(Opts { shared_cache: Some(a.state.cache.clone()), model_dir: Some(a.model_dir.clone()), ..Opts::default() }).await;
+    // Same base files on both: they share (the base is keyed by its files' digest).
+    let body = chat_body(json!({"max_tokens": 4}));
+    let (_, first) = a.post_json("/v1/chat/completions", Some(&a.keys.admin), &body).await;
+    let (_, second) = b.post_json("/v1/chat/completions", Some(&b.keys.admin), &body).await;
+    assert_eq!(first["choices"], second["choices"]);
+    assert_eq!(cache_counts(&b.metrics().await, ""), (1.0, 0.0));
+
+    // Each loads its own weights as "support", both as their first adapter load.
+    let (v1, v2) = (a.write_adapter("v1", 1), b.write_adapter("v2", 2));
+    for (s, dir) in [(&a, &v1), (&b, &v2)] {
+        let load = json!({"lora_name": "support", "lora_path": dir.display().to_string()});
+        let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.admin), &load).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let body = chat_body(json!({"model": "support", "max_tokens": 4}));
+    let (status, _) = a.post_json("/v1/chat/completions", Some(&a.keys.admin), &body).await;
+    assert_eq!(status, 200);
+    let (status, _) = b.post_json("/v1/chat/completions", Some(&b.keys.admin), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(cache_counts(&b.metrics().await, "support"), (0.0, 1.0), "other weights: a miss, not a hit");
+
+    // A restarts with v2's files under the same name: now it shares b's entry.
+    let reload = |s: &support::Server, dir: &std::path::Path| {
+        let (c, base, key) = (s.client.clone(), s.base.clone(), s.keys.admin.clone());
+        let load = json!({"lora_name": "support", "lora_path": dir.display().to_string()});
+        async move {
+            let unload = c.post(format!("{base}/v1/unload_lora_adapter")).bearer_auth(&key).json(&json!({"lora_name": "support"}));
+            assert_eq!(unload.send().await.expect("unload").status().as_u16(), 200);
+            let r = c.post(format!("{base}/v1/load_lora_adapter")).bearer_auth(&key).json(&load).send().await.expect("load");
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    reload(&a, &v2).await;
+    let (status, _) = a.post_json("/v1/chat/completions", Some(&a.keys.admin), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(cache_counts(&a.metrics().await, "support"), (1.0, 1.0), "same weights: b's answer");
+
+    // The adapter retrained in place (same folder, same name, new weights) and reloaded: a miss.
+    assert_eq!(b.write_adapter("v2", 3), v2);
+    reload(&a, &v2).await;
+    let (status, _) = a.post_json("/v1/chat/completions", Some(&a.keys.admin), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(cache_counts(&a.metrics().await, "support"), (1.0, 2.0), "retrained weights: a miss");
+}
+
+/// `/ready` of a state, asked through the router directly (a server whose engine died stops
+/// accepting connections soon after).
+async fn ready_status(state: &ferrotune_serve::AppState) -> u16 {
+    use tower::ServiceExt;
+    let req = axum::http::Request::get("/ready").body(axum::body::Body::empty()).expect("request");
+    ferrotune_serve::app(state.clone()).oneshot(req).await.expect("response").status().as_u16()
+}
+
+/// Regression: `/ready` said 200 with the engine thread dead, and the process stayed up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_engine_makes_ready_503_and_serve_return_an_error() {
+    let mut s = start(Opts { cache: false, ..Opts::default() }).await;
+    assert_eq!(ready_status(&s.state).await, 200);
+    s.state.engine.inject_fault(ferrotune_serve::engine::Fault::KillEngineThread);
+    // The request wakes the loop, which dies taking it: the client gets an error, not a hang.
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({}))).await;
+    assert!(status == 500 || status == 503, "{status} {v}");
+    let handle = s.handle.take().expect("server task");
+    let r = tokio::time::timeout(Duration::from_secs(20), handle).await.expect("the server stops by itself").expect("join");
+    assert!(r.is_err(), "serve must return an error so the process exits non-zero: {r:?}");
+    assert!(!s.state.engine.is_alive());
+    assert_eq!(ready_status(&s.state).await, 503);
+    // `/ready` looks at the engine itself, not only at the shutdown the engine's death started.
+    let cfg = ferrotune_serve::ServeConfig { auth: false, ..Default::default() };
+    let fresh = ferrotune_serve::AppState::new(s.state.engine.clone(), cfg, None, None);
+    assert!(!fresh.is_shutting_down());
+    assert_eq!(ready_status(&fresh).await, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_loading_an_adapter_fails_that_load_and_the_engine_lives_on() {
+    let s = start(Opts::default()).await;
+    let dir = s.write_adapter("adapter", 1);
+    let load = json!({"lora_name": "support", "lora_path": dir.display().to_string()});
+    s.state.engine.inject_fault(ferrotune_serve::engine::Fault::PanicInAdapterLoad);
+    let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.admin), &load).await;
+    assert!(status >= 400, "{v}");
+    assert!(s.state.engine.is_alive(), "the panic was caught");
+    assert_eq!(ready_status(&s.state).await, 200);
+    let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.admin), &load).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat_body(json!({"model": "support"}))).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Regression: these were dropped silently, answering something the client did not ask for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_fields_we_cannot_honour_get_400_naming_them_while_defaults_pass() {
+    let s = start(Opts::default()).await;
+    for (field, value) in [
+        ("tools", json!([{"type": "function", "function": {"name": "lookup", "parameters": {}}}])),
+        ("tool_choice", json!("required")),
+        ("response_format", json!({"type": "json_object"})),
+        ("logit_bias", json!({"65": 100})),
+        ("functions", json!([{"name": "lookup"}])),
+        ("audio", json!({"voice": "alloy", "format": "wav"})),
+        ("store", json!(true)),
+    ] {
+        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({ field: value }))).await;
+        assert_eq!(status, 400, "{field}: {v}");
+        assert_eq!(error_of(&v), ("invalid_request_error", "invalid_value", Some(field)), "{v}");
+    }
+    let tool_turn = json!({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "user", "content": "and?"},
+    ]});
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(tool_turn)).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(error_of(&v).2, Some("messages[1].tool_calls"));
+    // What SDKs send by default is fine.
+    let defaults = json!({"tools": [], "tool_choice": "none", "logit_bias": {}, "response_format": {"type": "text"},
+        "parallel_tool_calls": true, "functions": null, "store": false, "metadata": {"k": "v"}, "user": "u"});
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(defaults)).await;
+    assert_eq!(status, 200, "{v}");
+    // Completions: logit_bias refused, an empty one fine.
+    let c = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": "hi", "max_tokens": 2, "temperature": 0});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            b[k] = v;
+        }
+        b
+    };
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &c(json!({"logit_bias": {"1": -100}}))).await;
+    assert_eq!((status, error_of(&v).2), (400, Some("logit_bias")), "{v}");
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &c(json!({"logit_bias": {}, "suffix": null}))).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_and_detokenize_answer_like_vllm() {
+    let s = start(Opts::default()).await;
+    let info = s.state.engine.info();
+    // A prompt round trip.
+    let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &json!({"model": MODEL, "prompt": "Hello, wörld", "add_special_tokens": false})).await;
+    assert_eq!(status, 200, "{v}");
+    let tokens: Vec<u64> = v["tokens"].as_array().expect("tokens").iter().filter_map(Value::as_u64).collect();
+    assert_eq!(v["count"].as_u64(), Some(tokens.len() as u64));
+    assert_eq!(v["max_model_len"].as_u64(), Some(info.context_len as u64));
+    assert!(v.get("token_strs").is_none(), "only on request: {v}");
+    let (status, d) = s.post_json("/detokenize", Some(&s.keys.user), &json!({"model": MODEL, "tokens": tokens})).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["prompt"], "Hello, wörld");
+
+    // Messages go through the model's chat template, exactly as chat completions render them.
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]);
+    let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &json!({"model": MODEL, "messages": messages, "return_token_strs": true})).await;
+    assert_eq!(status, 200, "{v}");
+    let msgs = [ferrotune_model::Message::new("system", "Be brief."), ferrotune_model::Message::new("user", "hello")];
+    let want = info.encode(&info.render_chat(&msgs, true).expect("render"), false).expect("encode");
+    let got: Vec<u32> = v["tokens"].as_array().expect("tokens").iter().filter_map(|t| t.as_u64().map(|t| t as u32)).collect();
+    assert_eq!(got, want);
+    assert_eq!(v["token_strs"].as_array().map(Vec::len), Some(want.len()));
+    let (_, chat) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &json!({"model": MODEL, "messages": messages, "max_tokens": 1})).await;
+    assert_eq!(chat["usage"]["prompt_tokens"].as_u64(), Some(want.len() as u64), "{chat}");
+    // Left open for the model to continue: the rendering stops after the last message's text.
+    let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &json!({"messages": messages, "add_generation_prompt": false, "continue_final_message": true})).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, d) = s.post_json("/detokenize", Some(&s.keys.user), &json!({"tokens": v["tokens"]})).await;
+    assert!(d["prompt"].as_str().is_some_and(|p| p.ends_with("hello")), "{d}");
+
+    // Bad input: 400 naming the field; and the same keys as /v1.
+    for (body, param) in [
+        (json!({"tokens": [1, 99999]}), "tokens[1]"),
+        (json!({"tokens": [1, -1]}), "tokens[1]"),
+        (json!({"tokens": "abc"}), "tokens"),
+    ] {
+        let (status, v) = s.post_json("/detokenize", Some(&s.keys.user), &body).await;
+        assert_eq!((status, error_of(&v).2), (400, Some(param)), "{body}: {v}");
+    }
+    for (body, param) in [
+        (json!({"prompt": "a", "messages": messages}), "messages"),
+        (json!({"model": MODEL}), "prompt"),
+        (json!({"messages": messages, "continue_final_message": true, "add_generation_prompt": true}), "continue_final_message"),
+        (json!({"messages": messages, "tools": [{"type": "function"}]}), "tools"),
+    ] {
+        let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &body).await;
+        assert_eq!((status, error_of(&v).2), (400, Some(param)), "{body}: {v}");
+    }
+    let (status, _) = s.post_json("/tokenize", None, &json!({"prompt": "a"})).await;
+    assert_eq!(status, 401);
+    let (status, _) = s.post_json("/tokenize", Some(&s.keys.other), &json!({"prompt": "a"})).await;
+    assert_eq!(status, 403, "a key scoped to another model");
+    let (status, _) = s.post_json("/detokenize", Some(&s.keys.user), &json!({"model": "nope", "tokens": [1]})).await;
+    assert_eq!(status, 404);
+}

@@ -63,7 +63,8 @@ async fn redis_server() -> Option<(Redis, String)> {
 async fn replicas_share_answers_through_redis() {
     let Some((_redis, url)) = redis_server().await else { return };
     let a = start(Opts { redis_url: Some(url.clone()), ..Opts::default() }).await;
-    let b = start(Opts { redis_url: Some(url), ..Opts::default() }).await;
+    // The same model files, as replicas have (the cache key holds their digest).
+    let b = start(Opts { redis_url: Some(url), model_dir: Some(a.model_dir.clone()), ..Opts::default() }).await;
     assert!(a.state.cache.is_redis());
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0});
     let (status, first) = a.post_json("/v1/chat/completions", Some(&a.keys.user), &body).await;

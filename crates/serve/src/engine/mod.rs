@@ -136,6 +136,32 @@ pub(crate) struct Shared {
     /// loop sets it true, after seeing both empty under that lock — so `drained` never resolves
     /// while an accepted request is still pending.
     pub(crate) idle: tokio::sync::watch::Sender<bool>,
+    /// A fault a test asked for ([`Fault`]); 0 = none.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fault: std::sync::atomic::AtomicU8,
+}
+
+/// Faults tests inject into the engine thread (`fault-injection` feature: test builds only,
+/// never the binary, and no request can reach it), to check what a dying engine does.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// The next adapter load panics (inside the loop's panic guard: the load fails, the engine
+    /// lives on).
+    PanicInAdapterLoad = 1,
+    /// The loop panics outside any guard when it next takes work: the engine thread dies.
+    KillEngineThread = 2,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Shared {
+    /// Panics once if `fault` was injected.
+    pub(crate) fn trip(&self, fault: Fault) {
+        if self.fault.compare_exchange(fault as u8, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            panic!("injected fault: {fault:?}");
+        }
+    }
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the data (a queue, a
@@ -180,6 +206,8 @@ pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineH
         shutting_down: AtomicBool::new(false),
         alive: AtomicBool::new(true),
         idle,
+        #[cfg(feature = "fault-injection")]
+        fault: std::sync::atomic::AtomicU8::new(0),
     });
     let (s, i) = (shared.clone(), info.clone());
     let spawned = std::thread::Builder::new().name("ferrotune-engine".into()).spawn(move || worker::run(model, i, s));
@@ -287,5 +315,24 @@ impl EngineHandle {
     /// Whether the engine thread is running (for `/ready`).
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the engine thread has exited (its exit guard clears `alive`, then wakes
+    /// `idle`'s watchers), or at once if it never started.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.idle.subscribe();
+        while self.is_alive() {
+            if rx.changed().await.is_err() {
+                // The sender lives in `shared`, which `self` holds: cannot happen.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Arrange for `fault` on the engine thread (tests only; see [`Fault`]).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, fault: Fault) {
+        self.shared.fault.store(fault as u8, Ordering::SeqCst);
+        self.shared.wake.notify_one();
     }
 }

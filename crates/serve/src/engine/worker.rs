@@ -78,10 +78,18 @@ pub(crate) fn run(mut model: LoadedModel, info: Arc<ModelInfo>, shared: Arc<Shar
     let mut next_adapter_id = 0u64;
     loop {
         let Some((loads, admitted)) = take_work(s, running.len(), running_kv(&running)) else { return };
+        #[cfg(feature = "fault-injection")]
+        s.trip(super::Fault::KillEngineThread);
         for cmd in loads {
             attached.set(&mut model, None);
             next_adapter_id += 1;
-            let result = load_adapter(&mut model, s, next_adapter_id, &cmd);
+            // Under the same guard as the steps: a panic while reading an adapter fails that
+            // load, not the engine (a dead engine thread would leave the server up and useless).
+            let result = catch_unwind(AssertUnwindSafe(|| load_adapter(&mut model, s, next_adapter_id, &cmd)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(adapter = %cmd.name, "loading the adapter panicked");
+                    Err("internal error while loading the adapter (see the server log)".into())
+                });
             let _ = cmd.reply.send(result);
         }
         let iteration = catch_unwind(AssertUnwindSafe(|| {
@@ -160,6 +168,8 @@ fn load_adapter(model: &mut LoadedModel, s: &Shared, id: u64, cmd: &LoadCommand)
     if lock(&s.adapters).contains_key(&cmd.name) {
         return Err(format!("an adapter named `{}` is already loaded", cmd.name));
     }
+    #[cfg(feature = "fault-injection")]
+    s.trip(super::Fault::PanicInAdapterLoad);
     let adapter = Adapter::load(&cmd.dir, &mut model.model).map_err(|e| e.to_string())?;
     let served = Arc::new(ServedAdapter { id, adapter });
     lock(&s.adapters).insert(cmd.name.clone(), served);

@@ -15,9 +15,9 @@ use crate::engine::TokenLogprob;
 use crate::error::ApiError;
 use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_model, submit, token_text};
 use crate::json::{self, JsonBody};
-use crate::openai::{ChatRequest, SamplingFields};
+use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported};
 use crate::record::RequestRecord;
-use crate::routes::{CacheKey, cache_lookup};
+use crate::routes::{Cacheable, cache_lookup};
 use crate::stream::{ChunkKind, StreamSpec, sse_response};
 
 /// A token in the chat logprobs format (`{"token","logprob","bytes","top_logprobs"}`).
@@ -40,7 +40,9 @@ pub async fn chat_completions(
     let received = Instant::now();
     let req: ChatRequest = json::parse(&body)?;
     let fields: SamplingFields = json::parse(&body)?;
+    let raw: Value = json::parse(&body)?;
     record.set_model(&req.model);
+    refuse_unsupported(&raw, Endpoint::Chat)?;
     let target = resolve_model(&state, &caller, &req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError::field("messages", "at least one message is needed"));
@@ -50,10 +52,10 @@ pub async fn chat_completions(
         if m.role.is_empty() {
             return Err(ApiError::field(format!("messages[{i}].role"), "empty role"));
         }
+        m.check_no_tool_calls(i)?;
         msgs.push(Message::new(m.role.clone(), m.text(i)?));
     }
     let info = state.engine.info();
-    let raw: Value = json::parse(&body)?;
     let grounded = match state.knowledge.pick(&raw, &req.model, &caller)? {
         Some(kb) => {
             let g = state.knowledge.ground(kb, &mut msgs, &info.tokenizer).await?;
@@ -87,9 +89,9 @@ pub async fn chat_completions(
     };
     let jobs = [Job { prompt, max_tokens, logprobs, prompt_logprobs: false }];
 
-    let cache_key = (!params.stream && params.deterministic() && state.cache.enabled())
-        .then(|| crate::cache::key_of(&CacheKey::new("chat", &target, state.adapter_epoch(), &params, &jobs)));
-    if let Some(hit) = cache_lookup(&state, &record, &target, cache_key.as_deref(), "chatcmpl").await {
+    let sources = grounded.as_ref().map(|g| g.sources.as_slice());
+    let cacheable = Cacheable::new(&state, "chat", &target, &params, &jobs, false, sources);
+    if let Some(hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "chatcmpl").await {
         return Ok(hit);
     }
 
@@ -140,8 +142,8 @@ pub async fn chat_completions(
         body["knowledge_base"] = g.knowledge_base.clone().into();
         body["sources"] = g.sources.clone().into();
     }
-    if let Some(k) = cache_key {
-        state.cache.put(k, body.clone());
+    if let Some(c) = cacheable {
+        c.store(&state, &target, body.clone());
     }
     body["id"] = id.into();
     body["created"] = created.into();

@@ -20,9 +20,9 @@ use crate::generation::{
     ChoiceOut, GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_model, submit, token_text,
 };
 use crate::json::{self, JsonBody};
-use crate::openai::{CompletionRequest, PromptInput, SamplingFields, parse_prompts};
+use crate::openai::{CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported};
 use crate::record::RequestRecord;
-use crate::routes::{CacheKey, cache_lookup};
+use crate::routes::{Cacheable, cache_lookup};
 use crate::stream::{ChunkKind, StreamSpec, sse_response};
 
 /// Prompts per request at most (times `n`, the sequences one request may start).
@@ -75,6 +75,7 @@ pub async fn completions(
     let req: CompletionRequest = json::parse(&body)?;
     let fields: SamplingFields = json::parse(&body)?;
     record.set_model(&req.model);
+    refuse_unsupported(&json::parse::<Value>(&body)?, Endpoint::Completion)?;
     let target = resolve_model(&state, &caller, &req.model)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::field("suffix", "is not supported"));
@@ -108,12 +109,8 @@ pub async fn completions(
     record.set_prompt(|| jobs.iter().map(|j| j.text.as_str()).collect::<Vec<_>>().join("\n---\n"));
     let engine_jobs: Vec<Job> = jobs.iter().map(|j| j.job.clone()).collect();
 
-    let cache_key = (!params.stream && params.deterministic() && state.cache.enabled()).then(|| {
-        let mut k = CacheKey::new("completions", &target, state.adapter_epoch(), &params, &engine_jobs);
-        k.echo = echo;
-        crate::cache::key_of(&k)
-    });
-    if let Some(hit) = cache_lookup(&state, &record, &target, cache_key.as_deref(), "cmpl").await {
+    let cacheable = Cacheable::new(&state, "completions", &target, &params, &engine_jobs, echo, None);
+    if let Some(hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "cmpl").await {
         return Ok(hit);
     }
 
@@ -192,8 +189,8 @@ pub async fn completions(
         "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     });
-    if let Some(k) = cache_key {
-        state.cache.put(k, body.clone());
+    if let Some(c) = cacheable {
+        c.store(&state, &target, body.clone());
     }
     body["id"] = id.into();
     body["created"] = created.into();

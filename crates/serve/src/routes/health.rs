@@ -1,4 +1,4 @@
-//! `/health` (the process answers), `/ready` (model loaded, not shutting down), `/metrics`
+//! `/health` (the process answers), `/ready` (engine thread alive, not shutting down), `/metrics`
 //! (Prometheus text), and the OpenAI-shaped 404 / 405 for everything else.
 //!
 //! Model, adapter and knowledge-base names are not for anyone who can reach the port: when
@@ -18,6 +18,11 @@ pub async fn health() -> Response {
 }
 
 pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    // A dead engine thread answers nothing; say so before anything else (the server exits once
+    // drained, see `app::serve`).
+    if !state.engine.is_alive() {
+        return ApiError::Unavailable("the engine has stopped".into()).into_response();
+    }
     if state.is_shutting_down() {
         return ApiError::ShuttingDown.into_response();
     }

@@ -6,8 +6,13 @@ pub mod completions;
 pub mod embeddings;
 pub mod health;
 pub mod models;
+pub mod tokenize;
 
+use ferrotune_model::SamplingParams;
 use serde::Serialize;
+use serde_json::Value;
+
+use crate::generation::{GenParams, Job, Target};
 
 /// Everything that shapes a generated answer, hashed into the response-cache key.
 #[derive(Serialize)]
@@ -15,8 +20,10 @@ pub(crate) struct CacheKey<'a> {
     pub endpoint: &'a str,
     pub model: &'a str,
     pub adapter: Option<&'a str>,
-    /// Bumped on every adapter load / unload, so a reloaded adapter never serves stale answers.
-    pub adapter_epoch: u64,
+    /// The weights, not just their names ([`crate::cache::WeightsIdentity`]): a retrained
+    /// adapter loaded under an old name, or another replica's other weights, never share entries.
+    pub base_sha256: &'a str,
+    pub adapter_sha256: Option<&'a str>,
     pub prompts: Vec<&'a [u32]>,
     pub max_tokens: Vec<usize>,
     pub temperature: f64,
@@ -29,34 +36,92 @@ pub(crate) struct CacheKey<'a> {
     pub ignore_eos: bool,
     pub logprobs: Option<usize>,
     pub echo: bool,
+    /// Grounded chat: the sources the answer carries (their scores change with the knowledge
+    /// base even when the chunks in the prompt do not).
+    pub sources: Option<&'a [Value]>,
 }
 
 impl<'a> CacheKey<'a> {
+    /// `weights`: [`crate::cache::WeightsIdentity::of`] for the target.
     pub fn new(
         endpoint: &'a str,
-        target: &'a crate::generation::Target,
-        epoch: u64,
-        params: &'a crate::generation::GenParams,
-        jobs: &'a [crate::generation::Job],
+        target: &'a Target,
+        weights: &'a (String, Option<String>),
+        params: &'a GenParams,
+        jobs: &'a [Job],
     ) -> Self {
-        let s = &params.sampling;
+        // Taken apart field by field so that a new parameter does not compile until it is either
+        // in the key or said here to leave the answer as it is.
+        let GenParams {
+            max_tokens: _, // as resolved per prompt, in `jobs`
+            sampling,
+            seed_given,
+            stop,
+            n,
+            ignore_eos,
+            stream: _,        // streamed answers are never cached
+            include_usage: _, // streams only
+        } = params;
+        let SamplingParams { temperature, top_p, top_k, repetition_penalty, seed } = sampling;
         Self {
             endpoint,
             model: &target.name,
             adapter: target.adapter.as_deref(),
-            adapter_epoch: epoch,
+            base_sha256: &weights.0,
+            adapter_sha256: weights.1.as_deref(),
             prompts: jobs.iter().map(|j| j.prompt.as_slice()).collect(),
             max_tokens: jobs.iter().map(|j| j.max_tokens).collect(),
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-            repetition_penalty: s.repetition_penalty,
-            seed: params.seed_given.then_some(s.seed),
-            stop: &params.stop,
-            n: params.n,
-            ignore_eos: params.ignore_eos,
+            temperature: *temperature,
+            top_p: *top_p,
+            top_k: *top_k,
+            repetition_penalty: *repetition_penalty,
+            // Without a given seed only greedy requests are cached, and greedy ignores the seed.
+            seed: seed_given.then_some(*seed),
+            stop,
+            n: *n,
+            ignore_eos: *ignore_eos,
             logprobs: jobs.first().and_then(|j| j.logprobs),
             echo: jobs.first().is_some_and(|j| j.prompt_logprobs),
+            sources: None,
+        }
+    }
+}
+
+/// A cacheable request's key, with the weights it was computed for.
+pub(crate) struct Cacheable {
+    pub key: String,
+    weights: (String, Option<String>),
+}
+
+impl Cacheable {
+    /// `None` = not cacheable: streamed, sampled without a seed, cache off, or the adapter's
+    /// digest not known right now (loading or unloading). `echo`: completions' flag (it shapes
+    /// the text too); `sources`: grounded chat's.
+    pub fn new(
+        state: &crate::app::AppState,
+        endpoint: &str,
+        target: &Target,
+        params: &GenParams,
+        jobs: &[Job],
+        echo: bool,
+        sources: Option<&[Value]>,
+    ) -> Option<Self> {
+        if params.stream || !params.deterministic() || !state.cache.enabled() {
+            return None;
+        }
+        let weights = state.weights.of(target.adapter.as_deref())?;
+        let mut k = CacheKey::new(endpoint, target, &weights, params, jobs);
+        k.echo |= echo;
+        k.sources = sources;
+        let key = crate::cache::key_of(&k);
+        Some(Self { key, weights })
+    }
+
+    /// Store the answer — unless the adapter was swapped while it was generated (the answer may
+    /// then come from other weights than the key names).
+    pub fn store(self, state: &crate::app::AppState, target: &Target, body: Value) {
+        if state.weights.of(target.adapter.as_deref()).as_ref() == Some(&self.weights) {
+            state.cache.put(self.key, body);
         }
     }
 }
@@ -89,6 +154,71 @@ pub(crate) async fn cache_lookup(
         None => {
             state.metrics.cache_misses.get_or_create(&labels).inc();
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(body: Value) -> GenParams {
+        let f: crate::openai::SamplingFields = serde_json::from_value(body).expect("fields");
+        GenParams::from_fields(&f, None, 8).expect("params")
+    }
+
+    fn job(prompt: &[u32], max_tokens: usize, logprobs: Option<usize>, prompt_logprobs: bool) -> Job {
+        Job { prompt: prompt.to_vec(), max_tokens, logprobs, prompt_logprobs }
+    }
+
+    #[test]
+    fn every_field_that_shapes_the_answer_changes_the_cache_key() {
+        let target = Target { name: "m".into(), adapter: None };
+        let adapter = Target { name: "a".into(), adapter: Some("a".into()) };
+        let weights = ("base".to_string(), None);
+        let base = json!({"temperature": 0.5, "seed": 1});
+        let key = |t: &Target, w: &(String, Option<String>), body: Value, jobs: &[Job], endpoint: &str, sources: Option<&[Value]>| {
+            let p = params(body);
+            let mut k = CacheKey::new(endpoint, t, w, &p, jobs);
+            k.sources = sources;
+            crate::cache::key_of(&k)
+        };
+        let std_jobs = [job(&[1, 2, 3], 8, None, false)];
+        let plain = |body: Value, jobs: &[Job]| key(&target, &weights, body, jobs, "chat", None);
+        let reference = plain(base.clone(), &std_jobs);
+        assert_eq!(reference, plain(base.clone(), &std_jobs), "a key is a function of its inputs");
+        let with = |extra: Value| {
+            let mut b = base.clone();
+            for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+                b[k] = v;
+            }
+            b
+        };
+        let sources = [json!({"doc_id": "x", "score": 1.0})];
+        let variants = [
+            ("temperature", plain(with(json!({"temperature": 0.7})), &std_jobs)),
+            ("top_p", plain(with(json!({"top_p": 0.9})), &std_jobs)),
+            ("top_k", plain(with(json!({"top_k": 5})), &std_jobs)),
+            ("repetition_penalty", plain(with(json!({"repetition_penalty": 1.2})), &std_jobs)),
+            ("seed", plain(with(json!({"seed": 2})), &std_jobs)),
+            ("stop", plain(with(json!({"stop": ["x"]})), &std_jobs)),
+            ("n", plain(with(json!({"n": 2})), &std_jobs)),
+            ("ignore_eos", plain(with(json!({"ignore_eos": true})), &std_jobs)),
+            ("prompt", plain(base.clone(), &[job(&[1, 2, 4], 8, None, false)])),
+            ("max_tokens", plain(base.clone(), &[job(&[1, 2, 3], 9, None, false)])),
+            ("logprobs", plain(base.clone(), &[job(&[1, 2, 3], 8, Some(0), false)])),
+            ("top_logprobs", plain(base.clone(), &[job(&[1, 2, 3], 8, Some(2), false)])),
+            ("echo", plain(base.clone(), &[job(&[1, 2, 3], 8, None, true)])),
+            ("endpoint", key(&target, &weights, base.clone(), &std_jobs, "completions", None)),
+            ("sources", key(&target, &weights, base.clone(), &std_jobs, "chat", Some(&sources))),
+            ("base weights", key(&target, &("other".into(), None), base.clone(), &std_jobs, "chat", None)),
+            ("adapter", key(&adapter, &("base".into(), Some("d1".into())), base.clone(), &std_jobs, "chat", None)),
+            ("adapter weights", key(&adapter, &("base".into(), Some("d2".into())), base.clone(), &std_jobs, "chat", None)),
+        ];
+        let mut seen = std::collections::HashSet::from([reference]);
+        for (what, k) in &variants {
+            assert!(seen.insert(k.clone()), "{what} did not change the key");
         }
     }
 }

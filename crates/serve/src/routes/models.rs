@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::engine::AdapterCommand;
 use crate::error::ApiError;
 use crate::json::ApiJson;
 use crate::openai::{LoadAdapterRequest, UnloadAdapterRequest};
@@ -83,11 +82,9 @@ pub async fn load_adapter(
         ));
     };
     state
-        .engine
-        .adapter(AdapterCommand::Load { name: req.lora_name.clone(), dir })
+        .load_adapter(&req.lora_name, &dir)
         .await
         .map_err(|m| ApiError::field("lora_path", format!("could not load the adapter: {m}")))?;
-    state.bump_adapter_epoch();
     tracing::info!(adapter = %req.lora_name, path = %req.lora_path, "adapter loaded");
     Ok(format!("Success: LoRA adapter '{}' added successfully.", req.lora_name))
 }
@@ -102,11 +99,9 @@ pub async fn unload_adapter(
         return Err(ApiError::NotFound(format!("no adapter named `{}` is loaded", req.lora_name)));
     }
     state
-        .engine
-        .adapter(AdapterCommand::Unload { name: req.lora_name.clone() })
+        .unload_adapter(&req.lora_name)
         .await
         .map_err(|m| ApiError::field("lora_name", format!("could not unload the adapter: {m}")))?;
-    state.bump_adapter_epoch();
     tracing::info!(adapter = %req.lora_name, "adapter unloaded");
     Ok(format!("Success: LoRA adapter '{}' removed successfully.", req.lora_name))
 }

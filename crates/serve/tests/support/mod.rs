@@ -32,6 +32,7 @@ pub struct Server {
     pub state: AppState,
     pub keys: Keys,
     pub dir: tempfile::TempDir,
+    pub model_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -44,19 +45,40 @@ pub struct Opts {
     pub rag: Option<ferrotune_serve::config::RagConfig>,
     /// Last word on the config (limits, CORS, ...). `adapter_roots` is the server's temp folder.
     pub configure: fn(&mut ServeConfig),
+    /// Share another server's in-process cache (as replicas share a Redis).
+    pub shared_cache: Option<ferrotune_serve::cache::ResponseCache>,
+    /// Serve this model folder (another server's `model_dir`, as replicas serve the same files)
+    /// instead of writing a fresh tiny model.
+    pub model_dir: Option<PathBuf>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None, rag: None, configure: |_| {} }
+        Self {
+            auth: true,
+            engine: EngineConfig::default(),
+            cache: true,
+            redis_url: None,
+            rag: None,
+            configure: |_| {},
+            shared_cache: None,
+            model_dir: None,
+        }
     }
 }
 
 pub async fn start(opts: Opts) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model_dir = dir.path().join("model");
-    ferrotune_model::testing::write_tiny_model(&model_dir).expect("tiny model");
+    let model_dir = match opts.model_dir {
+        Some(d) => d,
+        None => {
+            let d = dir.path().join("model");
+            ferrotune_model::testing::write_tiny_model(&d).expect("tiny model");
+            d
+        }
+    };
     let model = load_path(&model_dir, WeightMode::F32, &Device::Cpu).expect("load");
+    let digest = ferrotune_serve::cache::digest_files(&model.files).expect("hash the model files");
     let handle = engine::start(model, MODEL.to_string(), opts.engine.clone());
     let mut cfg = ServeConfig { auth: opts.auth, keys_db: Some(dir.path().join("keys.db")), engine: opts.engine, ..Default::default() };
     cfg.embeddings.model = String::new();
@@ -80,9 +102,14 @@ pub async fn start(opts: Opts) -> Server {
         other: mk("other", &["something-else"], false, None),
         limited: mk("limited", &[], false, Some(2)),
     };
-    let cache = ferrotune_serve::cache::ResponseCache::connect(&cfg.cache).await.expect("cache");
+    let cache = match opts.shared_cache {
+        Some(c) => c,
+        None => ferrotune_serve::cache::ResponseCache::connect(&cfg.cache).await.expect("cache"),
+    };
     let mut state = AppState::new(handle, cfg, opts.auth.then_some(store), None);
     state.set_cache(cache);
+    // As `build_state` does: the cache key names the weights.
+    state.set_base_identity(ferrotune_serve::cache::base_identity(&digest, "F32"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
@@ -98,7 +125,16 @@ pub async fn start(opts: Opts) -> Server {
         )
         .await
     });
-    Server { base: format!("http://{addr}"), client: reqwest::Client::new(), state, keys, dir, shutdown: Some(tx), handle: Some(handle) }
+    Server {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        state,
+        keys,
+        dir,
+        model_dir,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
 }
 
 impl Server {
@@ -134,6 +170,15 @@ impl Server {
     /// The key store of a server with auth on (create / update / revoke keys while it runs).
     pub fn store(&self) -> &KeyStore {
         self.state.keys.as_deref().expect("auth is on")
+    }
+
+    /// A PEFT adapter for the served model in `rel` (its A matrices drawn from `seed`).
+    pub fn write_adapter(&self, rel: &str, seed: u64) -> PathBuf {
+        let dir = self.path(rel);
+        let mut m = load_path(&self.model_dir, WeightMode::F32, &Device::Cpu).expect("model");
+        let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), seed).expect("adapter");
+        a.save(&dir, MODEL).expect("save");
+        dir
     }
 
     /// Fire the shutdown signal (the server task keeps running until it has drained).
