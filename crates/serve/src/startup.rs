@@ -18,6 +18,8 @@ pub enum StartError {
     Model { spec: String, source: ferrotune_model::ModelError },
     #[error("loading adapter `{name}` from {dir}: {reason}")]
     Adapter { name: String, dir: String, reason: String },
+    #[error("[engine] {0}")]
+    Engine(String),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("response cache: {0}")]
@@ -60,6 +62,7 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
         .await
         .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })?
         .map_err(|source| StartError::Model { spec: cfg.model.clone(), source })?;
+    cfg.engine.limits(model.config().max_position_embeddings).map_err(StartError::Engine)?;
     let name = served_name(&cfg);
     let engine = engine::start(model, name.clone(), cfg.engine.clone());
     for (adapter, dir) in &cfg.adapters {

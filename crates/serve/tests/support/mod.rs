@@ -42,11 +42,13 @@ pub struct Opts {
     pub cache: bool,
     pub redis_url: Option<String>,
     pub rag: Option<ferrotune_serve::config::RagConfig>,
+    /// Changes the loaded tiny model before the engine gets it (e.g. makes EOS dominant).
+    pub tweak: Option<fn(&mut ferrotune_model::LoadedModel)>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None, rag: None }
+        Self { auth: true, engine: EngineConfig::default(), cache: true, redis_url: None, rag: None, tweak: None }
     }
 }
 
@@ -54,7 +56,10 @@ pub async fn start(opts: Opts) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let model_dir = dir.path().join("model");
     ferrotune_model::testing::write_tiny_model(&model_dir).expect("tiny model");
-    let model = load_path(&model_dir, WeightMode::F32, &Device::Cpu).expect("load");
+    let mut model = load_path(&model_dir, WeightMode::F32, &Device::Cpu).expect("load");
+    if let Some(tweak) = opts.tweak {
+        tweak(&mut model);
+    }
     let handle = engine::start(model, MODEL.to_string(), opts.engine.clone());
     let mut cfg = ServeConfig { auth: opts.auth, keys_db: Some(dir.path().join("keys.db")), engine: opts.engine, ..Default::default() };
     cfg.embeddings.model = String::new();
