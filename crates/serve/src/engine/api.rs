@@ -25,11 +25,16 @@ pub struct EngineConfig {
     /// `None` = `max_model_len` (a prompt must still leave room for `max_tokens`, except an
     /// echo-scoring request with `max_tokens: 0`).
     pub max_prompt_tokens: Option<usize>,
-    /// Prompt tokens prefilled per engine step (chunked prefill): a long prompt is prefilled a
-    /// chunk per step between the running sequences' decode steps, so it never stalls them for
-    /// more than one chunk, and no forward pass holds more than `[heads, chunk, context]`
-    /// attention scores or `[chunk, vocab]` logits (echo + logprobs).
+    /// Prompt tokens prefilled per engine step over all new sequences, and per forward pass at
+    /// most (chunked prefill): a prompt up to this long is prefilled in one step; no pass holds
+    /// more than `[heads, chunk, context]` attention scores or `[chunk, vocab]` logits.
     pub prefill_chunk_tokens: usize,
+    /// A prompt longer than `prefill_chunk_tokens` is prefilled this many tokens per step
+    /// (at most `prefill_chunk_tokens`), after the shorter prompts and beside the running
+    /// sequences' decode step: a step then costs about this many tokens of prefill, so a long
+    /// prompt delays the others' next token (and a new request's first) by that much, not by
+    /// its whole prefill. Smaller = lower latency for the others, slower long prefill.
+    pub long_prefill_chunk_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +46,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             max_prompt_tokens: None,
             prefill_chunk_tokens: 512,
+            long_prefill_chunk_tokens: 16,
         }
     }
 }
@@ -53,10 +59,16 @@ pub struct SequenceLimits {
 }
 
 impl EngineConfig {
+    /// Tokens per prefill pass for a prompt of `prompt` tokens.
+    pub fn prefill_chunk(&self, prompt: usize) -> usize {
+        let chunk = self.prefill_chunk_tokens.max(1);
+        if prompt > chunk { self.long_prefill_chunk_tokens.clamp(1, chunk) } else { chunk }
+    }
+
     /// Check the settings against the model's context (`Err` names the `[engine]` key).
     pub fn limits(&self, context: usize) -> Result<SequenceLimits, String> {
-        if self.prefill_chunk_tokens == 0 {
-            return Err("prefill_chunk_tokens must be positive".into());
+        if self.prefill_chunk_tokens == 0 || self.long_prefill_chunk_tokens == 0 {
+            return Err("prefill_chunk_tokens and long_prefill_chunk_tokens must be positive".into());
         }
         let max_model_len = self.max_model_len.unwrap_or(context);
         if max_model_len == 0 || max_model_len > context {

@@ -170,11 +170,10 @@ pub struct EngineHandle {
 /// Dense f32 weights are packed for few-row products first ([`pack_for_decode`]).
 /// Settings that do not fit the model ([`EngineConfig::limits`]) are clamped to it with a
 /// warning; the server checks them before starting (`startup::build_state`) and refuses them.
-pub fn start(mut model: LoadedModel, name: String, mut cfg: EngineConfig) -> EngineHandle {
+pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineHandle {
     let context = model.config().max_position_embeddings;
     let limits = cfg.limits(context).unwrap_or_else(|e| {
         tracing::warn!("[engine] {e}; using the model's context of {context} tokens");
-        cfg.prefill_chunk_tokens = cfg.prefill_chunk_tokens.max(1);
         SequenceLimits { max_model_len: context, max_prompt_tokens: context }
     });
     match pack_for_decode(&mut model.model) {

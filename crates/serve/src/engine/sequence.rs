@@ -100,6 +100,11 @@ impl<'t> Sequence<'t> {
         self.prompt_tokens - self.prefilled
     }
 
+    /// Prompt tokens in the cache plus the prompt's length (for the chunk size).
+    pub(crate) fn prompt_len(&self) -> usize {
+        self.prompt_tokens
+    }
+
     /// Prefill the next `chunk` prompt tokens (the adapter, if any, is already attached); the
     /// logits are `[chunk, vocab]` at most, and prompt logprobs are taken from them before the
     /// next chunk. After the last chunk: send `Started` (and the prompt logprobs) and pick the

@@ -361,14 +361,8 @@ async fn logprobs_are_the_model_log_softmax_and_prompt_logprobs_come_from_a_full
         .expect("forward");
     let lsm = log_softmax_rows(&logits.squeeze(0).expect("squeeze"));
     for chunk in [512, 7, 1] {
-        let engine = start(
-            m.clone(),
-            "tiny".into(),
-            EngineConfig {
-                prefill_chunk_tokens: chunk,
-                ..Default::default()
-            },
-        );
+        let cfg = EngineConfig { prefill_chunk_tokens: chunk, long_prefill_chunk_tokens: chunk, ..Default::default() };
+        let engine = start(m.clone(), "tiny".into(), cfg);
         let (mut req, rx) = request(&p, 0);
         req.prompt_logprobs = true;
         req.logprobs = Some(2);
@@ -486,14 +480,8 @@ fn submit_together(engine: &EngineHandle, reqs: Vec<GenRequest>) {
 async fn a_short_request_finishes_while_a_long_prompt_is_still_prefilling() {
     let (_dir, m) = tiny();
     let chunk = 4;
-    let engine = start(
-        m.clone(),
-        "tiny".into(),
-        EngineConfig {
-            prefill_chunk_tokens: chunk,
-            ..Default::default()
-        },
-    );
+    let cfg = EngineConfig { prefill_chunk_tokens: 64, long_prefill_chunk_tokens: chunk, ..Default::default() };
+    let engine = start(m.clone(), "tiny".into(), cfg);
     let long: Vec<u32> = (0..480).map(|i| 3 + (i * 7 % 250) as u32).collect();
     let short = prompt(&m, "hi");
     let (mut long_req, mut rx) = request(&long, 2);
@@ -548,25 +536,19 @@ async fn a_short_request_finishes_while_a_long_prompt_is_still_prefilling() {
 
 #[test]
 fn each_step_prefills_short_prompts_first_then_one_chunk_of_a_long_one() {
-    // (prompt tokens left, steps skipped), in arrival order.
-    assert_eq!(worker::plan_prefill(&[(5000, 0)], 512), vec![0]);
-    assert_eq!(
-        worker::plan_prefill(&[(5000, 0), (20, 0), (30, 0)], 512),
-        vec![1, 2, 0]
-    );
+    let cfg = EngineConfig::default();
+    assert_eq!((cfg.prefill_chunk(512), cfg.prefill_chunk(513), cfg.prefill_chunk(8000)), (512, 16, 16));
+    let st = |left: usize, skips: u32| worker::PrefillState { left, chunk: cfg.prefill_chunk(left), skips };
+    let plan = |w: &[worker::PrefillState]| worker::plan_prefill(w, 512);
+    assert_eq!(plan(&[st(5000, 0)]), vec![0]);
+    assert_eq!(plan(&[st(5000, 0), st(20, 0), st(30, 0)]), vec![1, 2, 0]);
     // Short prompts that fill the step leave the long one for the next.
-    assert_eq!(
-        worker::plan_prefill(&[(5000, 0), (300, 0), (300, 0)], 512),
-        vec![1, 2]
-    );
+    assert_eq!(plan(&[st(5000, 0), st(300, 0), st(300, 0)]), vec![1, 2]);
     // ... unless it was passed over too often.
-    assert_eq!(
-        worker::plan_prefill(&[(5000, 4), (300, 0), (300, 0)], 512),
-        vec![0]
-    );
-    // One always goes, even with a zero-sized chunk setting.
-    assert_eq!(worker::plan_prefill(&[(7, 0), (9, 0)], 0), vec![0]);
-    assert!(worker::plan_prefill(&[], 512).is_empty());
+    assert_eq!(plan(&[st(5000, 4), st(300, 0), st(300, 0)]), vec![0, 1, 2]);
+    // One always goes, even with a zero budget.
+    assert_eq!(worker::plan_prefill(&[st(7, 0), st(9, 0)], 0), vec![0]);
+    assert!(plan(&[]).is_empty());
 }
 
 /// lm-evaluation-harness scores with `max_tokens: 1, echo, logprobs` and drops the last logprob
@@ -686,13 +668,8 @@ async fn prompts_over_max_prompt_tokens_are_refused_and_max_model_len_caps_the_c
             },
             "max_prompt_tokens",
         ),
-        (
-            EngineConfig {
-                prefill_chunk_tokens: 0,
-                ..Default::default()
-            },
-            "prefill_chunk_tokens",
-        ),
+        (EngineConfig { prefill_chunk_tokens: 0, ..Default::default() }, "prefill_chunk_tokens"),
+        (EngineConfig { long_prefill_chunk_tokens: 0, ..Default::default() }, "long_prefill_chunk_tokens"),
     ] {
         let e = cfg.limits(512).expect_err("refused");
         assert!(e.contains(key), "{e}");

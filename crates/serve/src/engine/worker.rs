@@ -97,7 +97,7 @@ pub(crate) fn run(mut model: LoadedModel, info: Arc<ModelInfo>, shared: Arc<Shar
                 }
             }
             publish(s, &running);
-            let prefilled = prefill(&mut model, &mut attached, &mut running, s.cfg.prefill_chunk_tokens);
+            let prefilled = prefill(&mut model, &mut attached, &mut running, &s.cfg);
             let decoded = decode(&mut model, &mut attached, &mut running);
             if prefilled || decoded {
                 s.steps.fetch_add(1, Ordering::SeqCst);
@@ -159,39 +159,54 @@ fn take_work(s: &Arc<Shared>, running: usize, mut kv_used: usize) -> Option<(Vec
     Some((loads, admitted))
 }
 
-/// Which prefilling sequences get their next chunk this step, in order. `waiting[i]` is
-/// (prompt tokens left, steps skipped in a row) of the i-th prefilling sequence in arrival
-/// order. Shortest remainder first, so a short request's first token does not queue behind a
-/// long prompt's chunks; each sequence gets its whole next chunk (chunks start at multiples of
-/// `chunk`, so a prompt's numerics never depend on the load); sequences are added until the
-/// step holds `chunk` tokens (one always goes, so a step prefills under two chunks). One passed
-/// over [`MAX_PREFILL_SKIPS`] times goes first, so a stream of short prompts cannot starve a long one.
-pub(crate) fn plan_prefill(waiting: &[(usize, u32)], chunk: usize) -> Vec<usize> {
-    let chunk = chunk.max(1);
+/// One prefilling sequence as the step planner sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PrefillState {
+    /// Prompt tokens not yet prefilled.
+    pub(crate) left: usize,
+    /// Its chunk size ([`super::EngineConfig::prefill_chunk`]).
+    pub(crate) chunk: usize,
+    /// Steps passed over in a row.
+    pub(crate) skips: u32,
+}
+
+/// Which prefilling sequences (arrival order) get their next chunk this step, in order.
+/// Shortest remainder first, so a short request's first token does not queue behind a long
+/// prompt's chunks; each gets its whole next chunk (chunks start at multiples of the prompt's
+/// chunk size, so its numerics never depend on the load); sequences are added until the step
+/// holds `budget` tokens (one always goes). One passed over [`MAX_PREFILL_SKIPS`] times goes
+/// first, so a stream of short prompts cannot starve a long one.
+pub(crate) fn plan_prefill(waiting: &[PrefillState], budget: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..waiting.len()).collect();
-    order.sort_by_key(|&i| (waiting[i].1 < MAX_PREFILL_SKIPS, waiting[i].0, i));
+    order.sort_by_key(|&i| (waiting[i].skips < MAX_PREFILL_SKIPS, waiting[i].left, i));
     let mut plan = Vec::new();
     let mut tokens = 0;
     for i in order {
-        if tokens >= chunk {
+        if tokens >= budget.max(1) {
             break;
         }
         plan.push(i);
-        tokens += waiting[i].0.min(chunk);
+        tokens += waiting[i].left.min(waiting[i].chunk.max(1));
     }
     plan
 }
 
 /// Prefill this step's chunks ([`plan_prefill`]); `true` if any ran.
-fn prefill(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequence<'_>], chunk: usize) -> bool {
+fn prefill(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequence<'_>], cfg: &super::EngineConfig) -> bool {
     for seq in running.iter_mut() {
         if !seq.finished && seq.prefilling() && seq.cancelled() {
             seq.finished = true;
         }
     }
     let idx: Vec<usize> = (0..running.len()).filter(|&i| !running[i].finished && running[i].prefilling()).collect();
-    let waiting: Vec<(usize, u32)> = idx.iter().map(|&i| (running[i].prefill_left(), running[i].prefill_skips)).collect();
-    let plan = plan_prefill(&waiting, chunk);
+    let waiting: Vec<PrefillState> = idx
+        .iter()
+        .map(|&i| {
+            let s = &running[i];
+            PrefillState { left: s.prefill_left(), chunk: cfg.prefill_chunk(s.prompt_len()), skips: s.prefill_skips }
+        })
+        .collect();
+    let plan = plan_prefill(&waiting, cfg.prefill_chunk_tokens);
     for (k, &i) in idx.iter().enumerate() {
         let seq = &mut running[i];
         seq.prefill_skips = if plan.contains(&k) { 0 } else { seq.prefill_skips.saturating_add(1) };
@@ -199,7 +214,7 @@ fn prefill(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequ
     for &k in &plan {
         let seq = &mut running[idx[k]];
         attached.set(model, seq.adapter.as_ref());
-        if let Err(e) = seq.prefill_step(model, chunk) {
+        if let Err(e) = seq.prefill_step(model, waiting[k].chunk) {
             tracing::warn!("prefill failed: {e}");
             seq.fail(format!("prefill failed: {e}"));
         }
