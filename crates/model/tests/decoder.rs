@@ -210,3 +210,26 @@ fn chunked_prefill_gives_the_logits_of_one_full_pass() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The per-KV-head attention split also serves left-padded batches (batched generation in
+/// `eval`): two rows of a batch whose scores pass the split threshold (`[2, 4, 1100, 1100]` f32)
+/// each equal the row alone (which stays under it), within 1e-4.
+#[test]
+fn a_padded_batch_over_the_attention_split_threshold_equals_each_row_alone() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let mut cfg = ModelConfig::tiny(Family::Llama);
+    cfg.max_position_embeddings = 2048;
+    let m = Llama::load(&random_weights(&cfg, &dev)?, &cfg, WeightMode::F32, None)?;
+    let long: Vec<u32> = (0..1100).map(|i| ((i * 31 + 5) % cfg.vocab_size) as u32).collect();
+    let short: Vec<u32> = long[..700].iter().map(|&x| (x + 1) % cfg.vocab_size as u32).collect();
+    let pad = long.len() - short.len();
+    let flat = [long.clone(), vec![0; pad], short.clone()].concat();
+    let batch = Tensor::from_vec(flat, (2, long.len()), &dev)?;
+    let both = m.forward(&batch, Some(&[0, pad]), None, Logits::Last)?;
+    for (r, row) in [&long, &short].into_iter().enumerate() {
+        let alone = m.forward(&Tensor::new(row.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+        let d = max_diff(&both.get(r)?, &alone.get(0)?)?;
+        assert!(d < 1e-4, "row {r}: {d}");
+    }
+    Ok(())
+}
