@@ -100,7 +100,7 @@ impl<'t> Sequence<'t> {
         self.prompt_tokens - self.prefilled
     }
 
-    /// Prompt tokens in the cache plus the prompt's length (for the chunk size).
+    /// The prompt's length in tokens (it picks the chunk size).
     pub(crate) fn prompt_len(&self) -> usize {
         self.prompt_tokens
     }
