@@ -10,6 +10,10 @@ use crate::llama::{KvCache, Llama, Logits};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
+/// Prompt tokens per forward pass in single-stream prefill ([`Llama::prefill`]): the attention
+/// scores of a pass are `[heads, chunk, total]`, so memory stays bounded however long the prompt.
+pub const PREFILL_CHUNK: usize = 512;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {
     pub max_tokens: usize,
@@ -171,8 +175,7 @@ pub fn generate(
     let mut finish = FinishReason::Length;
 
     let t0 = Instant::now();
-    let ids = Tensor::new(prompt, &device)?.unsqueeze(0)?;
-    let mut logits = model.forward(&ids, None, Some(&mut cache), Logits::Last)?;
+    let mut logits = model.prefill(prompt, &mut cache, PREFILL_CHUNK)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for step in 0..max_tokens {

@@ -120,13 +120,18 @@ impl Attention {
         } else if t == 1 && ctx.mask.is_none() && !ctx.differentiable && crate::decode_attn::applies(&q, &k) {
             // Single-stream decode: one fused op reading the cache in place.
             crate::decode_attn::attend(&q, &k, &v, scale as f32)?
+        } else if !ctx.differentiable && t > 1 && kvh > 1 && b * h * t * total * 4 > SCORES_SPLIT_BYTES {
+            // A long prefill chunk: the scores of all heads at once would be `[b, h, t, total]`
+            // floats, several copies live at a time; one KV head's group at a time keeps the
+            // peak a `kvh`-th of that (same products, same order within each head).
+            let mut ys = Vec::with_capacity(kvh);
+            for j in 0..kvh {
+                let (qj, kj, vj) = (q.narrow(1, j, 1)?, k.narrow(1, j, 1)?, v.narrow(1, j, 1)?);
+                ys.push(scores_softmax_v(&qj, &kj, &vj, ctx, (b, 1, rep, t, total), scale)?);
+            }
+            Tensor::cat(&ys, 1)?
         } else {
-            let att = (q.matmul(&k.t()?)? * scale)?;
-            let att = match &ctx.mask {
-                Some(m) => att.reshape((b, kvh, rep, t, total))?.broadcast_add(m)?.reshape((b, kvh, rep * t, total))?,
-                None => att,
-            };
-            softmax(&att, ctx.differentiable)?.matmul(&v)?
+            scores_softmax_v(&q, &k, &v, ctx, (b, kvh, rep, t, total), scale)?
         };
         let y = if ctx.causal_op {
             crate::handoff::merge_heads(&y.reshape((b, h, t, d))?)?
@@ -175,6 +180,22 @@ impl Attention {
         };
         self.o_proj.forward(&y)
     }
+}
+
+/// Above this size (bytes of f32 scores for all heads of one layer call) inference attention
+/// runs one KV head's query group at a time.
+const SCORES_SPLIT_BYTES: usize = 32 << 20;
+
+/// `softmax(q·kᵀ·scale + mask)·v` for `q: [b, g, rep·t, d]` against `k, v: [b, g, total, d]`;
+/// `shape` = (b, g, rep, t, total).
+fn scores_softmax_v(q: &Tensor, k: &Tensor, v: &Tensor, ctx: &Ctx, shape: (usize, usize, usize, usize, usize), scale: f64) -> Result<Tensor> {
+    let (b, g, rep, t, total) = shape;
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = match &ctx.mask {
+        Some(m) => att.reshape((b, g, rep, t, total))?.broadcast_add(m)?.reshape((b, g, rep * t, total))?,
+        None => att,
+    };
+    softmax(&att, ctx.differentiable)?.matmul(v)
 }
 
 #[derive(Debug, Clone)]
@@ -547,6 +568,31 @@ impl Llama {
             Logits::Hidden => Ok(x),
             Logits::All => self.lm_head.forward(&x),
             Logits::Last => self.lm_head.forward(&x)?.squeeze(1),
+        }
+    }
+
+    /// Inference prefill of one sequence into `cache`, at most `chunk` tokens per forward pass,
+    /// so no pass holds more than `[heads, chunk, total]` attention scores (the whole prompt at
+    /// once would be `[heads, t, t]`: gigabytes at 8k tokens). Returns the last position's
+    /// logits `[1, vocab]`; the cache may already hold a prefix. Chunks only change how the
+    /// same products are grouped, so the logits equal one full pass up to float rounding.
+    pub fn prefill(&self, ids: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Tensor> {
+        if ids.is_empty() || chunk == 0 {
+            candle_core::bail!("prefill: {} tokens in chunks of {chunk}", ids.len())
+        }
+        if self.differentiable {
+            candle_core::bail!("prefill is inference only (the model is in differentiable mode)")
+        }
+        let mut start = 0;
+        loop {
+            let end = (start + chunk).min(ids.len());
+            let x = Tensor::new(&ids[start..end], self.device())?.unsqueeze(0)?;
+            if end == ids.len() {
+                return self.forward(&x, None, Some(cache), Logits::Last);
+            }
+            // Earlier chunks only fill the cache: their hidden states need no head.
+            self.forward(&x, None, Some(cache), Logits::Hidden)?;
+            start = end;
         }
     }
 

@@ -137,6 +137,19 @@ pub fn write_tiny_model(dir: &std::path::Path) -> crate::Result<()> {
     crate::export::export_hf(&m, dir)
 }
 
+/// Bias the head so `token` wins at every position by a wide margin (+50 on its logit): tests of
+/// what happens when the next token is EOS, on a random model that would rarely pick it.
+pub fn make_token_dominant(model: &mut crate::Llama, token: u32) -> candle_core::Result<()> {
+    let vocab = model.config().vocab_size;
+    let mut bias = vec![0f32; vocab];
+    if let Some(b) = bias.get_mut(token as usize) {
+        *b = 50.0;
+    }
+    let bias = Tensor::from_vec(bias, vocab, model.device())?.to_dtype(model.dtype())?;
+    model.lm_head.set_bias(Some(bias));
+    Ok(())
+}
+
 /// Set to `1` (CI's `.ci/run` does) and a test whose real model is not installed fails instead of
 /// printing `SKIPPED` and passing: CI's count of passed tests then means they ran.
 pub const REQUIRE_MODELS: &str = "FERROTUNE_REQUIRE_MODELS";

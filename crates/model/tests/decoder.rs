@@ -152,3 +152,84 @@ fn batched_generation_equals_each_prompt_alone() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Chunked prefill (what the server and `generate` run) against one pass over the whole prompt:
+/// logits of every position within 1e-4 (max abs; f32 logits of magnitude ~1-10), for llama and
+/// qwen2 shapes, a sliding window shorter than the prompt, and a prompt long enough that the one
+/// pass takes the per-KV-head attention split (`[4, 1500, 1500]` f32 scores = 34 MiB) while the
+/// chunks do not.
+#[test]
+fn chunked_prefill_gives_the_logits_of_one_full_pass() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let mut cases = Vec::new();
+    for family in [Family::Llama, Family::Qwen2] {
+        cases.push((ModelConfig::tiny(family), 61usize, 7usize));
+    }
+    let mut windowed = ModelConfig::tiny(Family::Llama);
+    windowed.sliding_window = Some(16);
+    cases.push((windowed, 50, 9));
+    let mut long = ModelConfig::tiny(Family::Llama);
+    long.max_position_embeddings = 2048;
+    cases.push((long, 1500, 512));
+    for (cfg, n, chunk) in cases {
+        let m = Llama::load(&random_weights(&cfg, &dev)?, &cfg, WeightMode::F32, None)?;
+        let ids: Vec<u32> = (0..n)
+            .map(|i| ((i * 37 + 11) % cfg.vocab_size) as u32)
+            .collect();
+        let full = m
+            .forward(
+                &Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?,
+                None,
+                None,
+                Logits::All,
+            )?
+            .squeeze(0)?;
+        // Chunk by chunk with every position's logits, as the engine scores an echoed prompt.
+        let mut cache = KvCache::new(m.config(), 8);
+        let mut rows = Vec::new();
+        for part in ids.chunks(chunk) {
+            let x = Tensor::new(part, &dev)?.unsqueeze(0)?;
+            rows.push(
+                m.forward(&x, None, Some(&mut cache), Logits::All)?
+                    .squeeze(0)?,
+            );
+        }
+        let chunked = Tensor::cat(&rows, 0)?;
+        let d = max_diff(&chunked, &full)?;
+        assert!(
+            d < 1e-4,
+            "{:?} window {:?}, {n} tokens in chunks of {chunk}: {d}",
+            cfg.family,
+            cfg.sliding_window
+        );
+        // `prefill` returns the last position's logits and leaves the whole prompt cached.
+        let mut cache = KvCache::new(m.config(), 8);
+        let last = m.prefill(&ids, &mut cache, chunk)?;
+        assert!(max_diff(&last, &full.get(n - 1)?.unsqueeze(0)?)? < 1e-4);
+        assert_eq!(cache.len(), n);
+    }
+    Ok(())
+}
+
+/// The per-KV-head attention split also serves left-padded batches (batched generation in
+/// `eval`): two rows of a batch whose scores pass the split threshold (`[2, 4, 1100, 1100]` f32)
+/// each equal the row alone (which stays under it), within 1e-4.
+#[test]
+fn a_padded_batch_over_the_attention_split_threshold_equals_each_row_alone() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let mut cfg = ModelConfig::tiny(Family::Llama);
+    cfg.max_position_embeddings = 2048;
+    let m = Llama::load(&random_weights(&cfg, &dev)?, &cfg, WeightMode::F32, None)?;
+    let long: Vec<u32> = (0..1100).map(|i| ((i * 31 + 5) % cfg.vocab_size) as u32).collect();
+    let short: Vec<u32> = long[..700].iter().map(|&x| (x + 1) % cfg.vocab_size as u32).collect();
+    let pad = long.len() - short.len();
+    let flat = [long.clone(), vec![0; pad], short.clone()].concat();
+    let batch = Tensor::from_vec(flat, (2, long.len()), &dev)?;
+    let both = m.forward(&batch, Some(&[0, pad]), None, Logits::Last)?;
+    for (r, row) in [&long, &short].into_iter().enumerate() {
+        let alone = m.forward(&Tensor::new(row.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+        let d = max_diff(&both.get(r)?, &alone.get(0)?)?;
+        assert!(d < 1e-4, "row {r}: {d}");
+    }
+    Ok(())
+}

@@ -159,6 +159,7 @@ impl ApiError {
             SubmitError::QueueFull => Self::QueueFull,
             SubmitError::UnknownAdapter(_) => Self::ModelNotFound(model.to_string()),
             e @ SubmitError::TooLarge { .. } => Self::field("max_tokens", e.to_string()),
+            e @ SubmitError::PromptTooLong { .. } => Self::field("prompt", e.to_string()),
             SubmitError::ShuttingDown => Self::ShuttingDown,
         }
     }

@@ -138,6 +138,12 @@ impl GenParams {
     }
 }
 
+/// A prompt longer than the engine's `max_prompt_tokens`: 400 naming `field` and the limit
+/// (checked before anything is queued; the engine checks again on submit).
+pub fn check_prompt_len(info: &crate::engine::ModelInfo, len: usize, field: &str) -> Result<(), ApiError> {
+    info.check_prompt(len).map_err(|e| ApiError::field(field, e.to_string()))
+}
+
 /// One engine request to make.
 #[derive(Debug, Clone)]
 pub struct Job {

@@ -21,6 +21,8 @@ pub enum StartError {
     Hashing { spec: String, source: std::io::Error },
     #[error("loading adapter `{name}` from {dir}: {reason}")]
     Adapter { name: String, dir: String, reason: String },
+    #[error("[engine] {0}")]
+    Engine(String),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("response cache: {0}")]
@@ -67,6 +69,7 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     })
     .await
     .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })??;
+    cfg.engine.limits(model.config().max_position_embeddings).map_err(StartError::Engine)?;
     let name = served_name(&cfg);
     let engine = engine::start(model, name.clone(), cfg.engine.clone());
     let keys = if cfg.auth {

@@ -247,7 +247,7 @@ async fn keys_are_required_scoped_and_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_with_retry_after() {
-    let engine = ferrotune_serve::engine::EngineConfig { max_batch: 1, kv_token_budget: 512, queue_capacity: 1 };
+    let engine = ferrotune_serve::engine::EngineConfig { max_batch: 1, kv_token_budget: 512, queue_capacity: 1, ..Default::default() };
     let s = start(Opts { engine, cache: false, ..Opts::default() }).await;
     let body = json!({"model": MODEL, "prompt": "slow", "max_tokens": 400, "ignore_eos": true, "temperature": 0});
     // One key may hold only its fair share of the engine, so eight keys fill it.
@@ -582,4 +582,161 @@ async fn tokenize_and_detokenize_answer_like_vllm() {
     assert_eq!(status, 403, "a key scoped to another model");
     let (status, _) = s.post_json("/detokenize", Some(&s.keys.user), &json!({"model": "nope", "tokens": [1]})).await;
     assert_eq!(status, 404);
+}
+
+/// Regression: a token-id prompt filling the context with echo + logprobs made one forward pass
+/// build `[heads, t, t]` attention scores and `[t, vocab]` logits (gigabytes on a real model at
+/// 8k tokens; the process could abort). Now it is prefilled and scored in chunks, prompts past
+/// the limits get a 400 naming them, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refused_and_serving_goes_on()
+ {
+    let engine = ferrotune_serve::engine::EngineConfig {
+        prefill_chunk_tokens: 64,
+        ..Default::default()
+    };
+    let s = start(Opts {
+        engine,
+        cache: false,
+        ..Opts::default()
+    })
+    .await;
+    let ctx = 512; // the tiny model's context
+    let ids: Vec<u32> = (0..ctx).map(|i| 3 + (i * 13 % 250) as u32).collect();
+    // Scoring the whole context (max_tokens 0) fits.
+    let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 1});
+    let (status, v) = s
+        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let tl = v["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .expect("token_logprobs");
+    assert_eq!(tl.len(), ctx as usize);
+    assert!(
+        tl[1..]
+            .iter()
+            .all(|x| x.as_f64().is_some_and(|x| x <= 0.0 && x.is_finite()))
+    );
+    // One token more than the context holds: refused, naming the prompt and the context.
+    for (prompt, max_tokens) in [(ids.clone(), 1), ([ids.clone(), vec![5]].concat(), 0)] {
+        let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "echo": true, "logprobs": 1});
+        let (status, v) = s
+            .post_json("/v1/completions", Some(&s.keys.user), &body)
+            .await;
+        assert_eq!(status, 400, "{v}");
+        let (kind, _, param) = error_of(&v);
+        assert_eq!(
+            (kind, param),
+            ("invalid_request_error", Some("prompt")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("512")),
+            "{v}"
+        );
+    }
+    let (status, v) = s
+        .post_json(
+            "/v1/completions",
+            Some(&s.keys.user),
+            &json!({"model": MODEL, "prompt": "still here", "max_tokens": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    // An operator's max_prompt_tokens is enforced by name, for completions and chat.
+    let engine = ferrotune_serve::engine::EngineConfig {
+        max_prompt_tokens: Some(100),
+        ..Default::default()
+    };
+    let s = start(Opts {
+        engine,
+        cache: false,
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"model": MODEL, "prompt": &ids[..101], "max_tokens": 1, "echo": true, "logprobs": 1});
+    let (status, v) = s
+        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(error_of(&v).2, Some("prompt"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_prompt_tokens") && m.contains("100")),
+        "{v}"
+    );
+    let long = "x".repeat(150);
+    let (status, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            Some(&s.keys.user),
+            &chat_body(json!({"messages": [{"role": "user", "content": long}]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(error_of(&v).2, Some("messages"));
+    let body = json!({"model": MODEL, "prompt": &ids[..100], "max_tokens": 1, "echo": true, "logprobs": 1});
+    let (status, v) = s
+        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// lm-evaluation-harness `local-completions` loglikelihood: `max_tokens: 1, echo, logprobs: 1`,
+/// then it drops the last entry as the generated token. Regression: when the next token was
+/// EOS nothing was generated and a prompt token's logprob was dropped. Now EOS is the generated
+/// token: empty in `text`, present in every logprobs list, `finish_reason: "stop"` (as vLLM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lm_eval_scoring_gets_eos_back_as_the_generated_token() {
+    fn eos_always(m: &mut ferrotune_model::LoadedModel) {
+        let eos = m.eos_ids[0];
+        ferrotune_model::testing::make_token_dominant(&mut m.model, eos).expect("bias");
+    }
+    let s = start(Opts {
+        cache: false,
+        tweak: Some(eos_always),
+        ..Opts::default()
+    })
+    .await;
+    let prompt = vec![10u32, 20, 30, 40, 50];
+    let body = json!({"model": MODEL, "prompt": [prompt], "max_tokens": 1, "echo": true, "logprobs": 1, "temperature": 0});
+    let (status, v) = s
+        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let c = &v["choices"][0];
+    assert_eq!(c["finish_reason"], "stop", "{v}");
+    let lp = &c["logprobs"];
+    let tokens = lp["tokens"].as_array().expect("tokens");
+    let tl = lp["token_logprobs"].as_array().expect("token_logprobs");
+    // Five prompt entries and the generated EOS: dropping the last leaves every prompt token.
+    assert_eq!(tokens.len(), prompt.len() + 1, "{lp}");
+    assert_eq!(tl.len(), prompt.len() + 1);
+    assert_eq!(
+        lp["top_logprobs"].as_array().map(Vec::len),
+        Some(prompt.len() + 1)
+    );
+    assert_eq!(
+        lp["text_offset"].as_array().map(Vec::len),
+        Some(prompt.len() + 1)
+    );
+    assert_eq!(tokens[prompt.len()], "<|im_end|>");
+    assert!(
+        tl[prompt.len()]
+            .as_f64()
+            .is_some_and(|x| x > -1e-3 && x <= 0.0),
+        "{lp}"
+    );
+    // The EOS token adds no text: the echoed prompt is the whole text.
+    let echoed: String = tokens[..prompt.len()]
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(c["text"].as_str(), Some(echoed.as_str()));
+    assert_eq!(v["usage"]["completion_tokens"], 1);
 }

@@ -18,11 +18,67 @@ pub struct EngineConfig {
     pub kv_token_budget: usize,
     /// Requests waiting for a slot at most; beyond that `submit` answers `QueueFull` (503).
     pub queue_capacity: usize,
+    /// Prompt + completion tokens of one sequence at most (vLLM's `max_model_len`). `None` =
+    /// the model's context; larger than that is a start-up error.
+    pub max_model_len: Option<usize>,
+    /// Prompt tokens of one request at most; longer prompts get a 400 naming this limit.
+    /// `None` = `max_model_len` (a prompt must still leave room for `max_tokens`, except an
+    /// echo-scoring request with `max_tokens: 0`).
+    pub max_prompt_tokens: Option<usize>,
+    /// Prompt tokens prefilled per engine step over all new sequences, and per forward pass at
+    /// most (chunked prefill): a prompt up to this long is prefilled in one step; no pass holds
+    /// more than `[heads, chunk, context]` attention scores or `[chunk, vocab]` logits.
+    pub prefill_chunk_tokens: usize,
+    /// A prompt longer than `prefill_chunk_tokens` is prefilled this many tokens per step
+    /// (at most `prefill_chunk_tokens`), after the shorter prompts and beside the running
+    /// sequences' decode step: a step then costs about this many tokens of prefill, so a long
+    /// prompt delays the others' next token (and a new request's first) by that much, not by
+    /// its whole prefill. Smaller = lower latency for the others, slower long prefill.
+    pub long_prefill_chunk_tokens: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_batch: 32, kv_token_budget: 65_536, queue_capacity: 256 }
+        Self {
+            max_batch: 32,
+            kv_token_budget: 65_536,
+            queue_capacity: 256,
+            max_model_len: None,
+            max_prompt_tokens: None,
+            prefill_chunk_tokens: 512,
+            long_prefill_chunk_tokens: 16,
+        }
+    }
+}
+
+/// The per-sequence limits an [`EngineConfig`] gives a model with `context` positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceLimits {
+    pub max_model_len: usize,
+    pub max_prompt_tokens: usize,
+}
+
+impl EngineConfig {
+    /// Tokens per prefill pass for a prompt of `prompt` tokens.
+    pub fn prefill_chunk(&self, prompt: usize) -> usize {
+        let chunk = self.prefill_chunk_tokens.max(1);
+        if prompt > chunk { self.long_prefill_chunk_tokens.clamp(1, chunk) } else { chunk }
+    }
+
+    /// Check the settings against the model's context (`Err` names the `[engine]` key).
+    pub fn limits(&self, context: usize) -> Result<SequenceLimits, String> {
+        if self.prefill_chunk_tokens == 0 || self.long_prefill_chunk_tokens == 0 {
+            return Err("prefill_chunk_tokens and long_prefill_chunk_tokens must be positive".into());
+        }
+        let max_model_len = self.max_model_len.unwrap_or(context);
+        if max_model_len == 0 || max_model_len > context {
+            return Err(format!("max_model_len {max_model_len} must be between 1 and the model's context of {context} tokens"));
+        }
+        let max_prompt_tokens = self.max_prompt_tokens.unwrap_or(max_model_len);
+        if max_prompt_tokens == 0 || max_prompt_tokens > max_model_len {
+            return Err(format!("max_prompt_tokens {max_prompt_tokens} must be between 1 and max_model_len ({max_model_len})"));
+        }
+        Ok(SequenceLimits { max_model_len, max_prompt_tokens })
     }
 }
 
@@ -82,6 +138,8 @@ pub enum SubmitError {
     UnknownAdapter(String),
     #[error("prompt of {prompt} tokens + max_tokens {max_tokens} exceeds the KV budget of {budget} tokens")]
     TooLarge { prompt: usize, max_tokens: usize, budget: usize },
+    #[error("the prompt is {prompt} tokens; this server's max_prompt_tokens is {limit}")]
+    PromptTooLong { prompt: usize, limit: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
 }

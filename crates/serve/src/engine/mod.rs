@@ -23,7 +23,7 @@ pub use api::*;
 pub use layout::pack_for_decode;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use ferrotune_model::{Adapter, ChatTemplate, LoadedModel, Message, ModelError, Tokenizer};
@@ -36,8 +36,11 @@ pub struct ModelInfo {
     pub chat_template: Option<Arc<ChatTemplate>>,
     /// Token ids that end a generation (unless `ignore_eos`).
     pub eos_ids: Vec<u32>,
-    /// The model's context in tokens (prompt + completion at most).
+    /// Prompt + completion tokens of one sequence at most: the engine's `max_model_len` (the
+    /// model's context unless configured smaller).
     pub context_len: usize,
+    /// Prompt tokens of one request at most (`max_prompt_tokens`).
+    pub max_prompt_tokens: usize,
     /// Token ids must be below this (token-id prompts are checked against it).
     pub vocab_size: usize,
     /// The limits the engine runs under.
@@ -67,6 +70,14 @@ impl ModelInfo {
     /// The text of one token as it appears in the output (for logprob listings).
     pub fn token_text(&self, id: u32) -> String {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// Whether a prompt of `len` tokens is within `max_prompt_tokens`.
+    pub fn check_prompt(&self, len: usize) -> Result<(), SubmitError> {
+        if len > self.max_prompt_tokens {
+            return Err(SubmitError::PromptTooLong { prompt: len, limit: self.max_prompt_tokens });
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +140,9 @@ pub(crate) struct Shared {
     pub(crate) adapters: Mutex<BTreeMap<String, Arc<ServedAdapter>>>,
     pub(crate) running: AtomicUsize,
     pub(crate) kv_used: AtomicUsize,
+    /// Loop iterations that did work (prefill chunks and/or a decode step), for tests and
+    /// benchmarks that count steps rather than time.
+    pub(crate) steps: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
     /// False once the engine thread has exited.
     pub(crate) alive: AtomicBool,
@@ -180,7 +194,14 @@ pub struct EngineHandle {
 
 /// Spawn the engine thread that owns `model`; `name` is the base model's name for clients.
 /// Dense f32 weights are packed for few-row products first ([`pack_for_decode`]).
+/// Settings that do not fit the model ([`EngineConfig::limits`]) are clamped to it with a
+/// warning; the server checks them before starting (`startup::build_state`) and refuses them.
 pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineHandle {
+    let context = model.config().max_position_embeddings;
+    let limits = cfg.limits(context).unwrap_or_else(|e| {
+        tracing::warn!("[engine] {e}; using the model's context of {context} tokens");
+        SequenceLimits { max_model_len: context, max_prompt_tokens: context }
+    });
     match pack_for_decode(&mut model.model) {
         Ok(n) => tracing::debug!("packed {n} weights for batched decode"),
         // Unpacked weights still compute the same thing through gemm, only slower.
@@ -191,7 +212,8 @@ pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineH
         tokenizer: model.tokenizer.clone(),
         chat_template: model.chat_template.clone(),
         eos_ids: model.eos_ids.clone(),
-        context_len: model.config().max_position_embeddings,
+        context_len: limits.max_model_len,
+        max_prompt_tokens: limits.max_prompt_tokens,
         vocab_size: model.config().vocab_size,
         config: cfg.clone(),
     });
@@ -203,6 +225,7 @@ pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineH
         adapters: Mutex::new(BTreeMap::new()),
         running: AtomicUsize::new(0),
         kv_used: AtomicUsize::new(0),
+        steps: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         alive: AtomicBool::new(true),
         idle,
@@ -239,7 +262,8 @@ impl EngineHandle {
                 lock(&s.adapters).get(name).cloned().ok_or_else(|| SubmitError::UnknownAdapter(name.to_string()))?,
             ),
         };
-        // Both limits bound one sequence: the KV budget (shared) and the model's context.
+        self.info.check_prompt(req.prompt.len())?;
+        // Both limits bound one sequence: the KV budget (shared) and max_model_len.
         let budget = s.cfg.kv_token_budget.min(self.info.context_len);
         if req.prompt.len() + req.max_tokens > budget {
             return Err(SubmitError::TooLarge { prompt: req.prompt.len(), max_tokens: req.max_tokens, budget });
@@ -310,6 +334,11 @@ impl EngineHandle {
         let mut rx = self.shared.idle.subscribe();
         // An error means the sender is gone, which cannot happen while `self` holds `shared`.
         let _ = rx.wait_for(|idle| *idle).await;
+    }
+
+    /// Engine steps so far (iterations that prefilled a chunk or decoded).
+    pub fn steps(&self) -> u64 {
+        self.shared.steps.load(Ordering::SeqCst)
     }
 
     /// Whether the engine thread is running (for `/ready`).

@@ -23,10 +23,18 @@ pub(crate) struct Sequence<'t> {
     /// KV tokens reserved (prompt + max_tokens), returned to the budget when the sequence ends.
     pub(crate) reserved: usize,
     pub(crate) finished: bool,
+    /// Steps in a row this sequence waited for a prefill chunk while others got one.
+    pub(crate) prefill_skips: u32,
     sampler: Sampler,
     /// Prompt and generated tokens (the repetition penalty looks at both).
     context: Vec<u32>,
     prompt_tokens: usize,
+    /// Prompt tokens in the cache so far; below `prompt_tokens` while prefilling.
+    prefilled: usize,
+    /// Log-probabilities of prompt tokens 1.. gathered chunk by chunk (`prompt_logprobs`).
+    prompt_lps: Option<Vec<TokenLogprob>>,
+    /// Seconds from arrival to admission.
+    queue_secs: f64,
     max_tokens: usize,
     generated: usize,
     stream: TextStream<'t>,
@@ -40,9 +48,10 @@ pub(crate) struct Sequence<'t> {
 }
 
 impl<'t> Sequence<'t> {
-    /// Prefill the prompt (the adapter, if any, is already attached), send `Started` (and the
-    /// prompt logprobs), and pick the first token. Errors are messages for `Event::Error`.
-    pub(crate) fn start(model: &LoadedModel, info: &'t ModelInfo, q: Queued) -> Result<Self, String> {
+    /// Admit a request: check it and set up its state; nothing is computed yet (the prompt is
+    /// prefilled a chunk per step by [`Sequence::prefill_step`]). Errors are messages for
+    /// `Event::Error`.
+    pub(crate) fn new(model: &LoadedModel, info: &'t ModelInfo, q: Queued) -> Result<Self, String> {
         let Queued { req, adapter } = q;
         let reserved = req.prompt.len() + req.max_tokens;
         if req.prompt.is_empty() {
@@ -54,40 +63,22 @@ impl<'t> Sequence<'t> {
         let sampler = Sampler::new(req.sampling.clone()).map_err(|e| e.to_string())?;
         // Preallocate for the prompt and a first stretch of output, not the whole reservation:
         // clients often ask for far more tokens than they get (the cache grows when needed).
-        let mut cache = KvCache::new(model.config(), req.prompt.len() + req.max_tokens.min(INITIAL_OUTPUT_CAPACITY));
-        let ids = Tensor::new(req.prompt.as_slice(), &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(|e| e.to_string())?;
-        let which = if req.prompt_logprobs { Logits::All } else { Logits::Last };
-        let logits = model.model.forward(&ids, None, Some(&mut cache), which).map_err(|e| e.to_string())?;
-        let queue_secs = req.received.elapsed().as_secs_f64();
-        let (last, prompt_lp) = if req.prompt_logprobs {
-            let all = logits.squeeze(0).map_err(|e| e.to_string())?;
-            let k = req.logprobs.unwrap_or(0);
-            let mut lps = Vec::with_capacity(req.prompt.len().saturating_sub(1));
-            let mut last = Vec::new();
-            // One row at a time: the whole `[t, vocab]` block as one Vec would double the peak.
-            for i in 0..req.prompt.len() {
-                let row = row_vec(&all, i)?;
-                match req.prompt.get(i + 1) {
-                    Some(&id) => lps.push(token_logprob(&row, id, k)),
-                    None => last = row,
-                }
-            }
-            (last, Some(lps))
-        } else {
-            (row_vec(&logits, 0)?, None)
-        };
-        let mut seq = Sequence {
+        let cache = KvCache::new(model.config(), req.prompt.len() + req.max_tokens.min(INITIAL_OUTPUT_CAPACITY));
+        let prompt_tokens = req.prompt.len();
+        Ok(Sequence {
             events: req.events,
             adapter,
             cache,
             next: 0,
             reserved,
             finished: false,
+            prefill_skips: 0,
             sampler,
-            context: req.prompt.clone(),
-            prompt_tokens: req.prompt.len(),
+            context: req.prompt,
+            prompt_tokens,
+            prefilled: 0,
+            prompt_lps: req.prompt_logprobs.then(|| Vec::with_capacity(prompt_tokens - 1)),
+            queue_secs: req.received.elapsed().as_secs_f64(),
             max_tokens: req.max_tokens,
             generated: 0,
             stream: TextStream::new(&info.tokenizer),
@@ -96,17 +87,71 @@ impl<'t> Sequence<'t> {
             ignore_eos: req.ignore_eos,
             logprobs: req.logprobs,
             held: None,
+        })
+    }
+
+    /// Whether prompt tokens remain to be prefilled.
+    pub(crate) fn prefilling(&self) -> bool {
+        self.prefilled < self.prompt_tokens
+    }
+
+    /// Prompt tokens not yet prefilled.
+    pub(crate) fn prefill_left(&self) -> usize {
+        self.prompt_tokens - self.prefilled
+    }
+
+    /// The prompt's length in tokens (it picks the chunk size).
+    pub(crate) fn prompt_len(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// Prefill the next `chunk` prompt tokens (the adapter, if any, is already attached); the
+    /// logits are `[chunk, vocab]` at most, and prompt logprobs are taken from them before the
+    /// next chunk. After the last chunk: send `Started` (and the prompt logprobs) and pick the
+    /// first token.
+    pub(crate) fn prefill_step(&mut self, model: &LoadedModel, chunk: usize) -> Result<(), String> {
+        let (start, end) = (self.prefilled, (self.prefilled + chunk.max(1)).min(self.prompt_tokens));
+        let last_chunk = end == self.prompt_tokens;
+        let ids = Tensor::new(&self.context[start..end], &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(|e| e.to_string())?;
+        let which = match (self.prompt_lps.is_some(), last_chunk) {
+            (true, _) => Logits::All,
+            (false, true) => Logits::Last,
+            // Earlier chunks only fill the cache.
+            (false, false) => Logits::Hidden,
         };
-        seq.send(Event::Started { queue_secs, prompt_tokens: seq.prompt_tokens });
-        if let Some(lps) = prompt_lp {
-            seq.send(Event::PromptLogprobs(lps));
+        let out = model.model.forward(&ids, None, Some(&mut self.cache), which).map_err(|e| e.to_string())?;
+        self.prefilled = end;
+        let mut last = Vec::new();
+        if let Some(lps) = self.prompt_lps.as_mut() {
+            let rows = out.squeeze(0).map_err(|e| e.to_string())?;
+            let k = self.logprobs.unwrap_or(0);
+            // One row at a time: the chunk's `[n, vocab]` block as one Vec would double the peak.
+            for (i, pos) in (start..end).enumerate() {
+                let row = row_vec(&rows, i)?;
+                if pos + 1 < self.prompt_tokens {
+                    lps.push(token_logprob(&row, self.context[pos + 1], k));
+                } else {
+                    last = row;
+                }
+            }
+        } else if last_chunk {
+            last = row_vec(&out, 0)?;
         }
-        if seq.max_tokens == 0 {
-            seq.finish(FinishReason::Length);
+        if !last_chunk {
+            return Ok(());
+        }
+        self.send(Event::Started { queue_secs: self.queue_secs, prompt_tokens: self.prompt_tokens });
+        if let Some(lps) = self.prompt_lps.take() {
+            self.send(Event::PromptLogprobs(lps));
+        }
+        if self.max_tokens == 0 {
+            self.finish(FinishReason::Length);
         } else {
-            seq.accept(&last);
+            self.accept(&last);
         }
-        Ok(seq)
+        Ok(())
     }
 
     /// The client is gone (its receiver was dropped).
@@ -119,6 +164,16 @@ impl<'t> Sequence<'t> {
         let id = self.sampler.sample(logits, &self.context);
         let lp = self.logprobs.map(|k| token_logprob(logits, id, k));
         if !self.ignore_eos && self.eos_ids.contains(&id) {
+            // As vLLM does: EOS is the generated token (no text, but listed with its logprob
+            // and counted in usage). lm-evaluation-harness' `local-completions` asks for
+            // `max_tokens: 1, echo: true` and drops the last logprob as the generated token;
+            // with nothing generated it would drop a prompt token's instead.
+            self.generated += 1;
+            let rest = self.stop.flush();
+            if let Some((_, text, _)) = self.held.as_mut() {
+                text.push_str(&rest);
+            }
+            self.emit(id, String::new(), lp, false);
             self.finish(FinishReason::Stop);
             return;
         }

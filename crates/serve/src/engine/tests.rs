@@ -83,12 +83,28 @@ fn alone(m: &LoadedModel, prompt: &[u32], max_tokens: usize, stop: &[String], sa
     generate(&m.model, &m.tokenizer, prompt, &params, |_| {}).expect("generate")
 }
 
+/// The tiny model's EOS id.
+const TINY_EOS: u32 = 2;
+
 fn assert_same(got: &Outcome, want: &ferrotune_model::Generation, what: &str) {
     assert_eq!(got.error, None, "{what}");
-    assert_eq!(got.tokens, want.tokens, "{what}: tokens");
+    // The engine returns EOS as a last token (vLLM's behaviour); `generate` leaves it out.
+    let eos = want.finish == FinishReason::Stop
+        && got.tokens.len() == want.tokens.len() + 1
+        && got.tokens.last() == Some(&TINY_EOS);
+    let tokens = if eos {
+        &got.tokens[..want.tokens.len()]
+    } else {
+        &got.tokens[..]
+    };
+    assert_eq!(tokens, &want.tokens[..], "{what}: tokens");
     assert_eq!(got.text, want.text, "{what}: text");
     assert_eq!(got.finish, Some(want.finish), "{what}: finish");
-    assert_eq!(got.completion_tokens, want.tokens.len(), "{what}: usage");
+    assert_eq!(
+        got.completion_tokens,
+        want.tokens.len() + usize::from(eos),
+        "{what}: usage"
+    );
 }
 
 fn prompt(m: &LoadedModel, text: &str) -> Vec<u32> {
@@ -177,7 +193,12 @@ async fn futures_join(rxs: Vec<UnboundedReceiver<Event>>) -> Vec<Outcome> {
 #[tokio::test]
 async fn full_queue_too_large_unknown_adapter_and_shutdown_are_refused() {
     let (_dir, m) = tiny();
-    let cfg = EngineConfig { max_batch: 1, kv_token_budget: 300, queue_capacity: 2 };
+    let cfg = EngineConfig {
+        max_batch: 1,
+        kv_token_budget: 300,
+        queue_capacity: 2,
+        ..Default::default()
+    };
     let engine = start(m.clone(), "tiny".into(), cfg);
     let p = prompt(&m, "hi");
     let (req, _rx) = request(&p, 299);
@@ -320,28 +341,50 @@ async fn runtime_adapter_matches_the_attached_model_and_leaves_base_requests_alo
     assert!(bad.is_err());
 }
 
+/// Prompt logprobs are taken chunk by chunk during chunked prefill; they must equal one full
+/// pass's log-softmax (within 1e-4 absolute, f32) for any chunk size, including chunks that
+/// split the prompt unevenly.
 #[tokio::test]
 async fn logprobs_are_the_model_log_softmax_and_prompt_logprobs_come_from_a_full_prefill() {
     let (_dir, m) = tiny();
     let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
-    let p = prompt(&m, "score this");
-    let (mut req, rx) = request(&p, 0);
-    req.prompt_logprobs = true;
-    req.logprobs = Some(2);
-    engine.submit(req).expect("submit");
-    let got = collect(rx).await;
-    assert_eq!((got.finish, got.completion_tokens), (Some(FinishReason::Length), 0));
-    let lps = got.prompt_logprobs.expect("prompt logprobs");
-    assert_eq!(lps.len(), p.len() - 1);
-    let ids = Tensor::new(p.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids");
-    let logits = m.model.forward(&ids, None, None, Logits::All).expect("forward");
+    let p = prompt(
+        &m,
+        "score this, a prompt long enough for several prefill chunks",
+    );
+    let ids = Tensor::new(p.as_slice(), &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("ids");
+    let logits = m
+        .model
+        .forward(&ids, None, None, Logits::All)
+        .expect("forward");
     let lsm = log_softmax_rows(&logits.squeeze(0).expect("squeeze"));
-    for (i, lp) in lps.iter().enumerate() {
-        assert_eq!(lp.id, p[i + 1]);
-        let want = lsm[i][p[i + 1] as usize];
-        assert!((lp.logprob - want).abs() < 1e-4, "position {i}: {} vs {want}", lp.logprob);
-        assert_eq!(lp.top.len(), 2);
-        assert!(lp.top[0].1 >= lp.top[1].1);
+    for chunk in [512, 7, 1] {
+        let cfg = EngineConfig { prefill_chunk_tokens: chunk, long_prefill_chunk_tokens: chunk, ..Default::default() };
+        let engine = start(m.clone(), "tiny".into(), cfg);
+        let (mut req, rx) = request(&p, 0);
+        req.prompt_logprobs = true;
+        req.logprobs = Some(2);
+        engine.submit(req).expect("submit");
+        let got = collect(rx).await;
+        assert_eq!(
+            (got.finish, got.completion_tokens),
+            (Some(FinishReason::Length), 0)
+        );
+        let lps = got.prompt_logprobs.expect("prompt logprobs");
+        assert_eq!(lps.len(), p.len() - 1);
+        for (i, lp) in lps.iter().enumerate() {
+            assert_eq!(lp.id, p[i + 1]);
+            let want = lsm[i][p[i + 1] as usize];
+            assert!(
+                (lp.logprob - want).abs() < 1e-4,
+                "chunk {chunk}, position {i}: {} vs {want}",
+                lp.logprob
+            );
+            assert_eq!(lp.top.len(), 2);
+            assert!(lp.top[0].1 >= lp.top[1].1);
+        }
     }
 
     let (mut req, rx) = request(&p, 5);
@@ -413,6 +456,218 @@ async fn shutdown_finishes_running_and_queued_requests() {
     }
     let s = engine.stats();
     assert_eq!((s.running, s.waiting, s.kv_used), (0, 0, 0));
+}
+
+/// Put requests in the queue together, under its lock, so the loop admits them in one
+/// iteration (a test of scheduling must not depend on how fast this thread runs).
+fn submit_together(engine: &EngineHandle, reqs: Vec<GenRequest>) {
+    let s = &engine.shared;
+    let mut q = lock(&s.queue);
+    for req in reqs {
+        q.waiting.push_back(Queued { req, adapter: None });
+    }
+    s.idle.send_replace(false);
+    drop(q);
+    s.wake.notify_one();
+}
+
+/// Regression: the whole prompt was prefilled in one pass at admission, so a short request
+/// admitted beside a long prompt got nothing until that pass ended (and the pass held
+/// `[heads, t, t]` scores). Now a step prefills about one chunk, so the short one runs through
+/// to its last token while the long prompt is still being prefilled chunk by chunk. Both send
+/// into one channel, so the order of their events is the order of the engine's steps.
+#[tokio::test]
+async fn a_short_request_finishes_while_a_long_prompt_is_still_prefilling() {
+    let (_dir, m) = tiny();
+    let chunk = 4;
+    let cfg = EngineConfig { prefill_chunk_tokens: 64, long_prefill_chunk_tokens: chunk, ..Default::default() };
+    let engine = start(m.clone(), "tiny".into(), cfg);
+    let long: Vec<u32> = (0..480).map(|i| 3 + (i * 7 % 250) as u32).collect();
+    let short = prompt(&m, "hi");
+    let (mut long_req, mut rx) = request(&long, 2);
+    long_req.ignore_eos = true;
+    let (mut short_req, _unused) = request(&short, 3);
+    short_req.ignore_eos = true;
+    short_req.events = long_req.events.clone();
+    submit_together(&engine, vec![long_req, short_req]);
+    let mut order = Vec::new();
+    let mut done = 0;
+    while done < 2 {
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("open channel");
+        match e {
+            Event::Started { prompt_tokens, .. } => order.push(("started", prompt_tokens)),
+            Event::Done {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            } => {
+                order.push(("done", prompt_tokens));
+                assert_eq!(
+                    completion_tokens,
+                    if prompt_tokens == long.len() { 2 } else { 3 }
+                );
+                done += 1;
+            }
+            Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    let want = vec![
+        ("started", short.len()),
+        ("done", short.len()),
+        ("started", long.len()),
+        ("done", long.len()),
+    ];
+    assert_eq!(order, want, "the short request must finish before the long prompt's prefill ends");
+    // One chunk of the long prompt per step: at least 120 steps (the counter moves at the end
+    // of the step whose events we just read).
+    let chunks = long.len().div_ceil(chunk) as u64;
+    wait_until("the engine counted 120 steps", || engine.steps() >= chunks).await;
+}
+
+#[test]
+fn each_step_prefills_short_prompts_first_then_one_chunk_of_a_long_one() {
+    let cfg = EngineConfig::default();
+    assert_eq!((cfg.prefill_chunk(512), cfg.prefill_chunk(513), cfg.prefill_chunk(8000)), (512, 16, 16));
+    let st = |left: usize, skips: u32| worker::PrefillState { left, chunk: cfg.prefill_chunk(left), skips };
+    let plan = |w: &[worker::PrefillState]| worker::plan_prefill(w, 512);
+    assert_eq!(plan(&[st(5000, 0)]), vec![0]);
+    assert_eq!(plan(&[st(5000, 0), st(20, 0), st(30, 0)]), vec![1, 2, 0]);
+    // Short prompts that fill the step leave the long one for the next.
+    assert_eq!(plan(&[st(5000, 0), st(300, 0), st(300, 0)]), vec![1, 2]);
+    // ... unless it was passed over too often.
+    assert_eq!(plan(&[st(5000, 4), st(300, 0), st(300, 0)]), vec![0, 1, 2]);
+    // One always goes, even with a zero budget.
+    assert_eq!(worker::plan_prefill(&[st(7, 0), st(9, 0)], 0), vec![0]);
+    assert!(plan(&[]).is_empty());
+}
+
+/// lm-evaluation-harness scores with `max_tokens: 1, echo, logprobs` and drops the last logprob
+/// as the generated token. Regression: when the next token was EOS nothing was generated, so it
+/// dropped a prompt token's logprob. EOS now comes back as the generated token (empty text,
+/// its logprob listed, counted in usage), as vLLM returns it.
+#[tokio::test]
+async fn eos_as_the_next_token_is_returned_as_the_generated_token_with_its_logprob() {
+    let (_dir, mut m) = tiny();
+    ferrotune_model::testing::make_token_dominant(&mut m.model, TINY_EOS).expect("bias");
+    let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
+    let p = prompt(&m, "the end");
+    let (mut req, rx) = request(&p, 1);
+    req.prompt_logprobs = true;
+    req.logprobs = Some(1);
+    engine.submit(req).expect("submit");
+    let got = collect(rx).await;
+    assert_eq!(got.error, None);
+    assert_eq!(got.tokens, vec![TINY_EOS]);
+    assert_eq!(got.text, "");
+    assert_eq!(
+        (got.finish, got.completion_tokens),
+        (Some(FinishReason::Stop), 1)
+    );
+    assert_eq!(got.logprobs.len(), 1);
+    assert_eq!(got.logprobs[0].id, TINY_EOS);
+    assert!(
+        got.logprobs[0].logprob > -1e-3 && got.logprobs[0].logprob <= 0.0,
+        "{:?}",
+        got.logprobs[0]
+    );
+    assert_eq!(got.prompt_logprobs.map(|l| l.len()), Some(p.len() - 1));
+
+    // Stop strings do not change it.
+    let (mut req, rx) = request(&p, 5);
+    req.stop = vec!["zz".into()];
+    engine.submit(req).expect("submit");
+    let got = collect(rx).await;
+    assert_eq!(
+        (got.tokens, got.finish),
+        (vec![TINY_EOS], Some(FinishReason::Stop))
+    );
+    // ignore_eos still generates past it.
+    let (mut req, rx) = request(&p, 3);
+    req.ignore_eos = true;
+    engine.submit(req).expect("submit");
+    let got = collect(rx).await;
+    assert_eq!(
+        (got.tokens, got.finish),
+        (vec![TINY_EOS; 3], Some(FinishReason::Length))
+    );
+}
+
+#[tokio::test]
+async fn prompts_over_max_prompt_tokens_are_refused_and_max_model_len_caps_the_context() {
+    let (_dir, m) = tiny();
+    let cfg = EngineConfig {
+        max_model_len: Some(100),
+        max_prompt_tokens: Some(40),
+        ..Default::default()
+    };
+    assert_eq!(
+        cfg.limits(512),
+        Ok(SequenceLimits {
+            max_model_len: 100,
+            max_prompt_tokens: 40
+        })
+    );
+    let engine = start(m.clone(), "tiny".into(), cfg);
+    assert_eq!(
+        (engine.info().context_len, engine.info().max_prompt_tokens),
+        (100, 40)
+    );
+    let (req, _rx) = request(&[5; 41], 1);
+    assert_eq!(
+        engine.submit(req).err(),
+        Some(SubmitError::PromptTooLong {
+            prompt: 41,
+            limit: 40
+        })
+    );
+    let (req, _rx) = request(&[5; 40], 61);
+    assert_eq!(
+        engine.submit(req).err(),
+        Some(SubmitError::TooLarge {
+            prompt: 40,
+            max_tokens: 61,
+            budget: 100
+        })
+    );
+    let (mut req, rx) = request(&[5; 40], 60);
+    req.ignore_eos = true;
+    engine.submit(req).expect("submit");
+    assert_eq!(collect(rx).await.completion_tokens, 60);
+
+    // Defaults follow the model; settings past it are refused, naming the key.
+    assert_eq!(
+        EngineConfig::default().limits(512),
+        Ok(SequenceLimits {
+            max_model_len: 512,
+            max_prompt_tokens: 512
+        })
+    );
+    for (cfg, key) in [
+        (
+            EngineConfig {
+                max_model_len: Some(513),
+                ..Default::default()
+            },
+            "max_model_len",
+        ),
+        (
+            EngineConfig {
+                max_prompt_tokens: Some(101),
+                max_model_len: Some(100),
+                ..Default::default()
+            },
+            "max_prompt_tokens",
+        ),
+        (EngineConfig { prefill_chunk_tokens: 0, ..Default::default() }, "prefill_chunk_tokens"),
+        (EngineConfig { long_prefill_chunk_tokens: 0, ..Default::default() }, "long_prefill_chunk_tokens"),
+    ] {
+        let e = cfg.limits(512).expect_err("refused");
+        assert!(e.contains(key), "{e}");
+    }
 }
 
 /// Not a test: aggregate generated tokens/s on the real default model for 1, 8 and 32 concurrent

@@ -1,8 +1,10 @@
-//! The engine loop. Each iteration: load requested adapters; drop queued requests whose client
-//! left; admit from the head of the queue while the batch has room and the KV budget covers the
-//! request's prompt + max_tokens; prefill the admitted ones; then one decode step for every
-//! running sequence; retire finished ones. Sequences join and leave between decode steps
-//! (continuous batching).
+//! The engine loop. Each iteration (a step): load requested adapters; drop queued requests whose
+//! client left; admit from the head of the queue while the batch has room and the KV budget
+//! covers the request's prompt + max_tokens; prefill about one chunk of prompt tokens (chunked
+//! prefill, see [`plan_prefill`]); then one decode step for every sequence past its prefill;
+//! retire finished ones. Sequences join and leave between decode steps (continuous batching),
+//! and a long prompt is prefilled across many steps, so the others keep decoding meanwhile
+//! (vLLM's chunked prefill).
 //!
 //! Multi-LoRA: our `LinearAdapter` is attached per layer, not per row, so one forward pass runs
 //! under one adapter. The running sequences are therefore grouped by adapter and each group gets
@@ -22,9 +24,9 @@ use ferrotune_model::{Adapter, KvCache, LoadedModel};
 use super::sequence::{Sequence, row_vec};
 use super::{LoadCommand, ModelInfo, Queued, ServedAdapter, Shared, lock};
 
-/// Prompt tokens prefilled per iteration at most (one request always goes in): a burst of long
-/// prompts must not stall the running sequences' next token for too long.
-const PREFILL_TOKENS_PER_ITERATION: usize = 2048;
+/// Steps in a row a prefilling sequence may be passed over (shorter prompts went first and
+/// filled the step) before it goes first.
+const MAX_PREFILL_SKIPS: u32 = 4;
 
 /// How often an idle loop looks whether every handle is gone.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -94,17 +96,20 @@ pub(crate) fn run(mut model: LoadedModel, info: Arc<ModelInfo>, shared: Arc<Shar
         }
         let iteration = catch_unwind(AssertUnwindSafe(|| {
             for q in admitted {
-                attached.set(&mut model, q.adapter.as_ref());
                 let events = q.req.events.clone();
-                match Sequence::start(&model, info, q) {
+                match Sequence::new(&model, info, q) {
                     Ok(seq) => running.push(seq),
                     Err(e) => {
                         let _ = events.send(super::Event::Error(e));
                     }
                 }
-                publish(s, &running);
             }
-            decode(&mut model, &mut attached, &mut running);
+            publish(s, &running);
+            let prefilled = prefill(&mut model, &mut attached, &mut running, &s.cfg);
+            let decoded = decode(&mut model, &mut attached, &mut running);
+            if prefilled || decoded {
+                s.steps.fetch_add(1, Ordering::SeqCst);
+            }
         }));
         if iteration.is_err() {
             // A bug, not a request's fault — but the loop must go on: fail what was in flight
@@ -147,21 +152,82 @@ fn take_work(s: &Arc<Shared>, running: usize, mut kv_used: usize) -> Option<(Vec
     }
     let loads = std::mem::take(&mut q.loads);
     let mut admitted = Vec::new();
-    let mut prefill = 0;
+    // Admission costs nothing yet (prefill is scheduled per step), so all that fit go in.
     while let Some(head) = q.waiting.front() {
         let need = head.reservation();
         let room = running + admitted.len() < s.cfg.max_batch;
         let fits = kv_used + need <= s.cfg.kv_token_budget;
-        let burst = !admitted.is_empty() && prefill + head.req.prompt.len() > PREFILL_TOKENS_PER_ITERATION;
-        if !room || !fits || burst {
+        if !room || !fits {
             break;
         }
         let Some(w) = q.waiting.pop_front() else { break };
         kv_used += need;
-        prefill += w.req.prompt.len();
         admitted.push(w);
     }
     Some((loads, admitted))
+}
+
+/// One prefilling sequence as the step planner sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PrefillState {
+    /// Prompt tokens not yet prefilled.
+    pub(crate) left: usize,
+    /// Its chunk size ([`super::EngineConfig::prefill_chunk`]).
+    pub(crate) chunk: usize,
+    /// Steps passed over in a row.
+    pub(crate) skips: u32,
+}
+
+/// Which prefilling sequences (arrival order) get their next chunk this step, in order.
+/// Shortest remainder first, so a short request's first token does not queue behind a long
+/// prompt's chunks; each gets its whole next chunk (chunks start at multiples of the prompt's
+/// chunk size, so its numerics never depend on the load); sequences are added until the step
+/// holds `budget` tokens (one always goes). One passed over [`MAX_PREFILL_SKIPS`] times goes
+/// first, so a stream of short prompts cannot starve a long one.
+pub(crate) fn plan_prefill(waiting: &[PrefillState], budget: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..waiting.len()).collect();
+    order.sort_by_key(|&i| (waiting[i].skips < MAX_PREFILL_SKIPS, waiting[i].left, i));
+    let mut plan = Vec::new();
+    let mut tokens = 0;
+    for i in order {
+        if tokens >= budget.max(1) {
+            break;
+        }
+        plan.push(i);
+        tokens += waiting[i].left.min(waiting[i].chunk.max(1));
+    }
+    plan
+}
+
+/// Prefill this step's chunks ([`plan_prefill`]); `true` if any ran.
+fn prefill(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequence<'_>], cfg: &super::EngineConfig) -> bool {
+    for seq in running.iter_mut() {
+        if !seq.finished && seq.prefilling() && seq.cancelled() {
+            seq.finished = true;
+        }
+    }
+    let idx: Vec<usize> = (0..running.len()).filter(|&i| !running[i].finished && running[i].prefilling()).collect();
+    let waiting: Vec<PrefillState> = idx
+        .iter()
+        .map(|&i| {
+            let s = &running[i];
+            PrefillState { left: s.prefill_left(), chunk: cfg.prefill_chunk(s.prompt_len()), skips: s.prefill_skips }
+        })
+        .collect();
+    let plan = plan_prefill(&waiting, cfg.prefill_chunk_tokens);
+    for (k, &i) in idx.iter().enumerate() {
+        let seq = &mut running[i];
+        seq.prefill_skips = if plan.contains(&k) { 0 } else { seq.prefill_skips.saturating_add(1) };
+    }
+    for &k in &plan {
+        let seq = &mut running[idx[k]];
+        attached.set(model, seq.adapter.as_ref());
+        if let Err(e) = seq.prefill_step(model, waiting[k].chunk) {
+            tracing::warn!("prefill failed: {e}");
+            seq.fail(format!("prefill failed: {e}"));
+        }
+    }
+    !plan.is_empty()
 }
 
 fn load_adapter(model: &mut LoadedModel, s: &Shared, id: u64, cmd: &LoadCommand) -> Result<(), String> {
@@ -177,8 +243,9 @@ fn load_adapter(model: &mut LoadedModel, s: &Shared, id: u64, cmd: &LoadCommand)
     Ok(())
 }
 
-/// One decode step for every running sequence, one batched step per adapter group.
-fn decode(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequence<'_>]) {
+/// One decode step for every sequence past its prefill, one batched step per adapter group;
+/// `true` if any ran.
+fn decode(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequence<'_>]) -> bool {
     for seq in running.iter_mut() {
         if !seq.finished && seq.cancelled() {
             seq.finished = true;
@@ -187,10 +254,11 @@ fn decode(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Seque
     // Group by adapter id (base = 0, adapters count from 1), in a stable order.
     let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, seq) in running.iter().enumerate() {
-        if !seq.finished {
+        if !seq.finished && !seq.prefilling() {
             groups.entry(seq.adapter.as_ref().map_or(0, |a| a.id)).or_default().push(i);
         }
     }
+    let any = !groups.is_empty();
     for rows in groups.values() {
         let Some(&first) = rows.first() else { continue };
         let adapter = running[first].adapter.clone();
@@ -225,6 +293,7 @@ fn decode(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Seque
             }
         }
     }
+    any
 }
 
 /// Update the counters `/metrics` reads.

@@ -81,6 +81,7 @@ pub async fn chat_completions(
     if params.max_tokens == Some(0) {
         return Err(ApiError::field("max_tokens", "must be at least 1"));
     }
+    crate::generation::check_prompt_len(info, prompt.len(), "messages")?;
     let max_tokens = params.budget(prompt.len(), info.context_len, state.cfg.default_max_tokens, "messages")?;
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (Some(true), k) => Some(check_logprobs("top_logprobs", k.unwrap_or(0))?),

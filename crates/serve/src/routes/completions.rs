@@ -1,7 +1,9 @@
 //! `POST /v1/completions`: text or token-id prompts (one or many), `echo`, and logprobs in the
 //! legacy format `{"tokens","token_logprobs","top_logprobs","text_offset"}` — with `echo` they
 //! cover the prompt too (the first prompt token has none), which is how lm-evaluation-harness'
-//! `local-completions` scores log-likelihoods (`max_tokens: 0, echo: true, logprobs: 1`).
+//! `local-completions` scores log-likelihoods (`max_tokens: 1, echo: true, logprobs: 1`, the
+//! last entry dropped as the generated token — EOS included, which the engine returns as a
+//! token with empty text; `max_tokens: 0` scores the prompt alone).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +19,8 @@ use crate::auth::Caller;
 use crate::engine::TokenLogprob;
 use crate::error::ApiError;
 use crate::generation::{
-    ChoiceOut, GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_model, submit, token_text,
+    ChoiceOut, GenParams, Job, Tracker, check_logprobs, check_prompt_len, collect_all, new_id, now_unix, resolve_model, submit,
+    token_text,
 };
 use crate::json::{self, JsonBody};
 use crate::openai::{CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported};
@@ -102,6 +105,7 @@ pub async fn completions(
             }
             PromptInput::Tokens(ids) => (ids.clone(), tok.decode(ids, false).unwrap_or_default()),
         };
+        check_prompt_len(info, ids.len(), &field)?;
         let max_tokens = params.budget(ids.len(), info.context_len, state.cfg.default_max_tokens, &field)?;
         let prompt_logprobs = echo && logprobs.is_some() && !params.stream;
         jobs.push(PromptJob { job: Job { prompt: ids, max_tokens, logprobs, prompt_logprobs }, text });

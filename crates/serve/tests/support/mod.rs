@@ -50,6 +50,8 @@ pub struct Opts {
     /// Serve this model folder (another server's `model_dir`, as replicas serve the same files)
     /// instead of writing a fresh tiny model.
     pub model_dir: Option<PathBuf>,
+    /// Changes the loaded tiny model before the engine gets it (e.g. makes EOS dominant).
+    pub tweak: Option<fn(&mut ferrotune_model::LoadedModel)>,
 }
 
 impl Default for Opts {
@@ -63,6 +65,7 @@ impl Default for Opts {
             configure: |_| {},
             shared_cache: None,
             model_dir: None,
+            tweak: None,
         }
     }
 }
@@ -77,8 +80,11 @@ pub async fn start(opts: Opts) -> Server {
             d
         }
     };
-    let model = load_path(&model_dir, WeightMode::F32, &Device::Cpu).expect("load");
+    let mut model = load_path(&model_dir, WeightMode::F32, &Device::Cpu).expect("load");
     let digest = ferrotune_serve::cache::digest_files(&model.files).expect("hash the model files");
+    if let Some(tweak) = opts.tweak {
+        tweak(&mut model);
+    }
     let handle = engine::start(model, MODEL.to_string(), opts.engine.clone());
     let mut cfg = ServeConfig { auth: opts.auth, keys_db: Some(dir.path().join("keys.db")), engine: opts.engine, ..Default::default() };
     cfg.embeddings.model = String::new();
