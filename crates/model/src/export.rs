@@ -89,7 +89,11 @@ fn write_dir(m: &LoadedModel, dir: &Path) -> Result<()> {
     m.tokenizer.save(&dir.join("tokenizer.json"))?;
     let tok = &m.tokenizer;
     let mut added = serde_json::Map::new();
-    for t in tok.inner().get_added_tokens_decoder().iter() {
+    // The decoder is a hash map: sorted by id, so the same model exports the same bytes (file
+    // digests key the server's response cache and the registry's records).
+    let mut decoder: Vec<_> = tok.inner().get_added_tokens_decoder().into_iter().collect();
+    decoder.sort_by_key(|t| t.0);
+    for t in decoder {
         added.insert(
             t.0.to_string(),
             json!({"content": t.1.content, "lstrip": t.1.lstrip, "normalized": t.1.normalized,
@@ -119,4 +123,21 @@ fn write_dir(m: &LoadedModel, dir: &Path) -> Result<()> {
         &json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "pad_token_id": cfg.pad_token_id}),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Regression: `added_tokens_decoder` followed a hash map's order, so exporting the same model
+    /// twice gave different `tokenizer_config.json` bytes (and different file digests).
+    #[test]
+    fn the_same_model_exports_the_same_tokenizer_config_bytes() {
+        let read = |d: &std::path::Path| std::fs::read(d.join("tokenizer_config.json")).expect("read");
+        let first = tempfile::tempdir().expect("tmp");
+        crate::testing::write_tiny_model(first.path()).expect("export");
+        for _ in 0..4 {
+            let again = tempfile::tempdir().expect("tmp");
+            crate::testing::write_tiny_model(again.path()).expect("export");
+            assert_eq!(read(first.path()), read(again.path()));
+        }
+    }
 }

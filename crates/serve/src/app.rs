@@ -133,8 +133,8 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         // Host / Origin / Content-Type before anything else runs (`guard`); CORS headers inside.
-        .layer(crate::guard::cors(&state))
-        .layer(from_fn_with_state(state.clone(), crate::guard::check))
+        .layer(crate::browser::cors(&state))
+        .layer(from_fn_with_state(state.clone(), crate::browser::check))
         .layer(from_fn_with_state(state.clone(), crate::record::request_log))
         .with_state(state)
 }

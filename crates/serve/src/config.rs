@@ -241,7 +241,7 @@ impl ServeConfig {
             return bad("limits.request_timeout_s", "must be a positive number of seconds");
         }
         for o in &self.cors_allow_origins {
-            if !crate::guard::is_origin(o) {
+            if !crate::browser::is_origin(o) {
                 return Err(ConfigError::Invalid {
                     field: "cors_allow_origins",
                     reason: format!("`{o}` is not an origin (scheme://host[:port], no path or trailing slash)"),

@@ -7,7 +7,8 @@
 //! - [`routes`]: chat, completions, embeddings, models / adapters, health / metrics — over
 //!   [`openai`] (request bodies), [`generation`] (validation, submission, event collection) and
 //!   [`stream`] (SSE).
-//! - [`guard`] (Host, Origin / CORS, Content-Type); [`auth`] + [`keys`] (hashed API keys in SQLite) + [`limits`] (per-key token buckets);
+//! - [`browser`] (Host, Origin / CORS, Content-Type: what a web page may do); [`auth`] + [`keys`]
+//!   (hashed API keys in SQLite) + [`limits`] (per-key buckets, leases, fair share);
 //!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log);
 //!   [`error`] (every failure → status + OpenAI error body); [`json`] (bodies → 400 naming the field).
 
@@ -19,7 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod grounding;
-pub mod guard;
+pub mod browser;
 pub mod json;
 pub mod keys;
 pub mod limits;

@@ -64,7 +64,7 @@ async fn a_request_may_not_start_more_sequences_than_the_server_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_cannot_hold_more_than_its_concurrency_or_its_share_of_the_engine() {
     // 1 running + 5 waiting = 6 sequences: a key alone may hold 3 of them.
-    let engine = ferrotune_serve::engine::EngineConfig { max_batch: 1, kv_token_budget: 4096, queue_capacity: 5 };
+    let engine = ferrotune_serve::engine::EngineConfig { max_batch: 1, kv_token_budget: 4096, queue_capacity: 5, ..Default::default() };
     let s = start(Opts { engine, cache: false, ..Opts::default() }).await;
     let (two, two_row) = new_key(&s, ApiKey { name: "two".into(), max_concurrent: Some(2), ..Default::default() });
     let (greedy, greedy_row) = new_key(&s, ApiKey { name: "greedy".into(), ..Default::default() });

@@ -108,6 +108,7 @@ async fn a_knowledge_base_is_reloaded_only_after_it_changes_and_then_shows_the_c
         .expect("ingest");
     let rag = RagConfig { kb_dir: Some(tmp.path().join("kb")), k: 2, context_tokens: 200, mode: "bm25".into(), ..RagConfig::default() };
     let s = start(Opts { rag: Some(rag), cache: false, ..Opts::default() }).await;
+    // The admin key: a per-request knowledge base needs the key's scope (admin keys have all).
     let ask = |q: &str| {
         json!({"model": MODEL, "knowledge_base": "notes", "messages": [{"role": "user", "content": q}], "max_tokens": 1, "temperature": 0})
     };
@@ -115,7 +116,7 @@ async fn a_knowledge_base_is_reloaded_only_after_it_changes_and_then_shows_the_c
         v["sources"].as_array().map(|a| a.iter().filter_map(|s| s["doc_id"].as_str().map(str::to_string)).collect()).unwrap_or_default()
     };
     for _ in 0..3 {
-        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("scooter speed limit")).await;
+        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("scooter speed limit")).await;
         assert_eq!(status, 200, "{v}");
         assert!(!docs(&v).contains(&"scooter.txt".to_string()));
     }
@@ -124,17 +125,17 @@ async fn a_knowledge_base_is_reloaded_only_after_it_changes_and_then_shows_the_c
     // `rag ingest` in another process, as far as the server can tell.
     w.ingest_with_vectors(&[text_doc("scooter.txt", "The scooter speed limit is 20 km/h.")], &mut |_| vec![0.0, 1.0])
         .expect("ingest");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("scooter speed limit")).await;
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("scooter speed limit")).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(docs(&v).first().map(String::as_str), Some("scooter.txt"), "the next request sees the new chunk: {v}");
     assert_eq!(s.state.knowledge.reloads(), 1);
-    let (status, _) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("returns")).await;
+    let (status, _) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("returns")).await;
     assert_eq!(status, 200);
     assert_eq!(s.state.knowledge.reloads(), 1, "once per change");
 
     // A delete shows too.
     w.delete("scooter.txt").expect("delete");
-    let (_, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &ask("scooter speed limit")).await;
+    let (_, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("scooter speed limit")).await;
     assert!(!docs(&v).contains(&"scooter.txt".to_string()), "{v}");
     assert_eq!(s.state.knowledge.reloads(), 2);
 }
