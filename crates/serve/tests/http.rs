@@ -424,14 +424,26 @@ async fn cached_answers_are_never_served_for_other_weights_under_the_same_name()
             assert_eq!(r.status().as_u16(), 200);
         }
     };
-    reload(&a, &v2).await;
+    // (A copy inside a's own adapter_roots: the key follows the files' content, not their place.)
+    let copy_into_a = |from: &std::path::Path| {
+        let to = a.path("v2-copy");
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for f in std::fs::read_dir(from).expect("adapter dir") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, to.join(f.file_name().expect("name"))).expect("copy");
+        }
+        to
+    };
+    let a_v2 = copy_into_a(&v2);
+    reload(&a, &a_v2).await;
     let (status, _) = a.post_json("/v1/chat/completions", Some(&a.keys.admin), &body).await;
     assert_eq!(status, 200);
     assert_eq!(cache_counts(&a.metrics().await, "support"), (1.0, 1.0), "same weights: b's answer");
 
     // The adapter retrained in place (same folder, same name, new weights) and reloaded: a miss.
     assert_eq!(b.write_adapter("v2", 3), v2);
-    reload(&a, &v2).await;
+    assert_eq!(copy_into_a(&v2), a_v2);
+    reload(&a, &a_v2).await;
     let (status, _) = a.post_json("/v1/chat/completions", Some(&a.keys.admin), &body).await;
     assert_eq!(status, 200);
     assert_eq!(cache_counts(&a.metrics().await, "support"), (1.0, 2.0), "retrained weights: a miss");
@@ -441,7 +453,7 @@ async fn cached_answers_are_never_served_for_other_weights_under_the_same_name()
 /// accepting connections soon after).
 async fn ready_status(state: &ferrotune_serve::AppState) -> u16 {
     use tower::ServiceExt;
-    let req = axum::http::Request::get("/ready").body(axum::body::Body::empty()).expect("request");
+    let req = axum::http::Request::get("/ready").header("host", "localhost").body(axum::body::Body::empty()).expect("request");
     ferrotune_serve::app(state.clone()).oneshot(req).await.expect("response").status().as_u16()
 }
 
