@@ -262,11 +262,24 @@ struct Row<'a> {
 }
 
 /// Generate for several prompts at once: the prompts are left-padded into one batch, prefilled in
-/// one forward pass, and decoded together with one KV cache (one `[b, 1]` step per token) until
+/// chunks of [`PREFILL_CHUNK`] positions (attention scores and activations bounded per chunk, as
+/// in [`generate`]), and decoded together with one KV cache (one `[b, 1]` step per token) until
 /// every row has stopped. Each row gets its own sampler (same seed), stop strings and EOS check;
 /// greedy output equals [`generate`] on the row alone (left padding is masked and RoPE positions
 /// start after it). Time is shared: every row reports the batch's prefill and decode seconds.
 pub fn generate_batch(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], params: &GenerateParams) -> Result<Vec<Generation>> {
+    generate_batch_chunked(model, tok, prompts, params, PREFILL_CHUNK)
+}
+
+/// [`generate_batch`] with the prefill chunk as a parameter (tests compare chunk sizes).
+#[doc(hidden)]
+pub fn generate_batch_chunked(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    chunk: usize,
+) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
@@ -309,7 +322,20 @@ pub fn generate_batch(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], para
     let mut cache = KvCache::new(model.config(), longest + max_tokens);
     let t0 = Instant::now();
     let ids = Tensor::from_vec(flat, (b, longest), &device)?;
-    let mut logits = model.forward(&ids, Some(&pads), Some(&mut cache), Logits::Last)?;
+    // The padding goes with the first chunk (the cache keeps it); earlier chunks only fill the
+    // cache, the last gives each row's next-token logits.
+    let chunk = chunk.max(1);
+    let mut start = 0;
+    let mut logits = loop {
+        let end = (start + chunk).min(longest);
+        let part = ids.narrow(1, start, end - start)?.contiguous()?;
+        let pads_arg = (start == 0).then_some(pads.as_slice());
+        if end == longest {
+            break model.forward(&part, pads_arg, Some(&mut cache), Logits::Last)?;
+        }
+        model.forward(&part, pads_arg, Some(&mut cache), Logits::Hidden)?;
+        start = end;
+    };
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for step in 0..max_tokens {

@@ -153,6 +153,41 @@ fn batched_generation_equals_each_prompt_alone() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Regression: `generate_batch` (what `eval` runs) prefilled the padded batch in one pass, so a
+/// batch of long prompts held `[b, heads, t, t]` scores. Chunked, a padded batch gives the tokens
+/// of one pass: chunks shorter than the shortest prompt, than the padding, and one past the end.
+#[test]
+fn batched_generation_prefilled_in_chunks_equals_one_pass() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    ferrotune_model::testing::write_tiny_model(dir.path())?;
+    let m = ferrotune_model::load_path(dir.path(), WeightMode::F32, &Device::Cpu)?;
+    let prompts: Vec<Vec<u32>> = [
+        "hi",
+        "a much longer prompt than the first one, long enough to span several chunks of the prefill",
+        "mid length prompt",
+    ]
+    .iter()
+    .map(|p| m.tokenizer.encode(p, false))
+    .collect::<Result<_, _>>()?;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let params = ferrotune_model::GenerateParams {
+        max_tokens: 10,
+        sampling: ferrotune_model::SamplingParams { temperature: 0.0, ..Default::default() },
+        stop: Vec::new(),
+        eos_ids: m.eos_ids.clone(),
+    };
+    let whole = ferrotune_model::generate::generate_batch_chunked(&m.model, &m.tokenizer, &prompts, &params, longest)?;
+    assert!(whole.iter().all(|g| !g.tokens.is_empty()));
+    for chunk in [1, 2, 7, longest - 1, longest + 5] {
+        let chunked = ferrotune_model::generate::generate_batch_chunked(&m.model, &m.tokenizer, &prompts, &params, chunk)?;
+        for (a, b) in whole.iter().zip(&chunked) {
+            assert_eq!(a.tokens, b.tokens, "chunk {chunk}");
+            assert_eq!(a.finish, b.finish, "chunk {chunk}");
+        }
+    }
+    Ok(())
+}
+
 /// Chunked prefill (what the server and `generate` run) against one pass over the whole prompt:
 /// logits of every position within 1e-4 (max abs; f32 logits of magnitude ~1-10), for llama and
 /// qwen2 shapes, a sliding window shorter than the prompt, and a prompt long enough that the one
