@@ -70,16 +70,22 @@ fn lora_training_lowers_eval_loss_and_writes_the_run_folder() -> anyhow::Result<
     Ok(())
 }
 
+/// An uninterrupted run (`straight`) and one stopped after step 5 (`broken`, last checkpoint:
+/// step 4) of the same config, under `dir`: (model, data, straight, broken).
+fn straight_and_stopped_runs(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf, PathBuf)> {
+    let (model, data) = setup(dir)?;
+    let straight = dir.join("straight");
+    ferrotune_train::run(config(&model, &data, &straight), &RunOptions::default())?;
+    let broken = dir.join("broken");
+    let stop = RunOptions { stop_after: Some(5), ..Default::default() };
+    assert!(ferrotune_train::run(config(&model, &data, &broken), &stop).is_err());
+    Ok((model, data, straight, broken))
+}
+
 #[test]
 fn resumed_run_repeats_the_uninterrupted_loss_trajectory() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (model, data) = setup(dir.path())?;
-    let straight = dir.path().join("straight");
-    ferrotune_train::run(config(&model, &data, &straight), &RunOptions::default())?;
-    // Stop after step 5 (last checkpoint: step 4), then resume.
-    let broken = dir.path().join("broken");
-    let stop = RunOptions { stop_after: Some(5), ..Default::default() };
-    assert!(ferrotune_train::run(config(&model, &data, &broken), &stop).is_err());
+    let (model, data, straight, broken) = straight_and_stopped_runs(dir.path())?;
     ferrotune_train::run(config(&model, &data, &broken), &RunOptions { resume: true, ..Default::default() })?;
     assert_eq!(losses(&straight)?, losses(&broken)?);
     Ok(())
@@ -92,12 +98,7 @@ fn resumed_run_repeats_the_uninterrupted_loss_trajectory() -> anyhow::Result<()>
 fn resume_drops_a_torn_last_metrics_line_and_names_a_bad_one() -> anyhow::Result<()> {
     use std::io::Write;
     let dir = tempfile::tempdir()?;
-    let (model, data) = setup(dir.path())?;
-    let straight = dir.path().join("straight");
-    ferrotune_train::run(config(&model, &data, &straight), &RunOptions::default())?;
-    let broken = dir.path().join("broken");
-    let stop = RunOptions { stop_after: Some(5), ..Default::default() };
-    assert!(ferrotune_train::run(config(&model, &data, &broken), &stop).is_err());
+    let (model, data, straight, broken) = straight_and_stopped_runs(dir.path())?;
     let metrics = broken.join("metrics.jsonl");
     let whole = std::fs::read_to_string(&metrics)?;
     std::fs::write(&metrics, format!("not json\n{whole}"))?;
