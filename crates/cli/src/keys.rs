@@ -98,7 +98,7 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
     let store = KeyStore::open(&path)?;
     match a.command {
         KeysCommand::Create { name, models, admin, rpm, tpm, kbs, max_concurrent } => {
-            let key = ApiKey { name: name.clone(), models: names(models), admin, rpm, tpm, kbs: names(kbs), max_concurrent, id: 0 };
+            let key = ApiKey { name: name.clone(), models: names(models), admin, rpm, tpm, kbs: names(kbs), max_concurrent, ..Default::default() };
             let secret = store.create(&key)?;
             eprintln!("created key `{name}` in {}; it is shown only now:", path.display());
             println!("{secret}");

@@ -84,7 +84,7 @@ impl Agreement {
 
     /// α = 1 − (n − 1) · Σ_{c≠k} o_ck / Σ_{c≠k} n_c·n_k, where Σ_{c≠k} n_c·n_k = n² − Σ_c n_c².
     pub fn alpha(&self) -> Option<f64> {
-        let n: u128 = self.values_per_label.iter().map(|&c| u128::from(c)).sum();
+        let n = u128::from(self.pairable_values);
         if n <= 1 {
             return None;
         }

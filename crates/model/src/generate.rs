@@ -322,20 +322,7 @@ pub fn generate_batch_chunked(
     let mut cache = KvCache::new(model.config(), longest + max_tokens);
     let t0 = Instant::now();
     let ids = Tensor::from_vec(flat, (b, longest), &device)?;
-    // The padding goes with the first chunk (the cache keeps it); earlier chunks only fill the
-    // cache, the last gives each row's next-token logits.
-    let chunk = chunk.max(1);
-    let mut start = 0;
-    let mut logits = loop {
-        let end = (start + chunk).min(longest);
-        let part = ids.narrow(1, start, end - start)?.contiguous()?;
-        let pads_arg = (start == 0).then_some(pads.as_slice());
-        if end == longest {
-            break model.forward(&part, pads_arg, Some(&mut cache), Logits::Last)?;
-        }
-        model.forward(&part, pads_arg, Some(&mut cache), Logits::Hidden)?;
-        start = end;
-    };
+    let mut logits = model.prefill_batch(&ids, Some(&pads), &mut cache, chunk.max(1))?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for step in 0..max_tokens {

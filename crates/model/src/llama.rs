@@ -580,18 +580,30 @@ impl Llama {
         if ids.is_empty() || chunk == 0 {
             candle_core::bail!("prefill: {} tokens in chunks of {chunk}", ids.len())
         }
+        self.prefill_batch(&Tensor::new(ids, self.device())?.unsqueeze(0)?, None, cache, chunk)
+    }
+
+    /// [`Llama::prefill`] for a batch `ids: [b, t]`, left-padded by `left_pad` as in
+    /// [`Llama::forward`] (the padding goes with the first chunk; the cache keeps it). Returns
+    /// each row's last-position logits `[b, vocab]`.
+    pub fn prefill_batch(&self, ids: &Tensor, left_pad: Option<&[usize]>, cache: &mut KvCache, chunk: usize) -> Result<Tensor> {
+        let t = ids.dim(1)?;
+        if t == 0 || chunk == 0 {
+            candle_core::bail!("prefill: {t} tokens in chunks of {chunk}")
+        }
         if self.differentiable {
             candle_core::bail!("prefill is inference only (the model is in differentiable mode)")
         }
         let mut start = 0;
         loop {
-            let end = (start + chunk).min(ids.len());
-            let x = Tensor::new(&ids[start..end], self.device())?.unsqueeze(0)?;
-            if end == ids.len() {
-                return self.forward(&x, None, Some(cache), Logits::Last);
+            let end = (start + chunk).min(t);
+            let x = ids.narrow(1, start, end - start)?.contiguous()?;
+            let pad = if start == 0 { left_pad } else { None };
+            if end == t {
+                return self.forward(&x, pad, Some(cache), Logits::Last);
             }
             // Earlier chunks only fill the cache: their hidden states need no head.
-            self.forward(&x, None, Some(cache), Logits::Hidden)?;
+            self.forward(&x, pad, Some(cache), Logits::Hidden)?;
             start = end;
         }
     }

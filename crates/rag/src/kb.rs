@@ -202,10 +202,7 @@ impl KnowledgeBase {
     pub fn reload(&self) -> Result<()> {
         self.bm25.reload()?;
         let s = Arc::new(load_snapshot(&self.dir)?);
-        match self.snapshot.write() {
-            Ok(mut w) => *w = s,
-            Err(poisoned) => *poisoned.into_inner() = s,
-        }
+        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
         Ok(())
     }
 
@@ -340,8 +337,6 @@ impl KnowledgeBase {
     }
 }
 
-/// How deep each ranking goes. Hybrid fuses deeper lists than it returns: a chunk ranked 30th by
-/// both lists can beat one ranked 1st by one list only.
 /// The most chunks one query may ask for. Each hit carries its chunk's text (~1 KB), hybrid reads
 /// 4·k candidates from both rankings, and a grounded prompt holds a handful; a `k` in the
 /// billions is a mistake to report, not a ranking to size buffers for (`k + 10` wrapped to 9).
@@ -355,6 +350,8 @@ pub fn check_k(k: usize) -> Result<()> {
     Ok(())
 }
 
+/// How deep each ranking goes. Hybrid fuses deeper lists than it returns: a chunk ranked 30th by
+/// both lists can beat one ranked 1st by one list only.
 fn depth(k: usize, mode: Mode) -> usize {
     match mode {
         Mode::Hybrid => k.saturating_mul(4).max(50),

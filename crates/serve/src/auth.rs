@@ -12,7 +12,6 @@ use axum::response::Response;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::keys::{ApiKey, KEY_PREFIX};
-use crate::metrics::ReasonLabels;
 use crate::record::RequestRecord;
 
 /// Who is calling: a key, or nobody when auth is off (then everything is allowed).
@@ -81,12 +80,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
         record.set_key(&key);
     }
-    if let Err(e) = state.limiter.admit(&key, Instant::now()) {
-        if let ApiError::RateLimited { what, .. } = &e {
-            state.metrics.rate_limited.get_or_create(&ReasonLabels { reason: (*what).into() }).inc();
-        }
-        return Err(e);
-    }
+    state.limiter.admit(&key, Instant::now()).inspect_err(|e| state.metrics.count_rate_limited(e))?;
     req.extensions_mut().insert(Caller(Some(Arc::new(key))));
     Ok(next.run(req).await)
 }

@@ -13,7 +13,6 @@
 //! answer from another model's entries.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -129,7 +128,8 @@ pub fn digest_files(files: &[PathBuf]) -> std::io::Result<String> {
     let mut per_file = Vec::with_capacity(files.len());
     for path in files {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        per_file.push((name, sha256_stream(path)?));
+        let digest = ferrotune_model::store::sha256_file(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+        per_file.push((name, digest));
     }
     per_file.sort();
     let mut h = Sha256::new();
@@ -138,21 +138,6 @@ pub fn digest_files(files: &[PathBuf]) -> std::io::Result<String> {
         h.update([0]);
         h.update(digest.as_bytes());
         h.update([0]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-fn sha256_stream(path: &Path) -> std::io::Result<String> {
-    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-    let mut f = std::fs::File::open(path).map_err(named)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(named)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
 }

@@ -188,14 +188,7 @@ pub fn submit(
                 default_max_concurrent: state.cfg.limits.max_concurrent,
                 engine_slots: e.queue_capacity + e.max_batch,
             };
-            let lease = state.limiter.reserve(key, ask, Instant::now()).inspect_err(|e| {
-                let what = match e {
-                    ApiError::RateLimited { what, .. } => *what,
-                    ApiError::TooManyInFlight(_) => "sequences",
-                    _ => return,
-                };
-                state.metrics.rate_limited.get_or_create(&crate::metrics::ReasonLabels { reason: what.into() }).inc();
-            })?;
+            let lease = state.limiter.reserve(key, ask, Instant::now()).inspect_err(|e| state.metrics.count_rate_limited(e))?;
             let lease = Arc::new(lease);
             record.set_lease(lease.clone());
             Some(lease)

@@ -271,26 +271,22 @@ impl KeyStore {
             .optional()
             .map_err(|e| self.db(e))?;
         let id = id.ok_or_else(|| KeyError::NoSuchKey(name.into()))?;
-        let set = |sql: &str, v: &dyn rusqlite::ToSql| tx.execute(sql, params![v, id]).map(|_| ());
-        let r = (|| -> rusqlite::Result<()> {
-            if let Some(m) = &u.models {
-                set("UPDATE api_keys SET models = ?1 WHERE id = ?2", &to_json(m))?;
-            }
-            if let Some(k) = &u.kbs {
-                set("UPDATE api_keys SET kbs = ?1 WHERE id = ?2", &to_json(k))?;
-            }
-            if let Some(v) = u.rpm {
-                set("UPDATE api_keys SET rpm = ?1 WHERE id = ?2", &v)?;
-            }
-            if let Some(v) = u.tpm {
-                set("UPDATE api_keys SET tpm = ?1 WHERE id = ?2", &v)?;
-            }
-            if let Some(v) = u.max_concurrent {
-                set("UPDATE api_keys SET max_concurrent = ?1 WHERE id = ?2", &v)?;
-            }
-            Ok(())
-        })();
-        r.map_err(|e| self.db(e))?;
+        let set = |sql: &str, v: &dyn rusqlite::ToSql| tx.execute(sql, params![v, id]).map(|_| ()).map_err(|e| self.db(e));
+        if let Some(m) = &u.models {
+            set("UPDATE api_keys SET models = ?1 WHERE id = ?2", &to_json(m))?;
+        }
+        if let Some(k) = &u.kbs {
+            set("UPDATE api_keys SET kbs = ?1 WHERE id = ?2", &to_json(k))?;
+        }
+        if let Some(v) = u.rpm {
+            set("UPDATE api_keys SET rpm = ?1 WHERE id = ?2", &v)?;
+        }
+        if let Some(v) = u.tpm {
+            set("UPDATE api_keys SET tpm = ?1 WHERE id = ?2", &v)?;
+        }
+        if let Some(v) = u.max_concurrent {
+            set("UPDATE api_keys SET max_concurrent = ?1 WHERE id = ?2", &v)?;
+        }
         tx.commit().map_err(|e| self.db(e))
     }
 

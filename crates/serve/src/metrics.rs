@@ -143,6 +143,17 @@ impl Metrics {
     pub fn count_failure(&self, reason: &str) {
         self.failed.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
+
+    /// Count a refusal by the limit that gave it (429s at admission and at submission); other
+    /// errors are not counted here.
+    pub fn count_rate_limited(&self, e: &crate::error::ApiError) {
+        let what = match e {
+            crate::error::ApiError::RateLimited { what, .. } => *what,
+            crate::error::ApiError::TooManyInFlight(_) => "sequences",
+            _ => return,
+        };
+        self.rate_limited.get_or_create(&ReasonLabels { reason: what.into() }).inc();
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<u32>,
     pub best_of: Option<u32>,
     pub suffix: Option<String>,
+    /// Refused unless null or empty ([`refuse_unsupported`]).
+    pub logit_bias: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,11 +161,11 @@ struct Unsupported {
     why: &'static str,
 }
 
-fn empty_object(v: &Value) -> bool {
+pub(crate) fn empty_object(v: &Value) -> bool {
     v.as_object().is_some_and(serde_json::Map::is_empty)
 }
 
-fn empty_array(v: &Value) -> bool {
+pub(crate) fn empty_array(v: &Value) -> bool {
     v.as_array().is_some_and(Vec::is_empty)
 }
 
@@ -229,6 +231,24 @@ pub fn refuse_unsupported(body: &Value, endpoint: Endpoint) -> Result<(), ApiErr
         }
     }
     Ok(())
+}
+
+/// The chat as the template takes it; a 400 naming the first bad message.
+pub fn to_messages(messages: &[ChatMessage]) -> Result<Vec<ferrotune_model::Message>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::field("messages", "at least one message is needed"));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if m.role.is_empty() {
+                return Err(ApiError::field(format!("messages[{i}].role"), "empty role"));
+            }
+            m.check_no_tool_calls(i)?;
+            Ok(ferrotune_model::Message::new(m.role.clone(), m.text(i)?))
+        })
+        .collect()
 }
 
 impl ChatMessage {

@@ -46,8 +46,8 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    fn with(&self, f: impl FnOnce(&mut Fields)) {
-        f(&mut self.fields.lock().unwrap_or_else(|p| p.into_inner()));
+    fn with<R>(&self, f: impl FnOnce(&mut Fields) -> R) -> R {
+        f(&mut self.fields.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn set_key(&self, key: &ApiKey) {
@@ -75,7 +75,7 @@ impl RequestRecord {
     }
 
     pub fn lease(&self) -> Option<Arc<Lease>> {
-        self.fields.lock().unwrap_or_else(|p| p.into_inner()).lease.clone()
+        self.with(|f| f.lease.clone())
     }
 
     pub fn set_cached(&self) {
@@ -134,13 +134,14 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_string);
+    let started = Instant::now();
     let record = Arc::new(RequestRecord {
         id: id.clone(),
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
-        started: Instant::now(),
+        started,
         // Clamped: a huge setting means "no deadline" without overflowing `Instant`.
-        deadline: Instant::now() + std::time::Duration::from_secs_f64(state.cfg.limits.request_timeout_s.clamp(0.0, 1e9)),
+        deadline: started + std::time::Duration::from_secs_f64(state.cfg.limits.request_timeout_s.clamp(0.0, 1e9)),
         log_prompts: state.cfg.log_prompts,
         limiter: state.limiter.clone(),
         fields: Mutex::new(Fields::default()),

@@ -15,7 +15,7 @@ use crate::crash;
 use crate::error::{Result, TrainError};
 
 fn sibling(dest: &Path, suffix: &str) -> PathBuf {
-    let parent = dest.parent().unwrap_or(Path::new("."));
+    let parent = parent_of(dest);
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -162,7 +162,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let run_dir = cfg.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
     // One trainer per run folder, locked before anything in it is read; a new folder is locked
     // when it is made, below.
-    let mut lock = if run_dir.is_dir() { Some(open_run_dir(&run_dir)?) } else { None };
+    let lock = if run_dir.is_dir() { Some(open_run_dir(&run_dir)?) } else { None };
     let cfg = if opts.resume {
         let saved = run_dir.join("config.json");
         if !saved.exists() {
@@ -253,7 +253,7 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     // ---- run folder, resume ----
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::file(&run_dir, e))?;
-    let _lock = match lock.take() {
+    let _lock = match lock {
         Some(l) => l,
         None => open_run_dir(&run_dir)?,
     };
@@ -591,7 +591,7 @@ fn open_run_dir(run_dir: &Path) -> Result<crate::runlock::RunLock> {
 
 /// The lines of `metrics.jsonl`. A last line cut short without its newline is what a kill
 /// mid-write leaves; it is dropped (its step is logged again), any other bad line is an error.
-pub fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
+fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let mut out = Vec::with_capacity(lines.len());

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ferrotune_model::{Message, Tokenizer};
+use ferrotune_model::Tokenizer;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -15,7 +15,7 @@ use crate::engine::TokenLogprob;
 use crate::error::ApiError;
 use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_model, submit, token_text};
 use crate::json::{self, JsonBody};
-use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported};
+use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported, to_messages};
 use crate::record::RequestRecord;
 use crate::routes::{Cacheable, cache_lookup};
 use crate::stream::{ChunkKind, StreamSpec, sse_response};
@@ -44,17 +44,7 @@ pub async fn chat_completions(
     record.set_model(&req.model);
     refuse_unsupported(&raw, Endpoint::Chat)?;
     let target = resolve_model(&state, &caller, &req.model)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::field("messages", "at least one message is needed"));
-    }
-    let mut msgs = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        if m.role.is_empty() {
-            return Err(ApiError::field(format!("messages[{i}].role"), "empty role"));
-        }
-        m.check_no_tool_calls(i)?;
-        msgs.push(Message::new(m.role.clone(), m.text(i)?));
-    }
+    let mut msgs = to_messages(&req.messages)?;
     let info = state.engine.info();
     let grounded = match state.knowledge.pick(&raw, &req.model, &caller)? {
         Some(kb) => {

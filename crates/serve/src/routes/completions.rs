@@ -78,7 +78,8 @@ pub async fn completions(
     let req: CompletionRequest = json::parse(&body)?;
     let fields: SamplingFields = json::parse(&body)?;
     record.set_model(&req.model);
-    refuse_unsupported(&json::parse::<Value>(&body)?, Endpoint::Completion)?;
+    // Only the field the list names, not a second parse of the whole body (token-id prompts).
+    refuse_unsupported(&serde_json::json!({ "logit_bias": req.logit_bias }), Endpoint::Completion)?;
     let target = resolve_model(&state, &caller, &req.model)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::field("suffix", "is not supported"));

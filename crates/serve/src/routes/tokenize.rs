@@ -6,7 +6,6 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use ferrotune_model::Message;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -83,7 +82,7 @@ fn render(
     if req
         .chat_template_kwargs
         .as_ref()
-        .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+        .is_some_and(|v| !v.is_null() && !crate::openai::empty_object(v))
     {
         return Err(ApiError::field(
             "chat_template_kwargs",
@@ -93,7 +92,7 @@ fn render(
     if req
         .tools
         .as_ref()
-        .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+        .is_some_and(|v| !v.is_null() && !crate::openai::empty_array(v))
     {
         return Err(ApiError::field("tools", "tool calling is not supported"));
     }
@@ -105,20 +104,7 @@ fn render(
             "cannot be used together with add_generation_prompt (set add_generation_prompt to false)",
         ));
     }
-    if messages.is_empty() {
-        return Err(ApiError::field(
-            "messages",
-            "at least one message is needed",
-        ));
-    }
-    let mut msgs = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        if m.role.is_empty() {
-            return Err(ApiError::field(format!("messages[{i}].role"), "empty role"));
-        }
-        m.check_no_tool_calls(i)?;
-        msgs.push(Message::new(m.role.clone(), m.text(i)?));
-    }
+    let msgs = crate::openai::to_messages(messages)?;
     let rendered = state
         .engine
         .info()
