@@ -22,7 +22,8 @@ pub struct NewModel {
     pub files: Vec<FileHash>,
     /// architecture, layers, hidden, heads, kv heads, vocab, context, … as loaded.
     pub config: serde_json::Value,
-    pub parameters: u64,
+    /// `None` when not known (a run imported from a lineage.json that did not record it).
+    pub parameters: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,7 +33,7 @@ pub struct ModelRecord {
     pub path: String,
     pub files: Vec<FileHash>,
     pub config: serde_json::Value,
-    pub parameters: u64,
+    pub parameters: Option<u64>,
     pub created: String,
 }
 
