@@ -156,6 +156,27 @@ fn invalid(path: &Path, field: &str, reason: impl Into<String>) -> ModelError {
 }
 
 impl ModelConfig {
+    /// Weights the model holds (a tied head counted once), as the loader reads them: embedding,
+    /// per layer q/k/v/o and gate/up/down (with their biases where the config has them) and two
+    /// RMSNorm scales, the final norm, an untied head.
+    pub fn parameter_count(&self) -> u64 {
+        let (hid, ffn, d) = (self.hidden_size as u64, self.intermediate_size as u64, self.head_dim as u64);
+        let (q, kv) = (self.num_heads as u64 * d, self.num_kv_heads as u64 * d);
+        let mut layer = hid * q + 2 * hid * kv + q * hid + 3 * hid * ffn + 2 * hid;
+        if self.attention_bias {
+            layer += q + 2 * kv;
+            if self.family == Family::Llama {
+                layer += hid;
+            }
+        }
+        if self.mlp_bias {
+            layer += 2 * ffn + hid;
+        }
+        let embed = self.vocab_size as u64 * hid;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + self.num_layers as u64 * layer + hid + head
+    }
+
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
         let hf: HfConfig = serde_json::from_str(&text).map_err(|e| ModelError::InvalidFile {
@@ -351,6 +372,24 @@ mod tests {
         assert_eq!(c.head_dim, 64);
         assert_eq!(c.kv_groups(), 3);
         assert_eq!(c.eos_token_ids, vec![2]);
+    }
+
+    #[test]
+    fn parameter_count_is_smollm2s_published_count() {
+        assert_eq!(parse(SMOL).expect("parses").parameter_count(), 134_515_008);
+    }
+
+    #[test]
+    fn parameter_count_matches_the_weights_a_loaded_model_trains_fully() {
+        let mut untied = ModelConfig::tiny(Family::Llama);
+        untied.tie_word_embeddings = false;
+        for cfg in [ModelConfig::tiny(Family::Llama), untied, ModelConfig::tiny(Family::Qwen2)] {
+            let w = crate::testing::random_weights(&cfg, &candle_core::Device::Cpu).expect("weights");
+            let mut m = crate::Llama::load(&w, &cfg, crate::WeightMode::F32, None).expect("loads");
+            let vars = m.make_trainable().expect("trainable");
+            let n: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+            assert_eq!(cfg.parameter_count(), n as u64, "{cfg:?}");
+        }
     }
 
     #[test]

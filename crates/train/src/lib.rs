@@ -28,4 +28,4 @@ pub mod trainer;
 
 pub use config::{Method, TrainConfig};
 pub use error::{Result, TrainError};
-pub use trainer::{RunOptions, RunSummary, optimizer_step, run};
+pub use trainer::{RunOptions, RunStart, RunSummary, optimizer_step, run, run_with};

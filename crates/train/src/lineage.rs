@@ -53,7 +53,7 @@ pub fn write(path: &Path, i: &Inputs<'_>) -> Result<()> {
         "finished": now_rfc3339(),
         "config": i.config,
         "data": hashes(i.data_files)?,
-        "base_model": {"spec": i.config.model, "files": hashes(i.model_files)?},
+        "base_model": {"spec": i.config.model, "parameters": i.summary.base_parameters, "files": hashes(i.model_files)?},
         "output": {"path": i.output.display().to_string(), "files": hashes(&files_under(i.output))?},
         "metrics": i.summary,
     });

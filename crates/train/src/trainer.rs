@@ -49,6 +49,28 @@ pub struct RunSummary {
     pub best_step: Option<usize>,
     pub stopped_early: bool,
     pub train_tokens_per_sec: f64,
+    /// Tokens (padding excluded) the optimizer saw over the whole run, resumes included.
+    pub tokens: u64,
+    /// Weights of the base model ([`ferrotune_model::ModelConfig::parameter_count`]).
+    pub base_parameters: u64,
+    /// Weights the run trained (LoRA A/B, or all of them).
+    pub trainable_parameters: u64,
+}
+
+/// What a run is about to train, handed to [`run_with`]'s observer once the run folder holds its
+/// `config.json` and before the first step (the registry records the run here).
+pub struct RunStart<'a> {
+    pub config: &'a TrainConfig,
+    pub run_dir: &'a Path,
+    pub model_files: &'a [PathBuf],
+    pub model_config: &'a ferrotune_model::ModelConfig,
+    pub base_parameters: u64,
+    pub trainable_parameters: u64,
+    /// Training data, then evaluation data.
+    pub data_files: Vec<PathBuf>,
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    pub resumed: bool,
 }
 
 /// Options for how the run reports, not what it computes.
@@ -158,6 +180,12 @@ fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
 }
 
 pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    run_with(cfg, opts, &mut |_| Ok(()))
+}
+
+/// [`run`], calling `on_start` before the first step; an error from it stops the run before any
+/// training (the run folder keeps its config.json and can be resumed).
+pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&RunStart<'_>) -> std::result::Result<(), String>) -> Result<RunSummary> {
     // ---- resolve the run folder and config (a resumed run uses its saved config) ----
     let run_dir = cfg.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
     // One trainer per run folder, locked before anything in it is read; a new folder is locked
@@ -296,6 +324,22 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         checkpoint::write_json(&run_dir.join("config.json"), &cfg)?;
     }
+    let base_parameters = m.config().parameter_count();
+    let mut data_files = vec![cfg.data.clone()];
+    data_files.extend(cfg.eval_data.clone());
+    on_start(&RunStart {
+        config: &cfg,
+        run_dir: &run_dir,
+        model_files: &m.files,
+        model_config: m.config(),
+        base_parameters,
+        trainable_parameters: n_params as u64,
+        data_files: data_files.clone(),
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        resumed: opts.resume,
+    })
+    .map_err(|e| TrainError::file(&run_dir, e))?;
     let metrics_line = |mt: &Metrics| serde_json::to_string(mt).map(|l| l + "\n").map_err(|e| TrainError::file(&metrics_path, e));
     let mut metrics_file = if opts.resume {
         // The kept lines replace the file whole (temp + fsync + rename): a crash here leaves
@@ -500,9 +544,10 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         best_step: state.best_step,
         stopped_early,
         train_tokens_per_sec: (state.tokens_seen - tokens_at_start) as f64 / elapsed.max(1e-9),
+        tokens: state.tokens_seen as u64,
+        base_parameters,
+        trainable_parameters: n_params as u64,
     };
-    let mut data_files = vec![cfg.data.clone()];
-    data_files.extend(cfg.eval_data.clone());
     lineage::write(&run_dir.join("lineage.json"), &lineage::Inputs {
         config: &cfg,
         data_files: &data_files,
