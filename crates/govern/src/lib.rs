@@ -4,12 +4,19 @@
 //! full history), and the kill switch (disabled versions are neither served nor promoted).
 //! `policy` reads the release rules; `card` writes a model card from a version's lineage.
 
+mod db;
 pub mod error;
+mod gate;
+mod import;
 pub mod policy;
+mod process;
+mod query;
+mod recording;
 pub mod records;
 pub mod registry;
+mod release;
 
 pub use error::{GovernError, Result};
-pub use policy::Policy;
+pub use policy::{AliasRule, Gate, Policy};
 pub use records::*;
 pub use registry::{Promotion, Reference, Registry, Selector, actor, default_path};

@@ -1,14 +1,24 @@
-//! `Registry`: the SQLite database (`$FERROTUNE_HOME/registry.db`, WAL, bundled SQLite).
-//! API SKELETON — bodies are being written (see the brief); signatures are the contract.
+//! `Registry`: the SQLite database (`$FERROTUNE_HOME/registry.db`, WAL, bundled SQLite), shared
+//! by every process of the machine (train, eval, serve, the CLI).
+//!
+//! Each write is one `BEGIN IMMEDIATE` transaction, so concurrent processes serialise and no
+//! decision is taken on a read another process has since changed (the next version number, the
+//! alias holder a promotion replaces, whether a version is disabled). Each write transaction also
+//! bumps `meta.generation`, which the server polls to notice an alias move or a kill switch.
+//!
+//! The methods live next to what they do: `recording` (models, datasets, runs, artifacts,
+//! evals), `query`, `release` (promotion, approval, kill switch), `gate`, `import`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
-use crate::error::Result;
-use crate::policy::Policy;
-use crate::records::*;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use crate::db::{self, Res};
+use crate::error::{GovernError, Result};
 
 pub struct Registry {
-    #[allow(dead_code)]
+    conn: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -20,7 +30,41 @@ pub fn default_path() -> PathBuf {
 /// Who is acting: `by` when given (recorded as given), else the OS user (`$USER`, `$LOGNAME`),
 /// else `unknown`.
 pub fn actor(by: Option<&str>) -> String {
-    todo!("{by:?}")
+    if let Some(by) = by.filter(|b| !b.trim().is_empty()) {
+        return by.to_string();
+    }
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Artifact names and aliases: 1–64 of `[A-Za-z0-9._-]` (they appear in URLs, file names and
+/// `NAME@ALIAS` references).
+pub fn check_name(field: &'static str, s: &str) -> Result<()> {
+    let reason = if s.is_empty() {
+        "empty".to_string()
+    } else if s.len() > 64 {
+        format!("`{s}` is {} characters long (64 at most)", s.len())
+    } else if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
+        format!("`{s}` contains {c:?}: use letters, digits, '.', '_' or '-'")
+    } else {
+        return Ok(());
+    };
+    Err(GovernError::Invalid { field, reason })
+}
+
+/// An alias is a name that is not all digits (`support@3` means version 3).
+pub fn check_alias(alias: &str) -> Result<()> {
+    check_name("alias", alias)?;
+    if alias.chars().all(|c| c.is_ascii_digit()) {
+        return Err(GovernError::Invalid {
+            field: "alias",
+            reason: format!("`{alias}` is all digits, which would read as a version number"),
+        });
+    }
+    Ok(())
 }
 
 /// What `promote` / `approve` did.
@@ -50,48 +94,84 @@ pub enum Selector {
 impl std::str::FromStr for Reference {
     type Err = crate::error::GovernError;
     fn from_str(s: &str) -> Result<Self> {
-        todo!("{s}")
+        let (name, selector) = match s.split_once('@') {
+            None => (s, Selector::Default),
+            Some((name, sel)) if !sel.is_empty() && sel.chars().all(|c| c.is_ascii_digit()) => {
+                let v = sel.parse::<u32>().ok().filter(|v| *v > 0).ok_or_else(|| GovernError::Invalid {
+                    field: "reference",
+                    reason: format!("`{s}`: versions are numbered from 1 (up to {})", u32::MAX),
+                })?;
+                (name, Selector::Version(v))
+            }
+            Some((name, sel)) => {
+                check_alias(sel).map_err(|e| GovernError::Invalid { field: "reference", reason: format!("`{s}`: alias {e}") })?;
+                (name, Selector::Alias(sel.to_string()))
+            }
+        };
+        check_name("reference", name).map_err(|e| GovernError::Invalid { field: "reference", reason: format!("`{s}`: name {e}") })?;
+        Ok(Reference { name: name.to_string(), selector })
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.selector {
+            Selector::Default => write!(f, "{}", self.name),
+            Selector::Version(v) => write!(f, "{}@{v}", self.name),
+            Selector::Alias(a) => write!(f, "{}@{a}", self.name),
+        }
     }
 }
 
 impl Registry {
     /// Open (creating the file, its folder and the schema when missing). WAL, busy timeout 10 s.
-    pub fn open(path: &Path) -> Result<Self> { todo!("{path:?}") }
-    pub fn path(&self) -> &Path { &self.path }
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = db::open(path)?;
+        Ok(Self { conn: Mutex::new(conn), path: path.into() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// A number that changes whenever any process commits a change (cheap; the server polls it).
-    pub fn generation(&self) -> Result<i64> { todo!() }
+    pub fn generation(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get(0))?))
+    }
 
-    // ---- recording (each is idempotent where the brief says so) ----
-    pub fn register_model(&self, m: &NewModel) -> Result<i64> { todo!("{m:?}") }
-    pub fn register_dataset(&self, d: &NewDataset) -> Result<i64> { todo!("{d:?}") }
-    pub fn begin_run(&self, r: &NewRun) -> Result<i64> { todo!("{r:?}") }
-    pub fn finish_run(&self, run: i64, end: &RunEnd) -> Result<()> { todo!("{run} {end:?}") }
-    pub fn register_artifact(&self, a: &NewArtifact) -> Result<ArtifactRecord> { todo!("{a:?}") }
-    pub fn register_eval(&self, e: &NewEval) -> Result<EvalRecord> { todo!("{e:?}") }
-    /// Register a run made before the registry existed (or with `--no-registry`) from its
-    /// folder's `lineage.json` + `config.json` (+ `eval/eval.json` when present).
-    pub fn import_run(&self, run_dir: &Path, register_as: Option<&str>, actor: &str) -> Result<Lineage> { todo!("{run_dir:?} {register_as:?} {actor}") }
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable (an open transaction was
+        // rolled back when its guard dropped); keep going.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-    // ---- queries ----
-    pub fn models(&self) -> Result<Vec<ModelRecord>> { todo!() }
-    pub fn datasets(&self) -> Result<Vec<DatasetRecord>> { todo!() }
-    pub fn runs(&self) -> Result<Vec<RunRecord>> { todo!() }
-    pub fn artifacts(&self) -> Result<Vec<ArtifactRecord>> { todo!() }
-    pub fn evals(&self) -> Result<Vec<EvalRecord>> { todo!() }
-    pub fn run(&self, id: i64) -> Result<RunRecord> { todo!("{id}") }
-    /// `support`, `support@3`, `support@canary`; `default_alias` is what a bare name means.
-    pub fn resolve(&self, reference: &str, default_alias: &str) -> Result<ArtifactRecord> { todo!("{reference} {default_alias}") }
-    pub fn lineage(&self, reference: &str, default_alias: &str) -> Result<Lineage> { todo!("{reference} {default_alias}") }
-    /// Every event about `name`, oldest first.
-    pub fn history(&self, name: &str) -> Result<Vec<HistoryEvent>> { todo!("{name}") }
-    /// name → alias → version.
-    pub fn aliases(&self) -> Result<Vec<(String, String, u32)>> { todo!() }
-    pub fn requests(&self, open_only: bool) -> Result<Vec<PromotionRequest>> { todo!("{open_only}") }
+    /// Run reads in one (deferred) transaction: a consistent snapshot across the queries.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Res<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let run = |conn: &mut Connection| -> Res<T> {
+            let tx = conn.transaction()?;
+            f(&tx)
+        };
+        run(&mut conn).map_err(|e| e.into_govern(&self.path))
+    }
 
-    // ---- releases ----
-    pub fn promote(&self, name: &str, version: u32, alias: &str, reason: &str, actor: &str, policy: &Policy) -> Result<Promotion> { todo!("{name}{version}{alias}{reason}{actor}{policy:?}") }
-    pub fn approve(&self, request: i64, actor: &str, policy: &Policy) -> Result<Promotion> { todo!("{request}{actor}{policy:?}") }
-    pub fn reject(&self, request: i64, actor: &str, reason: &str) -> Result<PromotionRequest> { todo!("{request}{actor}{reason}") }
-    pub fn disable(&self, name: &str, version: u32, reason: &str, actor: &str) -> Result<ArtifactRecord> { todo!("{name}{version}{reason}{actor}") }
-    pub fn enable(&self, name: &str, version: u32, reason: &str, actor: &str) -> Result<ArtifactRecord> { todo!("{name}{version}{reason}{actor}") }
+    /// One write transaction (`BEGIN IMMEDIATE`), bumping the generation.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Res<T>) -> Result<T> {
+        self.write_outcome(|tx| f(tx).map(Ok))
+    }
+
+    /// A write whose outcome may be a refusal that must itself be recorded (the request and its
+    /// `alias-refused` event): the inner error is returned after the commit; the outer one rolls
+    /// everything back.
+    pub(crate) fn write_outcome<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Res<Result<T>>) -> Result<T> {
+        let mut conn = self.conn();
+        let run = |conn: &mut Connection| -> Res<Result<T>> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'", [])?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run(&mut conn).map_err(|e| e.into_govern(&self.path))?
+    }
 }
