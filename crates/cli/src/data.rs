@@ -88,6 +88,8 @@ struct ValidateArgs {
     /// Findings listed per code in the JSON report (all are counted).
     #[arg(long, default_value_t = 1000)]
     max_findings: usize,
+    #[command(flatten)]
+    registry: crate::record::RegistryFlags,
 }
 
 #[derive(Args)]
@@ -202,6 +204,12 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
+    }
+    if let Some(reg) = a.registry.open()? {
+        let ids = crate::record::validated(&reg, &report).with_context(|| "recording the datasets in the registry (pass --no-registry to skip)")?;
+        if !a.json {
+            println!("registered: {} dataset(s) ({})", ids.len(), reg.path().display());
+        }
     }
     if !report.ok {
         bail!("{} error(s) in the data", report.errors);

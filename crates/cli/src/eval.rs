@@ -109,6 +109,8 @@ struct RunArgs {
     /// Bootstrap resamples for the 95% intervals (at most 100000).
     #[arg(long, default_value_t = DEFAULT_RESAMPLES, value_parser = resamples_arg)]
     resamples: usize,
+    #[command(flatten)]
+    registry: crate::record::RegistryFlags,
 }
 
 #[derive(Args)]
@@ -388,6 +390,7 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         &runs,
         &gates,
         baseline.as_ref().map(|b| (b, a.baseline_system.as_deref())),
+        &a.registry,
     )
 }
 
@@ -449,6 +452,7 @@ fn finish(
     runs: &[(String, PathBuf)],
     gates: &[Gate],
     baseline: Option<(&EvalFile, Option<&str>)>,
+    registry: &crate::record::RegistryFlags,
 ) -> anyhow::Result<()> {
     println!("{}", report::metric_table(file));
     for s in &file.systems {
@@ -473,6 +477,18 @@ fn finish(
         "wrote {0}/eval.json, {0}/report.md, {0}/metrics.svg",
         out.display()
     );
+    if let Some(reg) = registry.open()? {
+        let e = crate::record::evaluated(&reg, &out.join("eval.json"))
+            .with_context(|| format!("recording {}/eval.json in the registry (pass --no-registry to skip)", out.display()))?;
+        let matched: Vec<String> = e.systems.iter().filter(|(_, a)| a.is_some()).map(|(s, _)| s.name.clone()).collect();
+        println!(
+            "registered: evaluation {} ({} of {} systems matched to registered versions{})",
+            e.id,
+            matched.len(),
+            e.systems.len(),
+            if matched.is_empty() { String::new() } else { format!(": {}", matched.join(", ")) }
+        );
+    }
     if gates.is_empty() {
         return Ok(());
     }

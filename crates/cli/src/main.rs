@@ -6,6 +6,8 @@ mod eval;
 mod keys;
 mod models;
 mod rag;
+mod record;
+mod registry;
 mod serve;
 mod textgen;
 mod train;
@@ -51,6 +53,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Create, list and revoke API keys for `serve` (stored hashed in $FERROTUNE_HOME/serve).
     Keys(keys::KeysArgs),
+    /// What is on record (models, datasets, runs, adapters, evaluations), lineage, releases by
+    /// approval, the kill switch, model cards.
+    Registry(registry::RegistryArgs),
 }
 
 /// Training frees and reallocates the same activation-sized buffers on every op. glibc, left
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
         Command::Rag(a) => rag::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Keys(a) => keys::run(a),
+        Command::Registry(a) => registry::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -126,6 +126,12 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Register the trained output as the next version of this name in the registry
+    /// (`ferrotune registry list`). [default: the run folder's name]
+    #[arg(long, value_name = "NAME")]
+    register_as: Option<String>,
+    #[command(flatten)]
+    registry: crate::record::RegistryFlags,
 }
 
 macro_rules! overlay {
@@ -179,7 +185,24 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         progress: !a.quiet,
         stop_after: std::env::var("FERROTUNE_STOP_AFTER_STEP").ok().and_then(|s| s.parse().ok()),
     };
-    let s = ferrotune_train::run(cfg, &opts)?;
+    let registry = a.registry.open()?;
+    if let (Some(reg), Some(name)) = (&registry, &a.register_as) {
+        // A bad name fails now, not after the training.
+        name.parse::<ferrotune_govern::Reference>().ok().filter(|r| r.selector == ferrotune_govern::Selector::Default).ok_or_else(|| {
+            anyhow::anyhow!("--register-as `{name}`: use 1-64 letters, digits, '.', '_' or '-' (no '@'); registry {}", reg.path().display())
+        })?;
+    }
+    let mut record = registry.as_ref().map(|r| crate::record::TrainRecord::new(r, a.register_as.clone()));
+    let result = ferrotune_train::run_with(cfg, &opts, &mut |start| match record.as_mut() {
+        Some(r) => r.started(start).map_err(|e| format!("recording the run in the registry: {e:#} (pass --no-registry to train without it)")),
+        None => Ok(()),
+    });
+    let artifact = match &record {
+        // Training is done: a registry that fails now must not lose it; say how to record it later.
+        Some(r) => r.finished(&result).with_context(|| "recording the run's outcome in the registry; `ferrotune registry import RUN_DIR` records it later")?,
+        None => None,
+    };
+    let s = result?;
     println!("run folder: {}", s.run_dir.display());
     println!("trained weights: {}", s.output.display());
     if let Some(l) = s.final_loss {
@@ -189,6 +212,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         println!("eval loss: {first:.4} before training -> {best:.4} best (step {step})");
     }
     println!("{} steps, {:.0} train tokens/s{}", s.steps, s.train_tokens_per_sec, if s.stopped_early { ", stopped early" } else { "" });
+    if let Some(a) = artifact {
+        println!("registered: {} ({} files; `ferrotune registry show {}`)", a.reference(), a.files.len(), a.reference());
+    }
     Ok(())
 }
 
