@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::keys::KeyStore;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
+use crate::registry::RegistryServing;
 use crate::routes::embeddings::EmbeddingModel;
 use crate::routes::{chat, completions, embeddings, health, models, tokenize};
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub started_unix: u64,
     /// Digests of the served weights, for cache keys.
     pub weights: Arc<WeightsIdentity>,
+    /// The model registry's versions (`[registry]`); `None` when off.
+    pub registry: Option<Arc<RegistryServing>>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -56,6 +59,7 @@ impl AppState {
             embedder: embedder.map(Arc::new),
             started_unix: crate::generation::now_unix(),
             weights: Arc::new(WeightsIdentity::unique()),
+            registry: None,
             shutting_down: Arc::new(AtomicBool::new(false)),
             engine,
         }
@@ -85,9 +89,23 @@ impl AppState {
             .await
             .map_err(|e| format!("hashing the adapter: {e}"))?
             .map_err(|e| format!("reading the adapter: {e}"))?;
+        self.load_adapter_verified(name, dir, digest).await
+    }
+
+    /// As [`AppState::load_adapter`], with the files' digest already computed (a registry
+    /// version's, from its integrity check).
+    pub async fn load_adapter_verified(&self, name: &str, dir: &std::path::Path, digest: String) -> Result<(), String> {
         self.engine.adapter(AdapterCommand::Load { name: name.to_string(), dir: dir.to_path_buf() }).await?;
         self.weights.set_adapter(name, digest);
         Ok(())
+    }
+
+    /// Serve the model registry's versions (`cfg.registry`, which must be on): read it now and
+    /// watch it from here on. `base_sha256`: the SHA-256 of each of the base model's files.
+    pub async fn start_registry(&mut self, base_sha256: Vec<String>) {
+        let reg = Arc::new(RegistryServing::new(&self.cfg.registry, base_sha256));
+        self.registry = Some(reg.clone());
+        crate::registry::watch::start(self, reg).await;
     }
 
     pub async fn unload_adapter(&self, name: &str) -> Result<(), String> {

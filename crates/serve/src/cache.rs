@@ -125,12 +125,24 @@ impl ResponseCache {
 /// contributes its name and its own SHA-256, in name order, so the digest does not depend on
 /// where the files live (replicas with the model in different folders share entries).
 pub fn digest_files(files: &[PathBuf]) -> std::io::Result<String> {
-    let mut per_file = Vec::with_capacity(files.len());
-    for path in files {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let digest = ferrotune_model::store::sha256_file(path).map_err(|e| std::io::Error::other(e.to_string()))?;
-        per_file.push((name, digest));
-    }
+    Ok(combine_digests(&file_digests(files)?))
+}
+
+/// Each file's name and SHA-256 (streamed), in the order given.
+pub fn file_digests(files: &[PathBuf]) -> std::io::Result<Vec<(String, String)>> {
+    files
+        .iter()
+        .map(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let digest = ferrotune_model::store::sha256_file(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok((name, digest))
+        })
+        .collect()
+}
+
+/// [`digest_files`] from digests already computed: (file name, SHA-256) pairs in any order.
+pub fn combine_digests(per_file: &[(String, String)]) -> String {
+    let mut per_file = per_file.to_vec();
     per_file.sort();
     let mut h = Sha256::new();
     for (name, digest) in &per_file {
@@ -139,7 +151,7 @@ pub fn digest_files(files: &[PathBuf]) -> std::io::Result<String> {
         h.update(digest.as_bytes());
         h.update([0]);
     }
-    Ok(hex::encode(h.finalize()))
+    hex::encode(h.finalize())
 }
 
 /// The files of a PEFT adapter directory that shape its output.

@@ -51,6 +51,7 @@ pub struct ServeConfig {
     pub cache: CacheConfig,
     pub embeddings: EmbeddingsConfig,
     pub rag: RagConfig,
+    pub registry: RegistryConfig,
 }
 
 impl Default for ServeConfig {
@@ -78,6 +79,7 @@ impl Default for ServeConfig {
             cache: CacheConfig::default(),
             embeddings: EmbeddingsConfig::default(),
             rag: RagConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -121,6 +123,46 @@ pub struct RagConfig {
 impl Default for RagConfig {
     fn default() -> Self {
         Self { kb_dir: None, attach: BTreeMap::new(), k: 5, context_tokens: 1024, mode: "hybrid".into() }
+    }
+}
+
+/// Serving versions from the model registry (`ferrotune registry`, `crates/govern`): a request's
+/// `model` that is neither the base nor an adapter loaded by name is a registry reference —
+/// `support` (its `default_alias`), `support@canary` (an alias), `support@3` (a version). The
+/// version is loaded as adapter `support@3` on first use, after its files are checked against
+/// the hashes the registry recorded; alias moves and the kill switch (`ferrotune registry
+/// disable`) apply within about `poll_ms`, without a restart.
+///
+/// ```toml
+/// [registry]
+/// enabled = true
+/// # path = "/srv/ferrotune/registry.db"   # default $FERROTUNE_HOME/registry.db
+/// default_alias = "champion"              # what a bare name (`support`) means
+/// poll_ms = 250                           # how often the registry is checked for changes
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Resolve unknown model names in the registry; off = only the base and named adapters.
+    pub enabled: bool,
+    /// Default: `$FERROTUNE_HOME/registry.db` (as `ferrotune registry`).
+    pub path: Option<PathBuf>,
+    /// The alias a bare artifact name resolves through.
+    pub default_alias: String,
+    /// Milliseconds between checks of the registry's generation (50-5000): how long an alias
+    /// move or a disable takes to reach this server at most (plus one engine step).
+    pub poll_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { enabled: true, path: None, default_alias: "champion".into(), poll_ms: 250 }
+    }
+}
+
+impl RegistryConfig {
+    pub fn db_path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(ferrotune_govern::default_path)
     }
 }
 
@@ -251,6 +293,13 @@ impl ServeConfig {
         for name in self.adapters.keys() {
             crate::routes::models::check_adapter_name(name).map_err(|reason| ConfigError::Invalid { field: "adapters", reason })?;
         }
+        let r = &self.registry;
+        if !(50..=5000).contains(&r.poll_ms) {
+            return bad("registry.poll_ms", "must be between 50 and 5000 milliseconds");
+        }
+        if r.default_alias.is_empty() || r.default_alias.contains('@') || r.default_alias.parse::<u32>().is_ok() {
+            return bad("registry.default_alias", "must name an alias (not empty, no '@', not a version number)");
+        }
         Ok(())
     }
 
@@ -297,6 +346,24 @@ mod tests {
         c.rag.k = ferrotune_rag::MAX_K + 1;
         let err = c.validate().expect_err("k above the limit").to_string();
         assert!(err.contains("rag.k"), "{err}");
+    }
+
+    #[test]
+    fn registry_settings_are_checked() {
+        let mut c = ServeConfig::default();
+        assert!(c.registry.enabled && c.registry.default_alias == "champion" && c.registry.poll_ms == 250);
+        for ms in [49, 5001] {
+            c.registry.poll_ms = ms;
+            assert!(c.validate().expect_err("out of range").to_string().contains("registry.poll_ms"));
+        }
+        c.registry.poll_ms = 50;
+        c.validate().expect("50 ms is allowed");
+        for alias in ["", "a@b", "3"] {
+            c.registry.default_alias = alias.into();
+            assert!(c.validate().expect_err("bad alias").to_string().contains("registry.default_alias"), "{alias}");
+        }
+        let c: ServeConfig = toml::from_str("[registry]\nenabled = false\npoll_ms = 100").expect("parse");
+        assert!(!c.registry.enabled && c.registry.poll_ms == 100 && c.registry.default_alias == "champion");
     }
 
     #[test]

@@ -33,8 +33,24 @@ pub enum ApiError {
     Forbidden(String),
     #[error("POST bodies must be sent with `Content-Type: application/json`")]
     UnsupportedMediaType,
-    #[error("the model `{0}` does not exist")]
-    ModelNotFound(String),
+    /// The name, and the names the caller may use instead (empty: not listed).
+    #[error("the model `{}` does not exist{}", .0, available_list(.1))]
+    ModelNotFound(String, Vec<String>),
+    /// A registry version switched off (`ferrotune registry disable`), 403.
+    #[error("`{reference}` is disabled: {reason}")]
+    ModelDisabled { reference: String, reason: String },
+    /// A registry version this server cannot serve as an adapter (a full model), 409.
+    #[error("`{reference}` is {what}; serve it as the base model instead (`ferrotune serve --model PATH`)")]
+    NotServable { reference: String, what: String },
+    /// A registry adapter trained on another base model than the one served, 409.
+    #[error("`{reference}` was trained on base model {wanted}, but this server serves {served} (its files' SHA-256 differ)")]
+    BaseModelMismatch { reference: String, wanted: String, served: String },
+    /// A registry version's file does not hash to what the registry recorded (or is missing):
+    /// refused (OWASP LLM03, supply chain), 503. `file` is relative to the artifact's folder.
+    #[error(
+        "refusing to load `{reference}`: {file} failed its integrity check (sha256 recorded in the registry {expected}, on disk {actual})"
+    )]
+    IntegrityCheckFailed { reference: String, file: String, expected: String, actual: String },
     #[error("{0}")]
     NotFound(String),
     #[error("this endpoint does not take that HTTP method")]
@@ -72,10 +88,13 @@ impl ApiError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::ModelNotPermitted(_) | Self::AdminOnly | Self::KnowledgeBaseNotPermitted(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::ModelDisabled { .. } => StatusCode::FORBIDDEN,
+            Self::NotServable { .. } | Self::BaseModelMismatch { .. } => StatusCode::CONFLICT,
+            Self::IntegrityCheckFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyInFlight(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(..) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::QueueFull | Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,7 +116,11 @@ impl ApiError {
             Self::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type"),
             Self::TooManyInFlight(_) => ("rate_limit_error", "too_many_in_flight"),
             Self::Timeout(_) => ("server_error", "timeout"),
-            Self::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            Self::ModelNotFound(..) => ("invalid_request_error", "model_not_found"),
+            Self::ModelDisabled { .. } => ("permission_error", "model_disabled"),
+            Self::NotServable { .. } => ("invalid_request_error", "model_not_servable"),
+            Self::BaseModelMismatch { .. } => ("invalid_request_error", "base_model_mismatch"),
+            Self::IntegrityCheckFailed { .. } => ("server_error", "integrity_check_failed"),
             Self::NotFound(_) => ("invalid_request_error", "not_found"),
             Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
@@ -120,7 +143,10 @@ impl ApiError {
             Self::ModelNotPermitted(_) | Self::AdminOnly | Self::KnowledgeBaseNotPermitted(_) | Self::Forbidden(_) => "forbidden",
             Self::TooManyInFlight(_) => "rate_limited",
             Self::Timeout(_) => "timeout",
-            Self::ModelNotFound(_) | Self::NotFound(_) => "not_found",
+            Self::ModelNotFound(..) | Self::NotFound(_) => "not_found",
+            Self::ModelDisabled { .. } => "disabled",
+            Self::NotServable { .. } | Self::BaseModelMismatch { .. } => "not_servable",
+            Self::IntegrityCheckFailed { .. } => "integrity",
             Self::RateLimited { .. } => "rate_limited",
             Self::QueueFull => "queue_full",
             Self::ShuttingDown => "shutting_down",
@@ -132,7 +158,11 @@ impl ApiError {
     fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidField { param, .. } => Some(param),
-            Self::ModelNotFound(_) | Self::ModelNotPermitted(_) => Some("model"),
+            Self::ModelNotFound(..)
+            | Self::ModelNotPermitted(_)
+            | Self::ModelDisabled { .. }
+            | Self::NotServable { .. }
+            | Self::BaseModelMismatch { .. } => Some("model"),
             Self::KnowledgeBaseNotPermitted(_) => Some("knowledge_base"),
             _ => None,
         }
@@ -157,12 +187,25 @@ impl ApiError {
     pub fn from_submit(e: SubmitError, model: &str) -> Self {
         match e {
             SubmitError::QueueFull => Self::QueueFull,
-            SubmitError::UnknownAdapter(_) => Self::ModelNotFound(model.to_string()),
+            SubmitError::UnknownAdapter(_) => Self::ModelNotFound(model.to_string(), Vec::new()),
             e @ SubmitError::TooLarge { .. } => Self::field("max_tokens", e.to_string()),
             e @ SubmitError::PromptTooLong { .. } => Self::field("prompt", e.to_string()),
             SubmitError::ShuttingDown => Self::ShuttingDown,
         }
     }
+}
+
+/// `; available: a, b, c` (at most 20 names, then how many more).
+fn available_list(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut s = format!("; available: {}", names.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", "));
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more (GET /v1/models)", names.len() - SHOWN));
+    }
+    s
 }
 
 impl IntoResponse for ApiError {
@@ -197,7 +240,11 @@ mod tests {
             ApiError::UnsupportedMediaType,
             ApiError::TooManyInFlight("x".into()),
             ApiError::Timeout(1.0),
-            ApiError::ModelNotFound("m".into()),
+            ApiError::ModelNotFound("m".into(), vec!["tiny".into()]),
+            ApiError::ModelDisabled { reference: "s@2".into(), reason: "r".into() },
+            ApiError::NotServable { reference: "s@2".into(), what: "a full model".into() },
+            ApiError::BaseModelMismatch { reference: "s@2".into(), wanted: "a".into(), served: "b".into() },
+            ApiError::IntegrityCheckFailed { reference: "s@2".into(), file: "f".into(), expected: "e".into(), actual: "a".into() },
             ApiError::NotFound("x".into()),
             ApiError::MethodNotAllowed,
             ApiError::RateLimited { what: "requests", retry_after: Duration::from_millis(1500) },
@@ -212,6 +259,15 @@ mod tests {
             assert!(err["message"].is_string() && err["type"].is_string() && err["code"].is_string(), "{b}");
             assert!(err.get("param").is_some(), "{b}");
         }
+    }
+
+    #[test]
+    fn an_unknown_model_lists_what_is_available() {
+        let e = ApiError::ModelNotFound("nope".into(), vec!["tiny".into(), "support".into()]);
+        assert_eq!(e.to_string(), "the model `nope` does not exist; available: tiny, support");
+        assert_eq!(ApiError::ModelNotFound("nope".into(), vec![]).to_string(), "the model `nope` does not exist");
+        let many: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
+        assert!(ApiError::ModelNotFound("x".into(), many).to_string().ends_with("m19 and 5 more (GET /v1/models)"));
     }
 
     #[test]

@@ -6,38 +6,69 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferrotune_model::{FinishReason, SamplingParams};
+use ferrotune_model::SamplingParams;
 use futures_util::future::join_all;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::engine::{Event, GenRequest, TokenLogprob};
+use crate::engine::{Event, FinishReason, GenRequest, TokenLogprob};
 use crate::error::ApiError;
 use crate::limits::{Ask, Lease};
 use crate::metrics::{FinishLabels, Metrics, ModelLabels};
 use crate::openai::{MAX_LOGPROBS, SamplingFields, Stop};
 use crate::record::RequestRecord;
+use crate::registry::VersionRef;
 
 /// The model a request resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// As the client named it (echoed in responses).
     pub name: String,
-    /// `None` = the base model.
+    /// `None` = the base model; a registry version is the adapter `support@3`.
     pub adapter: Option<String>,
+    /// The registry version, when the name was a registry reference.
+    pub version: Option<VersionRef>,
 }
 
-/// Resolve `model` to the base or a loaded adapter (404 otherwise), then check the key's scope.
+/// Resolve `model` — the one place that says what a name means, for every endpoint — then
+/// check the key's scope: the base's name, then the adapters loaded by name (serve.toml
+/// `[adapters]`, `/v1/load_lora_adapter`), then, with the registry on, a registry reference
+/// (`support`, `support@canary`, `support@3`) looked up in the watcher's snapshot. Unknown:
+/// 404 listing what the key may use; a disabled registry version: 403 `model_disabled`.
+/// Nothing is loaded here ([`resolve_for_generation`] does that).
 pub fn resolve_model(state: &AppState, caller: &Caller, model: &str) -> Result<Target, ApiError> {
+    // Registry versions are loaded as `name@version`; names loaded by name never hold '@'
+    // (`check_adapter_name`), so `support@3` always goes through the registry and its checks.
+    let by_name = !model.contains('@') && state.engine.adapters().iter().any(|a| a == model);
     let target = if model == state.model_name() {
-        Target { name: model.to_string(), adapter: None }
-    } else if state.engine.adapters().iter().any(|a| a == model) {
-        Target { name: model.to_string(), adapter: Some(model.to_string()) }
+        Target { name: model.to_string(), adapter: None, version: None }
+    } else if by_name {
+        Target { name: model.to_string(), adapter: Some(model.to_string()), version: None }
+    } else if let Some(a) = state.registry.as_ref().and_then(|r| r.resolve(model)) {
+        caller.check_model(model)?;
+        if a.disabled {
+            state.metrics.count_registry_refusal(&a.name, a.version, "disabled");
+            return Err(crate::registry::disabled_error(&a));
+        }
+        let v = VersionRef::of(&a);
+        return Ok(Target { name: model.to_string(), adapter: Some(v.reference()), version: Some(v) });
     } else {
-        return Err(ApiError::ModelNotFound(model.to_string()));
+        return Err(ApiError::ModelNotFound(model.to_string(), crate::routes::models::available(state, caller)));
     };
     caller.check_model(model)?;
+    Ok(target)
+}
+
+/// [`resolve_model`], then make a registry version ready (checked and loaded on first use,
+/// [`crate::registry::ensure_loaded`]), count it, and name it in the request's record.
+pub async fn resolve_for_generation(state: &AppState, caller: &Caller, record: &RequestRecord, model: &str) -> Result<Target, ApiError> {
+    let target = resolve_model(state, caller, model)?;
+    if let (Some(v), Some(reg)) = (&target.version, &state.registry) {
+        crate::registry::ensure_loaded(state, reg, v).await?;
+        state.metrics.count_registry_request(&v.name, v.version);
+        record.set_artifact(&v.reference());
+    }
     Ok(target)
 }
 
@@ -213,7 +244,7 @@ pub fn submit(
                 received,
                 events: tx,
             };
-            state.engine.submit(req).map_err(|e| ApiError::from_submit(e, &target.name))?;
+            state.engine.submit(req).map_err(|e| submit_error(state, target, e))?;
             out.push(rx);
         }
     }
@@ -222,6 +253,18 @@ pub fn submit(
         l.use_tokens(prompt_tokens);
     }
     Ok(out)
+}
+
+/// An engine refusal as the client sees it. A registry version unloaded between resolution
+/// and submission was disabled (or is gone): say which.
+fn submit_error(state: &AppState, target: &Target, e: crate::engine::SubmitError) -> ApiError {
+    if let (crate::engine::SubmitError::UnknownAdapter(_), Some(v), Some(reg)) = (&e, &target.version, &state.registry)
+        && let Some(a) = reg.snapshot().version(&v.name, v.version).filter(|a| a.disabled)
+    {
+        state.metrics.count_registry_refusal(&v.name, v.version, "disabled");
+        return crate::registry::disabled_error(a);
+    }
+    ApiError::from_submit(e, &target.name)
 }
 
 /// Records the latency metrics of one sequence as its events go by, and counts its generated

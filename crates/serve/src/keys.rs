@@ -42,8 +42,12 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
+    /// An entry permits that name; an entry `support` also permits every registry reference to
+    /// the artifact (`support@canary`, `support@3`), while `support@canary` permits only itself.
     pub fn may_use(&self, model: &str) -> bool {
-        self.admin || self.models.is_empty() || self.models.iter().any(|m| m == model)
+        self.admin
+            || self.models.is_empty()
+            || self.models.iter().any(|m| m == model || model.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('@')))
     }
 
     pub fn may_use_kb(&self, kb: &str) -> bool {
@@ -454,5 +458,17 @@ mod tests {
         k.models = vec!["a".into()];
         k.admin = true;
         assert!(k.may_use("b"));
+    }
+
+    #[test]
+    fn an_artifact_name_permits_its_registry_references_and_an_alias_only_itself() {
+        let mut k = key("r");
+        k.models = vec!["support".into(), "sales@canary".into()];
+        for ok in ["support", "support@champion", "support@3", "sales@canary"] {
+            assert!(k.may_use(ok), "{ok}");
+        }
+        for refused in ["supporter", "supporter@1", "sales", "sales@champion", "sales@2", "sales@canary2"] {
+            assert!(!k.may_use(refused), "{refused}");
+        }
     }
 }

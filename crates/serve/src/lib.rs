@@ -11,6 +11,15 @@
 //!   (hashed API keys in SQLite) + [`limits`] (per-key buckets, leases, fair share);
 //!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log);
 //!   [`error`] (every failure → status + OpenAI error body); [`json`] (bodies → 400 naming the field).
+//! - [`registry`]: versions from the model registry (`ferrotune_govern`). A `model` that is not
+//!   the base or an adapter loaded by name is a registry reference — `support` (through
+//!   `[registry] default_alias`, `champion`), `support@canary`, `support@3` — resolved against a
+//!   snapshot a watcher refreshes every `poll_ms` when the registry's generation moves. A version
+//!   is loaded on first use as adapter `support@3`, only if it is an adapter trained on the
+//!   served base (file hashes compared) and every file still hashes to what the registry
+//!   recorded (503 `integrity_check_failed` otherwise). Alias moves apply to new requests; a
+//!   disabled version is refused (403 `model_disabled`) and its in-flight requests end with
+//!   `finish_reason: "disabled"`. Key scopes: `support` permits every `support@…`.
 
 pub mod app;
 pub mod auth;
@@ -27,6 +36,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod record;
+pub mod registry;
 pub mod routes;
 pub mod startup;
 pub mod stream;

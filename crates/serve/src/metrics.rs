@@ -37,6 +37,21 @@ pub struct BaseLabels {
     pub model: String,
 }
 
+/// A registry artifact version (`name="support", version="3"`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub name: String,
+    pub version: String,
+}
+
+/// Why a registry version was refused: `integrity`, `disabled`, `base_mismatch`, `not_adapter`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub name: String,
+    pub version: String,
+    pub reason: String,
+}
+
 type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 // Bucket edges as vLLM's (seconds).
@@ -76,6 +91,9 @@ pub struct Metrics {
     pub cache_misses: Family<ModelLabels, Counter>,
     pub rate_limited: Family<ReasonLabels, Counter>,
     pub failed: Family<ReasonLabels, Counter>,
+    /// Requests served by a registry version.
+    pub registry_requests: Family<VersionLabels, Counter>,
+    pub registry_refusals: Family<RefusalLabels, Counter>,
     running: Family<BaseLabels, Gauge>,
     waiting: Family<BaseLabels, Gauge>,
     kv_usage: Family<BaseLabels, Gauge<f64, AtomicU64>>,
@@ -99,6 +117,8 @@ impl Metrics {
             cache_misses: Family::default(),
             rate_limited: Family::default(),
             failed: Family::default(),
+            registry_requests: Family::default(),
+            registry_refusals: Family::default(),
             running: Family::default(),
             waiting: Family::default(),
             kv_usage: Family::default(),
@@ -117,6 +137,12 @@ impl Metrics {
         r.register("ferrotune:response_cache_misses", "Cacheable requests not found in the response cache", m.cache_misses.clone());
         r.register("ferrotune:rate_limited_requests", "Requests refused with 429, by limit", m.rate_limited.clone());
         r.register("ferrotune:failed_requests", "Requests answered with an error, by reason", m.failed.clone());
+        r.register("ferrotune:registry_requests", "Requests served by a registry artifact version", m.registry_requests.clone());
+        r.register(
+            "ferrotune:registry_refusals",
+            "Requests for a registry artifact version refused, by reason (integrity, disabled, base_mismatch, not_adapter)",
+            m.registry_refusals.clone(),
+        );
         r.register("ferrotune:num_requests_running", "Sequences in the running batch", m.running.clone());
         r.register("ferrotune:num_requests_waiting", "Requests waiting in the engine queue", m.waiting.clone());
         r.register("ferrotune:kv_cache_usage_perc", "Fraction of the KV token budget reserved (0-1)", m.kv_usage.clone());
@@ -138,6 +164,15 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn count_registry_request(&self, name: &str, version: u32) {
+        self.registry_requests.get_or_create(&VersionLabels { name: name.into(), version: version.to_string() }).inc();
+    }
+
+    pub fn count_registry_refusal(&self, name: &str, version: u32, reason: &str) {
+        let labels = RefusalLabels { name: name.into(), version: version.to_string(), reason: reason.into() };
+        self.registry_refusals.get_or_create(&labels).inc();
     }
 
     pub fn count_failure(&self, reason: &str) {
@@ -166,12 +201,16 @@ mod tests {
         m.ttft.get_or_create(&m.labels(Some("a1"))).observe(0.05);
         m.prompt_tokens.get_or_create(&m.labels(None)).inc_by(7);
         m.count_failure("queue_full");
+        m.count_registry_request("support", 3);
+        m.count_registry_refusal("support", 2, "integrity");
         let text = m.render(&EngineStats { running: 2, waiting: 1, kv_used: 10, kv_budget: 40, adapters: vec![] });
         assert!(text.contains("ferrotune:time_to_first_token_seconds_bucket{"), "{text}");
         assert!(text.contains(r#"model="tiny",adapter="a1""#), "{text}");
         assert!(text.contains(r#"ferrotune:prompt_tokens_total{model="tiny",adapter=""} 7"#), "{text}");
         assert!(text.contains(r#"ferrotune:failed_requests_total{reason="queue_full"} 1"#), "{text}");
         assert!(text.contains(r#"ferrotune:num_requests_running{model="tiny"} 2"#), "{text}");
+        assert!(text.contains(r#"ferrotune:registry_requests_total{name="support",version="3"} 1"#), "{text}");
+        assert!(text.contains(r#"ferrotune:registry_refusals_total{name="support",version="2",reason="integrity"} 1"#), "{text}");
         assert!(text.contains(r#"ferrotune:kv_cache_usage_perc{model="tiny"} 0.25"#), "{text}");
     }
 }

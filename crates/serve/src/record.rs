@@ -29,6 +29,8 @@ struct Fields {
     prompt_tokens: usize,
     completion_tokens: usize,
     cached: bool,
+    /// The registry version that answered (`support@3`).
+    artifact: Option<String>,
     prompt: Option<String>,
     lease: Option<Arc<Lease>>,
 }
@@ -60,6 +62,11 @@ impl RequestRecord {
 
     pub fn set_model(&self, model: &str) {
         self.with(|f| f.model = Some(model.to_string()));
+    }
+
+    /// The registry version serving this request: logged, and sent back as `x-ferrotune-artifact`.
+    pub fn set_artifact(&self, reference: &str) {
+        self.with(|f| f.artifact = Some(reference.to_string()));
     }
 
     pub fn add_tokens(&self, prompt: usize, completion: usize) {
@@ -106,6 +113,7 @@ impl Drop for RequestRecord {
             path = %self.path,
             key = f.key.as_ref().map_or("-", |k| k.name.as_str()),
             model = f.model.as_deref().unwrap_or("-"),
+            artifact = f.artifact.as_deref().unwrap_or("-"),
             // 499 (nginx's "client closed request"): the client left before the response.
             status = if f.status == 0 { 499 } else { f.status },
             failure = f.failure.unwrap_or("-"),
@@ -154,10 +162,14 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
         state.metrics.count_failure(reason);
     }
     let status = resp.status().as_u16();
-    record.with(|f| {
+    let artifact = record.with(|f| {
         f.status = status;
         f.failure = failure;
+        f.artifact.clone()
     });
+    if let Some(v) = artifact.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        resp.headers_mut().insert("x-ferrotune-artifact", v);
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

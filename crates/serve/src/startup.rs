@@ -1,7 +1,8 @@
 //! From a validated config to a running [`AppState`]: load the model (and hash its files for the
-//! response cache's key), start the engine, open the key database, load the embedder, load the
-//! start-up adapters. Also the exposure rule: a
-//! server without auth only binds to loopback unless the operator insists.
+//! response cache's key and the registry's base-model check), start the engine, open the key
+//! database, load the embedder, start watching the model registry, load the start-up adapters.
+//! Also the exposure rule: a server without auth only binds to loopback unless the operator
+//! insists.
 
 use candle_core::Device;
 
@@ -61,11 +62,13 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     cfg.validate()?;
     let spec = cfg.model.clone();
     let mode = cfg.weights.mode();
-    // The files are hashed once, here, for the cache key (see `cache`): streamed, ~1 s per GB.
-    let (model, identity) = tokio::task::spawn_blocking(move || {
+    // The files are hashed once, here, for the cache key (see `cache`) and for matching registry
+    // adapters to their base model: streamed, ~1 s per GB.
+    let (model, identity, file_sha256) = tokio::task::spawn_blocking(move || {
         let model = ferrotune_model::load(&spec, mode, &Device::Cpu).map_err(|source| StartError::Model { spec: spec.clone(), source })?;
-        let digest = crate::cache::digest_files(&model.files).map_err(|source| StartError::Hashing { spec, source })?;
-        Ok::<_, StartError>((model, crate::cache::base_identity(&digest, &format!("{mode:?}"))))
+        let per_file = crate::cache::file_digests(&model.files).map_err(|source| StartError::Hashing { spec, source })?;
+        let identity = crate::cache::base_identity(&crate::cache::combine_digests(&per_file), &format!("{mode:?}"));
+        Ok::<_, StartError>((model, identity, per_file.into_iter().map(|(_, sha)| sha).collect::<Vec<_>>()))
     })
     .await
     .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })??;
@@ -87,9 +90,14 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     let embedder = load_embedder(&cfg).await?;
     let cache = crate::cache::ResponseCache::connect(&cfg.cache).await.map_err(StartError::Cache)?;
     let adapters = cfg.adapters.clone();
+    let registry = cfg.registry.enabled;
     let mut state = AppState::new(engine, cfg, keys, embedder);
     state.set_cache(cache);
     state.set_base_identity(identity);
+    if registry {
+        // After everything the watcher's copy of the state must see (the weights identity).
+        state.start_registry(file_sha256).await;
+    }
     for (adapter, dir) in &adapters {
         state
             .load_adapter(adapter, dir)

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ferrotune_model::{FinishReason, SamplingParams};
+use ferrotune_model::SamplingParams;
 
 /// Engine limits.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -113,6 +113,38 @@ pub struct TokenLogprob {
     pub logprob: f32,
     /// (id, logprob), most likely first.
     pub top: Vec<(u32, f32)>,
+}
+
+/// Why a sequence ended: the model's reasons (`ferrotune_model::FinishReason`), or the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS token or stop string.
+    Stop,
+    /// `max_tokens` reached, or the model's context is full.
+    Length,
+    /// Its adapter was disabled while it ran (the registry's kill switch): generation stopped
+    /// at the next step, and what was generated so far is returned.
+    Disabled,
+}
+
+impl FinishReason {
+    /// As `finish_reason` in OpenAI responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl From<ferrotune_model::FinishReason> for FinishReason {
+    fn from(f: ferrotune_model::FinishReason) -> Self {
+        match f {
+            ferrotune_model::FinishReason::Stop => Self::Stop,
+            ferrotune_model::FinishReason::Length => Self::Length,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -104,6 +104,9 @@ pub(crate) struct ServedAdapter {
     /// Unique for the engine's lifetime (a name may be unloaded and loaded again).
     pub(crate) id: u64,
     pub(crate) adapter: Adapter,
+    /// Set by [`EngineHandle::disable_adapter`]: the loop ends every sequence holding this
+    /// adapter at its next step, with [`FinishReason::Disabled`].
+    pub(crate) disabled: AtomicBool,
 }
 
 /// A request accepted by `submit`, waiting for a slot.
@@ -305,6 +308,17 @@ impl EngineHandle {
                 rx.await.unwrap_or_else(|_| Err("the engine stopped before loading the adapter".into()))
             }
         }
+    }
+
+    /// The kill switch: unload `name` (new requests for it get `UnknownAdapter`) and end the
+    /// sequences already running or queued with it at the engine's next step, with
+    /// [`FinishReason::Disabled`] and what they generated so far (unlike [`AdapterCommand::Unload`],
+    /// which lets them finish). `false` when no adapter of that name is loaded.
+    pub fn disable_adapter(&self, name: &str) -> bool {
+        let Some(a) = lock(&self.shared.adapters).remove(name) else { return false };
+        a.disabled.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        true
     }
 
     /// Names of the loaded adapters, sorted.

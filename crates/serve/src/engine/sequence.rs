@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use ferrotune_model::generate::{StopFilter, TextStream};
-use ferrotune_model::{FinishReason, KvCache, LoadedModel, Logits, Sampler};
+use ferrotune_model::{KvCache, LoadedModel, Logits, Sampler};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Event, ModelInfo, Queued, ServedAdapter, TokenLogprob};
+use super::{Event, FinishReason, ModelInfo, Queued, ServedAdapter, TokenLogprob};
 
 /// Output tokens a new sequence's KV cache has room for before it first grows.
 const INITIAL_OUTPUT_CAPACITY: usize = 256;
@@ -217,6 +217,11 @@ impl<'t> Sequence<'t> {
         }
         self.send(Event::Done { finish, prompt_tokens: self.prompt_tokens, completion_tokens: self.generated });
         self.finished = true;
+    }
+
+    /// Its adapter was disabled: stop here, with what was generated so far.
+    pub(crate) fn end_disabled(&mut self) {
+        self.finish(FinishReason::Disabled);
     }
 
     pub(crate) fn fail(&mut self, message: String) {

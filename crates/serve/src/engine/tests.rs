@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use ferrotune_model::{
-    Adapter, FinishReason, GenerateParams, LoadedModel, Logits, LoraSpec, SamplingParams, WeightMode, generate,
+    Adapter, GenerateParams, LoadedModel, Logits, LoraSpec, SamplingParams, WeightMode, generate,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -89,7 +89,7 @@ const TINY_EOS: u32 = 2;
 fn assert_same(got: &Outcome, want: &ferrotune_model::Generation, what: &str) {
     assert_eq!(got.error, None, "{what}");
     // The engine returns EOS as a last token (vLLM's behaviour); `generate` leaves it out.
-    let eos = want.finish == FinishReason::Stop
+    let eos = want.finish == ferrotune_model::FinishReason::Stop
         && got.tokens.len() == want.tokens.len() + 1
         && got.tokens.last() == Some(&TINY_EOS);
     let tokens = if eos {
@@ -99,7 +99,7 @@ fn assert_same(got: &Outcome, want: &ferrotune_model::Generation, what: &str) {
     };
     assert_eq!(tokens, &want.tokens[..], "{what}: tokens");
     assert_eq!(got.text, want.text, "{what}: text");
-    assert_eq!(got.finish, Some(want.finish), "{what}: finish");
+    assert_eq!(got.finish, Some(FinishReason::from(want.finish)), "{what}: finish");
     assert_eq!(
         got.completion_tokens,
         want.tokens.len() + usize::from(eos),
@@ -339,6 +339,43 @@ async fn runtime_adapter_matches_the_attached_model_and_leaves_base_requests_alo
     engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir }).await.expect("reload");
     let bad = engine.adapter(AdapterCommand::Load { name: "x".into(), dir: dir.path().join("missing") }).await;
     assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn disabling_an_adapter_ends_its_running_and_queued_sequences_and_leaves_the_base_alone() {
+    let (dir, mut m) = tiny();
+    let adir = dir.path().join("adapter");
+    make_adapter(&mut m, &adir);
+    let engine = start(m.clone(), "tiny".into(), EngineConfig { max_batch: 2, ..Default::default() });
+    engine.adapter(AdapterCommand::Load { name: "support@2".into(), dir: adir }).await.expect("load");
+    let p = prompt(&m, "Where is my order?");
+    let n = 480 - p.len();
+    let long = |adapter: Option<&str>| {
+        let (mut r, rx) = request(&p, n);
+        r.adapter = adapter.map(str::to_string);
+        r.ignore_eos = true;
+        (r, rx)
+    };
+    // Running: one on the adapter, one on the base; queued (the batch holds 2): one more on the adapter.
+    let (ra, mut rxa) = long(Some("support@2"));
+    let (rb, rxb) = long(None);
+    let (rq, rxq) = long(Some("support@2"));
+    engine.submit(ra).expect("submit");
+    engine.submit(rb).expect("submit");
+    engine.submit(rq).expect("submit");
+    let first = tokio::time::timeout(WAIT, rxa.recv()).await.expect("event");
+    assert!(matches!(first, Some(Event::Started { .. })), "{first:?}");
+    assert!(engine.disable_adapter("support@2"));
+    assert!(!engine.disable_adapter("support@2"), "unloaded by the first call");
+    assert!(engine.adapters().is_empty());
+    let outs = futures_join(vec![rxa, rxb, rxq]).await;
+    assert_eq!(outs[0].finish, Some(FinishReason::Disabled), "{:?}", outs[0]);
+    assert!(outs[0].completion_tokens < n, "ended early: {:?}", outs[0]);
+    assert_eq!((outs[1].finish, outs[1].completion_tokens), (Some(FinishReason::Length), n), "the base request runs on");
+    assert_eq!((outs[2].finish, outs[2].completion_tokens), (Some(FinishReason::Disabled), 0), "{:?}", outs[2]);
+    let (mut late, _rx) = request(&p, 5);
+    late.adapter = Some("support@2".into());
+    assert_eq!(engine.submit(late).err(), Some(SubmitError::UnknownAdapter("support@2".into())));
 }
 
 /// Prompt logprobs are taken chunk by chunk during chunked prefill; they must equal one full

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferrotune_model::{Adapter, KvCache, LoadedModel};
@@ -104,6 +104,7 @@ pub(crate) fn run(mut model: LoadedModel, info: Arc<ModelInfo>, shared: Arc<Shar
                     }
                 }
             }
+            end_disabled(&mut running);
             publish(s, &running);
             let prefilled = prefill(&mut model, &mut attached, &mut running, &s.cfg);
             let decoded = decode(&mut model, &mut attached, &mut running);
@@ -124,6 +125,15 @@ pub(crate) fn run(mut model: LoadedModel, info: Arc<ModelInfo>, shared: Arc<Shar
         }
         running.retain(|seq| !seq.finished);
         publish(s, &running);
+    }
+}
+
+/// End the sequences whose adapter was disabled ([`super::EngineHandle::disable_adapter`]).
+fn end_disabled(running: &mut [Sequence<'_>]) {
+    for seq in running.iter_mut() {
+        if !seq.finished && seq.adapter.as_ref().is_some_and(|a| a.disabled.load(Ordering::SeqCst)) {
+            seq.end_disabled();
+        }
     }
 }
 
@@ -150,6 +160,18 @@ fn take_work(s: &Arc<Shared>, running: usize, mut kv_used: usize) -> Option<(Vec
             q.waiting.retain(|w| !w.req.events.is_closed());
         }
     }
+    // Queued with an adapter disabled since: ended before they cost anything.
+    q.waiting.retain(|w| {
+        let disabled = w.adapter.as_ref().is_some_and(|a| a.disabled.load(Ordering::SeqCst));
+        if disabled {
+            let _ = w.req.events.send(super::Event::Done {
+                finish: super::FinishReason::Disabled,
+                prompt_tokens: w.req.prompt.len(),
+                completion_tokens: 0,
+            });
+        }
+        !disabled
+    });
     let loads = std::mem::take(&mut q.loads);
     let mut admitted = Vec::new();
     // Admission costs nothing yet (prefill is scheduled per step), so all that fit go in.
@@ -237,7 +259,7 @@ fn load_adapter(model: &mut LoadedModel, s: &Shared, id: u64, cmd: &LoadCommand)
     #[cfg(feature = "fault-injection")]
     s.trip(super::Fault::PanicInAdapterLoad);
     let adapter = Adapter::load(&cmd.dir, &mut model.model).map_err(|e| e.to_string())?;
-    let served = Arc::new(ServedAdapter { id, adapter });
+    let served = Arc::new(ServedAdapter { id, adapter, disabled: AtomicBool::new(false) });
     lock(&s.adapters).insert(cmd.name.clone(), served);
     tracing::info!(adapter = %cmd.name, dir = %cmd.dir.display(), "adapter loaded");
     Ok(())

@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::engine::TokenLogprob;
 use crate::error::ApiError;
-use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_model, submit, token_text};
+use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_for_generation, submit, token_text};
 use crate::json::{self, JsonBody};
 use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported, to_messages};
 use crate::record::RequestRecord;
@@ -43,7 +43,7 @@ pub async fn chat_completions(
     let raw: Value = json::parse(&body)?;
     record.set_model(&req.model);
     refuse_unsupported(&raw, Endpoint::Chat)?;
-    let target = resolve_model(&state, &caller, &req.model)?;
+    let target = resolve_for_generation(&state, &caller, &record, &req.model).await?;
     let mut msgs = to_messages(&req.messages)?;
     let info = state.engine.info();
     let grounded = match state.knowledge.pick(&raw, &req.model, &caller)? {

@@ -11,15 +11,15 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ferrotune_model::{FinishReason, Tokenizer};
+use ferrotune_model::Tokenizer;
 use serde_json::{Map, Value, json};
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::engine::TokenLogprob;
+use crate::engine::{FinishReason, TokenLogprob};
 use crate::error::ApiError;
 use crate::generation::{
-    ChoiceOut, GenParams, Job, Tracker, check_logprobs, check_prompt_len, collect_all, new_id, now_unix, resolve_model, submit,
+    ChoiceOut, GenParams, Job, Tracker, check_logprobs, check_prompt_len, collect_all, new_id, now_unix, resolve_for_generation, submit,
     token_text,
 };
 use crate::json::{self, JsonBody};
@@ -80,7 +80,7 @@ pub async fn completions(
     record.set_model(&req.model);
     // Only the field the list names, not a second parse of the whole body (token-id prompts).
     refuse_unsupported(&serde_json::json!({ "logit_bias": req.logit_bias }), Endpoint::Completion)?;
-    let target = resolve_model(&state, &caller, &req.model)?;
+    let target = resolve_for_generation(&state, &caller, &record, &req.model).await?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::field("suffix", "is not supported"));
     }

@@ -45,7 +45,7 @@ pub async fn embeddings(
     record.set_model(&req.model);
     let model = match &state.embedder {
         Some(e) if e.name == req.model => e.clone(),
-        _ => return Err(ApiError::ModelNotFound(req.model)),
+        _ => return Err(ApiError::ModelNotFound(req.model, Vec::new())),
     };
     caller.check_model(&model.name)?;
     let inputs = parse_embedding_input(&req.input)?;

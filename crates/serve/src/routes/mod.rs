@@ -174,8 +174,8 @@ mod tests {
 
     #[test]
     fn every_field_that_shapes_the_answer_changes_the_cache_key() {
-        let target = Target { name: "m".into(), adapter: None };
-        let adapter = Target { name: "a".into(), adapter: Some("a".into()) };
+        let target = Target { name: "m".into(), adapter: None, version: None };
+        let adapter = Target { name: "a".into(), adapter: Some("a".into()), version: None };
         let weights = ("base".to_string(), None);
         let base = json!({"temperature": 0.5, "seed": 1});
         let key = |t: &Target, w: &(String, Option<String>), body: Value, jobs: &[Job], endpoint: &str, sources: Option<&[Value]>| {

@@ -35,25 +35,56 @@ pub fn resolve_adapter_dir(lora_path: &str, roots: &[PathBuf]) -> Option<PathBuf
     (inside && dir.join("adapter_config.json").is_file()).then_some(dir)
 }
 
-pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
-    let created = state.started_unix;
+/// One entry of `/v1/models`.
+struct Listed {
+    id: String,
+    /// What it serves: itself, or a registry reference's version (`support@3`).
+    root: String,
+    /// The base an adapter runs on (`None` for the base and the embedder).
+    parent: Option<String>,
+    generates: bool,
+}
+
+/// What `caller` may put in `model`: the base, the adapters loaded by name, the registry's names
+/// (`support` for each artifact with the default alias, every `support@alias`; not those
+/// pointing at a disabled version), the embedder.
+fn listing(state: &AppState, caller: &Caller) -> Vec<Listed> {
     let base = state.model_name().to_string();
-    let ctx = state.engine.info().context_len;
-    let mut data = Vec::new();
-    let visible = |name: &str| caller.check_model(name).is_ok();
-    if visible(&base) {
-        data.push(json!({"id": base, "object": "model", "created": created, "owned_by": "ferrotune", "root": base, "parent": null, "max_model_len": ctx}));
+    let mut out = vec![Listed { id: base.clone(), root: base.clone(), parent: None, generates: true }];
+    // Registry versions loaded as `support@3` are listed through their references below.
+    for a in state.engine.adapters().into_iter().filter(|a| !a.contains('@')) {
+        out.push(Listed { id: a.clone(), root: a, parent: Some(base.clone()), generates: true });
     }
-    for a in state.engine.adapters() {
-        if visible(&a) {
-            data.push(json!({"id": a, "object": "model", "created": created, "owned_by": "ferrotune", "root": a, "parent": base, "max_model_len": ctx}));
+    if let Some(reg) = &state.registry {
+        for (id, v) in reg.snapshot().listing(&reg.default_alias) {
+            out.push(Listed { id, root: v.reference(), parent: Some(base.clone()), generates: true });
         }
     }
-    if let Some(e) = &state.embedder
-        && visible(&e.name)
-    {
-        data.push(json!({"id": e.name, "object": "model", "created": created, "owned_by": "ferrotune", "root": e.name, "parent": null}));
+    if let Some(e) = &state.embedder {
+        out.push(Listed { id: e.name.clone(), root: e.name.clone(), parent: None, generates: false });
     }
+    out.retain(|m| caller.check_model(&m.id).is_ok());
+    out
+}
+
+/// The names `caller` may use (for the 404 of an unknown model).
+pub fn available(state: &AppState, caller: &Caller) -> Vec<String> {
+    listing(state, caller).into_iter().map(|m| m.id).collect()
+}
+
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
+    let created = state.started_unix;
+    let ctx = state.engine.info().context_len;
+    let data: Vec<Value> = listing(&state, &caller)
+        .into_iter()
+        .map(|m| {
+            let mut v = json!({"id": m.id, "object": "model", "created": created, "owned_by": "ferrotune", "root": m.root, "parent": m.parent});
+            if m.generates {
+                v["max_model_len"] = ctx.into();
+            }
+            v
+        })
+        .collect();
     Json(json!({"object": "list", "data": data}))
 }
 
