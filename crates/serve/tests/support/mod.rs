@@ -52,6 +52,9 @@ pub struct Opts {
     pub model_dir: Option<PathBuf>,
     /// Changes the loaded tiny model before the engine gets it (e.g. makes EOS dominant).
     pub tweak: Option<fn(&mut ferrotune_model::LoadedModel)>,
+    /// Serve the model registry at `<dir>/registry.db`, polled every 50 ms (`configure` may
+    /// still turn `registry.enabled` off); without it the registry is off.
+    pub registry: bool,
 }
 
 impl Default for Opts {
@@ -66,6 +69,7 @@ impl Default for Opts {
             shared_cache: None,
             model_dir: None,
             tweak: None,
+            registry: false,
         }
     }
 }
@@ -81,7 +85,8 @@ pub async fn start(opts: Opts) -> Server {
         }
     };
     let mut model = load_path(&model_dir, WeightMode::F32, &Device::Cpu).expect("load");
-    let digest = ferrotune_serve::cache::digest_files(&model.files).expect("hash the model files");
+    let per_file = ferrotune_serve::cache::file_digests(&model.files).expect("hash the model files");
+    let digest = ferrotune_serve::cache::combine_digests(&per_file);
     if let Some(tweak) = opts.tweak {
         tweak(&mut model);
     }
@@ -95,6 +100,9 @@ pub async fn start(opts: Opts) -> Server {
         cfg.rag = r;
     }
     cfg.adapter_roots = vec![dir.path().to_path_buf()];
+    cfg.registry.enabled = opts.registry;
+    cfg.registry.path = Some(dir.path().join("registry.db"));
+    cfg.registry.poll_ms = 50;
     (opts.configure)(&mut cfg);
     let store = KeyStore::open(&dir.path().join("keys.db")).expect("keys");
     let mk = |name: &str, models: &[&str], admin: bool, rpm: Option<u32>| {
@@ -116,6 +124,9 @@ pub async fn start(opts: Opts) -> Server {
     state.set_cache(cache);
     // As `build_state` does: the cache key names the weights.
     state.set_base_identity(ferrotune_serve::cache::base_identity(&digest, "F32"));
+    if state.cfg.registry.enabled {
+        state.start_registry(per_file.into_iter().map(|(_, sha)| sha).collect()).await;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
