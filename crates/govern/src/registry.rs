@@ -139,6 +139,12 @@ impl Registry {
         self.read(|c| Ok(c.query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get(0))?))
     }
 
+    /// What is wrong with the database (empty: nothing): SQLite's integrity check, broken
+    /// references, gaps in version numbers, aliases that disagree with their artifact.
+    pub fn check(&self) -> Result<Vec<String>> {
+        self.read(|c| db::problems(c))
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable (an open transaction was
         // rolled back when its guard dropped); keep going.
