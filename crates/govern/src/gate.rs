@@ -52,12 +52,19 @@ impl GateData {
     }
 }
 
+/// SQL: eval system `s` ran artifact `id` — matched to it when recorded, or holding the same files
+/// (the same content registered under another name is matched to only one of them).
+pub(crate) fn matches(s: &str, id: &str) -> String {
+    format!("({s}.artifact = {id} OR {s}.files_key = (SELECT files_key FROM artifacts WHERE id = {id}))")
+}
+
 /// The most recent eval on the data where a system is matched to `artifact`: (eval id, system).
 fn latest_eval_of(c: &Connection, data: &GateData, artifact: i64) -> Res<Option<(i64, String)>> {
     Ok(c.query_row(
         &format!(
             "SELECT e.id, s.name FROM evals e JOIN eval_systems s ON s.eval = e.id \
-             WHERE s.artifact = ?1 AND e.{} = ?2 ORDER BY e.id DESC LIMIT 1",
+             WHERE {} AND e.{} = ?2 ORDER BY e.id DESC LIMIT 1",
+            matches("s", "?1"),
             data.column
         ),
         params![artifact, data.value],
@@ -70,8 +77,10 @@ fn latest_eval_of(c: &Connection, data: &GateData, artifact: i64) -> Res<Option<
 fn latest_eval_of_both(c: &Connection, data: &GateData, cand: i64, holder: i64) -> Res<Option<(i64, String, String)>> {
     Ok(c.query_row(
         &format!(
-            "SELECT e.id, a.name, b.name FROM evals e JOIN eval_systems a ON a.eval = e.id AND a.artifact = ?1 \
-             JOIN eval_systems b ON b.eval = e.id AND b.artifact = ?2 WHERE e.{} = ?3 ORDER BY e.id DESC LIMIT 1",
+            "SELECT e.id, a.name, b.name FROM evals e JOIN eval_systems a ON a.eval = e.id AND {} \
+             JOIN eval_systems b ON b.eval = e.id AND {} WHERE e.{} = ?3 ORDER BY e.id DESC LIMIT 1",
+            matches("a", "?1"),
+            matches("b", "?2"),
             data.column
         ),
         params![cand, holder, data.value],

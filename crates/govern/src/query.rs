@@ -348,7 +348,7 @@ pub(crate) fn lineage_in(c: &Connection, artifact: ArtifactRecord) -> Res<Lineag
     }
     let evals = evals_in(
         c,
-        "WHERE id IN (SELECT eval FROM eval_systems WHERE artifact = ?1) ORDER BY id DESC",
+        &format!("WHERE id IN (SELECT eval FROM eval_systems s WHERE {}) ORDER BY id DESC", crate::gate::matches("s", "?1")),
         [artifact.id],
     )?;
     let releases = events_in(

@@ -290,3 +290,14 @@ fn policy_toml_errors_name_the_file_and_the_field() {
     let p = Policy::load(Some(&ok)).unwrap();
     assert_eq!(p.rule("champion").gates, ["rougeL:0.01"]);
 }
+
+#[test]
+fn a_gate_reads_the_eval_of_the_same_files_registered_under_another_name() {
+    let (_d, reg) = registry();
+    let support = artifact(&reg, "support", "a");
+    let demo = artifact(&reg, "demo", "a");
+    let e = eval(&reg, "e1", "rougeL", true, &[("base", None, 0.1), ("adapter", Some(&support), 0.5)]);
+    assert_eq!(e.systems[1].1, Some(demo.id), "recorded against one of the two (the newest)");
+    assert!(matches!(reg.promote("support", 1, "champion", "r", "alice", &gated("")).unwrap(), Promotion::Applied { .. }));
+    assert_eq!(reg.lineage("support@1", "x").unwrap().evals.len(), 1);
+}
