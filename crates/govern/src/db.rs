@@ -192,10 +192,31 @@ pub fn open(path: &Path) -> Result<Connection, GovernError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| GovernError::Io { path: dir.into(), source })?;
     }
+    // Switching a new file to WAL, and the first read while another process does so, can fail
+    // with SQLITE_BUSY without SQLite calling the busy handler (two `train`s starting at once on
+    // a fresh home did): retried here for as long as the busy timeout would have waited.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match open_once(path) {
+            Err(GovernError::Db { source, .. }) if is_busy(&source) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+fn open_once(path: &Path) -> Result<Connection, GovernError> {
     let db = |source| GovernError::Db { path: path.into(), source };
     let mut conn = Connection::open(path).map_err(db)?;
     // First, so that the statements below wait for a process that holds the lock.
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(())).map_err(db)?;
     // FULL: a committed promotion survives a power cut, not only a killed process.
     conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;

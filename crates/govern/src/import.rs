@@ -251,7 +251,7 @@ impl Registry {
                     let end = RunEnd {
                         status: RunStatus::Succeeded,
                         error: None,
-                        tokens: None,
+                        tokens: metrics.as_ref().and_then(|m| m.get("tokens")).and_then(Value::as_u64),
                         steps: metrics.as_ref().and_then(|m| m.get("steps")).and_then(Value::as_u64),
                         metrics: metrics.clone(),
                         flops: None,

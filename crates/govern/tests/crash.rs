@@ -1,6 +1,8 @@
 //! `kill -9` in the middle of writing: the test binary re-runs itself as a child process that
 //! writes in a tight loop (`child_writer`) or holds a run open (`child_runner`), and the parent
 //! SIGKILLs it. Every transaction is all-or-nothing, so the file must stay consistent.
+// A panic is how a test reports; unwrap on the values under test is the point.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! `import_run`: a run folder written without the registry (lineage.json, config.json, adapter
 //! files, eval/eval.json) is recorded once, and refused when its output changed after the run.
+// A panic is how a test reports; unwrap on the values under test is the point.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -35,7 +37,7 @@ fn run_folder(root: &Path, output_files: &[(&str, &str)], with_eval: bool) -> Pa
             {"path": "/home/x/.ferrotune/models/smollm2/model.gguf", "bytes": 98362432, "sha256": sha("model")}
         ]},
         "output": {"path": "runs/demo/adapter", "files": files},
-        "metrics": {"run_dir": "runs/demo", "steps": 30, "final_loss": 1.15}
+        "metrics": {"run_dir": "runs/demo", "steps": 30, "final_loss": 1.15, "tokens": 5000}
     });
     std::fs::write(run.join("lineage.json"), serde_json::to_string_pretty(&lineage).unwrap()).unwrap();
     if with_eval {
@@ -72,6 +74,7 @@ fn importing_a_run_folder_twice_records_it_once() {
     assert_eq!((run.started.as_str(), run.finished.as_deref()), ("2026-12-07T12:36:20Z", Some("2026-12-07T12:38:13Z")));
     assert_eq!((run.method.as_str(), run.device.as_str(), run.register_as.as_str(), run.steps), ("lora", "cpu", "demo", Some(30)));
     assert_eq!(run.config["lora_r"], 16);
+    assert_eq!(run.tokens, Some(5000));
     assert_eq!(run.metrics.as_ref().unwrap()["final_loss"], 1.15);
     let base = l.base_model.as_ref().expect("base model");
     assert_eq!((base.name.as_str(), base.parameters), ("smollm2-135m-instruct", None));

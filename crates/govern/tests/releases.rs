@@ -1,4 +1,6 @@
 //! Releases: approvals, gates, the kill switch, rejection, and policy.toml.
+// A panic is how a test reports; unwrap on the values under test is the point.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! Builders shared by the registry's integration tests: a fresh registry in a temp folder,
 //! artifacts with made-up file hashes, evaluations with chosen scores.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use ferrotune_govern::*;
 use sha2::{Digest, Sha256};
