@@ -4,6 +4,7 @@
 //! full history), and the kill switch (disabled versions are neither served nor promoted).
 //! `policy` reads the release rules; `card` writes a model card from a version's lineage.
 
+pub mod card;
 mod db;
 pub mod error;
 mod gate;
@@ -15,6 +16,7 @@ mod recording;
 pub mod records;
 pub mod registry;
 mod release;
+pub mod render;
 
 pub use error::{GovernError, Result};
 pub use policy::{AliasRule, Gate, Policy};
