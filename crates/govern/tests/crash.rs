@@ -27,6 +27,7 @@ fn child_writer() {
     let t = dataset(&reg, "train.jsonl");
     let open = Policy::default();
     let pid = std::process::id();
+    println!("READY");
     for i in 0.. {
         let name = format!("n{}", i % 3);
         let run = reg.begin_run(&new_run(m, vec![t], &name)).unwrap();
@@ -54,8 +55,23 @@ fn child_runner() {
 
 fn child(test: &str, env: &str, db: &Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--nocapture"]).env(env, db);
+    cmd.args(["--exact", test, "--nocapture"]).env(env, db).stdout(Stdio::piped()).stderr(Stdio::null());
     cmd
+}
+
+/// Wait for the child to print a line starting with `prefix` (on a busy machine starting the
+/// test binary can take longer than the kill delay); returns the rest of the line.
+fn wait_for(c: &mut std::process::Child, prefix: &str) -> String {
+    let stdout = c.stdout.take().unwrap();
+    let started = Instant::now();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix(prefix) {
+            return rest.trim().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "child did not start");
+    }
+    panic!("the child exited without printing {prefix}")
 }
 
 #[test]
@@ -63,8 +79,9 @@ fn killing_a_writer_mid_transaction_leaves_a_consistent_registry() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("registry.db");
     for round in 0..5u64 {
-        let mut c = child("child_writer", WRITER_ENV, &db).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(250 + 20 * round));
+        let mut c = child("child_writer", WRITER_ENV, &db).spawn().unwrap();
+        wait_for(&mut c, "READY");
+        std::thread::sleep(Duration::from_millis(250 + 25 * round));
         c.kill().unwrap();
         c.wait().unwrap();
     }
@@ -105,19 +122,8 @@ fn killing_a_writer_mid_transaction_leaves_a_consistent_registry() {
 fn a_run_whose_process_was_killed_reads_as_abandoned() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("registry.db");
-    let mut c = child("child_runner", RUNNER_ENV, &db).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let stdout = c.stdout.take().unwrap();
-    let started = Instant::now();
-    let mut run = None;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(id) = line.strip_prefix("RUN ") {
-            run = Some(id.trim().parse::<i64>().unwrap());
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "child did not start");
-    }
-    let run = run.expect("the child reported its run");
+    let mut c = child("child_runner", RUNNER_ENV, &db).spawn().unwrap();
+    let run: i64 = wait_for(&mut c, "RUN ").parse().unwrap();
     let reg = Registry::open(&db).unwrap();
     let r = reg.run(run).unwrap();
     assert_eq!((r.status, r.pid), (RunStatus::Running, c.id()), "alive: running");
