@@ -1,7 +1,7 @@
 //! Serving the model registry over real HTTP: references by name, alias and version; alias
 //! moves, the kill switch and re-enabling on a running server (each within 1 s); the
 //! supply-chain check (tampered files); adapters of another base model and full models refused;
-//! `/v1/models` and key scopes; the registry switched off, or not there yet.
+//! `/v1/models` and key scopes; the registry switched off, not there yet, or unreadable.
 
 mod support;
 
@@ -358,7 +358,7 @@ async fn an_adapter_of_another_base_model_or_a_full_model_is_refused() {
     r.promote("merged", full.version, "champion");
     let sr = &s;
     let a = s.keys.admin.as_str();
-    until("the registry is read", WITHIN, || async move { ask(sr, a, "foreign").await.0 != 404 }).await;
+    until("the registry is read", WITHIN, || async move { ask(sr, a, "foreign").await.0 != 404 && ask(sr, a, "merged").await.0 != 404 }).await;
     let (status, _, v) = ask(&s, a, "foreign").await;
     assert_eq!((status, code(&v)), (409, "base_model_mismatch"), "{v}");
     assert!(message(&v).contains("other-base") && message(&v).contains(MODEL), "names both bases: {v}");
@@ -369,6 +369,7 @@ async fn an_adapter_of_another_base_model_or_a_full_model_is_refused() {
     let m = s.metrics().await;
     // The poll above asked too: two refusals at least.
     assert!(metric_value(&m, "ferrotune:registry_refusals_total{name=\"foreign\",version=\"1\",reason=\"base_mismatch\"}") >= 2.0, "{m}");
+    assert!(metric_value(&m, "ferrotune:registry_refusals_total{name=\"merged\",version=\"1\",reason=\"not_adapter\"}") >= 2.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,4 +438,36 @@ async fn a_registry_that_appears_after_start_is_served_without_a_restart() {
     let sr = &s;
     let a = s.keys.admin.as_str();
     until("served once the registry exists", WITHIN, || async move { ask(sr, a, "support").await.0 == 200 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_registry_keeps_the_last_snapshot_until_it_can_be_read_again() {
+    let s = start(registry_opts()).await;
+    let r = Reg::open(&s);
+    r.adapter(&s, "support", "support-v1", 1, r.base);
+    r.promote("support", 1, "champion");
+    let sr = &s;
+    let a = s.keys.admin.as_str();
+    until("v1 is served", WITHIN, || async move { ask(sr, a, "support").await.0 == 200 }).await;
+    drop(r);
+    let reg = s.state.registry.clone().expect("registry on");
+    // The file gone (then garbage in its place): the server warns and serves what it knew.
+    let db = s.path("registry.db");
+    for f in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(s.path(f));
+    }
+    let rr = &reg;
+    until("the poll fails", WITHIN, || async move { rr.last_error().is_some_and(|e| e.contains("does not exist")) }).await;
+    std::fs::write(&db, vec![0x5a; 8192]).expect("garbage");
+    until("the poll fails again", WITHIN, || async move { rr.last_error().is_some_and(|e| !e.contains("does not exist")) }).await;
+    let (status, artifact, v) = ask(&s, a, "support").await;
+    assert_eq!((status, artifact.as_deref()), (200, Some("support@1")), "{v}");
+    assert!(model_ids(&s, a).await.contains(&"support@champion".to_string()));
+    // A registry again (a new file): read, and its state served.
+    std::fs::remove_file(&db).expect("rm");
+    let r = Reg::open(&s);
+    r.adapter(&s, "sales", "sales-v1", 3, r.base);
+    r.promote("sales", 1, "champion");
+    until("sales is served", WITHIN, || async move { ask(sr, a, "sales").await.0 == 200 }).await;
+    assert!(reg.last_error().is_none());
 }

@@ -103,7 +103,12 @@ impl Verifier {
     /// After loading: whether every file still has the stamp it was verified with (a change in
     /// between means the loader may have read other bytes than were hashed).
     pub fn unchanged(&self, v: &Verified) -> bool {
-        v.stamps.iter().all(|(p, s)| stamp(p).ok().as_ref() == Some(s))
+        self.changed(v).is_none()
+    }
+
+    /// The first file whose stamp moved since it was verified.
+    pub fn changed<'v>(&self, v: &'v Verified) -> Option<&'v Path> {
+        v.stamps.iter().find(|(p, s)| stamp(p).ok().as_ref() != Some(s)).map(|(p, _)| p.as_path())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i64, PathBuf), Stamp>> {

@@ -34,8 +34,9 @@ pub struct RegistryServing {
     pub poll: std::time::Duration,
     db_path: PathBuf,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// Opened on the first poll that finds the file (only used on the blocking pool).
-    conn: Mutex<Option<Registry>>,
+    /// Opened on the first poll that finds the file (only used on the blocking pool), with the
+    /// file's identity then.
+    conn: Mutex<Option<(Registry, FileId)>>,
     /// The last poll's failure, so a registry that stays unreadable warns once, not every poll.
     last_error: Mutex<Option<String>>,
     /// One lock per artifact version: concurrent first requests load it once.
@@ -48,6 +49,24 @@ pub struct RegistryServing {
 impl std::fmt::Debug for RegistryServing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryServing").field("db_path", &self.db_path).field("generation", &self.snapshot().generation).finish()
+    }
+}
+
+/// What tells one file from another at the same path (device and inode on Unix; elsewhere
+/// only whether it exists).
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        Some((0, 0))
     }
 }
 
@@ -97,17 +116,26 @@ impl RegistryServing {
     /// next poll opens it afresh (a replaced file, a lock that went away).
     pub fn poll_blocking(&self) -> Result<Option<Snapshot>, String> {
         let mut conn = lock(&self.conn);
-        if conn.is_none() {
-            // Not created here: a server that is never given a registry leaves no file behind.
-            if !self.db_path.exists() {
-                return Err(format!("{} does not exist", self.db_path.display()));
-            }
-            *conn = Some(Registry::open(&self.db_path).map_err(|e| e.to_string())?);
+        // Not created here (a server never given a registry leaves no file behind). A file
+        // deleted or replaced since it was opened is opened afresh: the old connection would
+        // go on reading the deleted file.
+        let Some(id) = file_id(&self.db_path) else {
+            *conn = None;
+            return Err(format!("{} does not exist", self.db_path.display()));
+        };
+        if conn.as_ref().is_some_and(|(_, opened)| *opened != id) {
+            tracing::info!(path = %self.db_path.display(), "the model registry file was replaced: reopening it");
+            *conn = None;
         }
-        let Some(reg) = conn.as_ref() else { return Ok(None) };
+        // A generation only means something within one file: after (re)opening, read it all.
+        let opened = conn.is_none();
+        if opened {
+            *conn = Some((Registry::open(&self.db_path).map_err(|e| e.to_string())?, id));
+        }
+        let Some((reg, _)) = conn.as_ref() else { return Ok(None) };
         let read = || {
             let generation = reg.generation()?;
-            if self.snapshot().generation == Some(generation) {
+            if !opened && self.snapshot().generation == Some(generation) {
                 return Ok(None);
             }
             Snapshot::read(reg).map(Some)
@@ -135,6 +163,12 @@ impl RegistryServing {
                 }
             }
         }
+    }
+
+    /// Why the last poll could not read the registry (`None`: it could); the server goes on
+    /// with the last snapshot meanwhile.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
     }
 
     fn load_lock(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
@@ -211,12 +245,13 @@ pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &Ver
         tracing::error!(artifact = %reference, dir = %a.path, "loading the registry version failed: {m}");
         ApiError::Unavailable(format!("`{reference}` could not be loaded (see the server log)"))
     })?;
-    if !reg.verifier.unchanged(&verified) {
+    if let Some(path) = reg.verifier.changed(&verified) {
         let _ = state.unload_adapter(&reference).await;
-        tracing::error!(artifact = %reference, "its files changed while it was loading: unloaded");
+        tracing::error!(artifact = %reference, file = %path.display(), "a file changed while the version was loading: unloaded");
+        let file = path.strip_prefix(&a.path).unwrap_or(path).display().to_string();
         let e = ApiError::IntegrityCheckFailed {
             reference: reference.clone(),
-            file: "(a file of the version)".into(),
+            file,
             expected: "the bytes that were hashed".into(),
             actual: "changed while loading".into(),
         };

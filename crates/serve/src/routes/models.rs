@@ -1,4 +1,4 @@
-//! `GET /v1/models` (the base, its adapters, the embedder) and vLLM's runtime adapter endpoints
+//! `GET /v1/models` (the base, its adapters, the registry's names, the embedder) and vLLM's runtime adapter endpoints
 //! `POST /v1/load_lora_adapter` / `POST /v1/unload_lora_adapter` (admin scope; bodies
 //! `{"lora_name","lora_path"}`; plain-text success answers, as vLLM gives). `lora_path` must lie
 //! under one of `adapter_roots` once `..` and symlinks are resolved.
