@@ -327,3 +327,43 @@ fn card_parses_with_huggingface_hub() {
     let readme = card::write(&dir.join("tricky"), &tricky, &card).unwrap();
     check(&readme, &["--expect", "rougeL=0.38338", "--expect-name", "sup\"port\\x: yes"]);
 }
+
+/// The repository's example run (runs/demo, not checked in everywhere) imported into a fresh
+/// registry: its card's eval table and model-index carry eval.json's numbers, and (with
+/// FERROTUNE_CHECK_CARDS=1) huggingface_hub reads them back.
+#[test]
+fn the_repository_demo_run_gets_a_card_when_present() {
+    let demo = repo_root().join("runs/demo");
+    if !demo.join("lineage.json").is_file() || !demo.join("eval/eval.json").is_file() {
+        println!("SKIPPED (no runs/demo with eval/eval.json)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = ferrotune_govern::Registry::open(&dir.path().join("registry.db")).unwrap();
+    let l = reg.import_run(&demo, Some("support"), "alice").unwrap();
+    let text = card::render(&l, &full_card()).unwrap();
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(demo.join("eval/eval.json")).unwrap()).unwrap();
+    let rouge = eval["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "rougeL").unwrap();
+    let score = |sys: &str| rouge["scores"].as_array().unwrap().iter().find(|s| s["system"] == sys).unwrap()["value"].as_f64().unwrap();
+    let demo_rouge = score("demo");
+    let row = format!("| rougeL ↑ | {demo_rouge:.3} [");
+    assert!(text.contains(&row), "no {row:?} in\n{text}");
+    assert!(text.contains(&format!("| {:.3} [", score("base"))));
+    assert!(front_matter(&text).contains(&format!("      value: {demo_rouge}\n")));
+    println!("{}", ferrotune_govern::render::tree(&l));
+
+    if std::env::var("FERROTUNE_CHECK_CARDS").as_deref() == Ok("1") {
+        let out = match std::env::var("FERROTUNE_CARD_DIR") {
+            Ok(d) => PathBuf::from(d).join("demo"),
+            Err(_) => dir.path().join("card"),
+        };
+        let readme = card::write(&out, &l, &full_card()).unwrap();
+        let status = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/govern/check_card.sh"))
+            .arg(&readme)
+            .args(["--expect", &format!("rougeL={demo_rouge}"), "--expect-name", "support"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}

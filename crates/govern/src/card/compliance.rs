@@ -67,7 +67,10 @@ pub(crate) fn gpai(out: &mut String, l: &Lineage, card: &CardToml, base: &Base) 
         Some(f) => {
             let _ = writeln!(out, "- **This run's training compute:** {} FLOPs, estimated as `{}`.", sci(f.value), f.formula);
         }
-        None => out.push_str("- **This run's training compute:** not recorded (no run, or the run did not record its FLOPs), so the comparison cannot be made from this record.\n"),
+        None => {
+            let why = if l.run.is_some() { "the run did not record its FLOPs (an import from a lineage.json without them, or an unfinished run)" } else { "no training run is recorded" };
+            let _ = writeln!(out, "- **This run's training compute:** not recorded ({why}), so the comparison cannot be made from this record.");
+        }
     }
     let name = base.hub_id().unwrap_or_else(|| "the base model".into());
     match base_flops(card, base) {
