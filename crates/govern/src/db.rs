@@ -335,31 +335,26 @@ pub fn hash_folder(dir: &Path) -> Result<Vec<FileHash>, GovernError> {
 /// What is wrong with the file, as sentences (empty: nothing): SQLite's own integrity check,
 /// broken references, gaps in a name's versions, aliases that disagree with their artifact.
 pub fn problems(c: &Connection) -> Res<Vec<String>> {
-    let mut out = Vec::new();
-    let mut stmt = c.prepare("PRAGMA integrity_check")?;
-    let integrity: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-    if integrity != ["ok"] {
-        out.extend(integrity.into_iter().map(|m| format!("integrity: {m}")));
-    }
-    let mut stmt = c.prepare("PRAGMA foreign_key_check")?;
-    let fks: Vec<String> = stmt
-        .query_map([], |r| Ok(format!("{} row {} refers to a missing {}", r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0), r.get::<_, String>(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    out.extend(fks);
-    let mut stmt = c.prepare("SELECT name, COUNT(*), MIN(version), MAX(version) FROM artifacts GROUP BY name HAVING MIN(version) != 1 OR MAX(version) != COUNT(*)")?;
-    let gaps: Vec<String> = stmt
-        .query_map([], |r| {
-            Ok(format!("{}: {} versions numbered {}..{}", r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    out.extend(gaps);
-    let mut stmt = c.prepare(
-        "SELECT l.name, l.alias, l.version FROM aliases l LEFT JOIN artifacts a ON a.id = l.artifact \
-         WHERE a.id IS NULL OR a.name != l.name OR a.version != l.version",
-    )?;
-    let bad: Vec<String> = stmt
-        .query_map([], |r| Ok(format!("{}@{} points at version {}, which is not that artifact", r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    out.extend(bad);
+    let strings = |sql: &str| -> Res<Vec<String>> {
+        let mut stmt = c.prepare(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(rows)
+    };
+    let mut out: Vec<String> = strings("SELECT integrity_check FROM pragma_integrity_check")?
+        .into_iter()
+        .filter(|m| m != "ok")
+        .map(|m| format!("integrity: {m}"))
+        .collect();
+    out.extend(strings(
+        "SELECT \"table\" || ' row ' || COALESCE(rowid, 0) || ' refers to a missing ' || parent FROM pragma_foreign_key_check",
+    )?);
+    out.extend(strings(
+        "SELECT name || ': ' || COUNT(*) || ' versions numbered ' || MIN(version) || '..' || MAX(version) FROM artifacts \
+         GROUP BY name HAVING MIN(version) != 1 OR MAX(version) != COUNT(*)",
+    )?);
+    out.extend(strings(
+        "SELECT l.name || '@' || l.alias || ' points at version ' || l.version || ', which is not that artifact' \
+         FROM aliases l LEFT JOIN artifacts a ON a.id = l.artifact WHERE a.id IS NULL OR a.name != l.name OR a.version != l.version",
+    )?);
     Ok(out)
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::db::{hash_folder, relative, sha256_file};
 use crate::error::{GovernError, Result};
 use crate::query::lineage_in;
-use crate::recording::{Event, finish_run_in, insert_artifact, insert_dataset, insert_eval, insert_model, insert_run, now};
+use crate::recording::{Event, Process, finish_run_in, insert_artifact, insert_dataset, insert_eval, insert_model, insert_run, now};
 use crate::records::*;
 use crate::registry::{Registry, check_name};
 
@@ -33,7 +33,8 @@ impl JsonFile {
             }
             Err(source) => return Err(GovernError::Io { path, source }),
         };
-        let v = serde_json::from_str(&text).map_err(|e| GovernError::BadFile { path: path.clone(), field: "(json)".into(), reason: e.to_string() })?;
+        let v = serde_json::from_str(&text)
+            .map_err(|e| GovernError::BadFile { path: path.clone(), field: "(json)".into(), reason: e.to_string() })?;
         Ok(JsonFile { path, v })
     }
 
@@ -247,7 +248,7 @@ impl Registry {
                         register_as: register_as.clone(),
                     };
                     // No process to watch: the run ended before it was recorded.
-                    let id = insert_run(c, &new, RunStatus::Running, 0, None, "imported", &started)?;
+                    let id = insert_run(c, &new, RunStatus::Running, &Process { host: "imported", pid: 0, pid_start: None }, &started)?;
                     let end = RunEnd {
                         status: RunStatus::Succeeded,
                         error: None,

@@ -99,8 +99,16 @@ pub(crate) fn insert_dataset(c: &Connection, d: &NewDataset) -> Res<i64> {
     Ok(c.last_insert_rowid())
 }
 
-/// Insert a run row (its process: `pid`, `pid_start`; imported runs have none).
-pub(crate) fn insert_run(c: &Connection, r: &NewRun, status: RunStatus, pid: u32, pid_start: Option<&str>, host: &str, started: &str) -> Res<i64> {
+/// The process a run row belongs to (imported runs have none: pid 0).
+pub(crate) struct Process<'a> {
+    pub host: &'a str,
+    pub pid: u32,
+    pub pid_start: Option<&'a str>,
+}
+
+/// Insert a run row.
+pub(crate) fn insert_run(c: &Connection, r: &NewRun, status: RunStatus, p: &Process<'_>, started: &str) -> Res<i64> {
+    let Process { host, pid, pid_start } = *p;
     check_name("register_as", &r.register_as)?;
     require(c, "models", "base model", r.base_model)?;
     for d in &r.datasets {
@@ -231,7 +239,8 @@ impl Registry {
         let pid = std::process::id();
         let pid_start = process::start_time(pid);
         self.write(|c| {
-            let id = insert_run(c, r, RunStatus::Running, pid, pid_start.as_deref(), process::host(), &now())?;
+            let p = Process { host: process::host(), pid, pid_start: pid_start.as_deref() };
+            let id = insert_run(c, r, RunStatus::Running, &p, &now())?;
             let reason = format!("run {id} ({}) in {}", r.name, r.run_dir);
             Event { reason: Some(&reason), ..Event::new(&r.actor, "run-started", &r.register_as) }.insert(c)?;
             Ok(id)

@@ -50,7 +50,15 @@ fn move_alias(c: &Connection, a: &ArtifactRecord, alias: &str, actor: &str, requ
     Ok(from)
 }
 
-fn insert_request(c: &Connection, a: &ArtifactRecord, alias: &str, actor: &str, reason: &str, status: RequestStatus, decision: Option<&str>) -> Res<i64> {
+/// Who asked for what, and (for a request decided on the spot) the outcome.
+struct Ask<'a> {
+    alias: &'a str,
+    actor: &'a str,
+    reason: &'a str,
+}
+
+fn insert_request(c: &Connection, a: &ArtifactRecord, ask: &Ask<'_>, status: RequestStatus, decision: Option<&str>) -> Res<i64> {
+    let Ask { alias, actor, reason } = *ask;
     let decided = (status != RequestStatus::Open).then(now);
     c.execute(
         "INSERT INTO requests (name, version, alias, requester, reason, created, status, decided, decision_reason) \
@@ -92,6 +100,7 @@ impl Registry {
         }
         let rule = policy.rule(alias);
         let data = GateData::for_rule(&rule)?;
+        let ask = Ask { alias, actor, reason };
         self.write_outcome(|c| {
             let a = version_of(c, name, version)?;
             if a.disabled {
@@ -101,16 +110,16 @@ impl Registry {
                 return Err(GovernError::Refused(format!("{alias} already points at {}", a.reference())).into());
             }
             if let Some(msg) = gate::check(c, &a, alias, &rule, data.as_ref())? {
-                let request = insert_request(c, &a, alias, actor, reason, RequestStatus::Refused, Some(&msg))?;
+                let request = insert_request(c, &a, &ask, RequestStatus::Refused, Some(&msg))?;
                 refused(c, &a, alias, actor, request, &msg)?;
                 return Ok(Err(GovernError::Refused(msg)));
             }
             if rule.approvers == 0 {
-                let request = insert_request(c, &a, alias, actor, reason, RequestStatus::Applied, None)?;
+                let request = insert_request(c, &a, &ask, RequestStatus::Applied, None)?;
                 let from_version = move_alias(c, &a, alias, actor, request, reason)?;
                 return Ok(Ok(Promotion::Applied { request, alias: alias.into(), from_version, to_version: version }));
             }
-            let request = insert_request(c, &a, alias, actor, reason, RequestStatus::Open, None)?;
+            let request = insert_request(c, &a, &ask, RequestStatus::Open, None)?;
             Event {
                 version: Some(version),
                 alias: Some(alias),
@@ -191,8 +200,8 @@ impl Registry {
             }
             let reason = Some(reason).filter(|r| !r.trim().is_empty());
             decide(c, request, RequestStatus::Rejected, reason)?;
-            Event { version: Some(req.version), alias: Some(&req.alias), request: Some(request), reason, ..Event::new(actor, "rejected", &req.name) }
-                .insert(c)?;
+            let event = Event::new(actor, "rejected", &req.name);
+            Event { version: Some(req.version), alias: Some(&req.alias), request: Some(request), reason, ..event }.insert(c)?;
             request_in(c, request)
         })
     }
@@ -201,7 +210,8 @@ impl Registry {
     /// alias. Aliases stay where they are (the server refuses to serve a disabled version).
     pub fn disable(&self, name: &str, version: u32, reason: &str, actor: &str) -> Result<ArtifactRecord> {
         if reason.trim().is_empty() {
-            return Err(GovernError::Invalid { field: "reason", reason: "say why the version is disabled (it is shown to whoever asks for it)".into() });
+            let reason = "say why the version is disabled (it is shown to whoever asks for it)".into();
+            return Err(GovernError::Invalid { field: "reason", reason });
         }
         self.set_disabled(name, version, true, reason, actor)
     }

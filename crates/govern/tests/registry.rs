@@ -270,3 +270,24 @@ fn a_database_from_a_newer_schema_is_refused() {
     let err = Registry::open(&path).err().expect("refused");
     assert!(err.to_string().contains("newer ferrotune"), "{err}");
 }
+
+#[test]
+fn check_reports_version_gaps_bad_aliases_and_broken_references() {
+    let (dir, reg) = registry();
+    artifact(&reg, "support", "a");
+    reg.promote("support", 1, "canary", "r", "alice", &Policy::default()).unwrap();
+    assert_eq!(reg.check().unwrap(), Vec::<String>::new());
+    // What a writer that bypassed the registry could leave behind.
+    let c = rusqlite::Connection::open(dir.path().join("registry.db")).unwrap();
+    c.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         UPDATE artifacts SET version = 3 WHERE name = 'support';
+         INSERT INTO artifacts (name, version, kind, path, files, files_key, run, created, actor)
+             VALUES ('other', 1, 'adapter', '/x', '[]', 'k', 42, 'now', 'me');",
+    )
+    .unwrap();
+    let problems = reg.check().unwrap();
+    assert!(problems.iter().any(|p| p.contains("support: 1 versions numbered 3..3")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("support@canary points at version 1")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("artifacts row") && p.contains("missing runs")), "{problems:?}");
+}
