@@ -39,6 +39,9 @@ pub struct RegistryServing {
     conn: Mutex<Option<(Registry, FileId)>>,
     /// The last poll's failure, so a registry that stays unreadable warns once, not every poll.
     last_error: Mutex<Option<String>>,
+    /// Whether a poll ever read the registry (a file missing from the start is not a warning:
+    /// the registry is on by default, also where nobody uses it).
+    ever_read: std::sync::atomic::AtomicBool,
     /// One lock per artifact version: concurrent first requests load it once.
     loading: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     verifier: Verifier,
@@ -87,6 +90,7 @@ impl RegistryServing {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             conn: Mutex::new(None),
             last_error: Mutex::new(None),
+            ever_read: std::sync::atomic::AtomicBool::new(false),
             loading: Mutex::new(HashMap::new()),
             verifier: Verifier::default(),
             base_sha256,
@@ -149,16 +153,23 @@ impl RegistryServing {
     /// Note a poll's outcome in the log: a failure once per distinct message (the previous
     /// snapshot stays in use), and the recovery.
     fn note_poll(&self, outcome: Result<(), &str>) {
+        use std::sync::atomic::Ordering;
         let mut last = lock(&self.last_error);
         match outcome {
             Ok(()) => {
-                if last.take().is_some() {
+                let first = !self.ever_read.swap(true, Ordering::SeqCst);
+                if last.take().is_some() && !first {
                     tracing::info!(path = %self.db_path.display(), "the model registry is readable again");
                 }
             }
             Err(e) => {
                 if last.as_deref() != Some(e) {
-                    tracing::warn!(path = %self.db_path.display(), "cannot read the model registry ({e}); serving from the last snapshot");
+                    let missing = !self.db_path.exists();
+                    if missing && !self.ever_read.load(Ordering::SeqCst) {
+                        tracing::info!(path = %self.db_path.display(), "no model registry yet; its names are served once it exists");
+                    } else {
+                        tracing::warn!(path = %self.db_path.display(), "cannot read the model registry ({e}); serving from the last snapshot");
+                    }
                     *last = Some(e.to_string());
                 }
             }
