@@ -6,6 +6,7 @@
 
 pub mod card;
 mod db;
+pub mod audit;
 pub mod error;
 mod gate;
 mod import;
