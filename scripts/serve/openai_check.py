@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Drive a running `ferrotune serve` with the official `openai` package, as a user would.
 
-    python3 -m venv /work/openaivenv && /work/openaivenv/bin/pip install openai
-    /work/openaivenv/bin/python scripts/serve/openai_check.py --base-url http://127.0.0.1:8000/v1 \
+    python3 -m venv .venv-openai && .venv-openai/bin/pip install openai
+    .venv-openai/bin/python scripts/serve/openai_check.py --base-url http://127.0.0.1:8000/v1 \
         --key ft-... [--limited-key ft-... (a key created with --rpm 2)]
 
 Checks: chat, streaming chat, completions with logprobs (and echo + max_tokens 0 prompt

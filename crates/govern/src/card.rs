@@ -380,14 +380,16 @@ fn get_started(out: &mut String, l: &Lineage, base: &Base) {
     out.push_str("```bash\n");
     match a.kind {
         ArtifactKind::Adapter => {
-            let _ = writeln!(out, "ferrotune serve --model {base_name} --adapter {}={}", a.name, a.path);
+            // The server resolves registry references itself (files checked against these hashes).
+            let _ = writeln!(out, "ferrotune serve --model {base_name}   # \"model\": \"{}\" = its champion, \"{}\" = this version", a.name, a.reference());
         }
         ArtifactKind::Model => {
             let _ = writeln!(out, "ferrotune serve --model {} --served-model-name {}", a.path, a.name);
         }
     }
     out.push_str("```\n\n```python\nfrom openai import OpenAI\n\nclient = OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"YOUR_KEY\")\n");
-    let _ = writeln!(out, "reply = client.chat.completions.create(model={}, messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}])", quote(&a.name));
+    let model = if a.kind == ArtifactKind::Adapter { a.reference() } else { a.name.clone() };
+    let _ = writeln!(out, "reply = client.chat.completions.create(model={}, messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}])", quote(&model));
     out.push_str("print(reply.choices[0].message.content)\n```\n\n");
     let hub = base.hub_id().unwrap_or_else(|| "BASE_MODEL".into());
     match a.kind {

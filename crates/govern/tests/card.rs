@@ -76,7 +76,7 @@ fn full_model_is_a_transformers_finetune_without_the_lora_tag() {
     assert!(fm.contains("base_model_relation: \"finetune\""));
     assert!(fm.contains("library_name: \"transformers\""));
     assert!(!fm.contains("\"lora\""));
-    assert!(text.contains("AutoModelForCausalLM.from_pretrained(\"/work/main/runs/demo/adapter\")"));
+    assert!(text.contains("AutoModelForCausalLM.from_pretrained(\"/srv/ferrotune/runs/demo/adapter\")"));
 }
 
 #[test]
@@ -164,8 +164,8 @@ fn training_details_come_from_the_run() {
         "counts.pii_email: 1",
         "0.0314 device-hours",
         "energy use",
-        "ferrotune serve --model smollm2-135m-instruct --adapter support=/work/main/runs/demo/adapter",
-        "PeftModel.from_pretrained(base, \"/work/main/runs/demo/adapter\")",
+        "ferrotune serve --model smollm2-135m-instruct   # \"model\": \"support\" = its champion, \"support@2\" = this version",
+        "PeftModel.from_pretrained(base, \"/srv/ferrotune/runs/demo/adapter\")",
         "`bfa2c6beef52102ecdac2d68e98461ff11a45f143fda0eef71162fe8dc5f4d46`",
     ] {
         assert!(text.contains(s), "card lacks {s:?}");

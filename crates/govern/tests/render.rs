@@ -13,7 +13,7 @@ fn tree_mentions_every_part_of_the_lineage() {
     let t = tree(&lineage());
     println!("{t}");
     let first = t.lines().next().unwrap();
-    for s in ["support@2", "adapter", "/work/main/runs/demo/adapter", "2 files", "sha256 bfa2c6be…", "aliases: champion"] {
+    for s in ["support@2", "adapter", "/srv/ferrotune/runs/demo/adapter", "2 files", "sha256 bfa2c6be…", "aliases: champion"] {
         assert!(first.contains(s), "first line lacks {s:?}: {first}");
     }
     for s in [

@@ -27,7 +27,7 @@ pub fn metric(name: &str, higher: bool, base: (f64, f64, f64), demo: (f64, f64, 
 pub fn eval() -> EvalRecord {
     EvalRecord {
         id: 4,
-        path: "/work/main/runs/demo/eval/eval.json".into(),
+        path: "/srv/ferrotune/runs/demo/eval/eval.json".into(),
         sha256: "0d6c1a1f29e1c3d2b8f7a6e5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a21".into(),
         model: "smollm2-135m-instruct".into(),
         data_path: "examples/support/eval.jsonl".into(),
@@ -70,7 +70,7 @@ pub fn lineage() -> Lineage {
             name: "support".into(),
             version: 2,
             kind: ArtifactKind::Adapter,
-            path: "/work/main/runs/demo/adapter".into(),
+            path: "/srv/ferrotune/runs/demo/adapter".into(),
             files: vec![
                 file("adapter_config.json", 467, "d11ae06d5b2a9f127c2ef89960b3927a6ba1b90e05f6c0b7969112aa77e9d08e"),
                 file("adapter_model.safetensors", 19_593_032, "bfa2c6beef52102ecdac2d68e98461ff11a45f143fda0eef71162fe8dc5f4d46"),
@@ -86,7 +86,7 @@ pub fn lineage() -> Lineage {
         run: Some(RunRecord {
             id: 3,
             name: "demo".into(),
-            run_dir: "/work/main/runs/demo".into(),
+            run_dir: "/srv/ferrotune/runs/demo".into(),
             status: RunStatus::Succeeded,
             error: None,
             base_model: 1,
@@ -111,7 +111,7 @@ pub fn lineage() -> Lineage {
         base_model: Some(ModelRecord {
             id: 1,
             name: "smollm2-135m-instruct".into(),
-            path: "/work/main/.ferrotune/models/smollm2-135m-instruct".into(),
+            path: "/srv/ferrotune/.ferrotune/models/smollm2-135m-instruct".into(),
             files: vec![file("SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")],
             config: json!({"architecture": "llama", "layers": 30, "hidden": 576, "heads": 9, "kv_heads": 3, "vocab": 49152, "context": 8192}),
             parameters: Some(134_515_008),
