@@ -27,8 +27,13 @@
 //!   12 digits) and `consistency.jsonl` (for each pair of successive stored checkpoints
 //!   `{"old_size", "new_size", "proof": [hashes]}`), `verifier.key`, `README.txt` (how to check it).
 
+mod archive;
+mod bundle;
 pub mod log;
 pub mod merkle;
 pub mod note;
+mod store;
+mod tree;
+mod verify;
 
 pub use log::{Appended, AuditConfig, AuditLog, Event, Filter, VerifyReport, default_dir};
