@@ -1,6 +1,7 @@
 //! The shared state, the router (`app`, separate from the listener so tests drive it directly),
 //! and `serve`: run until a shutdown signal, then stop accepting, let in-flight requests finish
-//! (the engine refuses new ones), wait for the engine to drain, and return.
+//! (the engine refuses new ones), wait for the engine to drain, write the audit log's last
+//! entries and checkpoint, and return.
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::audit::{Audit, events};
 use crate::cache::{ResponseCache, WeightsIdentity};
 use crate::config::ServeConfig;
 use crate::engine::{AdapterCommand, EngineHandle};
@@ -42,6 +44,9 @@ pub struct AppState {
     pub weights: Arc<WeightsIdentity>,
     /// The model registry's versions (`[registry]`); `None` when off.
     pub registry: Option<Arc<RegistryServing>>,
+    /// The audit log's appender ([`crate::audit`]); off unless [`AppState::set_audit`] (as
+    /// `build_state` does with `[audit] enabled`).
+    pub audit: Audit,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -60,6 +65,7 @@ impl AppState {
             started_unix: crate::generation::now_unix(),
             weights: Arc::new(WeightsIdentity::unique()),
             registry: None,
+            audit: Audit::off(),
             shutting_down: Arc::new(AtomicBool::new(false)),
             engine,
         }
@@ -81,15 +87,29 @@ impl AppState {
         self.weights = Arc::new(WeightsIdentity::new(identity));
     }
 
+    /// Record in the audit log from here on (call before serving).
+    pub fn set_audit(&mut self, audit: Audit) {
+        self.audit = audit;
+    }
+
     /// Load an adapter into the engine, its files' digest (streamed, on the blocking pool) kept
-    /// for cache keys.
-    pub async fn load_adapter(&self, name: &str, dir: &std::path::Path) -> Result<(), String> {
+    /// for cache keys; recorded in the audit log as done by `actor`, with each file's SHA-256.
+    pub async fn load_adapter(&self, name: &str, dir: &std::path::Path, actor: &str) -> Result<(), String> {
         let files = crate::cache::adapter_files(dir);
-        let digest = tokio::task::spawn_blocking(move || crate::cache::digest_files(&files))
+        let hashed = tokio::task::spawn_blocking(move || crate::cache::file_digests(&files))
             .await
-            .map_err(|e| format!("hashing the adapter: {e}"))?
-            .map_err(|e| format!("reading the adapter: {e}"))?;
-        self.load_adapter_verified(name, dir, digest).await
+            .map_err(|e| format!("hashing the adapter: {e}"))
+            .and_then(|r| r.map_err(|e| format!("reading the adapter: {e}")));
+        let (per_file, r) = match hashed {
+            Ok(per_file) => {
+                let digest = crate::cache::combine_digests(&per_file);
+                let r = self.load_adapter_verified(name, dir, digest).await;
+                (per_file, r)
+            }
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        self.audit.record(events::adapter_load(actor, name, dir, &per_file, None, r.as_ref().err().map(String::as_str)));
+        r
     }
 
     /// As [`AppState::load_adapter`], with the files' digest already computed (a registry
@@ -108,9 +128,14 @@ impl AppState {
         crate::registry::watch::start(self, reg).await;
     }
 
-    pub async fn unload_adapter(&self, name: &str) -> Result<(), String> {
+    /// Unload an adapter; recorded in the audit log as done by `actor` for `reason`.
+    pub async fn unload_adapter(&self, name: &str, actor: &str, reason: &str) -> Result<(), String> {
         let r = self.engine.adapter(AdapterCommand::Unload { name: name.to_string() }).await;
         self.weights.remove_adapter(name);
+        if r.is_ok() {
+            let artifact = name.contains('@').then_some(name);
+            self.audit.record(events::adapter_unload(actor, name, artifact, reason));
+        }
         r
     }
 
@@ -199,7 +224,11 @@ pub async fn serve(
     if tokio::time::timeout(timeout, state.engine.drained()).await.is_err() {
         tracing::warn!("shutdown timeout: the engine did not drain");
     }
-    if engine_died.load(Ordering::SeqCst) {
+    // Last: every request's entry is queued by now (records drop when their responses end).
+    let died = engine_died.load(Ordering::SeqCst);
+    let uptime = crate::generation::now_unix().saturating_sub(state.started_unix);
+    state.audit.close(events::stop(state.model_name(), uptime, died)).await;
+    if died {
         return Err(std::io::Error::other("the engine thread stopped unexpectedly (see the log); exiting so the server is restarted"));
     }
     Ok(())

@@ -35,6 +35,11 @@ impl Caller {
         }
     }
 
+    /// The audit log's actor: the key's name, or `anonymous` when auth is off.
+    pub fn actor(&self) -> &str {
+        self.0.as_ref().map_or(crate::audit::events::ANONYMOUS, |k| k.name.as_str())
+    }
+
     pub fn check_admin(&self) -> Result<(), ApiError> {
         match &self.0 {
             Some(k) if !k.admin => Err(ApiError::AdminOnly),
@@ -72,14 +77,21 @@ pub async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Option<Ap
     Ok(Some(key))
 }
 
+/// Past this point a request is who it says it is: an inference request is recorded in the
+/// audit log from here on (a 429 of the key's limits included; a 401 is not — an unauthenticated
+/// client could otherwise fill the log).
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let Some(key) = identify(&state, req.headers()).await? else {
+    let key = identify(&state, req.headers()).await?;
+    if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
+        record.set_reached();
+        if let Some(key) = &key {
+            record.set_key(key);
+        }
+    }
+    let Some(key) = key else {
         req.extensions_mut().insert(Caller(None));
         return Ok(next.run(req).await);
     };
-    if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
-        record.set_key(&key);
-    }
     state.limiter.admit(&key, Instant::now()).inspect_err(|e| state.metrics.count_rate_limited(e))?;
     req.extensions_mut().insert(Caller(Some(Arc::new(key))));
     Ok(next.run(req).await)

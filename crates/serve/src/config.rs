@@ -52,6 +52,7 @@ pub struct ServeConfig {
     pub embeddings: EmbeddingsConfig,
     pub rag: RagConfig,
     pub registry: RegistryConfig,
+    pub audit: AuditSettings,
 }
 
 impl Default for ServeConfig {
@@ -80,6 +81,7 @@ impl Default for ServeConfig {
             embeddings: EmbeddingsConfig::default(),
             rag: RagConfig::default(),
             registry: RegistryConfig::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -163,6 +165,70 @@ impl Default for RegistryConfig {
 impl RegistryConfig {
     pub fn db_path(&self) -> PathBuf {
         self.path.clone().unwrap_or_else(ferrotune_govern::default_path)
+    }
+}
+
+/// The audit log (`ferrotune_govern::audit`, read with `ferrotune audit`): one entry per
+/// inference request (key name, model as asked and as resolved, status, token counts, latency),
+/// per adapter load / unload and registry refusal, and at start and stop; appended off the request
+/// path in batches, signed checkpoints as `checkpoint_*` say and at shutdown. Prompts and answers
+/// appear only with the top-level `log_prompts`: then as SHA-256 hashes, and as text too with
+/// `prompt_text`.
+///
+/// ```toml
+/// [audit]
+/// enabled = true
+/// # dir = "/srv/ferrotune/audit"       # default $FERROTUNE_HOME/audit (as `ferrotune audit`)
+/// prompt_text = false
+/// # origin = "ferrotune.example/audit" # default ferrotune/<hostname>/audit
+/// checkpoint_every_entries = 1000
+/// checkpoint_every_secs = 60
+/// retention_days = 183                 # at least 183 (EU AI Act Art. 19 / 26(6))
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    pub enabled: bool,
+    /// Default: [`ferrotune_govern::audit::default_dir`].
+    pub dir: Option<PathBuf>,
+    /// With `log_prompts` on, put the prompt and answer text in the entries beside their hashes.
+    pub prompt_text: bool,
+    // The log's own settings, passed through ([`ferrotune_govern::audit::AuditConfig`]; the
+    // library checks them when the log opens, so its error is the one an operator sees).
+    pub origin: Option<String>,
+    pub checkpoint_every_entries: u64,
+    pub checkpoint_every_secs: u64,
+    pub retention_days: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        let lib = ferrotune_govern::audit::AuditConfig::default();
+        Self {
+            enabled: true,
+            dir: None,
+            prompt_text: false,
+            origin: lib.origin,
+            checkpoint_every_entries: lib.checkpoint_every_entries,
+            checkpoint_every_secs: lib.checkpoint_every_secs,
+            retention_days: lib.retention_days,
+        }
+    }
+}
+
+impl AuditSettings {
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(ferrotune_govern::audit::default_dir)
+    }
+
+    /// The library's config.
+    pub fn log_config(&self) -> ferrotune_govern::audit::AuditConfig {
+        ferrotune_govern::audit::AuditConfig {
+            origin: self.origin.clone(),
+            checkpoint_every_entries: self.checkpoint_every_entries,
+            checkpoint_every_secs: self.checkpoint_every_secs,
+            retention_days: self.retention_days,
+        }
     }
 }
 
@@ -300,6 +366,17 @@ impl ServeConfig {
         if r.default_alias.is_empty() || r.default_alias.contains('@') || r.default_alias.parse::<u32>().is_ok() {
             return bad("registry.default_alias", "must name an alias (not empty, no '@', not a version number)");
         }
+        let a = &self.audit;
+        if a.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return bad("audit.dir", "must name a folder (leave it out for $FERROTUNE_HOME/audit)");
+        }
+        // The origin is the first line of every signed checkpoint (C2SP signed note).
+        if a.origin.as_deref().is_some_and(|o| o.trim().is_empty() || o.contains('\n')) {
+            return bad("audit.origin", "must be one non-empty line");
+        }
+        if a.checkpoint_every_entries == 0 || a.checkpoint_every_secs == 0 {
+            return bad("audit", "checkpoint_every_entries and checkpoint_every_secs must be positive");
+        }
         Ok(())
     }
 
@@ -364,6 +441,21 @@ mod tests {
         }
         let c: ServeConfig = toml::from_str("[registry]\nenabled = false\npoll_ms = 100").expect("parse");
         assert!(!c.registry.enabled && c.registry.poll_ms == 100 && c.registry.default_alias == "champion");
+    }
+
+    #[test]
+    fn audit_settings_default_to_the_library_and_are_checked() {
+        let mut c = ServeConfig::default();
+        assert!(c.audit.enabled && !c.audit.prompt_text && c.audit.dir.is_none());
+        assert_eq!(c.audit.log_config(), ferrotune_govern::audit::AuditConfig::default());
+        c.audit.origin = Some("a\nb".into());
+        assert!(c.validate().expect_err("two lines").to_string().contains("audit.origin"));
+        c.audit.origin = None;
+        c.audit.checkpoint_every_entries = 0;
+        assert!(c.validate().expect_err("zero").to_string().contains("audit"));
+        let c: ServeConfig = toml::from_str("[audit]\nenabled = false\nretention_days = 400").expect("parse");
+        assert!(!c.audit.enabled && c.audit.log_config().retention_days == 400);
+        assert!(toml::from_str::<ServeConfig>("[audit]\nretention = 1").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub enum ApiError {
 #[derive(Debug, Clone, Copy)]
 pub struct FailureReason(pub &'static str);
 
+/// Put beside [`FailureReason`]: the error's `code` (`model_not_found`, …), for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureCode(pub &'static str);
+
 impl ApiError {
     pub fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidField { param: param.into(), message: message.into() }
@@ -177,6 +181,11 @@ impl ApiError {
         }
     }
 
+    /// OpenAI's `code` of the error body (`model_not_found`, `integrity_check_failed`, …).
+    pub fn code(&self) -> &'static str {
+        self.kind().1
+    }
+
     /// The JSON body (also sent as an SSE event when a stream fails after it started).
     pub fn body(&self) -> serde_json::Value {
         let (kind, code) = self.kind();
@@ -218,6 +227,7 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp.extensions_mut().insert(FailureReason(self.reason()));
+        resp.extensions_mut().insert(FailureCode(self.code()));
         resp
     }
 }

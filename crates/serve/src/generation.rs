@@ -48,8 +48,9 @@ pub fn resolve_model(state: &AppState, caller: &Caller, model: &str) -> Result<T
     } else if let Some(a) = state.registry.as_ref().and_then(|r| r.resolve(model)) {
         caller.check_model(model)?;
         if a.disabled {
-            state.metrics.count_registry_refusal(&a.name, a.version, "disabled");
-            return Err(crate::registry::disabled_error(&a));
+            let e = crate::registry::disabled_error(&a);
+            crate::registry::note_refusal(state, caller.actor(), &VersionRef::of(&a), &e, "disabled");
+            return Err(e);
         }
         let v = VersionRef::of(&a);
         return Ok(Target { name: model.to_string(), adapter: Some(v.reference()), version: Some(v) });
@@ -64,8 +65,9 @@ pub fn resolve_model(state: &AppState, caller: &Caller, model: &str) -> Result<T
 /// [`crate::registry::ensure_loaded`]), count it, and name it in the request's record.
 pub async fn resolve_for_generation(state: &AppState, caller: &Caller, record: &RequestRecord, model: &str) -> Result<Target, ApiError> {
     let target = resolve_model(state, caller, model)?;
+    record.set_resolved(target.adapter.as_deref().unwrap_or(state.model_name()));
     if let (Some(v), Some(reg)) = (&target.version, &state.registry) {
-        crate::registry::ensure_loaded(state, reg, v).await?;
+        crate::registry::ensure_loaded(state, reg, v, caller.actor()).await?;
         state.metrics.count_registry_request(&v.name, v.version);
         record.set_artifact(&v.reference());
     }
@@ -244,7 +246,7 @@ pub fn submit(
                 received,
                 events: tx,
             };
-            state.engine.submit(req).map_err(|e| submit_error(state, target, e))?;
+            state.engine.submit(req).map_err(|e| submit_error(state, caller, target, e))?;
             out.push(rx);
         }
     }
@@ -257,12 +259,13 @@ pub fn submit(
 
 /// An engine refusal as the client sees it. A registry version unloaded between resolution
 /// and submission was disabled (or is gone): say which.
-fn submit_error(state: &AppState, target: &Target, e: crate::engine::SubmitError) -> ApiError {
+fn submit_error(state: &AppState, caller: &Caller, target: &Target, e: crate::engine::SubmitError) -> ApiError {
     if let (crate::engine::SubmitError::UnknownAdapter(_), Some(v), Some(reg)) = (&e, &target.version, &state.registry)
         && let Some(a) = reg.snapshot().version(&v.name, v.version).filter(|a| a.disabled)
     {
-        state.metrics.count_registry_refusal(&v.name, v.version, "disabled");
-        return crate::registry::disabled_error(a);
+        let e = crate::registry::disabled_error(a);
+        crate::registry::note_refusal(state, caller.actor(), v, &e, "disabled");
+        return e;
     }
     ApiError::from_submit(e, &target.name)
 }

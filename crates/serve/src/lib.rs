@@ -9,7 +9,8 @@
 //!   [`stream`] (SSE).
 //! - [`browser`] (Host, Origin / CORS, Content-Type: what a web page may do); [`auth`] + [`keys`]
 //!   (hashed API keys in SQLite) + [`limits`] (per-key buckets, leases, fair share);
-//!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log);
+//!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log and
+//!   each inference request's [`audit`] entry; `audit` also appends off the request path);
 //!   [`error`] (every failure → status + OpenAI error body); [`json`] (bodies → 400 naming the field).
 //! - [`registry`]: versions from the model registry (`ferrotune_govern`). A `model` that is not
 //!   the base or an adapter loaded by name is a registry reference — `support` (through
@@ -22,6 +23,7 @@
 //!   `finish_reason: "disabled"`. Key scopes: `support` permits every `support@…`.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod config;

@@ -52,6 +52,12 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+/// An audit event's action (`inference`, `serve.start`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
 type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 // Bucket edges as vLLM's (seconds).
@@ -94,6 +100,10 @@ pub struct Metrics {
     /// Requests served by a registry version.
     pub registry_requests: Family<VersionLabels, Counter>,
     pub registry_refusals: Family<RefusalLabels, Counter>,
+    /// Events appended to the audit log, by action.
+    pub audit_events: Family<ActionLabels, Counter>,
+    /// Failed audit appends (each retried) and checkpoints.
+    pub audit_errors: Counter,
     running: Family<BaseLabels, Gauge>,
     waiting: Family<BaseLabels, Gauge>,
     kv_usage: Family<BaseLabels, Gauge<f64, AtomicU64>>,
@@ -119,6 +129,8 @@ impl Metrics {
             failed: Family::default(),
             registry_requests: Family::default(),
             registry_refusals: Family::default(),
+            audit_events: Family::default(),
+            audit_errors: Counter::default(),
             running: Family::default(),
             waiting: Family::default(),
             kv_usage: Family::default(),
@@ -143,6 +155,8 @@ impl Metrics {
             "Requests for a registry artifact version refused, by reason (integrity, disabled, base_mismatch, not_adapter)",
             m.registry_refusals.clone(),
         );
+        r.register("ferrotune:audit_events", "Events appended to the audit log, by action", m.audit_events.clone());
+        r.register("ferrotune:audit_errors", "Failed audit log appends (retried) and checkpoints", m.audit_errors.clone());
         r.register("ferrotune:num_requests_running", "Sequences in the running batch", m.running.clone());
         r.register("ferrotune:num_requests_waiting", "Requests waiting in the engine queue", m.waiting.clone());
         r.register("ferrotune:kv_cache_usage_perc", "Fraction of the KV token budget reserved (0-1)", m.kv_usage.clone());
@@ -203,6 +217,7 @@ mod tests {
         m.count_failure("queue_full");
         m.count_registry_request("support", 3);
         m.count_registry_refusal("support", 2, "integrity");
+        m.audit_events.get_or_create(&ActionLabels { action: "inference".into() }).inc_by(3);
         let text = m.render(&EngineStats { running: 2, waiting: 1, kv_used: 10, kv_budget: 40, adapters: vec![] });
         assert!(text.contains("ferrotune:time_to_first_token_seconds_bucket{"), "{text}");
         assert!(text.contains(r#"model="tiny",adapter="a1""#), "{text}");
@@ -211,6 +226,8 @@ mod tests {
         assert!(text.contains(r#"ferrotune:num_requests_running{model="tiny"} 2"#), "{text}");
         assert!(text.contains(r#"ferrotune:registry_requests_total{name="support",version="3"} 1"#), "{text}");
         assert!(text.contains(r#"ferrotune:registry_refusals_total{name="support",version="2",reason="integrity"} 1"#), "{text}");
+        assert!(text.contains(r#"ferrotune:audit_events_total{action="inference"} 3"#), "{text}");
+        assert!(text.contains("ferrotune:audit_errors_total 0"), "{text}");
         assert!(text.contains(r#"ferrotune:kv_cache_usage_perc{model="tiny"} 0.25"#), "{text}");
     }
 }

@@ -5,7 +5,13 @@
 //! Dropping the record also ends the request's [`Lease`] on its key's limits (its sequences
 //! leave the key's count and unused reserved tokens go back); a request answered without the
 //! engine, and so without a lease, is charged its usage then.
+//!
+//! An inference request (chat, completions, embeddings) that got past authentication also
+//! leaves an `inference` entry in the audit log, built here from the same record
+//! ([`crate::audit::events::inference`]): the answer's finish reasons and, with `log_prompts`,
+//! the prompt's and the answer's SHA-256 (text too with `[audit] prompt_text`).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,7 +21,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::app::AppState;
-use crate::error::FailureReason;
+use crate::audit::events::{ANONYMOUS, Inference, InferenceSubject, inference, join_choices, sha256_hex};
+use crate::audit::{Audit, Content};
+use crate::error::{FailureCode, FailureReason};
 use crate::json::BodyLimit;
 use crate::keys::ApiKey;
 use crate::limits::{Lease, RateLimiter};
@@ -33,6 +41,18 @@ struct Fields {
     artifact: Option<String>,
     prompt: Option<String>,
     lease: Option<Arc<Lease>>,
+    /// Past authentication (what makes an inference request an audit entry).
+    reached: bool,
+    failure_code: Option<&'static str>,
+    /// The base's served name, the adapter or `support@3` the request ran on.
+    resolved: Option<String>,
+    stream: bool,
+    /// Per choice index.
+    finishes: BTreeMap<usize, String>,
+    /// Generated text per choice index, kept only when the audit log records answers.
+    answers: BTreeMap<usize, String>,
+    knowledge_base: Option<String>,
+    sources: Vec<String>,
 }
 
 pub struct RequestRecord {
@@ -45,6 +65,22 @@ pub struct RequestRecord {
     log_prompts: bool,
     limiter: Arc<RateLimiter>,
     fields: Mutex<Fields>,
+    /// On for inference endpoints while the audit log is (`audit_endpoint`).
+    audit: Audit,
+    endpoint: &'static str,
+}
+
+/// The inference endpoints, as named in audit entries.
+fn audit_endpoint(method: &axum::http::Method, path: &str) -> Option<&'static str> {
+    if method != axum::http::Method::POST {
+        return None;
+    }
+    match path {
+        "/v1/chat/completions" => Some("chat"),
+        "/v1/completions" => Some("completions"),
+        "/v1/embeddings" => Some("embeddings"),
+        _ => None,
+    }
 }
 
 impl RequestRecord {
@@ -89,6 +125,52 @@ impl RequestRecord {
         self.with(|f| f.cached = true);
     }
 
+    /// The request got past authentication (called by [`crate::auth::authenticate`]).
+    pub fn set_reached(&self) {
+        self.with(|f| f.reached = true);
+    }
+
+    /// What `model` resolved to: the base's served name, an adapter, `support@3`.
+    pub fn set_resolved(&self, resolved: &str) {
+        self.with(|f| f.resolved = Some(resolved.to_string()));
+    }
+
+    pub fn set_stream(&self, stream: bool) {
+        self.with(|f| f.stream = stream);
+    }
+
+    /// Whether the audit log wants the answer's text (to hash it): streams push their pieces
+    /// only then.
+    pub fn keeps_answers(&self) -> bool {
+        self.audit.content() != Content::Nothing
+    }
+
+    /// A piece of choice `i`'s streamed text (dropped unless [`Self::keeps_answers`]).
+    pub fn push_answer(&self, i: usize, text: &str) {
+        if self.keeps_answers() && !text.is_empty() {
+            self.with(|f| f.answers.entry(i).or_default().push_str(text));
+        }
+    }
+
+    /// Choice `i` ended: its finish reason, and its whole text for a plain response.
+    pub fn set_choice(&self, i: usize, finish: &str, text: Option<&str>) {
+        let keep = self.keeps_answers();
+        self.with(|f| {
+            f.finishes.insert(i, finish.to_string());
+            if let (true, Some(t)) = (keep, text) {
+                f.answers.insert(i, t.to_string());
+            }
+        });
+    }
+
+    /// A grounded chat request's knowledge base and its sources' document ids.
+    pub fn set_sources(&self, knowledge_base: &str, doc_ids: Vec<String>) {
+        self.with(|f| {
+            f.knowledge_base = Some(knowledge_base.to_string());
+            f.sources = doc_ids;
+        });
+    }
+
     /// Kept only when `log_prompts` is on.
     pub fn set_prompt(&self, text: impl FnOnce() -> String) {
         if self.log_prompts {
@@ -123,6 +205,41 @@ impl Drop for RequestRecord {
             latency_ms = (latency_ms * 10.0).round() / 10.0,
             prompt = f.prompt.as_deref().unwrap_or(""),
         );
+        if self.audit.is_on() && f.reached {
+            self.audit.record(self.audit_entry(f, latency_ms));
+        }
+    }
+}
+
+impl RequestRecord {
+    fn audit_entry(&self, f: Fields, latency_ms: f64) -> ferrotune_govern::audit::Event {
+        let content = self.audit.content();
+        let answer = (content != Content::Nothing && !f.answers.is_empty()).then(|| join_choices(&f.answers));
+        let what = Inference {
+            endpoint: self.endpoint.to_string(),
+            status: if f.status == 0 { 499 } else { f.status },
+            failure: f.failure_code.map(str::to_string),
+            prompt_tokens: f.prompt_tokens as u64,
+            completion_tokens: f.completion_tokens as u64,
+            latency_ms: latency_ms.round() as u64,
+            cached: f.cached,
+            stream: f.stream,
+            finish_reasons: f.finishes.into_values().collect(),
+            knowledge_base: f.knowledge_base,
+            sources: f.sources,
+            prompt_sha256: f.prompt.as_deref().filter(|_| content != Content::Nothing).map(sha256_hex),
+            completion_sha256: answer.as_deref().map(sha256_hex),
+            prompt: f.prompt.filter(|_| content == Content::Text),
+            completion: answer.filter(|_| content == Content::Text),
+        };
+        let who = InferenceSubject {
+            request_id: &self.id,
+            actor: f.key.as_ref().map_or(ANONYMOUS, |k| k.name.as_str()),
+            model: f.model.as_deref(),
+            resolved: f.resolved.as_deref(),
+            artifact: f.artifact.as_deref(),
+        };
+        inference(&who, &what)
     }
 }
 
@@ -143,6 +260,7 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_string);
     let started = Instant::now();
+    let endpoint = audit_endpoint(req.method(), req.uri().path());
     let record = Arc::new(RequestRecord {
         id: id.clone(),
         method: req.method().to_string(),
@@ -153,6 +271,8 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
         log_prompts: state.cfg.log_prompts,
         limiter: state.limiter.clone(),
         fields: Mutex::new(Fields::default()),
+        audit: if endpoint.is_some() { state.audit.clone() } else { Audit::off() },
+        endpoint: endpoint.unwrap_or("-"),
     });
     req.extensions_mut().insert(record.clone());
     req.extensions_mut().insert(BodyLimit(state.cfg.max_body_bytes));
@@ -161,10 +281,12 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
     if let Some(reason) = failure {
         state.metrics.count_failure(reason);
     }
+    let failure_code = resp.extensions().get::<FailureCode>().map(|c| c.0);
     let status = resp.status().as_u16();
     let artifact = record.with(|f| {
         f.status = status;
         f.failure = failure;
+        f.failure_code = failure_code;
         f.artifact.clone()
     });
     if let Some(v) = artifact.and_then(|a| HeaderValue::from_str(&a).ok()) {

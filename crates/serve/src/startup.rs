@@ -1,6 +1,8 @@
-//! From a validated config to a running [`AppState`]: load the model (and hash its files for the
-//! response cache's key and the registry's base-model check), start the engine, open the key
-//! database, load the embedder, start watching the model registry, load the start-up adapters.
+//! From a validated config to a running [`AppState`]: open the audit log (first, so a setting
+//! the log refuses stops the start before the model loads), load the model (and hash its files
+//! for the response cache's key, the registry's base-model check and `serve.start`), start the
+//! engine, open the key database, load the embedder, start watching the model registry, load the
+//! start-up adapters.
 //! Also the exposure rule: a server without auth only binds to loopback unless the operator
 //! insists.
 
@@ -30,6 +32,10 @@ pub enum StartError {
     Cache(String),
     #[error("loading the embedder {spec}: {reason}")]
     Embedder { spec: String, reason: String },
+    #[error("audit log {dir}: {source}")]
+    Audit { dir: String, source: ferrotune_govern::GovernError },
+    #[error("starting the audit log's appender thread: {0}")]
+    AuditThread(std::io::Error),
     #[error(
         "refusing to serve {host} without authentication: auth is off and the address is reachable from \
          other machines; turn auth on, bind to 127.0.0.1, or pass --insecure-no-auth"
@@ -58,8 +64,41 @@ pub fn served_name(cfg: &ServeConfig) -> String {
     p.file_stem().and_then(|s| s.to_str()).map_or_else(|| cfg.model.clone(), str::to_string)
 }
 
+/// Open the audit log `[audit]` names (`None` when it is off), on the blocking pool: opening
+/// checks the settings (retention) and repairs a torn tail.
+pub async fn open_audit_log(cfg: &ServeConfig) -> Result<Option<ferrotune_govern::audit::AuditLog>, StartError> {
+    if !cfg.audit.enabled {
+        return Ok(None);
+    }
+    if cfg.audit.prompt_text && !cfg.log_prompts {
+        tracing::warn!("[audit] prompt_text is on but log_prompts is off: no prompt or answer is recorded (log_prompts decides)");
+    }
+    let (dir, log_cfg) = (cfg.audit.dir(), cfg.audit.log_config());
+    let d = dir.clone();
+    let opened = tokio::task::spawn_blocking(move || ferrotune_govern::audit::AuditLog::open(&d, &log_cfg))
+        .await
+        .map_err(|e| StartError::Audit { dir: dir.display().to_string(), source: ferrotune_govern::GovernError::Refused(e.to_string()) })?;
+    opened.map(Some).map_err(|source| StartError::Audit { dir: dir.display().to_string(), source })
+}
+
+/// Start the appender on an opened log and record `serve.start`: the model, its files'
+/// SHA-256 (`per_file`: name, digest) and the settings that decide who may ask what.
+pub fn start_audit(
+    state: &mut AppState,
+    log: ferrotune_govern::audit::AuditLog,
+    per_file: &[(String, String)],
+) -> Result<(), StartError> {
+    let content = crate::audit::Content::of(state.cfg.log_prompts, state.cfg.audit.prompt_text);
+    tracing::info!(dir = %log.dir().display(), "audit log on");
+    let audit = crate::audit::Audit::start(log, content, state.metrics.clone()).map_err(StartError::AuditThread)?;
+    audit.record(crate::audit::events::start(&state.cfg.model, state.model_name(), per_file, &state.cfg));
+    state.set_audit(audit);
+    Ok(())
+}
+
 pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     cfg.validate()?;
+    let audit_log = open_audit_log(&cfg).await?;
     let spec = cfg.model.clone();
     let mode = cfg.weights.mode();
     // The files are hashed once, here, for the cache key (see `cache`) and for matching registry
@@ -68,7 +107,7 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
         let model = ferrotune_model::load(&spec, mode, &Device::Cpu).map_err(|source| StartError::Model { spec: spec.clone(), source })?;
         let per_file = crate::cache::file_digests(&model.files).map_err(|source| StartError::Hashing { spec, source })?;
         let identity = crate::cache::base_identity(&crate::cache::combine_digests(&per_file), &format!("{mode:?}"));
-        Ok::<_, StartError>((model, identity, per_file.into_iter().map(|(_, sha)| sha).collect::<Vec<_>>()))
+        Ok::<_, StartError>((model, identity, per_file))
     })
     .await
     .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })??;
@@ -94,13 +133,17 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     let mut state = AppState::new(engine, cfg, keys, embedder);
     state.set_cache(cache);
     state.set_base_identity(identity);
+    if let Some(log) = audit_log {
+        start_audit(&mut state, log, &file_sha256)?;
+    }
     if registry {
-        // After everything the watcher's copy of the state must see (the weights identity).
-        state.start_registry(file_sha256).await;
+        // After everything the watcher's copy of the state must see (the weights identity, the
+        // audit log).
+        state.start_registry(file_sha256.into_iter().map(|(_, sha)| sha).collect()).await;
     }
     for (adapter, dir) in &adapters {
         state
-            .load_adapter(adapter, dir)
+            .load_adapter(adapter, dir, &crate::audit::events::server_actor())
             .await
             .map_err(|reason| StartError::Adapter { name: adapter.clone(), dir: dir.display().to_string(), reason })?;
     }

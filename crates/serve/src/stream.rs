@@ -144,6 +144,7 @@ impl Ctx {
                     (true, Some(lp)) => Some(lp),
                     _ => None,
                 };
+                self.record.push_answer(i, &text);
                 if text.is_empty() && lp.is_none() {
                     return;
                 }
@@ -172,6 +173,7 @@ impl Ctx {
                 }
                 self.completion_tokens += completion_tokens;
                 self.record.add_tokens(0, completion_tokens);
+                self.record.set_choice(i, finish.as_str(), None);
                 let c = match self.spec.kind {
                     ChunkKind::Chat => json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish.as_str()}]),
                     ChunkKind::Completion => json!([{"index": i, "text": "", "logprobs": null, "finish_reason": finish.as_str()}]),

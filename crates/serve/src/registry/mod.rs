@@ -210,12 +210,20 @@ impl RegistryServing {
     }
 }
 
+/// Count a refusal of version `v` (`reason`: the metric's label) and record it in the audit log
+/// (`serve.refused`, with what the client is told) as asked by `actor`.
+pub fn note_refusal(state: &AppState, actor: &str, v: &VersionRef, e: &ApiError, reason: &str) {
+    state.metrics.count_registry_refusal(&v.name, v.version, reason);
+    state.audit.record(crate::audit::events::refused(actor, &v.reference(), e));
+}
+
 /// Make the registry version `v` ready to take requests: checked (kind, base model, files) and
-/// loaded into the engine as `support@3`. Every refusal is counted and logged.
-pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &VersionRef) -> Result<(), ApiError> {
+/// loaded into the engine as `support@3`. Every refusal is counted, logged and audited, and the
+/// load recorded with the registry's file hashes; `actor` is the caller that asked.
+pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &VersionRef, actor: &str) -> Result<(), ApiError> {
     let reference = v.reference();
     let refuse = |e: ApiError, reason: &str| {
-        state.metrics.count_registry_refusal(&v.name, v.version, reason);
+        note_refusal(state, actor, v, &e, reason);
         e
     };
     let Some(a) = reg.snapshot().version(&v.name, v.version).cloned() else {
@@ -243,7 +251,7 @@ pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &Ver
             );
             // Whatever was loaded from these files before is not served either.
             if state.engine.adapters().contains(&reference) {
-                let _ = state.unload_adapter(&reference).await;
+                let _ = state.unload_adapter(&reference, actor, &format!("integrity check failed: {}", e.file)).await;
             }
             let e = ApiError::IntegrityCheckFailed { reference: reference.clone(), file: e.file, expected: e.expected, actual: e.actual };
             return Err(refuse(e, "integrity"));
@@ -252,12 +260,23 @@ pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &Ver
     if state.engine.adapters().contains(&reference) {
         return Ok(());
     }
-    state.load_adapter_verified(&reference, Path::new(&a.path), verified.cache_digest.clone()).await.map_err(|m| {
+    let loaded = state.load_adapter_verified(&reference, Path::new(&a.path), verified.cache_digest.clone()).await;
+    let files: Vec<(String, String)> = a
+        .files
+        .iter()
+        .map(|f| {
+            let p = Path::new(&f.path);
+            (p.strip_prefix(&a.path).unwrap_or(p).display().to_string(), f.sha256.clone())
+        })
+        .collect();
+    let error = loaded.as_ref().err().map(String::as_str);
+    state.audit.record(crate::audit::events::adapter_load(actor, &reference, Path::new(&a.path), &files, Some(&reference), error));
+    loaded.map_err(|m| {
         tracing::error!(artifact = %reference, dir = %a.path, "loading the registry version failed: {m}");
         ApiError::Unavailable(format!("`{reference}` could not be loaded (see the server log)"))
     })?;
     if let Some(path) = reg.verifier.changed(&verified) {
-        let _ = state.unload_adapter(&reference).await;
+        let _ = state.unload_adapter(&reference, actor, &format!("a file changed while loading: {}", path.display())).await;
         tracing::error!(artifact = %reference, file = %path.display(), "a file changed while the version was loading: unloaded");
         let file = path.strip_prefix(&a.path).unwrap_or(path).display().to_string();
         let e = ApiError::IntegrityCheckFailed {
@@ -272,7 +291,10 @@ pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &Ver
     // Disabled while it loaded (the watcher may have looked at the engine before the load
     // finished): do what the watcher would have done.
     if let Some(now) = reg.snapshot().version(&v.name, v.version).filter(|a| a.disabled) {
-        state.engine.disable_adapter(&reference);
+        if state.engine.disable_adapter(&reference) {
+            let why = format!("disabled: {}", now.disabled_reason.as_deref().unwrap_or("no reason recorded"));
+            state.audit.record(crate::audit::events::adapter_unload(actor, &reference, Some(&reference), &why));
+        }
         state.weights.remove_adapter(&reference);
         return Err(refuse(disabled_error(now), "disabled"));
     }

@@ -63,6 +63,10 @@ fn apply(state: &AppState, reg: &RegistryServing, new: Snapshot) {
         };
         if state.engine.disable_adapter(&loaded) {
             state.weights.remove_adapter(&loaded);
+            // The kill switch: the server acts on the registry's word (who disabled it is in the
+            // registry's own record).
+            let reason = format!("kill switch: {why}");
+            state.audit.record(crate::audit::events::adapter_unload(&crate::audit::events::server_actor(), &loaded, Some(&loaded), &reason));
             tracing::warn!(artifact = %loaded, reason = %why, "registry version disabled: its in-flight requests end now and it is unloaded");
         }
     }

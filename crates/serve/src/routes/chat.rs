@@ -42,6 +42,7 @@ pub async fn chat_completions(
     let fields: SamplingFields = json::parse(&body)?;
     let raw: Value = json::parse(&body)?;
     record.set_model(&req.model);
+    record.set_stream(fields.stream.unwrap_or(false));
     refuse_unsupported(&raw, Endpoint::Chat)?;
     let target = resolve_for_generation(&state, &caller, &record, &req.model).await?;
     let mut msgs = to_messages(&req.messages)?;
@@ -54,6 +55,8 @@ pub async fn chat_completions(
                 .retrieval
                 .get_or_create(&crate::metrics::KbLabels { knowledge_base: g.knowledge_base.clone() })
                 .observe(g.retrieval_secs);
+            let doc_ids = g.sources.iter().map(|s| s["doc_id"].as_str().unwrap_or_default().to_string()).collect();
+            record.set_sources(&g.knowledge_base, doc_ids);
             Some(g)
         }
         None => None,
@@ -108,6 +111,9 @@ pub async fn chat_completions(
     let prompt_tokens = outs.first().map_or(0, |o| o.prompt_tokens);
     let completion_tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
     record.add_tokens(prompt_tokens, completion_tokens);
+    for (i, o) in outs.iter().enumerate() {
+        record.set_choice(i, o.finish.as_str(), Some(&o.text));
+    }
     let choices: Vec<Value> = outs
         .iter()
         .enumerate()

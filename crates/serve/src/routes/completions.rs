@@ -78,6 +78,7 @@ pub async fn completions(
     let req: CompletionRequest = json::parse(&body)?;
     let fields: SamplingFields = json::parse(&body)?;
     record.set_model(&req.model);
+    record.set_stream(fields.stream.unwrap_or(false));
     // Only the field the list names, not a second parse of the whole body (token-id prompts).
     refuse_unsupported(&serde_json::json!({ "logit_bias": req.logit_bias }), Endpoint::Completion)?;
     let target = resolve_for_generation(&state, &caller, &record, &req.model).await?;
@@ -171,6 +172,8 @@ pub async fn completions(
         let generated = if pj.job.max_tokens == 0 { &[][..] } else { &o.tokens[..] };
         completion_tokens += generated.len();
         let gen_text: String = generated.iter().map(|t| t.text.as_str()).collect();
+        let finish = if pj.job.max_tokens == 0 { FinishReason::Length } else { o.finish };
+        record.set_choice(i, finish.as_str(), Some(&gen_text));
         let text = if echo { format!("{}{gen_text}", pj.text) } else { gen_text };
         let lp = logprobs.map(|_| {
             let mut entries: Vec<(String, Option<TokenLogprob>)> = Vec::new();
@@ -184,7 +187,6 @@ pub async fn completions(
             entries.extend(generated.iter().map(|t| (token_text(tok, t.id), t.logprob.clone())));
             legacy_logprobs(tok, &entries, 0)
         });
-        let finish = if pj.job.max_tokens == 0 { FinishReason::Length } else { o.finish };
         choices.push(json!({"index": i, "text": text, "logprobs": lp, "finish_reason": finish.as_str()}));
     }
     record.add_tokens(prompt_tokens, completion_tokens);

@@ -48,6 +48,7 @@ pub async fn embeddings(
         _ => return Err(ApiError::ModelNotFound(req.model, Vec::new())),
     };
     caller.check_model(&model.name)?;
+    record.set_resolved(&model.name);
     let inputs = parse_embedding_input(&req.input)?;
     if inputs.len() > MAX_INPUTS {
         return Err(ApiError::field("input", format!("at most {MAX_INPUTS} inputs per request")));

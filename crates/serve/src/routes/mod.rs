@@ -149,6 +149,12 @@ pub(crate) async fn cache_lookup(
                 let tok = |k: &str| u.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
                 record.add_tokens(tok("prompt_tokens"), tok("completion_tokens"));
             }
+            // For the audit entry: each choice's finish reason and text (chat's message, or
+            // completions' text — which holds the prompt too when the request echoed it).
+            for (i, c) in v["choices"].as_array().into_iter().flatten().enumerate() {
+                let text = c["message"]["content"].as_str().or_else(|| c["text"].as_str());
+                record.set_choice(i, c["finish_reason"].as_str().unwrap_or_default(), text);
+            }
             Some(axum::Json(v).into_response())
         }
         None => {

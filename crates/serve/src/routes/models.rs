@@ -113,7 +113,7 @@ pub async fn load_adapter(
         ));
     };
     state
-        .load_adapter(&req.lora_name, &dir)
+        .load_adapter(&req.lora_name, &dir, caller.actor())
         .await
         .map_err(|m| ApiError::field("lora_path", format!("could not load the adapter: {m}")))?;
     tracing::info!(adapter = %req.lora_name, path = %req.lora_path, "adapter loaded");
@@ -130,7 +130,7 @@ pub async fn unload_adapter(
         return Err(ApiError::NotFound(format!("no adapter named `{}` is loaded", req.lora_name)));
     }
     state
-        .unload_adapter(&req.lora_name)
+        .unload_adapter(&req.lora_name, caller.actor(), "requested")
         .await
         .map_err(|m| ApiError::field("lora_name", format!("could not unload the adapter: {m}")))?;
     tracing::info!(adapter = %req.lora_name, "adapter unloaded");

@@ -55,6 +55,9 @@ pub struct Opts {
     /// Serve the model registry at `<dir>/registry.db`, polled every 50 ms (`configure` may
     /// still turn `registry.enabled` off); without it the registry is off.
     pub registry: bool,
+    /// Keep the audit log in `<dir>/audit` (opened and started as `build_state` does; `configure`
+    /// may change `[audit]` first); without it the audit log is off.
+    pub audit: bool,
 }
 
 impl Default for Opts {
@@ -70,6 +73,7 @@ impl Default for Opts {
             model_dir: None,
             tweak: None,
             registry: false,
+            audit: false,
         }
     }
 }
@@ -103,6 +107,8 @@ pub async fn start(opts: Opts) -> Server {
     cfg.registry.enabled = opts.registry;
     cfg.registry.path = Some(dir.path().join("registry.db"));
     cfg.registry.poll_ms = 50;
+    cfg.audit.enabled = opts.audit;
+    cfg.audit.dir = Some(dir.path().join("audit"));
     (opts.configure)(&mut cfg);
     let store = KeyStore::open(&dir.path().join("keys.db")).expect("keys");
     let mk = |name: &str, models: &[&str], admin: bool, rpm: Option<u32>| {
@@ -120,7 +126,11 @@ pub async fn start(opts: Opts) -> Server {
         Some(c) => c,
         None => ferrotune_serve::cache::ResponseCache::connect(&cfg.cache).await.expect("cache"),
     };
+    let audit_log = ferrotune_serve::startup::open_audit_log(&cfg).await.expect("open the audit log");
     let mut state = AppState::new(handle, cfg, opts.auth.then_some(store), None);
+    if let Some(log) = audit_log {
+        ferrotune_serve::startup::start_audit(&mut state, log, &per_file).expect("start the audit log");
+    }
     state.set_cache(cache);
     // As `build_state` does: the cache key names the weights.
     state.set_base_identity(ferrotune_serve::cache::base_identity(&digest, "F32"));
@@ -196,6 +206,15 @@ impl Server {
         let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), seed).expect("adapter");
         a.save(&dir, MODEL).expect("save");
         dir
+    }
+
+    /// Fire the shutdown signal and wait until the server has returned (drained, audit log
+    /// closed).
+    pub async fn shutdown(&mut self) {
+        self.signal_shutdown();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task").expect("server");
+        }
     }
 
     /// Fire the shutdown signal (the server task keeps running until it has drained).
