@@ -258,7 +258,7 @@ fn transparency_dev_verifier_probes_all_give_the_expected_answer() {
 const VECTOR_MAX: u64 = 130;
 
 fn subtree_valid(start: u64, end: u64) -> bool {
-    start == 0 || start == end || start % (end - start).next_power_of_two() == 0
+    start == 0 || start == end || start.is_multiple_of((end - start).next_power_of_two())
 }
 
 fn vector_leaves() -> Vec<Hash> {
@@ -425,7 +425,8 @@ fn consistency_shape(m: u64, n: u64, whole: bool) -> Vec<(bool, bool)> {
         return if whole { Vec::new() } else { vec![(false, true)] };
     }
     let k = 1 << (63 - (n - 1).leading_zeros());
-    let (mut s, e) = if m <= k { (consistency_shape(m, k, whole), (true, false)) } else { (consistency_shape(m - k, n - k, false), (false, true)) };
+    let (mut s, e) =
+        if m <= k { (consistency_shape(m, k, whole), (true, false)) } else { (consistency_shape(m - k, n - k, false), (false, true)) };
     s.push(e);
     s
 }
@@ -492,13 +493,15 @@ proptest! {
                 if wrong_old != m {
                     let same = wrong_old >= 1 && wrong_old <= new_size && consistency_shape(wrong_old, new_size, true) == shape
                         && wrong_old.is_power_of_two() == m.is_power_of_two();
-                    prop_assert_eq!(verify_consistency(wrong_old, new_size, &old_root, &new_root, &proof), same, "old {} for {} -> {}", wrong_old, m, n);
+                    let got = verify_consistency(wrong_old, new_size, &old_root, &new_root, &proof);
+                    prop_assert_eq!(got, same, "old {} for {} -> {}", wrong_old, m, n);
                 }
             }
             for wrong_new in [new_size - 1, new_size + 1, new_size * 2, new_size + 5] {
                 if wrong_new != new_size {
                     let same = m <= wrong_new && consistency_shape(m, wrong_new, true) == shape;
-                    prop_assert_eq!(verify_consistency(m, wrong_new, &old_root, &new_root, &proof), same, "new {} for {} -> {}", wrong_new, m, n);
+                    let got = verify_consistency(m, wrong_new, &old_root, &new_root, &proof);
+                    prop_assert_eq!(got, same, "new {} for {} -> {}", wrong_new, m, n);
                 }
             }
         }
