@@ -786,7 +786,8 @@ def cmd_bundle(args, report: Report) -> int:
         report.skip("inclusion.jsonl (leaf hashes, inclusion proofs)",
                     "needs checkpoint.note and entries.log")
     else:
-        report.group("inclusion.jsonl (leaf hashes, inclusion proofs)", inclusion)
+        report.group("inclusion.jsonl (leaf hashes, inclusion proofs)", inclusion,
+                     detail=lambda _: f"{rng[3]} entries in tree size {cp.size}")
 
     def stored():
         cdir = p("checkpoints")
