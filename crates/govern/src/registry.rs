@@ -37,7 +37,21 @@ pub fn actor(by: Option<&str>) -> String {
         .iter()
         .filter_map(|k| std::env::var(k).ok())
         .find(|v| !v.trim().is_empty())
+        .or_else(os_user)
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The process's user from its real uid (`/proc/self/status`) and `/etc/passwd`, for shells,
+/// containers and services that set no `$USER`; `uid:N` when the uid has no passwd entry.
+fn os_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid && !f[0].is_empty()).then(|| f[0].to_string())
+    });
+    Some(name.unwrap_or_else(|| format!("uid:{uid}")))
 }
 
 /// Artifact names and aliases: 1–64 of `[A-Za-z0-9._-]` (they appear in URLs, file names and
