@@ -152,13 +152,17 @@ impl RequestRecord {
         }
     }
 
-    /// Choice `i` ended: its finish reason, and its whole text for a plain response.
+    /// Choice `i` ended: its finish reason, and its whole text for a plain response (`None` for
+    /// a stream, whose text came by [`Self::push_answer`]).
     pub fn set_choice(&self, i: usize, finish: &str, text: Option<&str>) {
         let keep = self.keeps_answers();
         self.with(|f| {
             f.finishes.insert(i, finish.to_string());
-            if let (true, Some(t)) = (keep, text) {
-                f.answers.insert(i, t.to_string());
+            match (keep, text) {
+                (true, Some(t)) => _ = f.answers.insert(i, t.to_string()),
+                // A stream's pieces are in already; one that streamed no text answered "".
+                (true, None) => _ = f.answers.entry(i).or_default(),
+                (false, _) => {}
             }
         });
     }

@@ -160,7 +160,14 @@ async fn prompts_server(prompt_text: bool) -> Server {
     } else {
         |c| c.log_prompts = true
     };
-    start(Opts { auth: false, configure, ..audit_opts() }).await
+    start(Opts { auth: false, configure, tweak: Some(answer_with_a), ..audit_opts() }).await
+}
+
+/// The random tiny model mostly picks bytes that are no text on their own: make it say `aaaa…`
+/// so the answers hashed are not empty.
+fn answer_with_a(m: &mut ferrotune_model::LoadedModel) {
+    let a = m.tokenizer.encode("a", false).expect("encode")[0];
+    ferrotune_model::testing::make_token_dominant(&mut m.model, a).expect("bias");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +183,7 @@ async fn with_log_prompts_entries_hash_the_prompt_and_answer_and_hold_text_only_
         let (status, text) = post_id(&s, "/v1/completions", None, "streamed", &streamed).await;
         assert_eq!(status, 200, "{text}");
         let stream_answer = stream_text(&text, false).0;
+        assert!(answer.starts_with("aaa") && stream_answer == answer, "{answer:?} / {stream_answer:?}");
         let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4, "temperature": 0});
         let (status, text) = post_id(&s, "/v1/chat/completions", None, "chat", &chat).await;
         assert_eq!(status, 200, "{text}");

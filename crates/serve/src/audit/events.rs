@@ -104,10 +104,12 @@ pub struct Inference {
     pub latency_ms: u64,
     pub cached: bool,
     pub stream: bool,
-    /// Per choice, in index order.
+    /// Per choice, in index order (none for embeddings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub finish_reasons: Vec<String>,
     pub knowledge_base: Option<String>,
-    /// The retrieved chunks' document ids, in rank order.
+    /// The retrieved chunks' document ids, in rank order (grounded chat only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
     /// With `log_prompts`: SHA-256 of the prompt as the request log shows it (chat: the rendered
     /// template, retrieved context included; completions / embeddings: the prompts joined by
