@@ -142,6 +142,9 @@ impl AuditLog {
         let snap = self.snapshot()?;
         let (mut first, mut last, mut matched) = (None, 0, 0usize);
         store::scan(&snap, 0, &mut |i, at, line| {
+            if !f.may_match(line) {
+                return Ok(true);
+            }
             let v: Value = serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
             if f.matches(&v) {
                 first.get_or_insert(i);

@@ -226,26 +226,22 @@ pub struct Filter {
     pub limit: Option<usize>,
 }
 
+/// The fields a filter looks at first, borrowed from the line (no `Value` built).
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    time: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    actor: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    action: std::borrow::Cow<'a, str>,
+}
+
 impl Filter {
     pub fn matches(&self, entry: &serde_json::Value) -> bool {
         let text = |k: &str| entry.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        let time = text("time");
-        if self.since.as_deref().is_some_and(|s| time < s) || self.until.as_deref().is_some_and(|u| time >= u) {
+        if !self.head_matches(text("time"), text("actor"), text("action")) {
             return false;
-        }
-        if self.actor.as_deref().is_some_and(|a| text("actor") != a) {
-            return false;
-        }
-        if let Some(want) = self.action.as_deref() {
-            let action = text("action");
-            let ok = match want.strip_suffix('*') {
-                Some(prefix) => action.starts_with(prefix),
-                None if want.ends_with('.') => action.starts_with(want),
-                None => action == want,
-            };
-            if !ok {
-                return false;
-            }
         }
         if let Some(sub) = self.subject.as_deref() {
             let mut s = Vec::new();
@@ -255,6 +251,38 @@ impl Filter {
             }
         }
         true
+    }
+
+    /// A cheap first look at an entry line: false only when it certainly does not match (a
+    /// canonical line holds its subject's canonical JSON verbatim). Searching a million lines
+    /// this way skips building a `Value` for each.
+    pub(crate) fn may_match(&self, line: &[u8]) -> bool {
+        if let Some(sub) = self.subject.as_deref().map(str::as_bytes).filter(|s| !s.is_empty()) {
+            if !line.windows(sub.len()).any(|w| w == sub) {
+                return false;
+            }
+        }
+        match serde_json::from_slice::<Head>(line) {
+            Ok(h) => self.head_matches(&h.time, &h.actor, &h.action),
+            Err(_) => true,
+        }
+    }
+
+    fn head_matches(&self, time: &str, actor: &str, action: &str) -> bool {
+        if self.since.as_deref().is_some_and(|s| time < s) || self.until.as_deref().is_some_and(|u| time >= u) {
+            return false;
+        }
+        if self.actor.as_deref().is_some_and(|a| actor != a) {
+            return false;
+        }
+        match self.action.as_deref() {
+            None => true,
+            Some(want) => match want.strip_suffix('*') {
+                Some(prefix) => action.starts_with(prefix),
+                None if want.ends_with('.') => action.starts_with(want),
+                None => action == want,
+            },
+        }
     }
 }
 
@@ -588,21 +616,38 @@ impl AuditLog {
             return Ok(Vec::new());
         }
         let snap = self.snapshot()?;
+        // Lines are kept as bytes and parsed at the end: a tail over a long log parses only
+        // the rows it returns (time, actor and action are checked on the borrowed fields).
         let mut out = std::collections::VecDeque::new();
         store::scan(&snap, 0, &mut |i, at, line| {
-            let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
-            if f.matches(&v) {
-                out.push_back((i, v));
-                if let Some(limit) = f.limit {
-                    if tail && out.len() > limit {
-                        out.pop_front();
-                    } else if !tail && out.len() >= limit {
-                        return Ok(false);
-                    }
+            if !f.may_match(line) {
+                return Ok(true);
+            }
+            if f.subject.is_some() {
+                let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
+                if !f.matches(&v) {
+                    return Ok(true);
+                }
+            }
+            out.push_back((i, line.to_vec()));
+            if let Some(limit) = f.limit {
+                if tail && out.len() > limit {
+                    out.pop_front();
+                } else if !tail && out.len() >= limit {
+                    return Ok(false);
                 }
             }
             Ok(true)
         })?;
-        Ok(out.into())
+        out.into_iter()
+            .map(|(i, line)| {
+                let v = serde_json::from_slice(&line).map_err(|e| GovernError::BadFile {
+                    path: self.dir.join(store::ENTRIES),
+                    field: format!("entry {i}"),
+                    reason: format!("not a JSON entry: {e}"),
+                })?;
+                Ok((i, v))
+            })
+            .collect()
     }
 }

@@ -165,7 +165,7 @@ pub fn write_note(dir: &Path, size: u64, note: &str) -> Result<()> {
     let linked = std::fs::hard_link(&tmp, &path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
-        Ok(()) => Ok(()),
+        Ok(()) => sync_dir(&dir.join(CHECKPOINTS)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             if std::fs::read_to_string(&path).map_err(io(&path))? == note {
                 return Ok(());

@@ -59,8 +59,11 @@ impl AuditLog {
         let tree = Tree::new(leaves);
         let cps = self.check_checkpoints(&snap, &verifier, &tree);
         if let Some((i, place)) = first_unlike_cache {
-            let cp = cps.first_bad_after(i).map(|s| format!(" / checkpoint {s}")).unwrap_or_default();
-            problems.push(format!("entry {i} ({place}) does not match the tree: leaves.bin{cp} commit to a different value"));
+            let by = match cps.first_bad_after(i) {
+                Some(s) => format!("leaves.bin / checkpoint {s} commit"),
+                None => "leaves.bin commits".into(),
+            };
+            problems.push(format!("entry {i} ({place}) does not match the tree: {by} to a different value"));
         }
         problems.extend(cps.problems);
         if let Some(note) = trusted {
