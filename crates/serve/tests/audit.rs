@@ -402,3 +402,36 @@ async fn the_appender_writes_every_queued_event_in_order_before_stop() {
     let text = metrics.render(&ferrotune_serve::engine::EngineStats { running: 0, waiting: 0, kv_used: 0, kv_budget: 1, adapters: vec![] });
     assert_eq!(metric_value(&text, "ferrotune:audit_events_total{action=\"inference\"}"), n as f64, "{text}");
 }
+
+/// Needs the MiniLM embedder (skipped without it, as tests/grounding.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grounded_answer_records_its_knowledge_base_and_sources_doc_ids() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let Some(embedder_dir) = ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_EMBEDDER) else { return };
+    let embedder = ferrotune_rag::Embedder::load(&embedder_dir).expect("the installed MiniLM loads");
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).expect("mkdir");
+    std::fs::write(docs.join("returns.md"), "# Returns\n\nItems can be returned within 30 days of delivery for a full refund.").expect("write");
+    std::fs::write(docs.join("shipping.md"), "# Shipping\n\nExpress delivery costs 9.95 and arrives the next working day.").expect("write");
+    let collected = ferrotune_rag::source::collect(&[docs]).expect("collect");
+    let mut w = ferrotune_rag::Writer::open(&tmp.path().join("kb/policies"), None, embedder.dim()).expect("writer");
+    w.ingest(&collected.docs, &embedder, &mut |_| {}).expect("ingest");
+    let rag = ferrotune_serve::config::RagConfig {
+        kb_dir: Some(tmp.path().join("kb")),
+        attach: BTreeMap::from([(MODEL.to_string(), "policies".to_string())]),
+        k: 2,
+        ..Default::default()
+    };
+    let mut s = start(Opts { rag: Some(rag), ..audit_opts() }).await;
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "How many days do I have to return an item?"}], "max_tokens": 2});
+    let (status, text) = post_id(&s, "/v1/chat/completions", Some(&s.keys.user.clone()), "grounded", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let want: Vec<&str> = v["sources"].as_array().expect("sources").iter().filter_map(|x| x["doc_id"].as_str()).collect();
+    s.shutdown().await;
+    let (_, all) = entries(&s);
+    let f = &inference_by_id(&all)["grounded"]["fields"];
+    assert_eq!(f["knowledge_base"], "policies", "{f}");
+    let got: Vec<&str> = f["sources"].as_array().expect("sources").iter().filter_map(Value::as_str).collect();
+    assert_eq!((got.first().copied(), &got), (Some("returns.md"), &want), "{f}");
+}
