@@ -546,3 +546,39 @@ fn entries_filter_by_time_actor_action_subject_and_limit() {
     assert_eq!(idx(Filter { actor: Some("alice".into()), limit: Some(2), ..d() }, true), [2, 4]);
     assert_eq!(idx(Filter { limit: Some(0), ..d() }, true), Vec::<u64>::new());
 }
+
+#[test]
+fn an_unparsable_line_and_a_forged_signature_are_named() {
+    let (dir, log) = log_of(12, 10);
+    drop(log);
+    let mut ls = lines(dir.path());
+    ls[3] = "not json at all".into();
+    write_lines(dir.path(), &ls);
+    rewrite_leaves(dir.path());
+    let p = first_problem(&reopen(dir.path(), 10), None);
+    assert!(p.starts_with("entry 3 (line 4 of entries.log) is not a valid entry"), "{p}");
+
+    let (dir, log) = log_of(12, 10);
+    drop(log);
+    let path = dir.path().join("checkpoints/000000000010.note");
+    let note = std::fs::read_to_string(&path).unwrap();
+    // Same signature line, another root: the signature no longer covers the text.
+    let mut parts: Vec<&str> = note.split('\n').collect();
+    let forged_root = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    parts[2] = &forged_root;
+    std::fs::write(&path, parts.join("\n")).unwrap();
+    let p = first_problem(&reopen(dir.path(), 10), None);
+    assert!(p.starts_with("checkpoint 10: bad signature"), "{p}");
+}
+
+#[test]
+fn a_handle_notices_what_another_handle_appended() {
+    let (dir, a) = log_of(3, 4);
+    let b = reopen(dir.path(), 4);
+    assert_eq!(b.append(&batch(3, 2)).unwrap(), ferrotune_govern::audit::Appended { first: 3, size: 5, checkpoint: Some(5) });
+    assert_eq!(a.size().unwrap(), 5);
+    let next = a.append(&batch(5, 4)).unwrap();
+    assert_eq!((next.first, next.size, next.checkpoint), (5, 9, Some(9)));
+    assert_eq!(a.checkpoint().unwrap().0.size, 9);
+    assert!(b.verify(None).unwrap().ok && a.verify(None).unwrap().ok);
+}

@@ -181,10 +181,10 @@ impl AuditConfig {
         if self.checkpoint_every_entries == 0 {
             return Err(GovernError::Invalid { field: "checkpoint_every_entries", reason: "must be at least 1".into() });
         }
-        if let Some(o) = &self.origin {
-            if o.is_empty() || o.contains(['\n', ' ']) || o.chars().any(char::is_control) {
-                return Err(GovernError::Invalid { field: "origin", reason: format!("{o:?}: one non-empty line without spaces") });
-            }
+        if let Some(o) = &self.origin
+            && (o.is_empty() || o.contains(['\n', ' ']) || o.chars().any(char::is_control))
+        {
+            return Err(GovernError::Invalid { field: "origin", reason: format!("{o:?}: one non-empty line without spaces") });
         }
         Ok(())
     }
@@ -257,10 +257,10 @@ impl Filter {
     /// canonical line holds its subject's canonical JSON verbatim). Searching a million lines
     /// this way skips building a `Value` for each.
     pub(crate) fn may_match(&self, line: &[u8]) -> bool {
-        if let Some(sub) = self.subject.as_deref().map(str::as_bytes).filter(|s| !s.is_empty()) {
-            if !line.windows(sub.len()).any(|w| w == sub) {
-                return false;
-            }
+        if let Some(sub) = self.subject.as_deref().map(str::as_bytes).filter(|s| !s.is_empty())
+            && !line.windows(sub.len()).any(|w| w == sub)
+        {
+            return false;
         }
         match serde_json::from_slice::<Head>(line) {
             Ok(h) => self.head_matches(&h.time, &h.actor, &h.action),
@@ -331,6 +331,20 @@ pub struct AuditLog {
 /// `$FERROTUNE_HOME/audit`.
 pub fn default_dir() -> PathBuf {
     ferrotune_model::store::home().join("audit")
+}
+
+/// Whether a signed note has a signature line whose key id is the verifier key's
+/// (`— <name> base64(key id ‖ signature)`; key text `<name>+<hex id>+<key>`).
+fn names_key(note: &str, vkey: &str) -> bool {
+    use base64::Engine as _;
+    let mut parts = vkey.split('+');
+    let (Some(name), Some(id)) = (parts.next(), parts.next()) else { return false };
+    note.lines().filter_map(|l| l.strip_prefix("\u{2014} ")).any(|sig| {
+        let mut words = sig.split(' ');
+        let (Some(n), Some(b64)) = (words.next(), words.next()) else { return false };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+        n == name && bytes.len() > 4 && hex::encode(&bytes[..4]) == id.to_ascii_lowercase()
+    })
 }
 
 /// `ferrotune/<hostname>/audit`.
@@ -434,7 +448,12 @@ impl AuditLog {
         let mut key_ok = true;
         if let Some(&last) = store::checkpoint_sizes(dir)?.last() {
             let path = store::note_path(dir, last);
-            if let Err(e) = store::read_note(dir, last).and_then(|n| Verifier::parse(&vkey)?.verify(&n)) {
+            let note = store::read_note(dir, last)?;
+            // A note that names this key but does not verify was edited: verify's business. One
+            // with no signature by this key means signing.key is not the log's.
+            if let Err(e) = Verifier::parse(&vkey)?.verify(&note)
+                && !names_key(&note, &vkey)
+            {
                 key_ok = false;
                 key_notes.push(format!(
                     "{}: not signed by this log's signing.key ({e}): the key was replaced; restore the key that signed it, \

@@ -141,10 +141,10 @@ pub fn checkpoint_sizes(dir: &Path) -> Result<BTreeSet<u64>> {
     for e in std::fs::read_dir(&cdir).map_err(io(&cdir))? {
         let name = e.map_err(io(&cdir))?.file_name();
         let name = name.to_string_lossy();
-        if let Some(digits) = name.strip_suffix(".note").filter(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit())) {
-            if let Ok(size) = digits.parse() {
-                sizes.insert(size);
-            }
+        if let Some(digits) = name.strip_suffix(".note").filter(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
+            && let Ok(size) = digits.parse()
+        {
+            sizes.insert(size);
         }
     }
     Ok(sizes)
@@ -518,9 +518,12 @@ pub fn snapshot(dir: &Path, st: &State) -> Result<Snapshot> {
     })
 }
 
+/// What `scan` calls per entry: (index, where, line without `\n`) → keep going?
+pub type LineFn<'f> = dyn FnMut(u64, &Where, &[u8]) -> Result<bool> + 'f;
+
 /// Call `f(index, where, line)` for every entry from index `from` on (archive segments, then
 /// `entries.log`), the line without its `\n`; `f` returns false to stop.
-pub fn scan(snap: &Snapshot, from: u64, f: &mut dyn FnMut(u64, &Where, &[u8]) -> Result<bool>) -> Result<()> {
+pub fn scan(snap: &Snapshot, from: u64, f: &mut LineFn<'_>) -> Result<()> {
     let mut line = Vec::with_capacity(1024);
     for seg in &snap.manifest.segments {
         if seg.last < from {

@@ -37,7 +37,7 @@ impl Tree {
     /// MTH(D[a:b]) for 0 ≤ a < b ≤ size.
     fn mth(&self, a: u64, b: u64) -> Hash {
         let len = b - a;
-        if len.is_power_of_two() && a % len == 0 {
+        if len.is_power_of_two() && a.is_multiple_of(len) {
             let k = len.trailing_zeros() as usize;
             return self.levels[k][(a >> k) as usize];
         }

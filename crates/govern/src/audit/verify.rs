@@ -209,10 +209,10 @@ fn recompute(snap: &Snapshot) -> Result<Scanned> {
     let cached = store::read_leaves(&snap.dir, snap.size)?;
     let mut s = Scanned { leaves: Vec::with_capacity(snap.size as usize), unlike_cache: None, unparsable: Vec::new() };
     store::scan(snap, 0, &mut |i, at, line| {
-        if s.unparsable.len() < 10 {
-            if let Err(e) = serde_json::from_slice::<Event>(line) {
-                s.unparsable.push(format!("entry {i} (line {} of {}) is not a valid entry: {e}", at.line, at.name));
-            }
+        if s.unparsable.len() < 10
+            && let Err(e) = serde_json::from_slice::<Event>(line)
+        {
+            s.unparsable.push(format!("entry {i} (line {} of {}) is not a valid entry: {e}", at.line, at.name));
         }
         let h = merkle::leaf_hash(line);
         if s.unlike_cache.is_none() && cached.get(i as usize) != Some(&h) {
