@@ -1,6 +1,6 @@
 //! Throughput, not correctness (ignored in normal runs):
 //! `cargo test --release -p ferrotune-govern --test audit_bench -- --ignored --nocapture`
-//! (AUDIT_BENCH_ENTRIES=N for another log size; default 1M).
+//! (AUDIT_BENCH_ENTRIES=N for another log size, default 1M; AUDIT_BENCH_BATCH=B, default 1000).
 // A panic is how a test reports; unwrap on the values under test is the point.
 #![allow(clippy::unwrap_used)]
 
@@ -27,7 +27,7 @@ fn bench_appends_and_verify() {
     let dir = tempfile::tempdir_in(std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     let cfg = AuditConfig { origin: Some("ferrotune.bench/audit".into()), ..AuditConfig::default() };
     let log = AuditLog::open(dir.path(), &cfg).unwrap();
-    let batch = 1000;
+    let batch: u64 = std::env::var("AUDIT_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let t = Instant::now();
     let mut in_append = 0.0;
     for b in 0..n / batch {
@@ -61,7 +61,9 @@ fn bench_appends_and_verify() {
     fresh.prove(n / 2).unwrap();
     println!("prove: {:.3} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let f = Filter { subject: Some("req-000000500".into()), ..Filter::default() };
+    // The 1000 requests from n/2 on (their ids share all but the last three digits).
+    let id = format!("req-{:012}", n / 2 / 1000 * 1000);
+    let f = Filter { subject: Some(id[..id.len() - 3].into()), ..Filter::default() };
     let k = fresh.export(&f, &dir.path().join("export")).unwrap();
     println!("export of {k} entries: {:.2} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
