@@ -205,6 +205,13 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
     } else {
         println!("{report}");
     }
+    crate::audit::trail(
+        &ferrotune_govern::actor(None),
+        "data.validate",
+        serde_json::json!({"files": crate::record::hash_paths(a.files.iter().chain(&a.eval))?}),
+        if report.ok { "ok" } else { "failed" },
+        serde_json::json!({"errors": report.errors, "warnings": report.warnings, "rows": report.stats.rows, "counts": report.counts}),
+    )?;
     if let Some(reg) = a.registry.open()? {
         let ids = crate::record::validated(&reg, &report).with_context(|| "recording the datasets in the registry (pass --no-registry to skip)")?;
         if !a.json {
@@ -292,6 +299,15 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
     let r = ferrotune_data::prepare(&a.input, &a.out, &opts);
     bar.finish_and_clear();
     let r = r?;
+    let outputs = [a.out.join("train.jsonl"), a.out.join("eval.jsonl"), a.out.join("report.json")];
+    crate::audit::trail(
+        &ferrotune_govern::actor(None),
+        "data.prepare",
+        serde_json::json!({"input": crate::record::hash_paths([&a.input])?, "outputs": crate::record::hash_paths(outputs.iter().filter(|p| p.exists()))?}),
+        "ok",
+        serde_json::json!({"rows_read": r.rows_read, "rows_kept": r.rows_kept, "train_rows": r.train_rows, "eval_rows": r.eval_rows,
+            "dropped": r.dropped.len(), "changed": r.changed.len(), "redact_pii": r.redact_pii, "dedup": r.dedup, "seed": r.seed}),
+    )?;
     println!(
         "{}: {} rows read, {} dropped, {} changed; wrote {} train + {} eval rows to {} (details in report.json)",
         r.input,

@@ -477,8 +477,22 @@ fn finish(
         "wrote {0}/eval.json, {0}/report.md, {0}/metrics.svg",
         out.display()
     );
+    let eval_json = out.join("eval.json");
+    let headline: serde_json::Map<String, serde_json::Value> = file
+        .metrics
+        .iter()
+        .map(|m| (m.name.clone(), m.scores.iter().map(|sc| (sc.system.clone(), serde_json::json!(sc.score.value))).collect::<serde_json::Map<_, _>>().into()))
+        .collect();
+    crate::audit::trail(
+        &ferrotune_govern::actor(None),
+        "eval",
+        serde_json::json!({"eval_json": crate::record::hash_file(&eval_json)?, "data": file.data}),
+        "ok",
+        serde_json::json!({"model": file.model, "systems": file.systems.iter().map(|s| serde_json::json!({"name": s.name, "adapter": s.adapter})).collect::<Vec<_>>(),
+            "metrics": headline}),
+    )?;
     if let Some(reg) = registry.open()? {
-        let e = crate::record::evaluated(&reg, &out.join("eval.json"))
+        let e = crate::record::evaluated(&reg, &eval_json)
             .with_context(|| format!("recording {}/eval.json in the registry (pass --no-registry to skip)", out.display()))?;
         let matched: Vec<String> = e.systems.iter().filter(|(_, a)| a.is_some()).map(|(s, _)| s.name.clone()).collect();
         println!(

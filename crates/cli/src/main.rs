@@ -1,5 +1,6 @@
 //! The `ferrotune` binary: argument parsing and wiring; the work lives in the library crates.
 
+mod audit;
 mod bench;
 mod data;
 mod eval;
@@ -56,6 +57,8 @@ enum Command {
     /// What is on record (models, datasets, runs, adapters, evaluations), lineage, releases by
     /// approval, the kill switch, model cards.
     Registry(registry::RegistryArgs),
+    /// The tamper-evident audit log: verify, prove an entry, search, export for an auditor.
+    Audit(audit::AuditArgs),
 }
 
 /// Training frees and reallocates the same activation-sized buffers on every op. glibc, left
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Keys(a) => keys::run(a),
         Command::Registry(a) => registry::run(a),
+        Command::Audit(a) => audit::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,6 +52,12 @@ pub fn hash_dir(dir: &Path) -> anyhow::Result<Vec<FileHash>> {
     files.iter().map(|f| hash_file(f)).collect()
 }
 
+/// `[{path, bytes, sha256}]` of the files, for an audit entry.
+pub fn hash_paths<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> anyhow::Result<serde_json::Value> {
+    let hashed = paths.into_iter().map(|p| hash_file(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(serde_json::to_value(hashed)?)
+}
+
 fn dataset(path: &Path) -> anyhow::Result<NewDataset> {
     let h = hash_file(path)?;
     Ok(NewDataset {
@@ -105,6 +111,11 @@ pub struct TrainRecord<'r> {
 impl<'r> TrainRecord<'r> {
     pub fn new(reg: &'r Registry, register_as: Option<String>) -> Self {
         Self { reg, register_as, run: None, base_model: None, actor: ferrotune_govern::actor(None) }
+    }
+
+    /// The registry's id of the run, once started.
+    pub fn run_id(&self) -> Option<i64> {
+        self.run
     }
 
     pub fn started(&mut self, s: &ferrotune_train::RunStart<'_>) -> anyhow::Result<()> {
@@ -203,6 +214,24 @@ pub fn training_flops(base: u64, trainable: u64, tokens: u64, full: bool) -> Flo
             formula: format!("(4·N + 6·N_lora)·T, N = {base} base parameters, N_lora = {trainable} LoRA parameters, T = {tokens} tokens"),
         }
     }
+}
+
+/// What a `train.start` audit entry names: the run (folder, registry id), the hashes of its
+/// config, data and base model files.
+pub fn train_subject(s: &ferrotune_train::RunStart<'_>, run: Option<i64>) -> anyhow::Result<serde_json::Value> {
+    let config = serde_json::to_vec(s.config)?;
+    Ok(serde_json::json!({
+        "run_dir": std::path::absolute(s.run_dir)?.display().to_string(),
+        "run": run,
+        "config_sha256": hex_sha256(&config),
+        "data": hash_paths(&s.data_files)?,
+        "base_model": {"name": s.config.model, "files": hash_paths(s.model_files)?},
+    }))
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// `eval`: the written eval.json, its systems matched to registered versions by their files.

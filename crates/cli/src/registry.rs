@@ -180,18 +180,24 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
         RegistryCommand::Promote { name, version, to, reason, by, policy } => {
             let policy = Policy::load(policy.as_deref())?;
             let actor = ferrotune_govern::actor(by.as_deref());
-            let p = reg.promote(&name, version, &to, &reason, &actor, &policy)?;
+            let subject = serde_json::json!({"name": name, "version": version, "alias": to});
+            let p = audited(&actor, "registry.promote", subject, &serde_json::json!({"reason": reason}), reg.promote(&name, version, &to, &reason, &actor, &policy))?;
             report_promotion(&name, &p, json)
         }
         RegistryCommand::Approve { request, by, policy } => {
             let policy = Policy::load(policy.as_deref())?;
             let actor = ferrotune_govern::actor(by.as_deref());
-            let p = reg.approve(request, &actor, &policy)?;
-            let name = reg.requests(false)?.into_iter().find(|r| r.id == request).map(|r| r.name).unwrap_or_default();
+            let about = reg.request(request).ok();
+            let subject = serde_json::json!({"request": request, "name": about.as_ref().map(|r| &r.name), "version": about.as_ref().map(|r| r.version),
+                "alias": about.as_ref().map(|r| &r.alias)});
+            let p = audited(&actor, "registry.approve", subject, &serde_json::json!({}), reg.approve(request, &actor, &policy))?;
+            let name = about.map(|r| r.name).unwrap_or_default();
             report_promotion(&name, &p, json)
         }
         RegistryCommand::Reject { request, reason, by } => {
-            let r = reg.reject(request, &ferrotune_govern::actor(by.as_deref()), &reason)?;
+            let actor = ferrotune_govern::actor(by.as_deref());
+            let r = audited(&actor, "registry.reject", serde_json::json!({"request": request}), &serde_json::json!({"reason": reason}),
+                reg.reject(request, &actor, &reason))?;
             if json {
                 return print_json(&r);
             }
@@ -200,7 +206,9 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
         }
         RegistryCommand::Disable { reference, reason, by } => {
             let (name, version) = name_version(&reg, &reference)?;
-            let a = reg.disable(&name, version, &reason, &ferrotune_govern::actor(by.as_deref()))?;
+            let actor = ferrotune_govern::actor(by.as_deref());
+            let a = audited(&actor, "registry.disable", serde_json::json!({"name": name, "version": version}), &serde_json::json!({"reason": reason}),
+                reg.disable(&name, version, &reason, &actor))?;
             if json {
                 return print_json(&a);
             }
@@ -210,7 +218,9 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
         }
         RegistryCommand::Enable { reference, reason, by } => {
             let (name, version) = name_version(&reg, &reference)?;
-            let a = reg.enable(&name, version, &reason, &ferrotune_govern::actor(by.as_deref()))?;
+            let actor = ferrotune_govern::actor(by.as_deref());
+            let a = audited(&actor, "registry.enable", serde_json::json!({"name": name, "version": version}), &serde_json::json!({"reason": reason}),
+                reg.enable(&name, version, &reason, &actor))?;
             if json {
                 return print_json(&a);
             }
@@ -232,8 +242,9 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
             Ok(())
         }
         RegistryCommand::Import { run_dir, register_as, by } => {
-            let l = reg
-                .import_run(&run_dir, register_as.as_deref(), &ferrotune_govern::actor(by.as_deref()))
+            let actor = ferrotune_govern::actor(by.as_deref());
+            let imported = reg.import_run(&run_dir, register_as.as_deref(), &actor);
+            let l = audited(&actor, "registry.import", serde_json::json!({"run_dir": run_dir}), &serde_json::json!({}), imported)
                 .with_context(|| format!("importing {}", run_dir.display()))?;
             if json {
                 return print_json(&l);
@@ -242,6 +253,29 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Record a registry change (or its refusal) in the audit log, then hand the outcome on.
+fn audited<T: serde::Serialize>(
+    actor: &str,
+    action: &str,
+    subject: serde_json::Value,
+    fields: &serde_json::Value,
+    r: ferrotune_govern::Result<T>,
+) -> anyhow::Result<T> {
+    let mut fields = fields.clone();
+    let outcome = match &r {
+        Ok(v) => {
+            fields["result"] = serde_json::to_value(v)?;
+            "ok"
+        }
+        Err(e) => {
+            fields["error"] = e.to_string().into();
+            if matches!(e, ferrotune_govern::GovernError::Refused(_)) { "refused" } else { "failed" }
+        }
+    };
+    crate::audit::trail(actor, action, subject, outcome, fields)?;
+    Ok(r?)
 }
 
 fn report_promotion(name: &str, p: &Promotion, json: bool) -> anyhow::Result<()> {

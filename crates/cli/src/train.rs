@@ -193,15 +193,33 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         })?;
     }
     let mut record = registry.as_ref().map(|r| crate::record::TrainRecord::new(r, a.register_as.clone()));
-    let result = ferrotune_train::run_with(cfg, &opts, &mut |start| match record.as_mut() {
-        Some(r) => r.started(start).map_err(|e| format!("recording the run in the registry: {e:#} (pass --no-registry to train without it)")),
-        None => Ok(()),
+    let actor = ferrotune_govern::actor(None);
+    let mut started: Option<serde_json::Value> = None;
+    let result = ferrotune_train::run_with(cfg, &opts, &mut |start| {
+        if let Some(r) = record.as_mut() {
+            r.started(start).map_err(|e| format!("recording the run in the registry: {e:#} (pass --no-registry to train without it)"))?;
+        }
+        let subject = crate::record::train_subject(start, record.as_ref().and_then(|r| r.run_id())).map_err(|e| format!("{e:#}"))?;
+        crate::audit::trail(&actor, "train.start", subject.clone(), "ok", serde_json::json!({"resumed": start.resumed}))
+            .map_err(|e| format!("{e:#}"))?;
+        started = Some(serde_json::json!({"run_dir": subject["run_dir"], "run": subject["run"]}));
+        Ok(())
     });
     let artifact = match &record {
         // Training is done: a registry that fails now must not lose it; say how to record it later.
         Some(r) => r.finished(&result).with_context(|| "recording the run's outcome in the registry; `ferrotune registry import RUN_DIR` records it later")?,
         None => None,
     };
+    if let Some(subject) = started {
+        let fields = match &result {
+            Ok(s) => serde_json::json!({
+                "steps": s.steps, "tokens": s.tokens, "final_loss": s.final_loss, "best_eval_loss": s.best_eval_loss,
+                "output": crate::record::hash_dir(&s.output)?, "artifact": artifact.as_ref().map(|a| a.reference()),
+            }),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        };
+        crate::audit::trail(&actor, "train.end", subject, if result.is_ok() { "ok" } else { "failed" }, fields)?;
+    }
     let s = result?;
     println!("run folder: {}", s.run_dir.display());
     println!("trained weights: {}", s.output.display());

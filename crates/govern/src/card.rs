@@ -545,7 +545,24 @@ pub fn render(l: &Lineage, card: &CardToml) -> Result<String> {
     compliance::annex_iv(&mut out, l, card);
     compliance::gpai(&mut out, l, card, &base);
     compliance::nist(&mut out, l, card);
+    audit_trail(&mut out, l);
     Ok(out)
+}
+
+/// Where the events behind this card are kept, tamper-evident, and how an auditor checks them.
+fn audit_trail(out: &mut String, l: &Lineage) {
+    let r = l.artifact.reference();
+    out.push_str("## Audit trail\n\n");
+    let _ = writeln!(
+        out,
+        "The training run, this version's registration, every release decision (request, approvals, alias moves, \
+         disable/enable) and every request served with it are entries of ferrotune's audit log \
+         (`$FERROTUNE_HOME/audit`: an RFC 6962 Merkle tree over the entries, checkpoints signed with Ed25519 in the \
+         C2SP signed-note format). `ferrotune audit search --subject {r}` lists them; `ferrotune audit export --subject {r} \
+         --out DIR` writes them with inclusion proofs, the signed checkpoints and the verifier key, which an auditor checks \
+         without ferrotune (`scripts/audit/verify.py bundle DIR --key-file KEY`, with the key from `ferrotune audit pubkey` \
+         obtained separately).\n"
+    );
 }
 
 /// Write `dir/README.md` (creating `dir`) through a temp file and a rename, so a reader never

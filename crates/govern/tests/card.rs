@@ -187,6 +187,7 @@ fn sections_follow_the_hugging_face_template_then_the_compliance_maps() {
         "## EU AI Act Annex IV documentation map",
         "## GPAI threshold",
         "## NIST AI RMF map",
+        "## Audit trail",
     ];
     let at: Vec<usize> = order.iter().map(|h| text.find(h).unwrap_or_else(|| panic!("no {h}"))).collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
@@ -197,6 +198,7 @@ fn sections_follow_the_hugging_face_template_then_the_compliance_maps() {
         assert!(text.contains(&format!("**{sub}**")), "{sub}");
     }
     assert!(text.contains("alias-set champion ← v2 (was v1) by bob, request 7: \"better rougeL\""));
+    assert!(text.contains("ferrotune audit search --subject support@2"), "the card points to the audit trail");
 }
 
 #[test]
