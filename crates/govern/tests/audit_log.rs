@@ -545,6 +545,17 @@ fn entries_filter_by_time_actor_action_subject_and_limit() {
     assert_eq!(idx(Filter { limit: Some(2), ..d() }, true), [3, 4]);
     assert_eq!(idx(Filter { actor: Some("alice".into()), limit: Some(2), ..d() }, true), [2, 4]);
     assert_eq!(idx(Filter { limit: Some(0), ..d() }, true), Vec::<u64>::new());
+
+    // A line whose time is not a string still goes through the full check.
+    drop(log);
+    let mut ls = lines(dir.path());
+    ls.push(r#"{"action":"x","actor":"bob","fields":{},"outcome":"ok","subject":{},"time":5}"#.into());
+    write_lines(dir.path(), &ls);
+    rewrite_leaves(dir.path());
+    let log = reopen(dir.path(), 100);
+    let idx = |f: Filter| log.entries(&f, false).unwrap().into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+    assert_eq!(idx(Filter { actor: Some("alice".into()), ..d() }), [0, 2, 4]);
+    assert_eq!(idx(Filter { actor: Some("bob".into()), ..d() }), [1, 5]);
 }
 
 #[test]

@@ -142,11 +142,11 @@ impl AuditLog {
         let snap = self.snapshot()?;
         let (mut first, mut last, mut matched) = (None, 0, 0usize);
         store::scan(&snap, 0, &mut |i, at, line| {
-            if !f.may_match(line) {
-                return Ok(true);
-            }
-            let v: Value = serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
-            if f.matches(&v) {
+            let hit = match f.quick(line) {
+                Some(q) => q,
+                None => f.matches(&serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?),
+            };
+            if hit {
                 first.get_or_insert(i);
                 last = i;
                 matched += 1;

@@ -253,18 +253,20 @@ impl Filter {
         true
     }
 
-    /// A cheap first look at an entry line: false only when it certainly does not match (a
-    /// canonical line holds its subject's canonical JSON verbatim). Searching a million lines
-    /// this way skips building a `Value` for each.
-    pub(crate) fn may_match(&self, line: &[u8]) -> bool {
+    /// A cheap first look at an entry line, on its borrowed time / actor / action (no `Value`
+    /// built): `Some(false)` when it certainly does not match (a canonical line holds its
+    /// subject's canonical JSON verbatim), `Some(true)` when it certainly does, `None` when only
+    /// `matches` on the parsed entry can tell (a subject filter, or an odd line).
+    pub(crate) fn quick(&self, line: &[u8]) -> Option<bool> {
         if let Some(sub) = self.subject.as_deref().map(str::as_bytes).filter(|s| !s.is_empty())
             && !line.windows(sub.len()).any(|w| w == sub)
         {
-            return false;
+            return Some(false);
         }
         match serde_json::from_slice::<Head>(line) {
-            Ok(h) => self.head_matches(&h.time, &h.actor, &h.action),
-            Err(_) => true,
+            Ok(h) if !self.head_matches(&h.time, &h.actor, &h.action) => Some(false),
+            Ok(_) if self.subject.is_none() => Some(true),
+            _ => None,
         }
     }
 
@@ -639,13 +641,14 @@ impl AuditLog {
         // the rows it returns (time, actor and action are checked on the borrowed fields).
         let mut out = std::collections::VecDeque::new();
         store::scan(&snap, 0, &mut |i, at, line| {
-            if !f.may_match(line) {
-                return Ok(true);
-            }
-            if f.subject.is_some() {
-                let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
-                if !f.matches(&v) {
-                    return Ok(true);
+            match f.quick(line) {
+                Some(false) => return Ok(true),
+                Some(true) => {}
+                None => {
+                    let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
+                    if !f.matches(&v) {
+                        return Ok(true);
+                    }
                 }
             }
             out.push_back((i, line.to_vec()));
