@@ -593,3 +593,32 @@ fn a_handle_notices_what_another_handle_appended() {
     assert_eq!(a.checkpoint().unwrap().0.size, 9);
     assert!(b.verify(None).unwrap().ok && a.verify(None).unwrap().ok);
 }
+
+#[test]
+fn a_rewritten_archive_segment_is_named_even_with_its_manifest_updated() {
+    use sha2::Digest as _;
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), &cfg(10)).unwrap();
+    let old: Vec<Event> = (0..20).map(|i| Event { time: "2020-01-01T00:00:00Z".into(), ..ev("alice", "x", i) }).collect();
+    log.append(&old).unwrap();
+    log.append(&batch(20, 5)).unwrap();
+    assert_eq!(log.archive().unwrap(), 20);
+    let seg = dir.path().join("archive/000000000000-000000000019.log.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&seg).unwrap()).read_to_string(&mut text).unwrap();
+    let text = text.replacen("\"step\":3", "\"step\":4", 1);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    let bytes = gz.finish().unwrap();
+    std::fs::write(&seg, &bytes).unwrap();
+    let manifest = dir.path().join("archive/manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["segments"][0]["sha256"] = json!(hex::encode(sha2::Sha256::digest(&bytes)));
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let p = first_problem(&reopen(dir.path(), 10), None);
+    assert_eq!(
+        p,
+        "entry 3 (line 4 of archive/000000000000-000000000019.log.gz) does not match the tree: leaves.bin / checkpoint 20 commit to a different value"
+    );
+}

@@ -126,6 +126,16 @@ mod tests {
             }
         }
         assert_eq!(tree.root_at(0), Some(merkle::root(&[])));
+        // Larger, uneven sizes: a few indexes and old sizes each.
+        let all = leaves(5000);
+        let tree = Tree::new(all.clone());
+        for n in [1023u64, 1024, 1025, 3001, 4999, 5000] {
+            let prefix = &all[..n as usize];
+            for i in [0, 1, n / 3, n / 2 + 1, n - 2, n - 1] {
+                assert_eq!(tree.inclusion(i, n), merkle::inclusion_proof(prefix, i), "inclusion {i} in {n}");
+                assert_eq!(tree.consistency(i + 1, n), merkle::consistency_proof(prefix, i + 1), "consistency {} → {n}", i + 1);
+            }
+        }
         assert_eq!((tree.root_at(71), tree.inclusion(70, 70), tree.consistency(0, 5)), (None, None, None));
     }
 }
