@@ -495,7 +495,10 @@ impl AuditLog {
 
     /// Take the state and the file lock, and catch up with what other processes did.
     pub(crate) fn lock(&self) -> Result<Locked<'_>> {
+        // A panic while the state was held may have left it half updated: forget it and look
+        // at the files again.
         let st = self.state.lock().unwrap_or_else(|p| {
+            self.state.clear_poison();
             let mut st = p.into_inner();
             st.seen = None;
             st.frontier = Frontier::default();

@@ -276,6 +276,7 @@ fn repair(dir: &Path) -> Result<Repaired> {
     let manifest = load_manifest(dir)?;
     let archived = manifest.archived();
     let path = dir.join(ENTRIES);
+    let created = !path.exists() || !dir.join(LEAVES).exists();
     let mut f = File::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
     let mut len = f.metadata().map_err(io(&path))?.len();
     let mut notes = Vec::new();
@@ -336,6 +337,9 @@ fn repair(dir: &Path) -> Result<Repaired> {
                 "audit log: leaves.bin held {before} leaf hashes for {size} entries (an interrupted write); brought it in line"
             ));
         }
+    }
+    if created {
+        sync_dir(dir)?;
     }
     let note = (!notes.is_empty()).then(|| notes.join("; "));
     Ok(Repaired { size, archived, seen: look(dir)?, note })
