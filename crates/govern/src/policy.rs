@@ -10,7 +10,8 @@
 //! approvers = 0
 //! ```
 //! Without a file: `champion` needs one approval by someone other than the requester and no
-//! gate; every other alias moves when asked.
+//! gate; every other alias moves when asked. A table that leaves `approvers` out keeps that
+//! built-in count (`[alias.champion]` with only gates still needs one approval).
 
 use serde::{Deserialize, Serialize};
 
@@ -150,7 +151,9 @@ impl Policy {
                 let toml::Value::Table(rule) = rule else {
                     return Err(bad(path, field(""), "expected a table (approvers, gates, gate_data)"));
                 };
-                let mut r = AliasRule::default();
+                // A key left out keeps the built-in rule's value: `[alias.champion]` with gates
+                // only still needs champion's one approval.
+                let mut r = Policy::default().alias.get(name.as_str()).cloned().unwrap_or_default();
                 for (k, v) in rule {
                     match (k.as_str(), v) {
                         ("approvers", toml::Value::Integer(n)) => {

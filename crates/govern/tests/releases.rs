@@ -219,7 +219,7 @@ fn a_gate_without_a_recorded_evaluation_refuses_and_says_how_to_run_one() {
     eval(&reg, "e1", "rougeL", true, &[("base", None, 0.1), ("v1", Some(&v1), 0.5)]);
     assert!(matches!(reg.promote("support", 1, "champion", "r", "alice", &other), Err(GovernError::Refused(m)) if m.contains("no evaluation")));
     // The data's SHA-256 works as well as its path.
-    let by_hash = policy(&format!("[alias.champion]\ngates = [\"rougeL\"]\ngate_data = \"{}\"\n", sha(EVAL_DATA)));
+    let by_hash = policy(&format!("[alias.champion]\napprovers = 0\ngates = [\"rougeL\"]\ngate_data = \"{}\"\n", sha(EVAL_DATA)));
     assert!(matches!(reg.promote("support", 1, "champion", "r", "alice", &by_hash).unwrap(), Promotion::Applied { .. }));
     // A missing metric fails the gate.
     let f1 = policy(&format!("[alias.\"*\"]\ngates = [\"f1\"]\ngate_data = \"{EVAL_DATA}\"\n"));
@@ -254,6 +254,9 @@ fn policy_rules_fall_back_to_star_then_to_the_built_in_rule() {
     assert_eq!((p.rule("canary").approvers, p.rule("champion").approvers, p.rule("x").approvers), (3, 1, 0));
     let p = policy("[alias.\"*\"]\napprovers = 2\n[alias.canary]\napprovers = 0");
     assert_eq!((p.rule("canary").approvers, p.rule("champion").approvers, p.rule("x").approvers), (0, 2, 2));
+    // A table that leaves approvers out keeps the built-in count, it does not drop to zero.
+    let p = policy(&format!("[alias.champion]\ngates = [\"rougeL\"]\ngate_data = \"{EVAL_DATA}\"\n[alias.dev]\ngates = []"));
+    assert_eq!((p.rule("champion").approvers, p.rule("dev").approvers), (1, 0));
     let g: Gate = "rougeL:0.01".parse().unwrap();
     assert_eq!((g.metric.as_str(), g.tolerance), ("rougeL", 0.01));
     assert_eq!("bleu".parse::<Gate>().unwrap().tolerance, 0.0);
