@@ -255,9 +255,10 @@ fn hashes(files: &[PathBuf]) -> Vec<FileHash> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registry_version_refused_for_a_tampered_file_is_recorded_with_the_file_and_its_hashes() {
-    let mut s = start(Opts { registry: true, ..audit_opts() }).await;
+/// The served base and adapter `support` v1 (in `<dir>/support-v1`) registered, promoted to
+/// champion, and served (a first request got 200 with `key`). Returns the registry and the
+/// version's folder.
+async fn serve_a_registry_version(s: &Server, key: &str) -> (Registry, PathBuf) {
     let reg = Registry::open(&s.path("registry.db")).expect("registry");
     let base_files = ferrotune_model::load_path(&s.model_dir, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu).expect("model").files;
     let base = reg
@@ -279,13 +280,24 @@ async fn a_registry_version_refused_for_a_tampered_file_is_recorded_with_the_fil
     let free = AliasRule { approvers: 0, gates: vec![], gate_data: None };
     let policy = Policy { alias: BTreeMap::from([("champion".into(), free.clone()), ("*".into(), free)]) };
     reg.promote("support", 1, "champion", "test", &actor, &policy).expect("promote");
-    let user = s.keys.admin.clone();
-    let ask = json!({"model": "support", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0});
     let t0 = Instant::now();
-    while s.post_json("/v1/chat/completions", Some(&user), &ask).await.0 != 200 {
+    while s.post_json("/v1/chat/completions", Some(key), &registry_chat()).await.0 != 200 {
         assert!(t0.elapsed() < Duration::from_secs(3), "the version is never served");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (reg, dir)
+}
+
+fn registry_chat() -> Value {
+    json!({"model": "support", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_version_refused_for_a_tampered_file_is_recorded_with_the_file_and_its_hashes() {
+    let mut s = start(Opts { registry: true, ..audit_opts() }).await;
+    let user = s.keys.admin.clone();
+    let ask = registry_chat();
+    let (_reg, dir) = serve_a_registry_version(&s, &user).await;
     let weights = dir.join("adapter_model.safetensors");
     let expected = ferrotune_model::store::sha256_file(&weights).expect("hash");
     let mut bytes = std::fs::read(&weights).expect("read");
@@ -434,4 +446,29 @@ async fn a_grounded_answer_records_its_knowledge_base_and_sources_doc_ids() {
     assert_eq!(f["knowledge_base"], "policies", "{f}");
     let got: Vec<&str> = f["sources"].as_array().expect("sources").iter().filter_map(Value::as_str).collect();
     assert_eq!((got.first().copied(), &got), (Some("returns.md"), &want), "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_unload_and_the_refusals_after_it_are_recorded_with_the_reason() {
+    let mut s = start(Opts { registry: true, ..audit_opts() }).await;
+    let key = s.keys.admin.clone();
+    let (reg, _) = serve_a_registry_version(&s, &key).await;
+    reg.disable("support", 1, "leaks customer data", &ferrotune_govern::actor(Some("audit-test"))).expect("disable");
+    let t0 = Instant::now();
+    while s.state.engine.adapters().contains(&"support@1".to_string()) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the kill switch did not unload the version");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, v) = s.post_json("/v1/chat/completions", Some(&key), &registry_chat()).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (403, Some("model_disabled")), "{v}");
+    s.shutdown().await;
+
+    let (_, all) = entries(&s);
+    let unload = all.iter().find(|e| e["action"] == "serve.adapter-unload").expect("the kill switch's unload");
+    assert_eq!(unload["subject"]["artifact"], "support@1");
+    assert_eq!(unload["actor"].as_str(), Some(ferrotune_serve::audit::events::server_actor().as_str()), "the server acted: {unload}");
+    assert!(unload["fields"]["reason"].as_str().is_some_and(|r| r.contains("kill switch") && r.contains("leaks customer data")), "{unload}");
+    let refused = all.iter().find(|e| e["action"] == "serve.refused").expect("serve.refused");
+    assert_eq!((refused["actor"].as_str(), refused["fields"]["reason"].as_str()), (Some("admin"), Some("model_disabled")), "{refused}");
+    assert_eq!(refused["fields"]["disabled_reason"], "leaks customer data");
 }
