@@ -140,6 +140,7 @@ def main():
                       f"audit entries {int(res['audit_inference_events'])}, errors {res['errors']}, load {res['loadavg_after']}", flush=True)
     tps = {m: [x["tokens_per_s"] for x in runs if x["audit"] == m] for m in ("off", "on")}
     mean = {m: statistics.mean(v) for m, v in tps.items()}
+    median = {m: statistics.median(v) for m, v in tps.items()}
     ratio = mean["on"] / mean["off"] if mean["off"] else float("nan")
     # Pairwise (each on run against the off run just before it): drift shows as spread here.
     pairs = [on / off for off, on in zip(tps["off"], tps["on"]) if off]
@@ -155,6 +156,10 @@ def main():
         "mean_off": round(mean["off"], 1),
         "mean_on": round(mean["on"], 1),
         "ratio_on_over_off": round(ratio, 4),
+        "median_off": round(median["off"], 1),
+        "median_on": round(median["on"], 1),
+        # Less moved by one run a neighbour's build slowed down.
+        "median_ratio_on_over_off": round(median["on"] / median["off"], 4) if median["off"] else None,
         "pairwise_ratios": [round(p, 4) for p in pairs],
         "within_5_percent": ratio >= 0.95,
     }
