@@ -4,47 +4,14 @@
 //! `prove`, `consistency`, `export`, `pubkey`, `tail`/`search` with --json; the exported bundle
 //! passes the independent Python verifier (with FERROTUNE_CHECK_AUDIT_PY=1, which CI sets).
 
+mod home;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use anyhow::{Context, ensure};
+use home::{Home, text};
 use serde_json::Value;
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn cmd(&self, user: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("FERROTUNE_HOME", self.path("home"))
-            .env("USER", user)
-            .env_remove("LOGNAME")
-            .output()
-            .expect("runs")
-    }
-
-    fn ok(&self, user: &str, args: &[&str]) -> anyhow::Result<String> {
-        let o = self.cmd(user, args);
-        ensure!(o.status.success(), "`ferrotune {}` failed:\n{}", args.join(" "), text(&o));
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
-        let out = self.ok("auditor", args)?;
-        serde_json::from_str(&out).with_context(|| out)
-    }
-}
 
 /// The file of the audit folder that holds the entry lines (whatever the log calls it).
 fn entries_file(audit: &Path) -> anyhow::Result<PathBuf> {
@@ -59,7 +26,7 @@ fn entries_file(audit: &Path) -> anyhow::Result<PathBuf> {
 
 #[test]
 fn commands_leave_verifiable_entries_and_one_changed_byte_is_named() -> anyhow::Result<()> {
-    let h = Home { dir: tempfile::tempdir()? };
+    let h = Home::new()?;
     ferrotune_model::testing::write_tiny_model(&h.path("tiny"))?;
     let mut rows = String::new();
     for i in 0..12 {
@@ -78,7 +45,7 @@ fn commands_leave_verifiable_entries_and_one_changed_byte_is_named() -> anyhow::
     h.ok("bob", &["registry", "approve", "1"])?;
     h.ok("carol", &["registry", "disable", "support@1", "--reason", "incident 42"])?;
 
-    let tail = h.json(&["audit", "tail", "-n", "100", "--json"])?;
+    let tail = h.json_as("auditor", &["audit", "tail", "-n", "100", "--json"])?;
     let entries: Vec<&Value> = tail.as_array().context("array")?.iter().map(|r| &r["entry"]).collect();
     let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
     for a in ["keys.create", "data.validate", "train.start", "train.end", "registry.promote", "registry.approve", "registry.disable"] {
@@ -91,17 +58,17 @@ fn commands_leave_verifiable_entries_and_one_changed_byte_is_named() -> anyhow::
     let end = entries.iter().find(|e| e["action"] == "train.end").context("train.end")?;
     assert_eq!(end["outcome"], "ok");
     assert!(end["fields"]["output"].as_array().is_some_and(|f| !f.is_empty()), "{end}");
-    let search = h.json(&["audit", "search", "--action", "registry.*", "--json"])?;
+    let search = h.json_as("auditor", &["audit", "search", "--action", "registry.*", "--json"])?;
     assert!(search.as_array().is_some_and(|s| s.iter().all(|r| r["entry"]["action"].as_str().is_some_and(|a| a.starts_with("registry.")))));
     assert!(search.as_array().is_some_and(|s| s.len() >= 4), "{search}");
 
     let v = h.ok("auditor", &["audit", "verify"])?;
     assert!(v.starts_with("ok:"), "{v}");
     let n = entries.len() as u64;
-    let proof = h.json(&["audit", "prove", "2"])?;
+    let proof = h.json_as("auditor", &["audit", "prove", "2"])?;
     assert_eq!(proof["index"], 2);
     assert!(proof["inclusion"].is_array() && proof["checkpoint"].as_str().is_some_and(|c| c.contains("\n\n— ")), "{proof}");
-    let cons = h.json(&["audit", "consistency", "1", &n.to_string()])?;
+    let cons = h.json_as("auditor", &["audit", "consistency", "1", &n.to_string()])?;
     assert_eq!(cons["old_size"], 1);
     let key = h.ok("auditor", &["audit", "pubkey"])?;
     let parts: Vec<&str> = key.trim().splitn(3, '+').collect();

@@ -4,20 +4,29 @@
 //! `import` of a run made without the registry; two trainings registering at once; a training
 //! killed with SIGKILL shows as abandoned.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod home;
+
+use std::process::Command;
 
 use anyhow::{Context, ensure};
+use home::{Home, text};
 use serde_json::Value;
 
 struct Env {
-    dir: tempfile::TempDir,
+    home: Home,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Home;
+    fn deref(&self) -> &Home {
+        &self.home
+    }
 }
 
 impl Env {
     fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        ferrotune_model::testing::write_tiny_model(&dir.path().join("tiny"))?;
+        let home = Home::new()?;
+        ferrotune_model::testing::write_tiny_model(&home.path("tiny"))?;
         let mut train = String::new();
         let mut eval = String::new();
         for i in 0..16 {
@@ -26,42 +35,13 @@ impl Env {
             let row = serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}).to_string();
             if i < 12 { &mut train } else { &mut eval }.push_str(&(row + "\n"));
         }
-        std::fs::write(dir.path().join("train.jsonl"), train)?;
-        std::fs::write(dir.path().join("eval.jsonl"), eval)?;
-        Ok(Self { dir })
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn s(&self, p: &str) -> String {
-        self.path(p).display().to_string()
-    }
-
-    /// `ferrotune ARGS` with this test's home (registry, policy) and user.
-    fn cmd(&self, user: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("FERROTUNE_HOME", self.path("home"))
-            .env("USER", user)
-            .env_remove("LOGNAME")
-            .output()
-            .expect("runs")
-    }
-
-    fn ok(&self, user: &str, args: &[&str]) -> anyhow::Result<String> {
-        let o = self.cmd(user, args);
-        ensure!(o.status.success(), "`ferrotune {}` failed:\n{}", args.join(" "), text(&o));
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        std::fs::write(home.path("train.jsonl"), train)?;
+        std::fs::write(home.path("eval.jsonl"), eval)?;
+        Ok(Self { home })
     }
 
     fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok("alice", &a)?;
-        serde_json::from_str(&out).with_context(|| out)
+        self.json_as("alice", args)
     }
 
     fn train_args(&self, out: &str, seed: &str) -> Vec<String> {
@@ -80,9 +60,6 @@ impl Env {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn rougel_of(eval: &Value, system: &str) -> f64 {
     let m = eval["metrics"].as_array().and_then(|ms| ms.iter().find(|m| m["name"] == "rougeL")).expect("rougeL");

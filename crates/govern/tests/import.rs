@@ -92,7 +92,7 @@ fn importing_a_run_folder_twice_records_it_once() {
     let imported = reg.history("demo").unwrap().iter().filter(|e| e.action == "imported").count();
     assert_eq!(imported, 1);
     // The imported eval gates a promotion like one registered by `ferrotune eval`.
-    let p = policy("[alias.champion]\ngates = [\"rougeL\"]\ngate_data = \"examples/support/eval.jsonl\"\n");
+    let p = policy("[alias.champion]\napprovers = 0\ngates = [\"rougeL\"]\ngate_data = \"examples/support/eval.jsonl\"\n");
     assert!(matches!(reg.promote("demo", 1, "champion", "imported", "alice", &p).unwrap(), Promotion::Applied { .. }));
 }
 
