@@ -72,7 +72,7 @@ fn bench_audit(b: &AuditBench) -> anyhow::Result<()> {
             serde_json::json!({"request": format!("req-{i:012}"), "model": "support@3"}),
             "ok",
             serde_json::json!({"status": 200, "prompt_tokens": 100 + i % 400, "completion_tokens": 64, "latency_ms": 800 + i % 300,
-                "cache_hit": i % 5 == 0, "stream": true, "finish_reason": "stop"}),
+                "cache_hit": i.is_multiple_of(5), "stream": true, "finish_reason": "stop"}),
         )
     };
     println!("bench audit: {} entries in batches of {} ({})", b.entries, b.batch, dir.path().display());

@@ -219,10 +219,8 @@ fn two_trainings_registering_at_once_get_two_versions_and_a_killed_one_shows_aba
 
     // A training killed mid-run: recorded as started, then abandoned (its process is gone).
     let mut args = e.train_args("runs/killed", "4");
-    for (flag, value) in [("--max-steps", "100000")] {
-        let i = args.iter().position(|a| a == flag).context("flag")?;
-        args[i + 1] = value.into();
-    }
+    let i = args.iter().position(|a| a == "--max-steps").context("flag")?;
+    args[i + 1] = "100000".into();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
         .args(&args)
         .current_dir(e.dir.path())

@@ -2,6 +2,8 @@
 //! numbers from the record, the GPAI comparison, bad card.toml files, and (with
 //! FERROTUNE_CHECK_CARDS=1) huggingface_hub reading the card.
 
+#![allow(clippy::unwrap_used)]
+
 mod lineage_fixture;
 
 use std::collections::BTreeSet;

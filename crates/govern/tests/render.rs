@@ -1,5 +1,7 @@
 //! `registry show`'s tree and the Graphviz graph of a lineage.
 
+#![allow(clippy::unwrap_used)]
+
 mod lineage_fixture;
 
 use std::collections::BTreeSet;
