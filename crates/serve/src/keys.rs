@@ -99,6 +99,12 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 pub struct KeyStore {
     conn: Mutex<Connection>,
     path: PathBuf,
@@ -173,12 +179,25 @@ impl KeyStore {
             std::fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.into(), source })?;
         }
         let db = |source| KeyError::Db { path: path.into(), source };
-        let conn = Connection::open(path).map_err(db)?;
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(())).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
-        migrate(&conn).map_err(db)?;
-        Ok(Self { conn: Mutex::new(conn), path: path.into() })
+        // Switching a new file to WAL (and the first statements while another process does)
+        // can fail with SQLITE_BUSY without SQLite calling the busy handler: a server and a
+        // `keys create` starting together on a fresh home. Retried for the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_once(path) {
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+                r => return r.map(|conn| Self { conn: Mutex::new(conn), path: path.into() }).map_err(db),
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
+        Ok(conn)
     }
 
     fn db(&self, source: rusqlite::Error) -> KeyError {
@@ -323,6 +342,28 @@ mod tests {
 
     fn key(name: &str) -> ApiKey {
         ApiKey { name: name.into(), models: vec!["a".into()], rpm: Some(5), kbs: vec!["docs".into()], ..Default::default() }
+    }
+
+    #[test]
+    fn eight_handles_opening_a_new_key_database_at_once_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("serve").join("keys.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let opened: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        KeyStore::open(&path).and_then(|s| s.live_count()).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for h in opened {
+                let r = h.join().expect("thread");
+                assert!(r.is_ok(), "round {round}: {r:?}");
+            }
+        }
     }
 
     /// `lookup` fills in the row id; compare the rest.
