@@ -48,13 +48,16 @@ policy=examples/support/policy.toml
 if [ "$($bin registry list aliases --json | python3 -c '
 import json, sys
 print(next((a["version"] for a in json.load(sys.stdin) if a["name"] == "support" and a["alias"] == "champion"), 0))')" != "$version" ]; then
-  $bin registry promote support "$version" --to champion --reason "demo: tuned beats the base" --policy "$policy"
-  request=$($bin registry list requests --json | python3 -c '
+  # A version worse than the current champion by more than the policy's margin is refused here,
+  # naming the rule and the numbers: that is the gate working, and the demo goes on.
+  if $bin registry promote support "$version" --to champion --reason "demo: tuned beats the base" --policy "$policy"; then
+    request=$($bin registry list requests --json | python3 -c '
 import json, sys
 print(max(r["id"] for r in json.load(sys.stdin) if r["status"] == "open"))')
-  $bin registry approve "$request" --by reviewer --policy "$policy"
+    $bin registry approve "$request" --by reviewer --policy "$policy"
+  fi
 fi
-$bin registry card support@champion --out runs/demo/card
+$bin registry card "support@$version" --out runs/demo/card
 echo "report: runs/demo/eval/report.md (chart metrics.svg)   loss curve: runs/demo/loss.svg"
 echo "metrics: runs/demo/metrics.jsonl   adapter: runs/demo/adapter   lineage: runs/demo/lineage.json   card: runs/demo/card/README.md"
 echo "serve it by name: $bin serve, then \"model\": \"support\" (its champion)"
