@@ -478,6 +478,7 @@ fn finish(
         out.display()
     );
     let eval_json = out.join("eval.json");
+    let eval_hash = crate::record::hash_file(&eval_json)?;
     let headline: serde_json::Map<String, serde_json::Value> = file
         .metrics
         .iter()
@@ -486,13 +487,13 @@ fn finish(
     crate::audit::trail(
         &ferrotune_govern::actor(None),
         "eval",
-        serde_json::json!({"eval_json": crate::record::hash_file(&eval_json)?, "data": file.data}),
+        serde_json::json!({"eval_json": eval_hash, "data": file.data}),
         "ok",
         serde_json::json!({"model": file.model, "systems": file.systems.iter().map(|s| serde_json::json!({"name": s.name, "adapter": s.adapter})).collect::<Vec<_>>(),
             "metrics": headline}),
     )?;
     if let Some(reg) = registry.open()? {
-        let e = crate::record::evaluated(&reg, &eval_json)
+        let e = crate::record::evaluated(&reg, &eval_json, &eval_hash.sha256)
             .with_context(|| format!("recording {}/eval.json in the registry (pass --no-registry to skip)", out.display()))?;
         let matched: Vec<String> = e.systems.iter().filter(|(_, a)| a.is_some()).map(|(s, _)| s.name.clone()).collect();
         println!(

@@ -32,24 +32,12 @@ impl RegistryFlags {
 }
 
 pub fn hash_file(path: &Path) -> anyhow::Result<FileHash> {
-    let sha256 = ferrotune_model::store::sha256_file(path)?;
-    let bytes = std::fs::metadata(path).with_context(|| path.display().to_string())?.len();
-    Ok(FileHash { path: path.display().to_string(), bytes, sha256 })
+    Ok(ferrotune_govern::hash_file(path)?)
 }
 
 /// Every file under `dir` (recursively, sorted), hashed, with absolute paths.
 pub fn hash_dir(dir: &Path) -> anyhow::Result<Vec<FileHash>> {
-    let dir = std::path::absolute(dir).with_context(|| dir.display().to_string())?;
-    let mut files = Vec::new();
-    let mut stack = vec![dir];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| d.display().to_string())? {
-            let p = e?.path();
-            if p.is_dir() { stack.push(p) } else { files.push(p) }
-        }
-    }
-    files.sort();
-    files.iter().map(|f| hash_file(f)).collect()
+    Ok(ferrotune_govern::hash_folder(&std::path::absolute(dir).with_context(|| dir.display().to_string())?)?)
 }
 
 /// `[{path, bytes, sha256}]` of the files, for an audit entry.
@@ -58,10 +46,23 @@ pub fn hash_paths<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> anyhow::R
     Ok(serde_json::to_value(hashed)?)
 }
 
-fn dataset(path: &Path) -> anyhow::Result<NewDataset> {
-    let h = hash_file(path)?;
-    Ok(NewDataset {
-        path: path.display().to_string(),
+/// What a run reads, hashed once when it starts: for the registry and the audit entry both.
+pub struct RunInputs {
+    pub model_files: Vec<FileHash>,
+    /// Training data, then evaluation data.
+    pub data: Vec<FileHash>,
+}
+
+impl RunInputs {
+    pub fn of(s: &ferrotune_train::RunStart<'_>) -> anyhow::Result<Self> {
+        let hash = |files: &[PathBuf]| files.iter().map(|f| hash_file(f)).collect::<anyhow::Result<Vec<_>>>();
+        Ok(Self { model_files: hash(s.model_files)?, data: hash(&s.data_files)? })
+    }
+}
+
+fn dataset(h: FileHash) -> NewDataset {
+    NewDataset {
+        path: h.path,
         sha256: h.sha256,
         bytes: h.bytes,
         format: None,
@@ -69,7 +70,7 @@ fn dataset(path: &Path) -> anyhow::Result<NewDataset> {
         report: None,
         pii_findings: None,
         duplicates: None,
-    })
+    }
 }
 
 /// `data validate`: each checked file with its format, rows and the report's counts.
@@ -85,7 +86,7 @@ pub fn validated(reg: &Registry, report: &ferrotune_data::Report) -> anyhow::Res
     });
     let mut ids = Vec::new();
     for f in &report.files {
-        let mut d = dataset(Path::new(&f.path))?;
+        let mut d = dataset(hash_file(Path::new(&f.path))?);
         d.format = f.format.map(|x| serde_json::to_value(x).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
         d.rows = Some(f.rows);
         // The counts are over every file checked together (duplicates and leakage are found
@@ -118,13 +119,12 @@ impl<'r> TrainRecord<'r> {
         self.run
     }
 
-    pub fn started(&mut self, s: &ferrotune_train::RunStart<'_>) -> anyhow::Result<()> {
-        let files = s.model_files.iter().map(|f| hash_file(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    pub fn started(&mut self, s: &ferrotune_train::RunStart<'_>, inputs: &RunInputs) -> anyhow::Result<()> {
         let c = s.model_config;
         let model = self.reg.register_model(&NewModel {
             name: s.config.model.clone(),
             path: ferrotune_model::store::resolve(&s.config.model).map_or_else(|_| s.config.model.clone(), |p| p.display().to_string()),
-            files,
+            files: inputs.model_files.clone(),
             config: serde_json::json!({
                 "family": format!("{:?}", c.family).to_lowercase(),
                 "layers": c.num_layers, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
@@ -134,8 +134,8 @@ impl<'r> TrainRecord<'r> {
             parameters: Some(s.base_parameters),
         })?;
         let mut datasets = Vec::new();
-        for f in &s.data_files {
-            datasets.push(self.reg.register_dataset(&dataset(f)?)?);
+        for f in &inputs.data {
+            datasets.push(self.reg.register_dataset(&dataset(f.clone()))?);
         }
         let run_dir = std::path::absolute(s.run_dir).unwrap_or_else(|_| s.run_dir.to_path_buf());
         let name = run_dir.file_name().map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned());
@@ -218,24 +218,18 @@ pub fn training_flops(base: u64, trainable: u64, tokens: u64, full: bool) -> Flo
 
 /// What a `train.start` audit entry names: the run (folder, registry id), the hashes of its
 /// config, data and base model files.
-pub fn train_subject(s: &ferrotune_train::RunStart<'_>, run: Option<i64>) -> anyhow::Result<serde_json::Value> {
-    let config = serde_json::to_vec(s.config)?;
+pub fn train_subject(s: &ferrotune_train::RunStart<'_>, inputs: &RunInputs, run: Option<i64>) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "run_dir": std::path::absolute(s.run_dir)?.display().to_string(),
         "run": run,
-        "config_sha256": hex_sha256(&config),
-        "data": hash_paths(&s.data_files)?,
-        "base_model": {"name": s.config.model, "files": hash_paths(s.model_files)?},
+        "config_sha256": ferrotune_govern::sha256_hex(&serde_json::to_vec(s.config)?),
+        "data": inputs.data,
+        "base_model": {"name": s.config.model, "files": inputs.model_files},
     }))
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// `eval`: the written eval.json, its systems matched to registered versions by their files.
-pub fn evaluated(reg: &Registry, eval_json: &Path) -> anyhow::Result<ferrotune_govern::EvalRecord> {
+pub fn evaluated(reg: &Registry, eval_json: &Path, sha256: &str) -> anyhow::Result<ferrotune_govern::EvalRecord> {
     let text = std::fs::read_to_string(eval_json).with_context(|| eval_json.display().to_string())?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| eval_json.display().to_string())?;
     let s = |ptr: &str| v.pointer(ptr).and_then(|x| x.as_str()).unwrap_or_default().to_string();
@@ -250,7 +244,7 @@ pub fn evaluated(reg: &Registry, eval_json: &Path) -> anyhow::Result<ferrotune_g
     }
     Ok(reg.register_eval(&NewEval {
         path: std::path::absolute(eval_json)?.display().to_string(),
-        sha256: hash_file(eval_json)?.sha256,
+        sha256: sha256.to_string(),
         model: s("/model"),
         data_path: s("/data/path"),
         data_sha256: s("/data/sha256"),

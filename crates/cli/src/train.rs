@@ -196,10 +196,11 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let actor = ferrotune_govern::actor(None);
     let mut started: Option<serde_json::Value> = None;
     let result = ferrotune_train::run_with(cfg, &opts, &mut |start| {
+        let inputs = crate::record::RunInputs::of(start).map_err(|e| format!("{e:#}"))?;
         if let Some(r) = record.as_mut() {
-            r.started(start).map_err(|e| format!("recording the run in the registry: {e:#} (pass --no-registry to train without it)"))?;
+            r.started(start, &inputs).map_err(|e| format!("recording the run in the registry: {e:#} (pass --no-registry to train without it)"))?;
         }
-        let subject = crate::record::train_subject(start, record.as_ref().and_then(|r| r.run_id())).map_err(|e| format!("{e:#}"))?;
+        let subject = crate::record::train_subject(start, &inputs, record.as_ref().and_then(|r| r.run_id())).map_err(|e| format!("{e:#}"))?;
         crate::audit::trail(&actor, "train.start", subject.clone(), "ok", serde_json::json!({"resumed": start.resumed}))
             .map_err(|e| format!("{e:#}"))?;
         started = Some(serde_json::json!({"run_dir": subject["run_dir"], "run": subject["run"]}));
@@ -214,7 +215,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         let fields = match &result {
             Ok(s) => serde_json::json!({
                 "steps": s.steps, "tokens": s.tokens, "final_loss": s.final_loss, "best_eval_loss": s.best_eval_loss,
-                "output": crate::record::hash_dir(&s.output)?, "artifact": artifact.as_ref().map(|a| a.reference()),
+                // The registered version's files were hashed when it was registered.
+                "output": match &artifact { Some(a) => a.files.clone(), None => crate::record::hash_dir(&s.output)? },
+                "artifact": artifact.as_ref().map(|a| a.reference()),
             }),
             Err(e) => serde_json::json!({"error": e.to_string()}),
         };

@@ -323,13 +323,13 @@ pub fn hash_folder(dir: &Path) -> Result<Vec<FileHash>, GovernError> {
     let mut paths = Vec::new();
     walk(dir, &mut paths)?;
     paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::metadata(&p).map_err(|source| GovernError::Io { path: p.clone(), source })?.len();
-            Ok(FileHash { path: p.display().to_string(), bytes, sha256: sha256_file(&p)? })
-        })
-        .collect()
+    paths.iter().map(|p| hash_file(p)).collect()
+}
+
+/// One file's size and SHA-256, its path as given.
+pub fn hash_file(path: &Path) -> Result<FileHash, GovernError> {
+    let bytes = std::fs::metadata(path).map_err(|source| GovernError::Io { path: path.into(), source })?.len();
+    Ok(FileHash { path: path.display().to_string(), bytes, sha256: sha256_file(path)? })
 }
 
 /// What is wrong with the file, as sentences (empty: nothing): SQLite's own integrity check,

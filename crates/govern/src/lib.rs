@@ -19,6 +19,7 @@ pub mod registry;
 mod release;
 pub mod render;
 
+pub use db::{hash_file, hash_folder, sha256_hex};
 pub use error::{GovernError, Result};
 pub use policy::{AliasRule, Gate, Policy};
 pub use records::*;
