@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod keys;
 mod models;
+mod plan;
 mod rag;
 mod record;
 mod registry;
@@ -59,6 +60,9 @@ enum Command {
     Registry(registry::RegistryArgs),
     /// The tamper-evident audit log: verify, prove an entry, search, export for an auditor.
     Audit(audit::AuditArgs),
+    /// Before a run: which method, how much memory, how long and what it costs (training and
+    /// serving), with recommended settings — from the data's token counts and measured speeds.
+    Plan(plan::PlanArgs),
 }
 
 /// Training frees and reallocates the same activation-sized buffers on every op. glibc, left
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         Command::Keys(a) => keys::run(a),
         Command::Registry(a) => registry::run(a),
         Command::Audit(a) => audit::run(a),
+        Command::Plan(a) => plan::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

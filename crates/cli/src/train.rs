@@ -47,7 +47,9 @@ pub struct TrainArgs {
     /// Rank-stabilised LoRA scaling (alpha/√r).
     #[arg(long)]
     rslora: bool,
-    /// Passes over the training data (fractions allowed). [default: 3]
+    /// Passes over the training data (fractions allowed). [default: auto — enough for ≥ 150
+    /// optimizer steps on small data (at most 10), 3 up to 5,000 rows, 2 up to 20,000, then 1;
+    /// `ferrotune plan` explains]
     #[arg(long)]
     epochs: Option<f64>,
     /// Optimizer steps to run (overrides --epochs).
@@ -59,7 +61,8 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step. [default: 1]
     #[arg(long)]
     grad_accum: Option<usize>,
-    /// Peak learning rate. [default: 2e-4]
+    /// Peak learning rate. [default: auto — LoRA 1e-3 up to 600M parameters, 5e-4 up to 5B,
+    /// 2e-4 above; full fine-tuning 5e-5 up to 600M, 1e-5 above; evidence in docs/plan.md]
     #[arg(long)]
     lr: Option<f64>,
     /// Decoupled (AdamW) weight decay. [default: 0]
@@ -175,8 +178,64 @@ pub fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     Ok(cfg)
 }
 
+/// Rows of a data file (every row, valid or not: the count the recommendation is for).
+fn count_rows(path: &std::path::Path) -> Option<u64> {
+    let mut r = ferrotune_data::reader::RowReader::open(path).ok()?;
+    let mut n = 0u64;
+    loop {
+        let chunk = r.read_chunk(4096).ok()?;
+        if chunk.rows.is_empty() {
+            return Some(n);
+        }
+        n += chunk.rows.len() as u64;
+        r.recycle(chunk.bytes);
+    }
+}
+
+/// The settings the user left open (neither a flag nor a key of --config) take `ferrotune plan`'s
+/// recommendations; returns what was chosen and why. A model or data file that cannot be read
+/// leaves the built-in default (the trainer then reports the file).
+pub fn auto_settings(a: &TrainArgs, cfg: &mut TrainConfig) -> anyhow::Result<Vec<String>> {
+    if a.resume {
+        return Ok(Vec::new());
+    }
+    let in_file: std::collections::BTreeSet<String> = match &a.config {
+        Some(p) => std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default(),
+        None => Default::default(),
+    };
+    let open = |flag: bool, key: &str| !flag && !in_file.contains(key);
+    let mut notes = Vec::new();
+    let method = match cfg.method {
+        ferrotune_train::config::Method::Full => ferrotune_plan::Method::Full,
+        ferrotune_train::config::Method::Lora => ferrotune_plan::Method::Lora { r: cfg.lora_r, targets: cfg.target_modules.clone() },
+    };
+    if open(a.lr.is_some(), "lr")
+        && let Ok(model) = ferrotune_model::loaded::load_config(&cfg.model)
+    {
+        let c = ferrotune_plan::hyper::learning_rate(model.parameter_count(), &method);
+        cfg.lr = c.value;
+        notes.push(format!("lr {:e} (auto: {})", c.value, c.reason));
+    }
+    if open(a.epochs.is_some(), "epochs")
+        && cfg.max_steps.is_none()
+        && let Some(rows) = count_rows(&cfg.data).filter(|&n| n > 0)
+    {
+        let c = ferrotune_plan::hyper::epochs(rows, cfg.batch_size * cfg.grad_accum.max(1));
+        cfg.epochs = c.value;
+        notes.push(format!("epochs {} (auto: {}{})", c.value, c.reason, if cfg.packing { "; rows per step counted before packing" } else { "" }));
+    }
+    Ok(notes)
+}
+
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
-    let cfg = config_from(&a)?;
+    let mut cfg = config_from(&a)?;
+    for note in auto_settings(&a, &mut cfg)? {
+        eprintln!("{note}");
+    }
     if a.resume && cfg.out.is_none() {
         anyhow::bail!("--resume needs --out RUN_DIR (the run to continue)");
     }

@@ -177,8 +177,8 @@ fn open(path: &Path) -> Result<(BufReader<File>, Content)> {
     Ok((reader, content))
 }
 
-pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
-    let (mut reader, content) = open(path)?;
+/// The model configuration a GGUF's metadata describes (and its token list).
+fn config_of(path: &Path, content: &Content) -> Result<(ModelConfig, Vec<String>)> {
     let meta = Meta { path, map: &content.metadata };
     let arch = meta.string("general.architecture")?.unwrap_or("").to_string();
     let family = match arch.as_str() {
@@ -227,7 +227,20 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
         return Err(meta.err(&key("attention.head_count_kv"), "head counts must be positive and divide each other"));
     }
+    Ok((config, tokens))
+}
 
+/// The configuration of a GGUF, reading only its header.
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    let (_, content) = open(path)?;
+    Ok(config_of(path, &content)?.0)
+}
+
+pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
+    let (mut reader, content) = open(path)?;
+    let (config, tokens) = config_of(path, &content)?;
+    let meta = Meta { path, map: &content.metadata };
+    let (family, num_heads, num_kv_heads) = (config.family, config.num_heads, config.num_kv_heads);
     let mut weights = Weights::new(path, device.clone());
     let mut rope_freq_factors = None;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();

@@ -112,6 +112,17 @@ fn hf_text(m: &hf::HfModel) -> Result<TextModel> {
 }
 
 /// Load a model's [`TextModel`] by name (installed) or path, reading no weights.
+/// The configuration of a model (installed name, GGUF file or HF directory) without its weights:
+/// `config.json`, or the GGUF's header.
+pub fn load_config(spec: &str) -> Result<ModelConfig> {
+    let path = store::resolve(spec)?;
+    if path.is_dir() {
+        ModelConfig::from_hf_file(&path.join("config.json"))
+    } else {
+        gguf::read_config(&path)
+    }
+}
+
 pub fn load_text(spec: &str) -> Result<TextModel> {
     let path = store::resolve(spec)?;
     load_text_path(&path)
