@@ -123,8 +123,9 @@ pub struct ApiCost {
     pub per_month: f64,
     /// Self-hosted cost / API cost (< 1: self-hosting is cheaper).
     pub ratio: f64,
-    /// Requests per day at which one self-hosted server costs the same as the API (the
-    /// smallest deployment: one server, always on); `None` when the API is never dearer.
+    /// The smallest daily volume from which self-hosting costs no more than the API (servers
+    /// added as traffic needs them); `None` when a fully used server costs more per request
+    /// than the API, so self-hosting never breaks even.
     pub break_even_requests_per_day: Option<f64>,
 }
 
@@ -138,6 +139,11 @@ pub fn serving_tco(traffic: Traffic, server_tokens_per_sec: f64, hour_price: f64
     let servers = ((traffic.completion_tokens_per_day() / capacity_per_day).ceil() as u64).max(1);
     let storage = model_gb * prices.storage.gb_month;
     let self_hosted = servers as f64 * hour_price * 24.0 * DAYS_PER_MONTH + storage;
+    // A server at full use serves `capacity_per_day / completion tokens per request` requests a
+    // day; its cost per request then is the floor of self-hosting's price per request.
+    let one_server = hour_price * 24.0 * DAYS_PER_MONTH + storage;
+    let completion_per_request = traffic.tokens_per_request * traffic.completion_share;
+    let requests_per_server_month = if completion_per_request > 0.0 { capacity_per_day / completion_per_request * DAYS_PER_MONTH } else { f64::INFINITY };
     let apis = prices
         .api
         .iter()
@@ -146,8 +152,12 @@ pub fn serving_tco(traffic: Traffic, server_tokens_per_sec: f64, hour_price: f64
                 * ((1.0 - traffic.completion_share) * a.input_per_mtok + traffic.completion_share * a.output_per_mtok)
                 / 1e6;
             let per_month = per_request * traffic.requests_per_day * DAYS_PER_MONTH;
-            let one_server = hour_price * 24.0 * DAYS_PER_MONTH + storage;
-            let break_even = (per_request > 0.0).then(|| one_server / (per_request * DAYS_PER_MONTH));
+            // Break-even: the smallest volume at which ceil(V / C) servers cost no more than V
+            // requests of the API. It exists iff a fully used server is cheaper per request than
+            // the API (one_server / C <= per_request), and then one server at V = one_server / p
+            // already breaks even (that V is within one server's capacity C).
+            let break_even = (per_request > 0.0 && one_server / requests_per_server_month <= per_request)
+                .then(|| one_server / (per_request * DAYS_PER_MONTH));
             ApiCost { name: a.name.clone(), per_month, ratio: self_hosted / per_month, break_even_requests_per_day: break_even }
         })
         .collect();
@@ -193,5 +203,10 @@ mod tests {
         assert!((tco.apis[0].per_month - 0.00015 * 100_000.0 * 30.0).abs() < 1e-6);
         let be = tco.apis[0].break_even_requests_per_day.unwrap();
         assert!((be * 0.00015 * 30.0 - 72.0).abs() < 1e-6, "{be}");
+        // A slow server (1 token/s: 864 requests of 50 completion tokens a day at 50%) costs
+        // 72 / (864 × 30) = $0.0028 a request at best, above the API's $0.00015: never.
+        let slow = serving_tco(t, 1.0, 0.1, 0.5, 0.0, &p);
+        assert_eq!(slow.apis[0].break_even_requests_per_day, None);
+        assert_eq!(slow.servers, 5_000_000u64.div_ceil(43_200));
     }
 }

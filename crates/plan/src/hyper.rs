@@ -88,6 +88,8 @@ pub const FULL_LR_LARGE: f64 = 1e-5;
 /// Optimizer steps a run should reach at least (small data gets more epochs to reach it).
 pub const MIN_STEPS: u64 = 150;
 pub const MAX_EPOCHS: f64 = 10.0;
+/// Rows a GPU step holds at most (the learning rates were measured at 4 to 16 rows a step).
+pub const GPU_MAX_BATCH: usize = 16;
 /// Rows at or above which one epoch is enough.
 pub const ONE_EPOCH_ROWS: u64 = 20_000;
 
@@ -147,8 +149,8 @@ pub fn recommend(params: u64, model_max: usize, method: &Method, data: &DataStat
     // Batch: 4 rows on a CPU (the measured sweet spot: larger batches pad more and are not faster
     // per token); on a GPU about 8k tokens a step.
     let batch_size = if gpu {
-        let b = (8192.0 / data.tokens_p95.max(1) as f64).floor().clamp(1.0, 64.0) as usize;
-        Choice { value: b, reason: format!("≈ 8192 tokens a step at p95 length {}", data.tokens_p95) }
+        let b = (8192.0 / data.tokens_p95.max(1) as f64).floor().clamp(1.0, GPU_MAX_BATCH as f64) as usize;
+        Choice { value: b, reason: format!("≈ 8192 tokens a step at p95 length {}, at most {GPU_MAX_BATCH} rows", data.tokens_p95) }
     } else {
         Choice { value: 4, reason: "4 rows a step on a CPU".into() }
     };

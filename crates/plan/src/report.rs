@@ -98,10 +98,25 @@ pub fn plan(inp: &PlanInputs) -> Plan {
             if let Some(s) = inp.max_seq_len {
                 settings.max_seq_len = crate::hyper::Choice { value: s, reason: "given (--max-seq-len)".into() };
             }
-            let (batch, seq_cap) = (settings.batch_size.value, settings.max_seq_len.value);
-            // Memory at the worst step: a full batch of the longest rows (packed sequences are all that long).
-            let step = StepShape { batch, seq: seq_cap, checkpointing: false };
-            let mem = memory::training(&inp.cfg, method, hw.backend, step);
+            let seq_cap = settings.max_seq_len.value;
+            // Memory at the worst step: a full batch of the longest rows (packed sequences are all
+            // that long). A recommended GPU batch that does not fit is halved until it does.
+            let mut step = StepShape { batch: settings.batch_size.value, seq: seq_cap, checkpointing: false };
+            let mut mem = memory::training(&inp.cfg, method, hw.backend, step);
+            if inp.batch_size.is_none() && gpu {
+                let first = step.batch;
+                while step.batch > 1 && gib(mem.total_bytes) > hw.memory_gib {
+                    step.batch /= 2;
+                    mem = memory::training(&inp.cfg, method, hw.backend, step);
+                }
+                if step.batch != first {
+                    settings.batch_size = crate::hyper::Choice {
+                        value: step.batch,
+                        reason: format!("{} (the first choice, {first} rows, does not fit {:.0} GiB: halved until it does or reaches 1)", settings.batch_size.reason, hw.memory_gib),
+                    };
+                }
+            }
+            let batch = step.batch;
             let mem_ck = memory::training(&inp.cfg, method, hw.backend, StepShape { checkpointing: true, ..step });
             // Time at the average step.
             let rows = inp.data.rows as f64;
@@ -309,14 +324,19 @@ pub fn render(p: &Plan) -> String {
             gib(sv.memory.total_bytes)
         );
         let _ = writeln!(s, "  basis: {}", sv.basis);
+        let ram = crate::hardware::this_cpu().memory_gib;
+        if gib(sv.memory.total_bytes) > ram {
+            let _ = writeln!(s, "  ! a server needs {:.1} GiB, more than this machine's {ram:.0} GiB: the recorded machine could not hold it", gib(sv.memory.total_bytes));
+        }
         for a in &sv.tco.apis {
             let _ = writeln!(
                 s,
-                "  {:<26} {:>12} / month; self-hosted is {:.2}x of it; break-even at {} requests/day",
+                "  {:<26} {:>12} / month; self-hosted is {:.2}x of it; {}",
                 a.name,
                 money(a.per_month, &sv.currency),
                 a.ratio,
-                a.break_even_requests_per_day.map_or("-".into(), |b| format!("{b:.0}"))
+                a.break_even_requests_per_day
+                    .map_or("never breaks even at this server speed (a fully used server costs more per request)".into(), |b| format!("break-even from {b:.0} requests/day"))
             );
         }
         let _ = writeln!(s, "  ({})", sv.note);
