@@ -9,9 +9,10 @@
 #   (c) Kubernetes: kustomize build, kubectl client dry-run, strict schema validation
 #       (kubernetes-validate from PyPI), and the fields this deployment relies on
 #   (d) compose.yaml's structure; the image: a bookworm rootfs from debootstrap imported as
-#       debian:bookworm-slim, `podman build` of deploy/Dockerfile with the prebuilt binary, the
-#       container run as in the Deployment (read-only root, /tmp tmpfs, no capabilities, the
-#       ConfigMap's serve.toml, models mounted), /ready, HEALTHCHECK, a chat completion, SIGTERM
+#       localhost/debian:bookworm-slim (RUNTIME_IMAGE), `podman build` of deploy/Dockerfile with
+#       the prebuilt binary, the container run as in the Deployment (read-only root, /tmp tmpfs,
+#       no capabilities, the ConfigMap's serve.toml, models mounted), /ready, HEALTHCHECK, a chat
+#       completion, SIGTERM
 #
 # Needs target/release/ferrotune (cargo build --release -p ferrotune-cli) and the default models
 # (scripts/install-models.sh). Installs with apt-get what is missing (prometheus, redis-server,
@@ -386,9 +387,10 @@ image_check() {
         set -- $pair
         need "$1" "$2" || { fail "apt-get install $2 failed" "$(tail -3 "$WORK/apt-$2.log")"; return; }
     done
-    # The runtime base: Docker Hub cannot be reached, so a minbase bookworm rootfs from the
-    # Debian mirror stands in for debian:bookworm-slim (same release and glibc).
-    local base=docker.io/library/debian:bookworm-slim
+    # The runtime base: no container registry can be reached, so a minbase bookworm rootfs from
+    # the Debian mirror stands in for debian:bookworm-slim (same release and glibc), imported
+    # under localhost/ and passed as RUNTIME_IMAGE.
+    local base=localhost/debian:bookworm-slim
     if ! podman image exists "$base"; then
         if [ ! -d "$CACHE/rootfs" ]; then
             local mirror=${DEBIAN_MIRROR:-$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}')}
@@ -424,7 +426,8 @@ image_check() {
     # Both ARGs explicit: buildah 1.28 (bookworm's podman 4.3) decides which stages to skip from
     # --build-arg values only, not from the Dockerfile's ARG defaults.
     local build=($PODMAN build "${run_opts[@]}" --format docker --ignorefile deploy/Dockerfile.dockerignore -f deploy/Dockerfile
-        --build-arg BINARY_FROM=prebuilt --build-arg MODELS_FROM=no-models --target runtime -t "$IMAGE" .)
+        --build-arg RUNTIME_IMAGE="$base" --build-arg BINARY_FROM=prebuilt --build-arg MODELS_FROM=no-models
+        --target runtime -t "$IMAGE" .)
     if ! "${build[@]}" >"$WORK/build.log" 2>&1; then
         fail "${build[*]}" "$(tail_of "$WORK/build.log" 20)"
         return
