@@ -138,7 +138,7 @@ fn train_takes_the_recommended_settings_it_is_not_given_and_says_why() -> anyhow
         Ok((serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("config.json"))?)?, err))
     };
     // 12 rows of 4 = 3 steps an epoch: 10 epochs (the most) to approach 150 steps; a tiny model is small: lr 1e-3.
-    let (cfg, err) = run("auto", &["--max-seq-len", "32"])?;
+    let (cfg, err) = run("auto", &[])?;
     assert_eq!(cfg["lr"], 1e-3, "{cfg}");
     assert_eq!(cfg["epochs"], 10.0, "{cfg}");
     assert!(err.contains("lr 1e-3 (auto:") && err.contains("epochs 10 (auto:"), "{err}");
@@ -153,5 +153,30 @@ fn train_takes_the_recommended_settings_it_is_not_given_and_says_why() -> anyhow
     let (cfg, err) = run("file", &["--config", &toml.display().to_string()])?;
     assert_eq!(cfg["lr"], 3e-4);
     assert!(!err.contains("lr 1e-3"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn calibrate_records_this_machine_and_later_plans_use_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    ferrotune_model::testing::write_tiny_model(&dir.path().join("tiny"))?;
+    let data = rows(dir.path(), "d.jsonl", 40, None)?;
+    let out = ferrotune(dir.path()).args(["plan", "--calibrate"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("calibrated:"), "{text}");
+    let cal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("plan/calibration.json"))?)?;
+    let measured = cal["ferrotune"]["tokens_per_sec"].as_f64().expect("tokens/s");
+    assert!(measured > 0.0 && cal["calibrated"].is_string());
+    let tiny = dir.path().join("tiny").display().to_string();
+    let v = plan_json(dir.path(), &["--data", &data.display().to_string(), "--model", &tiny, "--hardware", "cpu", "--methods", "lora"])?;
+    let speed = &v["options"][0]["speed"];
+    assert!(speed["record"]["source"].as_str().expect("source").contains("this machine"), "{speed}");
+    assert_eq!(speed["record"]["tokens_per_sec"].as_f64(), Some(measured));
+    // A calibration file that is not JSON is an error naming it, not a silent fallback.
+    std::fs::write(dir.path().join("plan/calibration.json"), "not json")?;
+    let out = ferrotune(dir.path()).args(["plan", "--data", &data.display().to_string(), "--model", &tiny]).output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("calibration.json"), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
