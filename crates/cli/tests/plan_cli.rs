@@ -72,12 +72,10 @@ fn an_8b_shape_does_not_fit_a_cpu_for_full_fine_tuning_and_serving_costs_are_com
     let dir = tempfile::tempdir()?;
     let data = rows(dir.path(), "d.jsonl", 50, Some(25))?;
     // A shape has no tokenizer: the default model's stands in, so this needs it installed.
-    let home = std::env::var_os("FERROTUNE_HOME").map(std::path::PathBuf::from);
-    let Some(home) = home.filter(|h| h.join("models").exists()) else {
-        assert!(std::env::var_os("FERROTUNE_REQUIRE_MODELS").is_none(), "FERROTUNE_REQUIRE_MODELS is set but no models are installed");
-        eprintln!("SKIPPED: no installed models (FERROTUNE_HOME/models)");
+    if ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_MODEL).is_none() {
         return Ok(());
-    };
+    }
+    let home = ferrotune_model::store::home();
     let v = plan_json(&home, &["--data", &data.display().to_string(), "--model", "llama-3.1-8b", "--hardware", "h100,h200", "--requests-per-day", "20000", "--tokens-per-request", "600"])?;
     let full_h100 = v["options"].as_array().expect("options").iter().find(|o| o["method"] == "full" && o["hardware"] == "h100").expect("full h100").clone();
     assert_eq!(full_h100["fits"], false, "full fine-tuning of 8B in bf16 with AdamW does not fit 80 GB");
