@@ -13,6 +13,7 @@ mod registry;
 mod serve;
 mod textgen;
 mod train;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Before a run: which method, how much memory, how long and what it costs (training and
     /// serving), with recommended settings — from the data's token counts and measured speeds.
     Plan(plan::PlanArgs),
+    /// A web dashboard: runs with live loss curves, comparisons, evaluations, the registry with
+    /// approvals and the kill switch, the audit log, knowledge bases, serving metrics.
+    Ui(ui::UiArgs),
 }
 
 /// Training frees and reallocates the same activation-sized buffers on every op. glibc, left
@@ -126,7 +130,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     #[cfg(unix)]
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Ui(_)) {
         // Rust ignores SIGPIPE, so printing a report into a pipe that closed early (`| head`)
         // panicked; with the default action the command just ends, as other tools do. (Not for
         // `serve`, whose sockets must survive a client going away.)
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
         Command::Registry(a) => registry::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Ui(a) => ui::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
