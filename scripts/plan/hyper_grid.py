@@ -57,14 +57,29 @@ def prepare(out: Path):
 
 
 def find_score(ev, metric, system):
-    """The metric's value and interval for one system in eval.json (shape-tolerant)."""
-    for s in ev.get("systems", []):
-        if s.get("name") == system or (system == "base" and s.get("is_base")):
-            m = s.get("metrics", {}).get(metric)
-            if isinstance(m, dict):
-                return m.get("value", m.get("mean")), m.get("ci_low", m.get("low")), m.get("ci_high", m.get("high"))
-            return m, None, None
+    """(value, ci95 low, ci95 high) of one system's metric in eval.json."""
+    for m in ev.get("metrics", []):
+        if m.get("name") != metric:
+            continue
+        for sc in m.get("scores", []):
+            if sc.get("system") == system:
+                ci = sc.get("ci95") or [None, None]
+                return sc.get("value"), ci[0], ci[1]
     return None, None, None
+
+
+def steps_of(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return max((json.loads(l).get("step", 0) for l in lines if l.strip()), default=0)
+
+
+def score_run(name, rows, metric, lr, epochs, run_dir, train_s):
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    base = find_score(ev, metric, "base")
+    tuned = find_score(ev, metric, "tuned")
+    return {"task": name, "rows": rows, "metric": metric, "lr": lr, "epochs": epochs, "steps": steps_of(run_dir),
+            "train_seconds": round(train_s, 1), "base": base[0], "tuned": tuned[0], "tuned_ci": [tuned[1], tuned[2]],
+            "model": "smollm2-135m-instruct", "method": "lora r=16 (7 projections)"}
 
 
 def run(bin_, out, only, settings):
@@ -87,17 +102,11 @@ def run(bin_, out, only, settings):
             subprocess.run([bin_, "train", "--data", str(data / name / "train.jsonl"), "--lr", str(lr), "--epochs", str(epochs),
                             "--out", str(run_dir), "--no-registry", "--quiet", "--save-total-limit", "1"], check=True)
             train_s = time.time() - t0
-            cfg = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
             ev_dir = run_dir / "eval"
             subprocess.run([bin_, "eval", "--data", str(data / name / "test.jsonl"), "--adapter", f"tuned={run_dir / 'adapter'}",
                             "--metrics", metric, "--max-tokens", str(max_tokens), "--out", str(ev_dir), "--resamples", "2000",
                             "--no-registry"], check=True, stdout=subprocess.DEVNULL)
-            ev = json.loads((ev_dir / "eval.json").read_text())
-            base = find_score(ev, metric, "base")
-            tuned = find_score(ev, metric, "tuned")
-            row = {"task": name, "rows": rows, "metric": metric, "lr": lr, "epochs": epochs, "steps": cfg.get("steps"),
-                   "train_seconds": round(train_s, 1), "base": base[0], "tuned": tuned[0], "tuned_ci": [tuned[1], tuned[2]],
-                   "model": "smollm2-135m-instruct", "method": "lora r=16 (7 projections)"}
+            row = score_run(name, rows, metric, lr, epochs, run_dir, train_s)
             with open(results, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
