@@ -144,14 +144,18 @@ fn home_with_a_run() -> anyhow::Result<Home> {
     std::fs::write(h.path("train.jsonl"), train)?;
     std::fs::write(h.path("eval.jsonl"), eval)?;
     std::fs::write(h.path("admin.key"), format!("{KEY}\n"))?;
-    h.ok("alice", &[
-        "train", "--model", &h.s("tiny"), "--data", "train.jsonl", "--eval-data", "eval.jsonl", "--out", "runs/a", "--max-steps", "12",
-        "--batch-size", "4", "--lr", "3e-3", "--eval-steps", "3", "--save-steps", "6", "--logging-steps", "1", "--quiet", "--register-as", "support",
-    ])?;
-    h.ok("alice", &[
-        "eval", "--model", &h.s("tiny"), "--data", "eval.jsonl", "--adapter", "runs/a/adapter", "--max-tokens", "6", "--metrics", "rougeL,loss",
-        "--resamples", "50",
-    ])?;
+    // Two runs (support@1 and @2), each evaluated into its own eval/ folder.
+    for (run, lr, seed) in [("a", "3e-3", "1"), ("b", "1e-3", "2")] {
+        h.ok("alice", &[
+            "train", "--model", &h.s("tiny"), "--data", "train.jsonl", "--eval-data", "eval.jsonl", "--out", &format!("runs/{run}"), "--max-steps",
+            "12", "--batch-size", "4", "--lr", lr, "--seed", seed, "--eval-steps", "3", "--save-steps", "6", "--logging-steps", "1", "--quiet",
+            "--register-as", "support",
+        ])?;
+        h.ok("alice", &[
+            "eval", "--model", &h.s("tiny"), "--data", "eval.jsonl", "--adapter", &format!("runs/{run}/adapter"), "--max-tokens", "6", "--metrics",
+            "rougeL,loss", "--resamples", "50",
+        ])?;
+    }
     // A run folder named like markup, whose config holds markup too.
     let evil = h.path("runs").join(HOSTILE);
     std::fs::create_dir_all(&evil)?;
@@ -165,6 +169,7 @@ fn home_with_a_run() -> anyhow::Result<Home> {
     ensure!(p.contains("request 1"), "{p}");
     let p = h.ok("alice", &["registry", "promote", "support", "1", "--to", "canary", "--reason", "try it"])?;
     ensure!(p.contains("request 2"), "{p}");
+    h.ok("alice", &["audit", "checkpoint"])?;
     // A knowledge base with a document holding HTML (synthetic vectors: BM25 needs no embedder).
     let mut w = ferrotune_rag::Writer::open(&h.path("home/kb/docs"), None, 8)?;
     let doc = ferrotune_rag::SourceDoc::new(
@@ -249,15 +254,16 @@ fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_
 
     // Live: the event stream sends the curve, then again when metrics.jsonl grows.
     let metrics = h.path("runs/a/metrics.jsonl");
-    let got = events_until(&ui, "/runs/0/a/events", "step 99 ", || {
+    let got = events_until(&ui, "/runs/0/a/events", "step 13 ", || {
         let mut f = std::fs::OpenOptions::new().append(true).open(&metrics)?;
-        writeln!(f, "{{\"step\":99,\"epoch\":9.0,\"loss\":0.5,\"lr\":0.001,\"tokens_per_sec\":100.0,\"eval_loss\":0.75}}")?;
+        writeln!(f, "{{\"step\":13,\"epoch\":4.33,\"loss\":2.5,\"lr\":0.0003,\"tokens_per_sec\":900.0}}")?;
         Ok(())
     })?;
     ensure!(got.contains("event: curve") && got.contains("<svg"), "{got}");
 
     // Compare: overlaid curves, the config difference (data), eval deltas with intervals.
-    let cmp = page(&ui, &format!("/compare?run=0/a&run=0/{}", enc(HOSTILE)), &["<svg", "Config differences", "rougeL", "Δ vs base", "no eval/eval.json"])?;
+    let cmp = page(&ui, &format!("/compare?run=0/a&run=0/b&run=0/{}", enc(HOSTILE)), &["<svg", "Config differences", "rougeL", "Δ vs base", "b − a", "no eval/eval.json"])?;
+    ensure!(cmp.contains("<td>lr</td>") && cmp.contains("<td>seed</td>"), "lr and seed differ:\n{cmp}");
     assert_escaped(&cmp, "compare");
     let r = get(&ui, "/compare?run=0/a")?;
     ensure!(r.status == 400, "one run is not a comparison: {}", r.status);
@@ -277,7 +283,7 @@ fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_
     page(&ui, &format!("/registry/version/{}", enc("support@1")), &["Lineage", "adapter_model.safetensors", "train.jsonl"])?;
 
     // Audit: recent entries, search, verification of the latest checkpoint.
-    page(&ui, "/audit", &["Verified", "registry.promote", "train.start"])?;
+    page(&ui, "/audit", &["Verified", "signature good", "registry.promote", "train.start"])?;
     let found = page(&ui, "/audit?action=registry.*", &["registry.promote"])?;
     ensure!(!found.contains("train.start"), "the search filters by action");
 

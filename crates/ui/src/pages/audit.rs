@@ -81,7 +81,8 @@ fn opt(s: &str) -> Option<String> {
 fn verify_report(r: &VerifyReport) -> Markup {
     html! {
         @if r.ok {
-            p.ok role="status" { "✓ Verified: " (r.entries) " entries, " (r.checkpoints) " signed checkpoints, every root recomputed and every signature and consistency proof checked." }
+            p.ok role="status" { "✓ Verified: " (r.entries) " entries recomputed into the tree"
+                @if r.checkpoints > 0 { "; " (r.checkpoints) " signed checkpoints, each signature, root and consistency proof checked." } @else { "; no signed checkpoint to check yet." } }
         } @else {
             div.danger role="alert" {
                 p { strong { "The log does not verify." } }
@@ -148,13 +149,13 @@ pub async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q)
                     None => p { a href="/audit/verify" { "Verify the whole log" } " (recomputes every entry; a few seconds per million)" },
                 }
                 h2 { "Search" }
-                form.stack method="get" action="/audit" {
-                    label for="action" { "Action (" code { "registry.*" } " for a family)" } input #action type="text" name="action" value=(q.action);
-                    label for="actor" { "Actor" } input #actor type="text" name="actor" value=(q.actor);
-                    label for="subject" { "Subject contains" } input #subject type="text" name="subject" value=(q.subject);
-                    label for="since" { "Since (2026-12-01 or RFC 3339)" } input #since type="text" name="since" value=(q.since);
-                    label for="until" { "Until" } input #until type="text" name="until" value=(q.until);
-                    p { button.primary type="submit" { "Search" } " " a href="/audit" { "Clear" } }
+                form.filters method="get" action="/audit" {
+                    label { span { "Action (" code { "registry.*" } " for a family)" } input type="text" name="action" value=(q.action); }
+                    label { "Actor" input type="text" name="actor" value=(q.actor); }
+                    label { "Subject contains" input type="text" name="subject" value=(q.subject); }
+                    label { "Since (2026-12-01 or RFC 3339)" input type="text" name="since" value=(q.since); }
+                    label { "Until" input type="text" name="until" value=(q.until); }
+                    span { button.primary type="submit" { "Search" } " " a href="/audit" { "Clear" } }
                 }
                 h2 { @if searching { "Matching entries (newest first, at most 200)" } @else { "Recent entries (newest first)" } }
                 @if rows.is_empty() { p.muted { "None." } } @else { (entry_rows(rows)) }
