@@ -208,8 +208,7 @@ fn policy(st: &AppState) -> Result<Policy, UiError> {
     Ok(Policy::load(p.exists().then_some(p.as_path()))?)
 }
 
-fn done(st: &AppState, viewer: &Viewer, title: &str, message: Markup) -> Markup {
-    let _ = st;
+fn done(viewer: &Viewer, title: &str, message: Markup) -> Markup {
     page(title, "/registry", Some(viewer), html! {
         h1 { (title) }
         p.notice role="status" { (message) }
@@ -249,7 +248,7 @@ pub async fn approve(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f
         }
         Promotion::Pending { request, needed } => html! { "Request " (request) " approved; it waits for " (needed) " more approval(s)." },
     };
-    Ok(done(&st, &viewer, "Approved", msg))
+    Ok(done(&viewer, "Approved", msg))
 }
 
 pub async fn reject(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f): Form<Decision>) -> Result<Markup, UiError> {
@@ -265,7 +264,7 @@ pub async fn reject(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f)
             reg.reject(f.request, &actor, &f.reason))
     })
     .await?;
-    Ok(done(&st, &viewer, "Rejected", html! { "Request " (r.id) " rejected: " (r.name) "@" (r.version) " stays off " (r.alias) "." }))
+    Ok(done(&viewer, "Rejected", html! { "Request " (r.id) " rejected: " (r.name) "@" (r.version) " stays off " (r.alias) "." }))
 }
 
 /// NAME@VERSION, for the kill switch.
@@ -363,7 +362,7 @@ async fn switch(st: Arc<AppState>, headers: HeaderMap, f: Switch, disable: bool)
     } else {
         html! { strong { (a.reference()) } " enabled." }
     };
-    Ok(done(&st, &viewer, if disable { "Disabled" } else { "Enabled" }, msg))
+    Ok(done(&viewer, if disable { "Disabled" } else { "Enabled" }, msg))
 }
 
 pub async fn disable(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f): Form<Switch>) -> Result<Markup, UiError> {
