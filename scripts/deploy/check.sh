@@ -127,6 +127,12 @@ if out=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(len(d[
 else
     fail "deploy/grafana/dashboards/ferrotune.json does not parse" "$out"
 fi
+# Grafana's own schema: the dashboard type-checked against @grafana/schema (npm) with tsc.
+if out=$(scripts/deploy/grafana_schema.sh 2>&1); then
+    pass "$(echo "$out" | grep PASS | sed 's/^PASS  //' | head -1)"
+else
+    fail "the dashboard does not match Grafana's schema" "$out"
+fi
 server_ok=0
 if [ ! -x "$BIN" ]; then
     fail "no server binary at $BIN" "build it: cargo build --release -p ferrotune-cli"
