@@ -101,7 +101,8 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM (also the dashboard's stop signal).
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -120,5 +121,9 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+async fn shutdown_signal() {
+    stop_signal().await;
     eprintln!("shutting down: finishing in-flight requests (a second signal does not force it; see shutdown_timeout_secs)");
 }

@@ -64,28 +64,7 @@ pub fn run(a: UiArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port)).await.with_context(|| format!("binding {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
         eprintln!("dashboard on http://{addr}/ (writes {}); Ctrl-C stops", if writes { "need the admin key" } else { "off: no admin key" });
-        ferrotune_ui::serve(listener, state, shutdown_signal()).await.context("serving the dashboard")?;
+        ferrotune_ui::serve(listener, state, crate::serve::stop_signal()).await.context("serving the dashboard")?;
         anyhow::Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }
