@@ -47,7 +47,7 @@ pub struct TrainArgs {
     /// Rank-stabilised LoRA scaling (alpha/√r).
     #[arg(long)]
     rslora: bool,
-    /// Passes over the training data (fractions allowed). [default: auto — enough for ≥ 150
+    /// Passes over the training data (fractions allowed). [default: auto — enough for ≥ 90
     /// optimizer steps on small data (at most 10), 3 up to 5,000 rows, 2 up to 20,000, then 1;
     /// `ferrotune plan` explains]
     #[arg(long)]

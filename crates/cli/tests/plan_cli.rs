@@ -135,7 +135,7 @@ fn train_takes_the_recommended_settings_it_is_not_given_and_says_why() -> anyhow
         anyhow::ensure!(o.status.success(), "train failed: {err}");
         Ok((serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("config.json"))?)?, err))
     };
-    // 12 rows of 4 = 3 steps an epoch: 10 epochs (the most) to approach 150 steps; a tiny model is small: lr 1e-3.
+    // 12 rows of 4 = 3 steps an epoch: 10 epochs (the most) to approach 90 steps; a tiny model is small: lr 1e-3.
     let (cfg, err) = run("auto", &[])?;
     assert_eq!(cfg["lr"], 1e-3, "{cfg}");
     assert_eq!(cfg["epochs"], 10.0, "{cfg}");
