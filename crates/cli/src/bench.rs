@@ -1,7 +1,8 @@
 //! `ferrotune bench generate`: prefill and decode speed of the f32 and quantized paths, next to
 //! llama.cpp (through llama-cpp-python) on the same GGUF, prompt and thread count, in one run.
 //! `ferrotune bench train`: LoRA training speed against HF PEFT. `ferrotune bench rag`: knowledge-base
-//! ingest throughput and query latency (`ferrotune_rag::bench`).
+//! ingest throughput and query latency (`ferrotune_rag::bench`). `ferrotune bench structured`:
+//! constrained decoding's cost in the server's engine (`bench_structured.rs`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,6 +42,9 @@ enum BenchCommand {
     /// (every leaf rehashed, every checkpoint's signature and root checked), against the
     /// targets (>= 50,000 appends/s; 1M entries verified in < 10 s).
     Audit(AuditBench),
+    /// Structured output's cost in the server's batched engine: decode tokens/s with a JSON
+    /// Schema enforced vs free text, same prompts, greedy, at 1 and 8 concurrent sequences.
+    Structured(crate::bench_structured::StructuredBench),
 }
 
 #[derive(Args)]
@@ -766,6 +770,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Train(t) => return bench_train(&t),
         BenchCommand::Rag(r) => return bench_rag(&r),
         BenchCommand::Audit(x) => return bench_audit(&x),
+        BenchCommand::Structured(x) => return crate::bench_structured::bench_structured(&x),
     };
     let threads = candle_core::utils::get_num_threads();
     let path = ferrotune_model::store::resolve(&b.model)?;

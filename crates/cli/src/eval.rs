@@ -77,6 +77,13 @@ struct RunArgs {
     /// Sampling temperature; 0 = greedy (the default, reproducible).
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
+    /// Structured output: every answer is JSON valid against this JSON Schema file
+    /// (constrained decoding, as the server's `response_format`).
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    json_schema: Option<PathBuf>,
+    /// Structured output: every answer is a JSON object.
+    #[arg(long)]
+    json: bool,
     /// Nucleus sampling probability mass in (0, 1]; 1 = off. Only with --temperature > 0.
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
@@ -292,6 +299,7 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         batch_size: a.batch_size,
         loss: metrics.iter().any(|m| m.needs_model()),
         sampling,
+        output: crate::textgen::output_format(a.json, a.json_schema.as_deref())?,
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
     let file = data.display().to_string();

@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod bench_structured;
 mod data;
 mod eval;
 mod keys;

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use ferrotune_model::constrain::{Constraint, Grammars, JsonFormat};
 use ferrotune_model::store::DEFAULT_MODEL;
 use ferrotune_model::{Format, GenerateParams, LoadedModel, Message, SamplingParams, WeightMode};
 
@@ -65,8 +66,15 @@ pub struct GenerateArgs {
     #[arg(long)]
     stop: Vec<String>,
     /// Keep generating after EOS tokens (until --max-tokens).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["json", "json_schema"])]
     ignore_eos: bool,
+    /// Structured output: the answer is JSON valid against this JSON Schema file (constrained
+    /// decoding: tokens that would break it are never sampled).
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    json_schema: Option<std::path::PathBuf>,
+    /// Structured output: the answer is a JSON object.
+    #[arg(long)]
+    json: bool,
     /// Weight path: f32 (reference, default) or quantized (GGUF blocks, faster).
     #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
     weights: WeightsArg,
@@ -110,8 +118,10 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         stop: a.stop.clone(),
         eos_ids: if a.ignore_eos { Vec::new() } else { m.eos_ids.clone() },
     };
+    let constraint = output_constraint(&m, output_format(a.json, a.json_schema.as_deref())?)?;
+    let constrained = constraint.is_some();
     let mut out = std::io::stdout().lock();
-    let g = ferrotune_model::generate(&m.model, &m.tokenizer, &prompt_ids, &params, |piece| {
+    let g = ferrotune_model::generate_constrained(&m.model, &m.tokenizer, &prompt_ids, &params, constraint, |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })?;
@@ -129,7 +139,31 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             if m.format == Format::Gguf { ", from GGUF" } else { "" },
         );
     }
+    if constrained && g.finish == ferrotune_model::FinishReason::Length {
+        bail!("--max-tokens {} ran out before the JSON was complete", a.max_tokens);
+    }
     Ok(())
+}
+
+/// `--json` / `--json-schema FILE` as a structured-output format (`None`: free text).
+pub fn output_format(json: bool, schema: Option<&std::path::Path>) -> anyhow::Result<Option<JsonFormat>> {
+    if let Some(path) = schema {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let schema: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        if !schema.is_object() {
+            bail!("{}: a JSON Schema is a JSON object", path.display());
+        }
+        return Ok(Some(JsonFormat::JsonSchema { schema }));
+    }
+    Ok(json.then_some(JsonFormat::JsonObject))
+}
+
+/// The constraint for `format` on this model's vocabulary; an unsupported schema is an error
+/// naming what the grammar compiler refused.
+pub fn output_constraint(m: &LoadedModel, format: Option<JsonFormat>) -> anyhow::Result<Option<Constraint>> {
+    let Some(format) = format else { return Ok(None) };
+    let grammars = Grammars::new(&m.tokenizer, m.config().vocab_size, &m.eos_ids)?;
+    Ok(Some(grammars.compile(&format)?))
 }
 
 #[derive(Args)]

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use ferrotune_data::{Record, RenderOptions, Renderer, Role, Turn, render_for_training};
 use ferrotune_model::{
-    Adapter, FinishReason, GenerateParams, LoadedModel, Message, SamplingParams, generate_batch,
+    Adapter, FinishReason, GenerateParams, LoadedModel, Message, SamplingParams, generate_batch_constrained,
 };
+use ferrotune_model::constrain::{Grammars, JsonFormat};
 use ferrotune_train::batch::{Example, loss_sum, make_batch};
 
 use crate::error::{EvalError, Result};
@@ -31,6 +32,9 @@ pub struct RunSettings {
     pub loss: bool,
     /// Decoding; the default (temperature 0) is greedy.
     pub sampling: SamplingParams,
+    /// Structured output: every answer held to this JSON Schema / any JSON object
+    /// (constrained decoding, as the server's `response_format`).
+    pub output: Option<JsonFormat>,
 }
 
 /// What one system produced.
@@ -120,6 +124,14 @@ pub fn run_systems(
         stop: Vec::new(),
         eos_ids: m.eos_ids.clone(),
     };
+    let constraint = match &settings.output {
+        None => None,
+        Some(format) => {
+            let refused = |e: ferrotune_model::constrain::ConstrainError| EvalError::InvalidOption { option: "--json-schema", reason: e.to_string() };
+            let grammars = Grammars::new(&m.tokenizer, m.config().vocab_size, &m.eos_ids).map_err(refused)?;
+            Some(grammars.compile(format).map_err(refused)?)
+        }
+    };
     let mut out = Vec::with_capacity(systems.len());
     for spec in systems {
         Adapter::detach(&mut m.model);
@@ -142,7 +154,7 @@ pub fn run_systems(
         let mut done = 0;
         for chunk in order.chunks(settings.batch_size) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-            let gens = generate_batch(&m.model, &m.tokenizer, &batch, &params)?;
+            let gens = generate_batch_constrained(&m.model, &m.tokenizer, &batch, &params, constraint.as_ref())?;
             for (&i, g) in chunk.iter().zip(gens) {
                 generated_tokens += g.tokens.len();
                 predictions[i] = g.text;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
+use crate::constrain::Constraint;
 use crate::error::{ModelError, Result};
 use crate::llama::{KvCache, Llama, Logits};
 use crate::sampling::{Sampler, SamplingParams};
@@ -147,11 +148,31 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 /// Generate from `prompt` token ids; `on_text` receives each piece of text as it is ready.
-pub fn generate(
+pub fn generate(model: &Llama, tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, on_text: impl FnMut(&str)) -> Result<Generation> {
+    generate_constrained(model, tok, prompt, params, None, on_text)
+}
+
+/// Pick the next token of a row: under a constraint, from the logits its mask leaves (EOS only
+/// where the grammar accepts), and the constraint moves past it.
+fn pick(sampler: &mut Sampler, row: &[f32], context: &[u32], constraint: Option<&mut Constraint>, eos_ids: &[u32]) -> Result<u32> {
+    let Some(c) = constraint else { return Ok(sampler.sample(row, context)) };
+    let failed = |e: crate::constrain::ConstrainError| ModelError::InvalidSetting { field: "json_schema", reason: e.to_string() };
+    let mut masked = row.to_vec();
+    c.apply(&mut masked).map_err(failed)?;
+    let next = sampler.sample(&masked, context);
+    if !eos_ids.contains(&next) {
+        c.advance(next).map_err(failed)?;
+    }
+    Ok(next)
+}
+
+/// [`generate`] held to `constraint` (structured output), if any.
+pub fn generate_constrained(
     model: &Llama,
     tok: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
+    mut constraint: Option<Constraint>,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     if prompt.is_empty() {
@@ -180,7 +201,7 @@ pub fn generate(
     let t1 = Instant::now();
     for step in 0..max_tokens {
         let row: Vec<f32> = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
-        let next = sampler.sample(&row, &context);
+        let next = pick(&mut sampler, &row, &context, constraint.as_mut(), &params.eos_ids)?;
         if params.eos_ids.contains(&next) {
             finish = FinishReason::Stop;
             break;
@@ -259,6 +280,7 @@ struct Row<'a> {
     stop: StopFilter,
     generated: Vec<u32>,
     finish: Option<FinishReason>,
+    constraint: Option<Constraint>,
 }
 
 /// Generate for several prompts at once: the prompts are left-padded into one batch, prefilled in
@@ -268,7 +290,18 @@ struct Row<'a> {
 /// greedy output equals [`generate`] on the row alone (left padding is masked and RoPE positions
 /// start after it). Time is shared: every row reports the batch's prefill and decode seconds.
 pub fn generate_batch(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], params: &GenerateParams) -> Result<Vec<Generation>> {
-    generate_batch_chunked(model, tok, prompts, params, PREFILL_CHUNK)
+    batch(model, tok, prompts, params, PREFILL_CHUNK, None)
+}
+
+/// [`generate_batch`] with every row held to its own copy of `constraint` (structured output).
+pub fn generate_batch_constrained(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    constraint: Option<&Constraint>,
+) -> Result<Vec<Generation>> {
+    batch(model, tok, prompts, params, PREFILL_CHUNK, constraint)
 }
 
 /// [`generate_batch`] with the prefill chunk as a parameter (tests compare chunk sizes).
@@ -279,6 +312,17 @@ pub fn generate_batch_chunked(
     prompts: &[Vec<u32>],
     params: &GenerateParams,
     chunk: usize,
+) -> Result<Vec<Generation>> {
+    batch(model, tok, prompts, params, chunk, None)
+}
+
+fn batch(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    chunk: usize,
+    constraint: Option<&Constraint>,
 ) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -314,6 +358,7 @@ pub fn generate_batch_chunked(
                 stop: StopFilter { stops: stops.clone(), text: String::new(), emitted: 0 },
                 generated: Vec::new(),
                 finish: None,
+                constraint: constraint.cloned(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -332,7 +377,7 @@ pub fn generate_batch_chunked(
             if row.finish.is_some() {
                 continue;
             }
-            let next = row.sampler.sample(logits_row, &row.context);
+            let next = pick(&mut row.sampler, logits_row, &row.context, row.constraint.as_mut(), &params.eos_ids)?;
             if params.eos_ids.contains(&next) {
                 row.finish = Some(FinishReason::Stop);
                 continue;

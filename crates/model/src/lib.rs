@@ -7,7 +7,8 @@
 //! - [`weights`], [`gguf`], [`hf`]: reading checkpoints into HF-named tensors.
 //! - [`tokenizer`], [`chat`]: HF tokenizers (also built from GGUF metadata) and Jinja chat
 //!   templates via minijinja.
-//! - [`sampling`], [`generate`]: next-token selection and streaming generation.
+//! - [`sampling`], [`generate`]: next-token selection and streaming generation; [`constrain`]:
+//!   structured output (JSON Schema → token masks, llguidance).
 //! - [`store`]: installing known models from PyPI into `$FERROTUNE_HOME/models`.
 //! - [`export`]: writing a standard HF directory.
 //! - [`testing`]: tiny random models for tests.
@@ -18,6 +19,7 @@ pub mod batch_attn;
 pub mod chat;
 pub mod clock;
 pub mod config;
+pub mod constrain;
 pub mod cpu_train;
 pub mod cuda_kernels;
 pub mod decode_attn;
@@ -45,7 +47,7 @@ pub mod weights;
 pub use chat::{ChatTemplate, Message};
 pub use config::{Family, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generate::{FinishReason, GenerateParams, Generation, generate, generate_batch};
+pub use generate::{FinishReason, GenerateParams, Generation, generate, generate_batch, generate_batch_constrained, generate_constrained};
 pub use linear::{BaseWeight, Linear, LinearAdapter};
 pub use llama::{KvCache, Llama, Logits};
 pub use loaded::{Format, LoadedModel, load, load_path};

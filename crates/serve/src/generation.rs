@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferrotune_model::SamplingParams;
+use ferrotune_model::constrain::{ConstrainError, Constraint, JsonFormat};
 use futures_util::future::join_all;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -85,6 +86,10 @@ pub struct GenParams {
     pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// Structured output (`response_format`), and its compiled grammar — cloned, parse state
+    /// and all, into each sequence ([`GenParams::constrain`]).
+    pub format: Option<JsonFormat>,
+    pub constraint: Option<Constraint>,
 }
 
 impl GenParams {
@@ -139,7 +144,38 @@ impl GenParams {
             ignore_eos: f.ignore_eos.unwrap_or(false),
             stream,
             include_usage: stream && f.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            format: None,
+            constraint: None,
         })
+    }
+
+    /// Compile `response_format` for this model (on the blocking pool: the first request also
+    /// builds the vocabulary's trie, and a large schema takes a while). A schema the grammar
+    /// compiler cannot enforce is a 400 whose message names what it refused.
+    pub async fn constrain(&mut self, state: &AppState, format: Option<JsonFormat>) -> Result<(), ApiError> {
+        let Some(format) = format else { return Ok(()) };
+        let engine = state.engine.clone();
+        let f = format.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let grammars = engine.info().grammars().map_err(|e| {
+                ApiError::field("response_format", format!("structured output is not available for this model: {e}"))
+            })?;
+            grammars.compile(&f).map_err(|e| match e {
+                ConstrainError::Unsupported { .. } => ApiError::field(
+                    if matches!(f, JsonFormat::JsonSchema { .. }) { "response_format.json_schema.schema" } else { "response_format" },
+                    e.to_string(),
+                ),
+                other => ApiError::field("response_format", other.to_string()),
+            })
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!("compiling a response_format panicked: {e}");
+            ApiError::Internal
+        })??;
+        self.format = Some(format);
+        self.constraint = Some(compiled);
+        Ok(())
     }
 
     /// Same request, same answer: greedy, or sampled from a fixed seed.
@@ -243,6 +279,7 @@ pub fn submit(
                 logprobs: job.logprobs,
                 prompt_logprobs: job.prompt_logprobs,
                 ignore_eos: params.ignore_eos,
+                constraint: params.constraint.clone(),
                 received,
                 events: tx,
             };

@@ -3,6 +3,7 @@
 //! OpenAI and vLLM do (clients send extras); OpenAI fields we cannot honour are refused with a
 //! 400 naming them unless absent, null or at their no-op value ([`refuse_unsupported`]).
 
+use ferrotune_model::constrain::JsonFormat;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -51,6 +52,8 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<u32>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u32>,
+    /// Structured output ([`response_format`]).
+    pub response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +97,8 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     /// Refused unless null or empty ([`refuse_unsupported`]).
     pub logit_bias: Option<Value>,
+    /// Structured output ([`response_format`]; vLLM takes it here too).
+    pub response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,11 +182,6 @@ pub(crate) fn empty_array(v: &Value) -> bool {
 /// are accepted and ignored.
 const CHAT_UNSUPPORTED: &[Unsupported] = &[
     Unsupported { field: "logit_bias", noop: empty_object, why: "logit_bias is not supported" },
-    Unsupported {
-        field: "response_format",
-        noop: |v| v.get("type").and_then(Value::as_str) == Some("text"),
-        why: "structured output is not supported; only {\"type\": \"text\"}",
-    },
     Unsupported { field: "tools", noop: empty_array, why: "tool calling is not supported" },
     Unsupported { field: "tool_choice", noop: |v| matches!(v.as_str(), Some("none" | "auto")), why: "tool calling is not supported" },
     Unsupported { field: "functions", noop: empty_array, why: "function calling is not supported" },
@@ -231,6 +231,46 @@ pub fn refuse_unsupported(body: &Value, endpoint: Endpoint) -> Result<(), ApiErr
         }
     }
     Ok(())
+}
+
+/// OpenAI's `response_format`: absent, null or `{"type": "text"}` = free text;
+/// `{"type": "json_object"}` = any JSON object; `{"type": "json_schema", "json_schema": {"name",
+/// "schema", "strict", "description"}}` = a value valid against `schema` (always enforced,
+/// `strict` or not; no schema = any JSON value). Anything else is a 400 naming the field.
+pub fn response_format(v: Option<&Value>) -> Result<Option<JsonFormat>, ApiError> {
+    let v = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let Some(obj) = v.as_object() else { return Err(ApiError::field("response_format", "must be an object")) };
+    match obj.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(JsonFormat::JsonObject)),
+        Some("json_schema") => {
+            let Some(js) = obj.get("json_schema").and_then(Value::as_object) else {
+                return Err(ApiError::field("response_format.json_schema", "is required for type json_schema (an object with `name` and `schema`)"));
+            };
+            match js.get("name").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
+                _ => {
+                    return Err(ApiError::field(
+                        "response_format.json_schema.name",
+                        "is required: 1 to 64 of a-z, A-Z, 0-9, `_` and `-`",
+                    ));
+                }
+            }
+            if js.get("strict").is_some_and(|s| !s.is_null() && !s.is_boolean()) {
+                return Err(ApiError::field("response_format.json_schema.strict", "must be a boolean"));
+            }
+            let schema = match js.get("schema") {
+                None | Some(Value::Null) => serde_json::json!({}),
+                Some(s @ Value::Object(_)) => s.clone(),
+                Some(_) => return Err(ApiError::field("response_format.json_schema.schema", "must be a JSON Schema object")),
+            };
+            Ok(Some(JsonFormat::JsonSchema { schema }))
+        }
+        _ => Err(ApiError::field("response_format", "`type` must be \"text\", \"json_object\" or \"json_schema\"")),
+    }
 }
 
 /// The chat as the template takes it; a 400 naming the first bad message.
@@ -397,8 +437,6 @@ mod tests {
     fn openai_fields_we_cannot_honour_are_refused_by_name() {
         for (field, value) in [
             ("logit_bias", json!({"50256": -100})),
-            ("response_format", json!({"type": "json_object"})),
-            ("response_format", json!({"type": "json_schema", "json_schema": {"name": "x"}})),
             ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
             ("tool_choice", json!("required")),
             ("tool_choice", json!({"type": "function", "function": {"name": "f"}})),
@@ -429,6 +467,29 @@ mod tests {
         });
         assert_eq!(refused(defaults, Endpoint::Chat), None);
         assert_eq!(refused(json!({"logit_bias": null, "tools": [{"type": "function"}]}), Endpoint::Completion), None);
+    }
+
+    #[test]
+    fn response_formats_are_read_and_bad_ones_named() {
+        let read = |v: Value| response_format(Some(&v));
+        assert_eq!(read(json!({"type": "text"})), Ok(None));
+        assert_eq!(response_format(None), Ok(None));
+        assert_eq!(read(json!({"type": "json_object"})), Ok(Some(JsonFormat::JsonObject)));
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(
+            read(json!({"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": true}})),
+            Ok(Some(JsonFormat::JsonSchema { schema: schema.clone() }))
+        );
+        let param = |v: Value| match read(v) {
+            Err(ApiError::InvalidField { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(param(json!({"type": "xml"})), "response_format");
+        assert_eq!(param(json!("json_object")), "response_format");
+        assert_eq!(param(json!({"type": "json_schema"})), "response_format.json_schema");
+        assert_eq!(param(json!({"type": "json_schema", "json_schema": {"schema": schema}})), "response_format.json_schema.name");
+        assert_eq!(param(json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": schema}})), "response_format.json_schema.name");
+        assert_eq!(param(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}})), "response_format.json_schema.schema");
     }
 
     #[test]

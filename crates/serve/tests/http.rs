@@ -501,7 +501,7 @@ async fn openai_fields_we_cannot_honour_get_400_naming_them_while_defaults_pass(
     for (field, value) in [
         ("tools", json!([{"type": "function", "function": {"name": "lookup", "parameters": {}}}])),
         ("tool_choice", json!("required")),
-        ("response_format", json!({"type": "json_object"})),
+        ("response_format", json!({"type": "xml"})),
         ("logit_bias", json!({"65": 100})),
         ("functions", json!([{"name": "lookup"}])),
         ("audio", json!({"voice": "alloy", "format": "wav"})),

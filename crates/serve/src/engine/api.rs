@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrotune_model::SamplingParams;
+use ferrotune_model::constrain::Constraint;
 
 /// Engine limits.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -98,8 +99,12 @@ pub struct GenRequest {
     pub logprobs: Option<usize>,
     /// Also report the log-probability of every prompt token after the first (for `echo`).
     pub prompt_logprobs: bool,
-    /// Ignore EOS (generate until max_tokens or a stop string).
+    /// Ignore EOS (generate until max_tokens or a stop string). Not under a `constraint`: EOS
+    /// then ends the output where the grammar allows it.
     pub ignore_eos: bool,
+    /// Structured output: the mask of this grammar is applied to every step's logits before
+    /// sampling (its own parse state per sequence).
+    pub constraint: Option<Constraint>,
     /// When the request entered the server (queue time is measured from here).
     pub received: Instant,
     /// Where events go. A closed receiver (client gone) cancels the sequence.

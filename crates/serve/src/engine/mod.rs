@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use ferrotune_model::constrain::{ConstrainError, Grammars};
 use ferrotune_model::{Adapter, ChatTemplate, LoadedModel, Message, ModelError, Tokenizer};
 
 /// What the API layer needs to know about the served model (no tensors).
@@ -45,6 +46,8 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// The limits the engine runs under.
     pub config: EngineConfig,
+    /// The structured-output compiler for this vocabulary, built on first use.
+    grammars: std::sync::OnceLock<Result<Arc<Grammars>, ConstrainError>>,
 }
 
 impl ModelInfo {
@@ -70,6 +73,12 @@ impl ModelInfo {
     /// The text of one token as it appears in the output (for logprob listings).
     pub fn token_text(&self, id: u32) -> String {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// The compiler of `response_format` schemas into token masks (built on the first request
+    /// that asks for structured output: a fraction of a second on a 49k vocabulary).
+    pub fn grammars(&self) -> Result<Arc<Grammars>, ConstrainError> {
+        self.grammars.get_or_init(|| Grammars::new(&self.tokenizer, self.vocab_size, &self.eos_ids).map(Arc::new)).clone()
     }
 
     /// Whether a prompt of `len` tokens is within `max_prompt_tokens`.
@@ -219,6 +228,7 @@ pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineH
         max_prompt_tokens: limits.max_prompt_tokens,
         vocab_size: model.config().vocab_size,
         config: cfg.clone(),
+        grammars: std::sync::OnceLock::new(),
     });
     let (idle, _) = tokio::sync::watch::channel(true);
     let shared = Arc::new(Shared {

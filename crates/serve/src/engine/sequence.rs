@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use ferrotune_model::constrain::Constraint;
 use ferrotune_model::generate::{StopFilter, TextStream};
 use ferrotune_model::{KvCache, LoadedModel, Logits, Sampler};
 use tokio::sync::mpsc::UnboundedSender;
@@ -25,6 +26,9 @@ pub(crate) struct Sequence<'t> {
     pub(crate) finished: bool,
     /// Steps in a row this sequence waited for a prefill chunk while others got one.
     pub(crate) prefill_skips: u32,
+    /// Structured output: masks the logits before sampling. The worker computes the next mask
+    /// while the decode step runs ([`Constraint::prepare`]), so it does not lengthen the step.
+    pub(crate) constraint: Option<Constraint>,
     sampler: Sampler,
     /// Prompt and generated tokens (the repetition penalty looks at both).
     context: Vec<u32>,
@@ -73,6 +77,7 @@ impl<'t> Sequence<'t> {
             reserved,
             finished: false,
             prefill_skips: 0,
+            constraint: req.constraint,
             sampler,
             context: req.prompt,
             prompt_tokens,
@@ -161,9 +166,29 @@ impl<'t> Sequence<'t> {
 
     /// Take one row of next-token logits: sample, emit, and decide whether the sequence ends.
     pub(crate) fn accept(&mut self, logits: &[f32]) {
-        let id = self.sampler.sample(logits, &self.context);
+        let id = match self.constraint.as_mut() {
+            None => self.sampler.sample(logits, &self.context),
+            Some(c) => {
+                let mut masked = logits.to_vec();
+                if let Err(e) = c.apply(&mut masked) {
+                    return self.fail(e.to_string());
+                }
+                if masked.iter().all(|l| *l == f32::NEG_INFINITY) {
+                    return self.fail("the output constraint allows no token here".into());
+                }
+                let id = self.sampler.sample(&masked, &self.context);
+                // EOS ends the sequence below; any other token moves the parse on.
+                if !self.eos_ids.contains(&id)
+                    && let Err(e) = c.advance(id)
+                {
+                    return self.fail(e.to_string());
+                }
+                id
+            }
+        };
+        // Log-probabilities are the model's (before the mask, as before sampling settings).
         let lp = self.logprobs.map(|k| token_logprob(logits, id, k));
-        if !self.ignore_eos && self.eos_ids.contains(&id) {
+        if (!self.ignore_eos || self.constraint.is_some()) && self.eos_ids.contains(&id) {
             // As vLLM does: EOS is the generated token (no text, but listed with its logprob
             // and counted in usage). lm-evaluation-harness' `local-completions` asks for
             // `max_tokens: 1, echo: true` and drops the last logprob as the generated token;

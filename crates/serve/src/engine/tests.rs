@@ -32,6 +32,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> (GenRequest, UnboundedReceiver<
         logprobs: None,
         prompt_logprobs: false,
         ignore_eos: false,
+        constraint: None,
         received: Instant::now(),
         events: tx,
     };

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ferrotune_model::constrain::Constraint;
 use ferrotune_model::{Adapter, KvCache, LoadedModel};
 
 use super::sequence::{Sequence, row_vec};
@@ -288,15 +289,32 @@ fn decode(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Seque
         let ids: Vec<u32> = rows.iter().map(|&i| running[i].next).collect();
         let result = {
             let mut caches: Vec<&mut KvCache> = Vec::with_capacity(rows.len());
+            let mut constraints: Vec<&mut Constraint> = Vec::new();
             // `rows` is increasing, so walking `running` once hands out disjoint borrows.
             let mut want = rows.iter().peekable();
             for (i, seq) in running.iter_mut().enumerate() {
                 if want.peek() == Some(&&i) {
                     want.next();
                     caches.push(&mut seq.cache);
+                    constraints.extend(seq.constraint.as_mut());
                 }
             }
-            model.model.decode_step(&ids, &mut caches)
+            if constraints.is_empty() {
+                model.model.decode_step(&ids, &mut caches)
+            } else {
+                // Structured output: the masks for this step's logits depend only on the tokens
+                // already taken, so they are computed on a thread of their own while the model
+                // runs the step — the batch never waits for a grammar. An error is kept in the
+                // constraint and reported by `accept`.
+                std::thread::scope(|scope| {
+                    scope.spawn(move || {
+                        for c in constraints {
+                            let _ = c.prepare();
+                        }
+                    });
+                    model.model.decode_step(&ids, &mut caches)
+                })
+            }
         };
         match result {
             Ok(logits) => {

@@ -15,7 +15,7 @@ use crate::engine::TokenLogprob;
 use crate::error::ApiError;
 use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_for_generation, submit, token_text};
 use crate::json::{self, JsonBody};
-use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported, to_messages};
+use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported, response_format, to_messages};
 use crate::record::RequestRecord;
 use crate::routes::{Cacheable, cache_lookup};
 use crate::stream::{ChunkKind, StreamSpec, sse_response};
@@ -70,7 +70,8 @@ pub async fn chat_completions(
         .tokenizer
         .encode(&rendered, false)
         .map_err(|e| ApiError::field("messages", format!("could not tokenize the rendered chat: {e}")))?;
-    let params = GenParams::from_fields(&fields, req.max_completion_tokens.or(fields.max_tokens), state.cfg.max_n)?;
+    let mut params = GenParams::from_fields(&fields, req.max_completion_tokens.or(fields.max_tokens), state.cfg.max_n)?;
+    params.constrain(&state, response_format(req.response_format.as_ref())?).await?;
     if params.max_tokens == Some(0) {
         return Err(ApiError::field("max_tokens", "must be at least 1"));
     }

@@ -23,7 +23,7 @@ use crate::generation::{
     token_text,
 };
 use crate::json::{self, JsonBody};
-use crate::openai::{CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported};
+use crate::openai::{CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported, response_format};
 use crate::record::RequestRecord;
 use crate::routes::{Cacheable, cache_lookup};
 use crate::stream::{ChunkKind, StreamSpec, sse_response};
@@ -85,7 +85,8 @@ pub async fn completions(
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::field("suffix", "is not supported"));
     }
-    let params = GenParams::from_fields(&fields, fields.max_tokens, state.cfg.max_n)?;
+    let mut params = GenParams::from_fields(&fields, fields.max_tokens, state.cfg.max_n)?;
+    params.constrain(&state, response_format(req.response_format.as_ref())?).await?;
     if req.best_of.is_some_and(|b| b as usize != params.n) {
         return Err(ApiError::field("best_of", "is not supported (leave it out or set it to n)"));
     }

@@ -36,6 +36,8 @@ pub(crate) struct CacheKey<'a> {
     pub ignore_eos: bool,
     pub logprobs: Option<usize>,
     pub echo: bool,
+    /// Structured output: the grammar the answer was held to.
+    pub response_format: Option<&'a ferrotune_model::constrain::JsonFormat>,
     /// Grounded chat: the sources the answer carries (their scores change with the knowledge
     /// base even when the chunks in the prompt do not).
     pub sources: Option<&'a [Value]>,
@@ -61,6 +63,8 @@ impl<'a> CacheKey<'a> {
             ignore_eos,
             stream: _,        // streamed answers are never cached
             include_usage: _, // streams only
+            format,
+            constraint: _, // compiled from `format`
         } = params;
         let SamplingParams { temperature, top_p, top_k, repetition_penalty, seed } = sampling;
         Self {
@@ -82,6 +86,7 @@ impl<'a> CacheKey<'a> {
             ignore_eos: *ignore_eos,
             logprobs: jobs.first().and_then(|j| j.logprobs),
             echo: jobs.first().is_some_and(|j| j.prompt_logprobs),
+            response_format: format.as_ref(),
             sources: None,
         }
     }
@@ -202,7 +207,17 @@ mod tests {
             b
         };
         let sources = [json!({"doc_id": "x", "score": 1.0})];
+        let formatted = |format: ferrotune_model::constrain::JsonFormat| {
+            let mut p = params(base.clone());
+            p.format = Some(format);
+            crate::cache::key_of(&CacheKey::new("chat", &target, &weights, &p, &std_jobs))
+        };
         let variants = [
+            ("response_format json_object", formatted(ferrotune_model::constrain::JsonFormat::JsonObject)),
+            (
+                "response_format json_schema",
+                formatted(ferrotune_model::constrain::JsonFormat::JsonSchema { schema: json!({"type": "array"}) }),
+            ),
             ("temperature", plain(with(json!({"temperature": 0.7})), &std_jobs)),
             ("top_p", plain(with(json!({"top_p": 0.9})), &std_jobs)),
             ("top_k", plain(with(json!({"top_k": 5})), &std_jobs)),
