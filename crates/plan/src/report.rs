@@ -101,7 +101,10 @@ pub fn plan(inp: &PlanInputs) -> Plan {
             let seq_cap = settings.max_seq_len.value;
             // Memory at the worst step: a full batch of the longest rows (packed sequences are all
             // that long). A recommended GPU batch that does not fit is halved until it does.
-            let mut step = StepShape { batch: settings.batch_size.value, seq: seq_cap, checkpointing: false };
+            // Unpacked batches are padded to their longest row, so the worst is the longest row
+            // (within the cap), not the cap itself.
+            let worst_seq = if settings.packing.value { seq_cap } else { seq_cap.min(inp.data.tokens_max.max(1) as usize) };
+            let mut step = StepShape { batch: settings.batch_size.value, seq: worst_seq, checkpointing: false };
             let mut mem = memory::training(&inp.cfg, method, hw.backend, step);
             if inp.batch_size.is_none() && gpu {
                 let first = step.batch;
