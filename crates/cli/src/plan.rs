@@ -119,9 +119,6 @@ fn data_stats(data: &Path, renderer: Arc<Renderer>) -> anyhow::Result<DataStats>
     let Some(tokens) = &st.total_tokens else {
         bail!("{}: no valid rows to plan with ({} rows, {} errors; `ferrotune data validate {}` lists them)", data.display(), st.rows, report.errors, data.display());
     };
-    use ferrotune_data::Code;
-    let count = |c: Code| report.counts.get(&c).copied().unwrap_or(0);
-    let _ = count;
     Ok(DataStats {
         rows: st.valid_rows,
         tokens_mean: tokens.mean,
