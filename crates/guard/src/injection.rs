@@ -1,0 +1,1 @@
+//! Prompt-injection detection (being written).
