@@ -87,7 +87,9 @@ def client(i, a, deadline, out, lock):
     while time.time() < deadline:
         n += 1
         body = {
-            "model": a.model, "messages": [{"role": "user", "content": PROMPTS[(i + n) % len(PROMPTS)]}],
+            "model": a.model,
+            "messages": ([{"role": "system", "content": a.system}] if a.system else [])
+            + [{"role": "user", "content": PROMPTS[(i + n) % len(PROMPTS)]}],
             "max_tokens": a.max_tokens, "temperature": 0.7, "seed": i * 100000 + n, "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -126,6 +128,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=180)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--pid", type=int, default=None, help="server pid, for RSS")
+    ap.add_argument("--system", default="", help="a system message put before every prompt")
     a = ap.parse_args()
     out = {"tokens": 0, "requests": 0, "ttft": [], "latency": [], "errors": Counter()}
     lock = threading.Lock()
