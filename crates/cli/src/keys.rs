@@ -42,6 +42,10 @@ enum KeysCommand {
         /// Sequences (prompts × n) in flight at most (default: serve.toml's limits.max_concurrent).
         #[arg(long)]
         max_concurrent: Option<u32>,
+        /// May ask for `logprobs` / `top_logprobs` / `echo`, which expose the model's token
+        /// distribution (default: no; admin keys may regardless).
+        #[arg(long)]
+        logprobs: bool,
     },
     /// Change a live key's scopes or limits (the server applies them to its next request).
     Update {
@@ -62,6 +66,9 @@ enum KeysCommand {
         /// Sequences in flight at most, or `none` for the server default.
         #[arg(long, value_parser = parse_limit)]
         max_concurrent: Option<Limit>,
+        /// Allow (`true`) or refuse (`false`) `logprobs` / `top_logprobs` / `echo`.
+        #[arg(long, value_name = "true|false")]
+        logprobs: Option<bool>,
     },
     /// List keys (names, scopes, limits, the first characters of each key; never the secret).
     List,
@@ -97,18 +104,19 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
     let path = a.db.unwrap_or_else(default_db_path);
     let store = KeyStore::open(&path)?;
     match a.command {
-        KeysCommand::Create { name, models, admin, rpm, tpm, kbs, max_concurrent } => {
-            let key = ApiKey { name: name.clone(), models: names(models), admin, rpm, tpm, kbs: names(kbs), max_concurrent, ..Default::default() };
+        KeysCommand::Create { name, models, admin, rpm, tpm, kbs, max_concurrent, logprobs } => {
+            let key =
+                ApiKey { name: name.clone(), models: names(models), admin, rpm, tpm, kbs: names(kbs), max_concurrent, logprobs, ..Default::default() };
             let secret = store.create(&key)?;
-            let scope = serde_json::json!({"models": key.models, "admin": admin, "rpm": rpm, "tpm": tpm, "kbs": key.kbs, "max_concurrent": max_concurrent});
+            let scope = serde_json::json!({"models": key.models, "admin": admin, "rpm": rpm, "tpm": tpm, "kbs": key.kbs, "max_concurrent": max_concurrent, "logprobs": logprobs});
             crate::audit::trail(&ferrotune_govern::actor(None), "keys.create", serde_json::json!({"key": name}), "ok", scope)?;
             eprintln!("created key `{name}` in {}; it is shown only now:", path.display());
             println!("{secret}");
         }
         KeysCommand::List => {
             println!(
-                "{:<20} {:<12} {:<24} {:<16} {:>5} {:>6} {:>8} {:>8} {:<16} REVOKED",
-                "NAME", "KEY", "MODELS", "KBS", "ADMIN", "RPM", "TPM", "IN-FLT", "CREATED"
+                "{:<20} {:<12} {:<24} {:<16} {:>5} {:>8} {:>6} {:>8} {:>8} {:<16} REVOKED",
+                "NAME", "KEY", "MODELS", "KBS", "ADMIN", "LOGPROBS", "RPM", "TPM", "IN-FLT", "CREATED"
             );
             for r in store.list()? {
                 let k = &r.key;
@@ -116,12 +124,13 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
                 let kbs = if k.kbs.is_empty() { "-".to_string() } else { k.kbs.join(",") };
                 let lim = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 println!(
-                    "{:<20} {:<12} {:<24} {:<16} {:>5} {:>6} {:>8} {:>8} {:<16} {}",
+                    "{:<20} {:<12} {:<24} {:<16} {:>5} {:>8} {:>6} {:>8} {:>8} {:<16} {}",
                     k.name,
                     format!("{}…", r.hint),
                     models,
                     kbs,
                     if k.admin { "yes" } else { "no" },
+                    if k.logprobs { "yes" } else { "no" },
                     lim(k.rpm),
                     lim(k.tpm),
                     lim(k.max_concurrent),
@@ -130,19 +139,20 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        KeysCommand::Update { name, models, kbs, rpm, tpm, max_concurrent } => {
+        KeysCommand::Update { name, models, kbs, rpm, tpm, max_concurrent, logprobs } => {
             let u = KeyUpdate {
                 models: models.map(names),
                 kbs: kbs.map(names),
                 rpm: rpm.map(|l| l.0),
                 tpm: tpm.map(|l| l.0),
                 max_concurrent: max_concurrent.map(|l| l.0),
+                logprobs,
             };
             if u == KeyUpdate::default() {
-                anyhow::bail!("nothing to change: give --models, --kbs, --rpm, --tpm or --max-concurrent");
+                anyhow::bail!("nothing to change: give --models, --kbs, --rpm, --tpm, --max-concurrent or --logprobs");
             }
             store.update(&name, &u)?;
-            let change = serde_json::json!({"models": u.models, "kbs": u.kbs, "rpm": u.rpm, "tpm": u.tpm, "max_concurrent": u.max_concurrent});
+            let change = serde_json::json!({"models": u.models, "kbs": u.kbs, "rpm": u.rpm, "tpm": u.tpm, "max_concurrent": u.max_concurrent, "logprobs": u.logprobs});
             crate::audit::trail(&ferrotune_govern::actor(None), "keys.update", serde_json::json!({"key": name}), "ok", change)?;
             eprintln!("updated key `{name}`");
         }

@@ -35,6 +35,21 @@ impl Caller {
         }
     }
 
+    /// `logprobs`, `top_logprobs`, `echo` (named by `field`): auth off, an admin key or a key with
+    /// the `logprobs` permission; otherwise 403 naming the field (issue #20: the distribution
+    /// helps extract the model or its training data).
+    pub fn check_logprobs(&self, field: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(k) if !k.may_see_logprobs() => Err(ApiError::PermissionDenied { param: field.to_string() }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The key's name (what `[guards.keys.NAME]` matches); `None` when auth is off.
+    pub fn key_name(&self) -> Option<&str> {
+        self.0.as_ref().map(|k| k.name.as_str())
+    }
+
     /// The audit log's actor: the key's name, or `anonymous` when auth is off.
     pub fn actor(&self) -> &str {
         self.0.as_ref().map_or(crate::audit::events::ANONYMOUS, |k| k.name.as_str())

@@ -28,6 +28,14 @@ pub enum ApiError {
     AdminOnly,
     #[error("this API key may not use the knowledge base `{0}`")]
     KnowledgeBaseNotPermitted(String),
+    /// A field the key may not use (`logprobs`, `top_logprobs`, `echo`: they expose the model's
+    /// token distribution), 403 naming it.
+    #[error("this API key may not use `{param}` (it exposes the model's token distribution); an operator can allow it with `ferrotune keys update --name KEY --logprobs true`")]
+    PermissionDenied { param: String },
+    /// `[guards] prompt_injection = "block"` refused this content (400 naming the field); the
+    /// detail is the rule or score, never the text.
+    #[error("{param} looks like a prompt injection ({detail}) and this server refuses it")]
+    PromptInjection { param: String, detail: String },
     /// Refused before routing (Host / Origin checks), 403.
     #[error("{0}")]
     Forbidden(String),
@@ -92,7 +100,8 @@ impl ApiError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::ModelNotPermitted(_) | Self::AdminOnly | Self::KnowledgeBaseNotPermitted(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::ModelDisabled { .. } => StatusCode::FORBIDDEN,
+            Self::ModelDisabled { .. } | Self::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+            Self::PromptInjection { .. } => StatusCode::BAD_REQUEST,
             Self::NotServable { .. } | Self::BaseModelMismatch { .. } => StatusCode::CONFLICT,
             Self::IntegrityCheckFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -116,6 +125,8 @@ impl ApiError {
             Self::ModelNotPermitted(_) => ("permission_error", "model_not_permitted"),
             Self::AdminOnly => ("permission_error", "admin_required"),
             Self::KnowledgeBaseNotPermitted(_) => ("permission_error", "knowledge_base_not_permitted"),
+            Self::PermissionDenied { .. } => ("permission_error", "permission_denied"),
+            Self::PromptInjection { .. } => ("invalid_request_error", "prompt_injection_detected"),
             Self::Forbidden(_) => ("permission_error", "forbidden"),
             Self::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type"),
             Self::TooManyInFlight(_) => ("rate_limit_error", "too_many_in_flight"),
@@ -144,7 +155,12 @@ impl ApiError {
             | Self::MethodNotAllowed
             | Self::UnsupportedMediaType => "invalid_request",
             Self::Unauthorized(_) => "unauthorized",
-            Self::ModelNotPermitted(_) | Self::AdminOnly | Self::KnowledgeBaseNotPermitted(_) | Self::Forbidden(_) => "forbidden",
+            Self::ModelNotPermitted(_)
+            | Self::AdminOnly
+            | Self::KnowledgeBaseNotPermitted(_)
+            | Self::Forbidden(_)
+            | Self::PermissionDenied { .. } => "forbidden",
+            Self::PromptInjection { .. } => "guard",
             Self::TooManyInFlight(_) => "rate_limited",
             Self::Timeout(_) => "timeout",
             Self::ModelNotFound(..) | Self::NotFound(_) => "not_found",
@@ -161,7 +177,7 @@ impl ApiError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            Self::InvalidField { param, .. } => Some(param),
+            Self::InvalidField { param, .. } | Self::PermissionDenied { param } | Self::PromptInjection { param, .. } => Some(param),
             Self::ModelNotFound(..)
             | Self::ModelNotPermitted(_)
             | Self::ModelDisabled { .. }
@@ -246,6 +262,8 @@ mod tests {
             ApiError::ModelNotPermitted("m".into()),
             ApiError::AdminOnly,
             ApiError::KnowledgeBaseNotPermitted("kb".into()),
+            ApiError::PermissionDenied { param: "logprobs".into() },
+            ApiError::PromptInjection { param: "messages[2].content".into(), detail: "rule ignore_previous".into() },
             ApiError::Forbidden("x".into()),
             ApiError::UnsupportedMediaType,
             ApiError::TooManyInFlight("x".into()),
@@ -269,6 +287,17 @@ mod tests {
             assert!(err["message"].is_string() && err["type"].is_string() && err["code"].is_string(), "{b}");
             assert!(err.get("param").is_some(), "{b}");
         }
+    }
+
+    #[test]
+    fn guard_refusals_name_their_field() {
+        let b = ApiError::PromptInjection { param: "messages[2].content".into(), detail: "score 0.97".into() }.body();
+        assert_eq!(b["error"]["code"], "prompt_injection_detected");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["param"], "messages[2].content");
+        let e = ApiError::PermissionDenied { param: "echo".into() };
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert_eq!((e.body()["error"]["code"].as_str(), e.body()["error"]["param"].as_str()), (Some("permission_denied"), Some("echo")));
     }
 
     #[test]

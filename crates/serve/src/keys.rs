@@ -9,7 +9,9 @@
 //!
 //! Knowledge-base scope (`kbs`) came after the first schema: files without the column get it on
 //! open, with no knowledge base for existing keys (they keep the bases attached to the models
-//! they may use; `ferrotune keys update --name N --kbs ...` grants more).
+//! they may use; `ferrotune keys update --name N --kbs ...` grants more). The `logprobs`
+//! permission came later too: existing keys get it off (only admin keys see token logprobs until
+//! `ferrotune keys update --name N --logprobs true`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,6 +41,9 @@ pub struct ApiKey {
     pub kbs: Vec<String>,
     /// Sequences in flight at most; `None` = the server's `limits.max_concurrent`.
     pub max_concurrent: Option<u32>,
+    /// May ask for `logprobs` / `top_logprobs` / `echo` (issue #20: they expose the model's
+    /// distribution, which helps extract it or its training data). Admin keys may regardless.
+    pub logprobs: bool,
 }
 
 impl ApiKey {
@@ -53,6 +58,11 @@ impl ApiKey {
     pub fn may_use_kb(&self, kb: &str) -> bool {
         self.admin || self.kbs.iter().any(|k| k == "*" || k == kb)
     }
+
+    /// May see token logprobs (and the echoed, scored prompt).
+    pub fn may_see_logprobs(&self) -> bool {
+        self.admin || self.logprobs
+    }
 }
 
 /// Changes to a live key (`None` = leave as is; `Some(None)` = unlimited).
@@ -63,6 +73,7 @@ pub struct KeyUpdate {
     pub rpm: Option<Option<u32>>,
     pub tpm: Option<Option<u32>>,
     pub max_concurrent: Option<Option<u32>>,
+    pub logprobs: Option<bool>,
 }
 
 /// A row of `ferrotune keys list`.
@@ -127,9 +138,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys(name) WHERE rev
 ";
 
 /// Columns added after the first release, with what existing rows get.
-const ADDED_COLUMNS: [(&str, &str); 2] = [("kbs", "TEXT NOT NULL DEFAULT '[]'"), ("max_concurrent", "INTEGER")];
+const ADDED_COLUMNS: [(&str, &str); 3] =
+    [("kbs", "TEXT NOT NULL DEFAULT '[]'"), ("max_concurrent", "INTEGER"), ("logprobs", "INTEGER NOT NULL DEFAULT 0")];
 
-const COLUMNS: &str = "id, name, models, admin, rpm, tpm, kbs, max_concurrent";
+const COLUMNS: &str = "id, name, models, admin, rpm, tpm, kbs, max_concurrent, logprobs";
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let have: Vec<String> =
@@ -227,8 +239,8 @@ impl KeyStore {
         })?;
         let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
         let res = self.conn().execute(
-            "INSERT INTO api_keys (name, hash, hint, models, admin, rpm, tpm, created, kbs, max_concurrent) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO api_keys (name, hash, hint, models, admin, rpm, tpm, created, kbs, max_concurrent, logprobs) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 key.name,
                 hash_key(&secret),
@@ -239,7 +251,8 @@ impl KeyStore {
                 key.tpm,
                 now_unix(),
                 to_json(&key.kbs),
-                key.max_concurrent
+                key.max_concurrent,
+                key.logprobs
             ],
         );
         match res {
@@ -268,7 +281,7 @@ impl KeyStore {
         let mut stmt =
             conn.prepare(&format!("SELECT {COLUMNS}, hint, created, revoked FROM api_keys ORDER BY id")).map_err(|e| self.db(e))?;
         let rows = stmt
-            .query_map([], |r| Ok(KeyRecord { key: row_to_key(r)?, hint: r.get(8)?, created_unix: r.get(9)?, revoked_unix: r.get(10)? }))
+            .query_map([], |r| Ok(KeyRecord { key: row_to_key(r)?, hint: r.get(9)?, created_unix: r.get(10)?, revoked_unix: r.get(11)? }))
             .map_err(|e| self.db(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
     }
@@ -310,6 +323,9 @@ impl KeyStore {
         if let Some(v) = u.max_concurrent {
             set("UPDATE api_keys SET max_concurrent = ?1 WHERE id = ?2", &v)?;
         }
+        if let Some(v) = u.logprobs {
+            set("UPDATE api_keys SET logprobs = ?1 WHERE id = ?2", &v)?;
+        }
         tx.commit().map_err(|e| self.db(e))
     }
 
@@ -333,6 +349,7 @@ fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
         tpm: r.get(5)?,
         kbs: list(6)?,
         max_concurrent: r.get(7)?,
+        logprobs: r.get(8)?,
     })
 }
 
@@ -430,6 +447,9 @@ mod tests {
         let k = store.lookup("ft-old").expect("lookup").expect("still there");
         assert_eq!((k.name.as_str(), k.rpm, k.kbs.len(), k.max_concurrent), ("old", Some(7), 0, None));
         assert!(!k.may_use_kb("docs"));
+        assert!(!k.logprobs && !k.may_see_logprobs(), "existing keys get no logprobs permission");
+        store.update("old", &KeyUpdate { logprobs: Some(true), ..Default::default() }).expect("grant");
+        assert!(store.lookup("ft-old").expect("lookup").expect("key").may_see_logprobs());
         drop(store);
         KeyStore::open(&path).expect("opening a migrated file again");
     }
@@ -488,6 +508,23 @@ mod tests {
         assert!(!k.may_use_kb("docs"), "no kbs = none, unlike models");
         k.kbs = vec!["*".into()];
         assert!(k.may_use_kb("hr"));
+    }
+
+    #[test]
+    fn logprobs_need_the_permission_or_admin_and_are_stored_and_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = KeyStore::open(&dir.path().join("keys.db")).expect("open");
+        let plain = store.create(&key("plain")).expect("create");
+        let scorer = store.create(&ApiKey { logprobs: true, ..key("scorer") }).expect("create");
+        let admin = store.create(&ApiKey { admin: true, ..key("root") }).expect("create");
+        let may = |s: &str| store.lookup(s).expect("lookup").expect("key").may_see_logprobs();
+        assert!(!may(&plain) && may(&scorer) && may(&admin));
+        store.update("scorer", &KeyUpdate { logprobs: Some(false), ..Default::default() }).expect("revoke the permission");
+        assert!(!may(&scorer));
+        let listed: Vec<(String, bool)> = store.list().expect("list").into_iter().map(|r| (r.key.name, r.key.logprobs)).collect();
+        assert_eq!(listed, [("plain".to_string(), false), ("scorer".to_string(), false), ("root".to_string(), false)]);
+        // `list` reads the columns after the key's by position: the hint and dates still line up.
+        assert!(store.list().expect("list").iter().all(|r| r.hint.starts_with(KEY_PREFIX) && r.created_unix > 0));
     }
 
     #[test]

@@ -1,1 +1,0 @@
-//! Prompt-injection detection (being written).
