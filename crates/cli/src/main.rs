@@ -5,6 +5,7 @@ mod bench;
 mod bench_structured;
 mod data;
 mod eval;
+mod guard;
 mod keys;
 mod models;
 mod plan;
@@ -68,6 +69,9 @@ enum Command {
     /// A web dashboard: runs with live loss curves, comparisons, evaluations, the registry with
     /// approvals and the kill switch, the audit log, knowledge bases, serving metrics.
     Ui(ui::UiArgs),
+    /// Input guards: check a text for prompt injection and personal data; evaluate and train the
+    /// injection classifier.
+    Guard(guard::GuardArgs),
 }
 
 /// Training frees and reallocates the same activation-sized buffers on every op. glibc, left
@@ -186,6 +190,8 @@ fn main() -> ExitCode {
         Command::Audit(a) => audit::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Ui(a) => ui::run(a),
+        // Its own exit statuses: 0 clean, 1 flagged, 2 error.
+        Command::Guard(a) => return guard::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
