@@ -47,15 +47,31 @@ pub struct AppState {
     /// The audit log's appender ([`crate::audit`]); off unless [`AppState::set_audit`] (as
     /// `build_state` does with `[audit] enabled`).
     pub audit: Audit,
+    /// `[guards]`: the injection classifier and the canary secret ([`crate::guards`]).
+    pub guards: Arc<crate::guards::Guards>,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
-    /// `keys` must be `Some` exactly when `cfg.auth` is on.
+    /// `keys` must be `Some` exactly when `cfg.auth` is on. The guards use the bundled injection
+    /// classifier, whatever `[guards] injection_model` says (`build_state` loads that file and
+    /// calls [`AppState::with_guards`]).
     pub fn new(engine: EngineHandle, cfg: ServeConfig, keys: Option<KeyStore>, embedder: Option<EmbeddingModel>) -> Self {
+        let guards = crate::guards::Guards::bundled(&cfg.guards);
+        Self::with_guards(engine, cfg, keys, embedder, guards)
+    }
+
+    pub fn with_guards(
+        engine: EngineHandle,
+        cfg: ServeConfig,
+        keys: Option<KeyStore>,
+        embedder: Option<EmbeddingModel>,
+        guards: crate::guards::Guards,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new(&engine.info().name));
         Self {
             knowledge: Arc::new(crate::grounding::Knowledge::new(cfg.rag.clone())),
+            guards: Arc::new(guards),
             cache: ResponseCache::new(&cfg.cache),
             cfg: Arc::new(cfg),
             keys: keys.map(Arc::new),
@@ -69,6 +85,11 @@ impl AppState {
             shutting_down: Arc::new(AtomicBool::new(false)),
             engine,
         }
+    }
+
+    /// Replace the guards (another classifier, a fixed canary secret in tests).
+    pub fn set_guards(&mut self, guards: crate::guards::Guards) {
+        self.guards = Arc::new(guards);
     }
 
     /// Replace the response cache (the Redis one needs an async connect first).

@@ -53,6 +53,10 @@ pub struct ServeConfig {
     pub rag: RagConfig,
     pub registry: RegistryConfig,
     pub audit: AuditSettings,
+    /// Prompt-injection, system-prompt-leak and output-PII guards (`[guards]`, issue #20):
+    /// `off | log | block | redact` per guard, per model / adapter and per key
+    /// ([`ferrotune_guard::settings`]; wired in by [`crate::guards`]).
+    pub guards: ferrotune_guard::GuardsConfig,
 }
 
 impl Default for ServeConfig {
@@ -82,6 +86,7 @@ impl Default for ServeConfig {
             rag: RagConfig::default(),
             registry: RegistryConfig::default(),
             audit: AuditSettings::default(),
+            guards: ferrotune_guard::GuardsConfig::default(),
         }
     }
 }
@@ -290,6 +295,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, reason: String },
     #[error("invalid setting `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A `[guards]` setting (the error names it: `guards.keys.k.prompt_injection`).
+    #[error("invalid setting {0}")]
+    Guards(#[from] ferrotune_guard::GuardError),
 }
 
 impl ServeConfig {
@@ -377,6 +385,7 @@ impl ServeConfig {
         if a.checkpoint_every_entries == 0 || a.checkpoint_every_secs == 0 {
             return bad("audit", "checkpoint_every_entries and checkpoint_every_secs must be positive");
         }
+        self.guards.validate()?;
         Ok(())
     }
 
@@ -456,6 +465,23 @@ mod tests {
         let c: ServeConfig = toml::from_str("[audit]\nenabled = false\nretention_days = 400").expect("parse");
         assert!(!c.audit.enabled && c.audit.log_config().retention_days == 400);
         assert!(toml::from_str::<ServeConfig>("[audit]\nretention = 1").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn guard_settings_parse_per_model_and_key_and_are_checked() {
+        let c: ServeConfig = toml::from_str(
+            "[guards]\noutput_pii = \"redact\"\nleak_min_words = 8\n[guards.models.support]\noutput_pii = \"block\"\n[guards.keys.analytics]\noutput_pii = \"off\"",
+        )
+        .expect("parse");
+        c.validate().expect("valid");
+        use ferrotune_guard::GuardMode;
+        assert_eq!(c.guards.resolve(&["support@3", "support"], Some("someone")).output_pii, GuardMode::Block);
+        assert_eq!(c.guards.resolve(&["support"], Some("analytics")).output_pii, GuardMode::Off);
+        let c: ServeConfig = toml::from_str("[guards.keys.k]\nprompt_injection = \"redact\"").expect("parse");
+        let e = c.validate().expect_err("an input cannot be redacted").to_string();
+        assert!(e.contains("guards.keys.k.prompt_injection"), "{e}");
+        assert!(toml::from_str::<ServeConfig>("[guards]\noutput_pi = \"off\"").is_err(), "unknown guards are refused");
+        assert!(toml::from_str::<ServeConfig>("[guards]\noutput_pii = \"mask\"").is_err(), "unknown modes are refused");
     }
 
     #[test]

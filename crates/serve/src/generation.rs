@@ -362,6 +362,15 @@ impl Tracker {
             }
         }
     }
+
+    /// An output guard ended the sequence before the engine did (it is cancelled): record it as
+    /// finished with `content_filter`.
+    pub fn filtered(&mut self) {
+        let m = &self.metrics;
+        m.e2e.get_or_create(&self.labels).observe(self.received.elapsed().as_secs_f64());
+        let labels = FinishLabels { model: self.labels.model.clone(), adapter: self.labels.adapter.clone(), finished_reason: CONTENT_FILTER.into() };
+        m.success.get_or_create(&labels).inc();
+    }
 }
 
 /// One generated token with its text piece.
@@ -381,7 +390,19 @@ pub struct ChoiceOut {
     pub finish: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// An output guard ended the answer ([`crate::guards`]).
+    pub filtered: bool,
 }
+
+impl ChoiceOut {
+    /// `content_filter` (OpenAI's value for filtered output) when a guard ended the answer.
+    pub fn finish_reason(&self) -> &'static str {
+        if self.filtered { CONTENT_FILTER } else { self.finish.as_str() }
+    }
+}
+
+/// The finish reason of an answer an output guard ended.
+pub const CONTENT_FILTER: &str = "content_filter";
 
 pub async fn collect_one(mut rx: UnboundedReceiver<Event>, mut tracker: Tracker) -> Result<ChoiceOut, ApiError> {
     let mut out = ChoiceOut {
@@ -391,6 +412,7 @@ pub async fn collect_one(mut rx: UnboundedReceiver<Event>, mut tracker: Tracker)
         finish: FinishReason::Stop,
         prompt_tokens: 0,
         completion_tokens: 0,
+        filtered: false,
     };
     while let Some(ev) = rx.recv().await {
         tracker.observe(&ev);

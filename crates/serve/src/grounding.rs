@@ -8,6 +8,12 @@
 //! worst ("lost in the middle", Liu et al. 2023), so ranks are laid out 1, 3, 5, … , 4, 2 — the
 //! most relevant chunks at both ends.
 //!
+//! Retrieved text is untrusted (indirect prompt injection, OWASP LLM01): with
+//! `[guards] retrieved_injection` on, each chunk that would go into the prompt is scored once;
+//! under `block` a flagged chunk is left out and listed in `sources` as
+//! `{"dropped": true, "reason": "prompt_injection"}` (no `index`: nothing cites it), under `log`
+//! it stays, listed with `"flagged": true`.
+//!
 //! A knowledge base is opened once (on the blocking pool) and reloaded only when a change to it
 //! has finished on disk (`KnowledgeBase::changed_on_disk`, one `stat`) — reading it costs
 //! ~150 MB at 100k chunks. The reload runs on the blocking pool too, by the one request that
@@ -20,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use ferrotune_guard::injection::InjectionDetector;
+use ferrotune_guard::{GuardAction, GuardKind, GuardMode};
 use ferrotune_model::{Message, Tokenizer};
 use ferrotune_rag::{Hit, KnowledgeBase, Mode, kb_path};
 use serde_json::{Value, json};
@@ -62,9 +70,14 @@ fn internal(detail: String) -> ApiError {
 /// What grounding added to a request.
 pub struct Grounded {
     pub knowledge_base: String,
-    /// `sources` of the response: `[{"index","doc_id","start_char","end_char","score"}]`.
+    /// `sources` of the response: `[{"index","doc_id","start_char","end_char","score"}]`, the
+    /// chunks the injection guard dropped last (`"index": null, "dropped": true`).
     pub sources: Vec<Value>,
+    /// Document ids of the chunks put into the prompt, in rank order.
+    pub used: Vec<String>,
     pub retrieval_secs: f64,
+    /// What the retrieved-injection guard did, one action per flagged chunk.
+    pub guards: Vec<GuardAction>,
 }
 
 impl Knowledge {
@@ -142,8 +155,15 @@ impl Knowledge {
         Ok(kb)
     }
 
-    /// Retrieve for the last user message and put the chunks into the conversation.
-    pub async fn ground(self: &Arc<Self>, name: String, msgs: &mut Vec<Message>, tok: &Tokenizer) -> Result<Grounded, ApiError> {
+    /// Retrieve for the last user message and put the chunks into the conversation; `screen`:
+    /// the injection classifier and the `retrieved_injection` mode, when that guard is on.
+    pub async fn ground(
+        self: &Arc<Self>,
+        name: String,
+        msgs: &mut Vec<Message>,
+        tok: &Tokenizer,
+        screen: Option<(&InjectionDetector, GuardMode)>,
+    ) -> Result<Grounded, ApiError> {
         let question = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
         if question.trim().is_empty() {
             return Err(ApiError::field("messages", "grounding needs a user message to search the knowledge base with"));
@@ -156,32 +176,67 @@ impl Knowledge {
             .map_err(|e| internal(format!("retrieval task: {e}")))?
             .map_err(|e| internal(format!("retrieval in `{name}`: {e}")))?;
         let retrieval_secs = t0.elapsed().as_secs_f64();
-        let chosen = within_budget(hits, tok, self.cfg.context_tokens);
-        let sources = chosen
+        let picked = within_budget(hits, tok, self.cfg.context_tokens, screen);
+        let chosen: Vec<Hit> = picked.kept.iter().map(|(h, _)| h.clone()).collect();
+        let mut sources: Vec<Value> = picked
+            .kept
             .iter()
             .enumerate()
-            .map(|(i, h)| json!({"index": i + 1, "doc_id": h.doc_id, "start_char": h.start_char, "end_char": h.end_char, "score": h.score}))
+            .map(|(i, (h, flagged))| {
+                let mut s = json!({"index": i + 1, "doc_id": h.doc_id, "start_char": h.start_char, "end_char": h.end_char, "score": h.score});
+                if *flagged {
+                    s["flagged"] = true.into();
+                }
+                s
+            })
             .collect();
+        sources.extend(picked.dropped.iter().map(|h| {
+            json!({"index": null, "doc_id": h.doc_id, "start_char": h.start_char, "end_char": h.end_char, "score": h.score,
+                   "dropped": true, "reason": "prompt_injection"})
+        }));
+        let used = chosen.iter().map(|h| h.doc_id.clone()).collect();
         let block = prompt_block(&chosen);
         match msgs.first_mut() {
             Some(m) if m.role == "system" => m.content = format!("{}\n\n{block}", m.content),
             _ => msgs.insert(0, Message::new("system", block)),
         }
-        Ok(Grounded { knowledge_base: name, sources, retrieval_secs })
+        Ok(Grounded { knowledge_base: name, sources, used, retrieval_secs, guards: picked.guards })
     }
 }
 
-/// The best hits (in rank order) whose text fits `budget` model tokens together.
-fn within_budget(hits: Vec<Hit>, tok: &Tokenizer, budget: usize) -> Vec<Hit> {
+/// What goes into the prompt: the hits kept (with whether the guard flagged them), those the
+/// guard dropped, and its actions.
+#[derive(Default)]
+struct Picked {
+    kept: Vec<(Hit, bool)>,
+    dropped: Vec<Hit>,
+    guards: Vec<GuardAction>,
+}
+
+/// The best hits (in rank order) whose text fits `budget` model tokens together, each scored by
+/// the injection guard once (only those that fit: the rest never reach the prompt); a dropped
+/// chunk takes no room, so the next one may fit in its place.
+fn within_budget(hits: Vec<Hit>, tok: &Tokenizer, budget: usize, screen: Option<(&InjectionDetector, GuardMode)>) -> Picked {
     let mut used = 0;
-    let mut out = Vec::new();
+    let mut out = Picked::default();
     for h in hits {
         let n = tok.encode(&h.text, false).map(|ids| ids.len()).unwrap_or(usize::MAX / 4);
         if used + n > budget {
             continue;
         }
+        let verdict = screen.map(|(d, mode)| (d.check(&h.text), mode)).filter(|(v, _)| v.flagged);
+        if let Some((v, mode)) = verdict {
+            out.guards.push(GuardAction { guard: GuardKind::RetrievedInjection, action: mode, detail: format!("{}: {}", h.doc_id, v.detail()) });
+            if mode == GuardMode::Block {
+                out.dropped.push(h);
+                continue;
+            }
+            used += n;
+            out.kept.push((h, true));
+            continue;
+        }
         used += n;
-        out.push(h);
+        out.kept.push((h, false));
     }
     out
 }

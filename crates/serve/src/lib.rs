@@ -12,6 +12,9 @@
 //!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log and
 //!   each inference request's [`audit`] entry; `audit` also appends off the request path);
 //!   [`error`] (every failure → status + OpenAI error body); [`json`] (bodies → 400 naming the field).
+//! - [`guards`]: `[guards]` on the request path (issue #20) — prompt injection in user content
+//!   and retrieved chunks, system-prompt leaks and personal data in answers (streamed too), each
+//!   `off | log | block | redact` per model and key; the logic lives in `ferrotune_guard`.
 //! - [`registry`]: versions from the model registry (`ferrotune_govern`). A `model` that is not
 //!   the base or an adapter loaded by name is a registry reference — `support` (through
 //!   `[registry] default_alias`, `champion`), `support@canary`, `support@3` — resolved against a
@@ -31,6 +34,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod grounding;
+pub mod guards;
 pub mod browser;
 pub mod json;
 pub mod keys;

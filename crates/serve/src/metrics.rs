@@ -58,6 +58,13 @@ pub struct ActionLabels {
     pub action: String,
 }
 
+/// What a guard did (`guard="output_pii", action="redact"`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub guard: String,
+    pub action: String,
+}
+
 type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 // Bucket edges as vLLM's (seconds).
@@ -104,6 +111,8 @@ pub struct Metrics {
     pub audit_events: Family<ActionLabels, Counter>,
     /// Failed audit appends (each retried) and checkpoints.
     pub audit_errors: Counter,
+    /// Guard actions (`[guards]`), by guard and action.
+    pub guard_actions: Family<GuardLabels, Counter>,
     running: Family<BaseLabels, Gauge>,
     waiting: Family<BaseLabels, Gauge>,
     kv_usage: Family<BaseLabels, Gauge<f64, AtomicU64>>,
@@ -131,6 +140,7 @@ impl Metrics {
             registry_refusals: Family::default(),
             audit_events: Family::default(),
             audit_errors: Counter::default(),
+            guard_actions: Family::default(),
             running: Family::default(),
             waiting: Family::default(),
             kv_usage: Family::default(),
@@ -157,6 +167,11 @@ impl Metrics {
         );
         r.register("ferrotune:audit_events", "Events appended to the audit log, by action", m.audit_events.clone());
         r.register("ferrotune:audit_errors", "Failed audit log appends (retried) and checkpoints", m.audit_errors.clone());
+        r.register(
+            "ferrotune:guard_actions",
+            "What the guards did (issue #20), by guard (prompt_injection, retrieved_injection, system_prompt_leak, output_pii) and action (log, block, redact)",
+            m.guard_actions.clone(),
+        );
         r.register("ferrotune:num_requests_running", "Sequences in the running batch", m.running.clone());
         r.register("ferrotune:num_requests_waiting", "Requests waiting in the engine queue", m.waiting.clone());
         r.register("ferrotune:kv_cache_usage_perc", "Fraction of the KV token budget reserved (0-1)", m.kv_usage.clone());
@@ -189,6 +204,10 @@ impl Metrics {
         self.registry_refusals.get_or_create(&labels).inc();
     }
 
+    pub fn count_guard(&self, a: &ferrotune_guard::GuardAction) {
+        self.guard_actions.get_or_create(&GuardLabels { guard: a.guard.as_str().into(), action: a.action.as_str().into() }).inc();
+    }
+
     pub fn count_failure(&self, reason: &str) {
         self.failed.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
@@ -218,6 +237,11 @@ mod tests {
         m.count_registry_request("support", 3);
         m.count_registry_refusal("support", 2, "integrity");
         m.audit_events.get_or_create(&ActionLabels { action: "inference".into() }).inc_by(3);
+        m.count_guard(&ferrotune_guard::GuardAction {
+            guard: ferrotune_guard::GuardKind::OutputPii,
+            action: ferrotune_guard::GuardMode::Redact,
+            detail: "email".into(),
+        });
         let text = m.render(&EngineStats { running: 2, waiting: 1, kv_used: 10, kv_budget: 40, adapters: vec![] });
         assert!(text.contains("ferrotune:time_to_first_token_seconds_bucket{"), "{text}");
         assert!(text.contains(r#"model="tiny",adapter="a1""#), "{text}");
@@ -228,6 +252,7 @@ mod tests {
         assert!(text.contains(r#"ferrotune:registry_refusals_total{name="support",version="2",reason="integrity"} 1"#), "{text}");
         assert!(text.contains(r#"ferrotune:audit_events_total{action="inference"} 3"#), "{text}");
         assert!(text.contains("ferrotune:audit_errors_total 0"), "{text}");
+        assert!(text.contains(r#"ferrotune:guard_actions_total{guard="output_pii",action="redact"} 1"#), "{text}");
         assert!(text.contains(r#"ferrotune:kv_cache_usage_perc{model="tiny"} 0.25"#), "{text}");
     }
 }

@@ -20,8 +20,10 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
+use ferrotune_guard::GuardAction;
+
 use crate::app::AppState;
-use crate::audit::events::{ANONYMOUS, Inference, InferenceSubject, inference, join_choices, sha256_hex};
+use crate::audit::events::{ANONYMOUS, GuardCount, Inference, InferenceSubject, inference, join_choices, sha256_hex};
 use crate::audit::{Audit, Content};
 use crate::error::{FailureCode, FailureReason};
 use crate::json::BodyLimit;
@@ -53,6 +55,8 @@ struct Fields {
     answers: BTreeMap<usize, String>,
     knowledge_base: Option<String>,
     sources: Vec<String>,
+    /// What the guards did, in order (never the text they found).
+    guards: Vec<GuardAction>,
 }
 
 pub struct RequestRecord {
@@ -175,6 +179,35 @@ impl RequestRecord {
         });
     }
 
+    /// A record for unit tests that drive handlers' parts without the middleware.
+    #[cfg(test)]
+    pub(crate) fn for_tests(state: &AppState) -> Arc<Self> {
+        let started = Instant::now();
+        Arc::new(Self {
+            id: "test".into(),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            started,
+            deadline: started + std::time::Duration::from_secs(60),
+            log_prompts: false,
+            limiter: state.limiter.clone(),
+            fields: Mutex::new(Fields::default()),
+            audit: Audit::off(),
+            endpoint: "chat",
+        })
+    }
+
+    /// What the guards did so far (tests).
+    #[cfg(test)]
+    pub(crate) fn guards(&self) -> Vec<GuardAction> {
+        self.with(|f| f.guards.clone())
+    }
+
+    /// A guard acted on this request ([`crate::guards`] counts it in `/metrics` too).
+    pub fn add_guard(&self, action: &GuardAction) {
+        self.with(|f| f.guards.push(action.clone()));
+    }
+
     /// Kept only when `log_prompts` is on.
     pub fn set_prompt(&self, text: impl FnOnce() -> String) {
         if self.log_prompts {
@@ -206,6 +239,7 @@ impl Drop for RequestRecord {
             prompt_tokens = f.prompt_tokens,
             completion_tokens = f.completion_tokens,
             cached = f.cached,
+            guards = %guards_field(&f.guards),
             latency_ms = (latency_ms * 10.0).round() / 10.0,
             prompt = f.prompt.as_deref().unwrap_or(""),
         );
@@ -231,6 +265,7 @@ impl RequestRecord {
             finish_reasons: f.finishes.into_values().collect(),
             knowledge_base: f.knowledge_base,
             sources: f.sources,
+            guards: guard_counts(&f.guards),
             prompt_sha256: f.prompt.as_deref().filter(|_| content != Content::Nothing).map(sha256_hex),
             completion_sha256: answer.as_deref().map(sha256_hex),
             prompt: f.prompt.filter(|_| content == Content::Text),
@@ -245,6 +280,28 @@ impl RequestRecord {
         };
         inference(&who, &what)
     }
+}
+
+/// The request log's `guards` field: `output_pii=redact(email), prompt_injection=log(rule x)`,
+/// or `-`.
+fn guards_field(actions: &[GuardAction]) -> String {
+    if actions.is_empty() {
+        return "-".into();
+    }
+    actions.iter().map(|a| format!("{}={}({})", a.guard.as_str(), a.action.as_str(), a.detail)).collect::<Vec<_>>().join(", ")
+}
+
+/// The audit entry's `guards`: how many times each (guard, action, kind) happened. Kinds are the
+/// actions' details (`email`, `canary`, a rule's name), which never hold the text found.
+fn guard_counts(actions: &[GuardAction]) -> Vec<GuardCount> {
+    let mut counts: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for a in actions {
+        *counts.entry((a.guard.as_str(), a.action.as_str(), a.detail.as_str())).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((guard, action, kind), count)| GuardCount { guard: guard.into(), action: action.into(), kind: kind.into(), count })
+        .collect()
 }
 
 fn new_request_id() -> String {

@@ -34,6 +34,8 @@ pub enum StartError {
     Embedder { spec: String, reason: String },
     #[error("audit log {dir}: {source}")]
     Audit { dir: String, source: ferrotune_govern::GovernError },
+    #[error("[guards] {0}")]
+    Guards(#[from] ferrotune_guard::GuardError),
     #[error("starting the audit log's appender thread: {0}")]
     AuditThread(std::io::Error),
     #[error(
@@ -98,6 +100,8 @@ pub fn start_audit(
 
 pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     cfg.validate()?;
+    // Before the model: a classifier file that does not load stops the start at once.
+    let guards = crate::guards::Guards::load(&cfg.guards)?;
     let audit_log = open_audit_log(&cfg).await?;
     let spec = cfg.model.clone();
     let mode = cfg.weights.mode();
@@ -130,7 +134,7 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     let cache = crate::cache::ResponseCache::connect(&cfg.cache).await.map_err(StartError::Cache)?;
     let adapters = cfg.adapters.clone();
     let registry = cfg.registry.enabled;
-    let mut state = AppState::new(engine, cfg, keys, embedder);
+    let mut state = AppState::with_guards(engine, cfg, keys, embedder, guards);
     state.set_cache(cache);
     state.set_base_identity(identity);
     if let Some(log) = audit_log {

@@ -81,7 +81,7 @@ async fn completions_with_echo_return_prompt_logprobs_for_loglikelihood_scoring(
     // As lm-evaluation-harness local-completions sends it: token ids, echo, max_tokens 0.
     let prompt = vec![10u32, 20, 30, 40, 50];
     let body = json!({"model": MODEL, "prompt": [prompt, [7, 8, 9]], "max_tokens": 0, "echo": true, "logprobs": 1, "temperature": 0});
-    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &body).await;
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.scorer), &body).await;
     assert_eq!(status, 200, "{v}");
     let choices = v["choices"].as_array().expect("choices");
     assert_eq!(choices.len(), 2);
@@ -107,7 +107,7 @@ async fn completions_with_echo_return_prompt_logprobs_for_loglikelihood_scoring(
 
     // Echo with generation: prompt entries then generated ones; the text starts with the prompt.
     let body = json!({"model": MODEL, "prompt": "abc", "max_tokens": 4, "echo": true, "logprobs": 2, "temperature": 0, "ignore_eos": true});
-    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &body).await;
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.scorer), &body).await;
     assert_eq!(status, 200, "{v}");
     let c = &v["choices"][0];
     assert!(c["text"].as_str().is_some_and(|t| t.starts_with("abc")));
@@ -618,7 +618,7 @@ async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refu
     // Scoring the whole context (max_tokens 0) fits.
     let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 1});
     let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
         .await;
     assert_eq!(status, 200, "{v}");
     let tl = v["choices"][0]["logprobs"]["token_logprobs"]
@@ -634,7 +634,7 @@ async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refu
     for (prompt, max_tokens) in [(ids.clone(), 1), ([ids.clone(), vec![5]].concat(), 0)] {
         let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "echo": true, "logprobs": 1});
         let (status, v) = s
-            .post_json("/v1/completions", Some(&s.keys.user), &body)
+            .post_json("/v1/completions", Some(&s.keys.scorer), &body)
             .await;
         assert_eq!(status, 400, "{v}");
         let (kind, _, param) = error_of(&v);
@@ -672,7 +672,7 @@ async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refu
     .await;
     let body = json!({"model": MODEL, "prompt": &ids[..101], "max_tokens": 1, "echo": true, "logprobs": 1});
     let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
         .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(error_of(&v).2, Some("prompt"));
@@ -694,7 +694,7 @@ async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refu
     assert_eq!(error_of(&v).2, Some("messages"));
     let body = json!({"model": MODEL, "prompt": &ids[..100], "max_tokens": 1, "echo": true, "logprobs": 1});
     let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
         .await;
     assert_eq!(status, 200, "{v}");
 }
@@ -718,7 +718,7 @@ async fn lm_eval_scoring_gets_eos_back_as_the_generated_token() {
     let prompt = vec![10u32, 20, 30, 40, 50];
     let body = json!({"model": MODEL, "prompt": [prompt], "max_tokens": 1, "echo": true, "logprobs": 1, "temperature": 0});
     let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.user), &body)
+        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
         .await;
     assert_eq!(status, 200, "{v}");
     let c = &v["choices"][0];

@@ -111,6 +111,9 @@ pub struct Inference {
     /// The retrieved chunks' document ids, in rank order (grounded chat only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
+    /// What the guards did (`[guards]`): counts per guard, action and kind — never the text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<GuardCount>,
     /// With `log_prompts`: SHA-256 of the prompt as the request log shows it (chat: the rendered
     /// template, retrieved context included; completions / embeddings: the prompts joined by
     /// `\n---\n`) and of the generated text (choices joined the same way).
@@ -119,6 +122,17 @@ pub struct Inference {
     /// With `[audit] prompt_text` too.
     pub prompt: Option<String>,
     pub completion: Option<String>,
+}
+
+/// One line of [`Inference::guards`]: `{"guard": "output_pii", "action": "redact", "kind": "email", "count": 2}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardCount {
+    pub guard: String,
+    pub action: String,
+    /// What was found (`email`, `canary`, `verbatim span of 12 words of the system prompt`, an
+    /// injection rule or score), as the guard reports it without the text itself.
+    pub kind: String,
+    pub count: u64,
 }
 
 /// Who asked for what and how it resolved.
@@ -170,6 +184,11 @@ mod tests {
         let e = inference(&who, &Inference { endpoint: "chat".into(), status: 200, latency_ms: 12, ..Default::default() });
         assert_eq!((e.actor.as_str(), e.action.as_str(), e.outcome.as_str()), ("user", "inference", "ok"));
         assert!(e.fields.get("prompt_sha256").is_none() && e.fields.get("knowledge_base").is_none(), "{}", e.fields);
+        assert!(e.fields.get("guards").is_none(), "no guard acted: no field, {}", e.fields);
+        let g = GuardCount { guard: "output_pii".into(), action: "redact".into(), kind: "email".into(), count: 2 };
+        let e2 = inference(&who, &Inference { status: 200, guards: vec![g], ..Default::default() });
+        assert_eq!(e2.fields["guards"][0]["count"], 2);
+        assert_eq!(e2.fields["guards"][0]["kind"], "email");
         assert_eq!(e.fields["latency_ms"], 12);
         assert!(e.fields["latency_ms"].is_u64());
         let e = inference(&who, &Inference { status: 404, ..Default::default() });

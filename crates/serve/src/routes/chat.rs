@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: messages rendered with the model's own chat template.
+//! `POST /v1/chat/completions`: messages rendered with the model's own chat template, the
+//! request's guards ([`crate::guards`]) on its user messages, retrieved chunks and answers.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use crate::auth::Caller;
 use crate::engine::TokenLogprob;
 use crate::error::ApiError;
 use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_for_generation, submit, token_text};
+use crate::guards::RequestGuards;
 use crate::json::{self, JsonBody};
 use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported, response_format, to_messages};
 use crate::record::RequestRecord;
@@ -45,18 +47,31 @@ pub async fn chat_completions(
     record.set_stream(fields.stream.unwrap_or(false));
     refuse_unsupported(&raw, Endpoint::Chat)?;
     let target = resolve_for_generation(&state, &caller, &record, &req.model).await?;
+    if req.logprobs == Some(true) {
+        caller.check_logprobs("logprobs")?;
+    }
+    if req.top_logprobs.is_some_and(|k| k > 0) {
+        caller.check_logprobs("top_logprobs")?;
+    }
     let mut msgs = to_messages(&req.messages)?;
+    let mut guards = RequestGuards::new(&state, &target, &caller, &record);
+    for (i, m) in msgs.iter().enumerate().filter(|(_, m)| m.role == "user") {
+        guards.check_input(&format!("messages[{i}].content"), &m.content)?;
+    }
+    guards.protect_system(&mut msgs);
     let info = state.engine.info();
     let grounded = match state.knowledge.pick(&raw, &req.model, &caller)? {
         Some(kb) => {
-            let g = state.knowledge.ground(kb, &mut msgs, &info.tokenizer).await?;
+            let mut g = state.knowledge.ground(kb, &mut msgs, &info.tokenizer, guards.retrieval()).await?;
             state
                 .metrics
                 .retrieval
                 .get_or_create(&crate::metrics::KbLabels { knowledge_base: g.knowledge_base.clone() })
                 .observe(g.retrieval_secs);
-            let doc_ids = g.sources.iter().map(|s| s["doc_id"].as_str().unwrap_or_default().to_string()).collect();
-            record.set_sources(&g.knowledge_base, doc_ids);
+            record.set_sources(&g.knowledge_base, std::mem::take(&mut g.used));
+            for a in std::mem::take(&mut g.guards) {
+                guards.note(a, None);
+            }
             Some(g)
         }
         None => None,
@@ -82,12 +97,17 @@ pub async fn chat_completions(
         (_, Some(k)) if k > 0 => return Err(ApiError::field("top_logprobs", "needs `logprobs: true`")),
         _ => None,
     };
+    if logprobs.is_some() {
+        guards.check_logprobs("logprobs")?;
+    }
     let jobs = [Job { prompt, max_tokens, logprobs, prompt_logprobs: false }];
 
     let sources = grounded.as_ref().map(|g| g.sources.as_slice());
-    let cacheable = Cacheable::new(&state, "chat", &target, &params, &jobs, false, sources);
-    if let Some(hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "chatcmpl").await {
-        return Ok(hit);
+    let cacheable = Cacheable::new(&state, "chat", &target, &params, &jobs, false, sources, guards.cache_key());
+    if let Some(mut hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "chatcmpl").await {
+        guards.replay(&hit);
+        guards.put_into(&mut hit);
+        return Ok(Json(hit).into_response());
     }
 
     let rxs = submit(&state, &caller, &record, &target, &params, &jobs, received)?;
@@ -104,16 +124,20 @@ pub async fn chat_completions(
             include_usage: params.include_usage,
             echo: None,
             grounding: grounded.as_ref().map(|g| (g.knowledge_base.clone(), Value::from(g.sources.clone()))),
+            guards,
         };
         let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received, &record)).collect();
         return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));
     }
-    let outs = collect_all(&state, &target, rxs, received, &record).await?;
+    let mut outs = collect_all(&state, &target, rxs, received, &record).await?;
     let prompt_tokens = outs.first().map_or(0, |o| o.prompt_tokens);
     let completion_tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
     record.add_tokens(prompt_tokens, completion_tokens);
-    for (i, o) in outs.iter().enumerate() {
-        record.set_choice(i, o.finish.as_str(), Some(&o.text));
+    for (i, o) in outs.iter_mut().enumerate() {
+        let (text, blocked) = guards.filter(i, std::mem::take(&mut o.text));
+        o.text = text;
+        o.filtered = blocked;
+        record.set_choice(i, o.finish_reason(), Some(&o.text));
     }
     let choices: Vec<Value> = outs
         .iter()
@@ -126,7 +150,7 @@ pub async fn chat_completions(
                 "index": i,
                 "message": {"role": "assistant", "content": o.text},
                 "logprobs": lp,
-                "finish_reason": o.finish.as_str(),
+                "finish_reason": o.finish_reason(),
             })
         })
         .collect();
@@ -140,9 +164,12 @@ pub async fn chat_completions(
         body["knowledge_base"] = g.knowledge_base.clone().into();
         body["sources"] = g.sources.clone().into();
     }
-    if let Some(c) = cacheable {
-        c.store(&state, &target, body.clone());
+    if let Some(c) = cacheable.filter(|_| !guards.blocked_output()) {
+        let mut kept = body.clone();
+        guards.put_output_into(&mut kept);
+        c.store(&state, &target, kept);
     }
+    guards.put_into(&mut body);
     body["id"] = id.into();
     body["created"] = created.into();
     Ok(Json(body).into_response())

@@ -3,7 +3,10 @@
 //! cover the prompt too (the first prompt token has none), which is how lm-evaluation-harness'
 //! `local-completions` scores log-likelihoods (`max_tokens: 1, echo: true, logprobs: 1`, the
 //! last entry dropped as the generated token — EOS included, which the engine returns as a
-//! token with empty text; `max_tokens: 0` scores the prompt alone).
+//! token with empty text; `max_tokens: 0` scores the prompt alone). `logprobs` and `echo` need
+//! a key allowed to see the distribution ([`crate::auth::Caller::check_logprobs`]); the prompts
+//! go through the injection guard and the generated text (never the echoed prompt) through the
+//! output guards ([`crate::guards`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +25,7 @@ use crate::generation::{
     ChoiceOut, GenParams, Job, Tracker, check_logprobs, check_prompt_len, collect_all, new_id, now_unix, resolve_for_generation, submit,
     token_text,
 };
+use crate::guards::RequestGuards;
 use crate::json::{self, JsonBody};
 use crate::openai::{CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported, response_format};
 use crate::record::RequestRecord;
@@ -91,7 +95,17 @@ pub async fn completions(
         return Err(ApiError::field("best_of", "is not supported (leave it out or set it to n)"));
     }
     let echo = req.echo.unwrap_or(false);
+    if req.logprobs.is_some() {
+        caller.check_logprobs("logprobs")?;
+    }
+    if echo {
+        caller.check_logprobs("echo")?;
+    }
     let logprobs = req.logprobs.map(|k| check_logprobs("logprobs", k)).transpose()?;
+    let mut guards = RequestGuards::new(&state, &target, &caller, &record);
+    if logprobs.is_some() {
+        guards.check_logprobs("logprobs")?;
+    }
     let info = state.engine.info();
     let tok = &info.tokenizer;
     let prompts = parse_prompts(&req.prompt, info.vocab_size)?;
@@ -108,6 +122,7 @@ pub async fn completions(
             }
             PromptInput::Tokens(ids) => (ids.clone(), tok.decode(ids, false).unwrap_or_default()),
         };
+        guards.check_input(&field, &text)?;
         check_prompt_len(info, ids.len(), &field)?;
         let max_tokens = params.budget(ids.len(), info.context_len, state.cfg.default_max_tokens, &field)?;
         let prompt_logprobs = echo && logprobs.is_some() && !params.stream;
@@ -116,9 +131,11 @@ pub async fn completions(
     record.set_prompt(|| jobs.iter().map(|j| j.text.as_str()).collect::<Vec<_>>().join("\n---\n"));
     let engine_jobs: Vec<Job> = jobs.iter().map(|j| j.job.clone()).collect();
 
-    let cacheable = Cacheable::new(&state, "completions", &target, &params, &engine_jobs, echo, None);
-    if let Some(hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "cmpl").await {
-        return Ok(hit);
+    let cacheable = Cacheable::new(&state, "completions", &target, &params, &engine_jobs, echo, None, guards.cache_key());
+    if let Some(mut hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "cmpl").await {
+        guards.replay(&hit);
+        guards.put_into(&mut hit);
+        return Ok(Json(hit).into_response());
     }
 
     let id = new_id("cmpl");
@@ -136,6 +153,7 @@ pub async fn completions(
                         finish: FinishReason::Length,
                         prompt_tokens: j.prompt.len(),
                         completion_tokens: 0,
+                        filtered: false,
                     },
                     params.n,
                 )
@@ -154,6 +172,7 @@ pub async fn completions(
                 include_usage: params.include_usage,
                 echo: echo.then(|| jobs.iter().map(|j| j.text.clone()).collect()),
                 grounding: None,
+                guards,
             };
             let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received, &record)).collect();
             return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));
@@ -172,9 +191,13 @@ pub async fn completions(
         // A scoring request (max_tokens 0) returns no generated token even if one was made.
         let generated = if pj.job.max_tokens == 0 { &[][..] } else { &o.tokens[..] };
         completion_tokens += generated.len();
-        let gen_text: String = generated.iter().map(|t| t.text.as_str()).collect();
-        let finish = if pj.job.max_tokens == 0 { FinishReason::Length } else { o.finish };
-        record.set_choice(i, finish.as_str(), Some(&gen_text));
+        let (gen_text, blocked) = guards.filter(i, generated.iter().map(|t| t.text.as_str()).collect());
+        let finish = match (pj.job.max_tokens, blocked) {
+            (0, _) => FinishReason::Length.as_str(),
+            (_, true) => crate::generation::CONTENT_FILTER,
+            _ => o.finish.as_str(),
+        };
+        record.set_choice(i, finish, Some(&gen_text));
         let text = if echo { format!("{}{gen_text}", pj.text) } else { gen_text };
         let lp = logprobs.map(|_| {
             let mut entries: Vec<(String, Option<TokenLogprob>)> = Vec::new();
@@ -188,7 +211,7 @@ pub async fn completions(
             entries.extend(generated.iter().map(|t| (token_text(tok, t.id), t.logprob.clone())));
             legacy_logprobs(tok, &entries, 0)
         });
-        choices.push(json!({"index": i, "text": text, "logprobs": lp, "finish_reason": finish.as_str()}));
+        choices.push(json!({"index": i, "text": text, "logprobs": lp, "finish_reason": finish}));
     }
     record.add_tokens(prompt_tokens, completion_tokens);
     let mut body = json!({
@@ -197,9 +220,12 @@ pub async fn completions(
         "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     });
-    if let Some(c) = cacheable {
-        c.store(&state, &target, body.clone());
+    if let Some(c) = cacheable.filter(|_| !guards.blocked_output()) {
+        let mut kept = body.clone();
+        guards.put_output_into(&mut kept);
+        c.store(&state, &target, kept);
     }
+    guards.put_into(&mut body);
     body["id"] = id.into();
     body["created"] = created.into();
     Ok(Json(body).into_response())

@@ -41,6 +41,10 @@ pub(crate) struct CacheKey<'a> {
     /// Grounded chat: the sources the answer carries (their scores change with the knowledge
     /// base even when the chunks in the prompt do not).
     pub sources: Option<&'a [Value]>,
+    /// The output guards' modes for this model and key: they change the answer's text and its
+    /// `guards` list. (The input guards change the prompt — the canary, dropped chunks — or
+    /// refuse the request, so the prompt and `sources` already cover them.)
+    pub output_guards: Option<crate::guards::OutputGuardKey>,
 }
 
 impl<'a> CacheKey<'a> {
@@ -88,6 +92,7 @@ impl<'a> CacheKey<'a> {
             echo: jobs.first().is_some_and(|j| j.prompt_logprobs),
             response_format: format.as_ref(),
             sources: None,
+            output_guards: None,
         }
     }
 }
@@ -101,7 +106,9 @@ pub(crate) struct Cacheable {
 impl Cacheable {
     /// `None` = not cacheable: streamed, sampled without a seed, cache off, or the adapter's
     /// digest not known right now (loading or unloading). `echo`: completions' flag (it shapes
-    /// the text too); `sources`: grounded chat's.
+    /// the text too); `sources`: grounded chat's; `output_guards`: the request's output guard
+    /// modes.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         state: &crate::app::AppState,
         endpoint: &str,
@@ -110,6 +117,7 @@ impl Cacheable {
         jobs: &[Job],
         echo: bool,
         sources: Option<&[Value]>,
+        output_guards: crate::guards::OutputGuardKey,
     ) -> Option<Self> {
         if params.stream || !params.deterministic() || !state.cache.enabled() {
             return None;
@@ -118,6 +126,7 @@ impl Cacheable {
         let mut k = CacheKey::new(endpoint, target, &weights, params, jobs);
         k.echo |= echo;
         k.sources = sources;
+        k.output_guards = Some(output_guards);
         let key = crate::cache::key_of(&k);
         Some(Self { key, weights })
     }
@@ -131,16 +140,16 @@ impl Cacheable {
     }
 }
 
-/// Answer from the cache when the request is cacheable and its answer is there; counts the hit
-/// or miss. The stored body gets a fresh `id` and `created`.
+/// The cached answer when the request is cacheable and its answer is there; counts the hit or
+/// miss. The stored body gets a fresh `id` and `created`; the caller adds this request's
+/// `guards` ([`crate::guards::RequestGuards::replay`], `put_into`).
 pub(crate) async fn cache_lookup(
     state: &crate::app::AppState,
     record: &crate::record::RequestRecord,
     target: &crate::generation::Target,
     key: Option<&str>,
     id_prefix: &str,
-) -> Option<axum::response::Response> {
-    use axum::response::IntoResponse;
+) -> Option<Value> {
     let key = key?;
     let labels = state.metrics.labels(target.adapter.as_deref());
     match state.cache.get(key).await {
@@ -160,7 +169,7 @@ pub(crate) async fn cache_lookup(
                 let text = c["message"]["content"].as_str().or_else(|| c["text"].as_str());
                 record.set_choice(i, c["finish_reason"].as_str().unwrap_or_default(), text);
             }
-            Some(axum::Json(v).into_response())
+            Some(v)
         }
         None => {
             state.metrics.cache_misses.get_or_create(&labels).inc();
@@ -196,6 +205,16 @@ mod tests {
             crate::cache::key_of(&k)
         };
         let std_jobs = [job(&[1, 2, 3], 8, None, false)];
+        let guarded = |pii: ferrotune_guard::GuardMode, leak_min_words: usize| {
+            let p = params(base.clone());
+            let mut k = CacheKey::new("chat", &target, &weights, &p, &std_jobs);
+            k.output_guards = Some(crate::guards::OutputGuardKey {
+                output_pii: pii,
+                system_prompt_leak: ferrotune_guard::GuardMode::Log,
+                leak_min_words,
+            });
+            crate::cache::key_of(&k)
+        };
         let plain = |body: Value, jobs: &[Job]| key(&target, &weights, body, jobs, "chat", None);
         let reference = plain(base.clone(), &std_jobs);
         assert_eq!(reference, plain(base.clone(), &std_jobs), "a key is a function of its inputs");
@@ -236,6 +255,9 @@ mod tests {
             ("base weights", key(&target, &("other".into(), None), base.clone(), &std_jobs, "chat", None)),
             ("adapter", key(&adapter, &("base".into(), Some("d1".into())), base.clone(), &std_jobs, "chat", None)),
             ("adapter weights", key(&adapter, &("base".into(), Some("d2".into())), base.clone(), &std_jobs, "chat", None)),
+            ("output guards", guarded(ferrotune_guard::GuardMode::Redact, 12)),
+            ("output_pii mode", guarded(ferrotune_guard::GuardMode::Block, 12)),
+            ("leak_min_words", guarded(ferrotune_guard::GuardMode::Block, 8)),
         ];
         let mut seen = std::collections::HashSet::from([reference]);
         for (what, k) in &variants {

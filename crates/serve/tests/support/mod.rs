@@ -24,6 +24,8 @@ pub struct Keys {
     pub other: String,
     /// 2 requests per minute.
     pub limited: String,
+    /// As `user`, and allowed `logprobs` / `echo` (which `user` is not).
+    pub scorer: String,
 }
 
 pub struct Server {
@@ -58,6 +60,9 @@ pub struct Opts {
     /// Keep the audit log in `<dir>/audit` (opened and started as `build_state` does; `configure`
     /// may change `[audit]` first); without it the audit log is off.
     pub audit: bool,
+    /// The guards' canary secret (random per server otherwise): a fixed one gives every run the
+    /// same canaries, so the model's answers to prompts holding them are the same too.
+    pub guard_secret: Option<[u8; 32]>,
 }
 
 impl Default for Opts {
@@ -74,6 +79,7 @@ impl Default for Opts {
             tweak: None,
             registry: false,
             audit: false,
+            guard_secret: None,
         }
     }
 }
@@ -121,6 +127,9 @@ pub async fn start(opts: Opts) -> Server {
         user: mk("user", &[MODEL], false, None),
         other: mk("other", &["something-else"], false, None),
         limited: mk("limited", &[], false, Some(2)),
+        scorer: store
+            .create(&ApiKey { name: "scorer".into(), models: vec![MODEL.into()], logprobs: true, ..Default::default() })
+            .expect("create key"),
     };
     let cache = match opts.shared_cache {
         Some(c) => c,
@@ -130,6 +139,10 @@ pub async fn start(opts: Opts) -> Server {
     let mut state = AppState::new(handle, cfg, opts.auth.then_some(store), None);
     if let Some(log) = audit_log {
         ferrotune_serve::startup::start_audit(&mut state, log, &per_file).expect("start the audit log");
+    }
+    if let Some(secret) = opts.guard_secret {
+        let guards = ferrotune_serve::guards::Guards::load(&state.cfg.guards).expect("guards").with_secret(secret);
+        state.set_guards(guards);
     }
     state.set_cache(cache);
     // As `build_state` does: the cache key names the weights.
