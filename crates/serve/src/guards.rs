@@ -314,3 +314,52 @@ fn set_guards(body: &mut Value, list: Option<Value>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::keys::ApiKey;
+    use crate::registry::VersionRef;
+
+    fn settings() -> GuardsConfig {
+        let mut cfg = GuardsConfig::default();
+        cfg.models.insert("support".into(), ferrotune_guard::GuardModes { output_pii: Some(GuardMode::Block), ..Default::default() });
+        cfg.keys.insert("analytics".into(), ferrotune_guard::GuardModes { output_pii: Some(GuardMode::Off), ..Default::default() });
+        cfg
+    }
+
+    fn caller(name: &str) -> Caller {
+        Caller(Some(Arc::new(ApiKey { name: name.into(), ..Default::default() })))
+    }
+
+    #[test]
+    fn a_request_is_resolved_by_every_name_it_goes_by_and_by_its_key() {
+        let g = Guards::bundled(&settings());
+        // `support@canary` runs as adapter `support@3` of the registry artifact `support`.
+        let registry = Target {
+            name: "support@canary".into(),
+            adapter: Some("support@3".into()),
+            version: Some(VersionRef { id: 1, name: "support".into(), version: 3 }),
+        };
+        assert_eq!(g.resolve(&registry, &caller("someone")).output_pii, GuardMode::Block);
+        assert_eq!(g.resolve(&registry, &Caller(None)).output_pii, GuardMode::Block, "auth off: the model's setting");
+        assert_eq!(g.resolve(&registry, &caller("analytics")).output_pii, GuardMode::Off, "the key's wins");
+        let by_name = Target { name: "support".into(), adapter: Some("support".into()), version: None };
+        assert_eq!(g.resolve(&by_name, &caller("someone")).output_pii, GuardMode::Block);
+        let base = Target { name: "smollm2".into(), adapter: None, version: None };
+        assert_eq!(g.resolve(&base, &caller("someone")).output_pii, GuardMode::Log, "the [guards] default");
+    }
+
+    #[test]
+    fn canaries_are_per_secret_and_system_prompt() {
+        let a = Guards::bundled(&GuardsConfig::default()).with_secret([1; 32]);
+        let b = Guards::bundled(&GuardsConfig::default()).with_secret([2; 32]);
+        assert_eq!(a.canary_for("Be brief."), a.canary_for("Be brief."), "the same prompt renders the same (cacheable)");
+        assert_ne!(a.canary_for("Be brief."), a.canary_for("Be kind."));
+        assert_ne!(a.canary_for("Be brief."), b.canary_for("Be brief."), "another server's secret, another canary");
+        let random = Guards::bundled(&GuardsConfig::default());
+        assert_ne!(random.canary_for("x"), Guards::bundled(&GuardsConfig::default()).canary_for("x"), "a random secret per start");
+    }
+}

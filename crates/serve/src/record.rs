@@ -358,3 +358,40 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use ferrotune_guard::{GuardKind, GuardMode};
+
+    use super::*;
+
+    fn acted(guard: GuardKind, action: GuardMode, detail: &str) -> GuardAction {
+        GuardAction { guard, action, detail: detail.into() }
+    }
+
+    #[test]
+    fn the_log_line_lists_each_action_and_the_audit_entry_counts_them_by_kind() {
+        assert_eq!(guards_field(&[]), "-");
+        let actions = [
+            acted(GuardKind::OutputPii, GuardMode::Redact, "email"),
+            acted(GuardKind::PromptInjection, GuardMode::Log, "messages[0].content: rule ignore_previous, score 0.98"),
+            acted(GuardKind::OutputPii, GuardMode::Redact, "email"),
+            acted(GuardKind::OutputPii, GuardMode::Redact, "phone"),
+        ];
+        assert_eq!(
+            guards_field(&actions),
+            "output_pii=redact(email), prompt_injection=log(messages[0].content: rule ignore_previous, score 0.98), \
+             output_pii=redact(email), output_pii=redact(phone)"
+        );
+        let counts: Vec<(String, String, String, u64)> =
+            guard_counts(&actions).into_iter().map(|c| (c.guard, c.action, c.kind, c.count)).collect();
+        assert_eq!(
+            counts,
+            [
+                ("output_pii".into(), "redact".into(), "email".into(), 2),
+                ("output_pii".into(), "redact".into(), "phone".into(), 1),
+                ("prompt_injection".into(), "log".into(), "messages[0].content: rule ignore_previous, score 0.98".into(), 1),
+            ]
+        );
+    }
+}
