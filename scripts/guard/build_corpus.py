@@ -160,8 +160,9 @@ def fetch(work):
 
 def garak_prompts(py, probes):
     helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "garak_prompts.py")
+    # Fixed hash seed: some probes build their contexts in a set and then sample from it.
     out = subprocess.run([py, helper, *probes], check=True, capture_output=True, text=True,
-                         cwd=os.path.dirname(helper)).stdout
+                         cwd=os.path.dirname(helper), env={**os.environ, "PYTHONHASHSEED": "0"}).stdout
     # Only our JSON lines (a probe may print notices); split on \n alone: texts hold U+2028.
     return [json.loads(line) for line in out.split("\n") if line.startswith("{\"probe\"")]
 
@@ -443,7 +444,7 @@ def main():
     py, site, chatter, pydoc = fetch(args.work)
     if os.path.realpath(sys.executable) != os.path.realpath(py) and not os.environ.get("GUARD_CORPUS_INNER"):
         # The rest needs PyYAML: run again under the venv's Python, which has it.
-        os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], {**os.environ, "GUARD_CORPUS_INNER": "1"})
+        os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], {**os.environ, "GUARD_CORPUS_INNER": "1", "PYTHONHASHSEED": "0"})
     rng = random.Random(SEED)
 
     attacks = probe_rows(py, ATTACK_PROBES, 1) + sysprompt_rows(site)
@@ -461,6 +462,8 @@ def main():
             continue
         seen[k] = True
         rows.append(r)
+    conflicts = sum(1 for v in labels.values() if len(v) > 1)
+    print(f"rows {len(rows)} after dedup; texts under both labels (dropped): {conflicts}", file=sys.stderr)
     rows = cap_templated(rows, rng)
     units = near_duplicate_units(rows)
     split_of = assign_splits(rows, units)

@@ -9,6 +9,7 @@ a re-implementation of it. No generator (model) is loaded.
 import contextlib
 import io
 import json
+import random
 import sys
 
 import garak._config as config
@@ -36,6 +37,10 @@ def text_of(prompt):
 def main():
     names = sys.argv[1:]
     for name in names:
+        # Probes sample contexts and payloads with `random` (garak's CLI seeds it once per run;
+        # here each probe gets the same seed, so its prompts do not depend on the probes before
+        # it). Set iteration order is fixed by PYTHONHASHSEED, which build_corpus.py sets.
+        random.seed(config.run.seed)
         with contextlib.redirect_stderr(io.StringIO()):
             probe = plugins.load_plugin(f"probes.{name}")
         for p in probe.prompts:

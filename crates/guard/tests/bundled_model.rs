@@ -1,9 +1,9 @@
 //! The bundled classifier on the committed held-out split (crates/guard/corpus/test.jsonl, never
 //! used for any choice): a retrained or edited model that loses recall fails here.
 //!
-//! Measured when the model was trained (bench/guard-injection.json): recall 92.5% at 1% false
-//! positives, 99.2% at 5%, AUROC 0.996. The floors below are those minus 3 points (recall) and
-//! 0.005 (AUROC): the split has 361 injections, so one point is about 4 of them.
+//! Measured when the model was trained (bench/guard-injection.json): recall 92.7% at 1% false
+//! positives, 96.7% at 5%, AUROC 0.996. The floors below are those minus 3 points (recall) and
+//! 0.005 (AUROC): the split has 368 injections, so one point is about 4 of them.
 
 use std::path::Path;
 
@@ -19,8 +19,8 @@ fn the_bundled_model_keeps_its_held_out_recall() -> anyhow::Result<()> {
     let (recall1, fpr1) = at(0.01);
     let (recall5, _) = at(0.05);
     assert!(fpr1 <= 0.01 + 1e-12, "FPR {fpr1} over 1%: the rules alone flag too many benign rows");
-    assert!(recall1 >= 0.895, "recall at 1% FPR {recall1:.3} < 0.895 (measured 0.925)");
-    assert!(recall5 >= 0.962, "recall at 5% FPR {recall5:.3} < 0.962 (measured 0.992)");
+    assert!(recall1 >= 0.897, "recall at 1% FPR {recall1:.3} < 0.897 (measured 0.927)");
+    assert!(recall5 >= 0.937, "recall at 5% FPR {recall5:.3} < 0.937 (measured 0.967)");
     assert!(r.auroc >= 0.991, "AUROC {:.4} < 0.991 (measured 0.996)", r.auroc);
     Ok(())
 }

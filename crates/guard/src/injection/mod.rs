@@ -251,6 +251,15 @@ mod tests {
     }
 
     #[test]
+    fn a_model_of_another_feature_recipe_is_refused() {
+        let d = tiny_model();
+        let info = ModelInfo { features: 99, ..d.info().clone() };
+        let bytes = model_file::encode(&info, &d.weights, d.bias);
+        let e = InjectionDetector::from_bytes(&bytes, Path::new("old.bin")).expect_err("recipe 99").to_string();
+        assert!(e.contains("old.bin") && e.contains("metadata.features"), "{e}");
+    }
+
+    #[test]
     fn a_huge_input_returns_in_bounded_time_and_is_judged_on_its_ends() {
         let d = InjectionDetector::bundled();
         let filler = "The quarterly report lists revenue by region and product line. ".repeat(160_000);

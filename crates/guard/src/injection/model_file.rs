@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::features::FEATURES_VERSION;
 use crate::GuardError;
 
 const MAGIC: &[u8; 8] = b"FTINJECT";
@@ -27,6 +28,8 @@ const MAX_META: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
+    /// The text → features recipe the weights were trained on (`features::FEATURES_VERSION`).
+    pub features: u32,
     /// log2 of the number of hash buckets.
     pub bits: u32,
     /// Probability at or above which a text is flagged (chosen on the validation split).
@@ -96,6 +99,9 @@ pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<ModelParts, GuardError
         return Err(bad("metadata", format!("length {meta_len} does not fit the file")));
     }
     let info: ModelInfo = serde_json::from_slice(&body[16..16 + meta_len]).map_err(|e| bad("metadata", e.to_string()))?;
+    if info.features != FEATURES_VERSION {
+        return Err(bad("metadata.features", format!("feature recipe {}, this build computes recipe {FEATURES_VERSION}: retrain with `ferrotune guard train`", info.features)));
+    }
     if info.bits == 0 || info.bits > MAX_BITS {
         return Err(bad("metadata.bits", format!("{} is outside 1..={MAX_BITS}", info.bits)));
     }

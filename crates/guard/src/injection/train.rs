@@ -10,7 +10,7 @@
 use sha2::{Digest, Sha256};
 
 use super::eval::{LabelledText, evaluate_with};
-use super::features::{Features, Hasher};
+use super::features::{FEATURES_VERSION, Features, Hasher};
 use super::model_file::{ModelInfo, TrainingRecord};
 use super::{DEFAULT_MAX_BYTES, InjectionDetector, sigmoid};
 use crate::GuardError;
@@ -31,7 +31,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { bits: 18, epochs: 8, lr: 1.0, l2: 1e-6, seed: 20, target_fpr: 0.01 }
+        Self { bits: 18, epochs: 20, lr: 1.0, l2: 1e-6, seed: 20, target_fpr: 0.01 }
     }
 }
 
@@ -168,7 +168,7 @@ pub fn train(
     }
 
     // Threshold on validation, rules included: scores of a rule hit count as certain.
-    let info = ModelInfo { bits: cfg.bits, threshold: 0.5, max_bytes: DEFAULT_MAX_BYTES, training: None };
+    let info = ModelInfo { features: FEATURES_VERSION, bits: cfg.bits, threshold: 0.5, max_bytes: DEFAULT_MAX_BYTES, training: None };
     let det = InjectionDetector::from_parts(info, weights, bias);
     let scored: Vec<(f32, Option<&'static str>)> = validation.iter().map(|r| (det.score(&r.text), det.rule(&r.text))).collect();
     // A probability of exactly 1 never happens; keep the threshold usable.
@@ -189,7 +189,7 @@ pub fn train(
         validation_fpr: at.as_ref().map_or(0.0, |p| p.fpr),
         validation_auroc: validation_report.auroc,
     };
-    let info = ModelInfo { bits: cfg.bits, threshold, max_bytes: DEFAULT_MAX_BYTES, training: Some(record) };
+    let info = ModelInfo { features: FEATURES_VERSION, bits: cfg.bits, threshold, max_bytes: DEFAULT_MAX_BYTES, training: Some(record) };
     let det = InjectionDetector::from_parts(info, det.weights, det.bias);
     Ok((det, TrainReport { epochs: logs, threshold, validation: validation_report }))
 }
