@@ -78,3 +78,51 @@ fn generate_json_prints_a_json_object_and_refuses_what_it_cannot_enforce() -> an
     assert!(String::from_utf8_lossy(&o.stderr).contains("uniqueItems"), "{}", String::from_utf8_lossy(&o.stderr));
     Ok(())
 }
+
+#[test]
+fn eval_with_a_json_schema_holds_every_answer_to_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tiny = dir.path().join("tiny");
+    ferrotune_model::testing::write_tiny_model(&tiny)?;
+    let data = dir.path().join("people.jsonl");
+    let mut rows = String::new();
+    for (i, name) in ["Ada", "Bob", "Cy", "Dee", "Eve"].iter().enumerate() {
+        let reference = json!({"name": name, "age": 20 + i, "tags": ["a"]}).to_string();
+        rows.push_str(&json!({"messages": [{"role": "user", "content": format!("Describe {name} as JSON.")}, {"role": "assistant", "content": reference}]}).to_string());
+        rows.push('\n');
+    }
+    std::fs::write(&data, rows)?;
+    let schema_file = dir.path().join("s.json");
+    std::fs::write(&schema_file, schema().to_string())?;
+    let out = dir.path().join("eval");
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let args = |extra: &[&str]| {
+        let mut a = vec!["eval".to_string(), "--model".into(), s(&tiny), "--data".into(), s(&data), "--out".into(), s(&out), "--max-tokens".into(), "300".into()];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_ferrotune")).args(a).output();
+    let o = run(args(&["--json-schema", &s(&schema_file)]))?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let eval: Value = serde_json::from_slice(&std::fs::read(out.join("eval.json"))?)?;
+    let rows = eval["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 5);
+    for r in rows {
+        for o in r["outputs"].as_array().expect("outputs") {
+            assert_valid(&schema(), o["prediction"].as_str().expect("prediction"));
+        }
+    }
+    // Without the schema the same random model writes no valid JSON on these rows: the mask did it.
+    let o = run(args(&[]))?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let eval: Value = serde_json::from_slice(&std::fs::read(out.join("eval.json"))?)?;
+    let parsed = eval["rows"].as_array().expect("rows").iter().filter(|r| serde_json::from_str::<Value>(r["outputs"][0]["prediction"].as_str().unwrap_or("")).is_ok()).count();
+    assert_eq!(parsed, 0);
+    // A schema with a feature the grammar cannot enforce is refused before any row runs, naming it.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, json!({"type": "array", "uniqueItems": true}).to_string())?;
+    let o = run(args(&["--json-schema", &s(&bad)]))?;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("uniqueItems"), "{}", String::from_utf8_lossy(&o.stderr));
+    Ok(())
+}
