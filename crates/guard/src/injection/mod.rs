@@ -251,6 +251,35 @@ mod tests {
     }
 
     #[test]
+    fn every_truncation_and_byte_flip_of_a_model_file_is_an_error_not_a_panic() {
+        let bytes = tiny_model().to_bytes();
+        for cut in (0..bytes.len()).step_by(37) {
+            assert!(InjectionDetector::from_bytes(&bytes[..cut], Path::new("m.bin")).is_err(), "cut at {cut}");
+        }
+        for at in (0..bytes.len()).step_by(53) {
+            let mut b = bytes.clone();
+            b[at] ^= 1;
+            assert!(InjectionDetector::from_bytes(&b, Path::new("m.bin")).is_err(), "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn odd_text_never_panics() {
+        let d = tiny_model();
+        let pieces = ["", " ", "\u{0}", "é", "🦀", "\u{E0041}", "\u{200B}", "ß", "İ", "\n\n", "<|im_start|>", "a", "1"];
+        let mut state = 7u64;
+        for _ in 0..500 {
+            let mut t = String::new();
+            for _ in 0..(state % 40) {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                t.push_str(pieces[(state >> 33) as usize % pieces.len()]);
+            }
+            let v = d.check(&t);
+            assert!((0.0..=1.0).contains(&v.score), "{t:?} {v:?}");
+        }
+    }
+
+    #[test]
     fn a_model_of_another_feature_recipe_is_refused() {
         let d = tiny_model();
         let info = ModelInfo { features: 99, ..d.info().clone() };

@@ -106,7 +106,9 @@ pub fn train(
     if !(1..=24).contains(&cfg.bits) {
         return Err(setting("buckets", format!("2^{} buckets: use 2^1 ..= 2^24", cfg.bits)));
     }
-    if cfg.epochs == 0 || !(cfg.lr > 0.0) || !(cfg.l2 >= 0.0) || !(cfg.target_fpr > 0.0 && cfg.target_fpr < 1.0) {
+    // Written positively so NaN settings fail too.
+    let usable = cfg.epochs > 0 && cfg.lr > 0.0 && cfg.lr.is_finite() && cfg.l2 >= 0.0 && cfg.l2.is_finite() && cfg.target_fpr > 0.0 && cfg.target_fpr < 1.0;
+    if !usable {
         return Err(setting("train", format!("epochs ≥ 1, lr > 0, l2 ≥ 0 and 0 < target FPR < 1 (got {cfg:?})")));
     }
     for (name, rows) in [("training", train), ("validation", validation)] {
