@@ -48,6 +48,7 @@ pub enum Code {
     FewExamples,
     SkewedCoverage,
     LowAgreement,
+    PossibleBackdoorTrigger,
 }
 
 impl Code {
@@ -58,7 +59,7 @@ impl Code {
             | WrongType | BadWeight | NoAssistant | EmptyTarget | AssistantNotLast | NoTrainableTurn | TooLong
             | RenderFailed | TooFewExamples => Severity::Error,
             MissingSystem | MissingUser | ExactDuplicate | NearDuplicate | ConflictingAnswers | EvalLeakage | Pii
-            | FewExamples | SkewedCoverage | LowAgreement => Severity::Warning,
+            | FewExamples | SkewedCoverage | LowAgreement | PossibleBackdoorTrigger => Severity::Warning,
         }
     }
 
@@ -92,6 +93,7 @@ impl Code {
             FewExamples => "few_examples",
             SkewedCoverage => "skewed_coverage",
             LowAgreement => "low_agreement",
+            PossibleBackdoorTrigger => "possible_backdoor_trigger",
         }
     }
 }

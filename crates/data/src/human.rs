@@ -72,6 +72,19 @@ impl Display for Report {
             st.conflicting_answers,
             st.rows_with_pii
         )?;
+        if let Some(b) = &st.backdoor {
+            let flagged = self.counts.get(&crate::finding::Code::PossibleBackdoorTrigger).copied().unwrap_or(0);
+            writeln!(
+                f,
+                "  backdoor triggers: {flagged} flagged; {} of {} trigger-like prompt tokens tested (in {}–{} of {} rows){}",
+                b.tested_tokens,
+                b.trigger_like_tokens,
+                b.token_rows.0,
+                b.token_rows.1,
+                b.rows,
+                if b.untracked_tokens > 0 { format!(", {} untracked past the cap", b.untracked_tokens) } else { String::new() }
+            )?;
+        }
         if st.eval_rows > 0 {
             writeln!(f, "  eval rows: {}, leaked from training: {}", st.eval_rows, st.eval_rows_leaked)?;
         }

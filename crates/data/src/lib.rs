@@ -10,6 +10,8 @@
 //! - [`minhash`], [`dedup`]: exact and near-duplicate detection (MinHash + LSH), conflicting
 //!   answers to one prompt, train/eval leakage.
 //! - [`agreement`]: Krippendorff's α (nominal) over `metadata.annotations`.
+//! - [`poison`]: possible backdoor triggers — rare trigger-like prompt tokens whose rows get one
+//!   answer the rest of the data rarely gets (OWASP LLM04).
 //! - [`stats`]: distributions (min/p5/median/p95/max) and metadata coverage.
 //! - [`render`]: [`render_for_training`] — the model's chat template applied, tokenized, with
 //!   labels −100 outside the assistant targets; EOS is part of every target.
@@ -29,6 +31,7 @@ pub mod minhash;
 pub mod parquet_rows;
 pub mod parse;
 pub mod pii;
+pub mod poison;
 pub mod prehashed;
 pub mod prepare;
 pub mod reader;

@@ -144,6 +144,8 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         sketcher: sketcher.clone(),
         pii: false,
         fingerprints: opts.dedup != DedupMode::Off,
+        // A warning `validate` reports; `prepare` drops no row for it.
+        backdoor: false,
         progress: opts.progress.clone(),
     });
     let strat = opts.stratify_by.as_deref();

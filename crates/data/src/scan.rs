@@ -15,6 +15,7 @@ use crate::finding::{Code, Finding};
 use crate::minhash::Sketcher;
 use crate::parse::{Parsed, parse_clean_chat, parse_value};
 use crate::pii::{PiiDetector, PiiKind};
+use crate::poison::RowKeys;
 use crate::reader::{Chunk, ChunkPayload, Payload, RawRow, RowReader, bad_utf8, parse_json};
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
@@ -42,6 +43,8 @@ pub struct ScanConfig {
     pub pii: bool,
     /// Compute fingerprints (exact duplicates, conflicting answers).
     pub fingerprints: bool,
+    /// Compute the backdoor-trigger check's keys ([`crate::poison`]).
+    pub backdoor: bool,
     /// Told how far the scan is after each chunk.
     pub progress: Progress,
 }
@@ -83,6 +86,8 @@ pub struct Row {
     pub record: Option<Record>,
     pub findings: Vec<Finding>,
     pub fingerprint: Option<Fingerprint>,
+    /// Trigger-like prompt tokens and answer patterns, when the config asks for them.
+    pub backdoor: Option<RowKeys>,
     /// (all tokens, tokens with loss) after rendering.
     pub tokens: Option<(usize, usize)>,
     /// Kinds of personal data found, with the field.
@@ -94,7 +99,7 @@ pub struct Row {
 
 impl Row {
     fn empty(line: u64) -> Self {
-        Row { line, record: None, findings: Vec::new(), fingerprint: None, tokens: None, pii: Vec::new(), made_on: rayon::current_thread_index() }
+        Row { line, record: None, findings: Vec::new(), fingerprint: None, backdoor: None, tokens: None, pii: Vec::new(), made_on: rayon::current_thread_index() }
     }
 
     pub fn has_error(&self) -> bool {
@@ -249,6 +254,9 @@ impl Scanner {
             }
             if self.cfg.fingerprints {
                 row.fingerprint = Some(Fingerprint::of(rec, self.cfg.sketcher.as_deref()));
+            }
+            if self.cfg.backdoor {
+                row.backdoor = RowKeys::of(rec);
             }
             if let Some(r) = &self.cfg.renderer {
                 match r.count(rec, &self.cfg.render_opts) {

@@ -1,6 +1,6 @@
 //! `ferrotune data validate`: every row through the scanner, then the dataset-wide checks
 //! (duplicates, conflicting answers, leakage into the eval file, size, coverage, annotator
-//! agreement), into one [`Report`].
+//! agreement, possible backdoor triggers), into one [`Report`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use crate::dedup::{DupIndex, Fingerprint, RowRef};
 use crate::error::{DataError, Result};
 use crate::finding::{Code, Finding, Severity};
 use crate::minhash::Sketcher;
+use crate::poison::{BackdoorScan, Backdoors};
 use crate::record::{Format, Record};
 use crate::render::{RenderOptions, Renderer};
 use crate::scan::{Progress, Row, ScanConfig, Scanner, Trash};
@@ -43,6 +44,8 @@ pub struct ValidateOptions {
     pub epochs: u32,
     pub eval_files: Vec<PathBuf>,
     pub pii: bool,
+    /// Look for possible backdoor triggers ([`crate::poison`]) in the training files.
+    pub backdoor: bool,
     /// Findings kept per code in the report (all are counted).
     pub max_findings_per_code: usize,
     /// Told how far the scan of each file is (training files, then eval files).
@@ -63,6 +66,7 @@ impl Default for ValidateOptions {
             epochs: 3,
             eval_files: Vec::new(),
             pii: true,
+            backdoor: true,
             max_findings_per_code: 1000,
             progress: Progress::default(),
         }
@@ -99,6 +103,8 @@ pub struct Stats {
     pub eval_rows: u64,
     pub eval_rows_leaked: u64,
     pub coverage: BTreeMap<String, FieldCoverage>,
+    /// What the backdoor-trigger check looked at (`None` when it was off).
+    pub backdoor: Option<BackdoorScan>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,6 +177,7 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
         sketcher: sketcher.clone(),
         pii: opts.pii,
         fingerprints: true,
+        backdoor: opts.backdoor,
         progress: opts.progress.clone(),
     });
     let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
@@ -185,8 +192,9 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     let mut summaries = Vec::new();
     let names: Vec<Arc<str>> = files.iter().chain(&opts.eval_files).map(|p| p.display().to_string().into()).collect();
 
-    // Records and fingerprints are freed on the pool, each on the worker that built it.
-    let mut trash: Trash<(Record, Option<Fingerprint>)> = Trash::default();
+    let mut backdoors = opts.backdoor.then(Backdoors::default);
+    // Records, fingerprints and backdoor keys are freed on the pool, each on the worker that built it.
+    let mut trash: Trash<(Record, Option<Fingerprint>, Option<crate::poison::RowKeys>)> = Trash::default();
     for (fi, path) in files.iter().enumerate() {
         let name = names[fi].clone();
         let (mut rows, mut valid) = (0u64, 0u64);
@@ -195,7 +203,7 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
             if let Some(fp) = ahead.and_then(|r| r.fingerprint.as_ref()) {
                 index.prefetch(fp);
             }
-            let Row { line, record, findings, fingerprint, tokens, pii, made_on } = row;
+            let Row { line, record, findings, fingerprint, backdoor, tokens, pii, made_on } = row;
             findings.into_iter().for_each(|f| out.push(f));
             let Some(rec) = record else { return Ok(()) };
             valid += 1;
@@ -230,7 +238,10 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
                     push(&mut out, Code::ConflictingAnswers, format!("same prompt as {} with a different answer", where_(&names, r)), "make the answers agree, or make the prompts say what differs");
                 }
             }
-            trash.push((rec, fingerprint), made_on);
+            if let (Some(b), Some(keys)) = (backdoors.as_mut(), &backdoor) {
+                b.add(RowRef::new(fi, line), keys, &rec);
+            }
+            trash.push((rec, fingerprint, backdoor), made_on);
             Ok(())
         })?;
         stats.rows += rows;
@@ -271,6 +282,11 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     }
 
     dataset_checks(&names[0], &stats, &coverage, &agreement, &mut out);
+    if let Some(b) = backdoors {
+        let (found, scan) = b.finish(&names);
+        found.into_iter().for_each(|f| out.push(f));
+        stats.backdoor = Some(scan);
+    }
     stats.messages_per_example = msgs.summary();
     stats.total_tokens = total.summary();
     stats.target_tokens = target.summary();
