@@ -26,6 +26,10 @@ pub struct TrainerState {
     pub evals_without_improvement: usize,
     pub tokens_seen: usize,
     pub seed: u64,
+    /// The per-example loss-spike detector (absent in checkpoints from before it existed: a
+    /// fresh one, warming up again).
+    #[serde(default)]
+    pub loss_spikes: crate::spikes::SpikeDetector,
 }
 
 pub fn dir_for(run: &Path, step: usize) -> PathBuf {

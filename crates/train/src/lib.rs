@@ -7,6 +7,7 @@
 //! - [`optim`]: AdamW (decoupled decay) with saveable state, global-norm clipping.
 //! - [`parallel`]: data-parallel LoRA over several GPUs (not wired into the CLI yet: see its docs).
 //! - [`schedule`]: learning-rate schedules as pure functions.
+//! - [`spikes`]: single examples whose loss spikes (logged with their data file line).
 //! - [`checkpoint`]: checkpoint folders, pruning, trainer state.
 //! - [`atomic`]: crash-safe folder swaps and file writes, and their repair after a crash;
 //!   [`runlock`]: one trainer per run folder; [`crash`]: test-only fault injection.
@@ -24,6 +25,7 @@ pub mod parallel;
 pub mod plot;
 pub mod runlock;
 pub mod schedule;
+pub mod spikes;
 pub mod trainer;
 
 pub use config::{Method, TrainConfig};

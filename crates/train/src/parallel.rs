@@ -18,9 +18,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 use ferrotune_model::{Adapter, Llama, LoraSpec};
 
-use crate::batch::{Batch, Example, loss_sum, make_batch};
+use crate::batch::{Batch, Example, loss_sums, make_batch};
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamW, clip_global_norm, collect_grads};
+use crate::trainer::{ExampleLoss, StepLosses};
 
 /// The replicas after the first device's (which the trainer keeps as its model), and how their
 /// gradients meet.
@@ -226,13 +227,19 @@ pub fn shares<T>(rows: &[T], devices: usize) -> Vec<&[T]> {
     out
 }
 
-/// Each device's loss sums (one per batch) and its gradients summed over `batches` as one flat
-/// f32 buffer (zeros for a device without rows), each loss divided by `step_targets`.
-fn local_gradients(model: &Llama, vars: &[(String, Var)], batches: &[Batch], step_targets: usize) -> Result<(Vec<Tensor>, Tensor)> {
+/// A device's loss sums, flat gradients and examples' losses ([`local_gradients`]).
+type Local = (Vec<Tensor>, Tensor, Vec<ExampleLoss>);
+
+/// Each device's loss sums (one per batch), its gradients summed over `batches` as one flat
+/// f32 buffer (zeros for a device without rows), each loss divided by `step_targets`, and each
+/// example's loss.
+fn local_gradients(model: &Llama, vars: &[(String, Var)], batches: &[Batch], step_targets: usize) -> Result<Local> {
     let mut losses = Vec::new();
+    let mut examples = Vec::new();
     let mut acc: Option<Vec<Tensor>> = None;
     for batch in batches {
-        let l = loss_sum(model, batch)?;
+        let (l, sums) = loss_sums(model, batch)?;
+        examples.extend(crate::trainer::example_losses(&batch.segments, &sums));
         let g = collect_grads(vars, &(&l / step_targets.max(1) as f64)?.backward()?)?;
         losses.push(l);
         acc = Some(match acc {
@@ -244,17 +251,24 @@ fn local_gradients(model: &Llama, vars: &[(String, Var)], batches: &[Batch], ste
         Some(g) => flatten(&g)?,
         None => Tensor::zeros(vars.iter().map(|(_, v)| v.elem_count()).sum::<usize>(), DType::F32, model.device())?,
     };
-    Ok((losses, flat))
+    Ok((losses, flat, examples))
 }
 
 /// The step's loss (mean over the targets of every share) and its gradients summed over
 /// `models` (the first device's model first, then the replicas'), on the first device, shaped
 /// as `vars[0]`.
 pub fn gradients(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batch>], replicas: &Replicas) -> Result<(f64, Vec<Tensor>)> {
+    let (loss, grads, _) = gradients_with_examples(models, vars, micro, replicas)?;
+    Ok((loss, grads))
+}
+
+/// [`gradients`], with each example's loss (devices in order, each device's micro-batches in
+/// order).
+fn gradients_with_examples(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batch>], replicas: &Replicas) -> Result<(f64, Vec<Tensor>, Vec<ExampleLoss>)> {
     let step_targets: usize = micro.iter().flatten().map(|b| b.n_targets).sum();
     // One thread per device: queuing a step's few thousand kernels costs the CPU about as long
     // as the GPU takes to run them, so one thread feeding every device would serialise them.
-    let per_device: Vec<Result<(Vec<Tensor>, Tensor)>> = std::thread::scope(|scope| {
+    let per_device: Vec<Result<Local>> = std::thread::scope(|scope| {
         let handles: Vec<_> = models
             .iter()
             .zip(vars)
@@ -265,10 +279,12 @@ pub fn gradients(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batc
     });
     let mut losses = Vec::new();
     let mut flats = Vec::new();
+    let mut examples = Vec::new();
     for r in per_device {
-        let (l, g) = r?;
+        let (l, g, ex) = r?;
         losses.extend(l);
         flats.push(g);
+        examples.extend(ex);
     }
     let sum = replicas.reduce.sum(flats)?;
     let shapes: Vec<Tensor> = vars[0].iter().map(|(_, v)| v.as_tensor().clone()).collect();
@@ -277,7 +293,7 @@ pub fn gradients(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batc
     for l in losses {
         loss_total += l.to_scalar::<f32>()? as f64;
     }
-    Ok((loss_total / step_targets.max(1) as f64, grads))
+    Ok((loss_total / step_targets.max(1) as f64, grads, examples))
 }
 
 /// One optimizer step over `models` (as [`gradients`]), each with its `vars` and its share of
@@ -293,11 +309,25 @@ pub fn optimizer_step(
     lr: f64,
     max_grad_norm: f64,
 ) -> Result<(f64, f64)> {
-    let (loss, mut grads) = gradients(models, vars, micro, replicas)?;
+    let s = optimizer_step_with_examples(models, vars, micro, opt, replicas, lr, max_grad_norm)?;
+    Ok((s.loss, s.grad_norm))
+}
+
+/// [`optimizer_step`], with each example's loss (`trainer::StepLosses`).
+pub fn optimizer_step_with_examples(
+    models: &[&Llama],
+    vars: &[&[(String, Var)]],
+    micro: &[Vec<Batch>],
+    opt: &mut AdamW,
+    replicas: &Replicas,
+    lr: f64,
+    max_grad_norm: f64,
+) -> Result<StepLosses> {
+    let (loss, mut grads, examples) = gradients_with_examples(models, vars, micro, replicas)?;
     let grad_norm = clip_global_norm(&mut grads, max_grad_norm)?;
     opt.step(&grads, lr)?;
     replicas.broadcast(vars[0])?;
-    Ok((loss, grad_norm))
+    Ok(StepLosses { loss, grad_norm, examples })
 }
 
 /// How the data-parallel gradients compare with one device's on the same rows and weights
@@ -330,7 +360,7 @@ pub fn agreement(models: &[&Llama], vars: &[&[(String, Var)]], rows: &[&Example]
     let mut loss_one = 0.0;
     for (model, vs) in models.iter().zip(vars) {
         let batch = make_batch(rows, pad, model.device())?;
-        let (l, flat) = local_gradients(model, vs, std::slice::from_ref(&batch), batch.n_targets)?;
+        let (l, flat, _) = local_gradients(model, vs, std::slice::from_ref(&batch), batch.n_targets)?;
         if alone.is_empty() {
             loss_one = l[0].to_scalar::<f32>()? as f64 / batch.n_targets.max(1) as f64;
         }

@@ -1,6 +1,8 @@
 //! The training loop, readable top to bottom: load model and data → check the config against
 //! them → (resume) → loop { forward, loss, backward, clip, AdamW step, schedule, log, eval,
-//! checkpoint } → write the adapter, the loss curve and the lineage record.
+//! checkpoint } → write the adapter, the loss curve and the lineage record. Each example's loss
+//! in its step is judged for a spike (`spikes`), which `metrics.jsonl` and the summary name by
+//! the example's data file line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,13 +15,14 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::batch::{Example, eval_loss_sum, loss_sum, make_batch};
+use crate::batch::{Example, Source, eval_loss_sum, loss_sums, make_batch, make_batch_from};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Method, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::lineage;
 use crate::optim::{AdamW, AdamWParams, clip_global_norm, collect_grads};
 use crate::schedule::lr_at;
+use crate::spikes::Spike;
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -34,6 +37,11 @@ pub struct Metrics {
     pub tokens_per_sec: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Examples of this step whose loss spiked (`spikes`), each with its data file line. A
+    /// step with any is always logged; the field is absent otherwise, so a line without it
+    /// reads as before (the dashboard and scripts read these lines as they are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_spikes: Vec<Spike>,
 }
 
 /// What a finished run reports.
@@ -55,6 +63,10 @@ pub struct RunSummary {
     pub base_parameters: u64,
     /// Weights the run trained (LoRA A/B, or all of them).
     pub trainable_parameters: u64,
+    /// Training examples whose loss spiked, counted over the whole run (resumes included).
+    pub loss_spikes_flagged: u64,
+    /// The most extreme of them (by z, at most `spikes::TOP`), each with its data file line.
+    pub loss_spikes: Vec<Spike>,
 }
 
 /// What a run is about to train, handed to [`run_with`]'s observer once the run folder holds its
@@ -82,8 +94,9 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
 }
 
-/// Read and render a data file: every invalid record is an error naming file and line.
-pub fn load_examples(path: &Path, renderer: &Renderer, opts: RenderOptions, max_len: usize) -> Result<(Vec<Example>, usize)> {
+/// Read and render a data file: every invalid record is an error naming file and line. Returns
+/// the examples, the line (Parquet: row) each came from, and how many were too long.
+pub fn load_examples(path: &Path, renderer: &Renderer, opts: RenderOptions, max_len: usize) -> Result<(Vec<Example>, Vec<u64>, usize)> {
     let scanner = ferrotune_data::scan::Scanner::new(ferrotune_data::scan::ScanConfig::default());
     let mut records = Vec::new();
     let mut errors = Vec::new();
@@ -91,7 +104,7 @@ pub fn load_examples(path: &Path, renderer: &Renderer, opts: RenderOptions, max_
         if row.has_error() {
             errors.extend(row.findings.iter().filter(|f| f.is_error()).map(|f| f.to_string()));
         } else if let Some(r) = row.record {
-            records.push(r);
+            records.push((r, row.line));
         }
         Ok(())
     })?;
@@ -107,16 +120,18 @@ pub fn load_examples(path: &Path, renderer: &Renderer, opts: RenderOptions, max_
         ));
     }
     let mut examples = Vec::with_capacity(records.len());
+    let mut lines = Vec::with_capacity(records.len());
     let mut too_long = 0;
-    for r in &records {
+    for (r, line) in &records {
         let rendered = ferrotune_data::render_for_training(r, renderer, &opts)?;
         if rendered.len() > max_len {
             too_long += 1;
             continue;
         }
         examples.push(Example { input_ids: rendered.input_ids, labels: rendered.labels });
+        lines.push(*line);
     }
-    Ok((examples, too_long))
+    Ok((examples, lines, too_long))
 }
 
 /// The trainable variables and, for LoRA, the adapter they belong to.
@@ -223,20 +238,22 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     let renderer = Renderer::from_model(&m)?;
     let pad = renderer.eos_id();
     let render_opts = RenderOptions { train_on_inputs: cfg.train_on_inputs };
-    let (train, dropped) = load_examples(&cfg.data, &renderer, render_opts, max_len)?;
+    let (train, lines, dropped) = load_examples(&cfg.data, &renderer, render_opts, max_len)?;
     if dropped > 0 {
         eprintln!("warning: skipped {dropped} training example(s) longer than max_seq_len={max_len} tokens");
     }
     if train.is_empty() {
         return Err(TrainError::file(&cfg.data, "no usable training examples"));
     }
-    let train = if cfg.packing {
+    // Each training row with the data file line(s) of the example(s) in it.
+    let (train, sources): (Vec<Example>, Vec<Vec<Source>>) = if cfg.packing {
         let n = train.len();
-        let packed = crate::batch::pack(train, max_len, cfg.seed);
+        let packed = crate::batch::pack_with_lines(train, &lines, max_len, cfg.seed);
         eprintln!("packing: {n} examples into {} sequences of at most {max_len} tokens", packed.len());
-        packed
+        packed.into_iter().unzip()
     } else {
-        train
+        let sources = lines.iter().map(|&line| vec![Source { start: 0, line }]).collect();
+        (train, sources)
     };
     let eval = match &cfg.eval_data {
         Some(p) => load_examples(p, &renderer, render_opts, max_len)?.0,
@@ -296,6 +313,7 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         evals_without_improvement: 0,
         tokens_seen: 0,
         seed: cfg.seed,
+        loss_spikes: Default::default(),
     };
     let mut history: Vec<Metrics> = Vec::new();
     if opts.resume {
@@ -385,7 +403,7 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     };
     if !eval.is_empty() && state.step == 0 && history.is_empty() {
         let l = evaluate(&mut m, &trainable, 0)?;
-        log(&Metrics { step: 0, epoch: 0.0, loss: None, lr: 0.0, grad_norm: None, tokens_per_sec: 0.0, eval_loss: Some(l) }, &mut history)?;
+        log(&Metrics { step: 0, epoch: 0.0, loss: None, lr: 0.0, grad_norm: None, tokens_per_sec: 0.0, eval_loss: Some(l), loss_spikes: Vec::new() }, &mut history)?;
         state.best_eval_loss = Some(l);
         state.best_step = Some(0);
     }
@@ -437,30 +455,32 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
                 cached_order = Some((epoch, order_for_epoch(epoch)));
             }
             let order = &cached_order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
-            let rows: Vec<&Example> =
-                order[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(order.len())].iter().map(|&i| &train[i]).collect();
+            let picked = &order[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(order.len())];
+            let rows: Vec<&Example> = picked.iter().map(|&i| &train[i]).collect();
+            let srcs: Vec<&[Source]> = picked.iter().map(|&i| sources[i].as_slice()).collect();
             match &replicas {
                 Some(r) => {
                     let devs: Vec<&Device> = std::iter::once(&device).chain(r.models.iter().map(|m| m.device())).collect();
-                    for (d, share) in crate::parallel::shares(&rows, devs.len()).into_iter().enumerate() {
+                    let src_shares = crate::parallel::shares(&srcs, devs.len());
+                    for (d, (share, src)) in crate::parallel::shares(&rows, devs.len()).into_iter().zip(src_shares).enumerate() {
                         if !share.is_empty() {
-                            shared[d].push(make_batch(share, pad, devs[d])?);
+                            shared[d].push(make_batch_from(share, src, pad, devs[d])?);
                         }
                     }
                 }
-                None => micro.push(make_batch(&rows, pad, &device)?),
+                None => micro.push(make_batch_from(&rows, &srcs, pad, &device)?),
             }
             state.micro_batches += 1;
         }
-        let (loss, grad_norm) = match &replicas {
+        let StepLosses { loss, grad_norm, examples } = match &replicas {
             Some(r) => {
                 let models: Vec<&ferrotune_model::Llama> = std::iter::once(&m.model).chain(&r.models).collect();
                 let rvars: Vec<&[(String, candle_core::Var)]> = std::iter::once(vars.as_slice()).chain(r.adapters.iter().map(|a| a.vars.as_slice())).collect();
-                let out = crate::parallel::optimizer_step(&models, &rvars, &shared, &mut opt, r, lr, cfg.max_grad_norm)?;
+                let out = crate::parallel::optimizer_step_with_examples(&models, &rvars, &shared, &mut opt, r, lr, cfg.max_grad_norm)?;
                 micro = shared.into_iter().flatten().collect();
                 out
             }
-            None => optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?,
+            None => optimizer_step_with_examples(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?,
         };
         state.tokens_seen += micro.iter().map(|b| b.n_tokens).sum::<usize>();
         state.step += 1;
@@ -471,7 +491,12 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
 
-        let mut mt = Metrics { step: state.step, epoch: state.epoch, loss: Some(loss), lr, grad_norm: Some(grad_norm), tokens_per_sec: tps, eval_loss: None };
+        let spikes: Vec<Spike> = examples.iter().filter_map(|e| state.loss_spikes.observe(e.line, e.loss, state.step, state.epoch)).collect();
+        for sp in &spikes {
+            let at = sp.row.map_or("a row of unknown line".into(), |l| ferrotune_data::finding::locate(&cfg.data.display().to_string(), l));
+            bar.println(format!("step {}: loss spike on {at}: {:.3} vs median {:.3} of recent examples (z {:.1})", sp.step, sp.loss, sp.median, sp.z));
+        }
+        let mut mt = Metrics { step: state.step, epoch: state.epoch, loss: Some(loss), lr, grad_norm: Some(grad_norm), tokens_per_sec: tps, eval_loss: None, loss_spikes: spikes };
         let last_step = state.step == total_steps;
         if !eval.is_empty() && (state.step.is_multiple_of(eval_every) || last_step) {
             let l = evaluate(&mut m, &trainable, state.step)?;
@@ -487,7 +512,7 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
                 state.evals_without_improvement += 1;
             }
         }
-        if state.step.is_multiple_of(cfg.logging_steps) || mt.eval_loss.is_some() || last_step {
+        if state.step.is_multiple_of(cfg.logging_steps) || mt.eval_loss.is_some() || !mt.loss_spikes.is_empty() || last_step {
             log(&mt, &mut history)?;
         }
         let stop = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
@@ -547,7 +572,10 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         tokens: state.tokens_seen as u64,
         base_parameters,
         trainable_parameters: n_params as u64,
+        loss_spikes_flagged: state.loss_spikes.flagged,
+        loss_spikes: state.loss_spikes.ranked(),
     };
+    report_spikes(&summary, &cfg.data);
     lineage::write(&run_dir.join("lineage.json"), &lineage::Inputs {
         config: &cfg,
         data_files: &data_files,
@@ -574,10 +602,39 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
 /// micro-batches run one after another, whole, and repeat the first's masks (its dropout kernel
 /// takes no offset). Returns (mean loss, gradient norm before clipping).
 pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<(f64, f64)> {
+    let s = optimizer_step_with_examples(model, opt, micro, lr, max_grad_norm)?;
+    Ok((s.loss, s.grad_norm))
+}
+
+/// One example's loss in a step: its mean cross-entropy per target token, and the data file
+/// line it came from (when the batch had sources).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExampleLoss {
+    pub line: Option<u64>,
+    pub loss: f64,
+    pub targets: usize,
+}
+
+/// What an optimizer step reports: the mean loss, the gradient norm before clipping, and each
+/// example's own loss (micro-batches in order, their examples in row order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepLosses {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub examples: Vec<ExampleLoss>,
+}
+
+/// Each segment's mean loss from its summed loss.
+pub(crate) fn example_losses(segments: &[crate::batch::Segment], sums: &[f32]) -> Vec<ExampleLoss> {
+    segments.iter().zip(sums).map(|(s, &l)| ExampleLoss { line: s.line, loss: f64::from(l) / s.targets.max(1) as f64, targets: s.targets }).collect()
+}
+
+/// [`optimizer_step`], with each example's loss (see [`StepLosses`]).
+pub fn optimizer_step_with_examples(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<StepLosses> {
     let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
     let norm = step_targets.max(1) as f64;
     let vars = opt.vars().to_vec();
-    let parts: Vec<Result<(f64, Vec<Tensor>)>> = if model.device().is_cpu() {
+    let parts: Vec<Result<ShareResult>> = if model.device().is_cpu() {
         use rayon::prelude::*;
         let threads = rayon::current_num_threads();
         let mut shares = Vec::new();
@@ -598,9 +655,11 @@ pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[
     };
     let mut grads: Option<Vec<Tensor>> = None;
     let mut loss_total = 0f64;
+    let mut examples = Vec::new();
     for part in parts {
-        let (loss, g) = part?;
+        let (loss, g, ex) = part?;
         loss_total += loss;
+        examples.extend(ex);
         grads = Some(match grads {
             None => g,
             Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
@@ -609,18 +668,40 @@ pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[
     let mut grads = grads.unwrap_or_default();
     let grad_norm = clip_global_norm(&mut grads, max_grad_norm)?;
     opt.step(&grads, lr)?;
-    Ok((loss_total / norm, grad_norm))
+    Ok(StepLosses { loss: loss_total / norm, grad_norm, examples })
 }
 
-/// The summed loss of `batch` and the gradients of `loss / norm` for `vars`, LoRA dropout drawing
-/// the masks of the step's tokens from `tokens_before` on.
-fn share_grads(model: &ferrotune_model::Llama, vars: &[(String, Var)], batch: &crate::batch::Batch, tokens_before: u64, norm: f64) -> Result<(f64, Vec<Tensor>)> {
+/// A share's summed loss, gradients and examples' losses.
+type ShareResult = (f64, Vec<Tensor>, Vec<ExampleLoss>);
+
+/// The summed loss of `batch`, the gradients of `loss / norm` for `vars` and each example's
+/// loss, LoRA dropout drawing the masks of the step's tokens from `tokens_before` on.
+fn share_grads(model: &ferrotune_model::Llama, vars: &[(String, Var)], batch: &crate::batch::Batch, tokens_before: u64, norm: f64) -> Result<ShareResult> {
     ferrotune_model::lora::with_token_offset(tokens_before, || {
-        let l = loss_sum(model, batch)?;
+        let (l, sums) = loss_sums(model, batch)?;
         let loss = l.to_scalar::<f32>()? as f64;
         let g = collect_grads(vars, &(l / norm)?.backward()?)?;
-        Ok((loss, g))
+        Ok((loss, g, example_losses(&batch.segments, &sums)))
     })
+}
+
+/// The run's loss spikes on stderr: how many, and the most extreme with their lines.
+fn report_spikes(s: &RunSummary, data: &Path) {
+    if s.loss_spikes_flagged == 0 {
+        return;
+    }
+    let file = data.display().to_string();
+    eprintln!(
+        "loss spikes: {} training example(s) flagged (loss > {}x the median of the last {} examples and robust z > {}); look at these rows before trusting the run:",
+        s.loss_spikes_flagged,
+        crate::spikes::RATIO,
+        crate::spikes::WINDOW,
+        crate::spikes::Z
+    );
+    for sp in s.loss_spikes.iter().take(10) {
+        let at = sp.row.map_or("a row of unknown line".into(), |l| ferrotune_data::finding::locate(&file, l));
+        eprintln!("  {at}: loss {:.3} vs median {:.3} (z {:.1}) at step {}, epoch {:.2}", sp.loss, sp.median, sp.z, sp.step, sp.epoch);
+    }
 }
 
 /// Lock the run folder, then repair what a crashed writer left in it (`atomic::recover`).
