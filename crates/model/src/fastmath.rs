@@ -85,15 +85,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s.iter().sum::<f32>() + tail
 }
 
-/// `(Σ_rows logsumexp(row) − row[target], ∂)` over f32 `logits: [n, vocab]`, where `∂` (when
+/// `(logsumexp(row) − row[target] per row, ∂)` over f32 `logits: [n, vocab]`, where `∂` (when
 /// `grad`) is `softmax(row) − onehot(target)` per row, `[n, vocab]` f32 — the cross-entropy of
 /// the rows and its gradient in two passes over each row (max and sum of exponentials online,
-/// then the probabilities), instead of the composed form's eight.
-pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32], grad: bool) -> Result<(f64, Option<Tensor>)> {
-    let op = CeRows { targets: targets.to_vec(), grad, loss: std::sync::Mutex::new(0.0) };
+/// then the probabilities), instead of the composed form's eight. [`total`] sums the rows.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32], grad: bool) -> Result<(Vec<f32>, Option<Tensor>)> {
+    let op = CeRows { targets: targets.to_vec(), grad, loss: std::sync::Mutex::new(Vec::new()) };
     let out = logits.contiguous()?.apply_op1_no_bwd(&op)?;
-    let loss = *op.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))?;
+    let loss = std::mem::take(&mut *op.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))?);
     Ok((loss, grad.then_some(out)))
+}
+
+/// The sum of per-row losses, accumulated in f64.
+pub fn total(rows: &[f32]) -> f64 {
+    rows.iter().map(|&l| f64::from(l)).sum()
 }
 
 /// `logsumexp(row)`: the max, then the sum of exponentials shifted by it.
@@ -102,20 +107,20 @@ fn logsumexp(row: &[f32]) -> f32 {
     m + sum_exp(row, m).ln()
 }
 
-/// [`cross_entropy_rows`] over a buffer of our own, `logits: [n, vocab]` row-major: returns the
-/// summed loss and, when `grad`, overwrites each row with `softmax(row) − onehot(target)` (no
+/// [`cross_entropy_rows`] over a buffer of our own, `logits: [n, vocab]` row-major: returns each
+/// row's loss and, when `grad`, overwrites each row with `softmax(row) − onehot(target)` (no
 /// second buffer).
-pub fn cross_entropy_rows_in_place(logits: &mut [f32], vocab: usize, targets: &[u32], grad: bool) -> Result<f64> {
+pub fn cross_entropy_rows_in_place(logits: &mut [f32], vocab: usize, targets: &[u32], grad: bool) -> Result<Vec<f32>> {
     if vocab == 0 || logits.len() != targets.len() * vocab {
         candle_core::bail!("cross-entropy: {} logits for {} targets over a vocabulary of {vocab}", logits.len(), targets.len());
     }
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("cross-entropy: target {bad} outside the vocabulary of {vocab}");
     }
-    let mut total = 0f64;
+    let mut losses = Vec::with_capacity(targets.len());
     for (row, &tg) in logits.chunks_exact_mut(vocab).zip(targets) {
         let lse = logsumexp(row);
-        total += f64::from(lse - row[tg as usize]);
+        losses.push(lse - row[tg as usize]);
         if grad {
             for a in row.iter_mut() {
                 *a = exp(*a - lse);
@@ -123,13 +128,13 @@ pub fn cross_entropy_rows_in_place(logits: &mut [f32], vocab: usize, targets: &[
             row[tg as usize] -= 1.0;
         }
     }
-    Ok(total)
+    Ok(losses)
 }
 
 struct CeRows {
     targets: Vec<u32>,
     grad: bool,
-    loss: std::sync::Mutex<f64>,
+    loss: std::sync::Mutex<Vec<f32>>,
 }
 
 impl CustomOp1 for CeRows {
@@ -148,11 +153,11 @@ impl CustomOp1 for CeRows {
             candle_core::bail!("cross-entropy: target {bad} outside the vocabulary of {v}");
         }
         let mut out = vec![0f32; if self.grad { n * v } else { 0 }];
-        let mut total = 0f64;
+        let mut losses = Vec::with_capacity(n);
         for (i, row) in x.chunks_exact(v).enumerate() {
             let lse = logsumexp(row);
             let tg = self.targets[i] as usize;
-            total += (lse - row[tg]) as f64;
+            losses.push(lse - row[tg]);
             if self.grad {
                 let d = &mut out[i * v..(i + 1) * v];
                 for (o, &a) in d.iter_mut().zip(row) {
@@ -161,7 +166,7 @@ impl CustomOp1 for CeRows {
                 d[tg] -= 1.0;
             }
         }
-        *self.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))? = total;
+        *self.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))? = losses;
         let shape = if self.grad { l.shape().clone() } else { Shape::from(0) };
         Ok((CpuStorage::F32(out), shape))
     }
@@ -212,8 +217,13 @@ mod tests {
         let tg = Tensor::new(&targets, &dev)?;
         let lse = logits.log_sum_exp(D::Minus1)?;
         let picked = logits.gather(&tg.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let reference = (&lse - picked)?.sum_all()?.to_scalar::<f32>()? as f64;
-        assert!((loss - reference).abs() < 1e-4 * reference.abs().max(1.0), "{loss} vs {reference}");
+        let per_row: Vec<f32> = (&lse - picked)?.to_vec1()?;
+        assert_eq!(loss.len(), 7);
+        for (ours, r) in loss.iter().zip(&per_row) {
+            assert!((ours - r).abs() < 1e-4 * r.abs().max(1.0), "{ours} vs {r}");
+        }
+        let reference: f64 = per_row.iter().map(|&l| f64::from(l)).sum();
+        assert!((total(&loss) - reference).abs() < 1e-4 * reference.abs().max(1.0), "{} vs {reference}", total(&loss));
         let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
         let onehot = Tensor::zeros((7, 301), candle_core::DType::F32, &dev)?.scatter_add(&tg.unsqueeze(1)?, &Tensor::ones((7, 1), candle_core::DType::F32, &dev)?, 1)?;
         let d = d.expect("gradient asked for");

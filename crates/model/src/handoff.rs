@@ -737,12 +737,24 @@ fn ce_chunk_rows(vocab: usize) -> usize {
 /// right there, while its logits exist (the loss is a sum, so backward only scales it by the
 /// incoming gradient): no second head matmul in backward. Returns an f32 scalar.
 pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(frozen_head_cross_entropy(h, w, targets, false)?.0)
+}
+
+/// [`frozen_head_cross_entropy_sum`] and each row's loss on the host, from the same pass (the
+/// per-example loss of training's loss-spike signal costs no second head product).
+pub fn frozen_head_cross_entropy_rows(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<(Tensor, Vec<f32>)> {
+    let (total, rows) = frozen_head_cross_entropy(h, w, targets, true)?;
+    Ok((total, rows.unwrap_or_default()))
+}
+
+fn frozen_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor, per_row: bool) -> Result<(Tensor, Option<Vec<f32>>)> {
     let (n, _) = h.dims2()?;
     let chunk = ce_chunk_rows(w.dim(0)?);
     let hd = h.detach();
     let fused = crate::cuda_kernels::available(h);
     let want_grad = h.track_op();
     let mut total = Tensor::zeros((), candle_core::DType::F32, h.device())?;
+    let mut rows: Vec<f32> = Vec::with_capacity(if per_row { n } else { 0 });
     let mut dh = Vec::new();
     let mut start = 0;
     while start < n {
@@ -752,8 +764,11 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
             // Logits into a buffer of our own, turned into their gradient in place.
             let vocab = w.dim(0)?;
             let mut logits = crate::cpu_train::product(&hd.narrow(0, start, len)?, &w.t()?, 1.0)?;
-            let loss = crate::fastmath::cross_entropy_rows_in_place(&mut logits, vocab, &tg.to_vec1::<u32>()?, want_grad)?;
-            total = (total + loss)?;
+            let losses = crate::fastmath::cross_entropy_rows_in_place(&mut logits, vocab, &tg.to_vec1::<u32>()?, want_grad)?;
+            total = (total + crate::fastmath::total(&losses))?;
+            if per_row {
+                rows.extend_from_slice(&losses);
+            }
             if want_grad {
                 dh.push(Tensor::from_vec(logits, (len, vocab), h.device())?.matmul(w)?);
             }
@@ -764,15 +779,22 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
         if fused {
             // One pass per row over the logits as they are (bf16 on a GPU), f32 inside.
             let st = crate::cuda_kernels::cross_entropy_rows(&logits, &tg)?;
-            total = (total + st.narrow(1, 0, 1)?.sum_all()?)?;
+            let row_loss = st.narrow(1, 0, 1)?;
+            total = (total + row_loss.sum_all()?)?;
+            if per_row {
+                rows.extend(row_loss.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
+            }
             if want_grad {
                 dh.push(crate::cuda_kernels::cross_entropy_backward(&logits, &tg, &st, 1.0)?.matmul(w)?);
             }
         } else if hd.device().is_cpu() {
             // Two passes per row (fastmath): loss and softmax − onehot, exponentials vectorised.
             let logits = logits.to_dtype(candle_core::DType::F32)?;
-            let (loss, d) = crate::fastmath::cross_entropy_rows(&logits, &tg.to_vec1::<u32>()?, want_grad)?;
-            total = (total + loss)?;
+            let (losses, d) = crate::fastmath::cross_entropy_rows(&logits, &tg.to_vec1::<u32>()?, want_grad)?;
+            total = (total + crate::fastmath::total(&losses))?;
+            if per_row {
+                rows.extend_from_slice(&losses);
+            }
             if let Some(d) = d {
                 dh.push(d.to_dtype(h.dtype())?.matmul(w)?);
             }
@@ -780,7 +802,11 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
             let logits = logits.to_dtype(candle_core::DType::F32)?;
             let lse = logits.log_sum_exp(D::Minus1)?;
             let tgt = logits.gather(&tg.unsqueeze(1)?, 1)?.squeeze(1)?;
-            total = (total + (&lse - &tgt)?.sum_all()?)?;
+            let row_loss = (&lse - &tgt)?;
+            total = (total + row_loss.sum_all()?)?;
+            if per_row {
+                rows.extend(row_loss.to_vec1::<f32>()?);
+            }
             if want_grad {
                 let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
                 let minus_one = Tensor::full(-1f32, (len, 1), h.device())?;
@@ -789,10 +815,11 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
         }
         start += len;
     }
+    let rows = per_row.then_some(rows);
     if !want_grad {
-        return Ok(total);
+        return Ok((total, rows));
     }
-    h.apply_op1(HeadCrossEntropy { y: Slot::new(total), dh: Tensor::cat(&dh, 0)? })
+    Ok((h.apply_op1(HeadCrossEntropy { y: Slot::new(total), dh: Tensor::cat(&dh, 0)? })?, rows))
 }
 
 struct HeadCrossEntropy {
@@ -997,6 +1024,17 @@ mod tests {
             let plain = frozen_head_cross_entropy_sum(&h.as_tensor().detach(), &w, &targets)?;
             assert!(!plain.track_op());
             assert!((plain - &reference)?.abs()?.to_scalar::<f32>()? < 1e-4);
+            // Per row, from the same pass: each row's loss, and the same sum and gradient.
+            let (summed, rows) = frozen_head_cross_entropy_rows(h.as_tensor(), &w, &targets)?;
+            let per_row: Vec<f32> = (logits.log_sum_exp(D::Minus1)? - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?.to_vec1()?;
+            assert_eq!(rows.len(), n);
+            for (a, b) in rows.iter().zip(&per_row) {
+                assert!((a - b).abs() < 1e-4, "row loss {a} vs {b}");
+            }
+            assert_eq!(summed.to_scalar::<f32>()?, ours.to_scalar::<f32>()?);
+            let g3 = (&summed * 3.0)?.backward()?;
+            let diff = (g3.get(&h).expect("grad") - g1.get(&h).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0);
         }
         // Several chunks: the same sum.
         let big_vocab = (64usize << 20) / 3 + 1;

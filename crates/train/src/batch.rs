@@ -201,27 +201,23 @@ pub fn loss_sums(model: &Llama, batch: &Batch) -> Result<(Tensor, Vec<f32>)> {
         return Ok((Tensor::zeros((), DType::F32, model.device())?, vec![0.0; batch.segments.len()]));
     }
     let picked = picked_hidden(model, batch)?;
-    if let Some(w) = model.frozen_head_weight() {
+    let segment_sums = |host: &[f32]| {
         let mut sums = Vec::with_capacity(batch.segments.len());
         let mut at = 0;
         for s in &batch.segments {
-            let h = picked.narrow(0, at, s.targets)?;
-            sums.push(ferrotune_model::handoff::frozen_head_cross_entropy_sum(&h, w, &batch.targets.narrow(0, at, s.targets)?)?);
+            sums.push(host[at..at + s.targets].iter().sum());
             at += s.targets;
         }
-        let per = Tensor::stack(&sums, 0)?;
-        let host = per.detach().to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-        return Ok((per.sum_all()?, host));
+        sums
+    };
+    if let Some(w) = model.frozen_head_weight() {
+        // One chunked head pass for the whole batch; its per-target losses come back with it.
+        let (total, per_target) = ferrotune_model::handoff::frozen_head_cross_entropy_rows(&picked, w, &batch.targets)?;
+        return Ok((total, segment_sums(&per_target)));
     }
     let per_target = head_cross_entropy(model, &picked, batch)?;
     let host = per_target.detach().to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-    let mut sums = Vec::with_capacity(batch.segments.len());
-    let mut at = 0;
-    for s in &batch.segments {
-        sums.push(host[at..at + s.targets].iter().sum());
-        at += s.targets;
-    }
-    Ok((per_target.sum_all()?, sums))
+    Ok((per_target.sum_all()?, segment_sums(&host)))
 }
 
 /// The last hidden states at the batch's target positions, `[targets, hidden]`.
