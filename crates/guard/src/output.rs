@@ -49,7 +49,9 @@ pub fn canary(secret: &[u8], system_prompt: &str) -> String {
     h.update([0u8]);
     h.update(system_prompt.as_bytes());
     let digest = hex::encode(h.finalize());
-    format!("ft-canary-{}", &digest[..16])
+    // 32 bits: enough that no answer holds it by chance, and short (about 10 tokens with its
+    // line): each guarded request prefills it.
+    format!("ft-{}", &digest[..8])
 }
 
 /// The system prompt with its canary as a first line, where "repeat everything above" and

@@ -309,7 +309,7 @@ async fn a_system_prompt_leak_is_logged_blocked_or_redacted_by_verbatim_span_and
         assert!(a.acted().iter().any(|(g, act, d)| (g.as_str(), act.as_str(), d.as_str()) == ("system_prompt_leak", "redact", "canary")), "{a:?}");
         let a = ask(&s, &block, chat(Some(CANARY_SYSTEM), &give_back, 30), stream).await;
         assert_eq!(a.finish, "content_filter", "{a:?}");
-        assert!(!a.text.contains("ft-canary"), "{a:?}");
+        assert!(!a.text.contains(&canary), "{a:?}");
         assert!(unguarded.text.starts_with(&a.text), "{a:?}");
     }
     let m = s.metrics().await;
@@ -320,7 +320,8 @@ async fn a_system_prompt_leak_is_logged_blocked_or_redacted_by_verbatim_span_and
     s.shutdown().await;
     let audited = audited_guards(&s);
     assert!(audited.iter().any(|(_, _, g)| g.to_string().contains("\"kind\":\"canary\"")), "{audited:?}");
-    assert!(audited.iter().all(|(_, _, g)| !g.to_string().contains("ft-canary")), "the canary itself is never logged");
+    let canary = s.state.guards.canary_for(CANARY_SYSTEM);
+    assert!(audited.iter().all(|(_, _, g)| !g.to_string().contains(&canary)), "the canary itself is never logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
