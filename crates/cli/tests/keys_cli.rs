@@ -47,3 +47,33 @@ fn keys_get_kb_scopes_and_limits_that_update_changes() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_logprobs_permission_is_off_by_default_granted_at_creation_and_changed_by_update() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("keys.db");
+    let secret = |o: &Output| String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let plain = keys(&db, &["create", "--name", "plain"])?;
+    assert!(plain.status.success(), "{}", text(&plain));
+    let scorer = keys(&db, &["create", "--name", "scorer", "--logprobs"])?;
+    assert!(scorer.status.success(), "{}", text(&scorer));
+    let store = ferrotune_serve::keys::KeyStore::open(&db)?;
+    assert!(!store.lookup(&secret(&plain))?.expect("created").logprobs);
+    assert!(store.lookup(&secret(&scorer))?.expect("created").logprobs);
+    let listed = |name: &str| -> anyhow::Result<String> {
+        let list = keys(&db, &["list"])?;
+        Ok(String::from_utf8(list.stdout)?.lines().find(|l| l.starts_with(name)).map(str::to_string).unwrap_or_default())
+    };
+    assert!(listed("scorer")?.contains("yes"), "{}", listed("scorer")?);
+
+    let o = keys(&db, &["update", "--name", "plain", "--logprobs", "true"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(store.lookup(&secret(&plain))?.expect("live").logprobs);
+    let o = keys(&db, &["update", "--name", "scorer", "--logprobs", "false"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!store.lookup(&secret(&scorer))?.expect("live").logprobs);
+    let o = keys(&db, &["update", "--name", "plain", "--logprobs", "maybe"])?;
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--logprobs"), "{}", text(&o));
+    Ok(())
+}
