@@ -247,7 +247,7 @@ mod tests {
 
     // The crate has no TOML dependency; the table shapes are the same in JSON.
     fn toml_like<T: serde::de::DeserializeOwned>(s: &str) -> T {
-        serde_json::from_str(s).unwrap()
+        serde_json::from_str(s).expect("test config parses")
     }
 
     #[test]
@@ -257,7 +257,7 @@ mod tests {
                 "models": {"support": {"output_pii": "block", "system_prompt_leak": "off"}},
                 "keys": {"analytics": {"output_pii": "off"}}}}"#,
         );
-        g.validate().unwrap();
+        g.validate().expect("valid settings");
         let r = g.resolve(&["support@3", "support"], Some("analytics"));
         assert_eq!(r.output_pii, GuardMode::Off);
         assert_eq!(r.system_prompt_leak, GuardMode::Off);
@@ -272,15 +272,15 @@ mod tests {
     #[test]
     fn redacting_an_input_is_refused_naming_the_setting() {
         let g = parse(r#"{"guards": {"keys": {"k": {"prompt_injection": "redact"}}}}"#);
-        let e = g.validate().unwrap_err().to_string();
+        let e = g.validate().expect_err("redact on an input is refused").to_string();
         assert!(e.contains("guards.keys.k.prompt_injection"), "{e}");
         let g = parse(r#"{"guards": {"injection_threshold": 1.5}}"#);
-        assert!(g.validate().unwrap_err().to_string().contains("injection_threshold"));
+        assert!(g.validate().expect_err("threshold out of range").to_string().contains("injection_threshold"));
     }
 
     #[test]
     fn unknown_guard_names_are_refused() {
         let r: Result<GuardModes, _> = serde_json::from_str(r#"{"output_pi": "off"}"#);
-        assert!(r.unwrap_err().to_string().contains("output_pi"));
+        assert!(r.expect_err("unknown guard").to_string().contains("output_pi"));
     }
 }
