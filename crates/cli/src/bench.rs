@@ -545,9 +545,9 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         Ok(match &replicas {
             Some(r) => {
                 r.set_training(true, 0, s);
-                parallel::optimizer_step(&models, &vars, &shared, opt, r, 2e-4, 1.0)?.0
+                parallel::optimizer_step(&models, &vars, &shared, opt, r, 2e-4, 1.0)?.loss
             }
-            None => ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.0,
+            None => ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.loss,
         })
     };
     let mut losses = vec![step(&mut opt, 0)?];

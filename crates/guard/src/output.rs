@@ -392,17 +392,14 @@ impl OutputGuard {
                     self.blocked = true;
                     return Released { text: out, blocked: true };
                 }
-                Some(rep) if end <= safe => {
+                // Every replacement collected above ends by `safe`.
+                Some(rep) => {
                     out.push_str(&self.full[at..start]);
                     out.push_str(rep);
                     if guard == GuardKind::OutputPii {
                         self.act(guard, GuardMode::Redact, detail);
                     }
                     at = end;
-                }
-                Some(_) => {
-                    safe = safe.min(start);
-                    break;
                 }
             }
         }

@@ -257,14 +257,8 @@ fn local_gradients(model: &Llama, vars: &[(String, Var)], batches: &[Batch], ste
 /// The step's loss (mean over the targets of every share) and its gradients summed over
 /// `models` (the first device's model first, then the replicas'), on the first device, shaped
 /// as `vars[0]`.
-pub fn gradients(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batch>], replicas: &Replicas) -> Result<(f64, Vec<Tensor>)> {
-    let (loss, grads, _) = gradients_with_examples(models, vars, micro, replicas)?;
-    Ok((loss, grads))
-}
-
-/// [`gradients`], with each example's loss (devices in order, each device's micro-batches in
-/// order).
-fn gradients_with_examples(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batch>], replicas: &Replicas) -> Result<(f64, Vec<Tensor>, Vec<ExampleLoss>)> {
+/// Also each example's loss (devices in order, each device's micro-batches in order).
+pub fn gradients(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batch>], replicas: &Replicas) -> Result<(f64, Vec<Tensor>, Vec<ExampleLoss>)> {
     let step_targets: usize = micro.iter().flatten().map(|b| b.n_targets).sum();
     // One thread per device: queuing a step's few thousand kernels costs the CPU about as long
     // as the GPU takes to run them, so one thread feeding every device would serialise them.
@@ -299,7 +293,8 @@ fn gradients_with_examples(models: &[&Llama], vars: &[&[(String, Var)]], micro: 
 /// One optimizer step over `models` (as [`gradients`]), each with its `vars` and its share of
 /// the step's micro-batches: the loss is normalised by the targets of all shares, as one device
 /// running every row would. Clips and steps on the first device, then broadcasts the weights.
-/// Returns (mean loss, gradient norm before clipping), as `trainer::optimizer_step`.
+/// Returns the mean loss, the gradient norm before clipping and each example's loss, as
+/// `trainer::optimizer_step`.
 pub fn optimizer_step(
     models: &[&Llama],
     vars: &[&[(String, Var)]],
@@ -308,22 +303,8 @@ pub fn optimizer_step(
     replicas: &Replicas,
     lr: f64,
     max_grad_norm: f64,
-) -> Result<(f64, f64)> {
-    let s = optimizer_step_with_examples(models, vars, micro, opt, replicas, lr, max_grad_norm)?;
-    Ok((s.loss, s.grad_norm))
-}
-
-/// [`optimizer_step`], with each example's loss (`trainer::StepLosses`).
-pub fn optimizer_step_with_examples(
-    models: &[&Llama],
-    vars: &[&[(String, Var)]],
-    micro: &[Vec<Batch>],
-    opt: &mut AdamW,
-    replicas: &Replicas,
-    lr: f64,
-    max_grad_norm: f64,
 ) -> Result<StepLosses> {
-    let (loss, mut grads, examples) = gradients_with_examples(models, vars, micro, replicas)?;
+    let (loss, mut grads, examples) = gradients(models, vars, micro, replicas)?;
     let grad_norm = clip_global_norm(&mut grads, max_grad_norm)?;
     opt.step(&grads, lr)?;
     replicas.broadcast(vars[0])?;
@@ -372,7 +353,7 @@ pub fn agreement(models: &[&Llama], vars: &[&[(String, Var)]], rows: &[&Example]
         .zip(&parts)
         .map(|(m, p)| if p.is_empty() { Ok(Vec::new()) } else { Ok(vec![make_batch(p, pad, m.device())?]) })
         .collect::<Result<Vec<_>>>()?;
-    let (loss_split, grads) = gradients(models, vars, &micro, replicas)?;
+    let (loss_split, grads, _) = gradients(models, vars, &micro, replicas)?;
     let split = host(&flatten(&grads)?)?;
     // The same shares on the first device, summed in f32 in the reduction's order.
     let step_targets: usize = micro.iter().flatten().map(|b| b.n_targets).sum();
@@ -582,14 +563,16 @@ mod tests {
 
         let mut opt1 = AdamW::new(s.a1.vars.clone(), Default::default())?;
         let batch = make_batch(&refs, 0, &dev)?;
-        let (l1, n1) = crate::trainer::optimizer_step(&s.single, &mut opt1, std::slice::from_ref(&batch), 1e-2, 1.0)?;
+        let one = crate::trainer::optimizer_step(&s.single, &mut opt1, std::slice::from_ref(&batch), 1e-2, 1.0)?;
+        let (l1, n1) = (one.loss, one.grad_norm);
 
         let mut opt2 = AdamW::new(s.a2.vars.clone(), Default::default())?;
         let parts = shares(&refs, 2);
         let micro = vec![vec![make_batch(parts[0], 0, &dev)?], vec![make_batch(parts[1], 0, &dev)?]];
         let models = [&s.primary, &s.replicas.models[0]];
         let vars: [&[(String, Var)]; 2] = [&s.a2.vars, &s.replicas.adapters[0].vars];
-        let (l2, n2) = optimizer_step(&models, &vars, &micro, &mut opt2, &s.replicas, 1e-2, 1.0)?;
+        let split = optimizer_step(&models, &vars, &micro, &mut opt2, &s.replicas, 1e-2, 1.0)?;
+        let (l2, n2) = (split.loss, split.grad_norm);
 
         assert!((l1 - l2).abs() < 1e-5, "loss {l1} vs {l2}");
         assert!((n1 - n2).abs() < 1e-4 * n1.max(1.0), "grad norm {n1} vs {n2}");

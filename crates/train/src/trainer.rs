@@ -476,11 +476,11 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
             Some(r) => {
                 let models: Vec<&ferrotune_model::Llama> = std::iter::once(&m.model).chain(&r.models).collect();
                 let rvars: Vec<&[(String, candle_core::Var)]> = std::iter::once(vars.as_slice()).chain(r.adapters.iter().map(|a| a.vars.as_slice())).collect();
-                let out = crate::parallel::optimizer_step_with_examples(&models, &rvars, &shared, &mut opt, r, lr, cfg.max_grad_norm)?;
+                let out = crate::parallel::optimizer_step(&models, &rvars, &shared, &mut opt, r, lr, cfg.max_grad_norm)?;
                 micro = shared.into_iter().flatten().collect();
                 out
             }
-            None => optimizer_step_with_examples(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?,
+            None => optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?,
         };
         state.tokens_seen += micro.iter().map(|b| b.n_tokens).sum::<usize>();
         state.step += 1;
@@ -587,25 +587,6 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     Ok(summary)
 }
 
-/// One optimizer step over `micro` (gradient accumulation): each micro-batch's loss summed over
-/// its targets and divided by the step's target count, gradients summed, clipped, AdamW.
-///
-/// On the CPU the step's rows are cut into shares — each micro-batch into one per rayon thread
-/// (or one per row when it has fewer rows) — and the shares run on the pool's threads at once,
-/// each forward+backward on one thread (the `train` command runs candle's matmuls single-threaded
-/// for this; see the CLI's `main`). One thread per share keeps every core busy through the
-/// element-wise work and small products that one big forward runs on a single core, with no
-/// synchronisation inside a share; at most one share per thread is in flight, so memory stays
-/// that of `threads` shares. LoRA dropout draws every share the masks its tokens have in the
-/// whole step ([`ferrotune_model::lora::with_token_offset`]), so the result is the unsplit step's
-/// up to float summation order; successive micro-batches draw distinct masks. On a GPU the
-/// micro-batches run one after another, whole, and repeat the first's masks (its dropout kernel
-/// takes no offset). Returns (mean loss, gradient norm before clipping).
-pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<(f64, f64)> {
-    let s = optimizer_step_with_examples(model, opt, micro, lr, max_grad_norm)?;
-    Ok((s.loss, s.grad_norm))
-}
-
 /// One example's loss in a step: its mean cross-entropy per target token, and the data file
 /// line it came from (when the batch had sources).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -629,8 +610,22 @@ pub(crate) fn example_losses(segments: &[crate::batch::Segment], sums: &[f32]) -
     segments.iter().zip(sums).map(|(s, &l)| ExampleLoss { line: s.line, loss: f64::from(l) / s.targets.max(1) as f64, targets: s.targets }).collect()
 }
 
-/// [`optimizer_step`], with each example's loss (see [`StepLosses`]).
-pub fn optimizer_step_with_examples(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<StepLosses> {
+/// One optimizer step over `micro` (gradient accumulation): each micro-batch's loss summed over
+/// its targets and divided by the step's target count, gradients summed, clipped, AdamW.
+///
+/// On the CPU the step's rows are cut into shares — each micro-batch into one per rayon thread
+/// (or one per row when it has fewer rows) — and the shares run on the pool's threads at once,
+/// each forward+backward on one thread (the `train` command runs candle's matmuls single-threaded
+/// for this; see the CLI's `main`). One thread per share keeps every core busy through the
+/// element-wise work and small products that one big forward runs on a single core, with no
+/// synchronisation inside a share; at most one share per thread is in flight, so memory stays
+/// that of `threads` shares. LoRA dropout draws every share the masks its tokens have in the
+/// whole step ([`ferrotune_model::lora::with_token_offset`]), so the result is the unsplit step's
+/// up to float summation order; successive micro-batches draw distinct masks. On a GPU the
+/// micro-batches run one after another, whole, and repeat the first's masks (its dropout kernel
+/// takes no offset). Returns the mean loss, the gradient norm before clipping and each example's
+/// loss ([`StepLosses`]).
+pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<StepLosses> {
     let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
     let norm = step_targets.max(1) as f64;
     let vars = opt.vars().to_vec();
@@ -791,7 +786,7 @@ mod tests {
             let (model, adapter) = tuned(5)?;
             let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| TrainError::config("threads", e.to_string()))?;
-            let (loss, norm) = pool.install(|| optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0))?;
+            let StepLosses { loss, grad_norm: norm, .. } = pool.install(|| optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0))?;
             Ok((loss, norm, adapter.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect()))
         };
         let (l1, n1, w1) = step(1)?;
@@ -806,7 +801,7 @@ mod tests {
         let (model, adapter) = tuned(5)?;
         adapter.control.set(true, 12, 4);
         let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
-        let (l_other, _) = optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0)?;
+        let l_other = optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0)?.loss;
         assert!((l_other - l1).abs() > 1e-6, "dropout masks had no effect ({l_other} vs {l1})");
         Ok(())
     }
