@@ -9,11 +9,13 @@ use clap::{Args, Subcommand};
 use ferrotune_govern::audit::{AuditConfig, AuditLog, Event, Filter};
 
 #[derive(Args)]
-#[command(after_help = "The log is $FERROTUNE_HOME/audit/ (or --dir): entries as canonical JSON lines, an RFC 6962 \
+#[command(
+    after_help = "The log is $FERROTUNE_HOME/audit/ (or --dir): entries as canonical JSON lines, an RFC 6962 \
 Merkle tree over them, and checkpoints signed with the Ed25519 key created there on first use (mode 0600) in the \
 C2SP signed-note format. Anyone holding the verifier key (`ferrotune audit pubkey`) can check an exported bundle \
 with scripts/audit/verify.py, without this program.\n\
-Settings: $FERROTUNE_HOME/audit/config.toml (origin, checkpoint_every_entries, checkpoint_every_secs, retention_days).")]
+Settings: $FERROTUNE_HOME/audit/config.toml (origin, checkpoint_every_entries, checkpoint_every_secs, retention_days)."
+)]
 pub struct AuditArgs {
     /// Log folder [default: $FERROTUNE_HOME/audit].
     #[arg(long, global = true, value_name = "DIR")]
@@ -149,7 +151,8 @@ fn write_or_print(v: &serde_json::Value, out: Option<&PathBuf>) -> anyhow::Resul
 
 fn print_entries(rows: &[(u64, serde_json::Value)], json: bool) -> anyhow::Result<()> {
     if json {
-        let v: Vec<serde_json::Value> = rows.iter().map(|(i, e)| serde_json::json!({"index": i, "entry": e})).collect();
+        let v: Vec<serde_json::Value> =
+            rows.iter().map(|(i, e)| serde_json::json!({"index": i, "entry": e})).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -172,7 +175,10 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
     let log = open(a.dir)?;
     match a.command {
         AuditCommand::Verify { from_checkpoint } => {
-            let trusted = from_checkpoint.as_ref().map(|p| std::fs::read_to_string(p).with_context(|| p.display().to_string())).transpose()?;
+            let trusted = from_checkpoint
+                .as_ref()
+                .map(|p| std::fs::read_to_string(p).with_context(|| p.display().to_string()))
+                .transpose()?;
             let r = log.verify(trusted.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -184,12 +190,18 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
                 }
             }
             if !r.ok {
-                anyhow::bail!("the audit log in {} does not verify: {}", log.dir().display(), r.problems.first().map_or("", String::as_str));
+                anyhow::bail!(
+                    "the audit log in {} does not verify: {}",
+                    log.dir().display(),
+                    r.problems.first().map_or("", String::as_str)
+                );
             }
             Ok(())
         }
         AuditCommand::Prove { index, out } => write_or_print(&log.prove(index)?, out.as_ref()),
-        AuditCommand::Consistency { old_size, new_size, out } => write_or_print(&log.consistency(old_size, new_size)?, out.as_ref()),
+        AuditCommand::Consistency { old_size, new_size, out } => {
+            write_or_print(&log.consistency(old_size, new_size)?, out.as_ref())
+        }
         AuditCommand::Show { filter, limit } | AuditCommand::Search { filter, limit } => {
             print_entries(&log.entries(&filter.filter(limit), false)?, json)
         }
@@ -199,7 +211,11 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::json!({"entries": n, "out": out}));
             } else {
-                println!("exported {n} entries with proofs to {} (check: scripts/audit/verify.sh bundle {} --key-file KEY)", out.display(), out.display());
+                println!(
+                    "exported {n} entries with proofs to {} (check: scripts/audit/verify.sh bundle {} --key-file KEY)",
+                    out.display(),
+                    out.display()
+                );
             }
             Ok(())
         }
@@ -230,9 +246,16 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
 
 /// Append one event of a command to the audit log (`$FERROTUNE_HOME/audit`). Failing to record
 /// is an error: a command that must leave a trace does not succeed silently without one.
-pub fn trail(actor: &str, action: &str, subject: serde_json::Value, outcome: &str, fields: serde_json::Value) -> anyhow::Result<()> {
+pub fn trail(
+    actor: &str,
+    action: &str,
+    subject: serde_json::Value,
+    outcome: &str,
+    fields: serde_json::Value,
+) -> anyhow::Result<()> {
     let dir = ferrotune_govern::audit::default_dir();
-    let log = AuditLog::open(&dir, &config(&dir)?).with_context(|| format!("opening the audit log {}", dir.display()))?;
+    let log = AuditLog::open(&dir, &config(&dir)?)
+        .with_context(|| format!("opening the audit log {}", dir.display()))?;
     log.append(&[Event::new(actor, action, subject, outcome, fields)])
         .with_context(|| format!("appending `{action}` to the audit log {}", dir.display()))?;
     Ok(())

@@ -99,8 +99,16 @@ fn bench_audit(b: &AuditBench) -> anyhow::Result<()> {
     let t2 = Instant::now();
     log.prove(b.entries / 2)?;
     let prove_ms = t2.elapsed().as_secs_f64() * 1e3;
-    let bytes: u64 = std::fs::read_dir(dir.path())?.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum();
-    println!("append: {per_sec:.0} entries/s ({append_s:.1} s) | target >= 50000: {:.2}x", per_sec / 50_000.0);
+    let bytes: u64 = std::fs::read_dir(dir.path())?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "append: {per_sec:.0} entries/s ({append_s:.1} s) | target >= 50000: {:.2}x",
+        per_sec / 50_000.0
+    );
     println!(
         "verify: {verify_s:.2} s for {} entries and {} checkpoints ({:.2} s per million) | target < 10 s per million: {:.2}x headroom",
         report.entries,
@@ -115,7 +123,8 @@ fn bench_audit(b: &AuditBench) -> anyhow::Result<()> {
             "verify_secs": verify_s, "checkpoints": report.checkpoints, "prove_ms": prove_ms, "bytes": bytes,
             "targets": {"append_per_sec": 50000, "verify_secs_per_million": 10},
         });
-        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n").with_context(|| out.display().to_string())?;
+        std::fs::write(out, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| out.display().to_string())?;
     }
     Ok(())
 }
@@ -149,11 +158,19 @@ fn bench_rag(b: &RagBench) -> anyhow::Result<()> {
     let embedder = match ferrotune_rag::Embedder::load_default() {
         Ok(e) => Some(std::sync::Arc::new(e)),
         Err(e) => {
-            println!("SKIPPED: ingest and vector/hybrid latency need the embedder ({e}); run `ferrotune models pull all-minilm-l6-v2`");
+            println!(
+                "SKIPPED: ingest and vector/hybrid latency need the embedder ({e}); run `ferrotune models pull all-minilm-l6-v2`"
+            );
             None
         }
     };
-    let cfg = BenchConfig { sizes: b.sizes.clone(), ingest_chunks: b.ingest_chunks, queries: b.queries, k: b.k, seed: b.seed };
+    let cfg = BenchConfig {
+        sizes: b.sizes.clone(),
+        ingest_chunks: b.ingest_chunks,
+        queries: b.queries,
+        k: b.k,
+        seed: b.seed,
+    };
     let report = run(&cfg, embedder)?;
     print!("{report}");
     Ok(())
@@ -204,7 +221,11 @@ struct TrainBench {
 fn peak_rss_gib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / (1024.0 * 1024.0))
         .unwrap_or(f64::NAN)
 }
@@ -221,7 +242,14 @@ impl GpuMemSampler {
     fn start(gpu: usize) -> Option<Self> {
         use std::io::BufRead;
         let mut child = Command::new("nvidia-smi")
-            .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", &gpu.to_string(), "-lms", "20"])
+            .args([
+                "--query-gpu=memory.used",
+                "--format=csv,noheader,nounits",
+                "-i",
+                &gpu.to_string(),
+                "-lms",
+                "20",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -321,7 +349,8 @@ fn profile_ops(
         println!("  {name:<44} {ms:>9.3} ms");
         Ok(())
     };
-    let (hid, ffn, h, kv, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    let (hid, ffn, h, kv, d) =
+        (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let t = n / 8;
     let var = |shape: &[usize]| -> anyhow::Result<candle_core::Var> {
         Ok(candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?)?)
@@ -332,8 +361,12 @@ fn profile_ops(
     let norm_w = Tensor::ones(hid, dtype, device)?;
     println!("profile ({n} tokens, {dtype:?}):");
     if ferrotune_model::cuda_kernels::available(xt) {
-        time("dropout mask [n, hidden] (hash kernel)", &mut || Ok(ferrotune_model::cuda_kernels::dropout_mask(xt, 7, 0.95)?))?;
-        time("dropout applied [n, hidden] (hash kernel)", &mut || Ok(ferrotune_model::cuda_kernels::dropout_apply(xt, 7, 0.95)?))?;
+        time("dropout mask [n, hidden] (hash kernel)", &mut || {
+            Ok(ferrotune_model::cuda_kernels::dropout_mask(xt, 7, 0.95)?)
+        })?;
+        time("dropout applied [n, hidden] (hash kernel)", &mut || {
+            Ok(ferrotune_model::cuda_kernels::dropout_apply(xt, 7, 0.95)?)
+        })?;
     }
     time("copy [n, hidden]", &mut || Ok(xt.copy()?))?;
     time("mul [n, hidden]", &mut || Ok((xt * xt)?))?;
@@ -355,7 +388,9 @@ fn profile_ops(
     (0..t).for_each(|s| (s + 1..t).for_each(|j| m[s * t + j] = f32::NEG_INFINITY));
     let mask = Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)?;
     let qf = q.as_tensor().reshape((8, kv, (h / kv) * t, d))?;
-    time("causal_attention forward", &mut || Ok(handoff::causal_attention(&qf, k.as_tensor(), v.as_tensor(), t, 0.125, Some(&mask))?))?;
+    time("causal_attention forward", &mut || {
+        Ok(handoff::causal_attention(&qf, k.as_tensor(), v.as_tensor(), t, 0.125, Some(&mask))?)
+    })?;
     time("causal_attention forward+backward", &mut || {
         let o = handoff::causal_attention(&qf, k.as_tensor(), v.as_tensor(), t, 0.125, Some(&mask))?;
         o.sum_all()?.backward()?;
@@ -388,25 +423,33 @@ fn profile_ops(
     fb("rms_norm", &mut || Ok(handoff::rms_norm(xt, &norm_w, 1e-5)?))?;
     fb("silu(g)·g", &mut || Ok((g.as_tensor().silu()? * g.as_tensor())?))?;
     fb("x + x (residual)", &mut || Ok((xt + xt)?))?;
-    fb("heads: reshape·transpose·contiguous", &mut || Ok(xt.reshape((8, t, h, d))?.transpose(1, 2)?.contiguous()?))?;
+    fb("heads: reshape·transpose·contiguous", &mut || {
+        Ok(xt.reshape((8, t, h, d))?.transpose(1, 2)?.contiguous()?)
+    })?;
     fb("rope q", &mut || Ok(handoff::rope(q.as_tensor(), &cos, &sin)?))?;
     // Attention's parts, no graph.
     let (qd, kd, vd) = (qf.detach(), k.as_tensor().detach(), v.as_tensor().detach());
     time("attn: scores q·kᵀ", &mut || Ok(qd.matmul(&kd.t()?)?))?;
     let scores = qd.matmul(&kd.t()?)?;
     if ferrotune_model::cuda_kernels::available(&scores) {
-        time("attn: causal softmax kernel", &mut || Ok(ferrotune_model::cuda_kernels::causal_softmax(&scores, t, 0.125)?))?;
+        time("attn: causal softmax kernel", &mut || {
+            Ok(ferrotune_model::cuda_kernels::causal_softmax(&scores, t, 0.125)?)
+        })?;
         let p = ferrotune_model::cuda_kernels::causal_softmax(&scores, t, 0.125)?;
         time("attn: p·v", &mut || Ok(p.matmul(&vd)?))?;
         time("attn: pᵀ·dO", &mut || Ok(p.t()?.matmul(&qd)?))?;
         time("attn: dO·vᵀ", &mut || Ok(qd.matmul(&vd.t()?)?))?;
-        time("attn: softmax backward kernel", &mut || Ok(ferrotune_model::cuda_kernels::causal_softmax_backward(&p, &scores, t, 0.125)?))?;
+        time("attn: softmax backward kernel", &mut || {
+            Ok(ferrotune_model::cuda_kernels::causal_softmax_backward(&p, &scores, t, 0.125)?)
+        })?;
         time("attn: dS·k", &mut || Ok(p.matmul(&kd)?))?;
         time("attn: dSᵀ·q", &mut || Ok(p.t()?.matmul(&qd)?))?;
     }
     let targets = Tensor::zeros(n, candle_core::DType::U32, device)?;
     if let Some(w) = model.frozen_head_weight() {
-        time("head cross-entropy forward", &mut || Ok(handoff::frozen_head_cross_entropy_sum(xt, w, &targets)?))?;
+        time("head cross-entropy forward", &mut || {
+            Ok(handoff::frozen_head_cross_entropy_sum(xt, w, &targets)?)
+        })?;
         time("head cross-entropy forward+backward", &mut || {
             let l = handoff::frozen_head_cross_entropy_sum(xt, w, &targets)?;
             l.backward()?;
@@ -473,7 +516,14 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
             let out = Command::new(py)
                 .arg(&script)
                 .args(["--shape", &b.shape, "--batch", &b.batch.to_string(), "--seq", &b.seq.to_string()])
-                .args(["--steps", &b.steps.to_string(), "--threads", &threads.to_string(), "--dtype", dtype_name])
+                .args([
+                    "--steps",
+                    &b.steps.to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                    "--dtype",
+                    dtype_name,
+                ])
                 .args(["--dropout", &b.lora_dropout.to_string()])
                 .args(["--device", &gpu.map_or("cpu".to_string(), |n| format!("cuda:{n}"))])
                 .output()
@@ -484,9 +534,15 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
             }
             let text = String::from_utf8_lossy(&out.stdout);
             let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())?;
-            let losses = v["losses"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+            let losses = v["losses"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default();
             if let Some(alloc) = v["torch_max_allocated_gib"].as_f64() {
-                println!("(PEFT: torch's own peak allocation {alloc:.2} GiB, reserved {:.2} GiB)", v["torch_max_reserved_gib"].as_f64().unwrap_or(f64::NAN));
+                println!(
+                    "(PEFT: torch's own peak allocation {alloc:.2} GiB, reserved {:.2} GiB)",
+                    v["torch_max_reserved_gib"].as_f64().unwrap_or(f64::NAN)
+                );
             }
             Some(TrainSpeed {
                 tokens_per_sec: v["tokens_per_sec"].as_f64().unwrap_or(f64::NAN),
@@ -509,7 +565,8 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     let mut model = if dtype == candle_core::DType::F32 { model } else { model.cast(&device, dtype)? };
     model.set_differentiable(true);
     let spec = LoraSpec { dropout: b.lora_dropout, ..LoraSpec::default() };
-    let replicas = if others.is_empty() { None } else { Some(parallel::Replicas::lora(&model, &others, &spec, 0)?) };
+    let replicas =
+        if others.is_empty() { None } else { Some(parallel::Replicas::lora(&model, &others, &spec, 0)?) };
     let adapter = Adapter::init(&mut model, &spec, 0)?;
     adapter.attach(&mut model);
     if let Some(r) = &replicas {
@@ -526,19 +583,30 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     let examples: Vec<ferrotune_train::batch::Example> = (0..b.batch)
         .map(|_| {
             let ids: Vec<u32> = (0..b.seq).map(|_| next()).collect();
-            ferrotune_train::batch::Example { labels: ids.iter().map(|&i| i as i64).collect(), input_ids: ids }
+            ferrotune_train::batch::Example {
+                labels: ids.iter().map(|&i| i as i64).collect(),
+                input_ids: ids,
+            }
         })
         .collect();
     let refs: Vec<&ferrotune_train::batch::Example> = examples.iter().collect();
     let batch = ferrotune_train::batch::make_batch(&refs, 0, &device)?;
     // Data parallel: the first GPU's model and the replicas', each with its share of the rows.
-    let models: Vec<&Llama> = std::iter::once(&model).chain(replicas.iter().flat_map(|r| &r.models)).collect();
-    let vars: Vec<&[(String, candle_core::Var)]> =
-        std::iter::once(adapter.vars.as_slice()).chain(replicas.iter().flat_map(|r| r.adapters.iter().map(|a| a.vars.as_slice()))).collect();
+    let models: Vec<&Llama> =
+        std::iter::once(&model).chain(replicas.iter().flat_map(|r| &r.models)).collect();
+    let vars: Vec<&[(String, candle_core::Var)]> = std::iter::once(adapter.vars.as_slice())
+        .chain(replicas.iter().flat_map(|r| r.adapters.iter().map(|a| a.vars.as_slice())))
+        .collect();
     let shared = parallel::shares(&refs, models.len())
         .iter()
         .zip(&models)
-        .map(|(p, m)| Ok(if p.is_empty() { Vec::new() } else { vec![ferrotune_train::batch::make_batch(p, 0, m.device())?] }))
+        .map(|(p, m)| {
+            Ok(if p.is_empty() {
+                Vec::new()
+            } else {
+                vec![ferrotune_train::batch::make_batch(p, 0, m.device())?]
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let step = |opt: &mut ferrotune_train::optim::AdamW, s: u64| -> anyhow::Result<f64> {
         adapter.control.set(true, 0, s);
@@ -547,7 +615,9 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
                 r.set_training(true, 0, s);
                 parallel::optimizer_step(&models, &vars, &shared, opt, r, 2e-4, 1.0)?.loss
             }
-            None => ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.loss,
+            None => {
+                ferrotune_train::optimizer_step(&model, opt, std::slice::from_ref(&batch), 2e-4, 1.0)?.loss
+            }
         })
     };
     let mut losses = vec![step(&mut opt, 0)?];
@@ -625,9 +695,17 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
                 a.worst.0,
                 a.worst.1
             );
-            println!("  the split against its shares run one after the other on GPU {} and added there: relative L2 error {:.2e}", gpu.unwrap_or(0), a.exchange_rel);
+            println!(
+                "  the split against its shares run one after the other on GPU {} and added there: relative L2 error {:.2e}",
+                gpu.unwrap_or(0),
+                a.exchange_rel
+            );
             for (k, e) in a.alone_rel.iter().enumerate() {
-                println!("  GPU {} alone vs GPU {} alone, same batch: gradients' relative L2 error {e:.2e}", gpus.as_ref().map_or(k + 1, |l| l[k + 1]), gpu.unwrap_or(0));
+                println!(
+                    "  GPU {} alone vs GPU {} alone, same batch: gradients' relative L2 error {e:.2e}",
+                    gpus.as_ref().map_or(k + 1, |l| l[k + 1]),
+                    gpu.unwrap_or(0)
+                );
             }
             Some(a)
         }
@@ -635,7 +713,11 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
     };
     let ours = TrainSpeed {
         tokens_per_sec: (b.batch * b.seq) as f64 / step_time,
-        peak_gib: if gpu.is_some() { peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max) } else { peak_rss_gib() },
+        peak_gib: if gpu.is_some() {
+            peaks.iter().map(|p| p.1).fold(f64::NAN, f64::max)
+        } else {
+            peak_rss_gib()
+        },
         losses,
     };
     if peaks.len() > 1 {
@@ -643,11 +725,23 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
         println!("peak memory per GPU: {} (the table shows the largest)", each.join(", "));
     }
 
-    println!("{:<22} {:>12} {:>14} {:>12} {:>12}", "engine", "tokens/s", mem_name, "speed ratio", "memory ratio");
-    let fmt_losses = |l: &[f64]| format!("{:.3} -> {:.3}", l.first().copied().unwrap_or(f64::NAN), l.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "{:<22} {:>12} {:>14} {:>12} {:>12}",
+        "engine", "tokens/s", mem_name, "speed ratio", "memory ratio"
+    );
+    let fmt_losses = |l: &[f64]| {
+        format!(
+            "{:.3} -> {:.3}",
+            l.first().copied().unwrap_or(f64::NAN),
+            l.last().copied().unwrap_or(f64::NAN)
+        )
+    };
     let peer_name = if gpu.is_some() { "HF PEFT (torch CUDA)" } else { "HF PEFT (torch CPU)" };
     if let Some(p) = &peer {
-        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", peer_name, p.tokens_per_sec, p.peak_gib, "1.00x", "1.00x");
+        println!(
+            "{:<22} {:>12.1} {:>14.2} {:>12} {:>12}",
+            peer_name, p.tokens_per_sec, p.peak_gib, "1.00x", "1.00x"
+        );
         println!(
             "{:<22} {:>12.1} {:>14.2} {:>11.2}x {:>11.2}x",
             "ferrotune",
@@ -656,13 +750,24 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
             ours.tokens_per_sec / p.tokens_per_sec,
             ours.peak_gib / p.peak_gib
         );
-        println!("loss over the {} steps (same batch each step): PEFT {}, ferrotune {}", p.losses.len(), fmt_losses(&p.losses), fmt_losses(&ours.losses));
+        println!(
+            "loss over the {} steps (same batch each step): PEFT {}, ferrotune {}",
+            p.losses.len(),
+            fmt_losses(&p.losses),
+            fmt_losses(&ours.losses)
+        );
         let drop = |l: &[f64]| l.first().zip(l.last()).map(|(a, z)| a - z).unwrap_or(f64::NAN);
         let (dp, du) = (drop(&p.losses), drop(&ours.losses));
         let alike = dp > 0.0 && du > 0.0 && (du / dp) > 0.5 && (du / dp) < 2.0;
-        println!("losses fall alike: {} (decrease PEFT {dp:.3}, ferrotune {du:.3})", if alike { "yes" } else { "NO" });
+        println!(
+            "losses fall alike: {} (decrease PEFT {dp:.3}, ferrotune {du:.3})",
+            if alike { "yes" } else { "NO" }
+        );
     } else {
-        println!("{:<22} {:>12.1} {:>14.2} {:>12} {:>12}", "ferrotune", ours.tokens_per_sec, ours.peak_gib, "-", "-");
+        println!(
+            "{:<22} {:>12.1} {:>14.2} {:>12} {:>12}",
+            "ferrotune", ours.tokens_per_sec, ours.peak_gib, "-", "-"
+        );
         println!("loss: {}", fmt_losses(&ours.losses));
         println!("(PEFT not measured: pass --peft-python or set FERROTUNE_PEFT_PYTHON)");
     }
@@ -678,7 +783,8 @@ fn bench_train(b: &TrainBench) -> anyhow::Result<()> {
                 "worst_parameter": a.worst.0, "worst_rel_l2": a.worst.1, "exchange_rel_l2": a.exchange_rel, "each_gpu_alone_vs_first_rel_l2": a.alone_rel,
             })),
         });
-        std::fs::write(path, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -726,23 +832,40 @@ fn measure(m: &LoadedModel, prompt: &[u32], n_gen: usize) -> anyhow::Result<Spee
     let dev = Device::Cpu;
     // Warm-up: allocations, rayon pool, rope tables in cache.
     let mut cache = KvCache::new(m.config(), 8);
-    m.model.forward(&Tensor::new(&prompt[..8.min(prompt.len())], &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+    m.model.forward(
+        &Tensor::new(&prompt[..8.min(prompt.len())], &dev)?.unsqueeze(0)?,
+        None,
+        Some(&mut cache),
+        Logits::Last,
+    )?;
 
     let mut cache = KvCache::new(m.config(), prompt.len() + n_gen + 1);
     let t0 = Instant::now();
-    let mut logits = m.model.forward(&Tensor::new(prompt, &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+    let mut logits =
+        m.model.forward(&Tensor::new(prompt, &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..n_gen {
         let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
         let next = ferrotune_model::sampling::argmax(&row);
-        logits = m.model.forward(&Tensor::new(&[next], &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+        logits = m.model.forward(
+            &Tensor::new(&[next], &dev)?.unsqueeze(0)?,
+            None,
+            Some(&mut cache),
+            Logits::Last,
+        )?;
     }
     let decode = t1.elapsed().as_secs_f64();
     Ok(Speed { prefill_tok_s: prompt.len() as f64 / prefill, decode_tok_s: n_gen as f64 / decode })
 }
 
-fn llama_cpp(python: &PathBuf, gguf: &std::path::Path, prompt: &[u32], n_gen: usize, threads: usize) -> anyhow::Result<Speed> {
+fn llama_cpp(
+    python: &PathBuf,
+    gguf: &std::path::Path,
+    prompt: &[u32],
+    n_gen: usize,
+    threads: usize,
+) -> anyhow::Result<Speed> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench/llamacpp_speed.py");
     let out = Command::new(python)
         .arg(script)
@@ -774,7 +897,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     let threads = candle_core::utils::get_num_threads();
     let path = ferrotune_model::store::resolve(&b.model)?;
-    println!("bench generate: {} | prompt {} tokens | decode {} tokens | {threads} threads", path.display(), b.prompt_tokens, b.gen_tokens);
+    println!(
+        "bench generate: {} | prompt {} tokens | decode {} tokens | {threads} threads",
+        path.display(),
+        b.prompt_tokens,
+        b.gen_tokens
+    );
     let mut ours = Vec::new();
     for p in &b.paths {
         let mode = match p.as_str() {
@@ -791,10 +919,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         (Some(py), Some((_, _, prompt))) => Some(llama_cpp(py, &path, prompt, b.gen_tokens, threads)?),
         _ => None,
     };
-    println!("{:<22} {:>14} {:>14} {:>16} {:>16}", "engine", "prefill tok/s", "decode tok/s", "prefill vs llama", "decode vs llama");
+    println!(
+        "{:<22} {:>14} {:>14} {:>16} {:>16}",
+        "engine", "prefill tok/s", "decode tok/s", "prefill vs llama", "decode vs llama"
+    );
     let ratio = |x: f64, y: Option<f64>| y.map(|y| format!("{:.2}x", x / y)).unwrap_or_else(|| "-".into());
     if let Some(p) = peer {
-        println!("{:<22} {:>14.1} {:>14.1} {:>16} {:>16}", "llama.cpp", p.prefill_tok_s, p.decode_tok_s, "1.00x", "1.00x");
+        println!(
+            "{:<22} {:>14.1} {:>14.1} {:>16} {:>16}",
+            "llama.cpp", p.prefill_tok_s, p.decode_tok_s, "1.00x", "1.00x"
+        );
     } else {
         println!("(llama.cpp not measured: pass --llama-cpp-python or set FERROTUNE_LLAMACPP_PYTHON)");
     }

@@ -63,7 +63,12 @@ fn schema() -> serde_json::Value {
 }
 
 /// One batch: `streams` sequences submitted at once; aggregate decode tokens/s.
-fn run_once(engine: &EngineHandle, prompts: &[Vec<u32>], max_tokens: usize, constraint: Option<&Constraint>) -> anyhow::Result<(f64, usize)> {
+fn run_once(
+    engine: &EngineHandle,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    constraint: Option<&Constraint>,
+) -> anyhow::Result<(f64, usize)> {
     let mut rxs = Vec::new();
     for p in prompts {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -127,7 +132,9 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 pub fn bench_structured(b: &StructuredBench) -> anyhow::Result<()> {
@@ -178,7 +185,8 @@ pub fn bench_structured(b: &StructuredBench) -> anyhow::Result<()> {
     }
     if let Some(out) = &b.out {
         let commit = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok();
-        let commit = commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let commit =
+            commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
         let doc = json!({
             "bench": "structured",
             "date": ferrotune_model::clock::utc_now_rfc3339(),
@@ -194,7 +202,8 @@ pub fn bench_structured(b: &StructuredBench) -> anyhow::Result<()> {
             "schema_compile_secs": compile_secs,
             "results": results,
         });
-        std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
 }

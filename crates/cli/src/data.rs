@@ -213,7 +213,8 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
         serde_json::json!({"errors": report.errors, "warnings": report.warnings, "rows": report.stats.rows, "counts": report.counts}),
     )?;
     if let Some(reg) = a.registry.open()? {
-        let ids = crate::record::validated(&reg, &report).with_context(|| "recording the datasets in the registry (pass --no-registry to skip)")?;
+        let ids = crate::record::validated(&reg, &report)
+            .with_context(|| "recording the datasets in the registry (pass --no-registry to skip)")?;
         if !a.json {
             println!("registered: {} dataset(s) ({})", ids.len(), reg.path().display());
         }
@@ -228,12 +229,18 @@ fn validate(a: ValidateArgs) -> anyhow::Result<()> {
 /// on stderr and only when it is a terminal (indicatif hides it otherwise), and the callback
 /// that moves it. Parquet files, whose readers report no byte position, count as done when
 /// their scan moves on.
-fn scan_bar<'a>(files: impl IntoIterator<Item = &'a PathBuf>, what: &str) -> (indicatif::ProgressBar, ferrotune_data::Progress) {
-    let sizes: Vec<(PathBuf, u64)> = files.into_iter().map(|f| (f.clone(), std::fs::metadata(f).map_or(0, |m| m.len()))).collect();
+fn scan_bar<'a>(
+    files: impl IntoIterator<Item = &'a PathBuf>,
+    what: &str,
+) -> (indicatif::ProgressBar, ferrotune_data::Progress) {
+    let sizes: Vec<(PathBuf, u64)> =
+        files.into_iter().map(|f| (f.clone(), std::fs::metadata(f).map_or(0, |m| m.len()))).collect();
     let bar = indicatif::ProgressBar::new(sizes.iter().map(|(_, n)| n).sum());
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>10} {bar:30} {bytes}/{total_bytes} {msg} [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>10} {bar:30} {bytes}/{total_bytes} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix(what.to_string());
     /// Where the bar is: the stage shown, the file being read (index into `sizes`), its rows at
@@ -353,7 +360,11 @@ fn render(a: RenderArgs) -> anyhow::Result<()> {
     if shown == 0 {
         bail!("{}: no valid example to render (run `ferrotune data validate` on it)", a.file.display());
     }
-    let legend = if colour { "\x1b[1;32mgreen\x1b[0m = loss, \x1b[2mdim\x1b[0m = masked" } else { "[[ ]] = loss, the rest is masked" };
+    let legend = if colour {
+        "\x1b[1;32mgreen\x1b[0m = loss, \x1b[2mdim\x1b[0m = masked"
+    } else {
+        "[[ ]] = loss, the rest is masked"
+    };
     println!("{legend}");
     Ok(())
 }

@@ -8,9 +8,7 @@ use clap::{Args, Subcommand};
 use ferrotune_eval::bootstrap::{DEFAULT_RESAMPLES, MAX_RESAMPLES};
 use ferrotune_eval::gate::{self, Gate, GateOutcome};
 use ferrotune_eval::metrics::{Metric, json_match_report};
-use ferrotune_eval::report::{
-    self, DataInfo, EvalFile, RowOutput, RowResult, Settings, SystemInfo,
-};
+use ferrotune_eval::report::{self, DataInfo, EvalFile, RowOutput, RowResult, Settings, SystemInfo};
 use ferrotune_eval::rows::{EvalRow, load_rows};
 use ferrotune_eval::runner::{Progress, RunSettings, SystemSpec, run_systems};
 use ferrotune_eval::score::{Answers, MetricSpec, RowTable, default_metrics, score_systems};
@@ -145,9 +143,7 @@ struct ScoreArgs {
 
 /// `--resamples`, checked while parsing: a bad count is a usage error before any model loads.
 fn resamples_arg(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|e| format!("`{s}` is not a resample count: {e}"))?;
+    let n: usize = s.parse().map_err(|e| format!("`{s}` is not a resample count: {e}"))?;
     if n > MAX_RESAMPLES {
         return Err(format!("at most {MAX_RESAMPLES} resamples are allowed"));
     }
@@ -164,9 +160,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
 /// `NAME=DIR` or `DIR`; the default name of `runs/demo/adapter` is `demo`.
 fn adapter_spec(s: &str) -> anyhow::Result<(SystemSpec, Option<PathBuf>)> {
     let (name, dir) = match s.split_once('=') {
-        Some((n, d)) if !n.is_empty() && !n.contains('/') => {
-            (Some(n.to_string()), PathBuf::from(d))
-        }
+        Some((n, d)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), PathBuf::from(d)),
         _ => (None, PathBuf::from(s)),
     };
     if !dir.join("adapter_config.json").is_file() {
@@ -180,34 +174,21 @@ fn adapter_spec(s: &str) -> anyhow::Result<(SystemSpec, Option<PathBuf>)> {
         .filter(|p| p.join("lineage.json").is_file() || p.join("loss.svg").is_file())
         .map(Path::to_path_buf);
     let default_name = match (&run, dir.file_name()) {
-        (Some(r), Some(f)) if f == "adapter" => {
-            r.file_name().map(|n| n.to_string_lossy().into_owned())
-        }
+        (Some(r), Some(f)) if f == "adapter" => r.file_name().map(|n| n.to_string_lossy().into_owned()),
         (_, Some(f)) => Some(f.to_string_lossy().into_owned()),
         _ => None,
     };
     let name = name.or(default_name).unwrap_or_else(|| "adapter".into());
-    Ok((
-        SystemSpec {
-            name,
-            adapter: Some(dir),
-        },
-        run,
-    ))
+    Ok((SystemSpec { name, adapter: Some(dir) }, run))
 }
 
-fn metrics_for(
-    list: Option<&str>,
-    rows: &[EvalRow],
-    with_model: bool,
-) -> anyhow::Result<Vec<MetricSpec>> {
+fn metrics_for(list: Option<&str>, rows: &[EvalRow], with_model: bool) -> anyhow::Result<Vec<MetricSpec>> {
     Ok(match list {
         Some(l) => MetricSpec::parse_list(l)?,
         None => default_metrics(
             rows.iter().all(|r| {
                 r.structured
-                    || serde_json::from_str::<serde_json::Value>(&r.reference)
-                        .is_ok_and(|v| v.is_object())
+                    || serde_json::from_str::<serde_json::Value>(&r.reference).is_ok_and(|v| v.is_object())
             }),
             with_model,
         ),
@@ -231,24 +212,14 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     if !data.is_file() {
         bail!("{}: no such file", data.display());
     }
-    let gates: Vec<Gate> = a
-        .gates
-        .iter()
-        .map(|g| g.parse())
-        .collect::<Result<_, _>>()?;
+    let gates: Vec<Gate> = a.gates.iter().map(|g| g.parse()).collect::<Result<_, _>>()?;
     let baseline = a.baseline.as_deref().map(EvalFile::read).transpose()?;
-    let mut systems = vec![SystemSpec {
-        name: "base".into(),
-        adapter: None,
-    }];
+    let mut systems = vec![SystemSpec { name: "base".into(), adapter: None }];
     let mut runs = Vec::new();
     for s in &a.adapters {
         let (spec, run) = adapter_spec(s)?;
         if systems.iter().any(|x| x.name == spec.name) {
-            bail!(
-                "two systems are named `{}`; name them with --adapter NAME=DIR",
-                spec.name
-            );
+            bail!("two systems are named `{}`; name them with --adapter NAME=DIR", spec.name);
         }
         if let Some(r) = run {
             runs.push((spec.name.clone(), r));
@@ -257,18 +228,11 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     }
     let rows = load_rows(&data, a.limit)?;
     let metrics = metrics_for(a.metrics.as_deref(), &rows, true)?;
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| match (runs.as_slice(), systems.len()) {
-            ([(_, run)], 2) => run.join("eval"),
-            _ => PathBuf::from("runs").join(format!(
-                "eval-{}",
-                data.file_stem()
-                    .map(|s| s.to_string_lossy())
-                    .unwrap_or_default()
-            )),
-        });
+    let out = a.out.clone().unwrap_or_else(|| match (runs.as_slice(), systems.len()) {
+        ([(_, run)], 2) => run.join("eval"),
+        _ => PathBuf::from("runs")
+            .join(format!("eval-{}", data.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())),
+    });
     // Fail on a bad gate before the (long) run, not after it.
     for g in &gates {
         if !metrics.contains(&g.metric) {
@@ -303,30 +267,19 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
     let file = data.display().to_string();
-    let outputs = run_systems(
-        &mut m,
-        &file,
-        &rows,
-        &systems,
-        &settings,
-        &mut |p| match p {
-            Progress::Start {
-                system,
-                phase,
-                total,
-            } => {
-                if let Some(b) = pb.take() {
-                    b.finish();
-                }
-                pb = Some(bar(total, &format!("{system} {phase}")));
+    let outputs = run_systems(&mut m, &file, &rows, &systems, &settings, &mut |p| match p {
+        Progress::Start { system, phase, total } => {
+            if let Some(b) = pb.take() {
+                b.finish();
             }
-            Progress::Advance { done } => {
-                if let Some(b) = &pb {
-                    b.set_position(done as u64);
-                }
+            pb = Some(bar(total, &format!("{system} {phase}")));
+        }
+        Progress::Advance { done } => {
+            if let Some(b) = &pb {
+                b.set_position(done as u64);
             }
-        },
-    )?;
+        }
+    })?;
     if let Some(b) = pb.take() {
         b.finish();
     }
@@ -334,11 +287,7 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     let references: Vec<String> = rows.iter().map(|r| r.reference.clone()).collect();
     let answers: Vec<Answers<'_>> = outputs
         .iter()
-        .map(|o| Answers {
-            system: &o.spec.name,
-            predictions: &o.predictions,
-            loss: o.loss.as_deref(),
-        })
+        .map(|o| Answers { system: &o.spec.name, predictions: &o.predictions, loss: o.loss.as_deref() })
         .collect();
     let (results, table) = score_systems(&references, &answers, &metrics, a.resamples, a.seed)?;
     let infos = outputs
@@ -346,24 +295,14 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         .map(|o| SystemInfo {
             name: o.spec.name.clone(),
             adapter: o.spec.adapter.as_ref().map(|p| p.display().to_string()),
-            run_dir: runs
-                .iter()
-                .find(|(n, _)| *n == o.spec.name)
-                .map(|(_, r)| r.display().to_string()),
+            run_dir: runs.iter().find(|(n, _)| *n == o.spec.name).map(|(_, r)| r.display().to_string()),
             rows_per_sec: Some(o.rows_per_sec()),
             generated_tokens: Some(o.generated_tokens),
             generation_secs: Some(o.generation_secs),
         })
         .collect();
-    let finishes: Vec<Vec<Option<String>>> = outputs
-        .iter()
-        .map(|o| {
-            o.finish
-                .iter()
-                .map(|f| Some(f.as_str().to_string()))
-                .collect()
-        })
-        .collect();
+    let finishes: Vec<Vec<Option<String>>> =
+        outputs.iter().map(|o| o.finish.iter().map(|f| Some(f.as_str().to_string())).collect()).collect();
     let file = EvalFile {
         ferrotune_version: env!("CARGO_PKG_VERSION").into(),
         created: ferrotune_model::clock::utc_now_rfc3339(),
@@ -377,10 +316,7 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
             decoding: if a.temperature == 0.0 {
                 "greedy".into()
             } else {
-                format!(
-                    "sampled (temperature {}, top_p {}, seed {})",
-                    a.temperature, a.top_p, a.seed
-                )
+                format!("sampled (temperature {}, top_p {}, seed {})", a.temperature, a.top_p, a.seed)
             },
             max_tokens: Some(a.max_tokens),
             batch_size: Some(a.batch_size),
@@ -414,10 +350,7 @@ fn json_detail(
     let mut map = serde_json::Map::new();
     for a in answers {
         let preds: Vec<&str> = a.predictions.iter().map(String::as_str).collect();
-        map.insert(
-            a.system.to_string(),
-            serde_json::to_value(json_match_report(&preds, &refs)).ok()?,
-        );
+        map.insert(a.system.to_string(), serde_json::to_value(json_match_report(&preds, &refs)).ok()?);
     }
     Some(serde_json::Value::Object(map))
 }
@@ -474,23 +407,25 @@ fn finish(
             );
         }
     }
-    let primary = file
-        .metrics
-        .iter()
-        .find(|m| m.name == "rougeL")
-        .or(file.metrics.first())
-        .map(|m| m.name.as_str());
+    let primary =
+        file.metrics.iter().find(|m| m.name == "rougeL").or(file.metrics.first()).map(|m| m.name.as_str());
     report::write_all(out, file, runs, primary)?;
-    println!(
-        "wrote {0}/eval.json, {0}/report.md, {0}/metrics.svg",
-        out.display()
-    );
+    println!("wrote {0}/eval.json, {0}/report.md, {0}/metrics.svg", out.display());
     let eval_json = out.join("eval.json");
     let eval_hash = crate::record::hash_file(&eval_json)?;
     let headline: serde_json::Map<String, serde_json::Value> = file
         .metrics
         .iter()
-        .map(|m| (m.name.clone(), m.scores.iter().map(|sc| (sc.system.clone(), serde_json::json!(sc.score.value))).collect::<serde_json::Map<_, _>>().into()))
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.scores
+                    .iter()
+                    .map(|sc| (sc.system.clone(), serde_json::json!(sc.score.value)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            )
+        })
         .collect();
     crate::audit::trail(
         &ferrotune_govern::actor(None),
@@ -501,9 +436,11 @@ fn finish(
             "metrics": headline}),
     )?;
     if let Some(reg) = registry.open()? {
-        let e = crate::record::evaluated(&reg, &eval_json, &eval_hash.sha256)
-            .with_context(|| format!("recording {}/eval.json in the registry (pass --no-registry to skip)", out.display()))?;
-        let matched: Vec<String> = e.systems.iter().filter(|(_, a)| a.is_some()).map(|(s, _)| s.name.clone()).collect();
+        let e = crate::record::evaluated(&reg, &eval_json, &eval_hash.sha256).with_context(|| {
+            format!("recording {}/eval.json in the registry (pass --no-registry to skip)", out.display())
+        })?;
+        let matched: Vec<String> =
+            e.systems.iter().filter(|(_, a)| a.is_some()).map(|(s, _)| s.name.clone()).collect();
         println!(
             "registered: evaluation {} ({} of {} systems matched to registered versions{})",
             e.id,
@@ -523,10 +460,7 @@ fn finish(
     if failed.is_empty() {
         Ok(())
     } else {
-        let which: Vec<String> = failed
-            .iter()
-            .map(|o| format!("{} of {}", o.metric, o.system))
-            .collect();
+        let which: Vec<String> = failed.iter().map(|o| format!("{} of {}", o.metric, o.system)).collect();
         Err(GateFailed(format!(
             "{} of {} gate check(s) failed ({})",
             failed.len(),
@@ -539,8 +473,7 @@ fn finish(
 
 fn score(a: ScoreArgs) -> anyhow::Result<()> {
     let path = &a.predictions;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut predictions = Vec::new();
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -548,23 +481,17 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{n}: bad JSON at column {}: {e}",
-                path.display(),
-                e.column()
-            )
-        })?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}:{n}: bad JSON at column {}: {e}", path.display(), e.column()))?;
         let field = |k: &str| -> anyhow::Result<(String, bool)> {
             match v.get(k) {
                 Some(serde_json::Value::String(s)) => Ok((s.clone(), false)),
                 Some(x @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
                     Ok((x.to_string(), true))
                 }
-                Some(_) => bail!(
-                    "{}:{n}: `{k}`: must be a string (or a JSON object for json_match)",
-                    path.display()
-                ),
+                Some(_) => {
+                    bail!("{}:{n}: `{k}`: must be a string (or a JSON object for json_match)", path.display())
+                }
                 None => bail!(
                     "{}:{n}: `{k}`: missing; each line needs \"prediction\" and \"reference\"",
                     path.display()
@@ -574,23 +501,14 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
         let (p, _) = field("prediction")?;
         let (r, structured) = field("reference")?;
         predictions.push(p);
-        rows.push(EvalRow {
-            line: n,
-            prompt: Vec::new(),
-            reference: r,
-            structured,
-        });
+        rows.push(EvalRow { line: n, prompt: Vec::new(), reference: r, structured });
     }
     if rows.is_empty() {
         bail!("{}: no rows", path.display());
     }
     let metrics = metrics_for(a.metrics.as_deref(), &rows, false)?;
     let references: Vec<String> = rows.iter().map(|r| r.reference.clone()).collect();
-    let answers = [Answers {
-        system: "predictions",
-        predictions: &predictions,
-        loss: None,
-    }];
+    let answers = [Answers { system: "predictions", predictions: &predictions, loss: None }];
     let (results, table) = score_systems(&references, &answers, &metrics, a.resamples, a.seed)?;
     let file = EvalFile {
         ferrotune_version: env!("CARGO_PKG_VERSION").into(),
@@ -627,10 +545,7 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
     }
     if let Some(out) = &a.out {
         report::write_all(out, &file, &[], None)?;
-        eprintln!(
-            "wrote {0}/eval.json, {0}/report.md, {0}/metrics.svg",
-            out.display()
-        );
+        eprintln!("wrote {0}/eval.json, {0}/report.md, {0}/metrics.svg", out.display());
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ const FLAGGED: u8 = 1;
 const ERROR: u8 = 2;
 
 #[derive(Args)]
-#[command(after_help = "Exit status: 0 clean (check) or done (eval, train); 1 check found something; 2 error or bad usage.")]
+#[command(
+    after_help = "Exit status: 0 clean (check) or done (eval, train); 1 check found something; 2 error or bad usage."
+)]
 pub struct GuardArgs {
     #[command(subcommand)]
     command: GuardCommand,
@@ -26,25 +28,31 @@ pub struct GuardArgs {
 #[derive(Subcommand)]
 enum GuardCommand {
     /// Run the input guards on one text: prompt injection (rules + classifier) and personal data.
-    #[command(after_help = "Prints the injection verdict (probability 0..1, the rule that fired, flagged or not at the \
+    #[command(
+        after_help = "Prints the injection verdict (probability 0..1, the rule that fired, flagged or not at the \
 threshold) and the kinds and counts of personal data found (never the matched text).\n\
 Texts over 16 KiB are judged on their first and last 8 KiB.\n\
-Exit status: 0 clean; 1 flagged (an injection, or personal data found); 2 error.")]
+Exit status: 0 clean; 1 flagged (an injection, or personal data found); 2 error."
+    )]
     Check(CheckArgs),
     /// Recall at 1% and 5% false positives, AUROC, per-source and per-family recall and latency
     /// of the injection detector on labelled rows.
-    #[command(after_help = "Rows: JSONL {\"text\": …, \"label\": 0|1, \"source\"?: …, \"family\"?: …} (1 = injection).\n\
+    #[command(
+        after_help = "Rows: JSONL {\"text\": …, \"label\": 0|1, \"source\"?: …, \"family\"?: …} (1 = injection).\n\
 Recall at X% FPR: the share of injections flagged at the lowest threshold that flags at most X% of the benign rows \
 (rule hits count as flagged whatever the threshold). Latency: microseconds per check on one thread, p50/p95 over \
 the rows, and for one 512-token input (the rows' text cut to 512 tokens of --tokenizer's tokenizer; 2,048 \
 characters when it is not installed).\n\
-Exit status: 0 done; 2 error (a bad row names the file, line and field).")]
+Exit status: 0 done; 2 error (a bad row names the file, line and field)."
+    )]
     Eval(EvalArgs),
     /// Train the injection classifier on labelled rows; the threshold is set at --target-fpr
     /// false positives on the validation rows.
-    #[command(after_help = "Rows: JSONL {\"text\": …, \"label\": 0|1} (1 = injection), as crates/guard/corpus/ holds them.\n\
+    #[command(
+        after_help = "Rows: JSONL {\"text\": …, \"label\": 0|1} (1 = injection), as crates/guard/corpus/ holds them.\n\
 Writes the model file (hashed n-gram weights, bias, threshold, training record; checksummed).\n\
-Exit status: 0 done; 2 error.")]
+Exit status: 0 done; 2 error."
+    )]
     Train(TrainArgs),
 }
 
@@ -213,7 +221,9 @@ fn long_input(rows: &[LabelledText], tokenizer: &str) -> (String, String) {
             let chars = s.chars().count();
             (s, format!("{n} tokens of {tokenizer} ({chars} characters)"))
         }
-        Err(_) => (cut_chars(2048), format!("2048 characters ({tokenizer} not installed: ≈ 512 tokens of English)")),
+        Err(_) => {
+            (cut_chars(2048), format!("2048 characters ({tokenizer} not installed: ≈ 512 tokens of English)"))
+        }
     }
 }
 
@@ -241,16 +251,35 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{}: {} rows ({} injections, {} benign)", a.data.display(), report.rows, report.attacks, report.benign);
+    println!(
+        "{}: {} rows ({} injections, {} benign)",
+        a.data.display(),
+        report.rows,
+        report.attacks,
+        report.benign
+    );
     for p in &report.at_fpr {
         let target = p.target_fpr.unwrap_or(0.0);
         let over = if p.fpr > target + 1e-12 { " — the rules alone exceed this FPR" } else { "" };
-        println!("recall at {} FPR: {} (threshold {:.4}; FPR {}, {} of {} injections){over}", pct(target), pct(p.recall), p.threshold, pct(p.fpr), p.true_positives, report.attacks);
+        println!(
+            "recall at {} FPR: {} (threshold {:.4}; FPR {}, {} of {} injections){over}",
+            pct(target),
+            pct(p.recall),
+            p.threshold,
+            pct(p.fpr),
+            p.true_positives,
+            report.attacks
+        );
     }
     if let Some(p) = &report.at_threshold {
         println!(
             "at the model's threshold {:.4}: recall {}, FPR {}, precision {} ({} true, {} false positives)",
-            p.threshold, pct(p.recall), pct(p.fpr), pct(p.precision), p.true_positives, p.false_positives
+            p.threshold,
+            pct(p.recall),
+            pct(p.fpr),
+            pct(p.precision),
+            p.true_positives,
+            p.false_positives
         );
     }
     println!("AUROC {:.4} (classifier alone {:.4})", report.auroc, report.auroc_classifier);
@@ -270,8 +299,14 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             println!("  {k:60} {recall:>6} ({}/{}; {}/{})", g.caught, g.attacks, g.flagged_benign, g.benign);
         }
     }
-    println!("latency per text: p50 {:.0} µs, p95 {:.0} µs ({} texts, one thread)", per_text.p50_us, per_text.p95_us, per_text.runs);
-    println!("latency of a 512-token input: p50 {:.0} µs, p95 {:.0} µs ({} runs; {long_what})", long_lat.p50_us, long_lat.p95_us, long_lat.runs);
+    println!(
+        "latency per text: p50 {:.0} µs, p95 {:.0} µs ({} texts, one thread)",
+        per_text.p50_us, per_text.p95_us, per_text.runs
+    );
+    println!(
+        "latency of a 512-token input: p50 {:.0} µs, p95 {:.0} µs ({} runs; {long_what})",
+        long_lat.p50_us, long_lat.p95_us, long_lat.runs
+    );
     Ok(())
 }
 
@@ -279,30 +314,61 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     if !a.buckets.is_power_of_two() || a.buckets < 2 {
         bail!("--buckets: must be a power of two ≥ 2, got {}", a.buckets);
     }
-    let cfg = TrainConfig { bits: a.buckets.trailing_zeros(), epochs: a.epochs, lr: a.lr, l2: a.l2, seed: a.seed, target_fpr: a.target_fpr };
+    let cfg = TrainConfig {
+        bits: a.buckets.trailing_zeros(),
+        epochs: a.epochs,
+        lr: a.lr,
+        l2: a.l2,
+        seed: a.seed,
+        target_fpr: a.target_fpr,
+    };
     let train_rows = injection::read_labelled(&a.data)?;
     let val_rows = injection::read_labelled(&a.validation)?;
     let count = |r: &[LabelledText]| r.iter().filter(|x| x.label).count();
     eprintln!(
         "training on {} rows ({} injections), validation {} rows ({} injections), {} buckets, {} epochs",
-        train_rows.len(), count(&train_rows), val_rows.len(), count(&val_rows), a.buckets, a.epochs
+        train_rows.len(),
+        count(&train_rows),
+        val_rows.len(),
+        count(&val_rows),
+        a.buckets,
+        a.epochs
     );
     let start = std::time::Instant::now();
     let (det, report) = injection::train(&train_rows, &val_rows, &cfg, |e| {
-        eprintln!("epoch {:3}: train loss {:.4}, validation loss {:.4}, validation AUROC {:.4}", e.epoch, e.train_loss, e.validation_loss, e.validation_auroc);
+        eprintln!(
+            "epoch {:3}: train loss {:.4}, validation loss {:.4}, validation AUROC {:.4}",
+            e.epoch, e.train_loss, e.validation_loss, e.validation_auroc
+        );
     })?;
     det.save(&a.out)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"out": a.out.display().to_string(), "report": report}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"out": a.out.display().to_string(), "report": report})
+            )?
+        );
         return Ok(());
     }
     let v = &report.validation;
     println!("wrote {} in {:.1} s", a.out.display(), start.elapsed().as_secs_f64());
     for p in &v.at_fpr {
-        println!("validation recall at {} FPR: {} (threshold {:.4})", pct(p.target_fpr.unwrap_or(0.0)), pct(p.recall), p.threshold);
+        println!(
+            "validation recall at {} FPR: {} (threshold {:.4})",
+            pct(p.target_fpr.unwrap_or(0.0)),
+            pct(p.recall),
+            p.threshold
+        );
     }
     if let Some(p) = &v.at_threshold {
-        println!("threshold {:.4} (chosen at {} FPR on validation): recall {}, FPR {}", report.threshold, pct(a.target_fpr), pct(p.recall), pct(p.fpr));
+        println!(
+            "threshold {:.4} (chosen at {} FPR on validation): recall {}, FPR {}",
+            report.threshold,
+            pct(a.target_fpr),
+            pct(p.recall),
+            pct(p.fpr)
+        );
     }
     println!("validation AUROC {:.4} (classifier alone {:.4})", v.auroc, v.auroc_classifier);
     Ok(())

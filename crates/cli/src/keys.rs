@@ -105,11 +105,26 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
     let store = KeyStore::open(&path)?;
     match a.command {
         KeysCommand::Create { name, models, admin, rpm, tpm, kbs, max_concurrent, logprobs } => {
-            let key =
-                ApiKey { name: name.clone(), models: names(models), admin, rpm, tpm, kbs: names(kbs), max_concurrent, logprobs, ..Default::default() };
+            let key = ApiKey {
+                name: name.clone(),
+                models: names(models),
+                admin,
+                rpm,
+                tpm,
+                kbs: names(kbs),
+                max_concurrent,
+                logprobs,
+                ..Default::default()
+            };
             let secret = store.create(&key)?;
             let scope = serde_json::json!({"models": key.models, "admin": admin, "rpm": rpm, "tpm": tpm, "kbs": key.kbs, "max_concurrent": max_concurrent, "logprobs": logprobs});
-            crate::audit::trail(&ferrotune_govern::actor(None), "keys.create", serde_json::json!({"key": name}), "ok", scope)?;
+            crate::audit::trail(
+                &ferrotune_govern::actor(None),
+                "keys.create",
+                serde_json::json!({"key": name}),
+                "ok",
+                scope,
+            )?;
             eprintln!("created key `{name}` in {}; it is shown only now:", path.display());
             println!("{secret}");
         }
@@ -149,16 +164,30 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
                 logprobs,
             };
             if u == KeyUpdate::default() {
-                anyhow::bail!("nothing to change: give --models, --kbs, --rpm, --tpm, --max-concurrent or --logprobs");
+                anyhow::bail!(
+                    "nothing to change: give --models, --kbs, --rpm, --tpm, --max-concurrent or --logprobs"
+                );
             }
             store.update(&name, &u)?;
             let change = serde_json::json!({"models": u.models, "kbs": u.kbs, "rpm": u.rpm, "tpm": u.tpm, "max_concurrent": u.max_concurrent, "logprobs": u.logprobs});
-            crate::audit::trail(&ferrotune_govern::actor(None), "keys.update", serde_json::json!({"key": name}), "ok", change)?;
+            crate::audit::trail(
+                &ferrotune_govern::actor(None),
+                "keys.update",
+                serde_json::json!({"key": name}),
+                "ok",
+                change,
+            )?;
             eprintln!("updated key `{name}`");
         }
         KeysCommand::Revoke { name } => {
             store.revoke(&name)?;
-            crate::audit::trail(&ferrotune_govern::actor(None), "keys.revoke", serde_json::json!({"key": name}), "ok", serde_json::json!({}))?;
+            crate::audit::trail(
+                &ferrotune_govern::actor(None),
+                "keys.revoke",
+                serde_json::json!({"key": name}),
+                "ok",
+                serde_json::json!({}),
+            )?;
             eprintln!("revoked key `{name}`");
         }
     }

@@ -21,11 +21,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-
 #[derive(Parser)]
-#[command(name = "ferrotune", version, about = "Fine-tune, evaluate and serve LLaMA-family models from your own examples")]
-#[command(after_help = "State (installed models, keys, registry) lives in $FERROTUNE_HOME (default ~/.ferrotune).\n\
-CPU threads: set RAYON_NUM_THREADS (default: all cores).")]
+#[command(
+    name = "ferrotune",
+    version,
+    about = "Fine-tune, evaluate and serve LLaMA-family models from your own examples"
+)]
+#[command(
+    after_help = "State (installed models, keys, registry) lives in $FERROTUNE_HOME (default ~/.ferrotune).\n\
+CPU threads: set RAYON_NUM_THREADS (default: all cores)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -130,7 +135,8 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERROTUNE_LOG").unwrap_or_else(|_| "warn,ferrotune_serve=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FERROTUNE_LOG")
+                .unwrap_or_else(|_| "warn,ferrotune_serve=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -162,7 +168,8 @@ fn main() -> ExitCode {
         // with the threads asked for (or the cores), then the variable tells candle 1 — gemm
         // splitting each share's products over threads that are busy with the other shares cost
         // ~9% of the step's speed (bench train, 2 threads). GPU matmuls do not read it.
-        let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
+        let threads =
+            std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0);
         let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         // SAFETY: no other thread exists yet; the pool is built after the variable is set.
         #[allow(unsafe_code)]

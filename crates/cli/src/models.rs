@@ -56,7 +56,9 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
                 let path = st.path_of(&name)?.unwrap_or_default();
                 match outcome {
                     Pulled::Installed => println!("installed {name} -> {}", path.display()),
-                    Pulled::AlreadyInstalled => println!("{name} already installed (files verified) -> {}", path.display()),
+                    Pulled::AlreadyInstalled => {
+                        println!("{name} already installed (files verified) -> {}", path.display())
+                    }
                 }
             }
         }

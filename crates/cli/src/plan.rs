@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use ferrotune_data::{Renderer, ValidateOptions};
-use ferrotune_model::store::DEFAULT_MODEL;
 use ferrotune_model::ModelConfig;
+use ferrotune_model::store::DEFAULT_MODEL;
 use ferrotune_plan::cost::{Prices, Traffic};
 use ferrotune_plan::hyper::DataStats;
 use ferrotune_plan::{Method, PlanInputs, hardware, shapes, throughput};
@@ -77,9 +77,23 @@ fn calibrate() -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let tmp = dir.join(".calibration.json.tmp");
     let exe = std::env::current_exe()?;
-    eprintln!("calibrating: `ferrotune bench train` (SmolLM2-135M shape, random weights, 4 × 256 tokens, 3 timed steps) on this CPU…");
+    eprintln!(
+        "calibrating: `ferrotune bench train` (SmolLM2-135M shape, random weights, 4 × 256 tokens, 3 timed steps) on this CPU…"
+    );
     let status = std::process::Command::new(exe)
-        .args(["bench", "train", "--shape", "smollm2-135m", "--batch", "4", "--seq", "256", "--steps", "3", "--json"])
+        .args([
+            "bench",
+            "train",
+            "--shape",
+            "smollm2-135m",
+            "--batch",
+            "4",
+            "--seq",
+            "256",
+            "--steps",
+            "3",
+            "--json",
+        ])
         .arg(&tmp)
         .status()?;
     if !status.success() {
@@ -99,25 +113,51 @@ fn calibrate() -> anyhow::Result<()> {
 fn model_of(spec: &str) -> anyhow::Result<(ModelConfig, Arc<Renderer>, String, String)> {
     let installed_or_path = ferrotune_model::store::resolve(spec).ok().filter(|p| p.exists());
     if let Some(path) = installed_or_path {
-        let cfg = ferrotune_model::loaded::load_config(&path.display().to_string()).with_context(|| format!("reading the configuration of {}", path.display()))?;
-        let text = ferrotune_model::loaded::load_text_path(&path).with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-        return Ok((cfg, Arc::new(Renderer::from_text_model(&text)?), spec.to_string(), "counted with the model's own tokenizer and chat template".into()));
+        let cfg = ferrotune_model::loaded::load_config(&path.display().to_string())
+            .with_context(|| format!("reading the configuration of {}", path.display()))?;
+        let text = ferrotune_model::loaded::load_text_path(&path)
+            .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+        return Ok((
+            cfg,
+            Arc::new(Renderer::from_text_model(&text)?),
+            spec.to_string(),
+            "counted with the model's own tokenizer and chat template".into(),
+        ));
     }
     let Some(canon) = shapes::canonical(spec) else {
-        bail!("--model {spec}: not an installed model, a model file or directory, or a known shape ({})", shapes::names().join(", "));
+        bail!(
+            "--model {spec}: not an installed model, a model file or directory, or a known shape ({})",
+            shapes::names().join(", ")
+        );
     };
     let cfg = shapes::lookup(canon)?;
     let text = ferrotune_model::loaded::load_text(DEFAULT_MODEL)
         .with_context(|| format!("--model {canon} is a shape without a tokenizer; its tokens are counted with {DEFAULT_MODEL}'s, which is not installed (ferrotune models pull)"))?;
-    Ok((cfg, Arc::new(Renderer::from_text_model(&text)?), canon.to_string(), format!("counted with {DEFAULT_MODEL}'s tokenizer as a stand-in for {canon}'s")))
+    Ok((
+        cfg,
+        Arc::new(Renderer::from_text_model(&text)?),
+        canon.to_string(),
+        format!("counted with {DEFAULT_MODEL}'s tokenizer as a stand-in for {canon}'s"),
+    ))
 }
 
 fn data_stats(data: &Path, renderer: Arc<Renderer>) -> anyhow::Result<DataStats> {
-    let opts = ValidateOptions { renderer: Some(renderer), max_seq_len: usize::MAX / 2, ..ValidateOptions::default() };
-    let report = ferrotune_data::validate(&[data.to_path_buf()], &opts).with_context(|| format!("reading {}", data.display()))?;
+    let opts = ValidateOptions {
+        renderer: Some(renderer),
+        max_seq_len: usize::MAX / 2,
+        ..ValidateOptions::default()
+    };
+    let report = ferrotune_data::validate(&[data.to_path_buf()], &opts)
+        .with_context(|| format!("reading {}", data.display()))?;
     let st = &report.stats;
     let Some(tokens) = &st.total_tokens else {
-        bail!("{}: no valid rows to plan with ({} rows, {} errors; `ferrotune data validate {}` lists them)", data.display(), st.rows, report.errors, data.display());
+        bail!(
+            "{}: no valid rows to plan with ({} rows, {} errors; `ferrotune data validate {}` lists them)",
+            data.display(),
+            st.rows,
+            report.errors,
+            data.display()
+        );
     };
     Ok(DataStats {
         rows: st.valid_rows,
@@ -154,7 +194,11 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     if !(a.utilization > 0.0 && a.utilization <= 1.0) {
         bail!("--utilization {} is not in (0, 1]", a.utilization);
     }
-    for (name, v) in [("--epochs", a.epochs), ("--requests-per-day", a.requests_per_day), ("--tokens-per-request", a.tokens_per_request)] {
+    for (name, v) in [
+        ("--epochs", a.epochs),
+        ("--requests-per-day", a.requests_per_day),
+        ("--tokens-per-request", a.tokens_per_request),
+    ] {
         if let Some(v) = v
             && !(v.is_finite() && v > 0.0)
         {
@@ -203,7 +247,11 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         epochs: a.epochs,
         batch_size: a.batch_size,
         max_seq_len: a.max_seq_len,
-        traffic: a.requests_per_day.zip(a.tokens_per_request).map(|(r, t)| Traffic { requests_per_day: r, tokens_per_request: t, completion_share: a.completion_share }),
+        traffic: a.requests_per_day.zip(a.tokens_per_request).map(|(r, t)| Traffic {
+            requests_per_day: r,
+            tokens_per_request: t,
+            completion_share: a.completion_share,
+        }),
         prices,
         records,
         serve_records: throughput::builtin_serve_records(),

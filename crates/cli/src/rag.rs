@@ -9,7 +9,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_rag::eval::{evaluate, read_queries};
 use ferrotune_rag::manifest::Manifest;
 use ferrotune_rag::source::collect;
-use ferrotune_rag::{ChunkConfig, Embedder, KbSettings, KnowledgeBase, MAX_K, Mode, Progress, RagError, Writer, kb_path};
+use ferrotune_rag::{
+    ChunkConfig, Embedder, KbSettings, KnowledgeBase, MAX_K, Mode, Progress, RagError, Writer, kb_path,
+};
 
 #[derive(Args)]
 #[command(after_help = "Knowledge bases live in $FERROTUNE_HOME/kb/NAME (default ~/.ferrotune/kb/NAME); \
@@ -166,7 +168,10 @@ fn ingest(a: IngestArgs, root: Option<&Path>) -> anyhow::Result<()> {
     // Read and check every input before anything is opened for writing.
     let collected = collect(&a.paths)?;
     if collected.docs.is_empty() {
-        bail!("no documents found in {} (looked for .txt, .md, .markdown, .html, .htm, .jsonl)", show_paths(&a.paths));
+        bail!(
+            "no documents found in {} (looked for .txt, .md, .markdown, .html, .htm, .jsonl)",
+            show_paths(&a.paths)
+        );
     }
     for f in &collected.skipped_files {
         eprintln!("skipped {} (not .txt/.md/.markdown/.html/.htm/.jsonl)", f.display());
@@ -185,8 +190,9 @@ fn ingest(a: IngestArgs, root: Option<&Path>) -> anyhow::Result<()> {
             overlap_tokens: a.overlap_tokens.unwrap_or(base.chunking.overlap_tokens),
         },
     };
-    let embedder = Embedder::load_named(&requested.embedder)
-        .with_context(|| format!("loading the embedder {:?} (install it with `ferrotune models pull`)", requested.embedder))?;
+    let embedder = Embedder::load_named(&requested.embedder).with_context(|| {
+        format!("loading the embedder {:?} (install it with `ferrotune models pull`)", requested.embedder)
+    })?;
     requested.chunking.validate(embedder.max_seq_length()).map_err(|e| anyhow::anyhow!(e))?;
     let mut writer = Writer::open(&dir, asked.then_some(&requested), embedder.dim())?;
     if !writer.repaired().is_empty() {
@@ -316,7 +322,10 @@ fn list(a: ListArgs, root: Option<&Path>) -> anyhow::Result<()> {
     let w = docs.iter().map(|d| d.id.len()).max().unwrap_or(2).max(2);
     println!("{:<w$}  {:>8}  {:>6}  {:<8}  origin", "id", "chars", "chunks", "kind");
     for d in docs {
-        let kind = serde_json::to_value(d.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let kind = serde_json::to_value(d.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         println!("{:<w$}  {:>8}  {:>6}  {:<8}  {}", d.id, d.chars, d.chunks, kind, d.origin);
     }
     Ok(())
@@ -341,7 +350,10 @@ fn eval(a: EvalArgs, root: Option<&Path>) -> anyhow::Result<()> {
         return Ok(());
     }
     for (line, id) in &report.unknown_relevant {
-        eprintln!("warning: {}:{line}: relevant document {id:?} is not in the knowledge base", a.queries.display());
+        eprintln!(
+            "warning: {}:{line}: relevant document {id:?} is not in the knowledge base",
+            a.queries.display()
+        );
     }
     println!(
         "{} ({} documents, {} chunks): {} queries, documents ranked by their best chunk",

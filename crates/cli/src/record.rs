@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use ferrotune_govern::{
-    ArtifactKind, ArtifactRecord, EvalSystem, FileHash, Flops, NewArtifact, NewDataset, NewEval, NewModel, NewRun, Registry,
-    RunEnd, RunStatus,
+    ArtifactKind, ArtifactRecord, EvalSystem, FileHash, Flops, NewArtifact, NewDataset, NewEval, NewModel,
+    NewRun, Registry, RunEnd, RunStatus,
 };
 
 /// The flags every recording command takes.
@@ -27,7 +27,10 @@ impl RegistryFlags {
             return Ok(None);
         }
         let path = self.registry.clone().unwrap_or_else(ferrotune_govern::default_path);
-        Ok(Some(Registry::open(&path).with_context(|| "opening the registry (pass --no-registry to run without it)")?))
+        Ok(Some(
+            Registry::open(&path)
+                .with_context(|| "opening the registry (pass --no-registry to run without it)")?,
+        ))
     }
 }
 
@@ -87,7 +90,9 @@ pub fn validated(reg: &Registry, report: &ferrotune_data::Report) -> anyhow::Res
     let mut ids = Vec::new();
     for f in &report.files {
         let mut d = dataset(hash_file(Path::new(&f.path))?);
-        d.format = f.format.map(|x| serde_json::to_value(x).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
+        d.format = f.format.map(|x| {
+            serde_json::to_value(x).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        });
         d.rows = Some(f.rows);
         // The counts are over every file checked together (duplicates and leakage are found
         // across them): each file's record carries the run's summary.
@@ -138,7 +143,8 @@ impl<'r> TrainRecord<'r> {
             datasets.push(self.reg.register_dataset(&dataset(f.clone()))?);
         }
         let run_dir = std::path::absolute(s.run_dir).unwrap_or_else(|_| s.run_dir.to_path_buf());
-        let name = run_dir.file_name().map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned());
+        let name =
+            run_dir.file_name().map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned());
         let register_as = self.register_as.clone().unwrap_or_else(|| artifact_name(&name));
         let run = self.reg.begin_run(&NewRun {
             name,
@@ -158,11 +164,21 @@ impl<'r> TrainRecord<'r> {
     }
 
     /// Record the outcome; on success the output becomes the next version of the run's name.
-    pub fn finished(&self, result: &ferrotune_train::Result<ferrotune_train::RunSummary>) -> anyhow::Result<Option<ArtifactRecord>> {
+    pub fn finished(
+        &self,
+        result: &ferrotune_train::Result<ferrotune_train::RunSummary>,
+    ) -> anyhow::Result<Option<ArtifactRecord>> {
         let Some(run) = self.run else { return Ok(None) };
         let s = match result {
             Err(e) => {
-                let end = RunEnd { status: RunStatus::Failed, error: Some(e.to_string()), tokens: None, steps: None, metrics: None, flops: None };
+                let end = RunEnd {
+                    status: RunStatus::Failed,
+                    error: Some(e.to_string()),
+                    tokens: None,
+                    steps: None,
+                    metrics: None,
+                    flops: None,
+                };
                 self.reg.finish_run(run, &end)?;
                 return Ok(None);
             }
@@ -194,8 +210,16 @@ impl<'r> TrainRecord<'r> {
 /// A run folder's name as an artifact name: characters other than letters, digits, `.`, `_` and
 /// `-` become `-`, at most 64 of them.
 pub fn artifact_name(folder: &str) -> String {
-    let n: String = folder.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).take(64).collect();
-    if n.is_empty() || n.chars().all(|c| c.is_ascii_digit()) { format!("run-{}", &n[..n.len().min(60)]) } else { n }
+    let n: String = folder
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .take(64)
+        .collect();
+    if n.is_empty() || n.chars().all(|c| c.is_ascii_digit()) {
+        format!("run-{}", &n[..n.len().min(60)])
+    } else {
+        n
+    }
 }
 
 /// Training compute by the standard estimate for a decoder (Kaplan et al. 2020; the
@@ -211,14 +235,20 @@ pub fn training_flops(base: u64, trainable: u64, tokens: u64, full: bool) -> Flo
     } else {
         Flops {
             value: (4.0 * n + 6.0 * trainable as f64) * t,
-            formula: format!("(4·N + 6·N_lora)·T, N = {base} base parameters, N_lora = {trainable} LoRA parameters, T = {tokens} tokens"),
+            formula: format!(
+                "(4·N + 6·N_lora)·T, N = {base} base parameters, N_lora = {trainable} LoRA parameters, T = {tokens} tokens"
+            ),
         }
     }
 }
 
 /// What a `train.start` audit entry names: the run (folder, registry id), the hashes of its
 /// config, data and base model files.
-pub fn train_subject(s: &ferrotune_train::RunStart<'_>, inputs: &RunInputs, run: Option<i64>) -> anyhow::Result<serde_json::Value> {
+pub fn train_subject(
+    s: &ferrotune_train::RunStart<'_>,
+    inputs: &RunInputs,
+    run: Option<i64>,
+) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "run_dir": std::path::absolute(s.run_dir)?.display().to_string(),
         "run": run,
@@ -229,9 +259,14 @@ pub fn train_subject(s: &ferrotune_train::RunStart<'_>, inputs: &RunInputs, run:
 }
 
 /// `eval`: the written eval.json, its systems matched to registered versions by their files.
-pub fn evaluated(reg: &Registry, eval_json: &Path, sha256: &str) -> anyhow::Result<ferrotune_govern::EvalRecord> {
+pub fn evaluated(
+    reg: &Registry,
+    eval_json: &Path,
+    sha256: &str,
+) -> anyhow::Result<ferrotune_govern::EvalRecord> {
     let text = std::fs::read_to_string(eval_json).with_context(|| eval_json.display().to_string())?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| eval_json.display().to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| eval_json.display().to_string())?;
     let s = |ptr: &str| v.pointer(ptr).and_then(|x| x.as_str()).unwrap_or_default().to_string();
     let mut systems = Vec::new();
     for sys in v["systems"].as_array().into_iter().flatten() {
@@ -240,7 +275,11 @@ pub fn evaluated(reg: &Registry, eval_json: &Path, sha256: &str) -> anyhow::Resu
             Some(dir) if Path::new(dir).is_dir() => hash_dir(Path::new(dir))?,
             _ => Vec::new(),
         };
-        systems.push(EvalSystem { name: sys["name"].as_str().unwrap_or_default().to_string(), adapter, adapter_files });
+        systems.push(EvalSystem {
+            name: sys["name"].as_str().unwrap_or_default().to_string(),
+            adapter,
+            adapter_files,
+        });
     }
     Ok(reg.register_eval(&NewEval {
         path: std::path::absolute(eval_json)?.display().to_string(),

@@ -7,12 +7,14 @@ use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_govern::{Policy, Promotion, Registry};
 
 #[derive(Args)]
-#[command(after_help = "The registry is $FERROTUNE_HOME/registry.db (SQLite). `train`, `eval` and `data validate` record \
+#[command(
+    after_help = "The registry is $FERROTUNE_HOME/registry.db (SQLite). `train`, `eval` and `data validate` record \
 into it unless given --no-registry.\n\
 References: NAME (its `champion`), NAME@VERSION (NAME@3), NAME@ALIAS (NAME@canary).\n\
 Identity: --by USER, else the OS user ($USER), recorded as given: the registry does not authenticate anyone.\n\
 Release rules: $FERROTUNE_HOME/policy.toml or --policy (without one, `champion` needs one approval by someone \
-other than the requester; other aliases move when asked).")]
+other than the requester; other aliases move when asked)."
+)]
 pub struct RegistryArgs {
     /// Registry database [default: $FERROTUNE_HOME/registry.db].
     #[arg(long, global = true, value_name = "FILE")]
@@ -130,9 +132,14 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 /// NAME@VERSION, for the commands that act on one version.
 fn name_version(reg: &Registry, reference: &str) -> anyhow::Result<(String, u32)> {
     match reference.parse::<ferrotune_govern::Reference>()? {
-        ferrotune_govern::Reference { name, selector: ferrotune_govern::Selector::Version(v) } => Ok((name, v)),
+        ferrotune_govern::Reference { name, selector: ferrotune_govern::Selector::Version(v) } => {
+            Ok((name, v))
+        }
         _ => {
-            let hint = reg.resolve(reference, "champion").map(|a| format!(" (it is {} now)", a.reference())).unwrap_or_default();
+            let hint = reg
+                .resolve(reference, "champion")
+                .map(|a| format!(" (it is {} now)", a.reference()))
+                .unwrap_or_default();
             anyhow::bail!("`{reference}`: name the version, as NAME@VERSION{hint}")
         }
     }
@@ -172,8 +179,23 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
                     format!(" {al}: {from} → {to}")
                 });
                 let request = e.request.map(|r| format!(" (request {r})")).unwrap_or_default();
-                let reason = e.reason.as_deref().filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default();
-                println!("{}  {:<18} {}{}{}  by {}{}{}", e.time, e.action, e.name, version, alias.unwrap_or_default(), e.actor, request, reason);
+                let reason = e
+                    .reason
+                    .as_deref()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                println!(
+                    "{}  {:<18} {}{}{}  by {}{}{}",
+                    e.time,
+                    e.action,
+                    e.name,
+                    version,
+                    alias.unwrap_or_default(),
+                    e.actor,
+                    request,
+                    reason
+                );
             }
             Ok(())
         }
@@ -181,7 +203,13 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
             let policy = Policy::load(policy.as_deref())?;
             let actor = ferrotune_govern::actor(by.as_deref());
             let subject = serde_json::json!({"name": name, "version": version, "alias": to});
-            let p = audited(&actor, "registry.promote", subject, &serde_json::json!({"reason": reason}), reg.promote(&name, version, &to, &reason, &actor, &policy))?;
+            let p = audited(
+                &actor,
+                "registry.promote",
+                subject,
+                &serde_json::json!({"reason": reason}),
+                reg.promote(&name, version, &to, &reason, &actor, &policy),
+            )?;
             report_promotion(&name, &p, json)
         }
         RegistryCommand::Approve { request, by, policy } => {
@@ -190,14 +218,25 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
             let about = reg.request(request).ok();
             let subject = serde_json::json!({"request": request, "name": about.as_ref().map(|r| &r.name), "version": about.as_ref().map(|r| r.version),
                 "alias": about.as_ref().map(|r| &r.alias)});
-            let p = audited(&actor, "registry.approve", subject, &serde_json::json!({}), reg.approve(request, &actor, &policy))?;
+            let p = audited(
+                &actor,
+                "registry.approve",
+                subject,
+                &serde_json::json!({}),
+                reg.approve(request, &actor, &policy),
+            )?;
             let name = about.map(|r| r.name).unwrap_or_default();
             report_promotion(&name, &p, json)
         }
         RegistryCommand::Reject { request, reason, by } => {
             let actor = ferrotune_govern::actor(by.as_deref());
-            let r = audited(&actor, "registry.reject", serde_json::json!({"request": request}), &serde_json::json!({"reason": reason}),
-                reg.reject(request, &actor, &reason))?;
+            let r = audited(
+                &actor,
+                "registry.reject",
+                serde_json::json!({"request": request}),
+                &serde_json::json!({"reason": reason}),
+                reg.reject(request, &actor, &reason),
+            )?;
             if json {
                 return print_json(&r);
             }
@@ -207,20 +246,34 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
         RegistryCommand::Disable { reference, reason, by } => {
             let (name, version) = name_version(&reg, &reference)?;
             let actor = ferrotune_govern::actor(by.as_deref());
-            let a = audited(&actor, "registry.disable", serde_json::json!({"name": name, "version": version}), &serde_json::json!({"reason": reason}),
-                reg.disable(&name, version, &reason, &actor))?;
+            let a = audited(
+                &actor,
+                "registry.disable",
+                serde_json::json!({"name": name, "version": version}),
+                &serde_json::json!({"reason": reason}),
+                reg.disable(&name, version, &reason, &actor),
+            )?;
             if json {
                 return print_json(&a);
             }
-            let aliases = if a.aliases.is_empty() { String::new() } else { format!(" (still holds {}: requests for it are refused)", a.aliases.join(", ")) };
+            let aliases = if a.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" (still holds {}: requests for it are refused)", a.aliases.join(", "))
+            };
             println!("{} disabled{aliases}", a.reference());
             Ok(())
         }
         RegistryCommand::Enable { reference, reason, by } => {
             let (name, version) = name_version(&reg, &reference)?;
             let actor = ferrotune_govern::actor(by.as_deref());
-            let a = audited(&actor, "registry.enable", serde_json::json!({"name": name, "version": version}), &serde_json::json!({"reason": reason}),
-                reg.enable(&name, version, &reason, &actor))?;
+            let a = audited(
+                &actor,
+                "registry.enable",
+                serde_json::json!({"name": name, "version": version}),
+                &serde_json::json!({"reason": reason}),
+                reg.enable(&name, version, &reason, &actor),
+            )?;
             if json {
                 return print_json(&a);
             }
@@ -236,7 +289,9 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
             let c = ferrotune_govern::card::CardToml::load(card_file.as_deref())?;
             let written = ferrotune_govern::card::write(&out, &l, &c)?;
             if json {
-                return print_json(&serde_json::json!({"card": written, "reference": l.artifact.reference()}));
+                return print_json(
+                    &serde_json::json!({"card": written, "reference": l.artifact.reference()}),
+                );
             }
             println!("wrote {} for {}", written.display(), l.artifact.reference());
             Ok(())
@@ -244,12 +299,23 @@ pub fn run(a: RegistryArgs) -> anyhow::Result<()> {
         RegistryCommand::Import { run_dir, register_as, by } => {
             let actor = ferrotune_govern::actor(by.as_deref());
             let imported = reg.import_run(&run_dir, register_as.as_deref(), &actor);
-            let l = audited(&actor, "registry.import", serde_json::json!({"run_dir": run_dir}), &serde_json::json!({}), imported)
-                .with_context(|| format!("importing {}", run_dir.display()))?;
+            let l = audited(
+                &actor,
+                "registry.import",
+                serde_json::json!({"run_dir": run_dir}),
+                &serde_json::json!({}),
+                imported,
+            )
+            .with_context(|| format!("importing {}", run_dir.display()))?;
             if json {
                 return print_json(&l);
             }
-            println!("imported {} as {} ({} evaluation(s))", run_dir.display(), l.artifact.reference(), l.evals.len());
+            println!(
+                "imported {} as {} ({} evaluation(s))",
+                run_dir.display(),
+                l.artifact.reference(),
+                l.evals.len()
+            );
             Ok(())
         }
     }
@@ -304,9 +370,18 @@ fn list(reg: &Registry, kind: Kind, json: bool) -> anyhow::Result<()> {
                 return print_json(&v);
             }
             for m in &v {
-                let params = m.parameters.map(|p| format!("{:.1}M parameters", p as f64 / 1e6)).unwrap_or_else(|| "parameters unknown".into());
+                let params = m
+                    .parameters
+                    .map(|p| format!("{:.1}M parameters", p as f64 / 1e6))
+                    .unwrap_or_else(|| "parameters unknown".into());
                 let sha = m.files.first().map(|f| &f.sha256[..12.min(f.sha256.len())]).unwrap_or("");
-                println!("{:>4}  {}  {params}  {} file(s) sha256 {sha}…  {}", m.id, m.name, m.files.len(), m.created);
+                println!(
+                    "{:>4}  {}  {params}  {} file(s) sha256 {sha}…  {}",
+                    m.id,
+                    m.name,
+                    m.files.len(),
+                    m.created
+                );
             }
         }
         Kind::Datasets => {
@@ -318,7 +393,13 @@ fn list(reg: &Registry, kind: Kind, json: bool) -> anyhow::Result<()> {
                 let rows = d.rows.map(|r| format!("{r} rows")).unwrap_or_else(|| "rows ?".into());
                 let pii = d.pii_findings.map(|p| format!("  PII findings {p}")).unwrap_or_default();
                 let dups = d.duplicates.map(|p| format!("  duplicates {p}")).unwrap_or_default();
-                println!("{:>4}  {}  {}  {rows}  sha256 {}…{pii}{dups}", d.id, d.path, d.format.as_deref().unwrap_or("-"), &d.sha256[..12.min(d.sha256.len())]);
+                println!(
+                    "{:>4}  {}  {}  {rows}  sha256 {}…{pii}{dups}",
+                    d.id,
+                    d.path,
+                    d.format.as_deref().unwrap_or("-"),
+                    &d.sha256[..12.min(d.sha256.len())]
+                );
             }
         }
         Kind::Runs => {
@@ -330,7 +411,10 @@ fn list(reg: &Registry, kind: Kind, json: bool) -> anyhow::Result<()> {
                 let status = serde_json::to_value(r.status)?.as_str().unwrap_or("?").to_string();
                 let tokens = r.tokens.map(|t| format!("  {t} tokens")).unwrap_or_default();
                 let flops = r.flops.as_ref().map(|f| format!("  {:.2e} FLOPs", f.value)).unwrap_or_default();
-                println!("{:>4}  {:<24} {:<10} {}  by {}  {}{tokens}{flops}  → {}", r.id, r.name, status, r.started, r.actor, r.device, r.register_as);
+                println!(
+                    "{:>4}  {:<24} {:<10} {}  by {}  {}{tokens}{flops}  → {}",
+                    r.id, r.name, status, r.started, r.actor, r.device, r.register_as
+                );
             }
         }
         Kind::Artifacts => {
@@ -339,13 +423,30 @@ fn list(reg: &Registry, kind: Kind, json: bool) -> anyhow::Result<()> {
                 return print_json(&v);
             }
             if v.is_empty() {
-                println!("no artifacts on record ({}); `ferrotune train` registers its output", reg.path().display());
+                println!(
+                    "no artifacts on record ({}); `ferrotune train` registers its output",
+                    reg.path().display()
+                );
             }
             for a in &v {
-                let aliases = if a.aliases.is_empty() { String::new() } else { format!("  [{}]", a.aliases.join(", ")) };
-                let disabled = if a.disabled { format!("  DISABLED: {}", a.disabled_reason.as_deref().unwrap_or("")) } else { String::new() };
+                let aliases = if a.aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", a.aliases.join(", "))
+                };
+                let disabled = if a.disabled {
+                    format!("  DISABLED: {}", a.disabled_reason.as_deref().unwrap_or(""))
+                } else {
+                    String::new()
+                };
                 let run = a.run.map(|r| format!("run {r}")).unwrap_or_else(|| "no run".into());
-                println!("{:<24} {:?}  {run}  {}  {}{aliases}{disabled}", a.reference(), a.kind, a.created, a.path);
+                println!(
+                    "{:<24} {:?}  {run}  {}  {}{aliases}{disabled}",
+                    a.reference(),
+                    a.kind,
+                    a.created,
+                    a.path
+                );
             }
         }
         Kind::Evals => {
@@ -362,13 +463,25 @@ fn list(reg: &Registry, kind: Kind, json: bool) -> anyhow::Result<()> {
                         None => s.name.clone(),
                     })
                     .collect();
-                println!("{:>4}  {}  {} rows  {}  systems: {}  {}", e.id, e.data_path, e.rows, e.created, systems.join(", "), e.path);
+                println!(
+                    "{:>4}  {}  {} rows  {}  systems: {}  {}",
+                    e.id,
+                    e.data_path,
+                    e.rows,
+                    e.created,
+                    systems.join(", "),
+                    e.path
+                );
             }
         }
         Kind::Aliases => {
             let v = reg.aliases()?;
             if json {
-                return print_json(&v.iter().map(|(n, a, ver)| serde_json::json!({"name": n, "alias": a, "version": ver})).collect::<Vec<_>>());
+                return print_json(
+                    &v.iter()
+                        .map(|(n, a, ver)| serde_json::json!({"name": n, "alias": a, "version": ver}))
+                        .collect::<Vec<_>>(),
+                );
             }
             for (n, a, ver) in &v {
                 println!("{n}@{a} → {n}@{ver}");

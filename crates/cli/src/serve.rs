@@ -80,11 +80,16 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     ferrotune_serve::check_exposure(&cfg, a.insecure_no_auth)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async move {
         let (host, port, auth) = (cfg.host.clone(), cfg.port, cfg.auth);
         let timeout = Duration::from_secs(cfg.shutdown_timeout_secs);
-        let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await.with_context(|| format!("binding {host}:{port}"))?;
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+            .await
+            .with_context(|| format!("binding {host}:{port}"))?;
         let addr = listener.local_addr()?;
         eprintln!("loading {} ...", cfg.model);
         let state = ferrotune_serve::build_state(cfg).await?;
@@ -125,5 +130,7 @@ pub(crate) async fn stop_signal() {
 
 async fn shutdown_signal() {
     stop_signal().await;
-    eprintln!("shutting down: finishing in-flight requests (a second signal does not force it; see shutdown_timeout_secs)");
+    eprintln!(
+        "shutting down: finishing in-flight requests (a second signal does not force it; see shutdown_timeout_secs)"
+    );
 }

@@ -27,7 +27,8 @@ impl WeightsArg {
 }
 
 pub fn load(spec: &str, weights: WeightsArg) -> anyhow::Result<LoadedModel> {
-    ferrotune_model::load(spec, weights.mode(), &candle_core::Device::Cpu).with_context(|| format!("loading model {spec}"))
+    ferrotune_model::load(spec, weights.mode(), &candle_core::Device::Cpu)
+        .with_context(|| format!("loading model {spec}"))
 }
 
 #[derive(Args)]
@@ -90,7 +91,8 @@ pub struct GenerateArgs {
 pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let mut m = load(&a.model, a.weights)?;
     if let Some(dir) = &a.adapter {
-        let adapter = ferrotune_model::Adapter::load(dir, &mut m.model).with_context(|| format!("loading adapter {}", dir.display()))?;
+        let adapter = ferrotune_model::Adapter::load(dir, &mut m.model)
+            .with_context(|| format!("loading adapter {}", dir.display()))?;
         adapter.attach(&mut m.model);
     }
     let prompt_ids = match (&a.prompt, &a.chat) {
@@ -121,10 +123,17 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let constraint = output_constraint(&m, output_format(a.json, a.json_schema.as_deref())?)?;
     let constrained = constraint.is_some();
     let mut out = std::io::stdout().lock();
-    let g = ferrotune_model::generate_constrained(&m.model, &m.tokenizer, &prompt_ids, &params, constraint, |piece| {
-        let _ = out.write_all(piece.as_bytes());
-        let _ = out.flush();
-    })?;
+    let g = ferrotune_model::generate_constrained(
+        &m.model,
+        &m.tokenizer,
+        &prompt_ids,
+        &params,
+        constraint,
+        |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        },
+    )?;
     let _ = writeln!(out);
     if a.stats {
         let n = g.tokens.len();
@@ -149,7 +158,8 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 pub fn output_format(json: bool, schema: Option<&std::path::Path>) -> anyhow::Result<Option<JsonFormat>> {
     if let Some(path) = schema {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let schema: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        let schema: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         if !schema.is_object() {
             bail!("{}: a JSON Schema is a JSON object", path.display());
         }
@@ -189,7 +199,8 @@ pub fn tokenize(a: TokenizeArgs) -> anyhow::Result<()> {
     // The tokenizer needs no weights in f32; quantized loading is cheaper.
     let m = load(&a.model, WeightsArg::Quantized)?;
     if a.decode {
-        let ids: Vec<u32> = serde_json::from_str(&a.text).context("--decode expects a JSON array of token ids, e.g. [1, 2, 3]")?;
+        let ids: Vec<u32> = serde_json::from_str(&a.text)
+            .context("--decode expects a JSON array of token ids, e.g. [1, 2, 3]")?;
         let vocab = m.tokenizer.vocab_size() as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
             bail!("token id {bad} is outside the vocabulary (size {vocab})");

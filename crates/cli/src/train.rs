@@ -148,8 +148,30 @@ pub fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         Some(p) => TrainConfig::from_toml_file(p)?,
         None => TrainConfig::default(),
     };
-    overlay!(cfg, a, model, data, method, lora_r, lora_alpha, lora_dropout, target_modules, epochs, batch_size, grad_accum, lr,
-        weight_decay, warmup_ratio, scheduler, max_grad_norm, early_stopping_threshold, logging_steps, seed, device, dtype);
+    overlay!(
+        cfg,
+        a,
+        model,
+        data,
+        method,
+        lora_r,
+        lora_alpha,
+        lora_dropout,
+        target_modules,
+        epochs,
+        batch_size,
+        grad_accum,
+        lr,
+        weight_decay,
+        warmup_ratio,
+        scheduler,
+        max_grad_norm,
+        early_stopping_threshold,
+        logging_steps,
+        seed,
+        device,
+        dtype
+    );
     if a.eval_data.is_some() {
         cfg.eval_data = a.eval_data.clone();
     }
@@ -211,7 +233,9 @@ pub fn auto_settings(a: &TrainArgs, cfg: &mut TrainConfig) -> anyhow::Result<Vec
     let mut notes = Vec::new();
     let method = match cfg.method {
         ferrotune_train::config::Method::Full => ferrotune_plan::Method::Full,
-        ferrotune_train::config::Method::Lora => ferrotune_plan::Method::Lora { r: cfg.lora_r, targets: cfg.target_modules.clone() },
+        ferrotune_train::config::Method::Lora => {
+            ferrotune_plan::Method::Lora { r: cfg.lora_r, targets: cfg.target_modules.clone() }
+        }
     };
     if open(a.lr.is_some(), "lr")
         && let Ok(model) = ferrotune_model::loaded::load_config(&cfg.model)
@@ -226,7 +250,12 @@ pub fn auto_settings(a: &TrainArgs, cfg: &mut TrainConfig) -> anyhow::Result<Vec
     {
         let c = ferrotune_plan::hyper::epochs(rows, cfg.batch_size * cfg.grad_accum.max(1));
         cfg.epochs = c.value;
-        notes.push(format!("epochs {} (auto: {}{})", c.value, c.reason, if cfg.packing { "; rows per step counted before packing" } else { "" }));
+        notes.push(format!(
+            "epochs {} (auto: {}{})",
+            c.value,
+            c.reason,
+            if cfg.packing { "; rows per step counted before packing" } else { "" }
+        ));
     }
     Ok(notes)
 }
@@ -247,9 +276,15 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let registry = a.registry.open()?;
     if let (Some(reg), Some(name)) = (&registry, &a.register_as) {
         // A bad name fails now, not after the training.
-        name.parse::<ferrotune_govern::Reference>().ok().filter(|r| r.selector == ferrotune_govern::Selector::Default).ok_or_else(|| {
-            anyhow::anyhow!("--register-as `{name}`: use 1-64 letters, digits, '.', '_' or '-' (no '@'); registry {}", reg.path().display())
-        })?;
+        name.parse::<ferrotune_govern::Reference>()
+            .ok()
+            .filter(|r| r.selector == ferrotune_govern::Selector::Default)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--register-as `{name}`: use 1-64 letters, digits, '.', '_' or '-' (no '@'); registry {}",
+                    reg.path().display()
+                )
+            })?;
     }
     let mut record = registry.as_ref().map(|r| crate::record::TrainRecord::new(r, a.register_as.clone()));
     let actor = ferrotune_govern::actor(None);
@@ -257,11 +292,20 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let result = ferrotune_train::run_with(cfg, &opts, &mut |start| {
         let inputs = crate::record::RunInputs::of(start).map_err(|e| format!("{e:#}"))?;
         if let Some(r) = record.as_mut() {
-            r.started(start, &inputs).map_err(|e| format!("recording the run in the registry: {e:#} (pass --no-registry to train without it)"))?;
+            r.started(start, &inputs).map_err(|e| {
+                format!("recording the run in the registry: {e:#} (pass --no-registry to train without it)")
+            })?;
         }
-        let subject = crate::record::train_subject(start, &inputs, record.as_ref().and_then(|r| r.run_id())).map_err(|e| format!("{e:#}"))?;
-        crate::audit::trail(&actor, "train.start", subject.clone(), "ok", serde_json::json!({"resumed": start.resumed}))
+        let subject = crate::record::train_subject(start, &inputs, record.as_ref().and_then(|r| r.run_id()))
             .map_err(|e| format!("{e:#}"))?;
+        crate::audit::trail(
+            &actor,
+            "train.start",
+            subject.clone(),
+            "ok",
+            serde_json::json!({"resumed": start.resumed}),
+        )
+        .map_err(|e| format!("{e:#}"))?;
         started = Some(serde_json::json!({"run_dir": subject["run_dir"], "run": subject["run"]}));
         Ok(())
     });
@@ -280,7 +324,13 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
             }),
             Err(e) => serde_json::json!({"error": e.to_string()}),
         };
-        crate::audit::trail(&actor, "train.end", subject, if result.is_ok() { "ok" } else { "failed" }, fields)?;
+        crate::audit::trail(
+            &actor,
+            "train.end",
+            subject,
+            if result.is_ok() { "ok" } else { "failed" },
+            fields,
+        )?;
     }
     let s = result?;
     println!("run folder: {}", s.run_dir.display());
@@ -291,9 +341,19 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     if let (Some(first), Some(best), Some(step)) = (s.first_eval_loss, s.best_eval_loss, s.best_step) {
         println!("eval loss: {first:.4} before training -> {best:.4} best (step {step})");
     }
-    println!("{} steps, {:.0} train tokens/s{}", s.steps, s.train_tokens_per_sec, if s.stopped_early { ", stopped early" } else { "" });
+    println!(
+        "{} steps, {:.0} train tokens/s{}",
+        s.steps,
+        s.train_tokens_per_sec,
+        if s.stopped_early { ", stopped early" } else { "" }
+    );
     if let Some(a) = artifact {
-        println!("registered: {} ({} files; `ferrotune registry show {}`)", a.reference(), a.files.len(), a.reference());
+        println!(
+            "registered: {} ({} files; `ferrotune registry show {}`)",
+            a.reference(),
+            a.files.len(),
+            a.reference()
+        );
     }
     Ok(())
 }

@@ -38,7 +38,25 @@ fn commands_leave_verifiable_entries_and_one_changed_byte_is_named() -> anyhow::
     h.ok("alice", &["keys", "create", "--name", "app"])?;
     h.ok("alice", &["data", "validate", "train.jsonl"])?;
     let tiny = h.path("tiny").display().to_string();
-    h.ok("alice", &["train", "--model", &tiny, "--data", "train.jsonl", "--out", "runs/a", "--max-steps", "2", "--batch-size", "4", "--quiet", "--register-as", "support"])?;
+    h.ok(
+        "alice",
+        &[
+            "train",
+            "--model",
+            &tiny,
+            "--data",
+            "train.jsonl",
+            "--out",
+            "runs/a",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--quiet",
+            "--register-as",
+            "support",
+        ],
+    )?;
     h.ok("alice", &["registry", "promote", "support", "1", "--to", "champion", "--reason", "first"])?;
     let o = h.cmd("alice", &["registry", "approve", "1"]);
     ensure!(!o.status.success(), "self-approval must be refused: {}", text(&o));
@@ -48,18 +66,34 @@ fn commands_leave_verifiable_entries_and_one_changed_byte_is_named() -> anyhow::
     let tail = h.json_as("auditor", &["audit", "tail", "-n", "100", "--json"])?;
     let entries: Vec<&Value> = tail.as_array().context("array")?.iter().map(|r| &r["entry"]).collect();
     let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
-    for a in ["keys.create", "data.validate", "train.start", "train.end", "registry.promote", "registry.approve", "registry.disable"] {
+    for a in [
+        "keys.create",
+        "data.validate",
+        "train.start",
+        "train.end",
+        "registry.promote",
+        "registry.approve",
+        "registry.disable",
+    ] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
-    let refused = entries.iter().find(|e| e["action"] == "registry.approve" && e["outcome"] == "refused").context("the refused self-approval")?;
+    let refused = entries
+        .iter()
+        .find(|e| e["action"] == "registry.approve" && e["outcome"] == "refused")
+        .context("the refused self-approval")?;
     assert_eq!(refused["actor"], "alice");
-    let approved = entries.iter().find(|e| e["action"] == "registry.approve" && e["outcome"] == "ok").context("approval")?;
+    let approved = entries
+        .iter()
+        .find(|e| e["action"] == "registry.approve" && e["outcome"] == "ok")
+        .context("approval")?;
     assert_eq!(approved["actor"], "bob");
     let end = entries.iter().find(|e| e["action"] == "train.end").context("train.end")?;
     assert_eq!(end["outcome"], "ok");
     assert!(end["fields"]["output"].as_array().is_some_and(|f| !f.is_empty()), "{end}");
     let search = h.json_as("auditor", &["audit", "search", "--action", "registry.*", "--json"])?;
-    assert!(search.as_array().is_some_and(|s| s.iter().all(|r| r["entry"]["action"].as_str().is_some_and(|a| a.starts_with("registry.")))));
+    assert!(search.as_array().is_some_and(|s| {
+        s.iter().all(|r| r["entry"]["action"].as_str().is_some_and(|a| a.starts_with("registry.")))
+    }));
     assert!(search.as_array().is_some_and(|s| s.len() >= 4), "{search}");
 
     let v = h.ok("auditor", &["audit", "verify"])?;
@@ -67,7 +101,10 @@ fn commands_leave_verifiable_entries_and_one_changed_byte_is_named() -> anyhow::
     let n = entries.len() as u64;
     let proof = h.json_as("auditor", &["audit", "prove", "2"])?;
     assert_eq!(proof["index"], 2);
-    assert!(proof["inclusion"].is_array() && proof["checkpoint"].as_str().is_some_and(|c| c.contains("\n\n— ")), "{proof}");
+    assert!(
+        proof["inclusion"].is_array() && proof["checkpoint"].as_str().is_some_and(|c| c.contains("\n\n— ")),
+        "{proof}"
+    );
     let cons = h.json_as("auditor", &["audit", "consistency", "1", &n.to_string()])?;
     assert_eq!(cons["old_size"], 1);
     let key = h.ok("auditor", &["audit", "pubkey"])?;
@@ -82,7 +119,12 @@ fn commands_leave_verifiable_entries_and_one_changed_byte_is_named() -> anyhow::
     let verify_py = |dir: &str| {
         Command::new("bash")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/audit/verify.sh"))
-            .args(["bundle", &h.path(dir).display().to_string(), "--key-file", &h.path("verifier.key").display().to_string()])
+            .args([
+                "bundle",
+                &h.path(dir).display().to_string(),
+                "--key-file",
+                &h.path("verifier.key").display().to_string(),
+            ])
             .output()
     };
     if python {

@@ -94,7 +94,10 @@ fn usage_errors_exit_2_with_the_reason() {
         (vec!["data", "validate", p, "--near-dup-threshold", "0"], "--near-dup-threshold"),
         (vec!["data", "validate", p, "--max-seq-len", "lots"], "lots"),
         (vec!["data", "prepare", p, "--out", out_dir, "--eval-fraction", "1.5"], "--eval-fraction 1.5"),
-        (vec!["data", "prepare", p, "--out", out_dir, "--eval-fraction=-0.1"], "--eval-fraction -0.1 is not in [0, 1)"),
+        (
+            vec!["data", "prepare", p, "--out", out_dir, "--eval-fraction=-0.1"],
+            "--eval-fraction -0.1 is not in [0, 1)",
+        ),
         (vec!["data", "prepare", p, "--out", out_dir, "--eval-fraction", "half"], "half"),
         (vec!["data", "prepare", p], "--out"),
         (vec!["data", "prepare", missing, "--out", out_dir], "missing.jsonl: no such file"),
@@ -149,17 +152,32 @@ fn the_json_report_parses_and_has_the_human_reports_counts() {
     assert_eq!(report["errors"].as_u64(), Some(errors), "{}", text(&human.stdout));
     assert_eq!(report["warnings"].as_u64(), Some(warnings));
     assert_eq!(errors, 2);
-    let json_codes: BTreeMap<String, u64> =
-        report["counts"].as_object().expect("counts").iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect();
+    let json_codes: BTreeMap<String, u64> = report["counts"]
+        .as_object()
+        .expect("counts")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect();
     assert_eq!(json_codes, codes);
     assert!(codes.contains_key("eval_leakage") && codes.contains_key("pii"), "{codes:?}");
-    let f = report["findings"].as_array().expect("findings").iter().find(|f| f["code"] == "unknown_role").expect("unknown_role");
-    assert_eq!((f["line"].as_u64(), f["field"].as_str(), f["unit"].as_str()), (Some(41), Some("messages[1].role"), Some("line")));
+    let f = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["code"] == "unknown_role")
+        .expect("unknown_role");
+    assert_eq!(
+        (f["line"].as_u64(), f["field"].as_str(), f["unit"].as_str()),
+        (Some(41), Some("messages[1].role"), Some("line"))
+    );
     assert_eq!(report["stats"]["rows"].as_u64(), Some(44));
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -175,19 +193,45 @@ fn prepare_publishes_train_eval_and_report_and_never_touches_the_input() {
     let p = write_rows(d.path(), "dirty.jsonl", &dirty_rows());
     let before = snapshot(&p);
     let out = d.path().join("prepared");
-    let res = run(&["data", "prepare", p.to_str().expect("utf8"), "--out", out.to_str().expect("utf8"), "--redact-pii", "--eval-fraction", "0.25", "--stratify-by", "topic", "--seed", "9"]);
+    let res = run(&[
+        "data",
+        "prepare",
+        p.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+        "--redact-pii",
+        "--eval-fraction",
+        "0.25",
+        "--stratify-by",
+        "topic",
+        "--seed",
+        "9",
+    ]);
     assert_eq!(res.status.code(), Some(0), "{}", text(&res.stderr));
     assert_eq!(snapshot(&p), before, "the input must not change");
     assert_eq!(listing(&out), ["eval.jsonl", "report.json", "train.jsonl"]);
     assert_eq!(listing(d.path()), ["dirty.jsonl", "prepared"], "no temporary folder left beside --out");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report")).expect("report json");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report"))
+            .expect("report json");
     let lines = |f: &str| std::fs::read_to_string(out.join(f)).expect("read").lines().count() as u64;
-    assert_eq!((lines("train.jsonl"), lines("eval.jsonl")), (report["train_rows"].as_u64().unwrap_or(0), report["eval_rows"].as_u64().unwrap_or(0)));
+    assert_eq!(
+        (lines("train.jsonl"), lines("eval.jsonl")),
+        (report["train_rows"].as_u64().unwrap_or(0), report["eval_rows"].as_u64().unwrap_or(0))
+    );
     assert_eq!(report["rows_read"].as_u64(), Some(44));
-    let dropped: Vec<(u64, &str)> = report["dropped"].as_array().expect("dropped").iter().map(|x| (x["line"].as_u64().unwrap_or(0), x["reason"].as_str().unwrap_or(""))).collect();
+    let dropped: Vec<(u64, &str)> = report["dropped"]
+        .as_array()
+        .expect("dropped")
+        .iter()
+        .map(|x| (x["line"].as_u64().unwrap_or(0), x["reason"].as_str().unwrap_or("")))
+        .collect();
     assert_eq!(dropped, [(41, "unknown_role"), (42, "wrong_type"), (43, "exact_duplicate")]);
     assert_eq!(report["changed"][0]["line"].as_u64(), Some(44));
-    assert!(!std::fs::read_to_string(out.join("train.jsonl")).expect("train").contains("ann@corp") && !std::fs::read_to_string(out.join("eval.jsonl")).expect("eval").contains("ann@corp"));
+    assert!(
+        !std::fs::read_to_string(out.join("train.jsonl")).expect("train").contains("ann@corp")
+            && !std::fs::read_to_string(out.join("eval.jsonl")).expect("eval").contains("ann@corp")
+    );
     assert!(text(&res.stdout).contains("44 rows read, 3 dropped, 1 changed"), "{}", text(&res.stdout));
 
     // A second run into the same, now full, folder is refused and changes nothing.
@@ -239,7 +283,8 @@ fn render_marks_the_loss_spans_and_validate_counts_tokens_with_the_model() {
     let model = d.path().join("tiny");
     ferrotune_model::testing::write_tiny_model(&model).expect("tiny model");
     let model = model.to_str().expect("utf8");
-    let mut rows = vec![json!({"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]})];
+    let mut rows =
+        vec![json!({"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]})];
     rows.extend((0..12).map(|i| chat(i, true)));
     let p = write_rows(d.path(), "r.jsonl", &rows);
     let p = p.to_str().expect("utf8");
@@ -247,13 +292,24 @@ fn render_marks_the_loss_spans_and_validate_counts_tokens_with_the_model() {
     let out = run(&["data", "render", p, "--model", model, "--n", "2", "--plain", "--ids"]);
     let so = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{so}{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains(":1 messages[1].role"), "skipped rows are reported: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(":1 messages[1].role"),
+        "skipped rows are reported: {}",
+        text(&out.stderr)
+    );
     assert!(so.contains(&format!("example 1: {p}:2 — ")), "{so}");
     // Only the answer and its EOS carry loss; the system and user turns are masked.
-    assert!(so.contains("<|im_start|>assistant\n[[Answer 0: at depot 0 first, then ticket 0.<|im_end|>]]\n"), "{so}");
+    assert!(
+        so.contains("<|im_start|>assistant\n[[Answer 0: at depot 0 first, then ticket 0.<|im_end|>]]\n"),
+        "{so}"
+    );
     assert!(so.contains("<|im_start|>system\nYou are the parcel support bot.<|im_end|>"), "{so}");
     assert_eq!(so.matches("<|im_end|>]]").count(), 2, "one span per example: {so}");
-    let ids: Value = so.lines().find(|l| l.starts_with("{\"input_ids\"")).map(|l| serde_json::from_str(l).expect("ids json")).expect("ids line");
+    let ids: Value = so
+        .lines()
+        .find(|l| l.starts_with("{\"input_ids\""))
+        .map(|l| serde_json::from_str(l).expect("ids json"))
+        .expect("ids line");
     let labels = ids["labels"].as_array().expect("labels");
     let with_loss = labels.iter().filter(|l| l.as_i64() != Some(-100)).count();
     assert_eq!(with_loss, "Answer 0: at depot 0 first, then ticket 0.".len() + 1, "answer bytes + EOS");

@@ -14,11 +14,7 @@ fn run(args: &[&str]) -> anyhow::Result<Output> {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn rows(n: usize, offset: usize) -> String {
@@ -86,39 +82,23 @@ fn eval_compares_base_and_adapter_writes_reports_and_gates() -> anyhow::Result<(
     for f in ["eval.json", "report.md", "metrics.svg", "loss-spell.svg"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let ev: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json"))?)?;
-    let systems: Vec<&str> = ev["systems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let ev: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json"))?)?;
+    let systems: Vec<&str> =
+        ev["systems"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(systems, ["base", "spell"]);
     assert_eq!(ev["rows"].as_array().unwrap().len(), 6);
     assert_eq!(ev["data"]["rows"], 6);
-    let loss = ev["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "loss")
-        .unwrap();
+    let loss = ev["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "loss").unwrap();
     let base_loss = loss["scores"][0]["value"].as_f64().unwrap();
     let tuned_loss = loss["scores"][1]["value"].as_f64().unwrap();
     // The adapter was trained on this task: lower loss on held-out rows of it.
-    assert!(
-        tuned_loss < base_loss,
-        "tuned {tuned_loss} vs base {base_loss}"
-    );
+    assert!(tuned_loss < base_loss, "tuned {tuned_loss} vs base {base_loss}");
     let delta = loss["vs_base"][0]["value"].as_f64().unwrap();
     assert!((delta - (tuned_loss - base_loss)).abs() < 1e-9);
     let ci = loss["scores"][0]["ci95"].as_array().unwrap();
     assert!(ci[0].as_f64().unwrap() <= base_loss && base_loss <= ci[1].as_f64().unwrap());
     let report = std::fs::read_to_string(out.join("report.md"))?;
-    assert!(
-        report.contains("| loss ↓ |") && report.contains("spell − base"),
-        "{report}"
-    );
+    assert!(report.contains("| loss ↓ |") && report.contains("spell − base"), "{report}");
     assert!(text(&o).contains("rows/s"));
 
     // Gate on loss against the base: the tuned loss is lower, so it passes.
@@ -207,15 +187,8 @@ fn eval_rejects_bad_input_before_running() -> anyhow::Result<()> {
     assert!(!d.join("x/eval.json").exists());
     let good = d.join("good.jsonl");
     std::fs::write(&good, rows(2, 0))?;
-    let o = run(&[
-        "eval",
-        "--model",
-        &model,
-        "--data",
-        &good.display().to_string(),
-        "--metrics",
-        "rougeL,blue",
-    ])?;
+    let o =
+        run(&["eval", "--model", &model, "--data", &good.display().to_string(), "--metrics", "rougeL,blue"])?;
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("unknown metric \"blue\""), "{}", text(&o));
     let o = run(&[
@@ -253,34 +226,15 @@ fn eval_score_scores_given_predictions() -> anyhow::Result<()> {
     ])?;
     assert!(o.status.success(), "{}", text(&o));
     let ev: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-    let em = ev["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "exact_match")
-        .unwrap();
+    let em = ev["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "exact_match").unwrap();
     assert_eq!(em["scores"][0]["value"], 0.5);
     assert!(d.join("s/report.md").is_file());
 
-    std::fs::write(
-        &p,
-        "{\"prediction\": \"x\", \"reference\": \"x\"}\n{\"prediction\": \"y\"}\n",
-    )?;
+    std::fs::write(&p, "{\"prediction\": \"x\", \"reference\": \"x\"}\n{\"prediction\": \"y\"}\n")?;
     let o = run(&["eval", "score", "--predictions", &p.display().to_string()])?;
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o).contains("preds.jsonl:2: `reference`: missing"),
-        "{}",
-        text(&o)
-    );
-    let o = run(&[
-        "eval",
-        "score",
-        "--predictions",
-        &p.display().to_string(),
-        "--metrics",
-        "loss",
-    ])?;
+    assert!(text(&o).contains("preds.jsonl:2: `reference`: missing"), "{}", text(&o));
+    let o = run(&["eval", "score", "--predictions", &p.display().to_string(), "--metrics", "loss"])?;
     assert_eq!(o.status.code(), Some(1));
     Ok(())
 }
@@ -334,10 +288,7 @@ fn a_nan_reference_score_fails_the_gate_with_exit_3() -> anyhow::Result<()> {
     ])?;
     let t = text(&o);
     assert_eq!(o.status.code(), Some(3), "{t}");
-    assert!(
-        t.contains("the reference rougeL (baseline:predictions) is not a number"),
-        "{t}"
-    );
+    assert!(t.contains("the reference rougeL (baseline:predictions) is not a number"), "{t}");
     assert!(t.contains("rougeL of base"), "{t}");
     Ok(())
 }
@@ -349,27 +300,14 @@ fn a_huge_resample_count_is_a_usage_error() -> anyhow::Result<()> {
     let p = dir.path().join("preds.jsonl");
     std::fs::write(&p, "{\"prediction\": \"x\", \"reference\": \"x\"}\n")?;
     let p = p.display().to_string();
-    for mut args in [
-        vec!["eval", "score", "--predictions", &p],
-        vec!["eval", "--data", &p],
-    ] {
+    for mut args in [vec!["eval", "score", "--predictions", &p], vec!["eval", "--data", &p]] {
         args.extend(["--resamples", "10000000000000"]);
         let o = run(&args)?;
         let t = text(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
-        assert!(
-            t.contains("--resamples") && t.contains("at most 100000"),
-            "{t}"
-        );
+        assert!(t.contains("--resamples") && t.contains("at most 100000"), "{t}");
     }
-    let o = run(&[
-        "eval",
-        "score",
-        "--predictions",
-        &p,
-        "--resamples",
-        "100000",
-    ])?;
+    let o = run(&["eval", "score", "--predictions", &p, "--resamples", "100000"])?;
     assert!(o.status.success(), "{}", text(&o));
     Ok(())
 }

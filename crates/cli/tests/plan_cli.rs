@@ -38,13 +38,21 @@ fn a_plan_of_a_tiny_model_lists_every_method_and_device_and_recommends_lora() ->
     ferrotune_model::testing::write_tiny_model(&dir.path().join("tiny"))?;
     let data = rows(dir.path(), "d.jsonl", 300, None)?;
     let tiny = dir.path().join("tiny").display().to_string();
-    let v = plan_json(dir.path(), &["--data", &data.display().to_string(), "--model", &tiny, "--hardware", "cpu,h100,a100"])?;
+    let v = plan_json(
+        dir.path(),
+        &["--data", &data.display().to_string(), "--model", &tiny, "--hardware", "cpu,h100,a100"],
+    )?;
     assert_eq!(v["data"]["rows"], 300);
     let opts = v["options"].as_array().expect("options");
     assert_eq!(opts.len(), 9, "3 methods × 3 devices");
     for o in opts {
         let total = o["memory"]["total_bytes"].as_u64().expect("total");
-        let sum: u64 = o["memory"]["items"].as_array().expect("items").iter().map(|i| i["bytes"].as_u64().expect("bytes")).sum();
+        let sum: u64 = o["memory"]["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["bytes"].as_u64().expect("bytes"))
+            .sum();
         assert_eq!(total, sum, "the total is the sum of its items: {o}");
         assert!(o["memory_checkpointed"]["total_bytes"].as_u64().expect("ckpt") <= total);
         let runnable = o["runnable"].as_bool().expect("runnable");
@@ -58,17 +66,27 @@ fn a_plan_of_a_tiny_model_lists_every_method_and_device_and_recommends_lora() ->
     assert_eq!(lora_cpu["settings"]["epochs"]["value"], 3.0);
     assert_eq!(lora_cpu["settings"]["lr"]["value"], 1e-3);
     // The A100 is slower than the H100 in the plan by the data-sheet ratio.
-    let t = |hw: &str| opts.iter().find(|o| o["method"] == "lora" && o["hardware"] == hw).expect(hw)["hours"].as_f64().expect("hours");
+    let t = |hw: &str| {
+        opts.iter().find(|o| o["method"] == "lora" && o["hardware"] == hw).expect(hw)["hours"]
+            .as_f64()
+            .expect("hours")
+    };
     assert!((t("a100") / t("h100") - 989.0 / 312.0).abs() < 1e-6);
     // The table says the same in words.
-    let out = ferrotune(dir.path()).args(["plan", "--data", &data.display().to_string(), "--model", &tiny]).output()?;
+    let out = ferrotune(dir.path())
+        .args(["plan", "--data", &data.display().to_string(), "--model", &tiny])
+        .output()?;
     let text = String::from_utf8(out.stdout)?;
-    assert!(out.status.success() && text.contains("recommended: lora on") && text.contains("--lr 1e-3"), "{text}");
+    assert!(
+        out.status.success() && text.contains("recommended: lora on") && text.contains("--lr 1e-3"),
+        "{text}"
+    );
     Ok(())
 }
 
 #[test]
-fn an_8b_shape_does_not_fit_a_cpu_for_full_fine_tuning_and_serving_costs_are_compared() -> anyhow::Result<()> {
+fn an_8b_shape_does_not_fit_a_cpu_for_full_fine_tuning_and_serving_costs_are_compared() -> anyhow::Result<()>
+{
     let dir = tempfile::tempdir()?;
     let data = rows(dir.path(), "d.jsonl", 50, Some(25))?;
     // A shape has no tokenizer: the default model's stands in, so this needs it installed.
@@ -76,8 +94,28 @@ fn an_8b_shape_does_not_fit_a_cpu_for_full_fine_tuning_and_serving_costs_are_com
         return Ok(());
     }
     let home = ferrotune_model::store::home();
-    let v = plan_json(&home, &["--data", &data.display().to_string(), "--model", "llama-3.1-8b", "--hardware", "h100,h200", "--requests-per-day", "20000", "--tokens-per-request", "600"])?;
-    let full_h100 = v["options"].as_array().expect("options").iter().find(|o| o["method"] == "full" && o["hardware"] == "h100").expect("full h100").clone();
+    let v = plan_json(
+        &home,
+        &[
+            "--data",
+            &data.display().to_string(),
+            "--model",
+            "llama-3.1-8b",
+            "--hardware",
+            "h100,h200",
+            "--requests-per-day",
+            "20000",
+            "--tokens-per-request",
+            "600",
+        ],
+    )?;
+    let full_h100 = v["options"]
+        .as_array()
+        .expect("options")
+        .iter()
+        .find(|o| o["method"] == "full" && o["hardware"] == "h100")
+        .expect("full h100")
+        .clone();
     assert_eq!(full_h100["fits"], false, "full fine-tuning of 8B in bf16 with AdamW does not fit 80 GB");
     let warnings = v["recommendation"]["warnings"].to_string();
     assert!(warnings.contains("only 50 rows"), "{warnings}");
@@ -127,7 +165,15 @@ fn train_takes_the_recommended_settings_it_is_not_given_and_says_why() -> anyhow
     let tiny = dir.path().join("tiny").display().to_string();
     let run = |out: &str, extra: &[&str]| -> anyhow::Result<(serde_json::Value, String)> {
         let o = ferrotune(dir.path())
-            .args(["train", "--model", &tiny, "--data", &data.display().to_string(), "--out", &dir.path().join(out).display().to_string()])
+            .args([
+                "train",
+                "--model",
+                &tiny,
+                "--data",
+                &data.display().to_string(),
+                "--out",
+                &dir.path().join(out).display().to_string(),
+            ])
             .args(["--quiet", "--no-registry", "--batch-size", "4"])
             .args(extra)
             .output()?;
@@ -163,18 +209,28 @@ fn calibrate_records_this_machine_and_later_plans_use_it() -> anyhow::Result<()>
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("calibrated:"), "{text}");
-    let cal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("plan/calibration.json"))?)?;
+    let cal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("plan/calibration.json"))?)?;
     let measured = cal["ferrotune"]["tokens_per_sec"].as_f64().expect("tokens/s");
     assert!(measured > 0.0 && cal["calibrated"].is_string());
     let tiny = dir.path().join("tiny").display().to_string();
-    let v = plan_json(dir.path(), &["--data", &data.display().to_string(), "--model", &tiny, "--hardware", "cpu", "--methods", "lora"])?;
+    let v = plan_json(
+        dir.path(),
+        &["--data", &data.display().to_string(), "--model", &tiny, "--hardware", "cpu", "--methods", "lora"],
+    )?;
     let speed = &v["options"][0]["speed"];
     assert!(speed["record"]["source"].as_str().expect("source").contains("this machine"), "{speed}");
     assert_eq!(speed["record"]["tokens_per_sec"].as_f64(), Some(measured));
     // A calibration file that is not JSON is an error naming it, not a silent fallback.
     std::fs::write(dir.path().join("plan/calibration.json"), "not json")?;
-    let out = ferrotune(dir.path()).args(["plan", "--data", &data.display().to_string(), "--model", &tiny]).output()?;
+    let out = ferrotune(dir.path())
+        .args(["plan", "--data", &data.display().to_string(), "--model", &tiny])
+        .output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("calibration.json"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("calibration.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

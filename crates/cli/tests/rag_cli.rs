@@ -37,7 +37,10 @@ fn ingest_query_delete_and_eval_the_bundled_knowledge_base() -> anyhow::Result<(
     let o = run(kb, &["ingest", "--kb", "bw", &docs.display().to_string()])?;
     assert!(o.status.success(), "{}", text(&o));
 
-    let o = run(kb, &["query", "--kb", "bw", "How many days do I have to return an item?", "--k", "3", "--json"])?;
+    let o = run(
+        kb,
+        &["query", "--kb", "bw", "How many days do I have to return an item?", "--k", "3", "--json"],
+    )?;
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     let hits = v["hits"].as_array().expect("a list of hits");
@@ -51,7 +54,10 @@ fn ingest_query_delete_and_eval_the_bundled_knowledge_base() -> anyhow::Result<(
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("0 added, 0 replaced,"), "{}", text(&o));
 
-    let o = run(kb, &["eval", "--kb", "bw", "--queries", &repo().join("examples/kb/queries.jsonl").display().to_string()])?;
+    let o = run(
+        kb,
+        &["eval", "--kb", "bw", "--queries", &repo().join("examples/kb/queries.jsonl").display().to_string()],
+    )?;
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     for mode in ["bm25", "vector", "hybrid"] {
@@ -92,7 +98,8 @@ fn a_k_beyond_the_limit_is_a_usage_error() -> anyhow::Result<()> {
         assert_eq!(o.status.code(), Some(2), "--k {k}: {}", text(&o));
         assert!(text(&o).contains("from 1 to 1000"), "{}", text(&o));
     }
-    let o = run(kb, &["eval", "--kb", "syn", "--queries", "/nonexistent.jsonl", "--k", "18446744073709551615"])?;
+    let o =
+        run(kb, &["eval", "--kb", "syn", "--queries", "/nonexistent.jsonl", "--k", "18446744073709551615"])?;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = run(kb, &["query", "--kb", "syn", &q, "--mode", "bm25", "--k", "1000", "--json"])?;
     assert!(o.status.success(), "{}", text(&o));

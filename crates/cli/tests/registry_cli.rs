@@ -46,8 +46,24 @@ impl Env {
 
     fn train_args(&self, out: &str, seed: &str) -> Vec<String> {
         [
-            "train", "--model", &self.s("tiny"), "--data", &self.s("train.jsonl"), "--out", &self.s(out), "--max-steps", "3",
-            "--batch-size", "4", "--lr", "3e-3", "--seed", seed, "--quiet", "--register-as", "support",
+            "train",
+            "--model",
+            &self.s("tiny"),
+            "--data",
+            &self.s("train.jsonl"),
+            "--out",
+            &self.s(out),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr",
+            "3e-3",
+            "--seed",
+            seed,
+            "--quiet",
+            "--register-as",
+            "support",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -60,10 +76,14 @@ impl Env {
     }
 }
 
-
 fn rougel_of(eval: &Value, system: &str) -> f64 {
-    let m = eval["metrics"].as_array().and_then(|ms| ms.iter().find(|m| m["name"] == "rougeL")).expect("rougeL");
-    m["scores"].as_array().and_then(|s| s.iter().find(|s| s["system"] == system)).and_then(|s| s["value"].as_f64()).expect("score")
+    let m =
+        eval["metrics"].as_array().and_then(|ms| ms.iter().find(|m| m["name"] == "rougeL")).expect("rougeL");
+    m["scores"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["system"] == system))
+        .and_then(|s| s["value"].as_f64())
+        .expect("score")
 }
 
 #[test]
@@ -76,14 +96,35 @@ fn a_run_is_recorded_promoted_by_a_second_user_through_the_gate_disabled_and_car
     assert!(t.contains("registered: support@1"), "{t}");
     let t = e.train("runs/b", "2")?;
     assert!(t.contains("registered: support@2"), "{t}");
-    let ev = e.ok("alice", &[
-        "eval", "--model", &e.s("tiny"), "--data", "eval.jsonl", "--adapter", "a=runs/a/adapter", "--adapter", "b=runs/b/adapter",
-        "--max-tokens", "6", "--metrics", "rougeL", "--resamples", "50", "--out", "ev",
-    ])?;
+    let ev = e.ok(
+        "alice",
+        &[
+            "eval",
+            "--model",
+            &e.s("tiny"),
+            "--data",
+            "eval.jsonl",
+            "--adapter",
+            "a=runs/a/adapter",
+            "--adapter",
+            "b=runs/b/adapter",
+            "--max-tokens",
+            "6",
+            "--metrics",
+            "rougeL",
+            "--resamples",
+            "50",
+            "--out",
+            "ev",
+        ],
+    )?;
     assert!(ev.contains("2 of 3 systems matched"), "{ev}");
 
     let datasets = e.json(&["registry", "list", "datasets"])?;
-    let train_ds = datasets.as_array().and_then(|d| d.iter().find(|d| d["path"].as_str().is_some_and(|p| p.ends_with("train.jsonl")))).context("train data")?;
+    let train_ds = datasets
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["path"].as_str().is_some_and(|p| p.ends_with("train.jsonl"))))
+        .context("train data")?;
     assert_eq!(train_ds["rows"], 12);
     assert_eq!(train_ds["format"], "chat");
     let runs = e.json(&["registry", "list", "runs"])?;
@@ -92,10 +133,15 @@ fn a_run_is_recorded_promoted_by_a_second_user_through_the_gate_disabled_and_car
         assert_eq!(r["status"], "succeeded", "{r}");
         assert_eq!(r["actor"], "alice");
         assert!(r["tokens"].as_u64().is_some_and(|t| t > 0), "{r}");
-        assert!(r["flops"]["value"].as_f64().is_some_and(|f| f > 0.0) && r["flops"]["formula"].as_str().is_some_and(|f| f.contains("N_lora")), "{r}");
+        assert!(
+            r["flops"]["value"].as_f64().is_some_and(|f| f > 0.0)
+                && r["flops"]["formula"].as_str().is_some_and(|f| f.contains("N_lora")),
+            "{r}"
+        );
     }
     let arts = e.json(&["registry", "list", "artifacts"])?;
-    let versions: Vec<u64> = arts.as_array().into_iter().flatten().filter_map(|a| a["version"].as_u64()).collect();
+    let versions: Vec<u64> =
+        arts.as_array().into_iter().flatten().filter_map(|a| a["version"].as_u64()).collect();
     assert_eq!(versions, vec![1, 2]);
     let evals = e.json(&["registry", "list", "evals"])?;
     assert_eq!(evals.as_array().map(Vec::len), Some(1));
@@ -112,21 +158,38 @@ fn a_run_is_recorded_promoted_by_a_second_user_through_the_gate_disabled_and_car
     std::fs::create_dir_all(e.path("home"))?;
     std::fs::write(
         e.path("home/policy.toml"),
-        format!("[alias.champion]\napprovers = 1\ngates = [\"rougeL:0.0\"]\ngate_data = \"{}\"\n", e.s("eval.jsonl")),
+        format!(
+            "[alias.champion]\napprovers = 1\ngates = [\"rougeL:0.0\"]\ngate_data = \"{}\"\n",
+            e.s("eval.jsonl")
+        ),
     )?;
     // First champion: compared with the base in the same evaluation.
     let eval_json: Value = serde_json::from_str(&std::fs::read_to_string(e.path("ev/eval.json"))?)?;
-    let (base, a, b) = (rougel_of(&eval_json, "base"), rougel_of(&eval_json, "a"), rougel_of(&eval_json, "b"));
+    let (base, a, b) =
+        (rougel_of(&eval_json, "base"), rougel_of(&eval_json, "a"), rougel_of(&eval_json, "b"));
     let (first, second) = if a >= base { (1, 2) } else { (2, 1) };
     let first_score = if first == 1 { a } else { b };
     let second_score = if second == 1 { a } else { b };
     if first_score < base {
         // Neither beats the base: the gate must refuse, naming the rule.
-        let o = e.cmd("alice", &["registry", "promote", "support", "1", "--to", "champion", "--reason", "first"]);
+        let o =
+            e.cmd("alice", &["registry", "promote", "support", "1", "--to", "champion", "--reason", "first"]);
         assert!(!o.status.success() && text(&o).contains("rougeL"), "{}", text(&o));
         return Ok(());
     }
-    let p = e.ok("alice", &["registry", "promote", "support", &first.to_string(), "--to", "champion", "--reason", "first release"])?;
+    let p = e.ok(
+        "alice",
+        &[
+            "registry",
+            "promote",
+            "support",
+            &first.to_string(),
+            "--to",
+            "champion",
+            "--reason",
+            "first release",
+        ],
+    )?;
     assert!(p.contains("request 1"), "{p}");
     // The requester cannot approve their own request.
     let o = e.cmd("alice", &["registry", "approve", "1"]);
@@ -137,7 +200,10 @@ fn a_run_is_recorded_promoted_by_a_second_user_through_the_gate_disabled_and_car
     assert_eq!(aliases[0]["version"], first);
 
     // The other version against the champion: refused when worse, applied after approval when not.
-    let o = e.cmd("alice", &["registry", "promote", "support", &second.to_string(), "--to", "champion", "--reason", "second"]);
+    let o = e.cmd(
+        "alice",
+        &["registry", "promote", "support", &second.to_string(), "--to", "champion", "--reason", "second"],
+    );
     if second_score < first_score {
         assert!(!o.status.success(), "{}", text(&o));
         assert!(text(&o).contains("rougeL"), "{}", text(&o));
@@ -155,11 +221,17 @@ fn a_run_is_recorded_promoted_by_a_second_user_through_the_gate_disabled_and_car
     e.ok("alice", &["registry", "promote", "support", "1", "--to", "canary", "--reason", "try"])?;
 
     let history = e.json(&["registry", "history", "support"])?;
-    let actions: Vec<&str> = history.as_array().into_iter().flatten().filter_map(|h| h["action"].as_str()).collect();
+    let actions: Vec<&str> =
+        history.as_array().into_iter().flatten().filter_map(|h| h["action"].as_str()).collect();
     for a in ["register", "promote-requested", "approved", "alias-set", "disabled", "enabled"] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
-    let set = history.as_array().into_iter().flatten().find(|h| h["action"] == "alias-set" && h["alias"] == "champion").context("alias-set")?;
+    let set = history
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["action"] == "alias-set" && h["alias"] == "champion")
+        .context("alias-set")?;
     assert_eq!(set["actor"], "bob");
     assert_eq!(set["to_version"], first);
 
@@ -167,7 +239,12 @@ fn a_run_is_recorded_promoted_by_a_second_user_through_the_gate_disabled_and_car
     let c = e.ok("alice", &["registry", "card", "support@champion", "--out", "card"])?;
     assert!(c.contains("README.md"), "{c}");
     let card = std::fs::read_to_string(e.path("card/README.md"))?;
-    assert!(card.starts_with("---\n") && card.contains("base_model_relation: \"adapter\"") && card.contains("model-index"), "{card}");
+    assert!(
+        card.starts_with("---\n")
+            && card.contains("base_model_relation: \"adapter\"")
+            && card.contains("model-index"),
+        "{card}"
+    );
     Ok(())
 }
 
@@ -196,7 +273,8 @@ fn a_run_made_without_the_registry_is_imported_once_and_bad_references_are_named
 }
 
 #[test]
-fn two_trainings_registering_at_once_get_two_versions_and_a_killed_one_shows_abandoned() -> anyhow::Result<()> {
+fn two_trainings_registering_at_once_get_two_versions_and_a_killed_one_shows_abandoned() -> anyhow::Result<()>
+{
     let e = Env::new()?;
     let spawn = |out: &str, seed: &str| {
         Command::new(env!("CARGO_BIN_EXE_ferrotune"))
@@ -213,7 +291,8 @@ fn two_trainings_registering_at_once_get_two_versions_and_a_killed_one_shows_aba
         ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let arts = e.json(&["registry", "list", "artifacts"])?;
-    let mut versions: Vec<u64> = arts.as_array().into_iter().flatten().filter_map(|a| a["version"].as_u64()).collect();
+    let mut versions: Vec<u64> =
+        arts.as_array().into_iter().flatten().filter_map(|a| a["version"].as_u64()).collect();
     versions.sort();
     assert_eq!(versions, vec![1, 2]);
 
@@ -231,7 +310,12 @@ fn two_trainings_registering_at_once_get_two_versions_and_a_killed_one_shows_aba
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let running = loop {
         let runs = e.json(&["registry", "list", "runs"])?;
-        if let Some(r) = runs.as_array().into_iter().flatten().find(|r| r["run_dir"].as_str().is_some_and(|d| d.ends_with("killed"))) {
+        if let Some(r) = runs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["run_dir"].as_str().is_some_and(|d| d.ends_with("killed")))
+        {
             break r.clone();
         }
         ensure!(std::time::Instant::now() < deadline, "the run was not recorded as started");

@@ -30,7 +30,17 @@ fn generate_json(model: &str, dir: &Path, extra: &[&str]) -> anyhow::Result<Stri
     let file = dir.join("s.json");
     std::fs::write(&file, schema().to_string())?;
     let file = file.to_str().expect("utf-8 path");
-    let mut args = vec!["generate", "--model", model, "--json-schema", file, "--chat", "Tell me about a person.", "--max-tokens", "300"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        model,
+        "--json-schema",
+        file,
+        "--chat",
+        "Tell me about a person.",
+        "--max-tokens",
+        "300",
+    ];
     args.extend_from_slice(extra);
     let o = ferrotune(&args)?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -48,7 +58,8 @@ fn generate_with_a_json_schema_prints_json_valid_against_it() -> anyhow::Result<
         assert_valid(&schema(), &generate_json(tiny, dir.path(), &["--temperature", "1", "--seed", seed])?);
     }
     // The same model unconstrained writes no JSON: the mask did it.
-    let o = ferrotune(&["generate", "--model", tiny, "--chat", "Tell me about a person.", "--max-tokens", "40"])?;
+    let o =
+        ferrotune(&["generate", "--model", tiny, "--chat", "Tell me about a person.", "--max-tokens", "40"])?;
     assert!(serde_json::from_slice::<Value>(&o.stdout).is_err());
     if let Some(real) = ferrotune_model::testing::installed_model("smollm2-135m-instruct") {
         assert_valid(&schema(), &generate_json(real.to_str().expect("utf-8 path"), dir.path(), &[])?);
@@ -69,13 +80,29 @@ fn generate_json_prints_a_json_object_and_refuses_what_it_cannot_enforce() -> an
         let v: Value = serde_json::from_slice(&o.stdout)?;
         assert!(v.is_object(), "{v}");
     } else {
-        assert!(String::from_utf8_lossy(&o.stderr).contains("--max-tokens"), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--max-tokens"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, json!({"type": "array", "uniqueItems": true}).to_string())?;
-    let o = ferrotune(&["generate", "--model", tiny, "--json-schema", bad.to_str().expect("utf-8"), "--chat", "hi"])?;
+    let o = ferrotune(&[
+        "generate",
+        "--model",
+        tiny,
+        "--json-schema",
+        bad.to_str().expect("utf-8"),
+        "--chat",
+        "hi",
+    ])?;
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("uniqueItems"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("uniqueItems"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     Ok(())
 }
 
@@ -97,7 +124,17 @@ fn eval_with_a_json_schema_holds_every_answer_to_it() -> anyhow::Result<()> {
     let out = dir.path().join("eval");
     let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
     let args = |extra: &[&str]| {
-        let mut a = vec!["eval".to_string(), "--model".into(), s(&tiny), "--data".into(), s(&data), "--out".into(), s(&out), "--max-tokens".into(), "300".into()];
+        let mut a = vec![
+            "eval".to_string(),
+            "--model".into(),
+            s(&tiny),
+            "--data".into(),
+            s(&data),
+            "--out".into(),
+            s(&out),
+            "--max-tokens".into(),
+            "300".into(),
+        ];
         a.extend(extra.iter().map(|x| x.to_string()));
         a
     };
@@ -116,13 +153,24 @@ fn eval_with_a_json_schema_holds_every_answer_to_it() -> anyhow::Result<()> {
     let o = run(args(&[]))?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let eval: Value = serde_json::from_slice(&std::fs::read(out.join("eval.json"))?)?;
-    let parsed = eval["rows"].as_array().expect("rows").iter().filter(|r| serde_json::from_str::<Value>(r["outputs"][0]["prediction"].as_str().unwrap_or("")).is_ok()).count();
+    let parsed = eval["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| {
+            serde_json::from_str::<Value>(r["outputs"][0]["prediction"].as_str().unwrap_or("")).is_ok()
+        })
+        .count();
     assert_eq!(parsed, 0);
     // A schema with a feature the grammar cannot enforce is refused before any row runs, naming it.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, json!({"type": "array", "uniqueItems": true}).to_string())?;
     let o = run(args(&["--json-schema", &s(&bad)]))?;
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("uniqueItems"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("uniqueItems"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     Ok(())
 }

@@ -25,9 +25,22 @@ fn setup(dir: &Path) -> anyhow::Result<()> {
 
 fn train_args(dir: &Path, out: &str) -> Vec<String> {
     [
-        "train", "--model", &dir.join("tiny").display().to_string(), "--data", &dir.join("train.jsonl").display().to_string(),
-        "--out", &dir.join(out).display().to_string(), "--max-steps", "40", "--save-steps", "1", "--batch-size", "8",
-        "--lr", "3e-3", "--quiet",
+        "train",
+        "--model",
+        &dir.join("tiny").display().to_string(),
+        "--data",
+        &dir.join("train.jsonl").display().to_string(),
+        "--out",
+        &dir.join(out).display().to_string(),
+        "--max-steps",
+        "40",
+        "--save-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--quiet",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -55,7 +68,11 @@ fn sigkill_between_steps_then_resume_equals_an_uninterrupted_run() -> anyhow::Re
     let status = ferrotune().args(train_args(dir.path(), "straight")).stdout(Stdio::null()).status()?;
     assert!(status.success());
 
-    let mut child = ferrotune().args(train_args(dir.path(), "killed")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut child = ferrotune()
+        .args(train_args(dir.path(), "killed"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
     let ckpt = dir.path().join("killed/checkpoints/step-3");
     let start = Instant::now();
     while !ckpt.exists() && start.elapsed() < Duration::from_secs(60) {

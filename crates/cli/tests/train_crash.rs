@@ -24,10 +24,7 @@ fn setup(dir: &Path) -> anyhow::Result<()> {
     let mut rows = String::new();
     for i in 0..24 {
         let q = format!("Please spell the number {i} backwards, with care.");
-        let a = format!(
-            "[ok] {} -- bye",
-            i.to_string().chars().rev().collect::<String>()
-        );
+        let a = format!("[ok] {} -- bye", i.to_string().chars().rev().collect::<String>());
         rows.push_str(&serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}).to_string());
         rows.push('\n');
     }
@@ -70,23 +67,15 @@ fn train_args(dir: &Path, out: &str, extra: &[&str]) -> Vec<String> {
 fn run_ok(args: &[String]) -> anyhow::Result<String> {
     let out = ferrotune().args(args).output()?;
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    ensure!(
-        out.status.success(),
-        "`ferrotune {}` failed: {err}",
-        args.join(" ")
-    );
+    ensure!(out.status.success(), "`ferrotune {}` failed: {err}", args.join(" "));
     Ok(err)
 }
 
 /// Start `ferrotune ARGS` with the crash point set and return it once it waits there (still
 /// alive, holding the run lock). Fails if it ends without reaching the point.
 fn stop_at(args: &[String], point: &str) -> anyhow::Result<Child> {
-    let mut child = ferrotune()
-        .args(args)
-        .env(ENV, point)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child =
+        ferrotune().args(args).env(ENV, point).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
     let stderr = child.stderr.take().context("stderr")?;
     let mut seen = String::new();
     for line in BufReader::new(stderr).lines() {
@@ -147,17 +136,10 @@ fn metrics(run: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 fn assert_complete(dir: &Path, run: &Path, straight: &Path) -> anyhow::Result<()> {
     let (got, want) = (files(run)?, files(straight)?);
     let names = |m: &BTreeMap<PathBuf, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
-    assert_eq!(
-        names(&got),
-        names(&want),
-        "the run folder's files differ from an uninterrupted run's"
-    );
+    assert_eq!(names(&got), names(&want), "the run folder's files differ from an uninterrupted run's");
     for (p, bytes) in &want {
-        let top = p
-            .components()
-            .next()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let top =
+            p.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
         if !["adapter", "model", "best", "checkpoints"].contains(&top.as_str()) {
             continue;
         }
@@ -198,12 +180,8 @@ fn assert_complete(dir: &Path, run: &Path, straight: &Path) -> anyhow::Result<()
             ensure!(!a.layers.is_empty(), "{name}/ has no layers");
         } else if folder.exists() {
             // Full fine-tuning: an HF model folder.
-            ferrotune_model::load_path(
-                &folder,
-                ferrotune_model::WeightMode::F32,
-                &candle_core::Device::Cpu,
-            )
-            .with_context(|| format!("loading {name}/"))?;
+            ferrotune_model::load_path(&folder, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu)
+                .with_context(|| format!("loading {name}/"))?;
         }
     }
     Ok(())
@@ -218,10 +196,7 @@ fn assert_restored_before_training(dir: &Path, run: &Path, name: &str) -> anyhow
     let restored = std::fs::read(run.join(name).join("adapter_model.safetensors"));
     let aside_left = run.join(format!(".{name}.old")).exists();
     kill9(resume)?;
-    assert!(
-        restored.ok().as_ref() == Some(&old),
-        "{name}/ was not restored from its aside copy"
-    );
+    assert!(restored.ok().as_ref() == Some(&old), "{name}/ was not restored from its aside copy");
     assert!(!aside_left, ".{name}.old left after the repair");
     Ok(())
 }
@@ -243,8 +218,7 @@ fn kill_then_resume(point: &str) -> anyhow::Result<()> {
 }
 
 #[test]
-fn killed_with_a_new_checkpoint_written_but_not_renamed_resumes_from_the_one_before()
--> anyhow::Result<()> {
+fn killed_with_a_new_checkpoint_written_but_not_renamed_resumes_from_the_one_before() -> anyhow::Result<()> {
     kill_then_resume("checkpoint-fill:2")
 }
 
@@ -272,8 +246,7 @@ fn killed_while_writing_the_lineage_resumes() -> anyhow::Result<()> {
 /// The bug: `best/` was deleted before the new one was renamed in, so a kill between left no
 /// `best/` at all. Now the old one waits aside and comes back.
 #[test]
-fn killed_between_moving_best_aside_and_renaming_the_new_one_in_keeps_a_best() -> anyhow::Result<()>
-{
+fn killed_between_moving_best_aside_and_renaming_the_new_one_in_keeps_a_best() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     setup(d)?;
@@ -290,10 +263,8 @@ fn killed_between_moving_best_aside_and_renaming_the_new_one_in_keeps_a_best() -
     assert_complete(d, &run, &straight)?;
     // And `ferrotune eval` takes the repaired run's adapters.
     let eval_out = d.join("eval");
-    let adapters = [
-        format!("best={}", run.join("best").display()),
-        format!("final={}", run.join("adapter").display()),
-    ];
+    let adapters =
+        [format!("best={}", run.join("best").display()), format!("final={}", run.join("adapter").display())];
     let data = d.join("train.jsonl").display().to_string();
     let mut args: Vec<String> = [
         "eval",
@@ -330,10 +301,7 @@ fn killed_inside_the_final_adapter_swap_of_a_rerun_keeps_an_adapter() -> anyhow:
     let run = d.join("killed");
     run_ok(&train_args(d, "killed", &[]))?;
     crash_at(&train_args(d, "killed", &["--resume"]), "adapter-swap")?;
-    assert!(
-        !run.join("adapter").exists() && run.join(".adapter.old").is_dir(),
-        "not killed inside the swap"
-    );
+    assert!(!run.join("adapter").exists() && run.join(".adapter.old").is_dir(), "not killed inside the swap");
     assert_restored_before_training(d, &run, "adapter")?;
     run_ok(&train_args(d, "killed", &["--resume"]))?;
     assert_complete(d, &run, &straight)
@@ -356,10 +324,7 @@ fn killed_while_resume_rewrites_the_metrics_keeps_them() -> anyhow::Result<()> {
         before,
         "metrics.jsonl changed before its rewrite was renamed in"
     );
-    assert!(
-        run.join(".metrics.jsonl.tmp").is_file(),
-        "not killed inside the rewrite"
-    );
+    assert!(run.join(".metrics.jsonl.tmp").is_file(), "not killed inside the rewrite");
     run_ok(&train_args(d, "killed", &["--resume"]))?;
     assert_complete(d, &run, &straight)
 }
@@ -372,12 +337,7 @@ fn an_early_stopped_run_killed_at_its_adapter_resumes_without_training_on() -> a
     let d = dir.path();
     setup(d)?;
     // No eval can improve by 100 nats: stopped at the first eval after step 0 (step 2).
-    let stop = [
-        "--early-stopping-patience",
-        "1",
-        "--early-stopping-threshold",
-        "100",
-    ];
+    let stop = ["--early-stopping-patience", "1", "--early-stopping-threshold", "100"];
     let straight = straight_run(d, &stop)?;
     ensure!(
         metrics(&straight)?.last().and_then(|m| m["step"].as_u64()) == Some(2),
@@ -402,23 +362,14 @@ fn a_second_trainer_on_a_run_folder_is_refused_and_a_dead_ones_lock_is_not() -> 
     for extra in [&[][..], &["--resume"][..]] {
         let out = ferrotune().args(train_args(d, "killed", extra)).output()?;
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "a second trainer ran beside the first ({extra:?})"
-        );
-        assert!(
-            err.contains(&run.display().to_string()) && err.contains(&format!("pid {pid}")),
-            "{err}"
-        );
+        assert!(!out.status.success(), "a second trainer ran beside the first ({extra:?})");
+        assert!(err.contains(&run.display().to_string()) && err.contains(&format!("pid {pid}")), "{err}");
     }
     // The refused ones touched nothing: the first's temp checkpoint is still there.
     assert!(run.join("checkpoints/.step-4.tmp").is_dir());
     kill9(first)?;
     // Its lock file (naming the dead pid) stays; the kernel dropped the lock itself.
-    assert_eq!(
-        std::fs::read_to_string(run.join("train.lock"))?.trim(),
-        pid.to_string()
-    );
+    assert_eq!(std::fs::read_to_string(run.join("train.lock"))?.trim(), pid.to_string());
     run_ok(&train_args(d, "killed", &["--resume"]))?;
     assert_complete(d, &run, &straight)
 }
@@ -437,10 +388,7 @@ fn killed_while_pruning_a_checkpoint_leaves_none_half_deleted() -> anyhow::Resul
     let left: Vec<String> = std::fs::read_dir(run.join("checkpoints"))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    assert!(
-        left.iter().any(|n| n.ends_with(".del")),
-        "not killed inside a prune: {left:?}"
-    );
+    assert!(left.iter().any(|n| n.ends_with(".del")), "not killed inside a prune: {left:?}");
     let mut resume = limit.to_vec();
     resume.push("--resume");
     run_ok(&train_args(d, "killed", &resume))?;

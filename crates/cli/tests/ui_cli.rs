@@ -42,7 +42,17 @@ impl Drop for Ui {
 impl Ui {
     fn start(h: &Home, extra: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-            .args(["ui", "--port", "0", "--runs", &h.s("runs"), "--runs", &h.s("missing-runs"), "--admin-key-file", &h.s("admin.key")])
+            .args([
+                "ui",
+                "--port",
+                "0",
+                "--runs",
+                &h.s("runs"),
+                "--runs",
+                &h.s("missing-runs"),
+                "--admin-key-file",
+                &h.s("admin.key"),
+            ])
             .args(extra)
             .current_dir(h.dir.path())
             .env("FERROTUNE_HOME", h.path("home"))
@@ -59,7 +69,8 @@ impl Ui {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).context("the dashboard did not say where it listens")?;
+        let addr =
+            rx.recv_timeout(Duration::from_secs(30)).context("the dashboard did not say where it listens")?;
         Ok(Self { child, addr })
     }
 
@@ -81,7 +92,13 @@ impl Resp {
 }
 
 /// One HTTP/1.0 request (the answer ends when the server closes the connection).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> anyhow::Result<Resp> {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<Resp> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!("{method} {path} HTTP/1.0\r\n");
@@ -101,8 +118,15 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Op
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").with_context(|| format!("not HTTP: {raw}"))?;
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).context("status")?;
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .context("status")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     Ok(Resp { status, headers, body: body.to_string() })
 }
 
@@ -121,7 +145,9 @@ fn page(ui: &Ui, path: &str, want: &[&str]) -> anyhow::Result<String> {
 }
 
 fn enc(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 /// Nothing a user wrote may come back as markup.
@@ -146,28 +172,76 @@ fn home_with_a_run() -> anyhow::Result<Home> {
     std::fs::write(h.path("admin.key"), format!("{KEY}\n"))?;
     // Two runs (support@1 and @2), each evaluated into its own eval/ folder.
     for (run, lr, seed) in [("a", "3e-3", "1"), ("b", "1e-3", "2")] {
-        h.ok("alice", &[
-            "train", "--model", &h.s("tiny"), "--data", "train.jsonl", "--eval-data", "eval.jsonl", "--out", &format!("runs/{run}"), "--max-steps",
-            "12", "--batch-size", "4", "--lr", lr, "--seed", seed, "--eval-steps", "3", "--save-steps", "6", "--logging-steps", "1", "--quiet",
-            "--register-as", "support",
-        ])?;
-        h.ok("alice", &[
-            "eval", "--model", &h.s("tiny"), "--data", "eval.jsonl", "--adapter", &format!("runs/{run}/adapter"), "--max-tokens", "6", "--metrics",
-            "rougeL,loss", "--resamples", "50",
-        ])?;
+        h.ok(
+            "alice",
+            &[
+                "train",
+                "--model",
+                &h.s("tiny"),
+                "--data",
+                "train.jsonl",
+                "--eval-data",
+                "eval.jsonl",
+                "--out",
+                &format!("runs/{run}"),
+                "--max-steps",
+                "12",
+                "--batch-size",
+                "4",
+                "--lr",
+                lr,
+                "--seed",
+                seed,
+                "--eval-steps",
+                "3",
+                "--save-steps",
+                "6",
+                "--logging-steps",
+                "1",
+                "--quiet",
+                "--register-as",
+                "support",
+            ],
+        )?;
+        h.ok(
+            "alice",
+            &[
+                "eval",
+                "--model",
+                &h.s("tiny"),
+                "--data",
+                "eval.jsonl",
+                "--adapter",
+                &format!("runs/{run}/adapter"),
+                "--max-tokens",
+                "6",
+                "--metrics",
+                "rougeL,loss",
+                "--resamples",
+                "50",
+            ],
+        )?;
     }
     // A run folder named like markup, whose config holds markup too.
     let evil = h.path("runs").join(HOSTILE);
     std::fs::create_dir_all(&evil)?;
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(h.path("runs/a/config.json"))?)?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(h.path("runs/a/config.json"))?)?;
     cfg["data"] = "<script>alert(2)</script>".into();
     std::fs::write(evil.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
     std::fs::copy(h.path("runs/a/metrics.jsonl"), evil.join("metrics.jsonl"))?;
     // champion needs an approval by someone else (the built-in rule); canary too, by policy.
-    std::fs::write(h.path("home/policy.toml"), "[alias.champion]\napprovers = 1\n\n[alias.canary]\napprovers = 1\n")?;
-    let p = h.ok("alice", &["registry", "promote", "support", "1", "--to", "champion", "--reason", "first release"])?;
+    std::fs::write(
+        h.path("home/policy.toml"),
+        "[alias.champion]\napprovers = 1\n\n[alias.canary]\napprovers = 1\n",
+    )?;
+    let p = h.ok(
+        "alice",
+        &["registry", "promote", "support", "1", "--to", "champion", "--reason", "first release"],
+    )?;
     ensure!(p.contains("request 1"), "{p}");
-    let p = h.ok("alice", &["registry", "promote", "support", "1", "--to", "canary", "--reason", "try it"])?;
+    let p =
+        h.ok("alice", &["registry", "promote", "support", "1", "--to", "canary", "--reason", "try it"])?;
     ensure!(p.contains("request 2"), "{p}");
     h.ok("alice", &["audit", "checkpoint"])?;
     // A knowledge base with a document holding HTML (synthetic vectors: BM25 needs no embedder).
@@ -197,14 +271,23 @@ fn fake_metrics_server() -> anyhow::Result<String> {
             let _ = s.read(&mut buf);
             let body = "# HELP x\nferrotune:prompt_tokens_total{model=\"tiny\",adapter=\"\"} 1234\nferrotune:num_requests_running{model=\"tiny\"} 3\n\
                         ferrotune:time_to_first_token_seconds_sum{model=\"tiny\"} 0.9\nferrotune:time_to_first_token_seconds_count{model=\"tiny\"} 3\n";
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         }
     });
     Ok(addr)
 }
 
 /// Reads the run's event stream until `want` shows up in it.
-fn events_until(ui: &Ui, path: &str, want: &str, after: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<String> {
+fn events_until(
+    ui: &Ui,
+    path: &str,
+    want: &str,
+    after: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(&ui.addr)?;
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", ui.addr)?;
@@ -238,18 +321,49 @@ fn form_value(body: &str, name: &str) -> Option<String> {
 }
 
 #[test]
-fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_the_admin_key() -> anyhow::Result<()> {
+fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_the_admin_key()
+-> anyhow::Result<()> {
     let h = home_with_a_run()?;
     let ui = Ui::start(&h, &[])?;
 
     // Runs: both folders listed, the hostile one escaped, the missing --runs folder named.
-    let runs = page(&ui, "/", &["/runs/0/a", "succeeded", "train.jsonl", "tiny", "&lt;img src=x onerror=alert(1)&gt;", "missing-runs does not exist"])?;
+    let runs = page(
+        &ui,
+        "/",
+        &[
+            "/runs/0/a",
+            "succeeded",
+            "train.jsonl",
+            "tiny",
+            "&lt;img src=x onerror=alert(1)&gt;",
+            "missing-runs does not exist",
+        ],
+    )?;
     assert_escaped(&runs, "runs");
-    ensure!(runs.contains("&lt;script&gt;alert(2)&lt;/script&gt;"), "the hostile config value is escaped:\n{runs}");
+    ensure!(
+        runs.contains("&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "the hostile config value is escaped:\n{runs}"
+    );
 
     // A run: the curve (SVG), config, checkpoints, the registry record, the evaluation link.
-    page(&ui, "/runs/0/a", &["<svg", "eval loss", "lora_r", "Checkpoints", "registers as", "data-events=\"/runs/0/a/events\"", "Evaluation of this run"])?;
-    let evil = page(&ui, &format!("/runs/0/{}", enc(HOSTILE)), &["Run &lt;img src=x onerror=alert(1)&gt;", "&lt;script&gt;alert(2)&lt;/script&gt;"])?;
+    page(
+        &ui,
+        "/runs/0/a",
+        &[
+            "<svg",
+            "eval loss",
+            "lora_r",
+            "Checkpoints",
+            "registers as",
+            "data-events=\"/runs/0/a/events\"",
+            "Evaluation of this run",
+        ],
+    )?;
+    let evil = page(
+        &ui,
+        &format!("/runs/0/{}", enc(HOSTILE)),
+        &["Run &lt;img src=x onerror=alert(1)&gt;", "&lt;script&gt;alert(2)&lt;/script&gt;"],
+    )?;
     assert_escaped(&evil, "hostile run page");
 
     // Live: the event stream sends the curve, then again when metrics.jsonl grows.
@@ -262,7 +376,11 @@ fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_
     ensure!(got.contains("event: curve") && got.contains("<svg"), "{got}");
 
     // Compare: overlaid curves, the config difference (data), eval deltas with intervals.
-    let cmp = page(&ui, &format!("/compare?run=0/a&run=0/b&run=0/{}", enc(HOSTILE)), &["<svg", "Config differences", "rougeL", "Δ vs base", "b − a", "no eval/eval.json"])?;
+    let cmp = page(
+        &ui,
+        &format!("/compare?run=0/a&run=0/b&run=0/{}", enc(HOSTILE)),
+        &["<svg", "Config differences", "rougeL", "Δ vs base", "b − a", "no eval/eval.json"],
+    )?;
     ensure!(cmp.contains("<td>lr</td>") && cmp.contains("<td>seed</td>"), "lr and seed differ:\n{cmp}");
     assert_escaped(&cmp, "compare");
     let r = get(&ui, "/compare?run=0/a")?;
@@ -277,10 +395,18 @@ fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_
     ensure!(get(&ui, "/eval?file=%2Fetc%2Fpasswd")?.status == 404, "only evaluations on record open");
 
     // Registry: the queue, versions, history, lineage.
-    let reg = page(&ui, "/registry", &["Approval queue", "support@1", "champion", "canary", "log in to decide", "Disable support@1"])?;
+    let reg = page(
+        &ui,
+        "/registry",
+        &["Approval queue", "support@1", "champion", "canary", "log in to decide", "Disable support@1"],
+    )?;
     ensure!(!reg.contains("name=\"csrf\""), "no write forms before logging in");
     page(&ui, "/registry/history/support", &["register", "promote-requested", "alice"])?;
-    page(&ui, &format!("/registry/version/{}", enc("support@1")), &["Lineage", "adapter_model.safetensors", "train.jsonl"])?;
+    page(
+        &ui,
+        &format!("/registry/version/{}", enc("support@1")),
+        &["Lineage", "adapter_model.safetensors", "train.jsonl"],
+    )?;
 
     // Audit: recent entries, search, verification of the latest checkpoint.
     page(&ui, "/audit", &["Verified", "signature good", "registry.promote", "train.start"])?;
@@ -290,12 +416,20 @@ fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_
     // Knowledge bases: documents and a query with citations, HTML in them escaped.
     let kbs = page(&ui, "/kb", &["docs"])?;
     assert_escaped(&kbs, "kb list");
-    let kb = page(&ui, "/kb/docs?q=refunds+paid&mode=bm25&k=3", &["&lt;b&gt;bold&lt;/b&gt;.txt", "[0, ", "Refunds are paid", "&lt;script&gt;alert(3)"])?;
+    let kb = page(
+        &ui,
+        "/kb/docs?q=refunds+paid&mode=bm25&k=3",
+        &["&lt;b&gt;bold&lt;/b&gt;.txt", "[0, ", "Refunds are paid", "&lt;script&gt;alert(3)"],
+    )?;
     assert_escaped(&kb, "kb query");
 
     // Serving: a server's /metrics as a few numbers; a javascript: "Grafana link" is not a link.
     let metrics_addr = fake_metrics_server()?;
-    page(&ui, &format!("/serving?url={}", enc(&format!("http://{metrics_addr}"))), &["prompt tokens", "1234", "300.0 ms"])?;
+    page(
+        &ui,
+        &format!("/serving?url={}", enc(&format!("http://{metrics_addr}"))),
+        &["prompt tokens", "1234", "300.0 ms"],
+    )?;
     let s = page(&ui, "/serving?grafana=javascript%3Aalert(1)", &["must start with http"])?;
     ensure!(!s.contains("href=\"javascript"), "{s}");
 
@@ -312,34 +446,91 @@ fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_
     ensure!(r.status == 403, "a wrong key: {}", r.status);
     let r = http(&ui.addr, "POST", "/login", &[], Some(&format!("user=bob&key={KEY}")))?;
     ensure!(r.status == 303, "login: {} {}", r.status, r.body);
-    let cookie = r.header("set-cookie").and_then(|c| c.split(';').next()).context("session cookie")?.to_string();
-    ensure!(r.header("set-cookie").is_some_and(|c| c.contains("HttpOnly") && c.contains("SameSite=Strict")), "{:?}", r.headers);
+    let cookie =
+        r.header("set-cookie").and_then(|c| c.split(';').next()).context("session cookie")?.to_string();
+    ensure!(
+        r.header("set-cookie").is_some_and(|c| c.contains("HttpOnly") && c.contains("SameSite=Strict")),
+        "{:?}",
+        r.headers
+    );
     let logged = http(&ui.addr, "GET", "/registry", &[("Cookie", &cookie)], None)?;
     ensure!(logged.body.contains("ui:bob") && logged.body.contains("Approve request 1"), "{}", logged.body);
     let csrf = form_value(&logged.body, "csrf").context("csrf token")?;
     // With the session but without its form token, or from another site: refused.
-    let r = http(&ui.addr, "POST", "/registry/approve", &[("Cookie", &cookie)], Some("request=1&csrf=forged"))?;
+    let r =
+        http(&ui.addr, "POST", "/registry/approve", &[("Cookie", &cookie)], Some("request=1&csrf=forged"))?;
     ensure!(r.status == 403, "a forged form token: {}", r.status);
-    let r = http(&ui.addr, "POST", "/registry/approve", &[("Cookie", &cookie), ("Origin", "http://evil.example")], Some(&format!("request=1&csrf={csrf}")))?;
+    let r = http(
+        &ui.addr,
+        "POST",
+        "/registry/approve",
+        &[("Cookie", &cookie), ("Origin", "http://evil.example")],
+        Some(&format!("request=1&csrf={csrf}")),
+    )?;
     ensure!(r.status == 403, "another site's form: {}", r.status);
-    let r = http(&ui.addr, "POST", "/registry/approve", &[("Cookie", &cookie), ("Origin", &ui.url())], Some(&format!("request=1&csrf={csrf}")))?;
-    ensure!(r.status == 200 && r.body.contains("support@champion → support@1"), "approve: {} {}", r.status, r.body);
+    let r = http(
+        &ui.addr,
+        "POST",
+        "/registry/approve",
+        &[("Cookie", &cookie), ("Origin", &ui.url())],
+        Some(&format!("request=1&csrf={csrf}")),
+    )?;
+    ensure!(
+        r.status == 200 && r.body.contains("support@champion → support@1"),
+        "approve: {} {}",
+        r.status,
+        r.body
+    );
     let show = h.json_as("alice", &["registry", "show", "support"])?;
-    ensure!(show["artifact"]["version"] == 1 && show["artifact"]["aliases"].as_array().is_some_and(|a| a.iter().any(|x| x == "champion")), "{show}");
+    ensure!(
+        show["artifact"]["version"] == 1
+            && show["artifact"]["aliases"].as_array().is_some_and(|a| a.iter().any(|x| x == "champion")),
+        "{show}"
+    );
     let hist = h.ok("alice", &["registry", "history", "support"])?;
     ensure!(hist.contains("by ui:bob"), "{hist}");
 
     // Kill switch: the confirmation page, a bare POST refused, then disable and enable.
-    let c = http(&ui.addr, "GET", &format!("/registry/disable?ref={}", enc("support@1")), &[("Cookie", &cookie)], None)?;
-    ensure!(c.status == 200 && c.body.contains("It still holds") && c.body.contains("name=\"confirm\" value=\"yes\""), "{}", c.body);
-    let r = http(&ui.addr, "POST", "/registry/disable", &[("Cookie", &cookie)], Some(&format!("ref=support%401&csrf={csrf}&reason=bad")))?;
+    let c = http(
+        &ui.addr,
+        "GET",
+        &format!("/registry/disable?ref={}", enc("support@1")),
+        &[("Cookie", &cookie)],
+        None,
+    )?;
+    ensure!(
+        c.status == 200
+            && c.body.contains("It still holds")
+            && c.body.contains("name=\"confirm\" value=\"yes\""),
+        "{}",
+        c.body
+    );
+    let r = http(
+        &ui.addr,
+        "POST",
+        "/registry/disable",
+        &[("Cookie", &cookie)],
+        Some(&format!("ref=support%401&csrf={csrf}&reason=bad")),
+    )?;
     ensure!(r.status == 400, "disable without the confirmation: {}", r.status);
-    let r = http(&ui.addr, "POST", "/registry/disable", &[("Cookie", &cookie)], Some(&format!("ref=support%401&csrf={csrf}&reason=leaks+data&confirm=yes")))?;
+    let r = http(
+        &ui.addr,
+        "POST",
+        "/registry/disable",
+        &[("Cookie", &cookie)],
+        Some(&format!("ref=support%401&csrf={csrf}&reason=leaks+data&confirm=yes")),
+    )?;
     ensure!(r.status == 200 && r.body.contains("disabled"), "disable: {} {}", r.status, r.body);
     let arts = h.json_as("alice", &["registry", "list", "artifacts"])?;
     ensure!(arts[0]["disabled"] == true && arts[0]["disabled_reason"] == "leaks data", "{arts}");
     page(&ui, "/registry", &["DISABLED", "Enable support@1"])?;
-    let r = http(&ui.addr, "POST", "/registry/enable", &[("Cookie", &cookie)], Some(&format!("ref=support%401&csrf={csrf}&reason=fixed&confirm=yes")))?;
+    let r = http(
+        &ui.addr,
+        "POST",
+        "/registry/enable",
+        &[("Cookie", &cookie)],
+        Some(&format!("ref=support%401&csrf={csrf}&reason=fixed&confirm=yes")),
+    )?;
     ensure!(r.status == 200 && r.body.contains("enabled"), "enable: {} {}", r.status, r.body);
     ensure!(h.json_as("alice", &["registry", "list", "artifacts"])?[0]["disabled"] == false, "enabled again");
 
@@ -354,7 +545,9 @@ fn the_dashboard_shows_every_page_escapes_what_users_wrote_and_writes_only_with_
     if std::env::var("FERROTUNE_CHECK_UI_BROWSER").is_ok_and(|v| v == "1") {
         browser_check(&h, &ui)?;
     } else {
-        eprintln!("browser check skipped (FERROTUNE_CHECK_UI_BROWSER=1 runs scripts/ui/browser_check.py in headless Chromium)");
+        eprintln!(
+            "browser check skipped (FERROTUNE_CHECK_UI_BROWSER=1 runs scripts/ui/browser_check.py in headless Chromium)"
+        );
     }
     Ok(())
 }
@@ -367,16 +560,30 @@ fn repo() -> PathBuf {
 fn browser_check(h: &Home, ui: &Ui) -> anyhow::Result<()> {
     let venv = repo().join(".venv-ui/bin/python");
     let python = if venv.exists() { venv } else { PathBuf::from("python3") };
-    let shots = std::env::var_os("FERROTUNE_UI_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| h.path("screenshots"));
+    let shots = std::env::var_os("FERROTUNE_UI_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| h.path("screenshots"));
     let o = Command::new(&python)
         .arg(repo().join("scripts/ui/browser_check.py"))
-        .args(["--url", &ui.url(), "--key-file", &h.s("admin.key"), "--run-dir", &h.s("runs/a"), "--out", &shots.display().to_string()])
+        .args([
+            "--url",
+            &ui.url(),
+            "--key-file",
+            &h.s("admin.key"),
+            "--run-dir",
+            &h.s("runs/a"),
+            "--out",
+            &shots.display().to_string(),
+        ])
         .arg("--hostile-run")
         .arg(format!("/runs/0/{}", enc(HOSTILE)))
         .output()?;
     ensure!(o.status.success(), "browser check failed:\n{}", text(&o));
     eprintln!("{}", text(&o));
     let aliases = h.json_as("alice", &["registry", "list", "aliases"])?;
-    ensure!(aliases.as_array().is_some_and(|a| a.iter().any(|x| x["alias"] == "canary" && x["version"] == 1)), "the browser's approval moved canary: {aliases}");
+    ensure!(
+        aliases.as_array().is_some_and(|a| a.iter().any(|x| x["alias"] == "canary" && x["version"] == 1)),
+        "the browser's approval moved canary: {aliases}"
+    );
     Ok(())
 }

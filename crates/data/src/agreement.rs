@@ -97,7 +97,12 @@ impl Agreement {
     }
 
     pub fn summary(&self) -> AgreementSummary {
-        AgreementSummary { alpha: self.alpha(), units: self.units, pairable_values: self.pairable_values, labels: self.labels.keys().cloned().collect() }
+        AgreementSummary {
+            alpha: self.alpha(),
+            units: self.units,
+            pairable_values: self.pairable_values,
+            labels: self.labels.keys().cloned().collect(),
+        }
     }
 }
 
@@ -124,9 +129,18 @@ mod tests {
     fn krippendorffs_worked_example_gives_0_743() {
         // Krippendorff (2011) §C nominal example: 4 coders, 12 units, α = 0.743.
         let units = [
-            json!([1, 1, null, 1]), json!([2, 2, 3, 2]), json!([3, 3, 3, 3]), json!([3, 3, 3, 3]),
-            json!([2, 2, 2, 2]), json!([1, 2, 3, 4]), json!([4, 4, 4, 4]), json!([1, 1, 2, 1]),
-            json!([2, 2, 2, 2]), json!([null, 5, 5, 5]), json!([null, null, 1, 1]), json!([null, null, 3, null]),
+            json!([1, 1, null, 1]),
+            json!([2, 2, 3, 2]),
+            json!([3, 3, 3, 3]),
+            json!([3, 3, 3, 3]),
+            json!([2, 2, 2, 2]),
+            json!([1, 2, 3, 4]),
+            json!([4, 4, 4, 4]),
+            json!([1, 1, 2, 1]),
+            json!([2, 2, 2, 2]),
+            json!([null, 5, 5, 5]),
+            json!([null, null, 1, 1]),
+            json!([null, null, 3, null]),
         ];
         let a = alpha(&units).expect("defined");
         assert!((a - 0.743).abs() < 5e-4, "{a}");
@@ -172,8 +186,10 @@ mod tests {
         };
         for case in 0..200 {
             let values = 1 + next(12);
-            let units: Vec<Vec<u32>> = (0..1 + next(30)).map(|_| (0..next(7)).map(|_| next(values) as u32).collect()).collect();
-            let json: Vec<Value> = units.iter().map(|u| json!(u.iter().map(|v| format!("l{v}")).collect::<Vec<_>>())).collect();
+            let units: Vec<Vec<u32>> =
+                (0..1 + next(30)).map(|_| (0..next(7)).map(|_| next(values) as u32).collect()).collect();
+            let json: Vec<Value> =
+                units.iter().map(|u| json!(u.iter().map(|v| format!("l{v}")).collect::<Vec<_>>())).collect();
             let (ours, reference) = (alpha(&json), alpha_from_the_full_matrix(&units));
             match (ours, reference) {
                 (Some(a), Some(b)) => assert!((a - b).abs() < 1e-12, "case {case}: {a} vs {b} for {units:?}"),

@@ -76,7 +76,9 @@ impl ChatMl {
             return None;
         }
         let mut len = match &self.default_system {
-            Some(sys) if messages.first().is_some_and(|m| m.0 != "system") && i > 0 => SYS_OPEN.len() + sys.len() + END.len(),
+            Some(sys) if messages.first().is_some_and(|m| m.0 != "system") && i > 0 => {
+                SYS_OPEN.len() + sys.len() + END.len()
+            }
             _ => 0,
         };
         for (role, content) in &messages[..i] {
@@ -88,7 +90,12 @@ impl ChatMl {
     }
 
     /// Append the rendering of `messages` (role, content) to `out`.
-    pub fn render_into<'a>(&self, messages: impl Iterator<Item = (&'a str, &'a str)>, add_generation_prompt: bool, out: &mut String) {
+    pub fn render_into<'a>(
+        &self,
+        messages: impl Iterator<Item = (&'a str, &'a str)>,
+        add_generation_prompt: bool,
+        out: &mut String,
+    ) {
         for (i, (role, content)) in messages.enumerate() {
             if i == 0
                 && role != "system"

@@ -114,7 +114,9 @@ impl Fingerprint {
                 }
             }
         }
-        let prompt_answer = record.prompt_and_answer_into(prompt).map(|a| (xxh3_64(prompt.as_bytes()), xxh3_64(a.trim().as_bytes())));
+        let prompt_answer = record
+            .prompt_and_answer_into(prompt)
+            .map(|a| (xxh3_64(prompt.as_bytes()), xxh3_64(a.trim().as_bytes())));
         let sketch = sketcher.map(|h| {
             shingle_hashes_into(plain, lower, words, shingles);
             h.sketch_with(shingles, xs, mins)

@@ -169,7 +169,8 @@ fn byte_chars() -> [char; 256] {
     let mut out = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         out[b as usize] = if printable {
             char::from_u32(b).unwrap_or('\0')
         } else {
@@ -226,7 +227,11 @@ impl ShortKey {
         }
         let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
         let keep = |n: usize| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
-        Self { lo: word(&w[..8]) & keep(len), hi: word(&w[8..]) & keep(len.saturating_sub(8)), len: len as u64 }
+        Self {
+            lo: word(&w[..8]) & keep(len),
+            hi: word(&w[8..]) & keep(len.saturating_sub(8)),
+            len: len as u64,
+        }
     }
 }
 
@@ -234,7 +239,8 @@ impl std::hash::Hash for ShortKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // A folded 128-bit product of the two words (as foldhash / wyhash mix): every input bit
         // reaches the high bits hashbrown takes its tags from and the low bits of its buckets.
-        let p = u128::from(self.lo ^ 0x243f_6a88_85a3_08d3) * u128::from(self.hi ^ self.len.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1319_8a2e_0370_7344);
+        let p = u128::from(self.lo ^ 0x243f_6a88_85a3_08d3)
+            * u128::from(self.hi ^ self.len.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1319_8a2e_0370_7344);
         state.write_u64((p as u64) ^ ((p >> 64) as u64));
     }
 }
@@ -381,7 +387,13 @@ impl FastBpe {
 
     /// Calls `f(start, end, Some(id))` for each added token of `set` in `s` and
     /// `f(start, end, None)` for the text between them (offsets shifted by `base`).
-    fn split_added(&self, s: &str, set: &AddedSet, base: usize, f: &mut dyn FnMut(usize, usize, Option<u32>)) {
+    fn split_added(
+        &self,
+        s: &str,
+        set: &AddedSet,
+        base: usize,
+        f: &mut dyn FnMut(usize, usize, Option<u32>),
+    ) {
         let bytes = s.as_bytes();
         if !set.any {
             if !s.is_empty() {
@@ -505,7 +517,14 @@ impl FastBpe {
     }
 
     /// Appends the ids of the piece `text[start..end]`; false if the model fails on it.
-    fn piece_ids(&self, cache: &mut PieceCache, text: &[u8], start: usize, end: usize, ids: &mut Vec<u32>) -> bool {
+    fn piece_ids(
+        &self,
+        cache: &mut PieceCache,
+        text: &[u8],
+        start: usize,
+        end: usize,
+        ids: &mut Vec<u32>,
+    ) -> bool {
         let piece = &text[start..end];
         let short = (piece.len() <= ShortKey::MAX).then(|| ShortKey::new(text, start, end));
         if let Some(hit) = short.as_ref().and_then(|key| cache.short.get(key)) {
@@ -558,7 +577,13 @@ pub(crate) mod tests {
 
     pub fn merged_tokenizer_json(pre: &str) -> Value {
         let bc = byte_chars();
-        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into(), "<tool>".into(), "<tool_call>".into()];
+        let mut tokens: Vec<String> = vec![
+            "<|endoftext|>".into(),
+            "<|im_start|>".into(),
+            "<|im_end|>".into(),
+            "<tool>".into(),
+            "<tool_call>".into(),
+        ];
         let mut types = vec![3i64, 3, 3, 4, 4];
         for c in bc {
             tokens.push(c.to_string());
@@ -566,10 +591,35 @@ pub(crate) mod tests {
         }
         let m = |s: &[u8]| -> String { s.iter().map(|&b| bc[b as usize]).collect() };
         let pairs: &[(&[u8], &[u8])] = &[
-            (b" ", b"t"), (b"t", b"h"), (b" t", b"h"), (b" th", b"e"), (b"e", b"r"), (b"\n", b"\n"), (b" ", b" "), (b"  ", b"  "),
-            (b" ", b"\n"), (b"\n", b" "), (b"'", b"s"), (b"'", b"t"), (b"1", b"2"), (b" ", b"1"), (b".", b"."), (b"..", b"."),
-            (b"\xc3", b"\xa9"), (b"a", b"b"), (b" ", b"a"), (b"?", b"!"), (b"\t", b"\t"), (b"\r", b"\n"), (b"\xf0", b"\x9f"),
-            (b"\xf0\x9f", b"\x98"), (b"h", b"i"), (b" ", b"hi"), (b"o", b"n"), (b"on", b"e"), (b"\xc2", b"\xa0"),
+            (b" ", b"t"),
+            (b"t", b"h"),
+            (b" t", b"h"),
+            (b" th", b"e"),
+            (b"e", b"r"),
+            (b"\n", b"\n"),
+            (b" ", b" "),
+            (b"  ", b"  "),
+            (b" ", b"\n"),
+            (b"\n", b" "),
+            (b"'", b"s"),
+            (b"'", b"t"),
+            (b"1", b"2"),
+            (b" ", b"1"),
+            (b".", b"."),
+            (b"..", b"."),
+            (b"\xc3", b"\xa9"),
+            (b"a", b"b"),
+            (b" ", b"a"),
+            (b"?", b"!"),
+            (b"\t", b"\t"),
+            (b"\r", b"\n"),
+            (b"\xf0", b"\x9f"),
+            (b"\xf0\x9f", b"\x98"),
+            (b"h", b"i"),
+            (b" ", b"hi"),
+            (b"o", b"n"),
+            (b"on", b"e"),
+            (b"\xc2", b"\xa0"),
         ];
         let mut merges = Vec::new();
         for (a, b) in pairs {
@@ -597,14 +647,73 @@ pub(crate) mod tests {
     }
 
     const FRAGMENTS: &[&str] = &[
-        "a", "b", "hi", "the", "The", "one", "x", " ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", " \n", "\n ", "'s", "'t", "'re", "'ve",
-        "'m", "'ll", "'d", "'S", "'", "''", "1", "12", "123", "0", ".", "...", "?!", "-", "é", "😀", "中文", "½", "Ⅻ", "٣", "\u{a0}",
-        "\u{3000}", "\u{2028}", "ς", "Σ", "e\u{301}", "<|im_start|>", "<|im_end|>", "<tool>", "<tool_call>", "<tool", "<|", "$", "_",
-        "\u{0}", "\u{85}", "ÿ", "ab", " ab", "?", "!!", "\u{200b}",
+        "a",
+        "b",
+        "hi",
+        "the",
+        "The",
+        "one",
+        "x",
+        " ",
+        "  ",
+        "   ",
+        "\n",
+        "\n\n",
+        "\t",
+        "\r\n",
+        " \n",
+        "\n ",
+        "'s",
+        "'t",
+        "'re",
+        "'ve",
+        "'m",
+        "'ll",
+        "'d",
+        "'S",
+        "'",
+        "''",
+        "1",
+        "12",
+        "123",
+        "0",
+        ".",
+        "...",
+        "?!",
+        "-",
+        "é",
+        "😀",
+        "中文",
+        "½",
+        "Ⅻ",
+        "٣",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{2028}",
+        "ς",
+        "Σ",
+        "e\u{301}",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<tool>",
+        "<tool_call>",
+        "<tool",
+        "<|",
+        "$",
+        "_",
+        "\u{0}",
+        "\u{85}",
+        "ÿ",
+        "ab",
+        " ab",
+        "?",
+        "!!",
+        "\u{200b}",
     ];
 
     fn text() -> impl Strategy<Value = String> {
-        proptest::collection::vec(0..FRAGMENTS.len(), 0..40).prop_map(|ix| ix.into_iter().map(|i| FRAGMENTS[i]).collect())
+        proptest::collection::vec(0..FRAGMENTS.len(), 0..40)
+            .prop_map(|ix| ix.into_iter().map(|i| FRAGMENTS[i]).collect())
     }
 
     #[test]
@@ -637,8 +746,21 @@ pub(crate) mod tests {
             let hf = merged_tokenizer(pre);
             let fast = FastBpe::new(&hf).expect("recognised");
             for t in [
-                "", " ", "hello world", "  hi", "hi  ", "a\n\n b", "it's 12 o'clock", "x'S 'Re", "<|im_start|>user\n  two spaces<|im_end|>\n",
-                "<tool_call><tool><tool_cal", "é😀 中文 ½Ⅻ٣ 123 4", "\u{a0}\u{a0}x", "tabs\t\tand\r\nCRLF", "   \n\n   end", "...?!...",
+                "",
+                " ",
+                "hello world",
+                "  hi",
+                "hi  ",
+                "a\n\n b",
+                "it's 12 o'clock",
+                "x'S 'Re",
+                "<|im_start|>user\n  two spaces<|im_end|>\n",
+                "<tool_call><tool><tool_cal",
+                "é😀 中文 ½Ⅻ٣ 123 4",
+                "\u{a0}\u{a0}x",
+                "tabs\t\tand\r\nCRLF",
+                "   \n\n   end",
+                "...?!...",
             ] {
                 assert_same(&fast, &hf, t);
             }
@@ -678,11 +800,16 @@ pub(crate) mod tests {
         // regex-syntax's table; where the two disagree (characters newer than one of them) the
         // scanner must still follow each stage's own rule.
         let c = CharClasses::new().expect("classes");
-        let odd: Vec<char> = (0..=0x10ffffu32).filter_map(char::from_u32).filter(|ch| ch.is_numeric() != (c.of(*ch) == Class::Number)).collect();
+        let odd: Vec<char> = (0..=0x10ffffu32)
+            .filter_map(char::from_u32)
+            .filter(|ch| ch.is_numeric() != (c.of(*ch) == Class::Number))
+            .collect();
         let hf = merged_tokenizer("smollm");
         let fast = FastBpe::new(&hf).expect("recognised");
         for ch in odd {
-            for t in [format!("{ch}"), format!("a{ch}{ch}b"), format!(" {ch}1 {ch}x"), format!("1{ch}2 ?{ch}!")] {
+            for t in
+                [format!("{ch}"), format!("a{ch}{ch}b"), format!(" {ch}1 {ch}x"), format!("1{ch}2 ?{ch}!")]
+            {
                 assert_same(&fast, &hf, &t);
             }
         }

@@ -55,11 +55,20 @@ impl Code {
     pub fn severity(self) -> Severity {
         use Code::*;
         match self {
-            BadJson | BadCsv | NotAnObject | UnknownFormat | MixedFormats | MissingField | UnknownKey | UnknownRole
-            | WrongType | BadWeight | NoAssistant | EmptyTarget | AssistantNotLast | NoTrainableTurn | TooLong
-            | RenderFailed | TooFewExamples => Severity::Error,
-            MissingSystem | MissingUser | ExactDuplicate | NearDuplicate | ConflictingAnswers | EvalLeakage | Pii
-            | FewExamples | SkewedCoverage | LowAgreement | PossibleBackdoorTrigger => Severity::Warning,
+            BadJson | BadCsv | NotAnObject | UnknownFormat | MixedFormats | MissingField | UnknownKey
+            | UnknownRole | WrongType | BadWeight | NoAssistant | EmptyTarget | AssistantNotLast
+            | NoTrainableTurn | TooLong | RenderFailed | TooFewExamples => Severity::Error,
+            MissingSystem
+            | MissingUser
+            | ExactDuplicate
+            | NearDuplicate
+            | ConflictingAnswers
+            | EvalLeakage
+            | Pii
+            | FewExamples
+            | SkewedCoverage
+            | LowAgreement
+            | PossibleBackdoorTrigger => Severity::Warning,
         }
     }
 
@@ -154,9 +163,25 @@ fn serialize_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S:
 }
 
 impl Finding {
-    pub fn new(code: Code, file: &Arc<str>, line: Option<u64>, field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn new(
+        code: Code,
+        file: &Arc<str>,
+        line: Option<u64>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         let unit = Unit::of_file(file);
-        Self { severity: code.severity(), code, file: file.clone(), unit, line, field: field.into(), message: message.into(), hint: hint.into() }
+        Self {
+            severity: code.severity(),
+            code,
+            file: file.clone(),
+            unit,
+            line,
+            field: field.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
 
     pub fn is_error(&self) -> bool {

@@ -12,7 +12,10 @@ pub const SHOWN_PER_CODE: usize = 5;
 
 fn summary(s: &Option<Summary>) -> String {
     match s {
-        Some(s) => format!("min {} · p5 {} · median {} · p95 {} · max {} (mean {:.1}, total {})", s.min, s.p5, s.median, s.p95, s.max, s.mean, s.sum),
+        Some(s) => format!(
+            "min {} · p5 {} · median {} · p95 {} · max {} (mean {:.1}, total {})",
+            s.min, s.p5, s.median, s.p95, s.max, s.mean, s.sum
+        ),
         None => "n/a".into(),
     }
 }
@@ -20,10 +23,21 @@ fn summary(s: &Option<Summary>) -> String {
 impl Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = &self.stats;
-        writeln!(f, "{} rows in {} file(s): {} errors, {} warnings", st.rows + st.eval_rows, self.files.len(), self.errors, self.warnings)?;
+        writeln!(
+            f,
+            "{} rows in {} file(s): {} errors, {} warnings",
+            st.rows + st.eval_rows,
+            self.files.len(),
+            self.errors,
+            self.warnings
+        )?;
         for file in &self.files {
             let fmt = file.format.map_or("-", |x| x.as_str());
-            writeln!(f, "  {} [{}] {}: {} rows, {} valid", file.path, file.role, fmt, file.rows, file.valid_rows)?;
+            writeln!(
+                f,
+                "  {} [{}] {}: {} rows, {} valid",
+                file.path, file.role, fmt, file.rows, file.valid_rows
+            )?;
         }
         for (sev, title) in [(Severity::Error, "errors"), (Severity::Warning, "warnings")] {
             let codes: Vec<_> = self.counts.iter().filter(|(c, _)| c.severity() == sev).collect();
@@ -33,7 +47,8 @@ impl Display for Report {
             writeln!(f, "\n{title}:")?;
             for (code, n) in codes {
                 writeln!(f, "  {} ({n})", code.as_str())?;
-                let shown: Vec<_> = self.findings.iter().filter(|x| x.code == *code).take(SHOWN_PER_CODE).collect();
+                let shown: Vec<_> =
+                    self.findings.iter().filter(|x| x.code == *code).take(SHOWN_PER_CODE).collect();
                 for x in &shown {
                     let mut at = match x.line {
                         Some(l) => crate::finding::locate(&x.file, l),
@@ -73,7 +88,8 @@ impl Display for Report {
             st.rows_with_pii
         )?;
         if let Some(b) = &st.backdoor {
-            let flagged = self.counts.get(&crate::finding::Code::PossibleBackdoorTrigger).copied().unwrap_or(0);
+            let flagged =
+                self.counts.get(&crate::finding::Code::PossibleBackdoorTrigger).copied().unwrap_or(0);
             writeln!(
                 f,
                 "  backdoor triggers: {flagged} flagged; {} of {} trigger-like prompt tokens tested (in {}–{} of {} rows){}",
@@ -82,7 +98,11 @@ impl Display for Report {
                 b.token_rows.0,
                 b.token_rows.1,
                 b.rows,
-                if b.untracked_tokens > 0 { format!(", {} untracked past the cap", b.untracked_tokens) } else { String::new() }
+                if b.untracked_tokens > 0 {
+                    format!(", {} untracked past the cap", b.untracked_tokens)
+                } else {
+                    String::new()
+                }
             )?;
         }
         if st.eval_rows > 0 {
@@ -90,7 +110,11 @@ impl Display for Report {
         }
         for (field, fc) in &st.coverage {
             if fc.high_cardinality {
-                writeln!(f, "  coverage by {field}: more than {} distinct values (an identifier?)", crate::stats::MAX_CLASSES)?;
+                writeln!(
+                    f,
+                    "  coverage by {field}: more than {} distinct values (an identifier?)",
+                    crate::stats::MAX_CLASSES
+                )?;
                 continue;
             }
             let mut v: Vec<_> = fc.counts.iter().collect();
@@ -101,7 +125,11 @@ impl Display for Report {
         }
         if let Some(a) = &self.agreement {
             let alpha = a.alpha.map_or("undefined (one label only)".into(), |x| format!("{x:.3}"));
-            writeln!(f, "  annotator agreement (Krippendorff's alpha, nominal): {alpha} over {} units", a.units)?;
+            writeln!(
+                f,
+                "  annotator agreement (Krippendorff's alpha, nominal): {alpha} over {} units",
+                a.units
+            )?;
         }
         let verdict = if !self.ok {
             "FAILED: fix the errors above"

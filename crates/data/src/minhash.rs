@@ -22,7 +22,6 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::prehashed::{Key64, OpenMap};
 
-
 #[derive(Debug, Clone)]
 pub struct MinHasher {
     a: Vec<u64>,
@@ -84,7 +83,8 @@ impl MinHasher {
         let a: Vec<u64> = (0..num_perm).map(|_| rng.random()).collect();
         let b: Vec<u64> = (0..num_perm).map(|_| rng.random()).collect();
         let padded = num_perm.div_ceil(LANES) * LANES;
-        let pad = |v: Vec<u64>| -> Vec<u64> { v.into_iter().chain(std::iter::repeat(0)).take(padded).collect() };
+        let pad =
+            |v: Vec<u64>| -> Vec<u64> { v.into_iter().chain(std::iter::repeat(0)).take(padded).collect() };
         let a_hi = pad(a.iter().map(|x| x >> 32).collect());
         let a_lo = pad(a.iter().map(|x| x & 0xffff_ffff).collect());
         let b_pad = pad(b.clone());
@@ -114,7 +114,9 @@ impl MinHasher {
         xs.extend(hashes.iter().map(|&h| fold32(h)));
         mins.resize(self.a_hi.len(), 0);
         #[cfg(target_arch = "x86_64")]
-        let wide = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") && std::is_x86_feature_detected!("avx512vl");
+        let wide = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl");
         for at in (0..self.a_hi.len()).step_by(LANES) {
             let coef = [lanes(&self.a_hi, at), lanes(&self.a_lo, at), lanes(&self.b_pad, at)];
             let mut out = [0u64; LANES];
@@ -223,7 +225,10 @@ impl Sketcher {
     /// [`Sketcher::sketch`] with scratch buffers reused across rows.
     pub fn sketch_with(&self, hashes: &[u64], xs: &mut Vec<u64>, mins: &mut Vec<u64>) -> Sketch {
         self.hasher.signature_into(hashes, xs, mins);
-        Sketch { bands: band_keys(mins, self.bands, self.rows), compact: mins.iter().map(|m| *m as u8).collect() }
+        Sketch {
+            bands: band_keys(mins, self.bands, self.rows),
+            compact: mins.iter().map(|m| *m as u8).collect(),
+        }
     }
 }
 
@@ -275,7 +280,9 @@ fn ascii_lower(x: u64) -> u64 {
 /// constant (so order matters), xored, then murmur3's 64-bit finaliser to spread the bits.
 #[inline]
 fn trigram(a: u64, b: u64, c: u64) -> u64 {
-    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ c.wrapping_mul(0x1656_67b1_9e37_79f9);
+    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ c.wrapping_mul(0x1656_67b1_9e37_79f9);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -332,7 +339,10 @@ pub fn shingle_hashes_into(text: &str, lower: &mut Vec<u8>, words: &mut Vec<u64>
             // stored whole (byte-by-byte stores stalled xxh3's wide loads: store forwarding).
             let mut w = [0u8; 16];
             w.copy_from_slice(&b[start..start + 16]);
-            let (lo, hi) = (u64::from_le_bytes(w[..8].try_into().unwrap_or_default()), u64::from_le_bytes(w[8..].try_into().unwrap_or_default()));
+            let (lo, hi) = (
+                u64::from_le_bytes(w[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(w[8..].try_into().unwrap_or_default()),
+            );
             let keep = |n: usize| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
             let lo = ascii_lower(lo) & keep(word.len());
             let hi = ascii_lower(hi) & keep(word.len().saturating_sub(8));
@@ -365,7 +375,8 @@ pub fn shingles_reference(text: &str) -> Vec<u64> {
         .filter(|w| !w.is_empty())
         .map(|w| xxh3_64(w.to_lowercase().as_bytes()))
         .collect();
-    let mut out: Vec<u64> = if words.len() < 3 { words } else { words.windows(3).map(|w| trigram(w[0], w[1], w[2])).collect() };
+    let mut out: Vec<u64> =
+        if words.len() < 3 { words } else { words.windows(3).map(|w| trigram(w[0], w[1], w[2])).collect() };
     out.sort_unstable();
     out.dedup();
     out
@@ -373,8 +384,10 @@ pub fn shingles_reference(text: &str) -> Vec<u64> {
 
 /// The shingle strings themselves (for the parity script and for debugging).
 pub fn shingle_strings(text: &str) -> Vec<String> {
-    let words: Vec<String> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
-    let mut out: Vec<String> = if words.len() < 3 { words } else { words.windows(3).map(|w| w.join(" ")).collect() };
+    let words: Vec<String> =
+        text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    let mut out: Vec<String> =
+        if words.len() < 3 { words } else { words.windows(3).map(|w| w.join(" ")).collect() };
     out.sort();
     out.dedup();
     out
@@ -434,11 +447,23 @@ pub struct LshIndex {
 
 impl LshIndex {
     pub fn new(threshold: f64, num_perm: usize) -> Self {
-        Self::with_params(threshold, num_perm, optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1))
+        Self::with_params(
+            threshold,
+            num_perm,
+            optimal_param(threshold, num_perm, LSH_WEIGHTS.0, LSH_WEIGHTS.1),
+        )
     }
 
     fn with_params(threshold: f64, num_perm: usize, (bands, rows): (usize, usize)) -> Self {
-        Self { threshold, bands, rows, num_perm, tables: vec![OpenMap::default(); bands], sigs: Vec::new(), refs: Vec::new() }
+        Self {
+            threshold,
+            bands,
+            rows,
+            num_perm,
+            tables: vec![OpenMap::default(); bands],
+            sigs: Vec::new(),
+            refs: Vec::new(),
+        }
     }
 
     pub fn params(&self) -> (usize, usize) {
@@ -593,10 +618,12 @@ mod tests {
             let a: Vec<u64> = (0..shared + only).map(h).collect();
             let b: Vec<u64> = (0..shared).chain(1_000_000..1_000_000 + only).map(h).collect();
             let j = shared as f64 / (shared + 2 * only) as f64;
-            let est: Vec<f64> = (0..200).map(|seed| {
-                let m = MinHasher::new(128, seed);
-                m.signature(&a).jaccard(&m.signature(&b))
-            }).collect();
+            let est: Vec<f64> = (0..200)
+                .map(|seed| {
+                    let m = MinHasher::new(128, seed);
+                    m.signature(&a).jaccard(&m.signature(&b))
+                })
+                .collect();
             let mean = est.iter().sum::<f64>() / est.len() as f64;
             let sd = (est.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (est.len() - 1) as f64).sqrt();
             let ideal = (j * (1.0 - j) / 128.0).sqrt();
@@ -617,7 +644,11 @@ mod tests {
                     hashes[1] = 0;
                     hashes[2] = 0xffff_ffff;
                 }
-                assert_eq!(h.signature(&hashes), h.signature_reference(&hashes), "{num_perm} perms, {n} hashes");
+                assert_eq!(
+                    h.signature(&hashes),
+                    h.signature_reference(&hashes),
+                    "{num_perm} perms, {n} hashes"
+                );
             }
         }
     }
@@ -662,7 +693,16 @@ mod tests {
 
     #[test]
     fn shingles_of_fixed_strings_equal_the_reference() {
-        for t in ["", "one", "one two", "The quick, brown fox!", "ΣΑΣ σας ΟΔΟΣ", "İstanbul KELVIN 1st 2nd", "a--b__c  d\ne", "中文 字 😀 x y z"] {
+        for t in [
+            "",
+            "one",
+            "one two",
+            "The quick, brown fox!",
+            "ΣΑΣ σας ΟΔΟΣ",
+            "İstanbul KELVIN 1st 2nd",
+            "a--b__c  d\ne",
+            "中文 字 😀 x y z",
+        ] {
             assert_eq!(shingles(t), shingles_reference(t), "{t:?}");
         }
     }
@@ -699,7 +739,12 @@ mod tests {
         let sig = s.hasher().signature(&hashes);
         let sk = s.sketch(&hashes);
         assert_eq!(&sk.compact[..], &sig.compact()[..]);
-        let keys: Vec<u64> = sig.0.chunks(s.rows).take(s.bands).map(|band| xxh3_64(&band.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())).collect();
+        let keys: Vec<u64> = sig
+            .0
+            .chunks(s.rows)
+            .take(s.bands)
+            .map(|band| xxh3_64(&band.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()))
+            .collect();
         assert_eq!(&sk.bands[..], &keys[..]);
     }
 
@@ -707,7 +752,8 @@ mod tests {
     fn query_insert_equals_query_then_insert() {
         let s = Sketcher::new(0.85, 128, 1);
         let mut rng = StdRng::seed_from_u64(9);
-        let bases: Vec<Vec<String>> = (0..5).map(|b| (0..60).map(|i| format!("w{b}x{i}")).collect()).collect();
+        let bases: Vec<Vec<String>> =
+            (0..5).map(|b| (0..60).map(|i| format!("w{b}x{i}")).collect()).collect();
         let (mut a, mut b) = (LshIndex::new(0.85, 128), LshIndex::new(0.85, 128));
         let mut found = 0;
         for r in 0..600u64 {

@@ -46,7 +46,9 @@ impl ParquetRows {
         let reader = match opened {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(corrupt(path, format!("not a readable Parquet file: {e}"))),
-            Err(_) => return Err(corrupt(path, "not a readable Parquet file (its footer is corrupt)".into())),
+            Err(_) => {
+                return Err(corrupt(path, "not a readable Parquet file (its footer is corrupt)".into()));
+            }
         };
         let rows = RowIter::from_file_into(Box::new(reader) as Box<dyn FileReader>);
         Ok(Self { path: path.to_path_buf(), rows, row: 0, done: false })
@@ -118,14 +120,26 @@ fn timestamp(units: i64, per_sec: i64) -> String {
     let frac = units.rem_euclid(per_sec);
     let tod = secs.rem_euclid(86_400);
     let digits = if per_sec == 1000 { 3 } else { 6 };
-    format!("{}T{:02}:{:02}:{:02}.{frac:0digits$}Z", date(secs.div_euclid(86_400)), tod / 3600, tod / 60 % 60, tod % 60)
+    format!(
+        "{}T{:02}:{:02}:{:02}.{frac:0digits$}Z",
+        date(secs.div_euclid(86_400)),
+        tod / 3600,
+        tod / 60 % 60,
+        tod % 60
+    )
 }
 
 /// Time of day of `units` since midnight, `per_sec` units a second.
 fn time_of_day(units: i64, per_sec: i64) -> String {
     let secs = units.div_euclid(per_sec);
     let digits = if per_sec == 1000 { 3 } else { 6 };
-    format!("{:02}:{:02}:{:02}.{:0digits$}", secs / 3600, secs / 60 % 60, secs % 60, units.rem_euclid(per_sec))
+    format!(
+        "{:02}:{:02}:{:02}.{:0digits$}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        units.rem_euclid(per_sec)
+    )
 }
 
 /// One cell as JSON. `Err` carries the path (inside the cell) of binary data that is not UTF-8.
@@ -172,7 +186,11 @@ fn to_json(field: Field) -> std::result::Result<Value, String> {
         }
         // `List` and `Map` lend their elements only by reference.
         Field::ListInternal(list) => {
-            let items = list.elements().iter().enumerate().map(|(i, f)| to_json(f.clone()).map_err(|at| format!("[{i}]{at}")));
+            let items = list
+                .elements()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| to_json(f.clone()).map_err(|at| format!("[{i}]{at}")));
             Value::Array(items.collect::<std::result::Result<_, _>>()?)
         }
         Field::MapInternal(map) => {

@@ -25,7 +25,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn push(&mut self, code: Code, field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
+    fn push(
+        &mut self,
+        code: Code,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.findings.push(Finding::new(code, self.file, Some(self.line), field, message, hint));
     }
 
@@ -50,7 +56,12 @@ fn type_name(v: &Value) -> &'static str {
 pub fn parse_value(value: Value, file: &Arc<str>, line: u64, expected: Option<Format>) -> Parsed {
     let mut cx = Ctx { file, line, findings: Vec::new() };
     let Value::Object(mut obj) = value else {
-        cx.push(Code::NotAnObject, "", format!("the row is {}, not a JSON object", type_name(&value)), "write one JSON object per line");
+        cx.push(
+            Code::NotAnObject,
+            "",
+            format!("the row is {}, not a JSON object", type_name(&value)),
+            "write one JSON object per line",
+        );
         return Parsed { record: None, findings: cx.findings };
     };
     let format = match expected.or_else(|| Format::detect(obj.keys().map(String::as_str))) {
@@ -71,7 +82,11 @@ pub fn parse_value(value: Value, file: &Arc<str>, line: u64, expected: Option<Fo
             cx.push(
                 Code::UnknownKey,
                 key.clone(),
-                format!("unknown key `{key}` for a {} record (allowed: {}, metadata)", format.as_str(), format.keys().join(", ")),
+                format!(
+                    "unknown key `{key}` for a {} record (allowed: {}, metadata)",
+                    format.as_str(),
+                    format.keys().join(", ")
+                ),
                 "remove it, or move it under `metadata`",
             );
         }
@@ -80,7 +95,12 @@ pub fn parse_value(value: Value, file: &Arc<str>, line: u64, expected: Option<Fo
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => Some(m),
         Some(other) => {
-            cx.push(Code::WrongType, "metadata", format!("`metadata` is {}, not an object", type_name(&other)), "make `metadata` a JSON object like {\"topic\": \"billing\"}");
+            cx.push(
+                Code::WrongType,
+                "metadata",
+                format!("`metadata` is {}, not an object", type_name(&other)),
+                "make `metadata` a JSON object like {\"topic\": \"billing\"}",
+            );
             None
         }
     };
@@ -93,13 +113,20 @@ pub fn parse_value(value: Value, file: &Arc<str>, line: u64, expected: Option<Fo
             if let Some(t) = &text
                 && t.trim().is_empty()
             {
-                cx.push(Code::EmptyTarget, "text", "`text` is empty or whitespace", "write the text to train on, or drop the row");
+                cx.push(
+                    Code::EmptyTarget,
+                    "text",
+                    "`text` is empty or whitespace",
+                    "write the text to train on, or drop the row",
+                );
             }
             text.map(Body::Text)
         }
     };
     let record = match body {
-        Some(body) if !cx.has_errors() => Some(Record { origin: Origin { file: file.clone(), line }, body, metadata }),
+        Some(body) if !cx.has_errors() => {
+            Some(Record { origin: Origin { file: file.clone(), line }, body, metadata })
+        }
         _ => None,
     };
     Parsed { record, findings: cx.findings }
@@ -142,11 +169,20 @@ pub fn parse_clean_chat(text: &str, file: &Arc<str>, line: u64, expected: Option
     }
     let mut cx = Ctx { file, line, findings: Vec::new() };
     check_conversation(&mut cx, &turns);
-    let record = (!cx.has_errors()).then(|| Record { origin: Origin { file: file.clone(), line }, body: Body::Chat(turns), metadata: row.metadata });
+    let record = (!cx.has_errors()).then(|| Record {
+        origin: Origin { file: file.clone(), line },
+        body: Body::Chat(turns),
+        metadata: row.metadata,
+    });
     Some(Parsed { record, findings: cx.findings })
 }
 
-fn required_string(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>, key: &str, missing_hint: &str) -> Option<String> {
+fn required_string(
+    cx: &mut Ctx<'_>,
+    obj: &mut Map<String, Value>,
+    key: &str,
+    missing_hint: &str,
+) -> Option<String> {
     match obj.remove(key) {
         None => {
             cx.push(Code::MissingField, key, format!("missing `{key}`"), missing_hint);
@@ -154,7 +190,12 @@ fn required_string(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>, key: &str, mi
         }
         Some(Value::String(s)) => Some(s),
         Some(other) => {
-            cx.push(Code::WrongType, key, format!("`{key}` is {}, not a string", type_name(&other)), format!("make `{key}` a string"));
+            cx.push(
+                Code::WrongType,
+                key,
+                format!("`{key}` is {}, not a string", type_name(&other)),
+                format!("make `{key}` a string"),
+            );
             None
         }
     }
@@ -165,7 +206,12 @@ fn optional_string(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>, key: &str) ->
         None | Some(Value::Null) => Some(None),
         Some(Value::String(s)) => Some(Some(s)),
         Some(other) => {
-            cx.push(Code::WrongType, key, format!("`{key}` is {}, not a string", type_name(&other)), format!("make `{key}` a string or remove it"));
+            cx.push(
+                Code::WrongType,
+                key,
+                format!("`{key}` is {}, not a string", type_name(&other)),
+                format!("make `{key}` a string or remove it"),
+            );
             None
         }
     }
@@ -173,7 +219,12 @@ fn optional_string(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>, key: &str) ->
 
 fn empty_target(cx: &mut Ctx<'_>, field: &str, s: &str) {
     if s.trim().is_empty() {
-        cx.push(Code::EmptyTarget, field, format!("`{field}` is empty or whitespace: nothing to learn"), "write the answer the model should give, or drop the row");
+        cx.push(
+            Code::EmptyTarget,
+            field,
+            format!("`{field}` is empty or whitespace: nothing to learn"),
+            "write the answer the model should give, or drop the row",
+        );
     }
 }
 
@@ -189,7 +240,8 @@ fn parse_alpaca(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>) -> Option<Body> 
 
 fn parse_completion(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>) -> Option<Body> {
     let prompt = required_string(cx, obj, "prompt", "add the input text as `prompt`");
-    let completion = required_string(cx, obj, "completion", "add the text the model should produce as `completion`");
+    let completion =
+        required_string(cx, obj, "completion", "add the text the model should produce as `completion`");
     if let Some(c) = &completion {
         empty_target(cx, "completion", c);
     }
@@ -199,12 +251,22 @@ fn parse_completion(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>) -> Option<Bo
 fn parse_chat(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>) -> Option<Body> {
     let messages = match obj.remove("messages") {
         None => {
-            cx.push(Code::MissingField, "messages", "missing `messages`", "add `messages`: a list of {\"role\", \"content\"} objects");
+            cx.push(
+                Code::MissingField,
+                "messages",
+                "missing `messages`",
+                "add `messages`: a list of {\"role\", \"content\"} objects",
+            );
             return None;
         }
         Some(Value::Array(a)) => a,
         Some(other) => {
-            cx.push(Code::WrongType, "messages", format!("`messages` is {}, not a list", type_name(&other)), "make `messages` a list of {\"role\", \"content\"} objects");
+            cx.push(
+                Code::WrongType,
+                "messages",
+                format!("`messages` is {}, not a list", type_name(&other)),
+                "make `messages` a list of {\"role\", \"content\"} objects",
+            );
             return None;
         }
     };
@@ -226,39 +288,74 @@ fn parse_chat(cx: &mut Ctx<'_>, obj: &mut Map<String, Value>) -> Option<Body> {
 fn parse_message(cx: &mut Ctx<'_>, i: usize, m: Value) -> Option<Turn> {
     let at = |k: &str| format!("messages[{i}].{k}");
     let Value::Object(mut m) = m else {
-        cx.push(Code::WrongType, format!("messages[{i}]"), format!("message is {}, not an object", type_name(&m)), "write each message as {\"role\": ..., \"content\": ...}");
+        cx.push(
+            Code::WrongType,
+            format!("messages[{i}]"),
+            format!("message is {}, not an object", type_name(&m)),
+            "write each message as {\"role\": ..., \"content\": ...}",
+        );
         return None;
     };
     for key in m.keys() {
         if !matches!(key.as_str(), "role" | "content" | "weight") {
-            cx.push(Code::UnknownKey, at(key), format!("unknown message key `{key}` (allowed: role, content, weight)"), "remove it; per-example data goes under the record's `metadata`");
+            cx.push(
+                Code::UnknownKey,
+                at(key),
+                format!("unknown message key `{key}` (allowed: role, content, weight)"),
+                "remove it; per-example data goes under the record's `metadata`",
+            );
         }
     }
     let role = match m.remove("role") {
         None => {
-            cx.push(Code::MissingField, at("role"), "message has no `role`", "add \"role\": \"system\", \"user\" or \"assistant\"");
+            cx.push(
+                Code::MissingField,
+                at("role"),
+                "message has no `role`",
+                "add \"role\": \"system\", \"user\" or \"assistant\"",
+            );
             None
         }
         Some(Value::String(r)) => match Role::parse(&r) {
             Some(role) => Some(role),
             None => {
-                cx.push(Code::UnknownRole, at("role"), format!("unknown role `{r}`"), "use \"system\", \"user\" or \"assistant\"");
+                cx.push(
+                    Code::UnknownRole,
+                    at("role"),
+                    format!("unknown role `{r}`"),
+                    "use \"system\", \"user\" or \"assistant\"",
+                );
                 None
             }
         },
         Some(other) => {
-            cx.push(Code::WrongType, at("role"), format!("`role` is {}, not a string", type_name(&other)), "use \"system\", \"user\" or \"assistant\"");
+            cx.push(
+                Code::WrongType,
+                at("role"),
+                format!("`role` is {}, not a string", type_name(&other)),
+                "use \"system\", \"user\" or \"assistant\"",
+            );
             None
         }
     };
     let content = match m.remove("content") {
         None => {
-            cx.push(Code::MissingField, at("content"), "message has no `content`", "add the message text as \"content\"");
+            cx.push(
+                Code::MissingField,
+                at("content"),
+                "message has no `content`",
+                "add the message text as \"content\"",
+            );
             None
         }
         Some(Value::String(c)) => Some(c),
         Some(other) => {
-            cx.push(Code::WrongType, at("content"), format!("`content` is {}, not a string", type_name(&other)), "make `content` a plain string");
+            cx.push(
+                Code::WrongType,
+                at("content"),
+                format!("`content` is {}, not a string", type_name(&other)),
+                "make `content` a plain string",
+            );
             None
         }
     };
@@ -267,11 +364,21 @@ fn parse_message(cx: &mut Ctx<'_>, i: usize, m: Value) -> Option<Turn> {
         Some(w) => match w.as_u64() {
             Some(v @ (0 | 1)) if role == Some(Role::Assistant) => Some(Some(v as u8)),
             Some(0 | 1) => {
-                cx.push(Code::BadWeight, at("weight"), "`weight` is only allowed on assistant messages", "remove `weight` from this message");
+                cx.push(
+                    Code::BadWeight,
+                    at("weight"),
+                    "`weight` is only allowed on assistant messages",
+                    "remove `weight` from this message",
+                );
                 None
             }
             _ => {
-                cx.push(Code::BadWeight, at("weight"), format!("`weight` is {w}, expected 0 or 1"), "use 0 to skip the turn in training, 1 (or no weight) to train on it");
+                cx.push(
+                    Code::BadWeight,
+                    at("weight"),
+                    format!("`weight` is {w}, expected 0 or 1"),
+                    "use 0 to skip the turn in training, 1 (or no weight) to train on it",
+                );
                 None
             }
         },
@@ -281,7 +388,12 @@ fn parse_message(cx: &mut Ctx<'_>, i: usize, m: Value) -> Option<Turn> {
 
 fn check_conversation(cx: &mut Ctx<'_>, turns: &[Turn]) {
     let Some(last_assistant) = turns.iter().rposition(|t| t.role == Role::Assistant) else {
-        cx.push(Code::NoAssistant, "messages", "no assistant message: nothing to learn", "add the answer as a message with \"role\": \"assistant\"");
+        cx.push(
+            Code::NoAssistant,
+            "messages",
+            "no assistant message: nothing to learn",
+            "add the answer as a message with \"role\": \"assistant\"",
+        );
         return;
     };
     if last_assistant + 1 != turns.len() {
@@ -298,13 +410,28 @@ fn check_conversation(cx: &mut Ctx<'_>, turns: &[Turn]) {
         }
     }
     if !turns.iter().any(Turn::is_target) {
-        cx.push(Code::NoTrainableTurn, "messages", "every assistant message has weight 0: nothing to learn", "set weight 1 (or remove weight) on at least one assistant message");
+        cx.push(
+            Code::NoTrainableTurn,
+            "messages",
+            "every assistant message has weight 0: nothing to learn",
+            "set weight 1 (or remove weight) on at least one assistant message",
+        );
     }
     if !turns.iter().any(|t| t.role == Role::System) {
-        cx.push(Code::MissingSystem, "messages", "no system message", "add the system prompt you will use in production, so training matches serving");
+        cx.push(
+            Code::MissingSystem,
+            "messages",
+            "no system message",
+            "add the system prompt you will use in production, so training matches serving",
+        );
     }
     if !turns.iter().any(|t| t.role == Role::User) {
-        cx.push(Code::MissingUser, "messages", "no user message", "add the user's request before the assistant's answer");
+        cx.push(
+            Code::MissingUser,
+            "messages",
+            "no user message",
+            "add the user's request before the assistant's answer",
+        );
     }
 }
 
@@ -323,7 +450,9 @@ mod tests {
 
     #[test]
     fn a_clean_chat_record_parses_without_findings() {
-        let p = parse(r#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"metadata":{"k":1}}"#);
+        let p = parse(
+            r#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"metadata":{"k":1}}"#,
+        );
         assert!(p.findings.is_empty(), "{:?}", p.findings);
         let r = p.record.expect("record");
         assert_eq!(r.format(), Format::Chat);
@@ -332,7 +461,9 @@ mod tests {
 
     #[test]
     fn every_problem_in_a_chat_row_is_reported_with_its_field() {
-        let p = parse(r#"{"messages":[{"role":"robot","content":"q"},{"role":"user","content":5,"name":"x"},{"content":"a"}],"extra":1}"#);
+        let p = parse(
+            r#"{"messages":[{"role":"robot","content":"q"},{"role":"user","content":5,"name":"x"},{"content":"a"}],"extra":1}"#,
+        );
         assert!(p.record.is_none());
         let c = codes(&p);
         assert!(c.contains(&(Code::UnknownKey, "extra".into())), "{c:?}");
@@ -347,16 +478,25 @@ mod tests {
     fn conversation_level_errors_and_warnings_are_found() {
         let p = parse(r#"{"messages":[{"role":"assistant","content":"  "},{"role":"user","content":"q"}]}"#);
         let c: Vec<Code> = codes(&p).into_iter().map(|x| x.0).collect();
-        assert!(c.contains(&Code::AssistantNotLast) && c.contains(&Code::EmptyTarget) && c.contains(&Code::MissingSystem), "{c:?}");
+        assert!(
+            c.contains(&Code::AssistantNotLast)
+                && c.contains(&Code::EmptyTarget)
+                && c.contains(&Code::MissingSystem),
+            "{c:?}"
+        );
         let p = parse(r#"{"messages":[{"role":"user","content":"q"}]}"#);
         assert!(codes(&p).iter().any(|x| x.0 == Code::NoAssistant));
-        let p = parse(r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","weight":0}]}"#);
+        let p = parse(
+            r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a","weight":0}]}"#,
+        );
         assert!(codes(&p).iter().any(|x| x.0 == Code::NoTrainableTurn));
     }
 
     #[test]
     fn weight_must_be_zero_or_one_and_only_on_assistant_turns() {
-        let p = parse(r#"{"messages":[{"role":"user","content":"q","weight":1},{"role":"assistant","content":"a","weight":0.5}]}"#);
+        let p = parse(
+            r#"{"messages":[{"role":"user","content":"q","weight":1},{"role":"assistant","content":"a","weight":0.5}]}"#,
+        );
         let c = codes(&p);
         assert!(c.contains(&(Code::BadWeight, "messages[0].weight".into())), "{c:?}");
         assert!(c.contains(&(Code::BadWeight, "messages[1].weight".into())), "{c:?}");
@@ -365,7 +505,8 @@ mod tests {
     /// Chat rows of many shapes, clean and not, as JSON text.
     fn chat_rows() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
-        let role = proptest::sample::select(vec!["system", "user", "assistant", "robot", ""]).prop_map(|r| serde_json::json!(r));
+        let role = proptest::sample::select(vec!["system", "user", "assistant", "robot", ""])
+            .prop_map(|r| serde_json::json!(r));
         let value = prop_oneof![
             Just(serde_json::json!("text")),
             Just(serde_json::json!("  ")),
@@ -374,40 +515,60 @@ mod tests {
             Just(serde_json::json!(5)),
             Just(serde_json::json!(null)),
         ];
-        let message = (proptest::option::of(role), proptest::option::of(value.clone()), proptest::option::of(0..3u8), any::<bool>()).prop_map(|(r, c, w, extra)| {
-            let mut m = serde_json::Map::new();
-            if let Some(r) = r {
-                m.insert("role".into(), r);
-            }
-            if let Some(c) = c {
-                m.insert("content".into(), c);
-            }
-            if let Some(w) = w {
-                m.insert("weight".into(), serde_json::json!(w));
-            }
-            if extra {
-                m.insert("name".into(), serde_json::json!("x"));
-            }
-            Value::Object(m)
-        });
-        let clean = (proptest::sample::select(vec!["system", "user", "assistant"]), proptest::sample::select(vec!["text", "  ", "", "esc \" \\ \n \u{e9}", "😀"]))
+        let message = (
+            proptest::option::of(role),
+            proptest::option::of(value.clone()),
+            proptest::option::of(0..3u8),
+            any::<bool>(),
+        )
+            .prop_map(|(r, c, w, extra)| {
+                let mut m = serde_json::Map::new();
+                if let Some(r) = r {
+                    m.insert("role".into(), r);
+                }
+                if let Some(c) = c {
+                    m.insert("content".into(), c);
+                }
+                if let Some(w) = w {
+                    m.insert("weight".into(), serde_json::json!(w));
+                }
+                if extra {
+                    m.insert("name".into(), serde_json::json!("x"));
+                }
+                Value::Object(m)
+            });
+        let clean = (
+            proptest::sample::select(vec!["system", "user", "assistant"]),
+            proptest::sample::select(vec!["text", "  ", "", "esc \" \\ \n \u{e9}", "😀"]),
+        )
             .prop_map(|(r, c)| serde_json::json!({"role": r, "content": c}));
         let message = prop_oneof![4 => clean, 1 => message];
-        let meta = prop_oneof![Just(None), Just(Some(serde_json::json!(null))), Just(Some(serde_json::json!({"topic": "a", "n": 1}))), Just(Some(serde_json::json!(3)))];
-        (proptest::collection::vec(message, 0..5), meta, proptest::bool::weighted(0.1), proptest::bool::weighted(0.1)).prop_map(|(msgs, meta, extra, dup)| {
-            let mut s = format!("{{\"messages\": {}", Value::Array(msgs));
-            if let Some(m) = meta {
-                s.push_str(&format!(", \"metadata\": {m}"));
-            }
-            if extra {
-                s.push_str(", \"extra\": 1");
-            }
-            if dup {
-                s.push_str(", \"messages\": []");
-            }
-            s.push('}');
-            s
-        })
+        let meta = prop_oneof![
+            Just(None),
+            Just(Some(serde_json::json!(null))),
+            Just(Some(serde_json::json!({"topic": "a", "n": 1}))),
+            Just(Some(serde_json::json!(3)))
+        ];
+        (
+            proptest::collection::vec(message, 0..5),
+            meta,
+            proptest::bool::weighted(0.1),
+            proptest::bool::weighted(0.1),
+        )
+            .prop_map(|(msgs, meta, extra, dup)| {
+                let mut s = format!("{{\"messages\": {}", Value::Array(msgs));
+                if let Some(m) = meta {
+                    s.push_str(&format!(", \"metadata\": {m}"));
+                }
+                if extra {
+                    s.push_str(", \"extra\": 1");
+                }
+                if dup {
+                    s.push_str(", \"messages\": []");
+                }
+                s.push('}');
+                s
+            })
     }
 
     thread_local! {
@@ -442,7 +603,13 @@ mod tests {
         let clean = r#"{"messages":[{"role":"user","content":"q\u00e9"},{"role":"assistant","content":"a"}],"metadata":{"k":1}}"#;
         assert!(parse_clean_chat(clean, &file, 1, None).is_some_and(|p| p.record.is_some()));
         assert!(parse_clean_chat(clean, &file, 1, Some(Format::Text)).is_none());
-        for other in [r#"{"messages":[{"role":"user","content":"q","weight":1}]}"#, r#"{"messages":[],"x":1}"#, r#"{"messages":[{"role":"robot","content":"q"}]}"#, "[1]", "{bad"] {
+        for other in [
+            r#"{"messages":[{"role":"user","content":"q","weight":1}]}"#,
+            r#"{"messages":[],"x":1}"#,
+            r#"{"messages":[{"role":"robot","content":"q"}]}"#,
+            "[1]",
+            "{bad",
+        ] {
             assert!(parse_clean_chat(other, &file, 1, None).is_none(), "{other}");
         }
     }
@@ -468,6 +635,10 @@ mod tests {
         let v = serde_json::json!({"text": "hello"});
         let p = parse_value(v, &file, 1, Some(Format::Completion));
         let c = codes(&p);
-        assert!(c.contains(&(Code::UnknownKey, "text".into())) && c.contains(&(Code::MissingField, "prompt".into())), "{c:?}");
+        assert!(
+            c.contains(&(Code::UnknownKey, "text".into()))
+                && c.contains(&(Code::MissingField, "prompt".into())),
+            "{c:?}"
+        );
     }
 }

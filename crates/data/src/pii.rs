@@ -73,7 +73,11 @@ const PATTERNS: [(PiiKind, Check, &str); 7] = [
     (PiiKind::Ssn, Check::Ssn, r"\b\d{3}-\d{2}-\d{4}\b"),
     (PiiKind::IpAddress, Check::Ipv4, r"\b(?:\d{1,3}\.){3}\d{1,3}\b"),
     (PiiKind::IpAddress, Check::Ipv6, r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}"),
-    (PiiKind::Phone, Check::PhoneDigits, r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{7,14}\b"),
+    (
+        PiiKind::Phone,
+        Check::PhoneDigits,
+        r"(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\b\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}\b|\+\d{7,14}\b",
+    ),
 ];
 
 pub struct PiiDetector {
@@ -96,7 +100,8 @@ impl PiiDetector {
         #[allow(clippy::expect_used)]
         let set = RegexSet::new(PATTERNS.iter().map(|p| p.2)).expect("PII patterns compile");
         #[allow(clippy::expect_used)]
-        let each = PATTERNS.iter().map(|(k, c, p)| (*k, *c, Regex::new(p).expect("PII pattern compiles"))).collect();
+        let each =
+            PATTERNS.iter().map(|(k, c, p)| (*k, *c, Regex::new(p).expect("PII pattern compiles"))).collect();
         let alternation: Vec<String> = PATTERNS.iter().map(|p| format!("(?:{})", p.2)).collect();
         #[allow(clippy::expect_used)]
         let any = Regex::new(&alternation.join("|")).expect("PII patterns compile");
@@ -181,7 +186,10 @@ fn might_match(text: &str) -> bool {
                 b'0'..=b'9' => {
                     digits += 1;
                     let separated = matches!(at(i + 1), b' ' | b'.' | b'-') && at(i + 2).is_ascii_digit();
-                    let iban = i >= 2 && at(i + 1).is_ascii_digit() && b[i - 1].is_ascii_uppercase() && b[i - 2].is_ascii_uppercase();
+                    let iban = i >= 2
+                        && at(i + 1).is_ascii_digit()
+                        && b[i - 1].is_ascii_uppercase()
+                        && b[i - 2].is_ascii_uppercase();
                     if digits >= 13 || separated || iban {
                         return true;
                     }
@@ -268,7 +276,10 @@ mod tests {
         assert_eq!(kinds("card 4111 1111 1111 1111 ok"), vec![PiiKind::CreditCard]);
         assert_eq!(kinds("IBAN GB82 WEST 1234 5698 7654 32."), vec![PiiKind::Iban]);
         assert_eq!(kinds("ssn 123-45-6789"), vec![PiiKind::Ssn]);
-        assert_eq!(kinds("from 192.168.0.1 and 2001:db8::8a2e:370:7334"), vec![PiiKind::IpAddress, PiiKind::IpAddress]);
+        assert_eq!(
+            kinds("from 192.168.0.1 and 2001:db8::8a2e:370:7334"),
+            vec![PiiKind::IpAddress, PiiKind::IpAddress]
+        );
     }
 
     #[test]
@@ -289,7 +300,19 @@ mod tests {
     #[test]
     fn the_alternation_prefilter_agrees_with_the_set() {
         let d = PiiDetector::new();
-        for t in ["", "plain words only", "a@b.io", "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32", "123-45-6789", "10.0.0.1", "fe80::1:2", "+1 415-555-0132", "10:30", "v1.2.3"] {
+        for t in [
+            "",
+            "plain words only",
+            "a@b.io",
+            "4111 1111 1111 1111",
+            "GB82 WEST 1234 5698 7654 32",
+            "123-45-6789",
+            "10.0.0.1",
+            "fe80::1:2",
+            "+1 415-555-0132",
+            "10:30",
+            "v1.2.3",
+        ] {
             assert_eq!(d.may_contain(t), d.set.is_match(t), "{t}");
         }
     }
@@ -315,10 +338,27 @@ mod tests {
 
     #[test]
     fn the_byte_prefilter_passes_the_examples() {
-        for t in ["a@b.io", "4111 1111 1111 1111", "4111111111111111", "GB82 WEST 1234 5698 7654 32", "123-45-6789", "10.0.0.1", "fe80::1:2", "+1 415-555-0132", "+14155550132", "(020) 7946 0958", "٣٣٣-٣٣-٣٣٣٣"] {
+        for t in [
+            "a@b.io",
+            "4111 1111 1111 1111",
+            "4111111111111111",
+            "GB82 WEST 1234 5698 7654 32",
+            "123-45-6789",
+            "10.0.0.1",
+            "fe80::1:2",
+            "+1 415-555-0132",
+            "+14155550132",
+            "(020) 7946 0958",
+            "٣٣٣-٣٣-٣٣٣٣",
+        ] {
             assert!(might_match(t), "{t}");
         }
-        for t in ["Hi, question 123456: order refund?", "Answer 123456: parcel late.", "10:30", "You are the support assistant."] {
+        for t in [
+            "Hi, question 123456: order refund?",
+            "Answer 123456: parcel late.",
+            "10:30",
+            "You are the support assistant.",
+        ] {
             assert!(!might_match(t), "{t}");
         }
     }

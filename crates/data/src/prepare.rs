@@ -126,13 +126,19 @@ fn stratum(rec: &Record, field: Option<&str>) -> String {
 
 pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<PrepareReport> {
     if !(0.0..1.0).contains(&opts.eval_fraction) {
-        return Err(DataError::InvalidOption { option: "--eval-fraction", reason: format!("{} is not in [0, 1)", opts.eval_fraction) });
+        return Err(DataError::InvalidOption {
+            option: "--eval-fraction",
+            reason: format!("{} is not in [0, 1)", opts.eval_fraction),
+        });
     }
     if !input.is_file() {
         return Err(DataError::InvalidFile { path: input.to_path_buf(), reason: "no such file".into() });
     }
     if out.exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some() {
-        return Err(DataError::InvalidFile { path: out.to_path_buf(), reason: "exists and is not empty; choose a new --out".into() });
+        return Err(DataError::InvalidFile {
+            path: out.to_path_buf(),
+            reason: "exists and is not empty; choose a new --out".into(),
+        });
     }
     let near = (opts.dedup == DedupMode::Near).then_some((opts.near_dup_threshold, opts.num_perm));
     let sketcher = near.map(|(t, p)| Arc::new(Sketcher::new(t, p, opts.seed ^ 0x5eed)));
@@ -164,7 +170,11 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
             let mut errs = row.findings.iter().filter(|f| f.is_error());
             if let Some(first) = errs.next() {
                 let more = errs.count();
-                let detail = if more > 0 { format!("{} (+{more} more errors)", first.message) } else { first.message.clone() };
+                let detail = if more > 0 {
+                    format!("{} (+{more} more errors)", first.message)
+                } else {
+                    first.message.clone()
+                };
                 dropped.push(Dropped { line: row.line, reason: first.code, detail });
             }
             return;
@@ -172,11 +182,19 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         if let Some(fp) = &row.fingerprint {
             let c = index.check_insert(fp, RowRef::new(0, row.line));
             if let Some(r) = c.exact_of {
-                dropped.push(Dropped { line: row.line, reason: Code::ExactDuplicate, detail: format!("duplicate of {} {}", unit.as_str(), r.line()) });
+                dropped.push(Dropped {
+                    line: row.line,
+                    reason: Code::ExactDuplicate,
+                    detail: format!("duplicate of {} {}", unit.as_str(), r.line()),
+                });
                 return;
             }
             if let Some((r, j)) = c.near_of {
-                dropped.push(Dropped { line: row.line, reason: Code::NearDuplicate, detail: format!("near duplicate of {} {} (Jaccard {j:.2})", unit.as_str(), r.line()) });
+                dropped.push(Dropped {
+                    line: row.line,
+                    reason: Code::NearDuplicate,
+                    detail: format!("near duplicate of {} {} (Jaccard {j:.2})", unit.as_str(), r.line()),
+                });
                 return;
             }
         }
@@ -194,16 +212,24 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     drop(trash);
 
     // Pass 2: write the kept rows to a temporary folder beside `out`.
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     std::fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
-    let tmp = tempfile::Builder::new().prefix(".ferrotune-prepare-").tempdir_in(&parent).map_err(|e| DataError::io(&parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".ferrotune-prepare-")
+        .tempdir_in(&parent)
+        .map_err(|e| DataError::io(&parent, e))?;
     let create = |name: &str| -> Result<BufWriter<File>> {
         let p = tmp.path().join(name);
         Ok(BufWriter::new(File::create(&p).map_err(|e| DataError::io(p, e))?))
     };
     let (mut train_w, mut eval_w) = (create("train.jsonl")?, create("eval.jsonl")?);
-    let mut selectors: BTreeMap<String, Selector> =
-        strata_n.iter().map(|(k, &n)| (k.clone(), Selector::new(n, eval_count(n, opts.eval_fraction)))).collect();
+    let mut selectors: BTreeMap<String, Selector> = strata_n
+        .iter()
+        .map(|(k, &n)| (k.clone(), Selector::new(n, eval_count(n, opts.eval_fraction))))
+        .collect();
     let mut strata: BTreeMap<String, StratumCounts> = BTreeMap::new();
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut changed = Vec::new();
@@ -225,7 +251,10 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
             return Ok(None);
         }
         let Some(mut rec) = light.analyze(&file, r.into_raw(bytes)).record else {
-            return Err(DataError::InvalidFile { path: input.to_path_buf(), reason: format!("{} {line} changed while preparing", unit.as_str()) });
+            return Err(DataError::InvalidFile {
+                path: input.to_path_buf(),
+                reason: format!("{} {line} changed while preparing", unit.as_str()),
+            });
         };
         let mut redacted = Vec::new();
         if opts.redact_pii {
@@ -241,9 +270,16 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
                 (!matches.is_empty()).then_some(new)
             });
         }
-        let mut json = serde_json::to_string(&rec.to_json()).map_err(|e| DataError::InvalidFile { path: input.to_path_buf(), reason: e.to_string() })?;
+        let mut json = serde_json::to_string(&rec.to_json())
+            .map_err(|e| DataError::InvalidFile { path: input.to_path_buf(), reason: e.to_string() })?;
         json.push('\n');
-        Ok(Some(Ready { line, key: stratum(&rec, strat), json, redacted, made_on: rayon::current_thread_index() }))
+        Ok(Some(Ready {
+            line,
+            key: stratum(&rec, strat),
+            json,
+            redacted,
+            made_on: rayon::current_thread_index(),
+        }))
     };
     // The split (a seeded draw per row, in file order) and the writes, one chunk's rows at a time.
     let mut write = |done: Vec<Result<Option<Ready>>>, trash: &mut Trash<String>| -> Result<()> {
@@ -286,7 +322,12 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
             break;
         }
         read_rows += pending.len() as u64;
-        opts.progress.report(ScanProgress { stage: "writing", file: input, rows: read_rows, bytes: reader.bytes_read() });
+        opts.progress.report(ScanProgress {
+            stage: "writing",
+            file: input,
+            rows: read_rows,
+            bytes: reader.bytes_read(),
+        });
     }
     drop(trash);
     for mut w in [train_w, eval_w] {
@@ -312,7 +353,8 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         changed,
     };
     let report_path = tmp.path().join("report.json");
-    let text = serde_json::to_string_pretty(&report).map_err(|e| DataError::InvalidFile { path: report_path.clone(), reason: e.to_string() })?;
+    let text = serde_json::to_string_pretty(&report)
+        .map_err(|e| DataError::InvalidFile { path: report_path.clone(), reason: e.to_string() })?;
     std::fs::write(&report_path, text + "\n").map_err(|e| DataError::io(&report_path, e))?;
     if out.exists() {
         std::fs::remove_dir(out).map_err(|e| DataError::io(out, e))?;

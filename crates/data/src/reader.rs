@@ -36,7 +36,12 @@ pub enum Payload {
 
 /// A JSONL line that is not UTF-8, with the column of its first bad byte.
 pub fn bad_utf8(e: std::str::Utf8Error) -> Payload {
-    Payload::Bad { csv: false, field: String::new(), column: Some(e.valid_up_to() as u64 + 1), message: "the line is not valid UTF-8".into() }
+    Payload::Bad {
+        csv: false,
+        field: String::new(),
+        column: Some(e.valid_up_to() as u64 + 1),
+        message: "the line is not valid UTF-8".into(),
+    }
 }
 
 /// JSONL bytes a chunk reads before it stops at a line end (it may hold more rows' worth when
@@ -139,8 +144,20 @@ pub struct RowReader {
 enum Inner {
     /// `carry`: the start of a line that the last chunk read but did not hold.
     /// `spare`: chunk buffers handed back ([`RowReader::recycle`]).
-    Jsonl { reader: BufReader<File>, line: u64, buf: Vec<u8>, carry: Vec<u8>, eof: bool, block: usize, spare: Vec<Vec<u8>> },
-    Csv { reader: csv::Reader<File>, headers: Vec<String>, record: csv::ByteRecord },
+    Jsonl {
+        reader: BufReader<File>,
+        line: u64,
+        buf: Vec<u8>,
+        carry: Vec<u8>,
+        eof: bool,
+        block: usize,
+        spare: Vec<Vec<u8>>,
+    },
+    Csv {
+        reader: csv::Reader<File>,
+        headers: Vec<String>,
+        record: csv::ByteRecord,
+    },
     Parquet(ParquetRows),
 }
 
@@ -159,10 +176,14 @@ impl RowReader {
                 spare: Vec::new(),
             },
             FileKind::Csv => {
-                let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
+                let mut reader =
+                    csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(file);
                 let headers = reader
                     .headers()
-                    .map_err(|e| DataError::InvalidFile { path: path.to_path_buf(), reason: format!("CSV header: {e}") })?
+                    .map_err(|e| DataError::InvalidFile {
+                        path: path.to_path_buf(),
+                        reason: format!("CSV header: {e}"),
+                    })?
                     .iter()
                     .map(|h| h.trim().to_string())
                     .collect();
@@ -296,7 +317,10 @@ impl Iterator for RowReader {
                     // either way, the row keeps its text).
                     Ok(_) => {
                         let cap = buf.capacity();
-                        Payload::Json(String::from_utf8(std::mem::replace(buf, Vec::with_capacity(cap))).unwrap_or_default())
+                        Payload::Json(
+                            String::from_utf8(std::mem::replace(buf, Vec::with_capacity(cap)))
+                                .unwrap_or_default(),
+                        )
                     }
                     Err(e) => bad_utf8(e),
                 };
@@ -311,9 +335,20 @@ impl Iterator for RowReader {
                 Err(e) => {
                     let line = e.position().map_or(0, |p| p.line());
                     if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                        return Some(Err(DataError::InvalidFile { path: self.path.clone(), reason: e.to_string() }));
+                        return Some(Err(DataError::InvalidFile {
+                            path: self.path.clone(),
+                            reason: e.to_string(),
+                        }));
                     }
-                    Some(Ok(RawRow { line, payload: Payload::Bad { csv: true, field: String::new(), column: None, message: e.to_string() } }))
+                    Some(Ok(RawRow {
+                        line,
+                        payload: Payload::Bad {
+                            csv: true,
+                            field: String::new(),
+                            column: None,
+                            message: e.to_string(),
+                        },
+                    }))
                 }
             },
             Inner::Parquet(rows) => rows.next(),
@@ -327,7 +362,12 @@ fn csv_row(headers: &[String], record: &csv::ByteRecord) -> Payload {
     let mut obj = Map::new();
     for (h, cell) in headers.iter().zip(record.iter()) {
         let Ok(cell) = std::str::from_utf8(cell) else {
-            return Payload::Bad { csv: true, field: h.clone(), column: None, message: format!("cell `{h}` is not valid UTF-8") };
+            return Payload::Bad {
+                csv: true,
+                field: h.clone(),
+                column: None,
+                message: format!("cell `{h}` is not valid UTF-8"),
+            };
         };
         if cell.is_empty() {
             continue;
@@ -336,7 +376,12 @@ fn csv_row(headers: &[String], record: &csv::ByteRecord) -> Payload {
             match parse_json(cell) {
                 Ok(v) => v,
                 Err((col, msg)) => {
-                    return Payload::Bad { csv: false, field: h.clone(), column: Some(col), message: format!("cell `{h}` is not valid JSON: {msg}") };
+                    return Payload::Bad {
+                        csv: false,
+                        field: h.clone(),
+                        column: Some(col),
+                        message: format!("cell `{h}` is not valid JSON: {msg}"),
+                    };
                 }
             }
         } else {
@@ -369,11 +414,15 @@ mod tests {
 
     #[test]
     fn csv_cells_become_fields_and_json_cells_are_parsed() {
-        let (_d, p) = write("a.csv", "prompt,completion,metadata\nhi,\"there, you\",\"{\"\"k\"\":1}\"\nx,,\n");
+        let (_d, p) =
+            write("a.csv", "prompt,completion,metadata\nhi,\"there, you\",\"{\"\"k\"\":1}\"\nx,,\n");
         let rows: Vec<RawRow> = RowReader::open(&p).expect("open").collect::<Result<_>>().expect("rows");
         assert_eq!(rows[0].line, 2);
         match &rows[0].payload {
-            Payload::Value(v) => assert_eq!(v, &serde_json::json!({"prompt":"hi","completion":"there, you","metadata":{"k":1}})),
+            Payload::Value(v) => assert_eq!(
+                v,
+                &serde_json::json!({"prompt":"hi","completion":"there, you","metadata":{"k":1}})
+            ),
             other => panic!("{other:?}"),
         }
         assert!(matches!(&rows[1].payload, Payload::Value(v) if v == &serde_json::json!({"prompt":"x"})));
@@ -440,7 +489,8 @@ mod tests {
     #[test]
     fn csv_chunks_hold_the_rows_the_iterator_gives() {
         let (_d, p) = write("a.csv", "prompt,completion\na,b\nc,d\ne,f\n");
-        let want: Vec<String> = RowReader::open(&p).expect("open").map(|r| format!("{:?}", r.expect("row"))).collect();
+        let want: Vec<String> =
+            RowReader::open(&p).expect("open").map(|r| format!("{:?}", r.expect("row"))).collect();
         let mut reader = RowReader::open(&p).expect("open");
         let mut got = Vec::new();
         loop {

@@ -170,9 +170,10 @@ impl Record {
                 };
                 Cow::Owned(vec![Turn::new(Role::User, user), Turn::new(Role::Assistant, output.clone())])
             }
-            Body::Completion { prompt, completion } => {
-                Cow::Owned(vec![Turn::new(Role::User, prompt.clone()), Turn::new(Role::Assistant, completion.clone())])
-            }
+            Body::Completion { prompt, completion } => Cow::Owned(vec![
+                Turn::new(Role::User, prompt.clone()),
+                Turn::new(Role::Assistant, completion.clone()),
+            ]),
             Body::Text(_) => Cow::Owned(Vec::new()),
         }
     }
@@ -180,7 +181,11 @@ impl Record {
     /// Every free-text field with its JSON path, in record order.
     pub fn texts(&self) -> Vec<(String, &str)> {
         match &self.body {
-            Body::Chat(t) => t.iter().enumerate().map(|(i, t)| (format!("messages[{i}].content"), t.content.as_str())).collect(),
+            Body::Chat(t) => t
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("messages[{i}].content"), t.content.as_str()))
+                .collect(),
             Body::Alpaca { instruction, input, output } => {
                 let mut v = vec![("instruction".to_string(), instruction.as_str())];
                 if let Some(i) = input {
@@ -200,7 +205,9 @@ impl Record {
     pub fn any_text(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
         match &self.body {
             Body::Chat(t) => t.iter().any(|t| pred(&t.content)),
-            Body::Alpaca { instruction, input, output } => pred(instruction) || input.as_deref().is_some_and(&mut pred) || pred(output),
+            Body::Alpaca { instruction, input, output } => {
+                pred(instruction) || input.as_deref().is_some_and(&mut pred) || pred(output)
+            }
             Body::Completion { prompt, completion } => pred(prompt) || pred(completion),
             Body::Text(t) => pred(t),
         }
@@ -302,11 +309,19 @@ mod tests {
 
     #[test]
     fn alpaca_input_joins_the_instruction_after_a_blank_line() {
-        let r = Record::new(Body::Alpaca { instruction: "Summarize".into(), input: Some("Text".into()), output: "S".into() });
+        let r = Record::new(Body::Alpaca {
+            instruction: "Summarize".into(),
+            input: Some("Text".into()),
+            output: "S".into(),
+        });
         let t = r.turns();
         assert_eq!(t[0], Turn::new(Role::User, "Summarize\n\nText"));
         assert_eq!(t[1], Turn::new(Role::Assistant, "S"));
-        let r = Record::new(Body::Alpaca { instruction: "Hi".into(), input: Some("  ".into()), output: "S".into() });
+        let r = Record::new(Body::Alpaca {
+            instruction: "Hi".into(),
+            input: Some("  ".into()),
+            output: "S".into(),
+        });
         assert_eq!(r.turns()[0].content, "Hi");
     }
 

@@ -21,8 +21,8 @@ use ferrotune_model::loaded::TextModel;
 use ferrotune_model::{ChatTemplate, LoadedModel, Message, Tokenizer};
 use serde::Serialize;
 
-use crate::error::{DataError, Result};
 use crate::chatml::ChatMl;
+use crate::error::{DataError, Result};
 use crate::fast_bpe::{FastBpe, IdsAndRanges};
 use crate::record::{Body, Record, Role, Turn};
 
@@ -76,7 +76,11 @@ pub struct Renderer {
 impl Renderer {
     /// `eos_ids` are the ids that end a turn (the tokenizer's EOS token is added to them); the
     /// first of the tokenizer's EOS token or `eos_ids` is the one inserted where needed.
-    pub fn new(tokenizer: Tokenizer, template: Option<Arc<ChatTemplate>>, mut eos_ids: Vec<u32>) -> Result<Self> {
+    pub fn new(
+        tokenizer: Tokenizer,
+        template: Option<Arc<ChatTemplate>>,
+        mut eos_ids: Vec<u32>,
+    ) -> Result<Self> {
         let tok_eos = tokenizer.eos_token().and_then(|t| tokenizer.token_to_id(t));
         let eos = tok_eos.or_else(|| eos_ids.first().copied()).ok_or(DataError::InvalidOption {
             option: "model",
@@ -106,14 +110,26 @@ impl Renderer {
     /// the range of the pre-tokenizer piece the token came from. A token belongs to a span when
     /// its range overlaps it, which is the same for a piece's tokens and the piece unless the
     /// piece straddles a span edge; then HF's own offsets are used.
-    fn encode_with_ranges(&self, record: &Record, text: &str, spans: &[(usize, usize, bool)], (ids, ranges): &mut IdsAndRanges) -> Result<()> {
+    fn encode_with_ranges(
+        &self,
+        record: &Record,
+        text: &str,
+        spans: &[(usize, usize, bool)],
+        (ids, ranges): &mut IdsAndRanges,
+    ) -> Result<()> {
         if self.fast_bpe.as_ref().is_some_and(|f| f.encode_into(text, ids, ranges)) {
-            let straddles = |&(s, e): &(usize, usize)| spans.iter().any(|&(a, b, _)| (s < a && a < e) || (s < b && b < e));
+            let straddles = |&(s, e): &(usize, usize)| {
+                spans.iter().any(|&(a, b, _)| (s < a && a < e) || (s < b && b < e))
+            };
             if !ranges.iter().any(straddles) {
                 return Ok(());
             }
         }
-        let enc = self.tokenizer.inner().encode(text, false).map_err(|e| Self::err(record, "", format!("tokenizer: {e}")))?;
+        let enc = self
+            .tokenizer
+            .inner()
+            .encode(text, false)
+            .map_err(|e| Self::err(record, "", format!("tokenizer: {e}")))?;
         ids.clear();
         ids.extend_from_slice(enc.get_ids());
         ranges.clear();
@@ -121,13 +137,24 @@ impl Renderer {
         Ok(())
     }
 
-    fn render_chat(&self, template: &ChatTemplate, turns: &[Turn], generation: bool) -> ferrotune_model::Result<String> {
+    fn render_chat(
+        &self,
+        template: &ChatTemplate,
+        turns: &[Turn],
+        generation: bool,
+    ) -> ferrotune_model::Result<String> {
         if let Some(fast) = &self.chatml {
-            let mut out = String::with_capacity(turns.iter().map(|t| t.content.len() + 24).sum::<usize>() + 64);
-            fast.render_into(turns.iter().map(|t| (t.role.as_str(), t.content.as_str())), generation, &mut out);
+            let mut out =
+                String::with_capacity(turns.iter().map(|t| t.content.len() + 24).sum::<usize>() + 64);
+            fast.render_into(
+                turns.iter().map(|t| (t.role.as_str(), t.content.as_str())),
+                generation,
+                &mut out,
+            );
             return Ok(out);
         }
-        let messages: Vec<Message> = turns.iter().map(|t| Message::new(t.role.as_str(), t.content.clone())).collect();
+        let messages: Vec<Message> =
+            turns.iter().map(|t| Message::new(t.role.as_str(), t.content.clone())).collect();
         template.render(&messages, generation)
     }
 
@@ -150,7 +177,12 @@ impl Renderer {
     }
 
     fn err(record: &Record, field: impl Into<String>, reason: impl Into<String>) -> DataError {
-        DataError::InvalidRecord { file: record.origin.file.to_string(), line: record.origin.line, field: field.into(), reason: reason.into() }
+        DataError::InvalidRecord {
+            file: record.origin.file.to_string(),
+            line: record.origin.line,
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Render `record` for training.
@@ -180,10 +212,16 @@ impl Renderer {
             return Ok(text.clone());
         }
         let template = self.template.as_ref().ok_or_else(|| {
-            Self::err(record, "", "the model has no chat template; use text records or a model with a template")
+            Self::err(
+                record,
+                "",
+                "the model has no chat template; use text records or a model with a template",
+            )
         })?;
         let turns = record.turns();
-        let full = self.render_chat(template, &turns, false).map_err(|e| Self::err(record, "messages", e.to_string()))?;
+        let full = self
+            .render_chat(template, &turns, false)
+            .map_err(|e| Self::err(record, "messages", e.to_string()))?;
 
         // Byte spans of the assistant turns in `full`, and whether each is trained on.
         let mut spans: Vec<(usize, usize, bool)> = Vec::with_capacity(turns.len());
@@ -200,9 +238,14 @@ impl Renderer {
             let span = match fast {
                 Some(span) => span,
                 None => {
-                    let before = self.render_chat(template, &turns[..i], true).map_err(|e| Self::err(record, field(), e.to_string()))?;
-                    let through = self.render_chat(template, &turns[..=i], false).map_err(|e| Self::err(record, field(), e.to_string()))?;
-                    (through.starts_with(&before) && full.starts_with(&through)).then_some((before.len(), through.len()))
+                    let before = self
+                        .render_chat(template, &turns[..i], true)
+                        .map_err(|e| Self::err(record, field(), e.to_string()))?;
+                    let through = self
+                        .render_chat(template, &turns[..=i], false)
+                        .map_err(|e| Self::err(record, field(), e.to_string()))?;
+                    (through.starts_with(&before) && full.starts_with(&through))
+                        .then_some((before.len(), through.len()))
                 }
             };
             let Some((before, through)) = span else {
@@ -220,7 +263,9 @@ impl Renderer {
 
         // The ids and their byte ranges, in per-thread buffers reused from row to row.
         let mut scratch = TOKENS.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        let done = self.encode_with_ranges(record, &full, &spans, &mut scratch).map(|()| self.assign(&scratch, &spans, opts, out));
+        let done = self
+            .encode_with_ranges(record, &full, &spans, &mut scratch)
+            .map(|()| self.assign(&scratch, &spans, opts, out));
         if scratch.0.capacity() > 1 << 20 {
             scratch = IdsAndRanges::default(); // a huge row's buffers are not kept
         }
@@ -230,7 +275,13 @@ impl Renderer {
     }
 
     /// Hands `out` each token of `full`'s encoding, with its loss flag (see the module docs).
-    fn assign(&self, (ids, offsets): &IdsAndRanges, spans: &[(usize, usize, bool)], opts: &RenderOptions, out: &mut impl TokenSink) {
+    fn assign(
+        &self,
+        (ids, offsets): &IdsAndRanges,
+        spans: &[(usize, usize, bool)],
+        opts: &RenderOptions,
+        out: &mut impl TokenSink,
+    ) {
         // Which span each token falls in (a token overlapping a span's bytes belongs to it).
         let span_of = |k: usize| -> Option<usize> {
             let (s, e) = offsets[k];
@@ -306,7 +357,6 @@ impl TokenSink for Count {
     }
 }
 
-
 /// Render one record for training: the trainer's entry point (see the module docs for the rules).
 pub fn render_for_training(record: &Record, renderer: &Renderer, opts: &RenderOptions) -> Result<Rendered> {
     renderer.render(record, opts)
@@ -322,7 +372,8 @@ pub(crate) mod tests {
     /// A byte-level BPE over single characters (every printable ASCII character is a token) with
     /// ChatML's specials: 0 `<|endoftext|>`, 1 `<|im_start|>`, 2 `<|im_end|>`.
     pub fn tiny_tokenizer() -> Tokenizer {
-        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+        let mut tokens: Vec<String> =
+            vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
         let mut types = vec![3i64, 3, 3];
         for b in 33u8..127 {
             tokens.push((b as char).to_string());
@@ -376,7 +427,11 @@ pub(crate) mod tests {
     fn merged_renderer(template: &str) -> Renderer {
         let json = crate::fast_bpe::tests::merged_tokenizer_json("smollm");
         #[allow(clippy::expect_used)]
-        let tok = Tokenizer::from_json(&json).expect("tokenizer").with_special(None, Some("<|im_end|>".into()), false);
+        let tok = Tokenizer::from_json(&json).expect("tokenizer").with_special(
+            None,
+            Some("<|im_end|>".into()),
+            false,
+        );
         #[allow(clippy::expect_used)]
         let t = ChatTemplate::new(template, "", "<|im_end|>").expect("template");
         #[allow(clippy::expect_used)]
@@ -392,11 +447,32 @@ pub(crate) mod tests {
         assert_eq!(merged_renderer(plain).fast_paths(), (true, false));
     }
 
-    const PIECES: &[&str] = &["a", "hi", " the", "  ", "   ", "\n", "\n\n", " \n", "\t", "'s", "12", " 3", "é😀", "中", "<|im_end|>", "<|im_start|>", "x", "?!", "\u{a0}"];
+    const PIECES: &[&str] = &[
+        "a",
+        "hi",
+        " the",
+        "  ",
+        "   ",
+        "\n",
+        "\n\n",
+        " \n",
+        "\t",
+        "'s",
+        "12",
+        " 3",
+        "é😀",
+        "中",
+        "<|im_end|>",
+        "<|im_start|>",
+        "x",
+        "?!",
+        "\u{a0}",
+    ];
 
     fn conversation() -> impl proptest::strategy::Strategy<Value = Record> {
         use proptest::prelude::*;
-        let content = proptest::collection::vec(0..PIECES.len(), 0..8).prop_map(|ix| ix.into_iter().map(|i| PIECES[i]).collect::<String>());
+        let content = proptest::collection::vec(0..PIECES.len(), 0..8)
+            .prop_map(|ix| ix.into_iter().map(|i| PIECES[i]).collect::<String>());
         let turn = (0..3u8, content, proptest::option::of(0..2u8)).prop_map(|(r, c, w)| {
             let role = [Role::System, Role::User, Role::Assistant][r as usize];
             let mut t = Turn::new(role, c);
@@ -459,7 +535,10 @@ pub(crate) mod tests {
         assert_eq!(loss_text(&r, &out), "_a2<|im_end|>_");
         let all = r.render(&rec, &RenderOptions { train_on_inputs: true }).expect("render");
         let text = loss_text(&r, &all);
-        assert!(text.starts_with("<|im_start|>system") && text.contains("_") && text.ends_with("a2<|im_end|>\n"), "{text}");
+        assert!(
+            text.starts_with("<|im_start|>system") && text.contains("_") && text.ends_with("a2<|im_end|>\n"),
+            "{text}"
+        );
         assert!(!text.contains("a1"), "weight-0 turn must stay masked: {text}");
     }
 
@@ -470,7 +549,8 @@ pub(crate) mod tests {
         let r = renderer(plain, "<|im_end|>");
         let out = r.render(&convo(), &RenderOptions::default()).expect("render");
         assert_eq!(loss_text(&r, &out), "_a1\n<|im_end|>_a2\n<|im_end|>");
-        let eos_positions: Vec<usize> = out.input_ids.iter().enumerate().filter(|(_, t)| **t == r.eos_id()).map(|(i, _)| i).collect();
+        let eos_positions: Vec<usize> =
+            out.input_ids.iter().enumerate().filter(|(_, t)| **t == r.eos_id()).map(|(i, _)| i).collect();
         assert_eq!(eos_positions.len(), 2);
         assert!(eos_positions.iter().all(|&p| out.labels[p] == i64::from(r.eos_id())));
     }
@@ -480,7 +560,10 @@ pub(crate) mod tests {
         let r = renderer(CHATML, "<|im_end|>");
         let rec = Record::new(Body::Text("abc".into()));
         let out = r.render(&rec, &RenderOptions::default()).expect("render");
-        assert_eq!(r.count(&rec, &RenderOptions::default()).expect("count"), (out.len(), out.target_tokens()));
+        assert_eq!(
+            r.count(&rec, &RenderOptions::default()).expect("count"),
+            (out.len(), out.target_tokens())
+        );
         assert_eq!(out.input_ids.last(), Some(&2));
         assert!(out.labels.iter().all(|&l| l != IGNORE_INDEX));
     }
@@ -496,7 +579,12 @@ pub(crate) mod tests {
         let err = r.render(&rec, &RenderOptions::default()).expect_err("must fail");
         assert!(err.to_string().contains(":4: `messages[0]`"), "{err}");
         // With a user turn first the same template works, default system prompt masked.
-        let ok = r.render(&Record::chat(vec![Turn::new(Role::User, "q"), Turn::new(Role::Assistant, "a")]), &RenderOptions::default()).expect("render");
+        let ok = r
+            .render(
+                &Record::chat(vec![Turn::new(Role::User, "q"), Turn::new(Role::Assistant, "a")]),
+                &RenderOptions::default(),
+            )
+            .expect("render");
         assert_eq!(loss_text(&r, &ok), "_a<|im_end|>_");
     }
 }

@@ -77,7 +77,6 @@ impl Progress {
     }
 }
 
-
 /// One analysed row.
 #[derive(Debug)]
 pub struct Row {
@@ -99,7 +98,16 @@ pub struct Row {
 
 impl Row {
     fn empty(line: u64) -> Self {
-        Row { line, record: None, findings: Vec::new(), fingerprint: None, backdoor: None, tokens: None, pii: Vec::new(), made_on: rayon::current_thread_index() }
+        Row {
+            line,
+            record: None,
+            findings: Vec::new(),
+            fingerprint: None,
+            backdoor: None,
+            tokens: None,
+            pii: Vec::new(),
+            made_on: rayon::current_thread_index(),
+        }
     }
 
     pub fn has_error(&self) -> bool {
@@ -148,7 +156,8 @@ impl<T: Send + 'static> Trash<T> {
 
     fn flush(&mut self) {
         self.held = 0;
-        let bins: Vec<std::sync::Mutex<Vec<T>>> = self.bins.iter_mut().map(|b| std::sync::Mutex::new(std::mem::take(b))).collect();
+        let bins: Vec<std::sync::Mutex<Vec<T>>> =
+            self.bins.iter_mut().map(|b| std::sync::Mutex::new(std::mem::take(b))).collect();
         rayon::spawn_broadcast(move |ctx| {
             if let Some(bin) = bins.get(ctx.index()) {
                 drop(std::mem::take(&mut *bin.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
@@ -189,7 +198,10 @@ impl Scanner {
             Payload::Value(v) => self.analyze_parsed(file, line, parse_value(v, file, line, self.cfg.format)),
             Payload::Bad { csv, field, column, message } => {
                 let (code, hint) = if csv {
-                    (Code::BadCsv, "make every row have the header's number of cells, quoted where they hold commas or quotes")
+                    (
+                        Code::BadCsv,
+                        "make every row have the header's number of cells, quoted where they hold commas or quotes",
+                    )
                 } else {
                     (Code::BadJson, "fix the JSON at that column (a JSON validator shows the exact spot)")
                 };
@@ -245,7 +257,12 @@ impl Scanner {
                             file,
                             Some(line),
                             field.clone(),
-                            format!("possible {} ({}) at byte {}", m.kind.as_str(), preview(&text[m.start..m.end]), m.start),
+                            format!(
+                                "possible {} ({}) at byte {}",
+                                m.kind.as_str(),
+                                preview(&text[m.start..m.end]),
+                                m.start
+                            ),
                             "remove or anonymise it, or run `ferrotune data prepare --redact-pii`",
                         ));
                         row.pii.push((field.clone(), m.kind));
@@ -275,7 +292,14 @@ impl Scanner {
                             ));
                         }
                     }
-                    Err(e) => findings.push(Finding::new(Code::RenderFailed, file, Some(line), "", e.to_string(), "fix the record so the model's chat template accepts it")),
+                    Err(e) => findings.push(Finding::new(
+                        Code::RenderFailed,
+                        file,
+                        Some(line),
+                        "",
+                        e.to_string(),
+                        "fix the record so the model's chat template accepts it",
+                    )),
                 }
             }
         }
@@ -296,14 +320,22 @@ impl Scanner {
     /// on a thread of their own, three threads shared two cores and 10–14% of the CPU stayed
     /// idle; this way a 1M-row `data validate` takes ~7% less time.) At most `IN_FLIGHT + 1`
     /// chunks are in memory.
-    pub fn scan_file(&self, path: &Path, mut sink: impl FnMut(Row) -> Result<()> + Send) -> Result<Option<Format>> {
+    pub fn scan_file(
+        &self,
+        path: &Path,
+        mut sink: impl FnMut(Row) -> Result<()> + Send,
+    ) -> Result<Option<Format>> {
         self.scan_file_ahead(path, |row, _| sink(row))
     }
 
     /// [`Scanner::scan_file`], handing `sink` each row together with the one [`AHEAD`] rows
     /// later when that is already analysed: a sink whose lookups miss the cache (the dedup
     /// index) can prefetch for it.
-    pub fn scan_file_ahead(&self, path: &Path, mut sink: impl FnMut(Row, Option<&Row>) -> Result<()> + Send) -> Result<Option<Format>> {
+    pub fn scan_file_ahead(
+        &self,
+        path: &Path,
+        mut sink: impl FnMut(Row, Option<&Row>) -> Result<()> + Send,
+    ) -> Result<Option<Format>> {
         let file: Arc<str> = path.display().to_string().into();
         let mut reader = RowReader::open(path)?;
         let mut file_format: Option<Format> = None;
@@ -348,7 +380,8 @@ impl Scanner {
         // The body runs on a pool thread, so that waiting for a chunk can run the pool's queued
         // work instead of leaving a core idle (the pool is all the threads there are).
         rayon::scope(|scope| -> Result<()> {
-            let mut in_flight: VecDeque<mpsc::Receiver<(Vec<Row>, Vec<u8>)>> = VecDeque::with_capacity(IN_FLIGHT);
+            let mut in_flight: VecDeque<mpsc::Receiver<(Vec<Row>, Vec<u8>)>> =
+                VecDeque::with_capacity(IN_FLIGHT);
             let mut eof = false;
             let mut delivered = 0u64;
             loop {
@@ -373,7 +406,11 @@ impl Scanner {
                         Ok(done) => break Some(done),
                         Err(mpsc::TryRecvError::Disconnected) => break None,
                         // Nothing queued to help with: the chunk is being finished elsewhere.
-                        Err(mpsc::TryRecvError::Empty) if rayon::yield_now() != Some(rayon::Yield::Executed) => break rx.recv().ok(),
+                        Err(mpsc::TryRecvError::Empty)
+                            if rayon::yield_now() != Some(rayon::Yield::Executed) =>
+                        {
+                            break rx.recv().ok();
+                        }
                         Err(mpsc::TryRecvError::Empty) => {}
                     }
                 };
@@ -381,7 +418,12 @@ impl Scanner {
                     reader.recycle(bytes);
                     delivered += rows.len() as u64;
                     deliver(rows)?;
-                    self.cfg.progress.report(ScanProgress { stage: "checking", file: path, rows: delivered, bytes: reader.bytes_read() });
+                    self.cfg.progress.report(ScanProgress {
+                        stage: "checking",
+                        file: path,
+                        rows: delivered,
+                        bytes: reader.bytes_read(),
+                    });
                 }
             }
         })?;

@@ -90,7 +90,10 @@ pub struct FieldCoverage {
     pub rows: u64,
 }
 
-fn in_key_order<S: serde::Serializer>(counts: &HashMap<String, u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn in_key_order<S: serde::Serializer>(
+    counts: &HashMap<String, u64>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.collect_map(counts.iter().collect::<BTreeMap<_, _>>())
 }
 
@@ -157,7 +160,12 @@ mod tests {
     fn identifier_like_fields_stop_being_counted() {
         let mut c = Coverage::default();
         for i in 0..(MAX_CLASSES + 5) {
-            c.add(&serde_json::json!({"id": i, "topic": if i % 2 == 0 { "a" } else { "b" }}).as_object().cloned().unwrap_or_default());
+            c.add(
+                &serde_json::json!({"id": i, "topic": if i % 2 == 0 { "a" } else { "b" }})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         }
         assert!(c.fields()["id"].high_cardinality && c.fields()["id"].counts.is_empty());
         assert_eq!(c.fields()["topic"].counts.len(), 2);
@@ -170,6 +178,11 @@ mod tests {
             c.add(serde_json::json!({"topic": t}).as_object().expect("object"));
         }
         let json = serde_json::to_string(&c.fields()["topic"]).expect("json");
-        assert!(json.starts_with(r#"{"counts":{"alpha":2,"beta":1,"delta":1,"kappa":1,"mid":1,"omega":1,"zeta":1}"#), "{json}");
+        assert!(
+            json.starts_with(
+                r#"{"counts":{"alpha":2,"beta":1,"delta":1,"kappa":1,"mid":1,"omega":1,"zeta":1}"#
+            ),
+            "{json}"
+        );
     }
 }

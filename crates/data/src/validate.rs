@@ -160,7 +160,10 @@ fn where_(files: &[Arc<str>], r: RowRef) -> String {
 
 pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     if files.is_empty() {
-        return Err(DataError::InvalidOption { option: "FILE", reason: "give at least one data file".into() });
+        return Err(DataError::InvalidOption {
+            option: "FILE",
+            reason: "give at least one data file".into(),
+        });
     }
     for f in files.iter().chain(&opts.eval_files) {
         if !f.is_file() {
@@ -182,7 +185,12 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     });
     let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
     index.reserve_for(files.iter().map(PathBuf::as_path));
-    let mut out = Collector { max_per_code: opts.max_findings_per_code, counts: BTreeMap::new(), findings: Vec::new(), truncated: false };
+    let mut out = Collector {
+        max_per_code: opts.max_findings_per_code,
+        counts: BTreeMap::new(),
+        findings: Vec::new(),
+        truncated: false,
+    };
     let mut stats = Stats { epochs: opts.epochs, ..Stats::default() };
     let mut msgs = Histogram::default();
     let mut total = Histogram::default();
@@ -190,7 +198,8 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     let mut coverage = Coverage::default();
     let mut agreement = Agreement::default();
     let mut summaries = Vec::new();
-    let names: Vec<Arc<str>> = files.iter().chain(&opts.eval_files).map(|p| p.display().to_string().into()).collect();
+    let names: Vec<Arc<str>> =
+        files.iter().chain(&opts.eval_files).map(|p| p.display().to_string().into()).collect();
 
     let mut backdoors = opts.backdoor.then(Backdoors::default);
     // Records, fingerprints and backdoor keys are freed on the pool, each on the worker that built it.
@@ -225,17 +234,34 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
             if let Some(fp) = &fingerprint {
                 let at = RowRef::new(fi, line);
                 let c = index.check_insert(fp, at);
-                let push = |out: &mut Collector, code, msg: String, hint: &str| out.push(Finding::new(code, &name, Some(line), "", msg, hint));
+                let push = |out: &mut Collector, code, msg: String, hint: &str| {
+                    out.push(Finding::new(code, &name, Some(line), "", msg, hint))
+                };
                 if let Some(r) = c.exact_of {
                     stats.exact_duplicates += 1;
-                    push(&mut out, Code::ExactDuplicate, format!("same conversation as {}", where_(&names, r)), "drop one copy (`prepare --dedup exact` does)");
+                    push(
+                        &mut out,
+                        Code::ExactDuplicate,
+                        format!("same conversation as {}", where_(&names, r)),
+                        "drop one copy (`prepare --dedup exact` does)",
+                    );
                 } else if let Some((r, j)) = c.near_of {
                     stats.near_duplicates += 1;
-                    push(&mut out, Code::NearDuplicate, format!("near duplicate of {} (estimated Jaccard {j:.2})", where_(&names, r)), "drop or vary one of them (`prepare --dedup near` drops it)");
+                    push(
+                        &mut out,
+                        Code::NearDuplicate,
+                        format!("near duplicate of {} (estimated Jaccard {j:.2})", where_(&names, r)),
+                        "drop or vary one of them (`prepare --dedup near` drops it)",
+                    );
                 }
                 if let Some(r) = c.conflict_with {
                     stats.conflicting_answers += 1;
-                    push(&mut out, Code::ConflictingAnswers, format!("same prompt as {} with a different answer", where_(&names, r)), "make the answers agree, or make the prompts say what differs");
+                    push(
+                        &mut out,
+                        Code::ConflictingAnswers,
+                        format!("same prompt as {} with a different answer", where_(&names, r)),
+                        "make the answers agree, or make the prompts say what differs",
+                    );
                 }
             }
             if let (Some(b), Some(keys)) = (backdoors.as_mut(), &backdoor) {
@@ -246,7 +272,13 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
         })?;
         stats.rows += rows;
         stats.valid_rows += valid;
-        summaries.push(FileSummary { path: name.to_string(), role: "train", format, rows, valid_rows: valid });
+        summaries.push(FileSummary {
+            path: name.to_string(),
+            role: "train",
+            format,
+            rows,
+            valid_rows: valid,
+        });
     }
 
     for (ei, path) in opts.eval_files.iter().enumerate() {
@@ -262,7 +294,10 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
             valid += 1;
             if let Some(fp) = row.fingerprint {
                 let c = index.check(&fp);
-                let hit = c.exact_of.map(|r| (r, "a copy of".to_string())).or(c.near_of.map(|(r, j)| (r, format!("a near duplicate (Jaccard {j:.2}) of"))));
+                let hit = c
+                    .exact_of
+                    .map(|r| (r, "a copy of".to_string()))
+                    .or(c.near_of.map(|(r, j)| (r, format!("a near duplicate (Jaccard {j:.2}) of"))));
                 if let Some((r, what)) = hit {
                     stats.eval_rows_leaked += 1;
                     out.push(Finding::new(
@@ -314,19 +349,44 @@ pub fn validate(files: &[PathBuf], opts: &ValidateOptions) -> Result<Report> {
     })
 }
 
-fn dataset_checks(file: &Arc<str>, stats: &Stats, coverage: &Coverage, agreement: &Agreement, out: &mut Collector) {
+fn dataset_checks(
+    file: &Arc<str>,
+    stats: &Stats,
+    coverage: &Coverage,
+    agreement: &Agreement,
+    out: &mut Collector,
+) {
     let n = stats.valid_rows;
     if n < MIN_EXAMPLES {
-        out.push(Finding::new(Code::TooFewExamples, file, None, "", format!("{n} valid training examples; at least {MIN_EXAMPLES} are needed"), "add examples (50–100 good ones is a usual start)"));
+        out.push(Finding::new(
+            Code::TooFewExamples,
+            file,
+            None,
+            "",
+            format!("{n} valid training examples; at least {MIN_EXAMPLES} are needed"),
+            "add examples (50–100 good ones is a usual start)",
+        ));
     } else if n < FEW_EXAMPLES {
-        out.push(Finding::new(Code::FewExamples, file, None, "", format!("only {n} valid training examples"), "fine-tuning usually needs 50–100+ examples to show a clear change; add more"));
+        out.push(Finding::new(
+            Code::FewExamples,
+            file,
+            None,
+            "",
+            format!("only {n} valid training examples"),
+            "fine-tuning usually needs 50–100+ examples to show a clear change; add more",
+        ));
     }
     for (field, fc) in coverage.fields() {
-        if field == "annotations" || fc.high_cardinality || fc.counts.len() < 2 || fc.counts.len() > MAX_SKEW_CLASSES {
+        if field == "annotations"
+            || fc.high_cardinality
+            || fc.counts.len() < 2
+            || fc.counts.len() > MAX_SKEW_CLASSES
+        {
             continue;
         }
         let max = fc.counts.values().copied().max().unwrap_or(0);
-        let mut small: Vec<(&String, &u64)> = fc.counts.iter().filter(|(_, c)| (**c as f64) < SKEW_RATIO * max as f64).collect();
+        let mut small: Vec<(&String, &u64)> =
+            fc.counts.iter().filter(|(_, c)| (**c as f64) < SKEW_RATIO * max as f64).collect();
         small.sort();
         if !small.is_empty() {
             let list: Vec<String> = small.iter().map(|(k, c)| format!("{k} ({c})")).collect();
@@ -335,7 +395,11 @@ fn dataset_checks(file: &Arc<str>, stats: &Stats, coverage: &Coverage, agreement
                 file,
                 None,
                 format!("metadata.{field}"),
-                format!("under-covered values of `{field}` (< {:.0}% of the largest class, {max} rows): {}", SKEW_RATIO * 100.0, list.join(", ")),
+                format!(
+                    "under-covered values of `{field}` (< {:.0}% of the largest class, {max} rows): {}",
+                    SKEW_RATIO * 100.0,
+                    list.join(", ")
+                ),
                 "add examples of these classes, or down-sample the large ones",
             ));
         }

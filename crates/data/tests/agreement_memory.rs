@@ -28,9 +28,7 @@ fn peak_kib(status: &str) -> Option<u64> {
 fn write_rows(path: &Path) -> std::io::Result<()> {
     let mut out = String::new();
     for u in 0..UNITS {
-        let labels: Vec<String> = (0..LABELS_PER_UNIT)
-            .map(|j| format!("label-{u}-{j}"))
-            .collect();
+        let labels: Vec<String> = (0..LABELS_PER_UNIT).map(|j| format!("label-{u}-{j}")).collect();
         let row = serde_json::json!({
             "messages": [
                 {"role": "user", "content": format!("Question {u}: which depot handles parcel {}?", u * 7)},
@@ -46,10 +44,7 @@ fn write_rows(path: &Path) -> std::io::Result<()> {
 fn child(path: &Path) {
     let r = validate(&[path.to_path_buf()], &ValidateOptions::default()).expect("validate");
     let a = r.agreement.as_ref().expect("agreement");
-    assert_eq!(
-        (a.units, a.labels.len()),
-        (UNITS as u64, UNITS * LABELS_PER_UNIT)
-    );
+    assert_eq!((a.units, a.labels.len()), (UNITS as u64, UNITS * LABELS_PER_UNIT));
     // Every unit's labels all differ: as much disagreement as chance gives, α = 0.
     assert!(a.alpha.is_some_and(|x| x.abs() < 1e-9), "{:?}", a.alpha);
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -83,11 +78,7 @@ fn validate_with_100k_distinct_annotation_labels_peaks_under_500_mib() {
         if let Some(s) = c.try_wait().expect("wait") {
             break s;
         }
-        if let Some(kib) = std::fs::read_to_string(&proc_status)
-            .ok()
-            .as_deref()
-            .and_then(peak_kib)
-        {
+        if let Some(kib) = std::fs::read_to_string(&proc_status).ok().as_deref().and_then(peak_kib) {
             watched_peak = watched_peak.max(kib);
             if kib > LIMIT_KIB || start.elapsed() > Duration::from_secs(300) {
                 let _ = c.kill();
@@ -101,26 +92,12 @@ fn validate_with_100k_distinct_annotation_labels_peaks_under_500_mib() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let (mut out, mut err) = (String::new(), String::new());
-    c.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read stdout");
-    c.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
+    c.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
+    c.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
     assert!(status.success(), "child failed: {out}{err}");
     let peak: u64 = out
         .lines()
-        .find_map(|l| {
-            l.split("child peak ")
-                .nth(1)?
-                .strip_suffix(" KiB")?
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.split("child peak ").nth(1)?.strip_suffix(" KiB")?.parse().ok())
         .unwrap_or_else(|| panic!("no peak reported: {out}{err}"));
     eprintln!(
         "validate with {} distinct labels: peak RSS {peak} KiB (watched {watched_peak} KiB)",

@@ -13,22 +13,33 @@ use serde_json::{Map, Value, json};
 /// JSON values biased towards the shapes records have: known keys, roles, strings and numbers.
 fn value() -> impl Strategy<Value = Value> {
     let key = prop_oneof![
-        Just("messages".to_string()), Just("role".to_string()), Just("content".to_string()), Just("weight".to_string()),
-        Just("instruction".to_string()), Just("input".to_string()), Just("output".to_string()), Just("prompt".to_string()),
-        Just("completion".to_string()), Just("text".to_string()), Just("metadata".to_string()), "[a-z]{1,6}",
+        Just("messages".to_string()),
+        Just("role".to_string()),
+        Just("content".to_string()),
+        Just("weight".to_string()),
+        Just("instruction".to_string()),
+        Just("input".to_string()),
+        Just("output".to_string()),
+        Just("prompt".to_string()),
+        Just("completion".to_string()),
+        Just("text".to_string()),
+        Just("metadata".to_string()),
+        "[a-z]{1,6}",
     ];
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        prop_oneof![Just("user"), Just("assistant"), Just("system"), Just(""), Just("  ")].prop_map(|s| json!(s)),
+        prop_oneof![Just("user"), Just("assistant"), Just("system"), Just(""), Just("  ")]
+            .prop_map(|s| json!(s)),
         "\\PC{0,40}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 64, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((key.clone(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+            prop::collection::vec((key.clone(), inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }

@@ -67,7 +67,11 @@ fn minhash_estimates_track_exact_jaccard_as_closely_as_datasketch() {
     let c = cases(&r, "minhash_128");
     for x in c {
         let (a, b) = (x["a"].as_str().expect("a"), x["b"].as_str().expect("b"));
-        assert_eq!(shingle_strings(a).len() as u64, x["shingles_a"].as_u64().expect("n"), "shingling differs from the script's");
+        assert_eq!(
+            shingle_strings(a).len() as u64,
+            x["shingles_a"].as_u64().expect("n"),
+            "shingling differs from the script's"
+        );
         assert_eq!(shingle_strings(b).len() as u64, x["shingles_b"].as_u64().expect("n"));
         let est = h.signature(&shingles(a)).jaccard(&h.signature(&shingles(b)));
         let exact = x["jaccard"].as_f64().expect("jaccard");
@@ -78,7 +82,12 @@ fn minhash_estimates_track_exact_jaccard_as_closely_as_datasketch() {
         ref_err += (ds - exact).abs();
     }
     let n = c.len() as f64;
-    assert!(ours_err / n <= ref_err / n + 0.01, "mean abs error: ours {}, datasketch {}", ours_err / n, ref_err / n);
+    assert!(
+        ours_err / n <= ref_err / n + 0.01,
+        "mean abs error: ours {}, datasketch {}",
+        ours_err / n,
+        ref_err / n
+    );
 }
 
 #[test]
@@ -87,7 +96,10 @@ fn lsh_bands_and_rows_match_datasketch_optimal_param() {
     for x in cases(&r, "lsh_params_128") {
         let t = x["threshold"].as_f64().expect("threshold");
         let (wfp, wfn) = (x["weights"][0].as_f64().expect("w"), x["weights"][1].as_f64().expect("w"));
-        let want = (x["bands_rows"][0].as_u64().expect("b") as usize, x["bands_rows"][1].as_u64().expect("r") as usize);
+        let want = (
+            x["bands_rows"][0].as_u64().expect("b") as usize,
+            x["bands_rows"][1].as_u64().expect("r") as usize,
+        );
         assert_eq!(optimal_param(t, 128, wfp, wfn), want, "threshold {t}, weights ({wfp}, {wfn})");
     }
 }

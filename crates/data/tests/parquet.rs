@@ -11,13 +11,18 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Findings as comparable tuples: file references in messages written the JSONL way.
-fn findings(r: &Report, file: &Path, skip_bad_json: bool) -> Vec<(Code, Option<u64>, String, String, String)> {
+fn findings(
+    r: &Report,
+    file: &Path,
+    skip_bad_json: bool,
+) -> Vec<(Code, Option<u64>, String, String, String)> {
     let name = file.display().to_string();
     r.findings
         .iter()
         .filter(|f| !(skip_bad_json && f.code == Code::BadJson))
         .map(|f| {
-            let msg = f.message.replace(&format!("{name} row "), "FILE:").replace(&format!("{name}:"), "FILE:");
+            let msg =
+                f.message.replace(&format!("{name} row "), "FILE:").replace(&format!("{name}:"), "FILE:");
             (f.code, f.line, f.field.clone(), msg, f.hint.clone())
         })
         .collect()
@@ -28,9 +33,15 @@ fn check_twins(stem: &str) -> (Report, Report) {
     let opts = ValidateOptions::default();
     let a = validate(std::slice::from_ref(&pq), &opts).expect("validate parquet");
     let b = validate(std::slice::from_ref(&jl), &opts).expect("validate jsonl");
-    assert_eq!(findings(&a, &pq, true), findings(&b, &jl, true), "{stem}: parquet vs jsonl findings\n{a}\n---\n{b}");
+    assert_eq!(
+        findings(&a, &pq, true),
+        findings(&b, &jl, true),
+        "{stem}: parquet vs jsonl findings\n{a}\n---\n{b}"
+    );
     // Bad JSON cells are found on the same rows (the messages differ: a cell's column vs the line's).
-    let bad = |r: &Report| r.findings.iter().filter(|f| f.code == Code::BadJson).map(|f| f.line).collect::<Vec<_>>();
+    let bad = |r: &Report| {
+        r.findings.iter().filter(|f| f.code == Code::BadJson).map(|f| f.line).collect::<Vec<_>>()
+    };
     assert_eq!(bad(&a), bad(&b), "{stem}");
     assert_eq!(a.counts, b.counts, "{stem}");
     let stats = |r: &Report| serde_json::to_value(&r.stats).expect("stats json");
@@ -50,11 +61,22 @@ fn check_twins(stem: &str) -> (Report, Report) {
 fn chat_with_list_of_struct_messages_matches_its_jsonl_twin() {
     let (a, _) = check_twins("chat");
     // The rows the fixture script marks, by row number.
-    let at = |code| a.findings.iter().filter(|f| f.code == code).map(|f| (f.line, f.field.clone())).collect::<Vec<_>>();
+    let at = |code| {
+        a.findings.iter().filter(|f| f.code == code).map(|f| (f.line, f.field.clone())).collect::<Vec<_>>()
+    };
     assert_eq!(at(Code::ExactDuplicate), vec![(Some(17), String::new())]);
-    assert!(a.findings.iter().any(|f| f.code == Code::ExactDuplicate && f.message.ends_with("chat.parquet row 2")), "{a}");
+    assert!(
+        a.findings
+            .iter()
+            .any(|f| f.code == Code::ExactDuplicate && f.message.ends_with("chat.parquet row 2")),
+        "{a}"
+    );
     assert_eq!(at(Code::UnknownRole), vec![(Some(18), "messages[0].role".into())]);
-    assert_eq!(at(Code::MissingField).first(), Some(&(Some(18), "messages[1].content".into())), "a null struct field is an absent key");
+    assert_eq!(
+        at(Code::MissingField).first(),
+        Some(&(Some(18), "messages[1].content".into())),
+        "a null struct field is an absent key"
+    );
     assert_eq!(at(Code::BadWeight), vec![(Some(21), "messages[1].weight".into())]);
     assert_eq!(at(Code::Pii), vec![(Some(22), "messages[0].content".into())]);
     assert_eq!(at(Code::UnknownFormat), vec![(Some(23), String::new())]);
@@ -76,9 +98,15 @@ fn json_string_columns_across_row_groups_match_their_jsonl_twin() {
 #[test]
 fn alpaca_completion_and_text_columns_match_their_jsonl_twins() {
     let (a, _) = check_twins("alpaca");
-    assert!(a.findings.iter().any(|f| f.code == Code::MissingField && f.line == Some(15) && f.field == "output"), "{a}");
+    assert!(
+        a.findings.iter().any(|f| f.code == Code::MissingField && f.line == Some(15) && f.field == "output"),
+        "{a}"
+    );
     let (c, _) = check_twins("completion");
-    assert!(c.findings.iter().any(|f| f.code == Code::UnknownKey && f.line == Some(13) && f.field == "source"), "{c}");
+    assert!(
+        c.findings.iter().any(|f| f.code == Code::UnknownKey && f.line == Some(13) && f.field == "source"),
+        "{c}"
+    );
     let (t, _) = check_twins("text");
     assert!(t.findings.iter().any(|f| f.code == Code::EmptyTarget && f.line == Some(12)), "{t}");
 }
@@ -95,14 +123,25 @@ fn prepare_writes_the_same_split_from_parquet_as_from_jsonl() {
             seed: 3,
             ..PrepareOptions::default()
         };
-        let a = prepare(&fixture(&format!("{stem}.parquet")), &d.path().join("pq"), &opts).expect("prepare parquet");
-        let b = prepare(&fixture(&format!("{stem}.jsonl")), &d.path().join("jl"), &opts).expect("prepare jsonl");
+        let a = prepare(&fixture(&format!("{stem}.parquet")), &d.path().join("pq"), &opts)
+            .expect("prepare parquet");
+        let b =
+            prepare(&fixture(&format!("{stem}.jsonl")), &d.path().join("jl"), &opts).expect("prepare jsonl");
         assert_eq!(a.unit, Unit::Row);
         assert_eq!(b.unit, Unit::Line);
-        let drops = |r: &ferrotune_data::PrepareReport| r.dropped.iter().map(|x| (x.line, x.reason, x.detail.replace(" row ", " line "))).collect::<Vec<_>>();
+        let drops = |r: &ferrotune_data::PrepareReport| {
+            r.dropped
+                .iter()
+                .map(|x| (x.line, x.reason, x.detail.replace(" row ", " line ")))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(drops(&a), drops(&b), "{stem}");
         assert!(!a.dropped.is_empty(), "{stem}: the fixtures have bad rows");
-        assert_eq!((a.train_rows, a.eval_rows, a.changed.len()), (b.train_rows, b.eval_rows, b.changed.len()), "{stem}");
+        assert_eq!(
+            (a.train_rows, a.eval_rows, a.changed.len()),
+            (b.train_rows, b.eval_rows, b.changed.len()),
+            "{stem}"
+        );
         for f in ["train.jsonl", "eval.jsonl"] {
             let read = |dir: &str| std::fs::read_to_string(d.path().join(dir).join(f)).expect("read");
             assert_eq!(read("pq"), read("jl"), "{stem}/{f}");
@@ -129,7 +168,9 @@ fn corrupted(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn expect_file_error(p: &Path) -> String {
-    let err = validate(&[p.to_path_buf()], &ValidateOptions::default()).expect_err("a corrupt file must fail").to_string();
+    let err = validate(&[p.to_path_buf()], &ValidateOptions::default())
+        .expect_err("a corrupt file must fail")
+        .to_string();
     assert!(err.contains(&p.display().to_string()), "{err}");
     err
 }

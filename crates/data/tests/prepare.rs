@@ -13,7 +13,11 @@ fn row(i: usize, topic: &str, answer: &str) -> String {
 }
 
 fn read_jsonl(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p).expect("read").lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
+    std::fs::read_to_string(p)
+        .expect("read")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
 }
 
 #[test]
@@ -28,7 +32,13 @@ fn prepare_drops_dedups_redacts_and_splits_with_every_change_reported() {
     let original = lines.join("\n") + "\n";
     std::fs::write(&input, &original).expect("write");
     let out = d.path().join("out");
-    let opts = PrepareOptions { redact_pii: true, eval_fraction: 0.2, stratify_by: Some("topic".into()), seed: 7, ..PrepareOptions::default() };
+    let opts = PrepareOptions {
+        redact_pii: true,
+        eval_fraction: 0.2,
+        stratify_by: Some("topic".into()),
+        seed: 7,
+        ..PrepareOptions::default()
+    };
     let r = prepare(&input, &out, &opts).expect("prepare");
 
     assert_eq!(std::fs::read_to_string(&input).expect("read"), original, "input must not change");
@@ -44,8 +54,15 @@ fn prepare_drops_dedups_redacts_and_splits_with_every_change_reported() {
     let eval = read_jsonl(&out.join("eval.jsonl"));
     assert_eq!((train.len(), eval.len()), (97, 24));
     let all = format!("{train:?}{eval:?}");
-    assert!(!all.contains("bo@shop.example") && !all.contains("415-555") && all.contains("[EMAIL]") && all.contains("[PHONE]"));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report")).expect("json");
+    assert!(
+        !all.contains("bo@shop.example")
+            && !all.contains("415-555")
+            && all.contains("[EMAIL]")
+            && all.contains("[PHONE]")
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report"))
+            .expect("json");
     assert_eq!(report["dropped"][0]["reason"], "exact_duplicate");
     assert_eq!(report["changed"][0]["redacted"][0][1], "phone");
 
@@ -88,7 +105,10 @@ fn a_failed_prepare_leaves_no_output_and_no_temporary_folder() {
     // An unreadable input fails in the middle of the run: nothing is published.
     let missing = d.path().join("missing.jsonl");
     assert!(prepare(&missing, &d.path().join("out2"), &PrepareOptions::default()).is_err());
-    let names: Vec<String> = std::fs::read_dir(d.path()).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(d.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(!names.iter().any(|n| n.starts_with(".ferrotune-prepare-") || n == "out2"), "{names:?}");
 }
 
@@ -98,13 +118,16 @@ fn a_failed_prepare_leaves_no_output_and_no_temporary_folder() {
 fn progress_covers_both_passes_to_the_end_of_the_file() {
     use std::sync::{Arc, Mutex};
     let d = tempfile::tempdir().expect("tmp");
-    let lines: Vec<String> = (0..9_000).map(|i| row(i, ["a", "b", "c"][i % 3], &format!("Answer {i}"))).collect();
+    let lines: Vec<String> =
+        (0..9_000).map(|i| row(i, ["a", "b", "c"][i % 3], &format!("Answer {i}"))).collect();
     let input = d.path().join("in.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").expect("write");
     let seen: Arc<Mutex<Vec<(&'static str, u64, Option<u64>)>>> = Arc::default();
     let log = seen.clone();
-    let progress = ferrotune_data::Progress::new(move |p| log.lock().expect("lock").push((p.stage, p.rows, p.bytes)));
-    let opts = PrepareOptions { stratify_by: Some("topic".into()), seed: 4, progress, ..PrepareOptions::default() };
+    let progress =
+        ferrotune_data::Progress::new(move |p| log.lock().expect("lock").push((p.stage, p.rows, p.bytes)));
+    let opts =
+        PrepareOptions { stratify_by: Some("topic".into()), seed: 4, progress, ..PrepareOptions::default() };
     let r = prepare(&input, &d.path().join("out"), &opts).expect("prepare");
     assert_eq!(r.rows_kept, 9_000);
     let seen = seen.lock().expect("lock");

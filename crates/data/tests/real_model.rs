@@ -6,14 +6,19 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ferrotune_data::{IGNORE_INDEX, Record, RenderOptions, Renderer, Role, Turn, ValidateOptions, render_for_training, validate};
+use ferrotune_data::{
+    IGNORE_INDEX, Record, RenderOptions, Renderer, Role, Turn, ValidateOptions, render_for_training, validate,
+};
 use ferrotune_model::{LoadedModel, WeightMode};
 
 /// The installed model, `None` (SKIPPED) only when it is not installed and FERROTUNE_REQUIRE_MODELS
 /// is not set; a model that is installed but fails to load fails the test.
 fn model() -> Option<LoadedModel> {
     let p = ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_MODEL)?;
-    Some(ferrotune_model::load_path(&p, WeightMode::Quantized, &candle_core::Device::Cpu).expect("the installed model loads"))
+    Some(
+        ferrotune_model::load_path(&p, WeightMode::Quantized, &candle_core::Device::Cpu)
+            .expect("the installed model loads"),
+    )
 }
 
 #[test]
@@ -29,14 +34,28 @@ fn smollm2_labels_are_exactly_the_answers_with_their_im_end() {
         Turn::new(Role::Assistant, " Rome\né😀"),
     ]);
     let out = render_for_training(&rec, &r, &RenderOptions::default()).expect("render");
-    assert_eq!(out.input_ids, m.tokenizer.encode(&out.text, false).expect("encode"), "ids must be the template text's tokens");
-    assert_eq!(out.text, m.render_chat(&[
-        ferrotune_model::Message::new("system", "You are terse."),
-        ferrotune_model::Message::new("user", "Capital of France?"),
-        ferrotune_model::Message::new("assistant", "Paris."),
-        ferrotune_model::Message::new("user", "And of Italy? Answer with one word, then a newline and 'é😀'."),
-        ferrotune_model::Message::new("assistant", " Rome\né😀"),
-    ], false).expect("render_chat"));
+    assert_eq!(
+        out.input_ids,
+        m.tokenizer.encode(&out.text, false).expect("encode"),
+        "ids must be the template text's tokens"
+    );
+    assert_eq!(
+        out.text,
+        m.render_chat(
+            &[
+                ferrotune_model::Message::new("system", "You are terse."),
+                ferrotune_model::Message::new("user", "Capital of France?"),
+                ferrotune_model::Message::new("assistant", "Paris."),
+                ferrotune_model::Message::new(
+                    "user",
+                    "And of Italy? Answer with one word, then a newline and 'é😀'."
+                ),
+                ferrotune_model::Message::new("assistant", " Rome\né😀"),
+            ],
+            false
+        )
+        .expect("render_chat")
+    );
     // Runs of labelled tokens decode to the two answers, each ending in <|im_end|>.
     let mut runs = Vec::new();
     let mut cur = Vec::new();
@@ -82,8 +101,23 @@ fn smollm2_takes_both_fast_paths_and_they_render_exactly_as_minijinja_and_hf() {
     assert_eq!(fast.fast_paths(), (true, true), "SmolLM2's tokenizer and ChatML template must be recognised");
     let slow = fast.clone().without_fast_paths();
     let pieces = [
-        "Hi, question 12: refund", " window?", "  two spaces", "\n\nnew paragraph", "don't it's we'll", "é😀 中文 ½ Ⅻ ٣", "\u{a0}nbsp",
-        "tabs\t\there", "<|im_end|>", "<|im_start|>", "<|endoftext|>", "1234567.89", "   ", "CAPS'S", "e\u{301}", "?!...", "\r\n",
+        "Hi, question 12: refund",
+        " window?",
+        "  two spaces",
+        "\n\nnew paragraph",
+        "don't it's we'll",
+        "é😀 中文 ½ Ⅻ ٣",
+        "\u{a0}nbsp",
+        "tabs\t\there",
+        "<|im_end|>",
+        "<|im_start|>",
+        "<|endoftext|>",
+        "1234567.89",
+        "   ",
+        "CAPS'S",
+        "e\u{301}",
+        "?!...",
+        "\r\n",
     ];
     let mut n = 0;
     for i in 0..pieces.len() {
@@ -95,7 +129,11 @@ fn smollm2_takes_both_fast_paths_and_they_render_exactly_as_minijinja_and_hf() {
             ]);
             for train_on_inputs in [false, true] {
                 let opts = RenderOptions { train_on_inputs };
-                assert_eq!(render_for_training(&rec, &fast, &opts).expect("fast"), render_for_training(&rec, &slow, &opts).expect("slow"), "{rec:?}");
+                assert_eq!(
+                    render_for_training(&rec, &fast, &opts).expect("fast"),
+                    render_for_training(&rec, &slow, &opts).expect("slow"),
+                    "{rec:?}"
+                );
             }
             n += 1;
         }
@@ -108,17 +146,29 @@ fn the_text_only_load_renders_exactly_as_the_full_model() {
     let Some(m) = model() else { return };
     let t = ferrotune_model::loaded::load_text_path(&m.path).expect("text-only load");
     assert_eq!(t.eos_ids, m.eos_ids);
-    assert_eq!(t.chat_template.as_ref().map(|c| c.source().to_string()), m.chat_template.as_ref().map(|c| c.source().to_string()));
-    let (full, text) = (Renderer::from_model(&m).expect("renderer"), Renderer::from_text_model(&t).expect("renderer"));
-    let rec = Record::chat(vec![Turn::new(Role::User, "Capital of France? 12 é😀"), Turn::new(Role::Assistant, "  Paris.")]);
+    assert_eq!(
+        t.chat_template.as_ref().map(|c| c.source().to_string()),
+        m.chat_template.as_ref().map(|c| c.source().to_string())
+    );
+    let (full, text) =
+        (Renderer::from_model(&m).expect("renderer"), Renderer::from_text_model(&t).expect("renderer"));
+    let rec = Record::chat(vec![
+        Turn::new(Role::User, "Capital of France? 12 é😀"),
+        Turn::new(Role::Assistant, "  Paris."),
+    ]);
     let opts = RenderOptions::default();
-    assert_eq!(render_for_training(&rec, &full, &opts).expect("render"), render_for_training(&rec, &text, &opts).expect("render"));
+    assert_eq!(
+        render_for_training(&rec, &full, &opts).expect("render"),
+        render_for_training(&rec, &text, &opts).expect("render")
+    );
 }
 
 /// Runs one test of this binary in a child process with `FERROTUNE_HOME` = `home`.
 fn run_alone(test: &str, home: &std::path::Path, require: bool) -> std::process::Output {
     let mut c = std::process::Command::new(std::env::current_exe().expect("test binary"));
-    c.args(["--exact", test, "--nocapture"]).env("FERROTUNE_HOME", home).env_remove(ferrotune_model::testing::REQUIRE_MODELS);
+    c.args(["--exact", test, "--nocapture"])
+        .env("FERROTUNE_HOME", home)
+        .env_remove(ferrotune_model::testing::REQUIRE_MODELS);
     if require {
         c.env(ferrotune_model::testing::REQUIRE_MODELS, "1");
     }
@@ -131,7 +181,9 @@ fn a_missing_model_skips_locally_fails_in_ci_and_a_broken_install_always_fails()
     // manifest was corrupt.
     let test = "smollm2_labels_are_exactly_the_answers_with_their_im_end";
     let home = tempfile::tempdir().expect("tmp");
-    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
     let o = run_alone(test, home.path(), false);
     assert!(o.status.success() && text(&o).contains("SKIPPED"), "{}", text(&o));
     let o = run_alone(test, home.path(), true);

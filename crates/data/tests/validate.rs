@@ -43,8 +43,12 @@ fn a_clean_file_of_enough_rows_passes_with_statistics() {
 fn each_error_and_warning_is_reported_at_its_line_and_field() {
     let d = tempfile::tempdir().expect("tmp");
     let mut rows: Vec<String> = (0..12).map(|i| chat(i, "a")).collect();
-    rows.push(r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}"#.into()); // 13: bad JSON
-    rows.push(r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}"#.into()); // 14
+    rows.push(
+        r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}"#.into(),
+    ); // 13: bad JSON
+    rows.push(
+        r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}"#.into(),
+    ); // 14
     rows.push(chat(3, "a")); // 15: exact duplicate of line 4
     rows.push(json!({"messages": [{"role": "user", "content": "mail me at ann@corp.example"}, {"role": "assistant", "content": "ok"}]}).to_string()); // 16
     rows.push(json!({"prompt": "p", "completion": "c"}).to_string()); // 17: mixed formats
@@ -72,18 +76,29 @@ fn near_duplicates_conflicts_and_eval_leakage_are_found() {
     let d = tempfile::tempdir().expect("tmp");
     let long: String = (0..200).map(|i| format!("w{i} ")).collect(); // near copies below: Jaccard ≈ 0.95
     let mut rows: Vec<String> = (0..10).map(|i| chat(i, "a")).collect();
-    let q = |u: &str, a: &str| json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": u}, {"role": "assistant", "content": a}]}).to_string();
+    let q = |u: &str, a: &str| {
+        json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": u}, {"role": "assistant", "content": a}]}).to_string()
+    };
     rows.push(q("tell me", &long)); // 11
     rows.push(q("tell me please", &long.replace("w30 ", "x "))); // 12: near dup of 11
     rows.push(q("refund window?", "30 days")); // 13
     rows.push(q("refund window?", "45 days")); // 14: conflicts with 13
     let train = write(d.path(), "train.jsonl", &rows);
-    let eval = write(d.path(), "eval.jsonl", &[chat(5, "a"), q("tell me now", &long.replace("w10 ", "y ")), chat(999, "a")]);
+    let eval = write(
+        d.path(),
+        "eval.jsonl",
+        &[chat(5, "a"), q("tell me now", &long.replace("w10 ", "y ")), chat(999, "a")],
+    );
     let opts = ValidateOptions { eval_files: vec![eval], ..ValidateOptions::default() };
     let r = validate(&[train], &opts).expect("validate");
     assert_eq!(at(&r, Code::NearDuplicate), vec![(Some(12), String::new())]);
     assert_eq!(at(&r, Code::ConflictingAnswers), vec![(Some(14), String::new())]);
-    let leaks: Vec<_> = r.findings.iter().filter(|f| f.code == Code::EvalLeakage).map(|f| (f.file.ends_with("eval.jsonl"), f.line)).collect();
+    let leaks: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|f| f.code == Code::EvalLeakage)
+        .map(|f| (f.file.ends_with("eval.jsonl"), f.line))
+        .collect();
     assert_eq!(leaks, vec![(true, Some(1)), (true, Some(2))]);
     assert_eq!((r.stats.eval_rows, r.stats.eval_rows_leaked), (3, 2));
     assert!(r.ok, "warnings only: {r}");
@@ -142,7 +157,8 @@ fn csv_files_are_checked_with_the_same_rules() {
 
 #[test]
 fn a_missing_file_is_an_error_naming_it() {
-    let err = validate(&[PathBuf::from("/nonexistent/x.jsonl")], &ValidateOptions::default()).expect_err("must fail");
+    let err = validate(&[PathBuf::from("/nonexistent/x.jsonl")], &ValidateOptions::default())
+        .expect_err("must fail");
     assert!(err.to_string().contains("/nonexistent/x.jsonl"), "{err}");
 }
 
@@ -177,7 +193,9 @@ fn progress_reports_reach_each_files_rows_and_bytes() {
     let eval = write(d.path(), "eval.jsonl", &rows[..50]);
     let seen: Arc<Mutex<Vec<(PathBuf, u64, Option<u64>)>>> = Arc::default();
     let log = seen.clone();
-    let progress = ferrotune_data::Progress::new(move |p| log.lock().expect("lock").push((p.file.to_path_buf(), p.rows, p.bytes)));
+    let progress = ferrotune_data::Progress::new(move |p| {
+        log.lock().expect("lock").push((p.file.to_path_buf(), p.rows, p.bytes))
+    });
     let opts = ValidateOptions { eval_files: vec![eval.clone()], progress, ..ValidateOptions::default() };
     validate(std::slice::from_ref(&train), &opts).expect("validate");
     let seen = seen.lock().expect("lock");
@@ -187,5 +205,8 @@ fn progress_reports_reach_each_files_rows_and_bytes() {
     assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "rows grow: {t:?}");
     assert_eq!(t.last(), Some(&(9_000, Some(std::fs::metadata(&train).expect("size").len()))));
     assert_eq!(e, vec![(50, Some(std::fs::metadata(&eval).expect("size").len()))]);
-    assert!(seen.iter().position(|s| s.0 == eval) > seen.iter().rposition(|s| s.0 == train), "train first, then eval");
+    assert!(
+        seen.iter().position(|s| s.0 == eval) > seen.iter().rposition(|s| s.0 == train),
+        "train first, then eval"
+    );
 }

@@ -5,27 +5,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("{file}:{line}: `{field}`: {reason}")]
-    InvalidRow {
-        file: String,
-        line: u64,
-        field: String,
-        reason: String,
-    },
+    InvalidRow { file: String, line: u64, field: String, reason: String },
 
     #[error("{path}: {reason}")]
     InvalidFile { path: PathBuf, reason: String },
 
     #[error("invalid option `{option}`: {reason}")]
-    InvalidOption {
-        option: &'static str,
-        reason: String,
-    },
+    InvalidOption { option: &'static str, reason: String },
 
     #[error(transparent)]
     Data(#[from] ferrotune_data::DataError),
@@ -42,10 +31,7 @@ pub enum EvalError {
 
 impl EvalError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
 }
 

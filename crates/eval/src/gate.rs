@@ -29,15 +29,14 @@ impl FromStr for Gate {
         let metric: MetricSpec = name.parse()?;
         let tolerance = match tol {
             None => 0.0,
-            Some(t) => t
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| EvalError::InvalidOption {
-                    option: "--fail-if-worse",
-                    reason: format!("tolerance `{t}` in `{s}` is not a non-negative number"),
-                })?,
+            Some(t) => {
+                t.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                    EvalError::InvalidOption {
+                        option: "--fail-if-worse",
+                        reason: format!("tolerance `{t}` in `{s}` is not a non-negative number"),
+                    }
+                })?
+            }
         };
         Ok(Gate { metric, tolerance })
     }
@@ -65,10 +64,9 @@ impl GateOutcome {
             match (self.value.is_finite(), self.reference.is_finite()) {
                 (true, true) => "FAIL".to_string(),
                 (false, true) => format!("FAIL: {}'s {} is not a number", self.system, self.metric),
-                (true, false) => format!(
-                    "FAIL: the reference {} ({}) is not a number",
-                    self.metric, self.against
-                ),
+                (true, false) => {
+                    format!("FAIL: the reference {} ({}) is not a number", self.metric, self.against)
+                }
                 (false, false) => format!(
                     "FAIL: {}'s {} and the reference ({}) are not numbers",
                     self.system, self.metric, self.against
@@ -77,13 +75,7 @@ impl GateOutcome {
         };
         format!(
             "gate {}: {} {} = {:.4} vs {} {:.4} (tolerance {}) → {verdict}",
-            self.metric,
-            self.system,
-            self.metric,
-            self.value,
-            self.against,
-            self.reference,
-            self.tolerance
+            self.metric, self.system, self.metric, self.value, self.against, self.reference, self.tolerance
         )
     }
 }
@@ -107,17 +99,12 @@ pub fn check(
                 if run.systems.len() < 2 {
                     return Err(EvalError::InvalidOption {
                         option: "--fail-if-worse",
-                        reason: "needs an --adapter to compare with the base, or --baseline FILE"
-                            .into(),
+                        reason: "needs an --adapter to compare with the base, or --baseline FILE".into(),
                     });
                 }
                 let base = &run.systems[0].name;
                 let value = m.score_of(base).map(|s| s.value).unwrap_or(f64::NAN);
-                (
-                    run.systems[1..].iter().map(|s| s.name.as_str()).collect(),
-                    value,
-                    "base".into(),
-                )
+                (run.systems[1..].iter().map(|s| s.name.as_str()).collect(), value, "base".into())
             }
             Some((b, which)) => {
                 let bm = b.metric(name).ok_or_else(|| EvalError::InvalidOption {
@@ -128,20 +115,13 @@ pub fn check(
                     Some(w) => w.to_string(),
                     None => b.systems.last().map(|s| s.name.clone()).unwrap_or_default(),
                 };
-                let value =
-                    bm.score_of(&sys)
-                        .map(|s| s.value)
-                        .ok_or_else(|| EvalError::InvalidOption {
-                            option: "--baseline",
-                            reason: format!(
-                                "the baseline has no system `{sys}` (it has: {})",
-                                b.systems
-                                    .iter()
-                                    .map(|s| s.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        })?;
+                let value = bm.score_of(&sys).map(|s| s.value).ok_or_else(|| EvalError::InvalidOption {
+                    option: "--baseline",
+                    reason: format!(
+                        "the baseline has no system `{sys}` (it has: {})",
+                        b.systems.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                })?;
                 let c: Vec<&str> = if run.systems.len() > 1 {
                     run.systems[1..].iter().map(|s| s.name.as_str()).collect()
                 } else {
@@ -196,11 +176,7 @@ mod tests {
             ferrotune_version: "0".into(),
             created: "2026-01-01T00:00:00Z".into(),
             model: None,
-            data: DataInfo {
-                path: "t.jsonl".into(),
-                sha256: String::new(),
-                rows: 1,
-            },
+            data: DataInfo { path: "t.jsonl".into(), sha256: String::new(), rows: 1 },
             settings: Settings {
                 decoding: "greedy".into(),
                 max_tokens: None,
@@ -215,13 +191,7 @@ mod tests {
                 scale: Some(1.0),
                 scores: scores
                     .iter()
-                    .map(|&(n, v)| SystemScore {
-                        system: n.into(),
-                        score: Score {
-                            value: v,
-                            ci95: [v, v],
-                        },
-                    })
+                    .map(|&(n, v)| SystemScore { system: n.into(), score: Score { value: v, ci95: [v, v] } })
                     .collect(),
                 vs_base: Vec::new(),
             }],
@@ -241,10 +211,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(!out[0].passed);
         let line = out[0].describe();
-        assert!(
-            line.contains("rougeL") && line.contains("tuned") && line.contains("not a number"),
-            "{line}"
-        );
+        assert!(line.contains("rougeL") && line.contains("tuned") && line.contains("not a number"), "{line}");
     }
 
     #[test]
@@ -253,11 +220,7 @@ mod tests {
         let baseline = run(&[("released", f64::NAN)]);
         let out = check(&run(&[("base", 0.4)]), &g, Some((&baseline, None))).expect("check");
         assert!(!out[0].passed, "NaN baseline");
-        assert!(
-            out[0].describe().contains("baseline:released"),
-            "{}",
-            out[0].describe()
-        );
+        assert!(out[0].describe().contains("baseline:released"), "{}", out[0].describe());
         let out = check(&run(&[("base", 0.4), ("tuned", f64::NAN)]), &g, None).expect("check");
         assert!(!out[0].passed, "NaN candidate");
         let out = check(&run(&[("base", 0.4), ("tuned", 0.395)]), &g, None).expect("check");

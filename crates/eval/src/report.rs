@@ -84,9 +84,7 @@ impl EvalFile {
     }
 
     pub fn metric(&self, name: &str) -> Option<&MetricResult> {
-        self.metrics
-            .iter()
-            .find(|m| m.name.eq_ignore_ascii_case(name))
+        self.metrics.iter().find(|m| m.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -101,32 +99,15 @@ fn fmt_value(m: &MetricResult, v: f64) -> String {
 }
 
 fn fmt_score(m: &MetricResult, s: Score) -> String {
-    format!(
-        "{} [{}, {}]",
-        fmt_value(m, s.value),
-        fmt_value(m, s.ci95[0]),
-        fmt_value(m, s.ci95[1])
-    )
+    format!("{} [{}, {}]", fmt_value(m, s.value), fmt_value(m, s.ci95[0]), fmt_value(m, s.ci95[1]))
 }
 
 /// `+0.12 [0.05, 0.20] ✓` — the check when the whole interval is on the better side of zero.
 fn fmt_delta(m: &MetricResult, s: Score) -> String {
-    let better = if m.higher_is_better {
-        s.ci95[0] > 0.0
-    } else {
-        s.ci95[1] < 0.0
-    };
-    let worse = if m.higher_is_better {
-        s.ci95[1] < 0.0
-    } else {
-        s.ci95[0] > 0.0
-    };
+    let better = if m.higher_is_better { s.ci95[0] > 0.0 } else { s.ci95[1] < 0.0 };
+    let worse = if m.higher_is_better { s.ci95[1] < 0.0 } else { s.ci95[0] > 0.0 };
     let sign = |v: f64| {
-        if v >= 0.0 {
-            format!("+{}", fmt_value(m, v))
-        } else {
-            fmt_value(m, v)
-        }
+        if v >= 0.0 { format!("+{}", fmt_value(m, v)) } else { fmt_value(m, v) }
     };
     let mark = if better {
         " ✓"
@@ -135,12 +116,7 @@ fn fmt_delta(m: &MetricResult, s: Score) -> String {
     } else {
         ""
     };
-    format!(
-        "{} [{}, {}]{mark}",
-        sign(s.value),
-        sign(s.ci95[0]),
-        sign(s.ci95[1])
-    )
+    format!("{} [{}, {}]{mark}", sign(s.value), sign(s.ci95[0]), sign(s.ci95[1]))
 }
 
 /// The side-by-side metric table (Markdown), also printed on the terminal.
@@ -186,15 +162,8 @@ pub fn markdown(
     primary: Option<&str>,
 ) -> String {
     let mut out = String::new();
-    let what = f
-        .model
-        .as_deref()
-        .map_or_else(|| "predictions".to_string(), |m| format!("`{m}`"));
-    let _ = writeln!(
-        out,
-        "# Evaluation of {what} on `{}` ({} rows)\n",
-        f.data.path, f.data.rows
-    );
+    let what = f.model.as_deref().map_or_else(|| "predictions".to_string(), |m| format!("`{m}`"));
+    let _ = writeln!(out, "# Evaluation of {what} on `{}` ({} rows)\n", f.data.path, f.data.rows);
     let _ = writeln!(
         out,
         "Created {} by ferrotune {}. Decoding: {}{}. Intervals: 95% bootstrap over rows ({} resamples, seed {}); \
@@ -202,9 +171,7 @@ pub fn markdown(
         f.created,
         f.ferrotune_version,
         f.settings.decoding,
-        f.settings
-            .max_tokens
-            .map_or(String::new(), |n| format!(", at most {n} new tokens")),
+        f.settings.max_tokens.map_or(String::new(), |n| format!(", at most {n} new tokens")),
         f.settings.bootstrap_resamples,
         f.settings.seed
     );
@@ -215,15 +182,10 @@ pub fn markdown(
         let _ = writeln!(out, "![metrics]({c})\n");
     }
     for (system, file) in loss_curves {
-        let _ = writeln!(
-            out,
-            "### Training loss of `{system}`\n\n![loss curve of {system}]({file})\n"
-        );
+        let _ = writeln!(out, "### Training loss of `{system}`\n\n![loss curve of {system}]({file})\n");
     }
     if f.systems.iter().any(|s| s.rows_per_sec.is_some()) {
-        out.push_str(
-            "## Speed\n\n| system | rows/s | generated tokens | seconds |\n|---|---|---|---|\n",
-        );
+        out.push_str("## Speed\n\n| system | rows/s | generated tokens | seconds |\n|---|---|---|---|\n");
         for s in &f.systems {
             let _ = writeln!(
                 out,
@@ -240,11 +202,7 @@ pub fn markdown(
         let differ: Vec<&RowResult> = f
             .rows
             .iter()
-            .filter(|r| {
-                r.outputs
-                    .iter()
-                    .any(|o| o.prediction != r.outputs[0].prediction)
-            })
+            .filter(|r| r.outputs.iter().any(|o| o.prediction != r.outputs[0].prediction))
             .collect();
         let key = primary.unwrap_or("rougeL");
         let change = |r: &RowResult| {
@@ -274,18 +232,8 @@ pub fn markdown(
                 quote(&r.reference)
             );
             for o in &r.outputs {
-                let scores: Vec<String> = o
-                    .scores
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v:.3}"))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "**{}** ({})\n\n{}",
-                    o.system,
-                    scores.join(", "),
-                    quote(&o.prediction)
-                );
+                let scores: Vec<String> = o.scores.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+                let _ = writeln!(out, "**{}** ({})\n\n{}", o.system, scores.join(", "), quote(&o.prediction));
             }
         }
     }
@@ -316,21 +264,12 @@ pub fn bar_chart(path: &Path, f: &EvalFile) -> Result<bool> {
     let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "score (% of best possible), 95% intervals",
-            ("sans-serif", 18),
-        )
+        .caption("score (% of best possible), 95% intervals", ("sans-serif", 18))
         .margin(12)
         .y_label_area_size(44)
         .build_cartesian_2d(0f64..metrics.len() as f64, -10f64..105f64)
         .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .disable_x_axis()
-        .y_desc("%")
-        .draw()
-        .map_err(|e| err(&e))?;
+    chart.configure_mesh().disable_x_mesh().disable_x_axis().y_desc("%").draw().map_err(|e| err(&e))?;
     let w = 0.8 / n_sys as f64;
     for (si, sys) in f.systems.iter().enumerate() {
         let color = COLORS[si % COLORS.len()];
@@ -342,10 +281,7 @@ pub fn bar_chart(path: &Path, f: &EvalFile) -> Result<bool> {
             };
             let scale = 100.0 / m.scale.unwrap_or(1.0);
             let x0 = mi as f64 + 0.1 + si as f64 * w;
-            bars.push(Rectangle::new(
-                [(x0, 0.0), (x0 + w * 0.9, s.value * scale)],
-                color.filled(),
-            ));
+            bars.push(Rectangle::new([(x0, 0.0), (x0 + w * 0.9, s.value * scale)], color.filled()));
             let xc = x0 + w * 0.45;
             whiskers.push(PathElement::new(
                 vec![(xc, s.ci95[0] * scale), (xc, s.ci95[1] * scale)],
@@ -361,11 +297,7 @@ pub fn bar_chart(path: &Path, f: &EvalFile) -> Result<bool> {
     }
     chart
         .draw_series(metrics.iter().enumerate().map(|(mi, m)| {
-            Text::new(
-                m.name.clone(),
-                (mi as f64 + 0.35, -4.0),
-                ("sans-serif", 14).into_font(),
-            )
+            Text::new(m.name.clone(), (mi as f64 + 0.35, -4.0), ("sans-serif", 14).into_font())
         }))
         .map_err(|e| err(&e))?;
     chart
@@ -383,21 +315,10 @@ pub fn bar_chart(path: &Path, f: &EvalFile) -> Result<bool> {
 /// (created if missing; other files there are left alone). Everything is written into a
 /// temporary sibling folder first and then renamed file by file, `eval.json` last, so a failure
 /// never leaves a half-written file. `runs`: (system, run folder holding a `loss.svg`).
-pub fn write_all(
-    out: &Path,
-    f: &EvalFile,
-    runs: &[(String, PathBuf)],
-    primary: Option<&str>,
-) -> Result<()> {
+pub fn write_all(out: &Path, f: &EvalFile, runs: &[(String, PathBuf)], primary: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, e))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "eval".into());
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "eval".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| EvalError::io(&tmp, e))?;
@@ -413,10 +334,7 @@ pub fn write_all(
             if src.is_file() {
                 let file = format!(
                     "loss-{}.svg",
-                    system.replace(
-                        |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
-                        "_"
-                    )
+                    system.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_")
                 );
                 std::fs::copy(&src, tmp.join(&file)).map_err(|e| EvalError::io(&src, e))?;
                 curves.push((system.clone(), file.clone()));
@@ -426,16 +344,13 @@ pub fn write_all(
         std::fs::write(tmp.join("report.md"), markdown(f, &curves, chart, primary))
             .map_err(|e| EvalError::io(out.join("report.md"), e))?;
         files.push("report.md".into());
-        let json = serde_json::to_string_pretty(f).map_err(|e| EvalError::InvalidFile {
-            path: out.join("eval.json"),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_string_pretty(f)
+            .map_err(|e| EvalError::InvalidFile { path: out.join("eval.json"), reason: e.to_string() })?;
         std::fs::write(tmp.join("eval.json"), json + "\n")
             .map_err(|e| EvalError::io(out.join("eval.json"), e))?;
         files.push("eval.json".into());
         for file in &files {
-            std::fs::rename(tmp.join(file), out.join(file))
-                .map_err(|e| EvalError::io(out.join(file), e))?;
+            std::fs::rename(tmp.join(file), out.join(file)).map_err(|e| EvalError::io(out.join(file), e))?;
         }
         Ok(files)
     })();

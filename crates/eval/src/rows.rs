@@ -26,11 +26,7 @@ pub struct EvalRow {
 impl EvalRow {
     /// The last user message, for reports.
     pub fn question(&self) -> &str {
-        self.prompt
-            .iter()
-            .rev()
-            .find(|t| t.role == Role::User)
-            .map_or("", |t| t.content.as_str())
+        self.prompt.iter().rev().find(|t| t.role == Role::User).map_or("", |t| t.content.as_str())
     }
 }
 
@@ -51,15 +47,11 @@ pub fn load_rows(path: &Path, limit: Option<usize>) -> Result<Vec<EvalRow>> {
             reason,
         };
         let value = match raw.payload {
-            Payload::Json(text) => parse_json(&text)
-                .map_err(|(col, msg)| bad("", format!("bad JSON at column {col}: {msg}")))?,
+            Payload::Json(text) => {
+                parse_json(&text).map_err(|(col, msg)| bad("", format!("bad JSON at column {col}: {msg}")))?
+            }
             Payload::Value(v) => v,
-            Payload::Bad {
-                field,
-                column,
-                message,
-                ..
-            } => {
+            Payload::Bad { field, column, message, .. } => {
                 return Err(bad(
                     &field,
                     column.map_or(message.clone(), |c| format!("{message} (column {c})")),
@@ -104,11 +96,8 @@ pub fn parse_row(value: Value, file: &Arc<str>, line: u64) -> Result<EvalRow> {
         // unchanged; the reference itself comes from `expected`.
         if let Some(Value::Array(msgs)) = obj.get_mut("messages") {
             // A conversation that already ends with an answer keeps it (it is then replaced).
-            let ends_with_assistant = msgs
-                .last()
-                .and_then(|m| m.get("role"))
-                .and_then(Value::as_str)
-                == Some("assistant");
+            let ends_with_assistant =
+                msgs.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant");
             if !ends_with_assistant {
                 msgs.push(json!({"role": "assistant", "content": reference}));
             }
@@ -120,11 +109,7 @@ pub fn parse_row(value: Value, file: &Arc<str>, line: u64) -> Result<EvalRow> {
     }
     let parsed = parse_value(Value::Object(obj), file, line, None);
     let Some(record) = parsed.record else {
-        let first = parsed
-            .findings
-            .iter()
-            .find(|f| f.is_error())
-            .or(parsed.findings.first());
+        let first = parsed.findings.iter().find(|f| f.is_error()).or(parsed.findings.first());
         return Err(match first {
             Some(f) => bad(&f.field, format!("{} ({})", f.message, f.hint)),
             None => bad("", "not a usable record".into()),
@@ -137,29 +122,16 @@ pub fn parse_row(value: Value, file: &Arc<str>, line: u64) -> Result<EvalRow> {
     let last = turns
         .iter()
         .rposition(|t| t.role == Role::Assistant)
-        .ok_or_else(|| {
-            bad(
-                "messages",
-                "no assistant turn to use as the reference".into(),
-            )
-        })?;
+        .ok_or_else(|| bad("messages", "no assistant turn to use as the reference".into()))?;
     let prompt = turns[..last].to_vec();
     if !prompt.iter().any(|t| t.role == Role::User) {
-        return Err(bad(
-            "messages",
-            "no user turn before the reference answer".into(),
-        ));
+        return Err(bad("messages", "no user turn before the reference answer".into()));
     }
     let (reference, structured) = match expected {
         Some((r, s)) => (r, s),
         None => (turns[last].content.clone(), false),
     };
-    Ok(EvalRow {
-        line,
-        prompt,
-        reference,
-        structured,
-    })
+    Ok(EvalRow { line, prompt, reference, structured })
 }
 
 #[cfg(test)]
@@ -185,21 +157,12 @@ mod tests {
 
     #[test]
     fn alpaca_and_expected_forms() {
-        let r =
-            row(json!({"instruction": "Translate", "input": "hola", "output": "hello"})).unwrap();
-        assert_eq!(
-            (r.reference.as_str(), r.question()),
-            ("hello", "Translate\n\nhola")
-        );
-        let r = row(
-            json!({"messages": [{"role": "user", "content": "Q"}], "expected": {"b": 2, "a": 1}}),
-        )
-        .unwrap();
+        let r = row(json!({"instruction": "Translate", "input": "hola", "output": "hello"})).unwrap();
+        assert_eq!((r.reference.as_str(), r.question()), ("hello", "Translate\n\nhola"));
+        let r = row(json!({"messages": [{"role": "user", "content": "Q"}], "expected": {"b": 2, "a": 1}}))
+            .unwrap();
         assert!(r.structured);
-        assert_eq!(
-            serde_json::from_str::<Value>(&r.reference).unwrap(),
-            json!({"a": 1, "b": 2})
-        );
+        assert_eq!(serde_json::from_str::<Value>(&r.reference).unwrap(), json!({"a": 1, "b": 2}));
         let r = row(json!({"prompt": "2+2=", "expected": "4"})).unwrap();
         assert_eq!(r.reference, "4");
         let r = row(json!({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "old"}], "expected": "new"})).unwrap();
@@ -214,9 +177,7 @@ mod tests {
         assert!(e.starts_with("t.jsonl:7: `expected`"), "{e}");
         let e = row(json!({"text": "just text"})).unwrap_err().to_string();
         assert!(e.contains("t.jsonl:7") && e.contains("no reference"), "{e}");
-        let e = row(json!({"messages": [{"role": "user", "content": "Q"}]}))
-            .unwrap_err()
-            .to_string();
+        let e = row(json!({"messages": [{"role": "user", "content": "Q"}]})).unwrap_err().to_string();
         assert!(e.contains("t.jsonl:7"), "{e}");
         let e = row(json!([1, 2])).unwrap_err().to_string();
         assert!(e.contains("not a JSON object"), "{e}");

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrotune_data::{Record, RenderOptions, Renderer, Role, Turn, render_for_training};
+use ferrotune_model::constrain::{Grammars, JsonFormat};
 use ferrotune_model::{
     Adapter, FinishReason, GenerateParams, LoadedModel, Message, SamplingParams, generate_batch_constrained,
 };
-use ferrotune_model::constrain::{Grammars, JsonFormat};
 use ferrotune_train::batch::{Example, loss_sum, make_batch};
 
 use crate::error::{EvalError, Result};
@@ -60,21 +60,12 @@ impl SystemOutput {
 /// Progress of a run, for a progress bar.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
-    Start {
-        system: &'a str,
-        phase: &'static str,
-        total: usize,
-    },
-    Advance {
-        done: usize,
-    },
+    Start { system: &'a str, phase: &'static str, total: usize },
+    Advance { done: usize },
 }
 
 fn messages(turns: &[Turn]) -> Vec<Message> {
-    turns
-        .iter()
-        .map(|t| Message::new(t.role.as_str(), t.content.clone()))
-        .collect()
+    turns.iter().map(|t| Message::new(t.role.as_str(), t.content.clone())).collect()
 }
 
 /// The prompt token ids of every row (chat template with the generation prompt).
@@ -98,26 +89,16 @@ pub fn run_systems(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Vec<SystemOutput>> {
     if settings.batch_size == 0 {
-        return Err(EvalError::InvalidOption {
-            option: "--batch-size",
-            reason: "must be at least 1".into(),
-        });
+        return Err(EvalError::InvalidOption { option: "--batch-size", reason: "must be at least 1".into() });
     }
     if settings.max_tokens == 0 {
-        return Err(EvalError::InvalidOption {
-            option: "--max-tokens",
-            reason: "must be at least 1".into(),
-        });
+        return Err(EvalError::InvalidOption { option: "--max-tokens", reason: "must be at least 1".into() });
     }
     let prompts = prompt_ids(m, rows)?;
     // Similar lengths batch together: less padding to compute.
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
-    let examples = if settings.loss {
-        Some(loss_examples(m, file, rows)?)
-    } else {
-        None
-    };
+    let examples = if settings.loss { Some(loss_examples(m, file, rows)?) } else { None };
     let params = GenerateParams {
         max_tokens: settings.max_tokens,
         sampling: settings.sampling.clone(),
@@ -127,7 +108,10 @@ pub fn run_systems(
     let constraint = match &settings.output {
         None => None,
         Some(format) => {
-            let refused = |e: ferrotune_model::constrain::ConstrainError| EvalError::InvalidOption { option: "--json-schema", reason: e.to_string() };
+            let refused = |e: ferrotune_model::constrain::ConstrainError| EvalError::InvalidOption {
+                option: "--json-schema",
+                reason: e.to_string(),
+            };
             let grammars = Grammars::new(&m.tokenizer, m.config().vocab_size, &m.eos_ids).map_err(refused)?;
             Some(grammars.compile(format).map_err(refused)?)
         }
@@ -142,11 +126,7 @@ pub fn run_systems(
             })?;
             adapter.attach(&mut m.model);
         }
-        progress(Progress::Start {
-            system: &spec.name,
-            phase: "generate",
-            total: rows.len(),
-        });
+        progress(Progress::Start { system: &spec.name, phase: "generate", total: rows.len() });
         let mut predictions = vec![String::new(); rows.len()];
         let mut finish = vec![FinishReason::Length; rows.len()];
         let mut generated_tokens = 0;
@@ -154,7 +134,8 @@ pub fn run_systems(
         let mut done = 0;
         for chunk in order.chunks(settings.batch_size) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-            let gens = generate_batch_constrained(&m.model, &m.tokenizer, &batch, &params, constraint.as_ref())?;
+            let gens =
+                generate_batch_constrained(&m.model, &m.tokenizer, &batch, &params, constraint.as_ref())?;
             for (&i, g) in chunk.iter().zip(gens) {
                 generated_tokens += g.tokens.len();
                 predictions[i] = g.text;
@@ -166,18 +147,10 @@ pub fn run_systems(
         let generation_secs = t0.elapsed().as_secs_f64();
         let loss = match &examples {
             Some(ex) => {
-                progress(Progress::Start {
-                    system: &spec.name,
-                    phase: "loss",
-                    total: rows.len(),
-                });
+                progress(Progress::Start { system: &spec.name, phase: "loss", total: rows.len() });
                 let mut per_row = Vec::with_capacity(ex.len());
                 for (i, e) in ex.iter().enumerate() {
-                    let batch = make_batch(
-                        &[e],
-                        m.eos_ids.first().copied().unwrap_or(0),
-                        m.model.device(),
-                    )?;
+                    let batch = make_batch(&[e], m.eos_ids.first().copied().unwrap_or(0), m.model.device())?;
                     let nll = loss_sum(&m.model, &batch)?;
                     per_row.push((nll.to_scalar::<f32>()? as f64, batch.n_targets));
                     progress(Progress::Advance { done: i + 1 });
@@ -209,18 +182,13 @@ fn loss_examples(m: &LoadedModel, file: &str, rows: &[EvalRow]) -> Result<Vec<Ex
             let mut turns: Vec<Turn> = r
                 .prompt
                 .iter()
-                .map(|t| Turn {
-                    weight: (t.role == Role::Assistant).then_some(0),
-                    ..t.clone()
-                })
+                .map(|t| Turn { weight: (t.role == Role::Assistant).then_some(0), ..t.clone() })
                 .collect();
             turns.push(Turn::new(Role::Assistant, r.reference.clone()));
             let rendered = render_for_training(
                 &Record::chat(turns),
                 &renderer,
-                &RenderOptions {
-                    train_on_inputs: false,
-                },
+                &RenderOptions { train_on_inputs: false },
             )?;
             if rendered.input_ids.len() > ctx {
                 return Err(EvalError::InvalidRow {
@@ -233,10 +201,7 @@ fn loss_examples(m: &LoadedModel, file: &str, rows: &[EvalRow]) -> Result<Vec<Ex
                     ),
                 });
             }
-            Ok(Example {
-                input_ids: rendered.input_ids,
-                labels: rendered.labels,
-            })
+            Ok(Example { input_ids: rendered.input_ids, labels: rendered.labels })
         })
         .collect()
 }

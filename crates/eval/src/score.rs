@@ -56,10 +56,7 @@ impl MetricSpec {
             }
         }
         if out.is_empty() {
-            return Err(EvalError::InvalidOption {
-                option: "--metrics",
-                reason: "no metric given".into(),
-            });
+            return Err(EvalError::InvalidOption { option: "--metrics", reason: "no metric given".into() });
         }
         Ok(out)
     }
@@ -77,13 +74,10 @@ impl FromStr for MetricSpec {
         match s.trim().to_ascii_lowercase().as_str() {
             "loss" => Ok(Self::Loss),
             "perplexity" | "ppl" => Ok(Self::Perplexity),
-            _ => s
-                .parse::<Metric>()
-                .map(Self::Text)
-                .map_err(|e| EvalError::InvalidOption {
-                    option: "--metrics",
-                    reason: format!("{e}, loss, perplexity"),
-                }),
+            _ => s.parse::<Metric>().map(Self::Text).map_err(|e| EvalError::InvalidOption {
+                option: "--metrics",
+                reason: format!("{e}, loss, perplexity"),
+            }),
         }
     }
 }
@@ -91,15 +85,9 @@ impl FromStr for MetricSpec {
 /// The metrics used when `--metrics` is not given: the generation metrics that suit free text,
 /// plus `json_match` when every reference is JSON, plus loss and perplexity when a model runs.
 pub fn default_metrics(all_structured: bool, with_model: bool) -> Vec<MetricSpec> {
-    let mut v: Vec<MetricSpec> = [
-        Metric::ExactMatch,
-        Metric::F1,
-        Metric::RougeL,
-        Metric::Bleu,
-        Metric::Chrf,
-    ]
-    .map(MetricSpec::Text)
-    .to_vec();
+    let mut v: Vec<MetricSpec> = [Metric::ExactMatch, Metric::F1, Metric::RougeL, Metric::Bleu, Metric::Chrf]
+        .map(MetricSpec::Text)
+        .to_vec();
     if all_structured {
         v.insert(0, MetricSpec::Text(Metric::JsonMatch));
     }
@@ -131,10 +119,7 @@ fn nans_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<[
 
 impl Score {
     fn new(value: f64, i: Interval) -> Self {
-        Self {
-            value,
-            ci95: [i.low, i.high],
-        }
+        Self { value, ci95: [i.low, i.high] }
     }
 }
 
@@ -158,10 +143,7 @@ pub struct MetricResult {
 
 impl MetricResult {
     pub fn score_of(&self, system: &str) -> Option<Score> {
-        self.scores
-            .iter()
-            .find(|s| s.system == system)
-            .map(|s| s.score)
+        self.scores.iter().find(|s| s.system == system).map(|s| s.score)
     }
 }
 
@@ -193,9 +175,7 @@ impl RowTable {
 }
 
 fn loss_of(rows: &[&RowStats]) -> f64 {
-    let (nll, n) = rows
-        .iter()
-        .fold((0.0, 0.0), |(a, b), r| (a + r.0[0], b + r.0[1]));
+    let (nll, n) = rows.iter().fold((0.0, 0.0), |(a, b), r| (a + r.0[0], b + r.0[1]));
     if n == 0.0 { 0.0 } else { nll / n }
 }
 
@@ -233,22 +213,15 @@ pub fn score_systems(
         let mut per_metric: Vec<Vec<RowStats>> = Vec::with_capacity(metrics.len());
         for &m in metrics {
             per_metric.push(match m {
-                MetricSpec::Text(t) => s
-                    .predictions
-                    .iter()
-                    .zip(references)
-                    .map(|(p, r)| row_stats(t, p, r))
-                    .collect(),
+                MetricSpec::Text(t) => {
+                    s.predictions.iter().zip(references).map(|(p, r)| row_stats(t, p, r)).collect()
+                }
                 MetricSpec::Loss | MetricSpec::Perplexity => {
                     let loss = s.loss.ok_or_else(|| EvalError::InvalidOption {
                         option: "--metrics",
-                        reason: format!(
-                            "`{m}` needs a model run (teacher-forced), not only predictions"
-                        ),
+                        reason: format!("`{m}` needs a model run (teacher-forced), not only predictions"),
                     })?;
-                    loss.iter()
-                        .map(|&(nll, n)| RowStats(vec![nll, n as f64]))
-                        .collect()
+                    loss.iter().map(|&(nll, n)| RowStats(vec![nll, n as f64])).collect()
                 }
             });
         }
@@ -264,21 +237,14 @@ pub fn score_systems(
             let value = corpus(m, &refs);
             let ci = match m {
                 MetricSpec::Text(t) => confidence_interval(t, rows, resamples, seed),
-                _ => percentile_interval(rows.len(), resamples, seed, |idx| {
-                    pick_corpus(m, rows, idx)
-                }),
+                _ => percentile_interval(rows.len(), resamples, seed, |idx| pick_corpus(m, rows, idx)),
             };
-            scores.push(SystemScore {
-                system: s.system.to_string(),
-                score: Score::new(value, ci),
-            });
+            scores.push(SystemScore { system: s.system.to_string(), score: Score::new(value, ci) });
             if si > 0 {
                 let base = &stats[0][mi];
                 let base_value = corpus(m, &base.iter().collect::<Vec<_>>());
                 let ci = match m {
-                    MetricSpec::Text(t) => {
-                        paired_difference_interval(t, base, rows, resamples, seed)
-                    }
+                    MetricSpec::Text(t) => paired_difference_interval(t, base, rows, resamples, seed),
                     _ => percentile_interval(rows.len(), resamples, seed, |idx| {
                         pick_corpus(m, rows, idx) - pick_corpus(m, base, idx)
                     }),
@@ -297,13 +263,7 @@ pub fn score_systems(
             vs_base,
         });
     }
-    Ok((
-        results,
-        RowTable {
-            metrics: metrics.to_vec(),
-            stats,
-        },
-    ))
+    Ok((results, RowTable { metrics: metrics.to_vec(), stats }))
 }
 
 fn pick_corpus(m: MetricSpec, rows: &[RowStats], idx: Option<&[usize]>) -> f64 {
@@ -324,30 +284,20 @@ mod tests {
         // overflow / abort) instead of an error.
         let refs = vec!["a".to_string()];
         let preds = vec!["a".to_string()];
-        let answers = [Answers {
-            system: "s",
-            predictions: &preds,
-            loss: None,
-        }];
+        let answers = [Answers { system: "s", predictions: &preds, loss: None }];
         let metrics = [MetricSpec::Text(Metric::ExactMatch)];
         let err = score_systems(&refs, &answers, &metrics, 10_000_000_000_000, 0)
             .err()
             .expect("too many resamples")
             .to_string();
-        assert!(
-            err.contains("--resamples") && err.contains("100000"),
-            "{err}"
-        );
+        assert!(err.contains("--resamples") && err.contains("100000"), "{err}");
         let max = crate::bootstrap::MAX_RESAMPLES;
         assert!(score_systems(&refs, &answers, &metrics, max, 0).is_ok());
     }
 
     #[test]
     fn a_nan_score_written_as_null_reads_back_as_nan() {
-        let s = Score {
-            value: f64::NAN,
-            ci95: [f64::NAN, 1.0],
-        };
+        let s = Score { value: f64::NAN, ci95: [f64::NAN, 1.0] };
         let text = serde_json::to_string(&s).expect("serialize");
         assert_eq!(text, r#"{"value":null,"ci95":[null,1.0]}"#);
         let back: Score = serde_json::from_str(&text).expect("a NaN score reads back");
@@ -366,9 +316,7 @@ mod tests {
                 MetricSpec::Perplexity
             ]
         );
-        let e = MetricSpec::parse_list("rougeL,blue")
-            .unwrap_err()
-            .to_string();
+        let e = MetricSpec::parse_list("rougeL,blue").unwrap_err().to_string();
         assert!(e.contains("blue") && e.contains("perplexity"), "{e}");
         assert!(MetricSpec::parse_list(" , ").is_err());
     }
@@ -380,25 +328,13 @@ mod tests {
         let base_loss = [(4.0, 2), (2.0, 2)]; // 6 nats over 4 tokens
         let tuned_loss = [(2.0, 2), (1.0, 2)]; // 3 nats over 4 tokens
         let systems = [
-            Answers {
-                system: "base",
-                predictions: &preds,
-                loss: Some(&base_loss),
-            },
-            Answers {
-                system: "tuned",
-                predictions: &preds,
-                loss: Some(&tuned_loss),
-            },
+            Answers { system: "base", predictions: &preds, loss: Some(&base_loss) },
+            Answers { system: "tuned", predictions: &preds, loss: Some(&tuned_loss) },
         ];
         let (res, table) = score_systems(
             &refs,
             &systems,
-            &[
-                MetricSpec::Loss,
-                MetricSpec::Perplexity,
-                MetricSpec::Text(Metric::ExactMatch),
-            ],
+            &[MetricSpec::Loss, MetricSpec::Perplexity, MetricSpec::Text(Metric::ExactMatch)],
             200,
             1,
         )
@@ -415,15 +351,8 @@ mod tests {
     #[test]
     fn loss_needs_a_model_run() {
         let refs = vec!["a".to_string()];
-        let systems = [Answers {
-            system: "x",
-            predictions: &refs,
-            loss: None,
-        }];
-        let e = score_systems(&refs, &systems, &[MetricSpec::Loss], 10, 1)
-            .err()
-            .unwrap()
-            .to_string();
+        let systems = [Answers { system: "x", predictions: &refs, loss: None }];
+        let e = score_systems(&refs, &systems, &[MetricSpec::Loss], 10, 1).err().unwrap().to_string();
         assert!(e.contains("teacher-forced"), "{e}");
     }
 }

@@ -39,7 +39,8 @@ use serde_json::Value;
 use crate::error::{GovernError, Result};
 use crate::records::{ArtifactKind, Lineage};
 use crate::render::{
-    arrow, bytes, count_short, dataset_role, duration, estimate_text, eval_view, kind_word, sci, seconds_between, status_word, thousands,
+    arrow, bytes, count_short, dataset_role, duration, estimate_text, eval_view, kind_word, sci,
+    seconds_between, status_word, thousands,
 };
 use compliance::KnownBase;
 
@@ -96,29 +97,117 @@ pub struct Field {
 /// are needed only for a base model ferrotune does not know; `tags`, `datasets` and
 /// `base_training_flops_source` never are.
 pub const FIELDS: &[Field] = &[
-    Field { key: "description", section: "Model Details", what: "one paragraph on what the model does, for whom, and how it differs from the base model" },
-    Field { key: "developers", section: "Model Details", what: "the person or organisation that developed the model" },
-    Field { key: "contact", section: "Model Details", what: "how to reach the owner (address or team channel)" },
-    Field { key: "license", section: "Model Details", what: "the SPDX license identifier, compatible with the base model's license" },
-    Field { key: "language", section: "Model Details", what: "the languages (ISO 639-1 codes) the model is meant for" },
-    Field { key: "base_model_repo", section: "Model Details", what: "the base model's Hugging Face repo id (ferrotune's built-in list does not know this base)" },
-    Field { key: "intended_use", section: "Uses", what: "the direct use: tasks, users and settings the model is meant for" },
-    Field { key: "out_of_scope_use", section: "Uses", what: "uses the model is not meant or not suited for, and misuse to guard against" },
-    Field { key: "bias_risks", section: "Bias, Risks, and Limitations", what: "known biases and risks, technical and sociotechnical" },
-    Field { key: "limitations", section: "Bias, Risks, and Limitations", what: "known limitations: inputs and situations where it fails or was not tested" },
-    Field { key: "recommendations", section: "Bias, Risks, and Limitations", what: "what users and deployers should do about these risks and limitations" },
+    Field {
+        key: "description",
+        section: "Model Details",
+        what: "one paragraph on what the model does, for whom, and how it differs from the base model",
+    },
+    Field {
+        key: "developers",
+        section: "Model Details",
+        what: "the person or organisation that developed the model",
+    },
+    Field {
+        key: "contact",
+        section: "Model Details",
+        what: "how to reach the owner (address or team channel)",
+    },
+    Field {
+        key: "license",
+        section: "Model Details",
+        what: "the SPDX license identifier, compatible with the base model's license",
+    },
+    Field {
+        key: "language",
+        section: "Model Details",
+        what: "the languages (ISO 639-1 codes) the model is meant for",
+    },
+    Field {
+        key: "base_model_repo",
+        section: "Model Details",
+        what: "the base model's Hugging Face repo id (ferrotune's built-in list does not know this base)",
+    },
+    Field {
+        key: "intended_use",
+        section: "Uses",
+        what: "the direct use: tasks, users and settings the model is meant for",
+    },
+    Field {
+        key: "out_of_scope_use",
+        section: "Uses",
+        what: "uses the model is not meant or not suited for, and misuse to guard against",
+    },
+    Field {
+        key: "bias_risks",
+        section: "Bias, Risks, and Limitations",
+        what: "known biases and risks, technical and sociotechnical",
+    },
+    Field {
+        key: "limitations",
+        section: "Bias, Risks, and Limitations",
+        what: "known limitations: inputs and situations where it fails or was not tested",
+    },
+    Field {
+        key: "recommendations",
+        section: "Bias, Risks, and Limitations",
+        what: "what users and deployers should do about these risks and limitations",
+    },
     Field { key: "provider", section: "EU AI Act Annex IV", what: "the provider's name and address" },
-    Field { key: "intended_purpose", section: "EU AI Act Annex IV", what: "the intended purpose as the provider states it (Annex IV 1(a))" },
-    Field { key: "data_provenance", section: "EU AI Act Annex IV", what: "where the training data came from and how it was selected, labelled and cleaned (Annex IV 2(d))" },
-    Field { key: "human_oversight", section: "EU AI Act Annex IV", what: "the human oversight measures (Article 14) and how deployers apply them" },
-    Field { key: "cybersecurity", section: "EU AI Act Annex IV", what: "the cybersecurity measures in place (Annex IV 2(h))" },
-    Field { key: "metrics_rationale", section: "EU AI Act Annex IV", what: "why these metrics and this test data measure fitness for the intended purpose (Annex IV 4)" },
-    Field { key: "risk_management", section: "EU AI Act Annex IV", what: "the risk management system (Article 9), or where it is documented" },
-    Field { key: "lifecycle_changes", section: "EU AI Act Annex IV", what: "changes made or pre-determined by the provider beyond the recorded versions (Annex IV 6)" },
-    Field { key: "harmonised_standards", section: "EU AI Act Annex IV", what: "the harmonised standards applied, or the other solutions and specifications used (Annex IV 7)" },
-    Field { key: "declaration_of_conformity", section: "EU AI Act Annex IV", what: "a reference to the EU declaration of conformity (Article 47), or why none applies" },
-    Field { key: "post_market_monitoring", section: "EU AI Act Annex IV", what: "the post-market monitoring system and plan (Article 72)" },
-    Field { key: "base_training_flops", section: "GPAI threshold", what: "the base model's training compute in FLOPs, with `base_training_flops_source`" },
+    Field {
+        key: "intended_purpose",
+        section: "EU AI Act Annex IV",
+        what: "the intended purpose as the provider states it (Annex IV 1(a))",
+    },
+    Field {
+        key: "data_provenance",
+        section: "EU AI Act Annex IV",
+        what: "where the training data came from and how it was selected, labelled and cleaned (Annex IV 2(d))",
+    },
+    Field {
+        key: "human_oversight",
+        section: "EU AI Act Annex IV",
+        what: "the human oversight measures (Article 14) and how deployers apply them",
+    },
+    Field {
+        key: "cybersecurity",
+        section: "EU AI Act Annex IV",
+        what: "the cybersecurity measures in place (Annex IV 2(h))",
+    },
+    Field {
+        key: "metrics_rationale",
+        section: "EU AI Act Annex IV",
+        what: "why these metrics and this test data measure fitness for the intended purpose (Annex IV 4)",
+    },
+    Field {
+        key: "risk_management",
+        section: "EU AI Act Annex IV",
+        what: "the risk management system (Article 9), or where it is documented",
+    },
+    Field {
+        key: "lifecycle_changes",
+        section: "EU AI Act Annex IV",
+        what: "changes made or pre-determined by the provider beyond the recorded versions (Annex IV 6)",
+    },
+    Field {
+        key: "harmonised_standards",
+        section: "EU AI Act Annex IV",
+        what: "the harmonised standards applied, or the other solutions and specifications used (Annex IV 7)",
+    },
+    Field {
+        key: "declaration_of_conformity",
+        section: "EU AI Act Annex IV",
+        what: "a reference to the EU declaration of conformity (Article 47), or why none applies",
+    },
+    Field {
+        key: "post_market_monitoring",
+        section: "EU AI Act Annex IV",
+        what: "the post-market monitoring system and plan (Article 72)",
+    },
+    Field {
+        key: "base_training_flops",
+        section: "GPAI threshold",
+        what: "the base model's training compute in FLOPs, with `base_training_flops_source`",
+    },
 ];
 
 /// The in-place marker for an unfilled field.
@@ -141,8 +230,10 @@ impl CardToml {
     /// Read `card.toml`; `None` gives the empty card (every statement a TODO).
     pub fn load(path: Option<&Path>) -> Result<CardToml> {
         let Some(path) = path else { return Ok(CardToml::default()) };
-        let text = std::fs::read_to_string(path).map_err(|source| GovernError::Io { path: path.to_path_buf(), source })?;
-        let bad = |field: String, reason: String| GovernError::BadFile { path: path.to_path_buf(), field, reason };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| GovernError::Io { path: path.to_path_buf(), source })?;
+        let bad =
+            |field: String, reason: String| GovernError::BadFile { path: path.to_path_buf(), field, reason };
         let card: CardToml = toml::from_str(&text).map_err(|e| {
             let field = e.span().map_or_else(|| "?".to_string(), |s| key_at(&text, s.start));
             bad(field, e.message().to_string())
@@ -150,7 +241,10 @@ impl CardToml {
         if let Some(f) = card.base_training_flops
             && !(f.is_finite() && f > 0.0)
         {
-            return Err(bad("base_training_flops".into(), format!("expected a positive number of FLOPs, got {f}")));
+            return Err(bad(
+                "base_training_flops".into(),
+                format!("expected a positive number of FLOPs, got {f}"),
+            ));
         }
         for (key, value) in [("license", &card.license), ("base_model_repo", &card.base_model_repo)] {
             if value.as_deref().is_some_and(|v| v.trim().contains(char::is_whitespace)) {
@@ -179,7 +273,13 @@ impl CardToml {
     /// A list field without blank entries.
     pub(crate) fn list(&self, key: &str) -> Vec<String> {
         match self.field(key) {
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -199,11 +299,9 @@ pub(crate) struct Base {
 
 impl Base {
     fn of(l: &Lineage, card: &CardToml) -> Base {
-        let name = l
-            .base_model
-            .as_ref()
-            .map(|m| m.name.clone())
-            .or_else(|| l.run.as_ref().and_then(|r| r.config.get("model")).and_then(Value::as_str).map(String::from));
+        let name = l.base_model.as_ref().map(|m| m.name.clone()).or_else(|| {
+            l.run.as_ref().and_then(|r| r.config.get("model")).and_then(Value::as_str).map(String::from)
+        });
         let repo = card.text("base_model_repo");
         let matches = |k: &&KnownBase| {
             name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(k.name) || n.eq_ignore_ascii_case(k.repo))
@@ -253,7 +351,12 @@ fn summary(v: &Value, max: usize) -> String {
     if let Some(o) = v.as_object() {
         for (k, v) in o {
             match v {
-                Value::Object(inner) => parts.extend(inner.iter().filter(|(_, x)| !x.is_object() && !x.is_array()).map(|(k2, x)| format!("{k}.{k2}: {}", json_text(x)))),
+                Value::Object(inner) => parts.extend(
+                    inner
+                        .iter()
+                        .filter(|(_, x)| !x.is_object() && !x.is_array())
+                        .map(|(k2, x)| format!("{k}.{k2}: {}", json_text(x))),
+                ),
                 Value::Array(_) => {}
                 x => parts.push(format!("{k}: {}", json_text(x))),
             }
@@ -301,7 +404,12 @@ fn header(out: &mut String, l: &Lineage, card: &CardToml, base: &Base) {
     if missing.is_empty() {
         out.push_str("None: card.toml answers every item this card asks the owner for.\n\n");
     } else {
-        let _ = writeln!(out, "{} item{} for the owner to fill in card.toml (each appears as `TODO (owner)` below):\n", missing.len(), if missing.len() == 1 { "" } else { "s" });
+        let _ = writeln!(
+            out,
+            "{} item{} for the owner to fill in card.toml (each appears as `TODO (owner)` below):\n",
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" }
+        );
         for f in missing {
             let _ = writeln!(out, "- `{}` ({}): {}", f.key, f.section, f.what);
         }
@@ -316,7 +424,11 @@ fn model_details(out: &mut String, l: &Lineage, card: &CardToml, base: &Base) {
     let arch = l
         .base_model
         .as_ref()
-        .and_then(|m| ["architecture", "model_type", "arch"].iter().find_map(|k| m.config.get(*k).and_then(Value::as_str)))
+        .and_then(|m| {
+            ["architecture", "model_type", "arch"]
+                .iter()
+                .find_map(|k| m.config.get(*k).and_then(Value::as_str))
+        })
         .map_or(String::new(), |s| format!(" ({s})"));
     let model_type = match a.kind {
         ArtifactKind::Adapter => format!("LoRA adapter (PEFT format) for a causal language model{arch}"),
@@ -334,17 +446,34 @@ fn model_details(out: &mut String, l: &Lineage, card: &CardToml, base: &Base) {
     let _ = write!(out, "- **Finetuned from model:** {finetuned}");
     match &l.base_model {
         Some(m) => {
-            let params = m.parameters.map_or("parameters not recorded".into(), |p| format!("{} parameters", count_short(p)));
+            let params = m
+                .parameters
+                .map_or("parameters not recorded".into(), |p| format!("{} parameters", count_short(p)));
             let _ = writeln!(out, " (recorded as `{}`, {params}, files below)", m.name);
         }
         None => {
-            let name = base.name.as_deref().map_or(String::new(), |n| format!(" (named `{n}` in the run's config)"));
+            let name =
+                base.name.as_deref().map_or(String::new(), |n| format!(" (named `{n}` in the run's config)"));
             let _ = writeln!(out, "; base model record: not in the registry{name}");
         }
     }
     let aliases = if a.aliases.is_empty() { "none".into() } else { a.aliases.join(", ") };
-    let _ = writeln!(out, "- **Registry reference:** `{}` (artifact id {}, registered {} by {}; aliases now: {aliases})", a.reference(), a.id, a.created, a.actor);
-    let _ = writeln!(out, "- **Artifact folder:** `{}` ({}, {} files, {})\n", a.path, kind_word(a.kind), a.files.len(), bytes(a.files.iter().map(|f| f.bytes).sum()));
+    let _ = writeln!(
+        out,
+        "- **Registry reference:** `{}` (artifact id {}, registered {} by {}; aliases now: {aliases})",
+        a.reference(),
+        a.id,
+        a.created,
+        a.actor
+    );
+    let _ = writeln!(
+        out,
+        "- **Artifact folder:** `{}` ({}, {} files, {})\n",
+        a.path,
+        kind_word(a.kind),
+        a.files.len(),
+        bytes(a.files.iter().map(|f| f.bytes).sum())
+    );
     out.push_str("### Files\n\n");
     files_table(out, &a.files);
     if let Some(m) = &l.base_model {
@@ -375,13 +504,28 @@ fn get_started(out: &mut String, l: &Lineage, base: &Base) {
     let a = &l.artifact;
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     out.push_str("## How to Get Started with the Model\n\n");
-    let _ = writeln!(out, "Serve it behind the OpenAI-compatible API, named `{}` (pin this version as `{}`):\n", a.name, a.reference());
-    let base_name = l.base_model.as_ref().map(|m| m.name.clone()).or_else(|| base.name.clone()).unwrap_or_else(|| "BASE_MODEL".into());
+    let _ = writeln!(
+        out,
+        "Serve it behind the OpenAI-compatible API, named `{}` (pin this version as `{}`):\n",
+        a.name,
+        a.reference()
+    );
+    let base_name = l
+        .base_model
+        .as_ref()
+        .map(|m| m.name.clone())
+        .or_else(|| base.name.clone())
+        .unwrap_or_else(|| "BASE_MODEL".into());
     out.push_str("```bash\n");
     match a.kind {
         ArtifactKind::Adapter => {
             // The server resolves registry references itself (files checked against these hashes).
-            let _ = writeln!(out, "ferrotune serve --model {base_name}   # \"model\": \"{}\" = its champion, \"{}\" = this version", a.name, a.reference());
+            let _ = writeln!(
+                out,
+                "ferrotune serve --model {base_name}   # \"model\": \"{}\" = its champion, \"{}\" = this version",
+                a.name,
+                a.reference()
+            );
         }
         ArtifactKind::Model => {
             let _ = writeln!(out, "ferrotune serve --model {} --served-model-name {}", a.path, a.name);
@@ -389,7 +533,11 @@ fn get_started(out: &mut String, l: &Lineage, base: &Base) {
     }
     out.push_str("```\n\n```python\nfrom openai import OpenAI\n\nclient = OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"YOUR_KEY\")\n");
     let model = if a.kind == ArtifactKind::Adapter { a.reference() } else { a.name.clone() };
-    let _ = writeln!(out, "reply = client.chat.completions.create(model={}, messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}])", quote(&model));
+    let _ = writeln!(
+        out,
+        "reply = client.chat.completions.create(model={}, messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}])",
+        quote(&model)
+    );
     out.push_str("print(reply.choices[0].message.content)\n```\n\n");
     let hub = base.hub_id().unwrap_or_else(|| "BASE_MODEL".into());
     match a.kind {
@@ -410,9 +558,29 @@ fn get_started(out: &mut String, l: &Lineage, base: &Base) {
 
 /// Hyperparameters shown from the run's config, in this order (LoRA ones for LoRA runs).
 const HYPERPARAMETERS: &[&str] = &[
-    "method", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "rslora", "lr", "epochs", "max_steps", "batch_size", "grad_accum",
-    "max_seq_len", "scheduler", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "packing", "train_on_inputs", "seed",
-    "dtype", "device", "devices",
+    "method",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "rslora",
+    "lr",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_seq_len",
+    "scheduler",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "packing",
+    "train_on_inputs",
+    "seed",
+    "dtype",
+    "device",
+    "devices",
 ];
 
 fn training(out: &mut String, l: &Lineage) {
@@ -430,7 +598,8 @@ fn training(out: &mut String, l: &Lineage) {
         let _ = writeln!(out, "  - PII findings: {pii}; duplicates: {dup}");
         match &d.report {
             Some(r) => {
-                let _ = writeln!(out, "  - validation report (`ferrotune data validate`): {}", summary(r, 20));
+                let _ =
+                    writeln!(out, "  - validation report (`ferrotune data validate`): {}", summary(r, 20));
             }
             None => out.push_str("  - validation report: not recorded\n"),
         }
@@ -440,7 +609,16 @@ fn training(out: &mut String, l: &Lineage) {
         out.push_str("No training run is recorded for this version.\n\n");
         return;
     };
-    let _ = writeln!(out, "Run {} `{}` ({}), folder `{}`, started by {} on host `{}`.\n", r.id, r.name, status_word(r.status), r.run_dir, r.actor, r.host);
+    let _ = writeln!(
+        out,
+        "Run {} `{}` ({}), folder `{}`, started by {} on host `{}`.\n",
+        r.id,
+        r.name,
+        status_word(r.status),
+        r.run_dir,
+        r.actor,
+        r.host
+    );
     if let Some(e) = &r.error {
         let _ = writeln!(out, "Error: {e}\n");
     }
@@ -461,13 +639,22 @@ fn training(out: &mut String, l: &Lineage) {
     out.push_str("\n#### Speeds, Sizes, Times\n\n");
     let _ = writeln!(out, "- **Hardware:** `{}`", r.device);
     let finished = r.finished.as_deref().unwrap_or("not recorded");
-    let took = r.finished.as_deref().and_then(|f| seconds_between(&r.started, f)).map_or(String::new(), |s| format!(" ({})", duration(s)));
+    let took = r
+        .finished
+        .as_deref()
+        .and_then(|f| seconds_between(&r.started, f))
+        .map_or(String::new(), |s| format!(" ({})", duration(s)));
     let _ = writeln!(out, "- **Started / finished:** {} → {finished}{took}", r.started);
     let _ = writeln!(out, "- **Steps:** {}", r.steps.map_or("not recorded".into(), thousands));
-    let _ = writeln!(out, "- **Tokens seen by the optimizer:** {}", r.tokens.map_or("not recorded".into(), thousands));
+    let _ = writeln!(
+        out,
+        "- **Tokens seen by the optimizer:** {}",
+        r.tokens.map_or("not recorded".into(), thousands)
+    );
     match &r.flops {
         Some(f) => {
-            let _ = writeln!(out, "- **Estimated training compute:** {} FLOPs = `{}`", sci(f.value), f.formula);
+            let _ =
+                writeln!(out, "- **Estimated training compute:** {} FLOPs = `{}`", sci(f.value), f.formula);
         }
         None => out.push_str("- **Estimated training compute:** not recorded\n"),
     }
@@ -487,15 +674,31 @@ fn evaluation(out: &mut String, l: &Lineage) {
     for e in &l.evals {
         let v = eval_view(e, l.artifact.id);
         let _ = writeln!(out, "### Eval {}: `{}`\n", e.id, e.data_path);
-        let _ = writeln!(out, "- **Testing data:** `{}`, sha256 `{}`, {} rows", e.data_path, e.data_sha256, thousands(e.rows));
-        let _ = writeln!(out, "- **Record:** `{}` (sha256 `{}`), {} by {}; base model `{}`", e.path, e.sha256, e.created, e.actor, e.model);
-        let systems: Vec<String> = v.systems.iter().map(|s| if Some(s) == v.system.as_ref() { format!("{s} (this version)") } else { s.clone() }).collect();
+        let _ = writeln!(
+            out,
+            "- **Testing data:** `{}`, sha256 `{}`, {} rows",
+            e.data_path,
+            e.data_sha256,
+            thousands(e.rows)
+        );
+        let _ = writeln!(
+            out,
+            "- **Record:** `{}` (sha256 `{}`), {} by {}; base model `{}`",
+            e.path, e.sha256, e.created, e.actor, e.model
+        );
+        let systems: Vec<String> = v
+            .systems
+            .iter()
+            .map(|s| if Some(s) == v.system.as_ref() { format!("{s} (this version)") } else { s.clone() })
+            .collect();
         let _ = writeln!(out, "- **Systems:** {}\n", systems.join(", "));
         if v.system.is_none() {
             out.push_str("This version is not among the systems of this evaluation.\n\n");
             continue;
         }
-        out.push_str("| metric | this version [95% CI] | base [95% CI] | difference [95% CI] |\n|---|---|---|---|\n");
+        out.push_str(
+            "| metric | this version [95% CI] | base [95% CI] | difference [95% CI] |\n|---|---|---|---|\n",
+        );
         let or_dash = |x: Option<String>| x.unwrap_or_else(|| "—".into());
         for m in &v.rows {
             let _ = writeln!(
@@ -519,11 +722,22 @@ fn environment(out: &mut String, l: &Lineage) {
         return;
     };
     let devices = r.config.get("devices").and_then(Value::as_array).map_or(1, |d| d.len().max(1));
-    let _ = writeln!(out, "- **Hardware type:** `{}`{}", r.device, if devices > 1 { format!(" × {devices} devices") } else { String::new() });
+    let _ = writeln!(
+        out,
+        "- **Hardware type:** `{}`{}",
+        r.device,
+        if devices > 1 { format!(" × {devices} devices") } else { String::new() }
+    );
     match r.finished.as_deref().and_then(|f| seconds_between(&r.started, f)) {
         Some(s) => {
             let hours = s as f64 / 3600.0;
-            let _ = writeln!(out, "- **Hours used:** {} wall clock = {:.4} device-hours ({devices} device{}), from the recorded start and finish", duration(s), hours * devices as f64, if devices == 1 { "" } else { "s" });
+            let _ = writeln!(
+                out,
+                "- **Hours used:** {} wall clock = {:.4} device-hours ({devices} device{}), from the recorded start and finish",
+                duration(s),
+                hours * devices as f64,
+                if devices == 1 { "" } else { "s" }
+            );
         }
         None => out.push_str("- **Hours used:** not recorded (no finish time)\n"),
     }

@@ -198,7 +198,9 @@ pub fn open(path: &Path) -> Result<Connection, GovernError> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {
         match open_once(path) {
-            Err(GovernError::Db { source, .. }) if is_busy(&source) && std::time::Instant::now() < deadline => {
+            Err(GovernError::Db { source, .. })
+                if is_busy(&source) && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             r => return r,
@@ -243,7 +245,9 @@ fn migrate(conn: &mut Connection) -> Res<()> {
         v => {
             return Err(GovernError::Invalid {
                 field: "registry",
-                reason: format!("schema version {v} was written by a newer ferrotune (this one reads {SCHEMA_VERSION})"),
+                reason: format!(
+                    "schema version {v} was written by a newer ferrotune (this one reads {SCHEMA_VERSION})"
+                ),
             }
             .into());
         }
@@ -260,10 +264,14 @@ pub fn to_json<T: serde::Serialize>(v: &T) -> String {
 /// A JSON column back into its type; a row a newer or broken writer left is reported as a
 /// conversion error of that column rather than a panic.
 pub fn from_json<T: serde::de::DeserializeOwned>(col: usize, s: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e)))
 }
 
-pub fn opt_from_json<T: serde::de::DeserializeOwned>(col: usize, s: Option<String>) -> rusqlite::Result<Option<T>> {
+pub fn opt_from_json<T: serde::de::DeserializeOwned>(
+    col: usize,
+    s: Option<String>,
+) -> rusqlite::Result<Option<T>> {
     s.map(|s| from_json(col, &s)).transpose()
 }
 
@@ -273,10 +281,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A file's SHA-256 (streamed).
 pub fn sha256_file(path: &Path) -> Result<String, GovernError> {
-    ferrotune_model::store::sha256_file(path).map_err(|e| GovernError::Io {
-        path: path.into(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    ferrotune_model::store::sha256_file(path)
+        .map_err(|e| GovernError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })
 }
 
 /// `path` relative to `folder` with `/` separators (the file's name when it is not under it):
@@ -293,7 +299,8 @@ pub fn relative(folder: &str, path: &str) -> String {
 /// The identity of a folder's content: SHA-256 over the sorted (relative name, sha256) pairs.
 /// Two folders with the same key hold the same files.
 pub fn files_key(folder: &str, files: &[FileHash]) -> String {
-    let mut lines: Vec<String> = files.iter().map(|f| format!("{}\t{}", relative(folder, &f.path), f.sha256)).collect();
+    let mut lines: Vec<String> =
+        files.iter().map(|f| format!("{}\t{}", relative(folder, &f.path), f.sha256)).collect();
     lines.sort();
     sha256_hex(lines.join("\n").as_bytes())
 }
@@ -328,7 +335,8 @@ pub fn hash_folder(dir: &Path) -> Result<Vec<FileHash>, GovernError> {
 
 /// One file's size and SHA-256, its path as given.
 pub fn hash_file(path: &Path) -> Result<FileHash, GovernError> {
-    let bytes = std::fs::metadata(path).map_err(|source| GovernError::Io { path: path.into(), source })?.len();
+    let bytes =
+        std::fs::metadata(path).map_err(|source| GovernError::Io { path: path.into(), source })?.len();
     Ok(FileHash { path: path.display().to_string(), bytes, sha256: sha256_file(path)? })
 }
 

@@ -74,7 +74,12 @@ fn latest_eval_of(c: &Connection, data: &GateData, artifact: i64) -> Res<Option<
 }
 
 /// The most recent eval on the data holding both versions: (eval id, candidate system, holder system).
-fn latest_eval_of_both(c: &Connection, data: &GateData, cand: i64, holder: i64) -> Res<Option<(i64, String, String)>> {
+fn latest_eval_of_both(
+    c: &Connection,
+    data: &GateData,
+    cand: i64,
+    holder: i64,
+) -> Res<Option<(i64, String, String)>> {
     Ok(c.query_row(
         &format!(
             "SELECT e.id, a.name, b.name FROM evals e JOIN eval_systems a ON a.eval = e.id AND {} \
@@ -94,7 +99,12 @@ fn score(eval: &EvalRecord, metric: &str, system: &str) -> std::result::Result<(
     let metrics = eval.metrics.as_array().map(Vec::as_slice).unwrap_or_default();
     let Some(m) = metrics.iter().find(|m| m.get("name").and_then(|n| n.as_str()) == Some(metric)) else {
         let have: Vec<&str> = metrics.iter().filter_map(|m| m.get("name").and_then(|n| n.as_str())).collect();
-        return Err(format!("evaluation {} ({}) has no metric `{metric}` (it has: {})", eval.id, eval.path, have.join(", ")));
+        return Err(format!(
+            "evaluation {} ({}) has no metric `{metric}` (it has: {})",
+            eval.id,
+            eval.path,
+            have.join(", ")
+        ));
     };
     let higher_is_better = m.get("higher_is_better").and_then(|h| h.as_bool()).unwrap_or(true);
     let scores = m.get("scores").and_then(|s| s.as_array()).map(Vec::as_slice).unwrap_or_default();
@@ -105,8 +115,13 @@ fn score(eval: &EvalRecord, metric: &str, system: &str) -> std::result::Result<(
         .and_then(|v| v.as_f64());
     match value {
         Some(v) if v.is_finite() => Ok((v, higher_is_better)),
-        Some(v) => Err(format!("evaluation {} ({}) scores {system} `{metric}` = {v}, not a finite number", eval.id, eval.path)),
-        None => Err(format!("evaluation {} ({}) has no `{metric}` score for system {system}", eval.id, eval.path)),
+        Some(v) => Err(format!(
+            "evaluation {} ({}) scores {system} `{metric}` = {v}, not a finite number",
+            eval.id, eval.path
+        )),
+        None => {
+            Err(format!("evaluation {} ({}) has no `{metric}` score for system {system}", eval.id, eval.path))
+        }
     }
 }
 
@@ -120,7 +135,13 @@ fn no_eval(who: &str, data: &GateData, adapter: &str) -> String {
 /// Check every gate of `rule` for moving `alias` of `cand.name` to `cand`. `Ok(None)`: pass;
 /// `Ok(Some(message))`: refused, the message naming each failing gate and its numbers. The
 /// holder is read here, so inside the caller's transaction it is the current one.
-pub(crate) fn check(c: &Connection, cand: &ArtifactRecord, alias: &str, rule: &AliasRule, data: Option<&GateData>) -> Res<Option<String>> {
+pub(crate) fn check(
+    c: &Connection,
+    cand: &ArtifactRecord,
+    alias: &str,
+    rule: &AliasRule,
+    data: Option<&GateData>,
+) -> Res<Option<String>> {
     let gates = rule.parsed_gates()?;
     if gates.is_empty() {
         return Ok(None);
@@ -141,7 +162,10 @@ pub(crate) fn check(c: &Connection, cand: &ArtifactRecord, alias: &str, rule: &A
                 Some((e, a, b)) => ((e, a), (e, b, label)),
                 None => {
                     let Some(cs) = latest_eval_of(c, data, cand.id)? else {
-                        return Ok(Some(format!("gate for {alias}: {}", no_eval(&cand_ref, data, &cand.path))));
+                        return Ok(Some(format!(
+                            "gate for {alias}: {}",
+                            no_eval(&cand_ref, data, &cand.path)
+                        )));
                     };
                     let Some((he, hs)) = latest_eval_of(c, data, h.id)? else {
                         return Ok(Some(format!("gate for {alias}: {}", no_eval(&label, data, &h.path))));
@@ -155,7 +179,9 @@ pub(crate) fn check(c: &Connection, cand: &ArtifactRecord, alias: &str, rule: &A
                 return Ok(Some(format!("gate for {alias}: {}", no_eval(&cand_ref, data, &cand.path))));
             };
             let eval = eval_in(c, e)?;
-            let Some(base) = eval.systems.iter().find(|(s, _)| s.adapter.is_none()).map(|(s, _)| s.name.clone()) else {
+            let Some(base) =
+                eval.systems.iter().find(|(s, _)| s.adapter.is_none()).map(|(s, _)| s.name.clone())
+            else {
                 return Ok(Some(format!(
                     "gate for {alias}: nobody holds {alias} yet, so {cand_ref} is compared with the base model, but evaluation \
                      {e} ({}) has no base system; run ferrotune eval with the base model included",
@@ -169,14 +195,26 @@ pub(crate) fn check(c: &Connection, cand: &ArtifactRecord, alias: &str, rule: &A
     let ref_eval = if ref_side.0 == cand_side.0 { cand_eval.clone() } else { eval_in(c, ref_side.0)? };
     let mut failures = Vec::new();
     for gate in &gates {
-        if let Some(f) = check_one(gate, alias, data, (&cand_eval, &cand_side.1, &cand_ref), (&ref_eval, &ref_side.1, &ref_side.2)) {
+        if let Some(f) = check_one(
+            gate,
+            alias,
+            data,
+            (&cand_eval, &cand_side.1, &cand_ref),
+            (&ref_eval, &ref_side.1, &ref_side.2),
+        ) {
             failures.push(f);
         }
     }
     Ok(if failures.is_empty() { None } else { Some(failures.join("; ")) })
 }
 
-fn check_one(gate: &Gate, alias: &str, data: &GateData, cand: (&EvalRecord, &str, &str), reference: (&EvalRecord, &str, &str)) -> Option<String> {
+fn check_one(
+    gate: &Gate,
+    alias: &str,
+    data: &GateData,
+    cand: (&EvalRecord, &str, &str),
+    reference: (&EvalRecord, &str, &str),
+) -> Option<String> {
     let head = format!("gate {gate} for {alias}");
     let (cv, higher) = match score(cand.0, &gate.metric, cand.1) {
         Ok(v) => v,
@@ -186,7 +224,8 @@ fn check_one(gate: &Gate, alias: &str, data: &GateData, cand: (&EvalRecord, &str
         Ok(v) => v,
         Err(e) => return Some(format!("{head}: {} (reference): {e}", reference.2)),
     };
-    let (worse, by) = if higher { (cv < rv - gate.tolerance, rv - cv) } else { (cv > rv + gate.tolerance, cv - rv) };
+    let (worse, by) =
+        if higher { (cv < rv - gate.tolerance, rv - cv) } else { (cv > rv + gate.tolerance, cv - rv) };
     if !worse {
         return None;
     }

@@ -14,7 +14,10 @@ use serde_json::Value;
 use crate::db::{hash_folder, relative, sha256_file};
 use crate::error::{GovernError, Result};
 use crate::query::lineage_in;
-use crate::recording::{Event, Process, finish_run_in, insert_artifact, insert_dataset, insert_eval, insert_model, insert_run, now};
+use crate::recording::{
+    Event, Process, finish_run_in, insert_artifact, insert_dataset, insert_eval, insert_model, insert_run,
+    now,
+};
 use crate::records::*;
 use crate::registry::{Registry, check_name};
 
@@ -29,12 +32,19 @@ impl JsonFile {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(GovernError::BadFile { path, field: "(file)".into(), reason: "not found".into() });
+                return Err(GovernError::BadFile {
+                    path,
+                    field: "(file)".into(),
+                    reason: "not found".into(),
+                });
             }
             Err(source) => return Err(GovernError::Io { path, source }),
         };
-        let v = serde_json::from_str(&text)
-            .map_err(|e| GovernError::BadFile { path: path.clone(), field: "(json)".into(), reason: e.to_string() })?;
+        let v = serde_json::from_str(&text).map_err(|e| GovernError::BadFile {
+            path: path.clone(),
+            field: "(json)".into(),
+            reason: e.to_string(),
+        })?;
         Ok(JsonFile { path, v })
     }
 
@@ -62,14 +72,22 @@ impl JsonFile {
     /// `[{path, bytes, sha256}, …]`.
     fn files(&self, field: &str) -> Result<Vec<FileHash>> {
         let Some(items) = self.get(field) else { return Err(self.bad(field, "missing")) };
-        let Some(items) = items.as_array() else { return Err(self.bad(field, "expected a list of {path, bytes, sha256}")) };
+        let Some(items) = items.as_array() else {
+            return Err(self.bad(field, "expected a list of {path, bytes, sha256}"));
+        };
         items
             .iter()
             .enumerate()
             .map(|(i, f)| {
                 let at = |k: &str| format!("{field}[{i}].{k}");
-                let path = f.get("path").and_then(Value::as_str).ok_or_else(|| self.bad(&at("path"), "missing or not a string"))?;
-                let sha256 = f.get("sha256").and_then(Value::as_str).ok_or_else(|| self.bad(&at("sha256"), "missing or not a string"))?;
+                let path = f
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| self.bad(&at("path"), "missing or not a string"))?;
+                let sha256 = f
+                    .get("sha256")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| self.bad(&at("sha256"), "missing or not a string"))?;
                 let bytes = f.get("bytes").and_then(Value::as_u64).unwrap_or(0);
                 Ok(FileHash { path: path.into(), bytes, sha256: sha256.into() })
             })
@@ -102,7 +120,12 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// The output files as they are now, refusing any whose content differs from lineage.json.
-fn verify_output(lineage: &JsonFile, recorded: &[FileHash], recorded_folder: &str, folder: &Path) -> Result<Vec<FileHash>> {
+fn verify_output(
+    lineage: &JsonFile,
+    recorded: &[FileHash],
+    recorded_folder: &str,
+    folder: &Path,
+) -> Result<Vec<FileHash>> {
     recorded
         .iter()
         .map(|f| {
@@ -133,11 +156,20 @@ fn verify_output(lineage: &JsonFile, recorded: &[FileHash], recorded_folder: &st
 fn read_eval(path: PathBuf, recorded_run_dir: Option<&str>, run_dir: &Path, actor: &str) -> Result<NewEval> {
     let sha256 = sha256_file(&path)?;
     let f = JsonFile::read(path)?;
-    let rows = f.get("data.rows").or_else(|| f.get("rows")).and_then(Value::as_u64).ok_or_else(|| f.bad("data.rows", "missing or not a count"))?;
-    let Some(systems) = f.get("systems").and_then(Value::as_array) else { return Err(f.bad("systems", "missing or not a list")) };
+    let rows = f
+        .get("data.rows")
+        .or_else(|| f.get("rows"))
+        .and_then(Value::as_u64)
+        .ok_or_else(|| f.bad("data.rows", "missing or not a count"))?;
+    let Some(systems) = f.get("systems").and_then(Value::as_array) else {
+        return Err(f.bad("systems", "missing or not a list"));
+    };
     let mut out = Vec::new();
     for (i, s) in systems.iter().enumerate() {
-        let name = s.get("name").and_then(Value::as_str).ok_or_else(|| f.bad(&format!("systems[{i}].name"), "missing or not a string"))?;
+        let name = s
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| f.bad(&format!("systems[{i}].name"), "missing or not a string"))?;
         let adapter = s.get("adapter").and_then(Value::as_str);
         let (adapter, adapter_files) = match adapter.and_then(|a| locate(a, recorded_run_dir, run_dir)) {
             Some(dir) => {
@@ -180,15 +212,25 @@ impl Registry {
         let text = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or("unknown").to_string();
         let (method, device) = (text("method"), text("device"));
         // The run folder as `train` saw it: the config's `out`, else the summary's `run_dir`.
-        let recorded_run_dir = config.get("out").and_then(Value::as_str).map(str::to_string).or_else(|| lineage.opt_str("metrics.run_dir"));
+        let recorded_run_dir = config
+            .get("out")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| lineage.opt_str("metrics.run_dir"));
 
         let model_files = lineage.files("base_model.files")?;
         let spec = lineage.str("base_model.spec")?;
         let model = NewModel {
             name: spec.clone(),
-            path: model_files.first().and_then(|f| Path::new(&f.path).parent()).map_or(spec.clone(), |p| p.display().to_string()),
+            path: model_files
+                .first()
+                .and_then(|f| Path::new(&f.path).parent())
+                .map_or(spec.clone(), |p| p.display().to_string()),
             files: model_files,
-            config: lineage.get("base_model.config").cloned().unwrap_or_else(|| Value::Object(Default::default())),
+            config: lineage
+                .get("base_model.config")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Default::default())),
             parameters: lineage.get("base_model.parameters").and_then(Value::as_u64),
         };
         let datasets: Vec<NewDataset> = lineage
@@ -209,19 +251,28 @@ impl Registry {
         let output_path = lineage.str("output.path")?;
         let recorded_files = lineage.files("output.files")?;
         if recorded_files.is_empty() {
-            return Err(lineage.bad("output.files", "empty: the run wrote no output, there is nothing to import"));
+            return Err(
+                lineage.bad("output.files", "empty: the run wrote no output, there is nothing to import")
+            );
         }
-        let folder = locate(&output_path, recorded_run_dir.as_deref(), &run_dir)
-            .ok_or_else(|| lineage.bad("output.path", format!("{output_path}: not found (looked under {})", run_dir.display())))?;
+        let folder = locate(&output_path, recorded_run_dir.as_deref(), &run_dir).ok_or_else(|| {
+            lineage
+                .bad("output.path", format!("{output_path}: not found (looked under {})", run_dir.display()))
+        })?;
         let folder = absolute(&folder);
         let files = verify_output(&lineage, &recorded_files, &output_path, &folder)?;
-        let kind = if recorded_files.iter().any(|f| relative(&output_path, &f.path) == "adapter_config.json") {
+        let kind = if recorded_files.iter().any(|f| relative(&output_path, &f.path) == "adapter_config.json")
+        {
             ArtifactKind::Adapter
         } else {
             ArtifactKind::Model
         };
         let eval_path = run_dir.join("eval").join("eval.json");
-        let eval = if eval_path.is_file() { Some(read_eval(eval_path, recorded_run_dir.as_deref(), &run_dir, actor)?) } else { None };
+        let eval = if eval_path.is_file() {
+            Some(read_eval(eval_path, recorded_run_dir.as_deref(), &run_dir, actor)?)
+        } else {
+            None
+        };
         let metrics = lineage.get("metrics").cloned();
         let run_dir_s = run_dir.display().to_string();
 
@@ -231,8 +282,13 @@ impl Registry {
             for d in &datasets {
                 dataset_ids.push(insert_dataset(c, d)?);
             }
-            let existing: Option<i64> =
-                c.query_row("SELECT id FROM runs WHERE run_dir = ?1 AND started = ?2", [&run_dir_s, &started], |r| r.get(0)).optional()?;
+            let existing: Option<i64> = c
+                .query_row(
+                    "SELECT id FROM runs WHERE run_dir = ?1 AND started = ?2",
+                    [&run_dir_s, &started],
+                    |r| r.get(0),
+                )
+                .optional()?;
             let (run_id, new_run) = match existing {
                 Some(id) => (id, false),
                 None => {
@@ -248,7 +304,13 @@ impl Registry {
                         register_as: register_as.clone(),
                     };
                     // No process to watch: the run ended before it was recorded.
-                    let id = insert_run(c, &new, RunStatus::Running, &Process { host: "imported", pid: 0, pid_start: None }, &started)?;
+                    let id = insert_run(
+                        c,
+                        &new,
+                        RunStatus::Running,
+                        &Process { host: "imported", pid: 0, pid_start: None },
+                        &started,
+                    )?;
                     let end = RunEnd {
                         status: RunStatus::Succeeded,
                         error: None,
@@ -276,10 +338,17 @@ impl Registry {
             }
             if new_run {
                 let reason = format!("run {run_id} from {run_dir_s} (started {started}, imported {})", now());
-                Event { version: Some(artifact.version), reason: Some(&reason), ..Event::new(actor, "imported", &register_as) }.insert(c)?;
+                Event {
+                    version: Some(artifact.version),
+                    reason: Some(&reason),
+                    ..Event::new(actor, "imported", &register_as)
+                }
+                .insert(c)?;
             }
             // Re-read: the eval registered above may have matched this version.
-            let artifact = crate::query::artifacts_in(c, "WHERE id = ?1", [artifact.id])?.pop().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            let artifact = crate::query::artifacts_in(c, "WHERE id = ?1", [artifact.id])?
+                .pop()
+                .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             lineage_in(c, artifact)
         })
     }

@@ -4,9 +4,9 @@
 //! full history), and the kill switch (disabled versions are neither served nor promoted).
 //! `policy` reads the release rules; `card` writes a model card from a version's lineage.
 
+pub mod audit;
 pub mod card;
 mod db;
-pub mod audit;
 pub mod error;
 mod gate;
 mod import;

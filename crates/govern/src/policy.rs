@@ -70,7 +70,11 @@ impl std::str::FromStr for Gate {
 
 impl std::fmt::Display for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.tolerance == 0.0 { write!(f, "{}", self.metric) } else { write!(f, "{}:{}", self.metric, self.tolerance) }
+        if self.tolerance == 0.0 {
+            write!(f, "{}", self.metric)
+        } else {
+            write!(f, "{}:{}", self.metric, self.tolerance)
+        }
     }
 }
 
@@ -121,7 +125,8 @@ impl Policy {
                 p
             }
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| GovernError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| GovernError::Io { path: path.clone(), source })?;
         Policy::parse(&text, &path)
     }
 
@@ -129,10 +134,13 @@ impl Policy {
     /// field (`alias.champion.gates[0]`), not only the line.
     pub fn parse(text: &str, path: &Path) -> Result<Policy> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let field = e.span().map_or_else(|| "toml".to_string(), |s| {
-                let (l, c) = line_col(text, s.start);
-                format!("line {l}, column {c}")
-            });
+            let field = e.span().map_or_else(
+                || "toml".to_string(),
+                |s| {
+                    let (l, c) = line_col(text, s.start);
+                    format!("line {l}, column {c}")
+                },
+            );
             bad(path, field, e.message().trim())
         })?;
         let mut policy = Policy { alias: Default::default() };
@@ -157,10 +165,17 @@ impl Policy {
                 for (k, v) in rule {
                     match (k.as_str(), v) {
                         ("approvers", toml::Value::Integer(n)) => {
-                            r.approvers = u32::try_from(*n)
-                                .map_err(|_| bad(path, field(".approvers"), format!("{n}: expected a count of 0 or more")))?;
+                            r.approvers = u32::try_from(*n).map_err(|_| {
+                                bad(path, field(".approvers"), format!("{n}: expected a count of 0 or more"))
+                            })?;
                         }
-                        ("approvers", _) => return Err(bad(path, field(".approvers"), "expected a whole number of approvals")),
+                        ("approvers", _) => {
+                            return Err(bad(
+                                path,
+                                field(".approvers"),
+                                "expected a whole number of approvals",
+                            ));
+                        }
                         ("gates", toml::Value::Array(gates)) => {
                             for (i, g) in gates.iter().enumerate() {
                                 let f = field(&format!(".gates[{i}]"));
@@ -171,13 +186,29 @@ impl Policy {
                                 r.gates.push(g.clone());
                             }
                         }
-                        ("gates", _) => return Err(bad(path, field(".gates"), "expected a list of \"METRIC[:TOLERANCE]\"")),
-                        ("gate_data", toml::Value::String(s)) if !s.trim().is_empty() => r.gate_data = Some(s.clone()),
+                        ("gates", _) => {
+                            return Err(bad(
+                                path,
+                                field(".gates"),
+                                "expected a list of \"METRIC[:TOLERANCE]\"",
+                            ));
+                        }
+                        ("gate_data", toml::Value::String(s)) if !s.trim().is_empty() => {
+                            r.gate_data = Some(s.clone())
+                        }
                         ("gate_data", _) => {
-                            return Err(bad(path, field(".gate_data"), "expected the evaluation data's path or SHA-256"));
+                            return Err(bad(
+                                path,
+                                field(".gate_data"),
+                                "expected the evaluation data's path or SHA-256",
+                            ));
                         }
                         (other, _) => {
-                            return Err(bad(path, field(&format!(".{other}")), "unknown key (expected approvers, gates, gate_data)"));
+                            return Err(bad(
+                                path,
+                                field(&format!(".{other}")),
+                                "unknown key (expected approvers, gates, gate_data)",
+                            ));
                         }
                     }
                 }

@@ -17,8 +17,10 @@ const RUN_COLS: &str = "id, name, run_dir, status, error, base_model, config, me
 pub(crate) const ARTIFACT_COLS: &str =
     "id, name, version, kind, path, files, run, base_model, created, actor, disabled, disabled_reason";
 const EVAL_COLS: &str = "id, path, sha256, model, data_path, data_sha256, rows, created, actor, metrics";
-const EVENT_COLS: &str = "id, time, actor, action, name, version, alias, from_version, to_version, request, reason";
-const REQUEST_COLS: &str = "id, name, version, alias, requester, reason, created, status, decided, decision_reason";
+const EVENT_COLS: &str =
+    "id, time, actor, action, name, version, alias, from_version, to_version, request, reason";
+const REQUEST_COLS: &str =
+    "id, name, version, alias, requester, reason, created, status, decided, decision_reason";
 
 pub(crate) fn status_str(s: RunStatus) -> &'static str {
     match s {
@@ -203,7 +205,12 @@ fn request_row(r: &Row<'_>) -> rusqlite::Result<PromotionRequest> {
     })
 }
 
-fn collect<T>(c: &Connection, sql: &str, params: impl rusqlite::Params, f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>) -> Res<Vec<T>> {
+fn collect<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Res<Vec<T>> {
     let mut stmt = c.prepare(sql)?;
     let rows = stmt.query_map(params, f)?.collect::<rusqlite::Result<Vec<T>>>()?;
     Ok(rows)
@@ -220,19 +227,30 @@ pub(crate) fn datasets_in(c: &Connection, filter: &str, p: impl rusqlite::Params
 pub(crate) fn runs_in(c: &Connection, filter: &str, p: impl rusqlite::Params) -> Res<Vec<RunRecord>> {
     let mut runs = collect(c, &format!("SELECT {RUN_COLS} FROM runs {filter} ORDER BY id"), p, run_row)?;
     for run in &mut runs {
-        run.datasets = collect(c, "SELECT dataset FROM run_datasets WHERE run = ?1 ORDER BY position", [run.id], |r| r.get(0))?;
+        run.datasets =
+            collect(c, "SELECT dataset FROM run_datasets WHERE run = ?1 ORDER BY position", [run.id], |r| {
+                r.get(0)
+            })?;
     }
     Ok(runs)
 }
 
 pub(crate) fn run_in(c: &Connection, id: i64) -> Res<RunRecord> {
-    runs_in(c, "WHERE id = ?1", [id])?.pop().ok_or_else(|| GovernError::NotFound(format!("no run {id} in the registry")).into())
+    runs_in(c, "WHERE id = ?1", [id])?
+        .pop()
+        .ok_or_else(|| GovernError::NotFound(format!("no run {id} in the registry")).into())
 }
 
-pub(crate) fn artifacts_in(c: &Connection, filter: &str, p: impl rusqlite::Params) -> Res<Vec<ArtifactRecord>> {
-    let mut arts = collect(c, &format!("SELECT {ARTIFACT_COLS} FROM artifacts {filter} ORDER BY id"), p, artifact_row)?;
+pub(crate) fn artifacts_in(
+    c: &Connection,
+    filter: &str,
+    p: impl rusqlite::Params,
+) -> Res<Vec<ArtifactRecord>> {
+    let mut arts =
+        collect(c, &format!("SELECT {ARTIFACT_COLS} FROM artifacts {filter} ORDER BY id"), p, artifact_row)?;
     for a in &mut arts {
-        a.aliases = collect(c, "SELECT alias FROM aliases WHERE artifact = ?1 ORDER BY alias", [a.id], |r| r.get(0))?;
+        a.aliases =
+            collect(c, "SELECT alias FROM aliases WHERE artifact = ?1 ORDER BY alias", [a.id], |r| r.get(0))?;
     }
     Ok(arts)
 }
@@ -250,7 +268,11 @@ pub(crate) fn evals_in(c: &Connection, filter: &str, p: impl rusqlite::Params) -
             "SELECT name, adapter, adapter_files, artifact FROM eval_systems WHERE eval = ?1 ORDER BY position",
             [e.id],
             |r| {
-                let sys = EvalSystem { name: r.get(0)?, adapter: r.get(1)?, adapter_files: from_json(2, &r.get::<_, String>(2)?)? };
+                let sys = EvalSystem {
+                    name: r.get(0)?,
+                    adapter: r.get(1)?,
+                    adapter_files: from_json(2, &r.get::<_, String>(2)?)?,
+                };
                 Ok((sys, r.get(3)?))
             },
         )?;
@@ -259,26 +281,37 @@ pub(crate) fn evals_in(c: &Connection, filter: &str, p: impl rusqlite::Params) -
 }
 
 pub(crate) fn eval_in(c: &Connection, id: i64) -> Res<EvalRecord> {
-    evals_in(c, "WHERE id = ?1", [id])?.pop().ok_or_else(|| GovernError::NotFound(format!("no evaluation {id} in the registry")).into())
+    evals_in(c, "WHERE id = ?1", [id])?
+        .pop()
+        .ok_or_else(|| GovernError::NotFound(format!("no evaluation {id} in the registry")).into())
 }
 
 pub(crate) fn events_in(c: &Connection, filter: &str, p: impl rusqlite::Params) -> Res<Vec<HistoryEvent>> {
     collect(c, &format!("SELECT {EVENT_COLS} FROM events {filter} ORDER BY id"), p, event_row)
 }
 
-pub(crate) fn requests_in(c: &Connection, filter: &str, p: impl rusqlite::Params) -> Res<Vec<PromotionRequest>> {
-    let mut reqs = collect(c, &format!("SELECT {REQUEST_COLS} FROM requests {filter} ORDER BY id"), p, request_row)?;
+pub(crate) fn requests_in(
+    c: &Connection,
+    filter: &str,
+    p: impl rusqlite::Params,
+) -> Res<Vec<PromotionRequest>> {
+    let mut reqs =
+        collect(c, &format!("SELECT {REQUEST_COLS} FROM requests {filter} ORDER BY id"), p, request_row)?;
     for q in &mut reqs {
-        q.approvals = collect(c, "SELECT actor, time FROM approvals WHERE request = ?1 ORDER BY rowid", [q.id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        q.approvals =
+            collect(c, "SELECT actor, time FROM approvals WHERE request = ?1 ORDER BY rowid", [q.id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
     }
     Ok(reqs)
 }
 
 /// The version `alias` of `name` points at now.
 pub(crate) fn alias_holder(c: &Connection, name: &str, alias: &str) -> Res<Option<u32>> {
-    Ok(c.query_row("SELECT version FROM aliases WHERE name = ?1 AND alias = ?2", params![name, alias], |r| r.get(0)).optional()?)
+    Ok(c.query_row("SELECT version FROM aliases WHERE name = ?1 AND alias = ?2", params![name, alias], |r| {
+        r.get(0)
+    })
+    .optional()?)
 }
 
 fn list_some(items: &[String], max: usize) -> String {
@@ -291,27 +324,48 @@ fn list_some(items: &[String], max: usize) -> String {
 
 /// Resolve a reference; the errors say what does exist, so the next command is obvious.
 pub(crate) fn resolve_in(c: &Connection, r: &Reference, default_alias: &str) -> Res<ArtifactRecord> {
-    let (count, min, max): (u32, Option<u32>, Option<u32>) =
-        c.query_row("SELECT COUNT(*), MIN(version), MAX(version) FROM artifacts WHERE name = ?1", [&r.name], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?;
+    let (count, min, max): (u32, Option<u32>, Option<u32>) = c.query_row(
+        "SELECT COUNT(*), MIN(version), MAX(version) FROM artifacts WHERE name = ?1",
+        [&r.name],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )?;
     let (Some(min), Some(max)) = (min, max) else {
-        let names: Vec<String> = collect(c, "SELECT DISTINCT name FROM artifacts ORDER BY name", [], |row| row.get(0))?;
-        let known = if names.is_empty() { "the registry has no artifacts yet".to_string() } else { format!("known: {}", list_some(&names, 10)) };
+        let names: Vec<String> =
+            collect(c, "SELECT DISTINCT name FROM artifacts ORDER BY name", [], |row| row.get(0))?;
+        let known = if names.is_empty() {
+            "the registry has no artifacts yet".to_string()
+        } else {
+            format!("known: {}", list_some(&names, 10))
+        };
         return Err(GovernError::NotFound(format!("no artifact named `{}` ({known})", r.name)).into());
     };
-    let versions = if min == max { format!("{}@{min}", r.name) } else { format!("{}@{min} … {}@{max}", r.name, r.name) };
+    let versions = if min == max {
+        format!("{}@{min}", r.name)
+    } else {
+        format!("{}@{min} … {}@{max}", r.name, r.name)
+    };
     let aliases = || -> Res<String> {
-        let list: Vec<String> = collect(c, "SELECT alias, version FROM aliases WHERE name = ?1 ORDER BY alias", [&r.name], |row| {
-            Ok(format!("{} (→ {})", row.get::<_, String>(0)?, row.get::<_, u32>(1)?))
-        })?;
-        Ok(if list.is_empty() { "it has no aliases".into() } else { format!("its aliases: {}", list.join(", ")) })
+        let list: Vec<String> = collect(
+            c,
+            "SELECT alias, version FROM aliases WHERE name = ?1 ORDER BY alias",
+            [&r.name],
+            |row| Ok(format!("{} (→ {})", row.get::<_, String>(0)?, row.get::<_, u32>(1)?)),
+        )?;
+        Ok(if list.is_empty() {
+            "it has no aliases".into()
+        } else {
+            format!("its aliases: {}", list.join(", "))
+        })
     };
     let version = match &r.selector {
         Selector::Version(v) => *v,
         Selector::Alias(a) => match alias_holder(c, &r.name, a)? {
             Some(v) => v,
-            None => return Err(GovernError::NotFound(format!("{} has no alias `{a}`; {}", r.name, aliases()?)).into()),
+            None => {
+                return Err(
+                    GovernError::NotFound(format!("{} has no alias `{a}`; {}", r.name, aliases()?)).into()
+                );
+            }
         },
         Selector::Default => match alias_holder(c, &r.name, default_alias)? {
             Some(v) => v,
@@ -328,7 +382,8 @@ pub(crate) fn resolve_in(c: &Connection, r: &Reference, default_alias: &str) -> 
         },
     };
     version_in(c, &r.name, version)?.ok_or_else(|| {
-        GovernError::NotFound(format!("{} has no version {version} (it has {count}: {versions})", r.name)).into()
+        GovernError::NotFound(format!("{} has no version {version} (it has {count}: {versions})", r.name))
+            .into()
     })
 }
 
@@ -348,7 +403,10 @@ pub(crate) fn lineage_in(c: &Connection, artifact: ArtifactRecord) -> Res<Lineag
     }
     let evals = evals_in(
         c,
-        &format!("WHERE id IN (SELECT eval FROM eval_systems s WHERE {}) ORDER BY id DESC", crate::gate::matches("s", "?1")),
+        &format!(
+            "WHERE id IN (SELECT eval FROM eval_systems s WHERE {}) ORDER BY id DESC",
+            crate::gate::matches("s", "?1")
+        ),
         [artifact.id],
     )?;
     let releases = events_in(
@@ -406,11 +464,17 @@ impl Registry {
 
     /// name → alias → version.
     pub fn aliases(&self) -> Result<Vec<(String, String, u32)>> {
-        self.read(|c| collect(c, "SELECT name, alias, version FROM aliases ORDER BY name, alias", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+        self.read(|c| {
+            collect(c, "SELECT name, alias, version FROM aliases ORDER BY name, alias", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+        })
     }
 
     pub fn requests(&self, open_only: bool) -> Result<Vec<PromotionRequest>> {
-        self.read(|c| if open_only { requests_in(c, "WHERE status = 'open'", []) } else { requests_in(c, "", []) })
+        self.read(|c| {
+            if open_only { requests_in(c, "WHERE status = 'open'", []) } else { requests_in(c, "", []) }
+        })
     }
 
     /// One promotion request.
@@ -420,5 +484,7 @@ impl Registry {
 }
 
 pub(crate) fn request_in(c: &Connection, id: i64) -> Res<PromotionRequest> {
-    requests_in(c, "WHERE id = ?1", [id])?.pop().ok_or_else(|| GovernError::NotFound(format!("no promotion request {id}")).into())
+    requests_in(c, "WHERE id = ?1", [id])?
+        .pop()
+        .ok_or_else(|| GovernError::NotFound(format!("no promotion request {id}")).into())
 }

@@ -25,7 +25,17 @@ pub(crate) struct Event<'a> {
 
 impl<'a> Event<'a> {
     pub fn new(actor: &'a str, action: &'a str, name: &'a str) -> Self {
-        Event { actor, action, name, version: None, alias: None, from_version: None, to_version: None, request: None, reason: None }
+        Event {
+            actor,
+            action,
+            name,
+            version: None,
+            alias: None,
+            from_version: None,
+            to_version: None,
+            request: None,
+            reason: None,
+        }
     }
 
     pub fn insert(&self, c: &Connection) -> Res<i64> {
@@ -66,7 +76,9 @@ fn require(c: &Connection, table: &str, what: &str, id: i64) -> Res<()> {
 
 pub(crate) fn insert_model(c: &Connection, m: &NewModel) -> Res<i64> {
     let key = model_key(&m.name, &m.files);
-    if let Some(id) = c.query_row("SELECT id FROM models WHERE files_key = ?1", [&key], |r| r.get(0)).optional()? {
+    if let Some(id) =
+        c.query_row("SELECT id FROM models WHERE files_key = ?1", [&key], |r| r.get(0)).optional()?
+    {
         return Ok(id);
     }
     c.execute(
@@ -78,11 +90,17 @@ pub(crate) fn insert_model(c: &Connection, m: &NewModel) -> Res<i64> {
 
 pub(crate) fn insert_dataset(c: &Connection, d: &NewDataset) -> Res<i64> {
     if d.sha256.trim().is_empty() {
-        return Err(GovernError::Invalid { field: "sha256", reason: format!("dataset {}: empty", d.path) }.into());
+        return Err(
+            GovernError::Invalid { field: "sha256", reason: format!("dataset {}: empty", d.path) }.into()
+        );
     }
     let report = d.report.as_ref().map(to_json);
-    let (pii, dups, rows) = (d.pii_findings.map(|v| v as i64), d.duplicates.map(|v| v as i64), d.rows.map(|v| v as i64));
-    if let Some(id) = c.query_row("SELECT id FROM datasets WHERE sha256 = ?1", [&d.sha256], |r| r.get::<_, i64>(0)).optional()? {
+    let (pii, dups, rows) =
+        (d.pii_findings.map(|v| v as i64), d.duplicates.map(|v| v as i64), d.rows.map(|v| v as i64));
+    if let Some(id) = c
+        .query_row("SELECT id FROM datasets WHERE sha256 = ?1", [&d.sha256], |r| r.get::<_, i64>(0))
+        .optional()?
+    {
         // Fill in what the earlier record lacked (e.g. `validate` after `train` registered it).
         c.execute(
             "UPDATE datasets SET format = COALESCE(format, ?2), rows = COALESCE(rows, ?3), report = COALESCE(report, ?4), \
@@ -107,7 +125,13 @@ pub(crate) struct Process<'a> {
 }
 
 /// Insert a run row.
-pub(crate) fn insert_run(c: &Connection, r: &NewRun, status: RunStatus, p: &Process<'_>, started: &str) -> Res<i64> {
+pub(crate) fn insert_run(
+    c: &Connection,
+    r: &NewRun,
+    status: RunStatus,
+    p: &Process<'_>,
+    started: &str,
+) -> Res<i64> {
     let Process { host, pid, pid_start } = *p;
     check_name("register_as", &r.register_as)?;
     require(c, "models", "base model", r.base_model)?;
@@ -135,7 +159,10 @@ pub(crate) fn insert_run(c: &Connection, r: &NewRun, status: RunStatus, p: &Proc
     )?;
     let id = c.last_insert_rowid();
     for (pos, d) in r.datasets.iter().enumerate() {
-        c.execute("INSERT INTO run_datasets (run, position, dataset) VALUES (?1, ?2, ?3)", params![id, pos as i64, d])?;
+        c.execute(
+            "INSERT INTO run_datasets (run, position, dataset) VALUES (?1, ?2, ?3)",
+            params![id, pos as i64, d],
+        )?;
     }
     Ok(id)
 }
@@ -163,7 +190,11 @@ pub(crate) fn finish_run_in(c: &Connection, run: i64, end: &RunEnd, finished: &s
 pub(crate) fn insert_artifact(c: &Connection, a: &NewArtifact) -> Res<(ArtifactRecord, bool)> {
     check_name("name", &a.name)?;
     if a.files.is_empty() {
-        return Err(GovernError::Invalid { field: "files", reason: format!("artifact {} at {} has no files", a.name, a.path) }.into());
+        return Err(GovernError::Invalid {
+            field: "files",
+            reason: format!("artifact {} at {} has no files", a.name, a.path),
+        }
+        .into());
     }
     if let Some(run) = a.run {
         require(c, "runs", "run", run)?;
@@ -176,7 +207,10 @@ pub(crate) fn insert_artifact(c: &Connection, a: &NewArtifact) -> Res<(ArtifactR
     if let Some(existing) = same.into_iter().next() {
         return Ok((existing, false));
     }
-    let version: u32 = c.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM artifacts WHERE name = ?1", [&a.name], |r| r.get(0))?;
+    let version: u32 =
+        c.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM artifacts WHERE name = ?1", [&a.name], |r| {
+            r.get(0)
+        })?;
     c.execute(
         "INSERT INTO artifacts (name, version, kind, path, files, files_key, run, base_model, created, actor) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -184,24 +218,40 @@ pub(crate) fn insert_artifact(c: &Connection, a: &NewArtifact) -> Res<(ArtifactR
     )?;
     let id = c.last_insert_rowid();
     // Evaluations recorded before this version was registered now point at it.
-    c.execute("UPDATE eval_systems SET artifact = ?1 WHERE artifact IS NULL AND files_key = ?2", params![id, key])?;
+    c.execute(
+        "UPDATE eval_systems SET artifact = ?1 WHERE artifact IS NULL AND files_key = ?2",
+        params![id, key],
+    )?;
     let reason = match a.run {
         Some(run) => format!("{} {} from run {run}", kind_str(a.kind), a.path),
         None => format!("{} {}", kind_str(a.kind), a.path),
     };
-    Event { version: Some(version), reason: Some(&reason), ..Event::new(&a.actor, "register", &a.name) }.insert(c)?;
+    Event { version: Some(version), reason: Some(&reason), ..Event::new(&a.actor, "register", &a.name) }
+        .insert(c)?;
     let rec = artifacts_in(c, "WHERE id = ?1", [id])?.pop().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok((rec, true))
 }
 
 pub(crate) fn insert_eval(c: &Connection, e: &NewEval) -> Res<EvalRecord> {
-    if let Some(id) = c.query_row("SELECT id FROM evals WHERE sha256 = ?1", [&e.sha256], |r| r.get(0)).optional()? {
+    if let Some(id) =
+        c.query_row("SELECT id FROM evals WHERE sha256 = ?1", [&e.sha256], |r| r.get(0)).optional()?
+    {
         return eval_in(c, id);
     }
     c.execute(
         "INSERT INTO evals (path, sha256, model, data_path, data_sha256, rows, created, actor, metrics) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![e.path, e.sha256, e.model, e.data_path, e.data_sha256, e.rows as i64, now(), e.actor, to_json(&e.metrics)],
+        params![
+            e.path,
+            e.sha256,
+            e.model,
+            e.data_path,
+            e.data_sha256,
+            e.rows as i64,
+            now(),
+            e.actor,
+            to_json(&e.metrics)
+        ],
     )?;
     let id = c.last_insert_rowid();
     for (pos, s) in e.systems.iter().enumerate() {
@@ -209,8 +259,13 @@ pub(crate) fn insert_eval(c: &Connection, e: &NewEval) -> Res<EvalRecord> {
             (None, None)
         } else {
             let key = files_key(s.adapter.as_deref().unwrap_or(""), &s.adapter_files);
-            let artifact: Option<i64> =
-                c.query_row("SELECT id FROM artifacts WHERE files_key = ?1 ORDER BY id DESC LIMIT 1", [&key], |r| r.get(0)).optional()?;
+            let artifact: Option<i64> = c
+                .query_row(
+                    "SELECT id FROM artifacts WHERE files_key = ?1 ORDER BY id DESC LIMIT 1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .optional()?;
             (Some(key), artifact)
         };
         c.execute(
@@ -242,7 +297,8 @@ impl Registry {
             let p = Process { host: process::host(), pid, pid_start: pid_start.as_deref() };
             let id = insert_run(c, r, RunStatus::Running, &p, &now())?;
             let reason = format!("run {id} ({}) in {}", r.name, r.run_dir);
-            Event { reason: Some(&reason), ..Event::new(&r.actor, "run-started", &r.register_as) }.insert(c)?;
+            Event { reason: Some(&reason), ..Event::new(&r.actor, "run-started", &r.register_as) }
+                .insert(c)?;
             Ok(id)
         })
     }
@@ -251,7 +307,9 @@ impl Registry {
         self.write(|c| {
             finish_run_in(c, run, end, &now())?;
             let (actor, register_as): (String, String) =
-                c.query_row("SELECT actor, register_as FROM runs WHERE id = ?1", [run], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                c.query_row("SELECT actor, register_as FROM runs WHERE id = ?1", [run], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             let mut reason = format!("run {run} {}", status_str(end.status));
             if let Some(e) = &end.error {
                 reason.push_str(&format!(": {e}"));

@@ -118,11 +118,15 @@ impl std::str::FromStr for Reference {
                 (name, Selector::Version(v))
             }
             Some((name, sel)) => {
-                check_alias(sel).map_err(|e| GovernError::Invalid { field: "reference", reason: format!("`{s}`: alias {e}") })?;
+                check_alias(sel).map_err(|e| GovernError::Invalid {
+                    field: "reference",
+                    reason: format!("`{s}`: alias {e}"),
+                })?;
                 (name, Selector::Alias(sel.to_string()))
             }
         };
-        check_name("reference", name).map_err(|e| GovernError::Invalid { field: "reference", reason: format!("`{s}`: name {e}") })?;
+        check_name("reference", name)
+            .map_err(|e| GovernError::Invalid { field: "reference", reason: format!("`{s}`: name {e}") })?;
         Ok(Reference { name: name.to_string(), selector })
     }
 }

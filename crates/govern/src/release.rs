@@ -30,7 +30,14 @@ fn disabled_message(a: &ArtifactRecord, alias: &str) -> String {
 }
 
 /// Point `alias` at `a` (creating or moving it) and record `alias-set` with from → to.
-fn move_alias(c: &Connection, a: &ArtifactRecord, alias: &str, actor: &str, request: i64, reason: &str) -> Res<Option<u32>> {
+fn move_alias(
+    c: &Connection,
+    a: &ArtifactRecord,
+    alias: &str,
+    actor: &str,
+    request: i64,
+    reason: &str,
+) -> Res<Option<u32>> {
     let from = alias_holder(c, &a.name, alias)?;
     c.execute(
         "INSERT INTO aliases (name, alias, artifact, version, updated) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -57,7 +64,13 @@ struct Ask<'a> {
     reason: &'a str,
 }
 
-fn insert_request(c: &Connection, a: &ArtifactRecord, ask: &Ask<'_>, status: RequestStatus, decision: Option<&str>) -> Res<i64> {
+fn insert_request(
+    c: &Connection,
+    a: &ArtifactRecord,
+    ask: &Ask<'_>,
+    status: RequestStatus,
+    decision: Option<&str>,
+) -> Res<i64> {
     let Ask { alias, actor, reason } = *ask;
     let decided = (status != RequestStatus::Open).then(now);
     c.execute(
@@ -92,11 +105,22 @@ impl Registry {
     /// Ask for `alias` of `name` to point at `version`. Gates are checked now (a failure is
     /// recorded as a refused request); with no approvers required the alias moves at once,
     /// otherwise the request waits for approvals.
-    pub fn promote(&self, name: &str, version: u32, alias: &str, reason: &str, actor: &str, policy: &Policy) -> Result<Promotion> {
+    pub fn promote(
+        &self,
+        name: &str,
+        version: u32,
+        alias: &str,
+        reason: &str,
+        actor: &str,
+        policy: &Policy,
+    ) -> Result<Promotion> {
         check_name("name", name)?;
         check_alias(alias)?;
         if reason.trim().is_empty() {
-            return Err(GovernError::Invalid { field: "reason", reason: "say why (it is kept in the alias history)".into() });
+            return Err(GovernError::Invalid {
+                field: "reason",
+                reason: "say why (it is kept in the alias history)".into(),
+            });
         }
         let rule = policy.rule(alias);
         let data = GateData::for_rule(&rule)?;
@@ -107,7 +131,9 @@ impl Registry {
                 return Err(GovernError::Refused(disabled_message(&a, alias)).into());
             }
             if alias_holder(c, name, alias)? == Some(version) {
-                return Err(GovernError::Refused(format!("{alias} already points at {}", a.reference())).into());
+                return Err(
+                    GovernError::Refused(format!("{alias} already points at {}", a.reference())).into()
+                );
             }
             if let Some(msg) = gate::check(c, &a, alias, &rule, data.as_ref())? {
                 let request = insert_request(c, &a, &ask, RequestStatus::Refused, Some(&msg))?;
@@ -117,7 +143,12 @@ impl Registry {
             if rule.approvers == 0 {
                 let request = insert_request(c, &a, &ask, RequestStatus::Applied, None)?;
                 let from_version = move_alias(c, &a, alias, actor, request, reason)?;
-                return Ok(Ok(Promotion::Applied { request, alias: alias.into(), from_version, to_version: version }));
+                return Ok(Ok(Promotion::Applied {
+                    request,
+                    alias: alias.into(),
+                    from_version,
+                    to_version: version,
+                }));
             }
             let request = insert_request(c, &a, &ask, RequestStatus::Open, None)?;
             Event {
@@ -201,7 +232,14 @@ impl Registry {
             let reason = Some(reason).filter(|r| !r.trim().is_empty());
             decide(c, request, RequestStatus::Rejected, reason)?;
             let event = Event::new(actor, "rejected", &req.name);
-            Event { version: Some(req.version), alias: Some(&req.alias), request: Some(request), reason, ..event }.insert(c)?;
+            Event {
+                version: Some(req.version),
+                alias: Some(&req.alias),
+                request: Some(request),
+                reason,
+                ..event
+            }
+            .insert(c)?;
             request_in(c, request)
         })
     }
@@ -222,7 +260,14 @@ impl Registry {
     }
 
     /// Set or clear the flag; a version already in the asked state is returned as is (no event).
-    fn set_disabled(&self, name: &str, version: u32, disable: bool, reason: &str, actor: &str) -> Result<ArtifactRecord> {
+    fn set_disabled(
+        &self,
+        name: &str,
+        version: u32,
+        disable: bool,
+        reason: &str,
+        actor: &str,
+    ) -> Result<ArtifactRecord> {
         self.write(|c| {
             let a = version_of(c, name, version)?;
             if a.disabled == disable {

@@ -61,11 +61,7 @@ fn score_of<'a>(list: Option<&'a Value>, system: Option<&str>) -> Option<&'a Val
 /// registry matched to that version id; the base is the system without an adapter.
 pub(crate) fn eval_view(e: &EvalRecord, artifact: i64) -> EvalView {
     let system = e.systems.iter().find(|(_, id)| *id == Some(artifact)).map(|(s, _)| s.name.clone());
-    let base_system = e
-        .systems
-        .iter()
-        .find(|(s, _)| s.adapter.is_none())
-        .map(|(s, _)| s.name.clone());
+    let base_system = e.systems.iter().find(|(s, _)| s.adapter.is_none()).map(|(s, _)| s.name.clone());
     let rows = e
         .metrics
         .as_array()
@@ -316,9 +312,17 @@ fn newest(mut nodes: Vec<Node>, what: &str) -> Vec<Node> {
 
 fn root_line(l: &Lineage) -> String {
     let a = &l.artifact;
-    let mut s = format!("{}  {}  {}  ({} file{}", a.reference(), kind_word(a.kind), a.path, a.files.len(), if a.files.len() == 1 { "" } else { "s" });
+    let mut s = format!(
+        "{}  {}  {}  ({} file{}",
+        a.reference(),
+        kind_word(a.kind),
+        a.path,
+        a.files.len(),
+        if a.files.len() == 1 { "" } else { "s" }
+    );
     if let Some(f) = main_file(&a.files) {
-        let _ = write!(s, ", {}, sha256 {}", bytes(a.files.iter().map(|f| f.bytes).sum()), short_sha(&f.sha256));
+        let _ =
+            write!(s, ", {}, sha256 {}", bytes(a.files.iter().map(|f| f.bytes).sum()), short_sha(&f.sha256));
     }
     let _ = write!(s, ")  registered {} by {}", a.created, a.actor);
     if !a.aliases.is_empty() {
@@ -333,8 +337,11 @@ fn root_line(l: &Lineage) -> String {
 fn base_model_node(l: &Lineage) -> Node {
     match &l.base_model {
         Some(m) => {
-            let params = m.parameters.map_or("parameters not recorded".to_string(), |p| format!("{} parameters", count_short(p)));
-            let sha = main_file(&m.files).map_or(String::new(), |f| format!(", sha256 {}", short_sha(&f.sha256)));
+            let params = m
+                .parameters
+                .map_or("parameters not recorded".to_string(), |p| format!("{} parameters", count_short(p)));
+            let sha =
+                main_file(&m.files).map_or(String::new(), |f| format!(", sha256 {}", short_sha(&f.sha256)));
             Node::leaf(format!("base model {}  ({params}{sha})", m.name))
         }
         None => Node::leaf("base model: not recorded".into()),
@@ -391,14 +398,20 @@ fn run_node(l: &Lineage) -> Option<Node> {
 
 fn eval_node(l: &Lineage, e: &EvalRecord) -> Node {
     let v = eval_view(e, l.artifact.id);
-    let mut text = format!("eval {}  {} ({} rows)  {} by {}", e.id, e.data_path, thousands(e.rows), e.created, e.actor);
+    let mut text =
+        format!("eval {}  {} ({} rows)  {} by {}", e.id, e.data_path, thousands(e.rows), e.created, e.actor);
     let children = match &v.system {
         Some(sys) => {
             let _ = write!(text, "  as \"{sys}\"");
             v.rows
                 .iter()
                 .map(|m| {
-                    let mut s = format!("{}{} {}", m.name, arrow(m.higher_is_better), m.this.as_ref().map_or("—".into(), |x| estimate_text(x, false)));
+                    let mut s = format!(
+                        "{}{} {}",
+                        m.name,
+                        arrow(m.higher_is_better),
+                        m.this.as_ref().map_or("—".into(), |x| estimate_text(x, false))
+                    );
                     if let Some(b) = &m.base {
                         let _ = write!(s, "  base {}", num(b.value));
                     }
@@ -486,7 +499,11 @@ impl Graph {
 /// the aliases that point (or pointed) at the version.
 pub fn dot(l: &Lineage) -> String {
     let a = &l.artifact;
-    let mut g = Graph { out: String::from("digraph lineage {\n  graph [rankdir=LR, fontname=\"Helvetica\"];\n  node [shape=box, style=rounded, fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=9];\n") };
+    let mut g = Graph {
+        out: String::from(
+            "digraph lineage {\n  graph [rankdir=LR, fontname=\"Helvetica\"];\n  node [shape=box, style=rounded, fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=9];\n",
+        ),
+    };
     let art = format!("artifact_{}", a.id);
     let mut lines = vec![a.reference(), kind_word(a.kind).to_string()];
     if let Some(f) = main_file(&a.files) {
@@ -502,7 +519,10 @@ pub fn dot(l: &Lineage) -> String {
     let sink = match &l.run {
         Some(r) => {
             let id = format!("run_{}", r.id);
-            let mut lines = vec![format!("run {} \"{}\"", r.id, r.name), format!("{} on {}", status_word(r.status), r.device)];
+            let mut lines = vec![
+                format!("run {} \"{}\"", r.id, r.name),
+                format!("{} on {}", status_word(r.status), r.device),
+            ];
             if let Some(f) = &r.flops {
                 lines.push(format!("{} FLOPs", sci(f.value)));
             }
@@ -548,7 +568,11 @@ pub fn dot(l: &Lineage) -> String {
             Some(d) => g.edge(&format!("dataset_{}", d.id), &id, "data", "style=dashed"),
             None => {
                 let data = format!("evaldata_{}", e.id);
-                g.node(&data, &[e.data_path.clone(), format!("sha256 {}", short_sha(&e.data_sha256))], ", shape=note");
+                g.node(
+                    &data,
+                    &[e.data_path.clone(), format!("sha256 {}", short_sha(&e.data_sha256))],
+                    ", shape=note",
+                );
                 g.edge(&data, &id, "data", "style=dashed");
             }
         }

@@ -52,10 +52,19 @@ fn bench_appends_and_verify() {
     println!("open: {:.3} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
     fresh.append(&[ev(n)]).unwrap();
-    println!("first append of a fresh handle (frontier rebuilt from leaves.bin): {:.3} s", t.elapsed().as_secs_f64());
+    println!(
+        "first append of a fresh handle (frontier rebuilt from leaves.bin): {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let r = fresh.verify(None).unwrap();
-    println!("verify: {} entries, {} checkpoints in {:.2} s (ok: {})", r.entries, r.checkpoints, t.elapsed().as_secs_f64(), r.ok);
+    println!(
+        "verify: {} entries, {} checkpoints in {:.2} s (ok: {})",
+        r.entries,
+        r.checkpoints,
+        t.elapsed().as_secs_f64(),
+        r.ok
+    );
     assert!(r.ok, "{r:?}");
     let t = Instant::now();
     fresh.prove(n / 2).unwrap();
@@ -67,6 +76,8 @@ fn bench_appends_and_verify() {
     let k = fresh.export(&f, &dir.path().join("export")).unwrap();
     println!("export of {k} entries: {:.2} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let hits = fresh.entries(&Filter { action: Some("inference".into()), limit: Some(20), ..Filter::default() }, true).unwrap();
+    let hits = fresh
+        .entries(&Filter { action: Some("inference".into()), limit: Some(20), ..Filter::default() }, true)
+        .unwrap();
     println!("tail 20: {:.2} s ({} rows)", t.elapsed().as_secs_f64(), hits.len());
 }

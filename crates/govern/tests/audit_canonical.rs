@@ -84,7 +84,13 @@ proptest! {
 
 #[test]
 fn floats_are_written_as_their_shortest_round_trip_strings() {
-    for (f, s) in [(0.1, "0.1"), (1.0, "1"), (-2.5e-7, "-0.00000025"), (1e21, "1000000000000000000000"), (f64::MAX, &f64::MAX.to_string())] {
+    for (f, s) in [
+        (0.1, "0.1"),
+        (1.0, "1"),
+        (-2.5e-7, "-0.00000025"),
+        (1e21, "1000000000000000000000"),
+        (f64::MAX, &f64::MAX.to_string()),
+    ] {
         let e = Event::new("a", "b", serde_json::json!(f), "ok", Value::Null);
         let line = String::from_utf8(e.canonical()).unwrap();
         assert!(line.contains(&format!("\"subject\":\"{s}\"")), "{f}: {line}");

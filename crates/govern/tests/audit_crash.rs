@@ -15,12 +15,22 @@ const WRITER_ENV: &str = "AUDIT_CHILD_WRITER_DIR";
 const BATCHES_ENV: &str = "AUDIT_CHILD_BATCHES_DIR";
 
 fn cfg() -> AuditConfig {
-    AuditConfig { origin: Some("ferrotune.test/audit-crash".into()), checkpoint_every_entries: 500, ..AuditConfig::default() }
+    AuditConfig {
+        origin: Some("ferrotune.test/audit-crash".into()),
+        checkpoint_every_entries: 500,
+        ..AuditConfig::default()
+    }
 }
 
 fn ev(actor: &str, i: u64) -> Event {
     let pad = "x".repeat((i % 7 * 40) as usize);
-    Event::new(actor, "inference", json!({"request": format!("req-{i}")}), "ok", json!({"tokens": i, "pad": pad}))
+    Event::new(
+        actor,
+        "inference",
+        json!({"request": format!("req-{i}")}),
+        "ok",
+        json!({"tokens": i, "pad": pad}),
+    )
 }
 
 /// Child side: appends batches of varying size (up to ~1 MB, so a kill can land inside one
@@ -102,7 +112,9 @@ fn two_processes_appending_at_once_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kids: Vec<_> = ["p0", "p1"]
         .iter()
-        .map(|name| child("child_batches", BATCHES_ENV, dir.path()).env("AUDIT_CHILD_NAME", name).spawn().unwrap())
+        .map(|name| {
+            child("child_batches", BATCHES_ENV, dir.path()).env("AUDIT_CHILD_NAME", name).spawn().unwrap()
+        })
         .collect();
     for mut k in kids {
         assert!(k.wait().unwrap().success());

@@ -14,11 +14,22 @@ use serde_json::{Value, json};
 const ORIGIN: &str = "ferrotune.test/audit";
 
 fn cfg(every: u64) -> AuditConfig {
-    AuditConfig { origin: Some(ORIGIN.into()), checkpoint_every_entries: every, checkpoint_every_secs: 3600, ..AuditConfig::default() }
+    AuditConfig {
+        origin: Some(ORIGIN.into()),
+        checkpoint_every_entries: every,
+        checkpoint_every_secs: 3600,
+        ..AuditConfig::default()
+    }
 }
 
 fn ev(actor: &str, action: &str, i: u64) -> Event {
-    Event::new(actor, action, json!({"run": i, "artifact": format!("support@{i}")}), "ok", json!({"lr": 0.001, "step": i}))
+    Event::new(
+        actor,
+        action,
+        json!({"run": i, "artifact": format!("support@{i}")}),
+        "ok",
+        json!({"lr": 0.001, "step": i}),
+    )
 }
 
 fn batch(from: u64, n: u64) -> Vec<Event> {
@@ -128,7 +139,10 @@ fn checkpoints_are_signed_every_n_entries_and_on_demand() {
     }
     assert_eq!(signed, vec![10, 20]);
     let stored = |d: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(d.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(d.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         v.sort();
         v
     };
@@ -206,7 +220,12 @@ fn deleted_inserted_and_swapped_entries_are_detected() {
         let want = if what == "swap" { "checkpoint 20: root differs" } else { "checkpoint 10: root differs" };
         assert!(r.problems[0].starts_with(want), "{what}: {:?}", r.problems);
         if what == "delete" {
-            assert!(r.problems.iter().any(|p| p.contains("checkpoint 30 is larger than the log (29): entries were removed")), "{r:?}");
+            assert!(
+                r.problems
+                    .iter()
+                    .any(|p| p.contains("checkpoint 30 is larger than the log (29): entries were removed")),
+                "{r:?}"
+            );
         }
     }
 }
@@ -246,7 +265,12 @@ fn a_fork_is_caught_by_a_kept_checkpoint_or_by_the_stored_ones() {
     assert!(first_problem(&log, None).starts_with("checkpoint 20: root differs from the entries"));
     log.append(&batch(20, 10)).unwrap();
     let r = log.verify(None).unwrap();
-    assert!(r.problems.iter().any(|p| p == "checkpoint 30 is not consistent with checkpoint 20 (a fork or a rewritten history)"), "{r:?}");
+    assert!(
+        r.problems.iter().any(
+            |p| p == "checkpoint 30 is not consistent with checkpoint 20 (a fork or a rewritten history)"
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -298,7 +322,10 @@ fn a_torn_last_record_is_removed_on_open_with_a_warning() {
     text.extend_from_slice(br#"{"action":"train.st"#);
     std::fs::write(&path, &text).unwrap();
     let log = reopen(dir.path(), 4);
-    assert_eq!(log.repair_note(), Some("audit log: removed a torn last record (19 bytes) left by an interrupted write"));
+    assert_eq!(
+        log.repair_note(),
+        Some("audit log: removed a torn last record (19 bytes) left by an interrupted write")
+    );
     assert_eq!(log.size().unwrap(), 10);
     assert!(log.verify(None).unwrap().ok);
     assert_eq!(log.append(&batch(10, 1)).unwrap().first, 10);
@@ -310,7 +337,11 @@ fn a_torn_last_record_is_removed_on_open_with_a_warning() {
     l.extend_from_slice(&[7; 40]);
     std::fs::write(&leaves, &l).unwrap();
     let log = reopen(dir.path(), 4);
-    assert!(log.repair_note().unwrap().contains("leaves.bin held 12 leaf hashes for 11 entries"), "{:?}", log.repair_note());
+    assert!(
+        log.repair_note().unwrap().contains("leaves.bin held 12 leaf hashes for 11 entries"),
+        "{:?}",
+        log.repair_note()
+    );
     assert!(log.verify(None).unwrap().ok);
     drop(log);
     std::fs::write(&leaves, &l[..32 * 8]).unwrap();
@@ -332,7 +363,8 @@ fn handles_appending_concurrently_lose_nothing() {
             s.spawn(move || {
                 let log = AuditLog::open(dir, &cfg(1000)).unwrap();
                 for b in 0..5 {
-                    let events: Vec<Event> = (0..1000).map(|i| ev(&format!("t{t}"), "inference", b * 1000 + i)).collect();
+                    let events: Vec<Event> =
+                        (0..1000).map(|i| ev(&format!("t{t}"), "inference", b * 1000 + i)).collect();
                     log.append(&events).unwrap();
                 }
             });
@@ -381,10 +413,17 @@ fn proofs_verify_with_merkle_and_the_note_verifier() {
         assert!(cp.size > index);
         let leaf = merkle::leaf_hash(b["entry"].as_str().unwrap().as_bytes());
         assert_eq!(leaf, unb64(&b["leaf_hash"]));
-        assert!(merkle::verify_inclusion(&leaf, index, cp.size, &unb64s(&b["inclusion"]), &cp.root), "{index}");
+        assert!(
+            merkle::verify_inclusion(&leaf, index, cp.size, &unb64s(&b["inclusion"]), &cp.root),
+            "{index}"
+        );
         assert_eq!(b["verifier_key"], log.verifier_key());
     }
-    assert_eq!(log.prove(44).unwrap()["size"], 45, "the latest checkpoint (40) does not cover 44: one is signed");
+    assert_eq!(
+        log.prove(44).unwrap()["size"],
+        45,
+        "the latest checkpoint (40) does not cover 44: one is signed"
+    );
     assert!(log.prove(45).is_err());
 
     let c = log.consistency(10, Some(40)).unwrap();
@@ -414,15 +453,29 @@ fn an_export_holds_a_contiguous_range_whose_proofs_verify() {
     let out = out.path().join("bundle");
     let n = log.export(&Filter { actor: Some("bob".into()), ..Filter::default() }, &out).unwrap();
     assert_eq!(n, 13);
-    for f in ["entries.log", "range.json", "checkpoint.note", "inclusion.jsonl", "consistency.jsonl", "verifier.key", "README.txt"] {
+    for f in [
+        "entries.log",
+        "range.json",
+        "checkpoint.note",
+        "inclusion.jsonl",
+        "consistency.jsonl",
+        "verifier.key",
+        "README.txt",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
     let range: Value = serde_json::from_slice(&std::fs::read(out.join("range.json")).unwrap()).unwrap();
     assert_eq!(range, json!({"first": 11, "last": 23, "count": 13, "origin": ORIGIN}));
     let readme = std::fs::read_to_string(out.join("README.txt")).unwrap();
-    assert!(readme.contains("3 of these 13 entries matched") && readme.contains("scripts/audit/verify.py bundle"), "{readme}");
+    assert!(
+        readme.contains("3 of these 13 entries matched") && readme.contains("scripts/audit/verify.py bundle"),
+        "{readme}"
+    );
     let vkey = std::fs::read_to_string(out.join("verifier.key")).unwrap();
-    let cp = Verifier::parse(vkey.trim()).unwrap().verify(&std::fs::read_to_string(out.join("checkpoint.note")).unwrap()).unwrap();
+    let cp = Verifier::parse(vkey.trim())
+        .unwrap()
+        .verify(&std::fs::read_to_string(out.join("checkpoint.note")).unwrap())
+        .unwrap();
     assert!(cp.size > 23);
     let entries = std::fs::read_to_string(out.join("entries.log")).unwrap();
     let proofs = std::fs::read_to_string(out.join("inclusion.jsonl")).unwrap();
@@ -432,7 +485,10 @@ fn an_export_holds_a_contiguous_range_whose_proofs_verify() {
         let leaf = merkle::leaf_hash(line.as_bytes());
         assert_eq!(leaf, unb64(&row["leaf_hash"]));
         let i = row["index"].as_u64().unwrap();
-        assert!(merkle::verify_inclusion(&leaf, i, cp.size, &unb64s(&row["inclusion"]), &cp.root), "entry {i}");
+        assert!(
+            merkle::verify_inclusion(&leaf, i, cp.size, &unb64s(&row["inclusion"]), &cp.root),
+            "entry {i}"
+        );
     }
     let stored = std::fs::read_dir(out.join("checkpoints")).unwrap().count();
     assert_eq!(stored, 5);
@@ -443,7 +499,9 @@ fn an_export_holds_a_contiguous_range_whose_proofs_verify() {
         let row: Value = serde_json::from_str(row).unwrap();
         let note = |k: &str| {
             let s = row[k].as_u64().unwrap();
-            verifier.verify(&std::fs::read_to_string(out.join(format!("checkpoints/{s:012}.note"))).unwrap()).unwrap()
+            verifier
+                .verify(&std::fs::read_to_string(out.join(format!("checkpoints/{s:012}.note"))).unwrap())
+                .unwrap()
         };
         let (old, new) = (note("old_size"), note("new_size"));
         assert!(merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &unb64s(&row["proof"])));
@@ -495,7 +553,8 @@ fn archived_entries_stay_verifiable_and_provable() {
 fn an_archive_cut_short_by_a_crash_is_finished_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(dir.path(), &cfg(10)).unwrap();
-    let old: Vec<Event> = (0..5).map(|i| Event { time: "2020-01-01T00:00:00Z".into(), ..ev("alice", "x", i) }).collect();
+    let old: Vec<Event> =
+        (0..5).map(|i| Event { time: "2020-01-01T00:00:00Z".into(), ..ev("alice", "x", i) }).collect();
     log.append(&old).unwrap();
     log.append(&batch(5, 5)).unwrap();
     let before = std::fs::read(dir.path().join("entries.log")).unwrap();
@@ -504,7 +563,11 @@ fn an_archive_cut_short_by_a_crash_is_finished_on_open() {
     // As if the crash came after the manifest was written, before entries.log was replaced.
     std::fs::write(dir.path().join("entries.log"), before).unwrap();
     let log = reopen(dir.path(), 10);
-    assert!(log.repair_note().unwrap().contains("finished an interrupted archive"), "{:?}", log.repair_note());
+    assert!(
+        log.repair_note().unwrap().contains("finished an interrupted archive"),
+        "{:?}",
+        log.repair_note()
+    );
     assert_eq!(lines(dir.path()).len(), 5);
     assert!(log.verify(None).unwrap().ok);
 }
@@ -512,10 +575,16 @@ fn an_archive_cut_short_by_a_crash_is_finished_on_open() {
 #[test]
 fn retention_below_six_months_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let e = AuditLog::open(dir.path(), &AuditConfig { retention_days: 182, ..cfg(10) }).err().unwrap().to_string();
+    let e = AuditLog::open(dir.path(), &AuditConfig { retention_days: 182, ..cfg(10) })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("Art. 19") && e.contains("26(6)") && e.contains("six months"), "{e}");
     assert!(AuditLog::open(dir.path(), &AuditConfig { retention_days: 183, ..cfg(10) }).is_ok());
-    let e = AuditLog::open(dir.path(), &AuditConfig { origin: Some("other/origin".into()), ..cfg(10) }).err().unwrap().to_string();
+    let e = AuditLog::open(dir.path(), &AuditConfig { origin: Some("other/origin".into()), ..cfg(10) })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("origin"), "the origin is fixed when the log is made: {e}");
 }
 
@@ -523,7 +592,8 @@ fn retention_below_six_months_is_refused() {
 fn entries_filter_by_time_actor_action_subject_and_limit() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(dir.path(), &cfg(100)).unwrap();
-    let mk = |t: &str, actor: &str, action: &str, run: u64| Event { time: t.into(), ..ev(actor, action, run) };
+    let mk =
+        |t: &str, actor: &str, action: &str, run: u64| Event { time: t.into(), ..ev(actor, action, run) };
     log.append(&[
         mk("2026-01-01T00:00:00Z", "alice", "registry.promote", 1),
         mk("2026-02-01T00:00:00Z", "bob", "registry.alias-set", 2),
@@ -532,9 +602,17 @@ fn entries_filter_by_time_actor_action_subject_and_limit() {
         mk("2026-05-01T00:00:00Z", "alice", "inference", 35),
     ])
     .unwrap();
-    let idx = |f: Filter, tail: bool| log.entries(&f, tail).unwrap().into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+    let idx = |f: Filter, tail: bool| {
+        log.entries(&f, tail).unwrap().into_iter().map(|(i, _)| i).collect::<Vec<_>>()
+    };
     let d = Filter::default;
-    assert_eq!(idx(Filter { since: Some("2026-02-01T00:00:00Z".into()), until: Some("2026-04-01".into()), ..d() }, false), [1, 2]);
+    assert_eq!(
+        idx(
+            Filter { since: Some("2026-02-01T00:00:00Z".into()), until: Some("2026-04-01".into()), ..d() },
+            false
+        ),
+        [1, 2]
+    );
     assert_eq!(idx(Filter { actor: Some("alice".into()), ..d() }, false), [0, 2, 4]);
     assert_eq!(idx(Filter { action: Some("registry.*".into()), ..d() }, false), [0, 1]);
     assert_eq!(idx(Filter { action: Some("registry.".into()), ..d() }, false), [0, 1]);
@@ -586,7 +664,10 @@ fn an_unparsable_line_and_a_forged_signature_are_named() {
 fn a_handle_notices_what_another_handle_appended() {
     let (dir, a) = log_of(3, 4);
     let b = reopen(dir.path(), 4);
-    assert_eq!(b.append(&batch(3, 2)).unwrap(), ferrotune_govern::audit::Appended { first: 3, size: 5, checkpoint: Some(5) });
+    assert_eq!(
+        b.append(&batch(3, 2)).unwrap(),
+        ferrotune_govern::audit::Appended { first: 3, size: 5, checkpoint: Some(5) }
+    );
     assert_eq!(a.size().unwrap(), 5);
     let next = a.append(&batch(5, 4)).unwrap();
     assert_eq!((next.first, next.size, next.checkpoint), (5, 9, Some(9)));
@@ -600,7 +681,8 @@ fn a_rewritten_archive_segment_is_named_even_with_its_manifest_updated() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(dir.path(), &cfg(10)).unwrap();
-    let old: Vec<Event> = (0..20).map(|i| Event { time: "2020-01-01T00:00:00Z".into(), ..ev("alice", "x", i) }).collect();
+    let old: Vec<Event> =
+        (0..20).map(|i| Event { time: "2020-01-01T00:00:00Z".into(), ..ev("alice", "x", i) }).collect();
     log.append(&old).unwrap();
     log.append(&batch(20, 5)).unwrap();
     assert_eq!(log.archive().unwrap(), 20);

@@ -44,7 +44,10 @@ fn assert_fail(args: &[&str], path: &Path, key_file: &Path, needle: &str) {
     let (code, last, all) = verify(args, path, key_file);
     println!("{all}");
     assert_eq!(code, 1, "verify.py {} {} should fail:\n{all}", args[0], path.display());
-    assert!(last.starts_with("FAIL: ") && last.contains(needle), "want a FAIL naming {needle:?}, got:\n{all}");
+    assert!(
+        last.starts_with("FAIL: ") && last.contains(needle),
+        "want a FAIL naming {needle:?}, got:\n{all}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

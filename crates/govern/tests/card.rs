@@ -93,7 +93,11 @@ fn empty_card_marks_every_statement_todo_and_lists_it() {
     let l = lineage();
     let text = card::render(&l, &CardToml::default()).unwrap();
     // The base is known: its repo and training compute come from the built-in table.
-    let expected: BTreeSet<String> = FIELDS.iter().map(|f| f.key.to_string()).filter(|k| k != "base_model_repo" && k != "base_training_flops").collect();
+    let expected: BTreeSet<String> = FIELDS
+        .iter()
+        .map(|f| f.key.to_string())
+        .filter(|k| k != "base_model_repo" && k != "base_training_flops")
+        .collect();
     assert_eq!(todo_keys(&text), expected);
     let missing = text.split("## Missing information").nth(1).unwrap().split("\n## ").next().unwrap();
     for key in &expected {
@@ -105,7 +109,11 @@ fn empty_card_marks_every_statement_todo_and_lists_it() {
 #[test]
 fn filled_card_has_no_todo() {
     let text = card::render(&lineage(), &full_card()).unwrap();
-    assert!(!text.contains("TODO"), "{}", text.lines().filter(|l| l.contains("TODO")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        !text.contains("TODO"),
+        "{}",
+        text.lines().filter(|l| l.contains("TODO")).collect::<Vec<_>>().join("\n")
+    );
     assert!(text.contains("None: card.toml answers every item"));
     assert!(text.contains("Every draft is reviewed by an agent before sending."));
 }
@@ -113,7 +121,11 @@ fn filled_card_has_no_todo() {
 #[test]
 fn todos_appear_exactly_for_the_fields_left_out() {
     for field in FIELDS.iter().filter(|f| f.key != "base_model_repo" && f.key != "base_training_flops") {
-        let without: String = FULL_CARD.lines().filter(|l| !l.starts_with(&format!("{} =", field.key))).collect::<Vec<_>>().join("\n");
+        let without: String = FULL_CARD
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{} =", field.key)))
+            .collect::<Vec<_>>()
+            .join("\n");
         let text = card::render(&lineage(), &card_from(&without).unwrap()).unwrap();
         assert_eq!(todo_keys(&text), BTreeSet::from([field.key.to_string()]), "without {}", field.key);
     }
@@ -127,8 +139,13 @@ fn todos_appear_exactly_for_the_fields_left_out() {
 fn eval_table_numbers_come_from_the_lineage() {
     let mut l = lineage();
     let text = card::render(&l, &full_card()).unwrap();
-    assert!(text.contains("| rougeL ↑ | 0.383 [0.353, 0.415] | 0.109 [0.095, 0.123] | +0.274 [+0.243, +0.310] |"), "{text}");
-    assert!(text.contains("| loss ↓ | 0.945 [0.900, 0.990] | 3.503 [3.410, 3.600] | -2.558 [-2.694, -2.414] |"));
+    assert!(
+        text.contains("| rougeL ↑ | 0.383 [0.353, 0.415] | 0.109 [0.095, 0.123] | +0.274 [+0.243, +0.310] |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| loss ↓ | 0.945 [0.900, 0.990] | 3.503 [3.410, 3.600] | -2.558 [-2.694, -2.414] |")
+    );
     assert!(text.contains("`examples/support/eval.jsonl`, sha256 `5686a266f0a2a35c719baa9be0ed55bffc4c1926b5d74bbf0658e2083908290f`, 60 rows"));
 
     // Change the recorded score: the table and the model-index follow.
@@ -196,11 +213,16 @@ fn sections_follow_the_hugging_face_template_then_the_compliance_maps() {
     for n in 1..=9 {
         assert!(text.contains(&format!("**{n}. ")), "Annex IV point {n}");
     }
-    for sub in ["GOVERN 1.6", "MAP 2.2", "MEASURE 2.1", "MEASURE 2.3", "MEASURE 2.5", "MANAGE 1.1", "MANAGE 2.4"] {
+    for sub in
+        ["GOVERN 1.6", "MAP 2.2", "MEASURE 2.1", "MEASURE 2.3", "MEASURE 2.5", "MANAGE 1.1", "MANAGE 2.4"]
+    {
         assert!(text.contains(&format!("**{sub}**")), "{sub}");
     }
     assert!(text.contains("alias-set champion ← v2 (was v1) by bob, request 7: \"better rougeL\""));
-    assert!(text.contains("ferrotune audit search --subject support@2"), "the card points to the audit trail");
+    assert!(
+        text.contains("ferrotune audit search --subject support@2"),
+        "the card points to the audit trail"
+    );
 }
 
 #[test]
@@ -322,12 +344,23 @@ fn card_parses_with_huggingface_hub() {
         assert!(status.success(), "check_card.sh failed on {}", readme.display());
     };
     let readme = card::write(&dir.join("support-2"), &lineage(), &full_card()).unwrap();
-    check(&readme, &["--expect", "rougeL=0.38338", "--expect", "f1=0.42678680337525887", "--expect", "loss=0.945"]);
+    check(
+        &readme,
+        &["--expect", "rougeL=0.38338", "--expect", "f1=0.42678680337525887", "--expect", "loss=0.945"],
+    );
 
     let mut tricky = lineage();
     tricky.artifact.name = "sup\"port\\x: yes".into();
     tricky.evals[0].data_path = "data/eval \"v2\".jsonl".into();
-    let card = card_from(&FULL_CARD.replace("license = \"apache-2.0\"", "license = \"other\"\ntags = [\"a: b\", \"#c\", \"\\\"q\\\"\"]").replace("tags = [\"customer-support\"]\n", "")).unwrap();
+    let card = card_from(
+        &FULL_CARD
+            .replace(
+                "license = \"apache-2.0\"",
+                "license = \"other\"\ntags = [\"a: b\", \"#c\", \"\\\"q\\\"\"]",
+            )
+            .replace("tags = [\"customer-support\"]\n", ""),
+    )
+    .unwrap();
     let readme = card::write(&dir.join("tricky"), &tricky, &card).unwrap();
     check(&readme, &["--expect", "rougeL=0.38338", "--expect-name", "sup\"port\\x: yes"]);
 }
@@ -346,9 +379,14 @@ fn the_repository_demo_run_gets_a_card_when_present() {
     let reg = ferrotune_govern::Registry::open(&dir.path().join("registry.db")).unwrap();
     let l = reg.import_run(&demo, Some("support"), "alice").unwrap();
     let text = card::render(&l, &full_card()).unwrap();
-    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(demo.join("eval/eval.json")).unwrap()).unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(demo.join("eval/eval.json")).unwrap()).unwrap();
     let rouge = eval["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "rougeL").unwrap();
-    let score = |sys: &str| rouge["scores"].as_array().unwrap().iter().find(|s| s["system"] == sys).unwrap()["value"].as_f64().unwrap();
+    let score = |sys: &str| {
+        rouge["scores"].as_array().unwrap().iter().find(|s| s["system"] == sys).unwrap()["value"]
+            .as_f64()
+            .unwrap()
+    };
     let demo_rouge = score("demo");
     let row = format!("| rougeL ↑ | {demo_rouge:.3} [");
     assert!(text.contains(&row), "no {row:?} in\n{text}");

@@ -49,7 +49,9 @@ fn an_approval_racing_a_disable_never_moves_an_alias_to_a_version_already_disabl
     let (mut applied, mut refused) = (0, 0);
     for round in 1..=40u32 {
         let v = artifact(&reg, "support", &format!("r{round}")).version;
-        let Promotion::Pending { request, .. } = reg.promote("support", v, "champion", "race", "alice", &p).unwrap() else {
+        let Promotion::Pending { request, .. } =
+            reg.promote("support", v, "champion", "race", "alice", &p).unwrap()
+        else {
             panic!("champion needs an approval")
         };
         let barrier = Arc::new(Barrier::new(2));
@@ -99,7 +101,12 @@ fn an_approval_racing_a_disable_never_moves_an_alias_to_a_version_already_disabl
                 disabled.remove(&e.version);
             }
             "alias-set" => {
-                assert!(!disabled.contains(&e.to_version), "event {}: alias moved to disabled version {:?}", e.id, e.to_version);
+                assert!(
+                    !disabled.contains(&e.to_version),
+                    "event {}: alias moved to disabled version {:?}",
+                    e.id,
+                    e.to_version
+                );
                 moves += 1;
             }
             _ => {}

@@ -36,7 +36,14 @@ fn child_writer() {
         a.base_model = Some(m);
         let v = reg.register_artifact(&a).unwrap().version;
         reg.promote(&name, v, "latest", "newest", "writer", &open).unwrap();
-        let end = RunEnd { status: RunStatus::Succeeded, error: None, tokens: Some(i), steps: Some(1), metrics: None, flops: None };
+        let end = RunEnd {
+            status: RunStatus::Succeeded,
+            error: None,
+            tokens: Some(i),
+            steps: Some(1),
+            metrics: None,
+            flops: None,
+        };
         reg.finish_run(run, &end).unwrap();
     }
 }
@@ -103,7 +110,8 @@ fn killing_a_writer_mid_transaction_leaves_a_consistent_registry() {
         versions.sort_unstable();
         assert_eq!(versions, (1..=versions.len() as u32).collect::<Vec<_>>(), "{name}: versions contiguous");
     }
-    let runs: std::collections::HashMap<i64, RunRecord> = reg.runs().unwrap().into_iter().map(|r| (r.id, r)).collect();
+    let runs: std::collections::HashMap<i64, RunRecord> =
+        reg.runs().unwrap().into_iter().map(|r| (r.id, r)).collect();
     for a in &arts {
         let run = a.run.expect("the writer links every artifact to its run");
         assert!(runs.contains_key(&run), "{}: run {run} exists", a.reference());
@@ -112,7 +120,10 @@ fn killing_a_writer_mid_transaction_leaves_a_consistent_registry() {
         let a = reg.resolve(&format!("{name}@{alias}"), "x").unwrap();
         assert_eq!(a.version, version, "{name}@{alias}");
     }
-    assert!(runs.values().all(|r| r.status != RunStatus::Running), "a killed writer's open run reads as abandoned");
+    assert!(
+        runs.values().all(|r| r.status != RunStatus::Running),
+        "a killed writer's open run reads as abandoned"
+    );
     assert_eq!(reg.check().unwrap(), Vec::<String>::new());
     // And the file still takes writes.
     assert!(artifact(&reg, "n0", "after the crash").version > 1);

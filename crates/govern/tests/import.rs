@@ -59,7 +59,8 @@ fn run_folder(root: &Path, output_files: &[(&str, &str)], with_eval: bool) -> Pa
     run
 }
 
-const ADAPTER: [(&str, &str); 2] = [("adapter_config.json", "{\"r\": 16}"), ("adapter_model.safetensors", "weights")];
+const ADAPTER: [(&str, &str); 2] =
+    [("adapter_config.json", "{\"r\": 16}"), ("adapter_model.safetensors", "weights")];
 
 #[test]
 fn importing_a_run_folder_twice_records_it_once() {
@@ -67,18 +68,32 @@ fn importing_a_run_folder_twice_records_it_once() {
     let run_dir = run_folder(root.path(), &ADAPTER, true);
     let (_d, reg) = registry();
     let l = reg.import_run(&run_dir, None, "alice").unwrap();
-    assert_eq!((l.artifact.name.as_str(), l.artifact.version, l.artifact.kind), ("demo", 1, ArtifactKind::Adapter));
-    assert!(l.artifact.files.iter().all(|f| Path::new(&f.path).is_absolute() && Path::new(&f.path).is_file()));
+    assert_eq!(
+        (l.artifact.name.as_str(), l.artifact.version, l.artifact.kind),
+        ("demo", 1, ArtifactKind::Adapter)
+    );
+    assert!(
+        l.artifact.files.iter().all(|f| Path::new(&f.path).is_absolute() && Path::new(&f.path).is_file())
+    );
     let run = l.run.as_ref().expect("run");
     assert_eq!(run.status, RunStatus::Succeeded);
-    assert_eq!((run.started.as_str(), run.finished.as_deref()), ("2026-12-07T12:36:20Z", Some("2026-12-07T12:38:13Z")));
-    assert_eq!((run.method.as_str(), run.device.as_str(), run.register_as.as_str(), run.steps), ("lora", "cpu", "demo", Some(30)));
+    assert_eq!(
+        (run.started.as_str(), run.finished.as_deref()),
+        ("2026-12-07T12:36:20Z", Some("2026-12-07T12:38:13Z"))
+    );
+    assert_eq!(
+        (run.method.as_str(), run.device.as_str(), run.register_as.as_str(), run.steps),
+        ("lora", "cpu", "demo", Some(30))
+    );
     assert_eq!(run.config["lora_r"], 16);
     assert_eq!(run.tokens, Some(5000));
     assert_eq!(run.metrics.as_ref().unwrap()["final_loss"], 1.15);
     let base = l.base_model.as_ref().expect("base model");
     assert_eq!((base.name.as_str(), base.parameters), ("smollm2-135m-instruct", None));
-    assert_eq!(l.datasets.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(), ["examples/support/train.jsonl", "examples/support/eval.jsonl"]);
+    assert_eq!(
+        l.datasets.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
+        ["examples/support/train.jsonl", "examples/support/eval.jsonl"]
+    );
     assert_eq!(l.evals.len(), 1, "the eval's adapter system matched the imported version");
     assert_eq!(l.evals[0].systems[1].1, Some(l.artifact.id));
     assert_eq!(l.evals[0].systems[0].1, None);
@@ -86,23 +101,38 @@ fn importing_a_run_folder_twice_records_it_once() {
     let again = reg.import_run(&run_dir, None, "bob").unwrap();
     assert_eq!((again.artifact.id, again.run.as_ref().unwrap().id), (l.artifact.id, run.id));
     assert_eq!(
-        (reg.runs().unwrap().len(), reg.artifacts().unwrap().len(), reg.evals().unwrap().len(), reg.models().unwrap().len(), reg.datasets().unwrap().len()),
+        (
+            reg.runs().unwrap().len(),
+            reg.artifacts().unwrap().len(),
+            reg.evals().unwrap().len(),
+            reg.models().unwrap().len(),
+            reg.datasets().unwrap().len()
+        ),
         (1, 1, 1, 1, 2)
     );
     let imported = reg.history("demo").unwrap().iter().filter(|e| e.action == "imported").count();
     assert_eq!(imported, 1);
     // The imported eval gates a promotion like one registered by `ferrotune eval`.
-    let p = policy("[alias.champion]\napprovers = 0\ngates = [\"rougeL\"]\ngate_data = \"examples/support/eval.jsonl\"\n");
-    assert!(matches!(reg.promote("demo", 1, "champion", "imported", "alice", &p).unwrap(), Promotion::Applied { .. }));
+    let p = policy(
+        "[alias.champion]\napprovers = 0\ngates = [\"rougeL\"]\ngate_data = \"examples/support/eval.jsonl\"\n",
+    );
+    assert!(matches!(
+        reg.promote("demo", 1, "champion", "imported", "alice", &p).unwrap(),
+        Promotion::Applied { .. }
+    ));
 }
 
 #[test]
 fn import_registers_under_the_given_name_and_a_folder_without_adapter_config_as_a_model() {
     let root = tempfile::tempdir().unwrap();
-    let run_dir = run_folder(root.path(), &[("model.safetensors", "full weights"), ("config.json", "{}")], false);
+    let run_dir =
+        run_folder(root.path(), &[("model.safetensors", "full weights"), ("config.json", "{}")], false);
     let (_d, reg) = registry();
     let l = reg.import_run(&run_dir, Some("support"), "alice").unwrap();
-    assert_eq!((l.artifact.name.as_str(), l.artifact.kind, l.evals.len()), ("support", ArtifactKind::Model, 0));
+    assert_eq!(
+        (l.artifact.name.as_str(), l.artifact.kind, l.evals.len()),
+        ("support", ArtifactKind::Model, 0)
+    );
     assert!(matches!(reg.import_run(&run_dir, Some("bad name"), "alice"), Err(GovernError::Invalid { .. })));
 }
 
@@ -113,7 +143,10 @@ fn a_tampered_output_file_refuses_the_import_naming_the_file() {
     std::fs::write(run_dir.join("adapter").join("adapter_model.safetensors"), "other weights").unwrap();
     let (_d, reg) = registry();
     let err = reg.import_run(&run_dir, None, "alice").unwrap_err();
-    assert!(matches!(&err, GovernError::Refused(m) if m.contains("adapter_model.safetensors") && m.contains(&sha("weights"))), "{err}");
+    assert!(
+        matches!(&err, GovernError::Refused(m) if m.contains("adapter_model.safetensors") && m.contains(&sha("weights"))),
+        "{err}"
+    );
     assert!(reg.runs().unwrap().is_empty() && reg.artifacts().unwrap().is_empty(), "nothing recorded");
     std::fs::remove_file(run_dir.join("adapter").join("adapter_model.safetensors")).unwrap();
     let err = reg.import_run(&run_dir, None, "alice").unwrap_err().to_string();
@@ -125,7 +158,8 @@ fn a_missing_or_malformed_lineage_names_the_file_and_the_field() {
     let root = tempfile::tempdir().unwrap();
     let run_dir = run_folder(root.path(), &ADAPTER, false);
     let lineage_path = run_dir.join("lineage.json");
-    let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&lineage_path).unwrap()).unwrap();
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lineage_path).unwrap()).unwrap();
     let (_d, reg) = registry();
     let expect = |field: &str| match reg.import_run(&run_dir, None, "alice") {
         Err(GovernError::BadFile { path, field: f, .. }) => {

@@ -15,13 +15,14 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ferrotune_govern::audit::merkle::{
-    Frontier, Hash, consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, root, subtree_root, verify_consistency,
-    verify_inclusion,
+    Frontier, Hash, consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, root, subtree_root,
+    verify_consistency, verify_inclusion,
 };
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
-const INPUTS: [&str; 8] = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
+const INPUTS: [&str; 8] =
+    ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
 
 /// `kSHA256Roots` (sizes 1..=8); the empty tree is SHA-256("").
 const ROOTS: [&str; 8] = [
@@ -65,22 +66,34 @@ const NODE_HASHES: [&[&str]; 4] = [
 /// `TestRefInclusionProof` (transparency-dev).
 const PATHS: &[(u64, usize, &[&str])] = &[
     (0, 1, &[]),
-    (0, 8, &[
-        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-    ]),
-    (5, 8, &[
-        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-        "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-    ]),
+    (
+        0,
+        8,
+        &[
+            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        ],
+    ),
+    (
+        5,
+        8,
+        &[
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
     (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
-    (1, 5, &[
-        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-    ]),
+    (
+        1,
+        5,
+        &[
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
     (0, 2, &["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"]),
     (1, 2, &["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"]),
 ];
@@ -88,20 +101,32 @@ const PATHS: &[(u64, usize, &[&str])] = &[
 /// (old size, new size, proof): `kSHA256Proofs` (CT) = `TestRefConsistencyProof` (transparency-dev).
 const CONSISTENCY: &[(u64, usize, &[&str])] = &[
     (1, 1, &[]),
-    (1, 8, &[
-        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-    ]),
-    (6, 8, &[
-        "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-        "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-    ]),
-    (2, 5, &[
-        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-    ]),
+    (
+        1,
+        8,
+        &[
+            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        ],
+    ),
+    (
+        6,
+        8,
+        &[
+            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
+    (
+        2,
+        5,
+        &[
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
     (4, 8, &["6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]),
 ];
 
@@ -170,7 +195,10 @@ fn every_inclusion_path_of_the_eight_leaf_trees_verifies_against_the_published_r
         let r = h(ROOTS[size - 1]);
         for index in 0..size as u64 {
             let proof = inclusion_proof(&leaves[..size], index).expect("index < size");
-            assert!(verify_inclusion(&leaves[index as usize], index, size as u64, &proof, &r), "{index} in {size}");
+            assert!(
+                verify_inclusion(&leaves[index as usize], index, size as u64, &proof, &r),
+                "{index} in {size}"
+            );
             // Every path element is the root of a published perfect subtree or a smaller tree's
             // root, or hashes of those (checked exactly by the 130-leaf rolling vector below).
             assert_eq!(proof.len(), path_len(index, size as u64), "{index} in {size}");
@@ -194,7 +222,10 @@ fn every_consistency_proof_of_the_eight_leaf_trees_verifies_against_the_publishe
     for new in 1..=8usize {
         for old in 1..=new as u64 {
             let proof = consistency_proof(&leaves[..new], old).expect("0 < old <= new");
-            assert!(verify_consistency(old, new as u64, &h(ROOTS[old as usize - 1]), &h(ROOTS[new - 1]), &proof), "{old} -> {new}");
+            assert!(
+                verify_consistency(old, new as u64, &h(ROOTS[old as usize - 1]), &h(ROOTS[new - 1]), &proof),
+                "{old} -> {new}"
+            );
         }
         assert_eq!(consistency_proof(&leaves[..new], 0), None);
         assert_eq!(consistency_proof(&leaves[..new], new as u64 + 1), None);
@@ -213,7 +244,10 @@ fn probe_hash(v: &serde_json::Value) -> Option<Hash> {
 /// 32-byte values that keep equality.
 fn probe_root(v: &serde_json::Value) -> Hash {
     let bytes = B64.decode(v.as_str().unwrap_or_default()).expect("base64");
-    bytes.clone().try_into().unwrap_or_else(|_| Sha256::new().chain_update(b"stand-in ").chain_update(&bytes).finalize().into())
+    bytes
+        .clone()
+        .try_into()
+        .unwrap_or_else(|_| Sha256::new().chain_update(b"stand-in ").chain_update(&bytes).finalize().into())
 }
 
 fn probe_hashes(v: &serde_json::Value) -> Option<Vec<Hash>> {
@@ -233,7 +267,8 @@ fn transparency_dev_verifier_probes_all_give_the_expected_answer() {
         let want_ok = !p["wantErr"].as_bool().expect("wantErr");
         let got_ok = if file.starts_with("inclusion/") {
             inclusion += 1;
-            let (index, size) = (p["leafIdx"].as_u64().expect("leafIdx"), p["treeSize"].as_u64().expect("treeSize"));
+            let (index, size) =
+                (p["leafIdx"].as_u64().expect("leafIdx"), p["treeSize"].as_u64().expect("treeSize"));
             match (probe_hash(&p["leafHash"]), probe_hash(&p["root"]), probe_hashes(&p["proof"])) {
                 (Some(leaf), Some(r), Some(proof)) => verify_inclusion(&leaf, index, size, &proof, &r),
                 _ => false,
@@ -242,7 +277,9 @@ fn transparency_dev_verifier_probes_all_give_the_expected_answer() {
             consistency += 1;
             let (s1, s2) = (p["size1"].as_u64().expect("size1"), p["size2"].as_u64().expect("size2"));
             match probe_hashes(&p["proof"]) {
-                Some(proof) => verify_consistency(s1, s2, &probe_root(&p["root1"]), &probe_root(&p["root2"]), &proof),
+                Some(proof) => {
+                    verify_consistency(s1, s2, &probe_root(&p["root1"]), &probe_root(&p["root2"]), &proof)
+                }
                 None => false,
             }
         };
@@ -285,7 +322,10 @@ fn every_subtree_root_up_to_130_leaves_matches_the_draft_vector() {
             }
         }
     }
-    assert_eq!(hex::encode(hasher.finalize()), "b82806ad4265bb151c1119c0f4db437bb4d1a1f887b3a7fba1cd4ebf552e3e81");
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        "b82806ad4265bb151c1119c0f4db437bb4d1a1f887b3a7fba1cd4ebf552e3e81"
+    );
 }
 
 #[test]
@@ -304,7 +344,10 @@ fn every_inclusion_proof_up_to_130_leaves_matches_the_draft_vector() {
             }
         }
     }
-    assert_eq!(hex::encode(hasher.finalize()), "ac2a8f989e44d99e399db448050ff5f19757df53cfb716aa81015d3955d8163f");
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        "ac2a8f989e44d99e399db448050ff5f19757df53cfb716aa81015d3955d8163f"
+    );
 }
 
 /// `refSubtreeConsistencyProof` (transparency-dev `testonly/reference_test.go`), only for the
@@ -321,7 +364,10 @@ fn ref_subtree_consistency(start: usize, end: usize, entries: &[Hash], known: bo
     let (mut proof, sibling) = if end <= split {
         (ref_subtree_consistency(start, end, &entries[..split], known), subtree_root(&entries[split..]))
     } else if split <= start {
-        (ref_subtree_consistency(start - split, end - split, &entries[split..], known), subtree_root(&entries[..split]))
+        (
+            ref_subtree_consistency(start - split, end - split, &entries[split..], known),
+            subtree_root(&entries[..split]),
+        )
     } else {
         (ref_subtree_consistency(0, end - split, &entries[split..], false), subtree_root(&entries[..split]))
     };
@@ -349,7 +395,10 @@ fn every_consistency_proof_up_to_130_leaves_matches_the_draft_vector() {
             }
         }
     }
-    assert_eq!(hex::encode(hasher.finalize()), "10fa99b37bf9bf9ffa26b412fbd98bd75363256d0b75d61bc4538b9c9c5a0a74");
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        "10fa99b37bf9bf9ffa26b412fbd98bd75363256d0b75d61bc4538b9c9c5a0a74"
+    );
 }
 
 #[test]
@@ -409,7 +458,8 @@ fn path_shape(m: u64, n: u64) -> Vec<bool> {
         return Vec::new();
     }
     let k = 1 << (63 - (n - 1).leading_zeros());
-    let (mut s, sibling_right) = if m < k { (path_shape(m, k), true) } else { (path_shape(m - k, n - k), false) };
+    let (mut s, sibling_right) =
+        if m < k { (path_shape(m, k), true) } else { (path_shape(m - k, n - k), false) };
     s.push(sibling_right);
     s
 }
@@ -425,8 +475,11 @@ fn consistency_shape(m: u64, n: u64, whole: bool) -> Vec<(bool, bool)> {
         return if whole { Vec::new() } else { vec![(false, true)] };
     }
     let k = 1 << (63 - (n - 1).leading_zeros());
-    let (mut s, e) =
-        if m <= k { (consistency_shape(m, k, whole), (true, false)) } else { (consistency_shape(m - k, n - k, false), (false, true)) };
+    let (mut s, e) = if m <= k {
+        (consistency_shape(m, k, whole), (true, false))
+    } else {
+        (consistency_shape(m - k, n - k, false), (false, true))
+    };
     s.push(e);
     s
 }
@@ -528,7 +581,11 @@ fn roots_and_proofs_equal_those_of_ct_merkle() {
         for additions in 0..n {
             let old = (n - additions) as u64;
             let ours = consistency_proof(&leaves, old).expect("0 < old <= n");
-            assert_eq!(ct.prove_consistency(additions).as_bytes(), flat(&ours).as_slice(), "consistency {old} -> {n}");
+            assert_eq!(
+                ct.prove_consistency(additions).as_bytes(),
+                flat(&ours).as_slice(),
+                "consistency {old} -> {n}"
+            );
         }
     }
 }

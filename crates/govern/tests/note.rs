@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 const PETER_SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
 const PETER_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
 const ENOCH_VKEY: &str = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop";
-const TEXT: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+const TEXT: &str =
+    "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
 const PETER_SIG: &str = "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
 const ENOCH_SIG: &str = "— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGrQ5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n";
 
@@ -66,7 +67,10 @@ fn go_signer_key_signs_the_published_note_byte_for_byte() {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
     let loaded = SigningKey::load_or_create(&keys, "PeterNeumann").expect("loads Go's key file");
     assert_eq!(loaded.verifier_key(), PETER_VKEY);
-    assert_eq!(fs::read_to_string(keys.join("verifier.key")).expect("verifier.key"), format!("{PETER_VKEY}\n"));
+    assert_eq!(
+        fs::read_to_string(keys.join("verifier.key")).expect("verifier.key"),
+        format!("{PETER_VKEY}\n")
+    );
 }
 
 #[test]
@@ -91,7 +95,9 @@ fn go_malformed_notes_are_refused() {
         format!("{TEXT}\n"),
         format!("{TEXT}\n{}", &PETER_SIG[..PETER_SIG.len() - 1]),
         format!("\x01{TEXT}\n{PETER_SIG}"),
-        format!("{TEXT}\n— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="),
+        format!(
+            "{TEXT}\n— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+        ),
         format!("{TEXT}\n{PETER_SIG}Unexpected line.\n"),
         format!("{TEXT}\n{}", PETER_SIG.repeat(101)),
     ];
@@ -126,10 +132,16 @@ fn go_verifier_key_manglings_are_refused() {
         assert!(Verifier::parse(&s).is_err(), "accepted {s:?}");
         m[i] -= 1;
     }
-    let err = message(Verifier::parse("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY==").expect_err("long key"));
+    let err = message(
+        Verifier::parse("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY==")
+            .expect_err("long key"),
+    );
     // Go's decoder allows the non-zero trailing bits of this text; ours (strict) refuses earlier.
     assert!(err.contains("not 32") || err.contains("not standard base64"), "{err}");
-    let err = message(Verifier::parse("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").expect_err("algorithm"));
+    let err = message(
+        Verifier::parse("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+            .expect_err("algorithm"),
+    );
     assert!(err.contains("algorithm byte 0x65"), "{err}");
 }
 
@@ -160,7 +172,11 @@ fn key_id_and_verifier_key_text_match_the_spec_computed_here() {
     let name = "ferrotune.example/audit";
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     // signed-note.md: key ID = SHA-256(key name || 0x0A || 0x01 || 32-byte public key)[:4].
-    let digest = Sha256::new().chain_update(name.as_bytes()).chain_update([0x0a, 0x01]).chain_update(public).finalize();
+    let digest = Sha256::new()
+        .chain_update(name.as_bytes())
+        .chain_update([0x0a, 0x01])
+        .chain_update(public)
+        .finalize();
     let id = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
     assert_eq!(key_id(name, &public), id);
     let skey = format!("PRIVATE+KEY+{name}+{id:08x}+{}", B64.encode([&[1u8][..], &seed].concat()));
@@ -227,7 +243,11 @@ fn tampered_notes_are_refused() {
     let err = message(v.verify(&t).expect_err("key id"));
     assert!(err.contains("unsigned by"), "{err}");
     // A signature line cut short of 64 signature bytes.
-    let short = format!("{}{}\n", &note[..sig_at], B64.encode(&B64.decode(note[sig_at..].trim_end()).expect("b64")[..40]));
+    let short = format!(
+        "{}{}\n",
+        &note[..sig_at],
+        B64.encode(&B64.decode(note[sig_at..].trim_end()).expect("b64")[..40])
+    );
     let err = message(v.verify(&short).expect_err("short"));
     assert!(err.contains("not 64"), "{err}");
 }
@@ -237,7 +257,8 @@ fn a_note_signed_by_another_key_is_refused_and_cosigned_notes_verify() {
     let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     let ours = SigningKey::load_or_create(a.path(), "ferrotune.example/audit").expect("creates");
     let theirs = SigningKey::load_or_create(b.path(), "witness.example").expect("creates");
-    let same_name = SigningKey::load_or_create(&b.path().join("x"), "ferrotune.example/audit").expect("creates");
+    let same_name =
+        SigningKey::load_or_create(&b.path().join("x"), "ferrotune.example/audit").expect("creates");
     let cp = checkpoint(9);
     for other in [&theirs, &same_name] {
         let err = message(ours.verifier().verify(&other.sign(&cp)).expect_err("other key"));
@@ -282,7 +303,10 @@ fn key_file_is_0600_in_a_0700_folder_with_the_verifier_key_beside_it() {
     let k = SigningKey::load_or_create(&dir, "ferrotune.example/audit").expect("creates");
     assert_eq!(mode(&dir.join("signing.key")), 0o600);
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(fs::read_to_string(dir.join("verifier.key")).expect("verifier.key"), format!("{}\n", k.verifier_key()));
+    assert_eq!(
+        fs::read_to_string(dir.join("verifier.key")).expect("verifier.key"),
+        format!("{}\n", k.verifier_key())
+    );
     let text = fs::read_to_string(dir.join("signing.key")).expect("signing.key");
     assert!(text.starts_with(&format!("PRIVATE+KEY+ferrotune.example/audit+{:08x}+", k.key_id())), "{text}");
     // Loaded again: the same key, and a deleted verifier.key comes back.
@@ -356,11 +380,15 @@ fn concurrent_creators_end_with_one_key() {
                 })
             })
             .collect();
-        let keys: Vec<String> = handles.into_iter().map(|h| h.join().expect("thread").expect("load_or_create")).collect();
+        let keys: Vec<String> =
+            handles.into_iter().map(|h| h.join().expect("thread").expect("load_or_create")).collect();
         assert!(keys.iter().all(|k| *k == keys[0]), "round {round}: {keys:?}");
         let on_disk = SigningKey::load_or_create(&dir, "race.example").expect("loads").verifier_key();
         assert_eq!(on_disk, keys[0]);
-        assert_eq!(fs::read_to_string(dir.join("verifier.key")).expect("verifier.key"), format!("{on_disk}\n"));
+        assert_eq!(
+            fs::read_to_string(dir.join("verifier.key")).expect("verifier.key"),
+            format!("{on_disk}\n")
+        );
         assert_eq!(fs::read_dir(dir.as_path()).expect("ls").count(), 2, "round {round}: temp files left");
     }
 }

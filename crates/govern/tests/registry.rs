@@ -32,7 +32,11 @@ fn the_same_files_in_another_folder_are_the_same_version() {
     assert_eq!(reg.register_artifact(&moved).unwrap().id, first.id);
     let mut renamed = new_artifact("support", "a");
     renamed.files[0].path = "/adapters/a/renamed.json".into();
-    assert_eq!(reg.register_artifact(&renamed).unwrap().version, 2, "a different file name is different content");
+    assert_eq!(
+        reg.register_artifact(&renamed).unwrap().version,
+        2,
+        "a different file name is different content"
+    );
 }
 
 #[test]
@@ -56,7 +60,9 @@ fn references_parse_names_versions_and_aliases_and_refuse_bad_ones() {
     let r: Reference = "my.model_v2-x@canary".parse().unwrap();
     assert_eq!(r.selector, Selector::Alias("canary".into()));
     assert_eq!(r.to_string(), "my.model_v2-x@canary");
-    for bad in ["", "@3", "support@", "support@0", "a b", "support@can ary", "support@1@2", "support@99999999999"] {
+    for bad in
+        ["", "@3", "support@", "support@0", "a b", "support@can ary", "support@1@2", "support@99999999999"]
+    {
         let err = bad.parse::<Reference>().unwrap_err();
         assert!(matches!(err, GovernError::Invalid { field: "reference", .. }), "{bad:?} gave {err}");
     }
@@ -69,8 +75,15 @@ fn resolve_finds_a_version_an_alias_and_the_default_alias() {
     artifact(&reg, "support", "b");
     let open = Policy::default();
     reg.promote("support", 2, "canary", "try it", "alice", &open).unwrap();
-    reg.promote("support", 1, "stable", "known good", "alice", &policy("[alias.\"*\"]\napprovers = 0\n[alias.champion]\napprovers = 0"))
-        .unwrap();
+    reg.promote(
+        "support",
+        1,
+        "stable",
+        "known good",
+        "alice",
+        &policy("[alias.\"*\"]\napprovers = 0\n[alias.champion]\napprovers = 0"),
+    )
+    .unwrap();
     assert_eq!(reg.resolve("support@1", "champion").unwrap().version, 1);
     assert_eq!(reg.resolve("support@canary", "champion").unwrap().version, 2);
     assert_eq!(reg.resolve("support", "stable").unwrap().version, 1);
@@ -96,7 +109,10 @@ fn resolve_errors_say_what_does_exist() {
     let version = reg.resolve("support@7", "champion").unwrap_err().to_string();
     assert!(version.contains("no version 7") && version.contains("support@1 … support@2"), "{version}");
     let default = reg.resolve("support", "champion").unwrap_err().to_string();
-    assert!(default.contains("no `champion` alias") && default.contains("support@1 … support@2"), "{default}");
+    assert!(
+        default.contains("no `champion` alias") && default.contains("support@1 … support@2"),
+        "{default}"
+    );
 }
 
 #[test]
@@ -145,7 +161,11 @@ fn the_same_model_files_are_the_same_model() {
         .register_model(&NewModel {
             name: "tiny-copy".into(),
             path: "/elsewhere".into(),
-            files: vec![FileHash { path: "/elsewhere/model.safetensors".into(), bytes: 1, sha256: sha("tiny") }],
+            files: vec![FileHash {
+                path: "/elsewhere/model.safetensors".into(),
+                bytes: 1,
+                sha256: sha("tiny"),
+            }],
             config: serde_json::json!({}),
             parameters: None,
         })
@@ -208,8 +228,18 @@ fn eval_systems_match_the_version_with_the_same_adapter_files_even_when_recorded
     let (_d, reg) = registry();
     let v1 = artifact(&reg, "support", "a");
     // An eval of content "b" before "b" is registered, from another folder.
-    let b_later = ArtifactRecord { path: "/tmp/eval-copy".into(), files: adapter_files("/tmp/eval-copy", "b"), ..v1.clone() };
-    let e = eval(&reg, "e1", "rougeL", true, &[("base", None, 0.1), ("v1", Some(&v1), 0.3), ("b", Some(&b_later), 0.4)]);
+    let b_later = ArtifactRecord {
+        path: "/tmp/eval-copy".into(),
+        files: adapter_files("/tmp/eval-copy", "b"),
+        ..v1.clone()
+    };
+    let e = eval(
+        &reg,
+        "e1",
+        "rougeL",
+        true,
+        &[("base", None, 0.1), ("v1", Some(&v1), 0.3), ("b", Some(&b_later), 0.4)],
+    );
     assert_eq!(e.systems.iter().map(|(_, m)| *m).collect::<Vec<_>>(), vec![None, Some(v1.id), None]);
     let v2 = artifact(&reg, "support", "b");
     let e = reg.evals().unwrap().remove(0);
@@ -238,8 +268,12 @@ fn lineage_gathers_run_model_data_evals_and_releases() {
     assert_eq!(l.base_model.as_ref().map(|b| b.id), Some(m));
     assert_eq!(l.datasets.iter().map(|d| d.id).collect::<Vec<_>>(), vec![t]);
     assert_eq!(l.evals.iter().map(|e| e.id).collect::<Vec<_>>(), vec![e2.id, e1.id], "newest first");
-    let moves: Vec<(Option<u32>, Option<u32>)> =
-        l.releases.iter().filter(|e| e.action == "alias-set").map(|e| (e.from_version, e.to_version)).collect();
+    let moves: Vec<(Option<u32>, Option<u32>)> = l
+        .releases
+        .iter()
+        .filter(|e| e.action == "alias-set")
+        .map(|e| (e.from_version, e.to_version))
+        .collect();
     assert_eq!(moves, vec![(None, Some(1)), (Some(1), Some(2))], "v1's releases include being replaced");
     let l2 = reg.lineage("support", "champion").unwrap();
     assert_eq!((l2.artifact.version, l2.run.is_none(), l2.evals.len()), (2, true, 1));
@@ -289,5 +323,8 @@ fn check_reports_version_gaps_bad_aliases_and_broken_references() {
     let problems = reg.check().unwrap();
     assert!(problems.iter().any(|p| p.contains("support: 1 versions numbered 3..3")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("support@canary points at version 1")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("artifacts row") && p.contains("missing runs")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("artifacts row") && p.contains("missing runs")),
+        "{problems:?}"
+    );
 }

@@ -15,7 +15,14 @@ fn tree_mentions_every_part_of_the_lineage() {
     let t = tree(&lineage());
     println!("{t}");
     let first = t.lines().next().unwrap();
-    for s in ["support@2", "adapter", "/srv/ferrotune/runs/demo/adapter", "2 files", "sha256 bfa2c6be…", "aliases: champion"] {
+    for s in [
+        "support@2",
+        "adapter",
+        "/srv/ferrotune/runs/demo/adapter",
+        "2 files",
+        "sha256 bfa2c6be…",
+        "aliases: champion",
+    ] {
         assert!(first.contains(s), "first line lacks {s:?}: {first}");
     }
     for s in [
@@ -49,7 +56,9 @@ fn tree_with_nothing_recorded_says_so() {
 fn tree_keeps_long_lists_short_and_reasons_on_one_line() {
     let mut l = lineage();
     let event = l.releases[2].clone();
-    l.releases = (0..25).map(|i| HistoryEvent { id: i, reason: Some(format!("move {i}\nsecond line")), ..event.clone() }).collect();
+    l.releases = (0..25)
+        .map(|i| HistoryEvent { id: i, reason: Some(format!("move {i}\nsecond line")), ..event.clone() })
+        .collect();
     l.evals = (0..12).map(|i| EvalRecord { id: 100 + i, ..lineage_fixture::eval() }).collect();
     let t = tree(&l);
     assert!(t.contains("… 15 earlier events"));
@@ -123,7 +132,10 @@ fn check_dot(d: &str) -> (BTreeSet<String>, Vec<(String, String)>) {
 
 /// `dot -Tsvg` accepts it, when Graphviz is installed (optional tooling: skipped otherwise).
 fn graphviz_accepts(d: &str) {
-    let has_dot = std::process::Command::new("sh").args(["-c", "command -v dot"]).output().is_ok_and(|o| o.status.success());
+    let has_dot = std::process::Command::new("sh")
+        .args(["-c", "command -v dot"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_dot {
         println!("SKIPPED dot -Tsvg (graphviz not installed)");
         return;
@@ -147,9 +159,19 @@ fn dot_is_a_well_formed_digraph_of_the_lineage() {
     let d = dot(&lineage());
     let (nodes, edges) = check_dot(&d);
     let want: BTreeSet<String> =
-        ["artifact_9", "run_3", "model_1", "dataset_5", "dataset_6", "eval_4", "alias_0"].iter().map(|s| s.to_string()).collect();
+        ["artifact_9", "run_3", "model_1", "dataset_5", "dataset_6", "eval_4", "alias_0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     assert_eq!(nodes, want);
-    for (a, b) in [("model_1", "run_3"), ("dataset_5", "run_3"), ("run_3", "artifact_9"), ("artifact_9", "eval_4"), ("dataset_6", "eval_4"), ("alias_0", "artifact_9")] {
+    for (a, b) in [
+        ("model_1", "run_3"),
+        ("dataset_5", "run_3"),
+        ("run_3", "artifact_9"),
+        ("artifact_9", "eval_4"),
+        ("dataset_6", "eval_4"),
+        ("alias_0", "artifact_9"),
+    ] {
         assert!(edges.contains(&(a.into(), b.into())), "no edge {a} -> {b}\n{d}");
     }
     assert!(d.contains("label=\"champion\""));

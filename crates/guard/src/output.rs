@@ -246,7 +246,8 @@ impl OutputGuard {
                         self.add_leak(span, "canary".to_string());
                     }
                     None => {
-                        self.canary_scan = self.canary_scan.max(self.full.len().saturating_sub(c.len().saturating_sub(1)));
+                        self.canary_scan =
+                            self.canary_scan.max(self.full.len().saturating_sub(c.len().saturating_sub(1)));
                         break;
                     }
                 }
@@ -271,7 +272,9 @@ impl OutputGuard {
             if self.words.len() > self.n {
                 self.words.pop_front();
             }
-            if self.words.len() == self.n && self.ngrams.contains(&run_hash(self.words.iter().map(|w| w.hash))) {
+            if self.words.len() == self.n
+                && self.ngrams.contains(&run_hash(self.words.iter().map(|w| w.hash)))
+            {
                 let span = Span { start: self.words[0].start, end: w.end };
                 let detail = format!("verbatim span of {} words of the system prompt", self.n);
                 self.add_leak(span, detail);
@@ -289,7 +292,10 @@ impl OutputGuard {
             let (start, end) = (last.start, last.end);
             if detail == "canary" {
                 self.act(GuardKind::SystemPromptLeak, self.leak, detail);
-            } else if let Some(i) = self.actions.iter().rposition(|a| a.guard == GuardKind::SystemPromptLeak && a.detail.starts_with("verbatim"))
+            } else if let Some(i) = self
+                .actions
+                .iter()
+                .rposition(|a| a.guard == GuardKind::SystemPromptLeak && a.detail.starts_with("verbatim"))
                 && i >= self.taken
             {
                 // Not reported yet: say how long the run grew.
@@ -460,7 +466,9 @@ mod tests {
             assert_eq!(out, whole, "step {step}");
             let kinds: Vec<String> = g.actions().iter().map(|a| a.detail.clone()).collect();
             assert_eq!(kinds, ["email", "phone", "credit_card"], "step {step}");
-            assert!(g.actions().iter().all(|a| a.action == GuardMode::Redact && a.guard == GuardKind::OutputPii));
+            assert!(
+                g.actions().iter().all(|a| a.action == GuardMode::Redact && a.guard == GuardKind::OutputPii)
+            );
         }
         assert!(whole.contains("[EMAIL]") && whole.contains("[CREDIT_CARD]") && !whole.contains("jane.doe"));
     }
@@ -468,7 +476,8 @@ mod tests {
     #[test]
     fn text_without_findings_comes_out_unchanged_and_only_a_window_is_held() {
         let text = "The order ships on Monday. Returns are accepted within thirty days of delivery, in the original box.";
-        let mut g = guard(GuardMode::Redact, GuardMode::Redact, Some(SYSTEM), Some("ft-canary-0123456789abcdef"));
+        let mut g =
+            guard(GuardMode::Redact, GuardMode::Redact, Some(SYSTEM), Some("ft-canary-0123456789abcdef"));
         let mut out = String::new();
         for piece in text.split_inclusive(' ') {
             let r = g.push(piece);
@@ -507,7 +516,10 @@ mod tests {
         assert_eq!(g.finish().text, "");
         let a = g.take_actions();
         assert_eq!(a.len(), 1);
-        assert_eq!((a[0].guard, a[0].action, a[0].detail.as_str()), (GuardKind::OutputPii, GuardMode::Log, "email"));
+        assert_eq!(
+            (a[0].guard, a[0].action, a[0].detail.as_str()),
+            (GuardKind::OutputPii, GuardMode::Log, "email")
+        );
         assert!(g.take_actions().is_empty(), "actions are taken once");
     }
 
@@ -522,7 +534,11 @@ mod tests {
             let mut g = guard(GuardMode::Off, GuardMode::Redact, Some(SYSTEM), Some(&c));
             let (out, blocked) = stream(&mut g, &text, step);
             assert!(!blocked);
-            assert_eq!(out, format!("My instructions begin with [{LEAK_PLACEHOLDER}] and then some."), "step {step}");
+            assert_eq!(
+                out,
+                format!("My instructions begin with [{LEAK_PLACEHOLDER}] and then some."),
+                "step {step}"
+            );
             assert_eq!(g.actions().len(), 1);
             assert_eq!(g.actions()[0].detail, "canary");
 

@@ -63,7 +63,12 @@ pub enum GuardKind {
 }
 
 impl GuardKind {
-    pub const ALL: [GuardKind; 4] = [GuardKind::PromptInjection, GuardKind::RetrievedInjection, GuardKind::SystemPromptLeak, GuardKind::OutputPii];
+    pub const ALL: [GuardKind; 4] = [
+        GuardKind::PromptInjection,
+        GuardKind::RetrievedInjection,
+        GuardKind::SystemPromptLeak,
+        GuardKind::OutputPii,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -181,7 +186,8 @@ impl GuardsConfig {
     /// client named it, the adapter, the registry name) from the key named `key`.
     pub fn resolve(&self, models: &[&str], key: Option<&str>) -> Resolved {
         let pick = |kind: GuardKind| {
-            key.and_then(|k| self.keys.get(k)).and_then(|m| m.get(kind))
+            key.and_then(|k| self.keys.get(k))
+                .and_then(|m| m.get(kind))
                 .or_else(|| models.iter().find_map(|n| self.models.get(*n).and_then(|m| m.get(kind))))
                 .unwrap_or_else(|| self.default_mode(kind))
         };
@@ -201,7 +207,10 @@ impl GuardsConfig {
             } else {
                 Err(GuardError::InvalidSetting {
                     field,
-                    reason: format!("`{}` is not a mode of this guard (an input is blocked or let through: use off, log or block)", mode.as_str()),
+                    reason: format!(
+                        "`{}` is not a mode of this guard (an input is blocked or let through: use off, log or block)",
+                        mode.as_str()
+                    ),
                 })
             }
         };
@@ -220,12 +229,18 @@ impl GuardsConfig {
         if let Some(t) = self.injection_threshold
             && !(t > 0.0 && t < 1.0)
         {
-            return Err(GuardError::InvalidSetting { field: "guards.injection_threshold".into(), reason: format!("must be in (0, 1), got {t}") });
+            return Err(GuardError::InvalidSetting {
+                field: "guards.injection_threshold".into(),
+                reason: format!("must be in (0, 1), got {t}"),
+            });
         }
         if self.leak_min_words < 4 {
             return Err(GuardError::InvalidSetting {
                 field: "guards.leak_min_words".into(),
-                reason: format!("must be at least 4 (shorter spans match ordinary phrases), got {}", self.leak_min_words),
+                reason: format!(
+                    "must be at least 4 (shorter spans match ordinary phrases), got {}",
+                    self.leak_min_words
+                ),
             });
         }
         Ok(())
@@ -275,7 +290,9 @@ mod tests {
         let e = g.validate().expect_err("redact on an input is refused").to_string();
         assert!(e.contains("guards.keys.k.prompt_injection"), "{e}");
         let g = parse(r#"{"guards": {"injection_threshold": 1.5}}"#);
-        assert!(g.validate().expect_err("threshold out of range").to_string().contains("injection_threshold"));
+        assert!(
+            g.validate().expect_err("threshold out of range").to_string().contains("injection_threshold")
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ fn the_bundled_model_keeps_its_held_out_recall() -> anyhow::Result<()> {
     let det = InjectionDetector::bundled();
     let r = evaluate(&det, &rows);
     assert!(r.attacks >= 300 && r.benign >= 1000, "the held-out split shrank: {} / {}", r.attacks, r.benign);
-    let at = |f: f64| r.at_fpr.iter().find(|p| p.target_fpr == Some(f)).map(|p| (p.recall, p.fpr)).unwrap_or_default();
+    let at = |f: f64| {
+        r.at_fpr.iter().find(|p| p.target_fpr == Some(f)).map(|p| (p.recall, p.fpr)).unwrap_or_default()
+    };
     let (recall1, fpr1) = at(0.01);
     let (recall5, _) = at(0.05);
     assert!(fpr1 <= 0.01 + 1e-12, "FPR {fpr1} over 1%: the rules alone flag too many benign rows");

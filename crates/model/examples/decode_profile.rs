@@ -34,14 +34,28 @@ fn main() -> anyhow::Result<()> {
     let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| 100 + (i * 37) % 5000).collect();
     let n_gen = 128;
     let mut cache = KvCache::new(&cfg, PROMPT + n_gen + 1);
-    let mut logits = m.model.forward(&Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+    let mut logits = m.model.forward(
+        &Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?,
+        None,
+        Some(&mut cache),
+        Logits::Last,
+    )?;
     let t = Instant::now();
     for _ in 0..n_gen {
         let next = ferrotune_model::sampling::argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
-        logits = m.model.forward(&Tensor::new(&[next], &dev)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+        logits = m.model.forward(
+            &Tensor::new(&[next], &dev)?.unsqueeze(0)?,
+            None,
+            Some(&mut cache),
+            Logits::Last,
+        )?;
     }
     let step_ms = t.elapsed().as_secs_f64() * 1e3 / n_gen as f64;
-    println!("decode step: {step_ms:.3} ms ({:.1} tok/s) at {PROMPT}..{} cached tokens", 1e3 / step_ms, PROMPT + n_gen);
+    println!(
+        "decode step: {step_ms:.3} ms ({:.1} tok/s) at {PROMPT}..{} cached tokens",
+        1e3 / step_ms,
+        PROMPT + n_gen
+    );
 
     // 2. The step rebuilt op by op.
     let (h, kvh, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -85,7 +99,12 @@ fn main() -> anyhow::Result<()> {
             tick("heads, rope");
             let (kc, vc) = cache.append(&k, &v)?;
             tick("kv append");
-            let y = ferrotune_model::decode_attn::attend(&q.reshape((1, kvh, h / kvh, d))?, &kc, &vc, 1.0 / (d as f32).sqrt())?;
+            let y = ferrotune_model::decode_attn::attend(
+                &q.reshape((1, kvh, h / kvh, d))?,
+                &kc,
+                &vc,
+                1.0 / (d as f32).sqrt(),
+            )?;
             tick("attention");
             let o = a.o_proj.forward(&y.reshape((1, 1, h * d))?)?;
             tick("o_proj");

@@ -69,21 +69,36 @@ impl candle_core::CustomOp2 for CausalSoftmaxBwd {
         "causal-softmax-backward"
     }
 
-    fn cpu_fwd(&self, ps: &CpuStorage, pl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        ps: &CpuStorage,
+        pl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (Some((p0, p1)), Some((d0, d1))) = (pl.contiguous_offsets(), dl.contiguous_offsets()) else {
             candle_core::bail!("causal-softmax-backward: inputs must be contiguous")
         };
         let (p, dp) = (&ps.as_slice::<f32>()?[p0..p1], &ds.as_slice::<f32>()?[d0..d1]);
         let t = self.t;
         if pl.dims() != dl.dims() || pl.dims().last() != Some(&t) {
-            candle_core::bail!("causal-softmax-backward: shapes {:?} and {:?} for t {t}", pl.dims(), dl.dims())
+            candle_core::bail!(
+                "causal-softmax-backward: shapes {:?} and {:?} for t {t}",
+                pl.dims(),
+                dl.dims()
+            )
         }
         let mut out = vec![0f32; p.len()];
-        out.par_chunks_mut(t).zip(p.par_chunks(t).zip(dp.par_chunks(t))).enumerate().for_each(|(row, (o, (p, dp)))| {
-            let s = row % t;
-            let dot = crate::fastmath::dot(&p[..=s], &dp[..=s]);
-            o[..=s].iter_mut().zip(p[..=s].iter().zip(&dp[..=s])).for_each(|(o, (&p, &d))| *o = self.scale * p * (d - dot));
-        });
+        out.par_chunks_mut(t).zip(p.par_chunks(t).zip(dp.par_chunks(t))).enumerate().for_each(
+            |(row, (o, (p, dp)))| {
+                let s = row % t;
+                let dot = crate::fastmath::dot(&p[..=s], &dp[..=s]);
+                o[..=s]
+                    .iter_mut()
+                    .zip(p[..=s].iter().zip(&dp[..=s]))
+                    .for_each(|(o, (&p, &d))| *o = self.scale * p * (d - dot));
+            },
+        );
         Ok((CpuStorage::F32(out), pl.shape().clone()))
     }
 }
@@ -95,7 +110,8 @@ mod tests {
 
     /// The composed reference: scale, add a causal -inf mask, softmax.
     fn reference(x: &Tensor, t: usize, scale: f64) -> Result<Tensor> {
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t <= i / t { 0.0 } else { f32::NEG_INFINITY }).collect();
+        let mask: Vec<f32> =
+            (0..t * t).map(|i| if i % t <= i / t { 0.0 } else { f32::NEG_INFINITY }).collect();
         let mask = Tensor::from_vec(mask, (t, t), x.device())?;
         candle_nn::ops::softmax(&(x * scale)?.broadcast_add(&mask)?, D::Minus1)
     }

@@ -20,7 +20,11 @@ pub fn attend_rows(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f32) -> Result<Te
         candle_core::bail!("batched attention: {b} query rows for {} caches", kv.len())
     }
     if !q.device().is_cpu() || q.dtype() != DType::F32 {
-        candle_core::bail!("batched attention runs on the CPU in f32 (got {:?} on {:?})", q.dtype(), q.device())
+        candle_core::bail!(
+            "batched attention runs on the CPU in f32 (got {:?} on {:?})",
+            q.dtype(),
+            q.device()
+        )
     }
     let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
     let mut out = vec![0f32; b * heads * d];
@@ -31,7 +35,11 @@ pub fn attend_rows(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f32) -> Result<Te
             let kview = View::new(&ks, kl, d, "keys")?;
             let vview = View::new(&vs, vl, d, "values")?;
             if kview.heads != vview.heads || kview.len != vview.len {
-                candle_core::bail!("batched attention: keys {:?} and values {:?} differ", kl.dims(), vl.dims())
+                candle_core::bail!(
+                    "batched attention: keys {:?} and values {:?} differ",
+                    kl.dims(),
+                    vl.dims()
+                )
             }
             if kview.heads == 0 || heads % kview.heads != 0 {
                 candle_core::bail!("batched attention: {heads} query heads over {} KV heads", kview.heads)
@@ -41,7 +49,15 @@ pub fn attend_rows(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f32) -> Result<Te
             for kh in 0..kview.heads {
                 for r in 0..rep {
                     let h = kh * rep + r;
-                    attend_head(&q[h * d..(h + 1) * d], &kview, &vview, kh, scale, &mut scores, &mut o[h * d..(h + 1) * d]);
+                    attend_head(
+                        &q[h * d..(h + 1) * d],
+                        &kview,
+                        &vview,
+                        kh,
+                        scale,
+                        &mut scores,
+                        &mut o[h * d..(h + 1) * d],
+                    );
                 }
             }
             Ok(())
@@ -63,12 +79,16 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     fn new(storage: &'a Storage, layout: &Layout, d: usize, what: &str) -> Result<Self> {
-        let Storage::Cpu(cpu) = storage else { candle_core::bail!("batched attention: {what} are not on the CPU") };
+        let Storage::Cpu(cpu) = storage else {
+            candle_core::bail!("batched attention: {what} are not on the CPU")
+        };
         let data = cpu.as_slice::<f32>()?;
         let dims = layout.dims();
         let st = layout.stride();
         if dims.len() != 4 || dims[0] != 1 || dims[3] != d || (st[3] != 1 && d > 1) {
-            candle_core::bail!("batched attention: {what} {dims:?} (strides {st:?}) is not [1, kv_heads, len, {d}] with contiguous rows")
+            candle_core::bail!(
+                "batched attention: {what} {dims:?} (strides {st:?}) is not [1, kv_heads, len, {d}] with contiguous rows"
+            )
         }
         let (heads, len) = (dims[1], dims[2]);
         let start = layout.start_offset();

@@ -131,8 +131,20 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out
 /// those templates use: %d %m %Y %y %b %B %H %M %S %%.
 fn strftime_now(fmt: &str) -> String {
     let (y, m, d, tod) = crate::clock::utc_now();
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let month = MONTHS[(m - 1) as usize];
     let mut out = String::new();
     let mut chars = fmt.chars();
@@ -184,8 +196,12 @@ mod tests {
 
     #[test]
     fn tojson_matches_python_json_dumps() {
-        let t = ChatTemplate::new("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}", "", "").expect("compiles");
+        let t = ChatTemplate::new("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}", "", "")
+            .expect("compiles");
         let s = t.render(&[Message::new("user", "<é>")], false).expect("renders");
-        assert_eq!(s, "[{\"role\": \"user\", \"content\": \"<é>\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<é>\"\n}");
+        assert_eq!(
+            s,
+            "[{\"role\": \"user\", \"content\": \"<é>\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<é>\"\n}"
+        );
     }
 }

@@ -123,7 +123,12 @@ pub enum RopeScaling {
     /// Positions divided by `factor` (equivalently, inverse frequencies divided by it).
     Linear { factor: f64 },
     /// Llama 3.1's frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// Validated configuration used by the model code.
@@ -190,14 +195,17 @@ impl ModelConfig {
     /// Validate a wire config; `path` is only used in error messages.
     pub fn from_hf(hf: &HfConfig, path: &Path) -> Result<Self> {
         let arch = hf.model_type.clone().unwrap_or_else(|| "llama".into());
-        let family = Family::parse(&arch)
-            .ok_or_else(|| ModelError::UnsupportedArchitecture { path: path.to_path_buf(), arch: arch.clone() })?;
+        let family = Family::parse(&arch).ok_or_else(|| ModelError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            arch: arch.clone(),
+        })?;
         if let Some(act) = &hf.hidden_act
             && act != "silu"
         {
             return Err(invalid(path, "hidden_act", format!("`{act}` is not supported (only silu)")));
         }
-        let positive = |field: &str, v: usize| if v == 0 { Err(invalid(path, field, "must be > 0")) } else { Ok(v) };
+        let positive =
+            |field: &str, v: usize| if v == 0 { Err(invalid(path, field, "must be > 0")) } else { Ok(v) };
         let num_heads = positive("num_attention_heads", hf.num_attention_heads)?;
         let num_kv_heads = positive("num_key_value_heads", hf.num_key_value_heads.unwrap_or(num_heads))?;
         if num_heads % num_kv_heads != 0 {
@@ -213,7 +221,11 @@ impl ModelConfig {
             return Err(invalid(path, "head_dim", format!("{head_dim} must be even and > 0")));
         }
         if hf.head_dim.is_none() && hidden % num_heads != 0 {
-            return Err(invalid(path, "hidden_size", format!("{hidden} is not a multiple of {num_heads} heads")));
+            return Err(invalid(
+                path,
+                "hidden_size",
+                format!("{hidden} is not a multiple of {num_heads} heads"),
+            ));
         }
         let rope_scaling = match &hf.rope_scaling {
             None => None,
@@ -271,8 +283,15 @@ impl ModelConfig {
     pub fn to_hf(&self) -> serde_json::Value {
         let rope_scaling = match &self.rope_scaling {
             None => serde_json::Value::Null,
-            Some(RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Linear { factor }) => {
+                serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 serde_json::json!({
                     "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                     "high_freq_factor": high_freq_factor,

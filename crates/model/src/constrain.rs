@@ -100,10 +100,9 @@ pub fn token_bytes(tokenizer: &Tokenizer, vocab: usize) -> Result<Vec<Vec<u8>>, 
                 return Ok(if a.special { special(&a.content) } else { a.content.clone().into_bytes() });
             }
             let Some(name) = inner.id_to_token(id) else { return Ok(special(&format!("<[{id}]>"))) };
-            name.chars()
-                .map(|c| alphabet.get(&c).copied())
-                .collect::<Option<Vec<u8>>>()
-                .ok_or_else(|| ConstrainError::Tokenizer(format!("token {id} ({name:?}) is not in the byte-level alphabet")))
+            name.chars().map(|c| alphabet.get(&c).copied()).collect::<Option<Vec<u8>>>().ok_or_else(|| {
+                ConstrainError::Tokenizer(format!("token {id} ({name:?}) is not in the byte-level alphabet"))
+            })
         })
         .collect()
 }
@@ -124,7 +123,10 @@ impl TokenizerEnv for Env {
         // `tokenize_bytes`); a tokenizer error cannot happen for plain text, but if it did the
         // greedy trie split is still a valid tokenization.
         self.trie.tokenize_with_greedy_fallback(s, |text| {
-            self.tokenizer.inner().encode_fast(text, false).map_or_else(|_| self.trie.greedy_tokenize(text.as_bytes()), |e| e.get_ids().to_vec())
+            self.tokenizer
+                .inner()
+                .encode_fast(text, false)
+                .map_or_else(|_| self.trie.greedy_tokenize(text.as_bytes()), |e| e.get_ids().to_vec())
         })
     }
 }
@@ -148,11 +150,13 @@ impl Grammars {
     pub fn new(tokenizer: &Tokenizer, vocab: usize, eos_ids: &[u32]) -> Result<Self, ConstrainError> {
         let vocab = vocab.max(tokenizer.vocab_size());
         let words = token_bytes(tokenizer, vocab)?;
-        let &eos = eos_ids.first().ok_or_else(|| ConstrainError::Tokenizer("the model has no EOS token".into()))?;
+        let &eos =
+            eos_ids.first().ok_or_else(|| ConstrainError::Tokenizer("the model has no EOS token".into()))?;
         let info = TokRxInfo::new(vocab as u32, eos);
         let trie = TokTrie::from(&info, &words).with_eos_tokens(eos_ids);
         let env: TokEnv = Arc::new(Env { trie, tokenizer: tokenizer.clone() });
-        let mut factory = ParserFactory::new_simple(&env).map_err(|e| ConstrainError::Tokenizer(e.to_string()))?;
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| ConstrainError::Tokenizer(e.to_string()))?;
         factory.quiet();
         Ok(Self { factory, eos_ids: eos_ids.into() })
     }
@@ -204,7 +208,8 @@ impl Constraint {
     /// Compute the mask of the tokens allowed next (once per state).
     pub fn prepare(&mut self) -> Result<(), ConstrainError> {
         if self.mask.is_none() {
-            let mut mask = self.matcher.compute_mask_or_eos().map_err(|e| ConstrainError::Failed(e.to_string()))?;
+            let mut mask =
+                self.matcher.compute_mask_or_eos().map_err(|e| ConstrainError::Failed(e.to_string()))?;
             // The trie knows one EOS as "the" EOS; every EOS id the model has is allowed with it.
             let eos_ok = self.eos_ids.iter().any(|&e| mask.is_allowed(e));
             for &e in self.eos_ids.iter() {

@@ -31,7 +31,11 @@ fn with_operand<R>(t: &Tensor, f: impl FnOnce(Operand<'_>) -> Result<R>) -> Resu
     let (rows, cols) = t.dims2()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        candle_core::bail!("cpu_train: expected an f32 CPU tensor, got {:?} on {:?}", t.dtype(), t.device().location())
+        candle_core::bail!(
+            "cpu_train: expected an f32 CPU tensor, got {:?} on {:?}",
+            t.dtype(),
+            t.device().location()
+        )
     };
     let stride = layout.stride();
     let start = layout.start_offset();
@@ -57,7 +61,8 @@ unsafe fn gemm_raw(dst: *mut f32, accumulate: bool, lhs: &Tensor, rhs: &Tensor, 
                 candle_core::bail!("cpu_train: inner dimensions {} and {} differ", l.cols, r.rows);
             }
             let threads = candle_core::utils::get_num_threads();
-            let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+            let parallelism =
+                if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
             // SAFETY: `l` and `r` were checked to lie inside their storages for their shapes
             // and strides; the caller promises `dst` holds `l.rows · r.cols` f32, row-major.
             unsafe {
@@ -126,7 +131,13 @@ pub fn lora_forward(x: &Tensor, w: &Tensor, h: &Tensor, b: &Tensor) -> Result<Ve
 /// `dh: [n, r]`, `a: [r, in]`, `m` LoRA's dropout mask of the input, by element index as
 /// [`crate::dropout`] draws it), as one buffer: the rank-r product first, masked in place, then the
 /// frozen product accumulated onto it.
-pub fn lora_input_grad(grad: &Tensor, w: &Tensor, dh: &Tensor, a: &Tensor, mask: Option<(u64, f64, u64)>) -> Result<Tensor> {
+pub fn lora_input_grad(
+    grad: &Tensor,
+    w: &Tensor,
+    dh: &Tensor,
+    a: &Tensor,
+    mask: Option<(u64, f64, u64)>,
+) -> Result<Tensor> {
     let mut dx = product(dh, a, 1.0)?;
     if let Some((seed, keep, offset)) = mask {
         crate::dropout::apply_in_place(&mut dx, seed, keep, offset);
@@ -165,7 +176,9 @@ fn with_slices<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Res
     let n = shape.elem_count();
     let mut slices = Vec::with_capacity(ts.len());
     for (storage, layout) in &guards {
-        let Storage::Cpu(CpuStorage::F32(v)) = &**storage else { candle_core::bail!("cpu_train: expected f32 CPU tensors") };
+        let Storage::Cpu(CpuStorage::F32(v)) = &**storage else {
+            candle_core::bail!("cpu_train: expected f32 CPU tensors")
+        };
         slices.push(&v[layout.start_offset()..layout.start_offset() + n]);
     }
     f(&slices)
@@ -173,7 +186,9 @@ fn with_slices<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Res
 
 /// SwiGLU forward `silu(g) ⊙ u` in one pass.
 pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<(CpuStorage, Shape)> {
-    let y = with_slices(&[g, u], |s| Ok(s[0].iter().zip(s[1]).map(|(&g, &u)| g * sigmoid(g) * u).collect::<Vec<f32>>()))?;
+    let y = with_slices(&[g, u], |s| {
+        Ok(s[0].iter().zip(s[1]).map(|(&g, &u)| g * sigmoid(g) * u).collect::<Vec<f32>>())
+    })?;
     Ok((CpuStorage::F32(y), g.shape().clone()))
 }
 
@@ -182,7 +197,9 @@ pub fn swiglu_backward(g: &Tensor, u: &Tensor, grad: &Tensor) -> Result<(Tensor,
     let n = g.elem_count();
     let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
     with_slices(&[g, u, grad], |s| {
-        for ((dg, du), ((&g, &u), &d)) in dg.iter_mut().zip(du.iter_mut()).zip(s[0].iter().zip(s[1]).zip(s[2])) {
+        for ((dg, du), ((&g, &u), &d)) in
+            dg.iter_mut().zip(du.iter_mut()).zip(s[0].iter().zip(s[1]).zip(s[2]))
+        {
             let sg = sigmoid(g);
             *dg = d * u * sg * (1.0 + g * (1.0 - sg));
             *du = d * g * sg;
@@ -231,7 +248,9 @@ pub fn rms_norm_input_grad(x: &Tensor, w: &Tensor, grad: &Tensor, eps: f32) -> R
     with_weight(w, |w| {
         with_slices(&[x, grad], |s| {
             let mut gw = vec![0f32; hidden];
-            for ((dx, x), g) in dx.chunks_exact_mut(hidden).zip(s[0].chunks_exact(hidden)).zip(s[1].chunks_exact(hidden)) {
+            for ((dx, x), g) in
+                dx.chunks_exact_mut(hidden).zip(s[0].chunks_exact(hidden)).zip(s[1].chunks_exact(hidden))
+            {
                 let r = inv_rms(x, eps);
                 for ((gw, &g), &w) in gw.iter_mut().zip(g).zip(w) {
                     *gw = g * w;
@@ -252,15 +271,23 @@ pub fn rms_norm_input_grad(x: &Tensor, w: &Tensor, grad: &Tensor, eps: f32) -> R
 /// `pos_axis` (1 or 2) of `x`, `sign` −1 for the inverse rotation. The CPU's `cuda_kernels::swap12`:
 /// splitting a projection into heads (and back) as one graph node instead of a reshape, a
 /// transpose, a copy and the rotation, each with a gradient buffer in backward.
-pub fn swap12(x: &[f32], (b, p, q, d): (usize, usize, usize, usize), rope: Option<(&[f32], &[f32], usize, f32)>) -> Result<Vec<f32>> {
+pub fn swap12(
+    x: &[f32],
+    (b, p, q, d): (usize, usize, usize, usize),
+    rope: Option<(&[f32], &[f32], usize, f32)>,
+) -> Result<Vec<f32>> {
     let half = d / 2;
     if x.len() != b * p * q * d {
         candle_core::bail!("swap12: {} elements for [{b}, {p}, {q}, {d}]", x.len());
     }
     if let Some((c, s, axis, _)) = rope {
         let positions = if axis == 1 { p } else { q };
-        if d % 2 != 0 || !(axis == 1 || axis == 2) || c.len() < positions * half || s.len() < positions * half {
-            candle_core::bail!("swap12: rope tables of {} values for {positions} positions of {d}/2 (axis {axis})", c.len());
+        if d % 2 != 0 || !(axis == 1 || axis == 2) || c.len() < positions * half || s.len() < positions * half
+        {
+            candle_core::bail!(
+                "swap12: rope tables of {} values for {positions} positions of {d}/2 (axis {axis})",
+                c.len()
+            );
         }
     }
     let mut out = Vec::with_capacity(x.len());
@@ -275,8 +302,12 @@ pub fn swap12(x: &[f32], (b, p, q, d): (usize, usize, usize, usize), rope: Optio
                 let pos = if axis == 1 { pi } else { qi };
                 let (c, s) = (&c[pos * half..][..half], &s[pos * half..][..half]);
                 let (x1, x2) = src.split_at(half);
-                out.extend(x1.iter().zip(x2).zip(c.iter().zip(s)).map(|((&a, &b), (&c, &s))| a * c - sign * b * s));
-                out.extend(x1.iter().zip(x2).zip(c.iter().zip(s)).map(|((&a, &b), (&c, &s))| b * c + sign * a * s));
+                out.extend(
+                    x1.iter().zip(x2).zip(c.iter().zip(s)).map(|((&a, &b), (&c, &s))| a * c - sign * b * s),
+                );
+                out.extend(
+                    x1.iter().zip(x2).zip(c.iter().zip(s)).map(|((&a, &b), (&c, &s))| b * c + sign * a * s),
+                );
             }
         }
     }
@@ -289,7 +320,9 @@ mod tests {
     use candle_core::Device;
 
     fn values(n: usize, salt: u32) -> Vec<f32> {
-        (0..n as u32).map(|i| (((i ^ salt).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0) - 0.5).collect()
+        (0..n as u32)
+            .map(|i| (((i ^ salt).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0) - 0.5)
+            .collect()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {

@@ -63,7 +63,9 @@ macro_rules! gpu_only {
 
 /// Whether the fused kernels run on `t`'s device (a CUDA device in a CUDA build, f32 or bf16).
 pub fn available(t: &Tensor) -> bool {
-    cfg!(feature = "cuda") && t.device().is_cuda() && matches!(t.dtype(), candle_core::DType::BF16 | candle_core::DType::F32)
+    cfg!(feature = "cuda")
+        && t.device().is_cuda()
+        && matches!(t.dtype(), candle_core::DType::BF16 | candle_core::DType::F32)
 }
 
 /// `softmax(scale · x)` over the last dim of contiguous `x: [rows, t]` where row `r` sees
@@ -86,7 +88,11 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// `g · (softmax(logits) − onehot(target))` from the forward's row log-sum-exps (`stats[:, 1]`),
 /// in `logits`' dtype.
 pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, stats: &Tensor, g: f64) -> Result<Tensor> {
-    logits.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &stats.contiguous()?, &CrossEntropyBwd { g: g as f32 })
+    logits.contiguous()?.apply_op3_no_bwd(
+        &targets.contiguous()?,
+        &stats.contiguous()?,
+        &CrossEntropyBwd { g: g as f32 },
+    )
 }
 
 /// A dropout mask shaped like `x` in its dtype: `1/keep` (rounded to the dtype) where a
@@ -124,7 +130,9 @@ pub fn rms_norm_backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32) -> Resul
 pub fn swap12(x: &Tensor, rope: Option<(&Tensor, &Tensor, usize, f32)>) -> Result<Tensor> {
     let x = x.contiguous()?;
     match rope {
-        Some((c, s, pos_axis, sign)) => x.apply_op3_no_bwd(&c.contiguous()?, &s.contiguous()?, &Swap12 { pos_axis, sign }),
+        Some((c, s, pos_axis, sign)) => {
+            x.apply_op3_no_bwd(&c.contiguous()?, &s.contiguous()?, &Swap12 { pos_axis, sign })
+        }
         None => x.apply_op3_no_bwd(&x, &x, &Swap12 { pos_axis: 0, sign: 0.0 }),
     }
 }
@@ -153,7 +161,9 @@ struct Swap12 {
 }
 
 fn swap12_slice<'a>(st: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("swap12: input not contiguous".into()))?;
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("swap12: input not contiguous".into()))?;
     Ok(&st.as_slice::<f32>()?[start..end])
 }
 
@@ -195,9 +205,13 @@ gpu_only!(Dropout, 1, "ft-dropout", |self, s, l| imp::dropout(s, l, self.seed, s
 
 gpu_only!(SwiGlu, 2, "ft-swiglu", |self, g, gl, u, ul| imp::swiglu(g, gl, u, ul));
 
-gpu_only!(SwiGluBwd, 3, "ft-swiglu-bwd", |self, g, gl, u, ul, dy, dyl| imp::swiglu_bwd(g, gl, u, ul, dy, dyl));
+gpu_only!(SwiGluBwd, 3, "ft-swiglu-bwd", |self, g, gl, u, ul, dy, dyl| imp::swiglu_bwd(
+    g, gl, u, ul, dy, dyl
+));
 
-gpu_only!(RmsNormBwd, 3, "ft-rms-norm-bwd", |self, x, xl, w, wl, dy, dyl| imp::rms_norm_bwd(x, xl, w, wl, dy, dyl, self.eps));
+gpu_only!(RmsNormBwd, 3, "ft-rms-norm-bwd", |self, x, xl, w, wl, dy, dyl| imp::rms_norm_bwd(
+    x, xl, w, wl, dy, dyl, self.eps
+));
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct CausalSoftmax {
@@ -221,11 +235,15 @@ fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
 
 gpu_only!(CausalSoftmax, 1, "ft-causal-softmax", |self, s, l| imp::causal_softmax(s, l, self.t, self.scale));
 
-gpu_only!(CausalSoftmaxBwd, 2, "ft-causal-softmax-bwd", |self, p, pl, dp, dpl| imp::causal_softmax_bwd(p, pl, dp, dpl, self.t, self.scale));
+gpu_only!(CausalSoftmaxBwd, 2, "ft-causal-softmax-bwd", |self, p, pl, dp, dpl| imp::causal_softmax_bwd(
+    p, pl, dp, dpl, self.t, self.scale
+));
 
 gpu_only!(CrossEntropyFwd, 2, "ft-cross-entropy", |self, x, xl, t, tl| imp::ce_fwd(x, xl, t, tl));
 
-gpu_only!(CrossEntropyBwd, 3, "ft-cross-entropy-bwd", |self, x, xl, t, tl, s, sl| imp::ce_bwd(x, xl, t, tl, s, sl, self.g));
+gpu_only!(CrossEntropyBwd, 3, "ft-cross-entropy-bwd", |self, x, xl, t, tl, s, sl| imp::ce_bwd(
+    x, xl, t, tl, s, sl, self.g
+));
 
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
@@ -641,7 +659,9 @@ KERNELS(bf16_t, bf16)
     fn ptx() -> Result<&'static str> {
         static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
         let r = PTX.get_or_init(|| {
-            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SRC).map(|p| p.to_src()).map_err(|e| format!("{e:?}"))
+            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SRC)
+                .map(|p| p.to_src())
+                .map_err(|e| format!("{e:?}"))
         });
         match r {
             Ok(s) => Ok(s.as_str()),
@@ -668,7 +688,9 @@ KERNELS(bf16_t, bf16)
 
     macro_rules! view {
         ($s:expr, $l:expr, $t:ty) => {{
-            let (a, b) = $l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("input not contiguous".into()))?;
+            let (a, b) = $l
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("input not contiguous".into()))?;
             $s.as_cuda_slice::<$t>()?.slice(a..b)
         }};
     }
@@ -681,7 +703,11 @@ KERNELS(bf16_t, bf16)
 
     /// A grid-stride launch over `n` elements.
     fn flat(n: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+        LaunchConfig {
+            grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 
     /// Whether a contiguous view starts on a 16-byte boundary for 8-element accesses (candle's
@@ -697,7 +723,13 @@ KERNELS(bf16_t, bf16)
         Ok(())
     }
 
-    pub fn dropout(s: &CudaStorage, l: &Layout, seed: u64, keep: f64, apply: bool) -> Result<(CudaStorage, Shape)> {
+    pub fn dropout(
+        s: &CudaStorage,
+        l: &Layout,
+        seed: u64,
+        keep: f64,
+        apply: bool,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = s.device().clone();
         let n = l.shape().elem_count();
         let kind = if apply { "dropout_apply" } else { "dropout_mask" };
@@ -705,7 +737,8 @@ KERNELS(bf16_t, bf16)
         let n_i = n as i64;
         let keep_f = keep as f32;
         // The kept elements' factor, rounded to the dtype as a stored mask would be.
-        let scale = if s.dtype() == DType::BF16 { bf16::from_f64(1.0 / keep).to_f32() } else { (1.0 / keep) as f32 };
+        let scale =
+            if s.dtype() == DType::BF16 { bf16::from_f64(1.0 / keep).to_f32() } else { (1.0 / keep) as f32 };
         let vec = i32::from(aligned8(l));
         macro_rules! go {
             ($ty:ty) => {{
@@ -731,14 +764,18 @@ KERNELS(bf16_t, bf16)
         Ok((out, l.shape().clone()))
     }
 
-    pub fn matmul_sum(terms: &[(candle_core::Tensor, candle_core::Tensor, bool)]) -> Result<(CudaStorage, Shape)> {
+    pub fn matmul_sum(
+        terms: &[(candle_core::Tensor, candle_core::Tensor, bool)],
+    ) -> Result<(CudaStorage, Shape)> {
         use candle_core::cuda_backend::cudarc::cublas::{result as blas, sys as bsys};
         use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
         let (x0, w0, t0) = &terms[0];
         let dt = x0.dtype();
         let rows = x0.dim(0)?;
         let cols = if *t0 { w0.dim(0)? } else { w0.dim(1)? };
-        let candle_core::Device::Cuda(dev) = x0.device() else { candle_core::bail!("matmul_sum: not on a CUDA device") };
+        let candle_core::Device::Cuda(dev) = x0.device() else {
+            candle_core::bail!("matmul_sum: not on a CUDA device")
+        };
         let (cuda_dt, _) = match dt {
             DType::BF16 => (bsys::cudaDataType_t::CUDA_R_16BF, 2),
             DType::F32 => (bsys::cudaDataType_t::CUDA_R_32F, 4),
@@ -752,11 +789,17 @@ KERNELS(bf16_t, bf16)
                     let (xr, k) = x.dims2()?;
                     let (wk, wn) = if *transposed { (w.dim(1)?, w.dim(0)?) } else { w.dims2()? };
                     if xr != rows || wk != k || wn != cols || x.dtype() != dt || w.dtype() != dt {
-                        candle_core::bail!("matmul_sum: term {i} is {:?}·{:?}{} for [{rows}, {cols}]", x.shape(), w.shape(), if *transposed { "ᵀ" } else { "" })
+                        candle_core::bail!(
+                            "matmul_sum: term {i} is {:?}·{:?}{} for [{rows}, {cols}]",
+                            x.shape(),
+                            w.shape(),
+                            if *transposed { "ᵀ" } else { "" }
+                        )
                     }
                     let (xs, xl) = x.storage_and_layout();
                     let (ws, wl) = w.storage_and_layout();
-                    let (candle_core::Storage::Cuda(xs), candle_core::Storage::Cuda(ws)) = (&*xs, &*ws) else {
+                    let (candle_core::Storage::Cuda(xs), candle_core::Storage::Cuda(ws)) = (&*xs, &*ws)
+                    else {
                         candle_core::bail!("matmul_sum: not on a CUDA device")
                     };
                     let xv = view!(xs, xl, $ty);
@@ -767,7 +810,11 @@ KERNELS(bf16_t, bf16)
                     let (op, _go) = out.device_ptr_mut(&stream);
                     let (alpha, beta) = (1f32, if i == 0 { 0f32 } else { 1f32 });
                     // Row-major out[rows, cols] is column-major [cols, rows]: out = op(w)ᵀ-side first.
-                    let (transa, lda) = if *transposed { (bsys::cublasOperation_t::CUBLAS_OP_T, k) } else { (bsys::cublasOperation_t::CUBLAS_OP_N, cols) };
+                    let (transa, lda) = if *transposed {
+                        (bsys::cublasOperation_t::CUBLAS_OP_T, k)
+                    } else {
+                        (bsys::cublasOperation_t::CUBLAS_OP_N, cols)
+                    };
                     unsafe {
                         blas::gemm_ex(
                             *handle.handle(),
@@ -800,7 +847,16 @@ KERNELS(bf16_t, bf16)
         Ok((out, Shape::from((rows, cols))))
     }
 
-    pub fn swap12(x: &CudaStorage, xl: &Layout, c: &CudaStorage, cl: &Layout, s: &CudaStorage, sl: &Layout, pos_axis: usize, sign: f32) -> Result<(CudaStorage, Shape)> {
+    pub fn swap12(
+        x: &CudaStorage,
+        xl: &Layout,
+        c: &CudaStorage,
+        cl: &Layout,
+        s: &CudaStorage,
+        sl: &Layout,
+        pos_axis: usize,
+        sign: f32,
+    ) -> Result<(CudaStorage, Shape)> {
         let (b, p, q, d) = xl.shape().dims4()?;
         if d % 2 != 0 {
             candle_core::bail!("swap12: odd head dim {d}")
@@ -808,8 +864,18 @@ KERNELS(bf16_t, bf16)
         if pos_axis > 0 {
             let positions = if pos_axis == 1 { p } else { q };
             let want = [positions, d / 2];
-            if cl.dims().len() != 2 || cl.dims()[0] < positions || cl.dims()[1] != d / 2 || cl.shape() != sl.shape() || c.dtype() != x.dtype() {
-                candle_core::bail!("swap12: rope tables {:?}/{:?} {:?} for {want:?}", cl.shape(), sl.shape(), c.dtype())
+            if cl.dims().len() != 2
+                || cl.dims()[0] < positions
+                || cl.dims()[1] != d / 2
+                || cl.shape() != sl.shape()
+                || c.dtype() != x.dtype()
+            {
+                candle_core::bail!(
+                    "swap12: rope tables {:?}/{:?} {:?} for {want:?}",
+                    cl.shape(),
+                    sl.shape(),
+                    c.dtype()
+                )
             }
         }
         let dev = x.device().clone();
@@ -839,11 +905,17 @@ KERNELS(bf16_t, bf16)
         Ok((out, Shape::from((b, q, p, d))))
     }
 
-    pub fn swiglu(g: &CudaStorage, gl: &Layout, u: &CudaStorage, ul: &Layout) -> Result<(CudaStorage, Shape)> {
+    pub fn swiglu(
+        g: &CudaStorage,
+        gl: &Layout,
+        u: &CudaStorage,
+        ul: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         same_shape("swiglu", gl, ul)?;
         let dev = g.device().clone();
         let n = gl.shape().elem_count();
-        let func = dev.get_or_load_custom_func(&format!("swiglu_fwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
+        let func =
+            dev.get_or_load_custom_func(&format!("swiglu_fwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
         let n_i = n as i64;
         let vec = i32::from(aligned8(gl) && aligned8(ul));
         macro_rules! go {
@@ -864,12 +936,20 @@ KERNELS(bf16_t, bf16)
         Ok((out, gl.shape().clone()))
     }
 
-    pub fn swiglu_bwd(g: &CudaStorage, gl: &Layout, u: &CudaStorage, ul: &Layout, dy: &CudaStorage, dyl: &Layout) -> Result<(CudaStorage, Shape)> {
+    pub fn swiglu_bwd(
+        g: &CudaStorage,
+        gl: &Layout,
+        u: &CudaStorage,
+        ul: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         same_shape("swiglu backward", gl, ul)?;
         same_shape("swiglu backward", gl, dyl)?;
         let dev = g.device().clone();
         let n = gl.shape().elem_count();
-        let func = dev.get_or_load_custom_func(&format!("swiglu_bwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
+        let func =
+            dev.get_or_load_custom_func(&format!("swiglu_bwd_{}", suffix(g.dtype())?), MODULE, ptx()?)?;
         let n_i = n as i64;
         let vec = i32::from(aligned8(gl) && aligned8(ul) && aligned8(dyl));
         macro_rules! go {
@@ -893,14 +973,28 @@ KERNELS(bf16_t, bf16)
         Ok((out, Shape::from(dims)))
     }
 
-    pub fn rms_norm_bwd(x: &CudaStorage, xl: &Layout, w: &CudaStorage, wl: &Layout, dy: &CudaStorage, dyl: &Layout, eps: f32) -> Result<(CudaStorage, Shape)> {
+    pub fn rms_norm_bwd(
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+        eps: f32,
+    ) -> Result<(CudaStorage, Shape)> {
         same_shape("rms_norm backward", xl, dyl)?;
         let dev = x.device().clone();
         let (rows, cols) = rows_cols(xl)?;
         if wl.shape().elem_count() != cols || w.dtype() != x.dtype() {
-            candle_core::bail!("rms_norm backward: weight {:?} {:?} for rows of {cols} {:?}", wl.shape(), w.dtype(), x.dtype())
+            candle_core::bail!(
+                "rms_norm backward: weight {:?} {:?} for rows of {cols} {:?}",
+                wl.shape(),
+                w.dtype(),
+                x.dtype()
+            )
         }
-        let func = dev.get_or_load_custom_func(&format!("rms_norm_bwd_{}", suffix(x.dtype())?), MODULE, ptx()?)?;
+        let func =
+            dev.get_or_load_custom_func(&format!("rms_norm_bwd_{}", suffix(x.dtype())?), MODULE, ptx()?)?;
         let cols_i = cols as i32;
         macro_rules! go {
             ($ty:ty) => {{
@@ -947,7 +1041,14 @@ KERNELS(bf16_t, bf16)
         Ok((out, l.shape().clone()))
     }
 
-    pub fn causal_softmax_bwd(p: &CudaStorage, pl: &Layout, dp: &CudaStorage, dpl: &Layout, t: usize, scale: f32) -> Result<(CudaStorage, Shape)> {
+    pub fn causal_softmax_bwd(
+        p: &CudaStorage,
+        pl: &Layout,
+        dp: &CudaStorage,
+        dpl: &Layout,
+        t: usize,
+        scale: f32,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = p.device().clone();
         let (rows, cols) = rows_cols(pl)?;
         if pl.shape() != dpl.shape() || p.dtype() != dp.dtype() {
@@ -978,7 +1079,12 @@ KERNELS(bf16_t, bf16)
         Ok((out, pl.shape().clone()))
     }
 
-    pub fn ce_fwd(x: &CudaStorage, xl: &Layout, t: &CudaStorage, tl: &Layout) -> Result<(CudaStorage, Shape)> {
+    pub fn ce_fwd(
+        x: &CudaStorage,
+        xl: &Layout,
+        t: &CudaStorage,
+        tl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = x.device().clone();
         let (rows, cols) = rows_cols(xl)?;
         if tl.shape().elem_count() != rows {
@@ -1001,15 +1107,32 @@ KERNELS(bf16_t, bf16)
                 unsafe { b.launch(cfg(rows, 1024)) }.w()?;
             }};
         }
-        if x.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) }
+        if x.dtype() == DType::BF16 {
+            go!(bf16)
+        } else {
+            go!(f32)
+        }
         Ok((CudaStorage::wrap_cuda_slice(stats, dev.clone()), Shape::from((rows, 2))))
     }
 
-    pub fn ce_bwd(x: &CudaStorage, xl: &Layout, t: &CudaStorage, tl: &Layout, s: &CudaStorage, sl: &Layout, g: f32) -> Result<(CudaStorage, Shape)> {
+    pub fn ce_bwd(
+        x: &CudaStorage,
+        xl: &Layout,
+        t: &CudaStorage,
+        tl: &Layout,
+        s: &CudaStorage,
+        sl: &Layout,
+        g: f32,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = x.device().clone();
         let (rows, cols) = rows_cols(xl)?;
         if tl.shape().elem_count() != rows || sl.shape().elem_count() != rows * 2 {
-            candle_core::bail!("cross-entropy backward: shapes {:?} {:?} {:?}", xl.shape(), tl.shape(), sl.shape())
+            candle_core::bail!(
+                "cross-entropy backward: shapes {:?} {:?} {:?}",
+                xl.shape(),
+                tl.shape(),
+                sl.shape()
+            )
         }
         let func = dev.get_or_load_custom_func(&format!("ce_bwd_{}", suffix(x.dtype())?), MODULE, ptx()?)?;
         let tv = view!(t, tl, u32);

@@ -70,12 +70,18 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> 
 
 /// Whether [`attend`] takes these tensors (else use the composed form).
 pub fn applies(q: &Tensor, k: &Tensor) -> bool {
-    q.device().is_cpu() && q.dtype() == candle_core::DType::F32 && k.dtype() == candle_core::DType::F32 && q.dim(0).ok() == Some(1)
+    q.device().is_cpu()
+        && q.dtype() == candle_core::DType::F32
+        && k.dtype() == candle_core::DType::F32
+        && q.dim(0).ok() == Some(1)
 }
 
 /// Element offsets of a `[1, heads, n, d]` view: (start, head stride, row stride), rows contiguous.
 fn view(layout: &Layout, what: &str) -> Result<(usize, usize, usize, [usize; 4])> {
-    let dims: [usize; 4] = layout.dims().try_into().map_err(|_| candle_core::Error::Msg(format!("decode attention: {what} must be 4-d")))?;
+    let dims: [usize; 4] = layout
+        .dims()
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg(format!("decode attention: {what} must be 4-d")))?;
     let st = layout.stride();
     if dims[0] != 1 || (st[3] != 1 && dims[3] > 1) {
         candle_core::bail!("decode attention: {what} {:?} strides {:?} unsupported", dims, st)
@@ -292,7 +298,10 @@ mod simd {
     /// Rows `0..n` lie inside `data` (checked once, so the loops below can load unchecked).
     fn check(rows: &Rows) {
         if rows.n > 0 {
-            assert!(rows.start + (rows.n - 1) * rows.stride + rows.d <= rows.data.len(), "cache view out of bounds");
+            assert!(
+                rows.start + (rows.n - 1) * rows.stride + rows.d <= rows.data.len(),
+                "cache view out of bounds"
+            );
         }
     }
 
@@ -340,8 +349,15 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     fn exp8(x: __m256) -> __m256 {
         let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
-        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fnmadd_ps(
+            n,
+            _mm256_set1_ps(-2.121_944_4e-4),
+            _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x),
+        );
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
         for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
@@ -472,4 +488,3 @@ mod tests {
         Ok(())
     }
 }
-

@@ -134,12 +134,18 @@ impl CustomOp1 for HashDropout {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("hash-dropout: input not contiguous".into()))?;
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("hash-dropout: input not contiguous".into()))?;
         let scale = kept_scale(s.dtype(), self.keep);
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[start..end], scale, |f| f, |v| v)),
-            CpuStorage::BF16(v) => CpuStorage::BF16(self.run(&v[start..end], scale, bf16::from_f32, |v| v.to_f32())),
-            CpuStorage::F16(v) => CpuStorage::F16(self.run(&v[start..end], scale, f16::from_f32, |v| v.to_f32())),
+            CpuStorage::BF16(v) => {
+                CpuStorage::BF16(self.run(&v[start..end], scale, bf16::from_f32, |v| v.to_f32()))
+            }
+            CpuStorage::F16(v) => {
+                CpuStorage::F16(self.run(&v[start..end], scale, f16::from_f32, |v| v.to_f32()))
+            }
             other => candle_core::bail!("hash-dropout: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, l.shape().clone()))

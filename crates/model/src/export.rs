@@ -39,7 +39,10 @@ pub fn named_tensors(m: &LoadedModel) -> Result<HashMap<String, Tensor>> {
     }
     for (i, l) in model.layers.iter().enumerate() {
         out.insert(format!("model.layers.{i}.input_layernorm.weight"), l.input_layernorm.weight().clone());
-        out.insert(format!("model.layers.{i}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight().clone());
+        out.insert(
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            l.post_attention_layernorm.weight().clone(),
+        );
     }
     out.insert("model.norm.weight".into(), model.norm.weight().clone());
     out.insert("model.embed_tokens.weight".into(), model.embed_tokens.clone());

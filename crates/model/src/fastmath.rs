@@ -22,7 +22,8 @@ pub fn exp(x: f32) -> f32 {
     let n = (x * LOG2E).round_ties_even();
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor coefficients of e^r to r^6 (|r| ≤ 0.347: the r^7 term is < 1e-7 relative).
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     p * scale
 }
@@ -89,10 +90,16 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `grad`) is `softmax(row) − onehot(target)` per row, `[n, vocab]` f32 — the cross-entropy of
 /// the rows and its gradient in two passes over each row (max and sum of exponentials online,
 /// then the probabilities), instead of the composed form's eight. [`total`] sums the rows.
-pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32], grad: bool) -> Result<(Vec<f32>, Option<Tensor>)> {
+pub fn cross_entropy_rows(
+    logits: &Tensor,
+    targets: &[u32],
+    grad: bool,
+) -> Result<(Vec<f32>, Option<Tensor>)> {
     let op = CeRows { targets: targets.to_vec(), grad, loss: std::sync::Mutex::new(Vec::new()) };
     let out = logits.contiguous()?.apply_op1_no_bwd(&op)?;
-    let loss = std::mem::take(&mut *op.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))?);
+    let loss = std::mem::take(
+        &mut *op.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))?,
+    );
     Ok((loss, grad.then_some(out)))
 }
 
@@ -110,9 +117,18 @@ fn logsumexp(row: &[f32]) -> f32 {
 /// [`cross_entropy_rows`] over a buffer of our own, `logits: [n, vocab]` row-major: returns each
 /// row's loss and, when `grad`, overwrites each row with `softmax(row) − onehot(target)` (no
 /// second buffer).
-pub fn cross_entropy_rows_in_place(logits: &mut [f32], vocab: usize, targets: &[u32], grad: bool) -> Result<Vec<f32>> {
+pub fn cross_entropy_rows_in_place(
+    logits: &mut [f32],
+    vocab: usize,
+    targets: &[u32],
+    grad: bool,
+) -> Result<Vec<f32>> {
     if vocab == 0 || logits.len() != targets.len() * vocab {
-        candle_core::bail!("cross-entropy: {} logits for {} targets over a vocabulary of {vocab}", logits.len(), targets.len());
+        candle_core::bail!(
+            "cross-entropy: {} logits for {} targets over a vocabulary of {vocab}",
+            logits.len(),
+            targets.len()
+        );
     }
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("cross-entropy: target {bad} outside the vocabulary of {vocab}");
@@ -143,7 +159,9 @@ impl CustomOp1 for CeRows {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("cross-entropy: logits not contiguous".into()))?;
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("cross-entropy: logits not contiguous".into()))?;
         let x = &s.as_slice::<f32>()?[start..end];
         let (n, v) = l.shape().dims2()?;
         if self.targets.len() != n {
@@ -197,7 +215,10 @@ mod tests {
         for n in [0usize, 1, 15, 16, 17, 100, 1000] {
             let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0).collect();
-            assert!((sum(&a) - a.iter().sum::<f32>()).abs() <= 1e-4 * a.iter().map(|v| v.abs()).sum::<f32>().max(1.0));
+            assert!(
+                (sum(&a) - a.iter().sum::<f32>()).abs()
+                    <= 1e-4 * a.iter().map(|v| v.abs()).sum::<f32>().max(1.0)
+            );
             assert_eq!(max(&a), a.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
             let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             assert!((dot(&a, &b) - plain).abs() <= 1e-4 * plain.abs().max(1.0));
@@ -210,7 +231,9 @@ mod tests {
     fn cross_entropy_rows_match_the_composed_form() -> Result<()> {
         let dev = Device::Cpu;
         // Fixed pseudo-random logits around 5 ± 9 (a test must not change from run to run).
-        let values: Vec<f32> = (0..7 * 301u32).map(|i| 5.0 + 9.0 * (((i.wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0) - 0.5)).collect();
+        let values: Vec<f32> = (0..7 * 301u32)
+            .map(|i| 5.0 + 9.0 * (((i.wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0) - 0.5))
+            .collect();
         let logits = Tensor::from_vec(values, (7, 301), &dev)?;
         let targets = [0u32, 300, 17, 17, 150, 1, 299];
         let (loss, d) = cross_entropy_rows(&logits, &targets, true)?;
@@ -223,9 +246,17 @@ mod tests {
             assert!((ours - r).abs() < 1e-4 * r.abs().max(1.0), "{ours} vs {r}");
         }
         let reference: f64 = per_row.iter().map(|&l| f64::from(l)).sum();
-        assert!((total(&loss) - reference).abs() < 1e-4 * reference.abs().max(1.0), "{} vs {reference}", total(&loss));
+        assert!(
+            (total(&loss) - reference).abs() < 1e-4 * reference.abs().max(1.0),
+            "{} vs {reference}",
+            total(&loss)
+        );
         let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
-        let onehot = Tensor::zeros((7, 301), candle_core::DType::F32, &dev)?.scatter_add(&tg.unsqueeze(1)?, &Tensor::ones((7, 1), candle_core::DType::F32, &dev)?, 1)?;
+        let onehot = Tensor::zeros((7, 301), candle_core::DType::F32, &dev)?.scatter_add(
+            &tg.unsqueeze(1)?,
+            &Tensor::ones((7, 1), candle_core::DType::F32, &dev)?,
+            1,
+        )?;
         let d = d.expect("gradient asked for");
         let diff = (&d - (p - onehot)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         // Both sides round `logit - lse` in f32 (|lse| ≈ 12 here), so probabilities agree to a few ulps of

@@ -91,7 +91,11 @@ pub struct StopFilter {
 impl StopFilter {
     /// Empty stop strings are ignored.
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), text: String::new(), emitted: 0 }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            text: String::new(),
+            emitted: 0,
+        }
     }
 
     /// The text so far, cut at a stop string once one was hit.
@@ -109,7 +113,11 @@ impl StopFilter {
         self.text.push_str(piece);
         let search_from = self.emitted.saturating_sub(self.stops.iter().map(String::len).max().unwrap_or(0));
         let search_from = floor_char_boundary(&self.text, search_from);
-        let hit = self.stops.iter().filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i)).min();
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i))
+            .min();
         if let Some(at) = hit {
             self.text.truncate(at);
             let out = self.text[self.emitted.min(at)..].to_string();
@@ -148,15 +156,30 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 /// Generate from `prompt` token ids; `on_text` receives each piece of text as it is ready.
-pub fn generate(model: &Llama, tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, on_text: impl FnMut(&str)) -> Result<Generation> {
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
     generate_constrained(model, tok, prompt, params, None, on_text)
 }
 
 /// Pick the next token of a row: under a constraint, from the logits its mask leaves (EOS only
 /// where the grammar accepts), and the constraint moves past it.
-fn pick(sampler: &mut Sampler, row: &[f32], context: &[u32], constraint: Option<&mut Constraint>, eos_ids: &[u32]) -> Result<u32> {
+fn pick(
+    sampler: &mut Sampler,
+    row: &[f32],
+    context: &[u32],
+    constraint: Option<&mut Constraint>,
+    eos_ids: &[u32],
+) -> Result<u32> {
     let Some(c) = constraint else { return Ok(sampler.sample(row, context)) };
-    let failed = |e: crate::constrain::ConstrainError| ModelError::InvalidSetting { field: "json_schema", reason: e.to_string() };
+    let failed = |e: crate::constrain::ConstrainError| ModelError::InvalidSetting {
+        field: "json_schema",
+        reason: e.to_string(),
+    };
     let mut masked = row.to_vec();
     c.apply(&mut masked).map_err(failed)?;
     let next = sampler.sample(&masked, context);
@@ -191,7 +214,11 @@ pub fn generate_constrained(
     let device = model.device().clone();
     let mut context = prompt.to_vec();
     let mut stream = TextStream::new(tok);
-    let mut stop = StopFilter { stops: params.stop.iter().filter(|s| !s.is_empty()).cloned().collect(), text: String::new(), emitted: 0 };
+    let mut stop = StopFilter {
+        stops: params.stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+        text: String::new(),
+        emitted: 0,
+    };
     let mut generated = Vec::new();
     let mut finish = FinishReason::Length;
 
@@ -243,7 +270,11 @@ mod tests {
     use super::*;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool, String) {
-        let mut f = StopFilter { stops: stops.iter().map(|s| s.to_string()).collect(), text: String::new(), emitted: 0 };
+        let mut f = StopFilter {
+            stops: stops.iter().map(|s| s.to_string()).collect(),
+            text: String::new(),
+            emitted: 0,
+        };
         let mut out = String::new();
         for p in pieces {
             let (o, hit) = f.push(p);
@@ -289,7 +320,12 @@ struct Row<'a> {
 /// every row has stopped. Each row gets its own sampler (same seed), stop strings and EOS check;
 /// greedy output equals [`generate`] on the row alone (left padding is masked and RoPE positions
 /// start after it). Time is shared: every row reports the batch's prefill and decode seconds.
-pub fn generate_batch(model: &Llama, tok: &Tokenizer, prompts: &[Vec<u32>], params: &GenerateParams) -> Result<Vec<Generation>> {
+pub fn generate_batch(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+) -> Result<Vec<Generation>> {
     batch(model, tok, prompts, params, PREFILL_CHUNK, None)
 }
 
@@ -330,7 +366,10 @@ fn batch(
     let ctx = model.config().max_position_embeddings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
-        return Err(ModelError::InvalidSetting { field: "prompt", reason: format!("prompt {i} of the batch is empty") });
+        return Err(ModelError::InvalidSetting {
+            field: "prompt",
+            reason: format!("prompt {i} of the batch is empty"),
+        });
     }
     if longest >= ctx {
         return Err(ModelError::InvalidSetting {
@@ -377,7 +416,8 @@ fn batch(
             if row.finish.is_some() {
                 continue;
             }
-            let next = pick(&mut row.sampler, logits_row, &row.context, row.constraint.as_mut(), &params.eos_ids)?;
+            let next =
+                pick(&mut row.sampler, logits_row, &row.context, row.constraint.as_mut(), &params.eos_ids)?;
             if params.eos_ids.contains(&next) {
                 row.finish = Some(FinishReason::Stop);
                 continue;

@@ -37,7 +37,11 @@ struct Meta<'a> {
 
 impl Meta<'_> {
     fn err(&self, key: &str, reason: &str) -> ModelError {
-        ModelError::InvalidConfig { path: self.path.to_path_buf(), field: key.to_string(), reason: reason.into() }
+        ModelError::InvalidConfig {
+            path: self.path.to_path_buf(),
+            field: key.to_string(),
+            reason: reason.into(),
+        }
     }
     fn get(&self, key: &str) -> Option<&Value> {
         self.map.get(key)
@@ -158,7 +162,8 @@ fn unpermute_rows(q: &QTensor, n_heads: usize, device: &Device) -> candle_core::
             for i in 0..d / 2 {
                 let dst = h * d + j * (d / 2) + i;
                 let src = h * d + 2 * i + j;
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }
@@ -184,7 +189,12 @@ fn config_of(path: &Path, content: &Content) -> Result<(ModelConfig, Vec<String>
     let family = match arch.as_str() {
         "llama" => Family::Llama,
         "qwen2" => Family::Qwen2,
-        other => return Err(ModelError::UnsupportedArchitecture { path: path.to_path_buf(), arch: other.to_string() }),
+        other => {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch: other.to_string(),
+            });
+        }
     };
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = meta.req_usize(&key("embedding_length"))?;
@@ -192,16 +202,21 @@ fn config_of(path: &Path, content: &Content) -> Result<(ModelConfig, Vec<String>
     let num_kv_heads = meta.uint(&key("attention.head_count_kv"))?.map(|v| v as usize).unwrap_or(num_heads);
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let vocab_size = meta.uint(&key("vocab_size"))?.map(|v| v as usize).unwrap_or(tokens.len());
-    let head_dim = meta.uint(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(hidden / num_heads.max(1));
+    let head_dim =
+        meta.uint(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(hidden / num_heads.max(1));
     let bos_id = meta.uint("tokenizer.ggml.bos_token_id")?;
     let eos_id = meta.uint("tokenizer.ggml.eos_token_id")?;
-    let rope_scaling = match (meta.string(&key("rope.scaling.type"))?, meta.float(&key("rope.scaling.factor"))?) {
-        (Some("linear"), Some(f)) => Some(crate::config::RopeScaling::Linear { factor: f }),
-        (None | Some("none"), _) => None,
-        (Some(other), _) => {
-            return Err(meta.err(&key("rope.scaling.type"), &format!("`{other}` is not supported (supported: linear)")));
-        }
-    };
+    let rope_scaling =
+        match (meta.string(&key("rope.scaling.type"))?, meta.float(&key("rope.scaling.factor"))?) {
+            (Some("linear"), Some(f)) => Some(crate::config::RopeScaling::Linear { factor: f }),
+            (None | Some("none"), _) => None,
+            (Some(other), _) => {
+                return Err(meta.err(
+                    &key("rope.scaling.type"),
+                    &format!("`{other}` is not supported (supported: linear)"),
+                ));
+            }
+        };
     let has = |name: &str| content.tensor_infos.contains_key(name);
     let config = ModelConfig {
         family,
@@ -225,7 +240,9 @@ fn config_of(path: &Path, content: &Content) -> Result<(ModelConfig, Vec<String>
         pad_token_id: meta.uint("tokenizer.ggml.padding_token_id")?.map(|v| v as u32),
     };
     if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-        return Err(meta.err(&key("attention.head_count_kv"), "head counts must be positive and divide each other"));
+        return Err(
+            meta.err(&key("attention.head_count_kv"), "head counts must be positive and divide each other")
+        );
     }
     Ok((config, tokens))
 }
@@ -262,7 +279,9 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             continue;
         };
         // Only the llama converter permutes; qwen2 GGUFs keep HF's layout (NeoX RoPE).
-        let q = if family == Family::Llama && (hf.contains("self_attn.q_proj") || hf.contains("self_attn.k_proj")) {
+        let q = if family == Family::Llama
+            && (hf.contains("self_attn.q_proj") || hf.contains("self_attn.k_proj"))
+        {
             let heads = if hf.contains("q_proj") { num_heads } else { num_kv_heads };
             unpermute_rows(&q, heads, device).map_err(bad)?
         } else {
@@ -306,8 +325,11 @@ fn text_parts(meta: &Meta<'_>, tokens: Vec<String>) -> Result<GgufText> {
         token_types: meta.ints("tokenizer.ggml.token_type")?,
         merges: meta.strings("tokenizer.ggml.merges")?,
     };
-    let tokenizer_json = tokenizer_json_from_gguf(&vocab)
-        .map_err(|e| ModelError::InvalidFile { path: meta.path.to_path_buf(), what: "tokenizer metadata".into(), reason: e.to_string() })?;
+    let tokenizer_json = tokenizer_json_from_gguf(&vocab).map_err(|e| ModelError::InvalidFile {
+        path: meta.path.to_path_buf(),
+        what: "tokenizer metadata".into(),
+        reason: e.to_string(),
+    })?;
     Ok(GgufText {
         tokenizer_json,
         chat_template: meta.string("tokenizer.chat_template")?.map(str::to_string),
@@ -333,7 +355,10 @@ mod tests {
 
     #[test]
     fn gguf_names_map_to_hf_names() {
-        assert_eq!(hf_name("blk.12.attn_q.weight").as_deref(), Some("model.layers.12.self_attn.q_proj.weight"));
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").as_deref(),
+            Some("model.layers.12.self_attn.q_proj.weight")
+        );
         assert_eq!(hf_name("blk.0.ffn_down.weight").as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
         assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
@@ -342,7 +367,10 @@ mod tests {
     /// The converter's permutation, written as in `convert_hf_to_gguf.py`.
     fn permute(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
         let (rows, cols) = w.dims2()?;
-        w.reshape((n_heads, 2, rows / n_heads / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
+        w.reshape((n_heads, 2, rows / n_heads / 2, cols))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((rows, cols))
     }
 
     #[test]

@@ -134,10 +134,21 @@ impl CustomOp1 for FrozenMatmul {
 /// Sequences of up to [`KEEP_PROBS_MAX_T`] tokens keep the probabilities for backward instead
 /// (at most `b·heads·2 MB` per layer in bf16): recomputing them costs a `q·kᵀ` and a softmax per
 /// layer, 0.7 ms of a 13 ms layer step on the H200 at 8×1024 tokens.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, t: usize, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    t: usize,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let p = probs_no_grad(&q.detach(), &k.detach(), t, scale, mask)?;
     let out = p.matmul(&v.detach())?;
-    let keep = if q.device().is_cpu() { p.elem_count() * p.dtype().size_in_bytes() <= KEEP_PROBS_MAX_BYTES_CPU } else { t <= KEEP_PROBS_MAX_T };
+    let keep = if q.device().is_cpu() {
+        p.elem_count() * p.dtype().size_in_bytes() <= KEEP_PROBS_MAX_BYTES_CPU
+    } else {
+        t <= KEEP_PROBS_MAX_T
+    };
     let kept = keep.then_some(p);
     q.apply_op3(k, v, CausalAttention { out: Slot::new(out), t, scale, mask: mask.cloned(), probs: kept })
 }
@@ -161,7 +172,10 @@ fn probs_no_grad(q: &Tensor, k: &Tensor, t: usize, scale: f64, mask: Option<&Ten
         (_, Some(mask)) => {
             let (b, kv, rows, keys) = scores.dims4()?;
             let rep = rows / t;
-            let masked = (scores * scale)?.reshape((b, kv, rep, t, keys))?.broadcast_add(mask)?.reshape((b, kv, rows, keys))?;
+            let masked = (scores * scale)?
+                .reshape((b, kv, rep, t, keys))?
+                .broadcast_add(mask)?
+                .reshape((b, kv, rows, keys))?;
             candle_nn::ops::softmax_last_dim(&masked)
         }
         // One position: nothing to hide.
@@ -181,7 +195,14 @@ struct CausalAttention {
 impl candle_core::CustomOp3 for CausalAttention {
     handed_over!("causal-attention", out, 3);
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, k, v) = (q.detach(), k.detach(), v.detach());
         let p = match &self.probs {
             Some(p) => p.clone(),
@@ -223,7 +244,10 @@ impl DropoutMask {
             return crate::dropout::apply(x, self.seed, self.keep, self.offset);
         }
         if self.offset != 0 {
-            candle_core::bail!("dropout: the GPU kernel draws whole batches only (element offset {})", self.offset);
+            candle_core::bail!(
+                "dropout: the GPU kernel draws whole batches only (element offset {})",
+                self.offset
+            );
         }
         crate::cuda_kernels::dropout_apply(x, self.seed, self.keep)
     }
@@ -234,7 +258,14 @@ impl DropoutMask {
 /// One graph node instead of about ten (candle's backward allocates and adds a gradient buffer
 /// per node input), keeping only the small `h = s·(x ⊙ m)·Aᵀ` (and `x ⊙ m` on the CPU). Backward:
 /// `∂B = ∂yᵀ·h`, `∂h = s·∂y·B`, `∂A = ∂hᵀ·(x ⊙ m)`, `∂x = ∂y·W + (∂h·A) ⊙ m`.
-pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&DropoutMask>) -> Result<Tensor> {
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    mask: Option<&DropoutMask>,
+) -> Result<Tensor> {
     let xd = x.detach();
     if crate::cpu_train::applies(&xd) && w.dtype() == candle_core::DType::F32 {
         // One buffer: the frozen product written, the adapter's accumulated onto it, moved to
@@ -244,7 +275,11 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, m
         *dims.last_mut().expect("x has a last axis") = w.dim(0)?;
         let parts = LoraParts { w: w.clone(), a: a.clone(), b: b.clone(), scale, mask: mask.cloned() };
         let (saved, y) = LoraSaved::forward(&parts, &xd.contiguous()?.reshape((rows, ()))?)?;
-        return x.apply_op3(a, b, LoraLinearCpu { y: Slot::cpu_buffer((CpuStorage::F32(y), Shape::from(dims))), saved });
+        return x.apply_op3(
+            a,
+            b,
+            LoraLinearCpu { y: Slot::cpu_buffer((CpuStorage::F32(y), Shape::from(dims))), saved },
+        );
     }
     let xm = match mask {
         Some(m) => m.apply(&xd)?,
@@ -327,9 +362,19 @@ pub type LoraVars = (Tensor, Tensor, f64, Option<DropoutMask>);
 /// out here. Through separate ops every intermediate (`h` twice, gate, up, their product) gets a
 /// zero-filled gradient buffer plus an add in candle's backward, ~4% of a SmolLM2 step.
 /// `None` when it does not apply (another device or dtype): compose the separate ops.
-pub fn lora_mlp_residual(x: &Tensor, norm_w: &Tensor, eps: f32, gate: &LoraParts, up: &LoraParts, down: &LoraParts) -> Result<Option<Tensor>> {
+pub fn lora_mlp_residual(
+    x: &Tensor,
+    norm_w: &Tensor,
+    eps: f32,
+    gate: &LoraParts,
+    up: &LoraParts,
+    down: &LoraParts,
+) -> Result<Option<Tensor>> {
     let f32 = candle_core::DType::F32;
-    if !crate::cpu_train::applies(x) || norm_w.dtype() != f32 || [gate, up, down].iter().any(|p| p.w.dtype() != f32 || p.a.dtype() != f32) {
+    if !crate::cpu_train::applies(x)
+        || norm_w.dtype() != f32
+        || [gate, up, down].iter().any(|p| p.w.dtype() != f32 || p.a.dtype() != f32)
+    {
         return Ok(None);
     }
     let hidden = x.dim(D::Minus1)?;
@@ -340,13 +385,17 @@ pub fn lora_mlp_residual(x: &Tensor, norm_w: &Tensor, eps: f32, gate: &LoraParts
     let (gate_saved, g) = LoraSaved::forward(gate, &h)?;
     let (up_saved, u) = LoraSaved::forward(up, &h)?;
     let ffn = gate.w.dim(0)?;
-    let (g, u) = (Tensor::from_vec(g, (rows, ffn), x.device())?, Tensor::from_vec(u, (rows, ffn), x.device())?);
+    let (g, u) =
+        (Tensor::from_vec(g, (rows, ffn), x.device())?, Tensor::from_vec(u, (rows, ffn), x.device())?);
     let s = cpu_tensor(crate::cpu_train::swiglu_forward(&g, &u)?, x.device())?;
     let (down_saved, mut y) = LoraSaved::forward(down, &s)?;
     drop(s);
     // The residual, added into the down projection's buffer.
     crate::cpu_train::add_into(&mut y, &xd)?;
-    let pieces = [gate, up, down].iter().flat_map(|p| [p.a.flatten_all(), p.b.flatten_all()]).collect::<Result<Vec<_>>>()?;
+    let pieces = [gate, up, down]
+        .iter()
+        .flat_map(|p| [p.a.flatten_all(), p.b.flatten_all()])
+        .collect::<Result<Vec<_>>>()?;
     let packed = Tensor::cat(&pieces, 0)?;
     let y = Slot::cpu_buffer((CpuStorage::F32(y), x.shape().clone()));
     let op = LoraMlp { y, xd, norm_w, eps, g, u, saved: [gate_saved, up_saved, down_saved] };
@@ -367,7 +416,13 @@ struct LoraMlp {
 impl CustomOp2 for LoraMlp {
     handed_over!("lora-mlp", y, 2);
 
-    fn bwd(&self, x: &Tensor, _packed: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _packed: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (rows, hidden) = self.xd.dims2()?;
         let grad = grad.contiguous()?.reshape((rows, hidden))?;
         let [gate, up, down] = &self.saved;
@@ -377,7 +432,10 @@ impl CustomOp2 for LoraMlp {
         let (dh_u, da_u, db_u) = up.backward(&du, true)?;
         let dh = (dh_g.expect("asked for") + dh_u.expect("asked for"))?;
         let dx = (crate::cpu_train::rms_norm_input_grad(&self.xd, &self.norm_w, &dh, self.eps)? + &grad)?;
-        let pieces = [da_g, db_g, da_u, db_u, da_d, db_d].iter().map(Tensor::flatten_all).collect::<Result<Vec<_>>>()?;
+        let pieces = [da_g, db_g, da_u, db_u, da_d, db_d]
+            .iter()
+            .map(Tensor::flatten_all)
+            .collect::<Result<Vec<_>>>()?;
         Ok((Some(dx.reshape(x.shape())?), Some(Tensor::cat(&pieces, 0)?)))
     }
 }
@@ -399,10 +457,22 @@ pub struct AttentionShape<'a> {
 /// (q, k, v, o) — as one graph node on the CPU (f32), like [`lora_mlp_residual`]: the eight adapter
 /// variables packed into one vector, backward written out (the heads' split and RoPE, attention's
 /// softmax and products, the projections). `None` when it does not apply.
-pub fn lora_attention_residual(x: &Tensor, norm_w: &Tensor, eps: f32, shape: &AttentionShape<'_>, proj: [&LoraParts; 4]) -> Result<Option<Tensor>> {
+pub fn lora_attention_residual(
+    x: &Tensor,
+    norm_w: &Tensor,
+    eps: f32,
+    shape: &AttentionShape<'_>,
+    proj: [&LoraParts; 4],
+) -> Result<Option<Tensor>> {
     let f32 = candle_core::DType::F32;
     let &AttentionShape { b, t, heads, kv_heads, head_dim: d, cos, sin } = shape;
-    if !crate::cpu_train::applies(x) || norm_w.dtype() != f32 || proj.iter().any(|p| p.w.dtype() != f32 || p.a.dtype() != f32) || cos.rank() != 2 || kv_heads == 0 || heads % kv_heads != 0 {
+    if !crate::cpu_train::applies(x)
+        || norm_w.dtype() != f32
+        || proj.iter().any(|p| p.w.dtype() != f32 || p.a.dtype() != f32)
+        || cos.rank() != 2
+        || kv_heads == 0
+        || heads % kv_heads != 0
+    {
         return Ok(None);
     }
     let hidden = x.dim(D::Minus1)?;
@@ -432,7 +502,8 @@ pub fn lora_attention_residual(x: &Tensor, norm_w: &Tensor, eps: f32, shape: &At
     drop(merged);
     crate::cpu_train::add_into(&mut y, &xd)?;
     let probs = (p.elem_count() * 4 <= KEEP_PROBS_MAX_BYTES_CPU).then_some(p);
-    let pieces = proj.iter().flat_map(|p| [p.a.flatten_all(), p.b.flatten_all()]).collect::<Result<Vec<_>>>()?;
+    let pieces =
+        proj.iter().flat_map(|p| [p.a.flatten_all(), p.b.flatten_all()]).collect::<Result<Vec<_>>>()?;
     let packed = Tensor::cat(&pieces, 0)?;
     let op = LoraAttention {
         y: Slot::cpu_buffer((CpuStorage::F32(y), x.shape().clone())),
@@ -473,7 +544,13 @@ struct LoraAttention {
 impl CustomOp2 for LoraAttention {
     handed_over!("lora-attention", y, 2);
 
-    fn bwd(&self, x: &Tensor, _packed: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _packed: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, t, heads, kv_heads, d) = self.dims;
         let (rows, hidden) = self.xd.dims2()?;
         let grad = grad.contiguous()?.reshape((rows, hidden))?;
@@ -481,7 +558,12 @@ impl CustomOp2 for LoraAttention {
         let swap = crate::cuda_kernels::swap12;
         let (dm, da_o, db_o) = os.backward(&grad, true)?;
         let rep = heads / kv_heads;
-        let dout = swap(&dm.expect("asked for").reshape((b, t, heads, d))?, None)?.reshape((b, kv_heads, rep * t, d))?;
+        let dout = swap(&dm.expect("asked for").reshape((b, t, heads, d))?, None)?.reshape((
+            b,
+            kv_heads,
+            rep * t,
+            d,
+        ))?;
         let scale = 1.0 / (d as f64).sqrt();
         let p = match &self.probs {
             Some(p) => p.clone(),
@@ -505,7 +587,10 @@ impl CustomOp2 for LoraAttention {
         let (dh_v, da_v, db_v) = vs.backward(&dv, true)?;
         let dh = ((dh_q.expect("asked for") + dh_k.expect("asked for"))? + dh_v.expect("asked for"))?;
         let dx = (crate::cpu_train::rms_norm_input_grad(&self.xd, &self.norm_w, &dh, self.eps)? + &grad)?;
-        let pieces = [da_q, db_q, da_k, db_k, da_v, db_v, da_o, db_o].iter().map(Tensor::flatten_all).collect::<Result<Vec<_>>>()?;
+        let pieces = [da_q, db_q, da_k, db_k, da_v, db_v, da_o, db_o]
+            .iter()
+            .map(Tensor::flatten_all)
+            .collect::<Result<Vec<_>>>()?;
         Ok((Some(dx.reshape(x.shape())?), Some(Tensor::cat(&pieces, 0)?)))
     }
 }
@@ -527,7 +612,14 @@ struct LoraLinearCpu {
 impl candle_core::CustomOp3 for LoraLinearCpu {
     handed_over!("lora-linear", y, 3);
 
-    fn bwd(&self, x: &Tensor, _a: &Tensor, _b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _a: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let rows = grad.elem_count() / grad.dim(D::Minus1)?;
         let (dx, da, db) = self.saved.backward(&grad.contiguous()?.reshape((rows, ()))?, x.track_op())?;
         Ok((dx.map(|dx| dx.reshape(x.shape())).transpose()?, Some(da), Some(db)))
@@ -537,7 +629,14 @@ impl candle_core::CustomOp3 for LoraLinearCpu {
 impl candle_core::CustomOp3 for LoraLinear {
     handed_over!("lora-linear", y, 3);
 
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let db = grad.t()?.matmul(&self.h)?;
         let dh = (grad.matmul(&b.detach())? * self.scale)?;
@@ -551,7 +650,9 @@ impl candle_core::CustomOp3 for LoraLinear {
             let a = a.detach();
             match &self.mask {
                 // Without dropout both products go into one buffer on a GPU.
-                None if crate::cuda_kernels::available(&grad) => Some(crate::cuda_kernels::matmul_sum(&[(&grad, &self.w, false), (&dh, &a, false)])?),
+                None if crate::cuda_kernels::available(&grad) => {
+                    Some(crate::cuda_kernels::matmul_sum(&[(&grad, &self.w, false), (&dh, &a, false)])?)
+                }
                 None => Some((grad.matmul(&self.w)? + dh.matmul(&a)?)?),
                 Some(m) => Some((grad.matmul(&self.w)? + m.apply(&dh.matmul(&a)?)?)?),
             }
@@ -568,9 +669,14 @@ impl candle_core::CustomOp3 for LoraLinear {
 pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     let (gd, ud) = (g.detach(), u.detach());
     if crate::cpu_train::applies(&gd) {
-        return g.apply_op2(u, SwiGluGrad { y: Slot::cpu_buffer(crate::cpu_train::swiglu_forward(&gd, &ud)?) });
+        return g
+            .apply_op2(u, SwiGluGrad { y: Slot::cpu_buffer(crate::cpu_train::swiglu_forward(&gd, &ud)?) });
     }
-    let y = if crate::cuda_kernels::available(&gd) { crate::cuda_kernels::swiglu(&gd, &ud)? } else { (gd.silu()? * &ud)? };
+    let y = if crate::cuda_kernels::available(&gd) {
+        crate::cuda_kernels::swiglu(&gd, &ud)?
+    } else {
+        (gd.silu()? * &ud)?
+    };
     g.apply_op2(u, SwiGluGrad { y: Slot::new(y) })
 }
 
@@ -581,7 +687,13 @@ struct SwiGluGrad {
 impl CustomOp2 for SwiGluGrad {
     handed_over!("swiglu", y, 2);
 
-    fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, u) = (g.detach(), u.detach());
         if crate::cuda_kernels::available(&g) {
             let both = crate::cuda_kernels::swiglu_backward(&g, &u, grad)?;
@@ -619,13 +731,22 @@ struct RmsNormGrad {
 impl CustomOp2 for RmsNormGrad {
     handed_over!("rms-norm", y, 2);
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if !w.track_op() && crate::cuda_kernels::available(x) {
             let dx = crate::cuda_kernels::rms_norm_backward(&x.detach(), &w.detach(), grad, self.eps as f32)?;
             return Ok((Some(dx), None));
         }
         if !w.track_op() && crate::cpu_train::applies(x) && w.dtype() == candle_core::DType::F32 {
-            return Ok((Some(crate::cpu_train::rms_norm_input_grad(&x.detach(), &w.detach(), grad, self.eps as f32)?), None));
+            return Ok((
+                Some(crate::cpu_train::rms_norm_input_grad(&x.detach(), &w.detach(), grad, self.eps as f32)?),
+                None,
+            ));
         }
         let f32 = candle_core::DType::F32;
         let x32 = x.to_dtype(f32)?;
@@ -742,12 +863,21 @@ pub fn frozen_head_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor) -
 
 /// [`frozen_head_cross_entropy_sum`] and each row's loss on the host, from the same pass (the
 /// per-example loss of training's loss-spike signal costs no second head product).
-pub fn frozen_head_cross_entropy_rows(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<(Tensor, Vec<f32>)> {
+pub fn frozen_head_cross_entropy_rows(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+) -> Result<(Tensor, Vec<f32>)> {
     let (total, rows) = frozen_head_cross_entropy(h, w, targets, true)?;
     Ok((total, rows.unwrap_or_default()))
 }
 
-fn frozen_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor, per_row: bool) -> Result<(Tensor, Option<Vec<f32>>)> {
+fn frozen_head_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    per_row: bool,
+) -> Result<(Tensor, Option<Vec<f32>>)> {
     let (n, _) = h.dims2()?;
     let chunk = ce_chunk_rows(w.dim(0)?);
     let hd = h.detach();
@@ -764,7 +894,12 @@ fn frozen_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor, per_row: 
             // Logits into a buffer of our own, turned into their gradient in place.
             let vocab = w.dim(0)?;
             let mut logits = crate::cpu_train::product(&hd.narrow(0, start, len)?, &w.t()?, 1.0)?;
-            let losses = crate::fastmath::cross_entropy_rows_in_place(&mut logits, vocab, &tg.to_vec1::<u32>()?, want_grad)?;
+            let losses = crate::fastmath::cross_entropy_rows_in_place(
+                &mut logits,
+                vocab,
+                &tg.to_vec1::<u32>()?,
+                want_grad,
+            )?;
             total = (total + crate::fastmath::total(&losses))?;
             if per_row {
                 rows.extend_from_slice(&losses);
@@ -853,7 +988,10 @@ mod tests {
             }
         }
         let mask = Tensor::from_vec(m, (t, t), q.device())?;
-        let s = (q.matmul(&k.t()?)? * scale)?.reshape((b, kv, rep, t, t))?.broadcast_add(&mask)?.reshape((b, kv, rows, t))?;
+        let s = (q.matmul(&k.t()?)? * scale)?
+            .reshape((b, kv, rep, t, t))?
+            .broadcast_add(&mask)?
+            .reshape((b, kv, rows, t))?;
         candle_nn::ops::softmax(&s, D::Minus1)
     }
 
@@ -887,7 +1025,11 @@ mod tests {
             assert!((&y - &r)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? < 1e-5);
             let g = y.sum_all()?.backward()?;
             let gr = r.sum_all()?.backward()?;
-            let diff = (g.get(&x).expect("grad") - gr.get(&x).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let diff = (g.get(&x).expect("grad") - gr.get(&x).expect("grad"))?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
             assert!(diff < 1e-5);
         }
         Ok(())
@@ -975,7 +1117,8 @@ mod tests {
                 let xt = x.as_tensor();
                 let (x1, x2) = (xt.narrow(D::Minus1, 0, 4)?, xt.narrow(D::Minus1, 4, 4)?);
                 let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                let reference = (xt.broadcast_mul(&expand(&cos)?)? + rotated.broadcast_mul(&expand(&sin)?)?)?;
+                let reference =
+                    (xt.broadcast_mul(&expand(&cos)?)? + rotated.broadcast_mul(&expand(&sin)?)?)?;
                 grads_agree(&ours, &reference, &[&x], 1e-5)?;
             }
         }
@@ -1013,12 +1156,18 @@ mod tests {
             let targets = Tensor::new(&[0u32, 3, 10, 3, 5, 1, 9], &dev)?;
             let ours = frozen_head_cross_entropy_sum(h.as_tensor(), &w, &targets)?;
             let logits = h.as_tensor().matmul(&w.t()?)?;
-            let reference = (logits.log_sum_exp(D::Minus1)? - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?.sum_all()?;
+            let reference = (logits.log_sum_exp(D::Minus1)?
+                - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?
+            .sum_all()?;
             let diff = (&ours - &reference)?.abs()?.to_scalar::<f32>()?;
             assert!(diff < 1e-4, "loss differs by {diff}");
             let g1 = (&ours * 3.0)?.backward()?;
             let g2 = (&reference * 3.0)?.backward()?;
-            let diff = (g1.get(&h).expect("grad") - g2.get(&h).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let diff = (g1.get(&h).expect("grad") - g2.get(&h).expect("grad"))?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
             assert!(diff < 1e-5, "gradient differs by {diff} on {dev:?}");
             // Without a gradient wanted: the same loss, no graph.
             let plain = frozen_head_cross_entropy_sum(&h.as_tensor().detach(), &w, &targets)?;
@@ -1026,14 +1175,20 @@ mod tests {
             assert!((plain - &reference)?.abs()?.to_scalar::<f32>()? < 1e-4);
             // Per row, from the same pass: each row's loss, and the same sum and gradient.
             let (summed, rows) = frozen_head_cross_entropy_rows(h.as_tensor(), &w, &targets)?;
-            let per_row: Vec<f32> = (logits.log_sum_exp(D::Minus1)? - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?.to_vec1()?;
+            let per_row: Vec<f32> = (logits.log_sum_exp(D::Minus1)?
+                - logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?)?
+            .to_vec1()?;
             assert_eq!(rows.len(), n);
             for (a, b) in rows.iter().zip(&per_row) {
                 assert!((a - b).abs() < 1e-4, "row loss {a} vs {b}");
             }
             assert_eq!(summed.to_scalar::<f32>()?, ours.to_scalar::<f32>()?);
             let g3 = (&summed * 3.0)?.backward()?;
-            let diff = (g3.get(&h).expect("grad") - g1.get(&h).expect("grad"))?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let diff = (g3.get(&h).expect("grad") - g1.get(&h).expect("grad"))?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
             assert_eq!(diff, 0.0);
         }
         // Several chunks: the same sum.
@@ -1067,13 +1222,20 @@ mod tests {
             let parts = |out: usize, inp: usize, index: u64| -> Result<(LoraParts, Var, Var)> {
                 let (a, b) = (var(&[r, inp], &dev)?, var(&[out, r], &dev)?);
                 let mask = mask.then(|| DropoutMask { seed: 11 + index, keep: 0.8, offset: 5 * inp as u64 });
-                let p = LoraParts { w: randn(&[out, inp], &dev)?, a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: 1.7, mask };
+                let p = LoraParts {
+                    w: randn(&[out, inp], &dev)?,
+                    a: a.as_tensor().clone(),
+                    b: b.as_tensor().clone(),
+                    scale: 1.7,
+                    mask,
+                };
                 Ok((p, a, b))
             };
             let (gate, ga, gb) = parts(ffn, hidden, 0)?;
             let (up, ua, ub) = parts(ffn, hidden, 1)?;
             let (down, da, db) = parts(hidden, ffn, 2)?;
-            let fused = lora_mlp_residual(x.as_tensor(), &norm_w, 1e-5, &gate, &up, &down)?.expect("applies on the CPU in f32");
+            let fused = lora_mlp_residual(x.as_tensor(), &norm_w, 1e-5, &gate, &up, &down)?
+                .expect("applies on the CPU in f32");
             let lin = |p: &LoraParts, t: &Tensor| lora_linear(t, &p.w, &p.a, &p.b, p.scale, p.mask.as_ref());
             let h = rms_norm(&x.as_tensor().reshape((rows, hidden))?, &norm_w, 1e-5)?;
             let s = swiglu(&lin(&gate, &h)?, &lin(&up, &h)?)?;
@@ -1097,17 +1259,36 @@ mod tests {
             let mut parts = |out: usize, inp: usize, index: u64| -> Result<LoraParts> {
                 let (a, bv) = (var(&[r, inp], &dev)?, var(&[out, r], &dev)?);
                 let mask = mask.then(|| DropoutMask { seed: 3 + index, keep: 0.7, offset: 9 * inp as u64 });
-                let p = LoraParts { w: randn(&[out, inp], &dev)?, a: a.as_tensor().clone(), b: bv.as_tensor().clone(), scale: 0.9, mask };
+                let p = LoraParts {
+                    w: randn(&[out, inp], &dev)?,
+                    a: a.as_tensor().clone(),
+                    b: bv.as_tensor().clone(),
+                    scale: 0.9,
+                    mask,
+                };
                 vars.extend([a, bv]);
                 Ok(p)
             };
-            let proj = [parts(heads * d, hidden, 0)?, parts(kv * d, hidden, 1)?, parts(kv * d, hidden, 2)?, parts(hidden, heads * d, 3)?];
+            let proj = [
+                parts(heads * d, hidden, 0)?,
+                parts(kv * d, hidden, 1)?,
+                parts(kv * d, hidden, 2)?,
+                parts(hidden, heads * d, 3)?,
+            ];
             let shape = AttentionShape { b, t, heads, kv_heads: kv, head_dim: d, cos: &cos, sin: &sin };
-            let fused = lora_attention_residual(x.as_tensor(), &norm_w, 1e-5, &shape, [&proj[0], &proj[1], &proj[2], &proj[3]])?.expect("applies on the CPU in f32");
+            let fused = lora_attention_residual(
+                x.as_tensor(),
+                &norm_w,
+                1e-5,
+                &shape,
+                [&proj[0], &proj[1], &proj[2], &proj[3]],
+            )?
+            .expect("applies on the CPU in f32");
             // The separate ops, as `Attention::forward` composes them.
             let lin = |p: &LoraParts, t: &Tensor| lora_linear(t, &p.w, &p.a, &p.b, p.scale, p.mask.as_ref());
             let h = rms_norm(&x.as_tensor().reshape((b * t, hidden))?, &norm_w, 1e-5)?;
-            let q = split_heads(&lin(&proj[0], &h)?.reshape((b, t, heads * d))?, heads, d, Some((&cos, &sin)))?;
+            let q =
+                split_heads(&lin(&proj[0], &h)?.reshape((b, t, heads * d))?, heads, d, Some((&cos, &sin)))?;
             let k = split_heads(&lin(&proj[1], &h)?.reshape((b, t, kv * d))?, kv, d, Some((&cos, &sin)))?;
             let v = split_heads(&lin(&proj[2], &h)?.reshape((b, t, kv * d))?, kv, d, None)?;
             let q = q.reshape((b, kv, heads / kv * t, d))?;
@@ -1129,7 +1310,10 @@ mod tests {
             let a = var(&[3, 8], &dev)?;
             let b = var(&[5, 3], &dev)?;
             // The mask the CPU hash draws; a GPU kernel must draw the same one for the seed.
-            let drawn = |offset: u64| crate::dropout::mask(&x.as_tensor().to_device(&Device::Cpu)?, 42, 0.7, offset)?.to_device(&dev);
+            let drawn = |offset: u64| {
+                crate::dropout::mask(&x.as_tensor().to_device(&Device::Cpu)?, 42, 0.7, offset)?
+                    .to_device(&dev)
+            };
             let kept = drawn(0)?.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
             assert!(kept > 10.0 && kept < 47.0, "{kept} of 48 kept at keep 0.7");
             let hashed = |offset: u64| Some(DropoutMask { seed: 42, keep: 0.7, offset });
@@ -1147,7 +1331,8 @@ mod tests {
                     Some(m) => (x.as_tensor() * m)?,
                     None => x.as_tensor().clone(),
                 };
-                let reference = (x.as_tensor().matmul(&w.t()?)? + ((xm.matmul(&a.as_tensor().t()?)? * 2.0)?.matmul(&b.as_tensor().t()?))?)?;
+                let reference = (x.as_tensor().matmul(&w.t()?)?
+                    + ((xm.matmul(&a.as_tensor().t()?)? * 2.0)?.matmul(&b.as_tensor().t()?))?)?;
                 grads_agree(&ours, &reference, &[&x, &a, &b], 1e-4)?;
             }
         }
@@ -1184,7 +1369,11 @@ mod tests {
             close(&p, &p32, "causal softmax")?;
             let dp = randn(&[2, 2 * t, t], &dev)?;
             let ds = crate::cuda_kernels::causal_softmax_backward(&bf(&p32)?, &bf(&dp)?, t, 0.3)?;
-            close(&ds, &crate::cuda_kernels::causal_softmax_backward(&p32, &dp, t, 0.3)?, "causal softmax backward")?;
+            close(
+                &ds,
+                &crate::cuda_kernels::causal_softmax_backward(&p32, &dp, t, 0.3)?,
+                "causal softmax backward",
+            )?;
         }
         let x = randn(&[3, 1000], &dev)?;
         let kept = crate::cuda_kernels::dropout_apply(&bf(&x)?, 9, 0.9)?;

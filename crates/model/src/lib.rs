@@ -14,7 +14,6 @@
 //! - [`testing`]: tiny random models for tests.
 
 pub mod attn_softmax;
-pub mod handoff;
 pub mod batch_attn;
 pub mod chat;
 pub mod clock;
@@ -29,13 +28,14 @@ pub mod export;
 pub mod fastmath;
 pub mod generate;
 pub mod gguf;
+pub mod handoff;
 pub mod hf;
 pub mod linear;
 pub mod llama;
 pub mod loaded;
+pub mod lora;
 pub mod packed;
 pub mod pool;
-pub mod lora;
 pub mod qkernels;
 pub mod rope;
 pub mod sampling;
@@ -47,7 +47,10 @@ pub mod weights;
 pub use chat::{ChatTemplate, Message};
 pub use config::{Family, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generate::{FinishReason, GenerateParams, Generation, generate, generate_batch, generate_batch_constrained, generate_constrained};
+pub use generate::{
+    FinishReason, GenerateParams, Generation, generate, generate_batch, generate_batch_constrained,
+    generate_constrained,
+};
 pub use linear::{BaseWeight, Linear, LinearAdapter};
 pub use llama::{KvCache, Llama, Logits};
 pub use loaded::{Format, LoadedModel, load, load_path};

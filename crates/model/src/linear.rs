@@ -24,7 +24,11 @@ pub trait LinearAdapter: Debug + Send + Sync {
     /// While training, a LoRA adapter's variables (in the activations' dtype), scale and dropout
     /// mask for an input with `in_features` columns, for ops that fuse several layers
     /// (`handoff::lora_mlp_residual`). `None` for other adapters or outside training.
-    fn lora_parts(&self, _in_features: usize, _dtype: candle_core::DType) -> Option<Result<crate::handoff::LoraVars>> {
+    fn lora_parts(
+        &self,
+        _in_features: usize,
+        _dtype: candle_core::DType,
+    ) -> Option<Result<crate::handoff::LoraVars>> {
         None
     }
 }

@@ -93,13 +93,23 @@ impl Attention {
             // Training: the heads' transpose and the rotation as one op each way (a kernel on a GPU).
             let rot = Some((&ctx.cos, &ctx.sin));
             let split = crate::handoff::split_heads;
-            (split(&self.q_proj.forward(x)?, h, d, rot)?, split(&self.k_proj.forward(x)?, kvh, d, rot)?, split(&self.v_proj.forward(x)?, kvh, d, None)?)
+            (
+                split(&self.q_proj.forward(x)?, h, d, rot)?,
+                split(&self.k_proj.forward(x)?, kvh, d, rot)?,
+                split(&self.v_proj.forward(x)?, kvh, d, None)?,
+            )
         } else {
-            let heads = |y: Tensor, n: usize| -> Result<Tensor> { y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous() };
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
+            };
             let q = heads(self.q_proj.forward(x)?, h)?;
             let k = heads(self.k_proj.forward(x)?, kvh)?;
             let v = heads(self.v_proj.forward(x)?, kvh)?;
-            (rope::apply(&q, &ctx.cos, &ctx.sin, ctx.differentiable)?, rope::apply(&k, &ctx.cos, &ctx.sin, ctx.differentiable)?, v)
+            (
+                rope::apply(&q, &ctx.cos, &ctx.sin, ctx.differentiable)?,
+                rope::apply(&k, &ctx.cos, &ctx.sin, ctx.differentiable)?,
+                v,
+            )
         };
         let (k, v) = match cache {
             // The cache hands back a narrowed view of its preallocated buffer; the matmuls take
@@ -145,7 +155,15 @@ impl Attention {
     /// run batched over the rows, attention runs per row against that row's own cache (rows hold
     /// different lengths, so they cannot share one `[b, kv, total, d]` tensor without padding).
     /// `cos`/`sin` are per-row tables `[b, 1, d/2]`; `layer` picks each cache's layer.
-    fn decode(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, caches: &mut [&mut KvCache], layer: usize, window: Option<usize>) -> Result<Tensor> {
+    fn decode(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        caches: &mut [&mut KvCache],
+        layer: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
         let (b, _, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // With one token per row, `[b, 1, n·d]` is already `[b, n, 1, d]` in memory.
@@ -168,7 +186,11 @@ impl Attention {
         }
         let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
             // All rows in one call reading the caches in place (see `batch_attn`).
-            crate::batch_attn::attend_rows(&q.reshape((b, h, d))?, &kv, scale as f32)?.reshape((b, 1, h * d))?
+            crate::batch_attn::attend_rows(&q.reshape((b, h, d))?, &kv, scale as f32)?.reshape((
+                b,
+                1,
+                h * d,
+            ))?
         } else {
             let mut ys = Vec::with_capacity(b);
             for (r, (kc, vc)) in kv.iter().enumerate() {
@@ -188,7 +210,14 @@ const SCORES_SPLIT_BYTES: usize = 32 << 20;
 
 /// `softmax(q·kᵀ·scale + mask)·v` for `q: [b, g, rep·t, d]` against `k, v: [b, g, total, d]`;
 /// `shape` = (b, g, rep, t, total).
-fn scores_softmax_v(q: &Tensor, k: &Tensor, v: &Tensor, ctx: &Ctx, shape: (usize, usize, usize, usize, usize), scale: f64) -> Result<Tensor> {
+fn scores_softmax_v(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    ctx: &Ctx,
+    shape: (usize, usize, usize, usize, usize),
+    scale: f64,
+) -> Result<Tensor> {
     let (b, g, rep, t, total) = shape;
     let att = (q.matmul(&k.t()?)? * scale)?;
     let att = match &ctx.mask {
@@ -214,7 +243,11 @@ impl Mlp {
             let b = if cfg.mlp_bias { Some(w.dense(&format!("{full}.bias"), &[out])?) } else { None };
             Ok(Linear::new(weight, b, inp, out))
         };
-        Ok(Self { gate_proj: proj("gate_proj", ffn, hid)?, up_proj: proj("up_proj", ffn, hid)?, down_proj: proj("down_proj", hid, ffn)? })
+        Ok(Self {
+            gate_proj: proj("gate_proj", ffn, hid)?,
+            up_proj: proj("up_proj", ffn, hid)?,
+            down_proj: proj("down_proj", hid, ffn)?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -258,11 +291,21 @@ impl Block {
         }
         let a = &self.self_attn;
         let parts = |l: &Linear| l.training_lora(x.dtype()).transpose();
-        let (Some(q), Some(k), Some(v), Some(o)) = (parts(&a.q_proj)?, parts(&a.k_proj)?, parts(&a.v_proj)?, parts(&a.o_proj)?) else {
+        let (Some(q), Some(k), Some(v), Some(o)) =
+            (parts(&a.q_proj)?, parts(&a.k_proj)?, parts(&a.v_proj)?, parts(&a.o_proj)?)
+        else {
             return Ok(None);
         };
         let (b, t, _) = x.dims3()?;
-        let shape = crate::handoff::AttentionShape { b, t, heads: a.num_heads, kv_heads: a.num_kv_heads, head_dim: a.head_dim, cos: &ctx.cos, sin: &ctx.sin };
+        let shape = crate::handoff::AttentionShape {
+            b,
+            t,
+            heads: a.num_heads,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+            cos: &ctx.cos,
+            sin: &ctx.sin,
+        };
         let norm = &self.input_layernorm;
         crate::handoff::lora_attention_residual(x, &norm.weight, norm.eps as f32, &shape, [&q, &k, &v, &o])
     }
@@ -270,11 +313,16 @@ impl Block {
     /// LoRA training on the CPU with adapters on all three MLP projections: the MLP half and its
     /// residual as one op (`handoff::lora_mlp_residual`).
     fn fused_mlp(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
-        if !ctx.differentiable || !crate::cpu_train::applies(x) || self.post_attention_layernorm.weight.track_op() {
+        if !ctx.differentiable
+            || !crate::cpu_train::applies(x)
+            || self.post_attention_layernorm.weight.track_op()
+        {
             return Ok(None);
         }
         let parts = |l: &Linear| l.training_lora(x.dtype()).transpose();
-        let (Some(gate), Some(up), Some(down)) = (parts(&self.mlp.gate_proj)?, parts(&self.mlp.up_proj)?, parts(&self.mlp.down_proj)?) else {
+        let (Some(gate), Some(up), Some(down)) =
+            (parts(&self.mlp.gate_proj)?, parts(&self.mlp.up_proj)?, parts(&self.mlp.down_proj)?)
+        else {
             return Ok(None);
         };
         let norm = &self.post_attention_layernorm;
@@ -317,7 +365,10 @@ pub struct KvCache {
 impl KvCache {
     /// `capacity` is a hint (tokens per sequence preallocated); the cache grows past it.
     pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
-        Self { layers: (0..cfg.num_layers).map(|_| LayerCache::new(2, capacity.max(1))).collect(), left_pad: Vec::new() }
+        Self {
+            layers: (0..cfg.num_layers).map(|_| LayerCache::new(2, capacity.max(1))).collect(),
+            left_pad: Vec::new(),
+        }
     }
 
     /// Tokens held per sequence (padding included).
@@ -337,7 +388,12 @@ impl KvCache {
 
 impl Llama {
     /// Build the model from HF-named weights; `mode` picks f32 or quantized linear layers.
-    pub fn load(w: &Weights, cfg: &ModelConfig, mode: WeightMode, freq_factors: Option<&[f32]>) -> crate::Result<Self> {
+    pub fn load(
+        w: &Weights,
+        cfg: &ModelConfig,
+        mode: WeightMode,
+        freq_factors: Option<&[f32]>,
+    ) -> crate::Result<Self> {
         let embed_tokens = w.dense("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -345,7 +401,12 @@ impl Llama {
             layers.push(Block {
                 self_attn: Attention::load(w, &format!("{p}.self_attn"), cfg, mode)?,
                 mlp: Mlp::load(w, &format!("{p}.mlp"), cfg, mode)?,
-                input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), cfg.hidden_size, cfg.rms_norm_eps)?,
+                input_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{p}.input_layernorm.weight"),
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                )?,
                 post_attention_layernorm: RmsNorm::load(
                     w,
                     &format!("{p}.post_attention_layernorm.weight"),
@@ -401,7 +462,12 @@ impl Llama {
         let embed_tokens = mv(&self.embed_tokens)?;
         let tied = matches!(self.lm_head.weight(), BaseWeight::Dense(w) if w.id() == self.embed_tokens.id());
         let lm_head = if tied {
-            Linear::new(BaseWeight::Dense(embed_tokens.clone()), None, self.cfg.hidden_size, self.cfg.vocab_size)
+            Linear::new(
+                BaseWeight::Dense(embed_tokens.clone()),
+                None,
+                self.cfg.hidden_size,
+                self.cfg.vocab_size,
+            )
         } else {
             lin(&self.lm_head)?
         };
@@ -419,7 +485,11 @@ impl Llama {
                     num_kv_heads: a.num_kv_heads,
                     head_dim: a.head_dim,
                 },
-                mlp: Mlp { gate_proj: lin(&m.gate_proj)?, up_proj: lin(&m.up_proj)?, down_proj: lin(&m.down_proj)? },
+                mlp: Mlp {
+                    gate_proj: lin(&m.gate_proj)?,
+                    up_proj: lin(&m.up_proj)?,
+                    down_proj: lin(&m.down_proj)?,
+                },
                 input_layernorm: norm(&l.input_layernorm)?,
                 post_attention_layernorm: norm(&l.post_attention_layernorm)?,
             });
@@ -509,7 +579,9 @@ impl Llama {
         if let Some(c) = cache.as_deref_mut() {
             match left_pad {
                 Some(p) if offset == 0 => c.left_pad = p.to_vec(),
-                Some(p) if p != c.left_pad.as_slice() => candle_core::bail!("left padding changed mid-sequence"),
+                Some(p) if p != c.left_pad.as_slice() => {
+                    candle_core::bail!("left padding changed mid-sequence")
+                }
                 None if offset == 0 => c.left_pad.clear(),
                 _ => {}
             }
@@ -525,7 +597,10 @@ impl Llama {
         let padded = pads.iter().any(|&p| p > 0);
         let total = offset + t;
         if total > self.rope.max_positions() {
-            candle_core::bail!("sequence of {total} tokens exceeds the model's {} positions", self.rope.max_positions())
+            candle_core::bail!(
+                "sequence of {total} tokens exceeds the model's {} positions",
+                self.rope.max_positions()
+            )
         }
         let positions = if padded {
             let mut v = Vec::with_capacity(b * t);
@@ -540,16 +615,21 @@ impl Llama {
         let (cos, sin) = self.rope.tables(&positions)?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let mask = build_mask(b, t, offset, &pads, self.cfg.sliding_window, self.device(), dtype)?;
-        let causal_op = self.differentiable && offset == 0 && !padded && !self.cfg.sliding_window.is_some_and(|w| t > w);
+        let causal_op =
+            self.differentiable && offset == 0 && !padded && !self.cfg.sliding_window.is_some_and(|w| t > w);
         // Off the CPU, a `[t, t]` mask only for devices without the fused causal-softmax kernel.
-        let causal_mask = if causal_op && !self.device().is_cpu() && !crate::cuda_kernels::available(&self.embed_tokens) {
+        let causal_mask = if causal_op
+            && !self.device().is_cpu()
+            && !crate::cuda_kernels::available(&self.embed_tokens)
+        {
             build_mask(1, t, 0, &[], None, self.device(), dtype)?.map(|m| m.reshape((t, t))).transpose()?
         } else {
             None
         };
         let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable, causal_op, causal_mask };
 
-        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let mut x =
+            self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         if !self.embed_tokens.track_op() {
             // A frozen embedding needs no gradient: cut the graph here, or backward would
             // scatter into a zero buffer the size of the vocabulary every step.
@@ -586,7 +666,13 @@ impl Llama {
     /// [`Llama::prefill`] for a batch `ids: [b, t]`, left-padded by `left_pad` as in
     /// [`Llama::forward`] (the padding goes with the first chunk; the cache keeps it). Returns
     /// each row's last-position logits `[b, vocab]`.
-    pub fn prefill_batch(&self, ids: &Tensor, left_pad: Option<&[usize]>, cache: &mut KvCache, chunk: usize) -> Result<Tensor> {
+    pub fn prefill_batch(
+        &self,
+        ids: &Tensor,
+        left_pad: Option<&[usize]>,
+        cache: &mut KvCache,
+        chunk: usize,
+    ) -> Result<Tensor> {
         let t = ids.dim(1)?;
         if t == 0 || chunk == 0 {
             candle_core::bail!("prefill: {t} tokens in chunks of {chunk}")
@@ -625,11 +711,18 @@ impl Llama {
         let mut positions = Vec::with_capacity(b);
         for c in caches.iter() {
             if c.left_pad.len() > 1 {
-                candle_core::bail!("decode_step: a cache holds a batch of {} sequences; it takes one per cache", c.left_pad.len())
+                candle_core::bail!(
+                    "decode_step: a cache holds a batch of {} sequences; it takes one per cache",
+                    c.left_pad.len()
+                )
             }
             let offset = c.len();
             if offset + 1 > self.rope.max_positions() {
-                candle_core::bail!("sequence of {} tokens exceeds the model's {} positions", offset + 1, self.rope.max_positions())
+                candle_core::bail!(
+                    "sequence of {} tokens exceeds the model's {} positions",
+                    offset + 1,
+                    self.rope.max_positions()
+                )
             }
             positions.push(offset.saturating_sub(c.left_pad.first().copied().unwrap_or(0)) as u32);
         }
@@ -651,7 +744,11 @@ impl Llama {
     /// training can then fuse it into the loss (`handoff::frozen_head_cross_entropy_sum`).
     pub fn frozen_head_weight(&self) -> Option<&Tensor> {
         match self.lm_head.weight() {
-            BaseWeight::Dense(w) if !w.track_op() && self.lm_head.bias().is_none() && self.lm_head.adapter().is_none() => Some(w),
+            BaseWeight::Dense(w)
+                if !w.track_op() && self.lm_head.bias().is_none() && self.lm_head.adapter().is_none() =>
+            {
+                Some(w)
+            }
             _ => None,
         }
     }

@@ -58,15 +58,30 @@ pub fn load_path(path: &Path, mode: WeightMode, device: &Device) -> Result<Loade
     if path.is_dir() {
         let m = hf::load(path, device)?;
         if mode == WeightMode::Quantized {
-            tracing::info!("{} holds unquantized weights; the quantized path needs a GGUF, using f32", path.display());
+            tracing::info!(
+                "{} holds unquantized weights; the quantized path needs a GGUF, using f32",
+                path.display()
+            );
         }
         let model = Llama::load(&m.weights, &m.config, WeightMode::F32, None)?;
         let TextModel { tokenizer, chat_template, eos_ids } = hf_text(&m)?;
-        Ok(LoadedModel { model, tokenizer, chat_template, eos_ids, path: path.to_path_buf(), format: Format::HfDir, files: m.files })
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            chat_template,
+            eos_ids,
+            path: path.to_path_buf(),
+            format: Format::HfDir,
+            files: m.files,
+        })
     } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         let g = gguf::load(path, device)?;
         let model = Llama::load(&g.weights, &g.config, mode, g.rope_freq_factors.as_deref())?;
-        let tokenizer = Tokenizer::from_json(&g.tokenizer_json)?.with_special(g.bos_token.clone(), g.eos_token.clone(), g.add_bos);
+        let tokenizer = Tokenizer::from_json(&g.tokenizer_json)?.with_special(
+            g.bos_token.clone(),
+            g.eos_token.clone(),
+            g.add_bos,
+        );
         let chat_template = template(g.chat_template.as_deref(), &g.bos_token, &g.eos_token)?;
         Ok(LoadedModel {
             model,
@@ -99,7 +114,11 @@ pub struct TextModel {
 /// Tokenizer, chat template and EOS set (config, generation config and the EOS token's id) of
 /// an HF directory.
 fn hf_text(m: &hf::HfModel) -> Result<TextModel> {
-    let tokenizer = Tokenizer::from_file(&m.tokenizer_file)?.with_special(m.bos_token.clone(), m.eos_token.clone(), m.add_bos);
+    let tokenizer = Tokenizer::from_file(&m.tokenizer_file)?.with_special(
+        m.bos_token.clone(),
+        m.eos_token.clone(),
+        m.add_bos,
+    );
     let mut eos_ids = m.config.eos_token_ids.clone();
     eos_ids.extend(m.generation_eos.iter().copied());
     if let Some(id) = m.eos_token.as_deref().and_then(|e| tokenizer.token_to_id(e)) {
@@ -133,7 +152,11 @@ pub fn load_text_path(path: &Path) -> Result<TextModel> {
         hf_text(&hf::load_text(path)?)
     } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         let g = gguf::load_text(path)?;
-        let tokenizer = Tokenizer::from_json(&g.tokenizer_json)?.with_special(g.bos_token.clone(), g.eos_token.clone(), g.add_bos);
+        let tokenizer = Tokenizer::from_json(&g.tokenizer_json)?.with_special(
+            g.bos_token.clone(),
+            g.eos_token.clone(),
+            g.add_bos,
+        );
         let chat_template = template(g.chat_template.as_deref(), &g.bos_token, &g.eos_token)?;
         Ok(TextModel { tokenizer, chat_template, eos_ids: g.eos_ids })
     } else {
@@ -145,7 +168,13 @@ pub fn load_text_path(path: &Path) -> Result<TextModel> {
     }
 }
 
-fn template(src: Option<&str>, bos: &Option<String>, eos: &Option<String>) -> Result<Option<Arc<ChatTemplate>>> {
-    src.map(|s| ChatTemplate::new(s, bos.as_deref().unwrap_or(""), eos.as_deref().unwrap_or("")).map(Arc::new))
-        .transpose()
+fn template(
+    src: Option<&str>,
+    bos: &Option<String>,
+    eos: &Option<String>,
+) -> Result<Option<Arc<ChatTemplate>>> {
+    src.map(|s| {
+        ChatTemplate::new(s, bos.as_deref().unwrap_or(""), eos.as_deref().unwrap_or("")).map(Arc::new)
+    })
+    .transpose()
 }

@@ -21,7 +21,8 @@ use crate::linear::{BaseWeight, LinearAdapter};
 use crate::llama::Llama;
 
 /// The seven projections of a LLaMA block: PEFT's usual choice and our default.
-pub const DEFAULT_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const DEFAULT_TARGETS: [&str; 7] =
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 /// Which modules get an adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +35,7 @@ pub enum TargetModules {
 
 impl TargetModules {
     pub fn parse(list: &[String]) -> Self {
-        if list.len() == 1 && list[0] == "all-linear" {
-            Self::AllLinear
-        } else {
-            Self::Names(list.to_vec())
-        }
+        if list.len() == 1 && list[0] == "all-linear" { Self::AllLinear } else { Self::Names(list.to_vec()) }
     }
 
     fn matches(&self, module: &str) -> bool {
@@ -84,7 +81,9 @@ impl LoraSpec {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, reason: &str| Err(ModelError::InvalidSetting { field, reason: reason.into() });
+        let bad = |field: &'static str, reason: &str| {
+            Err(ModelError::InvalidSetting { field, reason: reason.into() })
+        };
         if self.r == 0 {
             return bad("lora_r", "rank must be at least 1");
         }
@@ -179,7 +178,8 @@ impl LoraLayer {
         }
         let seed = self.control.seed.load(Ordering::Relaxed);
         let step = self.control.step.load(Ordering::Relaxed);
-        let mix = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mix =
+            seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.index.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let keep = 1.0 - self.dropout;
         // Element `i` of this call's input is element `offset + i` of the whole batch's.
         let offset = TOKEN_OFFSET.with(|o| o.get()) * cols;
@@ -238,12 +238,21 @@ impl LinearAdapter for LoraLayer {
         Some(run())
     }
 
-    fn lora_parts(&self, in_features: usize, dtype: candle_core::DType) -> Option<candle_core::Result<crate::handoff::LoraVars>> {
+    fn lora_parts(
+        &self,
+        in_features: usize,
+        dtype: candle_core::DType,
+    ) -> Option<candle_core::Result<crate::handoff::LoraVars>> {
         if !self.a.track_op() {
             return None;
         }
         let run = || -> candle_core::Result<crate::handoff::LoraVars> {
-            Ok((self.a.to_dtype(dtype)?, self.b.to_dtype(dtype)?, self.scale, self.dropout_mask_for(in_features as u64)))
+            Ok((
+                self.a.to_dtype(dtype)?,
+                self.b.to_dtype(dtype)?,
+                self.scale,
+                self.dropout_mask_for(in_features as u64),
+            ))
         };
         Some(run())
     }
@@ -307,7 +316,11 @@ impl Adapter {
         if layers.is_empty() {
             return Err(ModelError::InvalidSetting {
                 field: "target_modules",
-                reason: format!("{:?} matches no module; the model has: {}", spec.targets, kind_names(&names)),
+                reason: format!(
+                    "{:?} matches no module; the model has: {}",
+                    spec.targets,
+                    kind_names(&names)
+                ),
             });
         }
         Ok(Self { spec: spec.clone(), layers, vars, control })
@@ -395,7 +408,10 @@ impl Adapter {
             reason: reason.into(),
         };
         if cfg.peft_type != "LORA" {
-            return Err(unsupported("peft_type", &format!("`{}` is not supported (only LORA)", cfg.peft_type)));
+            return Err(unsupported(
+                "peft_type",
+                &format!("`{}` is not supported (only LORA)", cfg.peft_type),
+            ));
         }
         if cfg.use_dora {
             return Err(unsupported("use_dora", "DoRA adapters are not supported yet"));
@@ -419,13 +435,17 @@ impl Adapter {
             }
             _ => return Err(unsupported("target_modules", "expected a list of names or \"all-linear\"")),
         };
-        let spec = LoraSpec { r: cfg.r, alpha: cfg.lora_alpha, dropout: cfg.lora_dropout, targets, use_rslora: cfg.use_rslora };
+        let spec = LoraSpec {
+            r: cfg.r,
+            alpha: cfg.lora_alpha,
+            dropout: cfg.lora_dropout,
+            targets,
+            use_rslora: cfg.use_rslora,
+        };
         spec.validate()?;
         let st = dir.join("adapter_model.safetensors");
-        let tensors = candle_core::safetensors::load(&st, model.device()).map_err(|e| ModelError::InvalidFile {
-            path: st.clone(),
-            what: "safetensors".into(),
-            reason: e.to_string(),
+        let tensors = candle_core::safetensors::load(&st, model.device()).map_err(|e| {
+            ModelError::InvalidFile { path: st.clone(), what: "safetensors".into(), reason: e.to_string() }
         })?;
         let control = Arc::new(DropoutControl::default());
         let mut layers = BTreeMap::new();
@@ -447,7 +467,14 @@ impl Adapter {
             let b = check(b, "B", [lin.out_features(), spec.r])?;
             layers.insert(
                 name.clone(),
-                Arc::new(LoraLayer { a, b, scale: spec.scale(), dropout: 0.0, index: index as u64, control: control.clone() }),
+                Arc::new(LoraLayer {
+                    a,
+                    b,
+                    scale: spec.scale(),
+                    dropout: 0.0,
+                    index: index as u64,
+                    control: control.clone(),
+                }),
             );
         }
         let known: std::collections::HashSet<String> = layers
@@ -462,7 +489,11 @@ impl Adapter {
             });
         }
         if layers.is_empty() {
-            return Err(ModelError::InvalidFile { path: st, what: "adapter".into(), reason: "holds no LoRA weights".into() });
+            return Err(ModelError::InvalidFile {
+                path: st,
+                what: "adapter".into(),
+                reason: "holds no LoRA weights".into(),
+            });
         }
         Ok(Self { spec, layers, vars: Vec::new(), control })
     }

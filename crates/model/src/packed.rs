@@ -74,7 +74,11 @@ impl PackedF32 {
             candle_core::bail!("packed linear: input {dims:?} does not end in {}", self.inp)
         }
         if !x.device().is_cpu() || x.dtype() != DType::F32 {
-            candle_core::bail!("packed linear runs on the CPU in f32 (got {:?} on {:?})", x.dtype(), x.device())
+            candle_core::bail!(
+                "packed linear runs on the CPU in f32 (got {:?} on {:?})",
+                x.dtype(),
+                x.device()
+            )
         }
         let m = x.elem_count() / self.inp.max(1);
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
@@ -107,14 +111,41 @@ impl PackedF32 {
                 for (pi, panel) in group.chunks_exact(inp * NR).enumerate() {
                     let mut r = 0;
                     while r + MR <= rows {
-                        let acc = kernel::<MR>(panel, std::array::from_fn(|i| &x[(r + i) * inp..(r + i + 1) * inp]));
+                        let acc = kernel::<MR>(
+                            panel,
+                            std::array::from_fn(|i| &x[(r + i) * inp..(r + i + 1) * inp]),
+                        );
                         store(&acc, &mut tile, r, cols, pi * NR);
                         r += MR;
                     }
                     match rows - r {
-                        1 => store(&kernel::<1>(panel, [&x[r * inp..(r + 1) * inp]]), &mut tile, r, cols, pi * NR),
-                        2 => store(&kernel::<2>(panel, std::array::from_fn(|i| &x[(r + i) * inp..(r + i + 1) * inp])), &mut tile, r, cols, pi * NR),
-                        3 => store(&kernel::<3>(panel, std::array::from_fn(|i| &x[(r + i) * inp..(r + i + 1) * inp])), &mut tile, r, cols, pi * NR),
+                        1 => store(
+                            &kernel::<1>(panel, [&x[r * inp..(r + 1) * inp]]),
+                            &mut tile,
+                            r,
+                            cols,
+                            pi * NR,
+                        ),
+                        2 => store(
+                            &kernel::<2>(
+                                panel,
+                                std::array::from_fn(|i| &x[(r + i) * inp..(r + i + 1) * inp]),
+                            ),
+                            &mut tile,
+                            r,
+                            cols,
+                            pi * NR,
+                        ),
+                        3 => store(
+                            &kernel::<3>(
+                                panel,
+                                std::array::from_fn(|i| &x[(r + i) * inp..(r + i + 1) * inp]),
+                            ),
+                            &mut tile,
+                            r,
+                            cols,
+                            pi * NR,
+                        ),
                         _ => {}
                     }
                 }

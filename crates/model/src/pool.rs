@@ -71,7 +71,11 @@ const SPIN: Duration = Duration::from_micros(300);
 
 impl Pool {
     fn new(workers: usize) -> Self {
-        let shared = Arc::new(Shared { task: Mutex::new(None), generation: AtomicU64::new(0), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            task: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
         let workers = (0..workers)
             .filter_map(|i| {
                 let shared = shared.clone();
@@ -84,7 +88,8 @@ impl Pool {
                         }
                     })
                     .ok()?;
-                let w = Arc::new(Worker { thread: handle.thread().clone(), sleeping: AtomicBool::new(false) });
+                let w =
+                    Arc::new(Worker { thread: handle.thread().clone(), sleeping: AtomicBool::new(false) });
                 tx.send(w.clone()).ok()?;
                 Some(w)
             })
@@ -108,7 +113,13 @@ impl Pool {
             (0..n).for_each(|i| job.run(i));
             return;
         }
-        let task = Arc::new(Task { job, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panic: Mutex::new(None) });
+        let task = Arc::new(Task {
+            job,
+            n,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            panic: Mutex::new(None),
+        });
         *self.shared.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
         for w in &self.workers {

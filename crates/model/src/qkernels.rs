@@ -94,11 +94,17 @@ impl QWeight {
         };
         let data = q.data()?;
         if data.len() != rows * cols / QK * block_bytes {
-            candle_core::bail!("{:?} data has {} bytes, expected {}", q.dtype(), data.len(), rows * cols / QK * block_bytes)
+            candle_core::bail!(
+                "{:?} data has {} bytes, expected {}",
+                q.dtype(),
+                data.len(),
+                rows * cols / QK * block_bytes
+            )
         }
         let blocks = if block_bytes == 20 {
             let n = data.len() / 20;
-            let (mut qs, mut d, mut m) = (Vec::with_capacity(n * 16), Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut qs, mut d, mut m) =
+                (Vec::with_capacity(n * 16), Vec::with_capacity(n), Vec::with_capacity(n));
             for b in data.chunks_exact(20) {
                 d.push(f16_at(b, 0));
                 m.push(f16_at(b, 2));
@@ -124,9 +130,11 @@ impl QWeight {
     fn q4_row(&self, r: usize) -> Option<Q4Row<'_>> {
         let nb = self.nb();
         match &self.blocks {
-            Blocks::Q4_1 { qs, d, m } => {
-                Some(Q4Row { qs: &qs[r * nb * 16..(r + 1) * nb * 16], d: &d[r * nb..(r + 1) * nb], m: &m[r * nb..(r + 1) * nb] })
-            }
+            Blocks::Q4_1 { qs, d, m } => Some(Q4Row {
+                qs: &qs[r * nb * 16..(r + 1) * nb * 16],
+                d: &d[r * nb..(r + 1) * nb],
+                m: &m[r * nb..(r + 1) * nb],
+            }),
             Blocks::Q8_0 { .. } => None,
         }
     }
@@ -134,7 +142,9 @@ impl QWeight {
     fn q8_row(&self, r: usize) -> Option<Q8Row<'_>> {
         let nb = self.nb();
         match &self.blocks {
-            Blocks::Q8_0 { qs, d } => Some(Q8Row { qs: &qs[r * nb * 32..(r + 1) * nb * 32], d: &d[r * nb..(r + 1) * nb] }),
+            Blocks::Q8_0 { qs, d } => {
+                Some(Q8Row { qs: &qs[r * nb * 32..(r + 1) * nb * 32], d: &d[r * nb..(r + 1) * nb] })
+            }
             Blocks::Q4_1 { .. } => None,
         }
     }
@@ -144,20 +154,24 @@ impl QWeight {
         let mut out = vec![0f32; self.rows * self.cols];
         match &self.blocks {
             Blocks::Q4_1 { qs, d, m } => {
-                out.par_chunks_mut(QK).zip(qs.par_chunks(16)).zip(d.par_iter().zip(m.par_iter())).for_each(|((o, q), (&d, &m))| {
-                    let (d, m) = (h2f(d), h2f(m));
-                    for j in 0..16 {
-                        o[j] = (q[j] & 0x0F) as f32 * d + m;
-                        o[j + 16] = (q[j] >> 4) as f32 * d + m;
+                out.par_chunks_mut(QK).zip(qs.par_chunks(16)).zip(d.par_iter().zip(m.par_iter())).for_each(
+                    |((o, q), (&d, &m))| {
+                        let (d, m) = (h2f(d), h2f(m));
+                        for j in 0..16 {
+                            o[j] = (q[j] & 0x0F) as f32 * d + m;
+                            o[j + 16] = (q[j] >> 4) as f32 * d + m;
+                        }
+                    },
+                )
+            }
+            Blocks::Q8_0 { qs, d } => {
+                out.par_chunks_mut(QK).zip(qs.par_chunks(32)).zip(d.par_iter()).for_each(|((o, q), &d)| {
+                    let d = h2f(d);
+                    for (v, &q) in o.iter_mut().zip(q) {
+                        *v = q as f32 * d;
                     }
                 })
             }
-            Blocks::Q8_0 { qs, d } => out.par_chunks_mut(QK).zip(qs.par_chunks(32)).zip(d.par_iter()).for_each(|((o, q), &d)| {
-                let d = h2f(d);
-                for (v, &q) in o.iter_mut().zip(q) {
-                    *v = q as f32 * d;
-                }
-            }),
         }
         Tensor::from_vec(out, (self.rows, self.cols), device)
     }
@@ -208,11 +222,24 @@ impl QWeight {
 
     fn dot4(&self, r: usize, x: &XRow) -> [f32; 4] {
         if let Some(w) = self.q4_row(r) {
-            let w = [w, self.q4_row(r + 1).unwrap_or(w), self.q4_row(r + 2).unwrap_or(w), self.q4_row(r + 3).unwrap_or(w)];
+            let w = [
+                w,
+                self.q4_row(r + 1).unwrap_or(w),
+                self.q4_row(r + 2).unwrap_or(w),
+                self.q4_row(r + 3).unwrap_or(w),
+            ];
             return dot4_q4_1(w, x);
         }
         match self.q8_row(r) {
-            Some(w) => dot4_q8_0([w, self.q8_row(r + 1).unwrap_or(w), self.q8_row(r + 2).unwrap_or(w), self.q8_row(r + 3).unwrap_or(w)], x),
+            Some(w) => dot4_q8_0(
+                [
+                    w,
+                    self.q8_row(r + 1).unwrap_or(w),
+                    self.q8_row(r + 2).unwrap_or(w),
+                    self.q8_row(r + 3).unwrap_or(w),
+                ],
+                x,
+            ),
             None => [0.0; 4],
         }
     }
@@ -252,7 +279,12 @@ impl crate::pool::Job for MatVec {
 
 fn quantize_row(x: &[f32]) -> XRow {
     let nb = x.len() / QK;
-    let mut row = XRow { qs: vec![0i8; nb * QK], pairs: vec![0i8; (nb / 2) * 2 * QK], d: vec![0f32; nb], s: vec![0f32; nb] };
+    let mut row = XRow {
+        qs: vec![0i8; nb * QK],
+        pairs: vec![0i8; (nb / 2) * 2 * QK],
+        d: vec![0f32; nb],
+        s: vec![0f32; nb],
+    };
     for (b, xb) in x.chunks_exact(QK).enumerate() {
         let (amax, sum) = quantize_block(xb, &mut row.qs[b * QK..(b + 1) * QK]);
         let d = amax / 127.0;
@@ -274,7 +306,12 @@ fn quantize_row(x: &[f32]) -> XRow {
 /// One block of 32 activations to 8 bits as llama.cpp's AVX2 `quantize_row_q8_1` does
 /// (`q = round(x·127/amax)`, ties to even); returns `(amax, Σq)`.
 fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
     {
         // SAFETY: as in `dot4_q4_1`.
         #[allow(unsafe_code)]
@@ -285,7 +322,12 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
 }
 
 fn dot4_q4_1(w: [Q4Row; 4], x: &XRow) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
     {
         // SAFETY: the callee only needs AVX2, FMA and F16C, which this build enables for the
         // whole program (the cfg above; set by .cargo/config.toml's target-cpu). It reads
@@ -298,7 +340,12 @@ fn dot4_q4_1(w: [Q4Row; 4], x: &XRow) -> [f32; 4] {
 }
 
 fn dot4_q8_0(w: [Q8Row; 4], x: &XRow) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
     {
         // SAFETY: as in `dot4_q4_1`.
         #[allow(unsafe_code)]
@@ -339,7 +386,11 @@ mod scalar {
     pub fn dot_q8_0(w: Q8Row, x: &XRow) -> f32 {
         let mut sum = 0f32;
         for b in 0..w.d.len() {
-            let s: i32 = w.qs[b * 32..(b + 1) * 32].iter().zip(&x.qs[b * 32..(b + 1) * 32]).map(|(&a, &c)| a as i32 * c as i32).sum();
+            let s: i32 = w.qs[b * 32..(b + 1) * 32]
+                .iter()
+                .zip(&x.qs[b * 32..(b + 1) * 32])
+                .map(|(&a, &c)| a as i32 * c as i32)
+                .sum();
             sum += s as f32 * h2f(w.d[b]) * x.d[b];
         }
         sum
@@ -375,7 +426,10 @@ mod simd {
         let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
         let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let i: [__m256i; 4] = std::array::from_fn(|k| {
-            _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(v[k], id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
         });
         let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
         let lanes: [i32; 8] = bytemuck::cast(s);
@@ -432,7 +486,10 @@ mod simd {
         });
         let groups = nb / 8;
         for r in 0..4 {
-            assert!(w[r].qs.len() >= nb * 16 && w[r].d.len() >= nb && w[r].m.len() >= nb, "Q4_1 row shorter than the activation");
+            assert!(
+                w[r].qs.len() >= nb * 16 && w[r].d.len() >= nb && w[r].m.len() >= nb,
+                "Q4_1 row shorter than the activation"
+            );
         }
         assert!(x.s.len() >= nb && x.pairs.len() >= (nb / 2) * 64, "activation row malformed");
         // The bounds-checked loads of the tail below cost as much as the arithmetic in this loop
@@ -451,7 +508,8 @@ mod simd {
                 for r in 0..4 {
                     sc[r] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(ds[r].add(b0).cast())), dx);
                     // The `m·s` terms of the eight blocks, added lane-wise (summed at the end).
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(ms[r].add(b0).cast())), sx, acc[r]);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(ms[r].add(b0).cast())), sx, acc[r]);
                 }
                 for j in 0..4 {
                     let p = p0 + j;
@@ -487,7 +545,11 @@ mod simd {
                 let low = _mm_set1_epi8(0x0F);
                 let wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low), _mm_and_si128(q, low));
                 let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, y), _mm256_set1_epi16(1));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(h2f(w[r].d[b]) * x.d[b]), acc[r]);
+                acc[r] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(prod),
+                    _mm256_set1_ps(h2f(w[r].d[b]) * x.d[b]),
+                    acc[r],
+                );
                 mins[r] += h2f(w[r].m[b]) * x.s[b];
             }
         }
@@ -500,7 +562,10 @@ mod simd {
     fn block_q8(wq: __m256i, yq: __m256i) -> __m256 {
         // maddubs needs an unsigned operand: |w| × (y with w's sign), as llama.cpp does.
         // GGUF Q8_0 values are in [-127, 127], so |w| fits in u8 without wrapping.
-        let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(yq, wq)), _mm256_set1_epi16(1));
+        let prod = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(yq, wq)),
+            _mm256_set1_epi16(1),
+        );
         _mm256_cvtepi32_ps(prod)
     }
 
@@ -523,7 +588,9 @@ mod simd {
             #[allow(unsafe_code)]
             unsafe {
                 let dx = _mm256_loadu_ps(xd.add(b0));
-                let sc: [__m256; 4] = std::array::from_fn(|r| _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(ds[r].add(b0).cast())), dx));
+                let sc: [__m256; 4] = std::array::from_fn(|r| {
+                    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(ds[r].add(b0).cast())), dx)
+                });
                 for j in 0..8 {
                     let b = b0 + j;
                     let y = _mm256_loadu_si256(xq.add(32 * b).cast());
@@ -599,7 +666,9 @@ mod tests {
             q4.rows_into(0, &xq, &mut got4);
             q8.rows_into(0, &xq, &mut got8);
             for r in 0..5 {
-                let (Some(w4), Some(w8)) = (q4.q4_row(r), q8.q8_row(r)) else { candle_core::bail!("row types") };
+                let (Some(w4), Some(w8)) = (q4.q4_row(r), q8.q8_row(r)) else {
+                    candle_core::bail!("row types")
+                };
                 let (a, s) = (got4[r], scalar::dot_q4_1(w4, &xq));
                 assert!((a - s).abs() <= 1e-4 * s.abs().max(1.0), "q4_1 cols {cols} row {r}: {a} vs {s}");
                 let (a, s) = (got8[r], scalar::dot_q8_0(w8, &xq));
@@ -609,4 +678,3 @@ mod tests {
         Ok(())
     }
 }
-

@@ -21,7 +21,12 @@ pub fn inv_freq(cfg: &ModelConfig) -> Vec<f64> {
     match &cfg.rope_scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
             let old = *original_max_position_embeddings as f64;
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
@@ -74,7 +79,11 @@ impl Rope {
     }
 
     pub fn to_device(&self, device: &Device) -> Result<Self> {
-        Ok(Self { cos: self.cos.to_device(device)?, sin: self.sin.to_device(device)?, max_positions: self.max_positions })
+        Ok(Self {
+            cos: self.cos.to_device(device)?,
+            sin: self.sin.to_device(device)?,
+            max_positions: self.max_positions,
+        })
     }
 
     pub fn max_positions(&self) -> usize {
@@ -87,7 +96,11 @@ impl Rope {
         match positions {
             Positions::Range { start, len } => {
                 if start + len > self.max_positions {
-                    candle_core::bail!("position {} beyond the model's {} positions", start + len, self.max_positions)
+                    candle_core::bail!(
+                        "position {} beyond the model's {} positions",
+                        start + len,
+                        self.max_positions
+                    )
                 }
                 Ok((self.cos.narrow(0, *start, *len)?, self.sin.narrow(0, *start, *len)?))
             }
@@ -103,9 +116,16 @@ impl Rope {
 
 #[derive(Debug, Clone)]
 pub enum Positions {
-    Range { start: usize, len: usize },
+    Range {
+        start: usize,
+        len: usize,
+    },
     /// `ids`: flattened `[b * t]` u32 positions.
-    PerRow { ids: Tensor, b: usize, t: usize },
+    PerRow {
+        ids: Tensor,
+        b: usize,
+        t: usize,
+    },
 }
 
 /// Apply RoPE to `x: [b, heads, t, d]` with candle's fused kernel; `differentiable` attaches

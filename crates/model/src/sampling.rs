@@ -29,7 +29,9 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, reason: &str| Err(ModelError::InvalidSetting { field, reason: reason.into() });
+        let bad = |field: &'static str, reason: &str| {
+            Err(ModelError::InvalidSetting { field, reason: reason.into() })
+        };
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad("temperature", "must be a finite number >= 0");
         }
@@ -68,7 +70,11 @@ impl Sampler {
                 {
                     *s = true;
                     let l = &mut logits[t as usize];
-                    *l = if *l > 0.0 { *l / p.repetition_penalty as f32 } else { *l * p.repetition_penalty as f32 };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty as f32
+                    } else {
+                        *l * p.repetition_penalty as f32
+                    };
                 }
             }
         }
@@ -160,7 +166,8 @@ mod tests {
         // run() == run() alone also held for a sampler that ignored the seed (or the logits).
         let logits = [1.0, 1.1, 0.9, 1.2];
         let run = |seed: u64| {
-            let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed, ..Default::default() }).expect("valid");
+            let mut s =
+                Sampler::new(SamplingParams { temperature: 1.0, seed, ..Default::default() }).expect("valid");
             (0..32).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
         let a = run(42);

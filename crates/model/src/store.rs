@@ -179,7 +179,11 @@ impl Store {
             if bad.is_empty() {
                 return Ok(Pulled::AlreadyInstalled);
             }
-            log(&format!("{name}: {} file(s) differ from the manifest ({}); reinstalling", bad.len(), bad.join(", ")));
+            log(&format!(
+                "{name}: {} file(s) differ from the manifest ({}); reinstalling",
+                bad.len(),
+                bad.join(", ")
+            ));
         }
         std::fs::create_dir_all(&self.root).map_err(|e| ModelError::io(&self.root, e))?;
         let tmp = self.root.join(format!(".tmp-{name}-{}", std::process::id()));

@@ -35,14 +35,21 @@ pub fn hf_init_random_weights(cfg: &ModelConfig, device: &Device, seed: u64) -> 
         let mut rng = StdRng::seed_from_u64(seed);
         return fill_weights(cfg, device, |shape| {
             let n: usize = shape.iter().product();
-            let v: Vec<f32> =
-                if shape.len() == 1 { vec![1.0; n] } else { (0..n).map(|_| 0.02 * standard_normal(&mut rng)).collect() };
+            let v: Vec<f32> = if shape.len() == 1 {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| 0.02 * standard_normal(&mut rng)).collect()
+            };
             Tensor::from_vec(v, shape, device)
         });
     }
     device.set_seed(seed)?;
     fill_weights(cfg, device, |shape| {
-        if shape.len() == 1 { Tensor::ones(shape, candle_core::DType::F32, device) } else { Tensor::randn(0f32, 0.02, shape, device) }
+        if shape.len() == 1 {
+            Tensor::ones(shape, candle_core::DType::F32, device)
+        } else {
+            Tensor::randn(0f32, 0.02, shape, device)
+        }
     })
 }
 
@@ -58,7 +65,8 @@ fn fill_weights(
         w.insert(name, here, WeightTensor::Dense(make(shape)?));
         Ok(())
     };
-    let (h, kv, d, hid, ffn) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size);
+    let (h, kv, d, hid, ffn) =
+        (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size);
     put("model.embed_tokens.weight".into(), &[cfg.vocab_size, hid])?;
     put("model.norm.weight".into(), &[hid])?;
     if !cfg.tie_word_embeddings {
@@ -66,7 +74,9 @@ fn fill_weights(
     }
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
-        for (n, o, inp) in [("q_proj", h * d, hid), ("k_proj", kv * d, hid), ("v_proj", kv * d, hid), ("o_proj", hid, h * d)] {
+        for (n, o, inp) in
+            [("q_proj", h * d, hid), ("k_proj", kv * d, hid), ("v_proj", kv * d, hid), ("o_proj", hid, h * d)]
+        {
             put(format!("{p}.self_attn.{n}.weight"), &[o, inp])?;
             if cfg.attention_bias && n != "o_proj" {
                 put(format!("{p}.self_attn.{n}.bias"), &[o])?;
@@ -119,16 +129,23 @@ pub fn write_tiny_model(dir: &std::path::Path) -> crate::Result<()> {
     tokens.extend(byte_chars().into_iter().map(String::from));
     let mut types = vec![3i64; 3];
     types.extend(std::iter::repeat_n(1, 256));
-    let vocab = crate::tokenizer::GgufVocab { model: "gpt2", pre: "gpt2", tokens, token_types: types, merges: vec![] };
-    let tokenizer = crate::Tokenizer::from_json(&crate::tokenizer::tokenizer_json_from_gguf(&vocab)?)?.with_special(
-        Some("<|im_start|>".into()),
-        Some("<|im_end|>".into()),
-        false,
-    );
+    let vocab = crate::tokenizer::GgufVocab {
+        model: "gpt2",
+        pre: "gpt2",
+        tokens,
+        token_types: types,
+        merges: vec![],
+    };
+    let tokenizer = crate::Tokenizer::from_json(&crate::tokenizer::tokenizer_json_from_gguf(&vocab)?)?
+        .with_special(Some("<|im_start|>".into()), Some("<|im_end|>".into()), false);
     let m = crate::LoadedModel {
         model,
         tokenizer,
-        chat_template: Some(std::sync::Arc::new(crate::ChatTemplate::new(CHATML, "<|im_start|>", "<|im_end|>")?)),
+        chat_template: Some(std::sync::Arc::new(crate::ChatTemplate::new(
+            CHATML,
+            "<|im_start|>",
+            "<|im_end|>",
+        )?)),
         eos_ids: vec![2],
         path: dir.to_path_buf(),
         format: crate::Format::HfDir,
@@ -206,7 +223,12 @@ mod tests {
 
     fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
         let e = std::panic::catch_unwind(f).err()?;
-        Some(e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
+        Some(
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        )
     }
 
     #[test]

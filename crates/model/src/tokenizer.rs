@@ -113,12 +113,8 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// The pre-tokenizer of a GGUF `tokenizer.ggml.pre` value, in `tokenizer.json` form.
 /// Regexes are llama.cpp's (`llama-vocab.cpp`), which mirror the original HF tokenizers.
 fn pre_tokenizer(pre: &str) -> Option<Value> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
-    let split = |regex: &str| {
-        json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
     Some(match pre {
         // GPT-2's regex after splitting every digit on its own (SmolLM, StarCoder).
         "smollm" | "starcoder" | "refact" | "codeshell" => json!({"type": "Sequence", "pretokenizers": [
@@ -192,16 +188,24 @@ mod tests {
 
     /// A byte-level vocabulary over a few characters, as a GGUF would list it.
     fn tiny_vocab() -> GgufVocab<'static> {
-        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+        let mut tokens: Vec<String> =
+            vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
         tokens.extend(["a", "b", "c", "1", "2", "Ġ", "Ġa", "ab"].map(String::from));
         let mut token_types = vec![3, 3, 3];
         token_types.extend([1; 8]);
-        GgufVocab { model: "gpt2", pre: "smollm", tokens, token_types, merges: vec!["Ġ a".into(), "a b".into()] }
+        GgufVocab {
+            model: "gpt2",
+            pre: "smollm",
+            tokens,
+            token_types,
+            merges: vec!["Ġ a".into(), "a b".into()],
+        }
     }
 
     #[test]
     fn gguf_vocab_builds_a_tokenizer_with_specials_and_split_digits() {
-        let tok = Tokenizer::from_json(&tokenizer_json_from_gguf(&tiny_vocab()).expect("json")).expect("tokenizer");
+        let tok =
+            Tokenizer::from_json(&tokenizer_json_from_gguf(&tiny_vocab()).expect("json")).expect("tokenizer");
         let ids = tok.encode("<|im_start|>ab a12<|im_end|>", false).expect("encode");
         // ab merges, " a" merges, digits split one by one, specials are single ids.
         assert_eq!(ids, vec![1, 10, 9, 6, 7, 2]);

@@ -11,7 +11,8 @@ fn templates_render_like_jinja2() {
     let fx = common_real::fixture("chat_templates.json");
     let bos = fx["bos_token"].as_str().expect("bos");
     let eos = fx["eos_token"].as_str().expect("eos");
-    let convs: Vec<Vec<Message>> = serde_json::from_value(fx["conversations"].clone()).expect("conversations");
+    let convs: Vec<Vec<Message>> =
+        serde_json::from_value(fx["conversations"].clone()).expect("conversations");
     let cases = fx["cases"].as_array().expect("cases");
     let mut failures = Vec::new();
     for c in cases {
@@ -23,11 +24,20 @@ fn templates_render_like_jinja2() {
         let got = t.render(conv, add_gen).expect("renders");
         let want = c["expected"].as_str().expect("expected");
         if got != want {
-            failures.push(format!("{name} conv {} gen {add_gen}:\n--- jinja2\n{want:?}\n--- ours\n{got:?}", c["conversation"]));
+            failures.push(format!(
+                "{name} conv {} gen {add_gen}:\n--- jinja2\n{want:?}\n--- ours\n{got:?}",
+                c["conversation"]
+            ));
         }
     }
     assert!(cases.len() >= 24);
-    assert!(failures.is_empty(), "{} of {} renders differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} renders differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

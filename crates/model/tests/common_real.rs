@@ -20,7 +20,10 @@ pub fn fixture(name: &str) -> serde_json::Value {
 /// scripts/parity/*): returns (positions, top-1 agreements, max |Δlogit| over the reference's
 /// top-k tokens).
 #[allow(dead_code)]
-pub fn compare_with_reference(m: &ferrotune_model::LoadedModel, cases: &serde_json::Value) -> (usize, usize, f32) {
+pub fn compare_with_reference(
+    m: &ferrotune_model::LoadedModel,
+    cases: &serde_json::Value,
+) -> (usize, usize, f32) {
     use candle_core::{Device, Tensor};
     let (mut positions, mut agree, mut max_abs) = (0usize, 0usize, 0f32);
     for c in cases.as_array().expect("cases") {

@@ -19,13 +19,24 @@ fn kv_cache_decode_equals_full_sequence_recompute() -> anyhow::Result<()> {
     for family in [Family::Llama, Family::Qwen2] {
         let m = tiny(family)?;
         let ids: Vec<u32> = vec![5, 17, 3, 99, 42, 7, 64, 1];
-        let full = m.forward(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?, None, None, Logits::All)?;
+        let full =
+            m.forward(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?, None, None, Logits::All)?;
         let mut cache = KvCache::new(m.config(), 4);
         // Prefill 3 tokens, then decode one at a time (the cache grows past its capacity hint).
-        let first = m.forward(&Tensor::new(&ids[..3], &Device::Cpu)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+        let first = m.forward(
+            &Tensor::new(&ids[..3], &Device::Cpu)?.unsqueeze(0)?,
+            None,
+            Some(&mut cache),
+            Logits::Last,
+        )?;
         assert!(max_diff(&first, &full.get(0)?.get(2)?.unsqueeze(0)?)? < 1e-4);
         for (i, &id) in ids.iter().enumerate().skip(3) {
-            let step = m.forward(&Tensor::new(&[id], &Device::Cpu)?.unsqueeze(0)?, None, Some(&mut cache), Logits::Last)?;
+            let step = m.forward(
+                &Tensor::new(&[id], &Device::Cpu)?.unsqueeze(0)?,
+                None,
+                Some(&mut cache),
+                Logits::Last,
+            )?;
             let d = max_diff(&step, &full.get(0)?.get(i)?.unsqueeze(0)?)?;
             assert!(d < 1e-4, "{family:?} position {i}: {d}");
         }
@@ -43,11 +54,14 @@ fn left_padded_batch_of_two_equals_each_alone() -> anyhow::Result<()> {
     let pad = long.len() - short.len();
     let mut padded = vec![0u32; pad];
     padded.extend(&short);
-    let batch = Tensor::new(vec![long.clone(), padded].concat().as_slice(), &dev)?.reshape((2, long.len()))?;
+    let batch =
+        Tensor::new(vec![long.clone(), padded].concat().as_slice(), &dev)?.reshape((2, long.len()))?;
     let mut cache = KvCache::new(m.config(), 16);
     let both = m.forward(&batch, Some(&[0, pad]), Some(&mut cache), Logits::Last)?;
-    let alone_long = m.forward(&Tensor::new(long.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
-    let alone_short = m.forward(&Tensor::new(short.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+    let alone_long =
+        m.forward(&Tensor::new(long.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
+    let alone_short =
+        m.forward(&Tensor::new(short.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::Last)?;
     assert!(max_diff(&both.get(0)?, &alone_long.get(0)?)? < 1e-4);
     assert!(max_diff(&both.get(1)?, &alone_short.get(0)?)? < 1e-4);
     // One decode step for both rows continues each sequence as if alone.
@@ -176,10 +190,22 @@ fn batched_generation_prefilled_in_chunks_equals_one_pass() -> anyhow::Result<()
         stop: Vec::new(),
         eos_ids: m.eos_ids.clone(),
     };
-    let whole = ferrotune_model::generate::generate_batch_chunked(&m.model, &m.tokenizer, &prompts, &params, longest)?;
+    let whole = ferrotune_model::generate::generate_batch_chunked(
+        &m.model,
+        &m.tokenizer,
+        &prompts,
+        &params,
+        longest,
+    )?;
     assert!(whole.iter().all(|g| !g.tokens.is_empty()));
     for chunk in [1, 2, 7, longest - 1, longest + 5] {
-        let chunked = ferrotune_model::generate::generate_batch_chunked(&m.model, &m.tokenizer, &prompts, &params, chunk)?;
+        let chunked = ferrotune_model::generate::generate_batch_chunked(
+            &m.model,
+            &m.tokenizer,
+            &prompts,
+            &params,
+            chunk,
+        )?;
         for (a, b) in whole.iter().zip(&chunked) {
             assert_eq!(a.tokens, b.tokens, "chunk {chunk}");
             assert_eq!(a.finish, b.finish, "chunk {chunk}");
@@ -208,26 +234,16 @@ fn chunked_prefill_gives_the_logits_of_one_full_pass() -> anyhow::Result<()> {
     cases.push((long, 1500, 512));
     for (cfg, n, chunk) in cases {
         let m = Llama::load(&random_weights(&cfg, &dev)?, &cfg, WeightMode::F32, None)?;
-        let ids: Vec<u32> = (0..n)
-            .map(|i| ((i * 37 + 11) % cfg.vocab_size) as u32)
-            .collect();
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 37 + 11) % cfg.vocab_size) as u32).collect();
         let full = m
-            .forward(
-                &Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?,
-                None,
-                None,
-                Logits::All,
-            )?
+            .forward(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?, None, None, Logits::All)?
             .squeeze(0)?;
         // Chunk by chunk with every position's logits, as the engine scores an echoed prompt.
         let mut cache = KvCache::new(m.config(), 8);
         let mut rows = Vec::new();
         for part in ids.chunks(chunk) {
             let x = Tensor::new(part, &dev)?.unsqueeze(0)?;
-            rows.push(
-                m.forward(&x, None, Some(&mut cache), Logits::All)?
-                    .squeeze(0)?,
-            );
+            rows.push(m.forward(&x, None, Some(&mut cache), Logits::All)?.squeeze(0)?);
         }
         let chunked = Tensor::cat(&rows, 0)?;
         let d = max_diff(&chunked, &full)?;

@@ -17,10 +17,8 @@ fn permute(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
 }
 
 fn gguf_name(hf: &str) -> String {
-    let pairs = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-    ];
+    let pairs =
+        [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight")];
     for (a, b) in pairs {
         if hf == a {
             return b.into();
@@ -52,7 +50,9 @@ fn write_tiny_gguf(path: &Path, cfg: &ModelConfig) -> anyhow::Result<Llama> {
     let mut reference = ferrotune_model::Weights::new("<ref>", dev.clone());
     for name in &names {
         let t = match name.as_str() {
-            n if n.ends_with("layernorm.weight") || n == "model.norm.weight" => w.dense(n, &[cfg.hidden_size])?,
+            n if n.ends_with("layernorm.weight") || n == "model.norm.weight" => {
+                w.dense(n, &[cfg.hidden_size])?
+            }
             "model.embed_tokens.weight" => w.dense(name, &[cfg.vocab_size, cfg.hidden_size])?,
             n => {
                 let (o, i) = if n.contains("q_proj") || n.contains("o_proj") {
@@ -81,11 +81,21 @@ fn write_tiny_gguf(path: &Path, cfg: &ModelConfig) -> anyhow::Result<Llama> {
             };
             (on_disk, exact)
         };
-        reference.insert(name.clone(), Path::new("<ref>"), ferrotune_model::weights::WeightTensor::Dense(stored));
+        reference.insert(
+            name.clone(),
+            Path::new("<ref>"),
+            ferrotune_model::weights::WeightTensor::Dense(stored),
+        );
         tensors.push((gguf_name(name), q));
     }
     let tokens: Vec<Value> = (0..cfg.vocab_size)
-        .map(|i| Value::String(if i < 3 { ["<|endoftext|>", "<|im_start|>", "<|im_end|>"][i].to_string() } else { format!("t{i}") }))
+        .map(|i| {
+            Value::String(if i < 3 {
+                ["<|endoftext|>", "<|im_start|>", "<|im_end|>"][i].to_string()
+            } else {
+                format!("t{i}")
+            })
+        })
         .collect();
     let types: Vec<Value> = (0..cfg.vocab_size).map(|i| Value::I32(if i < 3 { 3 } else { 1 })).collect();
     let meta: Vec<(&str, Value)> = vec![
@@ -105,7 +115,13 @@ fn write_tiny_gguf(path: &Path, cfg: &ModelConfig) -> anyhow::Result<Llama> {
         ("tokenizer.ggml.merges", Value::Array(vec![])),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
-        ("tokenizer.chat_template", Value::String("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into())),
+        (
+            "tokenizer.chat_template",
+            Value::String(
+                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                    .into(),
+            ),
+        ),
     ];
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -174,7 +190,13 @@ fn export_writes_an_hf_directory_that_loads_back_identically() -> anyhow::Result
     let m = load_path(&path, WeightMode::F32, &Device::Cpu)?;
     let out = dir.path().join("hf");
     ferrotune_model::export::export_hf(&m, &out)?;
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let back = load_path(&out, WeightMode::F32, &Device::Cpu)?;
@@ -183,7 +205,10 @@ fn export_writes_an_hf_directory_that_loads_back_identically() -> anyhow::Result
     let b = back.model.forward(&ids, None, None, Logits::All)?;
     assert_eq!(max_diff(&a, &b)?, 0.0);
     assert_eq!(back.eos_ids, m.eos_ids);
-    assert_eq!(back.chat_template.as_ref().map(|t| t.source().to_string()), m.chat_template.as_ref().map(|t| t.source().to_string()));
+    assert_eq!(
+        back.chat_template.as_ref().map(|t| t.source().to_string()),
+        m.chat_template.as_ref().map(|t| t.source().to_string())
+    );
     // A second export into the same non-empty folder is refused, and leaves it intact.
     assert!(ferrotune_model::export::export_hf(&m, &out).is_err());
     assert!(out.join("model.safetensors").exists());

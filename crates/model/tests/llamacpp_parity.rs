@@ -29,7 +29,13 @@ fn tokenizer_matches_llama_cpp_on_the_corpus() {
             mismatches.push(format!("decode {want:?}\n  ours  {detok:?}\n  llama {:?}", c["detokenized"]));
         }
     }
-    assert!(mismatches.is_empty(), "{} of {} cases differ:\n{}", mismatches.len(), cases.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} cases differ:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
 }
 
 struct Stats {
@@ -42,7 +48,8 @@ struct Stats {
 /// Our logits for every position: one forward over the whole sequence (prefill), or token by
 /// token through the KV cache (`stepwise`, the decode path, which is where the quantized kernels run).
 fn our_logits(m: &LoadedModel, ids: &[u32], stepwise: bool) -> Vec<Vec<f32>> {
-    let tensor = |ids: &[u32]| Tensor::new(ids, &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids tensor");
+    let tensor =
+        |ids: &[u32]| Tensor::new(ids, &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids tensor");
     if !stepwise {
         let logits = m.model.forward(&tensor(ids), None, None, Logits::All).expect("forward");
         return logits.squeeze(0).and_then(|l| l.to_vec2()).expect("logits");
@@ -91,7 +98,12 @@ fn assert_close(label: &str, s: &Stats) {
         "{label} vs llama.cpp: top-1 {}/{} positions, |Δlogit| on llama.cpp's top-20: max {:.4}, mean {:.4}",
         s.top1_agree, s.positions, s.max_abs, s.mean_abs
     );
-    assert!(s.top1_agree as f64 >= 0.93 * s.positions as f64, "{label}: top-1 {}/{}", s.top1_agree, s.positions);
+    assert!(
+        s.top1_agree as f64 >= 0.93 * s.positions as f64,
+        "{label}: top-1 {}/{}",
+        s.top1_agree,
+        s.positions
+    );
     assert!(s.max_abs < 2.5 && s.mean_abs < 0.30, "{label}: max {} mean {}", s.max_abs, s.mean_abs);
 }
 
@@ -112,7 +124,8 @@ fn f32_logits_match_llama_cpp() {
 #[test]
 fn greedy_answer_is_sensible() {
     let Some(m) = load(WeightMode::F32) else { return };
-    let text = m.render_chat(&[Message::new("user", "What is the capital of France?")], true).expect("template");
+    let text =
+        m.render_chat(&[Message::new("user", "What is the capital of France?")], true).expect("template");
     let ids = m.tokenizer.encode(&text, false).expect("encode");
     let params = ferrotune_model::GenerateParams {
         max_tokens: 24,

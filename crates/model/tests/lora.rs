@@ -76,7 +76,10 @@ fn merged_weights_equal_the_runtime_adapter() -> anyhow::Result<()> {
     assert!(max_diff(&runtime, &merged)? < 1e-4);
     let mut plain = base;
     Adapter::detach(&mut plain);
-    assert!(max_diff(&runtime, &plain.forward(&ids()?, None, None, Logits::All)?)? > 1e-3, "adapter had no effect");
+    assert!(
+        max_diff(&runtime, &plain.forward(&ids()?, None, None, Logits::All)?)? > 1e-3,
+        "adapter had no effect"
+    );
     Ok(())
 }
 
@@ -90,7 +93,8 @@ fn peft_files_round_trip_with_peft_key_names() -> anyhow::Result<()> {
     a.attach(&mut m);
     let want = m.forward(&ids()?, None, None, Logits::All)?;
     a.save(dir.path(), "tiny")?;
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json"))?)?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json"))?)?;
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 4);
     assert_eq!(cfg["use_rslora"], true);
@@ -152,7 +156,11 @@ fn lora_gradients_match_finite_differences() -> anyhow::Result<()> {
     };
     let grads = loss(&m)?.backward()?;
     let mut checked = 0;
-    for (name, var) in a.vars.iter().filter(|(n, _)| n.contains("layers.0.self_attn.q_proj") || n.contains("layers.1.mlp.down_proj")) {
+    for (name, var) in a
+        .vars
+        .iter()
+        .filter(|(n, _)| n.contains("layers.0.self_attn.q_proj") || n.contains("layers.1.mlp.down_proj"))
+    {
         let g = grads.get(var.as_tensor()).expect("gradient").flatten_all()?.to_vec1::<f32>()?;
         let base = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
         for &i in &[0usize, 7, base.len() - 1] {
@@ -178,4 +186,3 @@ fn lora_gradients_match_finite_differences() -> anyhow::Result<()> {
     assert_eq!(checked, 12);
     Ok(())
 }
-

@@ -43,7 +43,8 @@ pub struct ApiPrice {
 
 impl Prices {
     pub fn builtin() -> Self {
-        Self::parse(BUILTIN_PRICES, Path::new("prices.toml (built in)")).unwrap_or_else(|e| panic!("the shipped prices.toml is invalid: {e}"))
+        Self::parse(BUILTIN_PRICES, Path::new("prices.toml (built in)"))
+            .unwrap_or_else(|e| panic!("the shipped prices.toml is invalid: {e}"))
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -58,9 +59,17 @@ impl Prices {
                 let line = text[..s.start.min(text.len())].lines().count().max(1);
                 format!("line {line}")
             });
-            PlanError::InvalidFile { path: path.into(), field: field.unwrap_or_else(|| "(toml)".into()), reason: e.message().to_string() }
+            PlanError::InvalidFile {
+                path: path.into(),
+                field: field.unwrap_or_else(|| "(toml)".into()),
+                reason: e.message().to_string(),
+            }
         })?;
-        let bad = |field: String, reason: &str| PlanError::InvalidFile { path: path.into(), field, reason: reason.into() };
+        let bad = |field: String, reason: &str| PlanError::InvalidFile {
+            path: path.into(),
+            field,
+            reason: reason.into(),
+        };
         for (k, v) in &p.device_hour {
             if !v.is_finite() || *v < 0.0 {
                 return Err(bad(format!("device_hour.{k}"), "must be a non-negative number"));
@@ -134,7 +143,14 @@ pub const DAYS_PER_MONTH: f64 = 30.0;
 /// Serving TCO: enough always-on servers of `hour_price` to generate the day's completion tokens
 /// at `utilization` of the measured `server_tokens_per_sec` (prompt tokens are cheap next to
 /// decoding on these models and are folded into the utilization margin), against each API.
-pub fn serving_tco(traffic: Traffic, server_tokens_per_sec: f64, hour_price: f64, utilization: f64, model_gb: f64, prices: &Prices) -> ServingTco {
+pub fn serving_tco(
+    traffic: Traffic,
+    server_tokens_per_sec: f64,
+    hour_price: f64,
+    utilization: f64,
+    model_gb: f64,
+    prices: &Prices,
+) -> ServingTco {
     let capacity_per_day = server_tokens_per_sec * utilization * 86_400.0;
     let servers = ((traffic.completion_tokens_per_day() / capacity_per_day).ceil() as u64).max(1);
     let storage = model_gb * prices.storage.gb_month;
@@ -143,13 +159,18 @@ pub fn serving_tco(traffic: Traffic, server_tokens_per_sec: f64, hour_price: f64
     // day; its cost per request then is the floor of self-hosting's price per request.
     let one_server = hour_price * 24.0 * DAYS_PER_MONTH + storage;
     let completion_per_request = traffic.tokens_per_request * traffic.completion_share;
-    let requests_per_server_month = if completion_per_request > 0.0 { capacity_per_day / completion_per_request * DAYS_PER_MONTH } else { f64::INFINITY };
+    let requests_per_server_month = if completion_per_request > 0.0 {
+        capacity_per_day / completion_per_request * DAYS_PER_MONTH
+    } else {
+        f64::INFINITY
+    };
     let apis = prices
         .api
         .iter()
         .map(|a| {
             let per_request = traffic.tokens_per_request
-                * ((1.0 - traffic.completion_share) * a.input_per_mtok + traffic.completion_share * a.output_per_mtok)
+                * ((1.0 - traffic.completion_share) * a.input_per_mtok
+                    + traffic.completion_share * a.output_per_mtok)
                 / 1e6;
             let per_month = per_request * traffic.requests_per_day * DAYS_PER_MONTH;
             // Break-even: the smallest volume at which ceil(V / C) servers cost no more than V
@@ -158,10 +179,22 @@ pub fn serving_tco(traffic: Traffic, server_tokens_per_sec: f64, hour_price: f64
             // already breaks even (that V is within one server's capacity C).
             let break_even = (per_request > 0.0 && one_server / requests_per_server_month <= per_request)
                 .then(|| one_server / (per_request * DAYS_PER_MONTH));
-            ApiCost { name: a.name.clone(), per_month, ratio: self_hosted / per_month, break_even_requests_per_day: break_even }
+            ApiCost {
+                name: a.name.clone(),
+                per_month,
+                ratio: self_hosted / per_month,
+                break_even_requests_per_day: break_even,
+            }
         })
         .collect();
-    ServingTco { servers, utilization, server_tokens_per_sec, self_hosted_per_month: self_hosted, storage_per_month: storage, apis }
+    ServingTco {
+        servers,
+        utilization,
+        server_tokens_per_sec,
+        self_hosted_per_month: self_hosted,
+        storage_per_month: storage,
+        apis,
+    }
 }
 
 #[cfg(test)]
@@ -179,11 +212,19 @@ mod tests {
 
     #[test]
     fn a_bad_price_names_the_file_and_field() {
-        let e = Prices::parse("as_of='x'\ncurrency='USD'\n[device_hour]\nh100 = -1\n", Path::new("p.toml")).unwrap_err().to_string();
+        let e = Prices::parse("as_of='x'\ncurrency='USD'\n[device_hour]\nh100 = -1\n", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("p.toml") && e.contains("device_hour.h100"), "{e}");
-        let e = Prices::parse("as_of='x'\ncurrency='USD'\n[device_hour]\nh100 = 'cheap'\n", Path::new("p.toml")).unwrap_err().to_string();
+        let e =
+            Prices::parse("as_of='x'\ncurrency='USD'\n[device_hour]\nh100 = 'cheap'\n", Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("p.toml") && e.contains("line 4"), "{e}");
-        let e = Prices::parse("as_of='x'\ncurrency='USD'\ncolour='red'\n[device_hour]\n", Path::new("p.toml")).unwrap_err().to_string();
+        let e =
+            Prices::parse("as_of='x'\ncurrency='USD'\ncolour='red'\n[device_hour]\n", Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("colour"), "{e}");
     }
 

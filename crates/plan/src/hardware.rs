@@ -31,12 +31,48 @@ pub struct Hardware {
 
 /// (name, memory GiB, dense bf16 TFLOP/s, bandwidth GB/s, source). Data-sheet figures, SXM parts.
 const GPUS: &[(&str, f64, f64, f64, &str)] = &[
-    ("h200", 141.0 * 1e9 / (1u64 << 30) as f64, 989.0, 4800.0, "NVIDIA H200 SXM data sheet (141 GB HBM3e, 989 TFLOP/s dense bf16, 4.8 TB/s)"),
-    ("h100", 80.0 * 1e9 / (1u64 << 30) as f64, 989.0, 3350.0, "NVIDIA H100 SXM data sheet (80 GB HBM3, 989 TFLOP/s dense bf16, 3.35 TB/s)"),
-    ("a100", 80.0 * 1e9 / (1u64 << 30) as f64, 312.0, 2039.0, "NVIDIA A100 80GB SXM data sheet (312 TFLOP/s dense bf16, 2.0 TB/s)"),
-    ("l40s", 48.0 * 1e9 / (1u64 << 30) as f64, 362.0, 864.0, "NVIDIA L40S data sheet (48 GB GDDR6, 362 TFLOP/s dense bf16, 864 GB/s)"),
-    ("l4", 24.0 * 1e9 / (1u64 << 30) as f64, 121.0, 300.0, "NVIDIA L4 data sheet (24 GB GDDR6, 121 TFLOP/s dense bf16, 300 GB/s)"),
-    ("a10g", 24.0 * 1e9 / (1u64 << 30) as f64, 70.0, 600.0, "NVIDIA A10G (24 GB GDDR6, ~70 TFLOP/s dense bf16, 600 GB/s)"),
+    (
+        "h200",
+        141.0 * 1e9 / (1u64 << 30) as f64,
+        989.0,
+        4800.0,
+        "NVIDIA H200 SXM data sheet (141 GB HBM3e, 989 TFLOP/s dense bf16, 4.8 TB/s)",
+    ),
+    (
+        "h100",
+        80.0 * 1e9 / (1u64 << 30) as f64,
+        989.0,
+        3350.0,
+        "NVIDIA H100 SXM data sheet (80 GB HBM3, 989 TFLOP/s dense bf16, 3.35 TB/s)",
+    ),
+    (
+        "a100",
+        80.0 * 1e9 / (1u64 << 30) as f64,
+        312.0,
+        2039.0,
+        "NVIDIA A100 80GB SXM data sheet (312 TFLOP/s dense bf16, 2.0 TB/s)",
+    ),
+    (
+        "l40s",
+        48.0 * 1e9 / (1u64 << 30) as f64,
+        362.0,
+        864.0,
+        "NVIDIA L40S data sheet (48 GB GDDR6, 362 TFLOP/s dense bf16, 864 GB/s)",
+    ),
+    (
+        "l4",
+        24.0 * 1e9 / (1u64 << 30) as f64,
+        121.0,
+        300.0,
+        "NVIDIA L4 data sheet (24 GB GDDR6, 121 TFLOP/s dense bf16, 300 GB/s)",
+    ),
+    (
+        "a10g",
+        24.0 * 1e9 / (1u64 << 30) as f64,
+        70.0,
+        600.0,
+        "NVIDIA A10G (24 GB GDDR6, ~70 TFLOP/s dense bf16, 600 GB/s)",
+    ),
 ];
 
 /// The names `--hardware` accepts.
@@ -66,9 +102,11 @@ pub fn lookup(name: &str) -> Result<Hardware> {
 /// This machine: RAM from `/proc/meminfo`, threads from the OS. Peak f32 FLOP/s is not read
 /// from the CPU (the plan's CPU times come from measured records, never from a peak).
 pub fn this_cpu() -> Hardware {
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()));
+    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+    });
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     Hardware {
         name: "cpu".into(),

@@ -32,7 +32,13 @@ impl DataStats {
     /// The token length at quantile `q` in [0, 1], interpolated linearly between the recorded
     /// percentiles (0 → p5, 0.5 → median, 0.95 → p95, 1 → max).
     pub fn tokens_at(&self, q: f64) -> f64 {
-        let pts = [(0.0, self.tokens_p5 as f64), (0.05, self.tokens_p5 as f64), (0.5, self.tokens_median as f64), (0.95, self.tokens_p95 as f64), (1.0, self.tokens_max as f64)];
+        let pts = [
+            (0.0, self.tokens_p5 as f64),
+            (0.05, self.tokens_p5 as f64),
+            (0.5, self.tokens_median as f64),
+            (0.95, self.tokens_p95 as f64),
+            (1.0, self.tokens_max as f64),
+        ];
         let q = q.clamp(0.0, 1.0);
         for w in pts.windows(2) {
             let ((q0, v0), (q1, v1)) = (w[0], w[1]);
@@ -101,14 +107,24 @@ pub fn learning_rate(params: u64, method: &Method) -> Choice<f64> {
     let m = params as f64 / 1e6;
     match method {
         Method::Full => {
-            let (lr, rule) = if params <= SMALL_MODEL { (FULL_LR_SMALL, "≤ 600M") } else { (FULL_LR_LARGE, "> 600M") };
-            Choice { value: lr, reason: format!("full fine-tuning of a {m:.0}M-parameter model ({rule}): {lr:e}") }
+            let (lr, rule) =
+                if params <= SMALL_MODEL { (FULL_LR_SMALL, "≤ 600M") } else { (FULL_LR_LARGE, "> 600M") };
+            Choice {
+                value: lr,
+                reason: format!("full fine-tuning of a {m:.0}M-parameter model ({rule}): {lr:e}"),
+            }
         }
         Method::Lora { .. } | Method::QLora { .. } => {
             let (lr, rule) = if params <= SMALL_MODEL {
-                (LORA_LR_SMALL, "≤ 600M parameters: 1e-3 was best or tied on every task measured at 135M (docs/plan.md)")
+                (
+                    LORA_LR_SMALL,
+                    "≤ 600M parameters: 1e-3 was best or tied on every task measured at 135M (docs/plan.md)",
+                )
             } else if params < LARGE_MODEL {
-                (LORA_LR_MEDIUM, "600M–5B parameters: between the measured small-model and the published 7B rate")
+                (
+                    LORA_LR_MEDIUM,
+                    "600M–5B parameters: between the measured small-model and the published 7B rate",
+                )
             } else {
                 (LORA_LR_LARGE, "≥ 5B parameters: the QLoRA paper's and PEFT's usual 2e-4")
             };
@@ -122,7 +138,10 @@ pub fn learning_rate(params: u64, method: &Method) -> Choice<f64> {
 pub fn epochs(rows: u64, batch: usize) -> Choice<f64> {
     let steps_per_epoch = rows.div_ceil(batch.max(1) as u64).max(1);
     if rows >= ONE_EPOCH_ROWS {
-        return Choice { value: 1.0, reason: format!("{rows} rows ≥ {ONE_EPOCH_ROWS}: one pass is enough and repeats risk memorising") };
+        return Choice {
+            value: 1.0,
+            reason: format!("{rows} rows ≥ {ONE_EPOCH_ROWS}: one pass is enough and repeats risk memorising"),
+        };
     }
     let base = if rows >= 5000 { 2.0 } else { 3.0 };
     let needed = (MIN_STEPS as f64 / steps_per_epoch as f64).ceil();
@@ -130,10 +149,16 @@ pub fn epochs(rows: u64, batch: usize) -> Choice<f64> {
         let e = needed.min(MAX_EPOCHS);
         return Choice {
             value: e,
-            reason: format!("{rows} rows are {steps_per_epoch} steps an epoch; {e} epochs reach {} steps (≥ {MIN_STEPS} wanted, at most {MAX_EPOCHS} epochs)", (e as u64) * steps_per_epoch),
+            reason: format!(
+                "{rows} rows are {steps_per_epoch} steps an epoch; {e} epochs reach {} steps (≥ {MIN_STEPS} wanted, at most {MAX_EPOCHS} epochs)",
+                (e as u64) * steps_per_epoch
+            ),
         };
     }
-    Choice { value: base, reason: format!("{rows} rows: {base} epochs ({} steps)", base as u64 * steps_per_epoch) }
+    Choice {
+        value: base,
+        reason: format!("{rows} rows: {base} epochs ({} steps)", base as u64 * steps_per_epoch),
+    }
 }
 
 /// All settings for `method` on a `params`-parameter model with context `model_max`, on a CPU
@@ -144,24 +169,53 @@ pub fn recommend(params: u64, model_max: usize, method: &Method, data: &DataStat
     let round64 = |n: f64| ((n / 64.0).ceil() as usize * 64).max(64);
     let max_seq_len = if data.tokens_max <= 2 * data.tokens_p95.max(1) {
         let v = round64(data.tokens_max as f64).min(model_max);
-        Choice { value: v, reason: format!("the longest row has {} tokens (≤ 2 × p95 {}): nothing truncated", data.tokens_max, data.tokens_p95) }
+        Choice {
+            value: v,
+            reason: format!(
+                "the longest row has {} tokens (≤ 2 × p95 {}): nothing truncated",
+                data.tokens_max, data.tokens_p95
+            ),
+        }
     } else {
         let v = round64(data.tokens_p95 as f64 * 1.1).min(model_max);
-        Choice { value: v, reason: format!("p95 {} tokens but the longest is {}: rows over {v} (< 5%) are truncated", data.tokens_p95, data.tokens_max) }
+        Choice {
+            value: v,
+            reason: format!(
+                "p95 {} tokens but the longest is {}: rows over {v} (< 5%) are truncated",
+                data.tokens_p95, data.tokens_max
+            ),
+        }
     };
     // Batch: 4 rows on a CPU (the measured sweet spot: larger batches pad more and are not faster
     // per token); on a GPU about 8k tokens a step.
     let batch_size = if gpu {
         let b = (8192.0 / data.tokens_p95.max(1) as f64).floor().clamp(1.0, GPU_MAX_BATCH as f64) as usize;
-        Choice { value: b, reason: format!("≈ 8192 tokens a step at p95 length {}, at most {GPU_MAX_BATCH} rows", data.tokens_p95) }
+        Choice {
+            value: b,
+            reason: format!(
+                "≈ 8192 tokens a step at p95 length {}, at most {GPU_MAX_BATCH} rows",
+                data.tokens_p95
+            ),
+        }
     } else {
         Choice { value: 4, reason: "4 rows a step on a CPU".into() }
     };
     let waste = 1.0 - data.tokens_mean / data.padded_length(batch_size.value, max_seq_len.value).max(1.0);
     let packing = if waste > 0.4 {
-        Choice { value: true, reason: format!("padding would be {:.0}% of the tokens (mean {:.0} vs padded {:.0}): pack rows", waste * 100.0, data.tokens_mean, data.padded_length(batch_size.value, max_seq_len.value)) }
+        Choice {
+            value: true,
+            reason: format!(
+                "padding would be {:.0}% of the tokens (mean {:.0} vs padded {:.0}): pack rows",
+                waste * 100.0,
+                data.tokens_mean,
+                data.padded_length(batch_size.value, max_seq_len.value)
+            ),
+        }
     } else {
-        Choice { value: false, reason: format!("padding is {:.0}% of the tokens: packing not needed", waste.max(0.0) * 100.0) }
+        Choice {
+            value: false,
+            reason: format!("padding is {:.0}% of the tokens: packing not needed", waste.max(0.0) * 100.0),
+        }
     };
     let rows_per_step = if packing.value {
         // Packed sequences hold about max_seq_len / mean rows each.
@@ -181,7 +235,15 @@ mod tests {
     use super::*;
 
     fn stats(rows: u64, p5: u64, med: u64, p95: u64, max: u64, mean: f64) -> DataStats {
-        DataStats { rows, tokens_p5: p5, tokens_median: med, tokens_p95: p95, tokens_max: max, tokens_mean: mean, ..Default::default() }
+        DataStats {
+            rows,
+            tokens_p5: p5,
+            tokens_median: med,
+            tokens_p95: p95,
+            tokens_max: max,
+            tokens_mean: mean,
+            ..Default::default()
+        }
     }
 
     #[test]

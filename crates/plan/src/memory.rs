@@ -179,25 +179,15 @@ impl Census {
 
     /// `(6·H + 4·Q + …) = (6·576 + 4·576 + …)`.
     fn formula(&self) -> String {
-        let sym: Vec<String> = self
-            .terms
-            .iter()
-            .map(|(c, s, _)| format!("{c}·{s}"))
-            .collect();
-        let val: Vec<String> = self
-            .terms
-            .iter()
-            .map(|(c, _, v)| format!("{c}·{v}"))
-            .collect();
+        let sym: Vec<String> = self.terms.iter().map(|(c, s, _)| format!("{c}·{s}")).collect();
+        let val: Vec<String> = self.terms.iter().map(|(c, _, v)| format!("{c}·{v}")).collect();
         format!("({}) = ({})", sym.join(" + "), val.join(" + "))
     }
 }
 
 fn targets_of(method: &Method) -> (&[String], u64) {
     match method {
-        Method::Lora { r, targets } | Method::QLora { r, targets } => {
-            (targets.as_slice(), *r as u64)
-        }
+        Method::Lora { r, targets } | Method::QLora { r, targets } => (targets.as_slice(), *r as u64),
         Method::Full => (&[], 0),
     }
 }
@@ -228,22 +218,12 @@ fn layer_census(d: &Dims, method: &Method, backend: Backend, dropout: bool) -> C
     let cpu = backend == Backend::Cpu;
     // The fused CPU ops need a dense f32 frozen weight: not QLoRA's, not full fine-tuning's.
     let fusable = cpu && matches!(method, Method::Lora { .. });
-    let attn_all = ["q_proj", "k_proj", "v_proj", "o_proj"]
-        .iter()
-        .all(|t| has(targets, t));
-    let mlp_all = ["gate_proj", "up_proj", "down_proj"]
-        .iter()
-        .all(|t| has(targets, t));
+    let attn_all = ["q_proj", "k_proj", "v_proj", "o_proj"].iter().all(|t| has(targets, t));
+    let mlp_all = ["gate_proj", "up_proj", "down_proj"].iter().all(|t| has(targets, t));
     let masked_copies = cpu && dropout && lora;
     let mut c = Census::default();
-    let n_attn = ["q_proj", "k_proj", "v_proj", "o_proj"]
-        .iter()
-        .filter(|t| has(targets, t))
-        .count() as u64;
-    let n_mlp = ["gate_proj", "up_proj", "down_proj"]
-        .iter()
-        .filter(|t| has(targets, t))
-        .count() as u64;
+    let n_attn = ["q_proj", "k_proj", "v_proj", "o_proj"].iter().filter(|t| has(targets, t)).count() as u64;
+    let n_mlp = ["gate_proj", "up_proj", "down_proj"].iter().filter(|t| has(targets, t)).count() as u64;
     // Attention half.
     if fusable && attn_all {
         c.add(1, "H", d.h);
@@ -255,14 +235,7 @@ fn layer_census(d: &Dims, method: &Method, backend: Backend, dropout: bool) -> C
         c.add(4, "Q", d.q);
         c.add(4, "KV", d.kv);
         if masked_copies {
-            c.add(
-                ["q_proj", "k_proj", "v_proj"]
-                    .iter()
-                    .filter(|t| has(targets, t))
-                    .count() as u64,
-                "H",
-                d.h,
-            );
+            c.add(["q_proj", "k_proj", "v_proj"].iter().filter(|t| has(targets, t)).count() as u64, "H", d.h);
             c.add(u64::from(has(targets, "o_proj")), "Q", d.q);
         }
     }
@@ -275,14 +248,7 @@ fn layer_census(d: &Dims, method: &Method, backend: Backend, dropout: bool) -> C
         c.add(3, "H", d.h);
         c.add(3, "F", d.f);
         if masked_copies {
-            c.add(
-                ["gate_proj", "up_proj"]
-                    .iter()
-                    .filter(|t| has(targets, t))
-                    .count() as u64,
-                "H",
-                d.h,
-            );
+            c.add(["gate_proj", "up_proj"].iter().filter(|t| has(targets, t)).count() as u64, "H", d.h);
             c.add(u64::from(has(targets, "down_proj")), "F", d.f);
         }
     }
@@ -325,11 +291,7 @@ fn count(n: u64) -> String {
 }
 
 fn item(name: &str, bytes: u64, formula: String) -> MemoryItem {
-    MemoryItem {
-        name: name.to_string(),
-        bytes,
-        formula: format!("{formula} = {}", size(bytes)),
-    }
+    MemoryItem { name: name.to_string(), bytes, formula: format!("{formula} = {}", size(bytes)) }
 }
 
 fn dtype_name(bytes: u64) -> &'static str {
@@ -347,21 +309,14 @@ fn shares(batch: usize, backend: Backend, threads: usize) -> Vec<u64> {
         Backend::Cuda => vec![batch as u64],
         Backend::Cpu => {
             let k = threads.min(batch).max(1);
-            (0..k)
-                .map(|i| (batch * (i + 1) / k - batch * i / k) as u64)
-                .collect()
+            (0..k).map(|i| (batch * (i + 1) / k - batch * i / k) as u64).collect()
         }
     }
 }
 
 /// Peak memory of one training step of `method` on `backend` (CPU: f32 everywhere; CUDA: bf16
 /// base weights and activations, f32 trainable parameters and AdamW state).
-pub fn training(
-    cfg: &ModelConfig,
-    method: &Method,
-    backend: Backend,
-    step: StepShape,
-) -> MemoryEstimate {
+pub fn training(cfg: &ModelConfig, method: &Method, backend: Backend, step: StepShape) -> MemoryEstimate {
     training_with(cfg, method, backend, step, TrainOptions::default())
 }
 
@@ -402,20 +357,23 @@ pub fn training_with(
         Method::Full => items.push(item(
             names::WEIGHTS,
             params * a,
-            format!("{} params × {a} B ({adt}, trainable in place: AdamW updates these, no f32 master copy)", count(params)),
+            format!(
+                "{} params × {a} B ({adt}, trainable in place: AdamW updates these, no f32 master copy)",
+                count(params)
+            ),
         )),
-        Method::Lora { .. } => items.push(item(names::WEIGHTS, params * a, format!("{} params × {a} B ({adt}, frozen)", count(params)))),
+        Method::Lora { .. } => items.push(item(
+            names::WEIGHTS,
+            params * a,
+            format!("{} params × {a} B ({adt}, frozen)", count(params)),
+        )),
     }
 
     // ---- trainable parameters, gradients, optimizer ----
     let p_train = method.trainable_parameters(cfg);
     if full {
         // make_trainable turns the (cast) weights into variables: their dtype is the model's.
-        items.push(item(
-            names::TRAINABLE,
-            0,
-            "the weights above (Llama::make_trainable)".into(),
-        ));
+        items.push(item(names::TRAINABLE, 0, "the weights above (Llama::make_trainable)".into()));
         items.push(item(
             names::GRADIENTS,
             p_train * a,
@@ -434,16 +392,9 @@ pub fn training_with(
         ));
     } else {
         // f32 variables; on a GPU each forward casts A and B to bf16 and the graph keeps the casts.
-        let casts = if backend == Backend::Cuda {
-            p_train * a
-        } else {
-            0
-        };
+        let casts = if backend == Backend::Cuda { p_train * a } else { 0 };
         let cast_text = if casts > 0 {
-            format!(
-                " + {} × {a} B ({adt} casts kept by the graph)",
-                count(p_train)
-            )
+            format!(" + {} × {a} B ({adt} casts kept by the graph)", count(p_train))
         } else {
             String::new()
         };
@@ -452,11 +403,7 @@ pub fn training_with(
             p_train * 4 + casts,
             format!("{} LoRA params × 4 B (f32){cast_text}", count(p_train)),
         ));
-        items.push(item(
-            names::GRADIENTS,
-            p_train * 4,
-            format!("{} params × 4 B (f32)", count(p_train)),
-        ));
+        items.push(item(names::GRADIENTS, p_train * 4, format!("{} params × 4 B (f32)", count(p_train))));
         items.push(item(
             names::OPTIMIZER,
             2 * p_train * 4,
@@ -570,20 +517,12 @@ pub fn training_with(
     // both gradients in one `[2, n, F]` buffer, and candle's accumulation (a zeroed buffer and the
     // sum) for each: ~6·n·F; the fused CPU MLP holds `∂s`, `∂g`, `∂u`: 3·n·F. Plus the residual
     // stream's gradient and the op's incoming one: 2·n·H.
-    let mlp_factor = if backend == Backend::Cpu && matches!(method, Method::Lora { .. }) {
-        3
-    } else {
-        6
-    };
+    let mlp_factor = if backend == Backend::Cpu && matches!(method, Method::Lora { .. }) { 3 } else { 6 };
     let mut bwd = 0u64;
     let mut bwd_text = Vec::new();
     for &rows in &shares {
         let ns = rows * t;
-        let attn = if keep(rows) {
-            2 * probs_of(rows)
-        } else {
-            3 * probs_of(rows)
-        };
+        let attn = if keep(rows) { 2 * probs_of(rows) } else { 3 * probs_of(rows) };
         let mlp = mlp_factor * ns * d.f * a;
         bwd += attn.max(mlp) + 2 * ns * d.h * a;
         if bwd_text.is_empty() {
@@ -627,21 +566,13 @@ pub fn training_with(
         // The largest base weight dequantized for its matmul (bitsandbytes does it per call).
         let deq = d.h * d.f.max(d.q) * a;
         bwd += deq;
-        bwd_formula = format!(
-            "{bwd_formula} + one dequantized weight {}·{}·{a} B",
-            d.h,
-            d.f.max(d.q)
-        );
+        bwd_formula = format!("{bwd_formula} + one dequantized weight {}·{}·{a} B", d.h, d.f.max(d.q));
     }
     let bwd_item = item(names::BACKWARD, bwd, bwd_formula);
 
     // ---- the loss: chunked cross-entropy in forward (frozen head) ----
     let loss = if full {
-        item(
-            names::LOSS,
-            0,
-            "the full logits, counted in the head activations".into(),
-        )
+        item(names::LOSS, 0, "the full logits, counted in the head activations".into())
     } else {
         let mut bytes = 0;
         let c_rows = ce_chunk_rows(cfg.vocab_size) as u64;
@@ -649,11 +580,7 @@ pub fn training_with(
             let c = c_rows.min(rows * t);
             // GPU: the bf16 logits chunk and its gradient (cross_entropy_backward); CPU: one f32
             // buffer turned into its gradient in place. Plus ∂h's pieces before they are joined.
-            let per = if backend == Backend::Cuda {
-                2 * c * d.v * a
-            } else {
-                c * d.v * 4
-            };
+            let per = if backend == Backend::Cuda { 2 * c * d.v * a } else { c * d.v * 4 };
             bytes += per + rows * t * d.h * a;
         }
         let (k, what) = if backend == Backend::Cuda {
@@ -685,10 +612,7 @@ pub fn training_with(
             bwd_item,
             MemoryItem {
                 bytes: 0,
-                formula: format!(
-                    "{} (below the backward transient, not at the peak)",
-                    loss.formula
-                ),
+                formula: format!("{} (below the backward transient, not at the peak)", loss.formula),
                 ..loss
             },
         )
@@ -696,10 +620,7 @@ pub fn training_with(
         (
             MemoryItem {
                 bytes: 0,
-                formula: format!(
-                    "{} (below the loss transient, not at the peak)",
-                    bwd_item.formula
-                ),
+                formula: format!("{} (below the loss transient, not at the peak)", bwd_item.formula),
                 ..bwd_item
             },
             loss,
@@ -720,13 +641,7 @@ pub fn training_with(
     let step_live = items
         .iter()
         .filter(|i| {
-            [
-                names::WEIGHTS,
-                names::TRAINABLE,
-                names::GRADIENTS,
-                names::OPTIMIZER,
-            ]
-            .contains(&i.name.as_str())
+            [names::WEIGHTS, names::TRAINABLE, names::GRADIENTS, names::OPTIMIZER].contains(&i.name.as_str())
         })
         .map(|i| i.bytes)
         .sum::<u64>()
@@ -813,11 +728,7 @@ pub fn serving(
         ServeWeights::F32 => {
             // The CPU engine packs every projection and the head (serve's `pack_for_decode`); a
             // tied head gets its own packed copy beside the embedding table used for lookups.
-            let tied_copy = if backend == Backend::Cpu && cfg.tie_word_embeddings {
-                embed * 4
-            } else {
-                0
-            };
+            let tied_copy = if backend == Backend::Cpu && cfg.tie_word_embeddings { embed * 4 } else { 0 };
             let extra = if tied_copy > 0 {
                 format!(" + packed copy of the tied head {} × 4 B", count(embed))
             } else {
@@ -829,11 +740,9 @@ pub fn serving(
                 format!("{} params × 4 B (f32){extra}", count(params)),
             )
         }
-        ServeWeights::Bf16 => item(
-            names::WEIGHTS,
-            params * 2,
-            format!("{} params × 2 B (bf16)", count(params)),
-        ),
+        ServeWeights::Bf16 => {
+            item(names::WEIGHTS, params * 2, format!("{} params × 2 B (bf16)", count(params)))
+        }
         ServeWeights::Q4 => {
             // Projections as Q4_1 blocks; the embedding dequantized to f32 (`Weights::dense`),
             // norms f32; the head read as the GGUF stores it, assumed Q8_0 (34 B per 32), as
@@ -861,15 +770,19 @@ pub fn serving(
     items.push(item(
         names::KV,
         per * ctx * seqs,
-        format!("2 × {} layers × {} kv heads × {} head dim × {e} B = {} B/token × {} tokens × {} sequences", d.l, cfg.num_kv_heads, cfg.head_dim, count(per), count(ctx), seqs),
+        format!(
+            "2 × {} layers × {} kv heads × {} head dim × {e} B = {} B/token × {} tokens × {} sequences",
+            d.l,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            count(per),
+            count(ctx),
+            seqs
+        ),
     ));
     // The last positions' logits of a decode step (f32), the largest activation that scales
     // with the sequences served.
-    items.push(item(
-        names::LOGITS,
-        seqs * d.v * 4,
-        format!("{seqs} sequences × {} vocab × 4 B", count(d.v)),
-    ));
+    items.push(item(names::LOGITS, seqs * d.v * 4, format!("{seqs} sequences × {} vocab × 4 B", count(d.v))));
     items.push(runtime(backend));
     MemoryEstimate::new(items)
 }
@@ -883,53 +796,32 @@ mod tests {
     }
 
     fn lora() -> Method {
-        Method::Lora {
-            r: 16,
-            targets: crate::default_targets(),
-        }
+        Method::Lora { r: 16, targets: crate::default_targets() }
     }
 
     fn opts(dropout: f64, threads: usize) -> TrainOptions {
-        TrainOptions {
-            lora_dropout: dropout,
-            cpu_threads: threads,
-        }
+        TrainOptions { lora_dropout: dropout, cpu_threads: threads }
     }
 
     #[test]
     fn census_formula_shows_symbols_and_values() {
         let d = Dims::of(&smollm2());
         let c = layer_census(&d, &lora(), Backend::Cuda, true);
-        assert_eq!(
-            c.elements(),
-            6 * 576 + 4 * 576 + 4 * 192 + 3 * 1536 + 7 * 16
-        );
-        assert!(
-            c.formula().starts_with("(6·H + 4·Q + 4·KV + 3·F + 7·r)"),
-            "{}",
-            c.formula()
-        );
+        assert_eq!(c.elements(), 6 * 576 + 4 * 576 + 4 * 192 + 3 * 1536 + 7 * 16);
+        assert!(c.formula().starts_with("(6·H + 4·Q + 4·KV + 3·F + 7·r)"), "{}", c.formula());
     }
 
     #[test]
     fn gpu_ignores_dropout_but_the_cpu_keeps_masked_inputs() {
         let cfg = smollm2();
-        let step = StepShape {
-            batch: 4,
-            seq: 256,
-            checkpointing: false,
-        };
+        let step = StepShape { batch: 4, seq: 256, checkpointing: false };
         let act = |backend, dropout| {
-            training_with(&cfg, &lora(), backend, step, opts(dropout, 2))
-                .bytes_of(names::ACTIVATIONS)
+            training_with(&cfg, &lora(), backend, step, opts(dropout, 2)).bytes_of(names::ACTIVATIONS)
         };
         assert_eq!(act(Backend::Cuda, 0.0), act(Backend::Cuda, 0.1));
         // CPU fused: three more hidden-sized copies per layer with dropout (q/k/v: 3 instead of
         // 1, gate/up: 2 instead of 1).
-        assert_eq!(
-            act(Backend::Cpu, 0.1) - act(Backend::Cpu, 0.0),
-            3 * 576 * 4 * 1024 * 30
-        );
+        assert_eq!(act(Backend::Cpu, 0.1) - act(Backend::Cpu, 0.0), 3 * 576 * 4 * 1024 * 30);
     }
 
     #[test]
@@ -938,11 +830,7 @@ mod tests {
             &smollm2(),
             &lora(),
             Backend::Cuda,
-            StepShape {
-                batch: 2,
-                seq: 128,
-                checkpointing: false,
-            },
+            StepShape { batch: 2, seq: 128, checkpointing: false },
         );
         assert_eq!(e.items.iter().map(|i| i.bytes).sum::<u64>(), e.total_bytes);
         assert!(e.items.iter().all(|i| !i.formula.is_empty()));

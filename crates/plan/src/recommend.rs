@@ -38,7 +38,12 @@ pub struct Option_ {
 pub fn choose(data: &DataStats, options: &[Option_]) -> Recommendation {
     let mut reasons = Vec::new();
     let mut warnings = data_warnings(data);
-    let fits = |m: &str| options.iter().filter(|o| o.method == m && o.fits && o.runnable).min_by(|a, b| a.cost.unwrap_or(f64::INFINITY).total_cmp(&b.cost.unwrap_or(f64::INFINITY)));
+    let fits = |m: &str| {
+        options
+            .iter()
+            .filter(|o| o.method == m && o.fits && o.runnable)
+            .min_by(|a, b| a.cost.unwrap_or(f64::INFINITY).total_cmp(&b.cost.unwrap_or(f64::INFINITY)))
+    };
     let lora = fits("lora");
     let full = fits("full");
     let chosen = if data.rows >= FULL_FT_ROWS && full.is_some() {
@@ -59,7 +64,10 @@ pub fn choose(data: &DataStats, options: &[Option_]) -> Recommendation {
         }
         reasons.push(format!("fits {} with {:.1} of {:.0} GiB", l.hardware, l.peak_gib, l.memory_gib));
         if let (Some(h), Some(c)) = (l.hours, l.cost) {
-            reasons.push(format!("cheapest fitting option: ≈ {} of training, ≈ {c:.2} at the price table's rate", crate::report::duration(h)));
+            reasons.push(format!(
+                "cheapest fitting option: ≈ {} of training, ≈ {c:.2} at the price table's rate",
+                crate::report::duration(h)
+            ));
         }
         Some(l)
     } else {
@@ -68,7 +76,10 @@ pub fn choose(data: &DataStats, options: &[Option_]) -> Recommendation {
     let (method, hardware) = match chosen {
         Some(o) => (o.method.clone(), o.hardware.clone()),
         None => {
-            let q = options.iter().filter(|o| o.method == "qlora" && o.fits).min_by(|a, b| a.peak_gib.total_cmp(&b.peak_gib));
+            let q = options
+                .iter()
+                .filter(|o| o.method == "qlora" && o.fits)
+                .min_by(|a, b| a.peak_gib.total_cmp(&b.peak_gib));
             match q {
                 Some(q) => {
                     reasons.push(format!("neither LoRA nor full fine-tuning fits; a 4-bit base (QLoRA) would need {:.1} of {:.0} GiB on {}", q.peak_gib, q.memory_gib, q.hardware));
@@ -83,7 +94,10 @@ pub fn choose(data: &DataStats, options: &[Option_]) -> Recommendation {
         }
     };
     for o in options.iter().filter(|o| o.method == "full" && !o.fits) {
-        warnings.push(format!("full fine-tuning does not fit {}: {:.1} GiB needed, {:.0} GiB there — LoRA or QLoRA", o.hardware, o.peak_gib, o.memory_gib));
+        warnings.push(format!(
+            "full fine-tuning does not fit {}: {:.1} GiB needed, {:.0} GiB there — LoRA or QLoRA",
+            o.hardware, o.peak_gib, o.memory_gib
+        ));
     }
     Recommendation { method, hardware, reasons, warnings }
 }
@@ -92,10 +106,16 @@ pub fn choose(data: &DataStats, options: &[Option_]) -> Recommendation {
 pub fn data_warnings(d: &DataStats) -> Vec<String> {
     let mut w = Vec::new();
     if d.rows < FEW_ROWS {
-        w.push(format!("only {} rows (< {FEW_ROWS}): collect more examples — a fine-tune on so few rarely generalises", d.rows));
+        w.push(format!(
+            "only {} rows (< {FEW_ROWS}): collect more examples — a fine-tune on so few rarely generalises",
+            d.rows
+        ));
     }
     if d.errors > 0 {
-        w.push(format!("{} invalid rows will be skipped: run `ferrotune data validate` for the list", d.errors));
+        w.push(format!(
+            "{} invalid rows will be skipped: run `ferrotune data validate` for the list",
+            d.errors
+        ));
     }
     if d.exact_duplicates + d.near_duplicates > 0 && d.rows > 0 {
         let share = (d.exact_duplicates + d.near_duplicates) as f64 / d.rows as f64;
@@ -110,10 +130,16 @@ pub fn data_warnings(d: &DataStats) -> Vec<String> {
         w.push(format!("{} rows contain personal data (e-mail, phone, card, …): redact with `ferrotune data prepare --redact-pii`", d.rows_with_pii));
     }
     if d.eval_rows_leaked > 0 {
-        w.push(format!("{} of {} eval rows also appear in training: the evaluation would flatter the model", d.eval_rows_leaked, d.eval_rows));
+        w.push(format!(
+            "{} of {} eval rows also appear in training: the evaluation would flatter the model",
+            d.eval_rows_leaked, d.eval_rows
+        ));
     }
     if d.tokens_max > 4 * d.tokens_p95.max(1) {
-        w.push(format!("a long tail of lengths (p95 {}, max {} tokens): pack rows or cap --max-seq-len", d.tokens_p95, d.tokens_max));
+        w.push(format!(
+            "a long tail of lengths (p95 {}, max {} tokens): pack rows or cap --max-seq-len",
+            d.tokens_p95, d.tokens_max
+        ));
     }
     w
 }

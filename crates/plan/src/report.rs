@@ -88,23 +88,31 @@ pub fn plan(inp: &PlanInputs) -> Plan {
     for method in &inp.methods {
         for hw in &inp.hardware {
             let gpu = hw.backend == Backend::Cuda;
-            let mut settings = crate::hyper::recommend(params, inp.cfg.max_position_embeddings, method, &inp.data, gpu);
+            let mut settings =
+                crate::hyper::recommend(params, inp.cfg.max_position_embeddings, method, &inp.data, gpu);
             if let Some(e) = inp.epochs {
                 settings.epochs = crate::hyper::Choice { value: e, reason: "given (--epochs)".into() };
             }
             if let Some(b) = inp.batch_size {
-                settings.batch_size = crate::hyper::Choice { value: b, reason: "given (--batch-size)".into() };
+                settings.batch_size =
+                    crate::hyper::Choice { value: b, reason: "given (--batch-size)".into() };
             }
             if let Some(s) = inp.max_seq_len {
-                settings.max_seq_len = crate::hyper::Choice { value: s, reason: "given (--max-seq-len)".into() };
+                settings.max_seq_len =
+                    crate::hyper::Choice { value: s, reason: "given (--max-seq-len)".into() };
             }
             let seq_cap = settings.max_seq_len.value;
             // Memory at the worst step: a full batch of the longest rows (packed sequences are all
             // that long). A recommended GPU batch that does not fit is halved until it does.
             // Unpacked batches are padded to their longest row, so the worst is the longest row
             // (within the cap), not the cap itself.
-            let worst_seq = if settings.packing.value { seq_cap } else { seq_cap.min(inp.data.tokens_max.max(1) as usize) };
-            let mut step = StepShape { batch: settings.batch_size.value, seq: worst_seq, checkpointing: false };
+            let worst_seq = if settings.packing.value {
+                seq_cap
+            } else {
+                seq_cap.min(inp.data.tokens_max.max(1) as usize)
+            };
+            let mut step =
+                StepShape { batch: settings.batch_size.value, seq: worst_seq, checkpointing: false };
             let mut mem = memory::training(&inp.cfg, method, hw.backend, step);
             if inp.batch_size.is_none() && gpu {
                 let first = step.batch;
@@ -115,12 +123,16 @@ pub fn plan(inp: &PlanInputs) -> Plan {
                 if step.batch != first {
                     settings.batch_size = crate::hyper::Choice {
                         value: step.batch,
-                        reason: format!("{} (the first choice, {first} rows, does not fit {:.0} GiB: halved until it does or reaches 1)", settings.batch_size.reason, hw.memory_gib),
+                        reason: format!(
+                            "{} (the first choice, {first} rows, does not fit {:.0} GiB: halved until it does or reaches 1)",
+                            settings.batch_size.reason, hw.memory_gib
+                        ),
                     };
                 }
             }
             let batch = step.batch;
-            let mem_ck = memory::training(&inp.cfg, method, hw.backend, StepShape { checkpointing: true, ..step });
+            let mem_ck =
+                memory::training(&inp.cfg, method, hw.backend, StepShape { checkpointing: true, ..step });
             // Time at the average step.
             let rows = inp.data.rows as f64;
             let (tokens_per_epoch, avg_seq) = if settings.packing.value {
@@ -136,7 +148,13 @@ pub fn plan(inp: &PlanInputs) -> Plan {
                 ((rows / batch as f64).ceil() * settings.epochs.value).ceil() as u64
             };
             let (speed, speed_missing) = if method.runnable() {
-                match throughput::predict_training(&inp.records, hw, &inp.cfg, method, avg_seq.round().max(1.0) as usize) {
+                match throughput::predict_training(
+                    &inp.records,
+                    hw,
+                    &inp.cfg,
+                    method,
+                    avg_seq.round().max(1.0) as usize,
+                ) {
                     Ok(s) => (Some(s), None),
                     Err(e) => (None, Some(e)),
                 }
@@ -242,7 +260,14 @@ pub fn render(p: &Plan) -> String {
     let _ = writeln!(
         s,
         "data: {} rows; tokens per row mean {:.0}, p5 {}, median {}, p95 {}, max {}; answer tokens mean {:.0} ({})",
-        d.rows, d.tokens_mean, d.tokens_p5, d.tokens_median, d.tokens_p95, d.tokens_max, d.target_mean, p.tokenizer
+        d.rows,
+        d.tokens_mean,
+        d.tokens_p5,
+        d.tokens_median,
+        d.tokens_p95,
+        d.tokens_max,
+        d.target_mean,
+        p.tokenizer
     );
     let _ = writeln!(s);
     let _ = writeln!(
@@ -271,9 +296,18 @@ pub fn render(p: &Plan) -> String {
             o.cost.map_or("-".into(), |c| money(c, &p.currency)),
         );
     }
-    let _ = writeln!(s, "(peak: the worst step, a full batch of the longest rows; w/ ckpt: with gradient checkpointing, which ferrotune does not do yet; time and cost: the whole run at the settings below)");
+    let _ = writeln!(
+        s,
+        "(peak: the worst step, a full batch of the longest rows; w/ ckpt: with gradient checkpointing, which ferrotune does not do yet; time and cost: the whole run at the settings below)"
+    );
     for o in p.options.iter().filter(|o| o.speed_missing.is_some()) {
-        let _ = writeln!(s, "  {} on {}: no time estimate — {}", o.method, o.hardware, o.speed_missing.as_deref().unwrap_or_default());
+        let _ = writeln!(
+            s,
+            "  {} on {}: no time estimate — {}",
+            o.method,
+            o.hardware,
+            o.speed_missing.as_deref().unwrap_or_default()
+        );
     }
     let r = &p.recommendation;
     let _ = writeln!(s);
@@ -291,7 +325,12 @@ pub fn render(p: &Plan) -> String {
         if o.method != "full" {
             let _ = writeln!(s, "  --lora-r {}: {}", h.lora_r.value, h.lora_r.reason);
         }
-        let _ = writeln!(s, "  packing {}: {}", if h.packing.value { "on (--packing)" } else { "off" }, h.packing.reason);
+        let _ = writeln!(
+            s,
+            "  packing {}: {}",
+            if h.packing.value { "on (--packing)" } else { "off" },
+            h.packing.reason
+        );
         if let Some(sp) = &o.speed {
             let _ = writeln!(s, "time basis: {}", sp.basis);
         }
@@ -329,7 +368,11 @@ pub fn render(p: &Plan) -> String {
         let _ = writeln!(s, "  basis: {}", sv.basis);
         let ram = crate::hardware::this_cpu().memory_gib;
         if gib(sv.memory.total_bytes) > ram {
-            let _ = writeln!(s, "  ! a server needs {:.1} GiB, more than this machine's {ram:.0} GiB: the recorded machine could not hold it", gib(sv.memory.total_bytes));
+            let _ = writeln!(
+                s,
+                "  ! a server needs {:.1} GiB, more than this machine's {ram:.0} GiB: the recorded machine could not hold it",
+                gib(sv.memory.total_bytes)
+            );
         }
         for a in &sv.tco.apis {
             let _ = writeln!(
@@ -338,13 +381,20 @@ pub fn render(p: &Plan) -> String {
                 a.name,
                 money(a.per_month, &sv.currency),
                 a.ratio,
-                a.break_even_requests_per_day
-                    .map_or("never breaks even at this server speed (a fully used server costs more per request)".into(), |b| format!("break-even from {b:.0} requests/day"))
+                a.break_even_requests_per_day.map_or(
+                    "never breaks even at this server speed (a fully used server costs more per request)"
+                        .into(),
+                    |b| format!("break-even from {b:.0} requests/day")
+                )
             );
         }
         let _ = writeln!(s, "  ({})", sv.note);
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "prices: example table as of {} ({}); pass --prices FILE with yours", p.prices_as_of, p.currency);
+    let _ = writeln!(
+        s,
+        "prices: example table as of {} ({}); pass --prices FILE with yours",
+        p.prices_as_of, p.currency
+    );
     s
 }

@@ -21,11 +21,8 @@ const SHAPES: &[Row] = &[
 ];
 
 /// Other spellings: the benchmark's shape names and the installed default model.
-const ALIASES: &[(&str, &str)] = &[
-    ("llama-1b", "llama-3.2-1b"),
-    ("llama-8b", "llama-3.1-8b"),
-    ("smollm2-135m-instruct", "smollm2-135m"),
-];
+const ALIASES: &[(&str, &str)] =
+    &[("llama-1b", "llama-3.2-1b"), ("llama-8b", "llama-3.1-8b"), ("smollm2-135m-instruct", "smollm2-135m")];
 
 pub fn names() -> Vec<&'static str> {
     SHAPES.iter().map(|r| r.0).collect()
@@ -44,7 +41,11 @@ pub fn lookup(name: &str) -> Result<ModelConfig> {
         return Err(PlanError::Unknown { what: "model shape", name: name.into(), known: names().join(", ") });
     };
     let &(_, family, hidden, ffn, layers, heads, kv, head_dim, vocab, tied, bias) =
-        SHAPES.iter().find(|r| r.0 == canon).ok_or_else(|| PlanError::Unknown { what: "model shape", name: name.into(), known: names().join(", ") })?;
+        SHAPES.iter().find(|r| r.0 == canon).ok_or_else(|| PlanError::Unknown {
+            what: "model shape",
+            name: name.into(),
+            known: names().join(", "),
+        })?;
     Ok(ModelConfig {
         family,
         hidden_size: hidden,
@@ -85,7 +86,15 @@ mod tests {
     #[test]
     fn parameter_counts_match_the_published_sizes() {
         // Published totals: SmolLM2-135M 134.5M, Llama-3.2-1B 1.24B, Llama-3.1-8B 8.03B, Qwen2.5-7B 7.62B, Mistral-7B 7.24B.
-        for (name, published) in [("smollm2-135m", 134.5e6), ("llama-3.2-1b", 1.236e9), ("llama-3.1-8b", 8.03e9), ("qwen2.5-7b", 7.62e9), ("mistral-7b", 7.24e9), ("smollm2-360m", 362e6), ("llama-3.2-3b", 3.21e9)] {
+        for (name, published) in [
+            ("smollm2-135m", 134.5e6),
+            ("llama-3.2-1b", 1.236e9),
+            ("llama-3.1-8b", 8.03e9),
+            ("qwen2.5-7b", 7.62e9),
+            ("mistral-7b", 7.24e9),
+            ("smollm2-360m", 362e6),
+            ("llama-3.2-3b", 3.21e9),
+        ] {
             let n = lookup(name).unwrap().parameter_count() as f64;
             assert!((n / published - 1.0).abs() < 0.01, "{name}: {n} vs {published}");
         }

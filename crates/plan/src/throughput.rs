@@ -53,7 +53,11 @@ pub fn builtin_records() -> Vec<Record> {
     }
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(include_str!("../../../bench/cpu-train.json")) {
         for r in v["records"].as_array().into_iter().flatten() {
-            let src = format!("bench/cpu-train.json ({}, {})", v["machine"].as_str().unwrap_or("2-core CI machine"), v["date"].as_str().unwrap_or("?"));
+            let src = format!(
+                "bench/cpu-train.json ({}, {})",
+                v["machine"].as_str().unwrap_or("2-core CI machine"),
+                v["date"].as_str().unwrap_or("?")
+            );
             out.extend(record_of(r, "cpu", &src));
         }
     }
@@ -81,12 +85,19 @@ pub fn read_calibration(path: &std::path::Path) -> Result<Option<Record>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(PlanError::io(path, e)),
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| PlanError::InvalidFile { path: path.into(), field: "(json)".into(), reason: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| PlanError::InvalidFile {
+        path: path.into(),
+        field: "(json)".into(),
+        reason: e.to_string(),
+    })?;
     let date = v["calibrated"].as_str().unwrap_or("?").to_string();
-    record_of(&v, "cpu", &format!("{} (this machine, {date})", path.display()))
-        .map(Some)
-        .ok_or_else(|| PlanError::InvalidFile { path: path.into(), field: "shape/batch/seq/ferrotune.tokens_per_sec".into(), reason: "missing or not a known shape".into() })
+    record_of(&v, "cpu", &format!("{} (this machine, {date})", path.display())).map(Some).ok_or_else(|| {
+        PlanError::InvalidFile {
+            path: path.into(),
+            field: "shape/batch/seq/ferrotune.tokens_per_sec".into(),
+            reason: "missing or not a known shape".into(),
+        }
+    })
 }
 
 /// Weights that take part in matmuls: every linear of every layer and the output head.
@@ -105,7 +116,9 @@ pub fn training_flops_per_token(cfg: &ModelConfig, method: &Method, seq: usize) 
     let attn_fwd = 4.0 * cfg.num_layers as f64 * (cfg.num_heads * cfg.head_dim) as f64 * seq as f64;
     match method {
         Method::Full => 6.0 * n_mat + 3.0 * attn_fwd,
-        Method::Lora { .. } | Method::QLora { .. } => 4.0 * n_mat + 6.0 * method.trainable_parameters(cfg) as f64 + 3.0 * attn_fwd,
+        Method::Lora { .. } | Method::QLora { .. } => {
+            4.0 * n_mat + 6.0 * method.trainable_parameters(cfg) as f64 + 3.0 * attn_fwd
+        }
     }
 }
 
@@ -122,7 +135,13 @@ pub struct SpeedEstimate {
 
 /// Predicted training tokens/s of `method` on `cfg` at padded length `seq` on `hw`, or `None`
 /// with the reason when no record of that backend exists.
-pub fn predict_training(records: &[Record], hw: &Hardware, cfg: &ModelConfig, method: &Method, seq: usize) -> std::result::Result<SpeedEstimate, String> {
+pub fn predict_training(
+    records: &[Record],
+    hw: &Hardware,
+    cfg: &ModelConfig,
+    method: &Method,
+    seq: usize,
+) -> std::result::Result<SpeedEstimate, String> {
     let same_backend: Vec<&Record> = records
         .iter()
         .filter(|r| match hw.backend {
@@ -148,7 +167,9 @@ pub fn predict_training(records: &[Record], hw: &Hardware, cfg: &ModelConfig, me
             let da = (a.1.parameter_count() as f64 / target_n).ln().abs();
             let db = (b.1.parameter_count() as f64 / target_n).ln().abs();
             // Same shape: the record at the nearest sequence length.
-            da.total_cmp(&db).then((a.0.seq as f64 / seq as f64).ln().abs().total_cmp(&(b.0.seq as f64 / seq as f64).ln().abs()))
+            da.total_cmp(&db).then(
+                (a.0.seq as f64 / seq as f64).ln().abs().total_cmp(&(b.0.seq as f64 / seq as f64).ln().abs()),
+            )
         })
         .ok_or_else(|| "no record of a known shape".to_string())?;
     let (rec, rec_cfg) = record;
@@ -167,7 +188,10 @@ pub fn predict_training(records: &[Record], hw: &Hardware, cfg: &ModelConfig, me
     if rec.hardware != hw.name {
         let rec_hw = crate::hardware::lookup(&rec.hardware).map_err(|e| e.to_string())?;
         flops *= hw.peak_tflops / rec_hw.peak_tflops;
-        basis.push_str(&format!(", scaled by data-sheet peak {:.0}/{:.0} TFLOP/s", hw.peak_tflops, rec_hw.peak_tflops));
+        basis.push_str(&format!(
+            ", scaled by data-sheet peak {:.0}/{:.0} TFLOP/s",
+            hw.peak_tflops, rec_hw.peak_tflops
+        ));
     }
     let f = training_flops_per_token(cfg, method, seq);
     basis.push_str(&format!("; this run needs {:.2} GFLOP per token", f / 1e9));
@@ -186,7 +210,8 @@ pub struct ServeRecord {
 
 /// `bench/serve-vs-llamacpp.json`: `ferrotune serve` (f32) on the 2-core machine, 32 streams.
 pub fn builtin_serve_records() -> Vec<ServeRecord> {
-    let v: serde_json::Value = serde_json::from_str(include_str!("../../../bench/serve-vs-llamacpp.json")).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("../../../bench/serve-vs-llamacpp.json")).unwrap_or_default();
     let date = v["date"].as_str().unwrap_or("?").to_string();
     v["runs"]
         .as_array()
@@ -198,7 +223,11 @@ pub fn builtin_serve_records() -> Vec<ServeRecord> {
                 hardware: "cpu".into(),
                 streams: r["streams"].as_u64()? as usize,
                 tokens_per_sec: r["ferrotune"]["tokens_per_s"].as_f64()?,
-                source: format!("bench/serve-vs-llamacpp.json ({date}, {} cores, {} streams)", r["cores"].as_u64().unwrap_or(0), r["streams"].as_u64().unwrap_or(0)),
+                source: format!(
+                    "bench/serve-vs-llamacpp.json ({date}, {} cores, {} streams)",
+                    r["cores"].as_u64().unwrap_or(0),
+                    r["streams"].as_u64().unwrap_or(0)
+                ),
             })
         })
         .collect()
@@ -211,7 +240,17 @@ pub fn predict_serving(records: &[ServeRecord], cfg: &ModelConfig) -> Option<(f6
     let rec_n = shapes::lookup(&r.shape).ok()?.parameter_count() as f64;
     let n = cfg.parameter_count() as f64;
     let tps = r.tokens_per_sec * rec_n / n;
-    Some((tps, format!("{} measured {:.0} completion tokens/s from one server ({}), scaled by parameters {:.1}M/{:.1}M", r.shape, r.tokens_per_sec, r.source, rec_n / 1e6, n / 1e6)))
+    Some((
+        tps,
+        format!(
+            "{} measured {:.0} completion tokens/s from one server ({}), scaled by parameters {:.1}M/{:.1}M",
+            r.shape,
+            r.tokens_per_sec,
+            r.source,
+            rec_n / 1e6,
+            n / 1e6
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -231,7 +270,8 @@ mod tests {
     #[test]
     fn full_fine_tuning_costs_about_one_and_a_half_times_lora_per_token() {
         let s = shapes::lookup("llama-3.2-1b").unwrap();
-        let lora = training_flops_per_token(&s, &Method::Lora { r: 16, targets: crate::default_targets() }, 1024);
+        let lora =
+            training_flops_per_token(&s, &Method::Lora { r: 16, targets: crate::default_targets() }, 1024);
         let full = training_flops_per_token(&s, &Method::Full, 1024);
         assert!(full / lora > 1.35 && full / lora < 1.5, "{}", full / lora);
     }
@@ -246,11 +286,25 @@ mod tests {
             let p = predict_training(&recs, &hw, &cfg, &lora, r.seq).unwrap();
             assert!((p.tokens_per_sec / r.tokens_per_sec - 1.0).abs() < 1e-9, "{r:?}: {}", p.tokens_per_sec);
         }
-        let big = predict_training(&recs, &hw, &shapes::lookup("llama-3.1-8b").unwrap(), &lora, 1024).unwrap();
-        let one = predict_training(&recs, &hw, &shapes::lookup("llama-3.2-1b").unwrap(), &lora, 1024).unwrap();
-        assert!(big.tokens_per_sec < one.tokens_per_sec / 4.0, "{} vs {}", big.tokens_per_sec, one.tokens_per_sec);
+        let big =
+            predict_training(&recs, &hw, &shapes::lookup("llama-3.1-8b").unwrap(), &lora, 1024).unwrap();
+        let one =
+            predict_training(&recs, &hw, &shapes::lookup("llama-3.2-1b").unwrap(), &lora, 1024).unwrap();
+        assert!(
+            big.tokens_per_sec < one.tokens_per_sec / 4.0,
+            "{} vs {}",
+            big.tokens_per_sec,
+            one.tokens_per_sec
+        );
         // An A100 has 312/989 of the H200's peak.
-        let a100 = predict_training(&recs, &crate::hardware::lookup("a100").unwrap(), &shapes::lookup("llama-3.2-1b").unwrap(), &lora, 1024).unwrap();
+        let a100 = predict_training(
+            &recs,
+            &crate::hardware::lookup("a100").unwrap(),
+            &shapes::lookup("llama-3.2-1b").unwrap(),
+            &lora,
+            1024,
+        )
+        .unwrap();
         assert!((a100.tokens_per_sec / one.tokens_per_sec - 312.0 / 989.0).abs() < 1e-9);
     }
 }

@@ -19,15 +19,12 @@ use ferrotune_plan::{Backend, Method, default_targets, gib, shapes};
 const TOLERANCE: f64 = 0.15;
 
 fn bench_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../bench")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench").join(name)
 }
 
 fn read_json(name: &str) -> Result<serde_json::Value> {
     let path = bench_path(name);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -49,26 +46,16 @@ fn bench_shape(name: &str) -> Result<ModelConfig> {
         "llama-1b" => (2048, 8192, 16, 32, 8, 64, 128_256, true),
         other => bail!("no benchmark shape {other}"),
     };
-    assert_eq!(
-        dims, want,
-        "{name}: the plan's shape differs from the benchmark's"
-    );
+    assert_eq!(dims, want, "{name}: the plan's shape differs from the benchmark's");
     Ok(cfg)
 }
 
 fn lora() -> Method {
-    Method::Lora {
-        r: 16,
-        targets: default_targets(),
-    }
+    Method::Lora { r: 16, targets: default_targets() }
 }
 
 fn step(batch: usize, seq: usize) -> StepShape {
-    StepShape {
-        batch,
-        seq,
-        checkpointing: false,
-    }
+    StepShape { batch, seq, checkpointing: false }
 }
 
 /// The f32 weights `bench train` keeps on the GPU beside the bf16 model (see the module note).
@@ -90,18 +77,9 @@ impl Row {
 
 fn print_table(title: &str, rows: &[Row]) {
     println!("\n{title}");
-    println!(
-        "{:<58} {:>10} {:>10} {:>7}",
-        "record", "predicted", "measured", "ratio"
-    );
+    println!("{:<58} {:>10} {:>10} {:>7}", "record", "predicted", "measured", "ratio");
     for r in rows {
-        println!(
-            "{:<58} {:>8.2} G {:>8.2} G {:>7.3}",
-            r.what,
-            r.predicted,
-            r.measured,
-            r.ratio()
-        );
+        println!("{:<58} {:>8.2} G {:>8.2} G {:>7.3}", r.what, r.predicted, r.measured, r.ratio());
     }
 }
 
@@ -111,12 +89,7 @@ fn assert_within(rows: &[Row]) {
         .filter(|r| (r.ratio() - 1.0).abs() > TOLERANCE)
         .map(|r| format!("{}: {:.3}", r.what, r.ratio()))
         .collect();
-    assert!(
-        bad.is_empty(),
-        "outside ±{:.0}%: {}",
-        TOLERANCE * 100.0,
-        bad.join(", ")
-    );
+    assert!(bad.is_empty(), "outside ±{:.0}%: {}", TOLERANCE * 100.0, bad.join(", "));
 }
 
 /// Predicted GiB of a single-GPU `bench train` record.
@@ -127,10 +100,7 @@ fn gpu_bench_prediction(shape: &str, batch: usize, seq: usize, dropout: f64) -> 
         &lora(),
         Backend::Cuda,
         step(batch, seq),
-        TrainOptions {
-            lora_dropout: dropout,
-            cpu_threads: 1,
-        },
+        TrainOptions { lora_dropout: dropout, cpu_threads: 1 },
     );
     Ok(gib(e.total_bytes + bench_f32_source(&cfg)))
 }
@@ -148,17 +118,11 @@ fn single_gpu_training_peaks_are_predicted_within_15_percent() -> Result<()> {
         let dropout = v["lora_dropout"].as_f64().context("lora_dropout")?;
         let measured = v["ferrotune"]["peak_gib"].as_f64().context("peak_gib")?;
         let predicted = gpu_bench_prediction(shape, batch as usize, seq as usize, dropout)?;
-        rows.push(Row {
-            what: format!("{file} ({shape}, {batch}×{seq}, H200)"),
-            predicted,
-            measured,
-        });
+        rows.push(Row { what: format!("{file} ({shape}, {batch}×{seq}, H200)"), predicted, measured });
     }
     // The single-GPU runs recorded beside the data-parallel ones (keys ending in `-one`).
     let dp = read_json("gpu-train-dp.json")?;
-    let records = dp
-        .as_object()
-        .context("gpu-train-dp.json: an object of records")?;
+    let records = dp.as_object().context("gpu-train-dp.json: an object of records")?;
     for (key, v) in records.iter().filter(|(k, _)| k.ends_with("-one")) {
         let (shape, batch, seq) = (
             v["shape"].as_str().context("shape")?,
@@ -168,21 +132,10 @@ fn single_gpu_training_peaks_are_predicted_within_15_percent() -> Result<()> {
         let dropout = v["lora_dropout"].as_f64().context("lora_dropout")?;
         let measured = v["ferrotune"]["peak_gib"].as_f64().context("peak_gib")?;
         let predicted = gpu_bench_prediction(shape, batch as usize, seq as usize, dropout)?;
-        rows.push(Row {
-            what: format!("dp {key} ({batch}×{seq})"),
-            predicted,
-            measured,
-        });
+        rows.push(Row { what: format!("dp {key} ({batch}×{seq})"), predicted, measured });
     }
-    print_table(
-        "single-GPU LoRA training, bf16 (peak memory.used, GiB)",
-        &rows,
-    );
-    assert_eq!(
-        rows.len(),
-        7,
-        "two records and five single-GPU runs in gpu-train-dp.json"
-    );
+    print_table("single-GPU LoRA training, bf16 (peak memory.used, GiB)", &rows);
+    assert_eq!(rows.len(), 7, "two records and five single-GPU runs in gpu-train-dp.json");
     assert_within(&rows);
     Ok(())
 }
@@ -199,10 +152,7 @@ fn the_attention_probabilities_term_explains_the_recorded_jump() -> Result<()> {
         &lora(),
         Backend::Cuda,
         step(8, 1024),
-        TrainOptions {
-            lora_dropout: 0.05,
-            cpu_threads: 1,
-        },
+        TrainOptions { lora_dropout: 0.05, cpu_threads: 1 },
     );
     let probs = e.bytes_of(names::PROBS);
     let per_layer = probs / cfg.num_layers as u64;
@@ -238,14 +188,9 @@ fn the_attention_probabilities_term_explains_the_recorded_jump() -> Result<()> {
 #[test]
 fn data_parallel_peaks_are_printed_beside_the_per_gpu_prediction() -> Result<()> {
     let dp = read_json("gpu-train-dp.json")?;
-    let records = dp
-        .as_object()
-        .context("gpu-train-dp.json: an object of records")?;
+    let records = dp.as_object().context("gpu-train-dp.json: an object of records")?;
     let mut rows = Vec::new();
-    for (key, v) in records
-        .iter()
-        .filter(|(k, v)| !k.ends_with("-one") && v["dtype"] == "bf16")
-    {
+    for (key, v) in records.iter().filter(|(k, v)| !k.ends_with("-one") && v["dtype"] == "bf16") {
         let (shape, batch, seq) = (
             v["shape"].as_str().context("shape")?,
             v["batch"].as_u64().context("batch")? as usize,
@@ -258,15 +203,9 @@ fn data_parallel_peaks_are_printed_beside_the_per_gpu_prediction() -> Result<()>
             &lora(),
             Backend::Cuda,
             step(batch / 2, seq),
-            TrainOptions {
-                lora_dropout: dropout,
-                cpu_threads: 1,
-            },
+            TrainOptions { lora_dropout: dropout, cpu_threads: 1 },
         );
-        for g in v["peak_gib_per_gpu"]
-            .as_array()
-            .context("peak_gib_per_gpu")?
-        {
+        for g in v["peak_gib_per_gpu"].as_array().context("peak_gib_per_gpu")? {
             let gpu = g["gpu"].as_u64().context("gpu")?;
             let extra = if gpu == 0 { bench_f32_source(&cfg) } else { 0 };
             rows.push(Row {
@@ -276,10 +215,7 @@ fn data_parallel_peaks_are_printed_beside_the_per_gpu_prediction() -> Result<()>
             });
         }
     }
-    print_table(
-        "data parallel, per GPU (not asserted: NCCL buffers not modelled)",
-        &rows,
-    );
+    print_table("data parallel, per GPU (not asserted: NCCL buffers not modelled)", &rows);
     assert!(!rows.is_empty());
     Ok(())
 }
@@ -308,10 +244,7 @@ fn cpu_training_peaks_are_predicted_within_15_percent() -> Result<()> {
             &lora(),
             Backend::Cpu,
             step(batch, seq),
-            TrainOptions {
-                lora_dropout: dropout,
-                cpu_threads: threads,
-            },
+            TrainOptions { lora_dropout: dropout, cpu_threads: threads },
         );
         let measured = r["ferrotune"]["peak_gib"].as_f64().context("peak_gib")?;
         rows.push(Row {
@@ -334,19 +267,11 @@ fn worked_example_items_are_printed_for_the_docs() -> Result<()> {
         &lora(),
         Backend::Cuda,
         step(8, 1024),
-        TrainOptions {
-            lora_dropout: 0.05,
-            cpu_threads: 1,
-        },
+        TrainOptions { lora_dropout: 0.05, cpu_threads: 1 },
     );
     println!("\nSmolLM2-135M LoRA r=16, 8×1024, CUDA bf16");
     for i in &e.items {
-        println!(
-            "{:<32} {:>9.1} MiB  {}",
-            i.name,
-            i.bytes as f64 / (1u64 << 20) as f64,
-            i.formula
-        );
+        println!("{:<32} {:>9.1} MiB  {}", i.name, i.bytes as f64 / (1u64 << 20) as f64, i.formula);
     }
     println!(
         "{:<32} {:>9.1} MiB",
@@ -368,28 +293,20 @@ fn smollm2() -> ModelConfig {
 }
 
 fn opts() -> TrainOptions {
-    TrainOptions {
-        lora_dropout: 0.05,
-        cpu_threads: 2,
-    }
+    TrainOptions { lora_dropout: 0.05, cpu_threads: 2 }
 }
 
 #[test]
 fn lora_activations_scale_linearly_in_batch_times_seq() {
     let cfg = smollm2();
     for backend in [Backend::Cuda, Backend::Cpu] {
-        let act = |b, t| {
-            training_with(&cfg, &lora(), backend, step(b, t), opts()).bytes_of(names::ACTIVATIONS)
-        };
+        let act =
+            |b, t| training_with(&cfg, &lora(), backend, step(b, t), opts()).bytes_of(names::ACTIVATIONS);
         let one = act(1, 256);
         assert!(one > 0);
         assert_eq!(act(4, 256), 4 * one, "{backend:?}: batch");
         assert_eq!(act(1, 1024), 4 * one, "{backend:?}: seq");
-        assert_eq!(
-            act(2, 512),
-            act(4, 256),
-            "{backend:?}: only the product matters"
-        );
+        assert_eq!(act(2, 512), act(4, 256), "{backend:?}: only the product matters");
     }
 }
 
@@ -403,27 +320,15 @@ fn checkpointing_keeps_layer_inputs_plus_one_layer() {
         &cfg,
         &lora(),
         Backend::Cuda,
-        StepShape {
-            batch: b,
-            seq: t,
-            checkpointing: true,
-        },
+        StepShape { batch: b, seq: t, checkpointing: true },
         opts(),
     );
     let per_layer = plain.bytes_of(names::ACTIVATIONS) / cfg.num_layers as u64;
     let inputs = cfg.num_layers as u64 * n * cfg.hidden_size as u64 * 2;
     assert_eq!(ckpt.bytes_of(names::ACTIVATIONS), inputs + per_layer);
     // One layer's probabilities instead of every layer's.
-    assert_eq!(
-        ckpt.bytes_of(names::PROBS) * cfg.num_layers as u64,
-        plain.bytes_of(names::PROBS)
-    );
-    assert!(
-        ckpt.total_bytes < plain.total_bytes / 2,
-        "{} vs {}",
-        ckpt.total_bytes,
-        plain.total_bytes
-    );
+    assert_eq!(ckpt.bytes_of(names::PROBS) * cfg.num_layers as u64, plain.bytes_of(names::PROBS));
+    assert!(ckpt.total_bytes < plain.total_bytes / 2, "{} vs {}", ckpt.total_bytes, plain.total_bytes);
 }
 
 #[test]
@@ -439,47 +344,28 @@ fn full_fine_tuning_needs_more_than_lora() {
         let a = if backend == Backend::Cuda { 2 } else { 4 };
         assert_eq!(full.bytes_of(names::GRADIENTS), p * a);
         assert_eq!(full.bytes_of(names::OPTIMIZER), 2 * p * a);
-        assert!(
-            full.bytes_of(names::HEAD) > p * a,
-            "the full logits are kept"
-        );
+        assert!(full.bytes_of(names::HEAD) > p * a, "the full logits are kept");
     }
 }
 
 #[test]
 fn qlora_linear_weights_are_about_a_quarter_of_bf16() {
     let cfg = shapes::lookup("llama-3.1-8b").expect("known shape");
-    let q = Method::QLora {
-        r: 16,
-        targets: default_targets(),
-    };
+    let q = Method::QLora { r: 16, targets: default_targets() };
     let s = step(1, 512);
     let qw = training_with(&cfg, &q, Backend::Cuda, s, opts()).bytes_of(names::WEIGHTS) as f64;
     let bw = training_with(&cfg, &lora(), Backend::Cuda, s, opts()).bytes_of(names::WEIGHTS) as f64;
     // Embedding, head and norms stay bf16 in both: take them out, the projections remain.
-    let (h, f, l) = (
-        cfg.hidden_size as f64,
-        cfg.intermediate_size as f64,
-        cfg.num_layers as f64,
-    );
-    let (qd, kv) = (
-        (cfg.num_heads * cfg.head_dim) as f64,
-        (cfg.num_kv_heads * cfg.head_dim) as f64,
-    );
+    let (h, f, l) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.num_layers as f64);
+    let (qd, kv) = ((cfg.num_heads * cfg.head_dim) as f64, (cfg.num_kv_heads * cfg.head_dim) as f64);
     let linear = l * (2.0 * h * qd + 2.0 * h * kv + 3.0 * h * f);
     let rest = 2.0 * (cfg.parameter_count() as f64 - linear);
     let ratio = (qw - rest) / (bw - rest);
-    assert!(
-        (ratio - 4.127 / 16.0).abs() < 1e-3,
-        "QLoRA/bf16 projection weights {ratio:.4}"
-    );
+    assert!((ratio - 4.127 / 16.0).abs() < 1e-3, "QLoRA/bf16 projection weights {ratio:.4}");
     // The whole model: 0.26x for the projections, the untied 128k-vocabulary embedding and head
     // (13% of Llama-3.1-8B's weights) at bf16.
     let whole = qw / bw;
-    assert!(
-        (0.30..0.40).contains(&whole),
-        "QLoRA/bf16 weights {whole:.3}"
-    );
+    assert!((0.30..0.40).contains(&whole), "QLoRA/bf16 weights {whole:.3}");
 }
 
 #[test]
@@ -504,8 +390,7 @@ fn serving_weights_follow_the_storage() {
     // The CPU engine packs a tied head into its own copy.
     let small = smollm2();
     let embed = (small.vocab_size * small.hidden_size) as u64;
-    let cpu = memory::serving(&small, Backend::Cpu, memory::ServeWeights::F32, 1, 1)
-        .bytes_of(names::WEIGHTS);
+    let cpu = memory::serving(&small, Backend::Cpu, memory::ServeWeights::F32, 1, 1).bytes_of(names::WEIGHTS);
     assert_eq!(cpu, 4 * (small.parameter_count() + embed));
 }
 

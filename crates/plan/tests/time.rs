@@ -8,7 +8,8 @@ use ferrotune_plan::{Method, default_targets, hardware, shapes};
 
 #[test]
 fn independent_one_gpu_runs_are_predicted_within_30_percent() {
-    let dp: serde_json::Value = serde_json::from_str(include_str!("../../../bench/gpu-train-dp.json")).expect("dp json");
+    let dp: serde_json::Value =
+        serde_json::from_str(include_str!("../../../bench/gpu-train-dp.json")).expect("dp json");
     let records = builtin_records();
     let h200 = hardware::lookup("h200").expect("h200");
     let lora = Method::Lora { r: 16, targets: default_targets() };
@@ -24,7 +25,11 @@ fn independent_one_gpu_runs_are_predicted_within_30_percent() {
         let p = predict_training(&records, &h200, &cfg, &lora, seq).expect("a prediction");
         let ratio = p.tokens_per_sec / measured;
         println!("{name:<48} {:>10.0} {measured:>10.0} {ratio:>7.2}", p.tokens_per_sec);
-        assert!((0.7..=1.3).contains(&ratio), "{name}: predicted {:.0}, measured {measured:.0}", p.tokens_per_sec);
+        assert!(
+            (0.7..=1.3).contains(&ratio),
+            "{name}: predicted {:.0}, measured {measured:.0}",
+            p.tokens_per_sec
+        );
         checked += 1;
     }
     assert!(checked >= 4, "only {checked} one-GPU records");
@@ -41,9 +46,13 @@ fn each_shipped_gpu_record_predicts_the_other_shape_within_a_factor_of_four() {
     for (from, to) in [("smollm2-135m", "llama-3.2-1b"), ("llama-3.2-1b", "smollm2-135m")] {
         let only: Vec<_> = recs.iter().filter(|r| r.shape == from && r.hardware == "h200").cloned().collect();
         let target = recs.iter().find(|r| r.shape == to && r.hardware == "h200").expect("target record");
-        let p = predict_training(&only, &h200, &shapes::lookup(to).expect("shape"), &lora, target.seq).expect("prediction");
+        let p = predict_training(&only, &h200, &shapes::lookup(to).expect("shape"), &lora, target.seq)
+            .expect("prediction");
         let ratio = p.tokens_per_sec / target.tokens_per_sec;
-        println!("{from} -> {to}: predicted {:.0}, measured {:.0}, ratio {ratio:.2}", p.tokens_per_sec, target.tokens_per_sec);
+        println!(
+            "{from} -> {to}: predicted {:.0}, measured {:.0}, ratio {ratio:.2}",
+            p.tokens_per_sec, target.tokens_per_sec
+        );
         assert!((0.25..=4.0).contains(&ratio), "{from} -> {to}: {ratio}");
     }
 }

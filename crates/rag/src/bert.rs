@@ -43,10 +43,16 @@ impl BertConfig {
     /// The settings this encoder implements; anything else is refused rather than run wrongly.
     pub fn validate(&self) -> Result<(), String> {
         if self.hidden_act != "gelu" {
-            return Err(format!("hidden_act {:?} (only \"gelu\", the erf form, is implemented)", self.hidden_act));
+            return Err(format!(
+                "hidden_act {:?} (only \"gelu\", the erf form, is implemented)",
+                self.hidden_act
+            ));
         }
         if self.position_embedding_type != "absolute" {
-            return Err(format!("position_embedding_type {:?} (only \"absolute\")", self.position_embedding_type));
+            return Err(format!(
+                "position_embedding_type {:?} (only \"absolute\")",
+                self.position_embedding_type
+            ));
         }
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
@@ -69,8 +75,16 @@ impl Embeddings {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> candle_core::Result<Self> {
         Ok(Self {
             word: candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("word_embeddings"))?,
-            position: candle_nn::embedding(cfg.max_position_embeddings, cfg.hidden_size, vb.pp("position_embeddings"))?,
-            token_type: candle_nn::embedding(cfg.type_vocab_size, cfg.hidden_size, vb.pp("token_type_embeddings"))?,
+            position: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type: candle_nn::embedding(
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
             norm: candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
         })
     }
@@ -145,9 +159,17 @@ impl Layer {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> candle_core::Result<Self> {
         Ok(Self {
             attention: SelfAttention::load(vb.pp("attention"), cfg)?,
-            intermediate: candle_nn::linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            intermediate: candle_nn::linear(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
             output: candle_nn::linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output").pp("dense"))?,
-            norm: candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            norm: candle_nn::layer_norm(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("output").pp("LayerNorm"),
+            )?,
         })
     }
 

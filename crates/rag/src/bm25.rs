@@ -83,7 +83,10 @@ impl Bm25Index {
             std::fs::create_dir_all(dir).map_err(|e| RagError::io(dir, e))?;
             Index::create_in_dir(dir, schema.clone())?
         } else {
-            return Err(RagError::Corrupt { path: dir.to_path_buf(), reason: "the BM25 index is missing".into() });
+            return Err(RagError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: "the BM25 index is missing".into(),
+            });
         };
         if index.schema() != schema {
             return Err(RagError::Corrupt {
@@ -166,7 +169,9 @@ impl Bm25Index {
         }
         let clauses: Vec<(Occur, Box<dyn Query>)> = terms
             .into_iter()
-            .map(|t| (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>))
+            .map(|t| {
+                (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::WithFreqs)) as Box<dyn Query>)
+            })
             .collect();
         let q = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
@@ -201,13 +206,15 @@ impl Bm25Index {
         let mut out = HashMap::new();
         for &id in ids {
             let q = TermQuery::new(Term::from_field_u64(f.chunk_id, id), IndexRecordOption::Basic);
-            let Some((_, addr)) = searcher.search(&q, &TopDocs::with_limit(1).order_by_score())?.into_iter().next()
+            let Some((_, addr)) =
+                searcher.search(&q, &TopDocs::with_limit(1).order_by_score())?.into_iter().next()
             else {
                 continue;
             };
             let d: TantivyDocument = searcher.doc(addr)?;
             let u = |field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
-            let s = |field| d.get_first(field).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let s =
+                |field| d.get_first(field).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             out.insert(
                 id,
                 StoredChunk {

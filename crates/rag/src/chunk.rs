@@ -37,10 +37,16 @@ impl ChunkConfig {
     pub fn validate(&self, window: usize) -> std::result::Result<(), String> {
         let max = window.saturating_sub(2);
         if self.max_tokens < 8 || self.max_tokens > max {
-            return Err(format!("chunk size {} tokens: must be 8..={max} (the embedder reads {window})", self.max_tokens));
+            return Err(format!(
+                "chunk size {} tokens: must be 8..={max} (the embedder reads {window})",
+                self.max_tokens
+            ));
         }
         if self.overlap_tokens * 2 > self.max_tokens {
-            return Err(format!("overlap {} tokens: at most half the chunk size ({})", self.overlap_tokens, self.max_tokens));
+            return Err(format!(
+                "overlap {} tokens: at most half the chunk size ({})",
+                self.overlap_tokens, self.max_tokens
+            ));
         }
         Ok(())
     }
@@ -74,9 +80,10 @@ fn in_heading_line(text: &str, at: usize) -> bool {
 
 /// Chunks `text` by the tokenizer's tokens (no special tokens; the tokenizer must not truncate).
 pub fn chunk_text(tokenizer: &Tokenizer, text: &str, cfg: &ChunkConfig) -> Result<Vec<Chunk>> {
-    let enc = tokenizer
-        .encode(text, false)
-        .map_err(|e| RagError::Query { query: String::new(), reason: format!("tokenizing for chunking: {e}") })?;
+    let enc = tokenizer.encode(text, false).map_err(|e| RagError::Query {
+        query: String::new(),
+        reason: format!("tokenizing for chunking: {e}"),
+    })?;
     let spans: Vec<(usize, usize)> = enc.get_offsets().to_vec();
     Ok(chunk_by_spans(text, &spans, cfg))
 }
@@ -233,7 +240,8 @@ mod tests {
 
     #[test]
     fn every_token_is_covered_and_spans_match_text() {
-        let t: String = (0..500).map(|i| if i % 37 == 36 { format!("s{i}.\n\n") } else { format!("tok{i} ") }).collect();
+        let t: String =
+            (0..500).map(|i| if i % 37 == 36 { format!("s{i}.\n\n") } else { format!("tok{i} ") }).collect();
         let sp = spans(&t);
         let c = chunk_by_spans(&t, &sp, &cfg(50, 10));
         let chars: Vec<char> = t.chars().collect();

@@ -44,7 +44,8 @@ pub struct Embedder {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let s = std::fs::read_to_string(path).map_err(|e| RagError::io(path, e))?;
-    serde_json::from_str(&s).map_err(|e| RagError::Embedder { path: path.to_path_buf(), reason: e.to_string() })
+    serde_json::from_str(&s)
+        .map_err(|e| RagError::Embedder { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 impl Embedder {
@@ -126,7 +127,11 @@ impl Embedder {
     }
 
     /// As [`Self::embed`]; `progress` gets the number of texts done after each batch.
-    pub fn embed_with_progress(&self, texts: &[&str], progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
         let encodings = self
             .tokenizer
             .encode_batch_fast(texts.to_vec(), true)

@@ -39,8 +39,14 @@ pub fn read_queries(path: &Path) -> Result<Vec<EvalQuery>> {
         let r: QueryRecord = serde_json::from_str(line).map_err(|e| {
             RagError::record(path, n, format!("expected {{\"query\": string, \"relevant\": [doc ids]}}: {e}"))
         })?;
-        let query = r.query.filter(|q| !q.trim().is_empty()).ok_or_else(|| RagError::record(path, n, "missing or empty `query`"))?;
-        let relevant = r.relevant.filter(|v| !v.is_empty()).ok_or_else(|| RagError::record(path, n, "missing or empty `relevant`"))?;
+        let query = r
+            .query
+            .filter(|q| !q.trim().is_empty())
+            .ok_or_else(|| RagError::record(path, n, "missing or empty `query`"))?;
+        let relevant = r
+            .relevant
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| RagError::record(path, n, "missing or empty `relevant`"))?;
         out.push(EvalQuery { line: n, query, relevant });
     }
     if out.is_empty() {

@@ -200,7 +200,10 @@ impl Int8Rows {
             .par_chunks_mut(dim * BLOCK_ROWS)
             .zip(data.par_chunks(dim * BLOCK_ROWS))
             .flat_map_iter(|(c, d)| {
-                c.chunks_exact_mut(dim).zip(d.chunks_exact(dim)).map(|(c, d)| quantize(d, c)).collect::<Vec<_>>()
+                c.chunks_exact_mut(dim)
+                    .zip(d.chunks_exact(dim))
+                    .map(|(c, d)| quantize(d, c))
+                    .collect::<Vec<_>>()
             })
             .collect();
         let max_err = stats.iter().fold(0f32, |m, s| m.max(s.1));
@@ -283,7 +286,9 @@ impl Int8Rows {
         let block = scan_block(rows);
         (0..rows.div_ceil(block))
             .into_par_iter()
-            .flat_map_iter(|b| (b * block..((b + 1) * block).min(rows)).filter(move |&r| self.score(q, r) >= min))
+            .flat_map_iter(|b| {
+                (b * block..((b + 1) * block).min(rows)).filter(move |&r| self.score(q, r) >= min)
+            })
             .collect()
     }
 }
@@ -313,7 +318,8 @@ mod tests {
         let (scale, err, norm) = quantize(&v, &mut c);
         let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!((scale - max / 127.0).abs() < 1e-9);
-        let real: f64 = v.iter().zip(&c).map(|(&x, &q)| (f64::from(x) - f64::from(scale) * f64::from(q)).powi(2)).sum();
+        let real: f64 =
+            v.iter().zip(&c).map(|(&x, &q)| (f64::from(x) - f64::from(scale) * f64::from(q)).powi(2)).sum();
         assert!(f64::from(err) >= real.sqrt() && f64::from(err) < real.sqrt() * 1.001);
         assert!(f64::from(err) <= f64::from(scale) / 2.0 * (v.len() as f64).sqrt() * 1.001);
         assert!((norm - v.iter().map(|x| x * x).sum::<f32>().sqrt()).abs() < 1e-4);

@@ -254,19 +254,31 @@ impl KnowledgeBase {
 
     pub fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
         let e = self.embedder()?;
-        e.embed(&[text])?.pop().ok_or_else(|| RagError::Query { query: text.into(), reason: "no embedding".into() })
+        e.embed(&[text])?
+            .pop()
+            .ok_or_else(|| RagError::Query { query: text.into(), reason: "no embedding".into() })
     }
 
     /// The `k` best chunks for `question`.
     pub fn query(&self, question: &str, k: usize, mode: Mode) -> Result<Vec<Hit>> {
-        self.rank(question, k, mode, |snap, depth| Ok(snap.vectors.search(&self.embed_query(question)?, depth)))
+        self.rank(question, k, mode, |snap, depth| {
+            Ok(snap.vectors.search(&self.embed_query(question)?, depth))
+        })
     }
 
     /// As [`Self::query`] with the question's embedding given (computed once for several modes).
-    pub fn query_with_vector(&self, question: &str, qvec: Option<&[f32]>, k: usize, mode: Mode) -> Result<Vec<Hit>> {
+    pub fn query_with_vector(
+        &self,
+        question: &str,
+        qvec: Option<&[f32]>,
+        k: usize,
+        mode: Mode,
+    ) -> Result<Vec<Hit>> {
         self.rank(question, k, mode, |snap, depth| {
-            let qvec = qvec
-                .ok_or_else(|| RagError::Query { query: question.into(), reason: "no query embedding given".into() })?;
+            let qvec = qvec.ok_or_else(|| RagError::Query {
+                query: question.into(),
+                reason: "no query embedding given".into(),
+            })?;
             Ok(snap.vectors.search(qvec, depth))
         })
     }
@@ -292,7 +304,8 @@ impl KnowledgeBase {
             Mode::Bm25 => (self.bm25.search(question, depth)?, Vec::new()),
             Mode::Vector => (Vec::new(), vector_side(&snap, depth)?),
             Mode::Hybrid => {
-                let (bm, vh) = rayon::join(|| self.bm25.search(question, depth), || vector_side(&snap, depth));
+                let (bm, vh) =
+                    rayon::join(|| self.bm25.search(question, depth), || vector_side(&snap, depth));
                 (bm?, vh?)
             }
         };
@@ -300,7 +313,14 @@ impl KnowledgeBase {
     }
 
     /// Fuses (hybrid) or takes the one ranking, then fetches the chunks' text and spans.
-    fn hits(&self, snap: &Snapshot, k: usize, mode: Mode, bm: Vec<(u64, f32)>, vh: Vec<(u64, f32)>) -> Result<Vec<Hit>> {
+    fn hits(
+        &self,
+        snap: &Snapshot,
+        k: usize,
+        mode: Mode,
+        bm: Vec<(u64, f32)>,
+        vh: Vec<(u64, f32)>,
+    ) -> Result<Vec<Hit>> {
         let ranked: Vec<(u64, f64)> = match mode {
             Mode::Bm25 => bm.iter().map(|&(id, s)| (id, f64::from(s))).collect(),
             Mode::Vector => vh.iter().map(|&(id, s)| (id, f64::from(s))).collect(),
@@ -315,7 +335,8 @@ impl KnowledgeBase {
         let mut hits = Vec::with_capacity(k.min(ranked.len()));
         for (id, score) in ranked {
             let Some(c) = stored.get(&id) else { continue };
-            let metadata = snap.manifest.documents.get(&c.doc_id).map(|d| d.metadata.clone()).unwrap_or_default();
+            let metadata =
+                snap.manifest.documents.get(&c.doc_id).map(|d| d.metadata.clone()).unwrap_or_default();
             hits.push(Hit {
                 rank: hits.len() + 1,
                 score,
@@ -392,10 +413,16 @@ mod tests {
         assert!(!kb.changed_on_disk()?, "checking does not change the answer");
         w.ingest_with_vectors(&[doc("b", "express shipping costs extra")], &mut |_| vec![0.0, 1.0])?;
         assert!(kb.changed_on_disk()?, "an ingest replaced kb.json");
-        assert!(kb.query("express shipping", 3, Mode::Bm25)?.iter().all(|h| h.doc_id != "b"), "old snapshot until reload");
+        assert!(
+            kb.query("express shipping", 3, Mode::Bm25)?.iter().all(|h| h.doc_id != "b"),
+            "old snapshot until reload"
+        );
         kb.reload()?;
         assert!(!kb.changed_on_disk()?);
-        assert_eq!(kb.query("express shipping", 3, Mode::Bm25)?.first().map(|h| h.doc_id.as_str()), Some("b"));
+        assert_eq!(
+            kb.query("express shipping", 3, Mode::Bm25)?.first().map(|h| h.doc_id.as_str()),
+            Some("b")
+        );
         w.delete("b")?;
         assert!(kb.changed_on_disk()?, "a delete too");
         Ok(())

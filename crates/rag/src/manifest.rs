@@ -26,7 +26,10 @@ pub struct KbSettings {
 
 impl Default for KbSettings {
     fn default() -> Self {
-        Self { embedder: ferrotune_model::store::DEFAULT_EMBEDDER.to_string(), chunking: ChunkConfig::default() }
+        Self {
+            embedder: ferrotune_model::store::DEFAULT_EMBEDDER.to_string(),
+            chunking: ChunkConfig::default(),
+        }
     }
 }
 

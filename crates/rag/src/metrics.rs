@@ -23,7 +23,8 @@ pub fn mrr_at(ranking: &[String], relevant: &HashSet<String>, k: usize) -> f64 {
 
 pub fn ndcg_at(ranking: &[String], relevant: &HashSet<String>, k: usize) -> f64 {
     let gain = |rank0: usize| 1.0 / ((rank0 + 2) as f64).log2();
-    let dcg: f64 = ranking.iter().take(k).enumerate().filter(|(_, d)| relevant.contains(*d)).map(|(i, _)| gain(i)).sum();
+    let dcg: f64 =
+        ranking.iter().take(k).enumerate().filter(|(_, d)| relevant.contains(*d)).map(|(i, _)| gain(i)).sum();
     let ideal: f64 = (0..relevant.len().min(k)).map(gain).sum();
     if ideal == 0.0 { 0.0 } else { dcg / ideal }
 }

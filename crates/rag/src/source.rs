@@ -131,8 +131,10 @@ fn relative_id(path: &Path, root: &Path) -> String {
 
 fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| RagError::io(path, e))?;
-    let mut s = String::from_utf8(bytes)
-        .map_err(|e| RagError::NotUtf8 { path: path.to_path_buf(), valid_up_to: e.utf8_error().valid_up_to() })?;
+    let mut s = String::from_utf8(bytes).map_err(|e| RagError::NotUtf8 {
+        path: path.to_path_buf(),
+        valid_up_to: e.utf8_error().valid_up_to(),
+    })?;
     if s.starts_with('\u{feff}') {
         s.drain(..3);
     }
@@ -144,9 +146,13 @@ fn read_file(path: &Path, root: &Path, kind: DocKind, docs: &mut Vec<SourceDoc>)
     let origin = path.display().to_string();
     match kind {
         DocKind::Jsonl => docs.extend(parse_jsonl(path, &text)?),
-        DocKind::Html => {
-            docs.push(SourceDoc::new(relative_id(path, root), origin, kind, html_to_text(&text), Default::default()))
-        }
+        DocKind::Html => docs.push(SourceDoc::new(
+            relative_id(path, root),
+            origin,
+            kind,
+            html_to_text(&text),
+            Default::default(),
+        )),
         DocKind::Text | DocKind::Markdown => {
             docs.push(SourceDoc::new(relative_id(path, root), origin, kind, text, Default::default()))
         }
@@ -170,12 +176,14 @@ pub fn parse_jsonl(path: &Path, content: &str) -> Result<Vec<SourceDoc>> {
         if line.trim().is_empty() {
             continue;
         }
-        let rec: JsonlRecord =
-            serde_json::from_str(line).map_err(|e| RagError::record(path, n, format!("not a JSON object: {e}")))?;
+        let rec: JsonlRecord = serde_json::from_str(line)
+            .map_err(|e| RagError::record(path, n, format!("not a JSON object: {e}")))?;
         let id = match rec.id {
             Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s,
             Some(serde_json::Value::Number(x)) => x.to_string(),
-            Some(serde_json::Value::String(_)) => return Err(RagError::record(path, n, "field `id` is empty")),
+            Some(serde_json::Value::String(_)) => {
+                return Err(RagError::record(path, n, "field `id` is empty"));
+            }
             Some(_) => return Err(RagError::record(path, n, "field `id` must be a string or a number")),
             None => return Err(RagError::record(path, n, "missing field `id`")),
         };
@@ -202,15 +210,23 @@ mod tests {
     fn jsonl_errors_name_the_line_and_field() {
         let p = Path::new("kb.jsonl");
         let ok = "{\"id\": \"a\", \"text\": \"x\"}\n\n";
-        let e = parse_jsonl(p, &format!("{ok}{{\"text\": \"y\"}}\n")).expect_err("invalid record").to_string();
+        let e =
+            parse_jsonl(p, &format!("{ok}{{\"text\": \"y\"}}\n")).expect_err("invalid record").to_string();
         assert_eq!(e, "kb.jsonl:3: missing field `id`");
         let e = parse_jsonl(p, &format!("{ok}{{\"id\": \"b\"}}\n")).expect_err("invalid record").to_string();
         assert_eq!(e, "kb.jsonl:3: missing field `text`");
         let e = parse_jsonl(p, "{\"id\": \"b\", \"text\": 3}").expect_err("invalid record").to_string();
         assert_eq!(e, "kb.jsonl:1: field `text` must be a string");
-        let e = parse_jsonl(p, "{\"id\": \"b\", \"text\": \"t\", \"metadata\": [1]}").expect_err("invalid record").to_string();
+        let e = parse_jsonl(p, "{\"id\": \"b\", \"text\": \"t\", \"metadata\": [1]}")
+            .expect_err("invalid record")
+            .to_string();
         assert_eq!(e, "kb.jsonl:1: field `metadata` must be an object");
-        assert!(parse_jsonl(p, "{oops").expect_err("invalid record").to_string().starts_with("kb.jsonl:1: not a JSON object"));
+        assert!(
+            parse_jsonl(p, "{oops")
+                .expect_err("invalid record")
+                .to_string()
+                .starts_with("kb.jsonl:1: not a JSON object")
+        );
     }
 
     #[test]

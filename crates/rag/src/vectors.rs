@@ -388,7 +388,8 @@ mod tests {
             v.push(id as u64, row).expect("dim");
         }
         v.retain(|id| id % 3 != 0);
-        let kept: Vec<Vec<f32>> = rows.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, r)| r.clone()).collect();
+        let kept: Vec<Vec<f32>> =
+            rows.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, r)| r.clone()).collect();
         let kept_ids: Vec<u64> = (0..1000u64).filter(|i| i % 3 != 0).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("vectors.bin");

@@ -96,7 +96,8 @@ impl Writer {
             Err(e) => return Err(e),
         };
         let vpath = dir.join(VECTORS_FILE);
-        let vectors = if vpath.exists() { VectorIndex::read(&vpath)? } else { VectorIndex::new(manifest.dim) };
+        let vectors =
+            if vpath.exists() { VectorIndex::read(&vpath)? } else { VectorIndex::new(manifest.dim) };
         let mut w = Self { dir: dir.to_path_buf(), bm25, iw, manifest, vectors, repaired: Vec::new() };
         w.repair_if_interrupted()?;
         Ok(w)
@@ -149,7 +150,9 @@ impl Writer {
 
     /// BM25 commit → vectors → manifest, all stamped with the next generation.
     fn publish(&mut self) -> Result<()> {
-        let g = self.manifest.generation.max(self.bm25.generation()?.unwrap_or(0)).max(self.vectors.generation) + 1;
+        let g =
+            self.manifest.generation.max(self.bm25.generation()?.unwrap_or(0)).max(self.vectors.generation)
+                + 1;
         self.bm25.commit(&mut self.iw, g)?;
         self.vectors.generation = g;
         self.vectors.write(&self.dir.join(VECTORS_FILE))?;
@@ -219,7 +222,8 @@ impl Writer {
             } else {
                 report.added.push(d.id.clone());
             }
-            let chunk = Chunk { start_char: 0, end_char: d.text.chars().count(), n_tokens: 0, text: d.text.clone() };
+            let chunk =
+                Chunk { start_char: 0, end_char: d.text.chars().count(), n_tokens: 0, text: d.text.clone() };
             embeddings.push(vector(&d.text));
             todo.push((d, vec![chunk]));
         }

@@ -28,7 +28,10 @@ fn unreadable_inputs_name_the_file() -> anyhow::Result<()> {
     let latin1 = tmp.path().join("latin1.txt");
     std::fs::write(&latin1, b"caf\xe9")?;
     let err = collect(std::slice::from_ref(&latin1)).expect_err("not UTF-8").to_string();
-    assert_eq!(err, format!("{}: not valid UTF-8 text (byte 3); convert it to UTF-8 first", latin1.display()));
+    assert_eq!(
+        err,
+        format!("{}: not valid UTF-8 text (byte 3); convert it to UTF-8 first", latin1.display())
+    );
 
     let pdf = tmp.path().join("manual.pdf");
     std::fs::write(&pdf, b"%PDF")?;
@@ -39,7 +42,10 @@ fn unreadable_inputs_name_the_file() -> anyhow::Result<()> {
 #[test]
 fn the_same_id_twice_is_an_error() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    std::fs::write(tmp.path().join("a.jsonl"), "{\"id\": \"x\", \"text\": \"1\"}\n{\"id\": \"x\", \"text\": \"2\"}\n")?;
+    std::fs::write(
+        tmp.path().join("a.jsonl"),
+        "{\"id\": \"x\", \"text\": \"1\"}\n{\"id\": \"x\", \"text\": \"2\"}\n",
+    )?;
     let err = collect(&[tmp.path().to_path_buf()]).expect_err("duplicate id");
     assert!(matches!(err, RagError::DuplicateDocument { .. }), "{err}");
     Ok(())

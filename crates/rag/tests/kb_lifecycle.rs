@@ -84,7 +84,10 @@ fn ingest_query_replace_delete_reopen() -> anyhow::Result<()> {
 
     let kb = KnowledgeBase::open(&kb_dir)?.with_embedder(embedder.clone());
     assert_eq!(check_spans(&kb, &docs, "express delivery cost", Mode::Bm25)?[0], "shipping.html");
-    assert_eq!(check_spans(&kb, &docs, "how quickly will my parcel arrive", Mode::Vector)?[0], "shipping.html");
+    assert_eq!(
+        check_spans(&kb, &docs, "how quickly will my parcel arrive", Mode::Vector)?[0],
+        "shipping.html"
+    );
     assert_eq!(check_spans(&kb, &docs, "voucher validity", Mode::Hybrid)?[0], "faq-1");
     let hits = kb.query("gift cards", 1, Mode::Hybrid)?;
     assert_eq!(hits[0].metadata.get("topic").and_then(|v| v.as_str()), Some("payment"));
@@ -97,7 +100,10 @@ fn ingest_query_replace_delete_reopen() -> anyhow::Result<()> {
     // A changed file replaces its chunks; a reader sees it after reload.
     let vectors_before = std::fs::read(kb_dir.join("vectors.bin"))?;
     let manifest_before = std::fs::read(kb_dir.join("kb.json"))?;
-    std::fs::write(docs.join("policies/returns.md"), RETURNS.replace("30 days of delivery", "45 days of delivery"))?;
+    std::fs::write(
+        docs.join("policies/returns.md"),
+        RETURNS.replace("30 days of delivery", "45 days of delivery"),
+    )?;
     let collected = collect(std::slice::from_ref(&docs))?;
     let r = w.ingest(&collected.docs, &embedder, &mut |_| {})?;
     assert_eq!(r.replaced, ["policies/returns.md"]);

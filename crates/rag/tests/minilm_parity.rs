@@ -21,7 +21,8 @@ fn minilm_embeddings_match_sentence_transformers() -> anyhow::Result<()> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/minilm/embeddings.json");
     let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     let rows = fixture["sentences"].as_array().ok_or_else(|| anyhow::anyhow!("no sentences"))?;
-    let texts: Vec<String> = rows.iter().map(|r| r["text"].as_str().unwrap_or_default().to_string()).collect();
+    let texts: Vec<String> =
+        rows.iter().map(|r| r["text"].as_str().unwrap_or_default().to_string()).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ours = embedder.embed(&refs)?;
     assert_eq!(embedder.max_seq_length(), 256);
@@ -39,7 +40,12 @@ fn minilm_embeddings_match_sentence_transformers() -> anyhow::Result<()> {
         let text = row["text"].as_str().unwrap_or_default();
         let norm: f64 = got.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "not unit length: {norm}");
-        assert!(1.0 - c < 1e-11, "cosine 1 - {:.1e} for {:?}", 1.0 - c, text.chars().take(60).collect::<String>());
+        assert!(
+            1.0 - c < 1e-11,
+            "cosine 1 - {:.1e} for {:?}",
+            1.0 - c,
+            text.chars().take(60).collect::<String>()
+        );
         min = min.min(c);
         max_abs = got.iter().zip(&want).map(|(a, b)| f64::from((a - b).abs())).fold(max_abs, f64::max);
     }
@@ -56,7 +62,9 @@ fn minilm_embeddings_match_sentence_transformers() -> anyhow::Result<()> {
 fn padding_in_a_batch_does_not_change_an_embedding() -> anyhow::Result<()> {
     let Some(embedder) = common::embedder() else { return Ok(()) };
     let short = "Refunds within 30 days.";
-    let long = "Express delivery costs EUR 9.90 and arrives the next business day when ordered before 14:00. ".repeat(5);
+    let long =
+        "Express delivery costs EUR 9.90 and arrives the next business day when ordered before 14:00. "
+            .repeat(5);
     let alone = embedder.embed(&[short])?;
     let batched = embedder.embed(&[long.as_str(), short])?;
     let c = cosine(&alone[0], &batched[1]);

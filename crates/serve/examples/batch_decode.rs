@@ -50,7 +50,12 @@ fn main() -> anyhow::Result<()> {
         let len = prompt + r;
         let ids: Vec<u32> = (0..len as u32).map(|i| 200 + (i * 37 + r as u32 * 11) % 5000).collect();
         let mut c = KvCache::new(&cfg, len + steps);
-        let l = m.model.forward(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?, None, Some(&mut c), Logits::Last)?;
+        let l = m.model.forward(
+            &Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?,
+            None,
+            Some(&mut c),
+            Logits::Last,
+        )?;
         next.push(ferrotune_model::sampling::argmax(&l.squeeze(0)?.to_vec1::<f32>()?));
         caches.push(c);
     }

@@ -56,7 +56,12 @@ impl AppState {
     /// `keys` must be `Some` exactly when `cfg.auth` is on. The guards use the bundled injection
     /// classifier, whatever `[guards] injection_model` says (`build_state` loads that file and
     /// calls [`AppState::with_guards`]).
-    pub fn new(engine: EngineHandle, cfg: ServeConfig, keys: Option<KeyStore>, embedder: Option<EmbeddingModel>) -> Self {
+    pub fn new(
+        engine: EngineHandle,
+        cfg: ServeConfig,
+        keys: Option<KeyStore>,
+        embedder: Option<EmbeddingModel>,
+    ) -> Self {
         let guards = crate::guards::Guards::bundled(&cfg.guards);
         Self::with_guards(engine, cfg, keys, embedder, guards)
     }
@@ -129,13 +134,25 @@ impl AppState {
             }
             Err(e) => (Vec::new(), Err(e)),
         };
-        self.audit.record(events::adapter_load(actor, name, dir, &per_file, None, r.as_ref().err().map(String::as_str)));
+        self.audit.record(events::adapter_load(
+            actor,
+            name,
+            dir,
+            &per_file,
+            None,
+            r.as_ref().err().map(String::as_str),
+        ));
         r
     }
 
     /// As [`AppState::load_adapter`], with the files' digest already computed (a registry
     /// version's, from its integrity check).
-    pub async fn load_adapter_verified(&self, name: &str, dir: &std::path::Path, digest: String) -> Result<(), String> {
+    pub async fn load_adapter_verified(
+        &self,
+        name: &str,
+        dir: &std::path::Path,
+        digest: String,
+    ) -> Result<(), String> {
         self.engine.adapter(AdapterCommand::Load { name: name.to_string(), dir: dir.to_path_buf() }).await?;
         self.weights.set_adapter(name, digest);
         Ok(())
@@ -250,7 +267,9 @@ pub async fn serve(
     let uptime = crate::generation::now_unix().saturating_sub(state.started_unix);
     state.audit.close(events::stop(state.model_name(), uptime, died)).await;
     if died {
-        return Err(std::io::Error::other("the engine thread stopped unexpectedly (see the log); exiting so the server is restarted"));
+        return Err(std::io::Error::other(
+            "the engine thread stopped unexpectedly (see the log); exiting so the server is restarted",
+        ));
     }
     Ok(())
 }

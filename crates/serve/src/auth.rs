@@ -30,7 +30,9 @@ impl Caller {
     /// serve.toml attaches to the (already permitted) model the request uses.
     pub fn check_kb(&self, kb: &str, attached_to_model: bool) -> Result<(), ApiError> {
         match &self.0 {
-            Some(k) if !attached_to_model && !k.may_use_kb(kb) => Err(ApiError::KnowledgeBaseNotPermitted(kb.to_string())),
+            Some(k) if !attached_to_model && !k.may_use_kb(kb) => {
+                Err(ApiError::KnowledgeBaseNotPermitted(kb.to_string()))
+            }
             _ => Ok(()),
         }
     }
@@ -95,7 +97,11 @@ pub async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Option<Ap
 /// Past this point a request is who it says it is: an inference request is recorded in the
 /// audit log from here on (a 429 of the key's limits included; a 401 is not — an unauthenticated
 /// client could otherwise fill the log).
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let key = identify(&state, req.headers()).await?;
     if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
         record.set_reached();

@@ -48,31 +48,49 @@ pub fn is_loopback_host(value: &str) -> bool {
 
 fn host_allowed(state: &AppState, value: &str) -> bool {
     is_loopback_host(value)
-        || state.cfg.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host_name(value)) || h.eq_ignore_ascii_case(value))
+        || state
+            .cfg
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host_name(value)) || h.eq_ignore_ascii_case(value))
 }
 
 fn is_json(v: &HeaderValue) -> bool {
-    v.to_str().ok().and_then(|s| s.split(';').next()).is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    v.to_str()
+        .ok()
+        .and_then(|s| s.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Host, Origin and Content-Type checks (outside the CORS layer, which only adds headers).
 pub async fn check(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !state.cfg.auth {
-        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         match host {
             Some(h) if host_allowed(&state, h) => {}
             other => {
-                tracing::warn!(host = other.unwrap_or("-"), "refused a request for a non-loopback Host with auth off");
-                return ApiError::Forbidden("this server answers only to localhost while auth is off (see allowed_hosts)".into())
-                    .into_response();
+                tracing::warn!(
+                    host = other.unwrap_or("-"),
+                    "refused a request for a non-loopback Host with auth off"
+                );
+                return ApiError::Forbidden(
+                    "this server answers only to localhost while auth is off (see allowed_hosts)".into(),
+                )
+                .into_response();
             }
         }
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let allowed = origin.to_str().is_ok_and(|o| state.cfg.cors_allow_origins.iter().any(|a| a == o));
         if !allowed {
-            return ApiError::Forbidden("cross-origin requests are refused unless the origin is in cors_allow_origins".into())
-                .into_response();
+            return ApiError::Forbidden(
+                "cross-origin requests are refused unless the origin is in cors_allow_origins".into(),
+            )
+            .into_response();
         }
     }
     if req.method() == Method::POST && !req.headers().get(header::CONTENT_TYPE).is_some_and(is_json) {
@@ -83,11 +101,16 @@ pub async fn check(State(state): State<AppState>, req: Request, next: Next) -> R
 
 /// CORS headers and preflight answers for the allowed origins (none: no CORS headers at all).
 pub fn cors(state: &AppState) -> CorsLayer {
-    let origins: Vec<HeaderValue> = state.cfg.cors_allow_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins: Vec<HeaderValue> =
+        state.cfg.cors_allow_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-request-id")])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("x-request-id"),
+        ])
         .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static("x-request-id")])
         .max_age(std::time::Duration::from_secs(600))
 }
@@ -101,7 +124,9 @@ mod tests {
         for h in ["localhost", "LOCALHOST:8000", "127.0.0.1", "127.0.0.1:9", "[::1]", "[::1]:8000"] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["evil.com", "evil.com:8000", "localhost.evil.com", "127.0.0.1.nip.io", "[::2]:80", "0.0.0.0", ""] {
+        for h in
+            ["evil.com", "evil.com:8000", "localhost.evil.com", "127.0.0.1.nip.io", "[::2]:80", "0.0.0.0", ""]
+        {
             assert!(!is_loopback_host(h), "{h}");
         }
     }

@@ -43,7 +43,10 @@ impl ResponseCache {
     pub fn new(cfg: &CacheConfig) -> Self {
         let backend = if cfg.enabled {
             Backend::Local(
-                Cache::builder().max_capacity(cfg.max_entries).time_to_live(Duration::from_secs(cfg.ttl_secs)).build(),
+                Cache::builder()
+                    .max_capacity(cfg.max_entries)
+                    .time_to_live(Duration::from_secs(cfg.ttl_secs))
+                    .build(),
             )
         } else {
             Backend::Off
@@ -134,7 +137,8 @@ pub fn file_digests(files: &[PathBuf]) -> std::io::Result<Vec<(String, String)>>
         .iter()
         .map(|path| {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let digest = ferrotune_model::store::sha256_file(path).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let digest = ferrotune_model::store::sha256_file(path)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             Ok((name, digest))
         })
         .collect()
@@ -163,7 +167,10 @@ pub fn adapter_files(dir: &Path) -> Vec<PathBuf> {
 /// weight path — a GGUF's quantized blocks answer differently from the same file in f32 — and
 /// this build's version).
 pub fn base_identity(files_digest: &str, weights: &str) -> String {
-    hex::encode(Sha256::digest(format!("{files_digest}\0{weights}\0ferrotune-serve {}", env!("CARGO_PKG_VERSION"))))
+    hex::encode(Sha256::digest(format!(
+        "{files_digest}\0{weights}\0ferrotune-serve {}",
+        env!("CARGO_PKG_VERSION")
+    )))
 }
 
 /// What the served weights are, for cache keys: the base's identity, and each loaded adapter's
@@ -195,7 +202,10 @@ impl WeightsIdentity {
     }
 
     pub fn set_adapter(&self, name: &str, digest: String) {
-        self.adapters.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string(), digest);
+        self.adapters
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), digest);
     }
 
     pub fn remove_adapter(&self, name: &str) {
@@ -233,7 +243,11 @@ mod tests {
             std::fs::write(d.join("adapter_model.safetensors"), [1u8, 2, 3]).expect("write");
         }
         let da = digest_files(&adapter_files(&a)).expect("digest");
-        assert_eq!(da, digest_files(&adapter_files(&b)).expect("digest"), "same bytes elsewhere: same digest");
+        assert_eq!(
+            da,
+            digest_files(&adapter_files(&b)).expect("digest"),
+            "same bytes elsewhere: same digest"
+        );
         std::fs::write(b.join("adapter_model.safetensors"), [1u8, 2, 4]).expect("write");
         assert_ne!(da, digest_files(&adapter_files(&b)).expect("digest"), "one byte changed");
         assert!(digest_files(&[tmp.path().join("missing")]).is_err());

@@ -302,7 +302,8 @@ pub enum ConfigError {
 
 impl ServeConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })
     }
 
@@ -318,7 +319,10 @@ impl ServeConfig {
             return bad("max_body_bytes", "must be at least 1024");
         }
         if self.default_max_tokens == Some(0) {
-            return bad("default_max_tokens", "must be at least 1 (leave it out for the rest of the context)");
+            return bad(
+                "default_max_tokens",
+                "must be at least 1 (leave it out for the rest of the context)",
+            );
         }
         if self.max_n == 0 {
             return bad("max_n", "must be at least 1");
@@ -360,19 +364,28 @@ impl ServeConfig {
             if !crate::browser::is_origin(o) {
                 return Err(ConfigError::Invalid {
                     field: "cors_allow_origins",
-                    reason: format!("`{o}` is not an origin (scheme://host[:port], no path or trailing slash)"),
+                    reason: format!(
+                        "`{o}` is not an origin (scheme://host[:port], no path or trailing slash)"
+                    ),
                 });
             }
         }
         for name in self.adapters.keys() {
-            crate::routes::models::check_adapter_name(name).map_err(|reason| ConfigError::Invalid { field: "adapters", reason })?;
+            crate::routes::models::check_adapter_name(name)
+                .map_err(|reason| ConfigError::Invalid { field: "adapters", reason })?;
         }
         let r = &self.registry;
         if !(50..=5000).contains(&r.poll_ms) {
             return bad("registry.poll_ms", "must be between 50 and 5000 milliseconds");
         }
-        if r.default_alias.is_empty() || r.default_alias.contains('@') || r.default_alias.parse::<u32>().is_ok() {
-            return bad("registry.default_alias", "must name an alias (not empty, no '@', not a version number)");
+        if r.default_alias.is_empty()
+            || r.default_alias.contains('@')
+            || r.default_alias.parse::<u32>().is_ok()
+        {
+            return bad(
+                "registry.default_alias",
+                "must name an alias (not empty, no '@', not a version number)",
+            );
         }
         let a = &self.audit;
         if a.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
@@ -446,7 +459,10 @@ mod tests {
         c.validate().expect("50 ms is allowed");
         for alias in ["", "a@b", "3"] {
             c.registry.default_alias = alias.into();
-            assert!(c.validate().expect_err("bad alias").to_string().contains("registry.default_alias"), "{alias}");
+            assert!(
+                c.validate().expect_err("bad alias").to_string().contains("registry.default_alias"),
+                "{alias}"
+            );
         }
         let c: ServeConfig = toml::from_str("[registry]\nenabled = false\npoll_ms = 100").expect("parse");
         assert!(!c.registry.enabled && c.registry.poll_ms == 100 && c.registry.default_alias == "champion");
@@ -480,8 +496,14 @@ mod tests {
         let c: ServeConfig = toml::from_str("[guards.keys.k]\nprompt_injection = \"redact\"").expect("parse");
         let e = c.validate().expect_err("an input cannot be redacted").to_string();
         assert!(e.contains("guards.keys.k.prompt_injection"), "{e}");
-        assert!(toml::from_str::<ServeConfig>("[guards]\noutput_pi = \"off\"").is_err(), "unknown guards are refused");
-        assert!(toml::from_str::<ServeConfig>("[guards]\noutput_pii = \"mask\"").is_err(), "unknown modes are refused");
+        assert!(
+            toml::from_str::<ServeConfig>("[guards]\noutput_pi = \"off\"").is_err(),
+            "unknown guards are refused"
+        );
+        assert!(
+            toml::from_str::<ServeConfig>("[guards]\noutput_pii = \"mask\"").is_err(),
+            "unknown modes are refused"
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum ApiError {
     KnowledgeBaseNotPermitted(String),
     /// A field the key may not use (`logprobs`, `top_logprobs`, `echo`: they expose the model's
     /// token distribution), 403 naming it.
-    #[error("this API key may not use `{param}` (it exposes the model's token distribution); an operator can allow it with `ferrotune keys update --name KEY --logprobs true`")]
+    #[error(
+        "this API key may not use `{param}` (it exposes the model's token distribution); an operator can allow it with `ferrotune keys update --name KEY --logprobs true`"
+    )]
     PermissionDenied { param: String },
     /// `[guards] prompt_injection = "block"` refused this content (400 naming the field); the
     /// detail is the rule or score, never the text.
@@ -51,7 +53,9 @@ pub enum ApiError {
     #[error("`{reference}` is {what}; serve it as the base model instead (`ferrotune serve --model PATH`)")]
     NotServable { reference: String, what: String },
     /// A registry adapter trained on another base model than the one served, 409.
-    #[error("`{reference}` was trained on base model {wanted}, but this server serves {served} (its files' SHA-256 differ)")]
+    #[error(
+        "`{reference}` was trained on base model {wanted}, but this server serves {served} (its files' SHA-256 differ)"
+    )]
     BaseModelMismatch { reference: String, wanted: String, served: String },
     /// A registry version's file does not hash to what the registry recorded (or is missing):
     /// refused (OWASP LLM03, supply chain), 503. `file` is relative to the artifact's folder.
@@ -99,7 +103,10 @@ impl ApiError {
             Self::InvalidField { .. } | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::ModelNotPermitted(_) | Self::AdminOnly | Self::KnowledgeBaseNotPermitted(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::ModelNotPermitted(_)
+            | Self::AdminOnly
+            | Self::KnowledgeBaseNotPermitted(_)
+            | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelDisabled { .. } | Self::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             Self::PromptInjection { .. } => StatusCode::BAD_REQUEST,
             Self::NotServable { .. } | Self::BaseModelMismatch { .. } => StatusCode::CONFLICT,
@@ -177,7 +184,9 @@ impl ApiError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            Self::InvalidField { param, .. } | Self::PermissionDenied { param } | Self::PromptInjection { param, .. } => Some(param),
+            Self::InvalidField { param, .. }
+            | Self::PermissionDenied { param }
+            | Self::PromptInjection { param, .. } => Some(param),
             Self::ModelNotFound(..)
             | Self::ModelNotPermitted(_)
             | Self::ModelDisabled { .. }
@@ -226,7 +235,10 @@ fn available_list(names: &[String]) -> String {
     if names.is_empty() {
         return String::new();
     }
-    let mut s = format!("; available: {}", names.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", "));
+    let mut s = format!(
+        "; available: {}",
+        names.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ")
+    );
     if names.len() > SHOWN {
         s.push_str(&format!(" and {} more (GET /v1/models)", names.len() - SHOWN));
     }
@@ -263,7 +275,10 @@ mod tests {
             ApiError::AdminOnly,
             ApiError::KnowledgeBaseNotPermitted("kb".into()),
             ApiError::PermissionDenied { param: "logprobs".into() },
-            ApiError::PromptInjection { param: "messages[2].content".into(), detail: "rule ignore_previous".into() },
+            ApiError::PromptInjection {
+                param: "messages[2].content".into(),
+                detail: "rule ignore_previous".into(),
+            },
             ApiError::Forbidden("x".into()),
             ApiError::UnsupportedMediaType,
             ApiError::TooManyInFlight("x".into()),
@@ -272,7 +287,12 @@ mod tests {
             ApiError::ModelDisabled { reference: "s@2".into(), reason: "r".into() },
             ApiError::NotServable { reference: "s@2".into(), what: "a full model".into() },
             ApiError::BaseModelMismatch { reference: "s@2".into(), wanted: "a".into(), served: "b".into() },
-            ApiError::IntegrityCheckFailed { reference: "s@2".into(), file: "f".into(), expected: "e".into(), actual: "a".into() },
+            ApiError::IntegrityCheckFailed {
+                reference: "s@2".into(),
+                file: "f".into(),
+                expected: "e".into(),
+                actual: "a".into(),
+            },
             ApiError::NotFound("x".into()),
             ApiError::MethodNotAllowed,
             ApiError::RateLimited { what: "requests", retry_after: Duration::from_millis(1500) },
@@ -291,22 +311,34 @@ mod tests {
 
     #[test]
     fn guard_refusals_name_their_field() {
-        let b = ApiError::PromptInjection { param: "messages[2].content".into(), detail: "score 0.97".into() }.body();
+        let b =
+            ApiError::PromptInjection { param: "messages[2].content".into(), detail: "score 0.97".into() }
+                .body();
         assert_eq!(b["error"]["code"], "prompt_injection_detected");
         assert_eq!(b["error"]["type"], "invalid_request_error");
         assert_eq!(b["error"]["param"], "messages[2].content");
         let e = ApiError::PermissionDenied { param: "echo".into() };
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
-        assert_eq!((e.body()["error"]["code"].as_str(), e.body()["error"]["param"].as_str()), (Some("permission_denied"), Some("echo")));
+        assert_eq!(
+            (e.body()["error"]["code"].as_str(), e.body()["error"]["param"].as_str()),
+            (Some("permission_denied"), Some("echo"))
+        );
     }
 
     #[test]
     fn an_unknown_model_lists_what_is_available() {
         let e = ApiError::ModelNotFound("nope".into(), vec!["tiny".into(), "support".into()]);
         assert_eq!(e.to_string(), "the model `nope` does not exist; available: tiny, support");
-        assert_eq!(ApiError::ModelNotFound("nope".into(), vec![]).to_string(), "the model `nope` does not exist");
+        assert_eq!(
+            ApiError::ModelNotFound("nope".into(), vec![]).to_string(),
+            "the model `nope` does not exist"
+        );
         let many: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
-        assert!(ApiError::ModelNotFound("x".into(), many).to_string().ends_with("m19 and 5 more (GET /v1/models)"));
+        assert!(
+            ApiError::ModelNotFound("x".into(), many)
+                .to_string()
+                .ends_with("m19 and 5 more (GET /v1/models)")
+        );
     }
 
     #[test]

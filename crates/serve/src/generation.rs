@@ -56,7 +56,10 @@ pub fn resolve_model(state: &AppState, caller: &Caller, model: &str) -> Result<T
         let v = VersionRef::of(&a);
         return Ok(Target { name: model.to_string(), adapter: Some(v.reference()), version: Some(v) });
     } else {
-        return Err(ApiError::ModelNotFound(model.to_string(), crate::routes::models::available(state, caller)));
+        return Err(ApiError::ModelNotFound(
+            model.to_string(),
+            crate::routes::models::available(state, caller),
+        ));
     };
     caller.check_model(model)?;
     Ok(target)
@@ -64,7 +67,12 @@ pub fn resolve_model(state: &AppState, caller: &Caller, model: &str) -> Result<T
 
 /// [`resolve_model`], then make a registry version ready (checked and loaded on first use,
 /// [`crate::registry::ensure_loaded`]), count it, and name it in the request's record.
-pub async fn resolve_for_generation(state: &AppState, caller: &Caller, record: &RequestRecord, model: &str) -> Result<Target, ApiError> {
+pub async fn resolve_for_generation(
+    state: &AppState,
+    caller: &Caller,
+    record: &RequestRecord,
+    model: &str,
+) -> Result<Target, ApiError> {
     let target = resolve_model(state, caller, model)?;
     record.set_resolved(target.adapter.as_deref().unwrap_or(state.model_name()));
     if let (Some(v), Some(reg)) = (&target.version, &state.registry) {
@@ -106,7 +114,9 @@ impl GenParams {
         if !(repetition_penalty > 0.0 && repetition_penalty.is_finite() && repetition_penalty <= 10.0) {
             return Err(ApiError::field("repetition_penalty", "must be in (0, 10]"));
         }
-        for (name, v) in [("presence_penalty", f.presence_penalty), ("frequency_penalty", f.frequency_penalty)] {
+        for (name, v) in
+            [("presence_penalty", f.presence_penalty), ("frequency_penalty", f.frequency_penalty)]
+        {
             if v.is_some_and(|v| v != 0.0) {
                 return Err(ApiError::field(name, "is not supported (use repetition_penalty)"));
             }
@@ -158,11 +168,18 @@ impl GenParams {
         let f = format.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let grammars = engine.info().grammars().map_err(|e| {
-                ApiError::field("response_format", format!("structured output is not available for this model: {e}"))
+                ApiError::field(
+                    "response_format",
+                    format!("structured output is not available for this model: {e}"),
+                )
             })?;
             grammars.compile(&f).map_err(|e| match e {
                 ConstrainError::Unsupported { .. } => ApiError::field(
-                    if matches!(f, JsonFormat::JsonSchema { .. }) { "response_format.json_schema.schema" } else { "response_format" },
+                    if matches!(f, JsonFormat::JsonSchema { .. }) {
+                        "response_format.json_schema.schema"
+                    } else {
+                        "response_format"
+                    },
                     e.to_string(),
                 ),
                 other => ApiError::field("response_format", other.to_string()),
@@ -185,7 +202,13 @@ impl GenParams {
 
     /// New tokens for a prompt of `prompt_len`: the request's `max_tokens` if it fits the
     /// context, else the rest of the context (or the server's default, if smaller).
-    pub fn budget(&self, prompt_len: usize, context: usize, default: Option<usize>, prompt_field: &str) -> Result<usize, ApiError> {
+    pub fn budget(
+        &self,
+        prompt_len: usize,
+        context: usize,
+        default: Option<usize>,
+        prompt_field: &str,
+    ) -> Result<usize, ApiError> {
         if prompt_len == 0 {
             return Err(ApiError::field(prompt_field, "the prompt is empty"));
         }
@@ -199,7 +222,9 @@ impl GenParams {
         match self.max_tokens {
             Some(m) if m > rest => Err(ApiError::field(
                 "max_tokens",
-                format!("max_tokens {m} + {prompt_len} prompt tokens exceeds the context of {context} tokens"),
+                format!(
+                    "max_tokens {m} + {prompt_len} prompt tokens exceeds the context of {context} tokens"
+                ),
             )),
             Some(m) => Ok(m),
             None => Ok(default.map_or(rest, |d| d.min(rest))),
@@ -257,7 +282,10 @@ pub fn submit(
                 default_max_concurrent: state.cfg.limits.max_concurrent,
                 engine_slots: e.queue_capacity + e.max_batch,
             };
-            let lease = state.limiter.reserve(key, ask, Instant::now()).inspect_err(|e| state.metrics.count_rate_limited(e))?;
+            let lease = state
+                .limiter
+                .reserve(key, ask, Instant::now())
+                .inspect_err(|e| state.metrics.count_rate_limited(e))?;
             let lease = Arc::new(lease);
             record.set_lease(lease.clone());
             Some(lease)
@@ -296,8 +324,14 @@ pub fn submit(
 
 /// An engine refusal as the client sees it. A registry version unloaded between resolution
 /// and submission was disabled (or is gone): say which.
-fn submit_error(state: &AppState, caller: &Caller, target: &Target, e: crate::engine::SubmitError) -> ApiError {
-    if let (crate::engine::SubmitError::UnknownAdapter(_), Some(v), Some(reg)) = (&e, &target.version, &state.registry)
+fn submit_error(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    e: crate::engine::SubmitError,
+) -> ApiError {
+    if let (crate::engine::SubmitError::UnknownAdapter(_), Some(v), Some(reg)) =
+        (&e, &target.version, &state.registry)
         && let Some(a) = reg.snapshot().version(&v.name, v.version).filter(|a| a.disabled)
     {
         let e = crate::registry::disabled_error(a);
@@ -368,7 +402,11 @@ impl Tracker {
     pub fn filtered(&mut self) {
         let m = &self.metrics;
         m.e2e.get_or_create(&self.labels).observe(self.received.elapsed().as_secs_f64());
-        let labels = FinishLabels { model: self.labels.model.clone(), adapter: self.labels.adapter.clone(), finished_reason: CONTENT_FILTER.into() };
+        let labels = FinishLabels {
+            model: self.labels.model.clone(),
+            adapter: self.labels.adapter.clone(),
+            finished_reason: CONTENT_FILTER.into(),
+        };
         m.success.get_or_create(&labels).inc();
     }
 }
@@ -404,7 +442,10 @@ impl ChoiceOut {
 /// The finish reason of an answer an output guard ended.
 pub const CONTENT_FILTER: &str = "content_filter";
 
-pub async fn collect_one(mut rx: UnboundedReceiver<Event>, mut tracker: Tracker) -> Result<ChoiceOut, ApiError> {
+pub async fn collect_one(
+    mut rx: UnboundedReceiver<Event>,
+    mut tracker: Tracker,
+) -> Result<ChoiceOut, ApiError> {
     let mut out = ChoiceOut {
         text: String::new(),
         tokens: vec![],
@@ -487,8 +528,12 @@ mod tests {
         assert_eq!(p.budget(10, 100, None, "prompt").ok(), Some(90));
         assert_eq!(p.budget(10, 100, Some(16), "prompt").ok(), Some(16));
         let p = GenParams::from_fields(&fields(serde_json::json!({})), Some(91), 4).expect("params");
-        assert!(matches!(p.budget(10, 100, None, "prompt"), Err(ApiError::InvalidField { param, .. }) if param == "max_tokens"));
-        assert!(matches!(p.budget(100, 100, None, "prompt"), Err(ApiError::InvalidField { param, .. }) if param == "prompt"));
+        assert!(
+            matches!(p.budget(10, 100, None, "prompt"), Err(ApiError::InvalidField { param, .. }) if param == "max_tokens")
+        );
+        assert!(
+            matches!(p.budget(100, 100, None, "prompt"), Err(ApiError::InvalidField { param, .. }) if param == "prompt")
+        );
         let zero = GenParams::from_fields(&fields(serde_json::json!({})), Some(0), 4).expect("params");
         assert_eq!(zero.budget(100, 100, None, "prompt").ok(), Some(0), "echo scoring of a full context");
     }
@@ -512,7 +557,8 @@ mod tests {
 
     #[test]
     fn determinism_means_greedy_or_seeded() {
-        let greedy = GenParams::from_fields(&fields(serde_json::json!({"temperature": 0})), None, 1).expect("p");
+        let greedy =
+            GenParams::from_fields(&fields(serde_json::json!({"temperature": 0})), None, 1).expect("p");
         let seeded = GenParams::from_fields(&fields(serde_json::json!({"seed": 3})), None, 1).expect("p");
         let random = GenParams::from_fields(&fields(serde_json::json!({})), None, 1).expect("p");
         assert!(greedy.deterministic() && seeded.deterministic() && !random.deterministic());

@@ -110,12 +110,15 @@ impl Knowledge {
                 caller.check_kb(s, attached == Some(s))?;
                 Ok(Some(s.clone()))
             }
-            Some(_) => Err(ApiError::field("knowledge_base", "must be the name of a knowledge base (a string)")),
+            Some(_) => {
+                Err(ApiError::field("knowledge_base", "must be the name of a knowledge base (a string)"))
+            }
         }
     }
 
     async fn get(&self, name: &str) -> Result<Arc<KnowledgeBase>, ApiError> {
-        let dir: PathBuf = kb_path(name, self.cfg.kb_dir.as_deref()).map_err(|e| ApiError::field("knowledge_base", e.to_string()))?;
+        let dir: PathBuf = kb_path(name, self.cfg.kb_dir.as_deref())
+            .map_err(|e| ApiError::field("knowledge_base", e.to_string()))?;
         let slot = {
             let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match open.get(name) {
@@ -164,9 +167,13 @@ impl Knowledge {
         tok: &Tokenizer,
         screen: Option<(&InjectionDetector, GuardMode)>,
     ) -> Result<Grounded, ApiError> {
-        let question = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        let question =
+            msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
         if question.trim().is_empty() {
-            return Err(ApiError::field("messages", "grounding needs a user message to search the knowledge base with"));
+            return Err(ApiError::field(
+                "messages",
+                "grounding needs a user message to search the knowledge base with",
+            ));
         }
         let kb = self.get(&name).await?;
         let (k, mode) = (self.cfg.k, self.mode());
@@ -216,7 +223,12 @@ struct Picked {
 /// The best hits (in rank order) whose text fits `budget` model tokens together, each scored by
 /// the injection guard once (only those that fit: the rest never reach the prompt); a dropped
 /// chunk takes no room, so the next one may fit in its place.
-fn within_budget(hits: Vec<Hit>, tok: &Tokenizer, budget: usize, screen: Option<(&InjectionDetector, GuardMode)>) -> Picked {
+fn within_budget(
+    hits: Vec<Hit>,
+    tok: &Tokenizer,
+    budget: usize,
+    screen: Option<(&InjectionDetector, GuardMode)>,
+) -> Picked {
     let mut used = 0;
     let mut out = Picked::default();
     for h in hits {
@@ -226,7 +238,11 @@ fn within_budget(hits: Vec<Hit>, tok: &Tokenizer, budget: usize, screen: Option<
         }
         let verdict = screen.map(|(d, mode)| (d.check(&h.text), mode)).filter(|(v, _)| v.flagged);
         if let Some((v, mode)) = verdict {
-            out.guards.push(GuardAction { guard: GuardKind::RetrievedInjection, action: mode, detail: format!("{}: {}", h.doc_id, v.detail()) });
+            out.guards.push(GuardAction {
+                guard: GuardKind::RetrievedInjection,
+                action: mode,
+                detail: format!("{}: {}", h.doc_id, v.detail()),
+            });
             if mode == GuardMode::Block {
                 out.dropped.push(h);
                 continue;

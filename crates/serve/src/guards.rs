@@ -164,7 +164,14 @@ impl RequestGuards {
             return Ok(());
         }
         let detail = verdict.detail();
-        self.note(GuardAction { guard: GuardKind::PromptInjection, action: mode, detail: format!("{param}: {detail}") }, None);
+        self.note(
+            GuardAction {
+                guard: GuardKind::PromptInjection,
+                action: mode,
+                detail: format!("{param}: {detail}"),
+            },
+            None,
+        );
         if mode == GuardMode::Block {
             return Err(ApiError::PromptInjection { param: param.to_string(), detail });
         }
@@ -185,7 +192,8 @@ impl RequestGuards {
         if !mode.is_on() {
             return;
         }
-        let system: Vec<usize> = msgs.iter().enumerate().filter(|(_, m)| m.role == "system").map(|(i, _)| i).collect();
+        let system: Vec<usize> =
+            msgs.iter().enumerate().filter(|(_, m)| m.role == "system").map(|(i, _)| i).collect();
         let Some(&first) = system.first() else { return };
         let text = system.iter().map(|&i| msgs[i].content.as_str()).collect::<Vec<_>>().join("\n");
         if text.trim().is_empty() {
@@ -280,7 +288,10 @@ impl RequestGuards {
         let Some(list) = cached.get("guards").and_then(Value::as_array) else { return };
         for v in list {
             if let Ok(a) = serde_json::from_value::<Acted>(v.clone()) {
-                self.note(GuardAction { guard: a.guard, action: a.action, detail: a.detail }, Some(a.index.unwrap_or(0)));
+                self.note(
+                    GuardAction { guard: a.guard, action: a.action, detail: a.detail },
+                    Some(a.index.unwrap_or(0)),
+                );
             }
         }
     }
@@ -325,8 +336,14 @@ mod tests {
 
     fn settings() -> GuardsConfig {
         let mut cfg = GuardsConfig::default();
-        cfg.models.insert("support".into(), ferrotune_guard::GuardModes { output_pii: Some(GuardMode::Block), ..Default::default() });
-        cfg.keys.insert("analytics".into(), ferrotune_guard::GuardModes { output_pii: Some(GuardMode::Off), ..Default::default() });
+        cfg.models.insert(
+            "support".into(),
+            ferrotune_guard::GuardModes { output_pii: Some(GuardMode::Block), ..Default::default() },
+        );
+        cfg.keys.insert(
+            "analytics".into(),
+            ferrotune_guard::GuardModes { output_pii: Some(GuardMode::Off), ..Default::default() },
+        );
         cfg
     }
 
@@ -344,7 +361,11 @@ mod tests {
             version: Some(VersionRef { id: 1, name: "support".into(), version: 3 }),
         };
         assert_eq!(g.resolve(&registry, &caller("someone")).output_pii, GuardMode::Block);
-        assert_eq!(g.resolve(&registry, &Caller(None)).output_pii, GuardMode::Block, "auth off: the model's setting");
+        assert_eq!(
+            g.resolve(&registry, &Caller(None)).output_pii,
+            GuardMode::Block,
+            "auth off: the model's setting"
+        );
         assert_eq!(g.resolve(&registry, &caller("analytics")).output_pii, GuardMode::Off, "the key's wins");
         let by_name = Target { name: "support".into(), adapter: Some("support".into()), version: None };
         assert_eq!(g.resolve(&by_name, &caller("someone")).output_pii, GuardMode::Block);
@@ -356,10 +377,22 @@ mod tests {
     fn canaries_are_per_secret_and_system_prompt() {
         let a = Guards::bundled(&GuardsConfig::default()).with_secret([1; 32]);
         let b = Guards::bundled(&GuardsConfig::default()).with_secret([2; 32]);
-        assert_eq!(a.canary_for("Be brief."), a.canary_for("Be brief."), "the same prompt renders the same (cacheable)");
+        assert_eq!(
+            a.canary_for("Be brief."),
+            a.canary_for("Be brief."),
+            "the same prompt renders the same (cacheable)"
+        );
         assert_ne!(a.canary_for("Be brief."), a.canary_for("Be kind."));
-        assert_ne!(a.canary_for("Be brief."), b.canary_for("Be brief."), "another server's secret, another canary");
+        assert_ne!(
+            a.canary_for("Be brief."),
+            b.canary_for("Be brief."),
+            "another server's secret, another canary"
+        );
         let random = Guards::bundled(&GuardsConfig::default());
-        assert_ne!(random.canary_for("x"), Guards::bundled(&GuardsConfig::default()).canary_for("x"), "a random secret per start");
+        assert_ne!(
+            random.canary_for("x"),
+            Guards::bundled(&GuardsConfig::default()).canary_for("x"),
+            "a random secret per start"
+        );
     }
 }

@@ -52,7 +52,9 @@ impl ApiKey {
     pub fn may_use(&self, model: &str) -> bool {
         self.admin
             || self.models.is_empty()
-            || self.models.iter().any(|m| m == model || model.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('@')))
+            || self.models.iter().any(|m| {
+                m == model || model.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('@'))
+            })
     }
 
     pub fn may_use_kb(&self, kb: &str) -> bool {
@@ -138,14 +140,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys(name) WHERE rev
 ";
 
 /// Columns added after the first release, with what existing rows get.
-const ADDED_COLUMNS: [(&str, &str); 3] =
-    [("kbs", "TEXT NOT NULL DEFAULT '[]'"), ("max_concurrent", "INTEGER"), ("logprobs", "INTEGER NOT NULL DEFAULT 0")];
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("kbs", "TEXT NOT NULL DEFAULT '[]'"),
+    ("max_concurrent", "INTEGER"),
+    ("logprobs", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 const COLUMNS: &str = "id, name, models, admin, rpm, tpm, kbs, max_concurrent, logprobs";
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let have: Vec<String> =
-        conn.prepare("SELECT name FROM pragma_table_info('api_keys')")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('api_keys')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     for (col, decl) in ADDED_COLUMNS {
         if have.iter().any(|c| c == col) {
             continue;
@@ -197,7 +204,9 @@ impl KeyStore {
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         loop {
             match Self::open_once(path) {
-                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
                 r => return r.map(|conn| Self { conn: Mutex::new(conn), path: path.into() }).map_err(db),
             }
         }
@@ -233,10 +242,9 @@ impl KeyStore {
         check_names("models", &key.models)?;
         check_names("kbs", &key.kbs)?;
         let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|e| KeyError::Invalid {
-            field: "key",
-            reason: format!("no OS randomness: {e}"),
-        })?;
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| KeyError::Invalid { field: "key", reason: format!("no OS randomness: {e}") })?;
         let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
         let res = self.conn().execute(
             "INSERT INTO api_keys (name, hash, hint, models, admin, rpm, tpm, created, kbs, max_concurrent, logprobs) \
@@ -257,7 +265,9 @@ impl KeyStore {
         );
         match res {
             Ok(_) => Ok(secret),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
                 Err(KeyError::Exists(key.name.clone()))
             }
             Err(e) => Err(self.db(e)),
@@ -278,10 +288,18 @@ impl KeyStore {
 
     pub fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare(&format!("SELECT {COLUMNS}, hint, created, revoked FROM api_keys ORDER BY id")).map_err(|e| self.db(e))?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS}, hint, created, revoked FROM api_keys ORDER BY id"))
+            .map_err(|e| self.db(e))?;
         let rows = stmt
-            .query_map([], |r| Ok(KeyRecord { key: row_to_key(r)?, hint: r.get(9)?, created_unix: r.get(10)?, revoked_unix: r.get(11)? }))
+            .query_map([], |r| {
+                Ok(KeyRecord {
+                    key: row_to_key(r)?,
+                    hint: r.get(9)?,
+                    created_unix: r.get(10)?,
+                    revoked_unix: r.get(11)?,
+                })
+            })
             .map_err(|e| self.db(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
     }
@@ -289,7 +307,10 @@ impl KeyStore {
     pub fn revoke(&self, name: &str) -> Result<(), KeyError> {
         let n = self
             .conn()
-            .execute("UPDATE api_keys SET revoked = ?1 WHERE name = ?2 AND revoked IS NULL", params![now_unix(), name])
+            .execute(
+                "UPDATE api_keys SET revoked = ?1 WHERE name = ?2 AND revoked IS NULL",
+                params![now_unix(), name],
+            )
             .map_err(|e| self.db(e))?;
         if n == 0 { Err(KeyError::NoSuchKey(name.into())) } else { Ok(()) }
     }
@@ -303,11 +324,15 @@ impl KeyStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.db(e))?;
         let id: Option<i64> = tx
-            .query_row("SELECT id FROM api_keys WHERE name = ?1 AND revoked IS NULL", params![name], |r| r.get(0))
+            .query_row("SELECT id FROM api_keys WHERE name = ?1 AND revoked IS NULL", params![name], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.db(e))?;
         let id = id.ok_or_else(|| KeyError::NoSuchKey(name.into()))?;
-        let set = |sql: &str, v: &dyn rusqlite::ToSql| tx.execute(sql, params![v, id]).map(|_| ()).map_err(|e| self.db(e));
+        let set = |sql: &str, v: &dyn rusqlite::ToSql| {
+            tx.execute(sql, params![v, id]).map(|_| ()).map_err(|e| self.db(e))
+        };
         if let Some(m) = &u.models {
             set("UPDATE api_keys SET models = ?1 WHERE id = ?2", &to_json(m))?;
         }
@@ -339,7 +364,9 @@ impl KeyStore {
 
 /// Reads [`COLUMNS`] in order.
 fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
-    let list = |i| -> rusqlite::Result<Vec<String>> { Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or_default()) };
+    let list = |i| -> rusqlite::Result<Vec<String>> {
+        Ok(serde_json::from_str(&r.get::<_, String>(i)?).unwrap_or_default())
+    };
     Ok(ApiKey {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -358,7 +385,13 @@ mod tests {
     use super::*;
 
     fn key(name: &str) -> ApiKey {
-        ApiKey { name: name.into(), models: vec!["a".into()], rpm: Some(5), kbs: vec!["docs".into()], ..Default::default() }
+        ApiKey {
+            name: name.into(),
+            models: vec!["a".into()],
+            rpm: Some(5),
+            kbs: vec!["docs".into()],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -422,7 +455,10 @@ mod tests {
             .execute("INSERT INTO api_keys (name, hash, hint, models, admin, created) VALUES ('p', ?1, 'ft-', '[]', 0, 0)", params![needle])
             .expect("insert");
         let main_file = std::fs::read(&path).expect("keys.db");
-        assert!(!main_file.windows(needle.len()).any(|w| w == needle.as_bytes()), "the row is still in the WAL only");
+        assert!(
+            !main_file.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the row is still in the WAL only"
+        );
         let found = std::fs::read_dir(dir.path())
             .expect("folder")
             .map(|e| std::fs::read(e.expect("entry").path()).expect("file"))
@@ -519,12 +555,20 @@ mod tests {
         let admin = store.create(&ApiKey { admin: true, ..key("root") }).expect("create");
         let may = |s: &str| store.lookup(s).expect("lookup").expect("key").may_see_logprobs();
         assert!(!may(&plain) && may(&scorer) && may(&admin));
-        store.update("scorer", &KeyUpdate { logprobs: Some(false), ..Default::default() }).expect("revoke the permission");
+        store
+            .update("scorer", &KeyUpdate { logprobs: Some(false), ..Default::default() })
+            .expect("revoke the permission");
         assert!(!may(&scorer));
-        let listed: Vec<(String, bool)> = store.list().expect("list").into_iter().map(|r| (r.key.name, r.key.logprobs)).collect();
-        assert_eq!(listed, [("plain".to_string(), false), ("scorer".to_string(), false), ("root".to_string(), false)]);
+        let listed: Vec<(String, bool)> =
+            store.list().expect("list").into_iter().map(|r| (r.key.name, r.key.logprobs)).collect();
+        assert_eq!(
+            listed,
+            [("plain".to_string(), false), ("scorer".to_string(), false), ("root".to_string(), false)]
+        );
         // `list` reads the columns after the key's by position: the hint and dates still line up.
-        assert!(store.list().expect("list").iter().all(|r| r.hint.starts_with(KEY_PREFIX) && r.created_unix > 0));
+        assert!(
+            store.list().expect("list").iter().all(|r| r.hint.starts_with(KEY_PREFIX) && r.created_unix > 0)
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod browser;
 pub mod cache;
 pub mod config;
 pub mod engine;
@@ -35,7 +36,6 @@ pub mod error;
 pub mod generation;
 pub mod grounding;
 pub mod guards;
-pub mod browser;
 pub mod json;
 pub mod keys;
 pub mod limits;

@@ -356,7 +356,9 @@ mod tests {
         let l = Arc::new(RateLimiter::new());
         let k = ApiKey { max_concurrent: Some(4), ..key(None, None) };
         let t0 = Instant::now();
-        assert!(matches!(l.reserve(&k, ask(5, 0), t0), Err(ApiError::InvalidField { param, .. }) if param == "n"));
+        assert!(
+            matches!(l.reserve(&k, ask(5, 0), t0), Err(ApiError::InvalidField { param, .. }) if param == "n")
+        );
         let a = l.reserve(&k, ask(3, 0), t0).expect("3 of 4");
         assert!(matches!(l.reserve(&k, ask(2, 0), t0), Err(ApiError::TooManyInFlight(_))));
         let b = l.reserve(&k, ask(1, 0), t0).expect("4 of 4");

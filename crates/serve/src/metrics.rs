@@ -69,7 +69,10 @@ type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 // Bucket edges as vLLM's (seconds).
 fn ttft_histogram() -> Histogram {
-    Histogram::new([0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0])
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+        40.0, 80.0,
+    ])
 }
 fn retrieval_histogram() -> Histogram {
     Histogram::new([0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0])
@@ -85,7 +88,9 @@ fn itl_histogram() -> Histogram {
     Histogram::new([0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0])
 }
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0])
+    Histogram::new([
+        0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    ])
 }
 
 pub struct Metrics {
@@ -148,33 +153,85 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register("ferrotune:time_to_first_token_seconds", "Time to first token", m.ttft.clone());
-        r.register("ferrotune:inter_token_latency_seconds", "Time between consecutive generated tokens", m.inter_token.clone());
-        r.register("ferrotune:e2e_request_latency_seconds", "Request latency from arrival to the last token", m.e2e.clone());
-        r.register("ferrotune:request_queue_time_seconds", "Time a request waited in the engine queue", m.queue_time.clone());
-        r.register("ferrotune:retrieval_seconds", "Knowledge-base retrieval time of grounded requests", m.retrieval.clone());
+        r.register(
+            "ferrotune:inter_token_latency_seconds",
+            "Time between consecutive generated tokens",
+            m.inter_token.clone(),
+        );
+        r.register(
+            "ferrotune:e2e_request_latency_seconds",
+            "Request latency from arrival to the last token",
+            m.e2e.clone(),
+        );
+        r.register(
+            "ferrotune:request_queue_time_seconds",
+            "Time a request waited in the engine queue",
+            m.queue_time.clone(),
+        );
+        r.register(
+            "ferrotune:retrieval_seconds",
+            "Knowledge-base retrieval time of grounded requests",
+            m.retrieval.clone(),
+        );
         r.register("ferrotune:prompt_tokens", "Prefilled prompt tokens", m.prompt_tokens.clone());
         r.register("ferrotune:generation_tokens", "Generated tokens", m.generation_tokens.clone());
         r.register("ferrotune:request_success", "Finished generations by finish reason", m.success.clone());
-        r.register("ferrotune:response_cache_hits", "Requests answered from the response cache", m.cache_hits.clone());
-        r.register("ferrotune:response_cache_misses", "Cacheable requests not found in the response cache", m.cache_misses.clone());
-        r.register("ferrotune:rate_limited_requests", "Requests refused with 429, by limit", m.rate_limited.clone());
-        r.register("ferrotune:failed_requests", "Requests answered with an error, by reason", m.failed.clone());
-        r.register("ferrotune:registry_requests", "Requests served by a registry artifact version", m.registry_requests.clone());
+        r.register(
+            "ferrotune:response_cache_hits",
+            "Requests answered from the response cache",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "ferrotune:response_cache_misses",
+            "Cacheable requests not found in the response cache",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "ferrotune:rate_limited_requests",
+            "Requests refused with 429, by limit",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "ferrotune:failed_requests",
+            "Requests answered with an error, by reason",
+            m.failed.clone(),
+        );
+        r.register(
+            "ferrotune:registry_requests",
+            "Requests served by a registry artifact version",
+            m.registry_requests.clone(),
+        );
         r.register(
             "ferrotune:registry_refusals",
             "Requests for a registry artifact version refused, by reason (integrity, disabled, base_mismatch, not_adapter)",
             m.registry_refusals.clone(),
         );
-        r.register("ferrotune:audit_events", "Events appended to the audit log, by action", m.audit_events.clone());
-        r.register("ferrotune:audit_errors", "Failed audit log appends (retried) and checkpoints", m.audit_errors.clone());
+        r.register(
+            "ferrotune:audit_events",
+            "Events appended to the audit log, by action",
+            m.audit_events.clone(),
+        );
+        r.register(
+            "ferrotune:audit_errors",
+            "Failed audit log appends (retried) and checkpoints",
+            m.audit_errors.clone(),
+        );
         r.register(
             "ferrotune:guard_actions",
             "What the guards did (issue #20), by guard (prompt_injection, retrieved_injection, system_prompt_leak, output_pii) and action (log, block, redact)",
             m.guard_actions.clone(),
         );
         r.register("ferrotune:num_requests_running", "Sequences in the running batch", m.running.clone());
-        r.register("ferrotune:num_requests_waiting", "Requests waiting in the engine queue", m.waiting.clone());
-        r.register("ferrotune:kv_cache_usage_perc", "Fraction of the KV token budget reserved (0-1)", m.kv_usage.clone());
+        r.register(
+            "ferrotune:num_requests_waiting",
+            "Requests waiting in the engine queue",
+            m.waiting.clone(),
+        );
+        r.register(
+            "ferrotune:kv_cache_usage_perc",
+            "Fraction of the KV token budget reserved (0-1)",
+            m.kv_usage.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -196,7 +253,9 @@ impl Metrics {
     }
 
     pub fn count_registry_request(&self, name: &str, version: u32) {
-        self.registry_requests.get_or_create(&VersionLabels { name: name.into(), version: version.to_string() }).inc();
+        self.registry_requests
+            .get_or_create(&VersionLabels { name: name.into(), version: version.to_string() })
+            .inc();
     }
 
     pub fn count_registry_refusal(&self, name: &str, version: u32, reason: &str) {
@@ -205,7 +264,9 @@ impl Metrics {
     }
 
     pub fn count_guard(&self, a: &ferrotune_guard::GuardAction) {
-        self.guard_actions.get_or_create(&GuardLabels { guard: a.guard.as_str().into(), action: a.action.as_str().into() }).inc();
+        self.guard_actions
+            .get_or_create(&GuardLabels { guard: a.guard.as_str().into(), action: a.action.as_str().into() })
+            .inc();
     }
 
     pub fn count_failure(&self, reason: &str) {
@@ -242,17 +303,29 @@ mod tests {
             action: ferrotune_guard::GuardMode::Redact,
             detail: "email".into(),
         });
-        let text = m.render(&EngineStats { running: 2, waiting: 1, kv_used: 10, kv_budget: 40, adapters: vec![] });
+        let text =
+            m.render(&EngineStats { running: 2, waiting: 1, kv_used: 10, kv_budget: 40, adapters: vec![] });
         assert!(text.contains("ferrotune:time_to_first_token_seconds_bucket{"), "{text}");
         assert!(text.contains(r#"model="tiny",adapter="a1""#), "{text}");
         assert!(text.contains(r#"ferrotune:prompt_tokens_total{model="tiny",adapter=""} 7"#), "{text}");
         assert!(text.contains(r#"ferrotune:failed_requests_total{reason="queue_full"} 1"#), "{text}");
         assert!(text.contains(r#"ferrotune:num_requests_running{model="tiny"} 2"#), "{text}");
-        assert!(text.contains(r#"ferrotune:registry_requests_total{name="support",version="3"} 1"#), "{text}");
-        assert!(text.contains(r#"ferrotune:registry_refusals_total{name="support",version="2",reason="integrity"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"ferrotune:registry_requests_total{name="support",version="3"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"ferrotune:registry_refusals_total{name="support",version="2",reason="integrity"} 1"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"ferrotune:audit_events_total{action="inference"} 3"#), "{text}");
         assert!(text.contains("ferrotune:audit_errors_total 0"), "{text}");
-        assert!(text.contains(r#"ferrotune:guard_actions_total{guard="output_pii",action="redact"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"ferrotune:guard_actions_total{guard="output_pii",action="redact"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"ferrotune:kv_cache_usage_perc{model="tiny"} 0.25"#), "{text}");
     }
 }

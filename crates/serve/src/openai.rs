@@ -183,20 +183,44 @@ pub(crate) fn empty_array(v: &Value) -> bool {
 const CHAT_UNSUPPORTED: &[Unsupported] = &[
     Unsupported { field: "logit_bias", noop: empty_object, why: "logit_bias is not supported" },
     Unsupported { field: "tools", noop: empty_array, why: "tool calling is not supported" },
-    Unsupported { field: "tool_choice", noop: |v| matches!(v.as_str(), Some("none" | "auto")), why: "tool calling is not supported" },
+    Unsupported {
+        field: "tool_choice",
+        noop: |v| matches!(v.as_str(), Some("none" | "auto")),
+        why: "tool calling is not supported",
+    },
     Unsupported { field: "functions", noop: empty_array, why: "function calling is not supported" },
-    Unsupported { field: "function_call", noop: |v| matches!(v.as_str(), Some("none" | "auto")), why: "function calling is not supported" },
-    Unsupported { field: "parallel_tool_calls", noop: |v| v.as_bool() == Some(true), why: "tool calling is not supported" },
+    Unsupported {
+        field: "function_call",
+        noop: |v| matches!(v.as_str(), Some("none" | "auto")),
+        why: "function calling is not supported",
+    },
+    Unsupported {
+        field: "parallel_tool_calls",
+        noop: |v| v.as_bool() == Some(true),
+        why: "tool calling is not supported",
+    },
     Unsupported { field: "audio", noop: |_| false, why: "audio output is not supported" },
     Unsupported {
         field: "modalities",
         noop: |v| v.as_array().is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text"))),
         why: "only the text modality is supported",
     },
-    Unsupported { field: "reasoning_effort", noop: |v| v.as_str() == Some("none"), why: "this model does not reason; leave reasoning_effort out" },
-    Unsupported { field: "verbosity", noop: |v| v.as_str() == Some("medium"), why: "verbosity is not supported" },
+    Unsupported {
+        field: "reasoning_effort",
+        noop: |v| v.as_str() == Some("none"),
+        why: "this model does not reason; leave reasoning_effort out",
+    },
+    Unsupported {
+        field: "verbosity",
+        noop: |v| v.as_str() == Some("medium"),
+        why: "verbosity is not supported",
+    },
     Unsupported { field: "web_search_options", noop: |_| false, why: "web search is not supported" },
-    Unsupported { field: "store", noop: |v| v.as_bool() == Some(false), why: "stored completions are not supported" },
+    Unsupported {
+        field: "store",
+        noop: |v| v.as_bool() == Some(false),
+        why: "stored completions are not supported",
+    },
     Unsupported {
         field: "service_tier",
         noop: |v| matches!(v.as_str(), Some("auto" | "default")),
@@ -242,16 +266,24 @@ pub fn response_format(v: Option<&Value>) -> Result<Option<JsonFormat>, ApiError
         None | Some(Value::Null) => return Ok(None),
         Some(v) => v,
     };
-    let Some(obj) = v.as_object() else { return Err(ApiError::field("response_format", "must be an object")) };
+    let Some(obj) = v.as_object() else {
+        return Err(ApiError::field("response_format", "must be an object"));
+    };
     match obj.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(JsonFormat::JsonObject)),
         Some("json_schema") => {
             let Some(js) = obj.get("json_schema").and_then(Value::as_object) else {
-                return Err(ApiError::field("response_format.json_schema", "is required for type json_schema (an object with `name` and `schema`)"));
+                return Err(ApiError::field(
+                    "response_format.json_schema",
+                    "is required for type json_schema (an object with `name` and `schema`)",
+                ));
             };
             match js.get("name").and_then(Value::as_str) {
-                Some(n) if !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
+                Some(n)
+                    if !n.is_empty()
+                        && n.len() <= 64
+                        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {}
                 _ => {
                     return Err(ApiError::field(
                         "response_format.json_schema.name",
@@ -265,11 +297,19 @@ pub fn response_format(v: Option<&Value>) -> Result<Option<JsonFormat>, ApiError
             let schema = match js.get("schema") {
                 None | Some(Value::Null) => serde_json::json!({}),
                 Some(s @ Value::Object(_)) => s.clone(),
-                Some(_) => return Err(ApiError::field("response_format.json_schema.schema", "must be a JSON Schema object")),
+                Some(_) => {
+                    return Err(ApiError::field(
+                        "response_format.json_schema.schema",
+                        "must be a JSON Schema object",
+                    ));
+                }
             };
             Ok(Some(JsonFormat::JsonSchema { schema }))
         }
-        _ => Err(ApiError::field("response_format", "`type` must be \"text\", \"json_object\" or \"json_schema\"")),
+        _ => Err(ApiError::field(
+            "response_format",
+            "`type` must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
     }
 }
 
@@ -297,7 +337,10 @@ impl ChatMessage {
         let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null() && !empty_array(v));
         for (name, v) in [("tool_calls", &self.tool_calls), ("function_call", &self.function_call)] {
             if given(v) {
-                return Err(ApiError::field(format!("messages[{i}].{name}"), "tool calling is not supported"));
+                return Err(ApiError::field(
+                    format!("messages[{i}].{name}"),
+                    "tool calling is not supported",
+                ));
             }
         }
         Ok(())
@@ -313,7 +356,10 @@ impl ChatMessage {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => out.push_str(t),
                         ("text", None) => {
-                            return Err(ApiError::field(format!("messages[{i}].content[{j}].text"), "a text part needs `text`"));
+                            return Err(ApiError::field(
+                                format!("messages[{i}].content[{j}].text"),
+                                "a text part needs `text`",
+                            ));
                         }
                         (other, _) => {
                             return Err(ApiError::field(
@@ -347,7 +393,10 @@ pub fn parse_prompts(v: &Value, vocab: usize) -> Result<Vec<PromptInput>, ApiErr
             .enumerate()
             .map(|(i, x)| match x.as_u64() {
                 Some(id) if (id as usize) < vocab => Ok(id as u32),
-                _ => Err(ApiError::field(format!("{param}[{i}]"), format!("token ids must be integers in 0..{vocab}"))),
+                _ => Err(ApiError::field(
+                    format!("{param}[{i}]"),
+                    format!("token ids must be integers in 0..{vocab}"),
+                )),
             })
             .collect()
     };
@@ -361,7 +410,10 @@ pub fn parse_prompts(v: &Value, vocab: usize) -> Result<Vec<PromptInput>, ApiErr
                 .enumerate()
                 .map(|(i, x)| match x {
                     Value::String(s) => Ok(PromptInput::Text(s.clone())),
-                    _ => Err(ApiError::field(format!("prompt[{i}]"), "expected a string like the other prompts")),
+                    _ => Err(ApiError::field(
+                        format!("prompt[{i}]"),
+                        "expected a string like the other prompts",
+                    )),
                 })
                 .collect(),
             Value::Array(_) => items
@@ -369,12 +421,18 @@ pub fn parse_prompts(v: &Value, vocab: usize) -> Result<Vec<PromptInput>, ApiErr
                 .enumerate()
                 .map(|(i, x)| match x {
                     Value::Array(a) => Ok(PromptInput::Tokens(ids(a, &format!("prompt[{i}]"))?)),
-                    _ => Err(ApiError::field(format!("prompt[{i}]"), "expected a list of token ids like the other prompts")),
+                    _ => Err(ApiError::field(
+                        format!("prompt[{i}]"),
+                        "expected a list of token ids like the other prompts",
+                    )),
                 })
                 .collect(),
             _ => bad("prompt[0]".into(), "expected a string, a token id or a list of token ids"),
         },
-        _ => bad("prompt".into(), "expected a string, a list of strings, a list of token ids or a list of such lists"),
+        _ => bad(
+            "prompt".into(),
+            "expected a string, a list of strings, a list of token ids or a list of such lists",
+        ),
     }
 }
 
@@ -387,7 +445,10 @@ pub fn parse_embedding_input(v: &Value) -> Result<Vec<String>, ApiError> {
             .enumerate()
             .map(|(i, x)| {
                 x.as_str().map(str::to_string).ok_or_else(|| {
-                    ApiError::field(format!("input[{i}]"), "expected a string (token-id input is not supported)")
+                    ApiError::field(
+                        format!("input[{i}]"),
+                        "expected a string (token-id input is not supported)",
+                    )
                 })
             })
             .collect(),
@@ -451,9 +512,16 @@ mod tests {
             ("store", json!(true)),
             ("service_tier", json!("priority")),
         ] {
-            assert_eq!(refused(json!({ field: value }), Endpoint::Chat).as_deref(), Some(field), "{field}: {value}");
+            assert_eq!(
+                refused(json!({ field: value }), Endpoint::Chat).as_deref(),
+                Some(field),
+                "{field}: {value}"
+            );
         }
-        assert_eq!(refused(json!({"logit_bias": {"1": 5}}), Endpoint::Completion).as_deref(), Some("logit_bias"));
+        assert_eq!(
+            refused(json!({"logit_bias": {"1": 5}}), Endpoint::Completion).as_deref(),
+            Some("logit_bias")
+        );
     }
 
     #[test]
@@ -466,7 +534,10 @@ mod tests {
             "some_vendor_extension": {"x": 1},
         });
         assert_eq!(refused(defaults, Endpoint::Chat), None);
-        assert_eq!(refused(json!({"logit_bias": null, "tools": [{"type": "function"}]}), Endpoint::Completion), None);
+        assert_eq!(
+            refused(json!({"logit_bias": null, "tools": [{"type": "function"}]}), Endpoint::Completion),
+            None
+        );
     }
 
     #[test]
@@ -477,7 +548,9 @@ mod tests {
         assert_eq!(read(json!({"type": "json_object"})), Ok(Some(JsonFormat::JsonObject)));
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
         assert_eq!(
-            read(json!({"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": true}})),
+            read(
+                json!({"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": true}})
+            ),
             Ok(Some(JsonFormat::JsonSchema { schema: schema.clone() }))
         );
         let param = |v: Value| match read(v) {
@@ -487,9 +560,18 @@ mod tests {
         assert_eq!(param(json!({"type": "xml"})), "response_format");
         assert_eq!(param(json!("json_object")), "response_format");
         assert_eq!(param(json!({"type": "json_schema"})), "response_format.json_schema");
-        assert_eq!(param(json!({"type": "json_schema", "json_schema": {"schema": schema}})), "response_format.json_schema.name");
-        assert_eq!(param(json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": schema}})), "response_format.json_schema.name");
-        assert_eq!(param(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}})), "response_format.json_schema.schema");
+        assert_eq!(
+            param(json!({"type": "json_schema", "json_schema": {"schema": schema}})),
+            "response_format.json_schema.name"
+        );
+        assert_eq!(
+            param(json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": schema}})),
+            "response_format.json_schema.name"
+        );
+        assert_eq!(
+            param(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}})),
+            "response_format.json_schema.schema"
+        );
     }
 
     #[test]
@@ -498,19 +580,26 @@ mod tests {
             json!({"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}),
         )
         .expect("parse");
-        assert!(matches!(m.check_no_tool_calls(2), Err(ApiError::InvalidField { param, .. }) if param == "messages[2].tool_calls"));
-        let plain: ChatMessage = serde_json::from_value(json!({"role":"assistant","content":"hi","tool_calls":[]})).expect("parse");
+        assert!(
+            matches!(m.check_no_tool_calls(2), Err(ApiError::InvalidField { param, .. }) if param == "messages[2].tool_calls")
+        );
+        let plain: ChatMessage =
+            serde_json::from_value(json!({"role":"assistant","content":"hi","tool_calls":[]}))
+                .expect("parse");
         assert!(plain.check_no_tool_calls(0).is_ok());
     }
 
     #[test]
     fn chat_content_parts_are_joined() {
-        let m: ChatMessage =
-            serde_json::from_value(json!({"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}))
-                .expect("parse");
+        let m: ChatMessage = serde_json::from_value(
+            json!({"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}),
+        )
+        .expect("parse");
         assert_eq!(m.text(0).expect("text"), "ab");
         let img: ChatMessage =
             serde_json::from_value(json!({"role":"user","content":[{"type":"image_url"}]})).expect("parse");
-        assert!(matches!(img.text(3), Err(ApiError::InvalidField { param, .. }) if param == "messages[3].content[0].type"));
+        assert!(
+            matches!(img.text(3), Err(ApiError::InvalidField { param, .. }) if param == "messages[3].content[0].type")
+        );
     }
 }

@@ -23,7 +23,9 @@ use axum::response::Response;
 use ferrotune_guard::GuardAction;
 
 use crate::app::AppState;
-use crate::audit::events::{ANONYMOUS, GuardCount, Inference, InferenceSubject, inference, join_choices, sha256_hex};
+use crate::audit::events::{
+    ANONYMOUS, GuardCount, Inference, InferenceSubject, inference, join_choices, sha256_hex,
+};
 use crate::audit::{Audit, Content};
 use crate::error::{FailureCode, FailureReason};
 use crate::json::BodyLimit;
@@ -288,7 +290,11 @@ fn guards_field(actions: &[GuardAction]) -> String {
     if actions.is_empty() {
         return "-".into();
     }
-    actions.iter().map(|a| format!("{}={}({})", a.guard.as_str(), a.action.as_str(), a.detail)).collect::<Vec<_>>().join(", ")
+    actions
+        .iter()
+        .map(|a| format!("{}={}({})", a.guard.as_str(), a.action.as_str(), a.detail))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The audit entry's `guards`: how many times each (guard, action, kind) happened. Kinds are the
@@ -300,7 +306,12 @@ fn guard_counts(actions: &[GuardAction]) -> Vec<GuardCount> {
     }
     counts
         .into_iter()
-        .map(|((guard, action, kind), count)| GuardCount { guard: guard.into(), action: action.into(), kind: kind.into(), count })
+        .map(|((guard, action, kind), count)| GuardCount {
+            guard: guard.into(),
+            action: action.into(),
+            kind: kind.into(),
+            count,
+        })
         .collect()
 }
 
@@ -328,7 +339,8 @@ pub async fn request_log(State(state): State<AppState>, mut req: Request, next: 
         path: req.uri().path().to_string(),
         started,
         // Clamped: a huge setting means "no deadline" without overflowing `Instant`.
-        deadline: started + std::time::Duration::from_secs_f64(state.cfg.limits.request_timeout_s.clamp(0.0, 1e9)),
+        deadline: started
+            + std::time::Duration::from_secs_f64(state.cfg.limits.request_timeout_s.clamp(0.0, 1e9)),
         log_prompts: state.cfg.log_prompts,
         limiter: state.limiter.clone(),
         fields: Mutex::new(Fields::default()),
@@ -374,7 +386,11 @@ mod tests {
         assert_eq!(guards_field(&[]), "-");
         let actions = [
             acted(GuardKind::OutputPii, GuardMode::Redact, "email"),
-            acted(GuardKind::PromptInjection, GuardMode::Log, "messages[0].content: rule ignore_previous, score 0.98"),
+            acted(
+                GuardKind::PromptInjection,
+                GuardMode::Log,
+                "messages[0].content: rule ignore_previous, score 0.98",
+            ),
             acted(GuardKind::OutputPii, GuardMode::Redact, "email"),
             acted(GuardKind::OutputPii, GuardMode::Redact, "phone"),
         ];
@@ -390,7 +406,12 @@ mod tests {
             [
                 ("output_pii".into(), "redact".into(), "email".into(), 2),
                 ("output_pii".into(), "redact".into(), "phone".into(), 1),
-                ("prompt_injection".into(), "log".into(), "messages[0].content: rule ignore_previous, score 0.98".into(), 1),
+                (
+                    "prompt_injection".into(),
+                    "log".into(),
+                    "messages[0].content: rule ignore_previous, score 0.98".into(),
+                    1
+                ),
             ]
         );
     }

@@ -68,18 +68,25 @@ pub fn served_name(cfg: &ServeConfig) -> String {
 
 /// Open the audit log `[audit]` names (`None` when it is off), on the blocking pool: opening
 /// checks the settings (retention) and repairs a torn tail.
-pub async fn open_audit_log(cfg: &ServeConfig) -> Result<Option<ferrotune_govern::audit::AuditLog>, StartError> {
+pub async fn open_audit_log(
+    cfg: &ServeConfig,
+) -> Result<Option<ferrotune_govern::audit::AuditLog>, StartError> {
     if !cfg.audit.enabled {
         return Ok(None);
     }
     if cfg.audit.prompt_text && !cfg.log_prompts {
-        tracing::warn!("[audit] prompt_text is on but log_prompts is off: no prompt or answer is recorded (log_prompts decides)");
+        tracing::warn!(
+            "[audit] prompt_text is on but log_prompts is off: no prompt or answer is recorded (log_prompts decides)"
+        );
     }
     let (dir, log_cfg) = (cfg.audit.dir(), cfg.audit.log_config());
     let d = dir.clone();
     let opened = tokio::task::spawn_blocking(move || ferrotune_govern::audit::AuditLog::open(&d, &log_cfg))
         .await
-        .map_err(|e| StartError::Audit { dir: dir.display().to_string(), source: ferrotune_govern::GovernError::Refused(e.to_string()) })?;
+        .map_err(|e| StartError::Audit {
+            dir: dir.display().to_string(),
+            source: ferrotune_govern::GovernError::Refused(e.to_string()),
+        })?;
     opened.map(Some).map_err(|source| StartError::Audit { dir: dir.display().to_string(), source })
 }
 
@@ -92,7 +99,8 @@ pub fn start_audit(
 ) -> Result<(), StartError> {
     let content = crate::audit::Content::of(state.cfg.log_prompts, state.cfg.audit.prompt_text);
     tracing::info!(dir = %log.dir().display(), "audit log on");
-    let audit = crate::audit::Audit::start(log, content, state.metrics.clone()).map_err(StartError::AuditThread)?;
+    let audit =
+        crate::audit::Audit::start(log, content, state.metrics.clone()).map_err(StartError::AuditThread)?;
     audit.record(crate::audit::events::start(&state.cfg.model, state.model_name(), per_file, &state.cfg));
     state.set_audit(audit);
     Ok(())
@@ -108,13 +116,19 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
     // The files are hashed once, here, for the cache key (see `cache`) and for matching registry
     // adapters to their base model: streamed, ~1 s per GB.
     let (model, identity, file_sha256) = tokio::task::spawn_blocking(move || {
-        let model = ferrotune_model::load(&spec, mode, &Device::Cpu).map_err(|source| StartError::Model { spec: spec.clone(), source })?;
-        let per_file = crate::cache::file_digests(&model.files).map_err(|source| StartError::Hashing { spec, source })?;
-        let identity = crate::cache::base_identity(&crate::cache::combine_digests(&per_file), &format!("{mode:?}"));
+        let model = ferrotune_model::load(&spec, mode, &Device::Cpu)
+            .map_err(|source| StartError::Model { spec: spec.clone(), source })?;
+        let per_file = crate::cache::file_digests(&model.files)
+            .map_err(|source| StartError::Hashing { spec, source })?;
+        let identity =
+            crate::cache::base_identity(&crate::cache::combine_digests(&per_file), &format!("{mode:?}"));
         Ok::<_, StartError>((model, identity, per_file))
     })
     .await
-    .map_err(|e| StartError::Model { spec: cfg.model.clone(), source: ferrotune_model::ModelError::Template(e.to_string()) })??;
+    .map_err(|e| StartError::Model {
+        spec: cfg.model.clone(),
+        source: ferrotune_model::ModelError::Template(e.to_string()),
+    })??;
     cfg.engine.limits(model.config().max_position_embeddings).map_err(StartError::Engine)?;
     let name = served_name(&cfg);
     let engine = engine::start(model, name.clone(), cfg.engine.clone());
@@ -146,10 +160,9 @@ pub async fn build_state(cfg: ServeConfig) -> Result<AppState, StartError> {
         state.start_registry(file_sha256.into_iter().map(|(_, sha)| sha).collect()).await;
     }
     for (adapter, dir) in &adapters {
-        state
-            .load_adapter(adapter, dir, &crate::audit::events::server_actor())
-            .await
-            .map_err(|reason| StartError::Adapter { name: adapter.clone(), dir: dir.display().to_string(), reason })?;
+        state.load_adapter(adapter, dir, &crate::audit::events::server_actor()).await.map_err(|reason| {
+            StartError::Adapter { name: adapter.clone(), dir: dir.display().to_string(), reason }
+        })?;
     }
     Ok(state)
 }
@@ -165,11 +178,14 @@ async fn load_embedder(cfg: &ServeConfig) -> Result<Option<EmbeddingModel>, Star
         .map_err(|e| StartError::Embedder { spec: spec.clone(), reason: e.to_string() })?;
     match loaded {
         Ok(e) => {
-            let name = std::path::Path::new(&spec).file_name().and_then(|n| n.to_str()).unwrap_or(&spec).to_string();
+            let name =
+                std::path::Path::new(&spec).file_name().and_then(|n| n.to_str()).unwrap_or(&spec).to_string();
             Ok(Some(EmbeddingModel::new(name, e)))
         }
         Err(e) if spec == ferrotune_model::store::DEFAULT_EMBEDDER => {
-            tracing::warn!("/v1/embeddings is off: the default embedder is not available ({e}); `ferrotune models pull {spec}` installs it");
+            tracing::warn!(
+                "/v1/embeddings is off: the default embedder is not available ({e}); `ferrotune models pull {spec}` installs it"
+            );
             Ok(None)
         }
         Err(e) => Err(StartError::Embedder { spec, reason: e.to_string() }),

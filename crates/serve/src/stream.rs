@@ -85,7 +85,9 @@ pub fn sse_response(
     let n_choices = rxs.len();
     let mut aborts = Vec::with_capacity(n_choices);
     let merged = stream::select_all(rxs.into_iter().enumerate().map(|(i, rx)| {
-        let (events, abort) = stream::abortable(stream::unfold(rx, move |mut rx| async move { rx.recv().await.map(|ev| ((i, ev), rx)) }));
+        let (events, abort) = stream::abortable(stream::unfold(rx, move |mut rx| async move {
+            rx.recv().await.map(|ev| ((i, ev), rx))
+        }));
         aborts.push(abort);
         events.boxed()
     }));
@@ -157,7 +159,8 @@ impl Ctx {
             ChunkKind::Completion => {
                 let Some(text) = self.spec.echo.as_ref().map(|p| p[i / self.spec.n].clone()) else { return };
                 self.text_offset[i] = text.chars().count();
-                let v = self.chunk(json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}]));
+                let v =
+                    self.chunk(json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}]));
                 self.push(v);
             }
         }
@@ -199,7 +202,8 @@ impl Ctx {
                 let tok = &self.engine.info().tokenizer;
                 let v = match self.spec.kind {
                     ChunkKind::Chat => {
-                        let logprobs = lp.map(|lp| json!({"content": [crate::routes::chat::chat_logprob(tok, &lp)]}));
+                        let logprobs =
+                            lp.map(|lp| json!({"content": [crate::routes::chat::chat_logprob(tok, &lp)]}));
                         self.chunk(json!([{"index": i, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}]))
                     }
                     ChunkKind::Completion => {
@@ -209,7 +213,9 @@ impl Ctx {
                             self.text_offset[i] += s.chars().count();
                             crate::routes::completions::legacy_logprobs(tok, &[(s, Some(lp))], offset)
                         });
-                        self.chunk(json!([{"index": i, "text": text, "logprobs": logprobs, "finish_reason": null}]))
+                        self.chunk(
+                            json!([{"index": i, "text": text, "logprobs": logprobs, "finish_reason": null}]),
+                        )
                     }
                 };
                 self.push(v);
@@ -242,8 +248,12 @@ impl Ctx {
             return;
         }
         let c = match self.spec.kind {
-            ChunkKind::Chat => json!([{"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
-            ChunkKind::Completion => json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}]),
+            ChunkKind::Chat => {
+                json!([{"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}])
+            }
+            ChunkKind::Completion => {
+                json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}])
+            }
         };
         let v = self.chunk(c);
         self.push(v);
@@ -261,7 +271,9 @@ impl Ctx {
         self.record.set_choice(i, finish, None);
         let c = match self.spec.kind {
             ChunkKind::Chat => json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]),
-            ChunkKind::Completion => json!([{"index": i, "text": "", "logprobs": null, "finish_reason": finish}]),
+            ChunkKind::Completion => {
+                json!([{"index": i, "text": "", "logprobs": null, "finish_reason": finish}])
+            }
         };
         let v = self.chunk(c);
         self.push(v);
@@ -279,7 +291,8 @@ impl Ctx {
         {
             t.filtered();
         }
-        let (prompt_tokens, completion_tokens) = done.unwrap_or((self.choice_prompt[i], self.choice_tokens[i]));
+        let (prompt_tokens, completion_tokens) =
+            done.unwrap_or((self.choice_prompt[i], self.choice_tokens[i]));
         self.end_choice(i, CONTENT_FILTER, prompt_tokens, completion_tokens);
     }
 
@@ -333,12 +346,14 @@ mod tests {
     use crate::engine::FinishReason;
     use crate::generation::Target;
 
-    const SYSTEM: &str = "You are the support assistant of Acme Corp and never offer refunds above fifty euros.";
+    const SYSTEM: &str =
+        "You are the support assistant of Acme Corp and never offer refunds above fifty euros.";
 
     fn state(configure: impl FnOnce(&mut ServeConfig)) -> (tempfile::TempDir, AppState) {
         let dir = tempfile::tempdir().expect("tmp");
         ferrotune_model::testing::write_tiny_model(dir.path()).expect("tiny model");
-        let m = ferrotune_model::load_path(dir.path(), ferrotune_model::WeightMode::F32, &Device::Cpu).expect("load");
+        let m = ferrotune_model::load_path(dir.path(), ferrotune_model::WeightMode::F32, &Device::Cpu)
+            .expect("load");
         let engine = crate::engine::start(m, "tiny".into(), Default::default());
         let mut cfg = ServeConfig { auth: false, ..Default::default() };
         cfg.embeddings.model = String::new();
@@ -358,11 +373,19 @@ mod tests {
 
     impl Streamed {
         fn content(&self) -> String {
-            self.chunks.iter().filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str())).collect()
+            self.chunks
+                .iter()
+                .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str()))
+                .collect()
         }
 
         fn finish(&self) -> Vec<String> {
-            self.chunks.iter().filter_map(|c| c["choices"].get(0).and_then(|ch| ch["finish_reason"].as_str()).map(str::to_string)).collect()
+            self.chunks
+                .iter()
+                .filter_map(|c| {
+                    c["choices"].get(0).and_then(|ch| ch["finish_reason"].as_str()).map(str::to_string)
+                })
+                .collect()
         }
 
         fn guards(&self) -> Option<&Value> {
@@ -385,7 +408,11 @@ mod tests {
             let _ = tx.send(Event::Token { id: i as u32, text: p.to_string(), logprob: None });
         }
         let tx = if end {
-            let _ = tx.send(Event::Done { finish: FinishReason::Stop, prompt_tokens: 5, completion_tokens: pieces.len() });
+            let _ = tx.send(Event::Done {
+                finish: FinishReason::Stop,
+                prompt_tokens: 5,
+                completion_tokens: pieces.len(),
+            });
             drop(tx); // as the engine does after `Done`: the receiver then ends
             None
         } else {
@@ -405,10 +432,11 @@ mod tests {
         };
         let trackers = vec![Tracker::new(state, &target, Instant::now(), &record)];
         let resp = sse_response(spec, vec![rx], trackers, state.engine.clone(), record.clone());
-        let body = tokio::time::timeout(Duration::from_secs(20), axum::body::to_bytes(resp.into_body(), usize::MAX))
-            .await
-            .expect("the stream ends by itself")
-            .expect("body");
+        let body =
+            tokio::time::timeout(Duration::from_secs(20), axum::body::to_bytes(resp.into_body(), usize::MAX))
+                .await
+                .expect("the stream ends by itself")
+                .expect("body");
         let text = String::from_utf8(body.to_vec()).expect("utf-8");
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
         let done_last = data.last() == Some(&"[DONE]");
@@ -461,7 +489,11 @@ mod tests {
         let guards_chunk = s.chunks.iter().find(|c| c.get("guards").is_some()).expect("guards chunk");
         assert_eq!(guards_chunk["choices"], json!([]), "a chunk of its own, valid for OpenAI clients");
         assert_eq!(s.record.guards().len(), 1);
-        assert_eq!(s.chunks.last().expect("usage")["usage"]["completion_tokens"], PII.len(), "the tokens generated up to the block");
+        assert_eq!(
+            s.chunks.last().expect("usage")["usage"]["completion_tokens"],
+            PII.len(),
+            "the tokens generated up to the block"
+        );
         let m = st.metrics.render(&st.engine.stats());
         assert!(m.contains(r#"ferrotune:guard_actions_total{guard="output_pii",action="block"} 1"#), "{m}");
         assert!(m.contains(r#"finished_reason="content_filter"} 1"#), "{m}");
@@ -472,7 +504,10 @@ mod tests {
         let (_d, st) = state(|c| c.guards.output_pii = GuardMode::Redact);
         let s = run(&st, None, &PII, true).await;
         well_formed(&s);
-        assert_eq!(s.content(), "Sure, write to [EMAIL] and we reply within a day, usually sooner, unless it is a public holiday in Bavaria.");
+        assert_eq!(
+            s.content(),
+            "Sure, write to [EMAIL] and we reply within a day, usually sooner, unless it is a public holiday in Bavaria."
+        );
         assert_eq!(s.finish(), ["stop"]);
         assert_eq!(s.guards().expect("guards")[0]["action"], "redact");
     }
@@ -498,7 +533,13 @@ mod tests {
         assert_eq!(s.content(), PII.concat());
         assert!(s.guards().is_none(), "nothing acted: no guards chunk");
         // Each token is its own chunk: nothing is held back.
-        assert_eq!(s.chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())).count(), PII.len());
+        assert_eq!(
+            s.chunks
+                .iter()
+                .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+                .count(),
+            PII.len()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,7 +552,10 @@ mod tests {
         well_formed(&s);
         assert_eq!(s.content(), "My first line is [[REDACTED]] and that is all.");
         let g = s.guards().expect("guards");
-        assert_eq!((g[0]["guard"].as_str(), g[0]["detail"].as_str()), (Some(GuardKind::SystemPromptLeak.as_str()), Some("canary")));
+        assert_eq!(
+            (g[0]["guard"].as_str(), g[0]["detail"].as_str()),
+            (Some(GuardKind::SystemPromptLeak.as_str()), Some("canary"))
+        );
 
         let (_d, st) = state(|c| c.guards.system_prompt_leak = GuardMode::Block);
         let canary = st.guards.canary_for(SYSTEM);
@@ -528,7 +572,16 @@ mod tests {
     /// any mode.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn streams_stay_well_formed_whatever_the_guards_do() {
-        let pieces = ["Version 1.2", ".3.4 of the", " tool ships ", "on ", "Monday; call 555", "-0100 for ", "help", "."];
+        let pieces = [
+            "Version 1.2",
+            ".3.4 of the",
+            " tool ships ",
+            "on ",
+            "Monday; call 555",
+            "-0100 for ",
+            "help",
+            ".",
+        ];
         for mode in [GuardMode::Log, GuardMode::Block, GuardMode::Redact] {
             let (_d, st) = state(|c| {
                 c.guards.output_pii = mode;

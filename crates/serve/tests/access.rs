@@ -56,31 +56,53 @@ async fn a_request_may_not_start_more_sequences_than_the_server_allows() {
     assert!(msg.contains("6 sequences") && msg.contains("max_sequences_per_request"), "{msg}");
     let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"n": 5}))).await;
     assert_eq!((status, error_code(&v).1), (400, Some("n")), "{v}");
-    let (status, v) =
-        s.post_json("/v1/completions", Some(&s.keys.user), &json!({"model": MODEL, "prompt": ["a", "b"], "n": 2, "max_tokens": 1})).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/completions",
+            Some(&s.keys.user),
+            &json!({"model": MODEL, "prompt": ["a", "b"], "n": 2, "max_tokens": 1}),
+        )
+        .await;
     assert_eq!(status, 200, "4 sequences are allowed: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_cannot_hold_more_than_its_concurrency_or_its_share_of_the_engine() {
     // 1 running + 5 waiting = 6 sequences: a key alone may hold 3 of them.
-    let engine = ferrotune_serve::engine::EngineConfig { max_batch: 1, kv_token_budget: 4096, queue_capacity: 5, ..Default::default() };
+    let engine = ferrotune_serve::engine::EngineConfig {
+        max_batch: 1,
+        kv_token_budget: 4096,
+        queue_capacity: 5,
+        ..Default::default()
+    };
     let s = start(Opts { engine, cache: false, ..Opts::default() }).await;
-    let (two, two_row) = new_key(&s, ApiKey { name: "two".into(), max_concurrent: Some(2), ..Default::default() });
+    let (two, two_row) =
+        new_key(&s, ApiKey { name: "two".into(), max_concurrent: Some(2), ..Default::default() });
     let (greedy, greedy_row) = new_key(&s, ApiKey { name: "greedy".into(), ..Default::default() });
     // The tiny model may finish a stream before the next request arrives: try until a request
     // is seen while the first one's sequences are still in flight.
     let mut refused = (false, false);
     for _ in 0..20 {
         // max_concurrent 2: n = 3 can never fit.
-        let (status, v) =
-            s.post_json("/v1/completions", Some(&two), &json!({"model": MODEL, "prompt": "x", "n": 3, "max_tokens": 1})).await;
+        let (status, v) = s
+            .post_json(
+                "/v1/completions",
+                Some(&two),
+                &json!({"model": MODEL, "prompt": "x", "n": 3, "max_tokens": 1}),
+            )
+            .await;
         assert_eq!((status, error_code(&v).1), (400, Some("n")), "{v}");
         if !refused.0 {
             let held = s.post("/v1/completions", Some(&two), &long_stream(2)).await;
             assert_eq!(held.status().as_u16(), 200);
             let in_flight = s.state.limiter.in_flight(two_row.id);
-            let (status, v) = s.post_json("/v1/completions", Some(&two), &json!({"model": MODEL, "prompt": "x", "max_tokens": 1})).await;
+            let (status, v) = s
+                .post_json(
+                    "/v1/completions",
+                    Some(&two),
+                    &json!({"model": MODEL, "prompt": "x", "max_tokens": 1}),
+                )
+                .await;
             // 200 is right too when the held stream ended between the look and the request.
             assert!(status == 200 || status == 429, "{status} {v}");
             if in_flight == 2 && status == 429 {
@@ -94,13 +116,24 @@ async fn one_key_cannot_hold_more_than_its_concurrency_or_its_share_of_the_engin
             let held = s.post("/v1/completions", Some(&greedy), &long_stream(3)).await;
             assert_eq!(held.status().as_u16(), 200);
             let in_flight = s.state.limiter.in_flight(greedy_row.id);
-            let (status, v) = s.post_json("/v1/completions", Some(&greedy), &json!({"model": MODEL, "prompt": "x", "max_tokens": 1})).await;
+            let (status, v) = s
+                .post_json(
+                    "/v1/completions",
+                    Some(&greedy),
+                    &json!({"model": MODEL, "prompt": "x", "max_tokens": 1}),
+                )
+                .await;
             assert!(status == 200 || status == 429, "{status} {v}");
             if in_flight == 3 && status == 429 {
                 assert!(v["error"]["message"].as_str().unwrap_or("").contains("fair share"), "{v}");
                 // Another key still gets in.
-                let (status, v) =
-                    s.post_json("/v1/completions", Some(&s.keys.user), &json!({"model": MODEL, "prompt": "x", "max_tokens": 1})).await;
+                let (status, v) = s
+                    .post_json(
+                        "/v1/completions",
+                        Some(&s.keys.user),
+                        &json!({"model": MODEL, "prompt": "x", "max_tokens": 1}),
+                    )
+                    .await;
                 assert_eq!(status, 200, "{v}");
                 refused.1 = true;
             }
@@ -109,21 +142,33 @@ async fn one_key_cannot_hold_more_than_its_concurrency_or_its_share_of_the_engin
         if refused == (true, true) {
             break;
         }
-        wait_until("the held streams are gone", || s.state.limiter.in_flight(two_row.id) + s.state.limiter.in_flight(greedy_row.id) == 0)
-            .await;
+        wait_until("the held streams are gone", || {
+            s.state.limiter.in_flight(two_row.id) + s.state.limiter.in_flight(greedy_row.id) == 0
+        })
+        .await;
     }
     assert_eq!(refused, (true, true), "never refused a request beyond (max_concurrent, fair share)");
     let m = s.metrics().await;
     assert!(metric_value(&m, "ferrotune:rate_limited_requests_total{reason=\"sequences\"}") >= 2.0, "{m}");
     // Dropping a held stream frees its sequences.
-    wait_until("the held streams are gone", || s.state.limiter.in_flight(two_row.id) + s.state.limiter.in_flight(greedy_row.id) == 0).await;
-    let (status, v) = s.post_json("/v1/completions", Some(&two), &json!({"model": MODEL, "prompt": "x", "n": 2, "max_tokens": 1})).await;
+    wait_until("the held streams are gone", || {
+        s.state.limiter.in_flight(two_row.id) + s.state.limiter.in_flight(greedy_row.id) == 0
+    })
+    .await;
+    let (status, v) = s
+        .post_json(
+            "/v1/completions",
+            Some(&two),
+            &json!({"model": MODEL, "prompt": "x", "n": 2, "max_tokens": 1}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_its_deadline_gets_504_or_an_error_event_in_its_stream() {
-    let s = start(Opts { cache: false, configure: |c| c.limits.request_timeout_s = 0.01, ..Opts::default() }).await;
+    let s = start(Opts { cache: false, configure: |c| c.limits.request_timeout_s = 0.01, ..Opts::default() })
+        .await;
     let body = json!({"model": MODEL, "prompt": "go", "max_tokens": 480, "ignore_eos": true, "temperature": 0, "n": 4});
     let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &body).await;
     assert_eq!(status, 504, "{v}");
@@ -195,7 +240,8 @@ async fn revoking_recreating_and_changing_a_key_apply_to_the_next_request() {
     let s = start(Opts { cache: false, ..Opts::default() }).await;
     // Another connection to the file, as `ferrotune keys` in another process would open it.
     let cli = KeyStore::open(&s.path("keys.db")).expect("second connection");
-    let secret = cli.create(&ApiKey { name: "dev".into(), rpm: Some(1), ..Default::default() }).expect("create");
+    let secret =
+        cli.create(&ApiKey { name: "dev".into(), rpm: Some(1), ..Default::default() }).expect("create");
     let body = chat(json!({}));
     assert_eq!(s.post_json("/v1/chat/completions", Some(&secret), &body).await.0, 200);
     assert_eq!(s.post_json("/v1/chat/completions", Some(&secret), &body).await.0, 429);
@@ -204,13 +250,15 @@ async fn revoking_recreating_and_changing_a_key_apply_to_the_next_request() {
     cli.update("dev", &KeyUpdate { rpm: Some(Some(60)), ..Default::default() }).expect("update");
     let (status, v) = s.post_json("/v1/chat/completions", Some(&secret), &body).await;
     assert_eq!(status, 200, "{v}");
-    cli.update("dev", &KeyUpdate { models: Some(vec!["elsewhere".into()]), ..Default::default() }).expect("update");
+    cli.update("dev", &KeyUpdate { models: Some(vec!["elsewhere".into()]), ..Default::default() })
+        .expect("update");
     assert_eq!(s.post_json("/v1/chat/completions", Some(&secret), &body).await.0, 403);
     cli.revoke("dev").expect("revoke");
     assert_eq!(s.post_json("/v1/chat/completions", Some(&secret), &body).await.0, 401);
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     // Regression: buckets were kept by name, so the new key inherited the spent one.
-    let again = cli.create(&ApiKey { name: "dev".into(), rpm: Some(1), ..Default::default() }).expect("re-create");
+    let again =
+        cli.create(&ApiKey { name: "dev".into(), rpm: Some(1), ..Default::default() }).expect("re-create");
     let (status, v) = s.post_json("/v1/chat/completions", Some(&again), &body).await;
     assert_eq!(status, 200, "{v}");
 }
@@ -269,7 +317,12 @@ async fn ready_and_metrics_name_nothing_to_a_caller_without_a_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_need_json_an_allowed_origin_and_without_auth_a_loopback_host() {
-    let s = start(Opts { auth: false, configure: |c| c.cors_allow_origins = vec!["http://app.example".into()], ..Opts::default() }).await;
+    let s = start(Opts {
+        auth: false,
+        configure: |c| c.cors_allow_origins = vec!["http://app.example".into()],
+        ..Opts::default()
+    })
+    .await;
     let url = |p: &str| format!("{}{p}", s.base);
     let body = chat(json!({})).to_string();
     let post = |ct: Option<&str>| {
@@ -284,10 +337,14 @@ async fn browsers_need_json_an_allowed_origin_and_without_auth_a_loopback_host()
         let r = post(ct).send().await.expect("send");
         assert_eq!(r.status().as_u16(), 415, "{ct:?}");
     }
-    assert_eq!(post(Some("application/json; charset=utf-8")).send().await.expect("send").status().as_u16(), 200);
+    assert_eq!(
+        post(Some("application/json; charset=utf-8")).send().await.expect("send").status().as_u16(),
+        200
+    );
 
     // Cross-origin: refused unless allowed; allowed ones get CORS headers and preflights.
-    let r = post(Some("application/json")).header("origin", "http://evil.example").send().await.expect("send");
+    let r =
+        post(Some("application/json")).header("origin", "http://evil.example").send().await.expect("send");
     assert_eq!(r.status().as_u16(), 403);
     let r = s.client.get(url("/v1/models")).header("origin", "null").send().await.expect("send");
     assert_eq!(r.status().as_u16(), 403);
@@ -336,9 +393,14 @@ async fn runtime_adapters_load_only_from_adapter_roots_and_refusals_reveal_nothi
     let s = start(Opts::default()).await;
     let outside = tempfile::tempdir().expect("outside");
     let save = |dir: &std::path::Path| {
-        let mut m =
-            ferrotune_model::load_path(&s.path("model"), ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu).expect("model");
-        let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), 1).expect("adapter");
+        let mut m = ferrotune_model::load_path(
+            &s.path("model"),
+            ferrotune_model::WeightMode::F32,
+            &candle_core::Device::Cpu,
+        )
+        .expect("model");
+        let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), 1)
+            .expect("adapter");
         a.save(dir, MODEL).expect("save");
     };
     save(&outside.path().join("a"));
@@ -347,7 +409,11 @@ async fn runtime_adapters_load_only_from_adapter_roots_and_refusals_reveal_nothi
     std::os::unix::fs::symlink(outside.path().join("a"), s.path("link")).expect("symlink");
     let load = |p: String| json!({"lora_name": "x", "lora_path": p});
     // Both temp folders sit side by side: climb out of the root and into the other.
-    let escape = format!("{}/../{}/a", s.dir.path().display(), outside.path().file_name().and_then(|n| n.to_str()).expect("name"));
+    let escape = format!(
+        "{}/../{}/a",
+        s.dir.path().display(),
+        outside.path().file_name().and_then(|n| n.to_str()).expect("name")
+    );
     let mut messages = Vec::new();
     for p in [
         outside.path().join("a").display().to_string(),
@@ -361,7 +427,16 @@ async fn runtime_adapters_load_only_from_adapter_roots_and_refusals_reveal_nothi
         assert_eq!((status, error_code(&v).1), (400, Some("lora_path")), "{p}: {v}");
         messages.push(v["error"]["message"].clone());
     }
-    assert!(messages.windows(2).all(|w| w[0] == w[1]), "the same answer for missing and forbidden: {messages:?}");
-    let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.admin), &load(s.path("inside").display().to_string())).await;
+    assert!(
+        messages.windows(2).all(|w| w[0] == w[1]),
+        "the same answer for missing and forbidden: {messages:?}"
+    );
+    let (status, v) = s
+        .post_json(
+            "/v1/load_lora_adapter",
+            Some(&s.keys.admin),
+            &load(s.path("inside").display().to_string()),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
 }

@@ -86,12 +86,14 @@ async fn each_request_leaves_one_inference_entry_between_start_and_stop_and_the_
     let (status, body) = post_id(&s, "/v1/chat/completions", Some(&user), "req-chat", &chat(false)).await;
     let v: Value = serde_json::from_str(&body).expect("json");
     expected.insert("req-chat", ("user", status, false, v["usage"].clone()));
-    let (status, body) = post_id(&s, "/v1/chat/completions", Some(&admin), "req-chat-stream", &chat(true)).await;
+    let (status, body) =
+        post_id(&s, "/v1/chat/completions", Some(&admin), "req-chat-stream", &chat(true)).await;
     expected.insert("req-chat-stream", ("admin", status, true, stream_text(&body, true).1));
     let (status, body) = post_id(&s, "/v1/completions", Some(&user), "req-cmpl", &completion(false)).await;
     let v: Value = serde_json::from_str(&body).expect("json");
     expected.insert("req-cmpl", ("user", status, false, v["usage"].clone()));
-    let (status, body) = post_id(&s, "/v1/completions", Some(&user), "req-cmpl-stream", &completion(true)).await;
+    let (status, body) =
+        post_id(&s, "/v1/completions", Some(&user), "req-cmpl-stream", &completion(true)).await;
     expected.insert("req-cmpl-stream", ("user", status, true, stream_text(&body, false).1));
     let missing = json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]});
     let (status, _) = post_id(&s, "/v1/chat/completions", Some(&user), "req-404", &missing).await;
@@ -119,17 +121,36 @@ async fn each_request_leaves_one_inference_entry_between_start_and_stop_and_the_
     let acts = actions(&all);
     assert_eq!(acts.first(), Some(&"serve.start"), "{acts:?}");
     assert_eq!(acts.last(), Some(&"serve.stop"), "{acts:?}");
-    assert_eq!(acts.iter().filter(|a| **a == "inference").count(), 5, "one per request that passed auth: {acts:?}");
+    assert_eq!(
+        acts.iter().filter(|a| **a == "inference").count(),
+        5,
+        "one per request that passed auth: {acts:?}"
+    );
     let start = &all[0];
     assert_eq!(start["subject"]["served_name"], MODEL);
     let files = start["subject"]["files"].as_object().expect("files");
-    assert!(!files.is_empty() && files.values().all(|d| d.as_str().is_some_and(|d| d.len() == 64)), "{start}");
-    assert_eq!((start["fields"]["auth"].as_bool(), start["fields"]["registry"].as_bool()), (Some(true), Some(false)), "{start}");
+    assert!(
+        !files.is_empty() && files.values().all(|d| d.as_str().is_some_and(|d| d.len() == 64)),
+        "{start}"
+    );
+    assert_eq!(
+        (start["fields"]["auth"].as_bool(), start["fields"]["registry"].as_bool()),
+        (Some(true), Some(false)),
+        "{start}"
+    );
     let by_id = inference_by_id(&all);
     for (id, (key, status, stream, usage)) in &expected {
         let e = by_id.get(*id).unwrap_or_else(|| panic!("no entry for {id}: {all:?}"));
-        assert_eq!((e["actor"].as_str(), e["fields"]["status"].as_u64()), (Some(*key), Some(u64::from(*status))), "{e}");
-        assert_eq!((e["subject"]["model"].as_str(), e["subject"]["resolved"].as_str()), (Some(MODEL), Some(MODEL)), "{e}");
+        assert_eq!(
+            (e["actor"].as_str(), e["fields"]["status"].as_u64()),
+            (Some(*key), Some(u64::from(*status))),
+            "{e}"
+        );
+        assert_eq!(
+            (e["subject"]["model"].as_str(), e["subject"]["resolved"].as_str()),
+            (Some(MODEL), Some(MODEL)),
+            "{e}"
+        );
         assert_eq!(e["fields"]["stream"].as_bool(), Some(*stream), "{e}");
         assert_eq!(e["fields"]["prompt_tokens"], usage["prompt_tokens"], "{id}: {e}");
         assert_eq!(e["fields"]["completion_tokens"], usage["completion_tokens"], "{id}: {e}");
@@ -141,8 +162,16 @@ async fn each_request_leaves_one_inference_entry_between_start_and_stop_and_the_
     assert_eq!(by_id["req-chat"]["fields"]["endpoint"], "chat");
     assert_eq!(by_id["req-cmpl-stream"]["fields"]["endpoint"], "completions");
     let e = &by_id["req-404"];
-    assert_eq!((e["fields"]["status"].as_u64(), e["outcome"].as_str(), e["fields"]["failure"].as_str()), (Some(404), Some("refused"), Some("model_not_found")), "{e}");
-    assert_eq!((e["subject"]["model"].as_str(), e["subject"]["resolved"].as_str()), (Some("no-such-model"), None), "{e}");
+    assert_eq!(
+        (e["fields"]["status"].as_u64(), e["outcome"].as_str(), e["fields"]["failure"].as_str()),
+        (Some(404), Some("refused"), Some("model_not_found")),
+        "{e}"
+    );
+    assert_eq!(
+        (e["subject"]["model"].as_str(), e["subject"]["resolved"].as_str()),
+        (Some("no-such-model"), None),
+        "{e}"
+    );
     assert!(!by_id.contains_key("req-401"), "a 401 is not audited");
     let report = log.verify(None).expect("verify");
     assert!(report.ok, "{:?}", report.problems);
@@ -174,10 +203,14 @@ fn answer_with_a(m: &mut ferrotune_model::LoadedModel) {
 async fn with_log_prompts_entries_hash_the_prompt_and_answer_and_hold_text_only_with_prompt_text() {
     for prompt_text in [false, true] {
         let mut s = prompts_server(prompt_text).await;
-        let body = json!({"model": MODEL, "prompt": "the quick brown fox", "max_tokens": 6, "temperature": 0});
+        let body =
+            json!({"model": MODEL, "prompt": "the quick brown fox", "max_tokens": 6, "temperature": 0});
         let (status, text) = post_id(&s, "/v1/completions", None, "plain", &body).await;
         assert_eq!(status, 200, "{text}");
-        let answer = serde_json::from_str::<Value>(&text).expect("json")["choices"][0]["text"].as_str().expect("text").to_string();
+        let answer = serde_json::from_str::<Value>(&text).expect("json")["choices"][0]["text"]
+            .as_str()
+            .expect("text")
+            .to_string();
         let mut streamed = body.clone();
         streamed["stream"] = true.into();
         let (status, text) = post_id(&s, "/v1/completions", None, "streamed", &streamed).await;
@@ -187,7 +220,11 @@ async fn with_log_prompts_entries_hash_the_prompt_and_answer_and_hold_text_only_
         let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4, "temperature": 0});
         let (status, text) = post_id(&s, "/v1/chat/completions", None, "chat", &chat).await;
         assert_eq!(status, 200, "{text}");
-        let chat_answer = serde_json::from_str::<Value>(&text).expect("json")["choices"][0]["message"]["content"].as_str().expect("c").to_string();
+        let chat_answer =
+            serde_json::from_str::<Value>(&text).expect("json")["choices"][0]["message"]["content"]
+                .as_str()
+                .expect("c")
+                .to_string();
         s.shutdown().await;
 
         let (_, all) = entries(&s);
@@ -195,12 +232,23 @@ async fn with_log_prompts_entries_hash_the_prompt_and_answer_and_hold_text_only_
         for (id, want) in [("plain", &answer), ("streamed", &stream_answer)] {
             let f = &by_id[id]["fields"];
             assert_eq!(by_id[id]["actor"], "anonymous", "auth is off");
-            assert_eq!(f["prompt_sha256"].as_str(), Some(sha256_hex("the quick brown fox").as_str()), "{id}: {f}");
+            assert_eq!(
+                f["prompt_sha256"].as_str(),
+                Some(sha256_hex("the quick brown fox").as_str()),
+                "{id}: {f}"
+            );
             assert_eq!(f["completion_sha256"].as_str(), Some(sha256_hex(want).as_str()), "{id}: {f}");
             if prompt_text {
-                assert_eq!((f["prompt"].as_str(), f["completion"].as_str()), (Some("the quick brown fox"), Some(want.as_str())), "{f}");
+                assert_eq!(
+                    (f["prompt"].as_str(), f["completion"].as_str()),
+                    (Some("the quick brown fox"), Some(want.as_str())),
+                    "{f}"
+                );
             } else {
-                assert!(f.get("prompt").is_none() && f.get("completion").is_none(), "no text without prompt_text: {f}");
+                assert!(
+                    f.get("prompt").is_none() && f.get("completion").is_none(),
+                    "no text without prompt_text: {f}"
+                );
             }
         }
         // Chat: the prompt as the model saw it (the rendered template).
@@ -211,7 +259,10 @@ async fn with_log_prompts_entries_hash_the_prompt_and_answer_and_hold_text_only_
             assert!(prompt.contains("hello there"), "{prompt}");
             assert_eq!(f["prompt_sha256"].as_str(), Some(sha256_hex(prompt).as_str()));
         } else {
-            assert!(f["prompt_sha256"].as_str().is_some_and(|h| h.len() == 64) && f.get("prompt").is_none(), "{f}");
+            assert!(
+                f["prompt_sha256"].as_str().is_some_and(|h| h.len() == 64) && f.get("prompt").is_none(),
+                "{f}"
+            );
         }
     }
 }
@@ -221,9 +272,21 @@ async fn adapter_loads_and_unloads_are_recorded_with_their_files_digests() {
     let mut s = start(audit_opts()).await;
     let dir = s.write_adapter("adapters/a1", 7);
     let admin = s.keys.admin.clone();
-    let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&admin), &json!({"lora_name": "a1", "lora_path": dir.display().to_string()})).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/load_lora_adapter",
+            Some(&admin),
+            &json!({"lora_name": "a1", "lora_path": dir.display().to_string()}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&admin), &json!({"model": "a1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            Some(&admin),
+            &json!({"model": "a1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     let (status, v) = s.post_json("/v1/unload_lora_adapter", Some(&admin), &json!({"lora_name": "a1"})).await;
     assert_eq!(status, 200, "{v}");
@@ -231,17 +294,35 @@ async fn adapter_loads_and_unloads_are_recorded_with_their_files_digests() {
 
     let (_, all) = entries(&s);
     let load = all.iter().find(|e| e["action"] == "serve.adapter-load").expect("adapter-load entry");
-    assert_eq!((load["actor"].as_str(), load["subject"]["adapter"].as_str(), load["outcome"].as_str()), (Some("admin"), Some("a1"), Some("ok")), "{load}");
+    assert_eq!(
+        (load["actor"].as_str(), load["subject"]["adapter"].as_str(), load["outcome"].as_str()),
+        (Some("admin"), Some("a1"), Some("ok")),
+        "{load}"
+    );
     let weights = ferrotune_model::store::sha256_file(&dir.join("adapter_model.safetensors")).expect("hash");
-    assert_eq!(load["subject"]["files"]["adapter_model.safetensors"].as_str(), Some(weights.as_str()), "{load}");
+    assert_eq!(
+        load["subject"]["files"]["adapter_model.safetensors"].as_str(),
+        Some(weights.as_str()),
+        "{load}"
+    );
     assert!(load["subject"]["files"]["adapter_config.json"].is_string(), "{load}");
     let inference = all.iter().find(|e| e["action"] == "inference").expect("inference");
     assert_eq!(inference["subject"]["resolved"], "a1");
     let unload = all.iter().find(|e| e["action"] == "serve.adapter-unload").expect("adapter-unload entry");
-    assert_eq!((unload["actor"].as_str(), unload["subject"]["adapter"].as_str(), unload["fields"]["reason"].as_str()), (Some("admin"), Some("a1"), Some("requested")));
+    assert_eq!(
+        (
+            unload["actor"].as_str(),
+            unload["subject"]["adapter"].as_str(),
+            unload["fields"]["reason"].as_str()
+        ),
+        (Some("admin"), Some("a1"), Some("requested"))
+    );
     let acts = actions(&all);
     let pos = |a: &str| acts.iter().position(|x| *x == a).expect(a);
-    assert!(pos("serve.adapter-load") < pos("inference") && pos("inference") < pos("serve.adapter-unload"), "{acts:?}");
+    assert!(
+        pos("serve.adapter-load") < pos("inference") && pos("inference") < pos("serve.adapter-unload"),
+        "{acts:?}"
+    );
 }
 
 fn hashes(files: &[PathBuf]) -> Vec<FileHash> {
@@ -260,12 +341,22 @@ fn hashes(files: &[PathBuf]) -> Vec<FileHash> {
 /// version's folder.
 async fn serve_a_registry_version(s: &Server, key: &str) -> (Registry, PathBuf) {
     let reg = Registry::open(&s.path("registry.db")).expect("registry");
-    let base_files = ferrotune_model::load_path(&s.model_dir, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu).expect("model").files;
+    let base_files =
+        ferrotune_model::load_path(&s.model_dir, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu)
+            .expect("model")
+            .files;
     let base = reg
-        .register_model(&NewModel { name: MODEL.into(), path: s.model_dir.display().to_string(), files: hashes(&base_files), config: json!({}), parameters: None })
+        .register_model(&NewModel {
+            name: MODEL.into(),
+            path: s.model_dir.display().to_string(),
+            files: hashes(&base_files),
+            config: json!({}),
+            parameters: None,
+        })
         .expect("base");
     let dir = std::fs::canonicalize(s.write_adapter("support-v1", 1)).expect("canonical");
-    let files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+    let files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
     let actor = ferrotune_govern::actor(Some("audit-test"));
     reg.register_artifact(&NewArtifact {
         name: "support".into(),
@@ -311,23 +402,53 @@ async fn a_registry_version_refused_for_a_tampered_file_is_recorded_with_the_fil
 
     let (log, all) = entries(&s);
     let load = all.iter().find(|e| e["action"] == "serve.adapter-load").expect("load");
-    assert_eq!((load["subject"]["artifact"].as_str(), load["actor"].as_str()), (Some("support@1"), Some("admin")), "{load}");
-    assert_eq!(load["subject"]["files"]["adapter_model.safetensors"].as_str(), Some(expected.as_str()), "{load}");
+    assert_eq!(
+        (load["subject"]["artifact"].as_str(), load["actor"].as_str()),
+        (Some("support@1"), Some("admin")),
+        "{load}"
+    );
+    assert_eq!(
+        load["subject"]["files"]["adapter_model.safetensors"].as_str(),
+        Some(expected.as_str()),
+        "{load}"
+    );
     let refused = all.iter().find(|e| e["action"] == "serve.refused").expect("serve.refused");
     let f = &refused["fields"];
-    assert_eq!((refused["subject"]["artifact"].as_str(), refused["outcome"].as_str()), (Some("support@1"), Some("refused")), "{refused}");
+    assert_eq!(
+        (refused["subject"]["artifact"].as_str(), refused["outcome"].as_str()),
+        (Some("support@1"), Some("refused")),
+        "{refused}"
+    );
     assert_eq!(f["reason"], "integrity_check_failed");
-    assert_eq!((f["file"].as_str(), f["expected_sha256"].as_str(), f["actual_sha256"].as_str()), (Some("adapter_model.safetensors"), Some(expected.as_str()), Some(actual.as_str())), "{f}");
-    let unload = all.iter().find(|e| e["action"] == "serve.adapter-unload").expect("unloaded after the failed check");
+    assert_eq!(
+        (f["file"].as_str(), f["expected_sha256"].as_str(), f["actual_sha256"].as_str()),
+        (Some("adapter_model.safetensors"), Some(expected.as_str()), Some(actual.as_str())),
+        "{f}"
+    );
+    let unload =
+        all.iter().find(|e| e["action"] == "serve.adapter-unload").expect("unloaded after the failed check");
     assert!(unload["fields"]["reason"].as_str().is_some_and(|r| r.contains("integrity")), "{unload}");
-    let failed = all.iter().filter(|e| e["action"] == "inference").find(|e| e["fields"]["status"] == 503).expect("the 503 request");
-    assert_eq!((failed["subject"]["model"].as_str(), failed["subject"]["artifact"].as_str()), (Some("support"), None), "{failed}");
+    let failed = all
+        .iter()
+        .filter(|e| e["action"] == "inference")
+        .find(|e| e["fields"]["status"] == 503)
+        .expect("the 503 request");
+    assert_eq!(
+        (failed["subject"]["model"].as_str(), failed["subject"]["artifact"].as_str()),
+        (Some("support"), None),
+        "{failed}"
+    );
     assert!(log.verify(None).expect("verify").ok);
 }
 
 /// The tiny model as `build_state` loads it (a folder path), everything in `dir`.
 fn build_config(dir: &Path, model_dir: &Path) -> ServeConfig {
-    let mut cfg = ServeConfig { model: model_dir.display().to_string(), served_model_name: Some(MODEL.into()), auth: false, ..Default::default() };
+    let mut cfg = ServeConfig {
+        model: model_dir.display().to_string(),
+        served_model_name: Some(MODEL.into()),
+        auth: false,
+        ..Default::default()
+    };
     cfg.keys_db = Some(dir.join("keys.db"));
     cfg.embeddings.model = String::new();
     cfg.registry.enabled = false;
@@ -347,9 +468,17 @@ async fn with_the_audit_log_off_no_audit_folder_is_written() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ferrotune_serve::serve(listener, state, async move { let _ = rx.await; }, Duration::from_secs(10)));
+    let server = tokio::spawn(ferrotune_serve::serve(
+        listener,
+        state,
+        async move {
+            let _ = rx.await;
+        },
+        Duration::from_secs(10),
+    ));
     let body = json!({"model": MODEL, "prompt": "hi", "max_tokens": 2});
-    let r = reqwest::Client::new().post(format!("{base}/v1/completions")).json(&body).send().await.expect("send");
+    let r =
+        reqwest::Client::new().post(format!("{base}/v1/completions")).json(&body).send().await.expect("send");
     assert_eq!(r.status().as_u16(), 200);
     let _ = tx.send(());
     server.await.expect("task").expect("serve");
@@ -365,12 +494,21 @@ async fn build_state_records_serve_start_with_the_base_files_digests() {
     assert!(state.audit.is_on(), "on by default");
     state.audit.close(ferrotune_serve::audit::events::stop(MODEL, 0, false)).await;
     let log = AuditLog::open(&tmp.path().join("audit"), &AuditConfig::default()).expect("open");
-    let all: Vec<Value> = log.entries(&Filter::default(), false).expect("entries").into_iter().map(|(_, v)| v).collect();
+    let all: Vec<Value> =
+        log.entries(&Filter::default(), false).expect("entries").into_iter().map(|(_, v)| v).collect();
     assert_eq!(actions(&all), ["serve.start", "serve.stop"]);
     let files = &all[0]["subject"]["files"];
-    for f in ferrotune_model::load_path(&model_dir, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu).expect("model").files {
+    for f in
+        ferrotune_model::load_path(&model_dir, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu)
+            .expect("model")
+            .files
+    {
         let name = f.file_name().expect("name").to_string_lossy().into_owned();
-        assert_eq!(files[&name].as_str(), Some(ferrotune_model::store::sha256_file(&f).expect("hash").as_str()), "{name}: {files}");
+        assert_eq!(
+            files[&name].as_str(),
+            Some(ferrotune_model::store::sha256_file(&f).expect("hash").as_str()),
+            "{name}: {files}"
+        );
     }
     assert_eq!(all[0]["subject"]["model"].as_str(), Some(model_dir.display().to_string().as_str()));
 }
@@ -382,7 +520,9 @@ async fn a_retention_under_183_days_refuses_to_start_naming_the_regulation() {
     ferrotune_model::testing::write_tiny_model(&model_dir).expect("tiny");
     let mut cfg = build_config(tmp.path(), &model_dir);
     cfg.audit.retention_days = 30;
-    let Err(err) = ferrotune_serve::build_state(cfg).await else { panic!("30 days is too short, yet the server started") };
+    let Err(err) = ferrotune_serve::build_state(cfg).await else {
+        panic!("30 days is too short, yet the server started")
+    };
     let err = err.to_string();
     assert!(err.contains("Art. 19") && err.contains("26(6)"), "{err}");
     assert!(err.contains("audit log"), "{err}");
@@ -411,7 +551,13 @@ async fn the_appender_writes_every_queued_event_in_order_before_stop() {
     assert_eq!(all[n].1["action"], "serve.stop");
     let report = log.verify(None).expect("verify");
     assert!(report.ok && report.checkpoints >= 1, "{:?}", report.problems);
-    let text = metrics.render(&ferrotune_serve::engine::EngineStats { running: 0, waiting: 0, kv_used: 0, kv_budget: 1, adapters: vec![] });
+    let text = metrics.render(&ferrotune_serve::engine::EngineStats {
+        running: 0,
+        waiting: 0,
+        kv_used: 0,
+        kv_budget: 1,
+        adapters: vec![],
+    });
     assert_eq!(metric_value(&text, "ferrotune:audit_events_total{action=\"inference\"}"), n as f64, "{text}");
 }
 
@@ -419,14 +565,27 @@ async fn the_appender_writes_every_queued_event_in_order_before_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grounded_answer_records_its_knowledge_base_and_sources_doc_ids() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let Some(embedder_dir) = ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_EMBEDDER) else { return };
+    let Some(embedder_dir) =
+        ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_EMBEDDER)
+    else {
+        return;
+    };
     let embedder = ferrotune_rag::Embedder::load(&embedder_dir).expect("the installed MiniLM loads");
     let docs = tmp.path().join("docs");
     std::fs::create_dir_all(&docs).expect("mkdir");
-    std::fs::write(docs.join("returns.md"), "# Returns\n\nItems can be returned within 30 days of delivery for a full refund.").expect("write");
-    std::fs::write(docs.join("shipping.md"), "# Shipping\n\nExpress delivery costs 9.95 and arrives the next working day.").expect("write");
+    std::fs::write(
+        docs.join("returns.md"),
+        "# Returns\n\nItems can be returned within 30 days of delivery for a full refund.",
+    )
+    .expect("write");
+    std::fs::write(
+        docs.join("shipping.md"),
+        "# Shipping\n\nExpress delivery costs 9.95 and arrives the next working day.",
+    )
+    .expect("write");
     let collected = ferrotune_rag::source::collect(&[docs]).expect("collect");
-    let mut w = ferrotune_rag::Writer::open(&tmp.path().join("kb/policies"), None, embedder.dim()).expect("writer");
+    let mut w =
+        ferrotune_rag::Writer::open(&tmp.path().join("kb/policies"), None, embedder.dim()).expect("writer");
     w.ingest(&collected.docs, &embedder, &mut |_| {}).expect("ingest");
     let rag = ferrotune_serve::config::RagConfig {
         kb_dir: Some(tmp.path().join("kb")),
@@ -436,10 +595,12 @@ async fn a_grounded_answer_records_its_knowledge_base_and_sources_doc_ids() {
     };
     let mut s = start(Opts { rag: Some(rag), ..audit_opts() }).await;
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "How many days do I have to return an item?"}], "max_tokens": 2});
-    let (status, text) = post_id(&s, "/v1/chat/completions", Some(&s.keys.user.clone()), "grounded", &body).await;
+    let (status, text) =
+        post_id(&s, "/v1/chat/completions", Some(&s.keys.user.clone()), "grounded", &body).await;
     assert_eq!(status, 200, "{text}");
     let v: Value = serde_json::from_str(&text).expect("json");
-    let want: Vec<&str> = v["sources"].as_array().expect("sources").iter().filter_map(|x| x["doc_id"].as_str()).collect();
+    let want: Vec<&str> =
+        v["sources"].as_array().expect("sources").iter().filter_map(|x| x["doc_id"].as_str()).collect();
     s.shutdown().await;
     let (_, all) = entries(&s);
     let f = &inference_by_id(&all)["grounded"]["fields"];
@@ -453,7 +614,8 @@ async fn the_kill_switch_unload_and_the_refusals_after_it_are_recorded_with_the_
     let mut s = start(Opts { registry: true, ..audit_opts() }).await;
     let key = s.keys.admin.clone();
     let (reg, _) = serve_a_registry_version(&s, &key).await;
-    reg.disable("support", 1, "leaks customer data", &ferrotune_govern::actor(Some("audit-test"))).expect("disable");
+    reg.disable("support", 1, "leaks customer data", &ferrotune_govern::actor(Some("audit-test")))
+        .expect("disable");
     let t0 = Instant::now();
     while s.state.engine.adapters().contains(&"support@1".to_string()) {
         assert!(t0.elapsed() < Duration::from_secs(3), "the kill switch did not unload the version");
@@ -464,11 +626,25 @@ async fn the_kill_switch_unload_and_the_refusals_after_it_are_recorded_with_the_
     s.shutdown().await;
 
     let (_, all) = entries(&s);
-    let unload = all.iter().find(|e| e["action"] == "serve.adapter-unload").expect("the kill switch's unload");
+    let unload =
+        all.iter().find(|e| e["action"] == "serve.adapter-unload").expect("the kill switch's unload");
     assert_eq!(unload["subject"]["artifact"], "support@1");
-    assert_eq!(unload["actor"].as_str(), Some(ferrotune_serve::audit::events::server_actor().as_str()), "the server acted: {unload}");
-    assert!(unload["fields"]["reason"].as_str().is_some_and(|r| r.contains("kill switch") && r.contains("leaks customer data")), "{unload}");
+    assert_eq!(
+        unload["actor"].as_str(),
+        Some(ferrotune_serve::audit::events::server_actor().as_str()),
+        "the server acted: {unload}"
+    );
+    assert!(
+        unload["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("kill switch") && r.contains("leaks customer data")),
+        "{unload}"
+    );
     let refused = all.iter().find(|e| e["action"] == "serve.refused").expect("serve.refused");
-    assert_eq!((refused["actor"].as_str(), refused["fields"]["reason"].as_str()), (Some("admin"), Some("model_disabled")), "{refused}");
+    assert_eq!(
+        (refused["actor"].as_str(), refused["fields"]["reason"].as_str()),
+        (Some("admin"), Some("model_disabled")),
+        "{refused}"
+    );
     assert_eq!(refused["fields"]["disabled_reason"], "leaks customer data");
 }

@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use support::{MODEL, Opts, metric_value, sse_data, start};
 
 const DOCS: [(&str, &str); 3] = [
-    ("returns.md", "# Returns\n\nStandard customers can return an item within 30 days of delivery for a full refund."),
+    (
+        "returns.md",
+        "# Returns\n\nStandard customers can return an item within 30 days of delivery for a full refund.",
+    ),
     ("shipping.md", "# Shipping\n\nExpress delivery costs 9.95 and arrives the next working day."),
     ("warranty.md", "# Warranty\n\nEvery appliance has a two-year warranty covering manufacturing faults."),
 ];
@@ -47,7 +50,12 @@ async fn attached_and_requested_knowledge_bases_ground_the_answer_with_sources()
     if build_kb(tmp.path()).is_none() {
         return;
     }
-    let rag = RagConfig { kb_dir: Some(tmp.path().join("kb")), attach: BTreeMap::from([(MODEL.to_string(), "policies".to_string())]), k: 2, ..RagConfig::default() };
+    let rag = RagConfig {
+        kb_dir: Some(tmp.path().join("kb")),
+        attach: BTreeMap::from([(MODEL.to_string(), "policies".to_string())]),
+        k: 2,
+        ..RagConfig::default()
+    };
     let s = start(Opts { rag: Some(rag), cache: false, ..Opts::default() }).await;
 
     // Attached in the config: sources come back, best first, with char spans.
@@ -74,17 +82,26 @@ async fn attached_and_requested_knowledge_bases_ground_the_answer_with_sources()
 
     // Named in the body: the attached base is allowed to a key that may use the model; another
     // needs the key's kbs scope (403 before the name is looked at); admin keys have every base.
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": "policies"}))).await;
+    let (status, v) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": "policies"})))
+        .await;
     assert_eq!(status, 200, "{v}");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": "nope"}))).await;
+    let (status, v) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": "nope"})))
+        .await;
     assert_eq!(status, 403, "{v}");
     // Per request, and errors: unknown KB → 404, bad type → 400 naming the field.
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat(json!({"knowledge_base": "nope"}))).await;
+    let (status, v) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.admin), &chat(json!({"knowledge_base": "nope"})))
+        .await;
     assert_eq!(status, 404, "{v}");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": 3}))).await;
+    let (status, v) =
+        s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat(json!({"knowledge_base": 3}))).await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "knowledge_base");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat(json!({"knowledge_base": "../etc"}))).await;
+    let (status, v) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.admin), &chat(json!({"knowledge_base": "../etc"})))
+        .await;
     assert_eq!(status, 400, "{v}");
 
     // Retrieval time is in the metrics.
@@ -93,7 +110,13 @@ async fn attached_and_requested_knowledge_bases_ground_the_answer_with_sources()
 }
 
 fn text_doc(id: &str, text: &str) -> ferrotune_rag::SourceDoc {
-    ferrotune_rag::SourceDoc::new(id.into(), id.into(), ferrotune_rag::DocKind::Text, text.into(), serde_json::Map::new())
+    ferrotune_rag::SourceDoc::new(
+        id.into(),
+        id.into(),
+        ferrotune_rag::DocKind::Text,
+        text.into(),
+        serde_json::Map::new(),
+    )
 }
 
 /// Regression: every grounded request reloaded the whole knowledge base (~150 MB at 100k
@@ -104,30 +127,47 @@ async fn a_knowledge_base_is_reloaded_only_after_it_changes_and_then_shows_the_c
     let tmp = tempfile::tempdir().expect("tmp");
     let kb_dir = tmp.path().join("kb/notes");
     let mut w = Writer::open(&kb_dir, None, 2).expect("writer");
-    w.ingest_with_vectors(&[text_doc("returns.txt", "Returns are accepted within 30 days.")], &mut |_| vec![1.0, 0.0])
-        .expect("ingest");
-    let rag = RagConfig { kb_dir: Some(tmp.path().join("kb")), k: 2, context_tokens: 200, mode: "bm25".into(), ..RagConfig::default() };
+    w.ingest_with_vectors(&[text_doc("returns.txt", "Returns are accepted within 30 days.")], &mut |_| {
+        vec![1.0, 0.0]
+    })
+    .expect("ingest");
+    let rag = RagConfig {
+        kb_dir: Some(tmp.path().join("kb")),
+        k: 2,
+        context_tokens: 200,
+        mode: "bm25".into(),
+        ..RagConfig::default()
+    };
     let s = start(Opts { rag: Some(rag), cache: false, ..Opts::default() }).await;
     // The admin key: a per-request knowledge base needs the key's scope (admin keys have all).
-    let ask = |q: &str| {
-        json!({"model": MODEL, "knowledge_base": "notes", "messages": [{"role": "user", "content": q}], "max_tokens": 1, "temperature": 0})
-    };
+    let ask = |q: &str| json!({"model": MODEL, "knowledge_base": "notes", "messages": [{"role": "user", "content": q}], "max_tokens": 1, "temperature": 0});
     let docs = |v: &Value| -> Vec<String> {
-        v["sources"].as_array().map(|a| a.iter().filter_map(|s| s["doc_id"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v["sources"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["doc_id"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     };
     for _ in 0..3 {
-        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("scooter speed limit")).await;
+        let (status, v) =
+            s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("scooter speed limit")).await;
         assert_eq!(status, 200, "{v}");
         assert!(!docs(&v).contains(&"scooter.txt".to_string()));
     }
     assert_eq!(s.state.knowledge.reloads(), 0, "nothing changed: no reload");
 
     // `rag ingest` in another process, as far as the server can tell.
-    w.ingest_with_vectors(&[text_doc("scooter.txt", "The scooter speed limit is 20 km/h.")], &mut |_| vec![0.0, 1.0])
-        .expect("ingest");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("scooter speed limit")).await;
+    w.ingest_with_vectors(&[text_doc("scooter.txt", "The scooter speed limit is 20 km/h.")], &mut |_| {
+        vec![0.0, 1.0]
+    })
+    .expect("ingest");
+    let (status, v) =
+        s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("scooter speed limit")).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(docs(&v).first().map(String::as_str), Some("scooter.txt"), "the next request sees the new chunk: {v}");
+    assert_eq!(
+        docs(&v).first().map(String::as_str),
+        Some("scooter.txt"),
+        "the next request sees the new chunk: {v}"
+    );
     assert_eq!(s.state.knowledge.reloads(), 1);
     let (status, _) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &ask("returns")).await;
     assert_eq!(status, 200);

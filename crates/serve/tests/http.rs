@@ -37,11 +37,20 @@ async fn chat_completion_answers_with_text_and_usage() {
     let u = &v["usage"];
     assert!(u["prompt_tokens"].as_u64().expect("prompt") > 0);
     assert!(u["completion_tokens"].as_u64().expect("completion") <= 8);
-    assert_eq!(u["total_tokens"], u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0));
+    assert_eq!(
+        u["total_tokens"],
+        u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0)
+    );
     assert!(v["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-")));
 
     // n choices, each its own.
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({"n": 3, "temperature": 1.0, "seed": 7}))).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            Some(&s.keys.user),
+            &chat_body(json!({"n": 3, "temperature": 1.0, "seed": 7})),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"].as_array().map(Vec::len), Some(3));
 }
@@ -60,7 +69,8 @@ async fn streaming_chat_sends_chunks_then_done_and_matches_the_plain_answer() {
     let text = resp.text().await.expect("body");
     let data = sse_data(&text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
-    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk json")).collect();
+    let chunks: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk json")).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     let content: String = chunks
@@ -68,7 +78,11 @@ async fn streaming_chat_sends_chunks_then_done_and_matches_the_plain_answer() {
         .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str()))
         .collect();
     assert_eq!(content, plain["choices"][0]["message"]["content"].as_str().unwrap_or("?"));
-    let finish: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"].get(0)).filter(|ch| !ch["finish_reason"].is_null()).collect();
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .filter(|ch| !ch["finish_reason"].is_null())
+        .collect();
     assert_eq!(finish.len(), 1);
     assert_eq!(finish[0]["finish_reason"], "length");
     let usage = &chunks.last().expect("usage chunk")["usage"];
@@ -96,7 +110,8 @@ async fn completions_with_echo_return_prompt_logprobs_for_loglikelihood_scoring(
         let top = lp["top_logprobs"].as_array().expect("top_logprobs");
         assert!(top[0].is_null());
         for (t, x) in top[1..].iter().zip(&tl[1..]) {
-            let best = t.as_object().expect("dict").values().filter_map(Value::as_f64).fold(f64::MIN, f64::max);
+            let best =
+                t.as_object().expect("dict").values().filter_map(Value::as_f64).fold(f64::MIN, f64::max);
             assert!(best >= x.as_f64().unwrap_or(0.0) - 1e-6);
         }
         assert_eq!(lp["tokens"].as_array().map(Vec::len), Some(len));
@@ -115,7 +130,13 @@ async fn completions_with_echo_return_prompt_logprobs_for_loglikelihood_scoring(
     assert_eq!(c["logprobs"]["token_logprobs"].as_array().map(Vec::len), Some(n_prompt + 4));
 
     // Plain completion without logprobs.
-    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &json!({"model": MODEL, "prompt": "hi", "max_tokens": 3})).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/completions",
+            Some(&s.keys.user),
+            &json!({"model": MODEL, "prompt": "hi", "max_tokens": 3}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
     assert!(v["choices"][0]["logprobs"].is_null());
@@ -247,12 +268,22 @@ async fn keys_are_required_scoped_and_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_with_retry_after() {
-    let engine = ferrotune_serve::engine::EngineConfig { max_batch: 1, kv_token_budget: 512, queue_capacity: 1, ..Default::default() };
+    let engine = ferrotune_serve::engine::EngineConfig {
+        max_batch: 1,
+        kv_token_budget: 512,
+        queue_capacity: 1,
+        ..Default::default()
+    };
     let s = start(Opts { engine, cache: false, ..Opts::default() }).await;
-    let body = json!({"model": MODEL, "prompt": "slow", "max_tokens": 400, "ignore_eos": true, "temperature": 0});
+    let body =
+        json!({"model": MODEL, "prompt": "slow", "max_tokens": 400, "ignore_eos": true, "temperature": 0});
     // One key may hold only its fair share of the engine, so eight keys fill it.
     let keys: Vec<String> = (0..8)
-        .map(|i| s.store().create(&ferrotune_serve::keys::ApiKey { name: format!("q{i}"), ..Default::default() }).expect("key"))
+        .map(|i| {
+            s.store()
+                .create(&ferrotune_serve::keys::ApiKey { name: format!("q{i}"), ..Default::default() })
+                .expect("key")
+        })
         .collect();
     let reqs = keys.iter().map(|k| s.post("/v1/completions", Some(k), &body));
     let resps = futures_util::future::join_all(reqs).await;
@@ -272,7 +303,11 @@ async fn a_full_queue_answers_503_with_retry_after() {
     }
     assert!(ok >= 1 && full >= 1, "ok {ok}, queue full {full}");
     let m = s.metrics().await;
-    assert_eq!(metric_value(&m, "ferrotune:failed_requests_total{reason=\"queue_full\"}"), full as f64, "{m}");
+    assert_eq!(
+        metric_value(&m, "ferrotune:failed_requests_total{reason=\"queue_full\"}"),
+        full as f64,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,10 +319,20 @@ async fn a_repeated_deterministic_request_is_served_from_the_cache() {
     assert_eq!(a["choices"], b["choices"]);
     assert_ne!(a["id"], b["id"], "a cached answer gets a fresh id");
     let m = s.metrics().await;
-    assert_eq!(metric_value(&m, "ferrotune:response_cache_hits_total{model=\"tiny\",adapter=\"\"}"), 1.0, "{m}");
-    assert_eq!(metric_value(&m, "ferrotune:response_cache_misses_total{model=\"tiny\",adapter=\"\"}"), 1.0, "{m}");
+    assert_eq!(
+        metric_value(&m, "ferrotune:response_cache_hits_total{model=\"tiny\",adapter=\"\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "ferrotune:response_cache_misses_total{model=\"tiny\",adapter=\"\"}"),
+        1.0,
+        "{m}"
+    );
     // Sampled without a seed: never cached.
-    let (_, _) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({"temperature": 0.8}))).await;
+    let (_, _) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({"temperature": 0.8})))
+        .await;
     let m = s.metrics().await;
     assert_eq!(metric_value(&m, "ferrotune:response_cache_misses_total{model=\"tiny\",adapter=\"\"}"), 1.0);
     // The engine metrics are there too.
@@ -309,28 +354,44 @@ async fn adapters_load_and_unload_at_runtime_with_an_admin_key() {
     let s = start(Opts::default()).await;
     let dir = s.path("adapter");
     {
-        let mut m = ferrotune_model::load_path(&s.path("model"), ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu)
-            .expect("model");
-        let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), 1).expect("adapter");
+        let mut m = ferrotune_model::load_path(
+            &s.path("model"),
+            ferrotune_model::WeightMode::F32,
+            &candle_core::Device::Cpu,
+        )
+        .expect("model");
+        let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), 1)
+            .expect("adapter");
         a.save(&dir, MODEL).expect("save");
     }
     let load = json!({"lora_name": "support", "lora_path": dir.display().to_string()});
     let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.user), &load).await;
     assert_eq!(status, 403, "{v}");
-    let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.admin), &json!({"lora_name": "x", "lora_path": "/nonexistent"})).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/load_lora_adapter",
+            Some(&s.keys.admin),
+            &json!({"lora_name": "x", "lora_path": "/nonexistent"}),
+        )
+        .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(error_of(&v).2, Some("lora_path"));
     let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.admin), &load).await;
     assert_eq!(status, 200, "{v}");
     let (_, list) = s.get("/v1/models", Some(&s.keys.admin)).await;
     let list: Value = serde_json::from_str(&list).expect("json");
-    let ids: Vec<&str> = list["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
+    let ids: Vec<&str> =
+        list["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(ids, [MODEL, "support"]);
     // Served by name; the user key is scoped to the base only.
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat_body(json!({"model": "support"}))).await;
+    let (status, v) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.admin), &chat_body(json!({"model": "support"})))
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["model"], "support");
-    let (status, _) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({"model": "support"}))).await;
+    let (status, _) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({"model": "support"})))
+        .await;
     assert_eq!(status, 403);
 
     let unload = json!({"lora_name": "support"});
@@ -340,7 +401,9 @@ async fn adapters_load_and_unload_at_runtime_with_an_admin_key() {
     assert_eq!(status, 200, "{v}");
     let (status, _) = s.post_json("/v1/unload_lora_adapter", Some(&s.keys.admin), &unload).await;
     assert_eq!(status, 404);
-    let (status, _) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat_body(json!({"model": "support"}))).await;
+    let (status, _) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.admin), &chat_body(json!({"model": "support"})))
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -353,7 +416,10 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_stops() {
     s.signal_shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(s.state.is_shutting_down());
-    assert!(s.client.get(format!("{}/health", s.base)).send().await.is_err(), "new connections are refused while draining");
+    assert!(
+        s.client.get(format!("{}/health", s.base)).send().await.is_err(),
+        "new connections are refused while draining"
+    );
     let text = resp.text().await.expect("the stream finishes");
     let data = sse_data(&text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
@@ -391,7 +457,12 @@ fn cache_counts(metrics: &str, adapter: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_answers_are_never_served_for_other_weights_under_the_same_name() {
     let a = start(Opts::default()).await;
-    let b = start(Opts { shared_cache: Some(a.state.cache.clone()), model_dir: Some(a.model_dir.clone()), ..Opts::default() }).await;
+    let b = start(Opts {
+        shared_cache: Some(a.state.cache.clone()),
+        model_dir: Some(a.model_dir.clone()),
+        ..Opts::default()
+    })
+    .await;
     // Same base files on both: they share (the base is keyed by its files' digest).
     let body = chat_body(json!({"max_tokens": 4}));
     let (_, first) = a.post_json("/v1/chat/completions", Some(&a.keys.admin), &body).await;
@@ -418,9 +489,18 @@ async fn cached_answers_are_never_served_for_other_weights_under_the_same_name()
         let (c, base, key) = (s.client.clone(), s.base.clone(), s.keys.admin.clone());
         let load = json!({"lora_name": "support", "lora_path": dir.display().to_string()});
         async move {
-            let unload = c.post(format!("{base}/v1/unload_lora_adapter")).bearer_auth(&key).json(&json!({"lora_name": "support"}));
+            let unload = c
+                .post(format!("{base}/v1/unload_lora_adapter"))
+                .bearer_auth(&key)
+                .json(&json!({"lora_name": "support"}));
             assert_eq!(unload.send().await.expect("unload").status().as_u16(), 200);
-            let r = c.post(format!("{base}/v1/load_lora_adapter")).bearer_auth(&key).json(&load).send().await.expect("load");
+            let r = c
+                .post(format!("{base}/v1/load_lora_adapter"))
+                .bearer_auth(&key)
+                .json(&load)
+                .send()
+                .await
+                .expect("load");
             assert_eq!(r.status().as_u16(), 200);
         }
     };
@@ -453,7 +533,10 @@ async fn cached_answers_are_never_served_for_other_weights_under_the_same_name()
 /// accepting connections soon after).
 async fn ready_status(state: &ferrotune_serve::AppState) -> u16 {
     use tower::ServiceExt;
-    let req = axum::http::Request::get("/ready").header("host", "localhost").body(axum::body::Body::empty()).expect("request");
+    let req = axum::http::Request::get("/ready")
+        .header("host", "localhost")
+        .body(axum::body::Body::empty())
+        .expect("request");
     ferrotune_serve::app(state.clone()).oneshot(req).await.expect("response").status().as_u16()
 }
 
@@ -467,7 +550,10 @@ async fn a_dead_engine_makes_ready_503_and_serve_return_an_error() {
     let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({}))).await;
     assert!(status == 500 || status == 503, "{status} {v}");
     let handle = s.handle.take().expect("server task");
-    let r = tokio::time::timeout(Duration::from_secs(20), handle).await.expect("the server stops by itself").expect("join");
+    let r = tokio::time::timeout(Duration::from_secs(20), handle)
+        .await
+        .expect("the server stops by itself")
+        .expect("join");
     assert!(r.is_err(), "serve must return an error so the process exits non-zero: {r:?}");
     assert!(!s.state.engine.is_alive());
     assert_eq!(ready_status(&s.state).await, 503);
@@ -490,7 +576,9 @@ async fn a_panic_while_loading_an_adapter_fails_that_load_and_the_engine_lives_o
     assert_eq!(ready_status(&s.state).await, 200);
     let (status, v) = s.post_json("/v1/load_lora_adapter", Some(&s.keys.admin), &load).await;
     assert_eq!(status, 200, "{v}");
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.admin), &chat_body(json!({"model": "support"}))).await;
+    let (status, v) = s
+        .post_json("/v1/chat/completions", Some(&s.keys.admin), &chat_body(json!({"model": "support"})))
+        .await;
     assert_eq!(status, 200, "{v}");
 }
 
@@ -507,7 +595,9 @@ async fn openai_fields_we_cannot_honour_get_400_naming_them_while_defaults_pass(
         ("audio", json!({"voice": "alloy", "format": "wav"})),
         ("store", json!(true)),
     ] {
-        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({ field: value }))).await;
+        let (status, v) = s
+            .post_json("/v1/chat/completions", Some(&s.keys.user), &chat_body(json!({ field: value })))
+            .await;
         assert_eq!(status, 400, "{field}: {v}");
         assert_eq!(error_of(&v), ("invalid_request_error", "invalid_value", Some(field)), "{v}");
     }
@@ -532,9 +622,12 @@ async fn openai_fields_we_cannot_honour_get_400_naming_them_while_defaults_pass(
         }
         b
     };
-    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &c(json!({"logit_bias": {"1": -100}}))).await;
+    let (status, v) =
+        s.post_json("/v1/completions", Some(&s.keys.user), &c(json!({"logit_bias": {"1": -100}}))).await;
     assert_eq!((status, error_of(&v).2), (400, Some("logit_bias")), "{v}");
-    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.user), &c(json!({"logit_bias": {}, "suffix": null}))).await;
+    let (status, v) = s
+        .post_json("/v1/completions", Some(&s.keys.user), &c(json!({"logit_bias": {}, "suffix": null})))
+        .await;
     assert_eq!(status, 200, "{v}");
 }
 
@@ -543,29 +636,58 @@ async fn tokenize_and_detokenize_answer_like_vllm() {
     let s = start(Opts::default()).await;
     let info = s.state.engine.info();
     // A prompt round trip.
-    let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &json!({"model": MODEL, "prompt": "Hello, wörld", "add_special_tokens": false})).await;
+    let (status, v) = s
+        .post_json(
+            "/tokenize",
+            Some(&s.keys.user),
+            &json!({"model": MODEL, "prompt": "Hello, wörld", "add_special_tokens": false}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     let tokens: Vec<u64> = v["tokens"].as_array().expect("tokens").iter().filter_map(Value::as_u64).collect();
     assert_eq!(v["count"].as_u64(), Some(tokens.len() as u64));
     assert_eq!(v["max_model_len"].as_u64(), Some(info.context_len as u64));
     assert!(v.get("token_strs").is_none(), "only on request: {v}");
-    let (status, d) = s.post_json("/detokenize", Some(&s.keys.user), &json!({"model": MODEL, "tokens": tokens})).await;
+    let (status, d) =
+        s.post_json("/detokenize", Some(&s.keys.user), &json!({"model": MODEL, "tokens": tokens})).await;
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["prompt"], "Hello, wörld");
 
     // Messages go through the model's chat template, exactly as chat completions render them.
     let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]);
-    let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &json!({"model": MODEL, "messages": messages, "return_token_strs": true})).await;
+    let (status, v) = s
+        .post_json(
+            "/tokenize",
+            Some(&s.keys.user),
+            &json!({"model": MODEL, "messages": messages, "return_token_strs": true}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
-    let msgs = [ferrotune_model::Message::new("system", "Be brief."), ferrotune_model::Message::new("user", "hello")];
+    let msgs = [
+        ferrotune_model::Message::new("system", "Be brief."),
+        ferrotune_model::Message::new("user", "hello"),
+    ];
     let want = info.encode(&info.render_chat(&msgs, true).expect("render"), false).expect("encode");
-    let got: Vec<u32> = v["tokens"].as_array().expect("tokens").iter().filter_map(|t| t.as_u64().map(|t| t as u32)).collect();
+    let got: Vec<u32> =
+        v["tokens"].as_array().expect("tokens").iter().filter_map(|t| t.as_u64().map(|t| t as u32)).collect();
     assert_eq!(got, want);
     assert_eq!(v["token_strs"].as_array().map(Vec::len), Some(want.len()));
-    let (_, chat) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &json!({"model": MODEL, "messages": messages, "max_tokens": 1})).await;
+    let (_, chat) = s
+        .post_json(
+            "/v1/chat/completions",
+            Some(&s.keys.user),
+            &json!({"model": MODEL, "messages": messages, "max_tokens": 1}),
+        )
+        .await;
     assert_eq!(chat["usage"]["prompt_tokens"].as_u64(), Some(want.len() as u64), "{chat}");
     // Left open for the model to continue: the rendering stops after the last message's text.
-    let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &json!({"messages": messages, "add_generation_prompt": false, "continue_final_message": true})).await;
+    let (status, v) = s
+        .post_json(
+            "/tokenize",
+            Some(&s.keys.user),
+            &json!({"messages": messages, "add_generation_prompt": false, "continue_final_message": true}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     let (_, d) = s.post_json("/detokenize", Some(&s.keys.user), &json!({"tokens": v["tokens"]})).await;
     assert!(d["prompt"].as_str().is_some_and(|p| p.ends_with("hello")), "{d}");
@@ -582,7 +704,10 @@ async fn tokenize_and_detokenize_answer_like_vllm() {
     for (body, param) in [
         (json!({"prompt": "a", "messages": messages}), "messages"),
         (json!({"model": MODEL}), "prompt"),
-        (json!({"messages": messages, "continue_final_message": true, "add_generation_prompt": true}), "continue_final_message"),
+        (
+            json!({"messages": messages, "continue_final_message": true, "add_generation_prompt": true}),
+            "continue_final_message",
+        ),
         (json!({"messages": messages, "tools": [{"type": "function"}]}), "tools"),
     ] {
         let (status, v) = s.post_json("/tokenize", Some(&s.keys.user), &body).await;
@@ -592,7 +717,8 @@ async fn tokenize_and_detokenize_answer_like_vllm() {
     assert_eq!(status, 401);
     let (status, _) = s.post_json("/tokenize", Some(&s.keys.other), &json!({"prompt": "a"})).await;
     assert_eq!(status, 403, "a key scoped to another model");
-    let (status, _) = s.post_json("/detokenize", Some(&s.keys.user), &json!({"model": "nope", "tokens": [1]})).await;
+    let (status, _) =
+        s.post_json("/detokenize", Some(&s.keys.user), &json!({"model": "nope", "tokens": [1]})).await;
     assert_eq!(status, 404);
 }
 
@@ -601,54 +727,27 @@ async fn tokenize_and_detokenize_answer_like_vllm() {
 /// 8k tokens; the process could abort). Now it is prefilled and scored in chunks, prompts past
 /// the limits get a 400 naming them, and the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refused_and_serving_goes_on()
- {
-    let engine = ferrotune_serve::engine::EngineConfig {
-        prefill_chunk_tokens: 64,
-        ..Default::default()
-    };
-    let s = start(Opts {
-        engine,
-        cache: false,
-        ..Opts::default()
-    })
-    .await;
+async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refused_and_serving_goes_on() {
+    let engine = ferrotune_serve::engine::EngineConfig { prefill_chunk_tokens: 64, ..Default::default() };
+    let s = start(Opts { engine, cache: false, ..Opts::default() }).await;
     let ctx = 512; // the tiny model's context
     let ids: Vec<u32> = (0..ctx).map(|i| 3 + (i * 13 % 250) as u32).collect();
     // Scoring the whole context (max_tokens 0) fits.
     let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 1});
-    let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
-        .await;
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.scorer), &body).await;
     assert_eq!(status, 200, "{v}");
-    let tl = v["choices"][0]["logprobs"]["token_logprobs"]
-        .as_array()
-        .expect("token_logprobs");
+    let tl = v["choices"][0]["logprobs"]["token_logprobs"].as_array().expect("token_logprobs");
     assert_eq!(tl.len(), ctx as usize);
-    assert!(
-        tl[1..]
-            .iter()
-            .all(|x| x.as_f64().is_some_and(|x| x <= 0.0 && x.is_finite()))
-    );
+    assert!(tl[1..].iter().all(|x| x.as_f64().is_some_and(|x| x <= 0.0 && x.is_finite())));
     // One token more than the context holds: refused, naming the prompt and the context.
     for (prompt, max_tokens) in [(ids.clone(), 1), ([ids.clone(), vec![5]].concat(), 0)] {
-        let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "echo": true, "logprobs": 1});
-        let (status, v) = s
-            .post_json("/v1/completions", Some(&s.keys.scorer), &body)
-            .await;
+        let body =
+            json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "echo": true, "logprobs": 1});
+        let (status, v) = s.post_json("/v1/completions", Some(&s.keys.scorer), &body).await;
         assert_eq!(status, 400, "{v}");
         let (kind, _, param) = error_of(&v);
-        assert_eq!(
-            (kind, param),
-            ("invalid_request_error", Some("prompt")),
-            "{v}"
-        );
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("512")),
-            "{v}"
-        );
+        assert_eq!((kind, param), ("invalid_request_error", Some("prompt")), "{v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("512")), "{v}");
     }
     let (status, v) = s
         .post_json(
@@ -660,26 +759,14 @@ async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refu
     assert_eq!(status, 200, "{v}");
 
     // An operator's max_prompt_tokens is enforced by name, for completions and chat.
-    let engine = ferrotune_serve::engine::EngineConfig {
-        max_prompt_tokens: Some(100),
-        ..Default::default()
-    };
-    let s = start(Opts {
-        engine,
-        cache: false,
-        ..Opts::default()
-    })
-    .await;
+    let engine = ferrotune_serve::engine::EngineConfig { max_prompt_tokens: Some(100), ..Default::default() };
+    let s = start(Opts { engine, cache: false, ..Opts::default() }).await;
     let body = json!({"model": MODEL, "prompt": &ids[..101], "max_tokens": 1, "echo": true, "logprobs": 1});
-    let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
-        .await;
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.scorer), &body).await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(error_of(&v).2, Some("prompt"));
     assert!(
-        v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("max_prompt_tokens") && m.contains("100")),
+        v["error"]["message"].as_str().is_some_and(|m| m.contains("max_prompt_tokens") && m.contains("100")),
         "{v}"
     );
     let long = "x".repeat(150);
@@ -693,9 +780,7 @@ async fn a_full_context_token_prompt_with_echo_and_logprobs_completes_or_is_refu
     assert_eq!(status, 400, "{v}");
     assert_eq!(error_of(&v).2, Some("messages"));
     let body = json!({"model": MODEL, "prompt": &ids[..100], "max_tokens": 1, "echo": true, "logprobs": 1});
-    let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
-        .await;
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.scorer), &body).await;
     assert_eq!(status, 200, "{v}");
 }
 
@@ -709,17 +794,10 @@ async fn lm_eval_scoring_gets_eos_back_as_the_generated_token() {
         let eos = m.eos_ids[0];
         ferrotune_model::testing::make_token_dominant(&mut m.model, eos).expect("bias");
     }
-    let s = start(Opts {
-        cache: false,
-        tweak: Some(eos_always),
-        ..Opts::default()
-    })
-    .await;
+    let s = start(Opts { cache: false, tweak: Some(eos_always), ..Opts::default() }).await;
     let prompt = vec![10u32, 20, 30, 40, 50];
     let body = json!({"model": MODEL, "prompt": [prompt], "max_tokens": 1, "echo": true, "logprobs": 1, "temperature": 0});
-    let (status, v) = s
-        .post_json("/v1/completions", Some(&s.keys.scorer), &body)
-        .await;
+    let (status, v) = s.post_json("/v1/completions", Some(&s.keys.scorer), &body).await;
     assert_eq!(status, 200, "{v}");
     let c = &v["choices"][0];
     assert_eq!(c["finish_reason"], "stop", "{v}");
@@ -729,26 +807,12 @@ async fn lm_eval_scoring_gets_eos_back_as_the_generated_token() {
     // Five prompt entries and the generated EOS: dropping the last leaves every prompt token.
     assert_eq!(tokens.len(), prompt.len() + 1, "{lp}");
     assert_eq!(tl.len(), prompt.len() + 1);
-    assert_eq!(
-        lp["top_logprobs"].as_array().map(Vec::len),
-        Some(prompt.len() + 1)
-    );
-    assert_eq!(
-        lp["text_offset"].as_array().map(Vec::len),
-        Some(prompt.len() + 1)
-    );
+    assert_eq!(lp["top_logprobs"].as_array().map(Vec::len), Some(prompt.len() + 1));
+    assert_eq!(lp["text_offset"].as_array().map(Vec::len), Some(prompt.len() + 1));
     assert_eq!(tokens[prompt.len()], "<|im_end|>");
-    assert!(
-        tl[prompt.len()]
-            .as_f64()
-            .is_some_and(|x| x > -1e-3 && x <= 0.0),
-        "{lp}"
-    );
+    assert!(tl[prompt.len()].as_f64().is_some_and(|x| x > -1e-3 && x <= 0.0), "{lp}");
     // The EOS token adds no text: the echoed prompt is the whole text.
-    let echoed: String = tokens[..prompt.len()]
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let echoed: String = tokens[..prompt.len()].iter().filter_map(Value::as_str).collect();
     assert_eq!(c["text"].as_str(), Some(echoed.as_str()));
     assert_eq!(v["usage"]["completion_tokens"], 1);
 }

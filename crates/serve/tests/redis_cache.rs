@@ -21,7 +21,10 @@ impl Drop for Redis {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A fresh `redis-server` and its URL; `None` (SKIPPED) only when the binary is not installed and
@@ -64,7 +67,8 @@ async fn replicas_share_answers_through_redis() {
     let Some((_redis, url)) = redis_server().await else { return };
     let a = start(Opts { redis_url: Some(url.clone()), ..Opts::default() }).await;
     // The same model files, as replicas have (the cache key holds their digest).
-    let b = start(Opts { redis_url: Some(url), model_dir: Some(a.model_dir.clone()), ..Opts::default() }).await;
+    let b =
+        start(Opts { redis_url: Some(url), model_dir: Some(a.model_dir.clone()), ..Opts::default() }).await;
     assert!(a.state.cache.is_redis());
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0});
     let (status, first) = a.post_json("/v1/chat/completions", Some(&a.keys.user), &body).await;

@@ -35,7 +35,13 @@ fn hashes(files: &[PathBuf]) -> Vec<FileHash> {
 
 fn policy() -> Policy {
     let free = AliasRule { approvers: 0, gates: vec![], gate_data: None };
-    Policy { alias: BTreeMap::from([("champion".into(), free.clone()), ("canary".into(), free.clone()), ("*".into(), free)]) }
+    Policy {
+        alias: BTreeMap::from([
+            ("champion".into(), free.clone()),
+            ("canary".into(), free.clone()),
+            ("*".into(), free),
+        ]),
+    }
 }
 
 fn actor() -> String {
@@ -51,9 +57,13 @@ struct Reg {
 impl Reg {
     fn open(s: &Server) -> Self {
         let reg = Registry::open(&s.path("registry.db")).expect("open the registry");
-        let files = ferrotune_model::load_path(&s.model_dir, ferrotune_model::WeightMode::F32, &candle_core::Device::Cpu)
-            .expect("model")
-            .files;
+        let files = ferrotune_model::load_path(
+            &s.model_dir,
+            ferrotune_model::WeightMode::F32,
+            &candle_core::Device::Cpu,
+        )
+        .expect("model")
+        .files;
         let base = reg
             .register_model(&NewModel {
                 name: MODEL.into(),
@@ -74,7 +84,8 @@ impl Reg {
 
     fn artifact(&self, name: &str, kind: ArtifactKind, dir: &Path, base: i64) -> ArtifactRecord {
         let dir = std::fs::canonicalize(dir).expect("canonical");
-        let files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+        let files: Vec<PathBuf> =
+            std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
         self.reg
             .register_artifact(&NewArtifact {
                 name: name.into(),
@@ -109,7 +120,8 @@ fn chat(model: &str) -> Value {
 async fn ask(s: &Server, key: &str, model: &str) -> (u16, Option<String>, Value) {
     let resp = s.post("/v1/chat/completions", Some(key), &chat(model)).await;
     let status = resp.status().as_u16();
-    let artifact = resp.headers().get("x-ferrotune-artifact").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let artifact =
+        resp.headers().get("x-ferrotune-artifact").and_then(|v| v.to_str().ok()).map(str::to_string);
     let text = resp.text().await.expect("body");
     (status, artifact, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
@@ -169,18 +181,34 @@ async fn a_promoted_adapter_is_served_by_name_alias_and_version() {
     assert_eq!((status, code(&v)), (404, "model_not_found"), "no canary yet: {v}");
     assert!(message(&v).contains("support@champion"), "the 404 lists what is available: {v}");
     r.promote("support", 1, "canary");
-    until("`support@canary` is served", WITHIN, || async move { ask(sr, a, "support@canary").await.0 == 200 }).await;
+    until(
+        "`support@canary` is served",
+        WITHIN,
+        || async move { ask(sr, a, "support@canary").await.0 == 200 },
+    )
+    .await;
     // Completions and /tokenize take the same names.
-    let (status, v) = s.post_json("/v1/completions", Some(&admin), &json!({"model": "support@canary", "prompt": "hi", "max_tokens": 2})).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/completions",
+            Some(&admin),
+            &json!({"model": "support@canary", "prompt": "hi", "max_tokens": 2}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
-    let (status, v) = s.post_json("/tokenize", Some(&admin), &json!({"model": "support", "prompt": "hi"})).await;
+    let (status, v) =
+        s.post_json("/tokenize", Some(&admin), &json!({"model": "support", "prompt": "hi"})).await;
     assert_eq!(status, 200, "{v}");
-    let (status, v) = s.post_json("/tokenize", Some(&admin), &json!({"model": "support@7", "prompt": "hi"})).await;
+    let (status, v) =
+        s.post_json("/tokenize", Some(&admin), &json!({"model": "support@7", "prompt": "hi"})).await;
     assert_eq!((status, code(&v)), (404, "model_not_found"), "{v}");
     // Loaded once, under its version's name.
     assert_eq!(s.state.engine.adapters(), vec!["support@1".to_string()]);
     let m = s.metrics().await;
-    assert!(metric_value(&m, "ferrotune:registry_requests_total{name=\"support\",version=\"1\"}") >= 4.0, "{m}");
+    assert!(
+        metric_value(&m, "ferrotune:registry_requests_total{name=\"support\",version=\"1\"}") >= 4.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +219,10 @@ async fn concurrent_first_requests_load_a_version_once() {
     r.promote("support", 1, "champion");
     let sr = &s;
     let a = s.keys.admin.as_str();
-    until("the registry is read", WITHIN, || async move { sr.state.registry.as_ref().is_some_and(|r| r.resolve("support").is_some()) }).await;
+    until("the registry is read", WITHIN, || async move {
+        sr.state.registry.as_ref().is_some_and(|r| r.resolve("support").is_some())
+    })
+    .await;
     // Loading twice would fail the second load ("already loaded"): every request must get 200.
     let asks = (0..6).map(|_| ask(sr, a, "support@1"));
     for (status, artifact, v) in futures_util::future::join_all(asks).await {
@@ -208,17 +239,26 @@ async fn moving_champion_sends_new_requests_to_the_new_version_within_a_second()
     r.promote("support", 1, "champion");
     let sr = &s;
     let a = s.keys.admin.as_str();
-    until("v1 is champion", WITHIN, || async move { ask(sr, a, "support").await.1.as_deref() == Some("support@1") }).await;
+    until("v1 is champion", WITHIN, || async move {
+        ask(sr, a, "support").await.1.as_deref() == Some("support@1")
+    })
+    .await;
     // A stream on v1 in flight while the alias moves finishes on v1, normally.
     let body = json!({"model": "support", "prompt": "go", "max_tokens": 200, "ignore_eos": true, "temperature": 0, "stream": true});
     let held = s.post("/v1/completions", Some(a), &body).await;
     assert_eq!(held.headers().get("x-ferrotune-artifact").and_then(|v| v.to_str().ok()), Some("support@1"));
     r.promote("support", 2, "champion");
-    let took = until("new requests reach v2", WITHIN, || async move { ask(sr, a, "support").await.1.as_deref() == Some("support@2") }).await;
+    let took = until("new requests reach v2", WITHIN, || async move {
+        ask(sr, a, "support").await.1.as_deref() == Some("support@2")
+    })
+    .await;
     assert!(took < Duration::from_secs(1), "the move took {took:?}");
     assert_eq!(finish_reasons(held).await, ["length"], "the stream on the old version ends normally");
     let m = s.metrics().await;
-    assert!(metric_value(&m, "ferrotune:registry_requests_total{name=\"support\",version=\"2\"}") >= 1.0, "{m}");
+    assert!(
+        metric_value(&m, "ferrotune:registry_requests_total{name=\"support\",version=\"2\"}") >= 1.0,
+        "{m}"
+    );
 }
 
 /// Read a stream to its end: the finish reasons of its choices.
@@ -250,7 +290,13 @@ async fn disabling_a_version_refuses_it_and_ends_its_requests_in_flight_and_enab
         let plain = tokio::spawn({
             let (c, base, key, body) = (s.client.clone(), s.base.clone(), a.to_string(), long(false));
             async move {
-                let r = c.post(format!("{base}/v1/completions")).bearer_auth(key).json(&body).send().await.expect("send");
+                let r = c
+                    .post(format!("{base}/v1/completions"))
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("send");
                 (r.status().as_u16(), r.json::<Value>().await.expect("json"))
             }
         });
@@ -282,7 +328,8 @@ async fn disabling_a_version_refuses_it_and_ends_its_requests_in_flight_and_enab
         assert!(!s.state.engine.adapters().contains(&"support@1".to_string()), "unloaded");
         assert!(!model_ids(&s, a).await.contains(&"support".to_string()), "not listed while disabled");
         r.enable("support", 1);
-        let took = until("served again", WITHIN, || async move { ask(sr, a, "support").await.0 == 200 }).await;
+        let took =
+            until("served again", WITHIN, || async move { ask(sr, a, "support").await.0 == 200 }).await;
         assert!(took < Duration::from_secs(1), "the enable took {took:?}");
         if stream_cut && plain_cut {
             eprintln!("cut short on attempt {attempt}");
@@ -292,8 +339,20 @@ async fn disabling_a_version_refuses_it_and_ends_its_requests_in_flight_and_enab
     assert!(stream_cut, "no stream in flight was ended with finish_reason \"disabled\"");
     assert!(plain_cut, "no plain request in flight was ended with finish_reason \"disabled\"");
     let m = s.metrics().await;
-    assert!(metric_value(&m, "ferrotune:registry_refusals_total{name=\"support\",version=\"1\",reason=\"disabled\"}") >= 3.0, "{m}");
-    assert!(metric_value(&m, "ferrotune:request_success_total{model=\"tiny\",adapter=\"support@1\",finished_reason=\"disabled\"}") >= 2.0, "{m}");
+    assert!(
+        metric_value(
+            &m,
+            "ferrotune:registry_refusals_total{name=\"support\",version=\"1\",reason=\"disabled\"}"
+        ) >= 3.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            "ferrotune:request_success_total{model=\"tiny\",adapter=\"support@1\",finished_reason=\"disabled\"}"
+        ) >= 2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,11 +375,24 @@ async fn a_tampered_adapter_file_is_refused_naming_the_file_and_counted() {
     };
     // A loaded version whose file changes on disk: refused from the next request on.
     let actual = flip(&v1.path);
-    let expected = v1.files.iter().find(|f| f.path.ends_with("adapter_model.safetensors")).expect("recorded").sha256.clone();
+    let expected = v1
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("adapter_model.safetensors"))
+        .expect("recorded")
+        .sha256
+        .clone();
     let (status, _, v) = ask(&s, a, "support").await;
-    assert_eq!((status, code(&v), v["error"]["type"].as_str()), (503, "integrity_check_failed", Some("server_error")), "{v}");
+    assert_eq!(
+        (status, code(&v), v["error"]["type"].as_str()),
+        (503, "integrity_check_failed", Some("server_error")),
+        "{v}"
+    );
     let msg = message(&v);
-    assert!(msg.contains("adapter_model.safetensors") && msg.contains(&expected) && msg.contains(&actual), "{msg}");
+    assert!(
+        msg.contains("adapter_model.safetensors") && msg.contains(&expected) && msg.contains(&actual),
+        "{msg}"
+    );
     assert!(!msg.contains(&v1.path), "the server's folders are not told: {msg}");
     assert!(!s.state.engine.adapters().contains(&"support@1".to_string()), "unloaded");
     // A version never loaded, tampered before its first request.
@@ -329,7 +401,9 @@ async fn a_tampered_adapter_file_is_refused_naming_the_file_and_counted() {
     assert_eq!((status, code(&v)), (503, "integrity_check_failed"), "{v}");
     let m = s.metrics().await;
     for version in [1, 2] {
-        let line = format!("ferrotune:registry_refusals_total{{name=\"support\",version=\"{version}\",reason=\"integrity\"}}");
+        let line = format!(
+            "ferrotune:registry_refusals_total{{name=\"support\",version=\"{version}\",reason=\"integrity\"}}"
+        );
         assert_eq!(metric_value(&m, &line), 1.0, "{m}");
     }
     // The bytes put back: checked again, served again.
@@ -347,7 +421,11 @@ async fn an_adapter_of_another_base_model_or_a_full_model_is_refused() {
         .register_model(&NewModel {
             name: "other-base".into(),
             path: "/models/other".into(),
-            files: vec![FileHash { path: "/models/other/model.safetensors".into(), bytes: 1, sha256: "ab".repeat(32) }],
+            files: vec![FileHash {
+                path: "/models/other/model.safetensors".into(),
+                bytes: 1,
+                sha256: "ab".repeat(32),
+            }],
             config: json!({}),
             parameters: None,
         })
@@ -358,7 +436,10 @@ async fn an_adapter_of_another_base_model_or_a_full_model_is_refused() {
     r.promote("merged", full.version, "champion");
     let sr = &s;
     let a = s.keys.admin.as_str();
-    until("the registry is read", WITHIN, || async move { ask(sr, a, "foreign").await.0 != 404 && ask(sr, a, "merged").await.0 != 404 }).await;
+    until("the registry is read", WITHIN, || async move {
+        ask(sr, a, "foreign").await.0 != 404 && ask(sr, a, "merged").await.0 != 404
+    })
+    .await;
     let (status, _, v) = ask(&s, a, "foreign").await;
     assert_eq!((status, code(&v)), (409, "base_model_mismatch"), "{v}");
     assert!(message(&v).contains("other-base") && message(&v).contains(MODEL), "names both bases: {v}");
@@ -368,8 +449,20 @@ async fn an_adapter_of_another_base_model_or_a_full_model_is_refused() {
     assert!(s.state.engine.adapters().is_empty());
     let m = s.metrics().await;
     // The poll above asked too: two refusals at least.
-    assert!(metric_value(&m, "ferrotune:registry_refusals_total{name=\"foreign\",version=\"1\",reason=\"base_mismatch\"}") >= 2.0, "{m}");
-    assert!(metric_value(&m, "ferrotune:registry_refusals_total{name=\"merged\",version=\"1\",reason=\"not_adapter\"}") >= 2.0, "{m}");
+    assert!(
+        metric_value(
+            &m,
+            "ferrotune:registry_refusals_total{name=\"foreign\",version=\"1\",reason=\"base_mismatch\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            "ferrotune:registry_refusals_total{name=\"merged\",version=\"1\",reason=\"not_adapter\"}"
+        ) >= 2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,7 +475,8 @@ async fn models_lists_the_registry_names_a_key_may_use_without_disabled_targets(
     r.promote("support", 2, "canary");
     let sr = &s;
     let a = s.keys.admin.as_str();
-    until("listed", WITHIN, || async move { model_ids(sr, a).await.contains(&"support@canary".to_string()) }).await;
+    until("listed", WITHIN, || async move { model_ids(sr, a).await.contains(&"support@canary".to_string()) })
+        .await;
     let ids = model_ids(&s, a).await;
     for want in [MODEL, "support", "support@champion", "support@canary"] {
         assert!(ids.contains(&want.to_string()), "{want} missing from {ids:?}");
@@ -391,9 +485,18 @@ async fn models_lists_the_registry_names_a_key_may_use_without_disabled_targets(
     assert_eq!(ask(&s, a, "support@1").await.0, 200);
     assert!(!model_ids(&s, a).await.contains(&"support@1".to_string()));
     // Scopes: `support` covers every reference to it; `support@champion` only itself.
-    let whole = s.store().create(&ApiKey { name: "whole".into(), models: vec!["support".into()], ..Default::default() }).expect("key");
-    let champ =
-        s.store().create(&ApiKey { name: "champ".into(), models: vec!["support@champion".into()], ..Default::default() }).expect("key");
+    let whole = s
+        .store()
+        .create(&ApiKey { name: "whole".into(), models: vec!["support".into()], ..Default::default() })
+        .expect("key");
+    let champ = s
+        .store()
+        .create(&ApiKey {
+            name: "champ".into(),
+            models: vec!["support@champion".into()],
+            ..Default::default()
+        })
+        .expect("key");
     assert_eq!(model_ids(&s, &whole).await, ["support", "support@canary", "support@champion"]);
     assert_eq!(model_ids(&s, &champ).await, ["support@champion"]);
     assert_eq!(ask(&s, &whole, "support@2").await.0, 200);
@@ -406,7 +509,10 @@ async fn models_lists_the_registry_names_a_key_may_use_without_disabled_targets(
     assert_eq!((status, code(&v)), (403, "model_not_permitted"), "{v}");
     // A disabled target leaves the list (and the 404's list of what is available).
     r.disable("support", 2, "regression");
-    until("canary unlisted", WITHIN, || async move { !model_ids(sr, a).await.contains(&"support@canary".to_string()) }).await;
+    until("canary unlisted", WITHIN, || async move {
+        !model_ids(sr, a).await.contains(&"support@canary".to_string())
+    })
+    .await;
     let (status, _, v) = ask(&s, &champ, "nope").await;
     assert_eq!(status, 404, "{v}");
     assert!(message(&v).ends_with("available: support@champion"), "only what the key may use: {v}");
@@ -437,7 +543,8 @@ async fn a_registry_that_appears_after_start_is_served_without_a_restart() {
     r.promote("support", 1, "champion");
     let sr = &s;
     let a = s.keys.admin.as_str();
-    until("served once the registry exists", WITHIN, || async move { ask(sr, a, "support").await.0 == 200 }).await;
+    until("served once the registry exists", WITHIN, || async move { ask(sr, a, "support").await.0 == 200 })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,9 +564,15 @@ async fn an_unreadable_registry_keeps_the_last_snapshot_until_it_can_be_read_aga
         let _ = std::fs::remove_file(s.path(f));
     }
     let rr = &reg;
-    until("the poll fails", WITHIN, || async move { rr.last_error().is_some_and(|e| e.contains("does not exist")) }).await;
+    until("the poll fails", WITHIN, || async move {
+        rr.last_error().is_some_and(|e| e.contains("does not exist"))
+    })
+    .await;
     std::fs::write(&db, vec![0x5a; 8192]).expect("garbage");
-    until("the poll fails again", WITHIN, || async move { rr.last_error().is_some_and(|e| !e.contains("does not exist")) }).await;
+    until("the poll fails again", WITHIN, || async move {
+        rr.last_error().is_some_and(|e| !e.contains("does not exist"))
+    })
+    .await;
     let (status, artifact, v) = ask(&s, a, "support").await;
     assert_eq!((status, artifact.as_deref()), (200, Some("support@1")), "{v}");
     assert!(model_ids(&s, a).await.contains(&"support@champion".to_string()));

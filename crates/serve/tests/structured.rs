@@ -59,7 +59,11 @@ fn schemas() -> Vec<(&'static str, Value, bool)> {
                    "required": ["items"], "additionalProperties": false}),
             true,
         ),
-        ("top_level_array", json!({"type": "array", "items": {"type": "integer", "minimum": -10, "maximum": 10}, "minItems": 2, "maxItems": 5}), true),
+        (
+            "top_level_array",
+            json!({"type": "array", "items": {"type": "integer", "minimum": -10, "maximum": 10}, "minItems": 2, "maxItems": 5}),
+            true,
+        ),
         (
             "optional_properties",
             json!({"type": "object", "properties": {"title": {"type": "string", "maxLength": 30}, "done": {"type": "boolean"}, "priority": {"enum": [1, 2, 3]}},
@@ -140,7 +144,12 @@ async fn ask(s: &support::Server, path: &str, body: Value) -> (String, String) {
 }
 
 /// [`ask`] for the chat endpoint, labelled with what it tests and the schema it must meet.
-async fn labelled(s: &support::Server, what: String, schema: Value, body: Value) -> (String, Value, String, String) {
+async fn labelled(
+    s: &support::Server,
+    what: String,
+    schema: Value,
+    body: Value,
+) -> (String, Value, String, String) {
     let (text, finish) = ask(s, "/v1/chat/completions", body).await;
     (what, schema, text, finish)
 }
@@ -153,7 +162,8 @@ async fn all<F: std::future::Future>(asks: Vec<F>) -> Vec<F::Output> {
 
 /// The answer parses, validates against `schema`, and ended because the value was complete.
 fn check(what: &str, schema: &Value, text: &str, finish: &str) {
-    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text:?} (finish {finish})"));
+    let v: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text:?} (finish {finish})"));
     let validator = jsonschema::validator_for(schema).expect("the test schema is valid");
     let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{what}: {text} violates the schema: {errors:?}");
@@ -215,9 +225,15 @@ async fn a_random_models_answers_hold_to_the_schema_whatever_it_prefers() {
         }
         for seed in 0..3u64 {
             for stream in [false, true] {
-                let mut body = chat("hello", json_schema_format(name, &schema), stream, (seed > 0).then_some(seed));
+                let mut body =
+                    chat("hello", json_schema_format(name, &schema), stream, (seed > 0).then_some(seed));
                 body["max_tokens"] = json!(400);
-                asks.push(labelled(&s, format!("{name} / seed {seed} / stream {stream}"), schema.clone(), body));
+                asks.push(labelled(
+                    &s,
+                    format!("{name} / seed {seed} / stream {stream}"),
+                    schema.clone(),
+                    body,
+                ));
             }
         }
     }
@@ -274,7 +290,13 @@ async fn a_schema_the_grammar_cannot_enforce_gets_400_naming_the_feature() {
         assert!(e["message"].as_str().is_some_and(|m| m.contains("uniqueItems")), "{v}");
     }
     // A malformed response_format is named too.
-    let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &chat("hi", json!({"type": "json_schema"}), false, None)).await;
+    let (status, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            Some(&s.keys.user),
+            &chat("hi", json!({"type": "json_schema"}), false, None),
+        )
+        .await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "response_format.json_schema", "{v}");
 }

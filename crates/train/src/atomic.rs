@@ -16,10 +16,7 @@ use crate::error::{Result, TrainError};
 
 fn sibling(dest: &Path, suffix: &str) -> PathBuf {
     let parent = parent_of(dest);
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dir".into());
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dir".into());
     parent.join(format!(".{name}.{suffix}"))
 }
 
@@ -35,9 +32,7 @@ fn parent_of(dest: &Path) -> &Path {
 fn sync_dir(dir: &Path) -> Result<()> {
     // Opening a folder for fsync is a Unix idiom; elsewhere the rename is what we can do.
     if cfg!(unix) {
-        File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| TrainError::file(dir, e))?;
+        File::open(dir).and_then(|f| f.sync_all()).map_err(|e| TrainError::file(dir, e))?;
     }
     Ok(())
 }
@@ -49,20 +44,14 @@ fn sync_tree(dir: &Path) -> Result<()> {
         if p.is_dir() {
             sync_tree(&p)?;
         } else {
-            File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| TrainError::file(&p, e))?;
+            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| TrainError::file(&p, e))?;
         }
     }
     sync_dir(dir)
 }
 
 fn remove_any(p: &Path) -> Result<()> {
-    let r = if p.is_dir() {
-        std::fs::remove_dir_all(p)
-    } else {
-        std::fs::remove_file(p)
-    };
+    let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
     r.map_err(|e| TrainError::file(p, e))
 }
 
@@ -103,18 +92,12 @@ pub fn write_dir(dest: &Path, point: &str, fill: impl FnOnce(&Path) -> Result<()
 
 /// Write the file `dest` through a temp sibling that `fill` writes (by path), fsync'ed and
 /// renamed over `dest`. `point` names the fault-injection point between fsync and rename.
-pub fn write_file_with(
-    dest: &Path,
-    point: &str,
-    fill: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
+pub fn write_file_with(dest: &Path, point: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = parent_of(dest);
     let tmp = sibling(dest, "tmp");
-    if let Err(e) = fill(&tmp).and_then(|()| {
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| TrainError::file(&tmp, e))
-    }) {
+    if let Err(e) = fill(&tmp)
+        .and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| TrainError::file(&tmp, e)))
+    {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
@@ -173,19 +156,14 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(Vec::new());
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
+    let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     names.sort();
     let mut repaired = Vec::new();
     for name in names {
         let Some(hidden) = name.strip_prefix('.') else {
             continue;
         };
-        if let Some(base) = [".old", ".tmp", ".del"]
-            .iter()
-            .find_map(|suffix| hidden.strip_suffix(suffix))
-        {
+        if let Some(base) = [".old", ".tmp", ".del"].iter().find_map(|suffix| hidden.strip_suffix(suffix)) {
             let dest = dir.join(base);
             if recover_dir(&dest)? {
                 repaired.push(dest);
@@ -272,13 +250,9 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| TrainError::file("tmp", e))?;
         write(&dir.path().join(".adapter.old"), "old")?;
         write(&dir.path().join("adapter"), "new")?;
-        write(
-            &dir.path().join(".step-4.tmp-1234"),
-            "from an older version",
-        )?;
+        write(&dir.path().join(".step-4.tmp-1234"), "from an older version")?;
         write(&dir.path().join(".step-2.del"), "pruned, half deleted")?;
-        std::fs::write(dir.path().join(".config.json.tmp"), "{")
-            .map_err(|e| TrainError::file("w", e))?;
+        std::fs::write(dir.path().join(".config.json.tmp"), "{").map_err(|e| TrainError::file("w", e))?;
         recover(dir.path())?;
         assert_eq!(read(&dir.path().join("adapter")), "new");
         assert_eq!(names(dir.path()), vec!["adapter"]);
@@ -293,10 +267,7 @@ mod tests {
         let p = dir.path().join("config.json");
         write_file(&p, "t", b"one")?;
         write_file(&p, "t", b"two")?;
-        assert_eq!(
-            std::fs::read_to_string(&p).map_err(|e| TrainError::file(&p, e))?,
-            "two"
-        );
+        assert_eq!(std::fs::read_to_string(&p).map_err(|e| TrainError::file(&p, e))?, "two");
         assert_eq!(names(dir.path()), vec!["config.json"]);
         Ok(())
     }

@@ -48,10 +48,16 @@ pub fn pack(examples: Vec<Example>, max_len: usize, seed: u64) -> Vec<Example> {
 
 /// [`pack`], each pack with the [`Source`] of every example in it (`lines[i]`: where
 /// `examples[i]` came from).
-pub fn pack_with_lines(examples: Vec<Example>, lines: &[u64], max_len: usize, seed: u64) -> Vec<(Example, Vec<Source>)> {
+pub fn pack_with_lines(
+    examples: Vec<Example>,
+    lines: &[u64],
+    max_len: usize,
+    seed: u64,
+) -> Vec<(Example, Vec<Source>)> {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
-    let mut examples: Vec<(Example, u64)> = examples.into_iter().zip(lines.iter().copied().chain(std::iter::repeat(0))).collect();
+    let mut examples: Vec<(Example, u64)> =
+        examples.into_iter().zip(lines.iter().copied().chain(std::iter::repeat(0))).collect();
     examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x7061_636b));
     let empty = || (Example { input_ids: Vec::new(), labels: Vec::new() }, Vec::new());
     let mut packs: Vec<(Example, Vec<Source>)> = Vec::new();
@@ -106,11 +112,20 @@ impl Batch {
         let (lo, hi) = ((r0 * t) as u32, (r1 * t) as u32);
         let positions: Vec<u32> = self.positions.to_vec1()?;
         let targets: Vec<u32> = self.targets.to_vec1()?;
-        let (positions, targets): (Vec<u32>, Vec<u32>) =
-            positions.iter().zip(&targets).filter(|(p, _)| (lo..hi).contains(*p)).map(|(p, tg)| (p - lo, *tg)).unzip();
+        let (positions, targets): (Vec<u32>, Vec<u32>) = positions
+            .iter()
+            .zip(&targets)
+            .filter(|(p, _)| (lo..hi).contains(*p))
+            .map(|(p, tg)| (p - lo, *tg))
+            .unzip();
         let n_targets = targets.len();
         let device = self.ids.device();
-        let segments = self.segments.iter().filter(|s| (r0..r1).contains(&s.row)).map(|s| Segment { row: s.row - r0, ..*s }).collect();
+        let segments = self
+            .segments
+            .iter()
+            .filter(|s| (r0..r1).contains(&s.row))
+            .map(|s| Segment { row: s.row - r0, ..*s })
+            .collect();
         Ok(Batch {
             ids: self.ids.narrow(0, r0, r1 - r0)?,
             positions: Tensor::from_vec(positions, n_targets, device)?,
@@ -128,7 +143,12 @@ pub fn make_batch(examples: &[&Example], pad_id: u32, device: &Device) -> Result
 
 /// [`make_batch`] whose segments carry each example's source: `sources[i]` lists the examples
 /// packed into row `i` (a row without an entry is one example of unknown source).
-pub fn make_batch_from(examples: &[&Example], sources: &[&[Source]], pad_id: u32, device: &Device) -> Result<Batch> {
+pub fn make_batch_from(
+    examples: &[&Example],
+    sources: &[&[Source]],
+    pad_id: u32,
+    device: &Device,
+) -> Result<Batch> {
     let b = examples.len();
     let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![pad_id; b * t];
@@ -212,7 +232,8 @@ pub fn loss_sums(model: &Llama, batch: &Batch) -> Result<(Tensor, Vec<f32>)> {
     };
     if let Some(w) = model.frozen_head_weight() {
         // One chunked head pass for the whole batch; its per-target losses come back with it.
-        let (total, per_target) = ferrotune_model::handoff::frozen_head_cross_entropy_rows(&picked, w, &batch.targets)?;
+        let (total, per_target) =
+            ferrotune_model::handoff::frozen_head_cross_entropy_rows(&picked, w, &batch.targets)?;
         return Ok((total, segment_sums(&per_target)));
     }
     let per_target = head_cross_entropy(model, &picked, batch)?;
@@ -284,7 +305,8 @@ mod tests {
         let vars = if method_full {
             model.make_trainable()?.into_iter().map(|(_, v)| v).collect()
         } else {
-            let adapter = ferrotune_model::Adapter::init(&mut model, &ferrotune_model::LoraSpec::default(), 0)?;
+            let adapter =
+                ferrotune_model::Adapter::init(&mut model, &ferrotune_model::LoraSpec::default(), 0)?;
             adapter.attach(&mut model);
             for (_, v) in &adapter.vars {
                 v.set(&(v.as_tensor() + 0.01)?)?;
@@ -296,7 +318,14 @@ mod tests {
 
     fn varied(n: usize, tag: u32) -> Example {
         let ids: Vec<u32> = (0..n as u32).map(|i| (tag * 31 + i * 7) % 120 + 3).collect();
-        Example { labels: ids.iter().enumerate().map(|(i, &t)| if i < n / 3 { IGNORE_INDEX } else { i64::from(t) }).collect(), input_ids: ids }
+        Example {
+            labels: ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| if i < n / 3 { IGNORE_INDEX } else { i64::from(t) })
+                .collect(),
+            input_ids: ids,
+        }
     }
 
     /// Each example's loss from `loss_sums` is its loss alone, they add up to `loss_sum`, and
@@ -309,10 +338,17 @@ mod tests {
             assert_eq!(model.frozen_head_weight().is_some(), !full);
             let rows = [varied(9, 1), varied(14, 2), varied(6, 3)];
             let refs: Vec<&Example> = rows.iter().collect();
-            let src = [[Source { start: 0, line: 7 }], [Source { start: 0, line: 12 }], [Source { start: 0, line: 30 }]];
+            let src = [
+                [Source { start: 0, line: 7 }],
+                [Source { start: 0, line: 12 }],
+                [Source { start: 0, line: 30 }],
+            ];
             let srcs: Vec<&[Source]> = src.iter().map(|s| s.as_slice()).collect();
             let batch = make_batch_from(&refs, &srcs, 0, &Device::Cpu)?;
-            assert_eq!(batch.segments.iter().map(|s| (s.row, s.line, s.targets)).collect::<Vec<_>>(), vec![(0, Some(7), 6), (1, Some(12), 10), (2, Some(30), 4)]);
+            assert_eq!(
+                batch.segments.iter().map(|s| (s.row, s.line, s.targets)).collect::<Vec<_>>(),
+                vec![(0, Some(7), 6), (1, Some(12), 10), (2, Some(30), 4)]
+            );
             let (total, per) = loss_sums(&model, &batch)?;
             let whole = loss_sum(&model, &batch)?;
             let (t, w) = (total.to_scalar::<f32>()?, whole.to_scalar::<f32>()?);
@@ -340,39 +376,50 @@ mod tests {
     fn packed_rows_split_their_targets_by_example() -> Result<()> {
         let examples: Vec<Example> = (1..=6).map(|t| varied(5 + t as usize, t)).collect();
         let lines: Vec<u64> = (1..=6).map(|i| 100 + i).collect();
-        let per_example: Vec<usize> = examples.iter().map(|e| e.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count()).collect();
+        let per_example: Vec<usize> = examples
+            .iter()
+            .map(|e| e.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count())
+            .collect();
         let packs = pack_with_lines(examples, &lines, 24, 3);
         assert!(packs.iter().any(|(_, s)| s.len() > 1), "some pack holds several examples");
         let refs: Vec<&Example> = packs.iter().map(|(e, _)| e).collect();
         let srcs: Vec<&[Source]> = packs.iter().map(|(_, s)| s.as_slice()).collect();
         let batch = make_batch_from(&refs, &srcs, 0, &Device::Cpu)?;
-        let mut seen: Vec<(u64, usize)> = batch.segments.iter().map(|s| (s.line.unwrap_or(0), s.targets)).collect();
+        let mut seen: Vec<(u64, usize)> =
+            batch.segments.iter().map(|s| (s.line.unwrap_or(0), s.targets)).collect();
         seen.sort_unstable();
         // Packing masks each example's first label, a prompt token here: no target is lost.
         let want: Vec<(u64, usize)> = lines.iter().copied().zip(per_example).collect();
         assert_eq!(seen, want);
         assert_eq!(batch.segments.iter().map(|s| s.targets).sum::<usize>(), batch.n_targets);
         let share = batch.rows(1, batch.segments.iter().map(|s| s.row).max().unwrap_or(0) + 1)?;
-        assert!(share.segments.iter().all(|s| batch.segments.iter().any(|b| b.line == s.line && b.row == s.row + 1 && b.targets == s.targets)));
+        assert!(share.segments.iter().all(|s| {
+            batch.segments.iter().any(|b| b.line == s.line && b.row == s.row + 1 && b.targets == s.targets)
+        }));
         assert_eq!(share.segments.iter().map(|s| s.targets).sum::<usize>(), share.n_targets);
         Ok(())
     }
 
     fn ex(n: usize, tag: u32) -> Example {
-        Example { input_ids: vec![tag; n], labels: (0..n).map(|i| if i < n / 2 { IGNORE_INDEX } else { i64::from(tag) }).collect() }
+        Example {
+            input_ids: vec![tag; n],
+            labels: (0..n).map(|i| if i < n / 2 { IGNORE_INDEX } else { i64::from(tag) }).collect(),
+        }
     }
 
     #[test]
     fn packing_fills_sequences_without_splitting_or_losing_examples() {
         let examples: Vec<Example> = (1..=10).map(|t| ex(3 + t as usize, t)).collect();
-        let targets: usize = examples.iter().map(|e| e.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()).sum();
+        let targets: usize =
+            examples.iter().map(|e| e.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()).sum();
         let packs = pack(examples.clone(), 20, 0);
         assert!(packs.len() < examples.len());
         assert!(packs.iter().all(|p| p.input_ids.len() <= 20 && p.input_ids.len() == p.labels.len()));
         let tokens: usize = packs.iter().map(|p| p.input_ids.len()).sum();
         assert_eq!(tokens, examples.iter().map(|e| e.input_ids.len()).sum::<usize>());
         // Example starts are masked (here they were already prompt tokens): targets unchanged.
-        let packed_targets: usize = packs.iter().map(|p| p.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()).sum();
+        let packed_targets: usize =
+            packs.iter().map(|p| p.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()).sum();
         assert_eq!(packed_targets, targets);
         // Every example is whole inside one pack: each run of a tag has the example's length.
         for p in &packs {

@@ -50,18 +50,23 @@ pub fn list(run: &Path) -> Vec<usize> {
 
 /// Save full-model variables as one safetensors file.
 pub fn save_vars(vars: &[(String, Var)], path: &Path) -> Result<()> {
-    let map: HashMap<String, candle_core::Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let map: HashMap<String, candle_core::Tensor> =
+        vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     candle_core::safetensors::save(&map, path).map_err(|e| TrainError::file(path, e))
 }
 
 /// Restore variables saved by `save_vars` (or an adapter's A/B tensors keyed the same way).
 pub fn load_vars(vars: &[(String, Var)], path: &Path, key: impl Fn(&str) -> String) -> Result<()> {
-    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| TrainError::file(path, e))?;
+    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .map_err(|e| TrainError::file(path, e))?;
     for (name, var) in vars {
         let k = key(name);
         let t = map.get(&k).ok_or_else(|| TrainError::file(path, format!("missing tensor `{k}`")))?;
         if t.dims() != var.as_tensor().dims() {
-            return Err(TrainError::file(path, format!("tensor `{k}` has shape {:?}, expected {:?}", t.dims(), var.as_tensor().dims())));
+            return Err(TrainError::file(
+                path,
+                format!("tensor `{k}` has shape {:?}, expected {:?}", t.dims(), var.as_tensor().dims()),
+            ));
         }
         var.set(&t.to_device(var.device())?)?;
     }

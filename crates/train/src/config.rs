@@ -164,7 +164,9 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", "must be a finite number > 0");
         }
-        if self.max_steps == Some(0) || (self.max_steps.is_none() && !(self.epochs > 0.0 && self.epochs.is_finite())) {
+        if self.max_steps == Some(0)
+            || (self.max_steps.is_none() && !(self.epochs > 0.0 && self.epochs.is_finite()))
+        {
             return bad("epochs", "train for at least one step (--epochs > 0 or --max-steps >= 1)");
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
@@ -196,7 +198,10 @@ impl TrainConfig {
             }
         }
         if self.method == Method::Full && self.dtype == Precision::Bf16 {
-            return bad("dtype", "full fine-tuning keeps f32 weights (bf16 master weights lose small updates); use --dtype f32 or --method lora");
+            return bad(
+                "dtype",
+                "full fine-tuning keeps f32 weights (bf16 master weights lose small updates); use --dtype f32 or --method lora",
+            );
         }
         Ok(())
     }
@@ -248,10 +253,13 @@ pub fn open_device(s: &str) -> Result<candle_core::Device> {
             if !candle_core::utils::cuda_is_available() {
                 return Err(TrainError::config(
                     "device",
-                    format!("`{s}`: this ferrotune was built without CUDA (build one with scripts/gpu/build-cuda.sh)"),
+                    format!(
+                        "`{s}`: this ferrotune was built without CUDA (build one with scripts/gpu/build-cuda.sh)"
+                    ),
                 ));
             }
-            let dev = candle_core::Device::new_cuda(n).map_err(|e| TrainError::config("device", format!("`{s}`: {e}")))?;
+            let dev = candle_core::Device::new_cuda(n)
+                .map_err(|e| TrainError::config("device", format!("`{s}`: {e}")))?;
             single_stream(&dev);
             Ok(dev)
         }
@@ -283,7 +291,9 @@ mod tests {
 
     #[test]
     fn toml_keys_mirror_the_flags_and_unknown_keys_are_refused() {
-        let c: TrainConfig = toml::from_str("lora_r = 8\nlr = 1e-3\nscheduler = \"cosine\"\nmethod = \"full\"").expect("parses");
+        let c: TrainConfig =
+            toml::from_str("lora_r = 8\nlr = 1e-3\nscheduler = \"cosine\"\nmethod = \"full\"")
+                .expect("parses");
         assert_eq!((c.lora_r, c.lr, c.scheduler, c.method), (8, 1e-3, Scheduler::Cosine, Method::Full));
         assert_eq!(c.batch_size, 4);
         let err = toml::from_str::<TrainConfig>("lora_rank = 8").expect_err("unknown key");
@@ -344,7 +354,12 @@ mod tests {
         };
         assert!(gpus("cuda", "0,1", Method::Lora).validate().is_ok());
         assert!(gpus("cuda:1", "1,0", Method::Lora).validate().is_ok());
-        for (device, list, method) in [("cpu", "0,1", Method::Lora), ("cuda:1", "0,1", Method::Lora), ("cuda", "0,0", Method::Lora), ("cuda", "0,1", Method::Full)] {
+        for (device, list, method) in [
+            ("cpu", "0,1", Method::Lora),
+            ("cuda:1", "0,1", Method::Lora),
+            ("cuda", "0,0", Method::Lora),
+            ("cuda", "0,1", Method::Full),
+        ] {
             let err = gpus(device, list, method).validate().expect_err(list).to_string();
             assert!(err.contains("devices"), "{device} {list}: {err}");
         }

@@ -39,10 +39,7 @@ pub(crate) fn point(name: &str) {
     if want != name || HITS.fetch_add(1, Ordering::SeqCst) + 1 != *nth {
         return;
     }
-    eprintln!(
-        "{REACHED}: `{name}` (pid {}); waiting for SIGKILL",
-        std::process::id()
-    );
+    eprintln!("{REACHED}: `{name}` (pid {}); waiting for SIGKILL", std::process::id());
     std::thread::sleep(Duration::from_secs(120));
     std::process::abort();
 }

@@ -105,7 +105,8 @@ impl AdamW {
             let m = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let theta = var.as_tensor();
-            let decayed = if p.weight_decay > 0.0 { (theta * (1.0 - lr * p.weight_decay))? } else { theta.clone() };
+            let decayed =
+                if p.weight_decay > 0.0 { (theta * (1.0 - lr * p.weight_decay))? } else { theta.clone() };
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + p.eps)?)?;
             var.set(&(decayed - (update * lr)?)?)?;
             self.m[i] = m;
@@ -125,11 +126,14 @@ impl AdamW {
     }
 
     pub fn load(&mut self, path: &Path, t: u64) -> Result<()> {
-        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| TrainError::file(path, e))?;
+        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .map_err(|e| TrainError::file(path, e))?;
         let (mut ms, mut vs) = (Vec::new(), Vec::new());
         for (name, var) in &self.vars {
             for (key, out) in [(format!("m.{name}"), &mut ms), (format!("v.{name}"), &mut vs)] {
-                let t = map.get(&key).ok_or_else(|| TrainError::file(path, format!("no optimizer state `{key}`")))?;
+                let t = map
+                    .get(&key)
+                    .ok_or_else(|| TrainError::file(path, format!("no optimizer state `{key}`")))?;
                 if t.dims() != var.as_tensor().dims() {
                     return Err(TrainError::file(path, format!("`{key}` has shape {:?}", t.dims())));
                 }
@@ -161,8 +165,13 @@ pub fn collect_grads(vars: &[(String, Var)], grads: &GradStore) -> Result<Vec<Te
 pub fn clip_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     // Each tensor's sum of squares on the device, read back in one transfer (one sync, not one
     // per tensor), summed in f64 here.
-    let sums = grads.iter().map(|g| g.sqr()?.sum_all()?.reshape(1)).collect::<candle_core::Result<Vec<_>>>()?;
-    let sq: f64 = if sums.is_empty() { 0.0 } else { Tensor::cat(&sums, 0)?.to_vec1::<f32>()?.iter().map(|&x| x as f64).sum() };
+    let sums =
+        grads.iter().map(|g| g.sqr()?.sum_all()?.reshape(1)).collect::<candle_core::Result<Vec<_>>>()?;
+    let sq: f64 = if sums.is_empty() {
+        0.0
+    } else {
+        Tensor::cat(&sums, 0)?.to_vec1::<f32>()?.iter().map(|&x| x as f64).sum()
+    };
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);

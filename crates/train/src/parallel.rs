@@ -46,7 +46,9 @@ pub fn parse_devices(s: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let n = part.strip_prefix("cuda:").unwrap_or(part);
-        let n: usize = n.parse().map_err(|_| TrainError::config("devices", format!("`{part}` is not a GPU index (e.g. 0,1)")))?;
+        let n: usize = n
+            .parse()
+            .map_err(|_| TrainError::config("devices", format!("`{part}` is not a GPU index (e.g. 0,1)")))?;
         if out.contains(&n) {
             return Err(TrainError::config("devices", format!("GPU {n} is listed twice")));
         }
@@ -65,7 +67,10 @@ pub fn gpu_list(device: &str, list: &str) -> Result<Vec<usize>> {
     let gpus = parse_devices(list)?;
     let d = parse_device(device)?;
     if d == DeviceSpec::Cpu || (device.trim() != "cuda" && d != DeviceSpec::Cuda(gpus[0])) {
-        return Err(TrainError::config("devices", format!("`{list}` are GPUs: pass --device cuda with them, not `{device}`")));
+        return Err(TrainError::config(
+            "devices",
+            format!("`{list}` are GPUs: pass --device cuda with them, not `{device}`"),
+        ));
     }
     Ok(gpus)
 }
@@ -78,13 +83,19 @@ pub fn open_devices(list: &[usize]) -> Result<Vec<Device>> {
     #[cfg(feature = "cuda")]
     {
         use candle_core::cuda_backend::cudarc::driver::CudaContext;
-        let count = CudaContext::device_count().map_err(|e| TrainError::config("devices", format!("CUDA: {e:?}")))?.max(0) as usize;
+        let count = CudaContext::device_count()
+            .map_err(|e| TrainError::config("devices", format!("CUDA: {e:?}")))?
+            .max(0) as usize;
         if let Some(&n) = list.iter().find(|&&n| n >= count) {
-            return Err(TrainError::config("devices", format!("GPU {n}: this host has {count} GPU(s), numbered from 0")));
+            return Err(TrainError::config(
+                "devices",
+                format!("GPU {n}: this host has {count} GPU(s), numbered from 0"),
+            ));
         }
         list.iter()
             .map(|&n| {
-                let dev = Device::new_cuda_with_stream(n).map_err(|e| TrainError::config("devices", format!("GPU {n}: {e}")))?;
+                let dev = Device::new_cuda_with_stream(n)
+                    .map_err(|e| TrainError::config("devices", format!("GPU {n}: {e}")))?;
                 crate::config::single_stream(&dev);
                 Ok(dev)
             })
@@ -93,7 +104,10 @@ pub fn open_devices(list: &[usize]) -> Result<Vec<Device>> {
     #[cfg(not(feature = "cuda"))]
     {
         let _ = list;
-        Err(TrainError::config("devices", "this ferrotune was built without CUDA (build one with scripts/gpu/build-cuda.sh)"))
+        Err(TrainError::config(
+            "devices",
+            "this ferrotune was built without CUDA (build one with scripts/gpu/build-cuda.sh)",
+        ))
     }
 }
 
@@ -233,7 +247,12 @@ type Local = (Vec<Tensor>, Tensor, Vec<ExampleLoss>);
 /// Each device's loss sums (one per batch), its gradients summed over `batches` as one flat
 /// f32 buffer (zeros for a device without rows), each loss divided by `step_targets`, and each
 /// example's loss.
-fn local_gradients(model: &Llama, vars: &[(String, Var)], batches: &[Batch], step_targets: usize) -> Result<Local> {
+fn local_gradients(
+    model: &Llama,
+    vars: &[(String, Var)],
+    batches: &[Batch],
+    step_targets: usize,
+) -> Result<Local> {
     let mut losses = Vec::new();
     let mut examples = Vec::new();
     let mut acc: Option<Vec<Tensor>> = None;
@@ -249,7 +268,11 @@ fn local_gradients(model: &Llama, vars: &[(String, Var)], batches: &[Batch], ste
     }
     let flat = match acc {
         Some(g) => flatten(&g)?,
-        None => Tensor::zeros(vars.iter().map(|(_, v)| v.elem_count()).sum::<usize>(), DType::F32, model.device())?,
+        None => Tensor::zeros(
+            vars.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
+            DType::F32,
+            model.device(),
+        )?,
     };
     Ok((losses, flat, examples))
 }
@@ -258,7 +281,12 @@ fn local_gradients(model: &Llama, vars: &[(String, Var)], batches: &[Batch], ste
 /// `models` (the first device's model first, then the replicas'), on the first device, shaped
 /// as `vars[0]`.
 /// Also each example's loss (devices in order, each device's micro-batches in order).
-pub fn gradients(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batch>], replicas: &Replicas) -> Result<(f64, Vec<Tensor>, Vec<ExampleLoss>)> {
+pub fn gradients(
+    models: &[&Llama],
+    vars: &[&[(String, Var)]],
+    micro: &[Vec<Batch>],
+    replicas: &Replicas,
+) -> Result<(f64, Vec<Tensor>, Vec<ExampleLoss>)> {
     let step_targets: usize = micro.iter().flatten().map(|b| b.n_targets).sum();
     // One thread per device: queuing a step's few thousand kernels costs the CPU about as long
     // as the GPU takes to run them, so one thread feeding every device would serialise them.
@@ -267,9 +295,16 @@ pub fn gradients(models: &[&Llama], vars: &[&[(String, Var)]], micro: &[Vec<Batc
             .iter()
             .zip(vars)
             .zip(micro)
-            .map(|((model, vs), batches)| scope.spawn(move || local_gradients(model, vs, batches, step_targets)))
+            .map(|((model, vs), batches)| {
+                scope.spawn(move || local_gradients(model, vs, batches, step_targets))
+            })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainError::config("devices", "a device's thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| Err(TrainError::config("devices", "a device's thread panicked")))
+            })
+            .collect()
     });
     let mut losses = Vec::new();
     let mut flats = Vec::new();
@@ -335,7 +370,13 @@ pub struct Agreement {
 /// split, without taking a step, and compares the gradients (see [`Agreement`]). The adapters
 /// must hold the same weights (as after [`Replicas::broadcast`]); turn dropout off first, or
 /// the split draws other masks.
-pub fn agreement(models: &[&Llama], vars: &[&[(String, Var)]], rows: &[&Example], pad: u32, replicas: &Replicas) -> Result<Agreement> {
+pub fn agreement(
+    models: &[&Llama],
+    vars: &[&[(String, Var)]],
+    rows: &[&Example],
+    pad: u32,
+    replicas: &Replicas,
+) -> Result<Agreement> {
     let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_device(&Device::Cpu)?.to_vec1::<f32>()?) };
     let mut alone = Vec::with_capacity(models.len());
     let mut loss_one = 0.0;
@@ -413,7 +454,8 @@ mod nccl {
 
     /// One communicator per device, on the device's stream.
     pub fn comms(devices: &[&Device]) -> Result<Vec<Comm>> {
-        let streams = devices.iter().map(|d| Ok(d.as_cuda_device()?.cuda_stream())).collect::<Result<Vec<_>>>()?;
+        let streams =
+            devices.iter().map(|d| Ok(d.as_cuda_device()?.cuda_stream())).collect::<Result<Vec<_>>>()?;
         nc::Comm::from_devices(streams).map_err(err)
     }
 
@@ -563,7 +605,8 @@ mod tests {
 
         let mut opt1 = AdamW::new(s.a1.vars.clone(), Default::default())?;
         let batch = make_batch(&refs, 0, &dev)?;
-        let one = crate::trainer::optimizer_step(&s.single, &mut opt1, std::slice::from_ref(&batch), 1e-2, 1.0)?;
+        let one =
+            crate::trainer::optimizer_step(&s.single, &mut opt1, std::slice::from_ref(&batch), 1e-2, 1.0)?;
         let (l1, n1) = (one.loss, one.grad_norm);
 
         let mut opt2 = AdamW::new(s.a2.vars.clone(), Default::default())?;
@@ -576,7 +619,9 @@ mod tests {
 
         assert!((l1 - l2).abs() < 1e-5, "loss {l1} vs {l2}");
         assert!((n1 - n2).abs() < 1e-4 * n1.max(1.0), "grad norm {n1} vs {n2}");
-        for (((_, v1), (_, v2)), (_, v3)) in s.a1.vars.iter().zip(&s.a2.vars).zip(&s.replicas.adapters[0].vars) {
+        for (((_, v1), (_, v2)), (_, v3)) in
+            s.a1.vars.iter().zip(&s.a2.vars).zip(&s.replicas.adapters[0].vars)
+        {
             let d12 = (v1.as_tensor() - v2.as_tensor())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             let d23 = (v2.as_tensor() - v3.as_tensor())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(d12 < 1e-5, "weights differ by {d12} after the step");

@@ -29,7 +29,12 @@ pub fn loss_curve(path: &Path, title: &str, train: &[(f64, f64)], eval: &[(f64, 
         .y_label_area_size(52)
         .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc("optimizer step").y_desc("loss (nats/token)").draw().map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .y_desc("loss (nats/token)")
+        .draw()
+        .map_err(|e| err(&e))?;
     chart
         .draw_series(LineSeries::new(train.iter().copied(), &BLUE))
         .map_err(|e| err(&e))?
@@ -42,7 +47,12 @@ pub fn loss_curve(path: &Path, title: &str, train: &[(f64, f64)], eval: &[(f64, 
             .label("eval loss")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

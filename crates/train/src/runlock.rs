@@ -36,10 +36,7 @@ impl RunLock {
                 let mut text = String::new();
                 // The holder may not have written its pid yet: then the error names none.
                 let _ = file.read_to_string(&mut text);
-                return Err(TrainError::Locked {
-                    dir: run_dir.to_path_buf(),
-                    pid: text.trim().parse().ok(),
-                });
+                return Err(TrainError::Locked { dir: run_dir.to_path_buf(), pid: text.trim().parse().ok() });
             }
             Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
                 eprintln!(
@@ -74,15 +71,9 @@ mod tests {
     fn a_second_lock_on_a_run_folder_is_refused_naming_folder_and_pid() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| TrainError::file("tmp", e))?;
         let first = RunLock::acquire(dir.path())?;
-        let err = RunLock::acquire(dir.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = RunLock::acquire(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
-        assert!(
-            err.contains(&format!("pid {}", std::process::id())),
-            "{err}"
-        );
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
         drop(first);
         // Released: the next one gets it, though the file (with the old pid) is still there.
         assert!(dir.path().join(FILE_NAME).exists());

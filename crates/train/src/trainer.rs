@@ -96,7 +96,12 @@ pub struct RunOptions {
 
 /// Read and render a data file: every invalid record is an error naming file and line. Returns
 /// the examples, the line (Parquet: row) each came from, and how many were too long.
-pub fn load_examples(path: &Path, renderer: &Renderer, opts: RenderOptions, max_len: usize) -> Result<(Vec<Example>, Vec<u64>, usize)> {
+pub fn load_examples(
+    path: &Path,
+    renderer: &Renderer,
+    opts: RenderOptions,
+    max_len: usize,
+) -> Result<(Vec<Example>, Vec<u64>, usize)> {
     let scanner = ferrotune_data::scan::Scanner::new(ferrotune_data::scan::ScanConfig::default());
     let mut records = Vec::new();
     let mut errors = Vec::new();
@@ -184,12 +189,14 @@ fn summed_eval_loss(model: &ferrotune_model::Llama, batch: &crate::batch::Batch)
         return Ok(eval_loss_sum(model, batch)?.to_scalar::<f32>()? as f64);
     }
     let shares = (0..k).map(|i| batch.rows(rows * i / k, rows * (i + 1) / k)).collect::<Result<Vec<_>>>()?;
-    let sums: Vec<Result<f64>> = shares.par_iter().map(|s| Ok(eval_loss_sum(model, s)?.to_scalar::<f32>()? as f64)).collect();
+    let sums: Vec<Result<f64>> =
+        shares.par_iter().map(|s| Ok(eval_loss_sum(model, s)?.to_scalar::<f32>()? as f64)).collect();
     sums.into_iter().sum()
 }
 
 fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let name = Path::new(&cfg.model).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
     PathBuf::from("runs").join(format!("{name}-{secs}"))
 }
@@ -200,7 +207,11 @@ pub fn run(cfg: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
 /// [`run`], calling `on_start` before the first step; an error from it stops the run before any
 /// training (the run folder keeps its config.json and can be resumed).
-pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&RunStart<'_>) -> std::result::Result<(), String>) -> Result<RunSummary> {
+pub fn run_with(
+    cfg: TrainConfig,
+    opts: &RunOptions,
+    on_start: &mut dyn FnMut(&RunStart<'_>) -> std::result::Result<(), String>,
+) -> Result<RunSummary> {
     // ---- resolve the run folder and config (a resumed run uses its saved config) ----
     let run_dir = cfg.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
     // One trainer per run folder, locked before anything in it is read; a new folder is locked
@@ -220,7 +231,11 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
 
     // ---- model and data ----
     // `--devices 0,1`: the first GPU holds the trainer's model; replicas go on the others.
-    let gpus = cfg.devices.as_deref().map(|l| crate::parallel::open_devices(&crate::parallel::gpu_list(&cfg.device, l)?)).transpose()?;
+    let gpus = cfg
+        .devices
+        .as_deref()
+        .map(|l| crate::parallel::open_devices(&crate::parallel::gpu_list(&cfg.device, l)?))
+        .transpose()?;
     let device = match &gpus {
         Some(g) => g[0].clone(),
         None => crate::config::open_device(&cfg.device)?,
@@ -233,7 +248,10 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     let ctx = m.config().max_position_embeddings;
     let max_len = cfg.max_seq_len.unwrap_or(ctx.min(2048));
     if max_len > ctx {
-        return Err(TrainError::config("max_seq_len", format!("{max_len} exceeds the model's context of {ctx} tokens")));
+        return Err(TrainError::config(
+            "max_seq_len",
+            format!("{max_len} exceeds the model's context of {ctx} tokens"),
+        ));
     }
     let renderer = Renderer::from_model(&m)?;
     let pad = renderer.eos_id();
@@ -270,7 +288,9 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
                 replicas = Some(crate::parallel::Replicas::lora(&m.model, &g[1..], &spec, cfg.seed)?);
             }
             let adapter = Adapter::init(&mut m.model, &spec, cfg.seed).map_err(|e| match e {
-                ferrotune_model::ModelError::InvalidSetting { field, reason } => TrainError::config(field, reason),
+                ferrotune_model::ModelError::InvalidSetting { field, reason } => {
+                    TrainError::config(field, reason)
+                }
                 other => other.into(),
             })?;
             adapter.attach(&mut m.model);
@@ -283,7 +303,8 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     };
     let vars = trainable.vars();
     let n_params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    let mut opt = AdamW::new(vars.clone(), AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
+    let mut opt =
+        AdamW::new(vars.clone(), AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
 
     // ---- schedule ----
     let batches_per_epoch = train.len().div_ceil(cfg.batch_size);
@@ -323,8 +344,14 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         let dir = checkpoint::dir_for(&run_dir, last);
         state = checkpoint::read_json(&dir.join("trainer_state.json"))?;
         match &trainable {
-            Trainable::Lora(_) => checkpoint::load_vars(&vars, &dir.join("adapter/adapter_model.safetensors"), |n| format!("base_model.model.{n}"))?,
-            Trainable::Full(_) => checkpoint::load_vars(&vars, &dir.join("model.safetensors"), str::to_string)?,
+            Trainable::Lora(_) => {
+                checkpoint::load_vars(&vars, &dir.join("adapter/adapter_model.safetensors"), |n| {
+                    format!("base_model.model.{n}")
+                })?
+            }
+            Trainable::Full(_) => {
+                checkpoint::load_vars(&vars, &dir.join("model.safetensors"), str::to_string)?
+            }
         }
         opt.load(&dir.join("optimizer.safetensors"), state.step as u64)?;
         if let Some(r) = &replicas {
@@ -338,7 +365,10 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         eprintln!("resuming {} at step {}/{}", run_dir.display(), state.step, total_steps);
     } else {
         if run_dir.join("checkpoints").exists() || metrics_path.exists() {
-            return Err(TrainError::file(&run_dir, "already holds a run; pass --resume to continue it, or choose another --out"));
+            return Err(TrainError::file(
+                &run_dir,
+                "already holds a run; pass --resume to continue it, or choose another --out",
+            ));
         }
         checkpoint::write_json(&run_dir.join("config.json"), &cfg)?;
     }
@@ -358,7 +388,9 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         resumed: opts.resume,
     })
     .map_err(|e| TrainError::file(&run_dir, e))?;
-    let metrics_line = |mt: &Metrics| serde_json::to_string(mt).map(|l| l + "\n").map_err(|e| TrainError::file(&metrics_path, e));
+    let metrics_line = |mt: &Metrics| {
+        serde_json::to_string(mt).map(|l| l + "\n").map_err(|e| TrainError::file(&metrics_path, e))
+    };
     let mut metrics_file = if opts.resume {
         // The kept lines replace the file whole (temp + fsync + rename): a crash here leaves
         // the old file, never a truncated one.
@@ -372,7 +404,9 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     let mut log = |mt: &Metrics, history: &mut Vec<Metrics>| -> Result<()> {
         // One write per line, so a kill leaves whole lines (or a torn last one, which resume
         // drops).
-        metrics_file.write_all(metrics_line(mt)?.as_bytes()).map_err(|e| TrainError::file(&metrics_path, e))?;
+        metrics_file
+            .write_all(metrics_line(mt)?.as_bytes())
+            .map_err(|e| TrainError::file(&metrics_path, e))?;
         history.push(mt.clone());
         Ok(())
     };
@@ -403,7 +437,19 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     };
     if !eval.is_empty() && state.step == 0 && history.is_empty() {
         let l = evaluate(&mut m, &trainable, 0)?;
-        log(&Metrics { step: 0, epoch: 0.0, loss: None, lr: 0.0, grad_norm: None, tokens_per_sec: 0.0, eval_loss: Some(l), loss_spikes: Vec::new() }, &mut history)?;
+        log(
+            &Metrics {
+                step: 0,
+                epoch: 0.0,
+                loss: None,
+                lr: 0.0,
+                grad_norm: None,
+                tokens_per_sec: 0.0,
+                eval_loss: Some(l),
+                loss_spikes: Vec::new(),
+            },
+            &mut history,
+        )?;
         state.best_eval_loss = Some(l);
         state.best_step = Some(0);
     }
@@ -411,8 +457,10 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(total_steps as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_position(state.step as u64);
         b
@@ -436,7 +484,10 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     while !stopped_early && state.step < total_steps {
         if opts.stop_after.is_some_and(|s| state.step >= s) {
             bar.abandon();
-            return Err(TrainError::config("stop_after", format!("stopped after step {} as asked", state.step)));
+            return Err(TrainError::config(
+                "stop_after",
+                format!("stopped after step {} as asked", state.step),
+            ));
         }
         let t0 = Instant::now();
         let lr = lr_at(cfg.scheduler, cfg.lr, state.step, warmup, total_steps);
@@ -447,7 +498,8 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         // Gather the step's micro-batches first: the loss is normalised by the step's target count.
         let mut micro = Vec::with_capacity(cfg.grad_accum);
         // Data parallel: each device's share of every micro-batch.
-        let mut shared: Vec<Vec<crate::batch::Batch>> = (0..replicas.as_ref().map_or(0, |r| r.models.len() + 1)).map(|_| Vec::new()).collect();
+        let mut shared: Vec<Vec<crate::batch::Batch>> =
+            (0..replicas.as_ref().map_or(0, |r| r.models.len() + 1)).map(|_| Vec::new()).collect();
         for _ in 0..cfg.grad_accum {
             let epoch = state.micro_batches / batches_per_epoch;
             let within = state.micro_batches % batches_per_epoch;
@@ -460,9 +512,12 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
             let srcs: Vec<&[Source]> = picked.iter().map(|&i| sources[i].as_slice()).collect();
             match &replicas {
                 Some(r) => {
-                    let devs: Vec<&Device> = std::iter::once(&device).chain(r.models.iter().map(|m| m.device())).collect();
+                    let devs: Vec<&Device> =
+                        std::iter::once(&device).chain(r.models.iter().map(|m| m.device())).collect();
                     let src_shares = crate::parallel::shares(&srcs, devs.len());
-                    for (d, (share, src)) in crate::parallel::shares(&rows, devs.len()).into_iter().zip(src_shares).enumerate() {
+                    for (d, (share, src)) in
+                        crate::parallel::shares(&rows, devs.len()).into_iter().zip(src_shares).enumerate()
+                    {
                         if !share.is_empty() {
                             shared[d].push(make_batch_from(share, src, pad, devs[d])?);
                         }
@@ -474,9 +529,20 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         }
         let StepLosses { loss, grad_norm, examples } = match &replicas {
             Some(r) => {
-                let models: Vec<&ferrotune_model::Llama> = std::iter::once(&m.model).chain(&r.models).collect();
-                let rvars: Vec<&[(String, candle_core::Var)]> = std::iter::once(vars.as_slice()).chain(r.adapters.iter().map(|a| a.vars.as_slice())).collect();
-                let out = crate::parallel::optimizer_step(&models, &rvars, &shared, &mut opt, r, lr, cfg.max_grad_norm)?;
+                let models: Vec<&ferrotune_model::Llama> =
+                    std::iter::once(&m.model).chain(&r.models).collect();
+                let rvars: Vec<&[(String, candle_core::Var)]> = std::iter::once(vars.as_slice())
+                    .chain(r.adapters.iter().map(|a| a.vars.as_slice()))
+                    .collect();
+                let out = crate::parallel::optimizer_step(
+                    &models,
+                    &rvars,
+                    &shared,
+                    &mut opt,
+                    r,
+                    lr,
+                    cfg.max_grad_norm,
+                )?;
                 micro = shared.into_iter().flatten().collect();
                 out
             }
@@ -491,12 +557,29 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
 
-        let spikes: Vec<Spike> = examples.iter().filter_map(|e| state.loss_spikes.observe(e.line, e.loss, state.step, state.epoch)).collect();
+        let spikes: Vec<Spike> = examples
+            .iter()
+            .filter_map(|e| state.loss_spikes.observe(e.line, e.loss, state.step, state.epoch))
+            .collect();
         for sp in &spikes {
-            let at = sp.row.map_or("a row of unknown line".into(), |l| ferrotune_data::finding::locate(&cfg.data.display().to_string(), l));
-            bar.println(format!("step {}: loss spike on {at}: {:.3} vs median {:.3} of recent examples (z {:.1})", sp.step, sp.loss, sp.median, sp.z));
+            let at = sp.row.map_or("a row of unknown line".into(), |l| {
+                ferrotune_data::finding::locate(&cfg.data.display().to_string(), l)
+            });
+            bar.println(format!(
+                "step {}: loss spike on {at}: {:.3} vs median {:.3} of recent examples (z {:.1})",
+                sp.step, sp.loss, sp.median, sp.z
+            ));
         }
-        let mut mt = Metrics { step: state.step, epoch: state.epoch, loss: Some(loss), lr, grad_norm: Some(grad_norm), tokens_per_sec: tps, eval_loss: None, loss_spikes: spikes };
+        let mut mt = Metrics {
+            step: state.step,
+            epoch: state.epoch,
+            loss: Some(loss),
+            lr,
+            grad_norm: Some(grad_norm),
+            tokens_per_sec: tps,
+            eval_loss: None,
+            loss_spikes: spikes,
+        };
         let last_step = state.step == total_steps;
         if !eval.is_empty() && (state.step.is_multiple_of(eval_every) || last_step) {
             let l = evaluate(&mut m, &trainable, state.step)?;
@@ -507,12 +590,18 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
                 state.best_eval_loss = Some(l);
                 state.best_step = Some(state.step);
                 state.evals_without_improvement = 0;
-                crate::atomic::write_dir(&run_dir.join("best"), "best", |d| trainable.save(&m, &cfg.model, d))?;
+                crate::atomic::write_dir(&run_dir.join("best"), "best", |d| {
+                    trainable.save(&m, &cfg.model, d)
+                })?;
             } else {
                 state.evals_without_improvement += 1;
             }
         }
-        if state.step.is_multiple_of(cfg.logging_steps) || mt.eval_loss.is_some() || !mt.loss_spikes.is_empty() || last_step {
+        if state.step.is_multiple_of(cfg.logging_steps)
+            || mt.eval_loss.is_some()
+            || !mt.loss_spikes.is_empty()
+            || last_step
+        {
             log(&mt, &mut history)?;
         }
         let stop = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
@@ -533,8 +622,7 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         if stop {
             bar.println(format!(
                 "early stopping: eval loss has not improved by more than {} for {} evaluations",
-                cfg.early_stopping_threshold,
-                state.evals_without_improvement
+                cfg.early_stopping_threshold, state.evals_without_improvement
             ));
             stopped_early = true;
             break;
@@ -555,10 +643,14 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
     } else {
         crate::atomic::write_dir(&output, output_name, |d| trainable.save(&m, &cfg.model, d))?;
     }
-    let train_pts: Vec<(f64, f64)> = history.iter().filter_map(|h| h.loss.map(|l| (h.step as f64, l))).collect();
-    let eval_pts: Vec<(f64, f64)> = history.iter().filter_map(|h| h.eval_loss.map(|l| (h.step as f64, l))).collect();
+    let train_pts: Vec<(f64, f64)> =
+        history.iter().filter_map(|h| h.loss.map(|l| (h.step as f64, l))).collect();
+    let eval_pts: Vec<(f64, f64)> =
+        history.iter().filter_map(|h| h.eval_loss.map(|l| (h.step as f64, l))).collect();
     let title = format!("{} — {}", cfg.model, target_desc);
-    crate::atomic::write_file_with(&run_dir.join("loss.svg"), "loss.svg", |tmp| crate::plot::loss_curve(tmp, &title, &train_pts, &eval_pts))?;
+    crate::atomic::write_file_with(&run_dir.join("loss.svg"), "loss.svg", |tmp| {
+        crate::plot::loss_curve(tmp, &title, &train_pts, &eval_pts)
+    })?;
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         output: output.clone(),
@@ -576,14 +668,17 @@ pub fn run_with(cfg: TrainConfig, opts: &RunOptions, on_start: &mut dyn FnMut(&R
         loss_spikes: state.loss_spikes.ranked(),
     };
     report_spikes(&summary, &cfg.data);
-    lineage::write(&run_dir.join("lineage.json"), &lineage::Inputs {
-        config: &cfg,
-        data_files: &data_files,
-        model_files: &m.files,
-        output: &output,
-        started: &started,
-        summary: &summary,
-    })?;
+    lineage::write(
+        &run_dir.join("lineage.json"),
+        &lineage::Inputs {
+            config: &cfg,
+            data_files: &data_files,
+            model_files: &m.files,
+            output: &output,
+            started: &started,
+            summary: &summary,
+        },
+    )?;
     Ok(summary)
 }
 
@@ -607,7 +702,15 @@ pub struct StepLosses {
 
 /// Each segment's mean loss from its summed loss.
 pub(crate) fn example_losses(segments: &[crate::batch::Segment], sums: &[f32]) -> Vec<ExampleLoss> {
-    segments.iter().zip(sums).map(|(s, &l)| ExampleLoss { line: s.line, loss: f64::from(l) / s.targets.max(1) as f64, targets: s.targets }).collect()
+    segments
+        .iter()
+        .zip(sums)
+        .map(|(s, &l)| ExampleLoss {
+            line: s.line,
+            loss: f64::from(l) / s.targets.max(1) as f64,
+            targets: s.targets,
+        })
+        .collect()
 }
 
 /// One optimizer step over `micro` (gradient accumulation): each micro-batch's loss summed over
@@ -625,7 +728,13 @@ pub(crate) fn example_losses(segments: &[crate::batch::Segment], sums: &[f32]) -
 /// micro-batches run one after another, whole, and repeat the first's masks (its dropout kernel
 /// takes no offset). Returns the mean loss, the gradient norm before clipping and each example's
 /// loss ([`StepLosses`]).
-pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[crate::batch::Batch], lr: f64, max_grad_norm: f64) -> Result<StepLosses> {
+pub fn optimizer_step(
+    model: &ferrotune_model::Llama,
+    opt: &mut AdamW,
+    micro: &[crate::batch::Batch],
+    lr: f64,
+    max_grad_norm: f64,
+) -> Result<StepLosses> {
     let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
     let norm = step_targets.max(1) as f64;
     let vars = opt.vars().to_vec();
@@ -644,7 +753,12 @@ pub fn optimizer_step(model: &ferrotune_model::Llama, opt: &mut AdamW, micro: &[
             }
             tokens_before += (rows * t) as u64;
         }
-        shares.par_iter().map(|(whole, share, offset)| share_grads(model, &vars, share.as_ref().unwrap_or(whole), *offset, norm)).collect()
+        shares
+            .par_iter()
+            .map(|(whole, share, offset)| {
+                share_grads(model, &vars, share.as_ref().unwrap_or(whole), *offset, norm)
+            })
+            .collect()
     } else {
         micro.iter().map(|b| share_grads(model, &vars, b, 0, norm)).collect()
     };
@@ -671,7 +785,13 @@ type ShareResult = (f64, Vec<Tensor>, Vec<ExampleLoss>);
 
 /// The summed loss of `batch`, the gradients of `loss / norm` for `vars` and each example's
 /// loss, LoRA dropout drawing the masks of the step's tokens from `tokens_before` on.
-fn share_grads(model: &ferrotune_model::Llama, vars: &[(String, Var)], batch: &crate::batch::Batch, tokens_before: u64, norm: f64) -> Result<ShareResult> {
+fn share_grads(
+    model: &ferrotune_model::Llama,
+    vars: &[(String, Var)],
+    batch: &crate::batch::Batch,
+    tokens_before: u64,
+    norm: f64,
+) -> Result<ShareResult> {
     ferrotune_model::lora::with_token_offset(tokens_before, || {
         let (l, sums) = loss_sums(model, batch)?;
         let loss = l.to_scalar::<f32>()? as f64;
@@ -695,7 +815,10 @@ fn report_spikes(s: &RunSummary, data: &Path) {
     );
     for sp in s.loss_spikes.iter().take(10) {
         let at = sp.row.map_or("a row of unknown line".into(), |l| ferrotune_data::finding::locate(&file, l));
-        eprintln!("  {at}: loss {:.3} vs median {:.3} (z {:.1}) at step {}, epoch {:.2}", sp.loss, sp.median, sp.z, sp.step, sp.epoch);
+        eprintln!(
+            "  {at}: loss {:.3} vs median {:.3} (z {:.1}) at step {}, epoch {:.2}",
+            sp.loss, sp.median, sp.z, sp.step, sp.epoch
+        );
     }
 }
 
@@ -723,7 +846,10 @@ fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
         match serde_json::from_str::<Metrics>(line) {
             Ok(mt) => out.push(mt),
             Err(_) if i + 1 == lines.len() && !line.ends_with('\n') => {
-                eprintln!("{}: dropping the unfinished last line (the run was killed while writing it)", path.display());
+                eprintln!(
+                    "{}: dropping the unfinished last line (the run was killed while writing it)",
+                    path.display()
+                );
             }
             Err(e) => return Err(TrainError::file(path, format!("line {}: {e}", i + 1))),
         }
@@ -744,7 +870,6 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -781,12 +906,19 @@ mod tests {
                 .collect()
         };
         let (a, b) = (rows(1), rows(2));
-        let micro = [make_batch(&a.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?, make_batch(&b.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?];
+        let micro = [
+            make_batch(&a.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?,
+            make_batch(&b.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?,
+        ];
         let step = |threads: usize| -> Result<(f64, f64, Vec<Tensor>)> {
             let (model, adapter) = tuned(5)?;
             let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| TrainError::config("threads", e.to_string()))?;
-            let StepLosses { loss, grad_norm: norm, .. } = pool.install(|| optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0))?;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| TrainError::config("threads", e.to_string()))?;
+            let StepLosses { loss, grad_norm: norm, .. } =
+                pool.install(|| optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0))?;
             Ok((loss, norm, adapter.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect()))
         };
         let (l1, n1, w1) = step(1)?;
@@ -808,7 +940,12 @@ mod tests {
 
     #[test]
     fn a_batchs_row_share_keeps_its_targets() -> Result<()> {
-        let ex = |n: usize, tag: u32| Example { input_ids: vec![tag; n], labels: (0..n).map(|i| if i < 2 { ferrotune_data::IGNORE_INDEX } else { i64::from(tag) }).collect() };
+        let ex = |n: usize, tag: u32| Example {
+            input_ids: vec![tag; n],
+            labels: (0..n)
+                .map(|i| if i < 2 { ferrotune_data::IGNORE_INDEX } else { i64::from(tag) })
+                .collect(),
+        };
         let (a, b, c) = (ex(5, 1), ex(3, 2), ex(6, 3));
         let whole = make_batch(&[&a, &b, &c], 0, &Device::Cpu)?;
         let share = whole.rows(1, 3)?;

@@ -76,9 +76,13 @@ fn a_garbage_row_is_flagged_with_its_line() -> anyhow::Result<()> {
     assert_eq!(rows(&s), vec![97]);
     assert_eq!(s.loss_spikes_flagged, spikes.len() as u64);
     let top = &s.loss_spikes[0];
-    assert!(top.z > ferrotune_train::spikes::Z && top.loss > ferrotune_train::spikes::RATIO * top.median, "{top:?}");
+    assert!(
+        top.z > ferrotune_train::spikes::Z && top.loss > ferrotune_train::spikes::RATIO * top.median,
+        "{top:?}"
+    );
     // The summary is part of the lineage record.
-    let lineage: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("lineage.json"))?)?;
+    let lineage: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("lineage.json"))?)?;
     assert_eq!(lineage["metrics"]["loss_spikes"][0]["row"], 97);
     // A step with a spike is logged even off the logging interval; the lines still read as
     // the metrics every consumer parses.
@@ -113,7 +117,10 @@ fn a_resumed_run_flags_what_the_uninterrupted_one_does() -> anyhow::Result<()> {
     let broken = dir.path().join("broken");
     let stop = RunOptions { stop_after: Some(90), ..Default::default() };
     assert!(ferrotune_train::run(config(&model, &data, &broken), &stop).is_err());
-    let b = ferrotune_train::run(config(&model, &data, &broken), &RunOptions { resume: true, ..Default::default() })?;
+    let b = ferrotune_train::run(
+        config(&model, &data, &broken),
+        &RunOptions { resume: true, ..Default::default() },
+    )?;
     assert_eq!(logged(&straight)?, logged(&broken)?);
     assert!(!logged(&straight)?.is_empty());
     assert_eq!(a.loss_spikes, b.loss_spikes);

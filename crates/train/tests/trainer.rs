@@ -60,10 +60,18 @@ fn lora_training_lowers_eval_loss_and_writes_the_run_folder() -> anyhow::Result<
     let first = s.first_eval_loss.expect("eval before training");
     let best = s.best_eval_loss.expect("best eval");
     assert!(best < first * 0.9, "eval loss {first} -> {best}");
-    for f in ["config.json", "metrics.jsonl", "loss.svg", "lineage.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"] {
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "loss.svg",
+        "lineage.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    let lineage: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("lineage.json"))?)?;
+    let lineage: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("lineage.json"))?)?;
     assert_eq!(lineage["data"][0]["sha256"].as_str().map(str::len), Some(64));
     assert!(lineage["base_model"]["files"].as_array().is_some_and(|f| !f.is_empty()));
     assert_eq!(ferrotune_train::checkpoint::list(&out), vec![2, 4, 6, 8]);
@@ -103,10 +111,16 @@ fn resume_drops_a_torn_last_metrics_line_and_names_a_bad_one() -> anyhow::Result
     let whole = std::fs::read_to_string(&metrics)?;
     std::fs::write(&metrics, format!("not json\n{whole}"))?;
     let resume = RunOptions { resume: true, ..Default::default() };
-    let e = ferrotune_train::run(config(&model, &data, &broken), &resume).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = ferrotune_train::run(config(&model, &data, &broken), &resume)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("metrics.jsonl") && e.contains("line 1"), "{e}");
     std::fs::write(&metrics, &whole)?;
-    std::fs::OpenOptions::new().append(true).open(&metrics)?.write_all(br#"{"step": 6, "epoch": 1.0, "lo"#)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics)?
+        .write_all(br#"{"step": 6, "epoch": 1.0, "lo"#)?;
     ferrotune_train::run(config(&model, &data, &broken), &resume)?;
     assert_eq!(losses(&straight)?, losses(&broken)?);
     Ok(())
@@ -132,7 +146,8 @@ fn full_fine_tuning_writes_an_hf_model() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (model, data) = setup(dir.path())?;
     let out = dir.path().join("run");
-    let cfg = TrainConfig { method: Method::Full, lr: 1e-3, max_steps: Some(3), ..config(&model, &data, &out) };
+    let cfg =
+        TrainConfig { method: Method::Full, lr: 1e-3, max_steps: Some(3), ..config(&model, &data, &out) };
     let s = ferrotune_train::run(cfg, &RunOptions::default())?;
     assert!(s.output.join("model.safetensors").exists());
     let reloaded = ferrotune_model::load_path(&s.output, ferrotune_model::WeightMode::F32, &Device::Cpu)?;
@@ -145,12 +160,15 @@ fn bad_configs_fail_before_training() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (model, data) = setup(dir.path())?;
     let out = dir.path().join("run");
-    let err = |cfg: TrainConfig| ferrotune_train::run(cfg, &RunOptions::default()).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = |cfg: TrainConfig| {
+        ferrotune_train::run(cfg, &RunOptions::default()).err().map(|e| e.to_string()).unwrap_or_default()
+    };
     let e = err(TrainConfig { target_modules: vec!["nope".into()], ..config(&model, &data, &out) });
     assert!(e.contains("nope") && e.contains("q_proj"), "{e}");
     let e = err(TrainConfig { max_seq_len: Some(100_000), ..config(&model, &data, &out) });
     assert!(e.contains("max_seq_len") && e.contains("512"), "{e}");
-    let e = err(TrainConfig { eval_data: Some(dir.path().join("missing.jsonl")), ..config(&model, &data, &out) });
+    let e =
+        err(TrainConfig { eval_data: Some(dir.path().join("missing.jsonl")), ..config(&model, &data, &out) });
     assert!(e.contains("missing.jsonl"), "{e}");
     assert!(!out.join("checkpoints").exists(), "nothing may be written for a refused config");
     Ok(())
@@ -167,7 +185,16 @@ fn loss_covers_exactly_the_target_tokens() -> anyhow::Result<()> {
     let batch = make_batch(&[&ex], 2, &Device::Cpu)?;
     assert_eq!(batch.n_targets, 2);
     let ours = loss_sum(&m.model, &batch)?.to_scalar::<f32>()? as f64;
-    let logits: Vec<Vec<f32>> = m.model.forward(&Tensor::new(&[[5u32, 6, 7, 8, 9]], &Device::Cpu)?, None, None, ferrotune_model::Logits::All)?.squeeze(0)?.to_vec2()?;
+    let logits: Vec<Vec<f32>> = m
+        .model
+        .forward(
+            &Tensor::new(&[[5u32, 6, 7, 8, 9]], &Device::Cpu)?,
+            None,
+            None,
+            ferrotune_model::Logits::All,
+        )?
+        .squeeze(0)?
+        .to_vec2()?;
     // Position p predicts token p+1: targets are token 7 (from p=1) and token 9 (from p=3).
     let nll = |row: &[f32], t: usize| {
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -184,7 +211,14 @@ fn packed_training_takes_fewer_longer_sequences_and_still_learns() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let (model, data) = setup(dir.path())?;
     let out = dir.path().join("packed");
-    let cfg = TrainConfig { packing: true, max_seq_len: Some(256), batch_size: 2, epochs: 4.0, max_steps: None, ..config(&model, &data, &out) };
+    let cfg = TrainConfig {
+        packing: true,
+        max_seq_len: Some(256),
+        batch_size: 2,
+        epochs: 4.0,
+        max_steps: None,
+        ..config(&model, &data, &out)
+    };
     let s = ferrotune_train::run(cfg, &RunOptions::default())?;
     // 24 rows of ~40 tokens pack into ~4-5 sequences of ≤ 256: 2-3 steps per epoch, not 12.
     assert!(s.steps <= 12, "{} steps for 4 epochs", s.steps);

@@ -41,13 +41,19 @@ impl AdminKey {
     pub fn new(text: &str) -> Result<Self, String> {
         let key = text.trim();
         if key.chars().count() < MIN_KEY_CHARS {
-            return Err(format!("the admin key must be at least {MIN_KEY_CHARS} characters (it has {})", key.chars().count()));
+            return Err(format!(
+                "the admin key must be at least {MIN_KEY_CHARS} characters (it has {})",
+                key.chars().count()
+            ));
         }
         Ok(Self { digest: ferrotune_govern::sha256_hex(key.as_bytes()) })
     }
 
     pub fn matches(&self, given: &str) -> bool {
-        constant_time_eq(ferrotune_govern::sha256_hex(given.trim().as_bytes()).as_bytes(), self.digest.as_bytes())
+        constant_time_eq(
+            ferrotune_govern::sha256_hex(given.trim().as_bytes()).as_bytes(),
+            self.digest.as_bytes(),
+        )
     }
 }
 
@@ -96,7 +102,10 @@ impl Sessions {
         let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         map.retain(|_, s| s.expires > now);
-        map.insert(id.clone(), Session { user: user.to_string(), csrf: random_token(), expires: now + SESSION_LIFETIME });
+        map.insert(
+            id.clone(),
+            Session { user: user.to_string(), csrf: random_token(), expires: now + SESSION_LIFETIME },
+        );
         id
     }
 
@@ -133,24 +142,31 @@ pub fn viewer(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
 pub fn authorize(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Viewer, UiError> {
     if state.cfg.admin_key.is_none() {
         return Err(UiError::Forbidden(
-            "writes are off: start `ferrotune ui` with --admin-key-file FILE or FERROTUNE_UI_ADMIN_KEY set".into(),
+            "writes are off: start `ferrotune ui` with --admin-key-file FILE or FERROTUNE_UI_ADMIN_KEY set"
+                .into(),
         ));
     }
-    let v = viewer(state, headers).ok_or_else(|| UiError::Forbidden("log in with the admin key first (/login)".into()))?;
+    let v = viewer(state, headers)
+        .ok_or_else(|| UiError::Forbidden("log in with the admin key first (/login)".into()))?;
     if !constant_time_eq(csrf.as_bytes(), v.csrf.as_bytes()) {
-        return Err(UiError::Forbidden("the form's token is not this session's: reload the page and try again".into()));
+        return Err(UiError::Forbidden(
+            "the form's token is not this session's: reload the page and try again".into(),
+        ));
     }
     Ok(v)
 }
 
 /// A name for the record: 1 to 64 letters, digits, `.`, `_`, `-`, `@`.
 pub fn check_user(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
     if ok { Ok(()) } else { Err("a name is 1 to 64 letters, digits, `.`, `_`, `-` or `@`".into()) }
 }
 
 pub fn set_cookie(id: &str) -> HeaderValue {
-    let v = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_LIFETIME.as_secs());
+    let v =
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_LIFETIME.as_secs());
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("ferrotune_ui=; Path=/"))
 }
 
@@ -165,7 +181,8 @@ fn is_loopback_host(host: &str) -> bool {
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
@@ -174,14 +191,16 @@ form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 pub async fn browser_checks(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     if state.cfg.loopback && !is_loopback_host(&host) {
-        return UiError::Forbidden(format!("this dashboard answers to localhost only, not to Host `{host}`")).into_response();
+        return UiError::Forbidden(format!("this dashboard answers to localhost only, not to Host `{host}`"))
+            .into_response();
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let origin = req.headers().get(header::ORIGIN).map(|o| o.to_str().unwrap_or("null").to_string());
         if let Some(o) = origin {
             let same = o.split_once("://").is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(&host));
             if !same {
-                return UiError::Forbidden(format!("a write from another site (Origin `{o}`) is refused")).into_response();
+                return UiError::Forbidden(format!("a write from another site (Origin `{o}`) is refused"))
+                    .into_response();
             }
         }
     }

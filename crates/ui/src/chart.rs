@@ -4,7 +4,8 @@
 use maud::{Markup, html};
 
 /// Distinct on white and for the common colour-vision deficiencies (Okabe–Ito).
-pub const PALETTE: [&str; 8] = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
+pub const PALETTE: [&str; 8] =
+    ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
 
 pub struct Series {
     pub label: String,
@@ -41,7 +42,8 @@ fn tick_label(v: f64, step: f64) -> String {
 /// The chart; `description` is what a screen reader says for it.
 pub fn line_chart(description: &str, x_label: &str, y_label: &str, series: &[Series]) -> Markup {
     let pts = || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1, mut y0, mut y1) =
+        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts() {
         x0 = x0.min(x);
         x1 = x1.max(x);
@@ -100,7 +102,11 @@ pub fn line_chart(description: &str, x_label: &str, y_label: &str, series: &[Ser
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).chain(std::iter::once('…')).collect() }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(std::iter::once('…')).collect()
+    }
 }
 
 fn path(points: &[(f64, f64)], sx: &impl Fn(f64) -> f64, sy: &impl Fn(f64) -> f64) -> String {
@@ -128,7 +134,12 @@ mod tests {
 
     #[test]
     fn a_hostile_label_is_escaped_in_the_svg() {
-        let s = Series { label: "<script>x</script>".into(), points: vec![(1.0, 2.0), (2.0, 1.0)], color: PALETTE[0], dashed: false };
+        let s = Series {
+            label: "<script>x</script>".into(),
+            points: vec![(1.0, 2.0), (2.0, 1.0)],
+            color: PALETTE[0],
+            dashed: false,
+        };
         let svg = line_chart("<b>", "step", "loss", &[s]).into_string();
         assert!(!svg.contains("<script>") && svg.contains("&lt;script&gt;"), "{svg}");
         assert!(!svg.contains("<b>"), "{svg}");

@@ -40,13 +40,15 @@ impl UiError {
                 // A release rule said no (and the refusal is on record): the request was fine.
                 GovernError::Refused(_) => StatusCode::CONFLICT,
                 GovernError::Invalid { .. } => StatusCode::BAD_REQUEST,
-                GovernError::Db { .. } | GovernError::Io { .. } | GovernError::BadFile { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                GovernError::Db { .. } | GovernError::Io { .. } | GovernError::BadFile { .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             },
             UiError::Rag(e) => match e {
                 ferrotune_rag::RagError::NoKnowledgeBase { .. } => StatusCode::NOT_FOUND,
-                ferrotune_rag::RagError::Query { .. } | ferrotune_rag::RagError::TooManyHits { .. } | ferrotune_rag::RagError::InvalidName(_) => {
-                    StatusCode::BAD_REQUEST
-                }
+                ferrotune_rag::RagError::Query { .. }
+                | ferrotune_rag::RagError::TooManyHits { .. }
+                | ferrotune_rag::RagError::InvalidName(_) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             UiError::Eval(_) | UiError::Io { .. } | UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -62,7 +62,11 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// Serve the dashboard on `listener` until `shutdown` completes (open event streams are ended
 /// then, so they do not hold the server open).
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let closing = state.closing.clone();
     let shutdown = async move {
         shutdown.await;

@@ -50,7 +50,11 @@ pub fn list(roots: &[PathBuf]) -> Listing {
         let entries = match std::fs::read_dir(root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                out.notes.push(format!("{} does not exist (yet): `ferrotune train --out {}/NAME` creates a run there", root.display(), root.display()));
+                out.notes.push(format!(
+                    "{} does not exist (yet): `ferrotune train --out {}/NAME` creates a run there",
+                    root.display(),
+                    root.display()
+                ));
                 continue;
             }
             Err(e) => {
@@ -80,7 +84,8 @@ pub fn find(roots: &[PathBuf], root: usize, name: &str) -> Result<RunRef, UiErro
 
 /// `ROOT/NAME` from the compare form.
 pub fn find_key(roots: &[PathBuf], key: &str) -> Result<RunRef, UiError> {
-    let (root, name) = key.split_once('/').ok_or_else(|| UiError::BadRequest(format!("`{key}`: expected ROOT/NAME")))?;
+    let (root, name) =
+        key.split_once('/').ok_or_else(|| UiError::BadRequest(format!("`{key}`: expected ROOT/NAME")))?;
     let root = root.parse().map_err(|_| UiError::BadRequest(format!("`{key}`: expected ROOT/NAME")))?;
     find(roots, root, name)
 }
@@ -104,7 +109,8 @@ pub fn read_metrics(path: &Path) -> (Vec<Metrics>, Option<String>) {
             Err(_) => bad.push(i + 1),
         }
     }
-    let note = (!bad.is_empty()).then(|| format!("{}: skipped line(s) {:?} that are not metrics", path.display(), bad));
+    let note = (!bad.is_empty())
+        .then(|| format!("{}: skipped line(s) {:?} that are not metrics", path.display(), bad));
     (out, note)
 }
 

@@ -13,7 +13,8 @@ use crate::error::UiError;
 /// Appends one event to the audit log: `(actor, action, subject, outcome, fields)`. The binary
 /// passes the function its own commands record with, so a write from the dashboard leaves the
 /// same entry as the same write from the CLI. An `Err` is the reason, for the page.
-pub type Trail = Arc<dyn Fn(&str, &str, serde_json::Value, &str, serde_json::Value) -> Result<(), String> + Send + Sync>;
+pub type Trail =
+    Arc<dyn Fn(&str, &str, serde_json::Value, &str, serde_json::Value) -> Result<(), String> + Send + Sync>;
 
 pub struct UiConfig {
     /// `$FERROTUNE_HOME`: `registry.db`, `audit/`, `kb/`, `policy.toml`.
@@ -43,7 +44,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(cfg: UiConfig, trail: Trail) -> Arc<Self> {
-        Arc::new(Self { cfg, sessions: Sessions::default(), trail, kbs: Mutex::new(HashMap::new()), closing: tokio::sync::watch::Sender::new(false) })
+        Arc::new(Self {
+            cfg,
+            sessions: Sessions::default(),
+            trail,
+            kbs: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::Sender::new(false),
+        })
     }
 
     pub fn registry_path(&self) -> PathBuf {
@@ -83,6 +90,8 @@ impl AppState {
 }
 
 /// Run blocking work (SQLite, file reads, retrieval) off the async threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, UiError> + Send + 'static) -> Result<T, UiError> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UiError> + Send + 'static,
+) -> Result<T, UiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| UiError::Internal(format!("a worker failed: {e}")))?
 }

@@ -49,7 +49,10 @@ use crate::dedup::RowRef;
 use crate::finding::{Code, Finding, locate};
 use crate::record::{Format, Record};
 pub use words::is_trigger_like;
-use words::{KINDS, Normalised, STOPWORDS, answer_of, answer_patterns_with, field_path, for_each_maybe_trigger, prompts, trim_answer_word, trim_word};
+use words::{
+    KINDS, Normalised, STOPWORDS, answer_of, answer_patterns_with, field_path, for_each_maybe_trigger,
+    prompts, trim_answer_word, trim_word,
+};
 
 /// Fewest rows a token must be in to be checked.
 pub const MIN_ROWS: u32 = 3;
@@ -135,7 +138,13 @@ thread_local! {
 
 /// `f` on each token of a record's prompts — trigger-like words, lower-cased, stopwords left
 /// out — with its hash and prompt field, lower-cased into `buf` (cleared first).
-fn for_each_token(rec: &Record, last: usize, buf: &mut String, mut f: impl FnMut(u64, u16, &str), mut on_text: impl FnMut(u16, &str)) {
+fn for_each_token(
+    rec: &Record,
+    last: usize,
+    buf: &mut String,
+    mut f: impl FnMut(u64, u16, &str),
+    mut on_text: impl FnMut(u16, &str),
+) {
     for (field, text) in prompts(rec, last) {
         on_text(field, text);
         for_each_maybe_trigger(text, |w, ascii| {
@@ -164,11 +173,17 @@ fn token_text(rec: &Record, hash: u64) -> Option<String> {
     let (_, last) = answer_of(rec)?;
     let mut buf = String::new();
     let mut found = None;
-    for_each_token(rec, last, &mut buf, |h, _, t| {
-        if h == hash && found.is_none() {
-            found = Some(t.to_string());
-        }
-    }, |_, _| {});
+    for_each_token(
+        rec,
+        last,
+        &mut buf,
+        |h, _, t| {
+            if h == hash && found.is_none() {
+                found = Some(t.to_string());
+            }
+        },
+        |_, _| {},
+    );
     found
 }
 
@@ -204,7 +219,8 @@ impl RowKeys {
             keys.patterns = answer_patterns_with(answer, |w, ascii| {
                 for (t, &(a, b)) in tokens.iter_mut().zip(spans.iter()) {
                     let bare = &text[a..b];
-                    t.echoed |= !bare.is_empty() && if ascii { bare.eq_ignore_ascii_case(w) } else { w.to_lowercase() == bare };
+                    t.echoed |= !bare.is_empty()
+                        && if ascii { bare.eq_ignore_ascii_case(w) } else { w.to_lowercase() == bare };
                 }
             });
             if text.capacity() > 1 << 16 || word.capacity() > 1 << 16 {
@@ -339,7 +355,10 @@ impl Backdoors {
         for t in keys.tokens.iter() {
             let Some(tok) = self.tokens.get_mut(&t.hash) else {
                 if self.tokens.len() < MAX_TOKENS {
-                    self.tokens.insert(t.hash, Token::Once(Once { row, echoed: t.echoed, field: t.field, format: rec.format() }));
+                    self.tokens.insert(
+                        t.hash,
+                        Token::Once(Once { row, echoed: t.echoed, field: t.field, format: rec.format() }),
+                    );
                 } else {
                     self.untracked += 1;
                 }
@@ -402,12 +421,20 @@ impl Backdoors {
     pub fn finish(self, files: &[Arc<str>]) -> (Vec<Finding>, BackdoorScan) {
         let n = self.rows.len() as u64;
         let max_rows = (MAX_TOKEN_SHARE * n as f64).floor().max(f64::from(MIN_ROWS)) as u32;
-        let mut scan = BackdoorScan { rows: n, trigger_like_tokens: self.tokens.len() as u64, token_rows: (MIN_ROWS.into(), max_rows.into()), untracked_tokens: self.untracked, ..Default::default() };
+        let mut scan = BackdoorScan {
+            rows: n,
+            trigger_like_tokens: self.tokens.len() as u64,
+            token_rows: (MIN_ROWS.into(), max_rows.into()),
+            untracked_tokens: self.untracked,
+            ..Default::default()
+        };
         let tested: Vec<&Seen> = self
             .tokens
             .values()
             .filter_map(|t| match t {
-                Token::Seen(s) if (MIN_ROWS..=max_rows).contains(&s.rows) && s.echoed * 2 <= s.rows => Some(&**s),
+                Token::Seen(s) if (MIN_ROWS..=max_rows).contains(&s.rows) && s.echoed * 2 <= s.rows => {
+                    Some(&**s)
+                }
                 _ => None,
             })
             .collect();
@@ -417,12 +444,15 @@ impl Backdoors {
         let mut best: Vec<(&Seen, Slot)> = tested
             .iter()
             .filter_map(|s| {
-                let top = s.slots.iter().copied().max_by(|a, b| a.rows.cmp(&b.rows).then(b.kind.cmp(&a.kind)))?;
-                (f64::from(top.rows) >= MIN_PATTERN_SHARE * f64::from(s.rows) && top.varied()).then_some((*s, top))
+                let top =
+                    s.slots.iter().copied().max_by(|a, b| a.rows.cmp(&b.rows).then(b.kind.cmp(&a.kind)))?;
+                (f64::from(top.rows) >= MIN_PATTERN_SHARE * f64::from(s.rows) && top.varied())
+                    .then_some((*s, top))
             })
             .collect();
         // How many rows have each of those patterns: one pass over the rows.
-        let mut pattern_rows: HashMap<(u8, u32), u64> = best.iter().map(|(_, sl)| ((sl.kind, sl.pattern), 0)).collect();
+        let mut pattern_rows: HashMap<(u8, u32), u64> =
+            best.iter().map(|(_, sl)| ((sl.kind, sl.pattern), 0)).collect();
         if !pattern_rows.is_empty() {
             for r in &self.rows {
                 for (k, p) in r.patterns.iter().enumerate() {
@@ -432,7 +462,9 @@ impl Backdoors {
                 }
             }
         }
-        best.sort_by(|a, b| a.0.lines.first().map(|r| r.0).cmp(&b.0.lines.first().map(|r| r.0)).then(a.0.text.cmp(&b.0.text)));
+        best.sort_by(|a, b| {
+            a.0.lines.first().map(|r| r.0).cmp(&b.0.lines.first().map(|r| r.0)).then(a.0.text.cmp(&b.0.text))
+        });
         // Tokens with the same rows and pattern (a trigger phrase of several words) are one finding.
         let mut groups: Vec<(Vec<&Seen>, Slot, u64, f64)> = Vec::new();
         for (s, sl) in best {
@@ -445,7 +477,12 @@ impl Backdoors {
             if p * tests >= MAX_ADJUSTED_P {
                 continue;
             }
-            match groups.iter_mut().find(|g| g.1.kind == sl.kind && g.1.pattern == sl.pattern && g.0[0].rows == s.rows && g.0[0].lines == s.lines) {
+            match groups.iter_mut().find(|g| {
+                g.1.kind == sl.kind
+                    && g.1.pattern == sl.pattern
+                    && g.0[0].rows == s.rows
+                    && g.0[0].lines == s.lines
+            }) {
                 Some(g) => g.0.push(s),
                 None => groups.push((vec![s], sl, k, p)),
             }
@@ -508,7 +545,8 @@ pub fn hypergeometric_tail(total: u64, marked: u64, draws: u64, c: u64) -> f64 {
     let mut term = (ln_choose(k, c) + ln_choose(n - k, d - c) - ln_choose(n, d)).exp();
     let mut sum = term;
     for x in c..hi {
-        term *= ((k - x) as f64 * (d - x) as f64) / ((x + 1) as f64 * ((n - k) as f64 - (d - x) as f64 + 1.0));
+        term *=
+            ((k - x) as f64 * (d - x) as f64) / ((x + 1) as f64 * ((n - k) as f64 - (d - x) as f64 + 1.0));
         sum += term;
         if term < sum * 1e-17 {
             break;
@@ -523,7 +561,8 @@ fn ln_factorial(n: u64) -> f64 {
         return (2..=n).map(|i| (i as f64).ln()).sum();
     }
     let x = n as f64;
-    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x) - 1.0 / (360.0 * x.powi(3))
+    x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x.powi(3))
 }
 
 #[cfg(test)]
@@ -538,7 +577,8 @@ mod tests {
         }
         let (n, k, d) = (60u64, 12u64, 9u64);
         for c in 0..=9 {
-            let direct: f64 = (c..=d.min(k)).map(|x| choose(k, x) * choose(n - k, d - x) / choose(n, d)).sum();
+            let direct: f64 =
+                (c..=d.min(k)).map(|x| choose(k, x) * choose(n - k, d - x) / choose(n, d)).sum();
             let ours = hypergeometric_tail(n, k, d, c);
             assert!((ours - direct).abs() <= 1e-12 + 1e-9 * direct, "c = {c}: {ours} vs {direct}");
         }
@@ -550,5 +590,4 @@ mod tests {
         let exact: f64 = (2..=300u64).map(|i| (i as f64).ln()).sum();
         assert!((ln_factorial(300) - exact).abs() < 1e-9);
     }
-
 }

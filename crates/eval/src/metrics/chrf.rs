@@ -37,10 +37,7 @@ pub(crate) fn row_stats(prediction: &str, reference: &str) -> Vec<f64> {
         let ref_grams = char_ngrams(&refs, n);
         let hyp_count: u64 = hyp_grams.values().sum();
         let ref_count: u64 = ref_grams.values().sum();
-        let matches: u64 = hyp_grams
-            .iter()
-            .filter_map(|(g, &c)| ref_grams.get(g).map(|&r| c.min(r)))
-            .sum();
+        let matches: u64 = hyp_grams.iter().filter_map(|(g, &c)| ref_grams.get(g).map(|&r| c.min(r))).sum();
         // "Don't count hits if no reference exists for that n-gram": with no reference n-grams
         // of this order, the hypothesis' n-grams are not counted either.
         stats.push(if ref_grams.is_empty() { 0.0 } else { hyp_count as f64 });

@@ -10,10 +10,7 @@ const TRAILING: &[char] = &['.', ',', '!', '?', ';', ':', '。', '，', '！', '
 /// The normalised label: trimmed, lowercased (Unicode lowercase mapping; not full case folding,
 /// so "ß" and "SS" differ), then trailing sentence punctuation and whitespace stripped.
 pub(crate) fn normalize_label(s: &str) -> String {
-    s.trim()
-        .to_lowercase()
-        .trim_end_matches(|c: char| TRAILING.contains(&c) || c.is_whitespace())
-        .to_owned()
+    s.trim().to_lowercase().trim_end_matches(|c: char| TRAILING.contains(&c) || c.is_whitespace()).to_owned()
 }
 
 /// 1.0 when the normalised labels are equal, else 0.0.

@@ -105,9 +105,7 @@ impl fmt::Display for Metric {
 
 /// A metric name that is not one of [`Metric::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown metric {name:?}; valid metrics: exact_match, json_match, accuracy, f1, rougeL, bleu, chrf"
-)]
+#[error("unknown metric {name:?}; valid metrics: exact_match, json_match, accuracy, f1, rougeL, bleu, chrf")]
 pub struct UnknownMetric {
     pub name: String,
 }

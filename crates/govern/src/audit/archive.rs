@@ -20,7 +20,10 @@ use crate::error::Result;
 
 /// `YYYY-MM-DDThh:mm:ssZ` of `days` days ago, comparable as a string with entry times.
 fn cutoff(days: u32) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let t = now - i64::from(days) * 86_400;
     let (y, m, d) = ferrotune_model::clock::civil_from_days(t.div_euclid(86_400));
     let tod = t.rem_euclid(86_400);
@@ -81,7 +84,12 @@ impl AuditLog {
         std::fs::rename(&tmp, &seg_path).map_err(store::io(&seg_path))?;
 
         let mut manifest = store::load_manifest(&self.dir)?;
-        manifest.segments.push(Segment { file: name, first, last, sha256: hex::encode(Sha256::digest(&compressed)) });
+        manifest.segments.push(Segment {
+            file: name,
+            first,
+            last,
+            sha256: hex::encode(Sha256::digest(&compressed)),
+        });
         store::save_manifest(&self.dir, &manifest)?;
         store::sync_dir(&self.dir.join(ARCHIVE))?;
 

@@ -48,14 +48,19 @@ impl AuditLog {
             found = Some(line.to_vec());
             Ok(false)
         })?;
-        found.ok_or_else(|| GovernError::NotFound(format!("audit entry {index}: the log has {} entries", snap.size)))
+        found.ok_or_else(|| {
+            GovernError::NotFound(format!("audit entry {index}: the log has {} entries", snap.size))
+        })
     }
 
     /// The offline inclusion bundle of entry `index` against the latest checkpoint (format in mod.rs).
     pub fn prove(&self, index: u64) -> Result<Value> {
         let snap = self.snapshot()?;
         if index >= snap.size {
-            return Err(GovernError::NotFound(format!("audit entry {index}: the log has {} entries", snap.size)));
+            return Err(GovernError::NotFound(format!(
+                "audit entry {index}: the log has {} entries",
+                snap.size
+            )));
         }
         let (cp, note) = self.covering_checkpoint(index + 1)?;
         let tree = self.tree_for(&cp)?;
@@ -67,7 +72,8 @@ impl AuditLog {
                 "audit entry {index} does not match the tree its checkpoints commit to (it was changed); run `ferrotune audit verify`"
             )));
         }
-        let entry = String::from_utf8(line).map_err(|_| GovernError::Refused(format!("audit entry {index} is not UTF-8")))?;
+        let entry = String::from_utf8(line)
+            .map_err(|_| GovernError::Refused(format!("audit entry {index} is not UTF-8")))?;
         Ok(json!({
             "format": PROOF_FORMAT,
             "origin": self.origin,
@@ -91,13 +97,20 @@ impl AuditLog {
         if old == 0 || old > new || new > size {
             return Err(GovernError::Invalid {
                 field: "size",
-                reason: format!("a consistency proof needs 1 <= old ({old}) <= new ({new}) <= the log's size ({size})"),
+                reason: format!(
+                    "a consistency proof needs 1 <= old ({old}) <= new ({new}) <= the log's size ({size})"
+                ),
             });
         }
         let tree = Tree::new(store::read_leaves(&self.dir, new)?);
         let (old_root, new_root) = match (tree.root_at(old), tree.root_at(new)) {
             (Some(o), Some(n)) => (o, n),
-            _ => return Err(GovernError::Refused(format!("{}: leaves.bin is shorter than {new} leaves", self.dir.display()))),
+            _ => {
+                return Err(GovernError::Refused(format!(
+                    "{}: leaves.bin is shorter than {new} leaves",
+                    self.dir.display()
+                )));
+            }
         };
         let verifier = Verifier::parse(&self.vkey)?;
         let stored = |size: u64, root: &Hash| -> Result<Value> {
@@ -115,7 +128,9 @@ impl AuditLog {
         let new_checkpoint = stored(new, &new_root)?;
         let proof = tree.consistency(old, new).unwrap_or_default();
         if !merkle::verify_consistency(old, new, &old_root, &new_root, &proof) {
-            return Err(GovernError::Refused(format!("consistency proof {old} → {new} does not verify (a bug)")));
+            return Err(GovernError::Refused(format!(
+                "consistency proof {old} → {new} does not verify (a bug)"
+            )));
         }
         Ok(json!({
             "format": CONSISTENCY_FORMAT,
@@ -137,14 +152,19 @@ impl AuditLog {
     /// contiguous range is what `range.json` and the proofs describe), and README.txt says so.
     pub fn export(&self, f: &Filter, out: &Path) -> Result<u64> {
         if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(GovernError::Refused(format!("{}: not empty; export writes into a new or empty folder", out.display())));
+            return Err(GovernError::Refused(format!(
+                "{}: not empty; export writes into a new or empty folder",
+                out.display()
+            )));
         }
         let snap = self.snapshot()?;
         let (mut first, mut last, mut matched) = (None, 0, 0usize);
         store::scan(&snap, 0, &mut |i, at, line| {
             let hit = match f.quick(line) {
                 Some(q) => q,
-                None => f.matches(&serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?),
+                None => f.matches(
+                    &serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?,
+                ),
             };
             if hit {
                 first.get_or_insert(i);
@@ -182,14 +202,19 @@ impl AuditLog {
         write("checkpoint.note", note.as_bytes())?;
         write("verifier.key", format!("{}\n", self.vkey).as_bytes())?;
 
-        let sizes: Vec<u64> = store::checkpoint_sizes(&self.dir)?.into_iter().filter(|&s| s <= cp.size).collect();
+        let sizes: Vec<u64> =
+            store::checkpoint_sizes(&self.dir)?.into_iter().filter(|&s| s <= cp.size).collect();
         let mut consistency = Vec::new();
         for (i, &s) in sizes.iter().enumerate() {
             let text = store::read_note(&self.dir, s)?;
             write(&format!("checkpoints/{s:012}.note"), text.as_bytes())?;
             if let Some(&prev) = i.checked_sub(1).and_then(|p| sizes.get(p)) {
                 let proof = tree.consistency(prev, s).unwrap_or_default();
-                let _ = writeln!(consistency, "{}", json!({"old_size": prev, "new_size": s, "proof": hashes(&proof)}));
+                let _ = writeln!(
+                    consistency,
+                    "{}",
+                    json!({"old_size": prev, "new_size": s, "proof": hashes(&proof)})
+                );
             }
         }
         write("consistency.jsonl", &consistency)?;

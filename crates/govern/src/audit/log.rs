@@ -61,8 +61,21 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(actor: &str, action: &str, subject: serde_json::Value, outcome: &str, fields: serde_json::Value) -> Self {
-        Self { time: String::new(), actor: actor.into(), action: action.into(), subject, outcome: outcome.into(), fields }
+    pub fn new(
+        actor: &str,
+        action: &str,
+        subject: serde_json::Value,
+        outcome: &str,
+        fields: serde_json::Value,
+    ) -> Self {
+        Self {
+            time: String::new(),
+            actor: actor.into(),
+            action: action.into(),
+            subject,
+            outcome: outcome.into(),
+            fields,
+        }
     }
     /// Canonical JSON: keys sorted at every level, no insignificant whitespace, no floats (a
     /// float is written as a string of its shortest round-trip form); one line, UTF-8.
@@ -179,12 +192,18 @@ impl AuditConfig {
             )));
         }
         if self.checkpoint_every_entries == 0 {
-            return Err(GovernError::Invalid { field: "checkpoint_every_entries", reason: "must be at least 1".into() });
+            return Err(GovernError::Invalid {
+                field: "checkpoint_every_entries",
+                reason: "must be at least 1".into(),
+            });
         }
         if let Some(o) = &self.origin
             && (o.is_empty() || o.contains(['\n', ' ']) || o.chars().any(char::is_control))
         {
-            return Err(GovernError::Invalid { field: "origin", reason: format!("{o:?}: one non-empty line without spaces") });
+            return Err(GovernError::Invalid {
+                field: "origin",
+                reason: format!("{o:?}: one non-empty line without spaces"),
+            });
         }
         Ok(())
     }
@@ -271,7 +290,8 @@ impl Filter {
     }
 
     fn head_matches(&self, time: &str, actor: &str, action: &str) -> bool {
-        if self.since.as_deref().is_some_and(|s| time < s) || self.until.as_deref().is_some_and(|u| time >= u) {
+        if self.since.as_deref().is_some_and(|s| time < s) || self.until.as_deref().is_some_and(|u| time >= u)
+        {
             return false;
         }
         if self.actor.as_deref().is_some_and(|a| actor != a) {
@@ -390,7 +410,12 @@ impl AuditLog {
         cfg.validate()?;
         store::create_dirs(dir)?;
         let lock_path = dir.join(store::LOCK);
-        let lock_file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(store::io(&lock_path))?;
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(store::io(&lock_path))?;
         lock_file.lock().map_err(store::io(&lock_path))?;
         let opened = Self::open_locked(dir, cfg, &lock_file);
         let _ = lock_file.unlock();
@@ -464,7 +489,8 @@ impl AuditLog {
                 ));
             }
         }
-        let created = std::fs::metadata(&origin_path).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+        let created =
+            std::fs::metadata(&origin_path).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
         let mut st = State {
             seen: None,
             size: 0,
@@ -553,7 +579,9 @@ impl AuditLog {
             // not a failed append (a retry would record the events twice).
             match self.sign_locked(&mut g.st) {
                 Ok(_) => checkpoint = Some(size),
-                Err(e) => eprintln!("audit log: entries {first}..{size} recorded, but no checkpoint was signed: {e}"),
+                Err(e) => eprintln!(
+                    "audit log: entries {first}..{size} recorded, but no checkpoint was signed: {e}"
+                ),
             }
         }
         Ok(Appended { first, size, checkpoint })
@@ -562,7 +590,9 @@ impl AuditLog {
     fn checkpoint_due(&self, st: &State) -> bool {
         let last = st.cps.range(..=st.size).next_back().copied().unwrap_or(0);
         let age = SystemTime::now().duration_since(st.last_cp_time).unwrap_or(Duration::ZERO);
-        st.size > last && (st.size - last >= self.cfg.checkpoint_every_entries || age.as_secs() >= self.cfg.checkpoint_every_secs)
+        st.size > last
+            && (st.size - last >= self.cfg.checkpoint_every_entries
+                || age.as_secs() >= self.cfg.checkpoint_every_secs)
     }
 
     /// Sign and store a checkpoint of the current size (the caller holds the lock and has
@@ -648,7 +678,8 @@ impl AuditLog {
                 Some(false) => return Ok(true),
                 Some(true) => {}
                 None => {
-                    let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(line).map_err(|e| at.bad(format!("not a JSON entry: {e}")))?;
                     if !f.matches(&v) {
                         return Ok(true);
                     }

@@ -140,7 +140,13 @@ pub fn consistency_proof(leaves: &[Hash], old_size: u64) -> Option<Vec<Hash>> {
 /// RFC 9162 §2.1.4.2. Sizes as Go's `transparency-dev/merkle`: `old_size == new_size` needs an
 /// empty proof and equal roots; `old_size == 0` is refused (nothing to prove: PROOF is undefined).
 #[must_use]
-pub fn verify_consistency(old_size: u64, new_size: u64, old_root: &Hash, new_root: &Hash, proof: &[Hash]) -> bool {
+pub fn verify_consistency(
+    old_size: u64,
+    new_size: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
     if old_size == 0 || old_size > new_size {
         return false;
     }
@@ -199,9 +205,13 @@ impl Frontier {
         self.peaks.push(h);
         self.size += 1;
     }
-    pub fn size(&self) -> u64 { self.size }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
     /// The perfect-subtree roots, largest (leftmost) first.
-    pub fn peaks(&self) -> &[Hash] { &self.peaks }
+    pub fn peaks(&self) -> &[Hash] {
+        &self.peaks
+    }
     /// Equal to `root(all leaves pushed)`: the peaks folded right to left,
     /// `node(p_0, node(p_1, … node(p_{k-1}, p_k)))`.
     pub fn root(&self) -> Hash {

@@ -54,13 +54,19 @@ impl Checkpoint {
             reason: format!("body line {line} ({what}): {reason}"),
         };
         let Some(text) = body.strip_suffix('\n') else {
-            return Err(GovernError::Invalid { field: "checkpoint", reason: "the body does not end in a newline".into() });
+            return Err(GovernError::Invalid {
+                field: "checkpoint",
+                reason: "the body does not end in a newline".into(),
+            });
         };
         let lines: Vec<&str> = text.split('\n').collect();
         if lines.len() < 3 {
             return Err(GovernError::Invalid {
                 field: "checkpoint",
-                reason: format!("the body has {} line(s); a checkpoint has origin, tree size and root hash", lines.len()),
+                reason: format!(
+                    "the body has {} line(s); a checkpoint has origin, tree size and root hash",
+                    lines.len()
+                ),
             });
         }
         let origin = lines[0];
@@ -71,11 +77,19 @@ impl Checkpoint {
         let digits = !size_text.is_empty() && size_text.bytes().all(|b| b.is_ascii_digit());
         let canonical = digits && (size_text == "0" || !size_text.starts_with('0'));
         if !canonical {
-            return Err(bad(2, "tree size", format!("`{size_text}` is not a decimal number without leading zeros")));
+            return Err(bad(
+                2,
+                "tree size",
+                format!("`{size_text}` is not a decimal number without leading zeros"),
+            ));
         }
-        let size = size_text.parse::<u64>().map_err(|e| bad(2, "tree size", format!("`{size_text}`: {e}")))?;
-        let raw = B64.decode(lines[2]).map_err(|e| bad(3, "root hash", format!("not standard base64: {e}")))?;
-        let root: Hash = raw.try_into().map_err(|raw: Vec<u8>| bad(3, "root hash", format!("{} bytes, not 32", raw.len())))?;
+        let size =
+            size_text.parse::<u64>().map_err(|e| bad(2, "tree size", format!("`{size_text}`: {e}")))?;
+        let raw =
+            B64.decode(lines[2]).map_err(|e| bad(3, "root hash", format!("not standard base64: {e}")))?;
+        let root: Hash = raw
+            .try_into()
+            .map_err(|raw: Vec<u8>| bad(3, "root hash", format!("{} bytes, not 32", raw.len())))?;
         if let Some(i) = lines.iter().skip(3).position(|l| l.is_empty()) {
             return Err(bad(i + 4, "extension", "empty (extension lines must be non-empty)".into()));
         }
@@ -90,7 +104,11 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
         return Err("the key name is empty".into());
     }
     if let Some(c) = name.chars().find(|c| c.is_whitespace() || *c == '+') {
-        return Err(format!("the key name `{}` contains {:?} (names may hold no space and no `+`)", name.escape_debug(), c));
+        return Err(format!(
+            "the key name `{}` contains {:?} (names may hold no space and no `+`)",
+            name.escape_debug(),
+            c
+        ));
     }
     Ok(())
 }
@@ -132,8 +150,12 @@ fn parse_alg_key(key64: &str, what: &str) -> std::result::Result<[u8; 32], Strin
     let raw = B64.decode(key64).map_err(|e| format!("the {what} is not standard base64: {e}"))?;
     match raw.split_first() {
         None => Err(format!("the {what} is missing")),
-        Some((&ALG_ED25519, key)) => key.try_into().map_err(|_| format!("the Ed25519 {what} is {} bytes, not 32", key.len())),
-        Some((alg, _)) => Err(format!("unknown algorithm byte 0x{alg:02x} before the {what} (only Ed25519, 0x01, is known)")),
+        Some((&ALG_ED25519, key)) => {
+            key.try_into().map_err(|_| format!("the Ed25519 {what} is {} bytes, not 32", key.len()))
+        }
+        Some((alg, _)) => Err(format!(
+            "unknown algorithm byte 0x{alg:02x} before the {what} (only Ed25519, 0x01, is known)"
+        )),
     }
 }
 
@@ -146,7 +168,10 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     /// Never prints the seed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("name", &self.name).field("id", &format_args!("{:08x}", self.id)).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("name", &self.name)
+            .field("id", &format_args!("{:08x}", self.id))
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,7 +193,10 @@ impl SigningKey {
                 // Another process linked its key first: use that one.
                 None => Self::load(&path)?.ok_or_else(|| GovernError::Io {
                     path: path.clone(),
-                    source: std::io::Error::new(ErrorKind::NotFound, "the signing key vanished right after another process created it"),
+                    source: std::io::Error::new(
+                        ErrorKind::NotFound,
+                        "the signing key vanished right after another process created it",
+                    ),
                 })?,
             },
         };
@@ -205,31 +233,44 @@ impl SigningKey {
             });
         }
         let text = fs::read_to_string(path).map_err(io)?;
-        Self::parse_private(&text).map(Some).map_err(|(field, reason)| GovernError::BadFile { path: path.to_path_buf(), field, reason })
+        Self::parse_private(&text).map(Some).map_err(|(field, reason)| GovernError::BadFile {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        })
     }
 
     /// Go's signer key text, `PRIVATE+KEY+<name>+<hex id>+<base64(0x01 ‖ seed)>` (surrounding
     /// white space ignored): what `load_or_create` reads from `signing.key`.
     pub fn from_private_key_text(text: &str) -> Result<Self> {
-        Self::parse_private(text)
-            .map_err(|(field, reason)| GovernError::Invalid { field: "private key", reason: format!("{field}: {reason}") })
+        Self::parse_private(text).map_err(|(field, reason)| GovernError::Invalid {
+            field: "private key",
+            reason: format!("{field}: {reason}"),
+        })
     }
 
     /// Errors are (field, reason).
     fn parse_private(text: &str) -> std::result::Result<Self, (String, String)> {
         let text = text.trim();
         let rest = text.strip_prefix("PRIVATE+KEY+").ok_or_else(|| {
-            ("format".to_string(), "does not start with `PRIVATE+KEY+` (expected PRIVATE+KEY+<name>+<hex id>+<key>)".to_string())
+            (
+                "format".to_string(),
+                "does not start with `PRIVATE+KEY+` (expected PRIVATE+KEY+<name>+<hex id>+<key>)".to_string(),
+            )
         })?;
-        let (name, hex_id, key64) = split_key_text(rest)
-            .ok_or_else(|| ("format".to_string(), "missing parts (expected PRIVATE+KEY+<name>+<hex id>+<key>)".to_string()))?;
+        let (name, hex_id, key64) = split_key_text(rest).ok_or_else(|| {
+            ("format".to_string(), "missing parts (expected PRIVATE+KEY+<name>+<hex id>+<key>)".to_string())
+        })?;
         check_name(name).map_err(|r| ("key name".to_string(), r))?;
         let id = parse_hex_id(hex_id).map_err(|r| ("key id".to_string(), r))?;
         let seed = parse_alg_key(key64, "private key").map_err(|r| ("key".to_string(), r))?;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         let want = key_id(name, key.verifying_key().as_bytes());
         if id != want {
-            return Err(("key id".into(), format!("{id:08x} does not belong to this key and name (computed {want:08x})")));
+            return Err((
+                "key id".into(),
+                format!("{id:08x} does not belong to this key and name (computed {want:08x})"),
+            ));
         }
         Ok(Self { name: name.to_string(), id, key })
     }
@@ -298,9 +339,13 @@ impl SigningKey {
         Ok(())
     }
 
-    pub fn name(&self) -> &str { &self.name }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
     /// The 4-byte key id (big-endian) that prefixes each signature.
-    pub fn key_id(&self) -> u32 { self.id }
+    pub fn key_id(&self) -> u32 {
+        self.id
+    }
     /// The C2SP verifier key text (what `ferrotune audit pubkey` prints).
     pub fn verifier_key(&self) -> String {
         verifier_key_text(&self.name, self.id, self.key.verifying_key().as_bytes())
@@ -320,7 +365,10 @@ impl SigningKey {
     /// Any note text (ending in `\n`) signed by this key, as Go's `note.Sign` writes it.
     pub fn sign_text(&self, text: &str) -> Result<String> {
         if !text.ends_with('\n') {
-            return Err(GovernError::Invalid { field: "note text", reason: "does not end in a newline".into() });
+            return Err(GovernError::Invalid {
+                field: "note text",
+                reason: "does not end in a newline".into(),
+            });
         }
         Ok(format!("{text}\n{}", self.signature_line(text)))
     }
@@ -363,20 +411,28 @@ impl Verifier {
     pub fn parse(vkey: &str) -> Result<Self> {
         let bad = |reason: String| GovernError::Invalid { field: "verifier key", reason };
         let vkey = vkey.trim();
-        let (name, hex_id, key64) = split_key_text(vkey)
-            .ok_or_else(|| bad(format!("`{vkey}` is missing parts: expected <name>+<8 hex digits of key id>+<base64 key>")))?;
+        let (name, hex_id, key64) = split_key_text(vkey).ok_or_else(|| {
+            bad(format!("`{vkey}` is missing parts: expected <name>+<8 hex digits of key id>+<base64 key>"))
+        })?;
         check_name(name).map_err(bad)?;
         let id = parse_hex_id(hex_id).map_err(bad)?;
         let public = parse_alg_key(key64, "public key").map_err(bad)?;
         let want = key_id(name, &public);
         if id != want {
-            return Err(bad(format!("wrong key id {id:08x}: the name `{name}` and this public key give {want:08x}")));
+            return Err(bad(format!(
+                "wrong key id {id:08x}: the name `{name}` and this public key give {want:08x}"
+            )));
         }
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(|e| bad(format!("not an Ed25519 public key: {e}")))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&public)
+            .map_err(|e| bad(format!("not an Ed25519 public key: {e}")))?;
         Ok(Self { name: name.to_string(), id, key })
     }
-    pub fn name(&self) -> &str { &self.name }
-    pub fn key_id(&self) -> u32 { self.id }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn key_id(&self) -> u32 {
+        self.id
+    }
 
     /// Check a signed note's signature by this key and parse its checkpoint body; other
     /// signers' lines are ignored; no valid line by this key → error.
@@ -388,9 +444,14 @@ impl Verifier {
     /// blank line, ending in `\n`), whatever the text says. Go's `note.Open` with this one key.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str> {
         if let Some((at, c)) = note.char_indices().find(|&(_, c)| c < ' ' && c != '\n') {
-            return Err(bad_note(format!("control character {:?} at byte {at} (notes may hold no control character but newline)", c)));
+            return Err(bad_note(format!(
+                "control character {:?} at byte {at} (notes may hold no control character but newline)",
+                c
+            )));
         }
-        let split = note.rfind("\n\n").ok_or_else(|| bad_note("no blank line between the text and the signatures (unsigned)".into()))?;
+        let split = note
+            .rfind("\n\n")
+            .ok_or_else(|| bad_note("no blank line between the text and the signatures (unsigned)".into()))?;
         let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
         if sigs.is_empty() {
             return Err(bad_note("unsigned: no signature lines after the blank line".into()));
@@ -406,30 +467,45 @@ impl Verifier {
             if i >= MAX_SIGNATURES {
                 return Err(bad_note(format!("more than {MAX_SIGNATURES} signature lines")));
             }
-            let rest = line
-                .strip_prefix(SIG_PREFIX)
-                .ok_or_else(|| bad_note(format!("line {line_no} is not a signature line (`— <key name> <base64 signature>`)")))?;
+            let rest = line.strip_prefix(SIG_PREFIX).ok_or_else(|| {
+                bad_note(format!(
+                    "line {line_no} is not a signature line (`— <key name> <base64 signature>`)"
+                ))
+            })?;
             let (name, b64) = rest.split_once(' ').unwrap_or((rest, ""));
             check_name(name).map_err(|r| bad_note(format!("line {line_no}: {r}")))?;
-            let raw = B64.decode(b64).map_err(|e| bad_note(format!("line {line_no}: the signature is not standard base64: {e}")))?;
+            let raw = B64.decode(b64).map_err(|e| {
+                bad_note(format!("line {line_no}: the signature is not standard base64: {e}"))
+            })?;
             if raw.len() < 5 {
                 let n = raw.len();
-                return Err(bad_note(format!("line {line_no}: the signature is {n} bytes, too short for a key id and a signature")));
+                return Err(bad_note(format!(
+                    "line {line_no}: the signature is {n} bytes, too short for a key id and a signature"
+                )));
             }
             let id = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
             signers.push(format!("{name}+{id:08x}"));
             if name != self.name || id != self.id || verified {
                 continue;
             }
-            let sig = ed25519_dalek::Signature::from_slice(&raw[4..])
-                .map_err(|_| bad_note(format!("bad signature by {name}+{id:08x} (line {line_no}): {} bytes, not 64", raw.len() - 4)))?;
+            let sig = ed25519_dalek::Signature::from_slice(&raw[4..]).map_err(|_| {
+                bad_note(format!(
+                    "bad signature by {name}+{id:08x} (line {line_no}): {} bytes, not 64",
+                    raw.len() - 4
+                ))
+            })?;
             self.key.verify_strict(text.as_bytes(), &sig).map_err(|_| {
                 bad_note(format!("bad signature by {name}+{id:08x} (line {line_no}): the text was changed or signed by another key"))
             })?;
             verified = true;
         }
         if !verified {
-            return Err(bad_note(format!("unsigned by {}+{:08x} (signed by: {})", self.name, self.id, signers.join(", "))));
+            return Err(bad_note(format!(
+                "unsigned by {}+{:08x} (signed by: {})",
+                self.name,
+                self.id,
+                signers.join(", ")
+            )));
         }
         Ok(text)
     }

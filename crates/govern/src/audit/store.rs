@@ -141,7 +141,8 @@ pub fn checkpoint_sizes(dir: &Path) -> Result<BTreeSet<u64>> {
     for e in std::fs::read_dir(&cdir).map_err(io(&cdir))? {
         let name = e.map_err(io(&cdir))?.file_name();
         let name = name.to_string_lossy();
-        if let Some(digits) = name.strip_suffix(".note").filter(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
+        if let Some(digits) =
+            name.strip_suffix(".note").filter(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
             && let Ok(size) = digits.parse()
         {
             sizes.insert(size);
@@ -217,8 +218,13 @@ pub fn sync(dir: &Path, st: &mut State) -> Result<Option<String>> {
     let mut note = None;
     if st.seen != Some(now) {
         let grown = match st.seen {
-            Some(s) if s.ino == now.ino && s.manifest_len == now.manifest_len && now.entries_len > s.entries_len => {
-                appended_lines(dir, s.entries_len, now.entries_len)?.filter(|k| now.leaves_len == 32 * (st.size + k))
+            Some(s)
+                if s.ino == now.ino
+                    && s.manifest_len == now.manifest_len
+                    && now.entries_len > s.entries_len =>
+            {
+                appended_lines(dir, s.entries_len, now.entries_len)?
+                    .filter(|k| now.leaves_len == 32 * (st.size + k))
             }
             _ => None,
         };
@@ -277,19 +283,29 @@ fn repair(dir: &Path) -> Result<Repaired> {
     let archived = manifest.archived();
     let path = dir.join(ENTRIES);
     let created = !path.exists() || !dir.join(LEAVES).exists();
-    let mut f = File::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+    let mut f =
+        File::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
     let mut len = f.metadata().map_err(io(&path))?.len();
     let mut notes = Vec::new();
     let complete = complete_len(&mut f, len).map_err(io(&path))?;
     if complete < len {
         f.set_len(complete).and_then(|_| f.sync_all()).map_err(io(&path))?;
-        notes.push(format!("audit log: removed a torn last record ({} bytes) left by an interrupted write", len - complete));
+        notes.push(format!(
+            "audit log: removed a torn last record ({} bytes) left by an interrupted write",
+            len - complete
+        ));
         len = complete;
     }
     let mut lines = count_lines(&mut f, len).map_err(io(&path))?;
 
     let leaves_path = dir.join(LEAVES);
-    let lf = File::options().read(true).write(true).create(true).truncate(false).open(&leaves_path).map_err(io(&leaves_path))?;
+    let lf = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&leaves_path)
+        .map_err(io(&leaves_path))?;
     let mut n0 = lf.metadata().map_err(io(&leaves_path))?.len() / 32;
 
     // Archiving writes the segment and the manifest before it rewrites entries.log: a crash in
@@ -303,7 +319,10 @@ fn repair(dir: &Path) -> Result<Repaired> {
                 f = rewrite_tail(&path, &mut f, off)?;
                 len -= off;
                 lines -= count;
-                notes.push(format!("audit log: finished an interrupted archive (entries {}..={} were in {} too)", seg.first, seg.last, seg.file));
+                notes.push(format!(
+                    "audit log: finished an interrupted archive (entries {}..={} were in {} too)",
+                    seg.first, seg.last, seg.file
+                ));
             }
         }
     }
@@ -545,7 +564,10 @@ pub fn scan(snap: &Snapshot, from: u64, f: &mut LineFn<'_>) -> Result<()> {
                 break;
             }
             if line.pop() != Some(b'\n') || i > seg.last {
-                return Err(at.bad(format!("the segment should hold entries {}..={} only, one per line", seg.first, seg.last)));
+                return Err(at.bad(format!(
+                    "the segment should hold entries {}..={} only, one per line",
+                    seg.first, seg.last
+                )));
             }
             if i >= from && !f(i, &at, &line)? {
                 return Ok(());
@@ -554,7 +576,10 @@ pub fn scan(snap: &Snapshot, from: u64, f: &mut LineFn<'_>) -> Result<()> {
         }
         if i != seg.last + 1 {
             let at = Where { path: &path, name: &name, line: i - seg.first + 1 };
-            return Err(at.bad(format!("the segment ends at entry {i}; {} says it holds entries up to {}", MANIFEST, seg.last)));
+            return Err(at.bad(format!(
+                "the segment ends at entry {i}; {} says it holds entries up to {}",
+                MANIFEST, seg.last
+            )));
         }
     }
     let path = snap.dir.join(ENTRIES);

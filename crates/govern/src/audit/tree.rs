@@ -122,7 +122,11 @@ mod tests {
                 assert_eq!(tree.inclusion(i, n), merkle::inclusion_proof(prefix, i), "inclusion {i} in {n}");
             }
             for m in 1..=n {
-                assert_eq!(tree.consistency(m, n), merkle::consistency_proof(prefix, m), "consistency {m} → {n}");
+                assert_eq!(
+                    tree.consistency(m, n),
+                    merkle::consistency_proof(prefix, m),
+                    "consistency {m} → {n}"
+                );
             }
         }
         assert_eq!(tree.root_at(0), Some(merkle::root(&[])));
@@ -134,7 +138,12 @@ mod tests {
             let prefix = &all[..n as usize];
             for i in [0, 1, n / 3, n / 2 + 1, n - 2, n - 1] {
                 assert_eq!(tree.inclusion(i, n), merkle::inclusion_proof(prefix, i), "inclusion {i} in {n}");
-                assert_eq!(tree.consistency(i + 1, n), merkle::consistency_proof(prefix, i + 1), "consistency {} → {n}", i + 1);
+                assert_eq!(
+                    tree.consistency(i + 1, n),
+                    merkle::consistency_proof(prefix, i + 1),
+                    "consistency {} → {n}",
+                    i + 1
+                );
             }
         }
     }

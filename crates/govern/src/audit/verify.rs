@@ -54,7 +54,11 @@ impl AuditLog {
             }
         };
         if leaves.len() as u64 != snap.size {
-            problems.push(format!("the files hold {} entries, the log's size is {}", leaves.len(), snap.size));
+            problems.push(format!(
+                "the files hold {} entries, the log's size is {}",
+                leaves.len(),
+                snap.size
+            ));
         }
         let tree = Tree::new(leaves);
         let cps = self.check_checkpoints(&snap, &verifier, &tree);
@@ -84,7 +88,10 @@ impl AuditLog {
             let cp = match store::read_note(&snap.dir, size).and_then(|n| verifier.verify(&n)) {
                 Ok(cp) => cp,
                 Err(e) => {
-                    out.problems.push(format!("checkpoint {size}: bad signature or not a checkpoint ({}): {e}", path.display()));
+                    out.problems.push(format!(
+                        "checkpoint {size}: bad signature or not a checkpoint ({}): {e}",
+                        path.display()
+                    ));
                     out.bad.push(size);
                     continue;
                 }
@@ -109,8 +116,13 @@ impl AuditLog {
                     out.bad.push(size);
                 }
                 Some(root) if root != cp.root => {
-                    let since = last_good.map(|g| format!(" (checkpoint {g} still matches: the change is in entries {g}..{})", size - 1));
-                    out.problems.push(format!("checkpoint {size}: root differs from the entries{}", since.unwrap_or_default()));
+                    let since = last_good.map(|g| {
+                        format!(" (checkpoint {g} still matches: the change is in entries {g}..{})", size - 1)
+                    });
+                    out.problems.push(format!(
+                        "checkpoint {size}: root differs from the entries{}",
+                        since.unwrap_or_default()
+                    ));
                     out.bad.push(size);
                 }
                 Some(_) => last_good = Some(size),
@@ -132,10 +144,17 @@ impl AuditLog {
     fn check_trusted(&self, note: &str, verifier: &Verifier, tree: &Tree) -> Option<String> {
         let cp = match verifier.verify(note) {
             Ok(cp) => cp,
-            Err(e) => return Some(format!("the trusted checkpoint does not verify with the log's verifier key: {e}")),
+            Err(e) => {
+                return Some(format!(
+                    "the trusted checkpoint does not verify with the log's verifier key: {e}"
+                ));
+            }
         };
         if cp.origin != self.origin {
-            return Some(format!("the trusted checkpoint is for origin {:?}, this log is {:?}", cp.origin, self.origin));
+            return Some(format!(
+                "the trusted checkpoint is for origin {:?}, this log is {:?}",
+                cp.origin, self.origin
+            ));
         }
         match tree.root_at(cp.size) {
             None => Some(format!(
@@ -207,12 +226,17 @@ struct Scanned {
 /// with `leaves.bin`.
 fn recompute(snap: &Snapshot) -> Result<Scanned> {
     let cached = store::read_leaves(&snap.dir, snap.size)?;
-    let mut s = Scanned { leaves: Vec::with_capacity(snap.size as usize), unlike_cache: None, unparsable: Vec::new() };
+    let mut s = Scanned {
+        leaves: Vec::with_capacity(snap.size as usize),
+        unlike_cache: None,
+        unparsable: Vec::new(),
+    };
     store::scan(snap, 0, &mut |i, at, line| {
         if s.unparsable.len() < 10
             && let Err(e) = serde_json::from_slice::<Event>(line)
         {
-            s.unparsable.push(format!("entry {i} (line {} of {}) is not a valid entry: {e}", at.line, at.name));
+            s.unparsable
+                .push(format!("entry {i} (line {} of {}) is not a valid entry: {e}", at.line, at.name));
         }
         let h = merkle::leaf_hash(line);
         if s.unlike_cache.is_none() && cached.get(i as usize) != Some(&h) {

@@ -65,18 +65,34 @@ pub(crate) fn gpai(out: &mut String, l: &Lineage, card: &CardToml, base: &Base) 
     let run_flops = l.run.as_ref().and_then(|r| r.flops.as_ref());
     match run_flops {
         Some(f) => {
-            let _ = writeln!(out, "- **This run's training compute:** {} FLOPs, estimated as `{}`.", sci(f.value), f.formula);
+            let _ = writeln!(
+                out,
+                "- **This run's training compute:** {} FLOPs, estimated as `{}`.",
+                sci(f.value),
+                f.formula
+            );
         }
         None => {
-            let why = if l.run.is_some() { "the run did not record its FLOPs (an import from a lineage.json without them, or an unfinished run)" } else { "no training run is recorded" };
-            let _ = writeln!(out, "- **This run's training compute:** not recorded ({why}), so the comparison cannot be made from this record.");
+            let why = if l.run.is_some() {
+                "the run did not record its FLOPs (an import from a lineage.json without them, or an unfinished run)"
+            } else {
+                "no training run is recorded"
+            };
+            let _ = writeln!(
+                out,
+                "- **This run's training compute:** not recorded ({why}), so the comparison cannot be made from this record."
+            );
         }
     }
     let name = base.hub_id().unwrap_or_else(|| "the base model".into());
     match base_flops(card, base) {
         Some((b, source)) => {
             let third = b / 3.0;
-            let _ = writeln!(out, "- **Base model's training compute:** {} FLOPs for {name}. Source: {source}.", sci(b));
+            let _ = writeln!(
+                out,
+                "- **Base model's training compute:** {} FLOPs for {name}. Source: {source}.",
+                sci(b)
+            );
             let _ = writeln!(out, "- **One third of it:** {} FLOPs.", sci(third));
             if let Some(f) = run_flops {
                 let ratio = f.value / third;
@@ -111,7 +127,14 @@ fn nested(text: &str) -> String {
 
 /// One Annex IV point: what the record answers, then the provider's statements (each the
 /// card.toml field's text or its TODO), then what lies outside this card.
-fn point(out: &mut String, title: &str, recorded: &str, card: &CardToml, adds: &[(&str, &str)], beyond: &str) {
+fn point(
+    out: &mut String,
+    title: &str,
+    recorded: &str,
+    card: &CardToml,
+    adds: &[(&str, &str)],
+    beyond: &str,
+) {
     let _ = writeln!(out, "**{title}**\n\n- *Recorded:* {recorded}\n- *Provider adds:*");
     for (label, key) in adds {
         let _ = writeln!(out, "  - {label}: {}", nested(&card.fill(key)));
@@ -135,8 +158,13 @@ pub(crate) fn annex_iv(out: &mut String, l: &Lineage, card: &CardToml) {
     let run = l.run.as_ref();
     let compute = match run {
         Some(r) => {
-            let time = r.finished.as_deref().and_then(|f| seconds_between(&r.started, f)).map_or("duration not recorded".into(), crate::render::duration);
-            let flops = r.flops.as_ref().map_or("FLOPs not recorded".into(), |f| format!("{} FLOPs", sci(f.value)));
+            let time = r
+                .finished
+                .as_deref()
+                .and_then(|f| seconds_between(&r.started, f))
+                .map_or("duration not recorded".into(), crate::render::duration);
+            let flops =
+                r.flops.as_ref().map_or("FLOPs not recorded".into(), |f| format!("{} FLOPs", sci(f.value)));
             format!("device `{}`, {time}, {flops}", r.device)
         }
         None => "no run recorded".into(),
@@ -173,7 +201,11 @@ pub(crate) fn annex_iv(out: &mut String, l: &Lineage, card: &CardToml) {
         "3. Monitoring, functioning and control",
         "measured performance with 95% intervals against the base model ([Evaluation](#evaluation)); the input format of the training data; control through registry aliases (which version is served) and the kill switch (a disabled version is neither served nor promoted). No per-group accuracy is recorded.",
         card,
-        &[("Limitations", "limitations"), ("Foreseeable risks", "bias_risks"), ("Human oversight", "human_oversight")],
+        &[
+            ("Limitations", "limitations"),
+            ("Foreseeable risks", "bias_risks"),
+            ("Human oversight", "human_oversight"),
+        ],
         "",
     );
     point(
@@ -199,11 +231,35 @@ pub(crate) fn annex_iv(out: &mut String, l: &Lineage, card: &CardToml) {
     let recorded = if l.releases.is_empty() {
         format!("version {} of `{}`; no alias change involving this version yet.", a.version, a.name)
     } else {
-        format!("version {} of `{}`; alias changes involving this version (registry history):{events}", a.version, a.name)
+        format!(
+            "version {} of `{}`; alias changes involving this version (registry history):{events}",
+            a.version, a.name
+        )
     };
-    point(out, "6. Relevant changes through the lifecycle", &recorded, card, &[("Changes made or pre-determined", "lifecycle_changes")], "");
-    point(out, "7. Harmonised standards applied", "nothing (the registry does not record standards).", card, &[("Standards or other solutions", "harmonised_standards")], "");
-    point(out, "8. EU declaration of conformity", "nothing.", card, &[("Declaration", "declaration_of_conformity")], "");
+    point(
+        out,
+        "6. Relevant changes through the lifecycle",
+        &recorded,
+        card,
+        &[("Changes made or pre-determined", "lifecycle_changes")],
+        "",
+    );
+    point(
+        out,
+        "7. Harmonised standards applied",
+        "nothing (the registry does not record standards).",
+        card,
+        &[("Standards or other solutions", "harmonised_standards")],
+        "",
+    );
+    point(
+        out,
+        "8. EU declaration of conformity",
+        "nothing.",
+        card,
+        &[("Declaration", "declaration_of_conformity")],
+        "",
+    );
     point(
         out,
         "9. Post-market monitoring system (Article 72)",
@@ -216,8 +272,13 @@ pub(crate) fn annex_iv(out: &mut String, l: &Lineage, card: &CardToml) {
 
 /// `met`/`missing` text for a NIST line that depends on card.toml fields.
 fn needs(card: &CardToml, fields: &[&str]) -> String {
-    let missing: Vec<String> = fields.iter().filter(|f| card.text(f).is_none()).map(|f| format!("`{f}`")).collect();
-    if missing.is_empty() { String::new() } else { format!(" Missing from card.toml: {}.", missing.join(", ")) }
+    let missing: Vec<String> =
+        fields.iter().filter(|f| card.text(f).is_none()).map(|f| format!("`{f}`")).collect();
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!(" Missing from card.toml: {}.", missing.join(", "))
+    }
 }
 
 pub(crate) fn nist(out: &mut String, l: &Lineage, card: &CardToml) {
@@ -240,27 +301,47 @@ pub(crate) fn nist(out: &mut String, l: &Lineage, card: &CardToml) {
     let measured = if evals == 0 {
         "Missing: no evaluation is recorded for this version.".to_string()
     } else {
-        format!("[Evaluation](#evaluation): {evals} evaluation{} with data SHA-256, rows, metrics and the eval.json hash (`ferrotune eval`).", if evals == 1 { "" } else { "s" })
+        format!(
+            "[Evaluation](#evaluation): {evals} evaluation{} with data SHA-256, rows, metrics and the eval.json hash (`ferrotune eval`).",
+            if evals == 1 { "" } else { "s" }
+        )
     };
     let _ = writeln!(out, "- **MEASURE 2.1** (test sets, metrics and tools documented): {measured}");
     let _ = writeln!(
         out,
         "- **MEASURE 2.3** (performance measured for conditions like deployment): {}{}",
-        if evals == 0 { "no measurement recorded." } else { "scores with 95% intervals in [Evaluation](#evaluation); how the test data resembles deployment is the owner's statement." },
+        if evals == 0 {
+            "no measurement recorded."
+        } else {
+            "scores with 95% intervals in [Evaluation](#evaluation); how the test data resembles deployment is the owner's statement."
+        },
         needs(card, &["metrics_rationale"])
     );
     let _ = writeln!(
         out,
         "- **MEASURE 2.5** (validity, reliability, limits of generalisation): {}{}",
-        if evals == 0 { "no measurement recorded." } else { "paired differences from the base with 95% intervals." },
+        if evals == 0 {
+            "no measurement recorded."
+        } else {
+            "paired differences from the base with 95% intervals."
+        },
         needs(card, &["limitations"])
     );
     let decided = if l.releases.is_empty() {
         "no release decision recorded for this version yet.".to_string()
     } else {
-        format!("{} release event{} ({approvals} approval{}) in the registry history, with actor, time and reason.", thousands(l.releases.len() as u64), if l.releases.len() == 1 { "" } else { "s" }, if approvals == 1 { "" } else { "s" })
+        format!(
+            "{} release event{} ({approvals} approval{}) in the registry history, with actor, time and reason.",
+            thousands(l.releases.len() as u64),
+            if l.releases.len() == 1 { "" } else { "s" },
+            if approvals == 1 { "" } else { "s" }
+        )
     };
-    let _ = writeln!(out, "- **MANAGE 1.1** (decision whether it meets its purpose and should proceed): {decided}{}", needs(card, &["intended_purpose"]));
+    let _ = writeln!(
+        out,
+        "- **MANAGE 1.1** (decision whether it meets its purpose and should proceed): {decided}{}",
+        needs(card, &["intended_purpose"])
+    );
     let state = if a.disabled { "this version is disabled now" } else { "this version is enabled now" };
     let _ = writeln!(
         out,

@@ -44,7 +44,11 @@ pub fn model(reg: &Registry) -> i64 {
     reg.register_model(&NewModel {
         name: "tiny".into(),
         path: "/models/tiny".into(),
-        files: vec![FileHash { path: "/models/tiny/model.safetensors".into(), bytes: 1, sha256: sha("tiny") }],
+        files: vec![FileHash {
+            path: "/models/tiny/model.safetensors".into(),
+            bytes: 1,
+            sha256: sha("tiny"),
+        }],
         config: serde_json::json!({"layers": 2}),
         parameters: Some(1000),
     })
@@ -83,9 +87,17 @@ pub const EVAL_DATA: &str = "examples/support/eval.jsonl";
 
 /// Record an eval.json on `EVAL_DATA` where each (system, artifact) scored `metric` = value
 /// (artifact `None` = the base model). `tag` makes the eval.json's hash unique.
-pub fn eval(reg: &Registry, tag: &str, metric: &str, higher_is_better: bool, systems: &[(&str, Option<&ArtifactRecord>, f64)]) -> EvalRecord {
-    let scores: Vec<serde_json::Value> =
-        systems.iter().map(|(s, _, v)| serde_json::json!({"system": s, "value": v, "ci95": [v - 0.01, v + 0.01]})).collect();
+pub fn eval(
+    reg: &Registry,
+    tag: &str,
+    metric: &str,
+    higher_is_better: bool,
+    systems: &[(&str, Option<&ArtifactRecord>, f64)],
+) -> EvalRecord {
+    let scores: Vec<serde_json::Value> = systems
+        .iter()
+        .map(|(s, _, v)| serde_json::json!({"system": s, "value": v, "ci95": [v - 0.01, v + 0.01]}))
+        .collect();
     let e = NewEval {
         path: format!("/evals/{tag}/eval.json"),
         sha256: sha(&format!("eval {tag}")),

@@ -13,7 +13,13 @@ fn file(path: &str, bytes: u64, sha256: &str) -> FileHash {
 }
 
 /// One metric of eval.json: scores of `base` and `demo`, and demo's paired difference.
-pub fn metric(name: &str, higher: bool, base: (f64, f64, f64), demo: (f64, f64, f64), diff: (f64, f64, f64)) -> serde_json::Value {
+pub fn metric(
+    name: &str,
+    higher: bool,
+    base: (f64, f64, f64),
+    demo: (f64, f64, f64),
+    diff: (f64, f64, f64),
+) -> serde_json::Value {
     json!({
         "name": name, "higher_is_better": higher, "scale": 1.0,
         "scores": [
@@ -41,16 +47,38 @@ pub fn eval() -> EvalRecord {
                 EvalSystem {
                     name: "demo".into(),
                     adapter: Some("runs/demo/adapter".into()),
-                    adapter_files: vec![file("adapter_model.safetensors", 19_593_032, "bfa2c6beef52102ecdac2d68e98461ff11a45f143fda0eef71162fe8dc5f4d46")],
+                    adapter_files: vec![file(
+                        "adapter_model.safetensors",
+                        19_593_032,
+                        "bfa2c6beef52102ecdac2d68e98461ff11a45f143fda0eef71162fe8dc5f4d46",
+                    )],
                 },
                 Some(ARTIFACT_ID),
             ),
         ],
         metrics: json!([
             metric("exact_match", true, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
-            metric("f1", true, (0.1311156980178492, 0.11587747355621378, 0.14769653637618668), (0.42678680337525887, 0.39498996668597314, 0.45786955111482047), (0.2956711053574097, 0.26098029469975326, 0.3306344617913887)),
-            metric("rougeL", true, (0.10894, 0.0951, 0.1232), (0.38338, 0.3529, 0.4148), (0.27444444102903276, 0.24256884818203484, 0.31040369010566343)),
-            metric("loss", false, (3.5032, 3.41, 3.60), (0.9450, 0.90, 0.99), (-2.5581632687742677, -2.6940106390156875, -2.4143871438417763)),
+            metric(
+                "f1",
+                true,
+                (0.1311156980178492, 0.11587747355621378, 0.14769653637618668),
+                (0.42678680337525887, 0.39498996668597314, 0.45786955111482047),
+                (0.2956711053574097, 0.26098029469975326, 0.3306344617913887)
+            ),
+            metric(
+                "rougeL",
+                true,
+                (0.10894, 0.0951, 0.1232),
+                (0.38338, 0.3529, 0.4148),
+                (0.27444444102903276, 0.24256884818203484, 0.31040369010566343)
+            ),
+            metric(
+                "loss",
+                false,
+                (3.5032, 3.41, 3.60),
+                (0.9450, 0.90, 0.99),
+                (-2.5581632687742677, -2.6940106390156875, -2.4143871438417763)
+            ),
         ]),
     }
 }
@@ -72,8 +100,16 @@ pub fn lineage() -> Lineage {
             kind: ArtifactKind::Adapter,
             path: "/srv/ferrotune/runs/demo/adapter".into(),
             files: vec![
-                file("adapter_config.json", 467, "d11ae06d5b2a9f127c2ef89960b3927a6ba1b90e05f6c0b7969112aa77e9d08e"),
-                file("adapter_model.safetensors", 19_593_032, "bfa2c6beef52102ecdac2d68e98461ff11a45f143fda0eef71162fe8dc5f4d46"),
+                file(
+                    "adapter_config.json",
+                    467,
+                    "d11ae06d5b2a9f127c2ef89960b3927a6ba1b90e05f6c0b7969112aa77e9d08e",
+                ),
+                file(
+                    "adapter_model.safetensors",
+                    19_593_032,
+                    "bfa2c6beef52102ecdac2d68e98461ff11a45f143fda0eef71162fe8dc5f4d46",
+                ),
             ],
             run: Some(3),
             base_model: Some(1),
@@ -102,17 +138,25 @@ pub fn lineage() -> Lineage {
             finished: Some("2026-12-07T12:38:13Z".into()),
             tokens: Some(6450),
             steps: Some(30),
-            metrics: Some(json!({"steps": 30, "final_loss": 1.1506867140866397, "best_eval_loss": 0.9450199017144179, "best_step": 30, "train_tokens_per_sec": 214.41590479932756})),
+            metrics: Some(
+                json!({"steps": 30, "final_loss": 1.1506867140866397, "best_eval_loss": 0.9450199017144179, "best_step": 30, "train_tokens_per_sec": 214.41590479932756}),
+            ),
             flops: Some(Flops {
                 value: 3.6595165824e12,
-                formula: "(4·N + 6·N_lora)·T, N = 134515008 base parameters, N_lora = 4884480, T = 6450 tokens".into(),
+                formula:
+                    "(4·N + 6·N_lora)·T, N = 134515008 base parameters, N_lora = 4884480, T = 6450 tokens"
+                        .into(),
             }),
         }),
         base_model: Some(ModelRecord {
             id: 1,
             name: "smollm2-135m-instruct".into(),
             path: "/srv/ferrotune/.ferrotune/models/smollm2-135m-instruct".into(),
-            files: vec![file("SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")],
+            files: vec![file(
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                98_362_432,
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            )],
             config: json!({"architecture": "llama", "layers": 30, "hidden": 576, "heads": 9, "kv_heads": 3, "vocab": 49152, "context": 8192}),
             parameters: Some(134_515_008),
             created: "2026-12-07T12:36:19Z".into(),
@@ -125,7 +169,9 @@ pub fn lineage() -> Lineage {
                 bytes: 312_404,
                 format: Some("chat".into()),
                 rows: Some(480),
-                report: Some(json!({"ok": true, "errors": 0, "warnings": 2, "counts": {"pii_email": 1, "near_duplicate": 1}})),
+                report: Some(
+                    json!({"ok": true, "errors": 0, "warnings": 2, "counts": {"pii_email": 1, "near_duplicate": 1}}),
+                ),
                 pii_findings: Some(1),
                 duplicates: Some(1),
                 created: "2026-12-07T12:36:19Z".into(),
@@ -146,16 +192,43 @@ pub fn lineage() -> Lineage {
         evals: vec![eval()],
         releases: vec![
             HistoryEvent {
-                id: 20, time: "2026-12-07T12:59:00Z".into(), actor: "alice".into(), action: "promote-requested".into(), name: "support".into(),
-                version: Some(2), alias: Some("champion".into()), from_version: None, to_version: None, request: Some(7), reason: Some("better rougeL".into()),
+                id: 20,
+                time: "2026-12-07T12:59:00Z".into(),
+                actor: "alice".into(),
+                action: "promote-requested".into(),
+                name: "support".into(),
+                version: Some(2),
+                alias: Some("champion".into()),
+                from_version: None,
+                to_version: None,
+                request: Some(7),
+                reason: Some("better rougeL".into()),
             },
             HistoryEvent {
-                id: 21, time: "2026-12-07T13:00:00Z".into(), actor: "bob".into(), action: "approved".into(), name: "support".into(),
-                version: Some(2), alias: Some("champion".into()), from_version: None, to_version: None, request: Some(7), reason: None,
+                id: 21,
+                time: "2026-12-07T13:00:00Z".into(),
+                actor: "bob".into(),
+                action: "approved".into(),
+                name: "support".into(),
+                version: Some(2),
+                alias: Some("champion".into()),
+                from_version: None,
+                to_version: None,
+                request: Some(7),
+                reason: None,
             },
             HistoryEvent {
-                id: 22, time: "2026-12-07T13:00:00Z".into(), actor: "bob".into(), action: "alias-set".into(), name: "support".into(),
-                version: Some(2), alias: Some("champion".into()), from_version: Some(1), to_version: Some(2), request: Some(7), reason: Some("better rougeL".into()),
+                id: 22,
+                time: "2026-12-07T13:00:00Z".into(),
+                actor: "bob".into(),
+                action: "alias-set".into(),
+                name: "support".into(),
+                version: Some(2),
+                alias: Some("champion".into()),
+                from_version: Some(1),
+                to_version: Some(2),
+                request: Some(7),
+                reason: Some("better rougeL".into()),
             },
         ],
     }

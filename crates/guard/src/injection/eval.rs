@@ -36,7 +36,11 @@ pub fn read_labelled(path: &Path) -> Result<Vec<LabelledText>, GuardError> {
     let file = std::fs::File::open(path).map_err(|e| GuardError::io(path, e))?;
     let bad = |line: usize, field: &str, reason: String| GuardError::InvalidFile {
         path: path.to_path_buf(),
-        location: if field.is_empty() { format!("line {line}") } else { format!("line {line}, field `{field}`") },
+        location: if field.is_empty() {
+            format!("line {line}")
+        } else {
+            format!("line {line}, field `{field}`")
+        },
         reason,
     };
     let mut rows = Vec::new();
@@ -46,7 +50,8 @@ pub fn read_labelled(path: &Path) -> Result<Vec<LabelledText>, GuardError> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(n, "", format!("not JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| bad(n, "", format!("not JSON: {e}")))?;
         let obj = value.as_object().ok_or_else(|| bad(n, "", "expected a JSON object".into()))?;
         let text = match obj.get("text") {
             Some(serde_json::Value::String(s)) => s.clone(),
@@ -57,7 +62,9 @@ pub fn read_labelled(path: &Path) -> Result<Vec<LabelledText>, GuardError> {
             Some(serde_json::Value::Bool(b)) => *b,
             Some(v) if v.as_u64() == Some(0) => false,
             Some(v) if v.as_u64() == Some(1) => true,
-            Some(other) => return Err(bad(n, "label", format!("expected 0 (benign) or 1 (injection), got {other}"))),
+            Some(other) => {
+                return Err(bad(n, "label", format!("expected 0 (benign) or 1 (injection), got {other}")));
+            }
             None => return Err(bad(n, "label", "missing (0 benign, 1 injection)".into())),
         };
         let opt = |field: &str| -> Result<Option<String>, GuardError> {
@@ -70,7 +77,11 @@ pub fn read_labelled(path: &Path) -> Result<Vec<LabelledText>, GuardError> {
         rows.push(LabelledText { text, label, source: opt("source")?, family: opt("family")? });
     }
     if rows.is_empty() {
-        return Err(GuardError::InvalidFile { path: path.to_path_buf(), location: "rows".into(), reason: "no labelled rows".into() });
+        return Err(GuardError::InvalidFile {
+            path: path.to_path_buf(),
+            location: "rows".into(),
+            reason: "no labelled rows".into(),
+        });
     }
     Ok(rows)
 }
@@ -131,7 +142,8 @@ pub struct EvalReport {
 
 /// Scores every row with `det` and reports at its threshold.
 pub fn evaluate(det: &InjectionDetector, rows: &[LabelledText]) -> EvalReport {
-    let scored: Vec<(f32, Option<&'static str>)> = rows.iter().map(|r| (det.score(&r.text), det.rule(&r.text))).collect();
+    let scored: Vec<(f32, Option<&'static str>)> =
+        rows.iter().map(|r| (det.score(&r.text), det.rule(&r.text))).collect();
     evaluate_with(rows, &scored, Some(det.threshold()))
 }
 
@@ -139,7 +151,12 @@ fn combined(s: &(f32, Option<&'static str>)) -> f32 {
     if s.1.is_some() { 2.0 } else { s.0 }
 }
 
-fn point_at(scored: &[(f32, Option<&'static str>)], rows: &[LabelledText], threshold: f32, target_fpr: Option<f64>) -> OperatingPoint {
+fn point_at(
+    scored: &[(f32, Option<&'static str>)],
+    rows: &[LabelledText],
+    threshold: f32,
+    target_fpr: Option<f64>,
+) -> OperatingPoint {
     let (mut tp, mut fp, mut pos, mut neg) = (0, 0, 0, 0);
     for (s, r) in scored.iter().zip(rows) {
         let flagged = s.1.is_some() || s.0 >= threshold;
@@ -152,12 +169,25 @@ fn point_at(scored: &[(f32, Option<&'static str>)], rows: &[LabelledText], thres
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    OperatingPoint { target_fpr, threshold, recall: ratio(tp, pos), fpr: ratio(fp, neg), precision: ratio(tp, tp + fp), true_positives: tp, false_positives: fp }
+    OperatingPoint {
+        target_fpr,
+        threshold,
+        recall: ratio(tp, pos),
+        fpr: ratio(fp, neg),
+        precision: ratio(tp, tp + fp),
+        true_positives: tp,
+        false_positives: fp,
+    }
 }
 
 /// The lowest threshold at which at most `target_fpr` of the benign rows are flagged.
-pub(crate) fn operating_point(scored: &[(f32, Option<&'static str>)], rows: &[LabelledText], target_fpr: f64) -> OperatingPoint {
-    let mut neg: Vec<f32> = scored.iter().zip(rows).filter(|(_, r)| !r.label).map(|(s, _)| combined(s)).collect();
+pub(crate) fn operating_point(
+    scored: &[(f32, Option<&'static str>)],
+    rows: &[LabelledText],
+    target_fpr: f64,
+) -> OperatingPoint {
+    let mut neg: Vec<f32> =
+        scored.iter().zip(rows).filter(|(_, r)| !r.label).map(|(s, _)| combined(s)).collect();
     neg.sort_by(|a, b| b.total_cmp(a));
     // Benign rows allowed above the threshold (the epsilon keeps 1% of 300 at 3, not 2).
     let allowed = (target_fpr * neg.len() as f64 + 1e-9).floor() as usize;
@@ -192,7 +222,11 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> f64 {
 }
 
 /// The report from precomputed (probability, rule) pairs, one per row.
-pub(crate) fn evaluate_with(rows: &[LabelledText], scored: &[(f32, Option<&'static str>)], threshold: Option<f32>) -> EvalReport {
+pub(crate) fn evaluate_with(
+    rows: &[LabelledText],
+    scored: &[(f32, Option<&'static str>)],
+    threshold: Option<f32>,
+) -> EvalReport {
     let labels: Vec<bool> = rows.iter().map(|r| r.label).collect();
     let comb: Vec<f32> = scored.iter().map(combined).collect();
     let probs: Vec<f32> = scored.iter().map(|s| s.0).collect();
@@ -256,8 +290,15 @@ pub fn measure_latency(det: &InjectionDetector, texts: &[&str], repeats: usize) 
         }
     }
     us.sort_by(f64::total_cmp);
-    let pct = |q: f64| if us.is_empty() { 0.0 } else { us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1] };
-    LatencyStats { runs: us.len(), p50_us: pct(0.5), p95_us: pct(0.95), max_us: us.last().copied().unwrap_or(0.0) }
+    let pct = |q: f64| {
+        if us.is_empty() { 0.0 } else { us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1] }
+    };
+    LatencyStats {
+        runs: us.len(),
+        p50_us: pct(0.5),
+        p95_us: pct(0.95),
+        max_us: us.last().copied().unwrap_or(0.0),
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +323,8 @@ mod tests {
         let mut labels = vec![false; 100];
         labels.extend([true, true, true]);
         let r = rows(&labels);
-        let mut scored: Vec<(f32, Option<&'static str>)> = (0..100).map(|i| (i as f32 / 100.0, None)).collect();
+        let mut scored: Vec<(f32, Option<&'static str>)> =
+            (0..100).map(|i| (i as f32 / 100.0, None)).collect();
         scored[3].1 = Some("ignore_previous");
         scored.extend([(0.995, None), (0.985, None), (0.5, Some("dan_persona"))]);
         let p = operating_point(&scored, &r, 0.01);
@@ -312,7 +354,15 @@ mod tests {
         }
         std::fs::write(&path, "{\"text\": \"a\", \"label\": true, \"source\": \"s\", \"family\": \"f\"}\n")?;
         let r = read_labelled(&path)?;
-        assert_eq!(r[0], LabelledText { text: "a".into(), label: true, source: Some("s".into()), family: Some("f".into()) });
+        assert_eq!(
+            r[0],
+            LabelledText {
+                text: "a".into(),
+                label: true,
+                source: Some("s".into()),
+                family: Some("f".into())
+            }
+        );
         Ok(())
     }
 }

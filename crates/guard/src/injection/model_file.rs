@@ -81,7 +81,11 @@ pub(crate) fn encode(info: &ModelInfo, weights: &[f32], bias: f32) -> Vec<u8> {
 }
 
 pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<ModelParts, GuardError> {
-    let bad = |location: &str, reason: String| GuardError::InvalidFile { path: path.to_path_buf(), location: location.into(), reason };
+    let bad = |location: &str, reason: String| GuardError::InvalidFile {
+        path: path.to_path_buf(),
+        location: location.into(),
+        reason,
+    };
     if bytes.len() < 8 + 8 + 4 + 32 || &bytes[..8] != MAGIC {
         return Err(bad("header", "not an injection classifier file (expected the FTINJECT header)".into()));
     }
@@ -98,9 +102,16 @@ pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<ModelParts, GuardError
     if meta_len > MAX_META || 16 + meta_len > body.len() {
         return Err(bad("metadata", format!("length {meta_len} does not fit the file")));
     }
-    let info: ModelInfo = serde_json::from_slice(&body[16..16 + meta_len]).map_err(|e| bad("metadata", e.to_string()))?;
+    let info: ModelInfo =
+        serde_json::from_slice(&body[16..16 + meta_len]).map_err(|e| bad("metadata", e.to_string()))?;
     if info.features != FEATURES_VERSION {
-        return Err(bad("metadata.features", format!("feature recipe {}, this build computes recipe {FEATURES_VERSION}: retrain with `ferrotune guard train`", info.features)));
+        return Err(bad(
+            "metadata.features",
+            format!(
+                "feature recipe {}, this build computes recipe {FEATURES_VERSION}: retrain with `ferrotune guard train`",
+                info.features
+            ),
+        ));
     }
     if info.bits == 0 || info.bits > MAX_BITS {
         return Err(bad("metadata.bits", format!("{} is outside 1..={MAX_BITS}", info.bits)));
@@ -114,7 +125,10 @@ pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<ModelParts, GuardError
     let n = 1usize << info.bits;
     let rest = &body[16 + meta_len..];
     if rest.len() != n * 4 + 4 {
-        return Err(bad("weights", format!("{} bytes for 2^{} weights and a bias, expected {}", rest.len(), info.bits, n * 4 + 4)));
+        return Err(bad(
+            "weights",
+            format!("{} bytes for 2^{} weights and a bias, expected {}", rest.len(), info.bits, n * 4 + 4),
+        ));
     }
     let mut floats = rest.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
     let weights: Vec<f32> = floats.by_ref().take(n).collect();

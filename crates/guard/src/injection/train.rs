@@ -107,14 +107,26 @@ pub fn train(
         return Err(setting("buckets", format!("2^{} buckets: use 2^1 ..= 2^24", cfg.bits)));
     }
     // Written positively so NaN settings fail too.
-    let usable = cfg.epochs > 0 && cfg.lr > 0.0 && cfg.lr.is_finite() && cfg.l2 >= 0.0 && cfg.l2.is_finite() && cfg.target_fpr > 0.0 && cfg.target_fpr < 1.0;
+    let usable = cfg.epochs > 0
+        && cfg.lr > 0.0
+        && cfg.lr.is_finite()
+        && cfg.l2 >= 0.0
+        && cfg.l2.is_finite()
+        && cfg.target_fpr > 0.0
+        && cfg.target_fpr < 1.0;
     if !usable {
-        return Err(setting("train", format!("epochs ≥ 1, lr > 0, l2 ≥ 0 and 0 < target FPR < 1 (got {cfg:?})")));
+        return Err(setting(
+            "train",
+            format!("epochs ≥ 1, lr > 0, l2 ≥ 0 and 0 < target FPR < 1 (got {cfg:?})"),
+        ));
     }
     for (name, rows) in [("training", train), ("validation", validation)] {
         let pos = rows.iter().filter(|r| r.label).count();
         if pos == 0 || pos == rows.len() {
-            return Err(setting(name, format!("{} rows with {pos} attacks: both labels are needed", rows.len())));
+            return Err(setting(
+                name,
+                format!("{} rows with {pos} attacks: both labels are needed", rows.len()),
+            ));
         }
     }
 
@@ -158,9 +170,15 @@ pub fn train(
         }
         let w: Vec<f32> = v.iter().map(|x| x * scale).collect();
         let val_p: Vec<f32> = val_feats.iter().map(|f| sigmoid(f.dot(&w) + bias)).collect();
-        let val_loss = validation.iter().zip(&val_p).map(|(r, &p)| log_loss(p, r.label)).sum::<f64>() / validation.len() as f64;
+        let val_loss = validation.iter().zip(&val_p).map(|(r, &p)| log_loss(p, r.label)).sum::<f64>()
+            / validation.len() as f64;
         let labels: Vec<bool> = validation.iter().map(|r| r.label).collect();
-        let log = EpochLog { epoch, train_loss: loss / train.len() as f64, validation_loss: val_loss, validation_auroc: super::eval::auroc(&val_p, &labels) };
+        let log = EpochLog {
+            epoch,
+            train_loss: loss / train.len() as f64,
+            validation_loss: val_loss,
+            validation_auroc: super::eval::auroc(&val_p, &labels),
+        };
         progress(&log);
         logs.push(log);
     }
@@ -170,11 +188,20 @@ pub fn train(
     }
 
     // Threshold on validation, rules included: scores of a rule hit count as certain.
-    let info = ModelInfo { features: FEATURES_VERSION, bits: cfg.bits, threshold: 0.5, max_bytes: DEFAULT_MAX_BYTES, training: None };
+    let info = ModelInfo {
+        features: FEATURES_VERSION,
+        bits: cfg.bits,
+        threshold: 0.5,
+        max_bytes: DEFAULT_MAX_BYTES,
+        training: None,
+    };
     let det = InjectionDetector::from_parts(info, weights, bias);
-    let scored: Vec<(f32, Option<&'static str>)> = validation.iter().map(|r| (det.score(&r.text), det.rule(&r.text))).collect();
+    let scored: Vec<(f32, Option<&'static str>)> =
+        validation.iter().map(|r| (det.score(&r.text), det.rule(&r.text))).collect();
     // A probability of exactly 1 never happens; keep the threshold usable.
-    let threshold = super::eval::operating_point(&scored, validation, cfg.target_fpr).threshold.clamp(f32::MIN_POSITIVE, 1.0);
+    let threshold = super::eval::operating_point(&scored, validation, cfg.target_fpr)
+        .threshold
+        .clamp(f32::MIN_POSITIVE, 1.0);
     let validation_report = evaluate_with(validation, &scored, Some(threshold));
     let at = &validation_report.at_threshold;
     let record = TrainingRecord {
@@ -191,7 +218,13 @@ pub fn train(
         validation_fpr: at.as_ref().map_or(0.0, |p| p.fpr),
         validation_auroc: validation_report.auroc,
     };
-    let info = ModelInfo { features: FEATURES_VERSION, bits: cfg.bits, threshold, max_bytes: DEFAULT_MAX_BYTES, training: Some(record) };
+    let info = ModelInfo {
+        features: FEATURES_VERSION,
+        bits: cfg.bits,
+        threshold,
+        max_bytes: DEFAULT_MAX_BYTES,
+        training: Some(record),
+    };
     let det = InjectionDetector::from_parts(info, det.weights, det.bias);
     Ok((det, TrainReport { epochs: logs, threshold, validation: validation_report }))
 }
@@ -213,7 +246,8 @@ mod tests {
         let rows: Vec<LabelledText> = (0..4).map(|i| LabelledText::new(format!("row {i}"), false)).collect();
         let e = train(&rows, &rows, &TrainConfig::default(), |_| {}).expect_err("one label").to_string();
         assert!(e.contains("training") && e.contains("both labels"), "{e}");
-        let mixed: Vec<LabelledText> = (0..4).map(|i| LabelledText::new(format!("row {i}"), i % 2 == 0)).collect();
+        let mixed: Vec<LabelledText> =
+            (0..4).map(|i| LabelledText::new(format!("row {i}"), i % 2 == 0)).collect();
         let cfg = TrainConfig { bits: 30, ..TrainConfig::default() };
         assert!(train(&mixed, &mixed, &cfg, |_| {}).is_err());
     }
@@ -224,9 +258,16 @@ mod tests {
         for i in 0..200 {
             // Overlapping vocabularies: not separable, so the threshold matters.
             let attack = i % 3 == 0;
-            let w = if attack { ["override", "secret", "now", "please"] } else { ["order", "secret", "please", "now"] };
+            let w = if attack {
+                ["override", "secret", "now", "please"]
+            } else {
+                ["order", "secret", "please", "now"]
+            };
             let noise = ["alpha", "beta", "gamma", "delta", "kettle", "override", "order"][i % 7];
-            rows.push(LabelledText::new(format!("{} {} {} {noise} {}", w[i % 4], w[(i + 1) % 4], w[(i / 4) % 4], i % 11), attack));
+            rows.push(LabelledText::new(
+                format!("{} {} {} {noise} {}", w[i % 4], w[(i + 1) % 4], w[(i / 4) % 4], i % 11),
+                attack,
+            ));
         }
         let val = rows.split_off(120);
         let cfg = TrainConfig { bits: 10, epochs: 3, target_fpr: 0.05, ..TrainConfig::default() };

@@ -30,7 +30,11 @@ pub fn server_actor() -> String {
 }
 
 fn files_map(files: &[(String, String)]) -> Value {
-    files.iter().map(|(name, sha)| (name.clone(), Value::from(sha.clone()))).collect::<serde_json::Map<_, _>>().into()
+    files
+        .iter()
+        .map(|(name, sha)| (name.clone(), Value::from(sha.clone())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// `serve.start`: the weights by their files' digests (hashed once at start, as the cache's key
@@ -56,12 +60,25 @@ pub fn start(spec: &str, served_name: &str, files: &[(String, String)], cfg: &Se
 /// `serve.stop`, the last entry of a graceful shutdown (`failed` when the engine thread died).
 pub fn stop(served_name: &str, uptime_s: u64, engine_died: bool) -> Event {
     let outcome = if engine_died { "failed" } else { "ok" };
-    Event::new(&server_actor(), "serve.stop", json!({"served_name": served_name}), outcome, json!({"uptime_s": uptime_s, "engine_died": engine_died}))
+    Event::new(
+        &server_actor(),
+        "serve.stop",
+        json!({"served_name": served_name}),
+        outcome,
+        json!({"uptime_s": uptime_s, "engine_died": engine_died}),
+    )
 }
 
 /// `serve.adapter-load`: `files` as (name in the folder, sha256); `artifact` for a registry
 /// version.
-pub fn adapter_load(actor: &str, name: &str, dir: &Path, files: &[(String, String)], artifact: Option<&str>, error: Option<&str>) -> Event {
+pub fn adapter_load(
+    actor: &str,
+    name: &str,
+    dir: &Path,
+    files: &[(String, String)],
+    artifact: Option<&str>,
+    error: Option<&str>,
+) -> Event {
     let subject = json!({"adapter": name, "dir": dir.display().to_string(), "files": files_map(files), "artifact": artifact});
     let (outcome, fields) = match error {
         None => ("ok", json!({})),
@@ -73,15 +90,25 @@ pub fn adapter_load(actor: &str, name: &str, dir: &Path, files: &[(String, Strin
 /// `serve.adapter-unload`: `reason` says why (`requested`, the kill switch's reason, an
 /// integrity failure).
 pub fn adapter_unload(actor: &str, name: &str, artifact: Option<&str>, reason: &str) -> Event {
-    Event::new(actor, "serve.adapter-unload", json!({"adapter": name, "artifact": artifact}), "ok", json!({"reason": reason}))
+    Event::new(
+        actor,
+        "serve.adapter-unload",
+        json!({"adapter": name, "artifact": artifact}),
+        "ok",
+        json!({"reason": reason}),
+    )
 }
 
 /// `serve.refused`: a registry version refused, with what the client was told.
 pub fn refused(actor: &str, artifact: &str, e: &ApiError) -> Event {
     let details = match e {
-        ApiError::IntegrityCheckFailed { file, expected, actual, .. } => json!({"file": file, "expected_sha256": expected, "actual_sha256": actual}),
+        ApiError::IntegrityCheckFailed { file, expected, actual, .. } => {
+            json!({"file": file, "expected_sha256": expected, "actual_sha256": actual})
+        }
         ApiError::ModelDisabled { reason, .. } => json!({"disabled_reason": reason}),
-        ApiError::BaseModelMismatch { wanted, served, .. } => json!({"wanted_base": wanted, "served_base": served}),
+        ApiError::BaseModelMismatch { wanted, served, .. } => {
+            json!({"wanted_base": wanted, "served_base": served})
+        }
         ApiError::NotServable { what, .. } => json!({"what": what}),
         other => json!({"message": other.to_string()}),
     };
@@ -180,12 +207,30 @@ mod tests {
 
     #[test]
     fn inference_entries_leave_out_what_does_not_apply_and_use_integers() {
-        let who = InferenceSubject { request_id: "r1", actor: "user", model: Some("tiny"), resolved: Some("tiny"), artifact: None };
-        let e = inference(&who, &Inference { endpoint: "chat".into(), status: 200, latency_ms: 12, ..Default::default() });
+        let who = InferenceSubject {
+            request_id: "r1",
+            actor: "user",
+            model: Some("tiny"),
+            resolved: Some("tiny"),
+            artifact: None,
+        };
+        let e = inference(
+            &who,
+            &Inference { endpoint: "chat".into(), status: 200, latency_ms: 12, ..Default::default() },
+        );
         assert_eq!((e.actor.as_str(), e.action.as_str(), e.outcome.as_str()), ("user", "inference", "ok"));
-        assert!(e.fields.get("prompt_sha256").is_none() && e.fields.get("knowledge_base").is_none(), "{}", e.fields);
+        assert!(
+            e.fields.get("prompt_sha256").is_none() && e.fields.get("knowledge_base").is_none(),
+            "{}",
+            e.fields
+        );
         assert!(e.fields.get("guards").is_none(), "no guard acted: no field, {}", e.fields);
-        let g = GuardCount { guard: "output_pii".into(), action: "redact".into(), kind: "email".into(), count: 2 };
+        let g = GuardCount {
+            guard: "output_pii".into(),
+            action: "redact".into(),
+            kind: "email".into(),
+            count: 2,
+        };
         let e2 = inference(&who, &Inference { status: 200, guards: vec![g], ..Default::default() });
         assert_eq!(e2.fields["guards"][0]["count"], 2);
         assert_eq!(e2.fields["guards"][0]["kind"], "email");
@@ -199,10 +244,18 @@ mod tests {
 
     #[test]
     fn a_refusal_names_its_code_and_details() {
-        let e = ApiError::IntegrityCheckFailed { reference: "s@2".into(), file: "a.safetensors".into(), expected: "aa".into(), actual: "bb".into() };
+        let e = ApiError::IntegrityCheckFailed {
+            reference: "s@2".into(),
+            file: "a.safetensors".into(),
+            expected: "aa".into(),
+            actual: "bb".into(),
+        };
         let ev = refused("user", "s@2", &e);
         assert_eq!(ev.fields["reason"], "integrity_check_failed");
-        assert_eq!((ev.fields["file"].as_str(), ev.fields["expected_sha256"].as_str(), ev.fields["status"].as_u64()), (Some("a.safetensors"), Some("aa"), Some(503)));
+        assert_eq!(
+            (ev.fields["file"].as_str(), ev.fields["expected_sha256"].as_str(), ev.fields["status"].as_u64()),
+            (Some("a.safetensors"), Some("aa"), Some(503))
+        );
     }
 
     #[test]

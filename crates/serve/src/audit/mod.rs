@@ -91,9 +91,9 @@ impl Audit {
         let (tx, rx) = mpsc::channel();
         let backlog = Arc::new(AtomicUsize::new(0));
         let b = backlog.clone();
-        let thread = std::thread::Builder::new()
-            .name("audit-appender".into())
-            .spawn(move || Appender { log, rx, backlog: b, metrics, pending: Vec::new(), failures: 0 }.run())?;
+        let thread = std::thread::Builder::new().name("audit-appender".into()).spawn(move || {
+            Appender { log, rx, backlog: b, metrics, pending: Vec::new(), failures: 0 }.run()
+        })?;
         Ok(Self { inner: Some(Arc::new(Inner { tx, backlog, content, thread: Mutex::new(Some(thread)) })) })
     }
 
@@ -111,9 +111,14 @@ impl Audit {
         let Some(inner) = &self.inner else { return };
         let n = inner.backlog.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(BACKLOG_WARN) {
-            tracing::error!(waiting = n, "the audit log is not keeping up: {n} events wait to be appended (see the errors above)");
+            tracing::error!(
+                waiting = n,
+                "the audit log is not keeping up: {n} events wait to be appended (see the errors above)"
+            );
         }
-        if let Err(mpsc::SendError(Msg::Event(e) | Msg::Close(e, _))) = inner.tx.send(Msg::Event(Box::new(event))) {
+        if let Err(mpsc::SendError(Msg::Event(e) | Msg::Close(e, _))) =
+            inner.tx.send(Msg::Event(Box::new(event)))
+        {
             inner.backlog.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(action = %e.action, actor = %e.actor, subject = %e.subject, "the audit log is closed: this event was not recorded");
         }
@@ -160,7 +165,11 @@ impl Appender {
                 }
             }
             // Then gather for one interval (longer after failures), or until the batch is full.
-            let round = if self.failures == 0 { BATCH_INTERVAL } else { (BATCH_INTERVAL * 2u32.pow(self.failures.min(7))).min(RETRY_MAX) };
+            let round = if self.failures == 0 {
+                BATCH_INTERVAL
+            } else {
+                (BATCH_INTERVAL * 2u32.pow(self.failures.min(7))).min(RETRY_MAX)
+            };
             let until = Instant::now() + round;
             while closing.is_none() && self.pending.len() < BATCH_MAX {
                 match self.rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
@@ -189,8 +198,9 @@ impl Appender {
         if self.pending.is_empty() {
             return true;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| self.log.append(&self.pending)))
-            .unwrap_or_else(|p| Err(ferrotune_govern::GovernError::Refused(format!("the audit log panicked: {}", panic_text(&p)))));
+        let result = catch_unwind(AssertUnwindSafe(|| self.log.append(&self.pending))).unwrap_or_else(|p| {
+            Err(ferrotune_govern::GovernError::Refused(format!("the audit log panicked: {}", panic_text(&p))))
+        });
         match result {
             Ok(appended) => {
                 let mut by_action: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
@@ -198,7 +208,10 @@ impl Appender {
                     *by_action.entry(e.action.as_str()).or_default() += 1;
                 }
                 for (action, n) in by_action {
-                    self.metrics.audit_events.get_or_create(&crate::metrics::ActionLabels { action: action.into() }).inc_by(n);
+                    self.metrics
+                        .audit_events
+                        .get_or_create(&crate::metrics::ActionLabels { action: action.into() })
+                        .inc_by(n);
                 }
                 if self.failures > 0 {
                     tracing::info!(events = self.pending.len(), "the audit log is written again");
@@ -245,7 +258,10 @@ impl Appender {
                 }
                 Err(p) => {
                     self.metrics.audit_errors.inc();
-                    tracing::error!("signing the audit log's checkpoint at shutdown panicked: {}", panic_text(&p));
+                    tracing::error!(
+                        "signing the audit log's checkpoint at shutdown panicked: {}",
+                        panic_text(&p)
+                    );
                 }
             }
         } else {
@@ -258,5 +274,8 @@ impl Appender {
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| (*s).to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

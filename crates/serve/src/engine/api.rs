@@ -73,11 +73,15 @@ impl EngineConfig {
         }
         let max_model_len = self.max_model_len.unwrap_or(context);
         if max_model_len == 0 || max_model_len > context {
-            return Err(format!("max_model_len {max_model_len} must be between 1 and the model's context of {context} tokens"));
+            return Err(format!(
+                "max_model_len {max_model_len} must be between 1 and the model's context of {context} tokens"
+            ));
         }
         let max_prompt_tokens = self.max_prompt_tokens.unwrap_or(max_model_len);
         if max_prompt_tokens == 0 || max_prompt_tokens > max_model_len {
-            return Err(format!("max_prompt_tokens {max_prompt_tokens} must be between 1 and max_model_len ({max_model_len})"));
+            return Err(format!(
+                "max_prompt_tokens {max_prompt_tokens} must be between 1 and max_model_len ({max_model_len})"
+            ));
         }
         Ok(SequenceLimits { max_model_len, max_prompt_tokens })
     }

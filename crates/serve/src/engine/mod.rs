@@ -53,7 +53,11 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// Render a chat with the model's template, ready for generation; encode the result with
     /// [`ModelInfo::encode`]`(text, false)` (the template carries its own special tokens).
-    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ModelError> {
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let t = self.chat_template.as_ref().ok_or_else(|| {
             ModelError::Template(format!("{} has no chat template; use a plain prompt", self.name))
         })?;
@@ -78,7 +82,9 @@ impl ModelInfo {
     /// The compiler of `response_format` schemas into token masks (built on the first request
     /// that asks for structured output: a fraction of a second on a 49k vocabulary).
     pub fn grammars(&self) -> Result<Arc<Grammars>, ConstrainError> {
-        self.grammars.get_or_init(|| Grammars::new(&self.tokenizer, self.vocab_size, &self.eos_ids).map(Arc::new)).clone()
+        self.grammars
+            .get_or_init(|| Grammars::new(&self.tokenizer, self.vocab_size, &self.eos_ids).map(Arc::new))
+            .clone()
     }
 
     /// Whether a prompt of `len` tokens is within `max_prompt_tokens`.
@@ -246,7 +252,8 @@ pub fn start(mut model: LoadedModel, name: String, cfg: EngineConfig) -> EngineH
         fault: std::sync::atomic::AtomicU8::new(0),
     });
     let (s, i) = (shared.clone(), info.clone());
-    let spawned = std::thread::Builder::new().name("ferrotune-engine".into()).spawn(move || worker::run(model, i, s));
+    let spawned =
+        std::thread::Builder::new().name("ferrotune-engine".into()).spawn(move || worker::run(model, i, s));
     if let Err(e) = spawned {
         tracing::error!("could not start the engine thread: {e}");
         shared.alive.store(false, Ordering::SeqCst);
@@ -272,14 +279,21 @@ impl EngineHandle {
                 None
             }
             Some(name) => Some(
-                lock(&s.adapters).get(name).cloned().ok_or_else(|| SubmitError::UnknownAdapter(name.to_string()))?,
+                lock(&s.adapters)
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| SubmitError::UnknownAdapter(name.to_string()))?,
             ),
         };
         self.info.check_prompt(req.prompt.len())?;
         // Both limits bound one sequence: the KV budget (shared) and max_model_len.
         let budget = s.cfg.kv_token_budget.min(self.info.context_len);
         if req.prompt.len() + req.max_tokens > budget {
-            return Err(SubmitError::TooLarge { prompt: req.prompt.len(), max_tokens: req.max_tokens, budget });
+            return Err(SubmitError::TooLarge {
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+                budget,
+            });
         }
         let mut q = lock(&s.queue);
         if q.waiting.len() >= s.cfg.queue_capacity {

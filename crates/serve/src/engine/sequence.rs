@@ -67,7 +67,8 @@ impl<'t> Sequence<'t> {
         let sampler = Sampler::new(req.sampling.clone()).map_err(|e| e.to_string())?;
         // Preallocate for the prompt and a first stretch of output, not the whole reservation:
         // clients often ask for far more tokens than they get (the cache grows when needed).
-        let cache = KvCache::new(model.config(), req.prompt.len() + req.max_tokens.min(INITIAL_OUTPUT_CAPACITY));
+        let cache =
+            KvCache::new(model.config(), req.prompt.len() + req.max_tokens.min(INITIAL_OUTPUT_CAPACITY));
         let prompt_tokens = req.prompt.len();
         Ok(Sequence {
             events: req.events,
@@ -240,7 +241,11 @@ impl<'t> Sequence<'t> {
             text.push_str(&rest);
             self.send(Event::Token { id, text, logprob });
         }
-        self.send(Event::Done { finish, prompt_tokens: self.prompt_tokens, completion_tokens: self.generated });
+        self.send(Event::Done {
+            finish,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated,
+        });
         self.finished = true;
     }
 

@@ -79,7 +79,13 @@ async fn collect(mut rx: UnboundedReceiver<Event>) -> Outcome {
     out
 }
 
-fn alone(m: &LoadedModel, prompt: &[u32], max_tokens: usize, stop: &[String], sampling: SamplingParams) -> ferrotune_model::Generation {
+fn alone(
+    m: &LoadedModel,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop: &[String],
+    sampling: SamplingParams,
+) -> ferrotune_model::Generation {
     let params = GenerateParams { max_tokens, sampling, stop: stop.to_vec(), eos_ids: m.eos_ids.clone() };
     generate(&m.model, &m.tokenizer, prompt, &params, |_| {}).expect("generate")
 }
@@ -93,19 +99,11 @@ fn assert_same(got: &Outcome, want: &ferrotune_model::Generation, what: &str) {
     let eos = want.finish == ferrotune_model::FinishReason::Stop
         && got.tokens.len() == want.tokens.len() + 1
         && got.tokens.last() == Some(&TINY_EOS);
-    let tokens = if eos {
-        &got.tokens[..want.tokens.len()]
-    } else {
-        &got.tokens[..]
-    };
+    let tokens = if eos { &got.tokens[..want.tokens.len()] } else { &got.tokens[..] };
     assert_eq!(tokens, &want.tokens[..], "{what}: tokens");
     assert_eq!(got.text, want.text, "{what}: text");
     assert_eq!(got.finish, Some(FinishReason::from(want.finish)), "{what}: finish");
-    assert_eq!(
-        got.completion_tokens,
-        want.tokens.len() + usize::from(eos),
-        "{what}: usage"
-    );
+    assert_eq!(got.completion_tokens, want.tokens.len() + usize::from(eos), "{what}: usage");
 }
 
 fn prompt(m: &LoadedModel, text: &str) -> Vec<u32> {
@@ -173,7 +171,12 @@ async fn five_concurrent_requests_in_a_continuous_batch_each_equal_generate_alon
     }
     let outs = futures_join(rxs).await;
     for ((p, n), got) in cases.iter().zip(&outs) {
-        let params = GenerateParams { max_tokens: *n, sampling: SamplingParams::default(), stop: vec![], eos_ids: vec![] };
+        let params = GenerateParams {
+            max_tokens: *n,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            eos_ids: vec![],
+        };
         let want = generate(&m.model, &m.tokenizer, p, &params, |_| {}).expect("generate");
         assert_same(got, &want, &format!("prompt of {} tokens, max_tokens {n}", p.len()));
         assert_eq!(got.tokens.len(), *n);
@@ -194,12 +197,7 @@ async fn futures_join(rxs: Vec<UnboundedReceiver<Event>>) -> Vec<Outcome> {
 #[tokio::test]
 async fn full_queue_too_large_unknown_adapter_and_shutdown_are_refused() {
     let (_dir, m) = tiny();
-    let cfg = EngineConfig {
-        max_batch: 1,
-        kv_token_budget: 300,
-        queue_capacity: 2,
-        ..Default::default()
-    };
+    let cfg = EngineConfig { max_batch: 1, kv_token_budget: 300, queue_capacity: 2, ..Default::default() };
     let engine = start(m.clone(), "tiny".into(), cfg);
     let p = prompt(&m, "hi");
     let (req, _rx) = request(&p, 299);
@@ -276,7 +274,9 @@ async fn closing_the_receiver_cancels_and_frees_the_kv_reservation() {
 
 /// A LoRA adapter with random (nonzero) B, saved in PEFT format.
 fn make_adapter(m: &mut LoadedModel, dir: &std::path::Path) -> Adapter {
-    let a = Adapter::init(&mut m.model, &LoraSpec { dropout: 0.0, r: 4, alpha: 8.0, ..Default::default() }, 9).expect("init");
+    let a =
+        Adapter::init(&mut m.model, &LoraSpec { dropout: 0.0, r: 4, alpha: 8.0, ..Default::default() }, 9)
+            .expect("init");
     for (name, v) in &a.vars {
         if name.ends_with("lora_B.weight") {
             v.set(&Tensor::randn(0f32, 0.5, v.shape(), &Device::Cpu).expect("randn")).expect("set");
@@ -296,12 +296,19 @@ async fn runtime_adapter_matches_the_attached_model_and_leaves_base_requests_alo
     let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
     engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir.clone() }).await.expect("load");
     assert_eq!(engine.adapters(), vec!["support".to_string()]);
-    assert!(engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir.clone() }).await.is_err());
+    assert!(
+        engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir.clone() }).await.is_err()
+    );
 
     let p = prompt(&m, "Where is my order?");
     let n = 40;
     let no_eos = |m: &LoadedModel| {
-        let params = GenerateParams { max_tokens: n, sampling: SamplingParams::default(), stop: vec![], eos_ids: vec![] };
+        let params = GenerateParams {
+            max_tokens: n,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            eos_ids: vec![],
+        };
         generate(&m.model, &m.tokenizer, &p, &params, |_| {}).expect("generate")
     };
     let want_base = no_eos(&m);
@@ -338,7 +345,8 @@ async fn runtime_adapter_matches_the_attached_model_and_leaves_base_requests_alo
     assert!(engine.adapter(AdapterCommand::Unload { name: "support".into() }).await.is_err());
     // Loading it again (new id) works.
     engine.adapter(AdapterCommand::Load { name: "support".into(), dir: adir }).await.expect("reload");
-    let bad = engine.adapter(AdapterCommand::Load { name: "x".into(), dir: dir.path().join("missing") }).await;
+    let bad =
+        engine.adapter(AdapterCommand::Load { name: "x".into(), dir: dir.path().join("missing") }).await;
     assert!(bad.is_err());
 }
 
@@ -372,8 +380,17 @@ async fn disabling_an_adapter_ends_its_running_and_queued_sequences_and_leaves_t
     let outs = futures_join(vec![rxa, rxb, rxq]).await;
     assert_eq!(outs[0].finish, Some(FinishReason::Disabled), "{:?}", outs[0]);
     assert!(outs[0].completion_tokens < n, "ended early: {:?}", outs[0]);
-    assert_eq!((outs[1].finish, outs[1].completion_tokens), (Some(FinishReason::Length), n), "the base request runs on");
-    assert_eq!((outs[2].finish, outs[2].completion_tokens), (Some(FinishReason::Disabled), 0), "{:?}", outs[2]);
+    assert_eq!(
+        (outs[1].finish, outs[1].completion_tokens),
+        (Some(FinishReason::Length), n),
+        "the base request runs on"
+    );
+    assert_eq!(
+        (outs[2].finish, outs[2].completion_tokens),
+        (Some(FinishReason::Disabled), 0),
+        "{:?}",
+        outs[2]
+    );
     let (mut late, _rx) = request(&p, 5);
     late.adapter = Some("support@2".into());
     assert_eq!(engine.submit(late).err(), Some(SubmitError::UnknownAdapter("support@2".into())));
@@ -386,30 +403,23 @@ async fn disabling_an_adapter_ends_its_running_and_queued_sequences_and_leaves_t
 async fn logprobs_are_the_model_log_softmax_and_prompt_logprobs_come_from_a_full_prefill() {
     let (_dir, m) = tiny();
     let engine = start(m.clone(), "tiny".into(), EngineConfig::default());
-    let p = prompt(
-        &m,
-        "score this, a prompt long enough for several prefill chunks",
-    );
-    let ids = Tensor::new(p.as_slice(), &Device::Cpu)
-        .and_then(|t| t.unsqueeze(0))
-        .expect("ids");
-    let logits = m
-        .model
-        .forward(&ids, None, None, Logits::All)
-        .expect("forward");
+    let p = prompt(&m, "score this, a prompt long enough for several prefill chunks");
+    let ids = Tensor::new(p.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("ids");
+    let logits = m.model.forward(&ids, None, None, Logits::All).expect("forward");
     let lsm = log_softmax_rows(&logits.squeeze(0).expect("squeeze"));
     for chunk in [512, 7, 1] {
-        let cfg = EngineConfig { prefill_chunk_tokens: chunk, long_prefill_chunk_tokens: chunk, ..Default::default() };
+        let cfg = EngineConfig {
+            prefill_chunk_tokens: chunk,
+            long_prefill_chunk_tokens: chunk,
+            ..Default::default()
+        };
         let engine = start(m.clone(), "tiny".into(), cfg);
         let (mut req, rx) = request(&p, 0);
         req.prompt_logprobs = true;
         req.logprobs = Some(2);
         engine.submit(req).expect("submit");
         let got = collect(rx).await;
-        assert_eq!(
-            (got.finish, got.completion_tokens),
-            (Some(FinishReason::Length), 0)
-        );
+        assert_eq!((got.finish, got.completion_tokens), (Some(FinishReason::Length), 0));
         let lps = got.prompt_logprobs.expect("prompt logprobs");
         assert_eq!(lps.len(), p.len() - 1);
         for (i, lp) in lps.iter().enumerate() {
@@ -518,7 +528,8 @@ fn submit_together(engine: &EngineHandle, reqs: Vec<GenRequest>) {
 async fn a_short_request_finishes_while_a_long_prompt_is_still_prefilling() {
     let (_dir, m) = tiny();
     let chunk = 4;
-    let cfg = EngineConfig { prefill_chunk_tokens: 64, long_prefill_chunk_tokens: chunk, ..Default::default() };
+    let cfg =
+        EngineConfig { prefill_chunk_tokens: 64, long_prefill_chunk_tokens: chunk, ..Default::default() };
     let engine = start(m.clone(), "tiny".into(), cfg);
     let long: Vec<u32> = (0..480).map(|i| 3 + (i * 7 % 250) as u32).collect();
     let short = prompt(&m, "hi");
@@ -531,34 +542,20 @@ async fn a_short_request_finishes_while_a_long_prompt_is_still_prefilling() {
     let mut order = Vec::new();
     let mut done = 0;
     while done < 2 {
-        let e = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("event in time")
-            .expect("open channel");
+        let e = tokio::time::timeout(WAIT, rx.recv()).await.expect("event in time").expect("open channel");
         match e {
             Event::Started { prompt_tokens, .. } => order.push(("started", prompt_tokens)),
-            Event::Done {
-                prompt_tokens,
-                completion_tokens,
-                ..
-            } => {
+            Event::Done { prompt_tokens, completion_tokens, .. } => {
                 order.push(("done", prompt_tokens));
-                assert_eq!(
-                    completion_tokens,
-                    if prompt_tokens == long.len() { 2 } else { 3 }
-                );
+                assert_eq!(completion_tokens, if prompt_tokens == long.len() { 2 } else { 3 });
                 done += 1;
             }
             Event::Error(e) => panic!("{e}"),
             _ => {}
         }
     }
-    let want = vec![
-        ("started", short.len()),
-        ("done", short.len()),
-        ("started", long.len()),
-        ("done", long.len()),
-    ];
+    let want =
+        vec![("started", short.len()), ("done", short.len()), ("started", long.len()), ("done", long.len())];
     assert_eq!(order, want, "the short request must finish before the long prompt's prefill ends");
     // One chunk of the long prompt per step: at least 120 steps (the counter moves at the end
     // of the step whose events we just read).
@@ -601,17 +598,10 @@ async fn eos_as_the_next_token_is_returned_as_the_generated_token_with_its_logpr
     assert_eq!(got.error, None);
     assert_eq!(got.tokens, vec![TINY_EOS]);
     assert_eq!(got.text, "");
-    assert_eq!(
-        (got.finish, got.completion_tokens),
-        (Some(FinishReason::Stop), 1)
-    );
+    assert_eq!((got.finish, got.completion_tokens), (Some(FinishReason::Stop), 1));
     assert_eq!(got.logprobs.len(), 1);
     assert_eq!(got.logprobs[0].id, TINY_EOS);
-    assert!(
-        got.logprobs[0].logprob > -1e-3 && got.logprobs[0].logprob <= 0.0,
-        "{:?}",
-        got.logprobs[0]
-    );
+    assert!(got.logprobs[0].logprob > -1e-3 && got.logprobs[0].logprob <= 0.0, "{:?}", got.logprobs[0]);
     assert_eq!(got.prompt_logprobs.map(|l| l.len()), Some(p.len() - 1));
 
     // Stop strings do not change it.
@@ -619,57 +609,28 @@ async fn eos_as_the_next_token_is_returned_as_the_generated_token_with_its_logpr
     req.stop = vec!["zz".into()];
     engine.submit(req).expect("submit");
     let got = collect(rx).await;
-    assert_eq!(
-        (got.tokens, got.finish),
-        (vec![TINY_EOS], Some(FinishReason::Stop))
-    );
+    assert_eq!((got.tokens, got.finish), (vec![TINY_EOS], Some(FinishReason::Stop)));
     // ignore_eos still generates past it.
     let (mut req, rx) = request(&p, 3);
     req.ignore_eos = true;
     engine.submit(req).expect("submit");
     let got = collect(rx).await;
-    assert_eq!(
-        (got.tokens, got.finish),
-        (vec![TINY_EOS; 3], Some(FinishReason::Length))
-    );
+    assert_eq!((got.tokens, got.finish), (vec![TINY_EOS; 3], Some(FinishReason::Length)));
 }
 
 #[tokio::test]
 async fn prompts_over_max_prompt_tokens_are_refused_and_max_model_len_caps_the_context() {
     let (_dir, m) = tiny();
-    let cfg = EngineConfig {
-        max_model_len: Some(100),
-        max_prompt_tokens: Some(40),
-        ..Default::default()
-    };
-    assert_eq!(
-        cfg.limits(512),
-        Ok(SequenceLimits {
-            max_model_len: 100,
-            max_prompt_tokens: 40
-        })
-    );
+    let cfg = EngineConfig { max_model_len: Some(100), max_prompt_tokens: Some(40), ..Default::default() };
+    assert_eq!(cfg.limits(512), Ok(SequenceLimits { max_model_len: 100, max_prompt_tokens: 40 }));
     let engine = start(m.clone(), "tiny".into(), cfg);
-    assert_eq!(
-        (engine.info().context_len, engine.info().max_prompt_tokens),
-        (100, 40)
-    );
+    assert_eq!((engine.info().context_len, engine.info().max_prompt_tokens), (100, 40));
     let (req, _rx) = request(&[5; 41], 1);
-    assert_eq!(
-        engine.submit(req).err(),
-        Some(SubmitError::PromptTooLong {
-            prompt: 41,
-            limit: 40
-        })
-    );
+    assert_eq!(engine.submit(req).err(), Some(SubmitError::PromptTooLong { prompt: 41, limit: 40 }));
     let (req, _rx) = request(&[5; 40], 61);
     assert_eq!(
         engine.submit(req).err(),
-        Some(SubmitError::TooLarge {
-            prompt: 40,
-            max_tokens: 61,
-            budget: 100
-        })
+        Some(SubmitError::TooLarge { prompt: 40, max_tokens: 61, budget: 100 })
     );
     let (mut req, rx) = request(&[5; 40], 60);
     req.ignore_eos = true;
@@ -679,25 +640,12 @@ async fn prompts_over_max_prompt_tokens_are_refused_and_max_model_len_caps_the_c
     // Defaults follow the model; settings past it are refused, naming the key.
     assert_eq!(
         EngineConfig::default().limits(512),
-        Ok(SequenceLimits {
-            max_model_len: 512,
-            max_prompt_tokens: 512
-        })
+        Ok(SequenceLimits { max_model_len: 512, max_prompt_tokens: 512 })
     );
     for (cfg, key) in [
+        (EngineConfig { max_model_len: Some(513), ..Default::default() }, "max_model_len"),
         (
-            EngineConfig {
-                max_model_len: Some(513),
-                ..Default::default()
-            },
-            "max_model_len",
-        ),
-        (
-            EngineConfig {
-                max_prompt_tokens: Some(101),
-                max_model_len: Some(100),
-                ..Default::default()
-            },
+            EngineConfig { max_prompt_tokens: Some(101), max_model_len: Some(100), ..Default::default() },
             "max_prompt_tokens",
         ),
         (EngineConfig { prefill_chunk_tokens: 0, ..Default::default() }, "prefill_chunk_tokens"),
@@ -720,24 +668,40 @@ async fn throughput() {
     };
     let modes: Vec<(&str, LoadedModel)> = vec![
         ("f32", m0),
-        ("q4_1", ferrotune_model::load("smollm2-135m-instruct", WeightMode::Quantized, &Device::Cpu).expect("load")),
+        (
+            "q4_1",
+            ferrotune_model::load("smollm2-135m-instruct", WeightMode::Quantized, &Device::Cpu)
+                .expect("load"),
+        ),
     ];
     let topics = ["the sea", "bread", "a robot", "winter", "trains", "music", "a cat", "gardens"];
     for (mode, m) in modes {
         // Reference: `generate` alone on the first prompt, same process and moment.
         let msg = ferrotune_model::Message::new("user", "Write a short story about the sea number 0.");
         let p = m.tokenizer.encode(&m.render_chat(&[msg], true).expect("template"), false).expect("encode");
-        let params = GenerateParams { max_tokens: 64, sampling: SamplingParams::default(), stop: vec![], eos_ids: vec![] };
+        let params = GenerateParams {
+            max_tokens: 64,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            eos_ids: vec![],
+        };
         let t0 = Instant::now();
         let g = generate(&m.model, &m.tokenizer, &p, &params, |_| {}).expect("generate");
         let secs = t0.elapsed().as_secs_f64();
-        eprintln!("{mode}: generate() alone: {} tokens in {secs:.2}s = {:.1} tokens/s", g.tokens.len(), g.tokens.len() as f64 / secs);
+        eprintln!(
+            "{mode}: generate() alone: {} tokens in {secs:.2}s = {:.1} tokens/s",
+            g.tokens.len(),
+            g.tokens.len() as f64 / secs
+        );
         let engine = start(m.clone(), "smollm2".into(), EngineConfig::default());
         for n in [1usize, 8, 32] {
             let mut rxs = Vec::new();
             let t0 = Instant::now();
             for i in 0..n {
-                let msg = ferrotune_model::Message::new("user", format!("Write a short story about {} number {i}.", topics[i % topics.len()]));
+                let msg = ferrotune_model::Message::new(
+                    "user",
+                    format!("Write a short story about {} number {i}.", topics[i % topics.len()]),
+                );
                 let text = engine.info().render_chat(&[msg], true).expect("template");
                 let p = engine.info().encode(&text, false).expect("encode");
                 let (mut req, rx) = request(&p, 64);
@@ -748,7 +712,10 @@ async fn throughput() {
             let outs = futures_join(rxs).await;
             let secs = t0.elapsed().as_secs_f64();
             let tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
-            eprintln!("{mode}: {n:>2} concurrent x 64 tokens: {tokens} tokens in {secs:.2}s = {:.1} tokens/s aggregate", tokens as f64 / secs);
+            eprintln!(
+                "{mode}: {n:>2} concurrent x 64 tokens: {tokens} tokens in {secs:.2}s = {:.1} tokens/s aggregate",
+                tokens as f64 / secs
+            );
         }
     }
 }

@@ -88,11 +88,12 @@ pub(crate) fn run(mut model: LoadedModel, info: Arc<ModelInfo>, shared: Arc<Shar
             next_adapter_id += 1;
             // Under the same guard as the steps: a panic while reading an adapter fails that
             // load, not the engine (a dead engine thread would leave the server up and useless).
-            let result = catch_unwind(AssertUnwindSafe(|| load_adapter(&mut model, s, next_adapter_id, &cmd)))
-                .unwrap_or_else(|_| {
-                    tracing::error!(adapter = %cmd.name, "loading the adapter panicked");
-                    Err("internal error while loading the adapter (see the server log)".into())
-                });
+            let result =
+                catch_unwind(AssertUnwindSafe(|| load_adapter(&mut model, s, next_adapter_id, &cmd)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(adapter = %cmd.name, "loading the adapter panicked");
+                        Err("internal error while loading the adapter (see the server log)".into())
+                    });
             let _ = cmd.reply.send(result);
         }
         let iteration = catch_unwind(AssertUnwindSafe(|| {
@@ -223,18 +224,28 @@ pub(crate) fn plan_prefill(waiting: &[PrefillState], budget: usize) -> Vec<usize
 }
 
 /// Prefill this step's chunks ([`plan_prefill`]); `true` if any ran.
-fn prefill(model: &mut LoadedModel, attached: &mut Attached, running: &mut [Sequence<'_>], cfg: &super::EngineConfig) -> bool {
+fn prefill(
+    model: &mut LoadedModel,
+    attached: &mut Attached,
+    running: &mut [Sequence<'_>],
+    cfg: &super::EngineConfig,
+) -> bool {
     for seq in running.iter_mut() {
         if !seq.finished && seq.prefilling() && seq.cancelled() {
             seq.finished = true;
         }
     }
-    let idx: Vec<usize> = (0..running.len()).filter(|&i| !running[i].finished && running[i].prefilling()).collect();
+    let idx: Vec<usize> =
+        (0..running.len()).filter(|&i| !running[i].finished && running[i].prefilling()).collect();
     let waiting: Vec<PrefillState> = idx
         .iter()
         .map(|&i| {
             let s = &running[i];
-            PrefillState { left: s.prefill_left(), chunk: cfg.prefill_chunk(s.prompt_len()), skips: s.prefill_skips }
+            PrefillState {
+                left: s.prefill_left(),
+                chunk: cfg.prefill_chunk(s.prompt_len()),
+                skips: s.prefill_skips,
+            }
         })
         .collect();
     let plan = plan_prefill(&waiting, cfg.prefill_chunk_tokens);

@@ -58,7 +58,8 @@ impl Verifier {
     /// Check every recorded file of `a` (blocking: hashes what changed since it last passed).
     pub fn verify(&self, a: &ArtifactRecord) -> Result<Verified, IntegrityError> {
         let dir = Path::new(&a.path);
-        let files: Vec<(PathBuf, &str)> = a.files.iter().map(|f| (resolve(dir, &f.path), f.sha256.as_str())).collect();
+        let files: Vec<(PathBuf, &str)> =
+            a.files.iter().map(|f| (resolve(dir, &f.path), f.sha256.as_str())).collect();
         for name in LOADER_FILES {
             let path = dir.join(name);
             if !files.iter().any(|(p, _)| *p == path) {
@@ -80,10 +81,17 @@ impl Verifier {
                 actual,
             };
             let key = (a.id, path.clone());
-            let now = stamp(&path).map_err(|e| fail(if e.kind() == std::io::ErrorKind::NotFound { "missing".into() } else { format!("unreadable: {e}") }))?;
+            let now = stamp(&path).map_err(|e| {
+                fail(if e.kind() == std::io::ErrorKind::NotFound {
+                    "missing".into()
+                } else {
+                    format!("unreadable: {e}")
+                })
+            })?;
             let known = self.lock().get(&key) == Some(&now);
             if !known {
-                let actual = ferrotune_model::store::sha256_file(&path).map_err(|e| fail(format!("unreadable: {e}")))?;
+                let actual = ferrotune_model::store::sha256_file(&path)
+                    .map_err(|e| fail(format!("unreadable: {e}")))?;
                 if !actual.eq_ignore_ascii_case(expected) {
                     self.lock().remove(&key);
                     return Err(fail(actual));
@@ -92,7 +100,11 @@ impl Verifier {
                 // request hashes again.
                 self.lock().insert(key, now.clone());
             }
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()).filter(|n| path.parent() == Some(dir) && LOADER_FILES.contains(n)) {
+            if let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| path.parent() == Some(dir) && LOADER_FILES.contains(n))
+            {
                 loader.push((name.to_string(), expected.to_ascii_lowercase()));
             }
             stamps.push((path, now));
@@ -173,7 +185,8 @@ mod tests {
         let v = Verifier::default();
         for relative_paths in [false, true] {
             let ok = v.verify(&record(tmp.path(), relative_paths)).expect("verified");
-            let by_path = crate::cache::digest_files(&crate::cache::adapter_files(tmp.path())).expect("digest");
+            let by_path =
+                crate::cache::digest_files(&crate::cache::adapter_files(tmp.path())).expect("digest");
             assert_eq!(ok.cache_digest, by_path);
             assert!(v.unchanged(&ok));
         }
@@ -192,7 +205,10 @@ mod tests {
         let e = v.verify(&rec).expect_err("tampered");
         assert_eq!(e.file, "adapter_model.safetensors");
         assert_eq!(e.expected, rec.files[1].sha256);
-        assert_eq!(e.actual, ferrotune_model::store::sha256_file(&tmp.path().join("adapter_model.safetensors")).expect("hash"));
+        assert_eq!(
+            e.actual,
+            ferrotune_model::store::sha256_file(&tmp.path().join("adapter_model.safetensors")).expect("hash")
+        );
         std::fs::write(tmp.path().join("adapter_model.safetensors"), [1u8, 2, 3]).expect("restore");
         v.verify(&rec).expect("restored bytes pass again");
         std::fs::remove_file(tmp.path().join("adapter_config.json")).expect("rm");

@@ -51,7 +51,10 @@ pub struct RegistryServing {
 
 impl std::fmt::Debug for RegistryServing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryServing").field("db_path", &self.db_path).field("generation", &self.snapshot().generation).finish()
+        f.debug_struct("RegistryServing")
+            .field("db_path", &self.db_path)
+            .field("generation", &self.snapshot().generation)
+            .finish()
     }
 }
 
@@ -200,10 +203,17 @@ impl RegistryServing {
                 None => "(none recorded)".to_string(),
                 Some(id) => format!("#{id} (not in the registry)"),
             };
-            return Err((ApiError::BaseModelMismatch { reference, wanted, served: served.into() }, "base_mismatch"));
+            return Err((
+                ApiError::BaseModelMismatch { reference, wanted, served: served.into() },
+                "base_mismatch",
+            ));
         };
         if base.sha256 != self.base_sha256 {
-            let mismatch = ApiError::BaseModelMismatch { reference, wanted: format!("`{}`", base.name), served: format!("`{served}`") };
+            let mismatch = ApiError::BaseModelMismatch {
+                reference,
+                wanted: format!("`{}`", base.name),
+                served: format!("`{served}`"),
+            };
             return Err((mismatch, "base_mismatch"));
         }
         Ok(())
@@ -220,7 +230,12 @@ pub fn note_refusal(state: &AppState, actor: &str, v: &VersionRef, e: &ApiError,
 /// Make the registry version `v` ready to take requests: checked (kind, base model, files) and
 /// loaded into the engine as `support@3`. Every refusal is counted, logged and audited, and the
 /// load recorded with the registry's file hashes; `actor` is the caller that asked.
-pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &VersionRef, actor: &str) -> Result<(), ApiError> {
+pub async fn ensure_loaded(
+    state: &AppState,
+    reg: &Arc<RegistryServing>,
+    v: &VersionRef,
+    actor: &str,
+) -> Result<(), ApiError> {
     let reference = v.reference();
     let refuse = |e: ApiError, reason: &str| {
         note_refusal(state, actor, v, &e, reason);
@@ -251,16 +266,24 @@ pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &Ver
             );
             // Whatever was loaded from these files before is not served either.
             if state.engine.adapters().contains(&reference) {
-                let _ = state.unload_adapter(&reference, actor, &format!("integrity check failed: {}", e.file)).await;
+                let _ = state
+                    .unload_adapter(&reference, actor, &format!("integrity check failed: {}", e.file))
+                    .await;
             }
-            let e = ApiError::IntegrityCheckFailed { reference: reference.clone(), file: e.file, expected: e.expected, actual: e.actual };
+            let e = ApiError::IntegrityCheckFailed {
+                reference: reference.clone(),
+                file: e.file,
+                expected: e.expected,
+                actual: e.actual,
+            };
             return Err(refuse(e, "integrity"));
         }
     };
     if state.engine.adapters().contains(&reference) {
         return Ok(());
     }
-    let loaded = state.load_adapter_verified(&reference, Path::new(&a.path), verified.cache_digest.clone()).await;
+    let loaded =
+        state.load_adapter_verified(&reference, Path::new(&a.path), verified.cache_digest.clone()).await;
     let files: Vec<(String, String)> = a
         .files
         .iter()
@@ -270,13 +293,22 @@ pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &Ver
         })
         .collect();
     let error = loaded.as_ref().err().map(String::as_str);
-    state.audit.record(crate::audit::events::adapter_load(actor, &reference, Path::new(&a.path), &files, Some(&reference), error));
+    state.audit.record(crate::audit::events::adapter_load(
+        actor,
+        &reference,
+        Path::new(&a.path),
+        &files,
+        Some(&reference),
+        error,
+    ));
     loaded.map_err(|m| {
         tracing::error!(artifact = %reference, dir = %a.path, "loading the registry version failed: {m}");
         ApiError::Unavailable(format!("`{reference}` could not be loaded (see the server log)"))
     })?;
     if let Some(path) = reg.verifier.changed(&verified) {
-        let _ = state.unload_adapter(&reference, actor, &format!("a file changed while loading: {}", path.display())).await;
+        let _ = state
+            .unload_adapter(&reference, actor, &format!("a file changed while loading: {}", path.display()))
+            .await;
         tracing::error!(artifact = %reference, file = %path.display(), "a file changed while the version was loading: unloaded");
         let file = path.strip_prefix(&a.path).unwrap_or(path).display().to_string();
         let e = ApiError::IntegrityCheckFailed {
@@ -293,7 +325,12 @@ pub async fn ensure_loaded(state: &AppState, reg: &Arc<RegistryServing>, v: &Ver
     if let Some(now) = reg.snapshot().version(&v.name, v.version).filter(|a| a.disabled) {
         if state.engine.disable_adapter(&reference) {
             let why = format!("disabled: {}", now.disabled_reason.as_deref().unwrap_or("no reason recorded"));
-            state.audit.record(crate::audit::events::adapter_unload(actor, &reference, Some(&reference), &why));
+            state.audit.record(crate::audit::events::adapter_unload(
+                actor,
+                &reference,
+                Some(&reference),
+                &why,
+            ));
         }
         state.weights.remove_adapter(&reference);
         return Err(refuse(disabled_error(now), "disabled"));
@@ -318,6 +355,10 @@ async fn verify(reg: &Arc<RegistryServing>, a: &Arc<ArtifactRecord>) -> Result<V
 pub fn disabled_error(a: &ArtifactRecord) -> ApiError {
     ApiError::ModelDisabled {
         reference: a.reference(),
-        reason: a.disabled_reason.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| "no reason recorded".into()),
+        reason: a
+            .disabled_reason
+            .clone()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "no reason recorded".into()),
     }
 }

@@ -170,8 +170,16 @@ mod tests {
     fn snapshot() -> Snapshot {
         Snapshot::from_rows(
             Some(1),
-            vec![artifact(1, "support", 1, false), artifact(2, "support", 2, false), artifact(3, "support", 3, true)],
-            vec![("support".into(), "champion".into(), 1), ("support".into(), "canary".into(), 2), ("support".into(), "old".into(), 3)],
+            vec![
+                artifact(1, "support", 1, false),
+                artifact(2, "support", 2, false),
+                artifact(3, "support", 3, true),
+            ],
+            vec![
+                ("support".into(), "champion".into(), 1),
+                ("support".into(), "canary".into(), 2),
+                ("support".into(), "old".into(), 3),
+            ],
             HashMap::new(),
         )
     }
@@ -206,7 +214,10 @@ mod tests {
         );
         assert_eq!(
             old.alias_changes(&new),
-            vec![("support@champion".to_string(), Some(1), Some(2)), ("support@old".to_string(), Some(3), None)]
+            vec![
+                ("support@champion".to_string(), Some(1), Some(2)),
+                ("support@old".to_string(), Some(3), None)
+            ]
         );
         assert_eq!(parse_loaded_name("support@3"), Some(("support", 3)));
         assert_eq!(parse_loaded_name("support"), None);

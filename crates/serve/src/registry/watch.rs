@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use super::snapshot::{Snapshot, parse_loaded_name};
 use super::RegistryServing;
+use super::snapshot::{Snapshot, parse_loaded_name};
 use crate::app::AppState;
 
 /// Read the registry once now (so the first request already sees it), then poll it for as long
@@ -33,7 +33,9 @@ pub async fn start(state: &AppState, reg: Arc<RegistryServing>) {
 /// One poll: a new snapshot if the generation moved, then the kill switch.
 pub async fn refresh(state: &AppState, reg: &Arc<RegistryServing>) {
     let r = reg.clone();
-    let polled = tokio::task::spawn_blocking(move || r.poll_blocking()).await.unwrap_or_else(|e| Err(format!("the poll failed: {e}")));
+    let polled = tokio::task::spawn_blocking(move || r.poll_blocking())
+        .await
+        .unwrap_or_else(|e| Err(format!("the poll failed: {e}")));
     match polled {
         Ok(None) => reg.note_poll(Ok(())),
         Ok(Some(new)) => {
@@ -66,7 +68,12 @@ fn apply(state: &AppState, reg: &RegistryServing, new: Snapshot) {
             // The kill switch: the server acts on the registry's word (who disabled it is in the
             // registry's own record).
             let reason = format!("kill switch: {why}");
-            state.audit.record(crate::audit::events::adapter_unload(&crate::audit::events::server_actor(), &loaded, Some(&loaded), &reason));
+            state.audit.record(crate::audit::events::adapter_unload(
+                &crate::audit::events::server_actor(),
+                &loaded,
+                Some(&loaded),
+                &reason,
+            ));
             tracing::warn!(artifact = %loaded, reason = %why, "registry version disabled: its in-flight requests end now and it is unloaded");
         }
     }

@@ -14,10 +14,15 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::engine::TokenLogprob;
 use crate::error::ApiError;
-use crate::generation::{GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_for_generation, submit, token_text};
+use crate::generation::{
+    GenParams, Job, Tracker, check_logprobs, collect_all, new_id, now_unix, resolve_for_generation, submit,
+    token_text,
+};
 use crate::guards::RequestGuards;
 use crate::json::{self, JsonBody};
-use crate::openai::{ChatRequest, Endpoint, SamplingFields, refuse_unsupported, response_format, to_messages};
+use crate::openai::{
+    ChatRequest, Endpoint, SamplingFields, refuse_unsupported, response_format, to_messages,
+};
 use crate::record::RequestRecord;
 use crate::routes::{Cacheable, cache_lookup};
 use crate::stream::{ChunkKind, StreamSpec, sse_response};
@@ -76,22 +81,24 @@ pub async fn chat_completions(
         }
         None => None,
     };
-    let rendered = info
-        .render_chat(&msgs, true)
-        .map_err(|e| ApiError::field("messages", format!("the model's chat template refused these messages: {e}")))?;
+    let rendered = info.render_chat(&msgs, true).map_err(|e| {
+        ApiError::field("messages", format!("the model's chat template refused these messages: {e}"))
+    })?;
     record.set_prompt(|| rendered.clone());
     // The template writes any BOS itself (as transformers' apply_chat_template does).
     let prompt = info
         .tokenizer
         .encode(&rendered, false)
         .map_err(|e| ApiError::field("messages", format!("could not tokenize the rendered chat: {e}")))?;
-    let mut params = GenParams::from_fields(&fields, req.max_completion_tokens.or(fields.max_tokens), state.cfg.max_n)?;
+    let mut params =
+        GenParams::from_fields(&fields, req.max_completion_tokens.or(fields.max_tokens), state.cfg.max_n)?;
     params.constrain(&state, response_format(req.response_format.as_ref())?).await?;
     if params.max_tokens == Some(0) {
         return Err(ApiError::field("max_tokens", "must be at least 1"));
     }
     crate::generation::check_prompt_len(info, prompt.len(), "messages")?;
-    let max_tokens = params.budget(prompt.len(), info.context_len, state.cfg.default_max_tokens, "messages")?;
+    let max_tokens =
+        params.budget(prompt.len(), info.context_len, state.cfg.default_max_tokens, "messages")?;
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (Some(true), k) => Some(check_logprobs("top_logprobs", k.unwrap_or(0))?),
         (_, Some(k)) if k > 0 => return Err(ApiError::field("top_logprobs", "needs `logprobs: true`")),
@@ -103,8 +110,11 @@ pub async fn chat_completions(
     let jobs = [Job { prompt, max_tokens, logprobs, prompt_logprobs: false }];
 
     let sources = grounded.as_ref().map(|g| g.sources.as_slice());
-    let cacheable = Cacheable::new(&state, "chat", &target, &params, &jobs, false, sources, guards.cache_key());
-    if let Some(mut hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "chatcmpl").await {
+    let cacheable =
+        Cacheable::new(&state, "chat", &target, &params, &jobs, false, sources, guards.cache_key());
+    if let Some(mut hit) =
+        cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "chatcmpl").await
+    {
         guards.replay(&hit);
         guards.put_into(&mut hit);
         return Ok(Json(hit).into_response());

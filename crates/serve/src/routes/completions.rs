@@ -22,12 +22,15 @@ use crate::auth::Caller;
 use crate::engine::{FinishReason, TokenLogprob};
 use crate::error::ApiError;
 use crate::generation::{
-    ChoiceOut, GenParams, Job, Tracker, check_logprobs, check_prompt_len, collect_all, new_id, now_unix, resolve_for_generation, submit,
-    token_text,
+    ChoiceOut, GenParams, Job, Tracker, check_logprobs, check_prompt_len, collect_all, new_id, now_unix,
+    resolve_for_generation, submit, token_text,
 };
 use crate::guards::RequestGuards;
 use crate::json::{self, JsonBody};
-use crate::openai::{CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported, response_format};
+use crate::openai::{
+    CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported,
+    response_format,
+};
 use crate::record::RequestRecord;
 use crate::routes::{Cacheable, cache_lookup};
 use crate::stream::{ChunkKind, StreamSpec, sse_response};
@@ -38,7 +41,11 @@ pub const MAX_PROMPTS: usize = 256;
 /// The legacy logprobs object for a run of tokens; `offset` is the character offset of the
 /// first one in the choice's text. The chosen token is always among `top_logprobs`, as OpenAI
 /// returns it (so `top_logprobs` may hold k + 1 entries).
-pub fn legacy_logprobs(tok: &Tokenizer, entries: &[(String, Option<TokenLogprob>)], mut offset: usize) -> Value {
+pub fn legacy_logprobs(
+    tok: &Tokenizer,
+    entries: &[(String, Option<TokenLogprob>)],
+    mut offset: usize,
+) -> Value {
     let mut tokens = Vec::with_capacity(entries.len());
     let mut token_logprobs = Vec::with_capacity(entries.len());
     let mut top_logprobs = Vec::with_capacity(entries.len());
@@ -110,14 +117,19 @@ pub async fn completions(
     let tok = &info.tokenizer;
     let prompts = parse_prompts(&req.prompt, info.vocab_size)?;
     if prompts.len() * params.n > MAX_PROMPTS {
-        return Err(ApiError::field("prompt", format!("at most {MAX_PROMPTS} prompts (times n) per request")));
+        return Err(ApiError::field(
+            "prompt",
+            format!("at most {MAX_PROMPTS} prompts (times n) per request"),
+        ));
     }
     let mut jobs = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let field = if prompts.len() == 1 { "prompt".to_string() } else { format!("prompt[{i}]") };
         let (ids, text) = match p {
             PromptInput::Text(s) => {
-                let ids = tok.encode(s, true).map_err(|e| ApiError::field(&field, format!("could not tokenize: {e}")))?;
+                let ids = tok
+                    .encode(s, true)
+                    .map_err(|e| ApiError::field(&field, format!("could not tokenize: {e}")))?;
                 (ids, s.clone())
             }
             PromptInput::Tokens(ids) => (ids.clone(), tok.decode(ids, false).unwrap_or_default()),
@@ -131,8 +143,11 @@ pub async fn completions(
     record.set_prompt(|| jobs.iter().map(|j| j.text.as_str()).collect::<Vec<_>>().join("\n---\n"));
     let engine_jobs: Vec<Job> = jobs.iter().map(|j| j.job.clone()).collect();
 
-    let cacheable = Cacheable::new(&state, "completions", &target, &params, &engine_jobs, echo, None, guards.cache_key());
-    if let Some(mut hit) = cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "cmpl").await {
+    let cacheable =
+        Cacheable::new(&state, "completions", &target, &params, &engine_jobs, echo, None, guards.cache_key());
+    if let Some(mut hit) =
+        cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "cmpl").await
+    {
         guards.replay(&hit);
         guards.put_into(&mut hit);
         return Ok(Json(hit).into_response());

@@ -29,7 +29,11 @@ pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Respons
     let stats = state.engine.stats();
     let mut body = json!({"status": "ready", "running": stats.running, "waiting": stats.waiting, "adapter_count": stats.adapters.len()});
     let caller = if state.cfg.metrics_need_key() {
-        crate::auth::identify(&state, &headers).await.ok().flatten().map(|k| crate::auth::Caller(Some(k.into())))
+        crate::auth::identify(&state, &headers)
+            .await
+            .ok()
+            .flatten()
+            .map(|k| crate::auth::Caller(Some(k.into())))
     } else {
         Some(crate::auth::Caller(None))
     };
@@ -48,7 +52,12 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         return e.into_response();
     }
     let text = state.metrics.render(&state.engine.stats());
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 pub async fn not_found() -> ApiError {

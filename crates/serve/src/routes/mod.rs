@@ -198,7 +198,12 @@ mod tests {
         let adapter = Target { name: "a".into(), adapter: Some("a".into()), version: None };
         let weights = ("base".to_string(), None);
         let base = json!({"temperature": 0.5, "seed": 1});
-        let key = |t: &Target, w: &(String, Option<String>), body: Value, jobs: &[Job], endpoint: &str, sources: Option<&[Value]>| {
+        let key = |t: &Target,
+                   w: &(String, Option<String>),
+                   body: Value,
+                   jobs: &[Job],
+                   endpoint: &str,
+                   sources: Option<&[Value]>| {
             let p = params(body);
             let mut k = CacheKey::new(endpoint, t, w, &p, jobs);
             k.sources = sources;
@@ -235,7 +240,9 @@ mod tests {
             ("response_format json_object", formatted(ferrotune_model::constrain::JsonFormat::JsonObject)),
             (
                 "response_format json_schema",
-                formatted(ferrotune_model::constrain::JsonFormat::JsonSchema { schema: json!({"type": "array"}) }),
+                formatted(ferrotune_model::constrain::JsonFormat::JsonSchema {
+                    schema: json!({"type": "array"}),
+                }),
             ),
             ("temperature", plain(with(json!({"temperature": 0.7})), &std_jobs)),
             ("top_p", plain(with(json!({"top_p": 0.9})), &std_jobs)),
@@ -253,8 +260,14 @@ mod tests {
             ("endpoint", key(&target, &weights, base.clone(), &std_jobs, "completions", None)),
             ("sources", key(&target, &weights, base.clone(), &std_jobs, "chat", Some(&sources))),
             ("base weights", key(&target, &("other".into(), None), base.clone(), &std_jobs, "chat", None)),
-            ("adapter", key(&adapter, &("base".into(), Some("d1".into())), base.clone(), &std_jobs, "chat", None)),
-            ("adapter weights", key(&adapter, &("base".into(), Some("d2".into())), base.clone(), &std_jobs, "chat", None)),
+            (
+                "adapter",
+                key(&adapter, &("base".into(), Some("d1".into())), base.clone(), &std_jobs, "chat", None),
+            ),
+            (
+                "adapter weights",
+                key(&adapter, &("base".into(), Some("d2".into())), base.clone(), &std_jobs, "chat", None),
+            ),
             ("output guards", guarded(ferrotune_guard::GuardMode::Redact, 12)),
             ("output_pii mode", guarded(ferrotune_guard::GuardMode::Block, 12)),
             ("leak_min_words", guarded(ferrotune_guard::GuardMode::Block, 8)),

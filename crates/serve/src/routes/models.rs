@@ -20,7 +20,11 @@ pub fn check_adapter_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
-    if ok { Ok(()) } else { Err(format!("adapter name `{name}`: use 1-128 letters, digits, '-', '_', '.', ':' or '/'")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("adapter name `{name}`: use 1-128 letters, digits, '-', '_', '.', ':' or '/'"))
+    }
 }
 
 /// The adapter directory `lora_path` names, resolved, if it is a PEFT directory inside one of
@@ -31,7 +35,8 @@ pub fn resolve_adapter_dir(lora_path: &str, roots: &[PathBuf]) -> Option<PathBuf
         return None;
     }
     let dir = std::fs::canonicalize(Path::new(lora_path)).ok()?;
-    let inside = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).any(|root| dir.starts_with(&root));
+    let inside =
+        roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).any(|root| dir.starts_with(&root));
     (inside && dir.join("adapter_config.json").is_file()).then_some(dir)
 }
 
@@ -95,16 +100,22 @@ pub async fn load_adapter(
 ) -> Result<String, ApiError> {
     caller.check_admin()?;
     check_adapter_name(&req.lora_name).map_err(|m| ApiError::field("lora_name", m))?;
-    let taken = req.lora_name == state.model_name() || state.embedder.as_ref().is_some_and(|e| e.name == req.lora_name);
+    let taken = req.lora_name == state.model_name()
+        || state.embedder.as_ref().is_some_and(|e| e.name == req.lora_name);
     if taken {
         return Err(ApiError::field("lora_name", "is the name of a served model"));
     }
     if state.engine.adapters().contains(&req.lora_name) {
-        return Err(ApiError::field("lora_name", format!("an adapter named `{}` is already loaded; unload it first", req.lora_name)));
+        return Err(ApiError::field(
+            "lora_name",
+            format!("an adapter named `{}` is already loaded; unload it first", req.lora_name),
+        ));
     }
     let roots = state.cfg.adapter_roots.clone();
     let path = req.lora_path.clone();
-    let dir = tokio::task::spawn_blocking(move || resolve_adapter_dir(&path, &roots)).await.map_err(|_| ApiError::Internal)?;
+    let dir = tokio::task::spawn_blocking(move || resolve_adapter_dir(&path, &roots))
+        .await
+        .map_err(|_| ApiError::Internal)?;
     let Some(dir) = dir else {
         tracing::warn!(path = %req.lora_path, "refused an adapter path outside adapter_roots (or not an adapter)");
         return Err(ApiError::field(
@@ -154,7 +165,10 @@ mod tests {
         std::fs::write(outside.join("adapter_config.json"), "{}").expect("write");
         let roots = vec![root.clone()];
         let s = |p: &Path| p.display().to_string();
-        assert_eq!(resolve_adapter_dir(&s(&good), &roots), Some(std::fs::canonicalize(&good).expect("canon")));
+        assert_eq!(
+            resolve_adapter_dir(&s(&good), &roots),
+            Some(std::fs::canonicalize(&good).expect("canon"))
+        );
         // `..` out of the root, a symlink out of the root, a missing path, a folder without an
         // adapter, the root list empty: all the same refusal.
         assert_eq!(resolve_adapter_dir(&s(&root.join("../secret")), &roots), None);

@@ -34,66 +34,38 @@ pub async fn tokenize(
             .map_err(|e| ApiError::field("prompt", format!("could not tokenize: {e}")))?,
         (None, Some(messages)) => {
             let text = render(&state, &req, messages)?;
-            info.encode(&text, req.add_special_tokens.unwrap_or(false))
-                .map_err(|e| {
-                    ApiError::field(
-                        "messages",
-                        format!("could not tokenize the rendered chat: {e}"),
-                    )
-                })?
+            info.encode(&text, req.add_special_tokens.unwrap_or(false)).map_err(|e| {
+                ApiError::field("messages", format!("could not tokenize the rendered chat: {e}"))
+            })?
         }
         (Some(_), Some(_)) => {
-            return Err(ApiError::field(
-                "messages",
-                "give either `prompt` or `messages`, not both",
-            ));
+            return Err(ApiError::field("messages", "give either `prompt` or `messages`, not both"));
         }
         (None, None) => {
-            return Err(ApiError::field(
-                "prompt",
-                "give `prompt` (text) or `messages` (a chat)",
-            ));
+            return Err(ApiError::field("prompt", "give `prompt` (text) or `messages` (a chat)"));
         }
     };
-    let mut body =
-        json!({"count": tokens.len(), "max_model_len": info.context_len, "tokens": tokens});
+    let mut body = json!({"count": tokens.len(), "max_model_len": info.context_len, "tokens": tokens});
     if req.return_token_strs == Some(true) {
-        let strs: Vec<String> = tokens
-            .iter()
-            .map(|&id| info.tokenizer.id_to_token(id).unwrap_or_default())
-            .collect();
+        let strs: Vec<String> =
+            tokens.iter().map(|&id| info.tokenizer.id_to_token(id).unwrap_or_default()).collect();
         body["token_strs"] = strs.into();
     }
     Ok(Json(body))
 }
 
 /// The chat as the model's template renders it (what `/v1/chat/completions` would prefill).
-fn render(
-    state: &AppState,
-    req: &TokenizeRequest,
-    messages: &[ChatMessage],
-) -> Result<String, ApiError> {
+fn render(state: &AppState, req: &TokenizeRequest, messages: &[ChatMessage]) -> Result<String, ApiError> {
     if req.chat_template.as_deref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::field(
             "chat_template",
             "custom chat templates are not supported; the model's own is used",
         ));
     }
-    if req
-        .chat_template_kwargs
-        .as_ref()
-        .is_some_and(|v| !v.is_null() && !crate::openai::empty_object(v))
-    {
-        return Err(ApiError::field(
-            "chat_template_kwargs",
-            "chat template arguments are not supported",
-        ));
+    if req.chat_template_kwargs.as_ref().is_some_and(|v| !v.is_null() && !crate::openai::empty_object(v)) {
+        return Err(ApiError::field("chat_template_kwargs", "chat template arguments are not supported"));
     }
-    if req
-        .tools
-        .as_ref()
-        .is_some_and(|v| !v.is_null() && !crate::openai::empty_array(v))
-    {
+    if req.tools.as_ref().is_some_and(|v| !v.is_null() && !crate::openai::empty_array(v)) {
         return Err(ApiError::field("tools", "tool calling is not supported"));
     }
     let continue_final = req.continue_final_message.unwrap_or(false);
@@ -105,25 +77,15 @@ fn render(
         ));
     }
     let msgs = crate::openai::to_messages(messages)?;
-    let rendered = state
-        .engine
-        .info()
-        .render_chat(&msgs, add_generation_prompt)
-        .map_err(|e| {
-            ApiError::field(
-                "messages",
-                format!("the model's chat template refused these messages: {e}"),
-            )
-        })?;
+    let rendered = state.engine.info().render_chat(&msgs, add_generation_prompt).map_err(|e| {
+        ApiError::field("messages", format!("the model's chat template refused these messages: {e}"))
+    })?;
     if !continue_final {
         return Ok(rendered);
     }
     // As transformers' `continue_final_message`: cut the rendering right after the last
     // message's text, dropping the end-of-turn the template wrote after it.
-    let last = msgs
-        .last()
-        .map(|m| m.content.trim_end())
-        .unwrap_or_default();
+    let last = msgs.last().map(|m| m.content.trim_end()).unwrap_or_default();
     match rendered.rfind(last) {
         Some(at) if !last.is_empty() => Ok(rendered[..at + last.len()].to_string()),
         _ => Err(ApiError::field(

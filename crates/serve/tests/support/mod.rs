@@ -101,7 +101,12 @@ pub async fn start(opts: Opts) -> Server {
         tweak(&mut model);
     }
     let handle = engine::start(model, MODEL.to_string(), opts.engine.clone());
-    let mut cfg = ServeConfig { auth: opts.auth, keys_db: Some(dir.path().join("keys.db")), engine: opts.engine, ..Default::default() };
+    let mut cfg = ServeConfig {
+        auth: opts.auth,
+        keys_db: Some(dir.path().join("keys.db")),
+        engine: opts.engine,
+        ..Default::default()
+    };
     cfg.embeddings.model = String::new();
     cfg.cache.enabled = opts.cache;
     cfg.cache.redis_url = opts.redis_url;
@@ -119,7 +124,13 @@ pub async fn start(opts: Opts) -> Server {
     let store = KeyStore::open(&dir.path().join("keys.db")).expect("keys");
     let mk = |name: &str, models: &[&str], admin: bool, rpm: Option<u32>| {
         store
-            .create(&ApiKey { name: name.into(), models: models.iter().map(|s| s.to_string()).collect(), admin, rpm, ..Default::default() })
+            .create(&ApiKey {
+                name: name.into(),
+                models: models.iter().map(|s| s.to_string()).collect(),
+                admin,
+                rpm,
+                ..Default::default()
+            })
             .expect("create key")
     };
     let keys = Keys {
@@ -128,7 +139,12 @@ pub async fn start(opts: Opts) -> Server {
         other: mk("other", &["something-else"], false, None),
         limited: mk("limited", &[], false, Some(2)),
         scorer: store
-            .create(&ApiKey { name: "scorer".into(), models: vec![MODEL.into()], logprobs: true, ..Default::default() })
+            .create(&ApiKey {
+                name: "scorer".into(),
+                models: vec![MODEL.into()],
+                logprobs: true,
+                ..Default::default()
+            })
             .expect("create key"),
     };
     let cache = match opts.shared_cache {
@@ -141,7 +157,8 @@ pub async fn start(opts: Opts) -> Server {
         ferrotune_serve::startup::start_audit(&mut state, log, &per_file).expect("start the audit log");
     }
     if let Some(secret) = opts.guard_secret {
-        let guards = ferrotune_serve::guards::Guards::load(&state.cfg.guards).expect("guards").with_secret(secret);
+        let guards =
+            ferrotune_serve::guards::Guards::load(&state.cfg.guards).expect("guards").with_secret(secret);
         state.set_guards(guards);
     }
     state.set_cache(cache);
@@ -216,7 +233,8 @@ impl Server {
     pub fn write_adapter(&self, rel: &str, seed: u64) -> PathBuf {
         let dir = self.path(rel);
         let mut m = load_path(&self.model_dir, WeightMode::F32, &Device::Cpu).expect("model");
-        let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), seed).expect("adapter");
+        let a = ferrotune_model::Adapter::init(&mut m.model, &ferrotune_model::LoraSpec::default(), seed)
+            .expect("adapter");
         a.save(&dir, MODEL).expect("save");
         dir
     }

@@ -26,7 +26,9 @@ fn open(dir: &Path) -> Result<Option<AuditLog>, UiError> {
     }
     let cfg_path = dir.join("config.toml");
     let cfg: AuditConfig = match std::fs::read_to_string(&cfg_path) {
-        Ok(t) => toml::from_str(&t).map_err(|e| UiError::BadRequest(format!("{}: {e}", cfg_path.display())))?,
+        Ok(t) => {
+            toml::from_str(&t).map_err(|e| UiError::BadRequest(format!("{}: {e}", cfg_path.display())))?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => AuditConfig::default(),
         Err(e) => return Err(UiError::io(&cfg_path)(e)),
     };
@@ -49,13 +51,16 @@ fn latest_checkpoint(log: &AuditLog) -> Option<Latest> {
             Some((name.strip_suffix(".note")?.parse::<u64>().ok()?, e.path()))
         })
         .max_by_key(|(s, _)| *s)?;
-    let checked = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display())).and_then(|note| {
-        let cp = Verifier::parse(&log.verifier_key()).and_then(|v| v.verify(&note)).map_err(|e| e.to_string())?;
-        if cp.size != size {
-            return Err(format!("{} says size {}", path.display(), cp.size));
-        }
-        Ok(cp.root.iter().map(|b| format!("{b:02x}")).collect())
-    });
+    let checked =
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display())).and_then(|note| {
+            let cp = Verifier::parse(&log.verifier_key())
+                .and_then(|v| v.verify(&note))
+                .map_err(|e| e.to_string())?;
+            if cp.size != size {
+                return Err(format!("{} says size {}", path.display(), cp.size));
+            }
+            Ok(cp.root.iter().map(|b| format!("{b:02x}")).collect())
+        });
     Some(Latest { size, checked })
 }
 
@@ -109,7 +114,11 @@ fn entry_rows(rows: &[(u64, serde_json::Value)]) -> Markup {
     }
 }
 
-pub async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<AuditQuery>) -> Result<Markup, UiError> {
+pub async fn index(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let dir = st.audit_dir();
     let filter = Filter {
@@ -120,7 +129,11 @@ pub async fn index(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q)
         subject: opt(&q.subject),
         limit: None,
     };
-    let searching = filter.since.is_some() || filter.until.is_some() || filter.actor.is_some() || filter.action.is_some() || filter.subject.is_some();
+    let searching = filter.since.is_some()
+        || filter.until.is_some()
+        || filter.actor.is_some()
+        || filter.action.is_some()
+        || filter.subject.is_some();
     let d = dir.clone();
     let data = blocking(move || {
         let Some(log) = open(&d)? else { return Ok(None) };
@@ -169,7 +182,8 @@ pub async fn verify(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resu
     let viewer = auth::viewer(&st, &headers);
     let dir = st.audit_dir();
     let d = dir.clone();
-    let report = blocking(move || open(&d)?.map(|log| log.verify(None)).transpose().map_err(UiError::from)).await?;
+    let report =
+        blocking(move || open(&d)?.map(|log| log.verify(None)).transpose().map_err(UiError::from)).await?;
     let body = html! {
         h1 { "Verify the audit log" }
         @match &report { Some(r) => (verify_report(r)), None => p.notice { "No audit log in " code { (dir.display()) } "." } }

@@ -108,8 +108,13 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result
 /// its adapter's folder, else the only adapter.
 pub fn system_for_run(f: &EvalFile, run_dir: &Path) -> Option<String> {
     let dir = canonical(run_dir);
-    let by_run = f.systems.iter().find(|s| s.run_dir.as_deref().is_some_and(|d| canonical(Path::new(d)) == dir));
-    let by_adapter = || f.systems.iter().find(|s| s.adapter.as_deref().is_some_and(|a| canonical(Path::new(a)).starts_with(&dir)));
+    let by_run =
+        f.systems.iter().find(|s| s.run_dir.as_deref().is_some_and(|d| canonical(Path::new(d)) == dir));
+    let by_adapter = || {
+        f.systems
+            .iter()
+            .find(|s| s.adapter.as_deref().is_some_and(|a| canonical(Path::new(a)).starts_with(&dir)))
+    };
     let only = || {
         let adapters: Vec<_> = f.systems.iter().filter(|s| s.adapter.is_some()).collect();
         (adapters.len() == 1).then(|| adapters[0])
@@ -128,7 +133,9 @@ fn fmt(m: &ferrotune_eval::score::MetricResult, v: f64) -> String {
 pub fn score_cell(f: &EvalFile, metric: &str, system: &str) -> Markup {
     let Some(m) = f.metric(metric) else { return html! { "—" } };
     match m.score_of(system) {
-        Some(s) => html! { (fmt(m, s.value)) " " span.muted { "[" (fmt(m, s.ci95[0])) ", " (fmt(m, s.ci95[1])) "]" } },
+        Some(s) => {
+            html! { (fmt(m, s.value)) " " span.muted { "[" (fmt(m, s.ci95[0])) ", " (fmt(m, s.ci95[1])) "]" } }
+        }
         None => html! { "—" },
     }
 }
@@ -153,17 +160,20 @@ pub struct EvalQuery {
     file: String,
 }
 
-pub async fn show(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<EvalQuery>) -> Result<Markup, UiError> {
+pub async fn show(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<EvalQuery>,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let st2 = st.clone();
     let (path, f) = blocking(move || {
         // Only a file the listing holds: the query names which one, never a path to read.
         let want = canonical(Path::new(&q.file));
         let (evals, _) = known(&st2);
-        let k = evals
-            .into_iter()
-            .find(|k| canonical(&k.path) == want)
-            .ok_or_else(|| UiError::NotFound(format!("`{}` is not an evaluation the registry or a run folder holds", q.file)))?;
+        let k = evals.into_iter().find(|k| canonical(&k.path) == want).ok_or_else(|| {
+            UiError::NotFound(format!("`{}` is not an evaluation the registry or a run folder holds", q.file))
+        })?;
         let f = EvalFile::read(&k.path)?;
         Ok((k.path, f))
     })
@@ -172,7 +182,9 @@ pub async fn show(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q):
     let differing: Vec<&ferrotune_eval::report::RowResult> = f
         .rows
         .iter()
-        .filter(|r| r.outputs.iter().any(|o| r.outputs.first().is_some_and(|first| first.prediction != o.prediction)))
+        .filter(|r| {
+            r.outputs.iter().any(|o| r.outputs.first().is_some_and(|first| first.prediction != o.prediction))
+        })
         .collect();
     let body = html! {
         h1 { "Evaluation" }

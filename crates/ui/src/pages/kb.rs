@@ -17,8 +17,11 @@ use crate::state::{AppState, blocking};
 /// Names of the knowledge bases (folders holding a `kb.json`).
 fn names(st: &AppState) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(st.kb_root()) else { return Vec::new() };
-    let mut v: Vec<String> =
-        entries.filter_map(Result::ok).filter(|e| e.path().join("kb.json").is_file()).filter_map(|e| e.file_name().into_string().ok()).collect();
+    let mut v: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("kb.json").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
     v.sort();
     v
 }
@@ -30,7 +33,9 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result
         Ok(names(&st2)
             .into_iter()
             .map(|n| {
-                let info = st2.knowledge_base(&st2.kb_root().join(&n)).map(|kb| (kb.documents().len(), kb.num_chunks(), kb.settings().embedder));
+                let info = st2
+                    .knowledge_base(&st2.kb_root().join(&n))
+                    .map(|kb| (kb.documents().len(), kb.num_chunks(), kb.settings().embedder));
                 (n, info.map_err(|e| e.to_string()))
             })
             .collect::<Vec<_>>())
@@ -75,7 +80,12 @@ fn mode_of(s: &str) -> Result<Mode, UiError> {
     }
 }
 
-pub async fn show(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(name): Path<String>, Query(q): Query<KbQuery>) -> Result<Markup, UiError> {
+pub async fn show(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<KbQuery>,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let mode_name = q.mode.clone().unwrap_or_else(|| "hybrid".into());
     let mode = mode_of(&mode_name)?;
@@ -87,17 +97,22 @@ pub async fn show(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(name
     let st2 = st.clone();
     let n = name.clone();
     let question = q.q.trim().to_string();
-    let (docs, chunks, hits): (Vec<DocumentInfo>, usize, Option<Result<Vec<Hit>, String>>) = blocking(move || {
-        // Only a name the listing holds: never a path built from the request.
-        if !names(&st2).contains(&n) {
-            return Err(UiError::NotFound(format!("no knowledge base `{n}` in {}", st2.kb_root().display())));
-        }
-        let kb = st2.knowledge_base(&st2.kb_root().join(&n))?;
-        // A failed query (no embedder installed for vector search) is shown beside the box.
-        let hits = (!question.is_empty()).then(|| kb.query(&question, k, mode).map_err(|e| e.to_string()));
-        Ok((kb.documents(), kb.num_chunks(), hits))
-    })
-    .await?;
+    let (docs, chunks, hits): (Vec<DocumentInfo>, usize, Option<Result<Vec<Hit>, String>>) =
+        blocking(move || {
+            // Only a name the listing holds: never a path built from the request.
+            if !names(&st2).contains(&n) {
+                return Err(UiError::NotFound(format!(
+                    "no knowledge base `{n}` in {}",
+                    st2.kb_root().display()
+                )));
+            }
+            let kb = st2.knowledge_base(&st2.kb_root().join(&n))?;
+            // A failed query (no embedder installed for vector search) is shown beside the box.
+            let hits =
+                (!question.is_empty()).then(|| kb.query(&question, k, mode).map_err(|e| e.to_string()));
+            Ok((kb.documents(), kb.num_chunks(), hits))
+        })
+        .await?;
     let body = html! {
         h1 { "Knowledge base " (name) }
         p.muted { (docs.len()) " documents, " (chunks) " chunks." }

@@ -17,7 +17,8 @@ use crate::layout::{page, query, seg};
 use crate::state::{AppState, blocking};
 
 fn open(st: &AppState) -> Result<Registry, UiError> {
-    st.registry()?.ok_or_else(|| UiError::NotFound(format!("no registry at {} yet", st.registry_path().display())))
+    st.registry()?
+        .ok_or_else(|| UiError::NotFound(format!("no registry at {} yet", st.registry_path().display())))
 }
 
 fn status_name(s: RequestStatus) -> &'static str {
@@ -129,7 +130,11 @@ fn write_hint(viewer: Option<&Viewer>, can_write: bool) -> Markup {
     }
 }
 
-pub async fn history(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(name): Path<String>) -> Result<Markup, UiError> {
+pub async fn history(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let st2 = st.clone();
     let n = name.clone();
@@ -156,7 +161,11 @@ pub async fn history(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(n
     Ok(page(&format!("History of {name}"), "/registry", viewer.as_ref(), body))
 }
 
-pub async fn version(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(reference): Path<String>) -> Result<Markup, UiError> {
+pub async fn version(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(reference): Path<String>,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let st2 = st.clone();
     let r = reference.clone();
@@ -199,7 +208,8 @@ fn audited<T: serde::Serialize>(
             if matches!(e, ferrotune_govern::GovernError::Refused(_)) { "refused" } else { "failed" }
         }
     };
-    (st.trail)(actor, action, subject, outcome, fields).map_err(|e| UiError::Internal(format!("recording `{action}` in the audit log: {e}")))?;
+    (st.trail)(actor, action, subject, outcome, fields)
+        .map_err(|e| UiError::Internal(format!("recording `{action}` in the audit log: {e}")))?;
     Ok(r?)
 }
 
@@ -209,11 +219,16 @@ fn policy(st: &AppState) -> Result<Policy, UiError> {
 }
 
 fn done(viewer: &Viewer, title: &str, message: Markup) -> Markup {
-    page(title, "/registry", Some(viewer), html! {
-        h1 { (title) }
-        p.notice role="status" { (message) }
-        p { a href="/registry" { "Back to the registry" } }
-    })
+    page(
+        title,
+        "/registry",
+        Some(viewer),
+        html! {
+            h1 { (title) }
+            p.notice role="status" { (message) }
+            p { a href="/registry" { "Back to the registry" } }
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -227,7 +242,11 @@ pub struct Decision {
     reason: String,
 }
 
-pub async fn approve(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f): Form<Decision>) -> Result<Markup, UiError> {
+pub async fn approve(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(f): Form<Decision>,
+) -> Result<Markup, UiError> {
     let viewer = auth::authorize(&st, &headers, &f.csrf)?;
     let actor = viewer.actor();
     let st2 = st.clone();
@@ -246,12 +265,18 @@ pub async fn approve(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f
             let from = from_version.map_or("nothing".to_string(), |v| format!("{name}@{v}"));
             html! { "Request " (request) " approved: " strong { (name) "@" (alias) " → " (name) "@" (to_version) } " (was " (from) ")." }
         }
-        Promotion::Pending { request, needed } => html! { "Request " (request) " approved; it waits for " (needed) " more approval(s)." },
+        Promotion::Pending { request, needed } => {
+            html! { "Request " (request) " approved; it waits for " (needed) " more approval(s)." }
+        }
     };
     Ok(done(&viewer, "Approved", msg))
 }
 
-pub async fn reject(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f): Form<Decision>) -> Result<Markup, UiError> {
+pub async fn reject(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(f): Form<Decision>,
+) -> Result<Markup, UiError> {
     let viewer = auth::authorize(&st, &headers, &f.csrf)?;
     if f.reason.trim().is_empty() {
         return Err(UiError::BadRequest("a rejection needs a reason".into()));
@@ -260,11 +285,21 @@ pub async fn reject(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f)
     let st2 = st.clone();
     let r = blocking(move || {
         let reg = open(&st2)?;
-        audited(&st2, &actor, "registry.reject", serde_json::json!({"request": f.request}), serde_json::json!({"reason": f.reason}),
-            reg.reject(f.request, &actor, &f.reason))
+        audited(
+            &st2,
+            &actor,
+            "registry.reject",
+            serde_json::json!({"request": f.request}),
+            serde_json::json!({"reason": f.reason}),
+            reg.reject(f.request, &actor, &f.reason),
+        )
     })
     .await?;
-    Ok(done(&viewer, "Rejected", html! { "Request " (r.id) " rejected: " (r.name) "@" (r.version) " stays off " (r.alias) "." }))
+    Ok(done(
+        &viewer,
+        "Rejected",
+        html! { "Request " (r.id) " rejected: " (r.name) "@" (r.version) " stays off " (r.alias) "." },
+    ))
 }
 
 /// NAME@VERSION, for the kill switch.
@@ -282,12 +317,18 @@ pub struct RefQuery {
 }
 
 /// The confirmation step before the kill switch: what the version holds, a reason, one button.
-async fn confirm(st: Arc<AppState>, headers: HeaderMap, reference: String, disable: bool) -> Result<Markup, UiError> {
+async fn confirm(
+    st: Arc<AppState>,
+    headers: HeaderMap,
+    reference: String,
+    disable: bool,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let (name, version) = name_version(&reference)?;
     let st2 = st.clone();
     let a = blocking(move || Ok(open(&st2)?.resolve(&format!("{name}@{version}"), "champion")?)).await?;
-    let (verb, action) = if disable { ("Disable", "/registry/disable") } else { ("Enable", "/registry/enable") };
+    let (verb, action) =
+        if disable { ("Disable", "/registry/disable") } else { ("Enable", "/registry/enable") };
     let body = html! {
         h1 { (verb) " " (a.reference()) "?" }
         @if disable {
@@ -313,11 +354,19 @@ async fn confirm(st: Arc<AppState>, headers: HeaderMap, reference: String, disab
     Ok(page(&format!("{verb} {}", a.reference()), "/registry", viewer.as_ref(), body))
 }
 
-pub async fn confirm_disable(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<RefQuery>) -> Result<Markup, UiError> {
+pub async fn confirm_disable(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<RefQuery>,
+) -> Result<Markup, UiError> {
     confirm(st, headers, q.reference, true).await
 }
 
-pub async fn confirm_enable(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<RefQuery>) -> Result<Markup, UiError> {
+pub async fn confirm_enable(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<RefQuery>,
+) -> Result<Markup, UiError> {
     confirm(st, headers, q.reference, false).await
 }
 
@@ -337,7 +386,9 @@ pub struct Switch {
 async fn switch(st: Arc<AppState>, headers: HeaderMap, f: Switch, disable: bool) -> Result<Markup, UiError> {
     let viewer = auth::authorize(&st, &headers, &f.csrf)?;
     if f.confirm != "yes" {
-        return Err(UiError::BadRequest("confirm on the confirmation page (/registry/disable?ref=NAME@VERSION)".into()));
+        return Err(UiError::BadRequest(
+            "confirm on the confirmation page (/registry/disable?ref=NAME@VERSION)".into(),
+        ));
     }
     if disable && f.reason.trim().is_empty() {
         return Err(UiError::BadRequest("disabling needs a reason".into()));
@@ -350,25 +401,47 @@ async fn switch(st: Arc<AppState>, headers: HeaderMap, f: Switch, disable: bool)
         let subject = serde_json::json!({"name": name, "version": version});
         let fields = serde_json::json!({"reason": f.reason});
         if disable {
-            audited(&st2, &actor, "registry.disable", subject, fields, reg.disable(&name, version, &f.reason, &actor))
+            audited(
+                &st2,
+                &actor,
+                "registry.disable",
+                subject,
+                fields,
+                reg.disable(&name, version, &f.reason, &actor),
+            )
         } else {
-            audited(&st2, &actor, "registry.enable", subject, fields, reg.enable(&name, version, &f.reason, &actor))
+            audited(
+                &st2,
+                &actor,
+                "registry.enable",
+                subject,
+                fields,
+                reg.enable(&name, version, &f.reason, &actor),
+            )
         }
     })
     .await?;
     let msg = if disable {
         html! { strong { (a.reference()) } " disabled."
-            @if !a.aliases.is_empty() { " It still holds " (a.aliases.join(", ")) ": requests for it are refused." } }
+        @if !a.aliases.is_empty() { " It still holds " (a.aliases.join(", ")) ": requests for it are refused." } }
     } else {
         html! { strong { (a.reference()) } " enabled." }
     };
     Ok(done(&viewer, if disable { "Disabled" } else { "Enabled" }, msg))
 }
 
-pub async fn disable(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f): Form<Switch>) -> Result<Markup, UiError> {
+pub async fn disable(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(f): Form<Switch>,
+) -> Result<Markup, UiError> {
     switch(st, headers, f, true).await
 }
 
-pub async fn enable(State(st): State<Arc<AppState>>, headers: HeaderMap, Form(f): Form<Switch>) -> Result<Markup, UiError> {
+pub async fn enable(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Form(f): Form<Switch>,
+) -> Result<Markup, UiError> {
     switch(st, headers, f, false).await
 }

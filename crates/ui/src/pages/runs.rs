@@ -54,7 +54,13 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result
             .iter()
             .map(|r| {
                 let d = runs::read(r);
-                let cfg = |k: &str| d.config.as_ref().and_then(|c| c.get(k)).map(runs::config_text).unwrap_or_else(|| "—".into());
+                let cfg = |k: &str| {
+                    d.config
+                        .as_ref()
+                        .and_then(|c| c.get(k))
+                        .map(runs::config_text)
+                        .unwrap_or_else(|| "—".into())
+                };
                 Row {
                     run: r.clone(),
                     status: runs::status(r, &d, &rec),
@@ -124,7 +130,12 @@ pub fn curves(runs: &[(&str, &[Metrics])]) -> Markup {
         }
     }
     let names: Vec<&str> = runs.iter().map(|(n, _)| *n).collect();
-    chart::line_chart(&format!("Training loss and eval loss by step: {}", names.join(", ")), "step", "loss", &series)
+    chart::line_chart(
+        &format!("Training loss and eval loss by step: {}", names.join(", ")),
+        "step",
+        "loss",
+        &series,
+    )
 }
 
 /// `step 30 · loss 1.234 · eval loss 1.301 · 812 tokens/s`.
@@ -151,7 +162,11 @@ fn kv_table(v: &serde_json::Value) -> Markup {
     }
 }
 
-pub async fn show(State(st): State<Arc<AppState>>, headers: HeaderMap, Path((root, name)): Path<(usize, String)>) -> Result<Markup, UiError> {
+pub async fn show(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((root, name)): Path<(usize, String)>,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let st2 = st.clone();
     let (run, d, status, rec) = blocking(move || {
@@ -216,49 +231,64 @@ pub async fn events(
     let run = blocking(move || runs::find(&roots, root, &name)).await?;
     let closing = st.closing.subscribe();
     let poll = st.cfg.poll;
-    let stream = futures_util::stream::unfold((run, None, closing, true), move |(run, last, mut closing, first)| async move {
-        loop {
-            if *closing.borrow() {
-                return None;
-            }
-            if !first {
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = closing.changed() => return None,
+    let stream = futures_util::stream::unfold(
+        (run, None, closing, true),
+        move |(run, last, mut closing, first)| async move {
+            loop {
+                if *closing.borrow() {
+                    return None;
                 }
+                if !first {
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = closing.changed() => return None,
+                    }
+                }
+                let dir = run.dir.clone();
+                let stamp =
+                    tokio::task::spawn_blocking(move || runs::metrics_stamp(&dir)).await.ok().flatten();
+                if !first && stamp == last {
+                    continue;
+                }
+                let r = run.clone();
+                let events = tokio::task::spawn_blocking(move || {
+                    let (m, _) = runs::read_metrics(&r.dir.join("metrics.jsonl"));
+                    vec![
+                        Ok(Event::default()
+                            .event("curve")
+                            .data(curves(&[(r.name.as_str(), &m)]).into_string())),
+                        Ok(Event::default().event("summary").data(summary(&m))),
+                    ]
+                })
+                .await
+                .unwrap_or_default();
+                return Some((futures_util::stream::iter(events), (run, stamp, closing, false)));
             }
-            let dir = run.dir.clone();
-            let stamp = tokio::task::spawn_blocking(move || runs::metrics_stamp(&dir)).await.ok().flatten();
-            if !first && stamp == last {
-                continue;
-            }
-            let r = run.clone();
-            let events = tokio::task::spawn_blocking(move || {
-                let (m, _) = runs::read_metrics(&r.dir.join("metrics.jsonl"));
-                vec![
-                    Ok(Event::default().event("curve").data(curves(&[(r.name.as_str(), &m)]).into_string())),
-                    Ok(Event::default().event("summary").data(summary(&m))),
-                ]
-            })
-            .await
-            .unwrap_or_default();
-            return Some((futures_util::stream::iter(events), (run, stamp, closing, false)));
-        }
-    })
+        },
+    )
     .flatten();
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// The `run` values of a query string (`?run=0/a&run=0/b`).
 fn run_keys(q: Option<&str>) -> Vec<String> {
-    form_urlencoded::parse(q.unwrap_or("").as_bytes()).filter(|(k, _)| k == "run").map(|(_, v)| v.into_owned()).collect()
+    form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "run")
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
-pub async fn compare(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Result<Markup, UiError> {
+pub async fn compare(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
     let keys = run_keys(q.as_deref());
     if keys.len() < 2 {
-        return Err(UiError::BadRequest("pick two or more runs to compare (tick them on the Runs page)".into()));
+        return Err(UiError::BadRequest(
+            "pick two or more runs to compare (tick them on the Runs page)".into(),
+        ));
     }
     if keys.len() > PALETTE.len() {
         return Err(UiError::BadRequest(format!("compare at most {} runs at once", PALETTE.len())));
@@ -276,7 +306,8 @@ pub async fn compare(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQue
     })
     .await?;
     let names: Vec<&str> = loaded.iter().map(|(r, _, _)| r.name.as_str()).collect();
-    let chart = curves(&loaded.iter().map(|(r, d, _)| (r.name.as_str(), d.metrics.as_slice())).collect::<Vec<_>>());
+    let chart =
+        curves(&loaded.iter().map(|(r, d, _)| (r.name.as_str(), d.metrics.as_slice())).collect::<Vec<_>>());
     let body = html! {
         h1 { "Compare " (names.join(", ")) }
         div.chart { (chart) }
@@ -290,8 +321,11 @@ pub async fn compare(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQue
 }
 
 fn config_diff(runs: &[(&str, Option<&serde_json::Value>)]) -> Markup {
-    let keys: BTreeSet<&String> = runs.iter().filter_map(|(_, c)| c.and_then(|c| c.as_object())).flat_map(|o| o.keys()).collect();
-    let value = |c: Option<&serde_json::Value>, k: &str| c.and_then(|c| c.get(k)).map(runs::config_text).unwrap_or_else(|| "—".into());
+    let keys: BTreeSet<&String> =
+        runs.iter().filter_map(|(_, c)| c.and_then(|c| c.as_object())).flat_map(|o| o.keys()).collect();
+    let value = |c: Option<&serde_json::Value>, k: &str| {
+        c.and_then(|c| c.get(k)).map(runs::config_text).unwrap_or_else(|| "—".into())
+    };
     let (differ, same): (Vec<&String>, Vec<&String>) = keys.into_iter().partition(|k| {
         let first = value(runs[0].1, k);
         runs.iter().any(|(_, c)| value(*c, k) != first)
@@ -329,7 +363,8 @@ fn eval_deltas(runs: &[(&RunRef, Option<&Result<EvalFile, String>>)]) -> Markup 
             },
         }
     }
-    let metrics: BTreeSet<&str> = cols.iter().flat_map(|(_, f, _)| f.metrics.iter().map(|m| m.name.as_str())).collect();
+    let metrics: BTreeSet<&str> =
+        cols.iter().flat_map(|(_, f, _)| f.metrics.iter().map(|m| m.name.as_str())).collect();
     html! {
         @for n in &notes { p.muted { (n) } }
         @if !cols.is_empty() {

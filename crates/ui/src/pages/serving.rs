@@ -25,7 +25,10 @@ const MAX_BODY: u64 = 8 << 20;
 
 /// `http://host[:port][/prefix]` → (host, port, path of its `/metrics`).
 pub fn metrics_target(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url.trim().strip_prefix("http://").ok_or("the address must start with http:// (TLS is not supported here)")?;
+    let rest = url
+        .trim()
+        .strip_prefix("http://")
+        .ok_or("the address must start with http:// (TLS is not supported here)")?;
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
     if authority.is_empty() || authority.contains('@') {
         return Err("expected http://HOST:PORT".into());
@@ -55,7 +58,9 @@ pub fn metrics_target(url: &str) -> Result<(String, u16, String), String> {
 async fn fetch(url: &str, key: Option<&str>) -> Result<String, String> {
     let (host, port, path) = metrics_target(url)?;
     let io = async {
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
         let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
         // HTTP/1.0: the answer ends when the connection closes, never chunked.
         let req = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nAccept: text/plain\r\n{auth}\r\n");
@@ -64,14 +69,19 @@ async fn fetch(url: &str, key: Option<&str>) -> Result<String, String> {
         s.take(MAX_BODY).read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
         Ok::<Vec<u8>, String>(buf)
     };
-    let buf = tokio::time::timeout(TIMEOUT, io).await.map_err(|_| format!("no answer from {host}:{port} within {} s", TIMEOUT.as_secs()))??;
+    let buf = tokio::time::timeout(TIMEOUT, io)
+        .await
+        .map_err(|_| format!("no answer from {host}:{port} within {} s", TIMEOUT.as_secs()))??;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP answer")?;
     let status = head.lines().next().unwrap_or("");
-    let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP answer")?;
+    let code: u16 =
+        status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP answer")?;
     match code {
         200 => Ok(body.to_string()),
-        401 | 403 => Err(format!("{path} answered {code}: the server wants an API key (start `ferrotune ui` with FERROTUNE_UI_SERVE_KEY set)")),
+        401 | 403 => Err(format!(
+            "{path} answered {code}: the server wants an API key (start `ferrotune ui` with FERROTUNE_UI_SERVE_KEY set)"
+        )),
         _ => Err(format!("{path} answered `{status}`")),
     }
 }
@@ -125,10 +135,19 @@ pub struct ServingQuery {
     grafana: String,
 }
 
-pub async fn show(State(st): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<ServingQuery>) -> Result<Markup, UiError> {
+pub async fn show(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<ServingQuery>,
+) -> Result<Markup, UiError> {
     let viewer = auth::viewer(&st, &headers);
-    let url = if q.url.trim().is_empty() { "http://127.0.0.1:8000".to_string() } else { q.url.trim().to_string() };
-    let fetched = if q.url.trim().is_empty() { None } else { Some(fetch(&url, st.cfg.serve_key.as_deref()).await.map(|t| parse_prometheus(&t))) };
+    let url =
+        if q.url.trim().is_empty() { "http://127.0.0.1:8000".to_string() } else { q.url.trim().to_string() };
+    let fetched = if q.url.trim().is_empty() {
+        None
+    } else {
+        Some(fetch(&url, st.cfg.serve_key.as_deref()).await.map(|t| parse_prometheus(&t)))
+    };
     // Only web addresses become links (never `javascript:` or `data:`).
     let grafana = q.grafana.trim();
     let grafana_ok = grafana.starts_with("http://") || grafana.starts_with("https://");
@@ -162,7 +181,10 @@ mod tests {
 
     #[test]
     fn metrics_addresses_are_read_as_host_port_and_metrics_path() {
-        assert_eq!(metrics_target("http://127.0.0.1:8000").ok(), Some(("127.0.0.1".into(), 8000, "/metrics".into())));
+        assert_eq!(
+            metrics_target("http://127.0.0.1:8000").ok(),
+            Some(("127.0.0.1".into(), 8000, "/metrics".into()))
+        );
         assert_eq!(metrics_target("http://h:9/metrics").ok(), Some(("h".into(), 9, "/metrics".into())));
         assert_eq!(metrics_target("http://h/prefix/").ok(), Some(("h".into(), 80, "/prefix/metrics".into())));
         assert_eq!(metrics_target("http://[::1]:8000").ok(), Some(("::1".into(), 8000, "/metrics".into())));

@@ -50,16 +50,22 @@ pub struct Login {
 
 pub async fn login(State(st): State<Arc<AppState>>, Form(f): Form<Login>) -> Response {
     let Some(admin) = &st.cfg.admin_key else {
-        return UiError::Forbidden("writes are off: no admin key was given to `ferrotune ui`".into()).into_response();
+        return UiError::Forbidden("writes are off: no admin key was given to `ferrotune ui`".into())
+            .into_response();
     };
     let user = f.user.trim();
     if let Err(e) = auth::check_user(user) {
-        return (StatusCode::BAD_REQUEST, page("Log in", "/login", None, form(&st, "", Some(&e)))).into_response();
+        return (StatusCode::BAD_REQUEST, page("Log in", "/login", None, form(&st, "", Some(&e))))
+            .into_response();
     }
     if !admin.matches(&f.key) {
         // Slows guessing; the comparison itself is constant-time.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        return (StatusCode::FORBIDDEN, page("Log in", "/login", None, form(&st, user, Some("That is not the admin key.")))).into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            page("Log in", "/login", None, form(&st, user, Some("That is not the admin key."))),
+        )
+            .into_response();
     }
     let id = st.sessions.open(user);
     ([(header::SET_COOKIE, auth::set_cookie(&id))], Redirect::to("/registry")).into_response()
