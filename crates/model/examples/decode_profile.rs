@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use ferrotune_model::llama::Block;
-use ferrotune_model::rope::{Positions, Rope};
+use ferrotune_model::ops::rope::{Positions, Rope};
 use ferrotune_model::{KvCache, Linear, Logits, WeightMode};
 
 const PROMPT: usize = 512;
@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             tick("heads, rope");
             let (kc, vc) = cache.append(&k, &v)?;
             tick("kv append");
-            let y = ferrotune_model::decode_attn::attend(
+            let y = ferrotune_model::attention::decode::attend(
                 &q.reshape((1, kvh, h / kvh, d))?,
                 &kc,
                 &vc,

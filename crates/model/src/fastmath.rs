@@ -7,8 +7,6 @@
 //! `|r| ≤ ln2/2`, with a degree-6 polynomial for `e^r` (relative error < 3e-7 (2.5 ulp), checked against
 //! `f32::exp` below), written branch-free so that loops over slices compile to AVX2.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-
 /// `e^x` for f32, relative error below 3e-7 on [-87, 88]; 0 below, +inf above.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
@@ -86,114 +84,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s.iter().sum::<f32>() + tail
 }
 
-/// `(logsumexp(row) − row[target] per row, ∂)` over f32 `logits: [n, vocab]`, where `∂` (when
-/// `grad`) is `softmax(row) − onehot(target)` per row, `[n, vocab]` f32 — the cross-entropy of
-/// the rows and its gradient in two passes over each row (max and sum of exponentials online,
-/// then the probabilities), instead of the composed form's eight. [`total`] sums the rows.
-pub fn cross_entropy_rows(
-    logits: &Tensor,
-    targets: &[u32],
-    grad: bool,
-) -> Result<(Vec<f32>, Option<Tensor>)> {
-    let op = CeRows { targets: targets.to_vec(), grad, loss: std::sync::Mutex::new(Vec::new()) };
-    let out = logits.contiguous()?.apply_op1_no_bwd(&op)?;
-    let loss = std::mem::take(
-        &mut *op.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))?,
-    );
-    Ok((loss, grad.then_some(out)))
-}
-
-/// The sum of per-row losses, accumulated in f64.
-pub fn total(rows: &[f32]) -> f64 {
-    rows.iter().map(|&l| f64::from(l)).sum()
-}
-
-/// `logsumexp(row)`: the max, then the sum of exponentials shifted by it.
-fn logsumexp(row: &[f32]) -> f32 {
-    let m = max(row);
-    m + sum_exp(row, m).ln()
-}
-
-/// [`cross_entropy_rows`] over a buffer of our own, `logits: [n, vocab]` row-major: returns each
-/// row's loss and, when `grad`, overwrites each row with `softmax(row) − onehot(target)` (no
-/// second buffer).
-pub fn cross_entropy_rows_in_place(
-    logits: &mut [f32],
-    vocab: usize,
-    targets: &[u32],
-    grad: bool,
-) -> Result<Vec<f32>> {
-    if vocab == 0 || logits.len() != targets.len() * vocab {
-        candle_core::bail!(
-            "cross-entropy: {} logits for {} targets over a vocabulary of {vocab}",
-            logits.len(),
-            targets.len()
-        );
-    }
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("cross-entropy: target {bad} outside the vocabulary of {vocab}");
-    }
-    let mut losses = Vec::with_capacity(targets.len());
-    for (row, &tg) in logits.chunks_exact_mut(vocab).zip(targets) {
-        let lse = logsumexp(row);
-        losses.push(lse - row[tg as usize]);
-        if grad {
-            for a in row.iter_mut() {
-                *a = exp(*a - lse);
-            }
-            row[tg as usize] -= 1.0;
-        }
-    }
-    Ok(losses)
-}
-
-struct CeRows {
-    targets: Vec<u32>,
-    grad: bool,
-    loss: std::sync::Mutex<Vec<f32>>,
-}
-
-impl CustomOp1 for CeRows {
-    fn name(&self) -> &'static str {
-        "cross-entropy-rows"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("cross-entropy: logits not contiguous".into()))?;
-        let x = &s.as_slice::<f32>()?[start..end];
-        let (n, v) = l.shape().dims2()?;
-        if self.targets.len() != n {
-            candle_core::bail!("cross-entropy: {} targets for {n} rows", self.targets.len());
-        }
-        if let Some(&bad) = self.targets.iter().find(|&&t| t as usize >= v) {
-            candle_core::bail!("cross-entropy: target {bad} outside the vocabulary of {v}");
-        }
-        let mut out = vec![0f32; if self.grad { n * v } else { 0 }];
-        let mut losses = Vec::with_capacity(n);
-        for (i, row) in x.chunks_exact(v).enumerate() {
-            let lse = logsumexp(row);
-            let tg = self.targets[i] as usize;
-            losses.push(lse - row[tg]);
-            if self.grad {
-                let d = &mut out[i * v..(i + 1) * v];
-                for (o, &a) in d.iter_mut().zip(row) {
-                    *o = exp(a - lse);
-                }
-                d[tg] -= 1.0;
-            }
-        }
-        *self.loss.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned".into()))? = losses;
-        let shape = if self.grad { l.shape().clone() } else { Shape::from(0) };
-        Ok((CpuStorage::F32(out), shape))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device};
 
     #[test]
     fn exp_is_within_3e7_of_libm() {
@@ -225,52 +118,5 @@ mod tests {
             let plain: f32 = a.iter().map(|&v| (v - 3.0).exp()).sum();
             assert!((sum_exp(&a, 3.0) - plain).abs() <= 1e-5 * plain.max(1.0));
         }
-    }
-
-    #[test]
-    fn cross_entropy_rows_match_the_composed_form() -> Result<()> {
-        let dev = Device::Cpu;
-        // Fixed pseudo-random logits around 5 ± 9 (a test must not change from run to run).
-        let values: Vec<f32> = (0..7 * 301u32)
-            .map(|i| 5.0 + 9.0 * (((i.wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0) - 0.5))
-            .collect();
-        let logits = Tensor::from_vec(values, (7, 301), &dev)?;
-        let targets = [0u32, 300, 17, 17, 150, 1, 299];
-        let (loss, d) = cross_entropy_rows(&logits, &targets, true)?;
-        let tg = Tensor::new(&targets, &dev)?;
-        let lse = logits.log_sum_exp(D::Minus1)?;
-        let picked = logits.gather(&tg.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let per_row: Vec<f32> = (&lse - picked)?.to_vec1()?;
-        assert_eq!(loss.len(), 7);
-        for (ours, r) in loss.iter().zip(&per_row) {
-            assert!((ours - r).abs() < 1e-4 * r.abs().max(1.0), "{ours} vs {r}");
-        }
-        let reference: f64 = per_row.iter().map(|&l| f64::from(l)).sum();
-        assert!(
-            (total(&loss) - reference).abs() < 1e-4 * reference.abs().max(1.0),
-            "{} vs {reference}",
-            total(&loss)
-        );
-        let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
-        let onehot = Tensor::zeros((7, 301), candle_core::DType::F32, &dev)?.scatter_add(
-            &tg.unsqueeze(1)?,
-            &Tensor::ones((7, 1), candle_core::DType::F32, &dev)?,
-            1,
-        )?;
-        let d = d.expect("gradient asked for");
-        let diff = (&d - (p - onehot)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        // Both sides round `logit - lse` in f32 (|lse| ≈ 12 here), so probabilities agree to a few ulps of
-        // that difference (~1e-6), not to 1e-6 of themselves: 1e-5 still catches any wrong term.
-        assert!(diff < 1e-5, "gradient differs by {diff}");
-        let mut buffer: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-        let in_place = cross_entropy_rows_in_place(&mut buffer, 301, &targets, true)?;
-        assert_eq!(in_place, loss);
-        assert_eq!(buffer, d.flatten_all()?.to_vec1::<f32>()?);
-        assert!(cross_entropy_rows_in_place(&mut buffer, 301, &targets[..6], true).is_err());
-        let (no_grad_loss, none) = cross_entropy_rows(&logits, &targets, false)?;
-        assert!(none.is_none() && no_grad_loss == loss);
-        assert!(cross_entropy_rows(&logits, &[0, 1], false).is_err());
-        assert!(cross_entropy_rows(&logits, &[0, 0, 0, 0, 0, 0, 301], false).is_err());
-        Ok(())
     }
 }

@@ -1,10 +1,26 @@
 //! `ferrotune-model`: one LLaMA-family decoder on candle for training and inference.
 //!
+//! The model:
 //! - [`config`]: HF `config.json` → validated [`ModelConfig`].
-//! - [`llama`]: the decoder (GQA, RoPE, RMSNorm, SwiGLU, KV cache, left padding); [`linear`] is
-//!   the seam where LoRA attaches ([`lora`]: PEFT-format adapters); [`rope`] holds the rotary tables.
-//! - [`qkernels`]: Q4_1 / Q8_0 SIMD kernels for the quantized path (candle has none for Q4_1).
-//! - [`weights`], [`gguf`], [`hf`]: reading checkpoints into HF-named tensors.
+//! - [`llama`]: the decoder (GQA, RoPE, RMSNorm, SwiGLU, KV cache, left padding), one
+//!   implementation for training and inference; each layer's training path is chosen once
+//!   ([`llama::LayerPath`]).
+//! - [`linear`]: the seam where adapters attach ([`LinearAdapter`]); [`lora`]: PEFT-format LoRA
+//!   adapters (init, attach, merge, save, load).
+//! - [`attention`]: one entry point per call shape (new tokens; a batched decode step) with its
+//!   backends (training's op, the CPU's fused decode kernels, candle's composed ops), picked when
+//!   the model is set up.
+//! - [`ops`]: the training ops, one file per op (matmul, LoRA linear, the fused layer halves,
+//!   RMSNorm, SwiGLU, RoPE and the heads' split, dropout, the head's cross-entropy), each with its
+//!   autograd form, CPU body and CUDA launch; the CUDA C is in `src/kernels/*.cu`.
+//!
+//! CPU inference kernels: [`qkernels`] (Q4_1 / Q8_0 SIMD matmuls; candle has none for Q4_1),
+//! [`packed`] (f32 weights packed for few-row products), [`pool`] (the decode work pool),
+//! [`fastmath`] (a vectorisable `exp` and lane reductions).
+//!
+//! Around it:
+//! - [`weights`], [`gguf`], [`hf`], [`loaded`]: reading checkpoints (GGUF or HF directories) into
+//!   HF-named tensors and a ready model with its tokenizer and template.
 //! - [`tokenizer`], [`chat`]: HF tokenizers (also built from GGUF metadata) and Jinja chat
 //!   templates via minijinja.
 //! - [`sampling`], [`generate`]: next-token selection and streaming generation; [`constrain`]:
@@ -13,22 +29,20 @@
 //! - [`export`]: writing a standard HF directory.
 //! - [`testing`]: tiny random models for tests.
 
-pub mod attn_softmax;
-pub mod batch_attn;
+// First: its macros serve `attention` too.
+#[macro_use]
+pub mod ops;
+
+pub mod attention;
 pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod constrain;
-pub mod cpu_train;
-pub mod cuda_kernels;
-pub mod decode_attn;
-pub mod dropout;
 pub mod error;
 pub mod export;
 pub mod fastmath;
 pub mod generate;
 pub mod gguf;
-pub mod handoff;
 pub mod hf;
 pub mod linear;
 pub mod llama;
@@ -37,7 +51,6 @@ pub mod lora;
 pub mod packed;
 pub mod pool;
 pub mod qkernels;
-pub mod rope;
 pub mod sampling;
 pub mod store;
 pub mod testing;

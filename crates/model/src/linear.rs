@@ -2,35 +2,22 @@
 //! (dense f32 for training, or quantized GGUF blocks for the fast inference path) plus an optional
 //! [`LinearAdapter`] whose output is added to the base output — this is where LoRA plugs in.
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Result, Tensor};
 
+use crate::lora::LoraLayer;
+use crate::ops::lora::LoraParts;
 use crate::qkernels::QWeight;
 
 /// Something that adds a learned delta to a linear layer's output: `y = W x + b + delta(x)`.
-/// LoRA implements it as `scale · B(A(dropout(x)))`.
-pub trait LinearAdapter: Debug + Send + Sync {
+/// LoRA implements it as `scale · B(A(dropout(x)))`. Training knows LoRA by its type
+/// ([`crate::lora::LoraLayer`]): its fused ops are not part of this seam.
+pub trait LinearAdapter: Any + Debug + Send + Sync {
     fn delta(&self, x: &Tensor) -> Result<Tensor>;
-
-    /// Training a frozen dense layer: `x·Wᵀ + delta(x)` as one op with its own backward, when
-    /// the adapter can (`x: [n, in]`, `w: [out, in]`). `None`: use `x·Wᵀ` and [`Self::delta`].
-    fn fused_with_frozen(&self, _x: &Tensor, _w: &Tensor) -> Option<Result<Tensor>> {
-        None
-    }
-
-    /// While training, a LoRA adapter's variables (in the activations' dtype), scale and dropout
-    /// mask for an input with `in_features` columns, for ops that fuse several layers
-    /// (`handoff::lora_mlp_residual`). `None` for other adapters or outside training.
-    fn lora_parts(
-        &self,
-        _in_features: usize,
-        _dtype: candle_core::DType,
-    ) -> Option<Result<crate::handoff::LoraVars>> {
-        None
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -84,15 +71,28 @@ impl Linear {
         self.bias = bias;
     }
 
-    /// A frozen dense layer without bias whose LoRA adapter is training: its weight and the
-    /// adapter's parts (see [`LinearAdapter::lora_parts`]).
-    pub fn training_lora(&self, dtype: candle_core::DType) -> Option<Result<crate::handoff::LoraParts>> {
+    /// The adapter when it is a LoRA layer.
+    fn lora(&self) -> Option<&LoraLayer> {
+        let a: &dyn Any = self.adapter.as_deref()?;
+        a.downcast_ref::<LoraLayer>()
+    }
+
+    /// Whether this is a frozen dense layer without bias whose LoRA adapter is training (its
+    /// variables in the graph): the layer can join the fused training ops.
+    pub fn trains_lora(&self) -> bool {
+        let BaseWeight::Dense(w) = &self.weight else { return false };
+        self.bias.is_none() && !w.track_op() && self.lora().is_some_and(LoraLayer::is_training)
+    }
+
+    /// For [`Self::trains_lora`] layers: the weight and the adapter's parts in `dtype` (see
+    /// [`LoraLayer::training_parts`]).
+    pub fn training_lora(&self, dtype: candle_core::DType) -> Option<Result<LoraParts>> {
         let BaseWeight::Dense(w) = &self.weight else { return None };
         if self.bias.is_some() || w.track_op() || w.dtype() != dtype {
             return None;
         }
-        let parts = self.adapter.as_ref()?.lora_parts(self.in_features, dtype)?;
-        Some(parts.map(|(a, b, scale, mask)| crate::handoff::LoraParts { w: w.clone(), a, b, scale, mask }))
+        let parts = self.lora()?.training_parts(self.in_features, dtype)?;
+        Some(parts.map(|(a, b, scale, mask)| LoraParts { w: w.clone(), a, b, scale, mask }))
     }
 
     pub fn adapter(&self) -> Option<&Arc<dyn LinearAdapter>> {
@@ -124,13 +124,15 @@ impl Linear {
                 // Flatten leading dims into one matmul: one gemm call instead of a batched one.
                 let lead = x.elem_count() / self.in_features;
                 let x2 = x.reshape((lead, self.in_features))?;
-                let fused = match &self.adapter {
-                    Some(a) if !w.track_op() => a.fused_with_frozen(&x2, w).transpose()?,
+                let fused = match self.lora() {
+                    Some(l) if !w.track_op() => l.fused_with_frozen(&x2, w).transpose()?,
                     _ => None,
                 };
                 let (y, adapted) = match fused {
                     Some(y) => (y, true),
-                    None if x2.track_op() && !w.track_op() => (crate::handoff::frozen_matmul(&x2, w)?, false),
+                    None if x2.track_op() && !w.track_op() => {
+                        (crate::ops::matmul::frozen_matmul(&x2, w)?, false)
+                    }
                     None => (x2.matmul(&w.t()?)?, false),
                 };
                 let mut out_dims = x.dims().to_vec();

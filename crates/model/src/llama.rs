@@ -2,11 +2,12 @@
 //! GQA attention with RoPE, RMSNorm, SwiGLU MLP, tied or untied head, optional KV cache, and
 //! per-row left padding for batched generation. Order follows HF's `modeling_llama.py`.
 
-use candle_core::{D, DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
+use crate::attention;
 use crate::config::ModelConfig;
 use crate::linear::{BaseWeight, Linear};
-use crate::rope::{self, Positions, Rope};
+use crate::ops::rope::{self, Positions, Rope};
 use crate::weights::{WeightMode, Weights};
 
 #[derive(Debug, Clone)]
@@ -26,15 +27,11 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
         if differentiable {
-            crate::handoff::rms_norm(x, &self.weight, self.eps as f32)
+            crate::ops::norm::rms_norm(x, &self.weight, self.eps as f32)
         } else {
             candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)
         }
     }
-}
-
-fn softmax(x: &Tensor, differentiable: bool) -> Result<Tensor> {
-    if differentiable { candle_nn::ops::softmax(x, D::Minus1) } else { candle_nn::ops::softmax_last_dim(x) }
 }
 
 #[derive(Debug, Clone)]
@@ -58,11 +55,22 @@ struct Ctx {
     mask: Option<Tensor>,
     differentiable: bool,
     /// Plain causal attention over exactly the new tokens (no cache, padding or window) in
-    /// differentiable mode: `handoff::causal_attention` (probabilities recomputed in backward).
+    /// differentiable mode: `attention::train::causal_attention` (probabilities recomputed in backward).
     causal_op: bool,
+    /// Where attention runs (fixed at model setup).
+    backend: attention::Backend,
     /// `[t, t]` additive causal mask for `causal_op` on a device without a fused causal-softmax
     /// kernel (the CPU's and the CUDA kernels mask themselves).
     causal_mask: Option<Tensor>,
+}
+
+/// Per-step context of a batched decode step shared by all layers: each row's RoPE tables
+/// `[b, 1, d/2]`, the sliding window, where attention runs.
+struct StepCtx {
+    cos: Tensor,
+    sin: Tensor,
+    window: Option<usize>,
+    backend: attention::Backend,
 }
 
 impl Attention {
@@ -92,7 +100,7 @@ impl Attention {
         let (q, k, v) = if ctx.causal_op {
             // Training: the heads' transpose and the rotation as one op each way (a kernel on a GPU).
             let rot = Some((&ctx.cos, &ctx.sin));
-            let split = crate::handoff::split_heads;
+            let split = crate::ops::rope::split_heads;
             (
                 split(&self.q_proj.forward(x)?, h, d, rot)?,
                 split(&self.k_proj.forward(x)?, kvh, d, rot)?,
@@ -117,34 +125,21 @@ impl Attention {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let total = k.dim(2)?;
         let rep = h / kvh;
         // GQA without copying K/V: fold the `rep` query heads that share a KV head into the
         // query-length axis, so one batched matmul serves them all.
         let q = q.reshape((b, kvh, rep * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let y = if ctx.causal_op {
-            // Training: attention as one op over q, k, v; the scores and probabilities are
-            // recomputed in backward instead of kept.
-            crate::handoff::causal_attention(&q, &k, &v, t, scale, ctx.causal_mask.as_ref())?
-        } else if t == 1 && ctx.mask.is_none() && !ctx.differentiable && crate::decode_attn::applies(&q, &k) {
-            // Single-stream decode: one fused op reading the cache in place.
-            crate::decode_attn::attend(&q, &k, &v, scale as f32)?
-        } else if !ctx.differentiable && t > 1 && kvh > 1 && b * h * t * total * 4 > SCORES_SPLIT_BYTES {
-            // A long prefill chunk: the scores of all heads at once would be `[b, h, t, total]`
-            // floats, several copies live at a time; one KV head's group at a time keeps the
-            // peak a `kvh`-th of that (same products, same order within each head).
-            let mut ys = Vec::with_capacity(kvh);
-            for j in 0..kvh {
-                let (qj, kj, vj) = (q.narrow(1, j, 1)?, k.narrow(1, j, 1)?, v.narrow(1, j, 1)?);
-                ys.push(scores_softmax_v(&qj, &kj, &vj, ctx, (b, 1, rep, t, total), scale)?);
-            }
-            Tensor::cat(&ys, 1)?
-        } else {
-            scores_softmax_v(&q, &k, &v, ctx, (b, kvh, rep, t, total), scale)?
+        let params = attention::Params {
+            t,
+            scale: 1.0 / (d as f64).sqrt(),
+            mask: ctx.mask.as_ref(),
+            differentiable: ctx.differentiable,
+            causal_op: ctx.causal_op,
+            causal_mask: ctx.causal_mask.as_ref(),
         };
+        let y = attention::attend(ctx.backend, &q, &k, &v, &params)?;
         let y = if ctx.causal_op {
-            crate::handoff::merge_heads(&y.reshape((b, h, t, d))?)?
+            crate::ops::rope::merge_heads(&y.reshape((b, h, t, d))?)?
         } else {
             y.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?
         };
@@ -158,11 +153,9 @@ impl Attention {
     fn decode(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        step: &StepCtx,
         caches: &mut [&mut KvCache],
         layer: usize,
-        window: Option<usize>,
     ) -> Result<Tensor> {
         let (b, _, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -170,9 +163,8 @@ impl Attention {
         let q = self.q_proj.forward(x)?.reshape((b, h, 1, d))?;
         let k = self.k_proj.forward(x)?.reshape((b, kvh, 1, d))?;
         let v = self.v_proj.forward(x)?.reshape((b, kvh, 1, d))?;
-        let q = rope::apply(&q, cos, sin, false)?;
-        let k = rope::apply(&k, cos, sin, false)?;
-        let rep = h / kvh;
+        let q = rope::apply(&q, &step.cos, &step.sin, false)?;
+        let k = rope::apply(&k, &step.cos, &step.sin, false)?;
         let scale = 1.0 / (d as f64).sqrt();
         let mut kv = Vec::with_capacity(b);
         for (r, cache) in caches.iter_mut().enumerate() {
@@ -181,50 +173,12 @@ impl Attention {
             let total = kc.dim(2)?;
             // The one query sees keys from the end of the row's padding and inside the window:
             // a contiguous range, so a narrow replaces the mask.
-            let start = pad.max(window.map_or(0, |w| total.saturating_sub(w)));
+            let start = pad.max(step.window.map_or(0, |w| total.saturating_sub(w)));
             kv.push((kc.narrow(2, start, total - start)?, vc.narrow(2, start, total - start)?));
         }
-        let y = if q.device().is_cpu() && q.dtype() == DType::F32 {
-            // All rows in one call reading the caches in place (see `batch_attn`).
-            crate::batch_attn::attend_rows(&q.reshape((b, h, d))?, &kv, scale as f32)?.reshape((
-                b,
-                1,
-                h * d,
-            ))?
-        } else {
-            let mut ys = Vec::with_capacity(b);
-            for (r, (kc, vc)) in kv.iter().enumerate() {
-                let qr = q.narrow(0, r, 1)?.reshape((1, kvh, rep, d))?;
-                let att = candle_nn::ops::softmax_last_dim(&(qr.matmul(&kc.t()?)? * scale)?)?;
-                ys.push(att.matmul(vc)?.reshape((1, 1, h * d))?);
-            }
-            Tensor::cat(&ys, 0)?
-        };
+        let y = attention::attend_rows(step.backend, &q.reshape((b, h, d))?, &kv, kvh, scale)?;
         self.o_proj.forward(&y)
     }
-}
-
-/// Above this size (bytes of f32 scores for all heads of one layer call) inference attention
-/// runs one KV head's query group at a time.
-const SCORES_SPLIT_BYTES: usize = 32 << 20;
-
-/// `softmax(q·kᵀ·scale + mask)·v` for `q: [b, g, rep·t, d]` against `k, v: [b, g, total, d]`;
-/// `shape` = (b, g, rep, t, total).
-fn scores_softmax_v(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    ctx: &Ctx,
-    shape: (usize, usize, usize, usize, usize),
-    scale: f64,
-) -> Result<Tensor> {
-    let (b, g, rep, t, total) = shape;
-    let att = (q.matmul(&k.t()?)? * scale)?;
-    let att = match &ctx.mask {
-        Some(m) => att.reshape((b, g, rep, t, total))?.broadcast_add(m)?.reshape((b, g, rep * t, total))?,
-        None => att,
-    };
-    softmax(&att, ctx.differentiable)?.matmul(v)
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +207,8 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
         // Training: SwiGLU as one op with a hand-written backward (kernels on a GPU).
-        let y = if g.track_op() || u.track_op() { crate::handoff::swiglu(&g, &u)? } else { (g.silu()? * u)? };
+        let y =
+            if g.track_op() || u.track_op() { crate::ops::swiglu::swiglu(&g, &u)? } else { (g.silu()? * u)? };
         self.down_proj.forward(&y)
     }
 }
@@ -264,11 +219,49 @@ pub struct Block {
     pub mlp: Mlp,
     pub input_layernorm: RmsNorm,
     pub post_attention_layernorm: RmsNorm,
+    path: LayerPath,
+}
+
+/// How a layer's halves run in training, chosen when training is switched on or the adapters or
+/// trainable weights change ([`Llama::choose_layer_paths`]), not probed on every forward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerPath {
+    /// LoRA training on the CPU (f32) with adapters on q, k, v and o and a frozen norm: the
+    /// attention half and its residual as one op ([`crate::ops::layer::lora_attention_residual`])
+    /// whenever the call is plain causal attention.
+    pub fused_attention: bool,
+    /// The same for the MLP half, with adapters on gate, up and down
+    /// ([`crate::ops::layer::lora_mlp_residual`]).
+    pub fused_mlp: bool,
 }
 
 impl Block {
+    /// The layer's path for a model in `differentiable` mode on `backend` (see [`LayerPath`]).
+    fn choose_path(&mut self, differentiable: bool, backend: attention::Backend) {
+        let cpu_training = differentiable && backend == attention::Backend::CpuF32;
+        let lora = |l: &Linear| l.trains_lora();
+        let a = &self.self_attn;
+        let m = &self.mlp;
+        self.path = LayerPath {
+            fused_attention: cpu_training
+                && !self.input_layernorm.weight.track_op()
+                && [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj].into_iter().all(lora),
+            fused_mlp: cpu_training
+                && !self.post_attention_layernorm.weight.track_op()
+                && [&m.gate_proj, &m.up_proj, &m.down_proj].into_iter().all(lora),
+        };
+    }
+
+    pub fn path(&self) -> LayerPath {
+        self.path
+    }
+
+    /// The layer over new tokens (training, prefill, a cached single-stream step).
     fn forward(&self, x: &Tensor, ctx: &Ctx, cache: Option<&mut LayerCache>) -> Result<Tensor> {
-        let fused = if cache.is_none() { self.fused_attention(x, ctx)? } else { None };
+        let fused = match cache {
+            None if self.path.fused_attention && ctx.causal_op => self.fused_attention(x, ctx)?,
+            _ => None,
+        };
         let x = match fused {
             Some(y) => y,
             None => {
@@ -276,19 +269,36 @@ impl Block {
                 (x + self.self_attn.forward(&h, ctx, cache)?)?
             }
         };
-        if let Some(y) = self.fused_mlp(&x, ctx)? {
-            return Ok(y);
-        }
-        let h = self.post_attention_layernorm.forward(&x, ctx.differentiable)?;
-        &x + self.mlp.forward(&h)?
+        self.mlp_half(&x, ctx.differentiable)
     }
 
-    /// LoRA training on the CPU with adapters on all four attention projections, plain causal
-    /// attention: the attention half and its residual as one op (`handoff::lora_attention_residual`).
-    fn fused_attention(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
-        if !ctx.causal_op || !crate::cpu_train::applies(x) || self.input_layernorm.weight.track_op() {
-            return Ok(None);
+    /// The layer for one new token per row, each row against its own cache (a batched decode step).
+    fn decode(
+        &self,
+        x: &Tensor,
+        step: &StepCtx,
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x, false)?;
+        let x = (x + self.self_attn.decode(&h, step, caches, layer)?)?;
+        self.mlp_half(&x, false)
+    }
+
+    /// `x + mlp(norm(x))`: the layer's second half.
+    fn mlp_half(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        if self.path.fused_mlp && differentiable {
+            if let Some(y) = self.fused_mlp(x)? {
+                return Ok(y);
+            }
         }
+        let h = self.post_attention_layernorm.forward(x, differentiable)?;
+        x + self.mlp.forward(&h)?
+    }
+
+    /// The attention half as one op (`None`: the adapters' parts are not there this call, e.g. a
+    /// dtype that differs; the composed form runs).
+    fn fused_attention(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
         let a = &self.self_attn;
         let parts = |l: &Linear| l.training_lora(x.dtype()).transpose();
         let (Some(q), Some(k), Some(v), Some(o)) =
@@ -297,7 +307,7 @@ impl Block {
             return Ok(None);
         };
         let (b, t, _) = x.dims3()?;
-        let shape = crate::handoff::AttentionShape {
+        let shape = crate::ops::layer::AttentionShape {
             b,
             t,
             heads: a.num_heads,
@@ -307,18 +317,11 @@ impl Block {
             sin: &ctx.sin,
         };
         let norm = &self.input_layernorm;
-        crate::handoff::lora_attention_residual(x, &norm.weight, norm.eps as f32, &shape, [&q, &k, &v, &o])
+        crate::ops::layer::lora_attention_residual(x, &norm.weight, norm.eps as f32, &shape, [&q, &k, &v, &o])
     }
 
-    /// LoRA training on the CPU with adapters on all three MLP projections: the MLP half and its
-    /// residual as one op (`handoff::lora_mlp_residual`).
-    fn fused_mlp(&self, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
-        if !ctx.differentiable
-            || !crate::cpu_train::applies(x)
-            || self.post_attention_layernorm.weight.track_op()
-        {
-            return Ok(None);
-        }
+    /// The MLP half as one op (`None` as for [`Self::fused_attention`]).
+    fn fused_mlp(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let parts = |l: &Linear| l.training_lora(x.dtype()).transpose();
         let (Some(gate), Some(up), Some(down)) =
             (parts(&self.mlp.gate_proj)?, parts(&self.mlp.up_proj)?, parts(&self.mlp.down_proj)?)
@@ -326,7 +329,7 @@ impl Block {
             return Ok(None);
         };
         let norm = &self.post_attention_layernorm;
-        crate::handoff::lora_mlp_residual(x, &norm.weight, norm.eps as f32, &gate, &up, &down)
+        crate::ops::layer::lora_mlp_residual(x, &norm.weight, norm.eps as f32, &gate, &up, &down)
     }
 }
 
@@ -351,6 +354,8 @@ pub struct Llama {
     rope: Rope,
     cfg: ModelConfig,
     differentiable: bool,
+    /// Where attention runs: from the device and dtype, set when loaded or cast.
+    attention: attention::Backend,
 }
 
 type LayerCache = candle_nn::kv_cache::KvCache;
@@ -413,6 +418,7 @@ impl Llama {
                     cfg.hidden_size,
                     cfg.rms_norm_eps,
                 )?,
+                path: LayerPath::default(),
             });
         }
         let norm = RmsNorm::load(w, "model.norm.weight", cfg.hidden_size, cfg.rms_norm_eps)?;
@@ -429,7 +435,17 @@ impl Llama {
         };
         let lm_head = Linear::new(head, None, cfg.hidden_size, cfg.vocab_size);
         let rope = Rope::new(cfg, freq_factors, w.device())?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rope, cfg: cfg.clone(), differentiable: false })
+        let attention = attention::Backend::for_model(embed_tokens.device(), embed_tokens.dtype());
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cfg: cfg.clone(),
+            differentiable: false,
+            attention,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -492,6 +508,7 @@ impl Llama {
                 },
                 input_layernorm: norm(&l.input_layernorm)?,
                 post_attention_layernorm: norm(&l.post_attention_layernorm)?,
+                path: LayerPath::default(),
             });
         }
         Ok(Self {
@@ -502,12 +519,34 @@ impl Llama {
             rope: self.rope.to_device(device)?,
             cfg: self.cfg.clone(),
             differentiable: self.differentiable,
-        })
+            attention: attention::Backend::for_model(device, dtype),
+        }
+        .with_layer_paths())
     }
 
     /// Use only ops with a backward pass (training); the default uses candle's fused kernels.
     pub fn set_differentiable(&mut self, on: bool) {
         self.differentiable = on;
+        self.choose_layer_paths();
+    }
+
+    /// Choose each layer's training path ([`LayerPath`]) for the current mode, adapters and
+    /// trainable weights. Called by everything here that changes them ([`Self::set_differentiable`],
+    /// [`Self::make_trainable`], `lora::Adapter::attach`/`detach`/`merge_into`); call it after
+    /// setting a [`Linear`]'s adapter directly.
+    pub fn choose_layer_paths(&mut self) {
+        let (on, backend) = (self.differentiable, self.attention);
+        self.layers.iter_mut().for_each(|l| l.choose_path(on, backend));
+    }
+
+    fn with_layer_paths(mut self) -> Self {
+        self.choose_layer_paths();
+        self
+    }
+
+    /// Where attention runs (see [`attention::Backend`]).
+    pub fn attention_backend(&self) -> attention::Backend {
+        self.attention
     }
 
     /// Full fine-tuning: make every base weight a trainable `Var` (embedding, projections and
@@ -542,6 +581,7 @@ impl Llama {
                 lin.set_bias(Some(var(format!("{name}.bias"), &b)?));
             }
         }
+        self.choose_layer_paths();
         Ok(vars)
     }
 
@@ -620,13 +660,21 @@ impl Llama {
         // Off the CPU, a `[t, t]` mask only for devices without the fused causal-softmax kernel.
         let causal_mask = if causal_op
             && !self.device().is_cpu()
-            && !crate::cuda_kernels::available(&self.embed_tokens)
+            && self.attention != attention::Backend::Cuda
         {
             build_mask(1, t, 0, &[], None, self.device(), dtype)?.map(|m| m.reshape((t, t))).transpose()?
         } else {
             None
         };
-        let ctx = Ctx { cos, sin, mask, differentiable: self.differentiable, causal_op, causal_mask };
+        let ctx = Ctx {
+            cos,
+            sin,
+            mask,
+            differentiable: self.differentiable,
+            causal_op,
+            causal_mask,
+            backend: self.attention,
+        };
 
         let mut x =
             self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
@@ -727,21 +775,23 @@ impl Llama {
             positions.push(offset.saturating_sub(c.left_pad.first().copied().unwrap_or(0)) as u32);
         }
         let (cos, sin) = self.rope.tables(&rope::positions_tensor(&positions, b, 1, self.device())?)?;
-        let (cos, sin) = (cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?);
+        let step = StepCtx {
+            cos: cos.to_dtype(self.dtype())?,
+            sin: sin.to_dtype(self.dtype())?,
+            window: self.cfg.sliding_window,
+            backend: self.attention,
+        };
         let ids = Tensor::from_slice(ids, b, self.device())?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?.reshape((b, 1, self.cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x, false)?;
-            x = (&x + layer.self_attn.decode(&h, &cos, &sin, caches, i, self.cfg.sliding_window)?)?;
-            let h = layer.post_attention_layernorm.forward(&x, false)?;
-            x = (&x + layer.mlp.forward(&h)?)?;
+            x = layer.decode(&x, &step, caches, i)?;
         }
         let x = self.norm.forward(&x, false)?;
         self.lm_head.forward(&x)?.squeeze(1)
     }
 
     /// The head's weight when it is a plain frozen matrix (no bias, no adapter, not trained):
-    /// training can then fuse it into the loss (`handoff::frozen_head_cross_entropy_sum`).
+    /// training can then fuse it into the loss (`ops::loss::frozen_head_cross_entropy_sum`).
     pub fn frozen_head_weight(&self) -> Option<&Tensor> {
         match self.lm_head.weight() {
             BaseWeight::Dense(w)

@@ -16,9 +16,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::handoff::DropoutMask;
 use crate::linear::{BaseWeight, LinearAdapter};
 use crate::llama::Llama;
+use crate::ops::dropout::DropoutMask;
 
 /// The seven projections of a LLaMA block: PEFT's usual choice and our default.
 pub const DEFAULT_TARGETS: [&str; 7] =
@@ -165,7 +165,7 @@ pub struct LoraLayer {
 }
 
 impl LoraLayer {
-    /// The dropout mask for `x` (a seeded hash, never stored: [`crate::dropout`]), or `None`
+    /// The dropout mask for `x` (a seeded hash, never stored: [`crate::ops::dropout`]), or `None`
     /// when dropout is off.
     fn dropout_mask(&self, x: &Tensor) -> candle_core::Result<Option<DropoutMask>> {
         Ok(self.dropout_mask_for(x.dims().last().copied().unwrap_or(1) as u64))
@@ -224,8 +224,17 @@ impl LinearAdapter for LoraLayer {
         }
         h.reshape(dims)
     }
+}
 
-    fn fused_with_frozen(&self, x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
+impl LoraLayer {
+    /// Whether the adapter is being trained (its variables in the graph).
+    pub fn is_training(&self) -> bool {
+        self.a.track_op()
+    }
+
+    /// Training a frozen dense layer: `x·Wᵀ + delta(x)` as one op with its own backward
+    /// (`x: [n, in]`, `w: [out, in]`). `None` outside training: use `x·Wᵀ` and `delta`.
+    pub fn fused_with_frozen(&self, x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
         // Only while training the adapter (its variables in the graph); inference keeps the plain path.
         if !self.a.track_op() {
             return None;
@@ -233,20 +242,23 @@ impl LinearAdapter for LoraLayer {
         let run = || -> candle_core::Result<Tensor> {
             let (a, b) = (self.a.to_dtype(x.dtype())?, self.b.to_dtype(x.dtype())?);
             let mask = self.dropout_mask(x)?;
-            crate::handoff::lora_linear(x, w, &a, &b, self.scale, mask.as_ref())
+            crate::ops::lora::lora_linear(x, w, &a, &b, self.scale, mask.as_ref())
         };
         Some(run())
     }
 
-    fn lora_parts(
+    /// While training, the variables (in the activations' dtype), scale and dropout mask for an
+    /// input with `in_features` columns, for the ops that fuse several layers
+    /// (`ops::layer`). `None` outside training.
+    pub fn training_parts(
         &self,
         in_features: usize,
         dtype: candle_core::DType,
-    ) -> Option<candle_core::Result<crate::handoff::LoraVars>> {
+    ) -> Option<candle_core::Result<crate::ops::lora::LoraVars>> {
         if !self.a.track_op() {
             return None;
         }
-        let run = || -> candle_core::Result<crate::handoff::LoraVars> {
+        let run = || -> candle_core::Result<crate::ops::lora::LoraVars> {
             Ok((
                 self.a.to_dtype(dtype)?,
                 self.b.to_dtype(dtype)?,
@@ -333,12 +345,14 @@ impl Adapter {
                 lin.set_adapter(Some(l.clone() as Arc<dyn LinearAdapter>));
             }
         }
+        model.choose_layer_paths();
     }
 
     pub fn detach(model: &mut Llama) {
         for (_, lin) in model.linears_mut() {
             lin.set_adapter(None);
         }
+        model.choose_layer_paths();
     }
 
     /// Fold the adapter into the base weights: `W ← W + scale·B·A` (dense weights only).
@@ -355,6 +369,7 @@ impl Adapter {
             lin.set_weight(BaseWeight::Dense(merged));
             lin.set_adapter(None);
         }
+        model.choose_layer_paths();
         Ok(())
     }
 

@@ -186,3 +186,33 @@ fn lora_gradients_match_finite_differences() -> anyhow::Result<()> {
     assert_eq!(checked, 12);
     Ok(())
 }
+
+/// Each layer's training path is chosen when training is switched on or adapters change (not
+/// probed per forward): LoRA on every projection of a CPU f32 model in training takes the fused
+/// halves; inference, a detached adapter or trained norms take the composed layer.
+#[test]
+fn layer_paths_follow_training_mode_and_adapters() -> anyhow::Result<()> {
+    use ferrotune_model::llama::LayerPath;
+    let fused = LayerPath { fused_attention: true, fused_mlp: true };
+    let mut m = tiny()?;
+    let a = Adapter::init(&mut m, &LoraSpec::default(), 7)?;
+    a.attach(&mut m);
+    assert!(m.layers.iter().all(|l| l.path() == LayerPath::default()), "inference mode: composed");
+    m.set_differentiable(true);
+    assert!(m.layers.iter().all(|l| l.path() == fused), "LoRA training on all projections: fused");
+    Adapter::detach(&mut m);
+    assert!(m.layers.iter().all(|l| l.path() == LayerPath::default()), "no adapter: composed");
+    // Adapters on the attention projections only: only the attention half fuses.
+    let attn_only = LoraSpec {
+        targets: TargetModules::parse(&["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from)),
+        ..Default::default()
+    };
+    Adapter::init(&mut m, &attn_only, 7)?.attach(&mut m);
+    assert!(m.layers.iter().all(|l| l.path() == LayerPath { fused_attention: true, fused_mlp: false }));
+    // Full fine-tuning trains the norms: no fused half.
+    let mut full = tiny()?;
+    full.set_differentiable(true);
+    full.make_trainable()?;
+    assert!(full.layers.iter().all(|l| l.path() == LayerPath::default()));
+    Ok(())
+}

@@ -4,8 +4,11 @@
 //! per head (scaled scores, masked scores, shifted, exponentials, output), which — kept for the
 //! backward pass — made attention most of a training step's memory (measured: ~1.2 GB per
 //! 200-token example over 30 layers). This kernel is forward-only; training attaches its output
-//! to the graph with its own backward (`handoff::causal_attention`), which recomputes
+//! to the graph with its own backward (`attention::train::causal_attention`), which recomputes
 //! the probabilities in backward rather than keep them.
+
+//!
+//! On a GPU the same two ops are CUDA kernels (`kernels/softmax.cu`).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -100,6 +103,125 @@ impl candle_core::CustomOp2 for CausalSoftmaxBwd {
             },
         );
         Ok((CpuStorage::F32(out), pl.shape().clone()))
+    }
+}
+
+// The CUDA kernels.
+
+/// `softmax(scale · x)` over the last dim of contiguous `x: [rows, t]` where row `r` sees
+/// columns `0..=r % t` (the folded-GQA causal layout of `attention::train::causal_attention`).
+pub fn causal_softmax_cuda(x: &Tensor, t: usize, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&CausalSoftmaxGpu { t, scale: scale as f32 })
+}
+
+/// `scale · p ⊙ (dp − Σ dp ⊙ p)` per row, with the same causal layout (0 where masked).
+pub fn causal_softmax_backward_cuda(p: &Tensor, dp: &Tensor, t: usize, scale: f64) -> Result<Tensor> {
+    p.contiguous()?.apply_op2_no_bwd(&dp.contiguous()?, &CausalSoftmaxBwdGpu { t, scale: scale as f32 })
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct CausalSoftmaxGpu {
+    t: usize,
+    scale: f32,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct CausalSoftmaxBwdGpu {
+    t: usize,
+    scale: f32,
+}
+
+gpu_only!(CausalSoftmaxGpu, 1, "ft-causal-softmax", |self, s, l| launch::causal_softmax(
+    s, l, self.t, self.scale
+));
+
+gpu_only!(
+    CausalSoftmaxBwdGpu,
+    2,
+    "ft-causal-softmax-bwd",
+    |self, p, pl, dp, dpl| launch::causal_softmax_bwd(p, pl, dp, dpl, self.t, self.scale)
+);
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod launch {
+    //! SAFETY (every `unsafe` here): outputs are allocated for exactly the elements the kernels
+    //! write, inputs are contiguous views of the sizes the kernels read, and all work runs on
+    //! candle's one stream.
+    #[allow(unused_imports)]
+    use crate::ops::cuda::launch::*;
+    #[allow(unused_imports)]
+    use candle_core::backend::BackendStorage;
+    #[allow(unused_imports)]
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorage, WrapErr};
+    #[allow(unused_imports)]
+    use candle_core::{DType, Layout, Result, Shape};
+    #[allow(unused_imports)]
+    use half::bf16;
+
+    pub fn causal_softmax(s: &CudaStorage, l: &Layout, t: usize, scale: f32) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let (rows, cols) = rows_cols(l)?;
+        let vec = cols % 8 == 0 && cols <= 8 * 1024 && aligned8(l);
+        let kind = if vec { "causal_softmax_v" } else { "causal_softmax" };
+        let threads = if vec { (cols / 8).next_multiple_of(32) as u32 } else { row_threads(cols) };
+        let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(s.dtype())?), MODULE, ptx()?)?;
+        let (t, cols_i) = (t as i32, cols as i32);
+        macro_rules! go {
+            ($ty:ty) => {{
+                let x = view!(s, l, $ty);
+                let y = unsafe { dev.alloc::<$ty>(rows * cols)? };
+                let mut b = func.builder();
+                b.arg(&x);
+                b.arg(&y);
+                b.arg(&t);
+                b.arg(&cols_i);
+                b.arg(&scale);
+                unsafe { b.launch(cfg(rows, threads)) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if s.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
+        Ok((out, l.shape().clone()))
+    }
+
+    pub fn causal_softmax_bwd(
+        p: &CudaStorage,
+        pl: &Layout,
+        dp: &CudaStorage,
+        dpl: &Layout,
+        t: usize,
+        scale: f32,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = p.device().clone();
+        let (rows, cols) = rows_cols(pl)?;
+        if pl.shape() != dpl.shape() || p.dtype() != dp.dtype() {
+            candle_core::bail!("causal softmax backward: p {:?} and dp {:?} differ", pl.shape(), dpl.shape())
+        }
+        let vec = cols % 8 == 0 && cols <= 8 * 1024 && aligned8(pl) && aligned8(dpl);
+        let kind = if vec { "causal_softmax_bwd_v" } else { "causal_softmax_bwd" };
+        let threads = if vec { (cols / 8).next_multiple_of(32) as u32 } else { row_threads(cols) };
+        let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(p.dtype())?), MODULE, ptx()?)?;
+        let (t, cols_i) = (t as i32, cols as i32);
+        macro_rules! go {
+            ($ty:ty) => {{
+                let pv = view!(p, pl, $ty);
+                let dv = view!(dp, dpl, $ty);
+                let y = unsafe { dev.alloc::<$ty>(rows * cols)? };
+                let mut b = func.builder();
+                b.arg(&pv);
+                b.arg(&dv);
+                b.arg(&y);
+                b.arg(&t);
+                b.arg(&cols_i);
+                b.arg(&scale);
+                unsafe { b.launch(cfg(rows, threads)) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if p.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
+        Ok((out, pl.shape().clone()))
     }
 }
 

@@ -68,14 +68,6 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> 
     Tensor::from_vec(out, q.shape(), q.device())
 }
 
-/// Whether [`attend`] takes these tensors (else use the composed form).
-pub fn applies(q: &Tensor, k: &Tensor) -> bool {
-    q.device().is_cpu()
-        && q.dtype() == candle_core::DType::F32
-        && k.dtype() == candle_core::DType::F32
-        && q.dim(0).ok() == Some(1)
-}
-
 /// Element offsets of a `[1, heads, n, d]` view: (start, head stride, row stride), rows contiguous.
 fn view(layout: &Layout, what: &str) -> Result<(usize, usize, usize, [usize; 4])> {
     let dims: [usize; 4] = layout

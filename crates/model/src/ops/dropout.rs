@@ -3,7 +3,7 @@
 //! `i` does not depend on how a batch was cut — a row share that starts at element `offset` of the
 //! whole batch draws exactly the mask the whole batch would give those elements.
 //!
-//! The hash is the GPU kernel's (`cuda_kernels`' `keep_elem`): a CPU and a GPU run with the same
+//! The hash is the GPU kernel's (`keep_elem` in `kernels/dropout.cu`): a CPU and a GPU run with the same
 //! seed drop the same elements. On the CPU the loop is plain integer arithmetic that the compiler
 //! vectorises (AVX2 is the build's baseline); per element it costs about what one pass over the
 //! data does, where drawing the mask from a ChaCha stream (what this replaced) cost ~1.5 ns an
@@ -12,6 +12,35 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
+
+/// LoRA's dropout on a layer's input: a counter-based hash of (`seed`, element index) applied
+/// in one pass and never stored — backward applies the same seed to the gradient (see
+/// [`crate::ops::dropout`]). `offset`: the index of the first element of `x` within the whole batch
+/// (non-zero for a row share of it, on the CPU).
+#[derive(Debug, Clone)]
+pub struct DropoutMask {
+    pub seed: u64,
+    pub keep: f64,
+    pub offset: u64,
+}
+
+impl DropoutMask {
+    /// `x ⊙ mask` (`x` contiguous with the mask's element count).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return crate::ops::dropout::apply(x, self.seed, self.keep, self.offset);
+        }
+        if self.offset != 0 {
+            candle_core::bail!(
+                "dropout: the GPU kernel draws whole batches only (element offset {})",
+                self.offset
+            );
+        }
+        crate::ops::dropout::dropout_apply_cuda(x, self.seed, self.keep)
+    }
+}
+
+// The CPU body.
 
 #[inline(always)]
 fn mix32(mut x: u32) -> u32 {
@@ -148,6 +177,90 @@ impl CustomOp1 for HashDropout {
             }
             other => candle_core::bail!("hash-dropout: unsupported dtype {:?}", other.dtype()),
         };
+        Ok((out, l.shape().clone()))
+    }
+}
+
+// The CUDA kernel.
+
+/// A dropout mask shaped like `x` in its dtype: `1/keep` (rounded to the dtype) where a
+/// counter-based hash of (`seed`, element index) falls below `keep`, else 0 — one kernel,
+/// deterministic for a seed.
+pub fn dropout_mask_cuda(x: &Tensor, seed: u64, keep: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Dropout { seed, keep, apply: false })
+}
+
+/// `x ⊙ dropout_mask(x, seed, keep)` in one kernel, the mask never stored (backward applies the
+/// same seed to the gradient).
+pub fn dropout_apply_cuda(x: &Tensor, seed: u64, keep: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Dropout { seed, keep, apply: true })
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Dropout {
+    seed: u64,
+    keep: f64,
+    apply: bool,
+}
+
+gpu_only!(Dropout, 1, "ft-dropout", |self, s, l| launch::dropout(s, l, self.seed, self.keep, self.apply));
+
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod launch {
+    //! SAFETY (every `unsafe` here): outputs are allocated for exactly the elements the kernels
+    //! write, inputs are contiguous views of the sizes the kernels read, and all work runs on
+    //! candle's one stream.
+    #[allow(unused_imports)]
+    use crate::ops::cuda::launch::*;
+    #[allow(unused_imports)]
+    use candle_core::backend::BackendStorage;
+    #[allow(unused_imports)]
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorage, WrapErr};
+    #[allow(unused_imports)]
+    use candle_core::{DType, Layout, Result, Shape};
+    #[allow(unused_imports)]
+    use half::bf16;
+
+    pub fn dropout(
+        s: &CudaStorage,
+        l: &Layout,
+        seed: u64,
+        keep: f64,
+        apply: bool,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let n = l.shape().elem_count();
+        let kind = if apply { "dropout_apply" } else { "dropout_mask" };
+        let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(s.dtype())?), MODULE, ptx()?)?;
+        let n_i = n as i64;
+        let keep_f = keep as f32;
+        // The kept elements' factor, rounded to the dtype as a stored mask would be.
+        let scale =
+            if s.dtype() == DType::BF16 { bf16::from_f64(1.0 / keep).to_f32() } else { (1.0 / keep) as f32 };
+        let vec = i32::from(aligned8(l));
+        macro_rules! go {
+            ($ty:ty) => {{
+                let x = if apply { Some(view!(s, l, $ty)) } else { None };
+                let y = unsafe { dev.alloc::<$ty>(n)? };
+                let mut b = func.builder();
+                if let Some(x) = &x {
+                    b.arg(x);
+                }
+                b.arg(&y);
+                b.arg(&n_i);
+                b.arg(&seed);
+                b.arg(&keep_f);
+                b.arg(&scale);
+                if apply {
+                    b.arg(&vec);
+                }
+                unsafe { b.launch(flat(n.div_ceil(8))) }.w()?;
+                CudaStorage::wrap_cuda_slice(y, dev.clone())
+            }};
+        }
+        let out = if s.dtype() == DType::BF16 { go!(bf16) } else { go!(f32) };
         Ok((out, l.shape().clone()))
     }
 }
