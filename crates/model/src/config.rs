@@ -217,7 +217,7 @@ impl ModelConfig {
         }
         let hidden = positive("hidden_size", hf.hidden_size)?;
         let head_dim = hf.head_dim.unwrap_or(hidden / num_heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(invalid(path, "head_dim", format!("{head_dim} must be even and > 0")));
         }
         if hf.head_dim.is_none() && hidden % num_heads != 0 {

@@ -265,44 +265,6 @@ pub fn generate_constrained(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool, String) {
-        let mut f = StopFilter {
-            stops: stops.iter().map(|s| s.to_string()).collect(),
-            text: String::new(),
-            emitted: 0,
-        };
-        let mut out = String::new();
-        for p in pieces {
-            let (o, hit) = f.push(p);
-            out.push_str(&o);
-            if hit {
-                return (out, true, f.text);
-            }
-        }
-        out.push_str(&f.flush());
-        (out, false, f.text)
-    }
-
-    #[test]
-    fn stop_string_split_across_pieces_is_cut_and_not_emitted() {
-        let (out, hit, text) = run(&["\nUser:"], &["Hello", " there\nUs", "er: more"]);
-        assert!(hit);
-        assert_eq!(out, "Hello there");
-        assert_eq!(text, "Hello there");
-    }
-
-    #[test]
-    fn held_back_prefix_is_released_when_it_is_not_a_stop() {
-        let (out, hit, _) = run(&["STOP"], &["ab ST", "AR"]);
-        assert!(!hit);
-        assert_eq!(out, "ab STAR");
-    }
-}
-
 /// One row of a batched generation in progress.
 struct Row<'a> {
     sampler: Sampler,
@@ -454,4 +416,42 @@ fn batch(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool, String) {
+        let mut f = StopFilter {
+            stops: stops.iter().map(|s| s.to_string()).collect(),
+            text: String::new(),
+            emitted: 0,
+        };
+        let mut out = String::new();
+        for p in pieces {
+            let (o, hit) = f.push(p);
+            out.push_str(&o);
+            if hit {
+                return (out, true, f.text);
+            }
+        }
+        out.push_str(&f.flush());
+        (out, false, f.text)
+    }
+
+    #[test]
+    fn stop_string_split_across_pieces_is_cut_and_not_emitted() {
+        let (out, hit, text) = run(&["\nUser:"], &["Hello", " there\nUs", "er: more"]);
+        assert!(hit);
+        assert_eq!(out, "Hello there");
+        assert_eq!(text, "Hello there");
+    }
+
+    #[test]
+    fn held_back_prefix_is_released_when_it_is_not_a_stop() {
+        let (out, hit, _) = run(&["STOP"], &["ab ST", "AR"]);
+        assert!(!hit);
+        assert_eq!(out, "ab STAR");
+    }
 }

@@ -287,10 +287,11 @@ impl Block {
 
     /// `x + mlp(norm(x))`: the layer's second half.
     fn mlp_half(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
-        if self.path.fused_mlp && differentiable {
-            if let Some(y) = self.fused_mlp(x)? {
-                return Ok(y);
-            }
+        if self.path.fused_mlp
+            && differentiable
+            && let Some(y) = self.fused_mlp(x)?
+        {
+            return Ok(y);
         }
         let h = self.post_attention_layernorm.forward(x, differentiable)?;
         x + self.mlp.forward(&h)?
@@ -656,7 +657,7 @@ impl Llama {
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let mask = build_mask(b, t, offset, &pads, self.cfg.sliding_window, self.device(), dtype)?;
         let causal_op =
-            self.differentiable && offset == 0 && !padded && !self.cfg.sliding_window.is_some_and(|w| t > w);
+            self.differentiable && offset == 0 && !padded && self.cfg.sliding_window.is_none_or(|w| t <= w);
         // Off the CPU, a `[t, t]` mask only for devices without the fused causal-softmax kernel.
         let causal_mask = if causal_op
             && !self.device().is_cpu()

@@ -166,7 +166,7 @@ fn worker_loop(shared: &Shared, me: &Worker) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 128 != 0 {
+            if !spins.is_multiple_of(128) {
                 std::hint::spin_loop();
                 continue;
             }

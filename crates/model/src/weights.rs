@@ -122,8 +122,4 @@ impl Weights {
             _ => Ok(BaseWeight::Dense(self.dense(name, &[out, inp])?)),
         }
     }
-
-    pub fn optional_dense(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        if self.contains(name) { self.dense(name, shape).map(Some) } else { Ok(None) }
-    }
 }

@@ -54,8 +54,7 @@ fn left_padded_batch_of_two_equals_each_alone() -> anyhow::Result<()> {
     let pad = long.len() - short.len();
     let mut padded = vec![0u32; pad];
     padded.extend(&short);
-    let batch =
-        Tensor::new(vec![long.clone(), padded].concat().as_slice(), &dev)?.reshape((2, long.len()))?;
+    let batch = Tensor::new([long.clone(), padded].concat().as_slice(), &dev)?.reshape((2, long.len()))?;
     let mut cache = KvCache::new(m.config(), 16);
     let both = m.forward(&batch, Some(&[0, pad]), Some(&mut cache), Logits::Last)?;
     let alone_long =

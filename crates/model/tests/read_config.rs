@@ -26,8 +26,8 @@ fn a_missing_or_broken_model_is_an_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, b"GGUF but not really").expect("write");
-    let e = loaded::load_config(&bad.display().to_string()).unwrap_err().to_string();
+    let e = loaded::load_config(&bad.display().to_string()).expect_err("a broken file").to_string();
     assert!(e.contains("bad.gguf"), "{e}");
-    let e = loaded::load_config("/nonexistent/model.gguf").unwrap_err().to_string();
+    let e = loaded::load_config("/nonexistent/model.gguf").expect_err("a missing file").to_string();
     assert!(e.contains("/nonexistent/model.gguf"), "{e}");
 }
