@@ -14,9 +14,9 @@
 //! - [`testing`]: tiny random models for tests.
 
 pub mod attn_softmax;
+pub mod batch;
 pub mod batch_attn;
 pub mod chat;
-pub mod clock;
 pub mod config;
 pub mod constrain;
 pub mod cpu_train;
