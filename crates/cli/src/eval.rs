@@ -1,17 +1,18 @@
 //! `ferrotune eval` (base vs adapters on test rows) and `ferrotune eval score` (score given
 //! predictions without a model).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ferrotune_eval::bootstrap::{DEFAULT_RESAMPLES, MAX_RESAMPLES};
-use ferrotune_eval::gate::{self, Gate, GateOutcome};
-use ferrotune_eval::metrics::{Metric, json_match_report};
-use ferrotune_eval::report::{self, DataInfo, EvalFile, RowOutput, RowResult, Settings, SystemInfo};
-use ferrotune_eval::rows::{EvalRow, load_rows};
-use ferrotune_eval::runner::{Progress, RunSettings, SystemSpec, run_systems};
-use ferrotune_eval::score::{Answers, MetricSpec, RowTable, default_metrics, score_systems};
+use ferrotune_eval::evaluate::{json_detail, metrics_for, now_rfc3339, row_results};
+use ferrotune_eval::gate::GateOutcome;
+use ferrotune_eval::report::{self, DataInfo, EvalFile, Settings, SystemInfo};
+use ferrotune_eval::rows::EvalRow;
+use ferrotune_eval::runner::Progress;
+use ferrotune_eval::score::{Answers, score_systems};
+use ferrotune_eval::{EvalSpec, Report};
 use ferrotune_model::store::DEFAULT_MODEL;
 
 use crate::textgen::WeightsArg;
@@ -157,44 +158,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `NAME=DIR` or `DIR`; the default name of `runs/demo/adapter` is `demo`.
-fn adapter_spec(s: &str) -> anyhow::Result<(SystemSpec, Option<PathBuf>)> {
-    let (name, dir) = match s.split_once('=') {
-        Some((n, d)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), PathBuf::from(d)),
-        _ => (None, PathBuf::from(s)),
-    };
-    if !dir.join("adapter_config.json").is_file() {
-        bail!(
-            "--adapter {}: no adapter_config.json there (expected a PEFT adapter folder, e.g. runs/NAME/adapter)",
-            dir.display()
-        );
-    }
-    let run = dir
-        .parent()
-        .filter(|p| p.join("lineage.json").is_file() || p.join("loss.svg").is_file())
-        .map(Path::to_path_buf);
-    let default_name = match (&run, dir.file_name()) {
-        (Some(r), Some(f)) if f == "adapter" => r.file_name().map(|n| n.to_string_lossy().into_owned()),
-        (_, Some(f)) => Some(f.to_string_lossy().into_owned()),
-        _ => None,
-    };
-    let name = name.or(default_name).unwrap_or_else(|| "adapter".into());
-    Ok((SystemSpec { name, adapter: Some(dir) }, run))
-}
-
-fn metrics_for(list: Option<&str>, rows: &[EvalRow], with_model: bool) -> anyhow::Result<Vec<MetricSpec>> {
-    Ok(match list {
-        Some(l) => MetricSpec::parse_list(l)?,
-        None => default_metrics(
-            rows.iter().all(|r| {
-                r.structured
-                    || serde_json::from_str::<serde_json::Value>(&r.reference).is_ok_and(|v| v.is_object())
-            }),
-            with_model,
-        ),
-    })
-}
-
 fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(len as u64);
     b.set_style(
@@ -208,66 +171,33 @@ fn bar(len: usize, what: &str) -> indicatif::ProgressBar {
 }
 
 fn evaluate(a: RunArgs) -> anyhow::Result<()> {
-    let data = a.data.clone().context("--data is required")?;
-    if !data.is_file() {
-        bail!("{}: no such file", data.display());
-    }
-    let gates: Vec<Gate> = a.gates.iter().map(|g| g.parse()).collect::<Result<_, _>>()?;
-    let baseline = a.baseline.as_deref().map(EvalFile::read).transpose()?;
-    let mut systems = vec![SystemSpec { name: "base".into(), adapter: None }];
-    let mut runs = Vec::new();
-    for s in &a.adapters {
-        let (spec, run) = adapter_spec(s)?;
-        if systems.iter().any(|x| x.name == spec.name) {
-            bail!("two systems are named `{}`; name them with --adapter NAME=DIR", spec.name);
-        }
-        if let Some(r) = run {
-            runs.push((spec.name.clone(), r));
-        }
-        systems.push(spec);
-    }
-    let rows = load_rows(&data, a.limit)?;
-    let metrics = metrics_for(a.metrics.as_deref(), &rows, true)?;
-    let out = a.out.clone().unwrap_or_else(|| match (runs.as_slice(), systems.len()) {
-        ([(_, run)], 2) => run.join("eval"),
-        _ => PathBuf::from("runs")
-            .join(format!("eval-{}", data.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())),
-    });
-    // Fail on a bad gate before the (long) run, not after it.
-    for g in &gates {
-        if !metrics.contains(&g.metric) {
-            bail!("--fail-if-worse {}: metric not in --metrics", g.metric);
-        }
-    }
-    if !gates.is_empty() && baseline.is_none() && systems.len() < 2 {
-        bail!("--fail-if-worse needs an --adapter to compare with the base, or --baseline FILE");
-    }
-
-    let mut m = crate::textgen::load(&a.model, a.weights)?;
-    eprintln!(
-        "evaluating {} on {} rows of {} ({} system(s))",
-        a.model,
-        rows.len(),
-        data.display(),
-        systems.len()
-    );
-    let sampling = ferrotune_model::SamplingParams {
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-        ..Default::default()
-    };
-    sampling.validate()?;
-    let settings = RunSettings {
+    let spec = EvalSpec {
+        data: a.data.clone().context("--data is required")?,
+        model: a.model.clone(),
+        weights: a.weights.mode(),
+        adapters: a.adapters.clone(),
+        metrics: a.metrics.clone(),
         max_tokens: a.max_tokens,
         batch_size: a.batch_size,
-        loss: metrics.iter().any(|m| m.needs_model()),
-        sampling,
+        limit: a.limit,
+        out: a.out.clone(),
+        sampling: ferrotune_model::SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+            ..Default::default()
+        },
         output: crate::textgen::output_format(a.json, a.json_schema.as_deref())?,
+        gates: a.gates.clone(),
+        baseline: a.baseline.clone(),
+        baseline_system: a.baseline_system.clone(),
+        resamples: a.resamples,
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let file = data.display().to_string();
-    let outputs = run_systems(&mut m, &file, &rows, &systems, &settings, &mut |p| match p {
+    let report = ferrotune_eval::run(&spec, &mut |p| match p {
+        Progress::Loaded { model, rows, data, systems } => {
+            eprintln!("evaluating {model} on {rows} rows of {} ({systems} system(s))", data.display());
+        }
         Progress::Start { system, phase, total } => {
             if let Some(b) = pb.take() {
                 b.finish();
@@ -279,122 +209,16 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
                 b.set_position(done as u64);
             }
         }
-    })?;
+    });
     if let Some(b) = pb.take() {
         b.finish();
     }
-
-    let references: Vec<String> = rows.iter().map(|r| r.reference.clone()).collect();
-    let answers: Vec<Answers<'_>> = outputs
-        .iter()
-        .map(|o| Answers { system: &o.spec.name, predictions: &o.predictions, loss: o.loss.as_deref() })
-        .collect();
-    let (results, table) = score_systems(&references, &answers, &metrics, a.resamples, a.seed)?;
-    let infos = outputs
-        .iter()
-        .map(|o| SystemInfo {
-            name: o.spec.name.clone(),
-            adapter: o.spec.adapter.as_ref().map(|p| p.display().to_string()),
-            run_dir: runs.iter().find(|(n, _)| *n == o.spec.name).map(|(_, r)| r.display().to_string()),
-            rows_per_sec: Some(o.rows_per_sec()),
-            generated_tokens: Some(o.generated_tokens),
-            generation_secs: Some(o.generation_secs),
-        })
-        .collect();
-    let finishes: Vec<Vec<Option<String>>> =
-        outputs.iter().map(|o| o.finish.iter().map(|f| Some(f.as_str().to_string())).collect()).collect();
-    let file = EvalFile {
-        ferrotune_version: env!("CARGO_PKG_VERSION").into(),
-        created: ferrotune_model::clock::utc_now_rfc3339(),
-        model: Some(a.model.clone()),
-        data: DataInfo {
-            path: data.display().to_string(),
-            sha256: ferrotune_model::store::sha256_file(&data)?,
-            rows: rows.len(),
-        },
-        settings: Settings {
-            decoding: if a.temperature == 0.0 {
-                "greedy".into()
-            } else {
-                format!("sampled (temperature {}, top_p {}, seed {})", a.temperature, a.top_p, a.seed)
-            },
-            max_tokens: Some(a.max_tokens),
-            batch_size: Some(a.batch_size),
-            bootstrap_resamples: a.resamples,
-            seed: a.seed,
-        },
-        systems: infos,
-        json_match: json_detail(&metrics, &answers, &references),
-        rows: row_results(&rows, &answers, &finishes, &table),
-        metrics: results,
-    };
-    finish(
-        &file,
-        &out,
-        &runs,
-        &gates,
-        baseline.as_ref().map(|b| (b, a.baseline_system.as_deref())),
-        &a.registry,
-    )
+    finish(&report?, &a.registry)
 }
 
-fn json_detail(
-    metrics: &[MetricSpec],
-    answers: &[Answers<'_>],
-    references: &[String],
-) -> Option<serde_json::Value> {
-    if !metrics.contains(&MetricSpec::Text(Metric::JsonMatch)) {
-        return None;
-    }
-    let refs: Vec<&str> = references.iter().map(String::as_str).collect();
-    let mut map = serde_json::Map::new();
-    for a in answers {
-        let preds: Vec<&str> = a.predictions.iter().map(String::as_str).collect();
-        map.insert(a.system.to_string(), serde_json::to_value(json_match_report(&preds, &refs)).ok()?);
-    }
-    Some(serde_json::Value::Object(map))
-}
-
-fn row_results(
-    rows: &[EvalRow],
-    answers: &[Answers<'_>],
-    finishes: &[Vec<Option<String>>],
-    table: &RowTable,
-) -> Vec<RowResult> {
-    rows.iter()
-        .enumerate()
-        .map(|(i, r)| RowResult {
-            line: r.line,
-            question: r.question().to_string(),
-            reference: r.reference.clone(),
-            outputs: answers
-                .iter()
-                .enumerate()
-                .map(|(s, a)| RowOutput {
-                    system: a.system.to_string(),
-                    prediction: a.predictions[i].clone(),
-                    finish: finishes.get(s).and_then(|f| f[i].clone()),
-                    scores: table
-                        .metrics
-                        .iter()
-                        .enumerate()
-                        .map(|(mi, m)| (m.name().to_string(), table.row_score(s, mi, i)))
-                        .collect(),
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// Print the table, write the files, apply the gates.
-fn finish(
-    file: &EvalFile,
-    out: &Path,
-    runs: &[(String, PathBuf)],
-    gates: &[Gate],
-    baseline: Option<(&EvalFile, Option<&str>)>,
-    registry: &crate::record::RegistryFlags,
-) -> anyhow::Result<()> {
+/// Print the table and the files written, record the run, apply the gates.
+fn finish(report: &Report, registry: &crate::record::RegistryFlags) -> anyhow::Result<()> {
+    let (file, out) = (&report.file, &report.out);
     println!("{}", report::metric_table(file));
     for s in &file.systems {
         if let (Some(r), Some(t)) = (s.rows_per_sec, s.generation_secs) {
@@ -407,11 +231,8 @@ fn finish(
             );
         }
     }
-    let primary =
-        file.metrics.iter().find(|m| m.name == "rougeL").or(file.metrics.first()).map(|m| m.name.as_str());
-    report::write_all(out, file, runs, primary)?;
     println!("wrote {0}/eval.json, {0}/report.md, {0}/metrics.svg", out.display());
-    let eval_json = out.join("eval.json");
+    let eval_json = report.eval_json();
     let eval_hash = crate::record::hash_file(&eval_json)?;
     let headline: serde_json::Map<String, serde_json::Value> = file
         .metrics
@@ -449,10 +270,10 @@ fn finish(
             if matched.is_empty() { String::new() } else { format!(": {}", matched.join(", ")) }
         );
     }
-    if gates.is_empty() {
+    let outcomes = report.check_gates()?;
+    if outcomes.is_empty() {
         return Ok(());
     }
-    let outcomes = gate::check(file, gates, baseline)?;
     let failed: Vec<&GateOutcome> = outcomes.iter().filter(|o| !o.passed).collect();
     for o in &outcomes {
         println!("{}", o.describe());
@@ -512,7 +333,7 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
     let (results, table) = score_systems(&references, &answers, &metrics, a.resamples, a.seed)?;
     let file = EvalFile {
         ferrotune_version: env!("CARGO_PKG_VERSION").into(),
-        created: ferrotune_model::clock::utc_now_rfc3339(),
+        created: now_rfc3339(),
         model: None,
         data: DataInfo {
             path: path.display().to_string(),

@@ -94,10 +94,13 @@ fn names(v: Vec<String>) -> Vec<String> {
     v.into_iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect()
 }
 
+/// `YYYY-MM-DD hh:mm` (UTC) of a Unix time; the number itself if no calendar date has it.
 fn date(unix: i64) -> String {
-    let (y, m, d) = ferrotune_model::clock::civil_from_days(unix.div_euclid(86_400));
-    let t = unix.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", t / 3600, t / 60 % 60)
+    let when = time::OffsetDateTime::from_unix_timestamp(unix).ok();
+    let text = when.and_then(|t| {
+        t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]")).ok()
+    });
+    text.unwrap_or_else(|| unix.to_string())
 }
 
 pub fn run(a: KeysArgs) -> anyhow::Result<()> {
@@ -192,4 +195,16 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Key listings show the same calendar dates as before the `time` crate (day 20 787 is
+    /// 2026-11-30).
+    #[test]
+    fn dates_are_utc_calendar_minutes() {
+        assert_eq!(super::date(0), "1970-01-01 00:00");
+        assert_eq!(super::date(20_787 * 86_400 + 3_723), "2026-11-30 01:02");
+        assert_eq!(super::date(-1), "1969-12-31 23:59");
+    }
 }

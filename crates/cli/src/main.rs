@@ -2,7 +2,6 @@
 
 mod audit;
 mod bench;
-mod bench_structured;
 mod data;
 mod eval;
 mod guard;

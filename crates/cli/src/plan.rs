@@ -100,7 +100,7 @@ fn calibrate() -> anyhow::Result<()> {
         bail!("the calibration benchmark failed ({status})");
     }
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tmp)?)?;
-    v["calibrated"] = serde_json::Value::String(ferrotune_model::clock::utc_now_rfc3339());
+    v["calibrated"] = serde_json::Value::String(ferrotune_train::lineage::now_rfc3339());
     v["threads"] = serde_json::json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     std::fs::write(&tmp, serde_json::to_string_pretty(&v)? + "\n")?;
     std::fs::rename(&tmp, &path).with_context(|| path.display().to_string())?;

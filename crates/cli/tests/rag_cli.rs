@@ -90,8 +90,8 @@ fn a_k_beyond_the_limit_is_a_usage_error() -> anyhow::Result<()> {
     // A BM25 query on synthetic vectors needs no embedder.
     let dir = tempfile::tempdir()?;
     let kb = dir.path();
-    ferrotune_rag::bench::build_synthetic_kb(&kb.join("syn"), 30, 8, 1)?;
-    let passage = &ferrotune_rag::bench::generated_docs(30, 1)[0].text;
+    ferrotune_rag::synthetic::build_synthetic_kb(&kb.join("syn"), 30, 8, 1)?;
+    let passage = &ferrotune_rag::synthetic::generated_docs(30, 1)[0].text;
     let q: String = passage.split_whitespace().take(12).collect::<Vec<_>>().join(" ");
     for k in ["18446744073709551615", "1001", "0"] {
         let o = run(kb, &["query", "--kb", "syn", &q, "--mode", "bm25", "--k", k])?;

@@ -108,10 +108,14 @@ fn float(x: f64) -> Value {
     Number::from_f64(x).map_or_else(|| Value::String(x.to_string()), Value::Number)
 }
 
-/// `YYYY-MM-DD` of a day count since 1970-01-01.
+/// `YYYY-MM-DD` of a day count since 1970-01-01; past the years ±9999 that `time` represents
+/// (no real column), the day count itself, kept visible rather than failing.
 fn date(days: i64) -> String {
-    let (y, m, d) = ferrotune_model::clock::civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
+    let julian = i32::try_from(days).ok().and_then(|d| d.checked_add(2_440_588));
+    match julian.and_then(|j| time::Date::from_julian_day(j).ok()) {
+        Some(d) => format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()),
+        None => format!("1970-01-01{days:+}d"),
+    }
 }
 
 /// RFC 3339 UTC time of `units` since the epoch, `per_sec` units a second.

@@ -16,14 +16,29 @@ pub enum EvalError {
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption { option: &'static str, reason: String },
 
+    /// One value of a repeatable option (`--adapter DIR`, `--fail-if-worse METRIC`).
+    #[error("{option} {value}: {reason}")]
+    InvalidValue { option: &'static str, value: String, reason: String },
+
+    /// An option that only makes sense with another.
+    #[error("{option} needs {what}")]
+    Needs { option: &'static str, what: String },
+
+    #[error("two systems are named `{name}`; name them with --adapter NAME=DIR")]
+    DuplicateSystem { name: String },
+
+    #[error("loading model {spec}")]
+    Load {
+        spec: String,
+        #[source]
+        source: ferrotune_model::ModelError,
+    },
+
     #[error(transparent)]
     Data(#[from] ferrotune_data::DataError),
 
     #[error(transparent)]
     Model(#[from] ferrotune_model::ModelError),
-
-    #[error(transparent)]
-    Train(#[from] ferrotune_train::TrainError),
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

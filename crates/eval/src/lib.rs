@@ -10,9 +10,11 @@
 //! - [`score`]: every metric per system with intervals and paired differences from the base.
 //! - [`report`]: `eval.json`, `report.md`, `metrics.svg`.
 //! - [`gate`]: `--fail-if-worse` against the base or a stored baseline.
+//! - [`evaluate`]: all of it in one call, [`run`]`(&EvalSpec)` → [`Report`] (`ferrotune eval`).
 
 pub mod bootstrap;
 pub mod error;
+pub mod evaluate;
 pub mod gate;
 pub mod metrics;
 pub mod report;
@@ -21,3 +23,4 @@ pub mod runner;
 pub mod score;
 
 pub use error::{EvalError, Result};
+pub use evaluate::{EvalSpec, Report, run};

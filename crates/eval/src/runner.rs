@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrotune_data::{Record, RenderOptions, Renderer, Role, Turn, render_for_training};
+use ferrotune_model::batch::{Example, loss_sum, make_batch};
 use ferrotune_model::constrain::{Grammars, JsonFormat};
 use ferrotune_model::{
     Adapter, FinishReason, GenerateParams, LoadedModel, Message, SamplingParams, generate_batch_constrained,
 };
-use ferrotune_train::batch::{Example, loss_sum, make_batch};
 
 use crate::error::{EvalError, Result};
 use crate::rows::EvalRow;
@@ -60,8 +60,21 @@ impl SystemOutput {
 /// Progress of a run, for a progress bar.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
-    Start { system: &'a str, phase: &'static str, total: usize },
-    Advance { done: usize },
+    /// The model is loaded ([`crate::evaluate::run`]): `systems` will each run over `rows`.
+    Loaded {
+        model: &'a str,
+        rows: usize,
+        data: &'a std::path::Path,
+        systems: usize,
+    },
+    Start {
+        system: &'a str,
+        phase: &'static str,
+        total: usize,
+    },
+    Advance {
+        done: usize,
+    },
 }
 
 fn messages(turns: &[Turn]) -> Vec<Message> {

@@ -59,8 +59,17 @@ impl<'a> Event<'a> {
     }
 }
 
+/// UTC now as `YYYY-MM-DDThh:mm:ssZ`.
 pub(crate) fn now() -> String {
-    ferrotune_model::clock::utc_now_rfc3339()
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` (RFC 3339, UTC, whole seconds): the form every stored time has, so
+/// times compare as strings.
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    let utc = t.to_offset(time::UtcOffset::UTC);
+    utc.format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z"))
+        .unwrap_or_default()
 }
 
 fn exists(c: &Connection, table: &str, id: i64) -> Res<bool> {
@@ -328,5 +337,22 @@ impl Registry {
     /// version holding the same files.
     pub fn register_eval(&self, e: &NewEval) -> Result<EvalRecord> {
         self.write(|c| insert_eval(c, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored form of times is unchanged by the move to the `time` crate: no fractional
+    /// seconds, a `Z`, and a UTC offset converted (not dropped).
+    #[test]
+    fn times_are_rfc3339_utc_in_whole_seconds() {
+        let t = time::macros::datetime!(2026-11-30 01:02:03.456 +02:00);
+        assert_eq!(rfc3339(t), "2026-11-29T23:02:03Z");
+        assert_eq!(rfc3339(time::OffsetDateTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let n = now();
+        assert_eq!(n.len(), 20, "{n}");
+        assert!(n.ends_with('Z') && n.as_bytes()[10] == b'T', "{n}");
     }
 }

@@ -130,7 +130,9 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out
 /// `strftime_now(fmt)` for templates that stamp today's date (Llama 3.1). Supports the codes
 /// those templates use: %d %m %Y %y %b %B %H %M %S %%.
 fn strftime_now(fmt: &str) -> String {
-    let (y, m, d, tod) = crate::clock::utc_now();
+    let now = time::OffsetDateTime::now_utc();
+    let (y, m, d) = (i64::from(now.year()), i64::from(u8::from(now.month())), i64::from(now.day()));
+    let tod = i64::from(now.hour()) * 3600 + i64::from(now.minute()) * 60 + i64::from(now.second());
     const MONTHS: [&str; 12] = [
         "January",
         "February",

@@ -13,6 +13,7 @@
 //! - [`ops`]: the training ops, one file per op (matmul, LoRA linear, the fused layer halves,
 //!   RMSNorm, SwiGLU, RoPE and the heads' split, dropout, the head's cross-entropy), each with its
 //!   autograd form, CPU body and CUDA launch; the CUDA C is in `src/kernels/*.cu`.
+//! - [`batch`]: teacher-forced batches and their loss (training and evaluation share it).
 //!
 //! CPU inference kernels: [`qkernels`] (Q4_1 / Q8_0 SIMD matmuls; candle has none for Q4_1),
 //! [`packed`] (f32 weights packed for few-row products), [`pool`] (the decode work pool),
@@ -34,8 +35,8 @@
 pub mod ops;
 
 pub mod attention;
+pub mod batch;
 pub mod chat;
-pub mod clock;
 pub mod config;
 pub mod constrain;
 pub mod error;

@@ -10,7 +10,7 @@
 //! gradients) or, earlier, the chunked cross-entropy's logits; whichever is larger.
 
 use ferrotune_model::ModelConfig;
-use ferrotune_model::handoff::{KEEP_PROBS_MAX_BYTES_CPU, KEEP_PROBS_MAX_T};
+use ferrotune_model::attention::train::{KEEP_PROBS_MAX_BYTES_CPU, KEEP_PROBS_MAX_T};
 use serde::Serialize;
 
 use crate::{Backend, Method};
@@ -34,7 +34,7 @@ pub const CUBLAS_WORKSPACE_BYTES: u64 = 68 * MIB;
 /// (the idle binary alone: 7 MiB).
 pub const CPU_PROCESS_BYTES: u64 = 35 * MIB;
 
-/// Rows of the cross-entropy's logits chunk (`handoff::ce_chunk_rows`, private there): about
+/// Rows of the cross-entropy's logits chunk (`ops::loss::ce_chunk_rows`, private there): about
 /// 64M values at a time.
 pub fn ce_chunk_rows(vocab: usize) -> usize {
     ((64usize << 20) / vocab.max(1)).max(1)
@@ -208,7 +208,7 @@ fn has(targets: &[String], name: &str) -> bool {
 /// masked input too (`LoraSaved::masked_input`; the GPU recomputes the mask in backward).
 ///
 /// CPU, f32, all four attention (or all three MLP) projections adapted: the half is one op
-/// (`handoff::lora_attention_residual`, `lora_mlp_residual`) that keeps the input, q after
+/// (`ops::layer::lora_attention_residual`, `lora_mlp_residual`) that keeps the input, q after
 /// RoPE, k, v, the merged heads (o's input), each projection's `h` and masked input — without
 /// dropout q, k and v share one `h₁`, with it each has its own copy — and for the MLP `g`, `u`,
 /// `s` (down's input) and `h₂` (one copy, or two with dropout).
@@ -447,7 +447,7 @@ pub fn training_with(
 
     // Outside the layers: the last layer's output, the final norm's, the target rows picked from
     // it (`batch::loss_sum`), and — for a frozen head — `∂h` taken in forward by the chunked
-    // cross-entropy (`handoff::HeadCrossEntropy`). Full fine-tuning keeps the whole logits: bf16
+    // cross-entropy (`ops::loss::HeadCrossEntropy`). Full fine-tuning keeps the whole logits: bf16
     // (the matmul's output, kept by the cast), their f32 copy, `logits − max` and its `exp`
     // (candle's `log_sum_exp`; exp's backward reads its output).
     let head = if full {

@@ -331,7 +331,7 @@ mod tests {
 
     #[test]
     fn approximate_scores_stay_within_the_error_bound() {
-        let mut g = crate::bench::TextGen::new(3);
+        let mut g = crate::synthetic::TextGen::new(3);
         let rows: Vec<f32> = (0..500).flat_map(|_| g.unit_vector(64)).collect();
         let idx = Int8Rows::from_rows(64, &rows);
         for _ in 0..20 {

@@ -10,9 +10,9 @@
 //! - [`kb`]: [`KnowledgeBase`] — open once, `query` concurrently from many threads;
 //!   [`writer`]: [`Writer`] — ingest / replace / delete, one writer at a time; [`manifest`]: `kb.json`.
 //! - [`metrics`], [`eval`]: recall@k, MRR@10, nDCG@10 over labelled queries.
-//! - [`bench`]: the retrieval benchmark (`ferrotune bench rag`): ingest throughput, query latency.
+//! - [`synthetic`]: seeded generated text and synthetic indexes, for tests and the retrieval
+//!   benchmark (`ferrotune-bench`).
 
-pub mod bench;
 pub mod bert;
 pub mod bm25;
 pub mod chunk;
@@ -26,6 +26,7 @@ pub mod kb;
 pub mod manifest;
 pub mod metrics;
 pub mod source;
+pub mod synthetic;
 pub mod vectors;
 pub mod writer;
 

@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn two_pass_search_returns_the_exact_top_k_of_random_unit_vectors() {
-        let mut g = crate::bench::TextGen::new(11);
+        let mut g = crate::synthetic::TextGen::new(11);
         let dim = 384;
         let rows: Vec<Vec<f32>> = (0..5000).map(|_| g.unit_vector(dim)).collect();
         let mut v = VectorIndex::new(dim);
@@ -316,7 +316,7 @@ mod tests {
     fn near_duplicates_widen_the_rerank_and_still_match_the_exact_top_k() {
         // 3000 rows within ~1e-3 of one direction, 8-bit steps are ~5e-4 per element: the best
         // 100 by 8-bit score cannot be proved complete, so the search must rescore more rows.
-        let mut g = crate::bench::TextGen::new(5);
+        let mut g = crate::synthetic::TextGen::new(5);
         let dim = 64;
         let base = g.unit_vector(dim);
         let rows: Vec<Vec<f32>> = (0..3000)
@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn identical_rows_tie_to_the_row_stored_first_as_exact_search_does() {
-        let mut g = crate::bench::TextGen::new(8);
+        let mut g = crate::synthetic::TextGen::new(8);
         let dup = g.unit_vector(32);
         let mut v = VectorIndex::new(32);
         for id in 0..400u64 {
@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn non_finite_values_fall_back_to_the_exact_scan_without_panicking() {
-        let mut g = crate::bench::TextGen::new(9);
+        let mut g = crate::synthetic::TextGen::new(9);
         let mut v = VectorIndex::new(16);
         for id in 0..300u64 {
             let mut row = g.unit_vector(16);
@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn retain_keeps_the_codes_in_step_with_the_rows() {
-        let mut g = crate::bench::TextGen::new(12);
+        let mut g = crate::synthetic::TextGen::new(12);
         let rows: Vec<Vec<f32>> = (0..1000).map(|_| g.unit_vector(48)).collect();
         let mut v = VectorIndex::new(48);
         for (id, row) in rows.iter().enumerate() {

@@ -72,9 +72,9 @@ fn the_largest_k_returns_every_chunk_in_every_mode() -> anyhow::Result<()> {
     // A user's `k` once sized heaps and vectors up front (`with_capacity(k + 1)`); k is now
     // bounded by MAX_K (a larger one is an error, below), and the bound itself returns what there is.
     let tmp = tempfile::tempdir()?;
-    ferrotune_rag::bench::build_synthetic_kb(tmp.path(), 300, 16, 3)?;
+    ferrotune_rag::synthetic::build_synthetic_kb(tmp.path(), 300, 16, 3)?;
     let kb = ferrotune_rag::KnowledgeBase::open(tmp.path())?;
-    let q = ferrotune_rag::bench::TextGen::new(4).unit_vector(16);
+    let q = ferrotune_rag::synthetic::TextGen::new(4).unit_vector(16);
     for mode in ferrotune_rag::Mode::ALL {
         let hits = kb.query_with_vector("order refund battery", Some(&q), ferrotune_rag::MAX_K, mode)?;
         assert!(!hits.is_empty() && hits.len() <= 300, "{mode:?}: {} hits", hits.len());
@@ -88,7 +88,7 @@ fn the_largest_k_returns_every_chunk_in_every_mode() -> anyhow::Result<()> {
 #[test]
 fn a_huge_k_is_an_error_and_the_largest_allowed_k_returns_every_match() -> anyhow::Result<()> {
     // Regression: `k + 10` wrapped for k = usize::MAX, so the query quietly returned 9 hits.
-    use ferrotune_rag::bench::{build_synthetic_kb, generated_docs};
+    use ferrotune_rag::synthetic::{build_synthetic_kb, generated_docs};
     use ferrotune_rag::{KnowledgeBase, MAX_K, Mode};
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("kb");

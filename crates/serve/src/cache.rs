@@ -3,8 +3,10 @@
 //! set, so replicas behind one load balancer share answers. The key is a SHA-256 over the
 //! endpoint, the model and adapter, the prompt token ids (after chat-template rendering) and
 //! every parameter that changes the output, so two requests share an entry only when the engine
-//! would give them the same answer. Responses are stored without their `id` / `created`, which
-//! are stamped afresh on each hit. A Redis that fails or is slow only costs cache misses.
+//! would give them the same answer. Responses are stored as their typed body
+//! ([`crate::response`]), with only the guards' actions on the answers; each hit gets a fresh
+//! `id` / `created` and the request's own guard list. A Redis that fails or is slow, or an entry
+//! that does not read back as the endpoint's body, only costs cache misses.
 //!
 //! "The model and adapter" means their weights, not their names: the key carries the SHA-256 of
 //! the base model's files (with the weight path and this build's version, which change the

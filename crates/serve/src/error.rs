@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::engine::SubmitError;
+use crate::response::{ErrorBody, ErrorResponse};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -212,9 +212,16 @@ impl ApiError {
     }
 
     /// The JSON body (also sent as an SSE event when a stream fails after it started).
-    pub fn body(&self) -> serde_json::Value {
+    pub fn body(&self) -> ErrorResponse {
         let (kind, code) = self.kind();
-        json!({"error": {"message": self.to_string(), "type": kind, "code": code, "param": self.param()}})
+        ErrorResponse {
+            error: ErrorBody {
+                message: self.to_string(),
+                kind: kind.to_string(),
+                code: code.to_string(),
+                param: self.param().map(str::to_string),
+            },
+        }
     }
 
     /// Map an engine refusal; `model` is the name the client asked for.
@@ -302,7 +309,7 @@ mod tests {
             ApiError::Internal,
         ];
         for e in all {
-            let b = e.body();
+            let b = serde_json::to_value(e.body()).expect("serialize");
             let err = &b["error"];
             assert!(err["message"].is_string() && err["type"].is_string() && err["code"].is_string(), "{b}");
             assert!(err.get("param").is_some(), "{b}");
@@ -313,16 +320,15 @@ mod tests {
     fn guard_refusals_name_their_field() {
         let b =
             ApiError::PromptInjection { param: "messages[2].content".into(), detail: "score 0.97".into() }
-                .body();
-        assert_eq!(b["error"]["code"], "prompt_injection_detected");
-        assert_eq!(b["error"]["type"], "invalid_request_error");
-        assert_eq!(b["error"]["param"], "messages[2].content");
+                .body()
+                .error;
+        assert_eq!(b.code, "prompt_injection_detected");
+        assert_eq!(b.kind, "invalid_request_error");
+        assert_eq!(b.param.as_deref(), Some("messages[2].content"));
         let e = ApiError::PermissionDenied { param: "echo".into() };
         assert_eq!(e.status(), StatusCode::FORBIDDEN);
-        assert_eq!(
-            (e.body()["error"]["code"].as_str(), e.body()["error"]["param"].as_str()),
-            (Some("permission_denied"), Some("echo"))
-        );
+        let b = e.body().error;
+        assert_eq!((b.code.as_str(), b.param.as_deref()), ("permission_denied", Some("echo")));
     }
 
     #[test]

@@ -30,11 +30,12 @@ use ferrotune_guard::injection::InjectionDetector;
 use ferrotune_guard::{GuardAction, GuardKind, GuardMode};
 use ferrotune_model::{Message, Tokenizer};
 use ferrotune_rag::{Hit, KnowledgeBase, Mode, kb_path};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::config::RagConfig;
 use crate::error::ApiError;
+use crate::response::Source;
 
 /// Open knowledge bases, shared by requests (each is `Send + Sync`; queries take `&self`).
 pub struct Knowledge {
@@ -70,9 +71,9 @@ fn internal(detail: String) -> ApiError {
 /// What grounding added to a request.
 pub struct Grounded {
     pub knowledge_base: String,
-    /// `sources` of the response: `[{"index","doc_id","start_char","end_char","score"}]`, the
-    /// chunks the injection guard dropped last (`"index": null, "dropped": true`).
-    pub sources: Vec<Value>,
+    /// `sources` of the response, the chunks the injection guard dropped last (`"index": null,
+    /// "dropped": true`).
+    pub sources: Vec<Source>,
     /// Document ids of the chunks put into the prompt, in rank order.
     pub used: Vec<String>,
     pub retrieval_secs: f64,
@@ -102,9 +103,15 @@ impl Knowledge {
     /// to the model / adapter it names (the caller may already use that model). A base named in
     /// the body needs the key's `kbs` scope unless it is the one attached to the model: 403
     /// otherwise, before the name is looked at, so a key cannot probe which bases exist.
-    pub fn pick(&self, body: &Value, model: &str, caller: &Caller) -> Result<Option<String>, ApiError> {
+    /// `requested`: the body's `knowledge_base`, as sent.
+    pub fn pick(
+        &self,
+        requested: Option<&Value>,
+        model: &str,
+        caller: &Caller,
+    ) -> Result<Option<String>, ApiError> {
         let attached = self.cfg.attach.get(model);
-        match body.get("knowledge_base") {
+        match requested {
             None | Some(Value::Null) => Ok(attached.cloned()),
             Some(Value::String(s)) if !s.is_empty() => {
                 caller.check_kb(s, attached == Some(s))?;
@@ -185,21 +192,26 @@ impl Knowledge {
         let retrieval_secs = t0.elapsed().as_secs_f64();
         let picked = within_budget(hits, tok, self.cfg.context_tokens, screen);
         let chosen: Vec<Hit> = picked.kept.iter().map(|(h, _)| h.clone()).collect();
-        let mut sources: Vec<Value> = picked
+        let source = |index: Option<usize>, h: &Hit| Source {
+            index,
+            doc_id: h.doc_id.clone(),
+            start_char: h.start_char,
+            end_char: h.end_char,
+            score: h.score,
+            flagged: None,
+            dropped: None,
+            reason: None,
+        };
+        let mut sources: Vec<Source> = picked
             .kept
             .iter()
             .enumerate()
-            .map(|(i, (h, flagged))| {
-                let mut s = json!({"index": i + 1, "doc_id": h.doc_id, "start_char": h.start_char, "end_char": h.end_char, "score": h.score});
-                if *flagged {
-                    s["flagged"] = true.into();
-                }
-                s
-            })
+            .map(|(i, (h, flagged))| Source { flagged: flagged.then_some(true), ..source(Some(i + 1), h) })
             .collect();
-        sources.extend(picked.dropped.iter().map(|h| {
-            json!({"index": null, "doc_id": h.doc_id, "start_char": h.start_char, "end_char": h.end_char, "score": h.score,
-                   "dropped": true, "reason": "prompt_injection"})
+        sources.extend(picked.dropped.iter().map(|h| Source {
+            dropped: Some(true),
+            reason: Some("prompt_injection".into()),
+            ..source(None, h)
         }));
         let used = chosen.iter().map(|h| h.doc_id.clone()).collect();
         let block = prompt_block(&chosen);

@@ -13,7 +13,7 @@
 //!   ([`RequestGuards::protect_system`]); `log` adds none (verbatim spans only).
 //! - **Visible**: each action goes to `/metrics` (`ferrotune:guard_actions_total{guard,action}`),
 //!   the request log and the audit entry as it happens ([`RequestGuards::note`]), and into the
-//!   response's `guards` list ([`RequestGuards::put_into`]) — absent when no guard acted.
+//!   response's `guards` list ([`RequestGuards::all`]) — absent when no guard acted.
 //!
 //! The common path stays cheap: with the output guards off (or `system_prompt_leak` with no
 //! system prompt to protect) no filter exists and the token path is unchanged.
@@ -26,7 +26,6 @@ use ferrotune_guard::settings::Resolved;
 use ferrotune_guard::{GuardAction, GuardError, GuardKind, GuardMode, GuardsConfig};
 use ferrotune_model::Message;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -284,45 +283,27 @@ impl RequestGuards {
     }
 
     /// A cached body's `guards` (what the guards did to its answers) happened again: count them.
-    pub fn replay(&mut self, cached: &Value) {
-        let Some(list) = cached.get("guards").and_then(Value::as_array) else { return };
-        for v in list {
-            if let Ok(a) = serde_json::from_value::<Acted>(v.clone()) {
-                self.note(
-                    GuardAction { guard: a.guard, action: a.action, detail: a.detail },
-                    Some(a.index.unwrap_or(0)),
-                );
-            }
+    pub fn replay(&mut self, cached: &[Acted]) {
+        for a in cached {
+            self.note(
+                GuardAction { guard: a.guard, action: a.action, detail: a.detail.clone() },
+                Some(a.index.unwrap_or(0)),
+            );
         }
     }
 
     /// Everything the guards did, as the response's `guards`; `None` when nothing.
-    pub fn all(&self) -> Option<Value> {
+    pub fn all(&self) -> Option<Vec<Acted>> {
         if self.input.is_empty() && self.output.is_empty() {
             return None;
         }
-        serde_json::to_value(self.input.iter().chain(&self.output).collect::<Vec<_>>()).ok()
+        Some(self.input.iter().chain(&self.output).cloned().collect())
     }
 
-    /// Set `guards` on a response body (everything; absent when nothing happened).
-    pub fn put_into(&self, body: &mut Value) {
-        set_guards(body, self.all());
-    }
-
-    /// The body as the response cache keeps it: only what the guards did to the answers (the
-    /// input's actions happen, and are counted, again on each request).
-    pub fn put_output_into(&self, body: &mut Value) {
-        let out = (!self.output.is_empty()).then(|| serde_json::to_value(&self.output).ok()).flatten();
-        set_guards(body, out);
-    }
-}
-
-fn set_guards(body: &mut Value, list: Option<Value>) {
-    if let Some(obj) = body.as_object_mut() {
-        match list {
-            Some(l) => _ = obj.insert("guards".into(), l),
-            None => _ = obj.remove("guards"),
-        }
+    /// The `guards` of the body as the response cache keeps it: only what the guards did to the
+    /// answers (the input's actions happen, and are counted, again on each request).
+    pub fn answers(&self) -> Option<Vec<Acted>> {
+        (!self.output.is_empty()).then(|| self.output.clone())
     }
 }
 

@@ -5,8 +5,9 @@
 //! - [`app`]: shared state, the router and graceful shutdown; [`startup`]: config → running
 //!   state; [`config`]: `serve.toml`.
 //! - [`routes`]: chat, completions, embeddings, models / adapters, health / metrics — over
-//!   [`openai`] (request bodies), [`generation`] (validation, submission, event collection) and
-//!   [`stream`] (SSE).
+//!   [`openai`] (request bodies), [`response`] (the typed response bodies), [`generation`]
+//!   (validation, submission, event collection) and [`stream`] (SSE); chat and completions share
+//!   one pipeline ([`routes::pipeline`]: parse, resolve, guards, cache, submit, stream or collect).
 //! - [`browser`] (Host, Origin / CORS, Content-Type: what a web page may do); [`auth`] + [`keys`]
 //!   (hashed API keys in SQLite) + [`limits`] (per-key buckets, leases, fair share);
 //!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log and
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod openai;
 pub mod record;
 pub mod registry;
+pub mod response;
 pub mod routes;
 pub mod startup;
 pub mod stream;

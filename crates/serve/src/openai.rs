@@ -54,6 +54,9 @@ pub struct ChatRequest {
     pub top_logprobs: Option<u32>,
     /// Structured output ([`response_format`]).
     pub response_format: Option<Value>,
+    /// Our extension: the knowledge base to ground the answer in
+    /// ([`crate::grounding::Knowledge::pick`] checks it).
+    pub knowledge_base: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,14 +20,18 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use ferrotune_guard::output::OutputGuard;
 use futures_util::stream::{self, AbortHandle, BoxStream, SelectAll, StreamExt};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::{EngineHandle, Event};
 use crate::error::ApiError;
 use crate::generation::{CONTENT_FILTER, Tracker, token_text};
-use crate::guards::RequestGuards;
+use crate::guards::{Acted, RequestGuards};
 use crate::record::RequestRecord;
+use crate::response::{
+    ChatChunkChoice, ChatCompletionChunk, ChatLogprobs, CompletionChunk, CompletionChunkChoice, Delta,
+    LegacyLogprobs, Object, Source, Usage,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkKind {
@@ -48,7 +52,7 @@ pub struct StreamSpec {
     /// Completions with `echo`: the prompt text per prompt, sent as each choice's first chunk.
     pub echo: Option<Vec<String>>,
     /// Grounded chat: `knowledge_base` and `sources`, put on each choice's opening chunk.
-    pub grounding: Option<(String, Value)>,
+    pub grounding: Option<(String, Vec<Source>)>,
     /// The request's guards: their output filters run on each choice's text, and what they did
     /// is sent before the usage chunk.
     pub guards: RequestGuards,
@@ -132,36 +136,87 @@ pub fn sse_response(
 }
 
 impl Ctx {
-    fn push(&mut self, v: Value) {
-        self.pending.push_back(SseEvent::default().data(v.to_string()));
+    fn push(&mut self, v: &impl Serialize) {
+        match serde_json::to_string(v) {
+            Ok(data) => self.pending.push_back(SseEvent::default().data(data)),
+            Err(e) => tracing::error!("could not serialize a stream chunk: {e}"),
+        }
     }
 
-    fn chunk(&self, choices: Value) -> Value {
-        let object = match self.spec.kind {
-            ChunkKind::Chat => "chat.completion.chunk",
-            ChunkKind::Completion => "text_completion",
-        };
-        json!({"id": self.spec.id, "object": object, "created": self.spec.created, "model": self.spec.model, "choices": choices})
+    fn chat_chunk(&self, choices: Vec<ChatChunkChoice>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.spec.id.clone(),
+            object: Object::ChatCompletionChunk,
+            created: self.spec.created,
+            model: self.spec.model.clone(),
+            choices,
+            knowledge_base: None,
+            sources: None,
+            guards: None,
+            usage: None,
+        }
+    }
+
+    fn text_chunk(&self, choices: Vec<CompletionChunkChoice>) -> CompletionChunk {
+        CompletionChunk {
+            id: self.spec.id.clone(),
+            object: Object::TextCompletion,
+            created: self.spec.created,
+            model: self.spec.model.clone(),
+            choices,
+            guards: None,
+            usage: None,
+        }
+    }
+
+    /// A chunk of choice `i` alone: chat's `delta` or completions' `text`.
+    fn send_chat(&mut self, i: usize, delta: Delta, logprobs: Option<ChatLogprobs>, finish: Option<&str>) {
+        let finish_reason = finish.map(str::to_string);
+        let v = self.chat_chunk(vec![ChatChunkChoice { index: i, delta, logprobs, finish_reason }]);
+        self.push(&v);
+    }
+
+    fn send_text(&mut self, i: usize, text: String, logprobs: Option<LegacyLogprobs>, finish: Option<&str>) {
+        let finish_reason = finish.map(str::to_string);
+        let v = self.text_chunk(vec![CompletionChunkChoice { index: i, text, logprobs, finish_reason }]);
+        self.push(&v);
+    }
+
+    /// A chunk without choices, carrying the guards' list or the usage.
+    fn send_tail(&mut self, guards: Option<Vec<Acted>>, usage: Option<Usage>) {
+        match self.spec.kind {
+            ChunkKind::Chat => {
+                let v = ChatCompletionChunk { guards, usage, ..self.chat_chunk(vec![]) };
+                self.push(&v);
+            }
+            ChunkKind::Completion => {
+                let v = CompletionChunk { guards, usage, ..self.text_chunk(vec![]) };
+                self.push(&v);
+            }
+        }
     }
 
     /// Chat: the assistant role first; completions with echo: the prompt.
     fn opening(&mut self, i: usize) {
         match self.spec.kind {
             ChunkKind::Chat => {
-                let c = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-                let mut v = self.chunk(c);
+                let choice = ChatChunkChoice {
+                    index: i,
+                    delta: Delta::opening(),
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                let mut v = self.chat_chunk(vec![choice]);
                 if let Some((kb, sources)) = &self.spec.grounding {
-                    v["knowledge_base"] = kb.clone().into();
-                    v["sources"] = sources.clone();
+                    v.knowledge_base = Some(kb.clone());
+                    v.sources = Some(sources.clone());
                 }
-                self.push(v);
+                self.push(&v);
             }
             ChunkKind::Completion => {
                 let Some(text) = self.spec.echo.as_ref().map(|p| p[i / self.spec.n].clone()) else { return };
                 self.text_offset[i] = text.chars().count();
-                let v =
-                    self.chunk(json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}]));
-                self.push(v);
+                self.send_text(i, text, None, None);
             }
         }
     }
@@ -199,26 +254,25 @@ impl Ctx {
                 if text.is_empty() && lp.is_none() {
                     return;
                 }
-                let tok = &self.engine.info().tokenizer;
-                let v = match self.spec.kind {
+                match self.spec.kind {
                     ChunkKind::Chat => {
-                        let logprobs =
-                            lp.map(|lp| json!({"content": [crate::routes::chat::chat_logprob(tok, &lp)]}));
-                        self.chunk(json!([{"index": i, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}]))
+                        let tok = &self.engine.info().tokenizer;
+                        let logprobs = lp.map(|lp| ChatLogprobs {
+                            content: vec![crate::routes::chat::chat_logprob(tok, &lp)],
+                        });
+                        self.send_chat(i, Delta::text(text), logprobs, None);
                     }
                     ChunkKind::Completion => {
+                        let tok = &self.engine.info().tokenizer;
                         let logprobs = lp.map(|lp| {
                             let s = token_text(tok, id);
                             let offset = self.text_offset[i];
                             self.text_offset[i] += s.chars().count();
                             crate::routes::completions::legacy_logprobs(tok, &[(s, Some(lp))], offset)
                         });
-                        self.chunk(
-                            json!([{"index": i, "text": text, "logprobs": logprobs, "finish_reason": null}]),
-                        )
+                        self.send_text(i, text, logprobs, None);
                     }
-                };
-                self.push(v);
+                }
             }
             Event::Done { finish, prompt_tokens, completion_tokens } => {
                 // What the filter held back goes out now, filtered.
@@ -237,7 +291,7 @@ impl Ctx {
             }
             Event::Error(_) => {
                 // Already logged by the tracker; the client gets the generic error.
-                self.push(ApiError::Internal.body());
+                self.push(&ApiError::Internal.body());
             }
         }
     }
@@ -247,16 +301,10 @@ impl Ctx {
         if text.is_empty() {
             return;
         }
-        let c = match self.spec.kind {
-            ChunkKind::Chat => {
-                json!([{"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null}])
-            }
-            ChunkKind::Completion => {
-                json!([{"index": i, "text": text, "logprobs": null, "finish_reason": null}])
-            }
-        };
-        let v = self.chunk(c);
-        self.push(v);
+        match self.spec.kind {
+            ChunkKind::Chat => self.send_chat(i, Delta::text(text.to_string()), None, None),
+            ChunkKind::Completion => self.send_text(i, text.to_string(), None, None),
+        }
     }
 
     /// Choice `i` is over: usage, the record, and its last chunk.
@@ -269,14 +317,10 @@ impl Ctx {
         self.completion_tokens += completion_tokens;
         self.record.add_tokens(0, completion_tokens);
         self.record.set_choice(i, finish, None);
-        let c = match self.spec.kind {
-            ChunkKind::Chat => json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]),
-            ChunkKind::Completion => {
-                json!([{"index": i, "text": "", "logprobs": null, "finish_reason": finish}])
-            }
-        };
-        let v = self.chunk(c);
-        self.push(v);
+        match self.spec.kind {
+            ChunkKind::Chat => self.send_chat(i, Delta::default(), None, Some(finish)),
+            ChunkKind::Completion => self.send_text(i, String::new(), None, Some(finish)),
+        }
     }
 
     /// A `block` guard ended choice `i`: send what was released before the finding, drop the
@@ -301,26 +345,17 @@ impl Ctx {
         // Dropping the receivers cancels the sequences at the engine's next step.
         self.merged = SelectAll::new();
         let secs = (self.record.deadline - self.record.started()).as_secs_f64();
-        self.push(ApiError::Timeout((secs * 1000.0).round() / 1000.0).body());
+        self.push(&ApiError::Timeout((secs * 1000.0).round() / 1000.0).body());
         self.pending.push_back(SseEvent::default().data("[DONE]"));
         self.finished = true;
     }
 
     fn closing(&mut self) {
         if let Some(list) = self.spec.guards.all() {
-            let mut v = self.chunk(json!([]));
-            v["guards"] = list;
-            self.push(v);
+            self.send_tail(Some(list), None);
         }
         if self.spec.include_usage {
-            let usage = json!({
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-            });
-            let mut v = self.chunk(json!([]));
-            v["usage"] = usage;
-            self.push(v);
+            self.send_tail(None, Some(Usage::new(self.prompt_tokens, self.completion_tokens)));
         }
         self.pending.push_back(SseEvent::default().data("[DONE]"));
         self.finished = true;
@@ -337,6 +372,7 @@ mod tests {
     use candle_core::Device;
     use ferrotune_guard::{GuardKind, GuardMode};
     use ferrotune_model::Message;
+    use serde_json::{Value, json};
     use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
     use super::*;

@@ -43,7 +43,9 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// UTC now as `YYYY-MM-DDThh:mm:ssZ`.
 pub fn now_rfc3339() -> String {
-    ferrotune_model::clock::utc_now_rfc3339()
+    time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z"))
+        .unwrap_or_default()
 }
 
 pub fn write(path: &Path, i: &Inputs<'_>) -> Result<()> {

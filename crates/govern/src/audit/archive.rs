@@ -18,16 +18,11 @@ use crate::audit::log::AuditLog;
 use crate::audit::store::{self, ARCHIVE, ENTRIES, Segment};
 use crate::error::Result;
 
-/// `YYYY-MM-DDThh:mm:ssZ` of `days` days ago, comparable as a string with entry times.
+/// `YYYY-MM-DDThh:mm:ssZ` of `days` days ago, comparable as a string with entry times; before
+/// the calendar's start (a retention of millennia) the empty string, older than no entry.
 fn cutoff(days: u32) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let t = now - i64::from(days) * 86_400;
-    let (y, m, d) = ferrotune_model::clock::civil_from_days(t.div_euclid(86_400));
-    let tod = t.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", tod / 3600, tod / 60 % 60, tod % 60)
+    let ago = time::Duration::days(i64::from(days));
+    time::OffsetDateTime::now_utc().checked_sub(ago).map(crate::recording::rfc3339).unwrap_or_default()
 }
 
 #[derive(serde::Deserialize)]

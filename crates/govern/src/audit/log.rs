@@ -551,7 +551,7 @@ impl AuditLog {
     /// checkpoint when the config says it is due. Durable (fsync) when it returns.
     pub fn append(&self, events: &[Event]) -> Result<Appended> {
         self.check_key()?;
-        let now = ferrotune_model::clock::utc_now_rfc3339();
+        let now = crate::recording::now();
         let mut buf = Vec::with_capacity(events.len() * 256);
         let mut leaves = Vec::with_capacity(events.len() * 32);
         for e in events {

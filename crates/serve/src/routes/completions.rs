@@ -9,34 +9,42 @@
 //! output guards ([`crate::guards`]).
 
 use std::sync::Arc;
-use std::time::Instant;
 
+use axum::Extension;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::response::Response;
 use ferrotune_model::Tokenizer;
-use serde_json::{Map, Value, json};
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::engine::{FinishReason, TokenLogprob};
 use crate::error::ApiError;
-use crate::generation::{
-    ChoiceOut, GenParams, Job, Tracker, check_logprobs, check_prompt_len, collect_all, new_id, now_unix,
-    resolve_for_generation, submit, token_text,
-};
-use crate::guards::RequestGuards;
-use crate::json::{self, JsonBody};
-use crate::openai::{
-    CompletionRequest, Endpoint, PromptInput, SamplingFields, parse_prompts, refuse_unsupported,
-    response_format,
-};
+use crate::generation::{ChoiceOut, Job, check_logprobs, check_prompt_len, token_text};
+use crate::json::JsonBody;
+use crate::openai::{CompletionRequest, Endpoint, PromptInput, parse_prompts, refuse_unsupported};
 use crate::record::RequestRecord;
-use crate::routes::{Cacheable, cache_lookup};
-use crate::stream::{ChunkKind, StreamSpec, sse_response};
+use crate::response::{CompletionChoice, CompletionResponse, LegacyLogprobs, Object, TopLogprobMap, Usage};
+use crate::routes::pipeline::{Generation, GenerationBody};
+use crate::stream::ChunkKind;
 
 /// Prompts per request at most (times `n`, the sequences one request may start).
 pub const MAX_PROMPTS: usize = 256;
+
+impl GenerationBody for CompletionRequest {
+    const NAME: &'static str = "completions";
+    const ID_PREFIX: &'static str = "cmpl";
+    const CHUNKS: ChunkKind = ChunkKind::Completion;
+    type Answer = CompletionResponse;
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Only the field the list names, not a second parse of the whole body (token-id prompts).
+    fn refuse_unsupported(&self, _body: &[u8]) -> Result<(), ApiError> {
+        refuse_unsupported(&serde_json::json!({ "logit_bias": self.logit_bias }), Endpoint::Completion)
+    }
+}
 
 /// The legacy logprobs object for a run of tokens; `offset` is the character offset of the
 /// first one in the choice's text. The chosen token is always among `top_logprobs`, as OpenAI
@@ -45,32 +53,34 @@ pub fn legacy_logprobs(
     tok: &Tokenizer,
     entries: &[(String, Option<TokenLogprob>)],
     mut offset: usize,
-) -> Value {
-    let mut tokens = Vec::with_capacity(entries.len());
-    let mut token_logprobs = Vec::with_capacity(entries.len());
-    let mut top_logprobs = Vec::with_capacity(entries.len());
-    let mut text_offset = Vec::with_capacity(entries.len());
+) -> LegacyLogprobs {
+    let mut out = LegacyLogprobs {
+        tokens: Vec::with_capacity(entries.len()),
+        token_logprobs: Vec::with_capacity(entries.len()),
+        top_logprobs: Vec::with_capacity(entries.len()),
+        text_offset: Vec::with_capacity(entries.len()),
+    };
     for (text, lp) in entries {
-        tokens.push(Value::from(text.clone()));
-        text_offset.push(Value::from(offset));
+        out.tokens.push(text.clone());
+        out.text_offset.push(offset);
         offset += text.chars().count();
         match lp {
             None => {
-                token_logprobs.push(Value::Null);
-                top_logprobs.push(Value::Null);
+                out.token_logprobs.push(None);
+                out.top_logprobs.push(None);
             }
             Some(lp) => {
-                token_logprobs.push(json!(lp.logprob));
-                let mut top = Map::new();
+                out.token_logprobs.push(Some(lp.logprob.into()));
+                let mut top = TopLogprobMap::default();
                 for &(id, l) in &lp.top {
-                    top.entry(token_text(tok, id)).or_insert(json!(l));
+                    top.insert(token_text(tok, id), l.into());
                 }
-                top.entry(text.clone()).or_insert(json!(lp.logprob));
-                top_logprobs.push(Value::Object(top));
+                top.insert(text.clone(), lp.logprob.into());
+                out.top_logprobs.push(Some(top));
             }
         }
     }
-    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset})
+    out
 }
 
 struct PromptJob {
@@ -85,33 +95,24 @@ pub async fn completions(
     Extension(record): Extension<Arc<RequestRecord>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let received = Instant::now();
-    let req: CompletionRequest = json::parse(&body)?;
-    let fields: SamplingFields = json::parse(&body)?;
-    record.set_model(&req.model);
-    record.set_stream(fields.stream.unwrap_or(false));
-    // Only the field the list names, not a second parse of the whole body (token-id prompts).
-    refuse_unsupported(&serde_json::json!({ "logit_bias": req.logit_bias }), Endpoint::Completion)?;
-    let target = resolve_for_generation(&state, &caller, &record, &req.model).await?;
+    let (mut g, req, fields) = Generation::<CompletionRequest>::start(&state, caller, record, &body).await?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::field("suffix", "is not supported"));
     }
-    let mut params = GenParams::from_fields(&fields, fields.max_tokens, state.cfg.max_n)?;
-    params.constrain(&state, response_format(req.response_format.as_ref())?).await?;
+    let params = g.params(&fields, fields.max_tokens, req.response_format.as_ref()).await?;
     if req.best_of.is_some_and(|b| b as usize != params.n) {
         return Err(ApiError::field("best_of", "is not supported (leave it out or set it to n)"));
     }
     let echo = req.echo.unwrap_or(false);
     if req.logprobs.is_some() {
-        caller.check_logprobs("logprobs")?;
+        g.caller.check_logprobs("logprobs")?;
     }
     if echo {
-        caller.check_logprobs("echo")?;
+        g.caller.check_logprobs("echo")?;
     }
     let logprobs = req.logprobs.map(|k| check_logprobs("logprobs", k)).transpose()?;
-    let mut guards = RequestGuards::new(&state, &target, &caller, &record);
     if logprobs.is_some() {
-        guards.check_logprobs("logprobs")?;
+        g.guards.check_logprobs("logprobs")?;
     }
     let info = state.engine.info();
     let tok = &info.tokenizer;
@@ -134,27 +135,19 @@ pub async fn completions(
             }
             PromptInput::Tokens(ids) => (ids.clone(), tok.decode(ids, false).unwrap_or_default()),
         };
-        guards.check_input(&field, &text)?;
+        g.guards.check_input(&field, &text)?;
         check_prompt_len(info, ids.len(), &field)?;
         let max_tokens = params.budget(ids.len(), info.context_len, state.cfg.default_max_tokens, &field)?;
         let prompt_logprobs = echo && logprobs.is_some() && !params.stream;
         jobs.push(PromptJob { job: Job { prompt: ids, max_tokens, logprobs, prompt_logprobs }, text });
     }
-    record.set_prompt(|| jobs.iter().map(|j| j.text.as_str()).collect::<Vec<_>>().join("\n---\n"));
+    g.record.set_prompt(|| jobs.iter().map(|j| j.text.as_str()).collect::<Vec<_>>().join("\n---\n"));
     let engine_jobs: Vec<Job> = jobs.iter().map(|j| j.job.clone()).collect();
 
-    let cacheable =
-        Cacheable::new(&state, "completions", &target, &params, &engine_jobs, echo, None, guards.cache_key());
-    if let Some(mut hit) =
-        cache_lookup(&state, &record, &target, cacheable.as_ref().map(|c| c.key.as_str()), "cmpl").await
-    {
-        guards.replay(&hit);
-        guards.put_into(&mut hit);
-        return Ok(Json(hit).into_response());
+    if let Some(hit) = g.cached(&params, &engine_jobs, echo, None).await {
+        return Ok(hit);
     }
 
-    let id = new_id("cmpl");
-    let created = now_unix();
     // Nothing to generate and nothing to score: answer without the engine.
     let outs = if engine_jobs.iter().all(|j| j.max_tokens == 0 && !j.prompt_logprobs) {
         engine_jobs
@@ -175,24 +168,12 @@ pub async fn completions(
             })
             .collect()
     } else {
-        let rxs = submit(&state, &caller, &record, &target, &params, &engine_jobs, received)?;
+        let rxs = g.submit(&params, &engine_jobs)?;
         if params.stream {
-            let spec = StreamSpec {
-                kind: ChunkKind::Completion,
-                id,
-                created,
-                model: target.name.clone(),
-                n: params.n,
-                logprobs: logprobs.is_some(),
-                include_usage: params.include_usage,
-                echo: echo.then(|| jobs.iter().map(|j| j.text.clone()).collect()),
-                grounding: None,
-                guards,
-            };
-            let trackers = (0..rxs.len()).map(|_| Tracker::new(&state, &target, received, &record)).collect();
-            return Ok(sse_response(spec, rxs, trackers, state.engine.clone(), record));
+            let echo = echo.then(|| jobs.iter().map(|j| j.text.clone()).collect());
+            return Ok(g.stream(&params, logprobs.is_some(), rxs, echo, None));
         }
-        collect_all(&state, &target, rxs, received, &record).await?
+        g.collect(rxs).await?
     };
 
     let mut prompt_tokens = 0;
@@ -206,13 +187,13 @@ pub async fn completions(
         // A scoring request (max_tokens 0) returns no generated token even if one was made.
         let generated = if pj.job.max_tokens == 0 { &[][..] } else { &o.tokens[..] };
         completion_tokens += generated.len();
-        let (gen_text, blocked) = guards.filter(i, generated.iter().map(|t| t.text.as_str()).collect());
+        let (gen_text, blocked) = g.guards.filter(i, generated.iter().map(|t| t.text.as_str()).collect());
         let finish = match (pj.job.max_tokens, blocked) {
             (0, _) => FinishReason::Length.as_str(),
             (_, true) => crate::generation::CONTENT_FILTER,
             _ => o.finish.as_str(),
         };
-        record.set_choice(i, finish, Some(&gen_text));
+        g.record.set_choice(i, finish, Some(&gen_text));
         let text = if echo { format!("{}{gen_text}", pj.text) } else { gen_text };
         let lp = logprobs.map(|_| {
             let mut entries: Vec<(String, Option<TokenLogprob>)> = Vec::new();
@@ -226,22 +207,17 @@ pub async fn completions(
             entries.extend(generated.iter().map(|t| (token_text(tok, t.id), t.logprob.clone())));
             legacy_logprobs(tok, &entries, 0)
         });
-        choices.push(json!({"index": i, "text": text, "logprobs": lp, "finish_reason": finish}));
+        choices.push(CompletionChoice { index: i, text, logprobs: lp, finish_reason: finish.to_string() });
     }
-    record.add_tokens(prompt_tokens, completion_tokens);
-    let mut body = json!({
-        "object": "text_completion",
-        "model": target.name,
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
-    });
-    if let Some(c) = cacheable.filter(|_| !guards.blocked_output()) {
-        let mut kept = body.clone();
-        guards.put_output_into(&mut kept);
-        c.store(&state, &target, kept);
-    }
-    guards.put_into(&mut body);
-    body["id"] = id.into();
-    body["created"] = created.into();
-    Ok(Json(body).into_response())
+    g.record.add_tokens(prompt_tokens, completion_tokens);
+    let body = CompletionResponse {
+        id: g.id.clone(),
+        object: Object::TextCompletion,
+        created: g.created,
+        model: g.target.name.clone(),
+        choices,
+        usage: Usage::new(prompt_tokens, completion_tokens),
+        guards: None,
+    };
+    Ok(g.respond(body))
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::{Extension, Json};
 use ferrotune_rag::Embedder;
-use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::app::AppState;
@@ -17,6 +16,7 @@ use crate::error::ApiError;
 use crate::json::ApiJson;
 use crate::openai::{EmbeddingRequest, parse_embedding_input};
 use crate::record::RequestRecord;
+use crate::response::{EmbeddingData, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Object};
 
 /// Inputs per request at most.
 pub const MAX_INPUTS: usize = 512;
@@ -41,7 +41,7 @@ pub async fn embeddings(
     Extension(caller): Extension<Caller>,
     Extension(record): Extension<Arc<RequestRecord>>,
     ApiJson(req): ApiJson<EmbeddingRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EmbeddingResponse>, ApiError> {
     record.set_model(&req.model);
     let model = match &state.embedder {
         Some(e) if e.name == req.model => e.clone(),
@@ -85,20 +85,25 @@ pub async fn embeddings(
     })?;
     drop(permit);
     record.add_tokens(tokens, 0);
-    let data: Vec<Value> = vectors
+    let data = vectors
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 { Value::from(base64_f32(v)) } else { json!(v) };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+        .map(|(i, v)| EmbeddingData {
+            object: Object::Embedding,
+            index: i,
+            embedding: if base64 {
+                EmbeddingVector::Base64(base64_f32(v))
+            } else {
+                EmbeddingVector::Float(v.iter().map(|&x| x.into()).collect())
+            },
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model.name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    Ok(Json(EmbeddingResponse {
+        object: Object::List,
+        data,
+        model: model.name.clone(),
+        usage: EmbeddingUsage { prompt_tokens: tokens, total_tokens: tokens },
+    }))
 }
 
 /// Standard base64 (RFC 4648, padded) of the little-endian bytes, as OpenAI encodes vectors.

@@ -8,13 +8,13 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::response::{HealthResponse, ReadyResponse};
 
 pub async fn health() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+    axum::Json(HealthResponse { status: "ok".into() }).into_response()
 }
 
 pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -27,7 +27,14 @@ pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Respons
         return ApiError::ShuttingDown.into_response();
     }
     let stats = state.engine.stats();
-    let mut body = json!({"status": "ready", "running": stats.running, "waiting": stats.waiting, "adapter_count": stats.adapters.len()});
+    let mut body = ReadyResponse {
+        status: "ready".into(),
+        running: stats.running,
+        waiting: stats.waiting,
+        adapter_count: stats.adapters.len(),
+        model: None,
+        adapters: None,
+    };
     let caller = if state.cfg.metrics_need_key() {
         crate::auth::identify(&state, &headers)
             .await
@@ -39,8 +46,8 @@ pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Respons
     };
     if let Some(c) = caller {
         let visible = |m: &String| c.check_model(m).is_ok();
-        body["model"] = Some(state.model_name().to_string()).filter(visible).into();
-        body["adapters"] = stats.adapters.into_iter().filter(visible).collect::<Vec<_>>().into();
+        body.model = Some(Some(state.model_name().to_string()).filter(visible));
+        body.adapters = Some(stats.adapters.into_iter().filter(visible).collect());
     }
     axum::Json(body).into_response()
 }

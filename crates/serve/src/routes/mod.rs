@@ -1,18 +1,20 @@
 //! One module per endpoint group; each handler validates its body, resolves the model, checks
-//! the key's scope, and talks to the engine through [`crate::generation`].
+//! the key's scope, and talks to the engine through [`crate::generation`]. Chat and completions
+//! go through the same steps ([`pipeline`]); their answers' cache key is built here.
 
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod health;
 pub mod models;
+pub(crate) mod pipeline;
 pub mod tokenize;
 
 use ferrotune_model::SamplingParams;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::generation::{GenParams, Job, Target};
+use crate::response::Source;
 
 /// Everything that shapes a generated answer, hashed into the response-cache key.
 #[derive(Serialize)]
@@ -40,7 +42,7 @@ pub(crate) struct CacheKey<'a> {
     pub response_format: Option<&'a ferrotune_model::constrain::JsonFormat>,
     /// Grounded chat: the sources the answer carries (their scores change with the knowledge
     /// base even when the chunks in the prompt do not).
-    pub sources: Option<&'a [Value]>,
+    pub sources: Option<&'a [Source]>,
     /// The output guards' modes for this model and key: they change the answer's text and its
     /// `guards` list. (The input guards change the prompt — the canary, dropped chunks — or
     /// refuse the request, so the prompt and `sources` already cover them.)
@@ -116,7 +118,7 @@ impl Cacheable {
         params: &GenParams,
         jobs: &[Job],
         echo: bool,
-        sources: Option<&[Value]>,
+        sources: Option<&[Source]>,
         output_guards: crate::guards::OutputGuardKey,
     ) -> Option<Self> {
         if params.stream || !params.deterministic() || !state.cache.enabled() {
@@ -133,55 +135,22 @@ impl Cacheable {
 
     /// Store the answer — unless the adapter was swapped while it was generated (the answer may
     /// then come from other weights than the key names).
-    pub fn store(self, state: &crate::app::AppState, target: &Target, body: Value) {
-        if state.weights.of(target.adapter.as_deref()).as_ref() == Some(&self.weights) {
-            state.cache.put(self.key, body);
+    pub fn store(self, state: &crate::app::AppState, target: &Target, body: &impl Serialize) {
+        if state.weights.of(target.adapter.as_deref()).as_ref() != Some(&self.weights) {
+            return;
         }
-    }
-}
-
-/// The cached answer when the request is cacheable and its answer is there; counts the hit or
-/// miss. The stored body gets a fresh `id` and `created`; the caller adds this request's
-/// `guards` ([`crate::guards::RequestGuards::replay`], `put_into`).
-pub(crate) async fn cache_lookup(
-    state: &crate::app::AppState,
-    record: &crate::record::RequestRecord,
-    target: &crate::generation::Target,
-    key: Option<&str>,
-    id_prefix: &str,
-) -> Option<Value> {
-    let key = key?;
-    let labels = state.metrics.labels(target.adapter.as_deref());
-    match state.cache.get(key).await {
-        Some(v) => {
-            state.metrics.cache_hits.get_or_create(&labels).inc();
-            record.set_cached();
-            let mut v = (*v).clone();
-            v["id"] = crate::generation::new_id(id_prefix).into();
-            v["created"] = crate::generation::now_unix().into();
-            if let Some(u) = v.get("usage") {
-                let tok = |k: &str| u.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
-                record.add_tokens(tok("prompt_tokens"), tok("completion_tokens"));
-            }
-            // For the audit entry: each choice's finish reason and text (chat's message, or
-            // completions' text — which holds the prompt too when the request echoed it).
-            for (i, c) in v["choices"].as_array().into_iter().flatten().enumerate() {
-                let text = c["message"]["content"].as_str().or_else(|| c["text"].as_str());
-                record.set_choice(i, c["finish_reason"].as_str().unwrap_or_default(), text);
-            }
-            Some(v)
-        }
-        None => {
-            state.metrics.cache_misses.get_or_create(&labels).inc();
-            None
+        match serde_json::to_value(body) {
+            Ok(v) => state.cache.put(self.key, v),
+            Err(e) => tracing::error!("response cache: could not serialize an answer: {e}"),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
-    use serde_json::json;
 
     fn params(body: Value) -> GenParams {
         let f: crate::openai::SamplingFields = serde_json::from_value(body).expect("fields");
@@ -203,7 +172,7 @@ mod tests {
                    body: Value,
                    jobs: &[Job],
                    endpoint: &str,
-                   sources: Option<&[Value]>| {
+                   sources: Option<&[Source]>| {
             let p = params(body);
             let mut k = CacheKey::new(endpoint, t, w, &p, jobs);
             k.sources = sources;
@@ -230,7 +199,16 @@ mod tests {
             }
             b
         };
-        let sources = [json!({"doc_id": "x", "score": 1.0})];
+        let sources = [Source {
+            index: None,
+            doc_id: "x".into(),
+            start_char: 0,
+            end_char: 1,
+            score: 1.0,
+            flagged: None,
+            dropped: None,
+            reason: None,
+        }];
         let formatted = |format: ferrotune_model::constrain::JsonFormat| {
             let mut p = params(base.clone());
             p.format = Some(format);

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::ApiJson;
 use crate::openai::{LoadAdapterRequest, UnloadAdapterRequest};
+use crate::response::{ModelCard, ModelList, Object};
 
 /// Adapter names are what clients put in `model`: keep them to a safe alphabet.
 pub fn check_adapter_name(name: &str) -> Result<(), String> {
@@ -77,20 +77,21 @@ pub fn available(state: &AppState, caller: &Caller) -> Vec<String> {
     listing(state, caller).into_iter().map(|m| m.id).collect()
 }
 
-pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
-    let created = state.started_unix;
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<ModelList> {
     let ctx = state.engine.info().context_len;
-    let data: Vec<Value> = listing(&state, &caller)
+    let data = listing(&state, &caller)
         .into_iter()
-        .map(|m| {
-            let mut v = json!({"id": m.id, "object": "model", "created": created, "owned_by": "ferrotune", "root": m.root, "parent": m.parent});
-            if m.generates {
-                v["max_model_len"] = ctx.into();
-            }
-            v
+        .map(|m| ModelCard {
+            id: m.id,
+            object: Object::Model,
+            created: state.started_unix,
+            owned_by: "ferrotune".into(),
+            root: m.root,
+            parent: m.parent,
+            max_model_len: m.generates.then_some(ctx),
         })
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(ModelList { object: Object::List, data })
 }
 
 pub async fn load_adapter(

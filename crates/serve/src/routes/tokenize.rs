@@ -6,7 +6,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::generation::resolve_model;
 use crate::json::ApiJson;
 use crate::openai::{ChatMessage, DetokenizeRequest, TokenizeRequest};
+use crate::response::{DetokenizeResponse, TokenizeResponse};
 
 /// The model a tokenizer request names (the base when left out, as vLLM's only model), checked
 /// against the key's scope like any other request.
@@ -25,7 +26,7 @@ pub async fn tokenize(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<TokenizeRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenizeResponse>, ApiError> {
     check_model(&state, &caller, req.model.as_deref())?;
     let info = state.engine.info();
     let tokens = match (&req.prompt, &req.messages) {
@@ -45,13 +46,9 @@ pub async fn tokenize(
             return Err(ApiError::field("prompt", "give `prompt` (text) or `messages` (a chat)"));
         }
     };
-    let mut body = json!({"count": tokens.len(), "max_model_len": info.context_len, "tokens": tokens});
-    if req.return_token_strs == Some(true) {
-        let strs: Vec<String> =
-            tokens.iter().map(|&id| info.tokenizer.id_to_token(id).unwrap_or_default()).collect();
-        body["token_strs"] = strs.into();
-    }
-    Ok(Json(body))
+    let token_strs = (req.return_token_strs == Some(true))
+        .then(|| tokens.iter().map(|&id| info.tokenizer.id_to_token(id).unwrap_or_default()).collect());
+    Ok(Json(TokenizeResponse { count: tokens.len(), max_model_len: info.context_len, tokens, token_strs }))
 }
 
 /// The chat as the model's template renders it (what `/v1/chat/completions` would prefill).
@@ -99,7 +96,7 @@ pub async fn detokenize(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<DetokenizeRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DetokenizeResponse>, ApiError> {
     check_model(&state, &caller, req.model.as_deref())?;
     let info = state.engine.info();
     let Value::Array(items) = &req.tokens else {
@@ -122,5 +119,5 @@ pub async fn detokenize(
         .tokenizer
         .decode(&ids, false)
         .map_err(|e| ApiError::field("tokens", format!("could not decode: {e}")))?;
-    Ok(Json(json!({"prompt": prompt})))
+    Ok(Json(DetokenizeResponse { prompt }))
 }

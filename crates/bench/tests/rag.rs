@@ -1,16 +1,23 @@
 //! The retrieval benchmark runs end to end at a tiny size: 200-chunk index, 5 queries; the ingest
 //! and the vector / hybrid modes only when MiniLM is installed (SKIPPED otherwise).
 
-mod common;
+use std::sync::Arc;
 
-use ferrotune_rag::Mode;
-use ferrotune_rag::bench::{BenchConfig, run};
+use ferrotune_bench::rag::{BenchConfig, measure};
+use ferrotune_rag::{Embedder, Mode};
+
+/// The installed MiniLM, or `None` (after a SKIPPED note; a failure under
+/// FERROTUNE_REQUIRE_MODELS=1).
+fn embedder() -> Option<Arc<Embedder>> {
+    let dir = ferrotune_model::testing::installed_model(ferrotune_model::store::DEFAULT_EMBEDDER)?;
+    Some(Arc::new(Embedder::load(&dir).expect("the installed MiniLM loads")))
+}
 
 #[test]
 fn bench_runs_at_a_tiny_size() {
-    let embedder = common::embedder();
+    let embedder = embedder();
     let cfg = BenchConfig { sizes: vec![200], ingest_chunks: 20, queries: 5, k: 5, seed: 1 };
-    let report = run(&cfg, embedder.clone()).expect("the benchmark runs");
+    let report = measure(&cfg, embedder.clone()).expect("the benchmark runs");
     println!("{report}");
     assert_eq!(report.sizes.len(), 1);
     let s = &report.sizes[0];

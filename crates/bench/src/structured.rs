@@ -10,31 +10,25 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use clap::Args;
 use ferrotune_model::constrain::{Constraint, JsonFormat};
-use ferrotune_model::store::DEFAULT_MODEL;
 use ferrotune_model::{Message, SamplingParams, WeightMode};
 use ferrotune_serve::engine::{self, EngineConfig, EngineHandle, Event, GenRequest};
 use serde_json::json;
 
-#[derive(Args)]
+use crate::error::{BenchError, Result};
+
+#[derive(Debug, Clone)]
 pub struct StructuredBench {
     /// Model name (installed) or path to a GGUF file / HF directory.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: String,
+    pub model: String,
     /// Concurrent sequences, one measurement each.
-    #[arg(long, value_delimiter = ',', default_value = "1,8")]
-    streams: Vec<usize>,
+    pub streams: Vec<usize>,
     /// New tokens per sequence.
-    #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
+    pub max_tokens: usize,
     /// Alternating repetitions of (free, schema) per stream count; the medians are compared.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
+    pub reps: usize,
     /// Also write the results as JSON here.
-    #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
 }
 
 const PROMPTS: [&str; 8] = [
@@ -68,7 +62,7 @@ fn run_once(
     prompts: &[Vec<u32>],
     max_tokens: usize,
     constraint: Option<&Constraint>,
-) -> anyhow::Result<(f64, usize)> {
+) -> Result<(f64, usize)> {
     let mut rxs = Vec::new();
     for p in prompts {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -86,11 +80,11 @@ fn run_once(
                 received: Instant::now(),
                 events: tx,
             })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| BenchError::Failed(e.to_string()))?;
         rxs.push(rx);
     }
     // One reader per sequence, so each event is timed when it arrives.
-    let per_seq: Vec<anyhow::Result<(Instant, Instant, usize)>> = std::thread::scope(|s| {
+    let per_seq: Vec<Result<(Instant, Instant, usize)>> = std::thread::scope(|s| {
         let handles: Vec<_> = rxs
             .into_iter()
             .map(|mut rx| {
@@ -102,27 +96,34 @@ fn run_once(
                                 first.get_or_insert_with(Instant::now);
                             }
                             Event::Done { completion_tokens, .. } => {
-                                let first = first.context("a sequence ended without a token")?;
+                                let first =
+                                    first.ok_or_else(|| failed("a sequence ended without a token"))?;
                                 return Ok((first, Instant::now(), completion_tokens));
                             }
-                            Event::Error(e) => bail!("the engine failed a sequence: {e}"),
+                            Event::Error(e) => {
+                                return Err(failed(&format!("the engine failed a sequence: {e}")));
+                            }
                             _ => {}
                         }
                     }
-                    bail!("the engine dropped a sequence")
+                    Err(failed("the engine dropped a sequence"))
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("a reader panicked"))).collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(failed("a reader panicked")))).collect()
     });
-    let per_seq = per_seq.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    let start = per_seq.iter().map(|s| s.0).min().context("no sequences")?;
-    let end = per_seq.iter().map(|s| s.1).max().context("no sequences")?;
+    let per_seq = per_seq.into_iter().collect::<Result<Vec<_>>>()?;
+    let start = per_seq.iter().map(|s| s.0).min().ok_or_else(|| failed("no sequences"))?;
+    let end = per_seq.iter().map(|s| s.1).max().ok_or_else(|| failed("no sequences"))?;
     let tokens: usize = per_seq.iter().map(|s| s.2.saturating_sub(1)).sum();
     if per_seq.iter().any(|s| s.2 != max_tokens) {
-        bail!("a sequence stopped before --max-tokens; the comparison needs equal lengths");
+        return Err(failed("a sequence stopped before --max-tokens; the comparison needs equal lengths"));
     }
     Ok((tokens as f64 / (end - start).as_secs_f64().max(1e-9), tokens))
+}
+
+fn failed(what: &str) -> BenchError {
+    BenchError::Failed(what.to_string())
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -137,9 +138,12 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-pub fn bench_structured(b: &StructuredBench) -> anyhow::Result<()> {
+pub fn run(b: &StructuredBench) -> Result<()> {
     if b.reps == 0 || b.streams.iter().any(|&s| s == 0 || s > PROMPTS.len()) {
-        bail!("--reps must be at least 1 and --streams between 1 and {}", PROMPTS.len());
+        return Err(BenchError::InvalidSetting(format!(
+            "--reps must be at least 1 and --streams between 1 and {}",
+            PROMPTS.len()
+        )));
     }
     let path = ferrotune_model::store::resolve(&b.model)?;
     let m = ferrotune_model::load_path(&path, WeightMode::F32, &candle_core::Device::Cpu)?;
@@ -149,7 +153,7 @@ pub fn bench_structured(b: &StructuredBench) -> anyhow::Result<()> {
             let text = m.render_chat(&[Message::new("user", (*p).to_string())], true)?;
             Ok(m.tokenizer.encode(&text, false)?)
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_>>()?;
     let engine = engine::start(m, b.model.clone(), EngineConfig::default());
     let t = Instant::now();
     let grammars = engine.info().grammars()?;
@@ -189,7 +193,7 @@ pub fn bench_structured(b: &StructuredBench) -> anyhow::Result<()> {
             commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
         let doc = json!({
             "bench": "structured",
-            "date": ferrotune_model::clock::utc_now_rfc3339(),
+            "date": ferrotune_train::lineage::now_rfc3339(),
             "commit": commit,
             "model": b.model,
             "weights": "f32",
@@ -203,7 +207,7 @@ pub fn bench_structured(b: &StructuredBench) -> anyhow::Result<()> {
             "results": results,
         });
         std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
+            .map_err(|e| BenchError::io(format!("writing {}", out.display()), e))?;
     }
     Ok(())
 }

@@ -1,12 +1,13 @@
-//! The retrieval benchmark behind `ferrotune bench rag`, here so its test runs with the crate's.
+//! `ferrotune bench rag`: knowledge-base ingest throughput (real embedder) and query latency p50/p99
+//! per mode at each index size.
 //!
 //! - **Ingest**: `ingest_chunks` generated passages (one chunk each) through the real
-//!   [`Writer::ingest`] with the real embedder into a fresh knowledge base: chunks/s over the whole
+//!   `Writer::ingest` with the real embedder into a fresh knowledge base: chunks/s over the whole
 //!   ingest (chunking, embedding, BM25 commit, `vectors.bin`, `kb.json`) and embeddings/s over the
 //!   embedding step alone.
 //! - **Query latency** per mode at each size, through [`KnowledgeBase::query`] (the query's
 //!   embedding included). Embedding 100k chunks would take hours on a small CPU, so these indexes
-//!   are built by [`Writer::ingest_with_vectors`]: BM25 over the real generated text, but
+//!   are built by `ferrotune_rag::synthetic::build_synthetic_kb`: BM25 over the real generated text, but
 //!   **synthetic vectors** (random unit vectors, not the model's). Exact search does the same work
 //!   whatever the vectors hold, so the latency is what a real index of that size would show; the
 //!   rankings are meaningless and are not reported.
@@ -16,311 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::embedder::Embedder;
-use crate::error::{RagError, Result};
-use crate::kb::{KnowledgeBase, Mode};
-use crate::source::{DocKind, SourceDoc};
-use crate::writer::Writer;
+use ferrotune_rag::synthetic::{MINILM_DIM, TextGen, build_synthetic_kb, generated_docs};
+use ferrotune_rag::{Embedder, KnowledgeBase, Mode, RagError, Writer};
 
-/// MiniLM's width: the synthetic indexes use it so that search costs what it would for real.
-pub const MINILM_DIM: usize = 384;
-
-/// Content words of customer-support text, most common first (drawn with a Zipf-like law).
-const CONTENT: &[&str] = &[
-    "order",
-    "account",
-    "device",
-    "battery",
-    "charge",
-    "app",
-    "update",
-    "refund",
-    "password",
-    "login",
-    "screen",
-    "setting",
-    "warranty",
-    "delivery",
-    "payment",
-    "speaker",
-    "earphones",
-    "case",
-    "cable",
-    "firmware",
-    "bluetooth",
-    "connection",
-    "reset",
-    "store",
-    "return",
-    "replacement",
-    "customer",
-    "support",
-    "email",
-    "phone",
-    "volume",
-    "sound",
-    "light",
-    "button",
-    "power",
-    "hours",
-    "days",
-    "invoice",
-    "subscription",
-    "plan",
-    "price",
-    "discount",
-    "code",
-    "address",
-    "shipping",
-    "package",
-    "tracking",
-    "number",
-    "serial",
-    "model",
-    "version",
-    "error",
-    "message",
-    "problem",
-    "issue",
-    "fix",
-    "step",
-    "guide",
-    "manual",
-    "policy",
-    "label",
-    "box",
-    "receipt",
-    "card",
-    "bank",
-    "credit",
-    "wifi",
-    "network",
-    "router",
-    "signal",
-    "pairing",
-    "mode",
-    "noise",
-    "cancellation",
-    "microphone",
-    "call",
-    "camera",
-    "photo",
-    "storage",
-    "cloud",
-    "backup",
-    "sync",
-    "data",
-    "privacy",
-    "security",
-    "profile",
-    "notification",
-    "alarm",
-    "timer",
-    "schedule",
-    "thermostat",
-    "heating",
-    "temperature",
-    "sensor",
-    "door",
-    "lock",
-    "hub",
-    "bulb",
-    "colour",
-    "brightness",
-    "motion",
-    "alert",
-    "kitchen",
-    "scale",
-    "kettle",
-    "water",
-    "filter",
-    "cleaning",
-    "dust",
-    "vacuum",
-    "brush",
-    "mop",
-    "map",
-    "room",
-    "floor",
-    "dock",
-    "station",
-    "adapter",
-    "plug",
-    "socket",
-    "voltage",
-    "travel",
-    "country",
-    "region",
-    "language",
-    "display",
-    "clock",
-    "weather",
-    "voice",
-    "assistant",
-    "command",
-    "skill",
-    "family",
-    "member",
-    "invite",
-    "share",
-    "permission",
-    "owner",
-    "transfer",
-    "gift",
-    "voucher",
-    "balance",
-    "loyalty",
-    "points",
-    "repair",
-    "technician",
-    "appointment",
-    "visit",
-    "pickup",
-    "courier",
-    "damage",
-    "scratch",
-    "crack",
-    "leak",
-    "overheating",
-    "restart",
-    "freeze",
-    "crash",
-    "slow",
-    "delay",
-    "cancel",
-    "change",
-    "upgrade",
-    "downgrade",
-    "trial",
-    "renewal",
-    "fee",
-    "tax",
-    "stock",
-    "colourway",
-    "size",
-    "strap",
-    "band",
-    "fitness",
-    "steps",
-    "sleep",
-    "heart",
-    "rate",
-    "workout",
-    "goal",
-    "progress",
-    "report",
-    "export",
-    "import",
-    "contact",
-    "chat",
-    "ticket",
-];
-
-/// Function words, drawn uniformly between content words so that text reads like English.
-const GLUE: &[&str] = &[
-    "the", "a", "your", "to", "of", "and", "in", "on", "for", "with", "is", "if", "it", "you", "can", "not",
-    "after", "before", "when", "then", "from", "this", "that", "will", "be", "or", "by",
-];
-
-/// Seeded generator of support-like passages, questions and unit vectors (SplitMix64: no
-/// dependency, same output on every platform).
-pub struct TextGen {
-    state: u64,
-}
-
-impl TextGen {
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn range(&mut self, lo: usize, hi_inclusive: usize) -> usize {
-        lo + (self.next_u64() % (hi_inclusive - lo + 1) as u64) as usize
-    }
-
-    /// A content word, rank r drawn with probability ≈ 1/r (log-uniform), as word frequencies go.
-    fn content_word(&mut self) -> &'static str {
-        let n = CONTENT.len() as f64;
-        let r = ((n + 1.0).powf(self.unit()) - 1.0) as usize;
-        CONTENT[r.min(CONTENT.len() - 1)]
-    }
-
-    fn word(&mut self) -> &'static str {
-        if self.unit() < 0.35 { GLUE[self.range(0, GLUE.len() - 1)] } else { self.content_word() }
-    }
-
-    /// A passage of 30–90 words in sentences of 5–14 words (about 40–120 MiniLM tokens).
-    pub fn passage(&mut self) -> String {
-        let words = self.range(30, 90);
-        let mut out = String::new();
-        let mut left = words;
-        while left > 0 {
-            let n = self.range(5, 14).min(left);
-            for i in 0..n {
-                let w = self.word();
-                if i == 0 {
-                    if !out.is_empty() {
-                        out.push(' ');
-                    }
-                    let mut c = w.chars();
-                    if let Some(f) = c.next() {
-                        out.extend(f.to_uppercase());
-                        out.push_str(c.as_str());
-                    }
-                } else {
-                    out.push(' ');
-                    out.push_str(w);
-                }
-            }
-            out.push('.');
-            left -= n;
-        }
-        out
-    }
-
-    /// A question of 3–7 content words.
-    pub fn question(&mut self) -> String {
-        let n = self.range(3, 7);
-        let words: Vec<&str> = (0..n).map(|_| self.content_word()).collect();
-        format!("how do I fix the {}?", words.join(" "))
-    }
-
-    /// A random direction in `dim` dimensions (Box–Muller normals, L2-normalised).
-    pub fn unit_vector(&mut self, dim: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..dim)
-            .map(|_| {
-                let (u1, u2) = (self.unit().max(f64::MIN_POSITIVE), self.unit());
-                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
-    }
-}
-
-/// `n` generated passages as documents `gen/000000`, `gen/000001`, …
-pub fn generated_docs(n: usize, seed: u64) -> Vec<SourceDoc> {
-    let mut g = TextGen::new(seed);
-    (0..n)
-        .map(|i| {
-            let id = format!("gen/{i:06}");
-            SourceDoc::new(id.clone(), id, DocKind::Text, g.passage(), serde_json::Map::new())
-        })
-        .collect()
-}
+use crate::error::{BenchError, Result};
 
 /// A folder under the system temp dir, removed on drop.
 pub struct ScratchDir(PathBuf);
@@ -329,7 +29,7 @@ impl ScratchDir {
     pub fn new(label: &str) -> Result<Self> {
         let p = std::env::temp_dir().join(format!("ferrotune-bench-rag-{}-{label}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).map_err(|e| RagError::io(&p, e))?;
+        std::fs::create_dir_all(&p).map_err(|e| BenchError::io(p.display().to_string(), e))?;
         Ok(Self(p))
     }
 
@@ -342,16 +42,6 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// **Benchmarks only**: a knowledge base in `dir` of `n` generated passages (one chunk each) with
-/// synthetic random unit vectors of `dim` dimensions (see the module docs).
-pub fn build_synthetic_kb(dir: &Path, n: usize, dim: usize, seed: u64) -> Result<()> {
-    let docs = generated_docs(n, seed);
-    let mut vecs = TextGen::new(seed ^ 0x5EED_F00D_7EC7);
-    let mut w = Writer::open(dir, None, dim)?;
-    w.ingest_with_vectors(&docs, &mut |_| vecs.unit_vector(dim))?;
-    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -437,7 +127,7 @@ pub fn measure_ingest(dir: &Path, n: usize, embedder: &Embedder, seed: u64) -> R
 
 /// Times `kb.query` over `questions` (after two untimed warm-up queries).
 pub fn measure_latency(kb: &KnowledgeBase, questions: &[String], k: usize, mode: Mode) -> Result<Latency> {
-    time_each(questions, |q| kb.query(q, k, mode).map(|h| h.len()))
+    time_each(questions, |q| Ok(kb.query(q, k, mode)?.len()))
 }
 
 fn time_each<T>(questions: &[String], mut f: impl FnMut(&str) -> Result<T>) -> Result<Latency> {
@@ -455,9 +145,31 @@ fn time_each<T>(questions: &[String], mut f: impl FnMut(&str) -> Result<T>) -> R
     Ok(Latency { p50_ms: percentile(&ms, 50.0), p99_ms: percentile(&ms, 99.0), mean_ms })
 }
 
+/// `ferrotune bench rag`: the setup line, the default embedder (SKIPPED without it), then the
+/// report.
+pub fn run(cfg: &BenchConfig) -> Result<()> {
+    let threads = candle_core::utils::get_num_threads();
+    println!(
+        "bench rag: sizes {:?} | ingest {} chunks | {} queries | k = {} | seed {} | {threads} threads",
+        cfg.sizes, cfg.ingest_chunks, cfg.queries, cfg.k, cfg.seed
+    );
+    let embedder = match Embedder::load_default() {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            println!(
+                "SKIPPED: ingest and vector/hybrid latency need the embedder ({e}); run `ferrotune models pull all-minilm-l6-v2`"
+            );
+            None
+        }
+    };
+    let report = measure(cfg, embedder)?;
+    print!("{report}");
+    Ok(())
+}
+
 /// Runs the whole benchmark. Without an embedder, the ingest and the vector / hybrid modes are
 /// skipped (reported as `None`).
-pub fn run(cfg: &BenchConfig, embedder: Option<Arc<Embedder>>) -> Result<BenchReport> {
+pub fn measure(cfg: &BenchConfig, embedder: Option<Arc<Embedder>>) -> Result<BenchReport> {
     let ingest = match &embedder {
         Some(e) if cfg.ingest_chunks > 0 => {
             let dir = ScratchDir::new("ingest")?;
@@ -469,7 +181,7 @@ pub fn run(cfg: &BenchConfig, embedder: Option<Arc<Embedder>>) -> Result<BenchRe
     let questions: Vec<String> = (0..cfg.queries).map(|_| g.question()).collect();
     let dim = embedder.as_ref().map_or(MINILM_DIM, |e| e.dim());
     let query_embedding = match &embedder {
-        Some(e) => Some(time_each(&questions, |q| e.embed(&[q]))?),
+        Some(e) => Some(time_each(&questions, |q| Ok(e.embed(&[q])?))?),
         None => None,
     };
     let mut sizes = Vec::new();
@@ -566,14 +278,5 @@ mod tests {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!((percentile(&v, 50.0), percentile(&v, 99.0), percentile(&v, 100.0)), (50.0, 99.0, 100.0));
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
-    }
-
-    #[test]
-    fn generated_text_is_seeded_and_vectors_are_unit_length() {
-        let (a, b) = (TextGen::new(7).passage(), TextGen::new(7).passage());
-        assert_eq!(a, b);
-        assert!(a.split_whitespace().count() >= 30 && a.ends_with('.'));
-        let v = TextGen::new(1).unit_vector(MINILM_DIM);
-        assert!((v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4);
     }
 }
