@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use ferrotune_model::batch::{Batch, Example, loss_sum, make_batch};
 use ferrotune_model::{Adapter, Family, Llama, LoraSpec, ModelConfig, WeightMode};
 use ferrotune_train::config::{DeviceSpec, Precision};
+use ferrotune_train::optim::AdamW;
 use ferrotune_train::parallel::{self, Agreement, Replicas};
 
 use crate::error::{BenchError, Result};
@@ -166,7 +167,8 @@ pub fn run(b: &TrainBench) -> Result<()> {
 
     let samplers = devs.samplers();
     let rig = Rig::build(b, cfg, &devs, dtype)?;
-    let (losses, step_time) = timed_steps(b, &rig)?;
+    let steps = timed_steps(b, &rig)?;
+    let step_time = steps.step_time;
     if (devs.gpu.is_some() || b.profile) && rig.replicas.is_none() {
         phases(b, &rig, step_time)?;
     }
@@ -183,7 +185,7 @@ pub fn run(b: &TrainBench) -> Result<()> {
         } else {
             peak_rss_gib()
         },
-        losses,
+        losses: steps.losses.clone(),
     };
     if peaks.len() > 1 {
         let each: Vec<String> = peaks.iter().map(|(n, g)| format!("GPU {n} {g:.2} GiB")).collect();
@@ -254,6 +256,8 @@ struct Rig {
     dtype: DType,
     spec: LoraSpec,
     model: Llama,
+    /// The f32 model `model` was cast from (see [`Rig::build`]).
+    _f32_model: Option<Llama>,
     adapter: Adapter,
     replicas: Option<Replicas>,
     examples: Vec<Example>,
@@ -264,9 +268,13 @@ impl Rig {
     fn build(b: &TrainBench, cfg: ModelConfig, devs: &Devices, dtype: DType) -> Result<Self> {
         let device = devs.first.clone();
         let w = ferrotune_model::testing::hf_init_random_weights(&cfg, &device, 0)?;
-        let model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
+        let loaded = Llama::load(&w, &cfg, WeightMode::F32, None)?;
         drop(w);
-        let mut model = if dtype == DType::F32 { model } else { model.cast(&device, dtype)? };
+        // Cast on the device; the f32 model stays alive for the whole run, as it always has in
+        // this benchmark: its recorded GPU peaks (and the plan crate's memory model fitted to
+        // them) hold that second copy of the weights.
+        let (mut model, f32_model) =
+            if dtype == DType::F32 { (loaded, None) } else { (loaded.cast(&device, dtype)?, Some(loaded)) };
         model.set_differentiable(true);
         let spec = LoraSpec { dropout: b.lora_dropout, ..LoraSpec::default() };
         let replicas =
@@ -291,7 +299,18 @@ impl Rig {
             .collect();
         let refs: Vec<&Example> = examples.iter().collect();
         let batch = make_batch(&refs, 0, &device)?;
-        Ok(Self { cfg, device, dtype, spec, model, adapter, replicas, examples, batch })
+        Ok(Self {
+            cfg,
+            device,
+            dtype,
+            spec,
+            model,
+            _f32_model: f32_model,
+            adapter,
+            replicas,
+            examples,
+            batch,
+        })
     }
 
     fn rows(&self) -> Vec<&Example> {
@@ -311,9 +330,19 @@ impl Rig {
     }
 }
 
-/// One warm-up step, then `b.steps` timed ones: the losses (warm-up's first) and seconds per step.
-fn timed_steps(b: &TrainBench, rig: &Rig) -> Result<(Vec<f64>, f64)> {
-    let mut opt = ferrotune_train::optim::AdamW::new(rig.adapter.vars.clone(), Default::default())?;
+/// The timed steps' losses (the warm-up's first) and seconds per step, with what they leave
+/// allocated (the optimizer state, each device's batch): kept to the end of the run, so the
+/// memory samplers see the same use as before the benchmark was split into functions.
+struct Steps {
+    losses: Vec<f64>,
+    step_time: f64,
+    _opt: AdamW,
+    _shared: Vec<Vec<Batch>>,
+}
+
+/// One warm-up step, then `b.steps` timed ones.
+fn timed_steps(b: &TrainBench, rig: &Rig) -> Result<Steps> {
+    let mut opt = AdamW::new(rig.adapter.vars.clone(), Default::default())?;
     let refs = rig.rows();
     let models = rig.models();
     let vars = rig.vars();
@@ -323,7 +352,7 @@ fn timed_steps(b: &TrainBench, rig: &Rig) -> Result<(Vec<f64>, f64)> {
         .zip(&models)
         .map(|(p, m)| Ok(if p.is_empty() { Vec::new() } else { vec![make_batch(p, 0, m.device())?] }))
         .collect::<Result<Vec<_>>>()?;
-    let step = |opt: &mut ferrotune_train::optim::AdamW, s: u64| -> Result<f64> {
+    let step = |opt: &mut AdamW, s: u64| -> Result<f64> {
         rig.adapter.control.set(true, 0, s);
         Ok(match &rig.replicas {
             Some(r) => {
@@ -342,7 +371,8 @@ fn timed_steps(b: &TrainBench, rig: &Rig) -> Result<(Vec<f64>, f64)> {
         // The loss read back each step synchronises the device(s), so the clock sees finished work.
         losses.push(step(&mut opt, s as u64 + 1)?);
     }
-    Ok((losses, t0.elapsed().as_secs_f64() / b.steps.max(1) as f64))
+    let step_time = t0.elapsed().as_secs_f64() / b.steps.max(1) as f64;
+    Ok(Steps { losses, step_time, _opt: opt, _shared: shared })
 }
 
 /// Where a step's time goes: each phase ends with the device synchronised (`--profile` adds the

@@ -11,6 +11,7 @@ mod plan;
 mod rag;
 mod record;
 mod registry;
+mod sampling;
 mod serve;
 mod textgen;
 mod train;

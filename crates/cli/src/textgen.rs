@@ -8,6 +8,8 @@ use ferrotune_model::constrain::{Constraint, Grammars, JsonFormat};
 use ferrotune_model::store::DEFAULT_MODEL;
 use ferrotune_model::{Format, GenerateParams, LoadedModel, Message, SamplingParams, WeightMode};
 
+use crate::sampling::{OutputArgs, SamplingArgs};
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum WeightsArg {
     /// Dequantize everything to f32: the path training and evaluation use (the default).
@@ -48,34 +50,22 @@ pub struct GenerateArgs {
     /// Maximum new tokens.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f64,
-    /// Nucleus sampling probability mass in (0, 1]; 1 = off.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Sample among the k most likely tokens; 0 = off.
     #[arg(long, default_value_t = 0)]
     top_k: usize,
     /// Penalty (> 0) on tokens already in the context, as in transformers; 1 = off.
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f64,
-    /// Random seed for sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Stop when the output contains this string (repeatable); it is not printed.
     #[arg(long)]
     stop: Vec<String>,
     /// Keep generating after EOS tokens (until --max-tokens).
     #[arg(long, conflicts_with_all = ["json", "json_schema"])]
     ignore_eos: bool,
-    /// Structured output: the answer is JSON valid against this JSON Schema file (constrained
-    /// decoding: tokens that would break it are never sampled).
-    #[arg(long, value_name = "FILE", conflicts_with = "json")]
-    json_schema: Option<std::path::PathBuf>,
-    /// Structured output: the answer is a JSON object.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Weight path: f32 (reference, default) or quantized (GGUF blocks, faster).
     #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
     weights: WeightsArg,
@@ -111,16 +101,14 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
-            temperature: a.temperature,
-            top_p: a.top_p,
             top_k: a.top_k,
             repetition_penalty: a.repetition_penalty,
-            seed: a.seed,
+            ..a.sampling.params()
         },
         stop: a.stop.clone(),
         eos_ids: if a.ignore_eos { Vec::new() } else { m.eos_ids.clone() },
     };
-    let constraint = output_constraint(&m, output_format(a.json, a.json_schema.as_deref())?)?;
+    let constraint = output_constraint(&m, a.output.format()?)?;
     let constrained = constraint.is_some();
     let mut out = std::io::stdout().lock();
     let g = ferrotune_model::generate_constrained(
@@ -152,20 +140,6 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         bail!("--max-tokens {} ran out before the JSON was complete", a.max_tokens);
     }
     Ok(())
-}
-
-/// `--json` / `--json-schema FILE` as a structured-output format (`None`: free text).
-pub fn output_format(json: bool, schema: Option<&std::path::Path>) -> anyhow::Result<Option<JsonFormat>> {
-    if let Some(path) = schema {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let schema: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        if !schema.is_object() {
-            bail!("{}: a JSON Schema is a JSON object", path.display());
-        }
-        return Ok(Some(JsonFormat::JsonSchema { schema }));
-    }
-    Ok(json.then_some(JsonFormat::JsonObject))
 }
 
 /// The constraint for `format` on this model's vocabulary; an unsupported schema is an error

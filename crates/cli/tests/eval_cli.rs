@@ -83,20 +83,24 @@ fn eval_compares_base_and_adapter_writes_reports_and_gates() -> anyhow::Result<(
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let ev: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json"))?)?;
-    let systems: Vec<&str> =
-        ev["systems"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let systems: Vec<&str> = ev["systems"]
+        .as_array()
+        .expect("systems")
+        .iter()
+        .map(|s| s["name"].as_str().expect("a name"))
+        .collect();
     assert_eq!(systems, ["base", "spell"]);
-    assert_eq!(ev["rows"].as_array().unwrap().len(), 6);
+    assert_eq!(ev["rows"].as_array().expect("rows").len(), 6);
     assert_eq!(ev["data"]["rows"], 6);
-    let loss = ev["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "loss").unwrap();
-    let base_loss = loss["scores"][0]["value"].as_f64().unwrap();
-    let tuned_loss = loss["scores"][1]["value"].as_f64().unwrap();
+    let loss = ev["metrics"].as_array().expect("metrics").iter().find(|m| m["name"] == "loss").expect("loss");
+    let base_loss = loss["scores"][0]["value"].as_f64().expect("base loss");
+    let tuned_loss = loss["scores"][1]["value"].as_f64().expect("tuned loss");
     // The adapter was trained on this task: lower loss on held-out rows of it.
     assert!(tuned_loss < base_loss, "tuned {tuned_loss} vs base {base_loss}");
-    let delta = loss["vs_base"][0]["value"].as_f64().unwrap();
+    let delta = loss["vs_base"][0]["value"].as_f64().expect("difference");
     assert!((delta - (tuned_loss - base_loss)).abs() < 1e-9);
-    let ci = loss["scores"][0]["ci95"].as_array().unwrap();
-    assert!(ci[0].as_f64().unwrap() <= base_loss && base_loss <= ci[1].as_f64().unwrap());
+    let ci = loss["scores"][0]["ci95"].as_array().expect("interval");
+    assert!(ci[0].as_f64().expect("low") <= base_loss && base_loss <= ci[1].as_f64().expect("high"));
     let report = std::fs::read_to_string(out.join("report.md"))?;
     assert!(report.contains("| loss ↓ |") && report.contains("spell − base"), "{report}");
     assert!(text(&o).contains("rows/s"));
@@ -127,7 +131,7 @@ fn eval_compares_base_and_adapter_writes_reports_and_gates() -> anyhow::Result<(
     // Against a stored baseline that scored better, the gate fails with exit 3 and the files stay.
     let mut baseline: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("e2/eval.json"))?)?;
-    for m in baseline["metrics"].as_array_mut().unwrap() {
+    for m in baseline["metrics"].as_array_mut().expect("metrics") {
         if m["name"] == "rougeL" {
             m["scores"][1]["value"] = serde_json::json!(1.0);
         }
@@ -226,7 +230,12 @@ fn eval_score_scores_given_predictions() -> anyhow::Result<()> {
     ])?;
     assert!(o.status.success(), "{}", text(&o));
     let ev: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-    let em = ev["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "exact_match").unwrap();
+    let em = ev["metrics"]
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .find(|m| m["name"] == "exact_match")
+        .expect("exact_match");
     assert_eq!(em["scores"][0]["value"], 0.5);
     assert!(d.join("s/report.md").is_file());
 

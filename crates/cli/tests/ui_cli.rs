@@ -302,10 +302,10 @@ fn events_until(
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => return Err(e.into()),
         }
-        if got.contains("event: summary") {
-            if let Some(f) = after.take() {
-                f()?;
-            }
+        if got.contains("event: summary")
+            && let Some(f) = after.take()
+        {
+            f()?;
         }
         if after.is_none() && got.contains(want) {
             return Ok(got);

@@ -30,8 +30,9 @@ pub enum EvalError {
     #[error("loading model {spec}")]
     Load {
         spec: String,
+        // Boxed: inline, it made this enum (and the UI's error holding it) twice its size.
         #[source]
-        source: ferrotune_model::ModelError,
+        source: Box<ferrotune_model::ModelError>,
     },
 
     #[error(transparent)]

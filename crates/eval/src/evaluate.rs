@@ -50,6 +50,9 @@ pub struct EvalSpec {
     pub resamples: usize,
 }
 
+/// An adapter's system name and the training run folder it came from.
+pub type RunDir = (String, PathBuf);
+
 /// A finished evaluation: what `eval.json` holds, and where it was written.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -57,7 +60,7 @@ pub struct Report {
     /// The folder holding `eval.json`, `report.md`, `metrics.svg`.
     pub out: PathBuf,
     /// (system, training run folder) of the adapters that came from a run.
-    pub runs: Vec<(String, PathBuf)>,
+    pub runs: Vec<RunDir>,
     gates: Vec<Gate>,
     baseline: Option<(EvalFile, Option<String>)>,
 }
@@ -111,7 +114,7 @@ pub fn run(spec: &EvalSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result<Re
     }
 
     let mut m = ferrotune_model::load(&spec.model, spec.weights, &candle_core::Device::Cpu)
-        .map_err(|source| EvalError::Load { spec: spec.model.clone(), source })?;
+        .map_err(|source| EvalError::Load { spec: spec.model.clone(), source: Box::new(source) })?;
     progress(Progress::Loaded { model: &spec.model, rows: rows.len(), data, systems: systems.len() });
     spec.sampling.validate()?;
     let settings = RunSettings {
@@ -177,7 +180,7 @@ pub fn run(spec: &EvalSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result<Re
 }
 
 /// The base, then one system per adapter; and (system, run folder) for adapters from a run.
-fn systems(adapters: &[String]) -> Result<(Vec<SystemSpec>, Vec<(String, PathBuf)>)> {
+fn systems(adapters: &[String]) -> Result<(Vec<SystemSpec>, Vec<RunDir>)> {
     let mut systems = vec![SystemSpec { name: "base".into(), adapter: None }];
     let mut runs = Vec::new();
     for s in adapters {

@@ -148,7 +148,7 @@ mod tests {
             {"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
             {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
             {"role": "assistant", "content": "A2"}]}))
-        .unwrap();
+        .expect("the row parses");
         assert_eq!(r.reference, "A2");
         assert_eq!(r.prompt.len(), 4);
         assert_eq!(r.question(), "Q2");
@@ -157,29 +157,35 @@ mod tests {
 
     #[test]
     fn alpaca_and_expected_forms() {
-        let r = row(json!({"instruction": "Translate", "input": "hola", "output": "hello"})).unwrap();
+        let r = row(json!({"instruction": "Translate", "input": "hola", "output": "hello"}))
+            .expect("the row parses");
         assert_eq!((r.reference.as_str(), r.question()), ("hello", "Translate\n\nhola"));
         let r = row(json!({"messages": [{"role": "user", "content": "Q"}], "expected": {"b": 2, "a": 1}}))
-            .unwrap();
+            .expect("the row parses");
         assert!(r.structured);
-        assert_eq!(serde_json::from_str::<Value>(&r.reference).unwrap(), json!({"a": 1, "b": 2}));
-        let r = row(json!({"prompt": "2+2=", "expected": "4"})).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.reference).expect("the reference is JSON"),
+            json!({"a": 1, "b": 2})
+        );
+        let r = row(json!({"prompt": "2+2=", "expected": "4"})).expect("the row parses");
         assert_eq!(r.reference, "4");
-        let r = row(json!({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "old"}], "expected": "new"})).unwrap();
+        let r = row(json!({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "old"}], "expected": "new"})).expect("the row parses");
         assert_eq!((r.reference.as_str(), r.prompt.len()), ("new", 1));
     }
 
     #[test]
     fn bad_rows_name_line_and_field() {
         let e = row(json!({"messages": [{"role": "user", "content": "Q"}], "expected": 3}))
-            .unwrap_err()
+            .expect_err("the row is refused")
             .to_string();
         assert!(e.starts_with("t.jsonl:7: `expected`"), "{e}");
-        let e = row(json!({"text": "just text"})).unwrap_err().to_string();
+        let e = row(json!({"text": "just text"})).expect_err("the row is refused").to_string();
         assert!(e.contains("t.jsonl:7") && e.contains("no reference"), "{e}");
-        let e = row(json!({"messages": [{"role": "user", "content": "Q"}]})).unwrap_err().to_string();
+        let e = row(json!({"messages": [{"role": "user", "content": "Q"}]}))
+            .expect_err("the row is refused")
+            .to_string();
         assert!(e.contains("t.jsonl:7"), "{e}");
-        let e = row(json!([1, 2])).unwrap_err().to_string();
+        let e = row(json!([1, 2])).expect_err("the row is refused").to_string();
         assert!(e.contains("not a JSON object"), "{e}");
     }
 }

@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn metric_lists_parse_and_reject_unknown_names() {
-        let v = MetricSpec::parse_list("rougeL, bleu,loss,ppl,bleu").unwrap();
+        let v = MetricSpec::parse_list("rougeL, bleu,loss,ppl,bleu").expect("known metrics");
         assert_eq!(
             v,
             vec![
@@ -316,7 +316,7 @@ mod tests {
                 MetricSpec::Perplexity
             ]
         );
-        let e = MetricSpec::parse_list("rougeL,blue").unwrap_err().to_string();
+        let e = MetricSpec::parse_list("rougeL,blue").expect_err("an unknown metric").to_string();
         assert!(e.contains("blue") && e.contains("perplexity"), "{e}");
         assert!(MetricSpec::parse_list(" , ").is_err());
     }
@@ -338,7 +338,7 @@ mod tests {
             200,
             1,
         )
-        .unwrap();
+        .expect("scores");
         assert!((res[0].scores[0].score.value - 1.5).abs() < 1e-12);
         assert!((res[0].vs_base[0].score.value + 0.75).abs() < 1e-12);
         assert!((res[1].scores[1].score.value - 0.75f64.exp()).abs() < 1e-12);
@@ -352,7 +352,10 @@ mod tests {
     fn loss_needs_a_model_run() {
         let refs = vec!["a".to_string()];
         let systems = [Answers { system: "x", predictions: &refs, loss: None }];
-        let e = score_systems(&refs, &systems, &[MetricSpec::Loss], 10, 1).err().unwrap().to_string();
+        let e = score_systems(&refs, &systems, &[MetricSpec::Loss], 10, 1)
+            .err()
+            .expect("loss without per-row losses is refused")
+            .to_string();
         assert!(e.contains("teacher-forced"), "{e}");
     }
 }

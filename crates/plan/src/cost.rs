@@ -213,17 +213,17 @@ mod tests {
     #[test]
     fn a_bad_price_names_the_file_and_field() {
         let e = Prices::parse("as_of='x'\ncurrency='USD'\n[device_hour]\nh100 = -1\n", Path::new("p.toml"))
-            .unwrap_err()
+            .expect_err("refused")
             .to_string();
         assert!(e.contains("p.toml") && e.contains("device_hour.h100"), "{e}");
         let e =
             Prices::parse("as_of='x'\ncurrency='USD'\n[device_hour]\nh100 = 'cheap'\n", Path::new("p.toml"))
-                .unwrap_err()
+                .expect_err("refused")
                 .to_string();
         assert!(e.contains("p.toml") && e.contains("line 4"), "{e}");
         let e =
             Prices::parse("as_of='x'\ncurrency='USD'\ncolour='red'\n[device_hour]\n", Path::new("p.toml"))
-                .unwrap_err()
+                .expect_err("refused")
                 .to_string();
         assert!(e.contains("colour"), "{e}");
     }
@@ -234,7 +234,7 @@ mod tests {
             "as_of='t'\ncurrency='USD'\n[device_hour]\ncpu=0.1\n[storage]\ngb_month=0\n[[api]]\nname='a'\ninput_per_mtok=1.0\noutput_per_mtok=2.0\n",
             Path::new("t"),
         )
-        .unwrap();
+        .expect("the prices parse");
         // 100 tokens/s at 50% = 4.32M completion tokens a day per server.
         let t = Traffic { requests_per_day: 100_000.0, tokens_per_request: 100.0, completion_share: 0.5 };
         let tco = serving_tco(t, 100.0, 0.1, 0.5, 0.0, &p);
@@ -242,7 +242,7 @@ mod tests {
         assert!((tco.self_hosted_per_month - 2.0 * 0.1 * 720.0).abs() < 1e-9);
         // API: 100 tokens × (0.5 × 1 + 0.5 × 2) / 1e6 = $0.00015 a request.
         assert!((tco.apis[0].per_month - 0.00015 * 100_000.0 * 30.0).abs() < 1e-6);
-        let be = tco.apis[0].break_even_requests_per_day.unwrap();
+        let be = tco.apis[0].break_even_requests_per_day.expect("a break-even point");
         assert!((be * 0.00015 * 30.0 - 72.0).abs() < 1e-6, "{be}");
         // A slow server (1 token/s: 864 requests of 50 completion tokens a day at 50%) costs
         // 72 / (864 × 30) = $0.0028 a request at best, above the API's $0.00015: never.

@@ -95,7 +95,7 @@ mod tests {
             ("smollm2-360m", 362e6),
             ("llama-3.2-3b", 3.21e9),
         ] {
-            let n = lookup(name).unwrap().parameter_count() as f64;
+            let n = lookup(name).expect("a known shape").parameter_count() as f64;
             assert!((n / published - 1.0).abs() < 0.01, "{name}: {n} vs {published}");
         }
     }
@@ -104,7 +104,7 @@ mod tests {
     fn aliases_and_case_resolve_and_unknown_names_list_the_known_ones() {
         assert_eq!(canonical("LLaMA-1B"), Some("llama-3.2-1b"));
         assert_eq!(canonical("smollm2-135m-instruct"), Some("smollm2-135m"));
-        let e = lookup("gpt-5").unwrap_err().to_string();
+        let e = lookup("gpt-5").expect_err("an unknown shape").to_string();
         assert!(e.contains("gpt-5") && e.contains("llama-3.1-8b"), "{e}");
     }
 }

@@ -45,10 +45,10 @@ pub fn builtin_records() -> Vec<Record> {
         (include_str!("../../../bench/gpu-train-smollm2-135m.json"), "bench/gpu-train-smollm2-135m.json"),
         (include_str!("../../../bench/gpu-train-llama-1b.json"), "bench/gpu-train-llama-1b.json"),
     ] {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
-            if let Some(r) = record_of(&v, "h200", &format!("{file} (H200, 2026-11-30)")) {
-                out.push(r);
-            }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
+            && let Some(r) = record_of(&v, "h200", &format!("{file} (H200, 2026-11-30)"))
+        {
+            out.push(r);
         }
     }
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(include_str!("../../../bench/cpu-train.json")) {
@@ -259,17 +259,17 @@ mod tests {
 
     #[test]
     fn matmul_parameters_count_the_head_once_and_the_embedding_lookup_never() {
-        let s = shapes::lookup("smollm2-135m").unwrap();
+        let s = shapes::lookup("smollm2-135m").expect("a known shape");
         // 30 layers × 3,538,944 linear weights + the tied head 49152 × 576.
         assert_eq!(matmul_parameters(&s), 30 * 3_538_944 + 49152 * 576);
-        let l = shapes::lookup("llama-3.1-8b").unwrap();
+        let l = shapes::lookup("llama-3.1-8b").expect("a known shape");
         let per_layer = 4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336;
         assert_eq!(matmul_parameters(&l), 32 * per_layer + 128_256 * 4096);
     }
 
     #[test]
     fn full_fine_tuning_costs_about_one_and_a_half_times_lora_per_token() {
-        let s = shapes::lookup("llama-3.2-1b").unwrap();
+        let s = shapes::lookup("llama-3.2-1b").expect("a known shape");
         let lora =
             training_flops_per_token(&s, &Method::Lora { r: 16, targets: crate::default_targets() }, 1024);
         let full = training_flops_per_token(&s, &Method::Full, 1024);
@@ -279,17 +279,29 @@ mod tests {
     #[test]
     fn a_record_predicts_its_own_speed_and_larger_models_are_slower() {
         let recs = builtin_records();
-        let hw = crate::hardware::lookup("h200").unwrap();
+        let hw = crate::hardware::lookup("h200").expect("known hardware");
         let lora = Method::Lora { r: 16, targets: crate::default_targets() };
         for r in recs.iter().filter(|r| r.hardware == "h200") {
-            let cfg = shapes::lookup(&r.shape).unwrap();
-            let p = predict_training(&recs, &hw, &cfg, &lora, r.seq).unwrap();
+            let cfg = shapes::lookup(&r.shape).expect("a known shape");
+            let p = predict_training(&recs, &hw, &cfg, &lora, r.seq).expect("a prediction");
             assert!((p.tokens_per_sec / r.tokens_per_sec - 1.0).abs() < 1e-9, "{r:?}: {}", p.tokens_per_sec);
         }
-        let big =
-            predict_training(&recs, &hw, &shapes::lookup("llama-3.1-8b").unwrap(), &lora, 1024).unwrap();
-        let one =
-            predict_training(&recs, &hw, &shapes::lookup("llama-3.2-1b").unwrap(), &lora, 1024).unwrap();
+        let big = predict_training(
+            &recs,
+            &hw,
+            &shapes::lookup("llama-3.1-8b").expect("a known shape"),
+            &lora,
+            1024,
+        )
+        .expect("a prediction");
+        let one = predict_training(
+            &recs,
+            &hw,
+            &shapes::lookup("llama-3.2-1b").expect("a known shape"),
+            &lora,
+            1024,
+        )
+        .expect("a prediction");
         assert!(
             big.tokens_per_sec < one.tokens_per_sec / 4.0,
             "{} vs {}",
@@ -299,12 +311,12 @@ mod tests {
         // An A100 has 312/989 of the H200's peak.
         let a100 = predict_training(
             &recs,
-            &crate::hardware::lookup("a100").unwrap(),
-            &shapes::lookup("llama-3.2-1b").unwrap(),
+            &crate::hardware::lookup("a100").expect("known hardware"),
+            &shapes::lookup("llama-3.2-1b").expect("a known shape"),
             &lora,
             1024,
         )
-        .unwrap();
+        .expect("a prediction");
         assert!((a100.tokens_per_sec / one.tokens_per_sec - 312.0 / 989.0).abs() < 1e-9);
     }
 }

@@ -3,9 +3,8 @@
 //!
 //! Every record is predicted from its shape, batch and sequence alone: no per-record factor.
 //! The one adjustment is the benchmark harness's own: `ferrotune bench train` on a GPU builds
-//! the model in f32 on the device and casts it to bf16 (`crates/cli/src/bench.rs`,
-//! `bench_train`: `let mut model = if … { model } else { model.cast(&device, dtype)? }` borrows
-//! the f32 model in the cast branch, so it stays alive to the end of the function), so its peaks
+//! the model in f32 on the device and casts it to bf16 (`crates/bench/src/train.rs`,
+//! `Rig::build` keeps the f32 model it cast from for the whole run), so its peaks
 //! hold a second, f32 copy of the weights that `ferrotune train` (which casts from the CPU and
 //! replaces its model) does not.
 
@@ -28,7 +27,7 @@ fn read_json(name: &str) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// The benchmark's shapes as `bench_shape` (crates/cli/src/bench.rs) builds them: both tied.
+/// The benchmark's shapes as `ferrotune_bench::train::shape` (crates/bench/src/train.rs) builds them: both tied.
 fn bench_shape(name: &str) -> Result<ModelConfig> {
     let cfg = shapes::lookup(name)?;
     let dims = (

@@ -32,6 +32,24 @@ pub struct TrainerState {
     pub loss_spikes: crate::spikes::SpikeDetector,
 }
 
+impl TrainerState {
+    /// A run's state before its first step.
+    pub fn new(total_steps: usize, seed: u64) -> Self {
+        Self {
+            step: 0,
+            total_steps,
+            micro_batches: 0,
+            epoch: 0.0,
+            best_eval_loss: None,
+            best_step: None,
+            evals_without_improvement: 0,
+            tokens_seen: 0,
+            seed,
+            loss_spikes: Default::default(),
+        }
+    }
+}
+
 pub fn dir_for(run: &Path, step: usize) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step}"))
 }

@@ -2,7 +2,9 @@
 //!
 //! - [`config`]: `TrainConfig`, mirrored by the TOML file and the CLI flags, validated up front.
 //! - [`trainer`]: `run(config)` — the loop, readable top to bottom (eval, checkpoints, resume,
-//!   early stopping, best adapter, metrics.jsonl, loss curve, lineage).
+//!   early stopping, best adapter, loss curve, lineage); [`step`]: one optimizer step, on one
+//!   device or over data-parallel replicas; [`metrics`]: `metrics.jsonl`; [`dataset`]: the
+//!   rendered (and packed) examples a run reads.
 //! - [`batch`]: padding rendered examples into batches; the loss on target tokens only.
 //! - [`optim`]: AdamW (decoupled decay) with saveable state, global-norm clipping.
 //! - [`parallel`]: data-parallel LoRA over several GPUs (not wired into the CLI yet: see its docs).
@@ -18,14 +20,17 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod crash;
+pub mod dataset;
 pub mod error;
 pub mod lineage;
+pub mod metrics;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
 pub mod runlock;
 pub mod schedule;
 pub mod spikes;
+pub mod step;
 pub mod trainer;
 
 pub use config::{Method, TrainConfig};

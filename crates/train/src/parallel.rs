@@ -21,7 +21,7 @@ use ferrotune_model::{Adapter, Llama, LoraSpec};
 use crate::batch::{Batch, Example, loss_sums, make_batch};
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamW, clip_global_norm, collect_grads};
-use crate::trainer::{ExampleLoss, StepLosses};
+use crate::step::{ExampleLoss, StepLosses};
 
 /// The replicas after the first device's (which the trainer keeps as its model), and how their
 /// gradients meet.
@@ -258,7 +258,7 @@ fn local_gradients(
     let mut acc: Option<Vec<Tensor>> = None;
     for batch in batches {
         let (l, sums) = loss_sums(model, batch)?;
-        examples.extend(crate::trainer::example_losses(&batch.segments, &sums));
+        examples.extend(crate::step::example_losses(&batch.segments, &sums));
         let g = collect_grads(vars, &(&l / step_targets.max(1) as f64)?.backward()?)?;
         losses.push(l);
         acc = Some(match acc {
@@ -329,7 +329,7 @@ pub fn gradients(
 /// the step's micro-batches: the loss is normalised by the targets of all shares, as one device
 /// running every row would. Clips and steps on the first device, then broadcasts the weights.
 /// Returns the mean loss, the gradient norm before clipping and each example's loss, as
-/// `trainer::optimizer_step`.
+/// `step::optimizer_step`.
 pub fn optimizer_step(
     models: &[&Llama],
     vars: &[&[(String, Var)]],
@@ -605,8 +605,7 @@ mod tests {
 
         let mut opt1 = AdamW::new(s.a1.vars.clone(), Default::default())?;
         let batch = make_batch(&refs, 0, &dev)?;
-        let one =
-            crate::trainer::optimizer_step(&s.single, &mut opt1, std::slice::from_ref(&batch), 1e-2, 1.0)?;
+        let one = crate::step::optimizer_step(&s.single, &mut opt1, std::slice::from_ref(&batch), 1e-2, 1.0)?;
         let (l1, n1) = (one.loss, one.grad_norm);
 
         let mut opt2 = AdamW::new(s.a2.vars.clone(), Default::default())?;

@@ -1,48 +1,37 @@
-//! The training loop, readable top to bottom: load model and data → check the config against
-//! them → (resume) → loop { forward, loss, backward, clip, AdamW step, schedule, log, eval,
-//! checkpoint } → write the adapter, the loss curve and the lineage record. Each example's loss
-//! in its step is judged for a spike (`spikes`), which `metrics.jsonl` and the summary name by
-//! the example's data file line.
+//! The training loop. [`run_with`] reads top to bottom as the run's steps: resolve the run
+//! folder and config → load the model and data → init what trains → plan the schedule → open
+//! the run folder (or resume) → loop { forward, loss, backward, clip, AdamW step, schedule, log,
+//! eval, checkpoint } → publish the adapter, the loss curve and the lineage record. The step
+//! itself, on one device or over data-parallel replicas, is [`crate::step`]'s. Each example's
+//! loss in its step is judged for a spike (`spikes`), which `metrics.jsonl` and the summary name
+//! by the example's data file line.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
-use ferrotune_data::{RenderOptions, Renderer};
+use candle_core::{DType, Device, Var};
 use ferrotune_model::{Adapter, LoadedModel, WeightMode};
+use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::batch::{Example, Source, eval_loss_sum, loss_sums, make_batch, make_batch_from};
+use crate::batch::{Example, Source, eval_loss_sum, make_batch};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Method, TrainConfig};
+pub use crate::dataset::load_examples;
+use crate::dataset::{TrainData, load_data};
 use crate::error::{Result, TrainError};
 use crate::lineage;
-use crate::optim::{AdamW, AdamWParams, clip_global_norm, collect_grads};
+pub use crate::metrics::Metrics;
+use crate::metrics::MetricsLog;
+use crate::optim::{AdamW, AdamWParams};
+use crate::parallel::Replicas;
+use crate::runlock::RunLock;
 use crate::schedule::lr_at;
 use crate::spikes::Spike;
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct Metrics {
-    pub step: usize,
-    pub epoch: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    pub lr: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grad_norm: Option<f64>,
-    pub tokens_per_sec: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_loss: Option<f64>,
-    /// Examples of this step whose loss spiked (`spikes`), each with its data file line. A
-    /// step with any is always logged; the field is absent otherwise, so a line without it
-    /// reads as before (the dashboard and scripts read these lines as they are).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub loss_spikes: Vec<Spike>,
-}
+pub use crate::step::{ExampleLoss, StepLosses, optimizer_step};
+use crate::step::{StepBatches, StepRunner};
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize)]
@@ -94,51 +83,6 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
 }
 
-/// Read and render a data file: every invalid record is an error naming file and line. Returns
-/// the examples, the line (Parquet: row) each came from, and how many were too long.
-pub fn load_examples(
-    path: &Path,
-    renderer: &Renderer,
-    opts: RenderOptions,
-    max_len: usize,
-) -> Result<(Vec<Example>, Vec<u64>, usize)> {
-    let scanner = ferrotune_data::scan::Scanner::new(ferrotune_data::scan::ScanConfig::default());
-    let mut records = Vec::new();
-    let mut errors = Vec::new();
-    scanner.scan_file(path, |row| {
-        if row.has_error() {
-            errors.extend(row.findings.iter().filter(|f| f.is_error()).map(|f| f.to_string()));
-        } else if let Some(r) = row.record {
-            records.push((r, row.line));
-        }
-        Ok(())
-    })?;
-    if !errors.is_empty() {
-        let shown: Vec<String> = errors.iter().take(5).cloned().collect();
-        return Err(TrainError::file(
-            path,
-            format!(
-                "{} invalid record(s); run `ferrotune data validate` for the full report:\n  {}",
-                errors.len(),
-                shown.join("\n  ")
-            ),
-        ));
-    }
-    let mut examples = Vec::with_capacity(records.len());
-    let mut lines = Vec::with_capacity(records.len());
-    let mut too_long = 0;
-    for (r, line) in &records {
-        let rendered = ferrotune_data::render_for_training(r, renderer, &opts)?;
-        if rendered.len() > max_len {
-            too_long += 1;
-            continue;
-        }
-        examples.push(Example { input_ids: rendered.input_ids, labels: rendered.labels });
-        lines.push(*line);
-    }
-    Ok((examples, lines, too_long))
-}
-
 /// The trainable variables and, for LoRA, the adapter they belong to.
 enum Trainable {
     Lora(Adapter),
@@ -159,11 +103,40 @@ impl Trainable {
         }
     }
 
+    /// What trains, for the log and the loss curve's title.
+    fn describe(&self) -> String {
+        match self {
+            Self::Lora(a) => format!("LoRA r={} α={} on {} modules", a.spec.r, a.spec.alpha, a.layers.len()),
+            Self::Full(_) => "full fine-tuning".into(),
+        }
+    }
+
     /// Write the trained weights as a deliverable into `dir`.
     fn save(&self, m: &LoadedModel, base: &str, dir: &Path) -> Result<()> {
         match self {
             Self::Lora(a) => Ok(a.save(dir, base)?),
             Self::Full(_) => Ok(ferrotune_model::export::export_hf(m, dir)?),
+        }
+    }
+
+    /// Write the trained weights into checkpoint folder `dir`.
+    fn save_checkpoint(&self, base: &str, dir: &Path) -> Result<()> {
+        match self {
+            Self::Lora(a) => a.save(&dir.join("adapter"), base)?,
+            Self::Full(v) => checkpoint::save_vars(v, &dir.join("model.safetensors"))?,
+        }
+        Ok(())
+    }
+
+    /// Restore the trained weights from checkpoint folder `dir`.
+    fn load_checkpoint(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Lora(a) => {
+                checkpoint::load_vars(&a.vars, &dir.join("adapter/adapter_model.safetensors"), |n| {
+                    format!("base_model.model.{n}")
+                })
+            }
+            Self::Full(v) => checkpoint::load_vars(v, &dir.join("model.safetensors"), str::to_string),
         }
     }
 }
@@ -188,7 +161,9 @@ fn summed_eval_loss(model: &ferrotune_model::Llama, batch: &crate::batch::Batch)
     if !model.device().is_cpu() || k == 1 {
         return Ok(eval_loss_sum(model, batch)?.to_scalar::<f32>()? as f64);
     }
-    let shares = (0..k).map(|i| batch.rows(rows * i / k, rows * (i + 1) / k)).collect::<Result<Vec<_>>>()?;
+    let shares = (0..k)
+        .map(|i| batch.rows(rows * i / k, rows * (i + 1) / k))
+        .collect::<ferrotune_model::Result<Vec<_>>>()?;
     let sums: Vec<Result<f64>> =
         shares.par_iter().map(|s| Ok(eval_loss_sum(model, s)?.to_scalar::<f32>()? as f64)).collect();
     sums.into_iter().sum()
@@ -212,10 +187,65 @@ pub fn run_with(
     opts: &RunOptions,
     on_start: &mut dyn FnMut(&RunStart<'_>) -> std::result::Result<(), String>,
 ) -> Result<RunSummary> {
-    // ---- resolve the run folder and config (a resumed run uses its saved config) ----
+    // ---- resolve: the run folder and the config (a resumed run uses its saved config) ----
+    let (run_dir, lock, cfg) = resolve(cfg, opts)?;
+    let started = lineage::now_rfc3339();
+
+    // ---- load: model and data ----
+    let (device, replica_devices) = open_devices(&cfg)?;
+    let (mut m, max_len) = load_model(&cfg, &device)?;
+    let data = load_data(&cfg, &m, max_len)?;
+
+    // ---- init: the trainable parameters, the step runner, the optimizer ----
+    let (trainable, runner) = init_trainable(&cfg, &mut m, device, &replica_devices)?;
+    let mut opt =
+        AdamW::new(trainable.vars(), AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
+    let n_params: usize = opt.vars().iter().map(|(_, v)| v.elem_count()).sum();
+
+    // ---- schedule ----
+    let plan = Plan::new(&cfg, data.train.len());
+
+    // ---- open the run folder, or resume the run in it ----
+    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::file(&run_dir, e))?;
+    let _lock = match lock {
+        Some(l) => l,
+        None => open_run_dir(&run_dir)?,
+    };
+    let (state, history) = if opts.resume {
+        resume(&run_dir, &trainable, &mut opt, &runner, plan.total_steps)?
+    } else {
+        start(&run_dir, &cfg, plan.total_steps)?
+    };
+    on_start(&RunStart {
+        config: &cfg,
+        run_dir: &run_dir,
+        model_files: &m.files,
+        model_config: m.config(),
+        base_parameters: m.config().parameter_count(),
+        trainable_parameters: n_params as u64,
+        data_files: data_files(&cfg),
+        train_examples: data.train.len(),
+        eval_examples: data.eval.len(),
+        resumed: opts.resume,
+    })
+    .map_err(|e| TrainError::file(&run_dir, e))?;
+    let metrics = MetricsLog::open(run_dir.join("metrics.jsonl"), history, opts.resume)?;
+    let mut t = Trainer { cfg, run_dir, m, trainable, n_params, runner, opt, data, plan, state, metrics };
+
+    // ---- the loop ----
+    t.announce();
+    t.eval_base_model()?;
+    let end = t.train(opts)?;
+
+    // ---- publish: adapter (best by eval loss, else final), loss curve, lineage ----
+    t.publish(&started, end)
+}
+
+/// The run folder, its lock, and the config to train with (a resumed run's saved one). One
+/// trainer per run folder, locked before anything in it is read; a folder that does not exist
+/// yet is locked when it is made (`run_with`).
+fn resolve(cfg: TrainConfig, opts: &RunOptions) -> Result<(PathBuf, Option<RunLock>, TrainConfig)> {
     let run_dir = cfg.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
-    // One trainer per run folder, locked before anything in it is read; a new folder is locked
-    // when it is made, below.
     let lock = if run_dir.is_dir() { Some(open_run_dir(&run_dir)?) } else { None };
     let cfg = if opts.resume {
         let saved = run_dir.join("config.json");
@@ -227,23 +257,28 @@ pub fn run_with(
         cfg
     };
     cfg.validate()?;
-    let started = lineage::now_rfc3339();
+    Ok((run_dir, lock, cfg))
+}
 
-    // ---- model and data ----
-    // `--devices 0,1`: the first GPU holds the trainer's model; replicas go on the others.
-    let gpus = cfg
-        .devices
-        .as_deref()
-        .map(|l| crate::parallel::open_devices(&crate::parallel::gpu_list(&cfg.device, l)?))
-        .transpose()?;
-    let device = match &gpus {
-        Some(g) => g[0].clone(),
-        None => crate::config::open_device(&cfg.device)?,
+/// The trainer's device, and the devices of its data-parallel replicas: with `--devices 0,1`
+/// the first GPU holds the trainer's model and the replicas go on the others.
+fn open_devices(cfg: &TrainConfig) -> Result<(Device, Vec<Device>)> {
+    let Some(list) = cfg.devices.as_deref() else {
+        return Ok((crate::config::open_device(&cfg.device)?, Vec::new()));
     };
+    let gpus = crate::parallel::open_devices(&crate::parallel::gpu_list(&cfg.device, list)?)?;
+    match gpus.split_first() {
+        Some((first, rest)) => Ok((first.clone(), rest.to_vec())),
+        None => Err(TrainError::config("devices", "no GPU given (e.g. 0,1)")),
+    }
+}
+
+/// The model on `device` in the run's dtype, and the longest sequence the run trains on.
+fn load_model(cfg: &TrainConfig, device: &Device) -> Result<(LoadedModel, usize)> {
     let mut m = ferrotune_model::load(&cfg.model, WeightMode::F32, &Device::Cpu)?;
-    let dtype = cfg.resolved_dtype(&device);
-    if !device.is_cpu() || dtype != candle_core::DType::F32 {
-        m.model = m.model.cast(&device, dtype)?;
+    let dtype = cfg.resolved_dtype(device);
+    if !device.is_cpu() || dtype != DType::F32 {
+        m.model = m.model.cast(device, dtype)?;
     }
     let ctx = m.config().max_position_embeddings;
     let max_len = cfg.max_seq_len.unwrap_or(ctx.min(2048));
@@ -253,40 +288,27 @@ pub fn run_with(
             format!("{max_len} exceeds the model's context of {ctx} tokens"),
         ));
     }
-    let renderer = Renderer::from_model(&m)?;
-    let pad = renderer.eos_id();
-    let render_opts = RenderOptions { train_on_inputs: cfg.train_on_inputs };
-    let (train, lines, dropped) = load_examples(&cfg.data, &renderer, render_opts, max_len)?;
-    if dropped > 0 {
-        eprintln!("warning: skipped {dropped} training example(s) longer than max_seq_len={max_len} tokens");
-    }
-    if train.is_empty() {
-        return Err(TrainError::file(&cfg.data, "no usable training examples"));
-    }
-    // Each training row with the data file line(s) of the example(s) in it.
-    let (train, sources): (Vec<Example>, Vec<Vec<Source>>) = if cfg.packing {
-        let n = train.len();
-        let packed = crate::batch::pack_with_lines(train, &lines, max_len, cfg.seed);
-        eprintln!("packing: {n} examples into {} sequences of at most {max_len} tokens", packed.len());
-        packed.into_iter().unzip()
-    } else {
-        let sources = lines.iter().map(|&line| vec![Source { start: 0, line }]).collect();
-        (train, sources)
-    };
-    let eval = match &cfg.eval_data {
-        Some(p) => load_examples(p, &renderer, render_opts, max_len)?.0,
-        None => Vec::new(),
-    };
+    Ok((m, max_len))
+}
 
-    // ---- trainable parameters ----
+/// The model's trainable parameters (a fresh LoRA adapter attached, or every weight) and the
+/// runner of its steps: with `replica_devices`, data-parallel LoRA replicas holding the same
+/// adapter weights.
+fn init_trainable(
+    cfg: &TrainConfig,
+    m: &mut LoadedModel,
+    device: Device,
+    replica_devices: &[Device],
+) -> Result<(Trainable, StepRunner)> {
     m.model.set_differentiable(true);
-    let mut replicas: Option<crate::parallel::Replicas> = None;
-    let trainable = match cfg.method {
+    match cfg.method {
         Method::Lora => {
             let spec = cfg.lora_spec();
-            if let Some(g) = gpus.as_ref().filter(|g| g.len() > 1) {
-                replicas = Some(crate::parallel::Replicas::lora(&m.model, &g[1..], &spec, cfg.seed)?);
-            }
+            // The replicas copy the base model, so they are made before the adapter is attached.
+            let replicas = match replica_devices {
+                [] => None,
+                devices => Some(Replicas::lora(&m.model, devices, &spec, cfg.seed)?),
+            };
             let adapter = Adapter::init(&mut m.model, &spec, cfg.seed).map_err(|e| match e {
                 ferrotune_model::ModelError::InvalidSetting { field, reason } => {
                     TrainError::config(field, reason)
@@ -294,510 +316,411 @@ pub fn run_with(
                 other => other.into(),
             })?;
             adapter.attach(&mut m.model);
-            if let Some(r) = &replicas {
-                r.broadcast(&adapter.vars)?;
-            }
-            Trainable::Lora(adapter)
+            let runner = StepRunner::new(device, replicas, &adapter.vars);
+            runner.sync()?;
+            Ok((Trainable::Lora(adapter), runner))
         }
-        Method::Full => Trainable::Full(m.model.make_trainable()?),
-    };
-    let vars = trainable.vars();
-    let n_params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    let mut opt =
-        AdamW::new(vars.clone(), AdamWParams { weight_decay: cfg.weight_decay, ..Default::default() })?;
+        Method::Full => Ok((Trainable::Full(m.model.make_trainable()?), StepRunner::new(device, None, &[]))),
+    }
+}
 
-    // ---- schedule ----
-    let batches_per_epoch = train.len().div_ceil(cfg.batch_size);
-    let total_steps = match cfg.max_steps {
-        Some(s) => s,
-        None => ((cfg.epochs * batches_per_epoch as f64) / cfg.grad_accum as f64).ceil().max(1.0) as usize,
-    };
-    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum).max(1);
-    let warmup = cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total_steps as f64).round() as usize);
-    let eval_every = cfg.eval_steps.unwrap_or(steps_per_epoch);
-    let save_every = cfg.save_steps.unwrap_or(eval_every);
+/// How long the run is, and how often it evaluates and saves.
+struct Plan {
+    batches_per_epoch: usize,
+    total_steps: usize,
+    warmup: usize,
+    eval_every: usize,
+    save_every: usize,
+}
 
-    // ---- run folder, resume ----
-    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::file(&run_dir, e))?;
-    let _lock = match lock {
-        Some(l) => l,
-        None => open_run_dir(&run_dir)?,
+impl Plan {
+    fn new(cfg: &TrainConfig, train_rows: usize) -> Self {
+        let batches_per_epoch = train_rows.div_ceil(cfg.batch_size);
+        let total_steps = match cfg.max_steps {
+            Some(s) => s,
+            None => {
+                ((cfg.epochs * batches_per_epoch as f64) / cfg.grad_accum as f64).ceil().max(1.0) as usize
+            }
+        };
+        let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum).max(1);
+        let warmup = cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total_steps as f64).round() as usize);
+        let eval_every = cfg.eval_steps.unwrap_or(steps_per_epoch);
+        let save_every = cfg.save_steps.unwrap_or(eval_every);
+        Self { batches_per_epoch, total_steps, warmup, eval_every, save_every }
+    }
+
+    /// The learning rate of step `step` (0-based).
+    fn lr(&self, cfg: &TrainConfig, step: usize) -> f64 {
+        lr_at(cfg.scheduler, cfg.lr, step, self.warmup, self.total_steps)
+    }
+}
+
+/// A new run in `run_dir`, which must not hold one yet: its config written, its state at step 0.
+fn start(run_dir: &Path, cfg: &TrainConfig, total_steps: usize) -> Result<(TrainerState, Vec<Metrics>)> {
+    if run_dir.join("checkpoints").exists() || run_dir.join("metrics.jsonl").exists() {
+        return Err(TrainError::file(
+            run_dir,
+            "already holds a run; pass --resume to continue it, or choose another --out",
+        ));
+    }
+    checkpoint::write_json(&run_dir.join("config.json"), cfg)?;
+    Ok((TrainerState::new(total_steps, cfg.seed), Vec::new()))
+}
+
+/// The run in `run_dir` from its last checkpoint: weights (sent to the replicas too), optimizer
+/// and trainer state restored, and the metrics lines up to it. Lines logged after the checkpoint
+/// (a run killed mid-interval) are dropped: the resumed run logs those steps again.
+fn resume(
+    run_dir: &Path,
+    trainable: &Trainable,
+    opt: &mut AdamW,
+    runner: &StepRunner,
+    total_steps: usize,
+) -> Result<(TrainerState, Vec<Metrics>)> {
+    let Some(&last) = checkpoint::list(run_dir).last() else {
+        return Err(TrainError::file(run_dir.join("checkpoints"), "no checkpoint to resume from"));
     };
+    let dir = checkpoint::dir_for(run_dir, last);
+    let state: TrainerState = checkpoint::read_json(&dir.join("trainer_state.json"))?;
+    trainable.load_checkpoint(&dir)?;
+    opt.load(&dir.join("optimizer.safetensors"), state.step as u64)?;
+    runner.sync()?;
     let metrics_path = run_dir.join("metrics.jsonl");
-    let mut state = TrainerState {
-        step: 0,
-        total_steps,
-        micro_batches: 0,
-        epoch: 0.0,
-        best_eval_loss: None,
-        best_step: None,
-        evals_without_improvement: 0,
-        tokens_seen: 0,
-        seed: cfg.seed,
-        loss_spikes: Default::default(),
-    };
-    let mut history: Vec<Metrics> = Vec::new();
-    if opts.resume {
-        let Some(&last) = checkpoint::list(&run_dir).last() else {
-            return Err(TrainError::file(run_dir.join("checkpoints"), "no checkpoint to resume from"));
-        };
-        let dir = checkpoint::dir_for(&run_dir, last);
-        state = checkpoint::read_json(&dir.join("trainer_state.json"))?;
-        match &trainable {
-            Trainable::Lora(_) => {
-                checkpoint::load_vars(&vars, &dir.join("adapter/adapter_model.safetensors"), |n| {
-                    format!("base_model.model.{n}")
-                })?
-            }
-            Trainable::Full(_) => {
-                checkpoint::load_vars(&vars, &dir.join("model.safetensors"), str::to_string)?
-            }
-        }
-        opt.load(&dir.join("optimizer.safetensors"), state.step as u64)?;
-        if let Some(r) = &replicas {
-            r.broadcast(&vars)?;
-        }
-        // Lines logged after the checkpoint (a run killed mid-interval) are dropped: the resumed
-        // run logs those steps again.
-        if metrics_path.exists() {
-            history = read_metrics(&metrics_path)?.into_iter().filter(|mt| mt.step <= state.step).collect();
-        }
-        eprintln!("resuming {} at step {}/{}", run_dir.display(), state.step, total_steps);
+    let history = if metrics_path.exists() {
+        crate::metrics::read(&metrics_path)?.into_iter().filter(|mt| mt.step <= state.step).collect()
     } else {
-        if run_dir.join("checkpoints").exists() || metrics_path.exists() {
-            return Err(TrainError::file(
-                &run_dir,
-                "already holds a run; pass --resume to continue it, or choose another --out",
-            ));
-        }
-        checkpoint::write_json(&run_dir.join("config.json"), &cfg)?;
-    }
-    let base_parameters = m.config().parameter_count();
-    let mut data_files = vec![cfg.data.clone()];
-    data_files.extend(cfg.eval_data.clone());
-    on_start(&RunStart {
-        config: &cfg,
-        run_dir: &run_dir,
-        model_files: &m.files,
-        model_config: m.config(),
-        base_parameters,
-        trainable_parameters: n_params as u64,
-        data_files: data_files.clone(),
-        train_examples: train.len(),
-        eval_examples: eval.len(),
-        resumed: opts.resume,
-    })
-    .map_err(|e| TrainError::file(&run_dir, e))?;
-    let metrics_line = |mt: &Metrics| {
-        serde_json::to_string(mt).map(|l| l + "\n").map_err(|e| TrainError::file(&metrics_path, e))
+        Vec::new()
     };
-    let mut metrics_file = if opts.resume {
-        // The kept lines replace the file whole (temp + fsync + rename): a crash here leaves
-        // the old file, never a truncated one.
-        let kept = history.iter().map(metrics_line).collect::<Result<String>>()?;
-        crate::atomic::write_file(&metrics_path, "metrics-rewrite", kept.as_bytes())?;
-        std::fs::OpenOptions::new().append(true).open(&metrics_path)
-    } else {
-        std::fs::File::create(&metrics_path)
-    }
-    .map_err(|e| TrainError::file(&metrics_path, e))?;
-    let mut log = |mt: &Metrics, history: &mut Vec<Metrics>| -> Result<()> {
-        // One write per line, so a kill leaves whole lines (or a torn last one, which resume
-        // drops).
-        metrics_file
-            .write_all(metrics_line(mt)?.as_bytes())
-            .map_err(|e| TrainError::file(&metrics_path, e))?;
-        history.push(mt.clone());
-        Ok(())
-    };
+    eprintln!("resuming {} at step {}/{}", run_dir.display(), state.step, total_steps);
+    Ok((state, history))
+}
 
-    let target_desc = match &trainable {
-        Trainable::Lora(a) => format!("LoRA r={} α={} on {} modules", a.spec.r, a.spec.alpha, a.layers.len()),
-        Trainable::Full(_) => "full fine-tuning".into(),
-    };
-    eprintln!(
-        "training {} ({target_desc}, {n_params} trainable parameters) on {} examples ({} eval), {} steps of {}×{} rows, lr {} {:?}",
-        cfg.model,
-        train.len(),
-        eval.len(),
-        total_steps,
-        cfg.batch_size,
-        cfg.grad_accum,
-        cfg.lr,
-        cfg.scheduler
-    );
+/// Training data, then evaluation data.
+fn data_files(cfg: &TrainConfig) -> Vec<PathBuf> {
+    let mut files = vec![cfg.data.clone()];
+    files.extend(cfg.eval_data.clone());
+    files
+}
 
-    // Eval before the first step: the base model's loss, the point the curve starts from.
-    let evaluate = |m: &mut LoadedModel, trainable: &Trainable, step: usize| -> Result<f64> {
-        trainable.set_training(false, cfg.seed, step as u64);
-        m.model.set_differentiable(false);
-        let l = mean_eval_loss(m, &eval, cfg.batch_size, pad);
-        m.model.set_differentiable(true);
-        l
-    };
-    if !eval.is_empty() && state.step == 0 && history.is_empty() {
-        let l = evaluate(&mut m, &trainable, 0)?;
-        log(
-            &Metrics {
-                step: 0,
-                epoch: 0.0,
-                loss: None,
-                lr: 0.0,
-                grad_norm: None,
-                tokens_per_sec: 0.0,
-                eval_loss: Some(l),
-                loss_spikes: Vec::new(),
-            },
-            &mut history,
-        )?;
-        state.best_eval_loss = Some(l);
-        state.best_step = Some(0);
-    }
+/// A run with its folder open: what the loop works on.
+struct Trainer {
+    cfg: TrainConfig,
+    run_dir: PathBuf,
+    m: LoadedModel,
+    trainable: Trainable,
+    n_params: usize,
+    runner: StepRunner,
+    opt: AdamW,
+    data: TrainData,
+    plan: Plan,
+    state: TrainerState,
+    metrics: MetricsLog,
+}
 
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(total_steps as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+/// How the loop ended.
+struct LoopEnd {
+    stopped_early: bool,
+    last_loss: Option<f64>,
+    /// Tokens per second over this process's steps.
+    tokens_per_sec: f64,
+}
+
+impl Trainer {
+    fn announce(&self) {
+        let cfg = &self.cfg;
+        eprintln!(
+            "training {} ({}, {} trainable parameters) on {} examples ({} eval), {} steps of {}×{} rows, lr {} {:?}",
+            cfg.model,
+            self.trainable.describe(),
+            self.n_params,
+            self.data.train.len(),
+            self.data.eval.len(),
+            self.plan.total_steps,
+            cfg.batch_size,
+            cfg.grad_accum,
+            cfg.lr,
+            cfg.scheduler
         );
-        b.set_position(state.step as u64);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    }
 
-    // ---- the loop ----
-    let order_for_epoch = |epoch: usize| -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..train.len()).collect();
-        idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
-        idx
-    };
-    let mut cached_order: Option<(usize, Vec<usize>)> = None;
-    // A run resumed from the checkpoint written where early stopping ended it (killed while
-    // writing its deliverables) is already done.
-    let mut stopped_early = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
-    let run_start = Instant::now();
-    let tokens_at_start = state.tokens_seen;
-    let mut last_loss = history.iter().rev().find_map(|h| h.loss);
-    while !stopped_early && state.step < total_steps {
-        if opts.stop_after.is_some_and(|s| state.step >= s) {
-            bar.abandon();
-            return Err(TrainError::config(
-                "stop_after",
-                format!("stopped after step {} as asked", state.step),
-            ));
+    /// Eval before the first step: the base model's loss, the point the curve starts from.
+    fn eval_base_model(&mut self) -> Result<()> {
+        if self.data.eval.is_empty() || self.state.step != 0 || !self.metrics.history().is_empty() {
+            return Ok(());
         }
-        let t0 = Instant::now();
-        let lr = lr_at(cfg.scheduler, cfg.lr, state.step, warmup, total_steps);
-        trainable.set_training(true, cfg.seed, state.step as u64);
-        if let Some(r) = &replicas {
-            r.set_training(true, cfg.seed, state.step as u64);
+        let l = self.evaluate(0)?;
+        self.metrics.log(&Metrics {
+            step: 0,
+            epoch: 0.0,
+            loss: None,
+            lr: 0.0,
+            grad_norm: None,
+            tokens_per_sec: 0.0,
+            eval_loss: Some(l),
+            loss_spikes: Vec::new(),
+        })?;
+        self.state.best_eval_loss = Some(l);
+        self.state.best_step = Some(0);
+        Ok(())
+    }
+
+    /// The loop, from the state's step to the plan's last (or early stopping, or `stop_after`).
+    fn train(&mut self, opts: &RunOptions) -> Result<LoopEnd> {
+        let bar = progress_bar(opts.progress, self.plan.total_steps, self.state.step);
+        let mut order = EpochOrder::new(self.data.train.len(), self.cfg.seed);
+        // A run resumed from the checkpoint written where early stopping ended it (killed while
+        // writing its deliverables) is already done.
+        let mut stopped_early = self.patience_ran_out();
+        let run_start = Instant::now();
+        let tokens_at_start = self.state.tokens_seen;
+        let mut last_loss = self.metrics.history().iter().rev().find_map(|h| h.loss);
+        while !stopped_early && self.state.step < self.plan.total_steps {
+            if opts.stop_after.is_some_and(|s| self.state.step >= s) {
+                bar.abandon();
+                return Err(TrainError::config(
+                    "stop_after",
+                    format!("stopped after step {} as asked", self.state.step),
+                ));
+            }
+            let t0 = Instant::now();
+            let lr = self.plan.lr(&self.cfg, self.state.step);
+            let (StepLosses { loss, grad_norm, examples }, step_tokens) = self.step(&mut order, lr)?;
+            self.state.tokens_seen += step_tokens;
+            self.state.step += 1;
+            self.state.epoch = self.state.micro_batches as f64 / self.plan.batches_per_epoch as f64;
+            last_loss = Some(loss);
+            let tps = step_tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(self.state.step as u64);
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+
+            let spikes = self.judge_spikes(&examples, &bar);
+            let mut mt = Metrics {
+                step: self.state.step,
+                epoch: self.state.epoch,
+                loss: Some(loss),
+                lr,
+                grad_norm: Some(grad_norm),
+                tokens_per_sec: tps,
+                eval_loss: None,
+                loss_spikes: spikes,
+            };
+            let step = self.state.step;
+            let last_step = step == self.plan.total_steps;
+            if !self.data.eval.is_empty() && (step.is_multiple_of(self.plan.eval_every) || last_step) {
+                mt.eval_loss = Some(self.eval_and_keep_best(&bar)?);
+            }
+            if step.is_multiple_of(self.cfg.logging_steps)
+                || mt.eval_loss.is_some()
+                || !mt.loss_spikes.is_empty()
+                || last_step
+            {
+                self.metrics.log(&mt)?;
+            }
+            let stop = self.patience_ran_out();
+            if step.is_multiple_of(self.plan.save_every) || last_step || stop {
+                self.save_checkpoint()?;
+            }
+            if stop {
+                bar.println(format!(
+                    "early stopping: eval loss has not improved by more than {} for {} evaluations",
+                    self.cfg.early_stopping_threshold, self.state.evals_without_improvement
+                ));
+                stopped_early = true;
+                break;
+            }
         }
+        bar.finish_and_clear();
+        let elapsed = run_start.elapsed().as_secs_f64();
+        let tokens_per_sec = (self.state.tokens_seen - tokens_at_start) as f64 / elapsed.max(1e-9);
+        Ok(LoopEnd { stopped_early, last_loss, tokens_per_sec })
+    }
+
+    /// One optimizer step over the next `grad_accum` micro-batches, dropout drawing this step's
+    /// masks; also the tokens it trained on.
+    fn step(&mut self, order: &mut EpochOrder, lr: f64) -> Result<(StepLosses, usize)> {
+        let (seed, step) = (self.cfg.seed, self.state.step as u64);
+        self.trainable.set_training(true, seed, step);
+        self.runner.set_training(seed, step);
         // Gather the step's micro-batches first: the loss is normalised by the step's target count.
-        let mut micro = Vec::with_capacity(cfg.grad_accum);
-        // Data parallel: each device's share of every micro-batch.
-        let mut shared: Vec<Vec<crate::batch::Batch>> =
-            (0..replicas.as_ref().map_or(0, |r| r.models.len() + 1)).map(|_| Vec::new()).collect();
-        for _ in 0..cfg.grad_accum {
-            let epoch = state.micro_batches / batches_per_epoch;
-            let within = state.micro_batches % batches_per_epoch;
-            if cached_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                cached_order = Some((epoch, order_for_epoch(epoch)));
-            }
-            let order = &cached_order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
-            let picked = &order[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(order.len())];
-            let rows: Vec<&Example> = picked.iter().map(|&i| &train[i]).collect();
-            let srcs: Vec<&[Source]> = picked.iter().map(|&i| sources[i].as_slice()).collect();
-            match &replicas {
-                Some(r) => {
-                    let devs: Vec<&Device> =
-                        std::iter::once(&device).chain(r.models.iter().map(|m| m.device())).collect();
-                    let src_shares = crate::parallel::shares(&srcs, devs.len());
-                    for (d, (share, src)) in
-                        crate::parallel::shares(&rows, devs.len()).into_iter().zip(src_shares).enumerate()
-                    {
-                        if !share.is_empty() {
-                            shared[d].push(make_batch_from(share, src, pad, devs[d])?);
-                        }
-                    }
-                }
-                None => micro.push(make_batch_from(&rows, &srcs, pad, &device)?),
-            }
-            state.micro_batches += 1;
-        }
-        let StepLosses { loss, grad_norm, examples } = match &replicas {
-            Some(r) => {
-                let models: Vec<&ferrotune_model::Llama> =
-                    std::iter::once(&m.model).chain(&r.models).collect();
-                let rvars: Vec<&[(String, candle_core::Var)]> = std::iter::once(vars.as_slice())
-                    .chain(r.adapters.iter().map(|a| a.vars.as_slice()))
-                    .collect();
-                let out = crate::parallel::optimizer_step(
-                    &models,
-                    &rvars,
-                    &shared,
-                    &mut opt,
-                    r,
-                    lr,
-                    cfg.max_grad_norm,
-                )?;
-                micro = shared.into_iter().flatten().collect();
-                out
-            }
-            None => optimizer_step(&m.model, &mut opt, &micro, lr, cfg.max_grad_norm)?,
-        };
-        state.tokens_seen += micro.iter().map(|b| b.n_tokens).sum::<usize>();
-        state.step += 1;
-        state.epoch = state.micro_batches as f64 / batches_per_epoch as f64;
-        last_loss = Some(loss);
-        let step_tokens: usize = micro.iter().map(|b| b.n_tokens).sum();
-        let tps = step_tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        bar.set_position(state.step as u64);
-        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+        let batches = self.next_batches(order)?;
+        let losses = self.runner.step(&self.m.model, &mut self.opt, &batches, lr, self.cfg.max_grad_norm)?;
+        Ok((losses, batches.tokens()))
+    }
 
+    /// The next `grad_accum` micro-batches of `batch_size` rows in the epoch's order.
+    fn next_batches(&mut self, order: &mut EpochOrder) -> Result<StepBatches> {
+        let (size, per_epoch) = (self.cfg.batch_size, self.plan.batches_per_epoch);
+        let mut batches = self.runner.batches();
+        for _ in 0..self.cfg.grad_accum {
+            let epoch = self.state.micro_batches / per_epoch;
+            let within = self.state.micro_batches % per_epoch;
+            let order = order.of_epoch(epoch);
+            let picked = &order[within * size..((within + 1) * size).min(order.len())];
+            let rows: Vec<&Example> = picked.iter().map(|&i| &self.data.train[i]).collect();
+            let srcs: Vec<&[Source]> = picked.iter().map(|&i| self.data.sources[i].as_slice()).collect();
+            self.runner.push(&mut batches, &rows, &srcs, self.data.pad)?;
+            self.state.micro_batches += 1;
+        }
+        Ok(batches)
+    }
+
+    /// The step's examples' losses judged for spikes; each spike printed with its data file line.
+    fn judge_spikes(&mut self, examples: &[ExampleLoss], bar: &ProgressBar) -> Vec<Spike> {
+        let (step, epoch) = (self.state.step, self.state.epoch);
         let spikes: Vec<Spike> = examples
             .iter()
-            .filter_map(|e| state.loss_spikes.observe(e.line, e.loss, state.step, state.epoch))
+            .filter_map(|e| self.state.loss_spikes.observe(e.line, e.loss, step, epoch))
             .collect();
         for sp in &spikes {
             let at = sp.row.map_or("a row of unknown line".into(), |l| {
-                ferrotune_data::finding::locate(&cfg.data.display().to_string(), l)
+                ferrotune_data::finding::locate(&self.cfg.data.display().to_string(), l)
             });
             bar.println(format!(
                 "step {}: loss spike on {at}: {:.3} vs median {:.3} of recent examples (z {:.1})",
                 sp.step, sp.loss, sp.median, sp.z
             ));
         }
-        let mut mt = Metrics {
-            step: state.step,
-            epoch: state.epoch,
-            loss: Some(loss),
-            lr,
-            grad_norm: Some(grad_norm),
-            tokens_per_sec: tps,
-            eval_loss: None,
-            loss_spikes: spikes,
-        };
-        let last_step = state.step == total_steps;
-        if !eval.is_empty() && (state.step.is_multiple_of(eval_every) || last_step) {
-            let l = evaluate(&mut m, &trainable, state.step)?;
-            mt.eval_loss = Some(l);
-            bar.println(format!("step {}: eval loss {l:.4}", state.step));
-            let improved = state.best_eval_loss.is_none_or(|b| l < b - cfg.early_stopping_threshold);
-            if improved {
-                state.best_eval_loss = Some(l);
-                state.best_step = Some(state.step);
-                state.evals_without_improvement = 0;
-                crate::atomic::write_dir(&run_dir.join("best"), "best", |d| {
-                    trainable.save(&m, &cfg.model, d)
-                })?;
-            } else {
-                state.evals_without_improvement += 1;
-            }
-        }
-        if state.step.is_multiple_of(cfg.logging_steps)
-            || mt.eval_loss.is_some()
-            || !mt.loss_spikes.is_empty()
-            || last_step
-        {
-            log(&mt, &mut history)?;
-        }
-        let stop = cfg.early_stopping_patience.is_some_and(|p| state.evals_without_improvement >= p);
-        if state.step.is_multiple_of(save_every) || last_step || stop {
-            let dir = checkpoint::dir_for(&run_dir, state.step);
-            crate::atomic::write_dir(&dir, "checkpoint", |d| {
-                match &trainable {
-                    Trainable::Lora(a) => a.save(&d.join("adapter"), &cfg.model)?,
-                    Trainable::Full(v) => checkpoint::save_vars(v, &d.join("model.safetensors"))?,
-                }
-                opt.save(&d.join("optimizer.safetensors"))?;
-                checkpoint::write_json(&d.join("trainer_state.json"), &state)
+        spikes
+    }
+
+    /// The mean eval loss, dropout off for it.
+    fn evaluate(&mut self, step: usize) -> Result<f64> {
+        self.trainable.set_training(false, self.cfg.seed, step as u64);
+        self.m.model.set_differentiable(false);
+        let l = mean_eval_loss(&self.m, &self.data.eval, self.cfg.batch_size, self.data.pad);
+        self.m.model.set_differentiable(true);
+        l
+    }
+
+    /// Evaluate; a loss better than the best by more than the early-stopping threshold becomes
+    /// the best, its weights written to `best/`.
+    fn eval_and_keep_best(&mut self, bar: &ProgressBar) -> Result<f64> {
+        let l = self.evaluate(self.state.step)?;
+        bar.println(format!("step {}: eval loss {l:.4}", self.state.step));
+        let improved = self.state.best_eval_loss.is_none_or(|b| l < b - self.cfg.early_stopping_threshold);
+        if improved {
+            self.state.best_eval_loss = Some(l);
+            self.state.best_step = Some(self.state.step);
+            self.state.evals_without_improvement = 0;
+            crate::atomic::write_dir(&self.run_dir.join("best"), "best", |d| {
+                self.trainable.save(&self.m, &self.cfg.model, d)
             })?;
-            if let Some(limit) = cfg.save_total_limit {
-                checkpoint::prune(&run_dir, limit, state.best_step)?;
-            }
+        } else {
+            self.state.evals_without_improvement += 1;
         }
-        if stop {
-            bar.println(format!(
-                "early stopping: eval loss has not improved by more than {} for {} evaluations",
-                cfg.early_stopping_threshold, state.evals_without_improvement
-            ));
-            stopped_early = true;
-            break;
+        Ok(l)
+    }
+
+    fn patience_ran_out(&self) -> bool {
+        self.cfg.early_stopping_patience.is_some_and(|p| self.state.evals_without_improvement >= p)
+    }
+
+    /// `checkpoints/step-N/`: weights, optimizer, trainer state; then the oldest pruned.
+    fn save_checkpoint(&self) -> Result<()> {
+        let dir = checkpoint::dir_for(&self.run_dir, self.state.step);
+        crate::atomic::write_dir(&dir, "checkpoint", |d| {
+            self.trainable.save_checkpoint(&self.cfg.model, d)?;
+            self.opt.save(&d.join("optimizer.safetensors"))?;
+            checkpoint::write_json(&d.join("trainer_state.json"), &self.state)
+        })?;
+        if let Some(limit) = self.cfg.save_total_limit {
+            checkpoint::prune(&self.run_dir, limit, self.state.best_step)?;
         }
+        Ok(())
     }
-    bar.finish_and_clear();
-    let elapsed = run_start.elapsed().as_secs_f64();
 
-    // ---- deliverables: adapter (best by eval loss, else final), loss curve, lineage ----
-    let output_name = match cfg.method {
-        Method::Lora => "adapter",
-        Method::Full => "model",
-    };
-    let output = run_dir.join(output_name);
-    let best_dir = run_dir.join("best");
-    if best_dir.exists() && state.best_step.is_some_and(|s| s > 0) {
-        crate::atomic::write_dir(&output, output_name, |d| copy_dir(&best_dir, d))?;
-    } else {
-        crate::atomic::write_dir(&output, output_name, |d| trainable.save(&m, &cfg.model, d))?;
-    }
-    let train_pts: Vec<(f64, f64)> =
-        history.iter().filter_map(|h| h.loss.map(|l| (h.step as f64, l))).collect();
-    let eval_pts: Vec<(f64, f64)> =
-        history.iter().filter_map(|h| h.eval_loss.map(|l| (h.step as f64, l))).collect();
-    let title = format!("{} — {}", cfg.model, target_desc);
-    crate::atomic::write_file_with(&run_dir.join("loss.svg"), "loss.svg", |tmp| {
-        crate::plot::loss_curve(tmp, &title, &train_pts, &eval_pts)
-    })?;
-    let summary = RunSummary {
-        run_dir: run_dir.clone(),
-        output: output.clone(),
-        steps: state.step,
-        final_loss: last_loss,
-        first_eval_loss: eval_pts.first().map(|p| p.1),
-        best_eval_loss: state.best_eval_loss,
-        best_step: state.best_step,
-        stopped_early,
-        train_tokens_per_sec: (state.tokens_seen - tokens_at_start) as f64 / elapsed.max(1e-9),
-        tokens: state.tokens_seen as u64,
-        base_parameters,
-        trainable_parameters: n_params as u64,
-        loss_spikes_flagged: state.loss_spikes.flagged,
-        loss_spikes: state.loss_spikes.ranked(),
-    };
-    report_spikes(&summary, &cfg.data);
-    lineage::write(
-        &run_dir.join("lineage.json"),
-        &lineage::Inputs {
-            config: &cfg,
-            data_files: &data_files,
-            model_files: &m.files,
-            output: &output,
-            started: &started,
-            summary: &summary,
-        },
-    )?;
-    Ok(summary)
-}
-
-/// One example's loss in a step: its mean cross-entropy per target token, and the data file
-/// line it came from (when the batch had sources).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ExampleLoss {
-    pub line: Option<u64>,
-    pub loss: f64,
-    pub targets: usize,
-}
-
-/// What an optimizer step reports: the mean loss, the gradient norm before clipping, and each
-/// example's own loss (micro-batches in order, their examples in row order).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepLosses {
-    pub loss: f64,
-    pub grad_norm: f64,
-    pub examples: Vec<ExampleLoss>,
-}
-
-/// Each segment's mean loss from its summed loss.
-pub(crate) fn example_losses(segments: &[crate::batch::Segment], sums: &[f32]) -> Vec<ExampleLoss> {
-    segments
-        .iter()
-        .zip(sums)
-        .map(|(s, &l)| ExampleLoss {
-            line: s.line,
-            loss: f64::from(l) / s.targets.max(1) as f64,
-            targets: s.targets,
-        })
-        .collect()
-}
-
-/// One optimizer step over `micro` (gradient accumulation): each micro-batch's loss summed over
-/// its targets and divided by the step's target count, gradients summed, clipped, AdamW.
-///
-/// On the CPU the step's rows are cut into shares — each micro-batch into one per rayon thread
-/// (or one per row when it has fewer rows) — and the shares run on the pool's threads at once,
-/// each forward+backward on one thread (the `train` command runs candle's matmuls single-threaded
-/// for this; see the CLI's `main`). One thread per share keeps every core busy through the
-/// element-wise work and small products that one big forward runs on a single core, with no
-/// synchronisation inside a share; at most one share per thread is in flight, so memory stays
-/// that of `threads` shares. LoRA dropout draws every share the masks its tokens have in the
-/// whole step ([`ferrotune_model::lora::with_token_offset`]), so the result is the unsplit step's
-/// up to float summation order; successive micro-batches draw distinct masks. On a GPU the
-/// micro-batches run one after another, whole, and repeat the first's masks (its dropout kernel
-/// takes no offset). Returns the mean loss, the gradient norm before clipping and each example's
-/// loss ([`StepLosses`]).
-pub fn optimizer_step(
-    model: &ferrotune_model::Llama,
-    opt: &mut AdamW,
-    micro: &[crate::batch::Batch],
-    lr: f64,
-    max_grad_norm: f64,
-) -> Result<StepLosses> {
-    let step_targets: usize = micro.iter().map(|b| b.n_targets).sum();
-    let norm = step_targets.max(1) as f64;
-    let vars = opt.vars().to_vec();
-    let parts: Vec<Result<ShareResult>> = if model.device().is_cpu() {
-        use rayon::prelude::*;
-        let threads = rayon::current_num_threads();
-        let mut shares = Vec::new();
-        let mut tokens_before = 0u64;
-        for batch in micro {
-            let (rows, t) = batch.ids.dims2()?;
-            let k = threads.min(rows).max(1);
-            for i in 0..k {
-                let (r0, r1) = (rows * i / k, rows * (i + 1) / k);
-                let share = if k == 1 { None } else { Some(batch.rows(r0, r1)?) };
-                shares.push((batch, share, tokens_before + (r0 * t) as u64));
-            }
-            tokens_before += (rows * t) as u64;
+    /// The deliverables: the adapter or model (the best by eval loss, else the final weights),
+    /// `loss.svg` and `lineage.json`; the spikes reported on stderr.
+    fn publish(self, started: &str, end: LoopEnd) -> Result<RunSummary> {
+        let (cfg, run_dir, state) = (&self.cfg, &self.run_dir, &self.state);
+        let output_name = match cfg.method {
+            Method::Lora => "adapter",
+            Method::Full => "model",
+        };
+        let output = run_dir.join(output_name);
+        let best_dir = run_dir.join("best");
+        if best_dir.exists() && state.best_step.is_some_and(|s| s > 0) {
+            crate::atomic::write_dir(&output, output_name, |d| copy_dir(&best_dir, d))?;
+        } else {
+            crate::atomic::write_dir(&output, output_name, |d| self.trainable.save(&self.m, &cfg.model, d))?;
         }
-        shares
-            .par_iter()
-            .map(|(whole, share, offset)| {
-                share_grads(model, &vars, share.as_ref().unwrap_or(whole), *offset, norm)
-            })
-            .collect()
-    } else {
-        micro.iter().map(|b| share_grads(model, &vars, b, 0, norm)).collect()
-    };
-    let mut grads: Option<Vec<Tensor>> = None;
-    let mut loss_total = 0f64;
-    let mut examples = Vec::new();
-    for part in parts {
-        let (loss, g, ex) = part?;
-        loss_total += loss;
-        examples.extend(ex);
-        grads = Some(match grads {
-            None => g,
-            Some(acc) => acc.iter().zip(&g).map(|(a, b)| a + b).collect::<candle_core::Result<Vec<_>>>()?,
-        });
+        let history = self.metrics.history();
+        let train_pts: Vec<(f64, f64)> =
+            history.iter().filter_map(|h| h.loss.map(|l| (h.step as f64, l))).collect();
+        let eval_pts: Vec<(f64, f64)> =
+            history.iter().filter_map(|h| h.eval_loss.map(|l| (h.step as f64, l))).collect();
+        let title = format!("{} — {}", cfg.model, self.trainable.describe());
+        crate::atomic::write_file_with(&run_dir.join("loss.svg"), "loss.svg", |tmp| {
+            crate::plot::loss_curve(tmp, &title, &train_pts, &eval_pts)
+        })?;
+        let summary = RunSummary {
+            run_dir: run_dir.clone(),
+            output: output.clone(),
+            steps: state.step,
+            final_loss: end.last_loss,
+            first_eval_loss: eval_pts.first().map(|p| p.1),
+            best_eval_loss: state.best_eval_loss,
+            best_step: state.best_step,
+            stopped_early: end.stopped_early,
+            train_tokens_per_sec: end.tokens_per_sec,
+            tokens: state.tokens_seen as u64,
+            base_parameters: self.m.config().parameter_count(),
+            trainable_parameters: self.n_params as u64,
+            loss_spikes_flagged: state.loss_spikes.flagged,
+            loss_spikes: state.loss_spikes.ranked(),
+        };
+        report_spikes(&summary, &cfg.data);
+        lineage::write(
+            &run_dir.join("lineage.json"),
+            &lineage::Inputs {
+                config: cfg,
+                data_files: &data_files(cfg),
+                model_files: &self.m.files,
+                output: &output,
+                started,
+                summary: &summary,
+            },
+        )?;
+        Ok(summary)
     }
-    let mut grads = grads.unwrap_or_default();
-    let grad_norm = clip_global_norm(&mut grads, max_grad_norm)?;
-    opt.step(&grads, lr)?;
-    Ok(StepLosses { loss: loss_total / norm, grad_norm, examples })
 }
 
-/// A share's summed loss, gradients and examples' losses.
-type ShareResult = (f64, Vec<Tensor>, Vec<ExampleLoss>);
+/// The training rows' order in each epoch: a shuffle seeded by the run's seed and the epoch (so
+/// a resumed run draws the same), the current epoch's kept.
+struct EpochOrder {
+    rows: usize,
+    seed: u64,
+    cached: Option<(usize, Vec<usize>)>,
+}
 
-/// The summed loss of `batch`, the gradients of `loss / norm` for `vars` and each example's
-/// loss, LoRA dropout drawing the masks of the step's tokens from `tokens_before` on.
-fn share_grads(
-    model: &ferrotune_model::Llama,
-    vars: &[(String, Var)],
-    batch: &crate::batch::Batch,
-    tokens_before: u64,
-    norm: f64,
-) -> Result<ShareResult> {
-    ferrotune_model::lora::with_token_offset(tokens_before, || {
-        let (l, sums) = loss_sums(model, batch)?;
-        let loss = l.to_scalar::<f32>()? as f64;
-        let g = collect_grads(vars, &(l / norm)?.backward()?)?;
-        Ok((loss, g, example_losses(&batch.segments, &sums)))
-    })
+impl EpochOrder {
+    fn new(rows: usize, seed: u64) -> Self {
+        Self { rows, seed, cached: None }
+    }
+
+    fn of_epoch(&mut self, epoch: usize) -> &[usize] {
+        if self.cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut idx: Vec<usize> = (0..self.rows).collect();
+            idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+            self.cached = Some((epoch, idx));
+        }
+        self.cached.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default()
+    }
+}
+
+fn progress_bar(show: bool, total_steps: usize, at: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(total_steps as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_position(at as u64);
+    b
 }
 
 /// The run's loss spikes on stderr: how many, and the most extreme with their lines.
@@ -833,30 +756,6 @@ fn open_run_dir(run_dir: &Path) -> Result<crate::runlock::RunLock> {
     Ok(lock)
 }
 
-/// The lines of `metrics.jsonl`. A last line cut short without its newline is what a kill
-/// mid-write leaves; it is dropped (its step is logged again), any other bad line is an error.
-fn read_metrics(path: &Path) -> Result<Vec<Metrics>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Metrics>(line) {
-            Ok(mt) => out.push(mt),
-            Err(_) if i + 1 == lines.len() && !line.ends_with('\n') => {
-                eprintln!(
-                    "{}: dropping the unfinished last line (the run was killed while writing it)",
-                    path.display()
-                );
-            }
-            Err(e) => return Err(TrainError::file(path, format!("line {}: {e}", i + 1))),
-        }
-    }
-    Ok(out)
-}
-
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     for e in std::fs::read_dir(from).map_err(|e| TrainError::file(from, e))? {
         let e = e.map_err(|e| TrainError::file(from, e))?;
@@ -869,93 +768,4 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferrotune_model::config::{Family, ModelConfig};
-    use ferrotune_model::{Llama, LoraSpec};
-
-    /// A tiny model with a LoRA adapter (B nudged off zero so A gets gradients), dropout on.
-    fn tuned(seed: u64) -> Result<(Llama, Adapter)> {
-        let cfg = ModelConfig::tiny(Family::Llama);
-        let w = ferrotune_model::testing::hf_init_random_weights(&cfg, &Device::Cpu, 3)?;
-        let mut model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
-        model.set_differentiable(true);
-        let adapter = Adapter::init(&mut model, &LoraSpec { dropout: 0.3, ..LoraSpec::default() }, seed)?;
-        adapter.attach(&mut model);
-        for (_, v) in &adapter.vars {
-            v.set(&(v.as_tensor() + 0.01)?)?;
-        }
-        adapter.control.set(true, 11, 4);
-        Ok((model, adapter))
-    }
-
-    /// The CPU's row shares (one per thread, here 1 vs 3 threads over 4 rows of different
-    /// lengths, two micro-batches) take the step a single thread takes, dropout included:
-    /// same loss, gradient norm and weights after, to f32 summation order.
-    #[test]
-    fn row_shares_on_threads_take_the_single_thread_step() -> Result<()> {
-        let rows = |tag: u32| -> Vec<Example> {
-            (0..4u32)
-                .map(|r| {
-                    let ids: Vec<u32> = (0..5 + 2 * r).map(|i| (tag * 13 + r * 7 + i * 3) % 60).collect();
-                    Example { labels: ids.iter().map(|&i| i64::from(i)).collect(), input_ids: ids }
-                })
-                .collect()
-        };
-        let (a, b) = (rows(1), rows(2));
-        let micro = [
-            make_batch(&a.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?,
-            make_batch(&b.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?,
-        ];
-        let step = |threads: usize| -> Result<(f64, f64, Vec<Tensor>)> {
-            let (model, adapter) = tuned(5)?;
-            let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(|e| TrainError::config("threads", e.to_string()))?;
-            let StepLosses { loss, grad_norm: norm, .. } =
-                pool.install(|| optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0))?;
-            Ok((loss, norm, adapter.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect()))
-        };
-        let (l1, n1, w1) = step(1)?;
-        let (l3, n3, w3) = step(3)?;
-        assert!((l1 - l3).abs() < 1e-5 * l1.abs().max(1.0), "loss {l1} vs {l3}");
-        assert!((n1 - n3).abs() < 1e-4 * n1.max(1.0), "grad norm {n1} vs {n3}");
-        for (x, y) in w1.iter().zip(&w3) {
-            let d = (x - y)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            assert!(d < 1e-5, "weights differ by {d} after the step");
-        }
-        // Dropout is on: a step with other masks (another seed) differs.
-        let (model, adapter) = tuned(5)?;
-        adapter.control.set(true, 12, 4);
-        let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
-        let l_other = optimizer_step(&model, &mut opt, &micro, 1e-2, 1.0)?.loss;
-        assert!((l_other - l1).abs() > 1e-6, "dropout masks had no effect ({l_other} vs {l1})");
-        Ok(())
-    }
-
-    #[test]
-    fn a_batchs_row_share_keeps_its_targets() -> Result<()> {
-        let ex = |n: usize, tag: u32| Example {
-            input_ids: vec![tag; n],
-            labels: (0..n)
-                .map(|i| if i < 2 { ferrotune_data::IGNORE_INDEX } else { i64::from(tag) })
-                .collect(),
-        };
-        let (a, b, c) = (ex(5, 1), ex(3, 2), ex(6, 3));
-        let whole = make_batch(&[&a, &b, &c], 0, &Device::Cpu)?;
-        let share = whole.rows(1, 3)?;
-        let direct = make_batch(&[&b, &c], 0, &Device::Cpu)?;
-        assert_eq!(share.n_targets, direct.n_targets);
-        // Same padded length (the whole batch's), so the positions agree with a batch of b, c
-        // padded to 6.
-        assert_eq!(share.ids.to_vec2::<u32>()?, direct.ids.to_vec2::<u32>()?);
-        assert_eq!(share.positions.to_vec1::<u32>()?, direct.positions.to_vec1::<u32>()?);
-        assert_eq!(share.targets.to_vec1::<u32>()?, direct.targets.to_vec1::<u32>()?);
-        Ok(())
-    }
 }

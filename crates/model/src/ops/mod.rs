@@ -65,7 +65,7 @@ macro_rules! handed_over {
 }
 
 #[macro_use]
-pub(crate) mod cuda;
+pub mod cuda;
 pub(crate) mod cpu;
 pub mod dropout;
 pub mod layer;

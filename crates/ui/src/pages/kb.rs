@@ -97,22 +97,18 @@ pub async fn show(
     let st2 = st.clone();
     let n = name.clone();
     let question = q.q.trim().to_string();
-    let (docs, chunks, hits): (Vec<DocumentInfo>, usize, Option<Result<Vec<Hit>, String>>) =
-        blocking(move || {
-            // Only a name the listing holds: never a path built from the request.
-            if !names(&st2).contains(&n) {
-                return Err(UiError::NotFound(format!(
-                    "no knowledge base `{n}` in {}",
-                    st2.kb_root().display()
-                )));
-            }
-            let kb = st2.knowledge_base(&st2.kb_root().join(&n))?;
-            // A failed query (no embedder installed for vector search) is shown beside the box.
-            let hits =
-                (!question.is_empty()).then(|| kb.query(&question, k, mode).map_err(|e| e.to_string()));
-            Ok((kb.documents(), kb.num_chunks(), hits))
-        })
-        .await?;
+    // A failed query (no embedder installed for vector search) is shown beside the box.
+    type Hits = Option<Result<Vec<Hit>, String>>;
+    let (docs, chunks, hits): (Vec<DocumentInfo>, usize, Hits) = blocking(move || {
+        // Only a name the listing holds: never a path built from the request.
+        if !names(&st2).contains(&n) {
+            return Err(UiError::NotFound(format!("no knowledge base `{n}` in {}", st2.kb_root().display())));
+        }
+        let kb = st2.knowledge_base(&st2.kb_root().join(&n))?;
+        let hits = (!question.is_empty()).then(|| kb.query(&question, k, mode).map_err(|e| e.to_string()));
+        Ok((kb.documents(), kb.num_chunks(), hits))
+    })
+    .await?;
     let body = html! {
         h1 { "Knowledge base " (name) }
         p.muted { (docs.len()) " documents, " (chunks) " chunks." }
