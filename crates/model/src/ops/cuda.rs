@@ -94,9 +94,9 @@ pub(crate) mod launch {
         include_str!("../kernels/swap12.cu"),
     ];
 
-    const MODULE: &str = "ferrotune_rows";
+    pub(crate) const MODULE: &str = "ferrotune_rows";
 
-    fn ptx() -> Result<&'static str> {
+    pub(crate) fn ptx() -> Result<&'static str> {
         static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
         let r = PTX.get_or_init(|| {
             candle_core::cuda_backend::cudarc::nvrtc::compile_ptx(SOURCES.concat().as_str())
@@ -109,7 +109,7 @@ pub(crate) mod launch {
         }
     }
 
-    fn suffix(dt: DType) -> Result<&'static str> {
+    pub(crate) fn suffix(dt: DType) -> Result<&'static str> {
         match dt {
             DType::BF16 => Ok("bf16"),
             DType::F32 => Ok("f32"),
@@ -117,12 +117,12 @@ pub(crate) mod launch {
         }
     }
 
-    fn rows_cols(l: &Layout) -> Result<(usize, usize)> {
+    pub(crate) fn rows_cols(l: &Layout) -> Result<(usize, usize)> {
         let cols = *l.dims().last().ok_or_else(|| candle_core::Error::Msg("scalar input".into()))?;
         Ok((l.shape().elem_count() / cols.max(1), cols))
     }
 
-    fn cfg(rows: usize, threads: u32) -> LaunchConfig {
+    pub(crate) fn cfg(rows: usize, threads: u32) -> LaunchConfig {
         LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
     }
 
@@ -137,12 +137,12 @@ pub(crate) mod launch {
 
     /// Threads for a one-block-per-row kernel over `cols` columns: enough for the softmax
     /// kernels to keep the row in registers (8 values a thread) up to 8192 columns.
-    fn row_threads(cols: usize) -> u32 {
+    pub(crate) fn row_threads(cols: usize) -> u32 {
         cols.div_ceil(8).next_power_of_two().clamp(128, 1024) as u32
     }
 
     /// A grid-stride launch over `n` elements.
-    fn flat(n: usize) -> LaunchConfig {
+    pub(crate) fn flat(n: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -152,11 +152,11 @@ pub(crate) mod launch {
 
     /// Whether a contiguous view starts on a 16-byte boundary for 8-element accesses (candle's
     /// buffers do; a narrowed view may not).
-    fn aligned8(l: &Layout) -> bool {
+    pub(crate) fn aligned8(l: &Layout) -> bool {
         l.contiguous_offsets().is_some_and(|(a, _)| a % 8 == 0)
     }
 
-    fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
+    pub(crate) fn same_shape(op: &str, a: &Layout, b: &Layout) -> Result<()> {
         if a.shape() != b.shape() {
             candle_core::bail!("{op}: shapes {:?} and {:?} differ", a.shape(), b.shape())
         }
