@@ -3,16 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use ferrotune_eval::bootstrap::{DEFAULT_RESAMPLES, MAX_RESAMPLES};
-use ferrotune_eval::evaluate::{json_detail, metrics_for, now_rfc3339, row_results};
 use ferrotune_eval::gate::GateOutcome;
-use ferrotune_eval::report::{self, DataInfo, EvalFile, Settings, SystemInfo};
-use ferrotune_eval::rows::EvalRow;
+use ferrotune_eval::report;
 use ferrotune_eval::runner::Progress;
-use ferrotune_eval::score::{Answers, score_systems};
-use ferrotune_eval::{EvalSpec, Report};
+use ferrotune_eval::{EvalSpec, Report, ScoreSpec};
 use ferrotune_model::store::DEFAULT_MODEL;
 
 use crate::sampling::{OutputArgs, SamplingArgs};
@@ -277,72 +274,12 @@ fn finish(report: &Report, registry: &crate::record::RegistryFlags) -> anyhow::R
 }
 
 fn score(a: ScoreArgs) -> anyhow::Result<()> {
-    let path = &a.predictions;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut predictions = Vec::new();
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}:{n}: bad JSON at column {}: {e}", path.display(), e.column()))?;
-        let field = |k: &str| -> anyhow::Result<(String, bool)> {
-            match v.get(k) {
-                Some(serde_json::Value::String(s)) => Ok((s.clone(), false)),
-                Some(x @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
-                    Ok((x.to_string(), true))
-                }
-                Some(_) => {
-                    bail!("{}:{n}: `{k}`: must be a string (or a JSON object for json_match)", path.display())
-                }
-                None => bail!(
-                    "{}:{n}: `{k}`: missing; each line needs \"prediction\" and \"reference\"",
-                    path.display()
-                ),
-            }
-        };
-        let (p, _) = field("prediction")?;
-        let (r, structured) = field("reference")?;
-        predictions.push(p);
-        rows.push(EvalRow { line: n, prompt: Vec::new(), reference: r, structured });
-    }
-    if rows.is_empty() {
-        bail!("{}: no rows", path.display());
-    }
-    let metrics = metrics_for(a.metrics.as_deref(), &rows, false)?;
-    let references: Vec<String> = rows.iter().map(|r| r.reference.clone()).collect();
-    let answers = [Answers { system: "predictions", predictions: &predictions, loss: None }];
-    let (results, table) = score_systems(&references, &answers, &metrics, a.resamples, a.seed)?;
-    let file = EvalFile {
-        ferrotune_version: env!("CARGO_PKG_VERSION").into(),
-        created: now_rfc3339(),
-        model: None,
-        data: DataInfo {
-            path: path.display().to_string(),
-            sha256: ferrotune_model::store::sha256_file(path)?,
-            rows: rows.len(),
-        },
-        settings: Settings {
-            decoding: "none".into(),
-            max_tokens: None,
-            batch_size: None,
-            bootstrap_resamples: a.resamples,
-            seed: a.seed,
-        },
-        systems: vec![SystemInfo {
-            name: "predictions".into(),
-            adapter: None,
-            run_dir: None,
-            rows_per_sec: None,
-            generated_tokens: None,
-            generation_secs: None,
-        }],
-        json_match: json_detail(&metrics, &answers, &references),
-        rows: row_results(&rows, &answers, &[], &table),
-        metrics: results,
-    };
+    let file = ferrotune_eval::score_predictions(&ScoreSpec {
+        predictions: a.predictions,
+        metrics: a.metrics,
+        resamples: a.resamples,
+        seed: a.seed,
+    })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&file)?);
     } else {

@@ -125,6 +125,45 @@ fn stratum(rec: &Record, field: Option<&str>) -> String {
 }
 
 pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<PrepareReport> {
+    check(input, out, opts)?;
+    let sketcher = (opts.dedup == DedupMode::Near)
+        .then(|| Arc::new(Sketcher::new(opts.near_dup_threshold, opts.num_perm, opts.seed ^ 0x5eed)));
+    let scanner = scanner(opts, sketcher.clone());
+    let unit = Unit::of_file(&input.display().to_string());
+
+    // Pass 1: decide what to drop; count each stratum's kept rows.
+    let decided = decide(&scanner, input, opts, sketcher.as_deref(), unit)?;
+
+    // Pass 2: write the kept rows, split, to a temporary folder beside `out`.
+    let tmp = temp_dir_beside(out)?;
+    let written = write_kept(&scanner, input, opts, unit, &decided, tmp.path())?;
+
+    // The report, then the folder renamed into place.
+    let (train_rows, eval_rows) = written.strata.values().fold((0, 0), |(t, e), c| (t + c.train, e + c.eval));
+    let report = PrepareReport {
+        input: input.display().to_string(),
+        unit,
+        out: out.display().to_string(),
+        seed: opts.seed,
+        dedup: opts.dedup,
+        near_dup_threshold: (opts.dedup == DedupMode::Near).then_some(opts.near_dup_threshold),
+        redact_pii: opts.redact_pii,
+        eval_fraction: opts.eval_fraction,
+        stratify_by: opts.stratify_by.clone(),
+        rows_read: decided.rows_read,
+        rows_kept: train_rows + eval_rows,
+        train_rows,
+        eval_rows,
+        strata: written.strata,
+        dropped: decided.dropped,
+        changed: written.changed,
+    };
+    publish(tmp, out, &report)?;
+    Ok(report)
+}
+
+/// The options and paths, checked before any row is read: `out` must be new or empty.
+fn check(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<()> {
     if !(0.0..1.0).contains(&opts.eval_fraction) {
         return Err(DataError::InvalidOption {
             option: "--eval-fraction",
@@ -140,170 +179,138 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
             reason: "exists and is not empty; choose a new --out".into(),
         });
     }
-    let near = (opts.dedup == DedupMode::Near).then_some((opts.near_dup_threshold, opts.num_perm));
-    let sketcher = near.map(|(t, p)| Arc::new(Sketcher::new(t, p, opts.seed ^ 0x5eed)));
-    let scanner = Scanner::new(ScanConfig {
+    Ok(())
+}
+
+/// The scanner of pass 1: every check that drops a row, fingerprints for dedup.
+fn scanner(opts: &PrepareOptions, sketcher: Option<Arc<Sketcher>>) -> Scanner {
+    Scanner::new(ScanConfig {
         format: opts.format,
         renderer: opts.renderer.clone(),
         render_opts: RenderOptions::default(),
         max_seq_len: opts.renderer.as_ref().map(|_| opts.max_seq_len),
-        sketcher: sketcher.clone(),
+        sketcher,
         pii: false,
         fingerprints: opts.dedup != DedupMode::Off,
         // A warning `validate` reports; `prepare` drops no row for it.
         backdoor: false,
         progress: opts.progress.clone(),
-    });
-    let strat = opts.stratify_by.as_deref();
-    let unit = Unit::of_file(&input.display().to_string());
+    })
+}
 
-    // Pass 1: decide what to drop; count each stratum's kept rows.
-    let mut index = DupIndex::with_lsh(sketcher.as_deref().map(Sketcher::index));
+/// What pass 1 decided.
+struct Decisions {
+    /// The rows to drop, in file order.
+    dropped: Vec<Dropped>,
+    /// Kept rows per stratum.
+    strata: BTreeMap<String, u64>,
+    rows_read: u64,
+}
+
+/// Pass 1: every row checked; the invalid ones and the duplicates dropped (only their lines
+/// remembered), the kept ones counted per stratum.
+fn decide(
+    scanner: &Scanner,
+    input: &Path,
+    opts: &PrepareOptions,
+    sketcher: Option<&Sketcher>,
+    unit: Unit,
+) -> Result<Decisions> {
+    let mut index = DupIndex::with_lsh(sketcher.map(Sketcher::index));
     if opts.dedup != DedupMode::Off {
         index.reserve_for([input]);
     }
-    let mut dropped: Vec<Dropped> = Vec::new();
-    let mut strata_n: BTreeMap<String, u64> = BTreeMap::new();
-    let mut rows_read = 0u64;
-    let mut decide = |row: &Row| {
-        let Some(rec) = &row.record else {
-            let mut errs = row.findings.iter().filter(|f| f.is_error());
-            if let Some(first) = errs.next() {
-                let more = errs.count();
-                let detail = if more > 0 {
-                    format!("{} (+{more} more errors)", first.message)
-                } else {
-                    first.message.clone()
-                };
-                dropped.push(Dropped { line: row.line, reason: first.code, detail });
-            }
-            return;
-        };
-        if let Some(fp) = &row.fingerprint {
-            let c = index.check_insert(fp, RowRef::new(0, row.line));
-            if let Some(r) = c.exact_of {
-                dropped.push(Dropped {
-                    line: row.line,
-                    reason: Code::ExactDuplicate,
-                    detail: format!("duplicate of {} {}", unit.as_str(), r.line()),
-                });
-                return;
-            }
-            if let Some((r, j)) = c.near_of {
-                dropped.push(Dropped {
-                    line: row.line,
-                    reason: Code::NearDuplicate,
-                    detail: format!("near duplicate of {} {} (Jaccard {j:.2})", unit.as_str(), r.line()),
-                });
-                return;
-            }
-        }
-        *strata_n.entry(stratum(rec, strat)).or_default() += 1;
-    };
+    let strat = opts.stratify_by.as_deref();
+    let mut d = Decisions { dropped: Vec::new(), strata: BTreeMap::new(), rows_read: 0 };
     // Rows are freed on the worker that built them (see `Trash`).
     let mut trash: Trash<Row> = Trash::default();
     scanner.scan_file(input, |row| {
-        rows_read += 1;
-        decide(&row);
+        d.rows_read += 1;
+        match &row.record {
+            None => d.dropped.extend(first_error(&row)),
+            Some(rec) => match duplicate(&row, &mut index, unit) {
+                Some(dup) => d.dropped.push(dup),
+                None => *d.strata.entry(stratum(rec, strat)).or_default() += 1,
+            },
+        }
         let made_on = row.made_on;
         trash.push(row, made_on);
         Ok(())
     })?;
     drop(trash);
+    Ok(d)
+}
 
-    // Pass 2: write the kept rows to a temporary folder beside `out`.
+/// A row without a record dropped for its first error (the others counted).
+fn first_error(row: &Row) -> Option<Dropped> {
+    let mut errs = row.findings.iter().filter(|f| f.is_error());
+    let first = errs.next()?;
+    let more = errs.count();
+    let detail =
+        if more > 0 { format!("{} (+{more} more errors)", first.message) } else { first.message.clone() };
+    Some(Dropped { line: row.line, reason: first.code, detail })
+}
+
+/// A row dropped as an exact or near duplicate of one kept before it (`index` learns it
+/// otherwise).
+fn duplicate(row: &Row, index: &mut DupIndex, unit: Unit) -> Option<Dropped> {
+    let c = index.check_insert(row.fingerprint.as_ref()?, RowRef::new(0, row.line));
+    if let Some(r) = c.exact_of {
+        return Some(Dropped {
+            line: row.line,
+            reason: Code::ExactDuplicate,
+            detail: format!("duplicate of {} {}", unit.as_str(), r.line()),
+        });
+    }
+    let (r, j) = c.near_of?;
+    Some(Dropped {
+        line: row.line,
+        reason: Code::NearDuplicate,
+        detail: format!("near duplicate of {} {} (Jaccard {j:.2})", unit.as_str(), r.line()),
+    })
+}
+
+/// A temporary folder beside `out` (same file system, so it can be renamed into place).
+fn temp_dir_beside(out: &Path) -> Result<tempfile::TempDir> {
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     std::fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
-    let tmp = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(".ferrotune-prepare-")
         .tempdir_in(&parent)
-        .map_err(|e| DataError::io(&parent, e))?;
-    let create = |name: &str| -> Result<BufWriter<File>> {
-        let p = tmp.path().join(name);
-        Ok(BufWriter::new(File::create(&p).map_err(|e| DataError::io(p, e))?))
+        .map_err(|e| DataError::io(&parent, e))
+}
+
+/// What pass 2 wrote.
+struct Written {
+    strata: BTreeMap<String, StratumCounts>,
+    changed: Vec<Changed>,
+}
+
+/// Pass 2: the kept rows re-read, redacted and split into `dir`'s `train.jsonl` and
+/// `eval.jsonl`. Rows are parsed, redacted and serialised in parallel, a chunk at a time, while
+/// the chunk before is written.
+fn write_kept(
+    scanner: &Scanner,
+    input: &Path,
+    opts: &PrepareOptions,
+    unit: Unit,
+    decided: &Decisions,
+    dir: &Path,
+) -> Result<Written> {
+    let kept = KeptRows {
+        scanner,
+        light: Scanner::new(ScanConfig { format: opts.format, ..ScanConfig::default() }),
+        input,
+        file: input.display().to_string().into(),
+        unit,
+        opts,
+        // In file order (pass 1 pushed them so).
+        drop_lines: decided.dropped.iter().map(|d| d.line).collect(),
     };
-    let (mut train_w, mut eval_w) = (create("train.jsonl")?, create("eval.jsonl")?);
-    let mut selectors: BTreeMap<String, Selector> = strata_n
-        .iter()
-        .map(|(k, &n)| (k.clone(), Selector::new(n, eval_count(n, opts.eval_fraction))))
-        .collect();
-    let mut strata: BTreeMap<String, StratumCounts> = BTreeMap::new();
-    let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut changed = Vec::new();
-    let light = Scanner::new(ScanConfig { format: opts.format, ..ScanConfig::default() });
-    let file: Arc<str> = input.display().to_string().into();
-    // In file order (pass 1 pushed them so).
-    let drop_lines: Vec<u64> = dropped.iter().map(|d| d.line).collect();
-    // A kept row made ready in parallel: its stratum, its JSON line, what was redacted.
-    struct Ready {
-        line: u64,
-        key: String,
-        json: String,
-        redacted: Vec<(String, PiiKind)>,
-        made_on: Option<usize>,
-    }
-    let ready = |r: ChunkRow, bytes: &[u8]| -> Result<Option<Ready>> {
-        let line = r.line;
-        if drop_lines.binary_search(&line).is_ok() {
-            return Ok(None);
-        }
-        let Some(mut rec) = light.analyze(&file, r.into_raw(bytes)).record else {
-            return Err(DataError::InvalidFile {
-                path: input.to_path_buf(),
-                reason: format!("{} {line} changed while preparing", unit.as_str()),
-            });
-        };
-        let mut redacted = Vec::new();
-        if opts.redact_pii {
-            let det = scanner.pii_detector();
-            let fields: Vec<String> = rec.texts().into_iter().map(|(f, _)| f).collect();
-            let mut i = 0;
-            rec.map_texts(|text| {
-                let (new, matches) = det.redact(text);
-                for m in &matches {
-                    redacted.push((fields.get(i).cloned().unwrap_or_default(), m.kind));
-                }
-                i += 1;
-                (!matches.is_empty()).then_some(new)
-            });
-        }
-        let mut json = serde_json::to_string(&rec.to_json())
-            .map_err(|e| DataError::InvalidFile { path: input.to_path_buf(), reason: e.to_string() })?;
-        json.push('\n');
-        Ok(Some(Ready {
-            line,
-            key: stratum(&rec, strat),
-            json,
-            redacted,
-            made_on: rayon::current_thread_index(),
-        }))
-    };
-    // The split (a seeded draw per row, in file order) and the writes, one chunk's rows at a time.
-    let mut write = |done: Vec<Result<Option<Ready>>>, trash: &mut Trash<String>| -> Result<()> {
-        for r in done {
-            let Some(Ready { line, key, json, redacted, made_on }) = r? else { continue };
-            if !redacted.is_empty() {
-                changed.push(Changed { line, reason: "pii_redacted", redacted });
-            }
-            let to_eval = selectors.get_mut(&key).is_some_and(|s| s.pick(&mut rng));
-            let counts = strata.entry(key).or_default();
-            let w = if to_eval {
-                counts.eval += 1;
-                &mut eval_w
-            } else {
-                counts.train += 1;
-                &mut train_w
-            };
-            w.write_all(json.as_bytes()).map_err(|e| DataError::io(tmp.path(), e))?;
-            trash.push(json, made_on);
-        }
-        Ok(())
-    };
-    // Rows are parsed, redacted and serialised in parallel, a chunk at a time, while the chunk
-    // before is written.
+    let mut split = Split::new(dir, &decided.strata, opts)?;
     let mut reader = RowReader::open(input)?;
     let mut trash: Trash<String> = Trash::default();
     let mut pending: Vec<Result<Option<Ready>>> = Vec::new();
@@ -312,8 +319,8 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         let Chunk { bytes, rows } = reader.read_chunk(4096)?;
         let last = rows.is_empty();
         let (wrote, next) = rayon::join(
-            || write(std::mem::take(&mut pending), &mut trash),
-            || rows.into_par_iter().map(|r| ready(r, &bytes)).collect::<Vec<_>>(),
+            || split.write(std::mem::take(&mut pending), &mut trash),
+            || rows.into_par_iter().map(|r| kept.ready(r, &bytes)).collect::<Vec<_>>(),
         );
         wrote?;
         reader.recycle(bytes);
@@ -330,30 +337,140 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         });
     }
     drop(trash);
-    for mut w in [train_w, eval_w] {
-        w.flush().map_err(|e| DataError::io(tmp.path(), e))?;
+    split.finish()
+}
+
+/// A kept row made ready in parallel: its stratum, its JSON line, what was redacted.
+struct Ready {
+    line: u64,
+    key: String,
+    json: String,
+    redacted: Vec<(String, PiiKind)>,
+    made_on: Option<usize>,
+}
+
+/// How pass 2 makes a kept row ready.
+struct KeptRows<'a> {
+    /// Pass 1's scanner, for its PII detector.
+    scanner: &'a Scanner,
+    /// Parses a row again, with no checks.
+    light: Scanner,
+    input: &'a Path,
+    file: Arc<str>,
+    unit: Unit,
+    opts: &'a PrepareOptions,
+    drop_lines: Vec<u64>,
+}
+
+impl KeptRows<'_> {
+    /// The row ready to write, or `None` when pass 1 dropped it.
+    fn ready(&self, r: ChunkRow, bytes: &[u8]) -> Result<Option<Ready>> {
+        let line = r.line;
+        if self.drop_lines.binary_search(&line).is_ok() {
+            return Ok(None);
+        }
+        let Some(mut rec) = self.light.analyze(&self.file, r.into_raw(bytes)).record else {
+            return Err(DataError::InvalidFile {
+                path: self.input.to_path_buf(),
+                reason: format!("{} {line} changed while preparing", self.unit.as_str()),
+            });
+        };
+        let mut redacted = Vec::new();
+        if self.opts.redact_pii {
+            let det = self.scanner.pii_detector();
+            let fields: Vec<String> = rec.texts().into_iter().map(|(f, _)| f).collect();
+            let mut i = 0;
+            rec.map_texts(|text| {
+                let (new, matches) = det.redact(text);
+                for m in &matches {
+                    redacted.push((fields.get(i).cloned().unwrap_or_default(), m.kind));
+                }
+                i += 1;
+                (!matches.is_empty()).then_some(new)
+            });
+        }
+        let mut json = serde_json::to_string(&rec.to_json())
+            .map_err(|e| DataError::InvalidFile { path: self.input.to_path_buf(), reason: e.to_string() })?;
+        json.push('\n');
+        Ok(Some(Ready {
+            line,
+            key: stratum(&rec, self.opts.stratify_by.as_deref()),
+            json,
+            redacted,
+            made_on: rayon::current_thread_index(),
+        }))
     }
-    let (train_rows, eval_rows) = strata.values().fold((0, 0), |(t, e), c| (t + c.train, e + c.eval));
-    let report = PrepareReport {
-        input: input.display().to_string(),
-        unit,
-        out: out.display().to_string(),
-        seed: opts.seed,
-        dedup: opts.dedup,
-        near_dup_threshold: near.map(|n| n.0),
-        redact_pii: opts.redact_pii,
-        eval_fraction: opts.eval_fraction,
-        stratify_by: opts.stratify_by.clone(),
-        rows_read,
-        rows_kept: train_rows + eval_rows,
-        train_rows,
-        eval_rows,
-        strata,
-        dropped,
-        changed,
-    };
+}
+
+/// The split and the writes: exactly round(F·n) rows of each stratum to eval, by a seeded draw
+/// per row in file order ([`crate::split`]).
+struct Split<'a> {
+    dir: &'a Path,
+    train: BufWriter<File>,
+    eval: BufWriter<File>,
+    selectors: BTreeMap<String, Selector>,
+    rng: StdRng,
+    strata: BTreeMap<String, StratumCounts>,
+    changed: Vec<Changed>,
+}
+
+impl<'a> Split<'a> {
+    /// `train.jsonl` and `eval.jsonl` created in `dir`, for strata of `counts` rows.
+    fn new(dir: &'a Path, counts: &BTreeMap<String, u64>, opts: &PrepareOptions) -> Result<Self> {
+        let create = |name: &str| -> Result<BufWriter<File>> {
+            let p = dir.join(name);
+            Ok(BufWriter::new(File::create(&p).map_err(|e| DataError::io(p, e))?))
+        };
+        let (train, eval) = (create("train.jsonl")?, create("eval.jsonl")?);
+        let selectors = counts
+            .iter()
+            .map(|(k, &n)| (k.clone(), Selector::new(n, eval_count(n, opts.eval_fraction))))
+            .collect();
+        Ok(Self {
+            dir,
+            train,
+            eval,
+            selectors,
+            rng: StdRng::seed_from_u64(opts.seed),
+            strata: BTreeMap::new(),
+            changed: Vec::new(),
+        })
+    }
+
+    /// One chunk's rows, in file order.
+    fn write(&mut self, done: Vec<Result<Option<Ready>>>, trash: &mut Trash<String>) -> Result<()> {
+        for r in done {
+            let Some(Ready { line, key, json, redacted, made_on }) = r? else { continue };
+            if !redacted.is_empty() {
+                self.changed.push(Changed { line, reason: "pii_redacted", redacted });
+            }
+            let to_eval = self.selectors.get_mut(&key).is_some_and(|s| s.pick(&mut self.rng));
+            let counts = self.strata.entry(key).or_default();
+            let w = if to_eval {
+                counts.eval += 1;
+                &mut self.eval
+            } else {
+                counts.train += 1;
+                &mut self.train
+            };
+            w.write_all(json.as_bytes()).map_err(|e| DataError::io(self.dir, e))?;
+            trash.push(json, made_on);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Written> {
+        for mut w in [self.train, self.eval] {
+            w.flush().map_err(|e| DataError::io(self.dir, e))?;
+        }
+        Ok(Written { strata: self.strata, changed: self.changed })
+    }
+}
+
+/// `report.json` written into `tmp`, then `tmp` renamed to `out` (an empty `out` replaced).
+fn publish(tmp: tempfile::TempDir, out: &Path, report: &PrepareReport) -> Result<()> {
     let report_path = tmp.path().join("report.json");
-    let text = serde_json::to_string_pretty(&report)
+    let text = serde_json::to_string_pretty(report)
         .map_err(|e| DataError::InvalidFile { path: report_path.clone(), reason: e.to_string() })?;
     std::fs::write(&report_path, text + "\n").map_err(|e| DataError::io(&report_path, e))?;
     if out.exists() {
@@ -364,5 +481,5 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
         let _ = std::fs::remove_dir_all(&kept);
         DataError::io(out, e)
     })?;
-    Ok(report)
+    Ok(())
 }

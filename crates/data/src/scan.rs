@@ -63,7 +63,10 @@ pub struct ScanProgress<'a> {
 /// A callback for [`ScanProgress`] (e.g. a progress bar), called on the scanning thread after
 /// each chunk of rows; none by default.
 #[derive(Clone, Default)]
-pub struct Progress(Option<Arc<dyn Fn(ScanProgress<'_>) + Send + Sync>>);
+pub struct Progress(Option<Arc<ProgressFn>>);
+
+/// What [`Progress`] calls.
+type ProgressFn = dyn Fn(ScanProgress<'_>) + Send + Sync;
 
 impl Progress {
     pub fn new(f: impl Fn(ScanProgress<'_>) + Send + Sync + 'static) -> Self {

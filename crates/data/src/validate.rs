@@ -3,7 +3,7 @@
 //! agreement, possible backdoor triggers), into one [`Report`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -416,9 +416,4 @@ fn dataset_checks(
             "tighten the labelling guidelines and re-annotate the disputed items before training on these labels",
         ));
     }
-}
-
-/// Validate one file with default options (no model): a convenience for tests and callers.
-pub fn validate_file(path: &Path) -> Result<Report> {
-    validate(&[path.to_path_buf()], &ValidateOptions::default())
 }

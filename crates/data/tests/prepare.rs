@@ -122,7 +122,9 @@ fn progress_covers_both_passes_to_the_end_of_the_file() {
         (0..9_000).map(|i| row(i, ["a", "b", "c"][i % 3], &format!("Answer {i}"))).collect();
     let input = d.path().join("in.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").expect("write");
-    let seen: Arc<Mutex<Vec<(&'static str, u64, Option<u64>)>>> = Arc::default();
+    // (stage, rows, bytes) of each report.
+    type Seen = Vec<(&'static str, u64, Option<u64>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let log = seen.clone();
     let progress =
         ferrotune_data::Progress::new(move |p| log.lock().expect("lock").push((p.stage, p.rows, p.bytes)));
@@ -133,7 +135,7 @@ fn progress_covers_both_passes_to_the_end_of_the_file() {
     let seen = seen.lock().expect("lock");
     let size = std::fs::metadata(&input).expect("size").len();
     for stage in ["checking", "writing"] {
-        let last = seen.iter().filter(|s| s.0 == stage).last().copied();
+        let last = seen.iter().rfind(|s| s.0 == stage).copied();
         assert_eq!(last, Some((stage, 9_000, Some(size))), "{stage}: {seen:?}");
     }
     assert!(seen.iter().position(|s| s.0 == "writing") > seen.iter().rposition(|s| s.0 == "checking"));

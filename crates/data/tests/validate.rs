@@ -191,7 +191,9 @@ fn progress_reports_reach_each_files_rows_and_bytes() {
     let rows: Vec<String> = (0..9_000).map(|i| chat(i, "a")).collect();
     let train = write(d.path(), "train.jsonl", &rows);
     let eval = write(d.path(), "eval.jsonl", &rows[..50]);
-    let seen: Arc<Mutex<Vec<(PathBuf, u64, Option<u64>)>>> = Arc::default();
+    // (file, rows, bytes) of each report.
+    type Seen = Vec<(PathBuf, u64, Option<u64>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let log = seen.clone();
     let progress = ferrotune_data::Progress::new(move |p| {
         log.lock().expect("lock").push((p.file.to_path_buf(), p.rows, p.bytes))

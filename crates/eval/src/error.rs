@@ -10,6 +10,17 @@ pub enum EvalError {
     #[error("{file}:{line}: `{field}`: {reason}")]
     InvalidRow { file: String, line: u64, field: String, reason: String },
 
+    /// A line of a predictions file (`eval score`).
+    #[error("{path}:{line}: {reason}")]
+    BadLine { path: PathBuf, line: u64, reason: String },
+
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("{path}: {reason}")]
     InvalidFile { path: PathBuf, reason: String },
 

@@ -2,6 +2,7 @@
 //! and each adapter ([`runner`](crate::runner)), score them with intervals ([`score`](crate::score)),
 //! and write `eval.json`, `report.md` and `metrics.svg` ([`report`](crate::report)). The caller
 //! prints the [`Report`] and applies its gates last ([`Report::check_gates`]).
+//! [`score_predictions`] is `ferrotune eval score`: given predictions scored the same way.
 
 use std::path::{Path, PathBuf};
 
@@ -179,6 +180,85 @@ pub fn run(spec: &EvalSpec, progress: &mut dyn FnMut(Progress<'_>)) -> Result<Re
     Ok(Report { file, out, runs, gates, baseline })
 }
 
+/// Everything `ferrotune eval score` is asked to do: score given predictions, no model.
+#[derive(Debug, Clone)]
+pub struct ScoreSpec {
+    /// JSONL, one `{"prediction": "...", "reference": "..."}` per line (a reference may be a
+    /// JSON object, for json_match).
+    pub predictions: PathBuf,
+    /// Comma-separated text metrics; `None`: the defaults for these rows.
+    pub metrics: Option<String>,
+    pub resamples: usize,
+    pub seed: u64,
+}
+
+/// Score `spec.predictions` as one system named `predictions`: what `eval.json` would hold.
+pub fn score_predictions(spec: &ScoreSpec) -> Result<EvalFile> {
+    let path = &spec.predictions;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| EvalError::Read { path: path.clone(), source })?;
+    let mut predictions = Vec::new();
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| EvalError::BadLine { path: path.clone(), line: n, reason };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("bad JSON at column {}: {e}", e.column())))?;
+        let field = |k: &str| -> Result<(String, bool)> {
+            match v.get(k) {
+                Some(serde_json::Value::String(s)) => Ok((s.clone(), false)),
+                Some(x @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
+                    Ok((x.to_string(), true))
+                }
+                Some(_) => Err(bad(format!("`{k}`: must be a string (or a JSON object for json_match)"))),
+                None => Err(bad(format!("`{k}`: missing; each line needs \"prediction\" and \"reference\""))),
+            }
+        };
+        let (p, _) = field("prediction")?;
+        let (r, structured) = field("reference")?;
+        predictions.push(p);
+        rows.push(EvalRow { line: n, prompt: Vec::new(), reference: r, structured });
+    }
+    if rows.is_empty() {
+        return Err(EvalError::InvalidFile { path: path.clone(), reason: "no rows".into() });
+    }
+    let metrics = metrics_for(spec.metrics.as_deref(), &rows, false)?;
+    let references: Vec<String> = rows.iter().map(|r| r.reference.clone()).collect();
+    let answers = [Answers { system: "predictions", predictions: &predictions, loss: None }];
+    let (results, table) = score_systems(&references, &answers, &metrics, spec.resamples, spec.seed)?;
+    Ok(EvalFile {
+        ferrotune_version: env!("CARGO_PKG_VERSION").into(),
+        created: now_rfc3339(),
+        model: None,
+        data: DataInfo {
+            path: path.display().to_string(),
+            sha256: ferrotune_model::store::sha256_file(path)?,
+            rows: rows.len(),
+        },
+        settings: Settings {
+            decoding: "none".into(),
+            max_tokens: None,
+            batch_size: None,
+            bootstrap_resamples: spec.resamples,
+            seed: spec.seed,
+        },
+        systems: vec![SystemInfo {
+            name: "predictions".into(),
+            adapter: None,
+            run_dir: None,
+            rows_per_sec: None,
+            generated_tokens: None,
+            generation_secs: None,
+        }],
+        json_match: json_detail(&metrics, &answers, &references),
+        rows: row_results(&rows, &answers, &[], &table),
+        metrics: results,
+    })
+}
+
 /// The base, then one system per adapter; and (system, run folder) for adapters from a run.
 fn systems(adapters: &[String]) -> Result<(Vec<SystemSpec>, Vec<RunDir>)> {
     let mut systems = vec![SystemSpec { name: "base".into(), adapter: None }];
@@ -225,7 +305,7 @@ fn adapter_spec(s: &str) -> Result<(SystemSpec, Option<PathBuf>)> {
 
 /// The metrics of `list`, or the defaults for `rows` (json_match first when every reference is
 /// JSON; loss and perplexity only `with_model`).
-pub fn metrics_for(list: Option<&str>, rows: &[EvalRow], with_model: bool) -> Result<Vec<MetricSpec>> {
+fn metrics_for(list: Option<&str>, rows: &[EvalRow], with_model: bool) -> Result<Vec<MetricSpec>> {
     Ok(match list {
         Some(l) => MetricSpec::parse_list(l)?,
         None => default_metrics(
@@ -239,7 +319,7 @@ pub fn metrics_for(list: Option<&str>, rows: &[EvalRow], with_model: bool) -> Re
 }
 
 /// json_match's detail per system (per-field agreement, unparseable rows), when it is a metric.
-pub fn json_detail(
+fn json_detail(
     metrics: &[MetricSpec],
     answers: &[Answers<'_>],
     references: &[String],
@@ -257,7 +337,7 @@ pub fn json_detail(
 }
 
 /// Every row with each system's prediction, finish reason and own scores.
-pub fn row_results(
+fn row_results(
     rows: &[EvalRow],
     answers: &[Answers<'_>],
     finishes: &[Vec<Option<String>>],
@@ -289,7 +369,7 @@ pub fn row_results(
 }
 
 /// UTC now as `YYYY-MM-DDThh:mm:ssZ` (eval.json's `created`).
-pub fn now_rfc3339() -> String {
+fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z"))
         .unwrap_or_default()

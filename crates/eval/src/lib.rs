@@ -23,4 +23,4 @@ pub mod runner;
 pub mod score;
 
 pub use error::{EvalError, Result};
-pub use evaluate::{EvalSpec, Report, run};
+pub use evaluate::{EvalSpec, Report, ScoreSpec, run, score_predictions};

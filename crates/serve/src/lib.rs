@@ -7,7 +7,7 @@
 //! - [`routes`]: chat, completions, embeddings, models / adapters, health / metrics — over
 //!   [`openai`] (request bodies), [`response`] (the typed response bodies), [`generation`]
 //!   (validation, submission, event collection) and [`stream`] (SSE); chat and completions share
-//!   one pipeline ([`routes::pipeline`]: parse, resolve, guards, cache, submit, stream or collect).
+//!   one pipeline (`routes/pipeline.rs`: parse, resolve, guards, cache, submit, stream or collect).
 //! - [`browser`] (Host, Origin / CORS, Content-Type: what a web page may do); [`auth`] + [`keys`]
 //!   (hashed API keys in SQLite) + [`limits`] (per-key buckets, leases, fair share);
 //!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log and

@@ -322,4 +322,81 @@ mod tests {
         assert_eq!(share.targets.to_vec1::<u32>()?, direct.targets.to_vec1::<u32>()?);
         Ok(())
     }
+
+    /// A step's losses, tokens, and the adapter weights after it (the replica's too, if any).
+    type Ran = (StepLosses, usize, Vec<Tensor>, Option<Vec<Tensor>>);
+
+    /// The runner's data-parallel path (here one replica, on the CPU) takes the step the
+    /// single-device path takes on the same micro-batches, whose rows it splits across the
+    /// devices: same loss, gradient norm, tokens and examples' losses, same weights after, the
+    /// replica's included.
+    #[test]
+    fn data_parallel_runner_steps_like_one_device() -> Result<()> {
+        let examples: Vec<Example> = (0..5u32)
+            .map(|r| {
+                let ids: Vec<u32> = (0..4 + 2 * r).map(|i| (r * 11 + i * 5) % 60).collect();
+                Example { labels: ids.iter().map(|&i| i64::from(i)).collect(), input_ids: ids }
+            })
+            .collect();
+        let sources: Vec<Vec<Source>> =
+            (0..5u64).map(|line| vec![Source { start: 0, line: line + 1 }]).collect();
+        let run = |parallel: bool| -> Result<Ran> {
+            let cfg = ModelConfig::tiny(Family::Llama);
+            let w = ferrotune_model::testing::hf_init_random_weights(&cfg, &Device::Cpu, 3)?;
+            let mut model = Llama::load(&w, &cfg, WeightMode::F32, None)?;
+            model.set_differentiable(true);
+            // No dropout: each replica draws masks of its own.
+            let spec = LoraSpec { dropout: 0.0, ..LoraSpec::default() };
+            let replicas =
+                if parallel { Some(Replicas::lora(&model, &[Device::Cpu], &spec, 5)?) } else { None };
+            let adapter = Adapter::init(&mut model, &spec, 5)?;
+            adapter.attach(&mut model);
+            for (_, v) in &adapter.vars {
+                v.set(&(v.as_tensor() + 0.01)?)?;
+            }
+            let runner = StepRunner::new(Device::Cpu, replicas, &adapter.vars);
+            runner.sync()?;
+            let mut opt = AdamW::new(adapter.vars.clone(), AdamWParams::default())?;
+            // Two micro-batches, of 3 rows and 2.
+            let mut batches = runner.batches();
+            for (rows, srcs) in examples.chunks(3).zip(sources.chunks(3)) {
+                let rows: Vec<&Example> = rows.iter().collect();
+                let srcs: Vec<&[Source]> = srcs.iter().map(Vec::as_slice).collect();
+                runner.push(&mut batches, &rows, &srcs, 0)?;
+            }
+            assert_eq!(batches.0.iter().filter(|d| !d.is_empty()).count(), if parallel { 2 } else { 1 });
+            let out = runner.step(&model, &mut opt, &batches, 1e-2, 1.0)?;
+            let weights = |vars: &[(String, Var)]| vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+            let replica = match &runner {
+                StepRunner::Parallel { replicas, .. } => Some(weights(&replicas.adapters[0].vars)),
+                StepRunner::Single(_) => None,
+            };
+            Ok((out, batches.tokens(), weights(&adapter.vars), replica))
+        };
+        let (one, tokens_one, w_one, _) = run(false)?;
+        let (split, tokens_split, w_split, replica) = run(true)?;
+        assert!((one.loss - split.loss).abs() < 1e-5, "loss {} vs {}", one.loss, split.loss);
+        assert!((one.grad_norm - split.grad_norm).abs() < 1e-4 * one.grad_norm.max(1.0));
+        assert_eq!(tokens_one, tokens_split);
+        // Examples come device by device when split: compare them by line.
+        let by_line = |s: &StepLosses| {
+            let mut e: Vec<(Option<u64>, f64)> = s.examples.iter().map(|e| (e.line, e.loss)).collect();
+            e.sort_by_key(|e| e.0);
+            e
+        };
+        let (e1, e2) = (by_line(&one), by_line(&split));
+        assert_eq!(e1.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=5).map(Some).collect::<Vec<_>>());
+        for (a, b) in e1.iter().zip(&e2) {
+            assert_eq!(a.0, b.0);
+            assert!((a.1 - b.1).abs() < 1e-5, "line {:?}: loss {} vs {}", a.0, a.1, b.1);
+        }
+        for (i, (x, y)) in w_one.iter().zip(&w_split).enumerate() {
+            let d = (x - y)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "weights differ by {d} after the step");
+            let r = replica.as_ref().map(|r| &r[i]).expect("the parallel runner has a replica");
+            let d = (y - r)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert_eq!(d, 0.0, "the replica did not get the update");
+        }
+        Ok(())
+    }
 }

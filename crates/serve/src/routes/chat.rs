@@ -14,7 +14,6 @@ use crate::auth::Caller;
 use crate::engine::TokenLogprob;
 use crate::error::ApiError;
 use crate::generation::{Job, check_logprobs, token_text};
-use crate::grounding::Grounded;
 use crate::json::{self, JsonBody};
 use crate::openai::{ChatRequest, Endpoint, refuse_unsupported, to_messages};
 use crate::record::RequestRecord;
@@ -125,12 +124,11 @@ pub async fn chat_completions(
     }
 
     let rxs = g.submit(&params, &jobs)?;
-    let (knowledge_base, sources) =
-        grounded.map(|Grounded { knowledge_base, sources, .. }| (knowledge_base, sources)).unzip();
+    let grounding = grounded.map(|gr| (gr.knowledge_base, gr.sources));
     if params.stream {
-        let grounding = knowledge_base.zip(sources);
         return Ok(g.stream(&params, logprobs.is_some(), rxs, None, grounding));
     }
+    let (knowledge_base, sources) = grounding.unzip();
     let mut outs = g.collect(rxs).await?;
     let prompt_tokens = outs.first().map_or(0, |o| o.prompt_tokens);
     let completion_tokens: usize = outs.iter().map(|o| o.completion_tokens).sum();
