@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use ferrotune_model::linear::LinearAdapter;
 use ferrotune_model::attention::{softmax, train::causal_attention};
+use ferrotune_model::linear::LinearAdapter;
 use ferrotune_model::ops::{cuda, dropout, loss, matmul, norm, rope};
 use ferrotune_model::{Adapter, Llama, ModelConfig};
 
@@ -121,9 +121,7 @@ fn pieces(ins: &Inputs<'_>, model: &Llama, adapter: &Adapter) -> Result<()> {
     time(device, "rms_norm (op)", &mut || Ok(norm::rms_norm(xt, &ins.norm_w, 1e-5)?))?;
     time(device, "rope q (op)", &mut || Ok(rope::rope(ins.q.as_tensor(), &ins.cos, &ins.sin)?))?;
     let (k, v, mask) = (ins.k.as_tensor(), ins.v.as_tensor(), Some(&ins.mask));
-    time(device, "causal_attention forward", &mut || {
-        Ok(causal_attention(&ins.qf, k, v, t, 0.125, mask)?)
-    })?;
+    time(device, "causal_attention forward", &mut || Ok(causal_attention(&ins.qf, k, v, t, 0.125, mask)?))?;
     time(device, "causal_attention forward+backward", &mut || {
         let o = causal_attention(&ins.qf, k, v, t, 0.125, mask)?;
         o.sum_all()?.backward()?;

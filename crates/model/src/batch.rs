@@ -240,7 +240,8 @@ pub fn loss_sums(model: &Llama, batch: &Batch) -> Result<(Tensor, Vec<f32>)> {
     };
     if let Some(w) = model.frozen_head_weight() {
         // One chunked head pass for the whole batch; its per-target losses come back with it.
-        let (total, per_target) = crate::ops::loss::frozen_head_cross_entropy_rows(&picked, w, &batch.targets)?;
+        let (total, per_target) =
+            crate::ops::loss::frozen_head_cross_entropy_rows(&picked, w, &batch.targets)?;
         return Ok((total, segment_sums(&per_target)));
     }
     let per_target = head_cross_entropy(model, &picked, batch)?;
