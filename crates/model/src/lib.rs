@@ -41,7 +41,7 @@ pub mod config;
 pub mod constrain;
 pub mod error;
 pub mod export;
-pub mod fastmath;
+pub(crate) mod fastmath;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
