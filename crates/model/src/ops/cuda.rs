@@ -78,6 +78,9 @@ pub(crate) fn no_cpu(name: &str) -> Result<(CpuStorage, Shape)> {
 
 #[cfg(feature = "cuda")]
 pub(crate) mod launch {
+    //! What the ops' launch modules share. SAFETY (every `unsafe` in them): outputs are allocated
+    //! for exactly the elements the kernels write, inputs are contiguous views of the sizes the
+    //! kernels read, and all work runs on candle's one stream.
     use std::sync::OnceLock;
 
     use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
@@ -163,4 +166,16 @@ pub(crate) mod launch {
         Ok(())
     }
     pub(crate) use view;
+
+    /// Everything an op's `launch` module uses.
+    pub(crate) mod prelude {
+        pub(crate) use super::{
+            MODULE, aligned8, cfg, flat, ptx, row_threads, rows_cols, same_shape, suffix, view,
+        };
+        pub(crate) use candle_core::backend::BackendStorage;
+        pub(crate) use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        pub(crate) use candle_core::cuda_backend::{CudaStorage, WrapErr};
+        pub(crate) use candle_core::{DType, Layout, Result, Shape};
+        pub(crate) use half::bf16;
+    }
 }

@@ -141,20 +141,8 @@ gpu_only!(RmsNormBwd, 3, "ft-rms-norm-bwd", |self, x, xl, w, wl, dy, dyl| launch
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)]
 mod launch {
-    //! SAFETY (every `unsafe` here): outputs are allocated for exactly the elements the kernels
-    //! write, inputs are contiguous views of the sizes the kernels read, and all work runs on
-    //! candle's one stream.
-    #[allow(unused_imports)]
-    use crate::ops::cuda::launch::*;
-    #[allow(unused_imports)]
-    use candle_core::backend::BackendStorage;
-    #[allow(unused_imports)]
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaStorage, WrapErr};
-    #[allow(unused_imports)]
-    use candle_core::{DType, Layout, Result, Shape};
-    #[allow(unused_imports)]
-    use half::bf16;
+    //! SAFETY: as every launch (see `ops::cuda::launch`).
+    use crate::ops::cuda::launch::prelude::*;
 
     pub fn rms_norm_bwd(
         x: &CudaStorage,
