@@ -173,7 +173,7 @@ pub(crate) mod launch {
             MODULE, aligned8, cfg, flat, ptx, row_threads, rows_cols, same_shape, suffix, view,
         };
         pub(crate) use candle_core::backend::BackendStorage;
-        pub(crate) use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        pub(crate) use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         pub(crate) use candle_core::cuda_backend::{CudaStorage, WrapErr};
         pub(crate) use candle_core::{DType, Layout, Result, Shape};
         pub(crate) use half::bf16;
