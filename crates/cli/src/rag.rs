@@ -4,14 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ferrotune_rag::eval::{evaluate, read_queries};
+use ferrotune_rag::ingest::Event;
 use ferrotune_rag::manifest::Manifest;
-use ferrotune_rag::source::collect;
-use ferrotune_rag::{
-    ChunkConfig, Embedder, KbSettings, KnowledgeBase, MAX_K, Mode, Progress, RagError, Writer, kb_path,
-};
+use ferrotune_rag::{IngestSpec, KnowledgeBase, MAX_K, Mode, Progress, Writer, kb_path};
 
 #[derive(Args)]
 #[command(after_help = "Knowledge bases live in $FERROTUNE_HOME/kb/NAME (default ~/.ferrotune/kb/NAME); \
@@ -165,48 +162,24 @@ fn open(name: &str, root: Option<&Path>) -> anyhow::Result<KnowledgeBase> {
 fn ingest(a: IngestArgs, root: Option<&Path>) -> anyhow::Result<()> {
     let dir = kb_path(&a.kb, root)?;
     let started = Instant::now();
-    // Read and check every input before anything is opened for writing.
-    let collected = collect(&a.paths)?;
-    if collected.docs.is_empty() {
-        bail!(
-            "no documents found in {} (looked for .txt, .md, .markdown, .html, .htm, .jsonl)",
-            show_paths(&a.paths)
-        );
-    }
-    for f in &collected.skipped_files {
-        eprintln!("skipped {} (not .txt/.md/.markdown/.html/.htm/.jsonl)", f.display());
-    }
-    let existing = match Manifest::read(&dir) {
-        Ok(m) => Some(m.settings),
-        Err(RagError::NoKnowledgeBase { .. }) => None,
-        Err(e) => return Err(e.into()),
+    let spec = IngestSpec {
+        dir: dir.clone(),
+        paths: a.paths.clone(),
+        chunk_tokens: a.chunk_tokens,
+        overlap_tokens: a.overlap_tokens,
+        embedder: a.embedder.clone(),
     };
-    let base = existing.clone().unwrap_or_default();
-    let asked = a.chunk_tokens.is_some() || a.overlap_tokens.is_some() || a.embedder.is_some();
-    let requested = KbSettings {
-        embedder: a.embedder.clone().unwrap_or(base.embedder.clone()),
-        chunking: ChunkConfig {
-            max_tokens: a.chunk_tokens.unwrap_or(base.chunking.max_tokens),
-            overlap_tokens: a.overlap_tokens.unwrap_or(base.chunking.overlap_tokens),
-        },
-    };
-    let embedder = Embedder::load_named(&requested.embedder).with_context(|| {
-        format!("loading the embedder {:?} (install it with `ferrotune models pull`)", requested.embedder)
-    })?;
-    requested.chunking.validate(embedder.max_seq_length()).map_err(|e| anyhow::anyhow!(e))?;
-    let mut writer = Writer::open(&dir, asked.then_some(&requested), embedder.dim())?;
-    if !writer.repaired().is_empty() {
-        eprintln!(
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let report = ferrotune_rag::ingest(&spec, &mut |e| match e {
+        Event::Skipped(f) => eprintln!("skipped {} (not .txt/.md/.markdown/.html/.htm/.jsonl)", f.display()),
+        Event::Repaired(docs) => eprintln!(
             "warning: an earlier change to {} was interrupted; dropped {} document(s) to keep the indexes consistent \
              (they are ingested again if among the inputs): {}",
             dir.display(),
-            writer.repaired().len(),
-            writer.repaired().join(", ")
-        );
-    }
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let report = writer.ingest(&collected.docs, &embedder, &mut |p| match p {
-        Progress::Chunked { docs, chunks } => {
+            docs.len(),
+            docs.join(", ")
+        ),
+        Event::Progress(Progress::Chunked { docs, chunks }) => {
             let b = indicatif::ProgressBar::new(chunks as u64);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -217,12 +190,12 @@ fn ingest(a: IngestArgs, root: Option<&Path>) -> anyhow::Result<()> {
             b.println(format!("{docs} new or changed document(s) → {chunks} chunks"));
             bar = Some(b);
         }
-        Progress::Embedded(n) => {
+        Event::Progress(Progress::Embedded(n)) => {
             if let Some(b) = &bar {
                 b.set_position(n as u64);
             }
         }
-        Progress::Writing => {
+        Event::Progress(Progress::Writing) => {
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
@@ -255,10 +228,6 @@ fn ingest(a: IngestArgs, root: Option<&Path>) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn show_paths(p: &[PathBuf]) -> String {
-    p.iter().map(|x| x.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// `--k`, checked while parsing (a usage error, before any knowledge base is opened).

@@ -107,3 +107,32 @@ fn a_k_beyond_the_limit_is_a_usage_error() -> anyhow::Result<()> {
     assert!(v["hits"].as_array().is_some_and(|h| h.len() > 10), "{v}");
     Ok(())
 }
+
+/// Ingest's refusals, now raised by `ferrotune_rag::ingest` rather than the CLI: the same
+/// messages, a failing exit, and no knowledge base left behind.
+#[test]
+fn ingest_refuses_no_documents_and_an_unknown_embedder_naming_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let kb = dir.path();
+    let docs = kb.join("docs");
+    std::fs::create_dir(&docs)?;
+    std::fs::write(docs.join("notes.bin"), [0u8, 1, 2])?;
+    let o = run(kb, &["ingest", "--kb", "empty", docs.to_str().expect("utf-8 path")])?;
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("no documents found in") && text(&o).contains(".jsonl)"), "{}", text(&o));
+    assert!(!kb.join("empty").exists(), "nothing written for a refused ingest");
+    std::fs::write(docs.join("a.md"), "# Returns\nItems can be returned within 30 days.\n")?;
+    let o = run(
+        kb,
+        &["ingest", "--kb", "kb", "--embedder", "no-such-embedder", docs.to_str().expect("utf-8 path")],
+    )?;
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("loading the embedder \"no-such-embedder\" (install it with `ferrotune models pull`)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!kb.join("kb").exists(), "nothing written when the embedder cannot load");
+    Ok(())
+}

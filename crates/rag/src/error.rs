@@ -42,6 +42,12 @@ pub enum RagError {
     Query { query: String, reason: String },
     #[error("k = {k}: at most {max} chunks can be asked for")]
     TooManyHits { k: usize, max: usize },
+    #[error("no documents found in {paths} (looked for .txt, .md, .markdown, .html, .htm, .jsonl)")]
+    NoDocuments { paths: String },
+    #[error("loading the embedder {name:?} (install it with `ferrotune models pull`): {error}")]
+    EmbedderLoad { name: String, error: Box<RagError> },
+    #[error("{0}")]
+    Chunking(String),
 }
 
 impl RagError {

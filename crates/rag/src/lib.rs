@@ -8,7 +8,8 @@
 //!   ([`int8`]) picks candidates, an f32 rerank and an error bound make the result exact),
 //!   [`fusion`] (RRF).
 //! - [`kb`]: [`KnowledgeBase`] — open once, `query` concurrently from many threads;
-//!   [`writer`]: [`Writer`] — ingest / replace / delete, one writer at a time; [`manifest`]: `kb.json`.
+//!   [`writer`]: [`Writer`] — ingest / replace / delete, one writer at a time; [`manifest`]: `kb.json`;
+//!   [`ingest`]: paths into a knowledge base, the steps of `ferrotune rag ingest`.
 //! - [`metrics`], [`eval`]: recall@k, MRR@10, nDCG@10 over labelled queries.
 //! - [`synthetic`]: seeded generated text and synthetic indexes, for tests and the retrieval
 //!   benchmark (`ferrotune-bench`).
@@ -21,6 +22,7 @@ pub mod error;
 pub mod eval;
 pub mod fusion;
 pub mod html;
+pub mod ingest;
 pub mod int8;
 pub mod kb;
 pub mod manifest;
@@ -33,6 +35,7 @@ pub mod writer;
 pub use chunk::{Chunk, ChunkConfig};
 pub use embedder::Embedder;
 pub use error::{RagError, Result};
+pub use ingest::{IngestSpec, ingest};
 pub use kb::{DocumentInfo, Hit, KnowledgeBase, MAX_K, Mode, kb_path};
 pub use manifest::KbSettings;
 pub use source::{DocKind, SourceDoc};
