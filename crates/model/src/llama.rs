@@ -149,7 +149,7 @@ impl Attention {
     /// One new token for each of `b` independent sequences (`x: [b, 1, hidden]`): the projections
     /// run batched over the rows, attention runs per row against that row's own cache (rows hold
     /// different lengths, so they cannot share one `[b, kv, total, d]` tensor without padding).
-    /// `cos`/`sin` are per-row tables `[b, 1, d/2]`; `layer` picks each cache's layer.
+    /// `step` holds the per-row RoPE tables `[b, 1, d/2]`; `layer` picks each cache's layer.
     fn decode(
         &self,
         x: &Tensor,
