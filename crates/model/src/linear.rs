@@ -88,7 +88,7 @@ impl Linear {
     /// [`LoraLayer::training_parts`]).
     pub fn training_lora(&self, dtype: candle_core::DType) -> Option<Result<LoraParts>> {
         let BaseWeight::Dense(w) = &self.weight else { return None };
-        if self.bias.is_some() || w.track_op() || w.dtype() != dtype {
+        if !self.trains_lora() || w.dtype() != dtype {
             return None;
         }
         let parts = self.lora()?.training_parts(self.in_features, dtype)?;

@@ -236,7 +236,7 @@ impl LoraLayer {
     /// (`x: [n, in]`, `w: [out, in]`). `None` outside training: use `x·Wᵀ` and `delta`.
     pub fn fused_with_frozen(&self, x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
         // Only while training the adapter (its variables in the graph); inference keeps the plain path.
-        if !self.a.track_op() {
+        if !self.is_training() {
             return None;
         }
         let run = || -> candle_core::Result<Tensor> {
@@ -255,7 +255,7 @@ impl LoraLayer {
         in_features: usize,
         dtype: candle_core::DType,
     ) -> Option<candle_core::Result<crate::ops::lora::LoraVars>> {
-        if !self.a.track_op() {
+        if !self.is_training() {
             return None;
         }
         let run = || -> candle_core::Result<crate::ops::lora::LoraVars> {
