@@ -6,7 +6,14 @@
 //! which to drop (remembering only their line numbers) and counts rows per stratum; the second
 //! re-reads the kept rows, redacts, and sends exactly round(F·n) of each stratum to eval by
 //! sequential random selection ([`crate::split`]). Outputs go to a temporary folder beside
-//! `--out` that is renamed into place at the end, so a failed run leaves nothing half-written.
+//! `--out` (`.OUT.tmp-PID`), fsync'ed and renamed into place at the end, so a failed or killed
+//! run (or a power loss) leaves nothing half-written under `--out`: it is either absent (or the
+//! empty folder it was) or complete. A killed run's temporary folder is removed by the next
+//! `prepare` to the same `--out`.
+//!
+//! Crash points (test-only, [`ferrotune_model::crash`]): `prepare-write` (the first chunk of
+//! rows written to the temporary folder), `prepare-fill` (every file written and fsync'ed,
+//! nothing renamed).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -135,8 +142,8 @@ pub fn prepare(input: &Path, out: &Path, opts: &PrepareOptions) -> Result<Prepar
     let decided = decide(&scanner, input, opts, sketcher.as_deref(), unit)?;
 
     // Pass 2: write the kept rows, split, to a temporary folder beside `out`.
-    let tmp = temp_dir_beside(out)?;
-    let written = write_kept(&scanner, input, opts, unit, &decided, tmp.path())?;
+    let tmp = TempOut::beside(out)?;
+    let written = write_kept(&scanner, input, opts, unit, &decided, &tmp.path)?;
 
     // The report, then the folder renamed into place.
     let (train_rows, eval_rows) = written.strata.values().fold((0, 0), |(t, e), c| (t + c.train, e + c.eval));
@@ -270,17 +277,68 @@ fn duplicate(row: &Row, index: &mut DupIndex, unit: Unit) -> Option<Dropped> {
     })
 }
 
-/// A temporary folder beside `out` (same file system, so it can be renamed into place).
-fn temp_dir_beside(out: &Path) -> Result<tempfile::TempDir> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    std::fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
-    tempfile::Builder::new()
-        .prefix(".ferrotune-prepare-")
-        .tempdir_in(&parent)
-        .map_err(|e| DataError::io(&parent, e))
+/// The temporary folder beside `out` (same file system, so it can be renamed into place),
+/// removed when dropped unless published.
+struct TempOut {
+    path: PathBuf,
+    published: bool,
+}
+
+impl TempOut {
+    /// `.OUT.tmp-PID` beside `out`, after removing those of dead processes (a killed run's).
+    fn beside(out: &Path) -> Result<Self> {
+        let parent = parent_of(out);
+        std::fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
+        let name = out.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+        let prefix = format!(".{name}.tmp-");
+        remove_dead_temps(&parent, &prefix);
+        let path = parent.join(format!("{prefix}{}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| DataError::io(&path, e))?;
+        }
+        std::fs::create_dir(&path).map_err(|e| DataError::io(&path, e))?;
+        Ok(Self { path, published: false })
+    }
+}
+
+impl Drop for TempOut {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn parent_of(out: &Path) -> PathBuf {
+    out.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Removes `dir/PREFIX<pid>` folders whose process is gone. Only where a process can be looked up
+/// without a new dependency (`/proc`); elsewhere a killed run's folder stays (hidden, harmless).
+fn remove_dead_temps(dir: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix) else { continue };
+        if !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// fsync `path` (a file, or a folder so the names in it survive a power loss; opening a folder
+/// for fsync is a Unix idiom).
+fn sync(path: &Path) -> Result<()> {
+    if path.is_dir() && !cfg!(unix) {
+        return Ok(());
+    }
+    File::open(path).and_then(|f| f.sync_all()).map_err(|e| DataError::io(path, e))
 }
 
 /// What pass 2 wrote.
@@ -404,32 +462,54 @@ impl KeptRows<'_> {
 
 /// The split and the writes: exactly round(F·n) rows of each stratum to eval, by a seeded draw
 /// per row in file order ([`crate::split`]).
-struct Split<'a> {
-    dir: &'a Path,
-    train: BufWriter<File>,
-    eval: BufWriter<File>,
+struct Split {
+    train: Output,
+    eval: Output,
+    /// Chunks written so far (the crash point `prepare-write` is after the first).
+    chunks: usize,
     selectors: BTreeMap<String, Selector>,
     rng: StdRng,
     strata: BTreeMap<String, StratumCounts>,
     changed: Vec<Changed>,
 }
 
-impl<'a> Split<'a> {
+/// One output file and its path (named in every error: a full disk says which file).
+struct Output {
+    path: PathBuf,
+    w: BufWriter<File>,
+}
+
+impl Output {
+    fn create(path: PathBuf) -> Result<Self> {
+        let f = File::create(&path).map_err(|e| DataError::io(&path, e))?;
+        Ok(Self { path, w: BufWriter::new(f) })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.w.write_all(bytes).map_err(|e| DataError::io(&self.path, e))
+    }
+
+    /// Flushed and fsync'ed.
+    fn finish(self) -> Result<()> {
+        let Output { path, w } = self;
+        let f = w.into_inner().map_err(|e| DataError::io(&path, e.into_error()))?;
+        f.sync_all().map_err(|e| DataError::io(&path, e))
+    }
+}
+
+impl Split {
     /// `train.jsonl` and `eval.jsonl` created in `dir`, for strata of `counts` rows.
-    fn new(dir: &'a Path, counts: &BTreeMap<String, u64>, opts: &PrepareOptions) -> Result<Self> {
-        let create = |name: &str| -> Result<BufWriter<File>> {
-            let p = dir.join(name);
-            Ok(BufWriter::new(File::create(&p).map_err(|e| DataError::io(p, e))?))
-        };
-        let (train, eval) = (create("train.jsonl")?, create("eval.jsonl")?);
+    fn new(dir: &Path, counts: &BTreeMap<String, u64>, opts: &PrepareOptions) -> Result<Self> {
+        let (train, eval) =
+            (Output::create(dir.join("train.jsonl"))?, Output::create(dir.join("eval.jsonl"))?);
         let selectors = counts
             .iter()
             .map(|(k, &n)| (k.clone(), Selector::new(n, eval_count(n, opts.eval_fraction))))
             .collect();
         Ok(Self {
-            dir,
             train,
             eval,
+            chunks: 0,
             selectors,
             rng: StdRng::seed_from_u64(opts.seed),
             strata: BTreeMap::new(),
@@ -453,33 +533,44 @@ impl<'a> Split<'a> {
                 counts.train += 1;
                 &mut self.train
             };
-            w.write_all(json.as_bytes()).map_err(|e| DataError::io(self.dir, e))?;
+            w.write(json.as_bytes())?;
             trash.push(json, made_on);
+        }
+        self.chunks += 1;
+        if self.chunks == 2 {
+            // The first chunk of rows (the first call has none) is in the temp folder.
+            for w in [&mut self.train, &mut self.eval] {
+                w.w.flush().map_err(|e| DataError::io(&w.path, e))?;
+            }
+            ferrotune_model::crash::point("prepare-write");
         }
         Ok(())
     }
 
     fn finish(self) -> Result<Written> {
-        for mut w in [self.train, self.eval] {
-            w.flush().map_err(|e| DataError::io(self.dir, e))?;
-        }
+        self.train.finish()?;
+        self.eval.finish()?;
         Ok(Written { strata: self.strata, changed: self.changed })
     }
 }
 
-/// `report.json` written into `tmp`, then `tmp` renamed to `out` (an empty `out` replaced).
-fn publish(tmp: tempfile::TempDir, out: &Path, report: &PrepareReport) -> Result<()> {
-    let report_path = tmp.path().join("report.json");
+/// `report.json` written into `tmp` and everything fsync'ed, then `tmp` renamed to `out` (an
+/// empty `out` replaced: `rename` takes an empty folder's place in one step on Unix).
+fn publish(mut tmp: TempOut, out: &Path, report: &PrepareReport) -> Result<()> {
+    let report_path = tmp.path.join("report.json");
     let text = serde_json::to_string_pretty(report)
         .map_err(|e| DataError::InvalidFile { path: report_path.clone(), reason: e.to_string() })?;
-    std::fs::write(&report_path, text + "\n").map_err(|e| DataError::io(&report_path, e))?;
-    if out.exists() {
+    let mut f = File::create(&report_path).map_err(|e| DataError::io(&report_path, e))?;
+    f.write_all((text + "\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| DataError::io(&report_path, e))?;
+    sync(&tmp.path)?;
+    ferrotune_model::crash::point("prepare-fill");
+    if out.exists() && !cfg!(unix) {
         std::fs::remove_dir(out).map_err(|e| DataError::io(out, e))?;
     }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
-        DataError::io(out, e)
-    })?;
-    Ok(())
+    // On failure `tmp` is dropped, and removed.
+    std::fs::rename(&tmp.path, out).map_err(|e| DataError::io(out, e))?;
+    tmp.published = true;
+    sync(&parent_of(out))
 }

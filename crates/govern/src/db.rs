@@ -179,7 +179,7 @@ impl From<GovernError> for Fail {
 impl Fail {
     pub fn into_govern(self, path: &Path) -> GovernError {
         match self {
-            Fail::Sql(source) => GovernError::Db { path: path.into(), source },
+            Fail::Sql(source) => GovernError::db(path, source),
             Fail::Gov(e) => e,
         }
     }
@@ -198,9 +198,7 @@ pub fn open(path: &Path) -> Result<Connection, GovernError> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {
         match open_once(path) {
-            Err(GovernError::Db { source, .. })
-                if is_busy(&source) && std::time::Instant::now() < deadline =>
-            {
+            Err(GovernError::Db { error, .. }) if is_busy(&error) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             r => return r,
@@ -215,7 +213,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 }
 
 fn open_once(path: &Path) -> Result<Connection, GovernError> {
-    let db = |source| GovernError::Db { path: path.into(), source };
+    let db = |source| GovernError::db(path, source);
     let mut conn = Connection::open(path).map_err(db)?;
     // First, so that the statements below wait for a process that holds the lock.
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;

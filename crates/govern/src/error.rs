@@ -2,8 +2,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GovernError {
-    #[error("registry {path}: {source}")]
-    Db { path: PathBuf, source: rusqlite::Error },
+    /// `os`: what the file system said to a small write beside the database when SQLite's
+    /// message is only "disk I/O error", "database or disk is full" or "readonly database"
+    /// ([`GovernError::db`]). SQLite's error is in the message, not chained (it printed twice).
+    #[error("registry {}: {error}{}", path.display(), os.as_ref().map(|o| format!(" ({}: {o})", parent_of(path).display())).unwrap_or_default())]
+    Db { path: PathBuf, error: rusqlite::Error, os: Option<std::io::Error> },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// A file the user handed in (policy.toml, card.toml, lineage.json, eval.json) is malformed:
@@ -19,6 +22,35 @@ pub enum GovernError {
     Refused(String),
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+}
+
+impl GovernError {
+    /// A SQLite error on the database at `path`; when the file system caused it (full, read-only,
+    /// an I/O error) SQLite does not say how, so a 4 KiB write beside the database asks the OS.
+    pub fn db(path: &std::path::Path, source: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+        let fs_caused = matches!(&source, rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, SystemIoFailure | DiskFull | ReadOnly | CannotOpen));
+        let os = fs_caused.then(|| probe_write(path)).flatten();
+        GovernError::Db { path: path.into(), error: source, os }
+    }
+}
+
+/// The folder a database file is in.
+fn parent_of(db: &std::path::Path) -> &std::path::Path {
+    db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."))
+}
+
+/// The OS error of writing and syncing 4 KiB beside `db` (then removed), if any.
+fn probe_write(db: &std::path::Path) -> Option<std::io::Error> {
+    use std::io::Write;
+    let probe = parent_of(db).join(format!(".registry-probe-{}", std::process::id()));
+    let r = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    r.err()
 }
 
 pub type Result<T, E = GovernError> = std::result::Result<T, E>;

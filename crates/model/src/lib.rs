@@ -39,6 +39,7 @@ pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod constrain;
+pub mod crash;
 pub mod error;
 pub mod export;
 pub(crate) mod fastmath;

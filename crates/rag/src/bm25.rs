@@ -8,10 +8,15 @@
 //! optional clause, i.e. plain BM25 over the distinct query terms.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tantivy::collector::TopDocs;
-use tantivy::directory::error::LockError;
+use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
+use tantivy::directory::{
+    Directory, DirectoryLock, FileHandle, FileSlice, Lock, MmapDirectory, WatchCallback, WatchHandle,
+    WritePtr,
+};
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
@@ -23,6 +28,67 @@ use crate::error::{RagError, Result};
 /// Indexing memory budget (tantivy's minimum per thread is 15 MB); one thread: ingest time is
 /// dominated by embedding, not by tantivy.
 const WRITER_BUDGET: usize = 50_000_000;
+
+/// tantivy's writer lock file in the index folder.
+const WRITER_LOCK: &str = ".tantivy-writer.lock";
+
+/// tantivy's [`MmapDirectory`], except that on a read-only file system a reader's meta lock (a
+/// file tantivy opens for writing, so a reader failed there with EROFS) is skipped: the lock keeps
+/// a writer's clean-up from deleting segments while they are opened, and no writer can run on a
+/// read-only file system. Writers still fail there, with the OS error ([`Bm25Index::writer`]).
+#[derive(Clone, Debug)]
+struct ReadOnlyTolerant(MmapDirectory);
+
+impl Directory for ReadOnlyTolerant {
+    fn get_file_handle(&self, path: &Path) -> Result<Arc<dyn FileHandle>, OpenReadError> {
+        self.0.get_file_handle(path)
+    }
+    fn open_read(&self, path: &Path) -> Result<FileSlice, OpenReadError> {
+        self.0.open_read(path)
+    }
+    fn delete(&self, path: &Path) -> Result<(), DeleteError> {
+        self.0.delete(path)
+    }
+    fn exists(&self, path: &Path) -> Result<bool, OpenReadError> {
+        self.0.exists(path)
+    }
+    fn open_write(&self, path: &Path) -> Result<WritePtr, OpenWriteError> {
+        self.0.open_write(path)
+    }
+    fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
+        self.0.atomic_read(path)
+    }
+    fn atomic_write(&self, path: &Path, data: &[u8]) -> std::io::Result<()> {
+        self.0.atomic_write(path, data)
+    }
+    fn sync_directory(&self) -> std::io::Result<()> {
+        self.0.sync_directory()
+    }
+    fn watch(&self, callback: WatchCallback) -> tantivy::Result<WatchHandle> {
+        self.0.watch(callback)
+    }
+    fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
+        match self.0.acquire_lock(lock) {
+            Err(LockError::IoError(e))
+                if lock.is_blocking && e.kind() == std::io::ErrorKind::ReadOnlyFilesystem =>
+            {
+                Ok(DirectoryLock::from(Box::new(())))
+            }
+            r => r,
+        }
+    }
+}
+
+/// A tantivy error, with the index folder and the OS error when it is one (a full or read-only
+/// disk), instead of tantivy's message, which names neither.
+fn index_error(dir: &Path, e: TantivyError) -> RagError {
+    match e {
+        TantivyError::IoError(io) | TantivyError::LockFailure(LockError::IoError(io), _) => {
+            RagError::io(dir, std::io::Error::new(io.kind(), io.to_string()))
+        }
+        e => RagError::Index(e),
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -67,6 +133,7 @@ pub struct StoredChunk {
 }
 
 pub struct Bm25Index {
+    dir: PathBuf,
     index: Index,
     reader: IndexReader,
     fields: Fields,
@@ -78,10 +145,11 @@ impl Bm25Index {
         let (schema, fields) = schema();
         let exists = dir.join("meta.json").exists();
         let index = if exists {
-            Index::open_in_dir(dir)?
+            let mmap = MmapDirectory::open(dir).map_err(|e| index_error(dir, TantivyError::from(e)))?;
+            Index::open(ReadOnlyTolerant(mmap)).map_err(|e| index_error(dir, e))?
         } else if create {
             std::fs::create_dir_all(dir).map_err(|e| RagError::io(dir, e))?;
-            Index::create_in_dir(dir, schema.clone())?
+            Index::create_in_dir(dir, schema.clone()).map_err(|e| index_error(dir, e))?
         } else {
             return Err(RagError::Corrupt {
                 path: dir.to_path_buf(),
@@ -94,15 +162,23 @@ impl Bm25Index {
                 reason: "the BM25 index has another schema (made by another ferrotune version?)".into(),
             });
         }
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(Self { index, reader, fields })
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(|e| index_error(dir, e))?;
+        Ok(Self { dir: dir.to_path_buf(), index, reader, fields })
     }
 
     /// The index writer; its lock file keeps a second writer (another ingest) out.
     pub fn writer(&self, dir: &Path) -> Result<IndexWriter> {
         self.index.writer_with_num_threads(1, WRITER_BUDGET).map_err(|e| match e {
             TantivyError::LockFailure(LockError::LockBusy, _) => RagError::Locked { path: dir.to_path_buf() },
-            e => RagError::Index(e),
+            // A read-only or full file system: say where and what the OS said.
+            TantivyError::LockFailure(LockError::IoError(io), _) => {
+                RagError::io(self.dir.join(WRITER_LOCK), std::io::Error::new(io.kind(), io.to_string()))
+            }
+            e => index_error(&self.dir, e),
         })
     }
 
@@ -129,9 +205,10 @@ impl Bm25Index {
 
     /// Commits with the knowledge-base generation as the commit payload.
     pub fn commit(&self, w: &mut IndexWriter, generation: u64) -> Result<()> {
-        let mut prepared = w.prepare_commit()?;
+        let mut prepared = w.prepare_commit().map_err(|e| index_error(&self.dir, e))?;
         prepared.set_payload(&generation.to_string());
-        prepared.commit()?;
+        ferrotune_model::crash::point("rag-bm25-prepared");
+        prepared.commit().map_err(|e| index_error(&self.dir, e))?;
         self.reader.reload()?;
         Ok(())
     }

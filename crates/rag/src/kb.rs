@@ -149,15 +149,40 @@ pub struct KnowledgeBase {
     embedder: Mutex<Option<Arc<Embedder>>>,
 }
 
-/// Reads the manifest and vectors as they are now, without waiting: if a writer is between its
-/// steps the parts may be a generation apart (hits missing from BM25 are dropped), and the
-/// writer's final `kb.json` shows up in [`KnowledgeBase::changed_on_disk`] for the next reload.
-fn load_snapshot(dir: &Path) -> Result<Snapshot> {
+/// Reads the manifest and vectors that go with the BM25 commit (`bm25_gen`): `kb.json` and
+/// `vectors.bin`, or the staged `.next` files of a change whose commit is made but not yet
+/// renamed in (a writer between its last steps, or killed there: see `writer.rs`). Without
+/// waiting: if a writer commits while this reads, the parts may still be a generation apart
+/// (hits missing from BM25 are dropped), and the writer's final `kb.json` shows up in
+/// [`KnowledgeBase::changed_on_disk`] for the next reload.
+fn load_snapshot(dir: &Path, bm25_gen: u64) -> Result<Snapshot> {
     // Stamped before reading: a change that lands while we read leaves a newer kb.json behind.
     let stamp = stamp(dir)?;
-    let manifest = Manifest::read(dir)?;
+    let mut manifest = Manifest::read(dir)?;
+    if manifest.generation != bm25_gen {
+        let next = crate::writer::staged(&dir.join(crate::manifest::FILE));
+        match Manifest::read_file(dir, &next) {
+            Ok(m) if m.generation == bm25_gen => manifest = m,
+            // Renamed in meanwhile: kb.json is the new one now.
+            Err(RagError::NoKnowledgeBase { .. }) => manifest = Manifest::read(dir)?,
+            _ => {}
+        }
+    }
     let vpath = dir.join(VECTORS_FILE);
-    let vectors = if vpath.exists() { VectorIndex::read(&vpath)? } else { VectorIndex::new(manifest.dim) };
+    let vnext = crate::writer::staged(&vpath);
+    let vpath = match crate::vectors::read_generation(&vnext) {
+        Ok(g) if g == manifest.generation => vnext,
+        _ => vpath,
+    };
+    let vectors = match VectorIndex::read(&vpath) {
+        Ok(v) => v,
+        Err(RagError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            // No vectors yet, or the staged file renamed in while we looked.
+            let plain = dir.join(VECTORS_FILE);
+            if plain.exists() { VectorIndex::read(&plain)? } else { VectorIndex::new(manifest.dim) }
+        }
+        Err(e) => return Err(e),
+    };
     if vectors.dim != manifest.dim {
         return Err(RagError::Corrupt {
             path: dir.to_path_buf(),
@@ -176,7 +201,7 @@ impl KnowledgeBase {
             return Err(RagError::NoKnowledgeBase { path: dir.to_path_buf() });
         }
         let bm25 = Bm25Index::open(&dir.join(BM25_DIR), false)?;
-        let snapshot = load_snapshot(dir)?;
+        let snapshot = load_snapshot(dir, bm25.generation()?.unwrap_or(0))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             bm25,
@@ -201,7 +226,7 @@ impl KnowledgeBase {
     /// keep the snapshot they started with; the new one is swapped in at the end.
     pub fn reload(&self) -> Result<()> {
         self.bm25.reload()?;
-        let s = Arc::new(load_snapshot(&self.dir)?);
+        let s = Arc::new(load_snapshot(&self.dir, self.bm25.generation()?.unwrap_or(0))?);
         *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! `kb.json`: a knowledge base's settings and its documents (id → content hash, chunk ids,
 //! metadata), with the generation counter that ties it to the BM25 commit and the vector file.
-//! Written last in every change, through a temporary file and a rename.
+//! Staged beside as `kb.json.next` before the BM25 commit and renamed in last in every change
+//! (see [`crate::writer`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,13 +67,18 @@ impl Manifest {
     }
 
     pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join(FILE);
-        let s = match std::fs::read_to_string(&path) {
+        Self::read_file(dir, &dir.join(FILE))
+    }
+
+    /// The manifest in `path` (`kb.json`, or the staged `kb.json.next` of a change; see
+    /// [`crate::writer`]) of the knowledge base in `dir`.
+    pub fn read_file(dir: &Path, path: &Path) -> Result<Self> {
+        let s = match std::fs::read_to_string(path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RagError::NoKnowledgeBase { path: dir.to_path_buf() });
             }
-            Err(e) => return Err(RagError::io(&path, e)),
+            Err(e) => return Err(RagError::io(path, e)),
         };
         let m: Manifest = serde_json::from_str(&s)
             .map_err(|e| RagError::Corrupt { path: dir.to_path_buf(), reason: format!("{FILE}: {e}") })?;
@@ -86,11 +92,16 @@ impl Manifest {
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
+        self.write_to(dir, &dir.join(FILE))
+    }
+
+    /// Written (atomically) to `path` instead of `dir`'s `kb.json`.
+    pub fn write_to(&self, dir: &Path, path: &Path) -> Result<()> {
         let s = serde_json::to_string_pretty(self).map_err(|e| RagError::Corrupt {
             path: dir.to_path_buf(),
             reason: format!("serializing {FILE}: {e}"),
         })?;
-        write_atomic(&dir.join(FILE), s.as_bytes())
+        write_atomic(path, s.as_bytes())
     }
 
     pub fn num_chunks(&self) -> usize {

@@ -225,13 +225,38 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Writes `bytes` to `path` through a synced temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a synced temporary file in the same folder (`NAME.tmp-PID`,
+/// removed if the write fails: a full disk leaves nothing behind) and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| RagError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| RagError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| RagError::io(path, e))
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(RagError::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        RagError::io(path, e)
+    })
+}
+
+/// The generation in a vector file's header, without reading its rows.
+pub fn read_generation(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let mut head = [0u8; HEADER];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).map_err(|e| RagError::io(path, e))?;
+    if &head[..8] != MAGIC {
+        return Err(RagError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "not a ferrotune vector file".into(),
+        });
+    }
+    let mut g = [0u8; 8];
+    g.copy_from_slice(&head[24..32]);
+    Ok(u64::from_le_bytes(g))
 }
 
 #[cfg(test)]

@@ -2,11 +2,24 @@
 //! (tantivy's writer lock file; a second one gets [`RagError::Locked`]); readers are never blocked.
 //!
 //! Every change runs: work out what changed → chunk and embed (nothing written yet, so a failure
-//! leaves the knowledge base as it was) → BM25 commit (payload: the new generation) → `vectors.bin`
-//! (renamed into place) → `kb.json` (renamed into place). If a process dies between those steps,
-//! the next writer finds the generations disagree and repairs: it keeps the documents whose
+//! leaves the knowledge base as it was) → the new `vectors.bin` and `kb.json` staged beside the
+//! old ones as `vectors.bin.next` and `kb.json.next` (fsync'ed) → BM25 commit (payload: the new
+//! generation) → `vectors.bin.next` renamed in → `kb.json.next` renamed in. The BM25 commit is
+//! the commit point: a process killed before it leaves the old knowledge base (the staged files
+//! carry a generation the index never reached, and the next writer deletes them); killed after
+//! it, the staged files are the rest of the new one — readers take them (`kb.rs`), and the next
+//! writer renames them in. So a reader sees the old or the new knowledge base whole, never a mix,
+//! whenever the process dies.
+//!
+//! Knowledge bases left mid-change by versions before the staging (BM25 committed, vectors or
+//! manifest a generation behind) are still repaired: the next writer keeps the documents whose
 //! chunks are complete in both indexes, drops the rest (listed in [`Writer::repaired`]) so the
 //! next ingest of the same files adds them again.
+//!
+//! Crash points (test-only, [`ferrotune_model::crash`]): `rag-staged` (both staged files written,
+//! BM25 not committed), `rag-bm25-prepared` (in `bm25.rs`: the new segments written, the commit's
+//! `meta.json` not), `rag-bm25` (committed, nothing renamed in), `rag-vectors` (`vectors.bin`
+//! renamed in, `kb.json` not).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,7 +32,7 @@ use crate::chunk::{Chunk, chunk_text};
 use crate::embedder::Embedder;
 use crate::error::{RagError, Result};
 use crate::kb::{BM25_DIR, DocumentInfo, VECTORS_FILE};
-use crate::manifest::{DocEntry, KbSettings, Manifest};
+use crate::manifest::{DocEntry, FILE as MANIFEST_FILE, KbSettings, Manifest};
 use crate::source::SourceDoc;
 use crate::vectors::VectorIndex;
 
@@ -68,6 +81,7 @@ impl Writer {
         let bm25 = Bm25Index::open(&dir.join(BM25_DIR), true)?;
         // The lock first: the manifest read below cannot change under us.
         let iw = bm25.writer(dir)?;
+        settle_staged(dir, bm25.generation()?.unwrap_or(0))?;
         let manifest = match Manifest::read(dir) {
             Ok(m) => {
                 if let Some(r) = requested
@@ -148,16 +162,33 @@ impl Writer {
         self.publish()
     }
 
-    /// BM25 commit → vectors → manifest, all stamped with the next generation.
+    /// Vectors and manifest staged → BM25 commit → both renamed in, all stamped with the next
+    /// generation (the module's doc says why in this order).
     fn publish(&mut self) -> Result<()> {
         let g =
             self.manifest.generation.max(self.bm25.generation()?.unwrap_or(0)).max(self.vectors.generation)
                 + 1;
-        self.bm25.commit(&mut self.iw, g)?;
+        let (vectors, manifest) = (self.dir.join(VECTORS_FILE), self.dir.join(MANIFEST_FILE));
         self.vectors.generation = g;
-        self.vectors.write(&self.dir.join(VECTORS_FILE))?;
         self.manifest.generation = g;
-        self.manifest.write(&self.dir)
+        let written = self
+            .vectors
+            .write(&staged(&vectors))
+            .and_then(|()| self.manifest.write_to(&self.dir, &staged(&manifest)))
+            .and_then(|()| sync_dir(&self.dir));
+        if let Err(e) = written {
+            // Not committed: the knowledge base on disk is the old one; drop the staged files.
+            let _ = std::fs::remove_file(staged(&vectors));
+            let _ = std::fs::remove_file(staged(&manifest));
+            return Err(e);
+        }
+        ferrotune_model::crash::point("rag-staged");
+        self.bm25.commit(&mut self.iw, g)?;
+        ferrotune_model::crash::point("rag-bm25");
+        rename(&staged(&vectors), &vectors)?;
+        ferrotune_model::crash::point("rag-vectors");
+        rename(&staged(&manifest), &manifest)?;
+        sync_dir(&self.dir)
     }
 
     /// Adds new documents, replaces changed ones (by content hash), skips unchanged ones.
@@ -303,6 +334,68 @@ impl Writer {
         self.publish()?;
         Ok(removed.len())
     }
+}
+
+/// Where a change stages the new version of `path` (`vectors.bin.next`, `kb.json.next`).
+pub(crate) fn staged(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".next");
+    PathBuf::from(s)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| RagError::io(to, e))
+}
+
+/// fsync a folder so the renames in it survive a power loss (a Unix idiom; elsewhere a no-op).
+fn sync_dir(dir: &Path) -> Result<()> {
+    if cfg!(unix) {
+        std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| RagError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Finishes or undoes a change a killed writer left staged, under the writer lock: staged files
+/// of the generation BM25 committed (`bm25_gen`) are renamed in (vectors first, the manifest
+/// last, as `publish` does); staged files of another generation (killed before the commit) and
+/// the temp files of `write_atomic` (`NAME.tmp-PID`) are deleted.
+fn settle_staged(dir: &Path, bm25_gen: u64) -> Result<()> {
+    let mut changed = false;
+    for name in [VECTORS_FILE, MANIFEST_FILE] {
+        let path = dir.join(name);
+        let next = staged(&path);
+        if !next.exists() {
+            continue;
+        }
+        let generation = if name == VECTORS_FILE {
+            crate::vectors::read_generation(&next).ok()
+        } else {
+            Manifest::read_file(dir, &next).ok().map(|m| m.generation)
+        };
+        if generation == Some(bm25_gen) {
+            rename(&next, &path)?;
+            tracing::warn!(dir = %dir.display(), file = name, "finished a change an interrupted writer committed");
+        } else {
+            std::fs::remove_file(&next).map_err(|e| RagError::io(&next, e))?;
+        }
+        changed = true;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name
+                .rsplit_once(".tmp-")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            {
+                std::fs::remove_file(e.path()).map_err(|err| RagError::io(e.path(), err))?;
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn describe(s: &KbSettings) -> String {

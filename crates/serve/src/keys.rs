@@ -12,6 +12,10 @@
 //! they may use; `ferrotune keys update --name N --kbs ...` grants more). The `logprobs`
 //! permission came later too: existing keys get it off (only admin keys see token logprobs until
 //! `ferrotune keys update --name N --logprobs true`).
+//!
+//! Crash points (test-only, [`ferrotune_model::crash`]): `key-create` / `key-revoke` (the row
+//! written in an open transaction, not committed), `key-created` / `key-revoked` (committed,
+//! before the caller hears of it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -90,8 +94,11 @@ pub struct KeyRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("keys database {path}: {source}")]
-    Db { path: PathBuf, source: rusqlite::Error },
+    /// `os`: what the file system said to a small write beside the database, when SQLite's own
+    /// message is only "disk I/O error", "database or disk is full" or "readonly database" (see
+    /// [`KeyError::db`]). SQLite's error is in the message, not chained (it printed twice).
+    #[error("keys database {}: {error}{}", path.display(), os.as_ref().map(|o| format!(" ({}: {o})", parent_of(path).display())).unwrap_or_default())]
+    Db { path: PathBuf, error: rusqlite::Error, os: Option<std::io::Error> },
     #[error("creating {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("a live key named `{0}` already exists (revoke it first)")]
@@ -102,6 +109,37 @@ pub enum KeyError {
     BadName(String),
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+}
+
+impl KeyError {
+    /// A SQLite error on the database at `path`. When it is one the file system caused (full,
+    /// read-only, an I/O error), SQLite does not say which: a 4 KiB write beside the database
+    /// asks the OS, and its answer (`/home/serve: No space left on device (os error 28)`) goes
+    /// into the message.
+    pub fn db(path: &Path, error: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+        let fs_caused = matches!(&error, rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, SystemIoFailure | DiskFull | ReadOnly | CannotOpen));
+        let os = fs_caused.then(|| probe_write(path)).flatten();
+        KeyError::Db { path: path.into(), error, os }
+    }
+}
+
+/// The folder a database file is in.
+fn parent_of(db: &Path) -> &Path {
+    db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// The OS error of writing and syncing 4 KiB beside `db` (then removed), if any.
+fn probe_write(db: &Path) -> Option<std::io::Error> {
+    use std::io::Write;
+    let probe = parent_of(db).join(format!(".keys-probe-{}", std::process::id()));
+    let r = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    r.err()
 }
 
 pub fn default_db_path() -> PathBuf {
@@ -197,7 +235,7 @@ impl KeyStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.into(), source })?;
         }
-        let db = |source| KeyError::Db { path: path.into(), source };
+        let db = |source| KeyError::db(path, source);
         // Switching a new file to WAL (and the first statements while another process does)
         // can fail with SQLITE_BUSY without SQLite calling the busy handler: a server and a
         // `keys create` starting together on a fresh home. Retried for the busy timeout.
@@ -216,13 +254,16 @@ impl KeyStore {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+        // FULL: a committed revoke survives a power cut, not only a killed process (as the
+        // registry's).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(conn)
     }
 
     fn db(&self, source: rusqlite::Error) -> KeyError {
-        KeyError::Db { path: self.path.clone(), source }
+        KeyError::db(&self.path, source)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -246,7 +287,9 @@ impl KeyStore {
             .try_fill_bytes(&mut bytes)
             .map_err(|e| KeyError::Invalid { field: "key", reason: format!("no OS randomness: {e}") })?;
         let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
-        let res = self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let res = tx.execute(
             "INSERT INTO api_keys (name, hash, hint, models, admin, rpm, tpm, created, kbs, max_concurrent, logprobs) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
@@ -264,14 +307,18 @@ impl KeyStore {
             ],
         );
         match res {
-            Ok(_) => Ok(secret),
+            Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(KeyError::Exists(key.name.clone()))
+                return Err(KeyError::Exists(key.name.clone()));
             }
-            Err(e) => Err(self.db(e)),
+            Err(e) => return Err(self.db(e)),
         }
+        ferrotune_model::crash::point("key-create");
+        tx.commit().map_err(|e| self.db(e))?;
+        ferrotune_model::crash::point("key-created");
+        Ok(secret)
     }
 
     /// The live key with this secret, if any.
@@ -305,14 +352,21 @@ impl KeyStore {
     }
 
     pub fn revoke(&self, name: &str) -> Result<(), KeyError> {
-        let n = self
-            .conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let n = tx
             .execute(
                 "UPDATE api_keys SET revoked = ?1 WHERE name = ?2 AND revoked IS NULL",
                 params![now_unix(), name],
             )
             .map_err(|e| self.db(e))?;
-        if n == 0 { Err(KeyError::NoSuchKey(name.into())) } else { Ok(()) }
+        if n == 0 {
+            return Err(KeyError::NoSuchKey(name.into()));
+        }
+        ferrotune_model::crash::point("key-revoke");
+        tx.commit().map_err(|e| self.db(e))?;
+        ferrotune_model::crash::point("key-revoked");
+        Ok(())
     }
 
     /// Change the scopes or limits of the live key `name`; the server applies them to its next

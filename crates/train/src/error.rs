@@ -14,10 +14,11 @@ pub enum TrainError {
     #[error("{dir}: {holder} is using this run folder; wait for it to finish, or choose another --out", dir = .dir.display(), holder = crate::runlock::holder(.pid))]
     Locked { dir: PathBuf, pid: Option<u32> },
 
-    #[error("{0}")]
+    // transparent: the inner error's message once (`{0}` plus its chained source printed it twice).
+    #[error(transparent)]
     Data(#[from] ferrotune_data::DataError),
 
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] ferrotune_model::ModelError),
 
     #[error(transparent)]
