@@ -13,8 +13,8 @@
 //! - `keys create` / `keys revoke`: the database opens, and the key list is before or after; a
 //!   key is either still valid or refused, as the point says.
 //!
-//! Each case prints a line `CRASH-MATRIX | point | written | outcome` that
-//! `scripts/reliability/crash_matrix.sh` collects into its table.
+//! Each case reports a row `| point | written | outcome |` that `scripts/reliability/crash_matrix.sh`
+//! collects into its table (through `$FERROTUNE_CRASH_MATRIX_OUT`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -67,8 +67,20 @@ fn crash_at(args: &[&str], point: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A row of the script's table: printed, and appended to `$FERROTUNE_CRASH_MATRIX_OUT` when set
+/// (the script reads that file; printed lines interleave with the test harness's).
 fn report(point: &str, written: &str, outcome: &str) {
-    println!("CRASH-MATRIX | {point} | {written} | {outcome}");
+    let row = format!("| {point} | {written} | {outcome} |");
+    println!("CRASH-MATRIX {row}");
+    if let Some(out) = std::env::var_os("FERROTUNE_CRASH_MATRIX_OUT") {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .and_then(|mut f| writeln!(f, "{row}"));
+        assert!(written.is_ok(), "writing the matrix row: {written:?}");
+    }
 }
 
 fn names(dir: &Path) -> anyhow::Result<Vec<String>> {

@@ -135,12 +135,31 @@ fn fails_clearly(home: &Path, args: &[&str], under: &Path, os_error: &str) -> an
         "`ferrotune {}`: the error does not say `{os_error}`:\n{err}",
         args.join(" ")
     );
-    println!(
-        "DISK-FULL | ferrotune {} | {}",
-        args.first().copied().unwrap_or(""),
-        err.trim().replace('\n', " / ")
-    );
+    // The subcommand's words (not flags, paths or numbers), and which failure it was.
+    let words: Vec<&str> =
+        args.iter().copied().filter(|a| a.chars().all(|c| c.is_ascii_alphabetic())).take(2).collect();
+    let fs = match os_error {
+        ENOSPC => "full",
+        EROFS => "read-only",
+        _ => "?",
+    };
+    report(&format!("ferrotune {} ({fs})", words.join(" ")), &err);
     Ok(err)
+}
+
+/// A row of `scripts/reliability/disk_full.sh`'s table (what the user saw): printed, and appended
+/// to `$FERROTUNE_DISK_FULL_OUT` when set.
+fn report(what: &str, saw: &str) {
+    let row = format!("| {what} | {} |", saw.trim().replace('\n', " / ").replace('|', "\\|"));
+    println!("DISK-FULL {row}");
+    if let Some(out) = std::env::var_os("FERROTUNE_DISK_FULL_OUT") {
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .and_then(|mut f| writeln!(f, "{row}"));
+        assert!(written.is_ok(), "writing the table row: {written:?}");
+    }
 }
 
 fn files(root: &Path) -> anyhow::Result<std::collections::BTreeMap<PathBuf, Vec<u8>>> {
@@ -310,23 +329,12 @@ fn keys_and_registry_on_a_full_or_read_only_home_fail_clearly_and_stay_intact() 
     let registry_before = registry_listing(&home)?;
 
     fs.fill(0)?;
-    for (args, what) in [
-        (vec!["keys", "create", "--name", "bob"], "keys create"),
-        (vec!["keys", "revoke", "alice"], "keys revoke"),
-    ] {
-        let err = fails_clearly(&home, &args, &home, "")?;
-        ensure!(
-            err.contains("full") || err.contains(ENOSPC),
-            "{what}: the error does not say the disk is full:\n{err}"
-        );
+    for args in [vec!["keys", "create", "--name", "bob"], vec!["keys", "revoke", "alice"]] {
+        fails_clearly(&home, &args, &home, ENOSPC)?;
     }
     std::fs::write(dir.path().join("other.jsonl"), rows(21))?;
     let other = dir.path().join("other.jsonl");
-    let err = fails_clearly(&home, &["data", "validate", other.to_str().context("utf8")?], &home, "")?;
-    ensure!(
-        err.contains("full") || err.contains(ENOSPC),
-        "registry: the error does not say the disk is full:\n{err}"
-    );
+    fails_clearly(&home, &["data", "validate", other.to_str().context("utf8")?], &home, ENOSPC)?;
     fs.unfill()?;
     check_keys(&home, &alice)?;
     ensure!(registry_listing(&home)? == registry_before, "the registry changed");
@@ -515,7 +523,7 @@ fn serve_keeps_answering_while_its_home_is_full_or_read_only() -> anyhow::Result
         // (`mount` says busy), which is then reported, not hidden.
         let ro = fs.remount("ro");
         if let Err(e) = &ro {
-            println!("DISK-FULL | serve | remount read-only refused while serving: {e}");
+            report("serve (home remounted read-only while it runs)", &format!("the kernel refuses: {e}"));
         } else {
             fails_clearly(&home, &["keys", "create", "--name", "bob"], &home, EROFS)?;
             reads_work(&addr, &key)?;
@@ -526,5 +534,11 @@ fn serve_keeps_answering_while_its_home_is_full_or_read_only() -> anyhow::Result
     })();
     let _ = server.kill();
     let _ = server.wait();
-    outcome
+    outcome?;
+    // Started on a read-only home, serve refuses with the reason: it could not record (audit
+    // log) or look up keys there.
+    fs.remount("ro")?;
+    let model = model.to_str().context("utf8")?;
+    fails_clearly(&home, &["serve", "--model", model, "--port", "0"], &home, EROFS)?;
+    Ok(())
 }
