@@ -34,6 +34,17 @@ impl std::fmt::Debug for ChatTemplate {
 
 const NAME: &str = "chat";
 
+/// The work one render may do, in minijinja fuel (an instruction, or 64 bytes of data made,
+/// costs one). A template comes from a model file, so it is untrusted input: without a budget,
+/// `{% for i in range(100000) %}{% for j in range(100000) %}` never ends and `'x' * 10**8` in a
+/// loop fills memory. Real templates spend tens of fuel per message (SmolLM2's: about 20), so
+/// this passes conversations far longer than any context, and bounds a render to well under a
+/// second and about 256 MB.
+const FUEL: u64 = 4_000_000;
+
+/// The largest `indent` `tojson` accepts (Python takes any; past this it only makes padding).
+const MAX_INDENT: usize = 64;
+
 impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
@@ -43,6 +54,7 @@ impl ChatTemplate {
             .build()
             .map_err(|e| ModelError::Template(e.to_string()))?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
@@ -73,10 +85,20 @@ impl ChatTemplate {
 
 /// Python's `json.dumps(x, ensure_ascii=False)` (transformers overrides Jinja's `tojson` with it):
 /// `", "` and `": "` separators, no HTML escaping. `indent` gives the pretty form.
-fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, Error> {
+fn tojson(
+    state: &minijinja::State<'_, '_>,
+    value: Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
+    if indent.is_some_and(|n| n > MAX_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent must be at most {MAX_INDENT}"),
+        ));
+    }
     let mut json: serde_json::Value =
         serde_json::to_value(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     if sort_keys == Some(true) {
@@ -84,6 +106,8 @@ fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result
     }
     let mut out = String::new();
     write_py_json(&json, indent, 0, &mut out);
+    // Our filter's output is not charged by the engine: pay for it as the built-in one does.
+    state.consume_fuel(out.len() as u64 / 4)?;
     Ok(Value::from_safe_string(out))
 }
 
@@ -205,5 +229,45 @@ mod tests {
             s,
             "[{\"role\": \"user\", \"content\": \"<é>\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<é>\"\n}"
         );
+    }
+
+    // Fuzzing (fuzz/fuzz_targets/chat_template.rs): a template from a model file is user input;
+    // these rendered without end or filled memory before renders had a fuel budget.
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .expect("compiles");
+        let started = std::time::Instant::now();
+        let err = t.render(&[], false).expect_err("must run out of fuel");
+        assert!(err.to_string().to_lowercase().contains("fuel"), "{err}");
+        assert!(started.elapsed().as_secs() < 5, "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_template_that_fills_memory_runs_out_of_fuel() {
+        let t = ChatTemplate::new("{% for i in range(1000) %}{{ 'x' * 100000000 }}{% endfor %}", "", "")
+            .expect("compiles");
+        t.render(&[], false).expect_err("must run out of fuel");
+    }
+
+    #[test]
+    fn tojson_refuses_an_indent_that_only_makes_padding() {
+        let t = ChatTemplate::new("{{ messages | tojson(indent=100000000000) }}", "", "").expect("compiles");
+        let err = t.render(&[Message::new("user", "Hi")], false).expect_err("must fail");
+        assert!(err.to_string().contains("indent"), "{err}");
+    }
+
+    #[test]
+    fn the_fuel_budget_passes_conversations_longer_than_any_context() {
+        let t = ChatTemplate::new(CHATML, "", "<|im_end|>").expect("compiles");
+        let msgs: Vec<Message> = (0..20_000)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "Hello there"))
+            .collect();
+        let s = t.render(&msgs, true).expect("renders");
+        assert_eq!(s.matches("<|im_start|>").count(), 20_001);
     }
 }
