@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::audit::{Audit, events};
@@ -193,22 +194,54 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal.into_response()
 }
 
+/// One route the server answers: `app` builds the router from [`routes`] alone, and the OpenAPI
+/// document must list exactly these (tests/openapi.rs compares the two).
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// Behind the key check ([`crate::auth::authenticate`]).
+    pub keyed: bool,
+    handler: MethodRouter<AppState>,
+}
+
+/// Every route, in one list.
+pub fn routes() -> Vec<Route> {
+    let r = |method: Method, path, keyed, handler| Route { method, path, keyed, handler };
+    vec![
+        r(Method::POST, "/v1/chat/completions", true, post(chat::chat_completions)),
+        r(Method::POST, "/v1/completions", true, post(completions::completions)),
+        r(Method::POST, "/v1/embeddings", true, post(embeddings::embeddings)),
+        r(Method::GET, "/v1/models", true, get(models::list)),
+        r(Method::POST, "/v1/load_lora_adapter", true, post(models::load_adapter)),
+        r(Method::POST, "/v1/unload_lora_adapter", true, post(models::unload_adapter)),
+        r(Method::POST, "/tokenize", true, post(tokenize::tokenize)),
+        r(Method::POST, "/detokenize", true, post(tokenize::detokenize)),
+        r(Method::GET, "/health", false, get(health::health)),
+        r(Method::GET, "/ready", false, get(health::ready)),
+        r(Method::GET, "/metrics", false, get(health::metrics)),
+        r(Method::GET, "/openapi.json", false, get(crate::openapi::openapi_json)),
+    ]
+}
+
+/// Whether `path` has a POST route (whose body must then be JSON, [`crate::browser::check`]).
+pub fn takes_post(path: &str) -> bool {
+    static POST_PATHS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+        routes().into_iter().filter(|r| r.method == Method::POST).map(|r| r.path).collect()
+    });
+    POST_PATHS.contains(&path)
+}
+
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/embeddings", post(embeddings::embeddings))
-        .route("/v1/models", get(models::list))
-        .route("/v1/load_lora_adapter", post(models::load_adapter))
-        .route("/v1/unload_lora_adapter", post(models::unload_adapter))
-        .route("/tokenize", post(tokenize::tokenize))
-        .route("/detokenize", post(tokenize::detokenize))
-        .route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .merge(api)
+    let (mut api, mut open) = (Router::new(), Router::new());
+    for route in routes() {
+        if route.keyed {
+            api = api.route(route.path, route.handler);
+        } else {
+            open = open.route(route.path, route.handler);
+        }
+    }
+    let api = api.route_layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
+    open.merge(api)
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))

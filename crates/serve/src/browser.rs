@@ -93,7 +93,12 @@ pub async fn check(State(state): State<AppState>, req: Request, next: Next) -> R
             .into_response();
         }
     }
-    if req.method() == Method::POST && !req.headers().get(header::CONTENT_TYPE).is_some_and(is_json) {
+    // Only where a POST is served: elsewhere the router's 404 / 405 is the answer (a POST to a
+    // GET route answered 415 before the fix, telling a client to change the wrong thing).
+    if req.method() == Method::POST
+        && crate::app::takes_post(req.uri().path())
+        && !req.headers().get(header::CONTENT_TYPE).is_some_and(is_json)
+    {
         return ApiError::UnsupportedMediaType.into_response();
     }
     next.run(req).await

@@ -133,8 +133,10 @@ impl GenParams {
         if stop.len() > 16 {
             return Err(ApiError::field("stop", "at most 16 stop strings"));
         }
-        if stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return Err(ApiError::field("stop", "stop strings must be 1 to 256 bytes"));
+        // Characters, not bytes: the OpenAPI document's `maxLength` counts characters.
+        let max = crate::openapi::STOP_MAX_CHARS;
+        if stop.iter().any(|s| s.is_empty() || s.chars().count() > max) {
+            return Err(ApiError::field("stop", format!("stop strings must be 1 to {max} characters")));
         }
         let seed_given = f.seed.is_some();
         let seed = f.seed.unwrap_or_else(rand::random);

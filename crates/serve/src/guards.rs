@@ -97,13 +97,31 @@ impl Guards {
 
 /// One thing a guard did, as the response lists it: [`GuardAction`] plus, for an answer, the
 /// choice it happened in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Acted {
+    #[schema(schema_with = guard_kind_schema)]
     pub guard: GuardKind,
+    #[schema(schema_with = guard_mode_schema)]
     pub action: GuardMode,
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
+}
+
+/// `guard`'s values, from [`GuardKind::ALL`] (the guard crate knows nothing of OpenAPI).
+fn guard_kind_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(GuardKind::ALL.iter().map(|k| k.as_str())))
+        .build()
+}
+
+/// `action`'s values: the mode that acted (`off` never does).
+fn guard_mode_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let acting = [GuardMode::Log, GuardMode::Block, GuardMode::Redact];
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(acting.map(GuardMode::as_str))).build()
 }
 
 /// The settings the response cache's key must hold: a redacted answer is not the answer to a

@@ -10,7 +10,7 @@
 //!   one pipeline (`routes/pipeline.rs`: parse, resolve, guards, cache, submit, stream or collect).
 //! - [`browser`] (Host, Origin / CORS, Content-Type: what a web page may do); [`auth`] + [`keys`]
 //!   (hashed API keys in SQLite) + [`limits`] (per-key buckets, leases, fair share);
-//!   [`cache`] (exact-response LRU); [`metrics`] (Prometheus); [`record`] (request log and
+//!   [`cache`] (exact-response LRU); [`openapi`] (the OpenAPI 3.1 document at `/openapi.json`); [`metrics`] (Prometheus); [`record`] (request log and
 //!   each inference request's [`audit`] entry; `audit` also appends off the request path);
 //!   [`error`] (every failure → status + OpenAI error body); [`json`] (bodies → 400 naming the field).
 //! - [`guards`]: `[guards]` on the request path (issue #20) — prompt injection in user content
@@ -42,6 +42,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
+pub mod openapi;
 pub mod record;
 pub mod registry;
 pub mod response;

@@ -6,9 +6,12 @@
 use ferrotune_model::constrain::JsonFormat;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::openapi as schema;
 
+/// One stop string or up to 16 of them, each 1 to 256 characters.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Stop {
@@ -16,110 +19,173 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
+impl utoipa::PartialSchema for Stop {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::stop().into()
+    }
+}
+
+impl ToSchema for Stop {}
+
 /// Parameters shared by chat and completions, read from the same body as the request itself.
-#[derive(Debug, Deserialize)]
+///
+/// The bounds in the schema are the ones [`crate::generation::GenParams::from_fields`] checks;
+/// `max_tokens` is also held to the model's context (prompt + `max_tokens`), which a schema cannot
+/// say.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SamplingFields {
+    /// New tokens at most; default: the rest of the context (or the server's
+    /// `default_max_tokens`). Prompt + `max_tokens` must fit the model's context.
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     /// vLLM extension; 0 or -1 = off.
     pub top_k: Option<i64>,
     pub seed: Option<u64>,
     pub stop: Option<Stop>,
+    /// Choices per prompt: 1 to the server's `max_n` (16 by default).
+    #[schema(minimum = 1)]
     pub n: Option<u32>,
     pub user: Option<String>,
+    /// Answer as server-sent events (`text/event-stream`), one chunk per `data:` line.
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// Refused (400) unless 0: use `repetition_penalty`.
+    #[schema(minimum = 0, maximum = 0)]
     pub presence_penalty: Option<f64>,
+    /// Refused (400) unless 0: use `repetition_penalty`.
+    #[schema(minimum = 0, maximum = 0)]
     pub frequency_penalty: Option<f64>,
     /// vLLM extension (HF's CTRL-style penalty); 1 = off.
+    #[schema(exclusive_minimum = 0, maximum = 10)]
     pub repetition_penalty: Option<f64>,
     /// vLLM extension.
     pub ignore_eos: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// Chat's own fields; the body is these, [`SamplingFields`] and the refused OpenAI fields
+/// ([`ChatCompletionBody`]).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
+    /// The base, an adapter, or a registry reference (`support@canary`); see `GET /v1/models`.
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
-    /// The newer name of `max_tokens`.
+    /// The newer name of `max_tokens` (wins over it); at least 1.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u32>,
+    /// Needs a key allowed to see logprobs (403 otherwise).
     pub logprobs: Option<bool>,
+    /// Alternatives per token, 0 to 20; above 0 it needs `logprobs: true`.
+    #[schema(maximum = 20)]
     pub top_logprobs: Option<u32>,
     /// Structured output ([`response_format`]).
+    #[schema(schema_with = crate::openapi::response_format)]
     pub response_format: Option<Value>,
     /// Our extension: the knowledge base to ground the answer in
     /// ([`crate::grounding::Knowledge::pick`] checks it).
+    #[schema(value_type = Option<String>, min_length = 1)]
     pub knowledge_base: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, … (any non-empty role the model's template takes).
+    #[schema(min_length = 1)]
     pub role: String,
     /// A string, a list of `{"type":"text","text":…}` parts, or null (assistant tool turns).
     #[serde(default)]
     pub content: Option<Content>,
     /// An assistant turn's tool calls: refused when non-empty (the chat template would drop them).
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::refused_list)]
     pub tool_calls: Option<Value>,
     /// The deprecated single-call form of `tool_calls`; refused likewise.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::refused_list)]
     pub function_call: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+/// Only text parts: any other `type` is refused (400).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::openapi::text_part_type)]
     pub kind: String,
+    /// Required for a text part.
     #[serde(default)]
     pub text: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The legacy completion's own fields; the body is these, [`SamplingFields`] and `logit_bias`
+/// ([`CompletionBody`]).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
     /// A string, a list of strings, a list of token ids, or a list of token-id lists.
+    #[schema(schema_with = crate::openapi::prompt)]
     pub prompt: Value,
+    /// Needs a key allowed to see logprobs (403 otherwise).
     pub echo: Option<bool>,
-    /// Top alternatives per token (legacy format); 0 = only the chosen token's.
+    /// Top alternatives per token (legacy format), 0 to 20; 0 = only the chosen token's. Needs a
+    /// key allowed to see logprobs (403 otherwise).
+    #[schema(maximum = 20)]
     pub logprobs: Option<u32>,
+    /// Refused (400) unless it equals `n`.
     pub best_of: Option<u32>,
+    /// Refused (400) unless empty.
+    #[schema(max_length = 0)]
     pub suffix: Option<String>,
-    /// Refused unless null or empty ([`refuse_unsupported`]).
+    /// Refused (400) unless null or empty ([`refuse_unsupported`]).
+    #[schema(schema_with = crate::openapi::refused_map)]
     pub logit_bias: Option<Value>,
     /// Structured output ([`response_format`]; vLLM takes it here too).
+    #[schema(schema_with = crate::openapi::response_format)]
     pub response_format: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
+    /// The embedder's name, as `GET /v1/models` lists it.
     pub model: String,
+    /// A string or 1 to 2048 non-empty strings (token ids are refused).
+    #[schema(schema_with = crate::openapi::embedding_input)]
     pub input: Value,
+    /// `float` (default) or `base64`.
+    #[schema(schema_with = crate::openapi::encoding_format)]
     pub encoding_format: Option<String>,
+    /// Refused (400) unless the embedder's own size.
     pub dimensions: Option<u32>,
     pub user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// vLLM's body (admin keys only).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct LoadAdapterRequest {
+    /// What clients then put in `model` ([`crate::routes::models::check_adapter_name`]).
+    #[schema(pattern = "^[A-Za-z0-9._:/-]{1,128}$")]
     pub lora_name: String,
+    /// A PEFT adapter folder inside one of the server's `adapter_roots`.
     pub lora_path: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// vLLM's body (admin keys only).
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct UnloadAdapterRequest {
     pub lora_name: String,
     /// vLLM accepts (and ignores) it here too.
@@ -130,7 +196,7 @@ pub struct UnloadAdapterRequest {
 
 /// vLLM's `/tokenize` body: its `TokenizeCompletionRequest` (`prompt`) or `TokenizeChatRequest`
 /// (`messages`), told apart by which of the two is given.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenizeRequest {
     /// Optional, as in vLLM; the base and its adapters share one tokenizer.
     pub model: Option<String>,
@@ -144,17 +210,22 @@ pub struct TokenizeRequest {
     /// Leave the last message open for the model to continue (not with `add_generation_prompt`).
     pub continue_final_message: Option<bool>,
     pub return_token_strs: Option<bool>,
-    /// vLLM options we do not offer; refused unless null / empty.
+    /// vLLM options we do not offer; refused (400) unless null / empty.
+    #[schema(max_length = 0)]
     pub chat_template: Option<String>,
+    #[schema(schema_with = crate::openapi::refused_map)]
     pub chat_template_kwargs: Option<Value>,
+    #[schema(schema_with = crate::openapi::refused_list)]
     pub tools: Option<Value>,
 }
 
 /// vLLM's `/detokenize` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct DetokenizeRequest {
     pub model: Option<String>,
-    /// Token ids (checked one by one, so a bad one is named as `tokens[i]`).
+    /// Token ids below the vocabulary size (checked one by one, so a bad one is named as
+    /// `tokens[i]`).
+    #[schema(value_type = Vec<u32>)]
     pub tokens: Value,
 }
 
@@ -163,10 +234,14 @@ pub const MAX_LOGPROBS: u32 = 20;
 
 /// An OpenAI request field this server cannot honour: accepted only when null or at a value
 /// that changes nothing (`noop`), refused otherwise with `why`.
-struct Unsupported {
-    field: &'static str,
+pub(crate) struct Unsupported {
+    pub field: &'static str,
     noop: fn(&Value) -> bool,
-    why: &'static str,
+    /// The values `noop` accepts, as a schema for the OpenAPI document (a unit test holds the
+    /// two to each other), and in words.
+    pub accepts: fn() -> utoipa::openapi::schema::Schema,
+    pub accepted: &'static str,
+    pub why: &'static str,
 }
 
 pub(crate) fn empty_object(v: &Value) -> bool {
@@ -183,58 +258,105 @@ pub(crate) fn empty_array(v: &Value) -> bool {
 /// offered one). Fields that only tag or route a request and leave the answer as it is
 /// (`user`, `metadata`, `safety_identifier`, `prompt_cache_key`, `prediction` — a latency hint)
 /// are accepted and ignored.
-const CHAT_UNSUPPORTED: &[Unsupported] = &[
-    Unsupported { field: "logit_bias", noop: empty_object, why: "logit_bias is not supported" },
-    Unsupported { field: "tools", noop: empty_array, why: "tool calling is not supported" },
+pub(crate) const CHAT_UNSUPPORTED: &[Unsupported] = &[
+    LOGIT_BIAS,
+    Unsupported {
+        field: "tools",
+        noop: empty_array,
+        accepts: schema::empty_array,
+        accepted: "[]",
+        why: "tool calling is not supported",
+    },
     Unsupported {
         field: "tool_choice",
         noop: |v| matches!(v.as_str(), Some("none" | "auto")),
+        accepts: || schema::one_of_values(&["none".into(), "auto".into()]),
+        accepted: "\"none\" or \"auto\"",
         why: "tool calling is not supported",
     },
-    Unsupported { field: "functions", noop: empty_array, why: "function calling is not supported" },
+    Unsupported {
+        field: "functions",
+        noop: empty_array,
+        accepts: schema::empty_array,
+        accepted: "[]",
+        why: "function calling is not supported",
+    },
     Unsupported {
         field: "function_call",
         noop: |v| matches!(v.as_str(), Some("none" | "auto")),
+        accepts: || schema::one_of_values(&["none".into(), "auto".into()]),
+        accepted: "\"none\" or \"auto\"",
         why: "function calling is not supported",
     },
     Unsupported {
         field: "parallel_tool_calls",
         noop: |v| v.as_bool() == Some(true),
+        accepts: || schema::one_of_values(&[true.into()]),
+        accepted: "true",
         why: "tool calling is not supported",
     },
-    Unsupported { field: "audio", noop: |_| false, why: "audio output is not supported" },
+    Unsupported {
+        field: "audio",
+        noop: |_| false,
+        accepts: schema::nothing,
+        accepted: "nothing else",
+        why: "audio output is not supported",
+    },
     Unsupported {
         field: "modalities",
         noop: |v| v.as_array().is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text"))),
+        accepts: schema::text_modalities,
+        accepted: "a list of \"text\" only",
         why: "only the text modality is supported",
     },
     Unsupported {
         field: "reasoning_effort",
         noop: |v| v.as_str() == Some("none"),
+        accepts: || schema::one_of_values(&["none".into()]),
+        accepted: "\"none\"",
         why: "this model does not reason; leave reasoning_effort out",
     },
     Unsupported {
         field: "verbosity",
         noop: |v| v.as_str() == Some("medium"),
+        accepts: || schema::one_of_values(&["medium".into()]),
+        accepted: "\"medium\"",
         why: "verbosity is not supported",
     },
-    Unsupported { field: "web_search_options", noop: |_| false, why: "web search is not supported" },
+    Unsupported {
+        field: "web_search_options",
+        noop: |_| false,
+        accepts: schema::nothing,
+        accepted: "nothing else",
+        why: "web search is not supported",
+    },
     Unsupported {
         field: "store",
         noop: |v| v.as_bool() == Some(false),
+        accepts: || schema::one_of_values(&[false.into()]),
+        accepted: "false",
         why: "stored completions are not supported",
     },
     Unsupported {
         field: "service_tier",
         noop: |v| matches!(v.as_str(), Some("auto" | "default")),
+        accepts: || schema::one_of_values(&["auto".into(), "default".into()]),
+        accepted: "\"auto\" or \"default\"",
         why: "service tiers are not supported; use \"auto\" or \"default\"",
     },
 ];
 
+const LOGIT_BIAS: Unsupported = Unsupported {
+    field: "logit_bias",
+    noop: empty_object,
+    accepts: schema::empty_object,
+    accepted: "{}",
+    why: "logit_bias is not supported",
+};
+
 /// Legacy Completions fields we cannot honour (`suffix` and `best_of` are checked by the route,
 /// which knows `n`).
-const COMPLETION_UNSUPPORTED: &[Unsupported] =
-    &[Unsupported { field: "logit_bias", noop: empty_object, why: "logit_bias is not supported" }];
+pub(crate) const COMPLETION_UNSUPPORTED: &[Unsupported] = &[LOGIT_BIAS];
 
 /// Which endpoint's field list to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,6 +647,38 @@ mod tests {
             refused(json!({"logit_bias": {"1": 5}}), Endpoint::Completion).as_deref(),
             Some("logit_bias")
         );
+    }
+
+    /// The OpenAPI document says which values of a refused field pass ([`Unsupported::accepts`]);
+    /// it must say what the check ([`Unsupported::noop`]) does.
+    #[test]
+    fn each_refused_fields_schema_accepts_exactly_its_no_op_values() {
+        let samples = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(0),
+            json!("none"),
+            json!("auto"),
+            json!("default"),
+            json!("medium"),
+            json!("high"),
+            json!("text"),
+            json!([]),
+            json!(["text"]),
+            json!(["text", "audio"]),
+            json!([1]),
+            json!({}),
+            json!({"a": 1}),
+        ];
+        for u in CHAT_UNSUPPORTED.iter().chain(COMPLETION_UNSUPPORTED) {
+            let schema = serde_json::to_value((u.accepts)()).expect("schema");
+            let v = jsonschema::draft202012::new(&schema).expect("valid schema");
+            for s in &samples {
+                let passes = s.is_null() || (u.noop)(s);
+                assert_eq!(v.is_valid(s) || s.is_null(), passes, "{}: {s} against {schema}", u.field);
+            }
+        }
     }
 
     #[test]

@@ -13,10 +13,12 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use utoipa::ToSchema;
+
 use crate::guards::Acted;
 
 /// The `object` of a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum Object {
     #[serde(rename = "chat.completion")]
     ChatCompletion,
@@ -33,8 +35,14 @@ pub enum Object {
     Embedding,
 }
 
+/// `object` fields' schema, spelled out: utoipa reads a field of a type named `Object` as "any
+/// JSON object".
+fn object_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    <Object as utoipa::PartialSchema>::schema()
+}
+
 /// Token counts; `prompt_tokens` counts each prompt once, whatever `n`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -49,7 +57,7 @@ impl Usage {
 
 /// One retrieved chunk of a grounded chat's `sources` (numbered as the prompt cites them). A
 /// chunk the injection guard flagged says so; one it dropped has no number and says why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Source {
     /// `[n]` in the prompt; `null` for a dropped chunk.
     pub index: Option<usize>,
@@ -67,9 +75,10 @@ pub struct Source {
 
 // ---- chat ----
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionResponse {
     pub id: String,
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub created: u64,
     pub model: String,
@@ -85,7 +94,7 @@ pub struct ChatCompletionResponse {
     pub guards: Option<Vec<Acted>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
@@ -94,7 +103,7 @@ pub struct ChatChoice {
     pub finish_reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: String,
@@ -110,12 +119,12 @@ impl AssistantMessage {
 const ASSISTANT: &str = "assistant";
 
 /// Chat logprobs: one entry per generated token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatTokenLogprob {
     pub token: String,
     pub logprob: f64,
@@ -125,7 +134,7 @@ pub struct ChatTokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f64,
@@ -133,9 +142,10 @@ pub struct TopLogprob {
 }
 
 /// One `data:` event of a streamed chat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub created: u64,
     pub model: String,
@@ -154,7 +164,7 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChatChunkChoice {
     pub index: usize,
     pub delta: Delta,
@@ -165,7 +175,7 @@ pub struct ChatChunkChoice {
 
 /// What a chunk adds to the message: the role first (with empty content), then content; the
 /// last chunk's delta is `{}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -186,9 +196,10 @@ impl Delta {
 
 // ---- legacy completions ----
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionResponse {
     pub id: String,
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub created: u64,
     pub model: String,
@@ -198,7 +209,7 @@ pub struct CompletionResponse {
     pub guards: Option<Vec<Acted>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionChoice {
     pub index: usize,
     /// With `echo`, the prompt and then the generated text.
@@ -208,9 +219,10 @@ pub struct CompletionChoice {
 }
 
 /// One `data:` event of a streamed completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionChunk {
     pub id: String,
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub created: u64,
     pub model: String,
@@ -221,7 +233,7 @@ pub struct CompletionChunk {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionChunkChoice {
     pub index: usize,
     pub text: String,
@@ -231,7 +243,7 @@ pub struct CompletionChunkChoice {
 
 /// The legacy logprobs of a run of tokens, one entry per token in each list. A token without a
 /// logprob (an echoed prompt's first) has `null` in `token_logprobs` and `top_logprobs`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LegacyLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f64>>,
@@ -268,6 +280,24 @@ impl Serialize for TopLogprobMap {
     }
 }
 
+/// What [`TopLogprobMap`]'s hand-written `Serialize` writes: an object of token text → logprob.
+impl utoipa::PartialSchema for TopLogprobMap {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(AdditionalProperties::RefOr(
+                ObjectBuilder::new().schema_type(Type::Number).into(),
+            )))
+            .description(Some(
+                "Token text → logprob, most likely first (a text two ids share is listed once).",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for TopLogprobMap {}
+
 impl<'de> Deserialize<'de> for TopLogprobMap {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Entries;
@@ -290,30 +320,32 @@ impl<'de> Deserialize<'de> for TopLogprobMap {
 
 // ---- embeddings ----
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EmbeddingResponse {
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub data: Vec<EmbeddingData>,
     pub model: String,
     pub usage: EmbeddingUsage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EmbeddingData {
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub index: usize,
     pub embedding: EmbeddingVector,
 }
 
 /// `encoding_format: "float"` (a list of numbers) or `"base64"` (little-endian f32 bytes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     Float(Vec<f64>),
     Base64(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
@@ -321,16 +353,18 @@ pub struct EmbeddingUsage {
 
 // ---- models ----
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelList {
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub data: Vec<ModelCard>,
 }
 
 /// One entry of `/v1/models`, with vLLM's `root`, `parent` and `max_model_len`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,
+    #[schema(schema_with = object_schema)]
     pub object: Object,
     pub created: u64,
     pub owned_by: String,
@@ -347,12 +381,12 @@ pub struct ModelCard {
 
 /// Every failure's body ([`crate::error::ApiError::body`]); also sent as an SSE event when a
 /// stream fails after it started.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorResponse {
     pub error: ErrorBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub message: String,
     /// OpenAI's error type (`invalid_request_error`, `rate_limit_error`, …).
@@ -365,7 +399,7 @@ pub struct ErrorBody {
 
 // ---- vLLM's tokenizer endpoints ----
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenizeResponse {
     pub count: usize,
     pub max_model_len: usize,
@@ -375,14 +409,14 @@ pub struct TokenizeResponse {
     pub token_strs: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DetokenizeResponse {
     pub prompt: String,
 }
 
 // ---- health ----
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
     /// `ok`.
     pub status: String,
@@ -390,7 +424,7 @@ pub struct HealthResponse {
 
 /// `/ready`. The names are only for a caller allowed to see them (see [`crate::routes::health`]):
 /// absent otherwise; `model` is `null` when the key may not use the base.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReadyResponse {
     /// `ready`.
     pub status: String,

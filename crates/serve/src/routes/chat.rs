@@ -55,6 +55,13 @@ pub fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> ChatTokenLogprob {
     }
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body = crate::openapi::ChatCompletionBody,
+    responses(
+        (status = 200, description = "The answer; with `stream: true`, server-sent events of `ChatCompletionChunk` ending with `data: [DONE]`",
+            content((crate::response::ChatCompletionResponse = "application/json"), (crate::response::ChatCompletionChunk = "text/event-stream"))),
+        crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

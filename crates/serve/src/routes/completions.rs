@@ -89,6 +89,13 @@ struct PromptJob {
     text: String,
 }
 
+#[utoipa::path(post, path = "/v1/completions", tag = "openai",
+    request_body = crate::openapi::CompletionBody,
+    responses(
+        (status = 200, description = "The answer; with `stream: true`, server-sent events of `CompletionChunk` ending with `data: [DONE]`",
+            content((crate::response::CompletionResponse = "application/json"), (crate::response::CompletionChunk = "text/event-stream"))),
+        crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

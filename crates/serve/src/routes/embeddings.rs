@@ -36,6 +36,10 @@ impl EmbeddingModel {
     }
 }
 
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
+    request_body = EmbeddingRequest,
+    responses((status = 200, body = EmbeddingResponse), crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn embeddings(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -13,10 +13,17 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::response::{HealthResponse, ReadyResponse};
 
+#[utoipa::path(get, path = "/health", tag = "server",
+    responses((status = 200, description = "The process answers", body = HealthResponse)))]
 pub async fn health() -> Response {
     axum::Json(HealthResponse { status: "ok".into() }).into_response()
 }
 
+#[utoipa::path(get, path = "/ready", tag = "server",
+    responses(
+        (status = 200, description = "Ready; names only for a key allowed to see them", body = ReadyResponse),
+        (status = 503, description = "The engine stopped or the server is shutting down", body = crate::response::ErrorResponse)),
+    security((), ("api_key" = [])))]
 pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
     // A dead engine thread answers nothing; say so before anything else (the server exits once
     // drained, see `app::serve`).
@@ -52,6 +59,12 @@ pub async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Respons
     axum::Json(body).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    responses(
+        (status = 200, description = "Prometheus / OpenMetrics text", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "`metrics_require_key` is on and no valid key was sent", body = crate::response::ErrorResponse)),
+    security((), ("api_key" = [])))]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if state.cfg.metrics_need_key()
         && let Err(e) = crate::auth::identify(&state, &headers).await

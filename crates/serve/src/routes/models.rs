@@ -77,6 +77,21 @@ pub fn available(state: &AppState, caller: &Caller) -> Vec<String> {
     listing(state, caller).into_iter().map(|m| m.id).collect()
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses(
+        (status = 200, body = ModelList, links(
+            ("chat" = (operation_id = "chat_completions",
+                request_body = json!({"model": "$response.body#/data/0/id",
+                    "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+                description = "Chat with a listed model")),
+            ("complete" = (operation_id = "completions",
+                request_body = json!({"model": "$response.body#/data/0/id", "prompt": "Hi", "max_tokens": 2}),
+                description = "Complete with a listed model")),
+            ("tokenize" = (operation_id = "tokenize",
+                request_body = json!({"model": "$response.body#/data/0/id", "prompt": "Hi"}),
+                description = "Tokenize for a listed model")))),
+        crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<ModelList> {
     let ctx = state.engine.info().context_len;
     let data = listing(&state, &caller)
@@ -94,6 +109,11 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
     Json(ModelList { object: Object::List, data })
 }
 
+#[utoipa::path(post, path = "/v1/load_lora_adapter", tag = "vllm",
+    request_body = LoadAdapterRequest,
+    responses((status = 200, description = "vLLM's plain-text success line", body = String, content_type = "text/plain"),
+        crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn load_adapter(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -132,6 +152,11 @@ pub async fn load_adapter(
     Ok(format!("Success: LoRA adapter '{}' added successfully.", req.lora_name))
 }
 
+#[utoipa::path(post, path = "/v1/unload_lora_adapter", tag = "vllm",
+    request_body = UnloadAdapterRequest,
+    responses((status = 200, description = "vLLM's plain-text success line", body = String, content_type = "text/plain"),
+        crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn unload_adapter(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

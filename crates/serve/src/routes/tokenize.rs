@@ -22,12 +22,22 @@ fn check_model(state: &AppState, caller: &Caller, model: Option<&str>) -> Result
     resolve_model(state, caller, model.unwrap_or(state.model_name())).map(|_| ())
 }
 
+#[utoipa::path(post, path = "/tokenize", tag = "vllm",
+    request_body = TokenizeRequest,
+    responses(
+        (status = 200, body = TokenizeResponse, links(
+            ("detokenize" = (operation_id = "detokenize",
+                request_body = json!({"tokens": "$response.body#/tokens"}),
+                description = "The ids back into text")))),
+        crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn tokenize(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     check_model(&state, &caller, req.model.as_deref())?;
+    refuse_unsupported(&req)?;
     let info = state.engine.info();
     let tokens = match (&req.prompt, &req.messages) {
         (Some(prompt), None) => info
@@ -51,8 +61,9 @@ pub async fn tokenize(
     Ok(Json(TokenizeResponse { count: tokens.len(), max_model_len: info.context_len, tokens, token_strs }))
 }
 
-/// The chat as the model's template renders it (what `/v1/chat/completions` would prefill).
-fn render(state: &AppState, req: &TokenizeRequest, messages: &[ChatMessage]) -> Result<String, ApiError> {
+/// The vLLM options we do not offer: refused whichever shape the body has (with `prompt` they
+/// were once ignored, though the document says they are refused).
+fn refuse_unsupported(req: &TokenizeRequest) -> Result<(), ApiError> {
     if req.chat_template.as_deref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::field(
             "chat_template",
@@ -65,6 +76,11 @@ fn render(state: &AppState, req: &TokenizeRequest, messages: &[ChatMessage]) -> 
     if req.tools.as_ref().is_some_and(|v| !v.is_null() && !crate::openai::empty_array(v)) {
         return Err(ApiError::field("tools", "tool calling is not supported"));
     }
+    Ok(())
+}
+
+/// The chat as the model's template renders it (what `/v1/chat/completions` would prefill).
+fn render(state: &AppState, req: &TokenizeRequest, messages: &[ChatMessage]) -> Result<String, ApiError> {
     let continue_final = req.continue_final_message.unwrap_or(false);
     let add_generation_prompt = req.add_generation_prompt.unwrap_or(!continue_final);
     if continue_final && add_generation_prompt {
@@ -92,6 +108,10 @@ fn render(state: &AppState, req: &TokenizeRequest, messages: &[ChatMessage]) -> 
     }
 }
 
+#[utoipa::path(post, path = "/detokenize", tag = "vllm",
+    request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse), crate::openapi::Failures),
+    security(("api_key" = [])))]
 pub async fn detokenize(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
