@@ -9,7 +9,7 @@
 #   MAX_EXAMPLES=20 scripts/serve/fuzz_api.sh # a quicker pass
 #
 # Env: FERROTUNE_HOME (default ./.ferrotune, where the models are installed), MODEL (an
-# installed model), PORT (default 8765), MAX_EXAMPLES (per operation and mode, default 60),
+# installed model), PORT (default 8765), MAX_EXAMPLES (per operation and mode, default 200),
 # REQUEST_TIMEOUT (seconds, default 60), SKIP_BUILD=1 (use target/release/ferrotune as it is),
 # OUT (reports; default a temp folder). Results and findings: reliability/api-fuzz.md.
 set -euo pipefail
@@ -19,7 +19,7 @@ ROOT=$PWD
 export FERROTUNE_HOME=${FERROTUNE_HOME:-$ROOT/.ferrotune}
 MODEL=${MODEL:-}
 PORT=${PORT:-8765}
-MAX_EXAMPLES=${MAX_EXAMPLES:-60}
+MAX_EXAMPLES=${MAX_EXAMPLES:-200}
 REQUEST_TIMEOUT=${REQUEST_TIMEOUT:-60}
 SCHEMATHESIS_VERSION=4.32.5
 VENV=$ROOT/.venv-fuzz
