@@ -189,3 +189,27 @@ write("registry", "policy-gates.toml", b"\0" + b'[alias.champion]\napprovers = 2
 # lora: even = adapter_config.json, odd = adapter_model.safetensors.
 for name in ["peft_adapter", "ferrotune_adapter"]:
     write("lora", f"{name}-config.json", b"\0" + read(f"fixtures/peft/{name}/adapter_config.json"))
+
+# lora, odd mode: adapter_model.safetensors for the tiny model (hidden 64, rank 4): the q_proj
+# and k_proj (64 -> 32) pairs of layer 0.
+def safetensors(tensors):
+    header, data = {}, b""
+    for name, shape in tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        blob = b"".join(struct.pack("<f", ((i % 11) - 5) / 100.0) for i in range(n))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + len(blob)]}
+        data += blob
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + data
+
+pre = "base_model.model.model.layers.0.self_attn"
+write("lora", "tiny-adapter.safetensors", b"\1" + safetensors([
+    (f"{pre}.q_proj.lora_A.weight", [4, 64]), (f"{pre}.q_proj.lora_B.weight", [64, 4]),
+    (f"{pre}.k_proj.lora_A.weight", [4, 64]), (f"{pre}.k_proj.lora_B.weight", [32, 4])]))
+write("lora", "tiny-config.json", b"\0" + json.dumps({
+    "peft_type": "LORA", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj"],
+    "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+    "base_model_name_or_path": "tiny", "task_type": "CAUSAL_LM"}).encode())

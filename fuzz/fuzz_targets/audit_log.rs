@@ -109,7 +109,7 @@ fn open_and_check(bytes: &[u8], mode: u8) {
 fuzz_target!(|data: &[u8]| {
     let Some((mode, bytes)) = common::mode(data) else { return };
     match mode % 4 {
-        0 | 1 => open_and_check(bytes, mode >> 1),
+        0 | 1 => open_and_check(bytes, mode >> 2),
         2 => {
             let text = String::from_utf8_lossy(bytes);
             if let Ok(cp) = Checkpoint::parse(&text) {
