@@ -50,9 +50,31 @@ impl ParquetRows {
                 return Err(corrupt(path, "not a readable Parquet file (its footer is corrupt)".into()));
             }
         };
+        check_chunks(path, &reader)?;
         let rows = RowIter::from_file_into(Box::new(reader) as Box<dyn FileReader>);
         Ok(Self { path: path.to_path_buf(), rows, row: 0, done: false })
     }
+}
+
+/// No column chunk starts at a negative offset or has a negative size: the decoder asserts it
+/// (a panic, not an error; found by fuzzing, `fuzz/fuzz_targets/data_rows.rs`), so such a
+/// footer is refused here as the corrupt file it is.
+fn check_chunks(path: &Path, reader: &SerializedFileReader<File>) -> Result<()> {
+    for (g, group) in reader.metadata().row_groups().iter().enumerate() {
+        for (c, col) in group.columns().iter().enumerate() {
+            let start = col.dictionary_page_offset().unwrap_or_else(|| col.data_page_offset());
+            if start < 0 || col.compressed_size() < 0 {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "not a readable Parquet file: row group {g}, column {c}: negative offset {start} or size {}",
+                        col.compressed_size()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Iterator for ParquetRows {

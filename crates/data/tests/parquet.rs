@@ -224,3 +224,14 @@ fn damage_anywhere_in_a_parquet_file_is_an_error_or_a_finding_never_a_crash() {
     }
     assert!(failed > 0, "damage must be noticed somewhere ({read} read fine)");
 }
+
+/// Found by fuzzing (`fuzz/fuzz_targets/data_rows.rs`): a footer whose column chunk has a
+/// negative offset made the decoder panic on the first row (caught, but a panic all the same);
+/// it is refused when the file is opened, as a corrupt footer.
+#[test]
+fn a_column_chunk_at_a_negative_offset_is_refused_when_the_file_opens() {
+    let p = fixture("fuzz-negative-offset.parquet");
+    let err = ferrotune_data::reader::RowReader::open(&p).err().expect("must be refused at open").to_string();
+    assert!(err.contains("negative offset"), "{err}");
+    expect_file_error(&p);
+}
