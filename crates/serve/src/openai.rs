@@ -419,6 +419,9 @@ pub fn response_format(v: Option<&Value>) -> Result<Option<JsonFormat>, ApiError
             if js.get("strict").is_some_and(|s| !s.is_null() && !s.is_boolean()) {
                 return Err(ApiError::field("response_format.json_schema.strict", "must be a boolean"));
             }
+            if js.get("description").is_some_and(|d| !d.is_null() && !d.is_string()) {
+                return Err(ApiError::field("response_format.json_schema.description", "must be a string"));
+            }
             let schema = match js.get("schema") {
                 None | Some(Value::Null) => serde_json::json!({}),
                 Some(s @ Value::Object(_)) => s.clone(),

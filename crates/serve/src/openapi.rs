@@ -374,7 +374,7 @@ pub fn response_format() -> Schema {
     let json_schema = ObjectBuilder::new()
         .schema_type(Type::Object)
         .property("name", string().pattern(Some("^[A-Za-z0-9_-]{1,64}$")))
-        .property("description", string())
+        .property("description", ObjectBuilder::new().schema_type(nullable(Type::String)))
         .property(
             "schema",
             ObjectBuilder::new()

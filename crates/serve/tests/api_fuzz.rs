@@ -55,3 +55,24 @@ async fn tokenize_refuses_chat_only_options_with_a_prompt_too() {
         .await;
     assert_eq!(status, 200, "no-op values still pass: {v}");
 }
+
+/// Broke: `response_format.json_schema.description` was never read, so a non-string there (an
+/// array, a number) was accepted where the document (and OpenAI) want a string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_schema_description_must_be_a_string() {
+    let s = start(Opts::default()).await;
+    let body = |description: serde_json::Value| {
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}, "description": description}}})
+    };
+    for bad in [json!(["a"]), json!(1), json!({})] {
+        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &body(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert_eq!(v["error"]["param"], "response_format.json_schema.description");
+    }
+    for ok in [json!("a thing"), json!(null)] {
+        let (status, v) = s.post_json("/v1/chat/completions", Some(&s.keys.user), &body(ok.clone())).await;
+        assert_eq!(status, 200, "{ok}: {v}");
+    }
+}
