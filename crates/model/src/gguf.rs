@@ -268,6 +268,18 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             name: name.clone(),
             reason: e.to_string(),
         };
+        // candle multiplies the dimensions unchecked (an overflow panic in a checked build, a
+        // wrong size otherwise; found by fuzzing, fuzz/fuzz_targets/gguf.rs).
+        let dims = content.tensor_infos[name].shape.dims();
+        let dtype = content.tensor_infos[name].ggml_dtype;
+        let bytes = dims.iter().try_fold(dtype.type_size(), |n, &d| n.checked_mul(d));
+        if bytes.is_none() {
+            return Err(ModelError::BadTensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                reason: format!("dimensions {dims:?} overflow the size of the tensor"),
+            });
+        }
         let q = content.tensor(&mut reader, name, device).map_err(bad)?;
         if name == "rope_freqs.weight" {
             let v = q.dequantize(device).and_then(|t| t.to_vec1::<f32>()).map_err(bad)?;

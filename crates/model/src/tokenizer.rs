@@ -32,11 +32,18 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
 
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::InvalidFile {
+        let invalid = |reason: String| ModelError::InvalidFile {
             path: path.to_path_buf(),
             what: "tokenizer.json".into(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        // JSON first, the tokenizer from the tree: tokenizers' own reader of `decoder` panics on
+        // malformed JSON inside it (`expect("Helper")`; found by fuzzing, fuzz/fuzz_targets/hf_dir.rs),
+        // while from a parsed tree it can only fail with an error.
+        let json: Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(json).map_err(|e| invalid(e.to_string()))?;
         Ok(Self { inner, bos_token: None, eos_token: None, add_bos: false })
     }
 
