@@ -6,12 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// A folder for this process's files, removed at exit by nobody: libFuzzer ends with
-/// `exit`, so `TempDir`'s drop would not run anyway; it lives under the system temp folder.
+/// `exit`, so `TempDir`'s drop would not run anyway. In memory (`/dev/shm`) where there is
+/// one: on a disk shared with builds, a single unlink sometimes stalled past the 1 s timeout
+/// (a timeout of the harness, not of the parser: the inputs replayed in milliseconds).
 pub fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("ferrotune-fuzz-").tempdir().expect("temp dir");
-        dir.keep()
+        let builder = tempfile::Builder::new().prefix("ferrotune-fuzz-").clone();
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() { builder.tempdir_in(shm) } else { builder.tempdir() };
+        dir.or_else(|_| builder.tempdir()).expect("temp dir").keep()
     })
 }
 
