@@ -231,7 +231,7 @@ impl CardToml {
     pub fn load(path: Option<&Path>) -> Result<CardToml> {
         let Some(path) = path else { return Ok(CardToml::default()) };
         let text = std::fs::read_to_string(path)
-            .map_err(|source| GovernError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|source| GovernError::Io { path: path.to_path_buf(), error: source })?;
         let bad =
             |field: String, reason: String| GovernError::BadFile { path: path.to_path_buf(), field, reason };
         let card: CardToml = toml::from_str(&text).map_err(|e| {
@@ -785,7 +785,7 @@ pub fn write(dir: &Path, l: &Lineage, card: &CardToml) -> Result<PathBuf> {
     let text = render(l, card)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| GovernError::Io { path, source }
+        move |source| GovernError::Io { path, error: source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let dest = dir.join("README.md");

@@ -190,7 +190,7 @@ pub type Res<T> = std::result::Result<T, Fail>;
 /// Open the connection with the settings every process must share, and create or check the schema.
 pub fn open(path: &Path) -> Result<Connection, GovernError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| GovernError::Io { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| GovernError::Io { path: dir.into(), error: source })?;
     }
     // Switching a new file to WAL, and the first read while another process does so, can fail
     // with SQLITE_BUSY without SQLite calling the busy handler (two `train`s starting at once on
@@ -280,7 +280,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A file's SHA-256 (streamed).
 pub fn sha256_file(path: &Path) -> Result<String, GovernError> {
     ferrotune_model::store::sha256_file(path)
-        .map_err(|e| GovernError::Io { path: path.into(), source: std::io::Error::other(e.to_string()) })
+        .map_err(|e| GovernError::Io { path: path.into(), error: std::io::Error::other(e.to_string()) })
 }
 
 /// `path` relative to `folder` with `/` separators (the file's name when it is not under it):
@@ -318,9 +318,10 @@ pub fn model_key(name: &str, files: &[FileHash]) -> String {
 /// Every file under `dir` (recursively, sorted) with its size and hash; paths as `dir.join(..)`.
 pub fn hash_folder(dir: &Path) -> Result<Vec<FileHash>, GovernError> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), GovernError> {
-        let rd = std::fs::read_dir(dir).map_err(|source| GovernError::Io { path: dir.into(), source })?;
+        let rd =
+            std::fs::read_dir(dir).map_err(|source| GovernError::Io { path: dir.into(), error: source })?;
         for e in rd {
-            let p = e.map_err(|source| GovernError::Io { path: dir.into(), source })?.path();
+            let p = e.map_err(|source| GovernError::Io { path: dir.into(), error: source })?.path();
             if p.is_dir() { walk(&p, out)? } else { out.push(p) }
         }
         Ok(())
@@ -334,7 +335,7 @@ pub fn hash_folder(dir: &Path) -> Result<Vec<FileHash>, GovernError> {
 /// One file's size and SHA-256, its path as given.
 pub fn hash_file(path: &Path) -> Result<FileHash, GovernError> {
     let bytes =
-        std::fs::metadata(path).map_err(|source| GovernError::Io { path: path.into(), source })?.len();
+        std::fs::metadata(path).map_err(|source| GovernError::Io { path: path.into(), error: source })?.len();
     Ok(FileHash { path: path.display().to_string(), bytes, sha256: sha256_file(path)? })
 }
 

@@ -7,8 +7,10 @@ pub enum GovernError {
     /// ([`GovernError::db`]). SQLite's error is in the message, not chained (it printed twice).
     #[error("registry {}: {error}{}", path.display(), os.as_ref().map(|o| format!(" ({}: {o})", parent_of(path).display())).unwrap_or_default())]
     Db { path: PathBuf, error: rusqlite::Error, os: Option<std::io::Error> },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The OS error is in the message, not chained as a source (printed with its chain, it
+    /// said the same thing twice).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     /// A file the user handed in (policy.toml, card.toml, lineage.json, eval.json) is malformed:
     /// names the file and the field.
     #[error("{path}: {field}: {reason}")]

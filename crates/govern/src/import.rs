@@ -38,7 +38,7 @@ impl JsonFile {
                     reason: "not found".into(),
                 });
             }
-            Err(source) => return Err(GovernError::Io { path, source }),
+            Err(source) => return Err(GovernError::Io { path, error: source }),
         };
         let v = serde_json::from_str(&text).map_err(|e| GovernError::BadFile {
             path: path.clone(),
@@ -146,7 +146,7 @@ fn verify_output(
                     f.sha256
                 )));
             }
-            let bytes = std::fs::metadata(&now_path).map_err(|source| GovernError::Io { path: now_path.clone(), source })?.len();
+            let bytes = std::fs::metadata(&now_path).map_err(|source| GovernError::Io { path: now_path.clone(), error: source })?.len();
             Ok(FileHash { path: now_path.display().to_string(), bytes, sha256: sha })
         })
         .collect()

@@ -126,7 +126,7 @@ impl Policy {
             }
         };
         let text = std::fs::read_to_string(&path)
-            .map_err(|source| GovernError::Io { path: path.clone(), source })?;
+            .map_err(|source| GovernError::Io { path: path.clone(), error: source })?;
         Policy::parse(&text, &path)
     }
 

@@ -32,8 +32,9 @@ pub enum StartError {
     Cache(String),
     #[error("loading the embedder {spec}: {reason}")]
     Embedder { spec: String, reason: String },
-    #[error("audit log {dir}: {source}")]
-    Audit { dir: String, source: ferrotune_govern::GovernError },
+    /// The log's error is in the message, not chained (it printed twice).
+    #[error("audit log {dir}: {error}")]
+    Audit { dir: String, error: ferrotune_govern::GovernError },
     #[error("[guards] {0}")]
     Guards(#[from] ferrotune_guard::GuardError),
     #[error("starting the audit log's appender thread: {0}")]
@@ -85,9 +86,9 @@ pub async fn open_audit_log(
         .await
         .map_err(|e| StartError::Audit {
             dir: dir.display().to_string(),
-            source: ferrotune_govern::GovernError::Refused(e.to_string()),
+            error: ferrotune_govern::GovernError::Refused(e.to_string()),
         })?;
-    opened.map(Some).map_err(|source| StartError::Audit { dir: dir.display().to_string(), source })
+    opened.map(Some).map_err(|error| StartError::Audit { dir: dir.display().to_string(), error })
 }
 
 /// Start the appender on an opened log and record `serve.start`: the model, its files'

@@ -193,7 +193,7 @@ impl SigningKey {
                 // Another process linked its key first: use that one.
                 None => Self::load(&path)?.ok_or_else(|| GovernError::Io {
                     path: path.clone(),
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         ErrorKind::NotFound,
                         "the signing key vanished right after another process created it",
                     ),
@@ -214,7 +214,7 @@ impl SigningKey {
 
     /// The key file at `path`, or `None` when there is none.
     fn load(path: &Path) -> Result<Option<Self>> {
-        let io = |source| GovernError::Io { path: path.to_path_buf(), source };
+        let io = |source| GovernError::Io { path: path.to_path_buf(), error: source };
         let meta = match fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -279,7 +279,7 @@ impl SigningKey {
     fn create(dir: &Path, path: &Path, name: &str) -> Result<Option<Self>> {
         let io = |p: &Path| {
             let p = p.to_path_buf();
-            move |source| GovernError::Io { path: p, source }
+            move |source| GovernError::Io { path: p, error: source }
         };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
         // A folder that existed before may be open to others, who could then swap the key.
@@ -288,7 +288,7 @@ impl SigningKey {
         let mut seed = [0u8; 32];
         rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut seed).map_err(|e| GovernError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::other(format!("no OS randomness for a new signing key: {e}")),
+            error: std::io::Error::other(format!("no OS randomness for a new signing key: {e}")),
         })?;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         let id = key_id(name, key.verifying_key().as_bytes());
@@ -305,14 +305,14 @@ impl SigningKey {
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(GovernError::Io { path: tmp, source: e });
+            return Err(GovernError::Io { path: tmp, error: e });
         }
         let linked = fs::hard_link(&tmp, path);
         let _ = fs::remove_file(&tmp);
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
-            Err(e) => return Err(GovernError::Io { path: path.to_path_buf(), source: e }),
+            Err(e) => return Err(GovernError::Io { path: path.to_path_buf(), error: e }),
         }
         sync_dir(dir);
         Ok(Some(Self { name: name.to_string(), id, key }))
@@ -333,7 +333,7 @@ impl SigningKey {
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(GovernError::Io { path, source: e });
+            return Err(GovernError::Io { path, error: e });
         }
         sync_dir(dir);
         Ok(())

@@ -24,7 +24,7 @@ pub const ORIGIN: &str = "origin";
 pub const VERIFIER: &str = "verifier.key";
 
 pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GovernError + '_ {
-    move |source| GovernError::Io { path: path.to_path_buf(), source }
+    move |source| GovernError::Io { path: path.to_path_buf(), error: source }
 }
 
 pub fn create_dirs(dir: &Path) -> Result<()> {
