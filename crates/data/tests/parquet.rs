@@ -231,7 +231,8 @@ fn damage_anywhere_in_a_parquet_file_is_an_error_or_a_finding_never_a_crash() {
 #[test]
 fn a_column_chunk_at_a_negative_offset_is_refused_when_the_file_opens() {
     let p = fixture("fuzz-negative-offset.parquet");
-    let err = ferrotune_data::reader::RowReader::open(&p).err().expect("must be refused at open").to_string();
+    let Err(err) = ferrotune_data::reader::RowReader::open(&p) else { panic!("must be refused at open") };
+    let err = err.to_string();
     assert!(err.contains("negative offset"), "{err}");
     expect_file_error(&p);
 }

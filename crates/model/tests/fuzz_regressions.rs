@@ -14,10 +14,12 @@ fn fixture(name: &str) -> PathBuf {
 /// panic in a checked build, a wrong size otherwise).
 #[test]
 fn a_gguf_tensor_whose_size_overflows_is_an_error() {
-    let err = loaded::load_path(&fixture("gguf-dims-overflow.gguf"), WeightMode::Quantized, &Device::Cpu)
-        .err()
-        .expect("must fail")
-        .to_string();
+    let Err(err) =
+        loaded::load_path(&fixture("gguf-dims-overflow.gguf"), WeightMode::Quantized, &Device::Cpu)
+    else {
+        panic!("must fail")
+    };
+    let err = err.to_string();
     assert!(err.contains("overflow"), "{err}");
 }
 
