@@ -269,15 +269,22 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             reason: e.to_string(),
         };
         // candle multiplies the dimensions unchecked (an overflow panic in a checked build, a
-        // wrong size otherwise; found by fuzzing, fuzz/fuzz_targets/gguf.rs).
+        // wrong size otherwise), and views an empty tensor's buffer (dangling, 1-aligned) as
+        // f32 / blocks, an unaligned slice; no model has either (found by fuzzing,
+        // fuzz/fuzz_targets/gguf.rs).
         let dims = content.tensor_infos[name].shape.dims();
         let dtype = content.tensor_infos[name].ggml_dtype;
         let bytes = dims.iter().try_fold(dtype.type_size(), |n, &d| n.checked_mul(d));
-        if bytes.is_none() {
+        let problem = match bytes {
+            None => Some("its size overflows"),
+            Some(0) => Some("it is empty"),
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
             return Err(ModelError::BadTensor {
                 path: path.to_path_buf(),
                 name: name.clone(),
-                reason: format!("dimensions {dims:?} overflow the size of the tensor"),
+                reason: format!("dimensions {dims:?}: {problem}"),
             });
         }
         let q = content.tensor(&mut reader, name, device).map_err(bad)?;

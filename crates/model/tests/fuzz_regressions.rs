@@ -20,7 +20,7 @@ fn a_gguf_tensor_whose_size_overflows_is_an_error() {
         panic!("must fail")
     };
     let err = err.to_string();
-    assert!(err.contains("overflow"), "{err}");
+    assert!(err.contains("its size overflows"), "{err}");
 }
 
 /// A `tokenizer.json` whose `decoder` object is not valid JSON: tokenizers' reader panicked
@@ -30,4 +30,16 @@ fn a_tokenizer_json_broken_inside_its_decoder_is_an_error() {
     let err =
         Tokenizer::from_file(&fixture("tokenizer-bad-decoder.json")).expect_err("must fail").to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
+}
+
+/// A GGUF tensor with a zero dimension: candle viewed its empty buffer (dangling, 1-aligned) as
+/// a slice of f32 or blocks, an unaligned slice (undefined behaviour; a panic in a checked build).
+#[test]
+fn an_empty_gguf_tensor_is_an_error() {
+    let Err(err) = loaded::load_path(&fixture("gguf-empty-tensor.gguf"), WeightMode::Quantized, &Device::Cpu)
+    else {
+        panic!("must fail")
+    };
+    let err = err.to_string();
+    assert!(err.contains("it is empty"), "{err}");
 }
