@@ -236,3 +236,12 @@ fn a_column_chunk_at_a_negative_offset_is_refused_when_the_file_opens() {
     assert!(err.contains("negative offset"), "{err}");
     expect_file_error(&p);
 }
+
+/// Found by fuzzing: a page shorter than its header says trips an assertion inside the parquet
+/// decoder (`bit_util.rs`: `size <= src.len()`). Still open in the decoder; the reader turns the
+/// panic into an error naming the file and row, which this keeps true.
+#[test]
+fn a_page_shorter_than_its_header_says_is_an_error_naming_the_file() {
+    let err = expect_file_error(&fixture("fuzz-short-page.parquet"));
+    assert!(err.contains("cannot decode the Parquet data"), "{err}");
+}
