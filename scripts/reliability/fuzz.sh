@@ -49,20 +49,22 @@ for t in "${targets[@]}"; do
     var="FUZZ_SECONDS_$t"
     t_secs="${!var:-$secs}"
     echo "== $t: ${t_secs} s"
+    t0=$(date +%s)
     "$bin/$t" -max_total_time="$t_secs" "${limits[@]}" -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
         "$work" "corpus/$t" >"$log" 2>&1
     rc=$?
+    ran=$(( $(date +%s) - t0 ))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-    corp=$(grep -o 'corp: [0-9]*/[0-9A-Za-z]*' "$log" | tail -1 | cut -d' ' -f2)
+    corp=$(grep -a -o 'corp: [0-9]*/[0-9A-Za-z]*' "$log" | tail -1 | cut -d' ' -f2)
     if [ "$rc" -eq 0 ]; then
         result="ok"
     else
         failed=1
-        kind=$(grep -m1 -oE 'ERROR: libFuzzer: [a-z-]+|panicked at [^ ]*|out-of-memory \([^)]*\)' "$log" || true)
+        kind=$(grep -a -m1 -oE 'ERROR: libFuzzer: [a-z-]+|panicked at [^ ]*|out-of-memory \([^)]*\)' "$log" || true)
         result="FAILED (rc $rc${kind:+: $kind}); see fuzz/$log and fuzz/artifacts/$t/"
     fi
-    line="$(printf '%-14s %6s s  execs %-10s %6s/s  corpus %-10s %s' "$t" "$t_secs" "${execs:-?}" "${rate:-?}" "${corp:-?}" "$result")"
+    line="$(printf '%-14s %6s s  execs %-10s %6s/s  corpus %-10s %s' "$t" "$ran" "${execs:-?}" "${rate:-?}" "${corp:-?}" "$result")"
     echo "$line"
     summary+=("$line")
 done
