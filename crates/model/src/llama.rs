@@ -401,7 +401,10 @@ impl Llama {
         freq_factors: Option<&[f32]>,
     ) -> crate::Result<Self> {
         let embed_tokens = w.dense("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
+        // Grown as the layers load, not reserved from the config: a file's `block_count` is only a
+        // claim (a fuzzed GGUF said 268 million layers, a 122 GB reservation), and the first
+        // layer whose weights are missing ends the load with an error naming the tensor.
+        let mut layers = Vec::new();
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
             layers.push(Block {

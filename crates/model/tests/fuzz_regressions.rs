@@ -43,3 +43,16 @@ fn an_empty_gguf_tensor_is_an_error() {
     let err = err.to_string();
     assert!(err.contains("it is empty"), "{err}");
 }
+
+/// A GGUF whose `llama.block_count` claims 268 million layers over the weights of one: the
+/// loader reserved room for every layer before reading any (122 GB, an abort).
+#[test]
+fn a_gguf_claiming_more_layers_than_it_holds_is_an_error() {
+    let Err(err) =
+        loaded::load_path(&fixture("gguf-layer-count.gguf"), WeightMode::Quantized, &Device::Cpu)
+    else {
+        panic!("must fail")
+    };
+    let err = err.to_string();
+    assert!(err.contains("model.layers."), "{err}");
+}
