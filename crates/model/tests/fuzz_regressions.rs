@@ -48,8 +48,7 @@ fn an_empty_gguf_tensor_is_an_error() {
 /// loader reserved room for every layer before reading any (122 GB, an abort).
 #[test]
 fn a_gguf_claiming_more_layers_than_it_holds_is_an_error() {
-    let Err(err) =
-        loaded::load_path(&fixture("gguf-layer-count.gguf"), WeightMode::Quantized, &Device::Cpu)
+    let Err(err) = loaded::load_path(&fixture("gguf-layer-count.gguf"), WeightMode::Quantized, &Device::Cpu)
     else {
         panic!("must fail")
     };
