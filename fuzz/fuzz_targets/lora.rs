@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         ("adapter_model.safetensors", "adapter_config.json")
     };
     std::fs::write(dir.join(fuzzed), bytes).expect("write");
-    std::fs::copy(s.adapter.join(kept), dir.join(kept)).expect("copy");
+    // Read and write, not `fs::copy`: libFuzzer's once-a-second timer signal interrupted its
+    // `copy_file_range`, which std does not retry; `read` and `write` retry on EINTR.
+    let kept_bytes = std::fs::read(s.adapter.join(kept)).expect("read the kept file");
+    std::fs::write(dir.join(kept), kept_bytes).expect("copy the kept file");
     let mut model = s.model.lock().unwrap_or_else(|e| e.into_inner());
     if let Ok(adapter) = Adapter::load(&dir, &mut model) {
         let again = common::fresh_dir("adapter-again");
