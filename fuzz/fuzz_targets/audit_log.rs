@@ -52,7 +52,10 @@ fn copy_dir(from: &Path, to: &Path) {
         if entry.file_type().expect("type").is_dir() {
             copy_dir(&entry.path(), &target);
         } else if entry.file_name() != "lock" {
-            std::fs::copy(entry.path(), &target).expect("copy");
+            // Read and write, not `fs::copy`: libFuzzer's timer signal interrupts its
+            // `copy_file_range`, which std does not retry (as in the lora target).
+            let bytes = std::fs::read(entry.path()).expect("read a template file");
+            std::fs::write(&target, bytes).expect("copy a template file");
         }
     }
 }
