@@ -27,32 +27,37 @@ pub enum GovernError {
 }
 
 impl GovernError {
-    /// A SQLite error on the database at `path`; when the file system caused it (full, read-only,
-    /// an I/O error) SQLite does not say how, so a 4 KiB write beside the database asks the OS.
+    /// A SQLite error on the database at `path`, with [`os_cause`]'s answer when there is one.
     pub fn db(path: &std::path::Path, source: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
-        let fs_caused = matches!(&source, rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, SystemIoFailure | DiskFull | ReadOnly | CannotOpen));
-        let os = fs_caused.then(|| probe_write(path)).flatten();
+        let os = os_cause(path, &source);
         GovernError::Db { path: path.into(), error: source, os }
     }
 }
 
-/// The folder a database file is in.
-fn parent_of(db: &std::path::Path) -> &std::path::Path {
-    db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."))
-}
-
-/// The OS error of writing and syncing 4 KiB beside `db` (then removed), if any.
-fn probe_write(db: &std::path::Path) -> Option<std::io::Error> {
+/// When the file system caused a SQLite error on the database at `db` (full, read-only, an I/O
+/// error), SQLite does not say how: a 4 KiB write and sync beside the database (then removed)
+/// asks the OS, and its error is returned. `None` for every other error. Shared by the registry
+/// and serve's key database.
+pub fn os_cause(db: &std::path::Path, error: &rusqlite::Error) -> Option<std::io::Error> {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
     use std::io::Write;
-    let probe = parent_of(db).join(format!(".registry-probe-{}", std::process::id()));
+    let fs_caused = matches!(error, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, SystemIoFailure | DiskFull | ReadOnly | CannotOpen));
+    if !fs_caused {
+        return None;
+    }
+    let probe = parent_of(db).join(format!(".ferrotune-probe-{}", std::process::id()));
     let r = std::fs::File::create(&probe).and_then(|mut f| {
         f.write_all(&[0u8; 4096])?;
         f.sync_all()
     });
     let _ = std::fs::remove_file(&probe);
     r.err()
+}
+
+/// The folder a database file is in.
+pub fn parent_of(db: &std::path::Path) -> &std::path::Path {
+    db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."))
 }
 
 pub type Result<T, E = GovernError> = std::result::Result<T, E>;

@@ -97,7 +97,7 @@ pub enum KeyError {
     /// `os`: what the file system said to a small write beside the database, when SQLite's own
     /// message is only "disk I/O error", "database or disk is full" or "readonly database" (see
     /// [`KeyError::db`]). SQLite's error is in the message, not chained (it printed twice).
-    #[error("keys database {}: {error}{}", path.display(), os.as_ref().map(|o| format!(" ({}: {o})", parent_of(path).display())).unwrap_or_default())]
+    #[error("keys database {}: {error}{}", path.display(), os.as_ref().map(|o| format!(" ({}: {o})", ferrotune_govern::error::parent_of(path).display())).unwrap_or_default())]
     Db { path: PathBuf, error: rusqlite::Error, os: Option<std::io::Error> },
     #[error("creating {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -112,34 +112,12 @@ pub enum KeyError {
 }
 
 impl KeyError {
-    /// A SQLite error on the database at `path`. When it is one the file system caused (full,
-    /// read-only, an I/O error), SQLite does not say which: a 4 KiB write beside the database
-    /// asks the OS, and its answer (`/home/serve: No space left on device (os error 28)`) goes
-    /// into the message.
+    /// A SQLite error on the database at `path`, with what the OS says when the file system
+    /// caused it ([`ferrotune_govern::error::os_cause`]).
     pub fn db(path: &Path, error: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
-        let fs_caused = matches!(&error, rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, SystemIoFailure | DiskFull | ReadOnly | CannotOpen));
-        let os = fs_caused.then(|| probe_write(path)).flatten();
+        let os = ferrotune_govern::error::os_cause(path, &error);
         KeyError::Db { path: path.into(), error, os }
     }
-}
-
-/// The folder a database file is in.
-fn parent_of(db: &Path) -> &Path {
-    db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
-}
-
-/// The OS error of writing and syncing 4 KiB beside `db` (then removed), if any.
-fn probe_write(db: &Path) -> Option<std::io::Error> {
-    use std::io::Write;
-    let probe = parent_of(db).join(format!(".keys-probe-{}", std::process::id()));
-    let r = std::fs::File::create(&probe).and_then(|mut f| {
-        f.write_all(&[0u8; 4096])?;
-        f.sync_all()
-    });
-    let _ = std::fs::remove_file(&probe);
-    r.err()
 }
 
 pub fn default_db_path() -> PathBuf {
